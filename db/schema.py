@@ -1,0 +1,69 @@
+"""Versioned schema: a version table and ordered upgrade steps.
+
+A new database runs every step from 1; an older one runs the steps it lacks. Each step runs in its
+own transaction together with the version bump, so a failed step leaves the previous version intact.
+To change the schema: edit db/models.py, append a step here that brings an existing database of the
+previous version to the new shape (create tables, ``ALTER TABLE ... ADD COLUMN``), and bump nothing
+else; ``tests/db/test_schema.py`` checks that an upgraded database equals a fresh one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, inspect, select
+
+from db.models import CORE_TABLES, STAGE_TABLES, Base, SchemaVersion, utcnow
+
+
+class SchemaTooNewError(RuntimeError):
+    pass
+
+
+def _create_tables(connection: Connection, names: tuple[str, ...]) -> None:
+    tables = [Base.metadata.tables[name] for name in names]
+    Base.metadata.create_all(connection, tables=tables, checkfirst=True)
+
+
+def _v1_core(connection: Connection) -> None:
+    """Data sets, cells, entities, hourly traffic and hourly locations."""
+    _create_tables(connection, CORE_TABLES)
+
+
+def _v2_stages(connection: Connection) -> None:
+    """Tiles, descriptions, embeddings, models, forecast runs and jobs."""
+    _create_tables(connection, STAGE_TABLES)
+
+
+STEPS: dict[int, Callable[[Connection], None]] = {1: _v1_core, 2: _v2_stages}
+LATEST_VERSION = max(STEPS)
+
+
+def current_version(connection: Connection) -> int:
+    if not inspect(connection).has_table(SchemaVersion.__tablename__):
+        return 0
+    return connection.scalar(select(SchemaVersion.version).where(SchemaVersion.id == 1)) or 0
+
+
+def upgrade(engine: Engine, target: int = LATEST_VERSION) -> tuple[int, int]:
+    """Bring the database to ``target``; returns (version before, version after)."""
+    with engine.connect() as connection:
+        before = current_version(connection)
+    if before > LATEST_VERSION:
+        raise SchemaTooNewError(
+            f"database {engine.url.render_as_string(hide_password=True)} has schema version {before}, "
+            f"newer than this program's {LATEST_VERSION}; install a newer lsdm or use another --db"
+        )
+    for version in range(before + 1, target + 1):
+        with engine.execution_options(lsdm_write=True).begin() as connection:
+            if current_version(connection) >= version:  # another process got there first
+                continue
+            STEPS[version](connection)
+            table = SchemaVersion.__table__
+            if version == 1:
+                connection.execute(table.insert().values(id=1, version=1, updated_at=utcnow()))
+            else:
+                connection.execute(
+                    table.update().where(table.c.id == 1).values(version=version, updated_at=utcnow())
+                )
+    return before, max(before, target)

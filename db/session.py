@@ -1,0 +1,110 @@
+"""The one place that opens the database.
+
+Where the database is, first match wins:
+1. an explicit ``--db`` value (a file path or any SQLAlchemy URL, e.g. ``postgresql+psycopg://...``);
+2. the environment variable ``LSDM_DB`` (same forms);
+3. ``<data dir>/lsdm.sqlite``, the data dir being ``$LSDM_HOME`` or the platform's per-user data
+   directory (``~/.local/share/lsdm`` on Linux, ``~/Library/Application Support/lsdm`` on macOS,
+   ``%LOCALAPPDATA%\\lsdm`` on Windows).
+
+SQLite runs in WAL mode (readers never block the writer) with a busy timeout, foreign keys on, and
+real transactions around DDL too (pysqlite's legacy mode would autocommit DDL, which would let a failed
+migration or ingest leave half a schema behind).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 15_000
+
+
+def data_dir() -> Path:
+    """The per-user directory for the database, models and logs (created on demand)."""
+    if os.environ.get("LSDM_HOME"):
+        root = Path(os.environ["LSDM_HOME"]).expanduser()
+    elif sys.platform == "win32":
+        root = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "lsdm"
+    elif sys.platform == "darwin":
+        root = Path.home() / "Library" / "Application Support" / "lsdm"
+    else:
+        root = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "lsdm"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def resolve_db_url(value: str | None = None) -> str:
+    """Turn a ``--db`` value, ``LSDM_DB`` or the default location into a SQLAlchemy URL."""
+    value = value or os.environ.get("LSDM_DB") or str(data_dir() / "lsdm.sqlite")
+    if "://" in value:
+        make_url(value)  # raises ArgumentError with the offending URL
+        return value
+    path = Path(value).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    in_memory = engine.url.database in (None, "", ":memory:")
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # noqa: ANN001
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see module docstring)
+        cursor = dbapi_connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):  # noqa: ANN001
+        # IMMEDIATE takes the write lock up front, so two writers wait (busy timeout) instead of
+        # failing half-way with "database is locked" on lock upgrade.
+        write = connection.get_execution_options().get("lsdm_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+@dataclass
+class Database:
+    """An engine plus its session factory, migrated to the current schema."""
+
+    url: str
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    def write_session(self) -> Session:
+        """A session whose transaction takes SQLite's write lock at BEGIN (one writer at a time)."""
+        return Session(bind=self.engine.execution_options(lsdm_write=True), expire_on_commit=False)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+
+def open_database(value: str | None = None, *, migrate: bool = True) -> Database:
+    """Open (and by default create or upgrade) the database named by ``value``/``LSDM_DB``/default."""
+    from db.schema import upgrade
+
+    url = resolve_db_url(value)
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    database = Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+    if migrate:
+        upgrade(engine)
+    return database

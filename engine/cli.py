@@ -1,0 +1,309 @@
+"""The `lsdm` command line: one parser, one handler per subcommand.
+
+Every subcommand takes ``--db`` (a path or SQLAlchemy URL; default ``$LSDM_DB`` or the per-user data
+directory) and every one that reports something takes ``--json``. Bad input exits with status 2 and a
+message naming the file, line and field; the database is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from engine.errors import InputError
+
+EXIT_INPUT = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _lat_lon(text: str) -> tuple[float, float]:
+    try:
+        lat, lon = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LAT,LON such as 31.2304,121.4737, got {text!r}") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise argparse.ArgumentTypeError(f"latitude must be in [-90, 90] and longitude in [-180, 180], got {text!r}")
+    return lat, lon
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+def _emit(args: argparse.Namespace, payload: dict, lines: Sequence[str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print("\n".join(lines))
+
+
+def _stderr_progress(enabled: bool) -> Callable[[str], None]:
+    def report(message: str) -> None:
+        if enabled:
+            print(f"  {message}", file=sys.stderr, flush=True)
+
+    return report
+
+
+# --- handlers --------------------------------------------------------------------------------------
+
+
+def _store(args: argparse.Namespace, content) -> dict:  # noqa: ANN001
+    """Write a whole data set in one transaction and return its summary."""
+    from db import open_database
+    from db.queries import dataset_summary, store_dataset
+
+    database = open_database(args.db)
+    with database.write_session() as session, session.begin():
+        dataset = store_dataset(session, content)
+        session.flush()
+        summary = dataset_summary(session, dataset)
+    summary["db"] = database.url
+    return summary
+
+
+def _summary_lines(title: str, summary: dict, seconds: float) -> list[str]:
+    return [
+        f"{title} '{summary['dataset']}' in {seconds:.1f} s -> {summary['db']}",
+        f"  {summary['entities']} {summary['entity_kind']}s, {summary['cells']} cells "
+        f"({summary['cells_with_coordinates']} on the map), {summary['hours']} hours",
+        f"  {len(summary['services'])} services: {', '.join(summary['services'])}",
+        f"  {len(summary['poi_categories'])} POI categories; {summary['traffic_rows']:,} non-zero "
+        f"entity-hour-service rows; {summary['total_bytes'] / 1e9:.2f} GB in total",
+    ]
+
+
+def cmd_city_build(args: argparse.Namespace) -> int:
+    from engine.data.city import CityConfig, generate_city
+
+    started = time.perf_counter()
+    config = CityConfig(
+        users=args.users,
+        cells=args.cells,
+        seed=args.seed,
+        env_effect=args.env_effect,
+        days=args.days,
+        center=args.center,
+        radius_km=args.radius_km,
+    )
+    content = generate_city(config, name=args.name)
+    summary = _store(args, content)
+    seconds = time.perf_counter() - started
+    summary["seconds"] = round(seconds, 3)
+    _emit(args, summary, _summary_lines("Built synthetic city", summary, seconds))
+    return 0
+
+
+def cmd_ingest_tsinghua(args: argparse.Namespace) -> int:
+    from engine.data.ingest_tsinghua import read_tsinghua
+
+    started = time.perf_counter()
+    content = read_tsinghua(
+        trace=args.trace,
+        app2category=args.app2category,
+        categories=args.categories,
+        poi=args.poi,
+        coords=args.coords,
+        all_services=args.all_services,
+        name=args.name,
+        progress=_stderr_progress(not args.json),
+    )
+    summary = _store(args, content)
+    seconds = time.perf_counter() - started
+    summary["seconds"] = round(seconds, 3)
+    _emit(args, summary, _summary_lines("Ingested Tsinghua App Usage data", summary, seconds))
+    return 0
+
+
+def cmd_ingest_table(args: argparse.Namespace) -> int:
+    from engine.data.ingest_table import read_table
+
+    started = time.perf_counter()
+    content = read_table(
+        records=args.records,
+        cells=args.cells,
+        mapping=args.mapping,
+        entity_kind=args.entity_kind,
+        timezone=args.timezone,
+        name=args.name,
+    )
+    summary = _store(args, content)
+    seconds = time.perf_counter() - started
+    summary["seconds"] = round(seconds, 3)
+    _emit(args, summary, _summary_lines("Ingested table", summary, seconds))
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from db import open_database
+    from db.queries import dataset_summary, get_dataset
+
+    database = open_database(args.db)
+    with database.session() as session:
+        summary = dataset_summary(session, get_dataset(session, args.dataset))
+    summary["db"] = database.url
+    _emit(args, summary, _summary_lines("Data set", summary, 0.0)[1:] + [f"  database: {database.url}"])
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from db import open_database
+    from db.models import Dataset
+
+    database = open_database(args.db)
+    with database.session() as session:
+        datasets = session.scalars(select(Dataset).order_by(Dataset.id)).all()
+        rows = [
+            {"name": d.name, "kind": d.kind, "entity_kind": d.entity_kind, "active": d.is_active,
+             "hours": d.hours, "created_at": d.created_at.isoformat(timespec="seconds")}
+            for d in datasets
+        ]
+    lines = [f"{'*' if r['active'] else ' '} {r['name']:30s} {r['kind']:10s} {r['created_at']}" for r in rows]
+    _emit(args, {"datasets": rows}, lines or ["no data sets yet; run `lsdm city build`"])
+    return 0
+
+
+def cmd_data_use(args: argparse.Namespace) -> int:
+    from db import open_database
+    from db.queries import activate_dataset, get_dataset
+
+    database = open_database(args.db)
+    with database.write_session() as session, session.begin():
+        activate_dataset(session, get_dataset(session, args.name))
+    print(f"active data set: {args.name}")
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--db", metavar="PATH|URL", default=None,
+        help="database file or SQLAlchemy URL (default: $LSDM_DB, else lsdm.sqlite in the per-user data directory)",
+    )
+    reporting = argparse.ArgumentParser(add_help=False)
+    reporting.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    parser = argparse.ArgumentParser(
+        prog="lsdm", description="LSDM operator dashboard: data, environment, forecasting engine and app."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    city = commands.add_parser("city", help="the embedded synthetic city").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    build = city.add_parser(
+        "build", parents=[common, reporting], help="generate a synthetic city and store it",
+        description="Generate a deterministic synthetic city (cells, POIs, users, hourly traffic) and store "
+        "it as a data set, replacing one of the same name.",
+    )
+    build.add_argument("--users", type=_positive_int, default=500, help="number of users (default 500)")
+    build.add_argument("--cells", type=_positive_int, default=400, help="number of cells (default 400)")
+    build.add_argument("--seed", type=int, default=0, help="random seed: another seed gives another city (default 0)")
+    build.add_argument(
+        "--env-effect", type=_non_negative_float, default=1.0,
+        help="strength of the environment's influence on service use; 0 removes it entirely (default 1.0)",
+    )
+    build.add_argument("--days", type=_positive_int, default=7, help="days of hourly data (default 7)")
+    build.add_argument("--center", type=_lat_lon, default=(31.2304, 121.4737), metavar="LAT,LON",
+                       help="city centre (default: central Shanghai, 31.2304,121.4737)")
+    build.add_argument("--radius-km", type=_non_negative_float, default=5.0, help="city radius in km (default 5)")
+    build.add_argument("--name", default=None, help="data set name (default synthetic-seed<SEED>)")
+    build.set_defaults(handler=cmd_city_build)
+
+    ingest = commands.add_parser("ingest", help="ingest real data from its own formats").add_subparsers(
+        dest="action", required=True, metavar="FORMAT"
+    )
+    tsinghua = ingest.add_parser(
+        "tsinghua", parents=[common, reporting], help="the Tsinghua App Usage dataset's files",
+        description="Ingest the Tsinghua App Usage dataset: apps -> categories, bytes per user-hour-service, "
+        "the modal cell of each user-hour, POIs per base station.",
+    )
+    tsinghua.add_argument("--trace", type=_existing_file, required=True, help="App_usage_trace.txt")
+    tsinghua.add_argument("--app2category", type=_existing_file, required=True, help="App2Category.txt")
+    tsinghua.add_argument("--categories", type=_existing_file, required=True, help="Categorys.txt")
+    tsinghua.add_argument("--poi", type=_existing_file, required=True, help="base_poi.txt")
+    tsinghua.add_argument("--coords", type=_existing_file, default=None,
+                          help="optional CSV cell_id,lat,lon of base stations (the public release has none)")
+    tsinghua.add_argument("--all-services", action="store_true",
+                          help="keep all 20 app categories instead of the paper's 10")
+    tsinghua.add_argument("--name", default="tsinghua", help="data set name (default tsinghua)")
+    tsinghua.set_defaults(handler=cmd_ingest_tsinghua)
+
+    table = ingest.add_parser(
+        "table", parents=[common, reporting], help="the documented long format (CSV or Parquet)",
+        description="Ingest records (entity_id, timestamp, cell_id, service, bytes) and cells "
+        "(cell_id, lat, lon, <POI columns>); see README 'Data formats'.",
+    )
+    table.add_argument("--records", type=_existing_file, required=True, help="records file (.csv or .parquet)")
+    table.add_argument("--cells", type=_existing_file, required=True, help="cells file (.csv or .parquet)")
+    table.add_argument("--mapping", type=_existing_file, default=None, help="JSON column mapping (README)")
+    table.add_argument("--entity-kind", choices=["user", "cell"], default=None,
+                       help="what the records' entity_id is (default: the mapping's, else user)")
+    table.add_argument("--timezone", default=None,
+                       help="IANA time zone of naive timestamps (default: the mapping's, else UTC)")
+    table.add_argument("--name", default=None, help="data set name (default: the records file's stem)")
+    table.set_defaults(handler=cmd_ingest_table)
+
+    data = commands.add_parser("data", help="inspect the data sets").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    info = data.add_parser("info", parents=[common, reporting], help="counts and vocabularies of a data set")
+    info.add_argument("--dataset", default=None, help="data set name (default: the active one)")
+    info.set_defaults(handler=cmd_data_info)
+    listing = data.add_parser("list", parents=[common, reporting], help="all data sets; * marks the active one")
+    listing.set_defaults(handler=cmd_data_list)
+    use = data.add_parser("use", parents=[common], help="make a data set the active one")
+    use.add_argument("name")
+    use.set_defaults(handler=cmd_data_use)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    except LookupError as error:  # no such data set / entity
+        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

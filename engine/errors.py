@@ -1,0 +1,37 @@
+"""Errors meant for people: which file, which line and field, what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InputError(ValueError):
+    """Bad input data or options. ``str()`` is the whole message shown to the user.
+
+    ``line`` is the 1-based physical line of a text file (the header is line 1 when there is one),
+    or the 1-based row for Parquet.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.field = field
+        self.hint = hint
+        where = ""
+        if self.file:
+            where = self.file + (f":{line}" if line is not None else "")
+        parts = [where] if where else []
+        if field:
+            parts.append(f"field {field!r}")
+        text = ": ".join(parts + [message])
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
