@@ -289,6 +289,9 @@ def _poi_counts(rng: np.random.Generator, xy: np.ndarray, land_use: np.ndarray) 
     p_empty = REAL_EMPTY_SHARE * (0.3 + 1.0 * radius) * np.where(land_use == LU["park"], 2.0, 1.0)
     p_empty[land_use == LU["transport"]] = 0
     counts[rng.random(n) < p_empty] = 0
+    # A hub cell always holds its station(s): at least one transport-hub POI.
+    hubs = land_use == LU["transport"]
+    counts[hubs, P["Transportation hub"]] += rng.integers(1, 4, size=int(hubs.sum()))
     return counts
 
 
