@@ -335,8 +335,13 @@ def _make_users(rng, xy, land_use, poi, config):  # noqa: ANN001, ANN202
     names = list(_PERSONAS)
     shares = np.array([_PERSONAS[p]["share"] for p in names])
     hubs = np.flatnonzero(land_use == LU["transport"])
-    home_pool = np.flatnonzero(np.isin(land_use, [LU["residential"], LU["mixed"]]))
-    leisure_pool = np.flatnonzero(np.isin(land_use, [LU["commercial"], LU["park"], LU["cbd"], LU["mixed"]]))
+    def pool_of(*kinds: str) -> np.ndarray:
+        """Cells of these land uses; in a tiny city that lacks them, any cell that is not a hub."""
+        pool = np.flatnonzero(np.isin(land_use, [LU[k] for k in kinds]))
+        return pool if len(pool) else np.flatnonzero(land_use != LU["transport"])
+
+    home_pool = pool_of("residential", "mixed")
+    leisure_pool = pool_of("commercial", "park", "cbd", "mixed")
     users = []
     for _ in range(config.users):
         persona = names[rng.choice(len(names), p=shares)]
@@ -344,14 +349,14 @@ def _make_users(rng, xy, land_use, poi, config):  # noqa: ANN001, ANN202
         home = _weighted_choice(rng, home_pool, poi[home_pool, P["Residence"]] + 5)
         work = None
         if spec["work"]:
-            pool = np.flatnonzero(np.isin(land_use, [LU[w] for w in spec["work"]]))
+            pool = pool_of(*spec["work"])
             work_weight = poi[pool][:, [P["Business affairs"], P["Factory"], P["Education"], P["Shopping"]]].sum(1)
             work = _weighted_choice(rng, pool, work_weight + 5)
         # Leisure places: attractive ones, preferably not too far from home.
         distance = np.linalg.norm(xy[leisure_pool] - xy[home], axis=1)
         attraction = poi[leisure_pool][:, [P["Shopping"], P["Restaurant"], P["Scenic spot"],
                                            P["Entertainment and leisure"]]].sum(1) + 3
-        n_leisure = int(rng.integers(2, 5))
+        n_leisure = min(int(rng.integers(2, 5)), len(leisure_pool))
         leisure = rng.choice(leisure_pool, size=n_leisure, replace=False,
                              p=(w := attraction * np.exp(-distance / 0.5)) / w.sum())
         users.append({

@@ -183,3 +183,10 @@ def test_env_effect_does_not_change_where_people_go():
 def test_invalid_configuration_names_the_field(field, value):
     with pytest.raises(InputError, match=f"field '{field}'"):
         generate_city(CityConfig(**{field: value}))
+
+
+@pytest.mark.parametrize("cells", [8, 9, 12, 16])
+def test_tiny_cities_still_build_with_every_user_placed(cells):
+    for seed in range(4):
+        city = generate_city(CityConfig(users=15, cells=cells, seed=seed))
+        assert (_locations(city) >= 0).all() and len(city.cell_keys) == cells
