@@ -1,0 +1,1 @@
+"""Environment understanding: satellite tiles, text descriptions, CLIP embeddings (paper Sec. IV-A)."""

@@ -1,0 +1,140 @@
+"""CLIP encoder: real open_clip models trained on tiny data on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.env.clip import (
+    ClipSettings,
+    build_encoder,
+    combine_env,
+    encode,
+    load_encoder,
+    neighbour_agreement,
+    retrieval_metrics,
+    save_encoder,
+    train_clip,
+)
+from engine.errors import InputError
+
+KINDS = ["red park", "green forest", "blue lake", "grey office towers", "white factory sheds", "yellow fields"]
+COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (120, 120, 120), (240, 240, 240), (220, 210, 40)]
+
+
+def _toy_pairs(n: int = 96, seed: int = 0):  # noqa: ANN202
+    """Images whose colour and texture say which of six kinds of place they show; matching texts."""
+    g = torch.Generator().manual_seed(seed)
+    labels = np.arange(n) % len(KINDS)
+    images = torch.zeros((n, 3, 64, 64), dtype=torch.uint8)
+    for i, k in enumerate(labels):
+        noise = torch.randint(-25, 25, (3, 64, 64), generator=g)
+        base = torch.tensor(COLOURS[k]).view(3, 1, 1)
+        images[i] = (base + noise).clamp(0, 255).to(torch.uint8)
+    texts = [f"an aerial view of {KINDS[k]}" for k in labels]
+    return images, texts, labels
+
+
+def test_contrastive_training_lowers_the_loss_and_retrieves_above_chance():
+    images, texts, labels = _toy_pairs()
+    settings = ClipSettings(epochs=6, batch_size=32, lr=1e-3, holdout=0.25)
+    encoder = build_encoder(settings)
+    metrics = train_clip(encoder, images, texts, settings)
+    history = metrics["loss_history"]
+    assert len(history) == 6 and history[-1] < history[0] - 0.3
+    image_z, text_z = encode(encoder, images, texts)
+    assert image_z.shape == (96, 128) and np.allclose(np.linalg.norm(image_z, axis=1), 1, atol=1e-4)
+    # Each held-out image finds a text of its own kind far more often than chance (1/6).
+    similarity = image_z @ text_z.T
+    assert (labels[similarity.argmax(1)] == labels).mean() > 0.6
+    assert metrics["retrieval"]["pairs"] == 24 and metrics["retrieval"]["top5"] > metrics["retrieval"]["chance_top1"] * 5
+
+
+def test_training_is_deterministic_for_a_seed():
+    images, texts, _ = _toy_pairs(48)
+    runs = []
+    for _ in range(2):
+        settings = ClipSettings(epochs=2, batch_size=16, seed=3)
+        encoder = build_encoder(settings)
+        train_clip(encoder, images, texts, settings)
+        runs.append(encode(encoder, images[:4], texts[:4])[0])
+    assert np.allclose(runs[0], runs[1], atol=1e-5)
+
+
+def test_saved_encoder_reloads_bit_identically_and_refuses_tampered_weights(tmp_path):
+    images, texts, _ = _toy_pairs(8)
+    encoder = build_encoder(ClipSettings())
+    encoder_id = save_encoder(encoder, tmp_path / "enc")
+    assert encoder_id.startswith("clip-")
+    reloaded = load_encoder(tmp_path / "enc")
+    a, b = encode(encoder, images, texts), encode(reloaded, images, texts)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    weights = tmp_path / "enc" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="do not match the hash"):
+        load_encoder(tmp_path / "enc")
+
+
+def test_encoder_config_that_does_not_match_the_weights_is_refused(tmp_path):
+    encoder = build_encoder(ClipSettings())
+    save_encoder(encoder, tmp_path / "enc")
+    config = json.loads((tmp_path / "enc" / "config.json").read_text())
+    config["model_cfg"] = {"embed_dim": 64, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 8},
+                           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+    (tmp_path / "enc" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="do not match the architecture"):
+        load_encoder(tmp_path / "enc")
+
+
+def test_local_checkpoint_initialises_and_frozen_uses_it_as_is(tmp_path):
+    images, texts, _ = _toy_pairs(12)
+    pretrained = build_encoder(ClipSettings(seed=5))
+    save_encoder(pretrained, tmp_path / "pre")
+    frozen = build_encoder(ClipSettings(init=str(tmp_path / "pre" / "model.safetensors"), frozen=True))
+    metrics = train_clip(frozen, images, texts, ClipSettings(init="x", frozen=True))
+    assert metrics["loss_history"] == []
+    assert np.allclose(encode(frozen, images, texts)[0], encode(pretrained, images, texts)[0], atol=1e-6)
+
+
+def test_checkpoint_of_another_architecture_is_refused_with_the_file_named(tmp_path):
+    encoder = build_encoder(ClipSettings())
+    save_encoder(encoder, tmp_path / "enc")
+    with pytest.raises(InputError, match="model.safetensors.*ViT-S-32"):
+        build_encoder(ClipSettings(arch="ViT-S-32", init=str(tmp_path / "enc" / "model.safetensors")))
+
+
+@pytest.mark.parametrize(
+    "settings,field",
+    [(ClipSettings(frozen=True), "--frozen"), (ClipSettings(arch="nope"), "--clip-arch"),
+     (ClipSettings(init="/no/such.pt"), "--clip-init"), (ClipSettings(mode="both-ish"), "--env-mode")],
+)
+def test_bad_clip_settings_name_the_option(settings, field):
+    with pytest.raises(InputError, match=field):
+        settings.validate()
+
+
+def test_env_combination_follows_eq9_and_falls_back_to_text_without_an_image():
+    image = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    text = np.array([[0.0, 1.0], [1.0, 0.0]], dtype=np.float32)
+    has_image = np.array([True, False])
+    both = combine_env(image, text, has_image, a=0.3, b=0.7)
+    assert np.allclose(both[0], [0.3, 0.7]) and np.allclose(both[1], [1.0, 0.0])
+    assert np.allclose(combine_env(image, text, has_image, 0.5, 0.5, "image")[1], text[1])
+    assert np.allclose(combine_env(image, text, has_image, 0.5, 0.5, "text"), text)
+    assert not combine_env(image, text, has_image, 0.5, 0.5, "none").any()
+
+
+def test_retrieval_and_neighbour_agreement_measure_what_they_claim():
+    z = np.eye(6, dtype=np.float32)
+    perfect = retrieval_metrics(z, z)
+    assert perfect["top1"] == 1.0 and perfect["top5"] == 1.0
+    swapped = retrieval_metrics(z, z[[1, 0, 2, 3, 4, 5]])
+    assert swapped["image_to_text"]["top1"] == pytest.approx(4 / 6)
+    clusters = np.array([[1, 0.1], [1, 0.0], [0, 1], [0.1, 1]], dtype=np.float32)
+    assert neighbour_agreement(clusters, ["a", "a", "b", "b"]) == 1.0
+    assert neighbour_agreement(clusters, ["a", "b", "a", "b"]) == 0.0
