@@ -144,6 +144,7 @@ class Description(Base):
     generator: Mapped[str] = mapped_column(String(40))  # template | openai | template-fallback
     model: Mapped[str | None] = mapped_column(String(200))
     prompt: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)  # why the LLM failed, for template fallbacks (v3)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

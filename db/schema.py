@@ -35,7 +35,22 @@ def _v2_stages(connection: Connection) -> None:
     _create_tables(connection, STAGE_TABLES)
 
 
-STEPS: dict[int, Callable[[Connection], None]] = {1: _v1_core, 2: _v2_stages}
+def _add_column(connection: Connection, table: str, column: str) -> None:
+    """ALTER TABLE ... ADD COLUMN, skipped where the column exists (a fresh database that ran the
+    create steps with the current models already has it)."""
+    if column in {c["name"] for c in inspect(connection).get_columns(table)}:
+        return
+    col = Base.metadata.tables[table].c[column]
+    ddl_type = col.type.compile(dialect=connection.dialect)
+    connection.exec_driver_sql(f'ALTER TABLE {table} ADD COLUMN "{column}" {ddl_type}')
+
+
+def _v3_description_errors(connection: Connection) -> None:
+    """descriptions.error: why an LLM description fell back to the template."""
+    _add_column(connection, "descriptions", "error")
+
+
+STEPS: dict[int, Callable[[Connection], None]] = {1: _v1_core, 2: _v2_stages, 3: _v3_description_errors}
 LATEST_VERSION = max(STEPS)
 
 

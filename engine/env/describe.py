@@ -766,7 +766,9 @@ def describe_cells(
 
     Cells that already have one keep it unless ``regenerate`` is true. The city's averages always come
     from all of the data set's cells. Returns ``{described, kept, fallbacks, total, fallback_reasons}``
-    (``fallback_reasons``: reason -> number of cells; the Description table has no column for it).
+    (``fallback_reasons``: reason -> number of cells; each fallback row also stores its reason in
+    ``Description.error``). All rows are written at the end, so that a slow LLM endpoint never holds
+    the database's write lock while it answers.
     ``progress`` receives a line now and then.
     """
     say = progress or (lambda message: None)
@@ -800,14 +802,13 @@ def describe_cells(
     for done, (cell_id, counts) in enumerate(todo, start=1):
         described = describer.describe(counts, stats)
         batch.append({"cell_id": cell_id, "text": described.text, "generator": described.generator,
-                      "model": described.model, "prompt": described.prompt, "created_at": utcnow()})
+                      "model": described.model, "prompt": described.prompt, "error": described.error,
+                      "created_at": utcnow()})
         result["described"] += 1
         if described.generator == "template-fallback":
             result["fallbacks"] += 1
             reasons = result["fallback_reasons"]
             reasons[described.error or "unknown"] = reasons.get(described.error or "unknown", 0) + 1
-        if len(batch) >= 500:
-            flush()
         if done % step == 0 or done == len(todo):
             fallbacks = f" ({result['fallbacks']} fallbacks)" if result["fallbacks"] else ""
             say(f"descriptions: {done}/{len(todo)}{fallbacks}")

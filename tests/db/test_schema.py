@@ -68,3 +68,28 @@ def test_db_location_prefers_option_then_environment_then_data_dir(tmp_path, mon
     monkeypatch.setenv("LSDM_HOME", str(tmp_path / "home"))
     assert resolve_db_url(None) == f"sqlite:///{tmp_path / 'home' / 'lsdm.sqlite'}"
     assert (tmp_path / "home").is_dir()
+
+
+def test_upgrade_from_version_2_adds_the_description_error_column_and_keeps_rows(tmp_path):
+    from datetime import datetime
+
+    from db.models import Cell, Description
+
+    old = create_engine(f"sqlite:///{tmp_path / 'v2.sqlite'}")
+    _configure_sqlite(old)
+    upgrade(old, target=2)
+    with old.begin() as connection:  # the exact version-2 shape: no descriptions.error yet
+        connection.exec_driver_sql("ALTER TABLE descriptions DROP COLUMN error")
+        connection.execute(Dataset.__table__.insert().values(
+            id=1, name="d", kind="synthetic", entity_kind="user", services=["a"], poi_categories=["b"],
+            time_origin=datetime(2016, 4, 18), timezone="UTC", hours=24, params={}, is_active=True,
+            created_at=datetime(2020, 1, 1)))
+        connection.execute(Cell.__table__.insert().values(id=1, dataset_id=1, key="c", name="c", poi_counts=[1],
+                                                          attrs={}))
+        connection.exec_driver_sql(
+            "INSERT INTO descriptions (cell_id, text, generator, created_at) VALUES (1, 'old text', 'template', '2020-01-01')"
+        )
+    assert upgrade(old) == (2, LATEST_VERSION)
+    with old.connect() as connection:
+        assert connection.execute(select(Description.text, Description.error)).one() == ("old text", None)
+    assert _schema(old) == _schema(open_database(str(tmp_path / "fresh.sqlite")).engine)
