@@ -312,11 +312,11 @@ def train_clip(
             if progress:
                 progress(f"CLIP epoch {epoch + 1}/{settings.epochs}: loss {history[-1]:.3f}", (epoch + 1) / settings.epochs)
     model.eval()
-    image_z, text_z = encode(encoder, images, texts)
     metrics = {"train_pairs": int(len(train_idx)), "heldout_pairs": int(len(held_idx)),
                "train_seconds": round(time.perf_counter() - started, 2), "loss_history": [round(v, 4) for v in history]}
     if len(held_idx) >= 2:
-        metrics["retrieval"] = retrieval_metrics(image_z[held_idx], text_z[held_idx])
+        image_z, text_z = encode(encoder, images[held_idx], [texts[i] for i in held_idx])
+        metrics["retrieval"] = retrieval_metrics(image_z, text_z)
     return metrics
 
 
@@ -326,6 +326,9 @@ def encode(encoder: ClipEncoder, images, texts: list[str], *, batch_size: int = 
 
     model = encoder.model
     model.eval()
+    if len(texts) == 0:
+        dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None else 0
+        return np.zeros((0, dim), dtype=np.float32), np.zeros((0, dim), dtype=np.float32)
     image_out, text_out = [], []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):

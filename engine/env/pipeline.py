@@ -1,0 +1,226 @@
+"""`lsdm env build` / `lsdm env info`: tiles -> descriptions -> CLIP -> per-cell embeddings.
+
+Transactions: tiles and descriptions are each written in one transaction (each is a complete,
+consistent set on its own); the encoder's files are written to a temporary folder and moved into place
+before its registration and all of its embeddings are written together in one final transaction. A
+failure at any stage leaves earlier committed stages intact and nothing of the failed stage visible.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from db import Database, data_dir
+from db.models import Cell, Dataset, Description, Embedding, ModelRecord, Tile
+from db.queries import get_dataset
+from engine.env.clip import (
+    ClipSettings,
+    build_encoder,
+    combine_env,
+    encode,
+    images_to_tensor,
+    load_encoder,
+    neighbour_agreement,
+    save_encoder,
+    settings_dict,
+    train_clip,
+)
+
+Progress = Callable[[str], None]
+
+
+def models_dir() -> Path:
+    path = data_dir() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def dominant_labels(cells: list[Cell], categories: list[str]) -> list[str]:
+    """Each cell's land use where known (synthetic cities), else its most over-represented POI
+    category relative to the data set's mean ("none" for empty cells)."""
+    if all(c.land_use for c in cells):
+        return [c.land_use for c in cells]
+    counts = np.array([c.poi_counts for c in cells], dtype=float)
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    lift = share / np.maximum(share.mean(0, keepdims=True), 1e-9)
+    return [categories[int(np.argmax(row))] if total > 0 else "none" for row, total in zip(lift, counts.sum(1))]
+
+
+def active_encoder_record(session: Session, dataset: Dataset) -> ModelRecord | None:
+    return session.scalar(
+        select(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.dataset_id == dataset.id,
+                                  ModelRecord.is_active.is_(True))
+    )
+
+
+def build_environment(
+    database: Database,
+    *,
+    dataset_name: str | None = None,
+    tiles: str | None = None,
+    describer: str = "template",
+    describer_options: dict | None = None,
+    regenerate: bool = False,
+    settings: ClipSettings | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Run the whole environment stage for a data set; returns what `env info` reports plus timings."""
+    from engine.env.describe import describe_cells, make_describer
+    from engine.env.tiles import open_tile_source, store_tiles
+
+    settings = settings or ClipSettings()
+    settings.validate()
+    say = progress or (lambda message: None)
+    timings: dict[str, float] = {}
+
+    with database.session() as session:
+        dataset = get_dataset(session, dataset_name)
+        dataset_id, kind = dataset.id, dataset.kind
+        n_tiles = session.scalar(select(func.count()).select_from(Tile).join(Cell).where(Cell.dataset_id == dataset_id))
+    tiles = tiles or ("synthetic" if kind == "synthetic" else None)
+
+    started = time.perf_counter()
+    if tiles and (regenerate or n_tiles == 0 or tiles != "synthetic"):
+        source = open_tile_source(tiles)
+        say(f"tiles from {tiles} ...")
+        with database.write_session() as session, session.begin():
+            counts = store_tiles(session, session.get(Dataset, dataset_id), source,
+                                 progress=lambda done, total: say(f"tiles: {done}/{total}"))
+        say(f"tiles: {counts}")
+    timings["tiles_s"] = round(time.perf_counter() - started, 2)
+
+    started = time.perf_counter()
+    # A deferred transaction: the write lock is taken only when the rows are written at the end.
+    with database.session() as session, session.begin():
+        counts = describe_cells(session, session.get(Dataset, dataset_id), make_describer(describer, **(describer_options or {})),
+                                regenerate=regenerate, progress=say)
+    say(f"descriptions: {counts}")
+    timings["descriptions_s"] = round(time.perf_counter() - started, 2)
+
+    with database.session() as session:
+        dataset = session.get(Dataset, dataset_id)
+        cells = session.scalars(select(Cell).where(Cell.dataset_id == dataset_id).order_by(Cell.id)).all()
+        texts_by_cell = dict(session.execute(select(Description.cell_id, Description.text)
+                                             .join(Cell).where(Cell.dataset_id == dataset_id)).all())
+        tiles_by_cell = dict(session.execute(select(Tile.cell_id, Tile.image)
+                                             .join(Cell).where(Cell.dataset_id == dataset_id)).all())
+        labels = dominant_labels(list(cells), list(dataset.poi_categories))
+    cell_ids = np.array([c.id for c in cells])
+    texts = [texts_by_cell.get(int(c), "") for c in cell_ids]
+    has_image = np.array([int(c) in tiles_by_cell for c in cell_ids])
+
+    started = time.perf_counter()
+    encoder = build_encoder(settings)
+    images = images_to_tensor([tiles_by_cell.get(int(c)) for c in cell_ids], encoder.image_size)
+    paired = np.flatnonzero(has_image)
+    say(f"CLIP: {len(paired)} (tile, description) pairs; {'frozen' if settings.frozen else f'{settings.epochs} epochs'}")
+    metrics = train_clip(encoder, images[paired], [texts[i] for i in paired], settings,
+                         progress=lambda message, _fraction: say(message))
+    timings["clip_train_s"] = round(time.perf_counter() - started, 2)
+
+    started = time.perf_counter()
+    image_z, text_z = encode(encoder, images, texts)
+    env_z = combine_env(image_z, text_z, has_image, settings.a, settings.b, settings.mode)
+    timings["embed_s"] = round(time.perf_counter() - started, 3)
+    timings["embed_cells_per_s"] = round(len(cell_ids) / max(timings["embed_s"], 1e-9), 1)
+    metrics["land_use_agreement"] = {
+        "env": round(neighbour_agreement(env_z, labels), 4) if settings.mode != "none" else None,
+        "image": round(neighbour_agreement(image_z[has_image], [l for l, h in zip(labels, has_image) if h]), 4)
+        if has_image.sum() > 1 else None,
+        "text": round(neighbour_agreement(text_z, labels), 4),
+        "chance": round(float(sum((labels.count(l) / len(labels)) ** 2 for l in set(labels))), 4),
+    }
+
+    with tempfile.TemporaryDirectory(dir=models_dir()) as tmp:
+        encoder_id = save_encoder(encoder, Path(tmp) / "encoder")
+        final = models_dir() / encoder_id
+        if final.exists():
+            shutil.rmtree(final)
+        shutil.move(str(Path(tmp) / "encoder"), final)
+
+    with database.write_session() as session, session.begin():
+        session.execute(update(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.dataset_id == dataset_id)
+                        .values(is_active=False))
+        session.add(ModelRecord(
+            name=encoder_id, kind="clip", path=str(final), sha256=encoder.meta["sha256"],
+            config={"settings": settings_dict(settings), "encoder": encoder.meta}, metrics=metrics,
+            dataset_id=dataset_id, is_active=True,
+        ))
+        session.execute(delete(Embedding).where(Embedding.encoder_id == encoder_id,
+                                                Embedding.cell_id.in_(cell_ids.tolist())))
+        rows = []
+        for kind_name, matrix in (("image", image_z), ("text", text_z), ("env", env_z)):
+            for i, cell_id in enumerate(cell_ids):
+                if kind_name == "image" and not has_image[i]:
+                    continue
+                rows.append({"cell_id": int(cell_id), "encoder_id": encoder_id, "kind": kind_name,
+                             "dim": int(matrix.shape[1]), "vector": matrix[i].astype("<f4").tobytes()})
+        session.execute(Embedding.__table__.insert(), rows)
+    summary = environment_info(database, dataset_name)
+    summary["timings"] = timings
+    return summary
+
+
+def load_env_embeddings(session: Session, dataset: Dataset, kind: str = "env",
+                        encoder_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(cell ids, (N, D) float32) of the active (or named) encoder's embeddings of a data set."""
+    if encoder_id is None:
+        record = active_encoder_record(session, dataset)
+        if record is None:
+            raise LookupError(f"no environment encoder for data set {dataset.name!r}; run `lsdm env build`")
+        encoder_id = record.name
+    rows = session.execute(
+        select(Embedding.cell_id, Embedding.vector).join(Cell, Cell.id == Embedding.cell_id)
+        .where(Cell.dataset_id == dataset.id, Embedding.encoder_id == encoder_id, Embedding.kind == kind)
+        .order_by(Embedding.cell_id)
+    ).all()
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+    return (np.array([r[0] for r in rows]), np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]))
+
+
+def environment_info(database: Database, dataset_name: str | None = None) -> dict:
+    """Coverage of tiles, descriptions and embeddings, and the active encoder's retrieval metrics."""
+    with database.session() as session:
+        dataset = get_dataset(session, dataset_name)
+        in_dataset = Cell.dataset_id == dataset.id
+
+        def count(model) -> int:  # noqa: ANN001
+            return int(session.scalar(select(func.count()).select_from(model).join(Cell).where(in_dataset)) or 0)
+
+        record = active_encoder_record(session, dataset)
+        n_embeddings = 0
+        if record is not None:
+            n_embeddings = int(session.scalar(
+                select(func.count()).select_from(Embedding).join(Cell)
+                .where(in_dataset, Embedding.encoder_id == record.name, Embedding.kind == "env")) or 0)
+        fallbacks = int(session.scalar(select(func.count()).select_from(Description).join(Cell)
+                                       .where(in_dataset, Description.generator == "template-fallback")) or 0)
+        retrieval = (record.metrics.get("retrieval") if record else None) or {}
+        return {
+            "dataset": dataset.name,
+            "cells": int(session.scalar(select(func.count()).select_from(Cell).where(in_dataset))),
+            "tiles": count(Tile),
+            "descriptions": count(Description),
+            "description_fallbacks": fallbacks,
+            "embeddings": n_embeddings,
+            "encoder": record.name if record else None,
+            "retrieval": {"top1": retrieval.get("top1"), "top5": retrieval.get("top5"),
+                          **{k: v for k, v in retrieval.items() if k not in ("top1", "top5")}},
+            "land_use_agreement": (record.metrics.get("land_use_agreement") if record else None),
+        }
+
+
+def reload_active_encoder(session: Session, dataset: Dataset):  # noqa: ANN201
+    record = active_encoder_record(session, dataset)
+    if record is None:
+        raise LookupError(f"no environment encoder for data set {dataset.name!r}; run `lsdm env build`")
+    return load_encoder(Path(record.path))
