@@ -114,3 +114,34 @@ def test_bad_env_options_exit_2_with_the_option_named(small_city_db, capsys, arg
     assert main(["env", "build", "--db", small_city_db.url, "--epochs", "0", *argv]) == 2
     assert message in capsys.readouterr().err
     assert environment_info(small_city_db)["embeddings"] == 0
+
+
+def test_real_baidu_tiles_flow_through_the_folder_source_into_clip_embeddings(db_path, shared_data):
+    """The six real Shanghai tiles (BD09 names) reach the database and the encoder; a seventh cell
+    outside their area has no imagery and is embedded from its text."""
+    from engine.env.tiles.geo import baidu_tile_center_wgs84
+
+    centres = [baidu_tile_center_wgs84(13165, y, 16) for y in range(3580, 3586)] + [(31.2304, 121.4737)]
+    database = open_database(str(db_path))
+    content = DatasetContent(
+        name="real-tiles", kind="table", entity_kind="user", services=["A"], poi_categories=["Factory", "Home"],
+        time_origin=datetime(2016, 4, 18), timezone="Asia/Shanghai", hours=24,
+        cell_keys=[f"b{i}" for i in range(7)], cell_poi=np.array([[5, 1], [1, 5], [3, 3], [0, 2], [2, 0], [4, 4], [1, 1]]),
+        cell_lat=np.array([c[0] for c in centres]), cell_lon=np.array([c[1] for c in centres]), entity_keys=["u"],
+        traffic_entity=np.array([0]), traffic_hour=np.array([0]), traffic_service=np.array([0]),
+        traffic_bytes=np.array([10]), location_entity=np.array([0]), location_hour=np.array([0]),
+        location_cell=np.array([0]),
+    )
+    with database.write_session() as session, session.begin():
+        store_dataset(session, content)
+    folder = shared_data / "tiles" / "shanghai_z16_bd09"
+    summary = build_environment(database, tiles=f"dir:{folder}", settings=ClipSettings(epochs=1))
+    assert summary["tiles"] == 6 and summary["embeddings"] == 7
+    with database.session() as session:
+        from db.models import Tile
+
+        tiles = session.scalars(select(Tile)).all()
+        assert {t.zoom for t in tiles} == {16} and all(t.media_type == "image/jpeg" for t in tiles)
+        assert all(t.source.startswith("dir:") for t in tiles)
+        _, z_image = load_env_embeddings(session, get_dataset(session), kind="image")
+        assert z_image.shape == (6, 128)
