@@ -40,6 +40,13 @@ def data_dir() -> Path:
     return root
 
 
+def models_dir() -> Path:
+    """Where trained encoders and forecasters are saved (``<data dir>/models``)."""
+    path = data_dir() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def resolve_db_url(value: str | None = None) -> str:
     """Turn a ``--db`` value, ``LSDM_DB`` or the default location into a SQLAlchemy URL."""
     value = value or os.environ.get("LSDM_DB") or str(data_dir() / "lsdm.sqlite")

@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from db import Database, data_dir
+from db import Database, models_dir
 from db.models import Cell, Dataset, Description, Embedding, ModelRecord, Tile
 from db.queries import get_dataset
 from engine.env.clip import (
@@ -35,12 +35,6 @@ from engine.env.clip import (
 )
 
 Progress = Callable[[str], None]
-
-
-def models_dir() -> Path:
-    path = data_dir() / "models"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def dominant_labels(cells: list[Cell], categories: list[str]) -> list[str]:
