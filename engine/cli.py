@@ -250,6 +250,67 @@ def _env_lines(summary: dict) -> list[str]:
     return lines
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from db import open_database
+    from engine.model.config import resolve_config
+    from engine.train import train
+
+    name, config = resolve_config(args.config, epochs=args.epochs, seed=args.seed)
+
+    def report(entry: dict) -> None:
+        if not args.json:
+            print(f"  epoch {entry['epoch']:>3}: train loss {entry['train_loss']:.4f}  "
+                  f"validation loss {entry['val_loss']:.4f}  ({entry['seconds']:.0f} s)", file=sys.stderr, flush=True)
+
+    result = train(open_database(args.db), name, config, dataset_name=args.dataset, split=args.split,
+                   activate=not args.no_activate, device=args.device, progress=report,
+                   max_seconds=args.max_minutes * 60 if args.max_minutes else None)
+    payload = {"model_id": result.record_id, "config": name, "path": str(result.path), **result.metrics}
+    curve = " ".join(f"{e['val_loss']:.3f}" for e in result.metrics["history"])
+    _emit(args, payload, [f"Trained model {result.record_id} ({name}) in {result.metrics['train_seconds']:.0f} s "
+                          f"on {result.metrics['device']}; stopped by {result.metrics['stopped_by']}",
+                          f"  validation loss by epoch: {curve}", f"  saved to {result.path}"])
+    return 0
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from db import open_database
+    from engine.forecast import run_forecast
+
+    run = run_forecast(open_database(args.db), entity=args.entity, start=args.start, horizon=args.horizon,
+                       samples=args.samples, sampler=args.sampler, location=args.location,
+                       guidance=args.guidance, seed=args.seed, model_id=args.model, dataset_name=args.dataset,
+                       device=args.device)
+    lines = [f"Forecast run {run['run_id']} with model {run['model_id']} in {run['seconds']:.2f} s"]
+    for entity in run["entities"]:
+        lines.append(f"  {entity['entity']}: total MB per hour, median [5%, 95%]")
+        for step in entity["steps"][:48]:
+            lines.append(f"    {step['label']}: {step['total']['median'] / 1e6:8.2f} "
+                         f"[{step['total']['q05'] / 1e6:.2f}, {step['total']['q95'] / 1e6:.2f}]"
+                         + (f"  truth {step['total']['truth'] / 1e6:.2f}" if step["total"].get("truth") is not None else ""))
+    _emit(args, run, lines)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from db import open_database
+    from db.models import Dataset, ModelRecord
+
+    database = open_database(args.db)
+    with database.session() as session:
+        rows = session.execute(select(ModelRecord, Dataset.name).outerjoin(Dataset, Dataset.id == ModelRecord.dataset_id)
+                               .order_by(ModelRecord.id)).all()
+        models = [{"id": m.id, "name": m.name, "kind": m.kind, "dataset": d, "active": m.is_active,
+                   "created_at": m.created_at.isoformat(timespec="seconds"), "path": m.path,
+                   "best_val_loss": (m.metrics or {}).get("best_val_loss")} for m, d in rows]
+    lines = [f"{'*' if m['active'] else ' '} {m['id']:>4} {m['kind']:6s} {m['name']:24s} {m['dataset'] or '-':20s} "
+             f"{m['created_at']}" for m in models]
+    _emit(args, {"models": models}, lines or ["no models yet; run `lsdm train`"])
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------------
 
 
@@ -282,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--env-effect", type=_non_negative_float, default=1.0,
         help="strength of the environment's influence on service use; 0 removes it entirely (default 1.0)",
     )
-    build.add_argument("--days", type=_positive_int, default=7, help="days of hourly data (default 7)")
+    build.add_argument("--days", type=_positive_int, default=14,
+                       help="days of hourly data (default 14: two weeks, so that a weekend is in the training days)")
     build.add_argument("--center", type=_lat_lon, default=(31.2304, 121.4737), metavar="LAT,LON",
                        help="city centre (default: central Shanghai, 31.2304,121.4737)")
     build.add_argument("--radius-km", type=_non_negative_float, default=5.0, help="city radius in km (default 5)")
@@ -368,6 +430,48 @@ def build_parser() -> argparse.ArgumentParser:
     env_info = env.add_parser("info", parents=[common, reporting], help="coverage and encoder metrics")
     env_info.add_argument("--dataset", default=None, help="data set name (default: the active one)")
     env_info.set_defaults(handler=cmd_env_info)
+
+    train_p = commands.add_parser(
+        "train", parents=[common, reporting], help="train an LSDM forecaster",
+        description="Train an LSDM forecaster on a data set (AdamW, EMA, gradient clipping, early stopping on "
+        "validation), save it (safetensors + JSON) and register it as the active model.",
+    )
+    train_p.add_argument("--config", default="lsdm", metavar="NAME|FILE",
+                         help="lsdm (default), lsdm-no-condition, csdi-like, no-2d-attention, env-input, image-only, "
+                              "text-only, tiny, or a JSON file of model settings")
+    train_p.add_argument("--epochs", type=_positive_int, default=None, help="maximum epochs (default: the config's)")
+    train_p.add_argument("--seed", type=int, default=None, help="seed (default: the config's)")
+    train_p.add_argument("--split", choices=["time", "users"], default="time",
+                         help="time: train on the first days, validate on the next, test on the last (default); "
+                              "users: also hold out a share of the users")
+    train_p.add_argument("--dataset", default=None, help="data set name (default: the active one)")
+    train_p.add_argument("--max-minutes", type=_non_negative_float, default=None, help="stop after this training time")
+    train_p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    train_p.add_argument("--no-activate", action="store_true", help="register without making it the active model")
+    train_p.set_defaults(handler=cmd_train)
+
+    forecast = commands.add_parser(
+        "forecast", parents=[common, reporting], help="probabilistic recursive forecast for users or cells",
+        description="Forecast the coming hours per service: every sample path feeds its own samples back. "
+        "The run is stored with every parameter and can be reproduced exactly.",
+    )
+    forecast.add_argument("--entity", required=True, metavar="user:ID[,user:ID...]", help="who to forecast")
+    forecast.add_argument("--start", type=int, required=True, metavar="HOUR",
+                          help="first forecast hour (hours since the data set's origin)")
+    forecast.add_argument("--horizon", type=_positive_int, default=1, help="hours to forecast (default 1)")
+    forecast.add_argument("--samples", type=_positive_int, default=32, help="sample paths (default 32)")
+    forecast.add_argument("--sampler", default="ddim:10", help="ddpm (faithful, all steps) or ddim:STEPS (default ddim:10)")
+    forecast.add_argument("--location", default="habitual", metavar="habitual|stay|cell:ID,...",
+                          help="where the entity is during the forecast (default: its habitual cell for that hour)")
+    forecast.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
+    forecast.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    forecast.add_argument("--model", type=int, default=None, help="model id (default: the active model)")
+    forecast.add_argument("--dataset", default=None, help="data set name (default: the active one)")
+    forecast.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    forecast.set_defaults(handler=cmd_forecast)
+
+    models = commands.add_parser("models", parents=[common, reporting], help="registered models; * marks active ones")
+    models.set_defaults(handler=cmd_models)
     return parser
 
 

@@ -21,7 +21,7 @@ def test_city_build_then_data_info_reports_the_city(db_path, capsys):
     assert built["dataset"] == "synthetic-seed2" and built["seconds"] > 0
     assert main(["data", "info", "--db", str(db_path), "--json"]) == 0
     info = _json(capsys)
-    assert info["users"] == 40 and info["cells"] == 30 and info["hours"] == 168
+    assert info["users"] == 40 and info["cells"] == 30 and info["hours"] == 336
     assert len(info["services"]) == 10 and info["services"][4] == "Social Networking"
     assert len(info["poi_categories"]) == 17
     assert info["total_bytes"] > 0 and isinstance(info["total_bytes"], int)

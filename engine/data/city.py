@@ -189,7 +189,7 @@ class CityConfig:
     cells: int = 400
     seed: int = 0
     env_effect: float = 1.0
-    days: int = 7
+    days: int = 14  # two weeks: the model trains on a weekend before it is tested on one
     center: tuple[float, float] = (31.2304, 121.4737)  # central Shanghai (People's Square)
     radius_km: float = 5.0
     districts_per_cell: float = 1 / 8  # one land-use district per ~8 cells

@@ -46,8 +46,8 @@ def test_same_seed_gives_the_same_city_and_another_seed_another(city):
     assert not np.array_equal(_dense(city), _dense(other))
 
 
-def test_city_covers_one_week_of_every_user_with_a_cell_each_hour(city):
-    assert city.hours == 168 and city.services == SERVICES and city.poi_categories == POI_CATEGORIES
+def test_city_covers_two_weeks_of_every_user_with_a_cell_each_hour(city):
+    assert city.hours == 14 * 24 and city.services == SERVICES and city.poi_categories == POI_CATEGORIES
     locations = _locations(city)
     assert (locations >= 0).all() and (locations < len(city.cell_keys)).all()
     assert city.time_origin.weekday() == 0  # hour 0 is Monday 00:00
@@ -123,13 +123,13 @@ def test_traffic_magnitudes_zero_hours_and_heavy_tails_look_like_the_real_trace(
     assert nonzero.max() / np.median(nonzero) > 100  # heavy tail
     users = traffic.sum((1, 2))
     assert users.max() > 5 * np.median(users)  # very uneven users
-    night = per_user_hour.reshape(len(users), 7, 24)[:, :, 3:5].mean()
-    evening = per_user_hour.reshape(len(users), 7, 24)[:, :, 20:22].mean()
+    night = per_user_hour.reshape(len(users), -1, 24)[:, :, 3:5].mean()
+    evening = per_user_hour.reshape(len(users), -1, 24)[:, :, 20:22].mean()
     assert evening > 4 * night
 
 
 def test_services_have_their_own_daily_rhythms(city):
-    by_hour = _dense(city).sum(0).reshape(7, 24, len(SERVICES))[:5].sum(0)
+    by_hour = _dense(city).sum(0).reshape(-1, 24, len(SERVICES))[:5].sum(0)
     share = by_hour / by_hour.sum(0, keepdims=True)
     s = {name: i for i, name in enumerate(SERVICES)}
     assert share[7:9, s["News"]].sum() > share[7:9, s["Entertainment"]].sum()

@@ -1,0 +1,281 @@
+"""A data set as arrays, its normalisation, and the (entity, target hour) windows of each split.
+
+Decisions (the paper leaves them open; see README "Forecasting engine"):
+- Normalisation: v = log1p(bytes) / s with one global scale s = the largest log1p(bytes) seen in the
+  training windows' hours (fitted on training data only, stored with the model). v lies in [0, ~1];
+  metrics "on the normalised scale" (the paper's tables) are on v, metrics "in bytes" on
+  expm1(v * s). One global scale (not one per service) keeps the services' relative volumes, which
+  the cosine term and the service mix (radar) depend on.
+- A window is (entity e, target hour t): history v[e, t-H : t] (H hours x K services), the side
+  information of hours t-H .. t+F-1 (hour of day, day of week), the environment embedding of the
+  entity's cell at every one of those hours, and the target v[e, t : t+F].
+- Splits: "time" (default): targets in the first days train, the next day validates, the last day
+  tests (history may reach back into earlier days: it is observed data). "users": a held-out share of
+  entities, tested on the test day, trained on the others' training days. "city": train on one data
+  set, test on another (the CLI passes the second one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Cell, Dataset, Entity, LocationHour, TrafficHour
+from engine.errors import InputError
+
+
+@dataclass
+class SeriesData:
+    """One data set in memory: traffic, locations, environment embeddings and calendar."""
+
+    dataset_name: str
+    services: list[str]
+    entity_ids: np.ndarray  # (E,) database ids
+    entity_keys: list[str]
+    traffic: np.ndarray  # (E, T, K) bytes, float64
+    location: np.ndarray  # (E, T) row in ``cell_ids``/``env``; -1 = unknown
+    cell_ids: np.ndarray  # (C,) database ids
+    cell_keys: list[str]
+    env: np.ndarray  # (C, D) float32 environment embedding per cell (D = 0 when there is none)
+    time_origin: datetime
+    encoder_id: str | None = None
+
+    @property
+    def hours(self) -> int:
+        return self.traffic.shape[1]
+
+    @property
+    def hour_of_day(self) -> np.ndarray:
+        return (self.time_origin.hour + np.arange(self.hours)) % 24
+
+    @property
+    def day_of_week(self) -> np.ndarray:
+        return (self.time_origin.weekday() + (self.time_origin.hour + np.arange(self.hours)) // 24) % 7
+
+    def env_at(self, entity: np.ndarray, hours: np.ndarray) -> np.ndarray:
+        """Environment embeddings of the entities' cells at the given hours: (..., D); zeros where the
+        cell (or its embedding) is unknown."""
+        return self.env_of_cells(self.location[entity, hours])
+
+    def env_of_cells(self, cell_rows: np.ndarray) -> np.ndarray:
+        padded = np.concatenate([self.env, np.zeros((1, self.env.shape[1]), dtype=np.float32)])
+        return padded[np.where(cell_rows >= 0, cell_rows, len(self.env))]
+
+    def habitual_cell(self, entity: int, hour: int, before: int) -> int:
+        """The entity's most frequent cell at this hour of the week (falling back to this hour of the
+        day, then to its most frequent cell overall), using only hours before ``before``."""
+        past = self.location[entity, :before]
+        hours = np.arange(before)
+        for same in ((hours % 168) == (hour % 168), (hours % 24) == (hour % 24), np.ones(before, bool)):
+            cells = past[same & (past >= 0)]
+            if len(cells):
+                values, counts = np.unique(cells, return_counts=True)
+                return int(values[np.argmax(counts)])
+        return -1
+
+
+def load_series(session: Session, dataset: Dataset, *, env_kind: str = "env",
+                encoder_id: str | None = None) -> SeriesData:
+    """Read a whole data set (and the active encoder's embeddings, if any) into arrays."""
+    from engine.env.pipeline import active_encoder_record, load_env_embeddings
+
+    entities = session.execute(select(Entity.id, Entity.key).where(Entity.dataset_id == dataset.id)
+                               .order_by(Entity.id)).all()
+    cells = session.execute(select(Cell.id, Cell.key).where(Cell.dataset_id == dataset.id).order_by(Cell.id)).all()
+    entity_ids = np.array([e[0] for e in entities], dtype=np.int64)
+    cell_ids = np.array([c[0] for c in cells], dtype=np.int64)
+    e_row = {int(e): i for i, e in enumerate(entity_ids)}
+    c_row = {int(c): i for i, c in enumerate(cell_ids)}
+    k = len(dataset.services)
+    traffic = np.zeros((len(entity_ids), dataset.hours, k))
+    rows = session.execute(select(TrafficHour.entity_id, TrafficHour.hour, TrafficHour.service, TrafficHour.bytes)
+                           .join(Entity, Entity.id == TrafficHour.entity_id)
+                           .where(Entity.dataset_id == dataset.id)).all()
+    if rows:
+        arr = np.asarray(rows, dtype=np.int64)
+        traffic[[e_row[e] for e in arr[:, 0]], arr[:, 1], arr[:, 2]] = arr[:, 3]
+    location = np.full((len(entity_ids), dataset.hours), -1, dtype=np.int64)
+    rows = session.execute(select(LocationHour.entity_id, LocationHour.hour, LocationHour.cell_id)
+                           .join(Entity, Entity.id == LocationHour.entity_id)
+                           .where(Entity.dataset_id == dataset.id)).all()
+    if rows:
+        arr = np.asarray(rows, dtype=np.int64)
+        location[[e_row[e] for e in arr[:, 0]], arr[:, 1]] = [c_row[c] for c in arr[:, 2]]
+    env = np.zeros((len(cell_ids), 0), dtype=np.float32)
+    if encoder_id is None:
+        record = active_encoder_record(session, dataset)
+        encoder_id = record.name if record else None
+    if encoder_id is not None:
+        ids, vectors = load_env_embeddings(session, dataset, kind=env_kind, encoder_id=encoder_id)
+        if len(ids):
+            env = np.zeros((len(cell_ids), vectors.shape[1]), dtype=np.float32)
+            env[[c_row[int(c)] for c in ids]] = vectors
+    return SeriesData(
+        dataset_name=dataset.name, services=list(dataset.services), entity_ids=entity_ids,
+        entity_keys=[e[1] for e in entities], traffic=traffic, location=location, cell_ids=cell_ids,
+        cell_keys=[c[1] for c in cells], env=env, time_origin=dataset.time_origin, encoder_id=encoder_id,
+    )
+
+
+@dataclass
+class Normaliser:
+    """v = log1p(bytes) / scale (see module docstring); fitted on training data only."""
+
+    scale: float = 1.0
+
+    @classmethod
+    def fit(cls, traffic_bytes: np.ndarray) -> Normaliser:
+        peak = float(np.log1p(np.max(traffic_bytes, initial=0.0)))
+        return cls(scale=peak if peak > 0 else 1.0)
+
+    def forward(self, traffic_bytes: np.ndarray) -> np.ndarray:
+        return (np.log1p(np.maximum(traffic_bytes, 0)) / self.scale).astype(np.float32)
+
+    def inverse(self, v: np.ndarray) -> np.ndarray:
+        return np.expm1(np.clip(v, 0, None) * self.scale)
+
+    def to_dict(self) -> dict:
+        return {"kind": "log1p-global-max", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Normaliser:
+        return cls(scale=float(data["scale"]))
+
+
+@dataclass
+class SplitSpec:
+    """Which windows train, validate and test. Days are counted from hour 0 of the data set."""
+
+    kind: str = "time"  # time | users
+    history: int = 24
+    horizon: int = 1  # F: hours predicted jointly
+    val_days: int = 1
+    test_days: int = 1
+    heldout_users: float = 0.2  # kind == "users"
+    seed: int = 0
+
+    def validate(self, hours: int) -> None:
+        if self.kind not in ("time", "users"):
+            raise InputError(f"expected time or users, got {self.kind!r}", field="split")
+        needed = self.history + 24 * (self.val_days + self.test_days) + 24
+        if self.history < 1 or self.horizon < 1:
+            raise InputError("history and horizon must be >= 1 hour", field="history")
+        if hours < needed:
+            raise InputError(f"the data set has {hours} hours; this split needs at least {needed} "
+                             f"({self.history} h history + a training day + {self.val_days} validation and "
+                             f"{self.test_days} test days)", field="split")
+
+
+@dataclass
+class Windows:
+    """(entity row, target hour) pairs; the first target hour of each window."""
+
+    entity: np.ndarray
+    hour: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.entity)
+
+    def subset(self, mask: np.ndarray) -> Windows:
+        return Windows(self.entity[mask], self.hour[mask])
+
+
+@dataclass
+class Splits:
+    train: Windows
+    val: Windows
+    test: Windows
+    spec: SplitSpec
+    heldout_entities: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def train_hours_end(self) -> int:
+        """First hour that belongs to validation (training windows' targets end before it)."""
+        return int(self.val.hour.min()) if len(self.val) else int(self.test.hour.min())
+
+
+def make_splits(series: SeriesData, spec: SplitSpec) -> Splits:
+    spec.validate(series.hours)
+    hours = series.hours
+    n_entities = len(series.entity_ids)
+    test_start = hours - 24 * spec.test_days
+    val_start = test_start - 24 * spec.val_days
+
+    def grid(entities: np.ndarray, start: int, end: int) -> Windows:
+        targets = np.arange(start, end - spec.horizon + 1)
+        return Windows(np.repeat(entities, len(targets)), np.tile(targets, len(entities)))
+
+    everyone = np.arange(n_entities)
+    if spec.kind == "time":
+        return Splits(grid(everyone, spec.history, val_start), grid(everyone, val_start, test_start),
+                      grid(everyone, test_start, hours), spec)
+    order = np.random.default_rng(spec.seed).permutation(n_entities)
+    n_held = max(1, int(round(n_entities * spec.heldout_users)))
+    held, kept = np.sort(order[:n_held]), np.sort(order[n_held:])
+    return Splits(grid(kept, spec.history, val_start), grid(kept, val_start, test_start),
+                  grid(held, test_start, hours), spec, heldout_entities=held)
+
+
+@dataclass
+class HourlyProfile:
+    """Each entity's mean normalised traffic by hour of day over the hours before ``before``: the
+    "user profile" side information (paper Sec. IV-B: the condition carries user behaviour).
+
+    Leave-one-out for targets inside the profile's own hours, so that a training target never
+    sees itself in its profile."""
+
+    sums: np.ndarray  # (E, 24, K)
+    counts: np.ndarray  # (24,)
+    before: int
+    hour_of_day: np.ndarray  # (T,) of the series
+
+    @classmethod
+    def build(cls, series: SeriesData, values: np.ndarray, before: int) -> HourlyProfile:
+        before = max(1, min(before, values.shape[1]))
+        hod = series.hour_of_day[:before]
+        sums = np.zeros((values.shape[0], 24, values.shape[2]))
+        np.add.at(sums, (slice(None), hod), values[:, :before])
+        return cls(sums, np.bincount(hod, minlength=24).astype(float), before, series.hour_of_day)
+
+    def at(self, entity: np.ndarray, hours: np.ndarray, own: np.ndarray | None = None) -> np.ndarray:
+        """Profile values (..., K) for entities at hours (any hour index, also beyond the data);
+        ``own`` (..., K) are the true values at those hours, removed where the hour is in the profile."""
+        hod = (self.hour_of_day[0] + hours) % 24
+        sums = self.sums[entity, hod]
+        counts = np.broadcast_to(self.counts[hod][..., None], sums.shape).copy()
+        if own is not None:
+            inside = (hours < self.before)[..., None] & (counts > 1)
+            sums = np.where(inside, sums - own, sums)
+            counts = np.where(inside, counts - 1, counts)
+        return (sums / np.maximum(counts, 1)).astype(np.float32)
+
+
+@dataclass
+class WindowBatch:
+    """Arrays of a batch of windows, ready for the model (all float32 / int64 numpy)."""
+
+    history: np.ndarray  # (N, H, K) normalised
+    target: np.ndarray  # (N, F, K) normalised
+    hour_of_day: np.ndarray  # (N, H + F)
+    day_of_week: np.ndarray  # (N, H + F)
+    env: np.ndarray  # (N, H + F, D)
+    profile: np.ndarray | None = None  # (N, H + F, K) the entity's hourly profile at each hour
+
+
+def gather(series: SeriesData, values: np.ndarray, windows: Windows, spec: SplitSpec,
+           profile: HourlyProfile | None = None) -> WindowBatch:
+    """Slice the windows out of ``values`` ((E, T, K) normalised traffic)."""
+    offsets = np.arange(-spec.history, spec.horizon)
+    hours = windows.hour[:, None] + offsets[None, :]  # (N, H + F)
+    entity = windows.entity[:, None]
+    block = values[entity, hours]  # (N, H + F, K)
+    return WindowBatch(
+        history=block[:, : spec.history], target=block[:, spec.history :],
+        hour_of_day=series.hour_of_day[hours], day_of_week=series.day_of_week[hours],
+        env=series.env_at(entity, hours) if series.env.shape[1] else np.zeros((*hours.shape, 0), np.float32),
+        profile=None if profile is None else profile.at(entity, hours, own=block),
+    )

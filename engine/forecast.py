@@ -1,0 +1,280 @@
+"""Probabilistic recursive forecasts (paper Sec. VI-C) and forecast runs stored in the database.
+
+``recursive_forecast`` is nanoGPT's ``generate`` for traffic: a plain loop that samples the next hour
+from the last H hours, appends it and moves on. Every sample path feeds back its OWN samples (never
+the median), so the spread of the paths is the forecast's honest uncertainty. Future locations follow
+a scenario: ``habitual`` (the entity's most frequent cell at that hour of the week, from hours before
+the start), ``stay`` (the last known cell), or explicit cells (one per step, the last one repeated).
+All paths of all entities are denoised in one batch; the history is encoded once per step and only
+the new hour is denoised (engine/model/denoiser.py).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import numpy as np
+import torch
+
+from engine.data.windows import HourlyProfile, SeriesData
+from engine.errors import InputError
+from engine.model import Forecaster
+from engine.model.diffusion import sample
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+@dataclass
+class LocationPlan:
+    """Where each entity is during the forecast: habitual | stay | explicit cell rows per step."""
+
+    mode: str = "habitual"
+    cells: list[int] = field(default_factory=list)  # rows in SeriesData.cell_ids, for mode "cells"
+
+    @classmethod
+    def parse(cls, text: str, series: SeriesData) -> LocationPlan:
+        """``habitual`` | ``stay`` | ``cell:KEY[,KEY...]`` (cell keys of the data set)."""
+        if text in ("habitual", "stay"):
+            return cls(text)
+        if text.startswith("cell:") and len(text) > 5:
+            rows = []
+            index = {key: i for i, key in enumerate(series.cell_keys)}
+            for key in text[5:].split(","):
+                key = key.strip()
+                if key not in index:
+                    raise InputError(f"unknown cell {key!r} in data set {series.dataset_name!r}", field="--location")
+                rows.append(index[key])
+            return cls("cells", rows)
+        raise InputError(f"expected habitual, stay or cell:ID[,ID...], got {text!r}", field="--location")
+
+    def cell_rows(self, series: SeriesData, entity: int, start: int, steps: int) -> np.ndarray:
+        if self.mode == "cells":
+            return np.array([self.cells[min(i, len(self.cells) - 1)] for i in range(steps)])
+        if self.mode == "stay":
+            known = series.location[entity, :start]
+            known = known[known >= 0]
+            return np.full(steps, known[-1] if len(known) else -1)
+        return np.array([series.habitual_cell(entity, start + i, before=start) for i in range(steps)])
+
+
+@dataclass
+class ForecastResult:
+    """Sample paths and their summaries, per entity, step and service."""
+
+    entities: list[int]  # rows in SeriesData
+    start: int
+    horizon: int
+    paths: np.ndarray  # (E, S, N, K) bytes
+    paths_v: np.ndarray  # (E, S, N, K) normalised scale
+    truth: np.ndarray  # (E, N, K) bytes, NaN where unknown (beyond the data)
+    cells: np.ndarray  # (E, N) cell rows used for the forecast hours
+    seconds: float
+
+    def summary(self, scale: str = "bytes") -> dict[str, np.ndarray]:
+        paths = self.paths if scale == "bytes" else self.paths_v
+        out = {"mean": paths.mean(axis=1)}
+        for q, values in zip(QUANTILES, np.quantile(paths, QUANTILES, axis=1)):
+            out[f"q{int(q * 100):02d}"] = values
+        out["median"] = out.pop("q50")
+        return out  # each (E, N, K)
+
+    def to_npz_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, paths=self.paths.astype(np.float32), paths_v=self.paths_v.astype(np.float32),
+                            truth=self.truth.astype(np.float32), cells=self.cells, entities=np.array(self.entities),
+                            start=self.start, horizon=self.horizon)
+        return buffer.getvalue()
+
+    @staticmethod
+    def arrays_from_npz(data: bytes) -> dict[str, np.ndarray]:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
+
+def parse_sampler(text: str) -> tuple[str, int]:
+    """``ddpm`` | ``ddim`` | ``ddim:STEPS``."""
+    if text == "ddpm":
+        return "ddpm", 0
+    if text == "ddim":
+        return "ddim", 10
+    if text.startswith("ddim:"):
+        try:
+            steps = int(text[5:])
+        except ValueError:
+            steps = 0
+        if steps >= 1:
+            return "ddim", steps
+    raise InputError(f"expected ddpm, ddim or ddim:STEPS (STEPS >= 1), got {text!r}", field="--sampler")
+
+
+def _calendar(series: SeriesData, hours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hour of day and day of week for any hour index, also beyond the data."""
+    origin = series.time_origin
+    absolute = origin.hour + hours
+    return absolute % 24, (origin.weekday() + absolute // 24) % 7
+
+
+def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: list[int], *, start: int,
+                       horizon: int, samples: int = 32, sampler: str = "ddim", steps: int = 10,
+                       plan: LocationPlan | None = None, guidance: float = 1.0, seed: int = 0,
+                       values: np.ndarray | None = None, progress=None) -> ForecastResult:  # noqa: ANN001
+    """Forecast hours start .. start + horizon - 1 for the given entity rows, ``samples`` paths each."""
+    config = forecaster.config
+    h, f = config.history, config.horizon
+    if start < h:
+        raise InputError(f"the model needs {h} hours of history: start must be >= {h}, got {start}", field="--start")
+    if start > series.hours:
+        raise InputError(f"start must be within the data (<= {series.hours}), got {start}", field="--start")
+    if horizon < 1 or samples < 1:
+        raise InputError("horizon and samples must be >= 1", field="--horizon")
+    if guidance < 0:
+        raise InputError(f"guidance must be >= 0, got {guidance}", field="--guidance")
+    plan = plan or LocationPlan()
+    started = time.perf_counter()
+    model = forecaster.model
+    device = forecaster.device
+    values = forecaster.normaliser.forward(series.traffic) if values is None else values
+    e_rows = np.asarray(entities)
+    n_e, k = len(e_rows), len(series.services)
+    n_steps = int(np.ceil(horizon / f)) * f
+    generator = torch.Generator().manual_seed(seed)
+
+    # Cells of every hour of the window span: observed ones for the past, the scenario's for the future.
+    future_cells = np.stack([plan.cell_rows(series, int(e), start, n_steps) for e in e_rows])  # (E, N)
+    past_cells = series.location[e_rows, start - h : start]  # (E, H)
+    cells = np.concatenate([past_cells, future_cells], axis=1)  # (E, H + N)
+    env_all = series.env_of_cells(cells) if series.env.shape[1] else np.zeros((n_e, h + n_steps, 0), np.float32)
+    hours_all = np.arange(start - h, start + n_steps)
+    hod, dow = _calendar(series, hours_all)
+    # The entities' hourly profiles from every hour before the start (side information).
+    profile_all = HourlyProfile.build(series, values, start).at(e_rows[:, None], hours_all[None, :])  # (E, H+N, K)
+
+    # paths: (E * S, H + N, K); each entity's S paths start from the same observed history.
+    paths = np.repeat(values[e_rows, start - h : start], samples, axis=0)
+    paths = np.concatenate([paths, np.zeros((n_e * samples, n_steps, k), np.float32)], axis=1)
+    null_keep = torch.zeros(n_e, dtype=torch.bool, device=device)
+    with torch.no_grad():
+        for step in range(0, n_steps, f):
+            window = slice(step, step + h + f)
+            hours_t = torch.from_numpy(np.tile(hod[window], (n_e, 1))).long().to(device)
+            days_t = torch.from_numpy(np.tile(dow[window], (n_e, 1))).long().to(device)
+            env_t = torch.from_numpy(env_all[:, window]).to(device)
+            prof_t = torch.from_numpy(profile_all[:, window]).to(device)
+            if step == 0:  # all paths of an entity share the observed history: encode it once
+                hist = torch.from_numpy(paths[::samples, step : step + h]).to(device)
+                cache = model.encode_history(hist, hours_t, days_t, env_t, None, prof_t)
+                null = (model.encode_history(hist, hours_t, days_t, env_t, null_keep, prof_t)
+                        if guidance != 1.0 else None)
+                draws = sample(model, forecaster.schedule, forecaster.standardiser, cache, samples, sampler=sampler,
+                               steps=steps, guidance=guidance, null_cache=null, generator=generator)
+            else:
+                rep = lambda t: t.repeat_interleave(samples, 0)  # noqa: E731
+                hist = torch.from_numpy(paths[:, step : step + h]).to(device)
+                cache = model.encode_history(hist, rep(hours_t), rep(days_t), rep(env_t), None, rep(prof_t))
+                null = (model.encode_history(hist, rep(hours_t), rep(days_t), rep(env_t),
+                                             null_keep.repeat_interleave(samples, 0), rep(prof_t))
+                        if guidance != 1.0 else None)
+                draws = sample(model, forecaster.schedule, forecaster.standardiser, cache, 1, sampler=sampler,
+                               steps=steps, guidance=guidance, null_cache=null, generator=generator)
+            paths[:, h + step : h + step + f] = draws.cpu().numpy()
+            if progress:
+                progress(min(step + f, horizon), horizon)
+    paths_v = paths[:, h : h + horizon].reshape(n_e, samples, horizon, k)
+    truth = np.full((n_e, horizon, k), np.nan)
+    known = min(horizon, max(0, series.hours - start))
+    truth[:, :known] = series.traffic[e_rows, start : start + known]
+    return ForecastResult(
+        entities=[int(e) for e in e_rows], start=start, horizon=horizon,
+        paths=forecaster.normaliser.inverse(paths_v), paths_v=paths_v, truth=truth,
+        cells=future_cells[:, :horizon], seconds=time.perf_counter() - started,
+    )
+
+
+def hour_label(series: SeriesData, hour: int) -> str:
+    """'Tue 14:00' for an hour index of the data set."""
+    moment = series.time_origin + timedelta(hours=int(hour))
+    return moment.strftime("%a %H:%M")
+
+
+def parse_entities(text: str, series: SeriesData) -> list[int]:
+    """``user:ID[,user:ID...]`` (or ``cell:ID``) -> entity rows of the data set."""
+    rows = []
+    index = {key: i for i, key in enumerate(series.entity_keys)}
+    for item in text.split(","):
+        kind, _, key = item.strip().partition(":")
+        if kind not in ("user", "cell") or not key:
+            raise InputError(f"expected user:ID or cell:ID, got {item!r}", field="--entity")
+        if key not in index:
+            raise InputError(f"no {kind} {key!r} in data set {series.dataset_name!r}", field="--entity")
+        rows.append(index[key])
+    return rows
+
+
+def _step_summaries(result: ForecastResult, series: SeriesData, e: int) -> list[dict]:
+    """Per step: label, per-service and total mean/median/quantiles in bytes (and truth if known)."""
+    stats = result.summary("bytes")
+    totals = result.paths[e].sum(axis=-1)  # (S, N)
+    total_q = np.quantile(totals, QUANTILES, axis=0)
+    steps = []
+    for n in range(result.horizon):
+        hour = result.start + n
+        services = {}
+        for k, name in enumerate(series.services):
+            services[name] = {key: float(values[e, n, k]) for key, values in stats.items()}
+            truth = result.truth[e, n, k]
+            services[name]["truth"] = None if np.isnan(truth) else float(truth)
+        truth_total = result.truth[e, n]
+        cell = int(result.cells[e, n])
+        steps.append({
+            "hour": hour, "label": hour_label(series, hour),
+            "cell": series.cell_keys[cell] if cell >= 0 else None,
+            "services": services,
+            "total": {"mean": float(totals[:, n].mean()), "median": float(total_q[2, n]),
+                      "q05": float(total_q[0, n]), "q25": float(total_q[1, n]), "q75": float(total_q[3, n]),
+                      "q95": float(total_q[4, n]),
+                      "truth": None if np.isnan(truth_total).any() else float(truth_total.sum())},
+        })
+    return steps
+
+
+def run_forecast(database, *, entity: str, start: int, horizon: int = 1, samples: int = 32,  # noqa: ANN001
+                 sampler: str = "ddim:10", location: str = "habitual", guidance: float = 1.0, seed: int = 0,
+                 model_id: int | None = None, dataset_name: str | None = None, device: str | None = None,
+                 store: bool = True, progress=None) -> dict:  # noqa: ANN001
+    """`lsdm forecast`: load the model and data, forecast, store the run (one transaction)."""
+    from db.models import ForecastRun
+    from db.queries import get_dataset
+    from engine.data.windows import load_series
+    from engine.train import check_compatible, load_model
+
+    sampler_name, sampler_steps = parse_sampler(sampler)
+    with database.session() as session:
+        dataset = get_dataset(session, dataset_name)
+        record, forecaster = load_model(database, model_id, dataset=dataset, device=device)
+        series = load_series(session, dataset, env_kind=forecaster.config.env_kind,
+                             encoder_id=forecaster.meta.get("data", {}).get("encoder_id"))
+        dataset_id = dataset.id
+    check_compatible(forecaster, series)
+    rows = parse_entities(entity, series)
+    plan = LocationPlan.parse(location, series)
+    result = recursive_forecast(forecaster, series, rows, start=start, horizon=horizon, samples=samples,
+                                sampler=sampler_name, steps=sampler_steps, plan=plan, guidance=guidance, seed=seed,
+                                progress=progress)
+    params = {"entity": entity, "start": start, "horizon": horizon, "samples": samples, "sampler": sampler,
+              "location": location, "guidance": guidance, "seed": seed, "model_id": record.id,
+              "model_sha256": record.sha256, "dataset": series.dataset_name}
+    entities = [{"entity": f"{'cell' if entity.startswith('cell:') else 'user'}:{series.entity_keys[e]}",
+                 "steps": _step_summaries(result, series, i)} for i, e in enumerate(result.entities)]
+    payload = {"run_id": None, "model_id": record.id, "seconds": round(result.seconds, 4), "params": params,
+               "services": series.services, "entities": entities}
+    if store:
+        with database.write_session() as session, session.begin():
+            run = ForecastRun(model_id=record.id, dataset_id=dataset_id, params=params,
+                              summary={"entities": entities}, result=result.to_npz_bytes(), seconds=result.seconds)
+            session.add(run)
+            session.flush()
+            payload["run_id"] = run.id
+    return payload

@@ -1,0 +1,142 @@
+"""Model configurations: one dataclass, one registry of named configurations (the ablations of the
+paper's Tables III-V are configurations of the same code)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from engine.errors import InputError
+
+
+MAX_FINAL_ALPHA_BAR = 1e-3
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture, diffusion and training settings of an LSDM forecaster."""
+
+    # Windows
+    history: int = 24  # H hours of history (chosen by measurement: README "Forecasting engine")
+    horizon: int = 1  # F hours predicted jointly
+    # Denoiser (Alg. 1 layout: tokens (B, C, K services, L = H + F hours))
+    channels: int = 64
+    heads: int = 4
+    blocks: int = 2
+    mlp_ratio: float = 2.0
+    service_attention: bool = True  # False: "Non 2D-Attention" ablation (time transformer only)
+    condition: str = "adaln"  # adaln | input (env added to the input tokens) | none
+    step_conditioning: str = "adaln"  # adaln (ours) | input (CSDI: step embedding added to the input)
+    env_kind: str = "env"  # env (z_env, Eq. 9) | image | text: which embedding conditions the model
+    # Diffusion
+    diffusion_steps: int = 50
+    beta_start: float = 1e-4
+    beta_end: float = 0.5
+    schedule: str = "quad"  # quad (CSDI's) | linear
+    cond_dropout: float = 0.1  # condition dropout for classifier-free guidance
+    # Loss (Sec. IV-B): l1 * MSE + l2 * (1 - cosine)
+    l1: float = 1.0
+    l2: float = 0.1
+    # Training
+    epochs: int = 12
+    batch_size: int = 256
+    windows_per_epoch: int = 32_768  # training windows drawn afresh each epoch
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    ema_decay: float = 0.995
+    grad_clip: float = 1.0
+    patience: int = 3
+    seed: int = 0
+
+    def validate(self) -> None:
+        checks = [
+            ("history", self.history >= 1, "at least 1 hour"),
+            ("horizon", self.horizon >= 1, "at least 1 hour"),
+            ("channels", self.channels % self.heads == 0, "a multiple of heads"),
+            ("condition", self.condition in ("adaln", "input", "none"), "adaln, input or none"),
+            ("step_conditioning", self.step_conditioning in ("adaln", "input"), "adaln or input"),
+            ("env_kind", self.env_kind in ("env", "image", "text"), "env, image or text"),
+            ("schedule", self.schedule in ("quad", "linear"), "quad or linear"),
+            ("diffusion_steps", self.diffusion_steps >= 2, "at least 2"),
+            ("cond_dropout", 0 <= self.cond_dropout < 1, "in [0, 1)"),
+            ("epochs", self.epochs >= 1, "at least 1"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise InputError(f"expected {expected}, got {getattr(self, name)!r}", field=name)
+        if self.final_alpha_bar() > MAX_FINAL_ALPHA_BAR:
+            raise InputError(f"the noise schedule ends at alpha-bar {self.final_alpha_bar():.4f}; it must end close "
+                             f"to 0 (<= {MAX_FINAL_ALPHA_BAR}) so that sampling starts from pure noise",
+                             field="beta_end", hint="raise beta_end or diffusion_steps")
+
+    def final_alpha_bar(self) -> float:
+        """alpha-bar at the last diffusion step (1 - beta_t multiplied over all steps)."""
+        n = self.diffusion_steps
+        if self.schedule == "quad":
+            roots = [self.beta_start**0.5 + (self.beta_end**0.5 - self.beta_start**0.5) * i / (n - 1) for i in range(n)]
+            betas = [r * r for r in roots]
+        else:
+            betas = [self.beta_start + (self.beta_end - self.beta_start) * i / (n - 1) for i in range(n)]
+        product = 1.0
+        for beta in betas:
+            product *= 1 - beta
+        return product
+
+    @property
+    def uses_environment(self) -> bool:
+        return self.condition != "none"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, *, origin: str = "config") -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}", file=origin)
+        try:
+            config = cls(**data)
+        except TypeError as error:
+            raise InputError(str(error), file=origin) from None
+        config.validate()
+        return config
+
+
+CONFIGS: dict[str, ModelConfig] = {
+    "lsdm": ModelConfig(),
+    "lsdm-no-condition": ModelConfig(condition="none"),
+    # CSDI-like: 2D attention, no environment, the diffusion step added to the input (no AdaLN by
+    # the condition), plain MSE loss.
+    "csdi-like": ModelConfig(condition="none", step_conditioning="input", l2=0.0),
+    "no-2d-attention": ModelConfig(service_attention=False),
+    "env-input": ModelConfig(condition="input"),
+    "image-only": ModelConfig(env_kind="image"),
+    "text-only": ModelConfig(env_kind="text"),
+    # A few seconds of training, for tests and smoke checks.
+    "tiny": ModelConfig(channels=16, heads=2, blocks=1, epochs=2, batch_size=64, diffusion_steps=20, beta_end=0.8),
+}
+
+
+def resolve_config(name_or_file: str | None, **overrides) -> tuple[str, ModelConfig]:
+    """A registered configuration by name, or a JSON file of ModelConfig fields; then overrides."""
+    name = name_or_file or "lsdm"
+    if name in CONFIGS:
+        config = CONFIGS[name]
+    elif name.endswith(".json") or Path(name).is_file():
+        path = Path(name)
+        if not path.is_file():
+            raise InputError("no such configuration file", file=path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise InputError(f"not valid JSON: {error.msg}", file=path, line=error.lineno) from None
+        config = ModelConfig.from_dict(data, origin=str(path))
+        name = path.stem
+    else:
+        raise InputError(f"unknown configuration {name!r}; known: {', '.join(CONFIGS)} or a JSON file",
+                         field="--config")
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config.validate()
+    return name, config

@@ -1,0 +1,296 @@
+"""The LSDM denoiser: a time transformer over L hours, then a service transformer over K services
+(2D attention, paper Sec. IV-C, Alg. 1), AdaLN-Zero modulation by the condition (DiT).
+
+Tokens are laid out (B, K, L, C): K services x L = H + F hours, C channels (Alg. 1's (B, C, K, L)
+with channels last). The first H hours carry the observed history, the last F the noisy target x_t.
+
+Design decision (the paper leaves it open): the condition is per hour. At every hour l,
+c_l = proj(z_env of the cell at hour l) (+ the diffusion-step embedding at target hours only).
+History tokens never attend to target tokens and never see the diffusion step, so their
+representation does not depend on x_t or t: it is computed once per forecast step (``encode_history``)
+and each denoising step runs only the F target hours (``denoise_target``). Both paths give the same
+numbers as the full pass (tests/engine/model/test_denoiser.py checks it); training uses the full pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.model.config import ModelConfig
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """AdaLN (Alg. 1, lines 16-19)."""
+    return x * (1 + scale) + shift
+
+
+def step_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of the diffusion step: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention whose keys/values can be extended by cached ones."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.out = nn.Linear(channels, channels)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, s, c = x.shape  # (N, S, C)
+        q, k, v = self.qkv(x).view(n, s, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v  # each (N, heads, S, C / heads)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, heads, S, C / heads)
+        n, h, s, d = y.shape
+        return self.out(y.transpose(1, 2).reshape(n, s, h * d))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.attend(*self.project(x), mask)
+
+
+class Block(nn.Module):
+    """Time attention over L, service attention over K, MLP; each sub-layer AdaLN-Zero modulated."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c = config.channels
+        self.service_attention = config.service_attention
+        self.norm_time = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
+        self.time_attn = Attention(c, config.heads)
+        self.norm_service = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
+        self.service_attn = Attention(c, config.heads) if config.service_attention else None
+        self.norm_mlp = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
+        hidden = int(c * config.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(c, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, c))
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, 9 * c))
+        nn.init.zeros_(self.modulation[1].weight)  # AdaLN-Zero: a fresh block is the identity
+        nn.init.zeros_(self.modulation[1].bias)
+
+    def _mods(self, cond: torch.Tensor) -> list[torch.Tensor]:
+        # cond (B, L, C) -> nine (B, 1, L, C) tensors, broadcast over the K services
+        return [m.unsqueeze(1) for m in self.modulation(cond).chunk(9, dim=-1)]
+
+    def _service_and_mlp(self, x: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
+        b, k, l, c = x.shape
+        if self.service_attn is not None:
+            h = modulate(self.norm_service(x), mods[3], mods[4])  # (B, K, L, C)
+            h = h.permute(0, 2, 1, 3).reshape(b * l, k, c)  # Alg. 1 line 10: (B*L, C, K)
+            h = self.service_attn(h).view(b, l, k, c).permute(0, 2, 1, 3)
+            x = x + mods[5] * h
+        h = modulate(self.norm_mlp(x), mods[6], mods[7])
+        return x + mods[8] * self.mlp(h)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, time_mask: torch.Tensor) -> torch.Tensor:
+        b, k, l, c = x.shape  # (B, K, L, C)
+        mods = self._mods(cond)
+        h = modulate(self.norm_time(x), mods[0], mods[1]).reshape(b * k, l, c)  # Alg. 1 line 4: (B*K, C, L)
+        x = x + mods[2] * self.time_attn(h, time_mask).view(b, k, l, c)
+        return self._service_and_mlp(x, mods)
+
+    # --- the cached path -------------------------------------------------------------------------
+
+    def forward_history(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """History tokens only (they attend to history only); returns their output and the time
+        attention's keys/values for the target tokens to use."""
+        b, k, l, c = x.shape
+        mods = self._mods(cond)
+        h = modulate(self.norm_time(x), mods[0], mods[1]).reshape(b * k, l, c)
+        q, key, value = self.time_attn.project(h)
+        x = x + mods[2] * self.time_attn.attend(q, key, value, None).view(b, k, l, c)
+        return self._service_and_mlp(x, mods), (key, value)
+
+    def forward_target(self, x: torch.Tensor, cond: torch.Tensor, cache: tuple, repeat: int) -> torch.Tensor:
+        """Target tokens (B * repeat, K, F, C) attending to cached history keys/values of B windows."""
+        b, k, f, c = x.shape
+        mods = self._mods(cond)
+        h = modulate(self.norm_time(x), mods[0], mods[1]).reshape(b * k, f, c)
+        q, key, value = self.time_attn.project(h)  # (B*K, heads, F, d), B = B0 * S paths
+        hist_key, hist_value = cache  # (B0*K, heads, H, d)
+        heads, d = q.shape[1], q.shape[3]
+        b0, n_hist = b // repeat, hist_key.shape[2]
+
+        def by_window(t: torch.Tensor) -> torch.Tensor:  # -> (B0, K, heads, S, F, d)
+            return t.view(b0, repeat, k, heads, f, d).permute(0, 2, 3, 1, 4, 5)
+
+        # The S sample paths of a window share its history: they sit in the query axis, so the
+        # cached keys/values are used as they are, never copied per path.
+        q6, k6, v6 = by_window(q), by_window(key), by_window(value)
+        hk = hist_key.view(b0, k, heads, n_hist, d)
+        hv = hist_value.view(b0, k, heads, n_hist, d)
+        scale = d**-0.5
+        to_hist = (q6.reshape(b0, k, heads, repeat * f, d) @ hk.transpose(-1, -2)).view(b0, k, heads, repeat, f, n_hist)
+        to_self = q6 @ k6.transpose(-1, -2)  # (B0, K, heads, S, F, F): within each path
+        weights = (torch.cat([to_hist, to_self], dim=-1) * scale).softmax(dim=-1)
+        attended = (weights[..., :n_hist].reshape(b0, k, heads, repeat * f, n_hist) @ hv).view(
+            b0, k, heads, repeat, f, d) + weights[..., n_hist:] @ v6
+        attended = attended.permute(0, 3, 1, 4, 2, 5).reshape(b * k, f, heads * d)  # (B*K, F, C)
+        x = x + mods[2] * self.time_attn.out(attended).view(b, k, f, c)
+        return self._service_and_mlp(x, mods)
+
+
+class FinalLayer(nn.Module):
+    """LayerNorm, AdaLN modulation and a zero-initialised linear map to one value (Alg. 1, 15-20)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, elementwise_affine=False, eps=1e-6)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 2 * channels))
+        self.linear = nn.Linear(channels, 1)
+        for layer in (self.modulation[1], self.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift, scale = (m.unsqueeze(1) for m in self.modulation(cond).chunk(2, dim=-1))
+        return self.linear(modulate(self.norm(x), shift, scale)).squeeze(-1)  # (B, K, F)
+
+
+@dataclass
+class HistoryCache:
+    """What ``encode_history`` computes once per forecast step."""
+
+    caches: list[tuple]
+    env_cond: torch.Tensor  # (B, F, C): projected environment of the target hours (condition)
+    target_side: torch.Tensor  # (B, K, F, C): side-information embeddings of the target tokens
+    _expanded: dict = field(default_factory=dict)
+
+    @property
+    def windows(self) -> int:
+        return self.env_cond.shape[0]
+
+    def expanded(self, repeat: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target side information and condition repeated for ``repeat`` paths (computed once)."""
+        if repeat == 1:
+            return self.target_side, self.env_cond
+        if repeat not in self._expanded:
+            self._expanded[repeat] = (self.target_side.repeat_interleave(repeat, 0),
+                                      self.env_cond.repeat_interleave(repeat, 0))
+        return self._expanded[repeat]
+
+
+class Denoiser(nn.Module):
+    """epsilon_theta(x_t, t | history, side information, environment)."""
+
+    def __init__(self, config: ModelConfig, env_dim: int, n_services: int) -> None:
+        super().__init__()
+        c = config.channels
+        self.config = config
+        self.env_dim = env_dim
+        self.value_in = nn.Linear(3, c)  # (value, is-target flag, the entity's hourly profile) -> channels
+        self.hour_emb = nn.Embedding(24, c)
+        self.day_emb = nn.Embedding(7, c)
+        self.service_emb = nn.Embedding(n_services, c)
+        self.lag_emb = nn.Embedding(config.history + config.horizon, c)  # position in the window
+        self.step_mlp = nn.Sequential(nn.Linear(c, c), nn.SiLU(), nn.Linear(c, c))
+        self.env_proj = nn.Sequential(nn.Linear(max(env_dim, 1), c), nn.SiLU(), nn.Linear(c, c))
+        self.null_env = nn.Parameter(torch.zeros(c))  # the "no condition" embedding (CFG)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.blocks))
+        self.final = FinalLayer(c)
+
+    # --- pieces ----------------------------------------------------------------------------------
+
+    def _env_embedding(self, env: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """(B, L, D) -> (B, L, C); rows with keep == False get the learned null embedding."""
+        b, l, _ = env.shape
+        if not self.config.uses_environment or self.env_dim == 0:
+            return self.null_env.expand(b, l, -1)
+        e = self.env_proj(env)
+        if keep is not None:
+            e = torch.where(keep[:, None, None], e, self.null_env.expand_as(e))
+        return e
+
+    def _side(self, hours: torch.Tensor, days: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, L) calendar -> (B, K, L, C) side information (hour, weekday, lag, service identity)."""
+        s = self.hour_emb(hours) + self.day_emb(days) + self.lag_emb.weight[: hours.shape[1]]  # (B, L, C)
+        return s.unsqueeze(1) + self.service_emb.weight[:k].view(1, k, 1, -1)
+
+    def _tokens(self, values: torch.Tensor, is_target: bool, profile: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, K) values (and profile) -> (B, K, L, C)."""
+        flag = torch.full_like(values, 1.0 if is_target else 0.0)
+        prof = torch.zeros_like(values) if profile is None else profile
+        return self.value_in(torch.stack([values, flag, prof], dim=-1)).permute(0, 2, 1, 3)
+
+    def _profile_tokens(self, profile: torch.Tensor) -> torch.Tensor:
+        """The profile's share of the input projection alone: (B, L, K) -> (B, K, L, C)."""
+        return (profile.unsqueeze(-1) * self.value_in.weight[:, 2]).permute(0, 2, 1, 3)
+
+    def _split_env(self, env_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Environment as condition (AdaLN) and as input addition, per the configuration."""
+        zero = torch.zeros_like(env_e)
+        if self.config.condition == "input":
+            return zero, env_e
+        return env_e, zero
+
+    # --- full pass (training) ---------------------------------------------------------------------
+
+    def forward(self, history: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, hours: torch.Tensor,
+                days: torch.Tensor, env: torch.Tensor, keep_env: torch.Tensor | None = None,
+                profile: torch.Tensor | None = None) -> torch.Tensor:
+        """history (B, H, K), x_t (B, F, K), t (B,), hours/days (B, L), env (B, L, D),
+        profile (B, L, K) -> eps (B, F, K)."""
+        b, h, k = history.shape
+        f = x_t.shape[1]
+        p_hist, p_target = (None, None) if profile is None else (profile[:, :h], profile[:, h:])
+        x = torch.cat([self._tokens(history, False, p_hist), self._tokens(x_t, True, p_target)], dim=2)  # (B, K, L, C)
+        x = x + self._side(hours, days, k)
+        env_cond, env_input = self._split_env(self._env_embedding(env, keep_env))  # (B, L, C)
+        x = x + env_input.unsqueeze(1)
+        step = self.step_mlp(step_embedding(t, self.config.channels))  # (B, C)
+        is_target = torch.zeros(h + f, device=x.device)
+        is_target[h:] = 1
+        if self.config.step_conditioning == "input":
+            x = x + (step[:, None, :] * is_target[None, :, None]).unsqueeze(1)
+            cond = env_cond
+        else:
+            cond = env_cond + step[:, None, :] * is_target[None, :, None]  # (B, L, C)
+        # History queries may not look at the (noisy) targets; targets see everything.
+        allowed = torch.ones(h + f, h + f, dtype=torch.bool, device=x.device)
+        allowed[:h, h:] = False
+        for block in self.blocks:
+            x = block(x, cond, allowed)
+        return self.final(x[:, :, h:], cond[:, h:]).permute(0, 2, 1)  # (B, F, K)
+
+    # --- cached path (inference) ------------------------------------------------------------------
+
+    def encode_history(self, history: torch.Tensor, hours: torch.Tensor, days: torch.Tensor, env: torch.Tensor,
+                       keep_env: torch.Tensor | None = None, profile: torch.Tensor | None = None) -> HistoryCache:
+        """Everything that does not depend on x_t or t, for B windows."""
+        b, h, k = history.shape
+        side = self._side(hours, days, k)
+        if profile is not None:  # the target tokens' profile term is fixed too: fold it into their side
+            side = side + torch.cat([torch.zeros_like(side[:, :, :h]), self._profile_tokens(profile[:, h:])], dim=2)
+        env_cond, env_input = self._split_env(self._env_embedding(env, keep_env))
+        p_hist = None if profile is None else profile[:, :h]
+        x = self._tokens(history, False, p_hist) + side[:, :, :h] + env_input[:, :h].unsqueeze(1)
+        caches = []
+        for block in self.blocks:
+            x, cache = block.forward_history(x, env_cond[:, :h])
+            caches.append(cache)
+        return HistoryCache(caches, env_cond[:, h:], side[:, :, h:] + env_input[:, h:].unsqueeze(1))
+
+    def denoise_target(self, cache: HistoryCache, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t (B * S, F, K) for S sample paths per cached window -> eps (B * S, F, K)."""
+        repeat = x_t.shape[0] // cache.windows
+        side, env_cond = cache.expanded(repeat)
+        x = self._tokens(x_t, True) + side  # (B*S, K, F, C)
+        step = self.step_mlp(step_embedding(t, self.config.channels))[:, None, :]  # (B*S, 1, C)
+        if self.config.step_conditioning == "input":
+            x = x + step.unsqueeze(1)
+            cond = env_cond
+        else:
+            cond = env_cond + step
+        for block, block_cache in zip(self.blocks, cache.caches):
+            x = block.forward_target(x, cond, block_cache, repeat)
+        return self.final(x, cond).permute(0, 2, 1)

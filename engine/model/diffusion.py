@@ -1,0 +1,143 @@
+"""Epsilon-prediction DDPM: noise schedule, training loss and samplers (paper Sec. III-B, IV-B).
+
+Values inside the diffusion are standardised: u = (v - mean) / std with v the normalised traffic
+(engine/data/windows.py) and mean/std fitted on training windows. Samples are mapped back and
+clipped at 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine.model.config import ModelConfig
+from engine.model.denoiser import Denoiser, HistoryCache
+
+
+@dataclass
+class Schedule:
+    betas: torch.Tensor  # (T,)
+    alphas: torch.Tensor
+    alpha_bars: torch.Tensor
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> Schedule:
+        steps = config.diffusion_steps
+        if config.schedule == "quad":  # CSDI's: quadratic in sqrt(beta)
+            betas = torch.linspace(config.beta_start**0.5, config.beta_end**0.5, steps, dtype=torch.float64) ** 2
+        else:
+            betas = torch.linspace(config.beta_start, config.beta_end, steps, dtype=torch.float64)
+        alphas = 1 - betas
+        return cls(betas.float(), alphas.float(), torch.cumprod(alphas, 0).float())
+
+
+@dataclass
+class Standardiser:
+    """u = (v - mean) / std; fitted on the training windows' values."""
+
+    mean: float
+    std: float
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return (v - self.mean) / self.std
+
+    def inverse(self, u: torch.Tensor) -> torch.Tensor:
+        return (u * self.std + self.mean).clamp(min=0)
+
+
+def diffusion_loss(model: Denoiser, schedule: Schedule, standardiser: Standardiser, batch: dict,
+                   generator: torch.Generator | None = None, *, t: torch.Tensor | None = None,
+                   noise: torch.Tensor | None = None, keep_env: torch.Tensor | None = None) -> torch.Tensor:
+    """l1 * MSE(eps_hat, eps) + l2 * (1 - cos(x0_hat, x0)) (Sec. IV-B).
+
+    The cosine term compares the target implied by the predicted noise with the true target, per
+    window, on the normalised scale v; it is weighted by sqrt(alpha_bar_t) because x0_hat is only
+    meaningful where the signal has not drowned in noise, and windows whose true target is all zero
+    (no traffic at all) are left out of it (the cosine is undefined there).
+    """
+    config = model.config
+    x0 = standardiser.forward(batch["target"])  # (B, F, K)
+    b = x0.shape[0]
+    if t is None:
+        t = torch.randint(0, config.diffusion_steps, (b,), generator=generator)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator)
+    ab = schedule.alpha_bars[t].view(b, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise  # Eq. 1 in closed form
+    if keep_env is None and config.cond_dropout > 0 and model.training:
+        keep_env = torch.rand(b, generator=generator) >= config.cond_dropout
+    eps = model(batch["history"], x_t, t, batch["hours"], batch["days"], batch["env"], keep_env,
+                batch.get("profile"))
+    loss = config.l1 * F.mse_loss(eps, noise)  # Eq. 5
+    if config.l2 > 0:
+        x0_hat = ((x_t - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-10, 10)
+        v_hat = standardiser.inverse(x0_hat).flatten(1)
+        v_true = batch["target"].flatten(1)
+        active = v_true.norm(dim=1) > 0
+        if active.any():
+            cosine = F.cosine_similarity(v_hat[active], v_true[active], dim=1, eps=1e-8)
+            weight = ab.view(b)[active].sqrt()
+            loss = loss + config.l2 * ((1 - cosine) * weight).sum() / weight.sum().clamp(min=1e-8)
+    return loss
+
+
+def _guided_eps(model: Denoiser, cache: HistoryCache, null_cache: HistoryCache | None, x: torch.Tensor,
+                t: int, guidance: float) -> torch.Tensor:
+    steps = torch.full((x.shape[0],), t, dtype=torch.long)
+    eps = model.denoise_target(cache, x, steps)
+    if null_cache is not None and guidance != 1.0:
+        # Classifier-free guidance: eps_u + g * (eps_c - eps_u)
+        eps_uncond = model.denoise_target(null_cache, x, steps)
+        eps = eps_uncond + guidance * (eps - eps_uncond)
+    return eps
+
+
+@torch.no_grad()
+def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cache: HistoryCache,
+           n_samples: int, *, sampler: str = "ddim", steps: int = 10, guidance: float = 1.0,
+           null_cache: HistoryCache | None = None, generator: torch.Generator | None = None,
+           x_T: torch.Tensor | None = None) -> torch.Tensor:
+    """Targets for every cached window, ``n_samples`` each: (B * n_samples, F, K) on the v scale.
+
+    ``sampler``: "ddpm" (ancestral, all T steps, faithful to the paper) or "ddim" (deterministic
+    DDIM, eta = 0, ``steps`` evenly spaced steps: fast).
+    """
+    config = model.config
+    b = cache.windows
+    k = cache.target_side.shape[1]
+    shape = (b * n_samples, config.horizon, k)
+    x = torch.randn(shape, generator=generator) if x_T is None else x_T
+    # Keep x0 estimates inside the range the data can take (v in [0, 1.5]).
+    lo, hi = float(standardiser.forward(torch.tensor(0.0))), float(standardiser.forward(torch.tensor(1.5)))
+    ab = schedule.alpha_bars
+    if sampler == "ddpm":
+        for t in reversed(range(config.diffusion_steps)):
+            eps = _guided_eps(model, cache, null_cache, x, t, guidance)
+            # 1. predict x0, clip it to the data range, 2. posterior mean of q(x_{t-1} | x_t, x0)
+            x0 = ((x - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()).clamp(lo, hi)
+            ab_prev = ab[t - 1] if t > 0 else torch.tensor(1.0)
+            beta = schedule.betas[t]
+            mean = (ab_prev.sqrt() * beta / (1 - ab[t])) * x0 + (schedule.alphas[t].sqrt() * (1 - ab_prev) / (1 - ab[t])) * x
+            if t > 0:
+                variance = beta * (1 - ab_prev) / (1 - ab[t])  # beta tilde
+                x = mean + variance.sqrt() * torch.randn(shape, generator=generator)
+            else:
+                x = mean
+    elif sampler == "ddim":
+        steps = max(1, min(steps, config.diffusion_steps))
+        timesteps = torch.linspace(config.diffusion_steps - 1, 0, steps).round().long().tolist()
+        for i, t in enumerate(timesteps):
+            eps = _guided_eps(model, cache, null_cache, x, t, guidance)
+            # 1. x0 from the predicted noise (clipped), 2. step to the previous kept timestep (eta = 0)
+            x0 = ((x - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()).clamp(lo, hi)
+            if i + 1 < len(timesteps):
+                ab_prev = ab[timesteps[i + 1]]
+                eps = (x - ab[t].sqrt() * x0) / (1 - ab[t]).sqrt()  # noise consistent with the clipped x0
+                x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+            else:
+                x = x0
+    else:
+        raise ValueError(f"unknown sampler {sampler!r}: expected 'ddpm' or 'ddim'")
+    return standardiser.inverse(x)

@@ -1,0 +1,185 @@
+"""Training, checkpoints, recursive forecasts and forecast runs on a small real city and real SQLite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from db import open_database
+from db.models import ForecastRun, ModelRecord
+from db.queries import get_dataset, store_dataset
+from engine.cli import main
+from engine.data.city import CityConfig, generate_city
+from engine.data.windows import load_series
+from engine.env.clip import ClipSettings
+from engine.env.pipeline import build_environment
+from engine.errors import InputError
+from engine.forecast import LocationPlan, recursive_forecast, run_forecast
+from engine.model import Forecaster
+from engine.model.config import resolve_config
+from engine.train import load_model, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 16-user city with environment embeddings and a tiny trained LSDM model."""
+    import os
+
+    home = tmp_path_factory.mktemp("home")
+    old = os.environ.get("LSDM_HOME")
+    os.environ["LSDM_HOME"] = str(home)
+    database = open_database(str(home / "lsdm.sqlite"))
+    with database.write_session() as session, session.begin():
+        store_dataset(session, generate_city(CityConfig(users=16, cells=24, seed=2)))
+    build_environment(database, settings=ClipSettings(epochs=1))
+    name, config = resolve_config("tiny")
+    result = train(database, name, config)
+    yield database, result
+    if old is None:
+        os.environ.pop("LSDM_HOME", None)
+    else:
+        os.environ["LSDM_HOME"] = old
+
+
+@pytest.fixture(autouse=True)
+def _home(trained, monkeypatch):
+    database, _ = trained
+    monkeypatch.setenv("LSDM_HOME", str(Path(database.url.removeprefix("sqlite:///")).parent))
+
+
+def test_training_registers_an_active_model_with_its_loss_curve(trained):
+    database, result = trained
+    metrics = result.metrics
+    assert metrics["epochs_run"] == 2 and len(metrics["history"]) == 2
+    assert all(np.isfinite(e["train_loss"]) and np.isfinite(e["val_loss"]) for e in metrics["history"])
+    assert (result.path / "model.safetensors").is_file() and (result.path / "model.json").is_file()
+    with database.session() as session:
+        record = session.get(ModelRecord, result.record_id)
+        assert record.is_active and record.kind == "lsdm" and record.config["channels"] == 16
+    document = json.loads((result.path / "model.json").read_text())
+    assert document["data"]["encoder_id"].startswith("clip-") and document["normaliser"]["scale"] > 10
+
+
+def test_checkpoint_reloads_identically_and_refuses_tampering(trained, tmp_path):
+    _, result = trained
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(result.path, copy)
+    reloaded = Forecaster.load(copy)
+    for name, tensor in result.forecaster.model.state_dict().items():
+        assert np.array_equal(tensor.cpu().numpy(), reloaded.model.state_dict()[name].numpy())
+    document = json.loads((copy / "model.json").read_text())
+    document["config"]["channels"] = 32
+    document["config"]["heads"] = 4
+    (copy / "model.json").write_text(json.dumps(document))
+    with pytest.raises(InputError, match="do not match the configuration"):
+        Forecaster.load(copy)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-3] ^= 0x55
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="do not match the hash"):
+        Forecaster.load(copy)
+
+
+def test_recursive_forecast_feeds_each_path_its_own_samples(trained):
+    database, _ = trained
+    record, forecaster = load_model(database)
+    with database.session() as session:
+        series = load_series(session, get_dataset(session))
+    result = recursive_forecast(forecaster, series, [0, 3], start=300, horizon=6, samples=5, seed=4)
+    assert result.paths.shape == (2, 5, 6, 10) and (result.paths >= 0).all()
+    # Paths diverge after the first step: each fed back its own sample.
+    assert np.ptp(result.paths_v[0, :, 5], axis=0).max() > 0
+    again = recursive_forecast(forecaster, series, [0, 3], start=300, horizon=6, samples=5, seed=4)
+    assert np.array_equal(result.paths, again.paths)
+    summary = result.summary()
+    assert (summary["q05"] <= summary["q25"]).all() and (summary["q25"] <= summary["median"]).all()
+    assert (summary["median"] <= summary["q75"]).all() and (summary["q75"] <= summary["q95"]).all()
+    np.testing.assert_array_equal(result.truth[0], series.traffic[0, 300:306])
+
+
+def test_forecast_beyond_the_data_has_no_truth_and_uses_habitual_cells(trained):
+    database, _ = trained
+    _, forecaster = load_model(database)
+    with database.session() as session:
+        series = load_series(session, get_dataset(session))
+    result = recursive_forecast(forecaster, series, [1], start=330, horizon=12, samples=3)
+    assert np.isnan(result.truth[0, 6:]).all() and not np.isnan(result.truth[0, :6]).any()
+    expected = [series.habitual_cell(1, 330 + n, before=330) for n in range(12)]
+    assert result.cells[0].tolist() == expected
+
+
+def test_location_scenario_changes_an_environment_conditioned_forecast(trained):
+    database, _ = trained
+    _, forecaster = load_model(database)
+    with database.session() as session:
+        series = load_series(session, get_dataset(session))
+    home = recursive_forecast(forecaster, series, [2], start=300, horizon=3, samples=4, seed=1)
+    hub_key = series.cell_keys[int(np.argmax(np.linalg.norm(series.env - series.env[home.cells[0, 0]], axis=1)))]
+    moved = recursive_forecast(forecaster, series, [2], start=300, horizon=3, samples=4, seed=1,
+                               plan=LocationPlan.parse(f"cell:{hub_key}", series))
+    assert moved.cells[0].tolist() == [series.cell_keys.index(hub_key)] * 3
+    assert not np.array_equal(home.paths, moved.paths)
+
+
+def test_cli_forecast_stores_a_reproducible_run(trained, capsys):
+    database, _ = trained
+    argv = ["forecast", "--db", database.url, "--entity", "user:U0004", "--start", "310", "--horizon", "4",
+            "--samples", "6", "--seed", "9", "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert isinstance(first["run_id"], int) and first["seconds"] > 0
+    steps = first["entities"][0]["steps"]
+    assert [s["hour"] for s in steps] == [310, 311, 312, 313] and steps[0]["label"] == "Sat 22:00"
+    assert set(steps[0]["services"]["Games"]) >= {"mean", "median", "q05", "q25", "q75", "q95", "truth"}
+    assert main(argv) == 0
+    second = json.loads(capsys.readouterr().out)
+    with database.session() as session:
+        runs = {r.id: r for r in session.scalars(select(ForecastRun))}
+        assert runs[first["run_id"]].result == runs[second["run_id"]].result  # reproduced exactly
+        assert runs[first["run_id"]].params["model_sha256"] and runs[first["run_id"]].params["seed"] == 9
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--start", "5"], "field '--start'"),
+        (["--start", "300", "--entity", "user:nobody"], "no user 'nobody'"),
+        (["--start", "300", "--sampler", "ddim:x"], "field '--sampler'"),
+        (["--start", "300", "--location", "cell:C9999"], "unknown cell 'C9999'"),
+        (["--start", "300", "--model", "999"], "no forecasting model with id 999"),
+    ],
+)
+def test_bad_forecast_requests_exit_2_and_store_nothing(trained, capsys, extra, message):
+    database, _ = trained
+    with database.session() as session:
+        before = session.scalar(select(func.count()).select_from(ForecastRun))
+    argv = ["forecast", "--db", database.url, "--entity", "user:U0001", *extra]
+    if "--entity" in extra:
+        argv = ["forecast", "--db", database.url, *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    with database.session() as session:
+        assert session.scalar(select(func.count()).select_from(ForecastRun)) == before
+
+
+def test_training_an_environment_model_without_embeddings_is_refused(db_path):
+    database = open_database(str(db_path))
+    with database.write_session() as session, session.begin():
+        store_dataset(session, generate_city(CityConfig(users=4, cells=10, seed=1)))
+    name, config = resolve_config("tiny")
+    with pytest.raises(InputError, match="no environment embeddings"):
+        train(database, name, config)
+    name, config = resolve_config("tiny", condition="none")
+    assert train(database, name, config).metrics["epochs_run"] == 2
+
+
+def test_run_forecast_returns_without_storing_when_asked(trained):
+    database, _ = trained
+    payload = run_forecast(database, entity="user:U0000", start=300, horizon=2, samples=2, store=False)
+    assert payload["run_id"] is None and len(payload["entities"][0]["steps"]) == 2
