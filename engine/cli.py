@@ -311,6 +311,62 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from db import open_database
+    from engine.evaluate import evaluate
+
+    result = evaluate(open_database(args.db), args.model, report_dir=args.report, samples=args.samples,
+                      steps=args.steps, path_users=args.path_users, train_missing=not args.no_train,
+                      include_arima=not args.no_arima, progress=_stderr_progress(not args.json))
+    lines = [f"Evaluation of model {result['model_id']} on {result['dataset']} ({result['seconds']:.0f} s)",
+             f"  {'method':20s} {'MSE':>8s} {'RMSE':>8s} {'MAE':>8s} {'CS':>8s} {'R2':>8s} {'CRPS':>8s} "
+             f"{'cov50':>6s} {'cov90':>6s}"]
+    for row in result["rows"] + [r for r in result["table4"] if r not in result["rows"]]:
+        lines.append(f"  {row['method']:20s} {row['mse']:8.4f} {row['rmse']:8.4f} {row['mae']:8.4f} {row['cs']:8.4f} "
+                     f"{row['r2']:8.4f} {row['crps']:8.4f} {row['cov50']:6.3f} {row['cov90']:6.3f}")
+    lines += [f"  {note}" for note in result["notes"]]
+    if result.get("report"):
+        lines.append(f"  report: {Path(result['report'][0]).parent}")
+    _emit(args, result, lines)
+    return 0
+
+
+def cmd_export_windows(args: argparse.Namespace) -> int:
+    from db import open_database
+    from db.queries import get_dataset
+    from engine.data.windows import Normaliser, SplitSpec, load_series, make_splits
+    from engine.scoring import export_windows
+    from engine.train import load_model
+
+    database = open_database(args.db)
+    with database.session() as session:
+        dataset = get_dataset(session, args.dataset)
+        series = load_series(session, dataset)
+    history = args.history
+    normaliser = None
+    if args.model is not None or history is None:
+        try:
+            _, forecaster = load_model(database, args.model, dataset=dataset)
+            history, normaliser = history or forecaster.config.history, forecaster.normaliser
+        except InputError:
+            if args.model is not None:
+                raise
+    spec = SplitSpec(kind=args.split, history=history or 24)
+    splits = make_splits(series, spec)
+    normaliser = normaliser or Normaliser.fit(series.traffic[:, : splits.train_hours_end])
+    summary = export_windows(series, normaliser, splits, args.out)
+    _emit(args, {"out": str(args.out), **summary}, [f"Wrote {args.out}: {summary}"])
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from engine.scoring import score_predictions
+
+    result = score_predictions(args.predictions, args.windows)
+    _emit(args, result, [f"{k}: {v}" for k, v in result.items()])
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------------
 
 
@@ -472,6 +528,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", parents=[common, reporting], help="registered models; * marks active ones")
     models.set_defaults(handler=cmd_models)
+
+    evaluate_p = commands.add_parser(
+        "evaluate", parents=[common, reporting], help="reproduce the paper's tables on this data",
+        description="Score the model, its comparison models (trained if missing) and the baselines on the test day; "
+        "write report.md, CSV tables and PNG plots.",
+    )
+    evaluate_p.add_argument("--model", type=int, default=None, help="model id (default: the active model)")
+    evaluate_p.add_argument("--report", default=None, metavar="DIR", help="write the report into DIR")
+    evaluate_p.add_argument("--samples", type=_positive_int, default=16, help="samples per window (default 16)")
+    evaluate_p.add_argument("--steps", type=_positive_int, default=30, help="recursive steps for Fig. 8/9 (default 30)")
+    evaluate_p.add_argument("--path-users", type=_positive_int, default=100,
+                            help="entities in the recursive evaluation (default 100)")
+    evaluate_p.add_argument("--no-train", action="store_true", help="do not train missing comparison models")
+    evaluate_p.add_argument("--no-arima", action="store_true", help="leave ARIMA out (it takes about 2 minutes)")
+    evaluate_p.set_defaults(handler=cmd_evaluate)
+
+    export = commands.add_parser("export", help="export data for outside models").add_subparsers(
+        dest="action", required=True, metavar="WHAT")
+    export_windows_p = export.add_parser(
+        "windows", parents=[common, reporting], help="the exact evaluation windows and splits as .npz",
+        description="Write every train/validation/test window (history, target, calendar, environment) with "
+        "the documented keys of engine/scoring.py, for `lsdm score`.")
+    export_windows_p.add_argument("--out", type=Path, required=True, help="output .npz file")
+    export_windows_p.add_argument("--model", type=int, default=None,
+                                  help="use this model's history length and normalisation (default: the active one)")
+    export_windows_p.add_argument("--history", type=_positive_int, default=None, help="history hours (default: the model's)")
+    export_windows_p.add_argument("--split", choices=["time", "users"], default="time", help="split kind (default time)")
+    export_windows_p.add_argument("--dataset", default=None, help="data set name (default: the active one)")
+    export_windows_p.set_defaults(handler=cmd_export_windows)
+
+    score_p = commands.add_parser(
+        "score", parents=[reporting], help="score outside predictions on the exported windows",
+        description="Score predictions (.npz with `prediction` or `samples`) with the same metrics as the report.")
+    score_p.add_argument("--predictions", type=_existing_file, required=True, help="predictions .npz")
+    score_p.add_argument("--windows", type=_existing_file, required=True, help="the windows .npz it was made from")
+    score_p.set_defaults(handler=cmd_score)
     return parser
 
 

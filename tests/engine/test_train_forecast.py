@@ -183,3 +183,42 @@ def test_run_forecast_returns_without_storing_when_asked(trained):
     database, _ = trained
     payload = run_forecast(database, entity="user:U0000", start=300, horizon=2, samples=2, store=False)
     assert payload["run_id"] is None and len(payload["entities"][0]["steps"]) == 2
+
+
+def test_evaluate_writes_the_papers_tables_with_every_method(trained, tmp_path, capsys):
+    database, _ = trained
+    report = tmp_path / "report"
+    status = main(["evaluate", "--db", database.url, "--report", str(report), "--samples", "4", "--steps", "6",
+                   "--path-users", "4", "--json"])
+    assert status == 0
+    result = json.loads(capsys.readouterr().out)
+    methods = [row["method"] for row in result["rows"]]
+    assert methods == ["seasonal-naive", "hour-of-week-mean", "arima", "csdi-like", "lsdm-no-condition", "lsdm"]
+    for row in result["rows"]:
+        assert set(row) >= {"method", "mse", "rmse", "mae", "cs", "r2", "crps", "cov50", "cov90"}
+        assert row["rmse"] == pytest.approx(row["mse"] ** 0.5, rel=1e-4) and 0 <= row["cov90"] <= 1
+    assert [r["method"] for r in result["table4"]] == ["no-2d-attention", "env-input", "lsdm-no-condition", "lsdm"]
+    assert set(result["mse_by_step"]) >= {"lsdm", "arima", "seasonal-naive"}
+    assert all(len(v) == 6 for v in result["mse_by_step"].values())
+    assert set(result["per_service_r2"]["lsdm"]) == set(result["per_service_r2"]["arima"])
+    written = {p.name for p in report.iterdir()}
+    assert {"report.md", "table3.csv", "table4.csv"} <= written and any(n.endswith(".png") for n in written)
+    # The comparison models were trained once and are reused by the next evaluation.
+    with database.session() as session:
+        names = session.scalars(select(ModelRecord.name).where(ModelRecord.kind == "lsdm")).all()
+    assert sorted(names).count("csdi-like") == 1
+
+
+def test_exported_windows_score_outside_predictions_with_the_same_metrics(trained, tmp_path, capsys):
+    database, _ = trained
+    windows = tmp_path / "windows.npz"
+    assert main(["export", "windows", "--db", database.url, "--out", str(windows), "--json"]) == 0
+    capsys.readouterr()
+    with np.load(windows, allow_pickle=False) as npz:
+        test = npz["split"] == "test"
+        perfect = npz["target"][test]
+    predictions = tmp_path / "pred.npz"
+    np.savez(predictions, prediction=perfect, method="oracle")
+    assert main(["score", "--predictions", str(predictions), "--windows", str(windows), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["r2"] == pytest.approx(1.0) and scored["mse"] == pytest.approx(0.0)
