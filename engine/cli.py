@@ -88,6 +88,15 @@ def _store(args: argparse.Namespace, content) -> dict:  # noqa: ANN001
     return summary
 
 
+def _store_and_report(args: argparse.Namespace, content, title: str, started: float) -> int:  # noqa: ANN001
+    """Store a generated or ingested data set (one transaction) and print its summary."""
+    summary = _store(args, content)
+    seconds = time.perf_counter() - started
+    summary["seconds"] = round(seconds, 3)
+    _emit(args, summary, _summary_lines(title, summary, seconds))
+    return 0
+
+
 def _summary_lines(title: str, summary: dict, seconds: float) -> list[str]:
     return [
         f"{title} '{summary['dataset']}' in {seconds:.1f} s -> {summary['db']}",
@@ -113,11 +122,7 @@ def cmd_city_build(args: argparse.Namespace) -> int:
         radius_km=args.radius_km,
     )
     content = generate_city(config, name=args.name)
-    summary = _store(args, content)
-    seconds = time.perf_counter() - started
-    summary["seconds"] = round(seconds, 3)
-    _emit(args, summary, _summary_lines("Built synthetic city", summary, seconds))
-    return 0
+    return _store_and_report(args, content, "Built synthetic city", started)
 
 
 def cmd_ingest_tsinghua(args: argparse.Namespace) -> int:
@@ -134,11 +139,7 @@ def cmd_ingest_tsinghua(args: argparse.Namespace) -> int:
         name=args.name,
         progress=_stderr_progress(not args.json),
     )
-    summary = _store(args, content)
-    seconds = time.perf_counter() - started
-    summary["seconds"] = round(seconds, 3)
-    _emit(args, summary, _summary_lines("Ingested Tsinghua App Usage data", summary, seconds))
-    return 0
+    return _store_and_report(args, content, "Ingested Tsinghua App Usage data", started)
 
 
 def cmd_ingest_table(args: argparse.Namespace) -> int:
@@ -153,11 +154,7 @@ def cmd_ingest_table(args: argparse.Namespace) -> int:
         timezone=args.timezone,
         name=args.name,
     )
-    summary = _store(args, content)
-    seconds = time.perf_counter() - started
-    summary["seconds"] = round(seconds, 3)
-    _emit(args, summary, _summary_lines("Ingested table", summary, seconds))
-    return 0
+    return _store_and_report(args, content, "Ingested table", started)
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
