@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import select
 
 from db import Database
-from db.models import ModelRecord
+from db.models import Dataset, ModelRecord
 from db.queries import get_dataset
 from engine.baselines import BASELINES, forecast_paths
 from engine.data.windows import SeriesData, SplitSpec, Splits, load_series, make_splits
@@ -93,7 +93,8 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     started = time.perf_counter()
     record, forecaster = load_model(database, model_id)
     with database.session() as session:
-        dataset = get_dataset(session)
+        # The data set the model was trained on (the active one for models registered without one).
+        dataset = session.get(Dataset, record.dataset_id) if record.dataset_id else get_dataset(session)
         dataset_id, dataset_name = dataset.id, dataset.name
         series = load_series(session, dataset, env_kind=forecaster.config.env_kind,
                              encoder_id=forecaster.meta.get("data", {}).get("encoder_id"))
@@ -104,7 +105,7 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     values = forecaster.normaliser.forward(series.traffic)
     y = values[splits.test.entity, splits.test.hour][:, None, :]  # (N, 1, K)
 
-    # Recursive paths: every path_users-th entity, from start hours whose 30 steps end inside the data.
+    # Recursive paths: a seeded random subset of entities, from start hours whose paths end inside the data.
     rng = np.random.default_rng(seed)
     entities = np.sort(rng.choice(len(series.entity_ids), min(path_users, len(series.entity_ids)), replace=False))
     last_start = series.hours - steps
@@ -113,12 +114,20 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     y_paths = np.concatenate([values[entities][:, s : s + steps] for s in starts], axis=0)  # (P, steps, K)
 
     rows: dict[str, dict] = {}
+    bytes_rows: dict[str, dict] = {}
+    y_bytes = forecaster.normaliser.inverse(y)
+
+    def add_row(name: str, draws: np.ndarray, seconds: float, **extra) -> None:
+        rows[name] = _row(name, y, draws, seconds, **extra)
+        bytes_rows[name] = _row(name, y_bytes, forecaster.normaliser.inverse(draws), seconds, **extra)
+        service_r2[name] = per_service_r2(y, draws.mean(0), series.services)
+
     step_mse: dict[str, list[float]] = {}
     service_r2: dict[str, dict[str, float]] = {}
     notes = [f"Data set {dataset_name!r}: {len(series.entity_ids)} entities, {series.hours} hours; test day = "
              f"hours {int(splits.test.hour.min())}-{int(splits.test.hour.max())} ({len(splits.test)} windows).",
-             f"LSDM rows: {samples} samples per window, DDIM 10 steps; metrics on v = log1p(bytes) / "
-             f"{forecaster.normaliser.scale:.3f} unless marked (bytes).",
+             f"LSDM rows: {samples} samples per window, DDIM 10 steps; tables on the normalised scale v = "
+             f"log1p(bytes) / {forecaster.normaliser.scale:.3f}; `bytes_rows` has the same metrics in bytes.",
              f"MSE by recursive step: {len(entities)} entities x start hours {starts}, {steps} steps, each sample "
              f"path feeding back its own samples."]
 
@@ -129,8 +138,7 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
         say(f"baseline {name} ...")
         t0 = time.perf_counter()
         forecast = BASELINES[name](series, values, splits, splits.test)
-        rows[name] = _row(name, y, forecast.samples, time.perf_counter() - t0)
-        service_r2[name] = per_service_r2(y, forecast.samples.mean(0), series.services)
+        add_row(name, forecast.samples, time.perf_counter() - t0)
         extra = {"params": forecast.params} if name == "arima" and forecast.params is not None else {}
         paths = forecast_paths(name, series, values, splits, np.concatenate([entities for _ in starts]),
                                np.concatenate([np.full(len(entities), s) for s in starts]), steps, **extra)
@@ -147,8 +155,7 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
         say(f"{name}: one-step forecasts of the test day ...")
         t0 = time.perf_counter()
         draws = _one_step(model, series, splits, samples, seed)
-        rows[name] = _row(name, y, draws, time.perf_counter() - t0, model_id=model_record.id)
-        service_r2[name] = per_service_r2(y, draws.mean(0), series.services)
+        add_row(name, draws, time.perf_counter() - t0, model_id=model_record.id)
         if name in ("lsdm", "lsdm-no-condition"):
             say(f"{name}: recursive paths ...")
             paths = _paths(model, series, entities, starts, steps, samples, seed)
@@ -162,6 +169,7 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
         gain = round(100 * (rows["lsdm"]["r2"] - base_r2) / abs(base_r2), 2) if base_r2 else None
         notes.append(f"Condition vs no condition: R² {rows['lsdm']['r2']:.4f} vs {base_r2:.4f} ({gain:+.2f} %).")
     result = {"model_id": record.id, "dataset": dataset_name, "rows": table3, "table4": table4,
+              "bytes_rows": [bytes_rows[m] for m in TABLE3 if m in bytes_rows],
               "per_service_r2": service_r2, "mse_by_step": step_mse, "condition_gain_r2_percent": gain,
               "notes": notes, "seconds": round(time.perf_counter() - started, 1)}
     if report_dir:

@@ -198,6 +198,8 @@ def test_evaluate_writes_the_papers_tables_with_every_method(trained, tmp_path, 
         assert set(row) >= {"method", "mse", "rmse", "mae", "cs", "r2", "crps", "cov50", "cov90"}
         assert row["rmse"] == pytest.approx(row["mse"] ** 0.5, rel=1e-4) and 0 <= row["cov90"] <= 1
     assert [r["method"] for r in result["table4"]] == ["no-2d-attention", "env-input", "lsdm-no-condition", "lsdm"]
+    assert [r["method"] for r in result["bytes_rows"]] == methods
+    assert result["bytes_rows"][-1]["mse"] > 1e6 * result["rows"][-1]["mse"]  # the same scores, in bytes
     assert set(result["mse_by_step"]) >= {"lsdm", "arima", "seasonal-naive"}
     assert all(len(v) == 6 for v in result["mse_by_step"].values())
     assert set(result["per_service_r2"]["lsdm"]) == set(result["per_service_r2"]["arima"])
