@@ -54,9 +54,15 @@ def _handler(state: TileServerState) -> type[BaseHTTPRequestHandler]:
                 state.user_agents.append(self.headers.get("User-Agent", ""))
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            counted = True
             try:
                 if state.delay_s:
                     state.release.wait(state.delay_s)
+                # Leave the in-flight count before answering: the client frees its slot only after it
+                # has read the answer, so counting until after the write would see limit + 1 briefly.
+                with state.lock:
+                    state.in_flight -= 1
+                    counted = False
                 status = 503 if number <= state.fail_first else state.status
                 body = (state.body if state.body is not None else _png_for(self.path)) if status == 200 else b"no"
                 self.send_response(status)
@@ -67,8 +73,9 @@ def _handler(state: TileServerState) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout test)
             finally:
-                with state.lock:
-                    state.in_flight -= 1
+                if counted:
+                    with state.lock:
+                        state.in_flight -= 1
 
     return Handler
 

@@ -101,17 +101,17 @@ def test_loss_combines_mse_and_cosine_and_trains():
     t = torch.randint(0, config.diffusion_steps, (64,), generator=g)
     noise = torch.randn(64, 1, K, generator=g)
     keep = torch.ones(64, dtype=torch.bool)
-    first = float(diffusion_loss(model, schedule, standardiser, batch, t=t, noise=noise, keep_env=keep))
+    first = float(diffusion_loss(model, schedule, standardiser, batch, t=t, noise=noise, keep_env=keep).detach())
     for _ in range(60):
         loss = diffusion_loss(model, schedule, standardiser, batch, g)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    last = float(diffusion_loss(model, schedule, standardiser, batch, t=t, noise=noise, keep_env=keep))
+    last = float(diffusion_loss(model, schedule, standardiser, batch, t=t, noise=noise, keep_env=keep).detach())
     assert last < first
     plain = replace(config, l2=0.0)
     mse_only = float(diffusion_loss(Denoiser(plain, env_dim=D, n_services=K), schedule, standardiser, batch,
-                                    t=t, noise=noise, keep_env=keep))
+                                    t=t, noise=noise, keep_env=keep).detach())
     assert mse_only == pytest.approx(float(torch.mean(noise**2)), rel=1e-5)  # a fresh model predicts 0
 
 
