@@ -39,7 +39,7 @@ class ModelConfig:
     l1: float = 1.0
     l2: float = 0.1
     # Training
-    epochs: int = 6  # ~90 s each on the 2-core CPU for the default city: training stays under 10 min
+    epochs: int = 5  # ~100 s each on the 2-core CPU for the default city: training stays well under 10 min
     batch_size: int = 256
     windows_per_epoch: int = 32_768  # training windows drawn afresh each epoch
     lr: float = 2e-3
