@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.artifacts import read_verified, save_weights
 from engine.errors import InputError
 
 # Registry of our own small architectures (open_clip.CLIP keyword arguments).
@@ -150,13 +150,7 @@ def build_encoder(settings: ClipSettings) -> ClipEncoder:
 
 def save_encoder(encoder: ClipEncoder, directory: Path) -> str:
     """Write model.safetensors + config.json; returns the encoder id (hash prefix of the weights)."""
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / "model.safetensors"
-    state = {k: v.detach().contiguous().cpu() for k, v in encoder.model.state_dict().items()}
-    save_file(state, str(weights))
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    digest = save_weights(encoder.model.state_dict(), directory)
     encoder.meta.update(
         encoder_id=f"clip-{digest[:12]}", sha256=digest, image_size=encoder.image_size,
         mean=list(encoder.mean), std=list(encoder.std),
@@ -167,27 +161,14 @@ def save_encoder(encoder: ClipEncoder, directory: Path) -> str:
 
 def load_encoder(directory: Path) -> ClipEncoder:
     """Load a saved encoder; refuses files whose hash or architecture does not match the config."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    config_file, weights = directory / "config.json", directory / "model.safetensors"
-    for path in (config_file, weights):
-        if not path.is_file():
-            raise InputError("missing encoder file", file=path, hint="rebuild with `lsdm env build`")
-    try:
-        meta = json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        raise InputError(f"not valid JSON: {error.msg}", file=config_file, line=error.lineno) from None
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    if digest != meta.get("sha256"):
-        raise InputError("weights do not match the hash recorded in config.json", file=weights,
-                         hint="the file was changed or belongs to another encoder")
+    meta, state = read_verified(Path(directory), "config.json", hint="rebuild with `lsdm env build`")
+    weights = Path(directory) / "model.safetensors"
     open_clip = _open_clip()
     _register_architectures(open_clip)
     cfg = meta["model_cfg"]
     model = open_clip.create_model(cfg["open_clip_arch"]) if "open_clip_arch" in cfg else open_clip.CLIP(**cfg)
     try:
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(state)
     except RuntimeError as error:
         raise InputError(f"weights do not match the architecture: {str(error).splitlines()[0]}", file=weights) from None
     model.eval()

@@ -7,13 +7,13 @@ the configuration rebuilds exactly the stored tensors; nothing is unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from engine.artifacts import read_verified, save_weights
 from engine.data.windows import Normaliser
 from engine.errors import InputError
 from engine.model.config import CONFIGS, ModelConfig, resolve_config
@@ -59,12 +59,7 @@ class Forecaster:
 
     def save(self, directory: Path) -> str:
         """Write the folder; returns the weights' SHA-256."""
-        from safetensors.torch import save_file
-
-        directory.mkdir(parents=True, exist_ok=True)
-        weights = directory / "model.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(weights))
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        digest = save_weights(self.model.state_dict(), directory)
         document = {
             "format": "lsdm-forecaster/1",
             "config": self.config.to_dict(),
@@ -81,23 +76,11 @@ class Forecaster:
 
     @classmethod
     def load(cls, directory: Path, *, device: str | None = None) -> Forecaster:
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         doc_file, weights = directory / "model.json", directory / "model.safetensors"
-        for path in (doc_file, weights):
-            if not path.is_file():
-                raise InputError("missing model file", file=path, hint="train again with `lsdm train`")
-        try:
-            document = json.loads(doc_file.read_text())
-        except json.JSONDecodeError as error:
-            raise InputError(f"not valid JSON: {error.msg}", file=doc_file, line=error.lineno) from None
+        document, state = read_verified(directory, "model.json", hint="train again with `lsdm train`")
         if document.get("format") != "lsdm-forecaster/1":
             raise InputError(f"unknown model format {document.get('format')!r}", file=doc_file)
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-        if digest != document.get("sha256"):
-            raise InputError("weights do not match the hash recorded in model.json", file=weights,
-                             hint="the file was changed or belongs to another model")
         config = ModelConfig.from_dict(document["config"], origin=str(doc_file))
         meta = {k: v for k, v in document.items()
                 if k not in ("format", "config", "normaliser", "standardiser", "services", "env_dim")}
@@ -106,7 +89,6 @@ class Forecaster:
             standardiser=Standardiser(**document["standardiser"]), services=document["services"],
             env_dim=int(document["env_dim"]), meta=meta,
         )
-        state = load_file(str(weights))
         expected = forecaster.model.state_dict()
         mismatched = sorted(set(state) ^ set(expected)) + sorted(
             k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
