@@ -56,6 +56,12 @@ _TRACE_LAYOUT = "user_id timestamp base_station_id app_id traffic_bytes, separat
 Progress = Callable[[str], None]
 
 
+def _check_category_id(category: int, path: Path, number: int) -> None:
+    """Tsinghua category ids are 0..19 (both App2Category.txt and Categorys.txt use them)."""
+    if category >= len(CATEGORIES):
+        raise InputError(f"expected a category id in 0..{len(CATEGORIES) - 1}, found {category}", file=path,
+                         line=number, field="category_id")
+
 def _letters(text: str) -> str:
     return re.sub(r"[^a-z]", "", text.lower())
 
@@ -96,11 +102,7 @@ def read_categories(path: Path) -> dict[int, str]:
                 f"expected <category id><TAB>'<name>', found {line!r}", file=path, line=number, field="category_id"
             )
         category, name = int(parts[0]), parts[1].strip()
-        if category >= len(CATEGORIES):
-            raise InputError(
-                f"expected a category id in 0..{len(CATEGORIES) - 1}, found {category}", file=path, line=number,
-                field="category_id",
-            )
+        _check_category_id(category, path, number)
         if category in found:
             raise InputError(
                 f"category {category} listed twice (first on line {found[category]})", file=path, line=number,
@@ -140,11 +142,7 @@ def read_app2category(path: Path) -> tuple[np.ndarray, np.ndarray]:
             if not value.isdigit():
                 raise InputError(f"expected a whole number >= 0, found {value!r}", file=path, line=number, field=name)
         app, category = int(parts[0]), int(parts[1])
-        if category >= len(CATEGORIES):
-            raise InputError(
-                f"expected a category id in 0..{len(CATEGORIES) - 1}, found {category}", file=path, line=number,
-                field="category_id",
-            )
+        _check_category_id(category, path, number)
         if app in first_line:
             raise InputError(
                 f"app {app} listed twice (first on line {first_line[app]})", file=path, line=number, field="app_id"
