@@ -210,9 +210,18 @@ def cmd_env_build(args: argparse.Namespace) -> int:
     if args.describer == "openai":
         options = {"base_url": args.llm_url, "model": args.llm_model}
     started = time.perf_counter()
+    database = open_database(args.db)
+    encoder_dir = None
+    if not (args.train or args.clip_init):
+        # The default city gets the shipped encoder, whose embeddings the shipped model was trained on.
+        from db.queries import get_dataset
+        from engine.shipped import shipped_encoder_dir
+
+        with database.session() as session:
+            encoder_dir = shipped_encoder_dir(session, get_dataset(session, args.dataset))
     summary = build_environment(
-        open_database(args.db), dataset_name=args.dataset, tiles=args.tiles, describer=args.describer,
-        describer_options=options, regenerate=args.regenerate, settings=settings,
+        database, dataset_name=args.dataset, tiles=args.tiles, describer=args.describer,
+        describer_options=options, regenerate=args.regenerate, settings=settings, encoder_dir=encoder_dir,
         progress=_stderr_progress(not args.json),
     )
     summary["seconds"] = round(time.perf_counter() - started, 2)
@@ -472,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="start from a local pretrained open_clip checkpoint (nothing is downloaded)")
     env_build.add_argument("--clip-arch", default="lsdm-clip-s",
                            help="architecture: lsdm-clip-s (ours, default) or an open_clip name for --clip-init")
+    env_build.add_argument("--train", action="store_true",
+                           help="train a new encoder even on the default city (which otherwise uses the shipped one)")
     env_build.add_argument("--frozen", action="store_true", help="use the --clip-init checkpoint as is")
     env_build.add_argument("--epochs", type=int, default=40, help="CLIP training epochs (default 40)")
     env_build.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -561,7 +572,84 @@ def build_parser() -> argparse.ArgumentParser:
     score_p.add_argument("--predictions", type=_existing_file, required=True, help="predictions .npz")
     score_p.add_argument("--windows", type=_existing_file, required=True, help="the windows .npz it was made from")
     score_p.set_defaults(handler=cmd_score)
+
+    app_p = commands.add_parser("app", parents=[common], help="serve the dashboard on 127.0.0.1",
+                                description="Serve the Streamlit dashboard on 127.0.0.1 and open it in the browser.")
+    app_p.add_argument("--port", type=_positive_int, default=None, help="TCP port (default: a free one)")
+    app_p.add_argument("--no-browser", action="store_true", help="print the URL instead of opening a browser")
+    app_p.set_defaults(handler=cmd_app)
+
+    assets = commands.add_parser("assets", help="the shipped default encoder and model").add_subparsers(
+        dest="assets_command", required=True, metavar="build|install")
+    assets_build = assets.add_parser(
+        "build", parents=[reporting], help="retrain the shipped default (about 12 min on 2 CPU cores)",
+        description="Build the default city in a scratch database, train the CLIP encoder and the default "
+                    "forecaster on it, and write them with a manifest into assets/default (or --out).")
+    assets_build.add_argument("--out", type=Path, default=None, help="output folder (default: assets/default)")
+    assets_build.add_argument("--clip-epochs", type=_positive_int, default=40, help="CLIP epochs (default 40)")
+    assets_build.add_argument("--epochs", type=_positive_int, default=None, help="forecaster epochs (default: the config's)")
+    assets_build.set_defaults(handler=cmd_assets_build)
+    assets_install = assets.add_parser(
+        "install", parents=[common, reporting], help="use the shipped encoder and model on the default city",
+        description="Embed the default city's cells with the shipped encoder and register the shipped forecaster "
+                    "as the active model (refused on any other data set).")
+    assets_install.add_argument("--dataset", default=None, help="data set name (default: the active one)")
+    assets_install.set_defaults(handler=cmd_assets_install)
     return parser
+
+
+def cmd_assets_build(args: argparse.Namespace) -> int:
+    from engine.shipped import build, default_dir
+
+    out = args.out or default_dir()
+    manifest = build(out, clip_epochs=args.clip_epochs, epochs=args.epochs, progress=_stderr_progress(not args.json))
+    manifest["out"] = str(out)
+    _emit(args, manifest, [f"Shipped default written to {out} in {manifest['seconds']:.0f} s",
+                           f"  encoder {manifest['encoder_id']}, model {manifest['model_id']} "
+                           f"(best validation loss {manifest['model_metrics'].get('best_val_loss')})"])
+    return 0
+
+
+def cmd_assets_install(args: argparse.Namespace) -> int:
+    from db import open_database
+    from engine.shipped import install
+
+    result = install(open_database(args.db), args.dataset, progress=_stderr_progress(not args.json))
+    _emit(args, result, [f"Installed the shipped model on '{result['dataset']}': model id {result['model_id']} "
+                         f"({result['model_name']}), encoder {result['encoder_id']}, {result['seconds']:.1f} s"])
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    import signal
+    import webbrowser
+
+    from db import open_database
+    from engine.appserver import free_port, port_is_free, start_app, wait_healthy
+
+    if args.port is not None and not port_is_free(args.port):
+        raise InputError(f"port {args.port} on 127.0.0.1 is already in use", field="--port",
+                         hint="pick another port or leave --port out to take a free one")
+    port = args.port or free_port()
+    database = open_database(args.db)  # creates/migrates the database before the app reads it
+    url = f"http://127.0.0.1:{port}"
+    process = start_app(port, db_url=database.url)
+    signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+    try:
+        wait_healthy(url, process=process)
+        print(f"LSDM dashboard: {url}  (Ctrl+C stops it)", flush=True)
+        if not args.no_browser:
+            webbrowser.open(url)
+        return process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except Exception:  # noqa: BLE001 - a stuck child is killed
+                process.kill()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -240,17 +240,25 @@ def _step_summaries(result: ForecastResult, series: SeriesData, e: int) -> list[
     return steps
 
 
-def run_forecast(database, *, entity: str, start: int, horizon: int = 1, samples: int = 32,  # noqa: ANN001
-                 sampler: str = "ddim:10", location: str = "habitual", guidance: float = 1.0, seed: int = 0,
-                 model_id: int | None = None, dataset_name: str | None = None, device: str | None = None,
-                 store: bool = True, progress=None) -> dict:  # noqa: ANN001
-    """`lsdm forecast`: load the model and data, forecast, store the run (one transaction)."""
-    from db.models import ForecastRun
+@dataclass
+class ForecastContext:
+    """A loaded model and the data it forecasts: what a long-lived process (the app, the worker) keeps
+    between forecasts instead of reading them again (``load_context``)."""
+
+    record_id: int
+    record_sha256: str
+    dataset_id: int
+    forecaster: Forecaster
+    series: SeriesData
+
+
+def load_context(database, *, model_id: int | None = None, dataset_name: str | None = None,  # noqa: ANN001
+                 device: str | None = None) -> ForecastContext:
+    """Load the model (default: the active one) and the data set's series with its embeddings."""
     from db.queries import get_dataset
     from engine.data.windows import load_series
     from engine.train import check_compatible, load_model
 
-    sampler_name, sampler_steps = parse_sampler(sampler)
     with database.session() as session:
         dataset = get_dataset(session, dataset_name)
         record, forecaster = load_model(database, model_id, dataset=dataset, device=device)
@@ -258,21 +266,37 @@ def run_forecast(database, *, entity: str, start: int, horizon: int = 1, samples
                              encoder_id=forecaster.meta.get("data", {}).get("encoder_id"))
         dataset_id = dataset.id
     check_compatible(forecaster, series)
+    return ForecastContext(record.id, record.sha256, dataset_id, forecaster, series)
+
+
+def run_forecast(database, *, entity: str, start: int, horizon: int = 1, samples: int = 32,  # noqa: ANN001
+                 sampler: str = "ddim:10", location: str = "habitual", guidance: float = 1.0, seed: int = 0,
+                 model_id: int | None = None, dataset_name: str | None = None, device: str | None = None,
+                 store: bool = True, progress=None, context: ForecastContext | None = None) -> dict:  # noqa: ANN001
+    """`lsdm forecast`: load the model and data (or use ``context``), forecast, store the run (one
+    transaction)."""
+    from db.models import ForecastRun
+
+    sampler_name, sampler_steps = parse_sampler(sampler)
+    if context is None:
+        context = load_context(database, model_id=model_id, dataset_name=dataset_name, device=device)
+    forecaster, series, dataset_id = context.forecaster, context.series, context.dataset_id
+
     rows = parse_entities(entity, series)
     plan = LocationPlan.parse(location, series)
     result = recursive_forecast(forecaster, series, rows, start=start, horizon=horizon, samples=samples,
                                 sampler=sampler_name, steps=sampler_steps, plan=plan, guidance=guidance, seed=seed,
                                 progress=progress)
     params = {"entity": entity, "start": start, "horizon": horizon, "samples": samples, "sampler": sampler,
-              "location": location, "guidance": guidance, "seed": seed, "model_id": record.id,
-              "model_sha256": record.sha256, "dataset": series.dataset_name}
+              "location": location, "guidance": guidance, "seed": seed, "model_id": context.record_id,
+              "model_sha256": context.record_sha256, "dataset": series.dataset_name}
     entities = [{"entity": f"{'cell' if entity.startswith('cell:') else 'user'}:{series.entity_keys[e]}",
                  "steps": _step_summaries(result, series, i)} for i, e in enumerate(result.entities)]
-    payload = {"run_id": None, "model_id": record.id, "seconds": round(result.seconds, 4), "params": params,
+    payload = {"run_id": None, "model_id": context.record_id, "seconds": round(result.seconds, 4), "params": params,
                "services": series.services, "entities": entities}
     if store:
         with database.write_session() as session, session.begin():
-            run = ForecastRun(model_id=record.id, dataset_id=dataset_id, params=params,
+            run = ForecastRun(model_id=context.record_id, dataset_id=dataset_id, params=params,
                               summary={"entities": entities}, result=result.to_npz_bytes(), seconds=result.seconds)
             session.add(run)
             session.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,24 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never touch the developer's real data directory or database."""
     monkeypatch.setenv("LSDM_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("LSDM_DB", raising=False)
+
+
+@pytest.fixture(scope="session")
+def city_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default city with its environment (shipped encoder) and the shipped model: built once per
+    test session (about 15 s) in its own data directory. Tests that write use a copy (tests/app)."""
+    from engine.cli import main as lsdm
+
+    home = tmp_path_factory.mktemp("city-home")
+    previous = os.environ.get("LSDM_HOME")
+    os.environ["LSDM_HOME"] = str(home)  # models are stored under it, by absolute path
+    try:
+        db = home / "lsdm.sqlite"
+        assert lsdm(["city", "build", "--db", str(db), "--json"]) == 0
+        assert lsdm(["assets", "install", "--db", str(db), "--json"]) == 0
+    finally:
+        if previous is None:
+            os.environ.pop("LSDM_HOME", None)
+        else:
+            os.environ["LSDM_HOME"] = previous
+    return db

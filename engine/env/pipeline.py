@@ -64,9 +64,13 @@ def build_environment(
     describer_options: dict | None = None,
     regenerate: bool = False,
     settings: ClipSettings | None = None,
+    encoder_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> dict:
-    """Run the whole environment stage for a data set; returns what `env info` reports plus timings."""
+    """Run the whole environment stage for a data set; returns what `env info` reports plus timings.
+
+    ``encoder_dir``: embed with this saved encoder as is (the shipped one, see engine/shipped.py)
+    instead of training one; its retrieval metrics are those recorded when it was trained."""
     from engine.env.describe import describe_cells, make_describer
     from engine.env.tiles import open_tile_source, store_tiles
 
@@ -112,12 +116,21 @@ def build_environment(
     has_image = np.array([int(c) in tiles_by_cell for c in cell_ids])
 
     started = time.perf_counter()
-    encoder = build_encoder(settings)
-    images = images_to_tensor([tiles_by_cell.get(int(c)) for c in cell_ids], encoder.image_size)
-    paired = np.flatnonzero(has_image)
-    say(f"CLIP: {len(paired)} (tile, description) pairs; {'frozen' if settings.frozen else f'{settings.epochs} epochs'}")
-    metrics = train_clip(encoder, images[paired], [texts[i] for i in paired], settings,
-                         progress=lambda message, _fraction: say(message))
+    if encoder_dir is not None:
+        encoder = load_encoder(Path(encoder_dir))
+        images = images_to_tensor([tiles_by_cell.get(int(c)) for c in cell_ids], encoder.image_size)
+        metrics = dict(encoder.meta.get("trained_metrics") or {})
+        metrics["shipped"] = True
+        say(f"CLIP: the shipped encoder {encoder.encoder_id}")
+    else:
+        encoder = build_encoder(settings)
+        images = images_to_tensor([tiles_by_cell.get(int(c)) for c in cell_ids], encoder.image_size)
+        paired = np.flatnonzero(has_image)
+        say(f"CLIP: {len(paired)} (tile, description) pairs; {'frozen' if settings.frozen else f'{settings.epochs} epochs'}")
+        metrics = train_clip(encoder, images[paired], [texts[i] for i in paired], settings,
+                             progress=lambda message, _fraction: say(message))
+        # Kept in config.json too, so that a shipped copy of the encoder still reports them.
+        encoder.meta["trained_metrics"] = {k: v for k, v in metrics.items() if k == "retrieval"}
     timings["clip_train_s"] = round(time.perf_counter() - started, 2)
 
     started = time.perf_counter()
@@ -134,7 +147,11 @@ def build_environment(
     }
 
     with tempfile.TemporaryDirectory(dir=models_dir()) as tmp:
-        encoder_id = save_encoder(encoder, Path(tmp) / "encoder")
+        if encoder_dir is not None:  # a byte-identical copy: same hash, same id
+            shutil.copytree(encoder_dir, Path(tmp) / "encoder")
+            encoder_id = encoder.encoder_id
+        else:
+            encoder_id = save_encoder(encoder, Path(tmp) / "encoder")
         final = models_dir() / encoder_id
         if final.exists():
             shutil.rmtree(final)

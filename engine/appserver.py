@@ -1,0 +1,72 @@
+"""Serving the dashboard: the Streamlit server as a child process bound to 127.0.0.1.
+
+This module never imports Streamlit (the engine does not draw); it starts ``python -m streamlit run
+app/main.py`` with the flags that STACK.md found necessary (development mode off, no usage stats, no
+file watcher, headless: we open the browser ourselves once the health endpoint answers).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(getattr(sys, "_MEIPASS", Path(__file__).resolve().parents[1]))
+ENTRY = ROOT / "app" / "main.py"
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def streamlit_flags(port: int) -> list[str]:
+    return [
+        "--server.address=127.0.0.1", f"--server.port={port}", "--server.headless=true",
+        "--global.developmentMode=false", "--browser.gatherUsageStats=false", "--server.fileWatcherType=none",
+    ]
+
+
+def start_app(port: int, *, db_url: str | None = None, log_file: Path | None = None,
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start the Streamlit server for the dashboard; returns the child process (not yet healthy)."""
+    env = dict(os.environ)
+    if db_url:
+        env["LSDM_DB"] = db_url
+    env.update(extra_env or {})
+    command = [sys.executable, "-m", "streamlit", "run", str(ENTRY), *streamlit_flags(port)]
+    output = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child
+    # cwd = the project root, so that .streamlit/config.toml (the theme) is read.
+    return subprocess.Popen(command, cwd=str(ROOT), env=env, stdout=output or None, stderr=subprocess.STDOUT if output else None)
+
+
+def wait_healthy(url: str, *, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    """Wait until ``url``/_stcore/health answers "ok"; raises RuntimeError on timeout or child exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the dashboard server exited with status {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the dashboard did not answer at {url} within {timeout:.0f} s")
