@@ -16,9 +16,17 @@ $(BIN)/lsdm: pyproject.toml
 run: $(BIN)/lsdm
 	$(BIN)/python launcher.py
 
-## Run the whole test suite.
-test: $(BIN)/lsdm
+## Run the whole test suite (installs Debian's Chromium for the browser tests when it can).
+test: $(BIN)/lsdm chromium
 	$(BIN)/python -m pytest
+
+# The end-to-end tests drive Debian's Chromium (Playwright downloads no browser). Installed when
+# missing and apt-get is usable; otherwise those tests skip with the reason.
+.PHONY: chromium
+chromium:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "note: Chromium not installed; browser tests will skip"; }
 
 ## Speed and memory measurements (JSON on stdout); not part of the tests.
 bench: $(BIN)/lsdm

@@ -1,0 +1,181 @@
+"""What every page shares: the cached database, the active data set, units, colours, deep links and
+empty states. Pages stay thin; functions here (and in the page's own ``*_data.py`` module) are plain
+Python that tests call directly.
+
+Caching: ``st.cache_resource`` for the database engine and loaded models (one per process),
+``st.cache_data`` for query results, keyed by the data set's id and a ``revision`` number that pages
+bump after writing (a new forecast run, a new model) so that nothing stale is shown.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import streamlit as st
+
+from db import Database, open_database
+
+# One colour per service, used the same way on every chart (Tableau 10, then Tableau 20's lighter
+# shades for data sets with more than ten services).
+SERVICE_PALETTE = [
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+    "#a0cbe8", "#ffbe7d", "#ff9d9a", "#86bcb6", "#8cd17d", "#f1ce63", "#d4a6c8", "#fabfd2", "#d7b5a6", "#79706e",
+]
+LAND_USE_COLORS = {  # RGB, for the map and legends
+    "cbd": (31, 119, 180), "residential": (255, 187, 120), "industrial": (127, 127, 127),
+    "university": (148, 103, 189), "park": (44, 160, 44), "transport": (214, 39, 40),
+    "commercial": (255, 127, 14), "mixed": (188, 189, 34), None: (160, 160, 160),
+}
+ACCENT = "#e4572e"  # the theme's primary colour (.streamlit/config.toml)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """The active data set, as pages need it (a plain, hashable value)."""
+
+    id: int
+    name: str
+    kind: str
+    entity_kind: str
+    services: tuple[str, ...]
+    poi_categories: tuple[str, ...]
+    hours: int
+    time_origin: datetime
+    entities: int
+    cells: int
+
+
+# --- resources ------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def _database(url: str | None) -> Database:
+    return open_database(url)
+
+
+def database() -> Database:
+    """The app's database: ``LSDM_DB`` (set by `lsdm app --db`) or the per-user default."""
+    return _database(os.environ.get("LSDM_DB") or None)
+
+
+def revision() -> int:
+    """Bumped by pages after they write; part of every cached query's key."""
+    return int(st.session_state.get("_revision", 0))
+
+
+def bump_revision() -> None:
+    st.session_state["_revision"] = revision() + 1
+    st.cache_data.clear()
+
+
+@st.cache_data(show_spinner=False)
+def _dataset_info(url: str | None, _revision: int) -> DatasetInfo | None:
+    from sqlalchemy import func, select
+
+    from db.models import Cell, Entity
+    from db.queries import NoDatasetError, get_dataset
+
+    db = _database(url)
+    with db.session() as session:
+        try:
+            d = get_dataset(session)
+        except NoDatasetError:
+            return None
+        entities = session.scalar(select(func.count()).select_from(Entity).where(Entity.dataset_id == d.id))
+        cells = session.scalar(select(func.count()).select_from(Cell).where(Cell.dataset_id == d.id))
+        return DatasetInfo(id=d.id, name=d.name, kind=d.kind, entity_kind=d.entity_kind, services=tuple(d.services),
+                           poi_categories=tuple(d.poi_categories), hours=int(d.hours), time_origin=d.time_origin,
+                           entities=int(entities), cells=int(cells))
+
+
+def dataset_info() -> DatasetInfo | None:
+    return _dataset_info(os.environ.get("LSDM_DB") or None, revision())
+
+
+def require_dataset() -> DatasetInfo:
+    """The active data set, or an explanatory empty state that stops the page."""
+    info = dataset_info()
+    if info is None:
+        st.info("No data yet. The first launch builds the default synthetic city; you can also build one with "
+                "`lsdm city build` or ingest real data on the **Data** page.", icon=":material/database:")
+        st.stop()
+    return info
+
+
+# --- units ----------------------------------------------------------------------------------------
+
+
+def hour_label(origin: datetime, hour: int) -> str:
+    """'Tue 14:00' for an hour index of the data set."""
+    return (origin + timedelta(hours=int(hour))).strftime("%a %H:%M")
+
+
+def hour_label_long(origin: datetime, hour: int) -> str:
+    """'Tue 19 Apr 14:00' when the day matters (data sets longer than a week)."""
+    return (origin + timedelta(hours=int(hour))).strftime("%a %d %b %H:%M")
+
+
+def megabytes(values: np.ndarray | float) -> np.ndarray | float:
+    return np.asarray(values, dtype=float) / 1e6 if not np.isscalar(values) else float(values) / 1e6
+
+
+def format_bytes(value: float) -> str:
+    value = float(value)
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value:.0f} B"
+
+
+def service_colors(services: tuple[str, ...] | list[str]) -> list[str]:
+    return [SERVICE_PALETTE[i % len(SERVICE_PALETTE)] for i in range(len(services))]
+
+
+def service_scale(services: tuple[str, ...] | list[str]):  # noqa: ANN201
+    """The Altair colour scale that gives each service its one colour."""
+    import altair as alt
+
+    return alt.Scale(domain=list(services), range=service_colors(services))
+
+
+# --- deep links -----------------------------------------------------------------------------------
+
+
+def query_int(name: str, default: int | None, lo: int, hi: int) -> int | None:
+    """An integer query parameter within [lo, hi]; a bad value shows a warning and gives the default."""
+    raw = st.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        st.warning(f"Link parameter `{name}={raw}` is not a whole number; using the default.")
+        return default
+    if not lo <= value <= hi:
+        st.warning(f"Link parameter `{name}={value}` is outside {lo}..{hi}; using the default.")
+        return default
+    return value
+
+
+def query_str(name: str, default: str | None = None) -> str | None:
+    raw = st.query_params.get(name)
+    return default if raw in (None, "") else str(raw)
+
+
+def set_query(**params: object) -> None:
+    """Mirror the page's state into its URL (None removes a parameter), so the view can be linked."""
+    for key, value in params.items():
+        if value is None:
+            if key in st.query_params:
+                del st.query_params[key]
+        elif st.query_params.get(key) != str(value):
+            st.query_params[key] = str(value)
+
+
+def page_header(title: str, caption: str | None = None) -> None:
+    st.title(title)
+    if caption:
+        st.caption(caption)
