@@ -62,7 +62,8 @@ def database() -> Database:
 
 
 def revision() -> int:
-    """Bumped by pages after they write; part of every cached query's key."""
+    """Bumped by pages after they write; part of every cached query's key (pass it as an argument
+    whose name does not start with an underscore: Streamlit does not hash those)."""
     return int(st.session_state.get("_revision", 0))
 
 
@@ -72,7 +73,7 @@ def bump_revision() -> None:
 
 
 @st.cache_data(show_spinner=False)
-def _dataset_info(url: str | None, _revision: int) -> DatasetInfo | None:
+def _dataset_info(url: str | None, revision_: int) -> DatasetInfo | None:
     from sqlalchemy import func, select
 
     from db.models import Cell, Entity
@@ -105,6 +106,21 @@ def require_dataset() -> DatasetInfo:
     return info
 
 
+@st.cache_resource(show_spinner=False)
+def app_icon():  # noqa: ANN201
+    """The favicon, drawn locally: a Material icon name as page_icon would make the browser fetch the
+    icon font from the internet."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    draw.rounded_rectangle((2, 2, 62, 62), radius=14, fill=ACCENT)
+    draw.polygon([(32, 14), (22, 54), (42, 54)], outline="white", width=4)  # the mast
+    for r in (10, 18):  # radio waves
+        draw.arc((32 - r, 14 - r, 32 + r, 14 + r), 200, 340, fill="white", width=3)
+    return image
+
+
 # --- units ----------------------------------------------------------------------------------------
 
 
@@ -116,6 +132,12 @@ def hour_label(origin: datetime, hour: int) -> str:
 def hour_label_long(origin: datetime, hour: int) -> str:
     """'Tue 19 Apr 14:00' when the day matters (data sets longer than a week)."""
     return (origin + timedelta(hours=int(hour))).strftime("%a %d %b %H:%M")
+
+
+def hour_label_for(info: DatasetInfo, hour: int) -> str:
+    """The label pages use: 'Tue 14:00' within one week, with the date beyond (the same weekday
+    occurs twice in a 14-day data set)."""
+    return hour_label(info.time_origin, hour) if info.hours <= 168 else hour_label_long(info.time_origin, hour)
 
 
 def megabytes(values: np.ndarray | float) -> np.ndarray | float:

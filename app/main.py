@@ -12,9 +12,11 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from app.common import app_icon  # noqa: E402
+
 PAGES = Path(__file__).resolve().parent / "pages"
 
-st.set_page_config(page_title="LSDM traffic forecasts", page_icon=":material/cell_tower:", layout="wide")
+st.set_page_config(page_title="LSDM traffic forecasts", page_icon=app_icon(), layout="wide")
 
 navigation = st.navigation({
     "Explore": [

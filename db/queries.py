@@ -168,7 +168,8 @@ def entity_matrix(session: Session, entity_id: int, hours: int, n_services: int)
     ).all()
     matrix = np.zeros((hours, n_services), dtype=np.float64)
     if rows:
-        arr = np.asarray(rows, dtype=np.int64)
+        # Plain tuples first: numpy converts a list of SQLAlchemy Rows element by element, 10x slower.
+        arr = np.asarray([tuple(r) for r in rows], dtype=np.int64)
         matrix[arr[:, 0], arr[:, 1]] = arr[:, 2]
     return matrix
 
@@ -180,7 +181,7 @@ def entity_locations(session: Session, entity_id: int, hours: int) -> np.ndarray
     ).all()
     cells = np.full(hours, -1, dtype=np.int64)
     if rows:
-        arr = np.asarray(rows, dtype=np.int64)
+        arr = np.asarray([tuple(r) for r in rows], dtype=np.int64)
         cells[arr[:, 0]] = arr[:, 1]
     return cells
 

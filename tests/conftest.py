@@ -44,6 +44,12 @@ def city_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         db = home / "lsdm.sqlite"
         assert lsdm(["city", "build", "--db", str(db), "--json"]) == 0
         assert lsdm(["assets", "install", "--db", str(db), "--json"]) == 0
+        # Fold the write-ahead log into the file, so that copying lsdm.sqlite alone copies everything.
+        import sqlite3
+
+        connection = sqlite3.connect(db)
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.close()
     finally:
         if previous is None:
             os.environ.pop("LSDM_HOME", None)

