@@ -1,0 +1,274 @@
+"""Map page: an offline basemap, every cell coloured by traffic or land use in the chosen hour, every user
+at the cell the database puts them in, a linked user's week as a path, and a way to open a cell or a
+user without clicking the map. Expected values come from independent SQL on the same database."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app import map_data as m
+from app.common import LAND_USE_COLORS
+from db import open_database
+from db.queries import get_dataset
+from tests.app.conftest import page
+
+
+def sql(db: Path, query: str, *args: object) -> list[tuple]:
+    with sqlite3.connect(db) as con:
+        return con.execute(query, args).fetchall()
+
+
+def run_map(**params: object) -> AppTest:
+    at = AppTest.from_file(page("map"), default_timeout=120)
+    for name, value in params.items():
+        at.query_params[name] = str(value)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def query(at: AppTest, name: str) -> str | None:
+    """A query parameter as the page left it (AppTest gives a list for values set through it)."""
+    value = at.query_params.get(name)
+    return value[0] if isinstance(value, list) else value
+
+
+def deck(at: AppTest) -> dict:
+    charts = at.get("deck_gl_json_chart")
+    assert len(charts) == 1
+    return json.loads(charts[0].proto.json)
+
+
+def layers(at: AppTest) -> dict[str, dict]:
+    return {layer["id"]: layer for layer in deck(at)["layers"]}
+
+
+def cell_traffic_at(db: Path, hour: int) -> dict[str, float]:
+    """Bytes per cell key in one hour: each user's traffic counted at the cell they were in."""
+    rows = sql(db, "SELECT c.key, SUM(t.bytes) FROM traffic t JOIN locations l ON l.entity_id = t.entity_id "
+                   "AND l.hour = t.hour JOIN cells c ON c.id = l.cell_id WHERE t.hour = ? GROUP BY c.key", hour)
+    return dict(rows)
+
+
+# --- the page -------------------------------------------------------------------------------------
+
+
+def test_map_draws_an_offline_basemap_all_400_cells_and_every_located_user(app_db: Path) -> None:
+    at = run_map(hour=10)
+    spec = deck(at)
+    by_id = {layer["id"]: layer for layer in spec["layers"]}
+
+    basemap = by_id["basemap"]
+    assert basemap["@@type"] == "BitmapLayer"
+    assert basemap["image"].startswith("data:image/")
+    west, south, east, north = basemap["bounds"]
+    assert west < east and south < north
+    cells = by_id["cells"]
+    assert cells["@@type"] == "ScatterplotLayer"
+    keys = {row["key"] for row in cells["data"]}
+    assert keys == {k for (k,) in sql(app_db, "SELECT key FROM cells")} and len(cells["data"]) == 400
+    assert all(west < row["lon"] < east and south < row["lat"] < north for row in cells["data"])
+    located_users = sql(app_db, "SELECT COUNT(DISTINCT l.entity_id) FROM locations l JOIN entities e "
+                                "ON e.id = l.entity_id WHERE e.kind = 'user' AND l.hour = 10")[0][0]
+    assert len(by_id["users"]["data"]) == located_users == 500
+    # Offline: no basemap provider and no URL anywhere in the chart.
+    assert spec.get("mapProvider") is None
+    assert "://" not in at.get("deck_gl_json_chart")[0].proto.json
+
+
+def test_each_user_is_drawn_beside_the_cell_the_database_puts_them_in_that_hour(app_db: Path) -> None:
+    users = pd.DataFrame(layers(run_map(hour=50))["users"]["data"])
+    expected = dict(sql(app_db, "SELECT e.key, c.key FROM locations l JOIN entities e ON e.id = l.entity_id "
+                                "JOIN cells c ON c.id = l.cell_id WHERE l.hour = 50"))
+    assert dict(zip(users["key"], users["detail"].str.removeprefix("at "))) == expected
+    centre = {k: (lon, lat) for k, lon, lat in sql(app_db, "SELECT key, lon, lat FROM cells")}
+    lon0 = users["detail"].str.removeprefix("at ").map(lambda k: centre[k][0])
+    lat0 = users["detail"].str.removeprefix("at ").map(lambda k: centre[k][1])
+    metres = np.hypot((users["lon"] - lon0) * 111_320 * math.cos(math.radians(31.23)), (users["lat"] - lat0) * 110_574)
+    assert metres.between(35, 105).all()  # around the cell, inside its dot
+    assert not users.duplicated(["lon", "lat"]).any()  # users sharing a cell do not stack
+
+
+def test_moving_the_hour_slider_recolours_cells_with_that_hours_traffic(app_db: Path) -> None:
+    at = run_map(hour=4)
+    night = pd.DataFrame(layers(at)["cells"]["data"]).set_index("key")
+    at.select_slider(key="map_hour").set_value(40).run()
+    assert not at.exception
+    assert query(at, "hour") == "40"
+    day = pd.DataFrame(layers(at)["cells"]["data"]).set_index("key")
+    assert (night[["r", "g", "b"]] != day[["r", "g", "b"]]).any(axis=1).sum() > 50
+    expected = cell_traffic_at(app_db, 40)
+    shown = day["detail"].str.split(" MB").str[0].astype(float)
+    assert shown.to_dict() == {k: round(expected.get(k, 0) / 1e6, 2) for k in day.index}
+    silent = [k for k in day.index if not expected.get(k)]
+    assert silent and (day.loc[silent, "a"] == m.NO_TRAFFIC_RGBA[3]).all()
+
+
+def test_land_use_colouring_paints_each_cell_in_its_land_uses_legend_colour(app_db: Path) -> None:
+    at = run_map(hour=40)
+    traffic = pd.DataFrame(layers(at)["cells"]["data"]).set_index("key")
+    at.radio(key="map_color").set_value("land_use").run()
+    assert not at.exception and query(at, "color") == "land_use"
+    land = pd.DataFrame(layers(at)["cells"]["data"]).set_index("key")
+    land_use = dict(sql(app_db, "SELECT key, land_use FROM cells"))
+    assert {k: (r.r, r.g, r.b) for k, r in land.iterrows()} == {k: LAND_USE_COLORS[u] for k, u in land_use.items()}
+    assert (traffic[["r", "g", "b"]] != land[["r", "g", "b"]]).any(axis=1).sum() > 300
+    legend = " ".join(md.value for md in at.markdown)
+    assert all(name in legend for name in set(land_use.values()))
+
+
+def test_user_link_draws_that_users_week_as_a_path_through_their_cells(app_db: Path) -> None:
+    spec = layers(run_map(user="U0001", hour=30))
+    path = spec["trajectory"]
+    assert path["@@type"] == "PathLayer"
+    rows = sql(app_db, "SELECT l.cell_id, c.lon, c.lat FROM locations l JOIN entities e ON e.id = l.entity_id "
+                       "JOIN cells c ON c.id = l.cell_id WHERE e.key = 'U0001' AND l.hour < 168 ORDER BY l.hour")
+    expected = [[round(lon, 6), round(lat, 6)] for i, (cell, lon, lat) in enumerate(rows)
+                if i == 0 or cell != rows[i - 1][0]]  # consecutive hours in the same cell are one stop
+    assert len(expected) > 5
+    assert path["data"][0]["path"] == expected
+    last_user = spec["users"]["data"][-1]  # the linked user is drawn on top, in the accent colour
+    assert last_user["key"] == "U0001" and (last_user["r"], last_user["g"], last_user["b"]) == m.SELECTED_USER_RGB
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"hour": "abc"}, "hour=abc"), ({"hour": "9999"}, "hour=9999"),
+    ({"color": "purple"}, "color=purple"), ({"user": "U9999"}, "user=U9999"),
+])
+def test_a_bad_link_parameter_warns_and_the_map_still_shows_the_default(app_db: Path, params: dict,
+                                                                         message: str) -> None:
+    at = run_map(**params)
+    assert any(message in w.value for w in at.warning)
+    busiest = sql(app_db, "SELECT hour FROM traffic GROUP BY hour ORDER BY SUM(bytes) DESC LIMIT 1")[0][0]
+    if "hour" in params:
+        assert at.select_slider(key="map_hour").value == busiest
+    assert "trajectory" not in layers(at) and len(layers(at)["cells"]["data"]) == 400
+
+
+def _map_and_cell_pages(pages: str) -> None:
+    from pathlib import Path
+
+    import streamlit as st
+
+    st.navigation([st.Page(Path(pages) / "map.py", url_path="map", default=True),
+                   st.Page(Path(pages) / "cell.py", url_path="cell")]).run()
+
+
+def test_the_cell_picker_below_the_map_opens_that_cells_page(app_db: Path) -> None:
+    at = AppTest.from_function(_map_and_cell_pages, args=(str(Path(page("map")).parent),), default_timeout=120)
+    at.run()
+    assert not at.exception and at.title[0].value == "City map"
+    at.selectbox(key="map_open_cell").set_value("C0005").run()
+    assert not at.exception
+    assert query(at, "cell") == "C0005"
+    assert any(md.value.startswith("### C0005") for md in at.markdown)
+
+
+def test_map_without_data_explains_how_to_get_some(empty_db: Path) -> None:
+    at = run_map()
+    assert "No data yet" in at.info[0].value
+    assert not at.get("deck_gl_json_chart")
+
+
+# --- map_data functions ---------------------------------------------------------------------------
+
+
+def _tiny_city() -> m.CityData:
+    """Three cells (the third without coordinates), two users over ten hours."""
+    cells = pd.DataFrame({"id": [10, 11, 12], "key": ["A", "B", "C"], "lon": [121.0, 121.01, np.nan],
+                          "lat": [31.0, 31.0, np.nan], "land_use": ["park", "cbd", "mixed"],
+                          "inferred": [False, False, True]})
+    user_cell = np.array([[0, 0, 1, 1, -1, 1, 0, 2, 0, 0],
+                          [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]], dtype=np.int32)
+    traffic = np.zeros((3, 10))
+    traffic[0, 0], traffic[1, 0] = 4e6, 1e6
+    return m.CityData(cells=cells, cell_hour_bytes=traffic, user_keys=np.array(["U1", "U2"], dtype=object),
+                      user_cell=user_cell, hours=10, traffic_cap=4e6)
+
+
+def test_cell_hour_bytes_counts_each_entitys_traffic_at_its_cell_of_that_hour() -> None:
+    located = np.array([[0, 1, -1], [1, 1, 0]])
+    used = np.array([[5.0, 7.0, 9.0], [1.0, 2.0, 3.0]])
+    assert m.cell_hour_bytes(located, used, 3).tolist() == [[5, 0, 3], [1, 9, 0], [0, 0, 0]]
+
+
+def test_trajectory_merges_repeats_skips_unknown_or_unplaced_hours() -> None:
+    city = _tiny_city()
+    keys, path = m.trajectory(city, "U1", hour=3)
+    assert keys == ["A", "B", "A"]  # hour 4 unknown, hour 7 in a cell without coordinates
+    assert path == [[121.0, 31.0], [121.01, 31.0], [121.0, 31.0]]
+    assert m.trajectory(city, "nobody", 3) == ([], [])
+    assert m.week_hours(200, 336) == range(168, 336) and m.week_hours(5, 100) == range(0, 100)
+
+
+def test_users_in_one_cell_are_spread_around_it_and_keep_their_spot() -> None:
+    city = _tiny_city()
+    frame = m.user_layer_frame(city, 0, selected="U1")
+    assert list(frame["key"]) == ["U2", "U1"]  # selected user last, on top
+    assert (frame.iloc[-1][["r", "g", "b"]].tolist()) == list(m.SELECTED_USER_RGB)
+    assert list(frame["detail"]) == ["at B", "at A"]
+    again = m.user_layer_frame(city, 1).set_index("key")
+    first = frame.set_index("key")
+    offset0 = (first.loc["U1", "lon"] - 121.0, first.loc["U1", "lat"] - 31.0)
+    offset1 = (again.loc["U1", "lon"] - 121.0, again.loc["U1", "lat"] - 31.0)
+    assert offset0 == pytest.approx(offset1)  # same cell, same spot from hour to hour
+    assert m.user_layer_frame(city, 7).empty is False and "U1" not in set(m.user_layer_frame(city, 7)["key"])
+
+
+def test_traffic_colours_run_light_to_dark_on_a_square_root_scale_and_grey_means_none() -> None:
+    colours = m.traffic_colors(np.array([0.0, 1.0, 25.0, 100.0, 400.0]), cap=100.0)
+    assert tuple(colours[0]) == m.NO_TRAFFIC_RGBA
+    assert tuple(colours[2][:3]) == tuple(m.TRAFFIC_RAMP[2].astype(int))  # sqrt(25 / 100) = the ramp's middle
+    assert tuple(colours[3][:3]) == tuple(m.TRAFFIC_RAMP[-1].astype(int)) == tuple(colours[4][:3])  # saturates
+    brightness = colours[1:4, :3].astype(int).sum(axis=1)
+    assert brightness[0] > brightness[1] > brightness[2]
+
+
+def test_cells_layer_rows_are_compact_and_carry_the_hours_traffic_and_users() -> None:
+    frame = m.cell_layer_frame(_tiny_city(), 0, "traffic")
+    assert list(frame.columns) == ["key", "lon", "lat", "r", "g", "b", "a", "title", "detail"]
+    assert list(frame["key"]) == ["A", "B"]  # C has no coordinates
+    assert list(frame["detail"]) == ["4.0 MB · 1 users", "1.0 MB · 1 users"]
+    land = m.cell_layer_frame(_tiny_city(), 0, "land_use")
+    assert (land.loc[0, "r"], land.loc[0, "g"], land.loc[0, "b"]) == LAND_USE_COLORS["park"]
+
+
+def test_a_click_opens_the_cell_or_the_user_it_landed_on() -> None:
+    assert m.picked_object({"objects": {"cells": [{"key": "C0003"}]}}) == ("cell", "C0003")
+    assert m.picked_object({"objects": {"users": [{"key": "U0002"}]}}) == ("user", "U0002")
+    assert m.picked_object({"objects": {"trajectory": [{"key": "U0002"}]}}) == ("user", "U0002")
+    assert m.picked_object({"indices": {}, "objects": {}}) is None and m.picked_object(None) is None
+
+
+def test_initial_view_shows_the_whole_extent() -> None:
+    bounds = [121.40, 31.17, 121.55, 31.29]
+    view = m.initial_view(bounds, width_px=900, height_px=620)
+    degrees_per_px = 360.0 / (512 * 2**view.zoom)
+    assert 900 * degrees_per_px >= 0.15 and 620 * degrees_per_px * math.cos(math.radians(31.23)) >= 0.12 * 0.999
+    assert 900 * degrees_per_px < 0.15 * 2.5  # and not much more
+
+
+def test_load_city_agrees_with_sql(city_db: Path) -> None:
+    database = open_database(str(city_db))
+    with database.session() as session:
+        city = m.load_city(session, get_dataset(session))
+    assert city.cell_hour_bytes.shape == (400, 336) and city.user_cell.shape == (500, 336)
+    total = sql(city_db, "SELECT SUM(bytes) FROM traffic")[0][0]
+    assert city.cell_hour_bytes.sum() == pytest.approx(total)  # every user-hour is located in the default city
+    hour_77 = cell_traffic_at(city_db, 77)
+    assert {k: v for k, v in zip(city.cells["key"], city.cell_hour_bytes[:, 77]) if v} == pytest.approx(hour_77)
+    u = list(city.user_keys).index("U0042")
+    cells = [k for (k,) in sql(city_db, "SELECT c.key FROM locations l JOIN entities e ON e.id = l.entity_id "
+                                         "JOIN cells c ON c.id = l.cell_id WHERE e.key = 'U0042' ORDER BY l.hour")]
+    assert list(city.cells["key"].to_numpy()[city.user_cell[u]]) == cells
+    busiest = sql(city_db, "SELECT hour FROM traffic GROUP BY hour ORDER BY SUM(bytes) DESC LIMIT 1")[0][0]
+    assert m.busiest_hour(city) == busiest
+    database.dispose()
