@@ -8,6 +8,8 @@
 Comparison models are the registered models of the same data set whose configuration name matches;
 missing ones are trained first with the evaluated model's epochs (``train_missing``, the default),
 or left out with a note.
+The result is kept with the evaluated model (``metrics["evaluation"]``, see ``store_evaluation``), so
+that the dashboard shows the last evaluation without recomputing it.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import numpy as np
 from sqlalchemy import select
 
 from db import Database
-from db.models import Dataset, ModelRecord
+from db.models import Dataset, ModelRecord, utcnow
 from db.queries import get_dataset
 from engine.baselines import BASELINES, forecast_paths
 from engine.data.windows import SeriesData, SplitSpec, Splits, load_series, make_splits
+from engine.errors import InputError
 from engine.forecast import recursive_forecast
 from engine.metrics import mse_by_step, per_service_r2, score
 from engine.model import Forecaster
@@ -87,8 +90,11 @@ def _comparison_model(database: Database, dataset_id: int, dataset_name: str, na
 
 def evaluate(database: Database, model_id: int | None = None, *, report_dir: str | Path | None = None,
              samples: int = 16, steps: int = 30, path_users: int = 100, train_missing: bool = True,
-             include_arima: bool = True, seed: int = 0, progress: Progress | None = None) -> dict:
-    """Score the model, its comparison models and the baselines on the test day; write the report."""
+             include_arima: bool = True, seed: int = 0, progress: Progress | None = None,
+             store: bool = True) -> dict:
+    """Score the model, its comparison models and the baselines on the test day; write the report.
+
+    ``store``: keep the result with the model (``store_evaluation``) for the dashboard."""
     say = progress or (lambda message: None)
     started = time.perf_counter()
     record, forecaster = load_model(database, model_id)
@@ -179,4 +185,20 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
             metadata={"model_id": record.id, "model_sha256": record.sha256, "dataset": dataset_name,
                       "samples": samples, "steps": steps})
         result["report"] = [str(f) for f in files]
+    if store:
+        store_evaluation(database, record.id, result, settings={
+            "samples": samples, "steps": steps, "path_users": path_users, "train_missing": train_missing,
+            "include_arima": include_arima, "seed": seed})
     return result
+
+
+def store_evaluation(database: Database, model_id: int, result: dict, *, settings: dict | None = None) -> None:
+    """Keep an evaluation with its model (``metrics["evaluation"]``, one transaction), replacing an
+    earlier one: it takes minutes to compute, so the dashboard shows the stored result."""
+    stored = {**result, "settings": dict(settings or {}), "evaluated_at": utcnow().isoformat(timespec="seconds")}
+    with database.write_session() as session, session.begin():
+        record = session.get(ModelRecord, model_id)
+        if record is None:
+            raise InputError(f"no model with id {model_id} to store the evaluation with", field="--model")
+        # A new dict, not an in-place change: the JSON column only notices assignment.
+        record.metrics = {**(record.metrics or {}), "evaluation": stored}

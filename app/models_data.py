@@ -1,0 +1,257 @@
+"""What the Models & evaluation page shows, as plain functions: the registered models of a data set,
+their loss curves, activation, training, and the stored evaluation (the paper's Tables III/IV,
+per-service R², error by recursive step). The maths stays in the engine (engine/train.py,
+engine/evaluate.py); this module only reads, reshapes and draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+from sqlalchemy import select, update
+
+from app.charts import radar
+from app.common import ACCENT, database
+from db import Database
+from db.models import ModelRecord
+from engine.metrics import METRIC_KEYS
+from engine.report import LABELS
+
+KINDS = ("lsdm", "clip")  # forecasters and environment encoders
+# One colour per evaluated method, the same in the radar and the error-by-step chart.
+METHOD_COLORS = {
+    "lsdm": ACCENT, "lsdm-no-condition": "#4e79a7", "csdi-like": "#59a14f", "no-2d-attention": "#76b7b2",
+    "env-input": "#ff9da7", "arima": "#edc948", "hour-of-week-mean": "#b07aa1", "seasonal-naive": "#9aa5b1",
+}
+RADAR_DEFAULT = ("lsdm", "lsdm-no-condition", "hour-of-week-mean")  # the comparison the paper's Fig. 7 makes
+COMPARISON_MODELS = ("csdi-like", "lsdm-no-condition", "no-2d-attention", "env-input")  # engine/evaluate.py
+EVALUATE_COMMAND = "lsdm evaluate --model {id} --report reports/model-{id}"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registered model as the page shows it (a plain value, cacheable)."""
+
+    id: int
+    name: str
+    kind: str
+    active: bool
+    created_at: datetime
+    config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def history(self) -> list[dict]:
+        """Training epochs: epoch, train_loss, val_loss, seconds (engine/train.py ``fit``)."""
+        return list(self.metrics.get("history") or [])
+
+    @property
+    def evaluation(self) -> dict | None:
+        """The last evaluation, stored by engine.evaluate.store_evaluation; None when never evaluated."""
+        return self.metrics.get("evaluation")
+
+    @property
+    def label(self) -> str:
+        return f"#{self.id} {self.name}" + (" (active)" if self.active else "")
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+def list_models(db: Database, dataset_id: int) -> list[ModelInfo]:
+    """The data set's forecasters and encoders, newest first."""
+    with db.session() as session:
+        records = session.scalars(select(ModelRecord).where(
+            ModelRecord.dataset_id == dataset_id, ModelRecord.kind.in_(KINDS)).order_by(ModelRecord.id.desc())).all()
+        return [ModelInfo(id=r.id, name=r.name, kind=r.kind, active=bool(r.is_active), created_at=r.created_at,
+                          config=dict(r.config or {}), metrics=dict(r.metrics or {})) for r in records]
+
+
+@st.cache_data(show_spinner=False)
+def cached_models(url: str, dataset_id: int, revision_: int) -> list[ModelInfo]:
+    """``list_models`` for the page, keyed by database, data set and app revision."""
+    del revision_  # part of the cache key only (no leading underscore: Streamlit hashes it)
+    return list_models(database(), dataset_id)
+
+
+def config_summary(model: ModelInfo) -> str:
+    """A one-line description of what distinguishes the model."""
+    c = model.config
+    if model.kind == "clip":
+        settings = c.get("settings", {})
+        how = "frozen" if settings.get("frozen") else f"{settings.get('epochs', '?')} epochs"
+        return f"{settings.get('arch', '?')}, {how}, env mode {settings.get('mode', '?')}"
+    parts = [f"{c.get('channels', '?')} ch x {c.get('blocks', '?')} blocks, {c.get('heads', '?')} heads",
+             f"history {c.get('history', '?')} h", f"condition {c.get('condition', '?')}"]
+    if c.get("service_attention") is False:
+        parts.append("no 2D attention")
+    if c.get("env_kind", "env") != "env":
+        parts.append(f"{c['env_kind']} embedding")
+    return ", ".join(parts)
+
+
+def utc_label(moment: datetime) -> str:
+    """Creation times are stored in UTC (db/models.py ``utcnow``)."""
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def model_table(models: list[ModelInfo]) -> pd.DataFrame:
+    """One row per model: identity, configuration and its headline numbers."""
+    rows = []
+    for m in models:
+        evaluation = m.evaluation or {}
+        lsdm_row = next((r for r in evaluation.get("rows", []) if r.get("method") == "lsdm"), {})
+        retrieval = m.metrics.get("retrieval") or {}
+        rows.append({
+            "id": m.id, "active": m.active, "kind": m.kind, "name": m.name, "created": utc_label(m.created_at),
+            "configuration": config_summary(m),
+            "best val loss": m.metrics.get("best_val_loss"),
+            "epochs": m.metrics.get("epochs_run"),
+            "train s": m.metrics.get("train_seconds"),
+            "test R²": lsdm_row.get("r2"),
+            "retrieval top-1": retrieval.get("top1"),
+        })
+    return pd.DataFrame(rows, columns=["id", "active", "kind", "name", "created", "configuration", "best val loss",
+                                       "epochs", "train s", "test R²", "retrieval top-1"])
+
+
+def loss_curve(history: list[dict], *, height: int = 240) -> alt.Chart:
+    """Training and validation loss per epoch. The chart's data is ``history`` itself (folded by
+    Vega-Lite), so what is drawn is exactly what training recorded."""
+    frame = pd.DataFrame(history, columns=["epoch", "train_loss", "val_loss", "seconds"])
+    names = {"train_loss": "training", "val_loss": "validation"}
+    return alt.Chart(frame).transform_fold(["train_loss", "val_loss"], as_=["series", "loss"]).transform_calculate(
+        curve=f"datum.series == 'train_loss' ? '{names['train_loss']}' : '{names['val_loss']}'"
+    ).mark_line(point=True).encode(
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("loss:Q", title="diffusion loss", scale=alt.Scale(zero=False)),
+        color=alt.Color("curve:N", title=None, legend=alt.Legend(orient="bottom"),
+                        scale=alt.Scale(domain=list(names.values()), range=["#9aa5b1", ACCENT])),
+        tooltip=[alt.Tooltip("epoch:Q"), alt.Tooltip("curve:N", title="loss"), alt.Tooltip("loss:Q", format=".4f"),
+                 alt.Tooltip("seconds:Q", title="elapsed s")],
+    ).properties(height=height)
+
+
+# --- writing --------------------------------------------------------------------------------------
+
+
+def activate_model(db: Database, model_id: int) -> None:
+    """Make a model the active one of its kind for its data set (one transaction)."""
+    with db.write_session() as session, session.begin():
+        record = session.get(ModelRecord, model_id)
+        if record is None:
+            raise LookupError(f"no model with id {model_id}")
+        session.execute(update(ModelRecord).where(ModelRecord.kind == record.kind,
+                                                  ModelRecord.dataset_id == record.dataset_id).values(is_active=False))
+        record.is_active = True
+
+
+def train_model(db: Database, config_name: str, *, dataset_name: str, epochs: int | None, seed: int,
+                max_minutes: float | None, activate: bool, progress: Callable[[dict], None]):  # noqa: ANN201
+    """Train and register a forecaster in this process (engine.train.train); returns its TrainResult."""
+    from engine.model.config import resolve_config
+    from engine.train import train
+
+    name, config = resolve_config(config_name, epochs=epochs, seed=seed)
+    return train(db, name, config, dataset_name=dataset_name, activate=activate, progress=progress,
+                 max_seconds=max_minutes * 60 if max_minutes else None)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def evaluation_steps(models: list[ModelInfo], *, include_arima: bool, train_missing: bool) -> int:
+    """How many progress messages engine.evaluate.evaluate sends for these options, so that the page
+    can show a progress bar: one per baseline, per comparison model trained, per one-step pass and
+    per recursive-path pass (lsdm and lsdm-no-condition)."""
+    registered = {m.name for m in models if m.kind == "lsdm"}
+    steps = 3 if include_arima else 2
+    evaluated = ["lsdm"]
+    for name in COMPARISON_MODELS:
+        if name in registered:
+            evaluated.append(name)
+        elif train_missing:
+            steps += 1
+            evaluated.append(name)
+    steps += len(evaluated)
+    return steps + sum(1 for name in ("lsdm", "lsdm-no-condition") if name in evaluated)
+
+
+def run_evaluation(db: Database, model_id: int, *, samples: int, steps: int, path_users: int,
+                   include_arima: bool, train_missing: bool, progress: Callable[[str], None]) -> dict:
+    """Evaluate in this process; engine.evaluate stores the result with the model."""
+    from engine.evaluate import evaluate
+
+    return evaluate(db, model_id, samples=samples, steps=steps, path_users=path_users, include_arima=include_arima,
+                    train_missing=train_missing, progress=progress)
+
+
+def metric_table(rows: list[dict]) -> pd.DataFrame:
+    """Table III/IV rows: method and the eight metrics, labelled as in the paper."""
+    columns = ["method", *METRIC_KEYS]
+    frame = pd.DataFrame([{key: row.get(key) for key in columns} for row in rows], columns=columns)
+    return frame.rename(columns={key: LABELS[key] for key in METRIC_KEYS})
+
+
+def per_service_table(evaluation: dict) -> pd.DataFrame:
+    """R² per service (columns) for each method (rows), as stored."""
+    scores = evaluation.get("per_service_r2") or {}
+    return pd.DataFrame.from_dict(scores, orient="index").rename_axis("method")
+
+
+def default_radar_methods(evaluation: dict) -> list[str]:
+    available = list(evaluation.get("per_service_r2") or {})
+    return [m for m in RADAR_DEFAULT if m in available] or available[:3]
+
+
+def method_colors(methods: list[str]) -> dict[str, str]:
+    fallback = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1"]
+    return {m: METHOD_COLORS.get(m, fallback[i % len(fallback)]) for i, m in enumerate(methods)}
+
+
+def r2_radar(evaluation: dict, methods: list[str], services: list[str] | tuple[str, ...]) -> alt.LayerChart:
+    """Per-service R² of the chosen methods (paper Fig. 7). The radius cannot go below the centre,
+    so an R² below 0 (worse than the test day's mean) is drawn at the centre; the table has it."""
+    scores = evaluation.get("per_service_r2") or {}
+    rows = [{"series": m, "service": s, "r2": max(0.0, float(scores[m].get(s) or 0.0))}
+            for m in methods if m in scores for s in services]
+    frame = pd.DataFrame(rows, columns=["series", "service", "r2"])
+    return radar(frame, services, value="r2", colors=method_colors(methods))
+
+
+def horizon_frame(evaluation: dict) -> pd.DataFrame:
+    """MSE by recursive step, long form: method, step (1..n), mse."""
+    rows = [{"method": method, "step": i + 1, "mse": value}
+            for method, values in (evaluation.get("mse_by_step") or {}).items()
+            for i, value in enumerate(values) if value is not None]
+    return pd.DataFrame(rows, columns=["method", "step", "mse"])
+
+
+def horizon_chart(evaluation: dict, *, height: int = 300) -> alt.Chart:
+    """Error by horizon (paper Fig. 8): how the error grows as forecasts feed on forecasts."""
+    frame = horizon_frame(evaluation)
+    methods = list(dict.fromkeys(frame["method"]))
+    colors = method_colors(methods)
+    return alt.Chart(frame).mark_line(point=alt.OverlayMarkDef(size=18)).encode(
+        x=alt.X("step:Q", title="hours ahead (recursive step)", axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("mse:Q", title="MSE (normalised scale)"),
+        color=alt.Color("method:N", title="method", legend=alt.Legend(orient="bottom"),
+                        scale=alt.Scale(domain=methods, range=[colors[m] for m in methods])),
+        tooltip=["method:N", "step:Q", alt.Tooltip("mse:Q", format=".4f", title="MSE")],
+    ).properties(height=height)
+
+
+def evaluation_caption(evaluation: dict) -> str:
+    """When and how the stored evaluation was made."""
+    settings = evaluation.get("settings") or {}
+    parts = [f"Evaluated {evaluation.get('evaluated_at', '?').replace('T', ' ')} UTC "
+             f"in {evaluation.get('seconds', 0):.0f} s on data set {evaluation.get('dataset')!r}"]
+    if settings:
+        parts.append(f"{settings.get('samples')} samples per window, {settings.get('steps')} recursive steps, "
+                     f"ARIMA {'included' if settings.get('include_arima') else 'left out'}")
+    return "; ".join(parts) + "."

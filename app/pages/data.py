@@ -1,0 +1,295 @@
+"""Data: what is loaded (data sets, counts, environment coverage), which data set is active, and where
+new data comes from: uploaded files (long table or Tsinghua format), a synthetic city, the environment
+build, and the tile-source / describer settings that build uses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import streamlit as st
+
+from app import common
+from app import data_admin as da
+from app import settings as app_settings
+from db.queries import NoDatasetError
+from engine.errors import InputError
+
+common.page_header("Data", "What is loaded, and where new data comes from.")
+db = common.database()
+overview, coverage, datasets = da.cached_overview(db.url, common.revision())
+
+
+def finish(notice: str) -> None:
+    """After a write: remember what happened, drop cached queries, show the page afresh."""
+    st.session_state["data_notice"] = notice
+    common.bump_revision()
+    st.rerun()
+
+
+def upload(file) -> da.Upload | None:  # noqa: ANN001
+    return (file.name, file.getvalue()) if file is not None else None
+
+
+def show_problem(problem: da.UploadProblem, slots: dict, general) -> None:  # noqa: ANN001
+    """The message next to the input it is about, else under the form."""
+    (slots.get(problem.role) or general).error(problem.message, icon=":material/error:")
+
+
+def show_overview() -> None:
+    if overview is None:
+        st.info("No data yet: ingest files or build a synthetic city below.", icon=":material/database:")
+        return
+    origin = datetime.fromisoformat(overview["time_origin"])
+    st.subheader(f"Active data set: {overview['dataset']}")
+    st.caption(f"{overview['kind']} data, {overview['entity_kind']}s modelled, "
+               f"{common.hour_label_long(origin, 0)} to {common.hour_label_long(origin, overview['hours'] - 1)} "
+               f"({overview['timezone']}).")
+    columns = st.columns(6)
+    columns[0].metric("Data sets", overview["datasets"])
+    columns[1].metric("Users" if overview["entity_kind"] == "user" else "Entities", overview["entities"])
+    columns[2].metric("Cells", overview["cells"], help=f"{overview['cells_with_coordinates']} with coordinates")
+    columns[3].metric("Hours", overview["hours"])
+    columns[4].metric("Services", len(overview["services"]), help=", ".join(overview["services"]))
+    columns[5].metric("Traffic", common.format_bytes(overview["total_bytes"]),
+                      help=f"{overview['traffic_rows']:,} non-zero (entity, hour, service) rows")
+
+
+def show_environment() -> None:
+    if coverage is None:
+        return
+    st.markdown("**Environment** (satellite tiles, descriptions, CLIP embeddings of each cell)")
+    cells = max(coverage["cells"], 1)
+    columns = st.columns(4)
+    columns[0].metric("Tiles", f"{coverage['tiles']} / {coverage['cells']}", help=f"{coverage['tiles'] / cells:.0%} of cells")
+    columns[1].metric("Descriptions", f"{coverage['descriptions']} / {coverage['cells']}",
+                      help=f"{coverage['description_fallbacks']} template fallbacks after LLM failures")
+    columns[2].metric("Embeddings", f"{coverage['embeddings']} / {coverage['cells']}")
+    top1 = coverage["retrieval"].get("top1")
+    columns[3].metric("Retrieval top-1", f"{top1:.3f}" if top1 is not None else "—",
+                      help="held-out image-to-text retrieval of the encoder")
+    if coverage["encoder"]:
+        st.caption(f"Encoder: `{coverage['encoder']}`")
+    else:
+        st.caption("No encoder yet: build the environment (tab *Environment* below, or `lsdm env build`).")
+
+
+def show_datasets() -> None:
+    if datasets.empty:
+        return
+    st.markdown("**Data sets**")
+    st.dataframe(datasets, hide_index=True, width="stretch",
+                 column_config={"active": st.column_config.CheckboxColumn("active")})
+    others = datasets.loc[~datasets["active"], "name"].tolist()
+    if others:
+        left, right = st.columns([3, 1], vertical_alignment="bottom")
+        chosen = left.selectbox("Make another data set active", others, key="dataset_pick")
+        if right.button("Make active", key="dataset_activate"):
+            da.make_active(db, chosen)
+            finish(f"Data set {chosen!r} is active now.")
+
+
+def table_form() -> None:
+    st.caption("Records `entity_id, timestamp, cell_id, service, bytes` and cells `cell_id, lat, lon, <POI columns>`, "
+               "or any layout described by a JSON column mapping (see the README). Large files: "
+               "`lsdm ingest table` on the command line.")
+    mappings = da.shipped_mappings()
+    with st.form("ingest_table"):
+        slots = {}
+        records = st.file_uploader("Records (CSV or Parquet)", type=list(da.TABLE_SUFFIXES), key="table_records")
+        slots["records"] = st.empty()
+        cells = st.file_uploader("Cells (CSV or Parquet)", type=list(da.TABLE_SUFFIXES), key="table_cells")
+        slots["cells"] = st.empty()
+        left, right = st.columns(2)
+        shipped = left.selectbox("Column mapping", ["none", *mappings], key="table_mapping_choice",
+                                 help="a mapping that ships with the program; an uploaded one wins")
+        mapping = right.file_uploader("…or upload a JSON mapping", type=["json"], key="table_mapping")
+        slots["mapping"] = st.empty()
+        c1, c2, c3 = st.columns(3)
+        kind = c1.selectbox("Entities are", ["as the mapping says (else users)", "user", "cell"], key="table_kind")
+        timezone = c2.text_input("Time zone", placeholder="as the mapping says (else UTC)", key="table_timezone")
+        name = c3.text_input("Name", placeholder="the records file's name", key="table_name")
+        slots["name"] = st.empty()
+        replace = st.checkbox("Replace a data set of the same name", key="table_replace")
+        submitted = st.form_submit_button("Ingest", type="primary", key="table_submit")
+        general = st.empty()
+    if not submitted:
+        return
+    for role, file in (("records", records), ("cells", cells)):
+        if file is None:
+            slots[role].error(f"Choose the {role} file.")
+            return
+    chosen_mapping = upload(mapping) or mappings.get(shipped)
+    with st.spinner("Reading and storing ..."):
+        try:
+            summary = da.ingest_table_uploads(db, upload(records), upload(cells), chosen_mapping,
+                                              entity_kind=kind if kind in ("user", "cell") else None,
+                                              timezone=timezone.strip() or None, name=name.strip() or None,
+                                              replace=replace)
+        except da.UploadProblem as problem:
+            show_problem(problem, slots, general)
+            return
+    finish(f"Ingested {summary['dataset']!r}: {summary['entities']} {summary['entity_kind']}s, {summary['cells']} cells, "
+           f"{summary['hours']} hours, {common.format_bytes(summary['total_bytes'])}. It is the active data set now.")
+
+
+def tsinghua_form() -> None:
+    st.caption("The Tsinghua App Usage release: the trace, App2Category.txt, Categorys.txt and base_poi.txt, "
+               "plus optional base-station coordinates (`cell_id,lat,lon`). The full trace is large: "
+               "`lsdm ingest tsinghua` on the command line reads it from disk.")
+    labels = {"trace": "Trace (App_usage_trace.txt)", "app2category": "App2Category.txt",
+              "categories": "Categorys.txt", "poi": "base_poi.txt", "coords": "Coordinates CSV (optional)"}
+    with st.form("ingest_tsinghua"):
+        files, slots = {}, {}
+        for role in da.TSINGHUA_ROLES:
+            files[role] = st.file_uploader(labels[role], type=["csv"] if role == "coords" else ["txt", "csv"],
+                                           key=f"ts_{role}")
+            slots[role] = st.empty()
+        left, right = st.columns(2)
+        name = left.text_input("Name", value="tsinghua", key="ts_name")
+        slots["name"] = st.empty()
+        all_services = right.checkbox("Keep all 20 services (default: the paper's 10)", key="ts_all")
+        replace = st.checkbox("Replace a data set of the same name", key="ts_replace")
+        submitted = st.form_submit_button("Ingest", type="primary", key="ts_submit")
+        general = st.empty()
+    if not submitted:
+        return
+    status = st.empty()
+    try:
+        summary = da.ingest_tsinghua_uploads(db, {role: upload(f) for role, f in files.items()},
+                                             all_services=all_services, name=name.strip(), replace=replace,
+                                             progress=lambda message: status.caption(message))
+    except da.UploadProblem as problem:
+        status.empty()
+        show_problem(problem, slots, general)
+        return
+    finish(f"Ingested {summary['dataset']!r}: {summary['entities']} users, {summary['cells']} cells, "
+           f"{summary['hours']} hours. It is the active data set now.")
+
+
+def city_form() -> None:
+    st.caption("A deterministic synthetic city around central Shanghai (engine/data/city.py). The defaults "
+               "are the embedded default city, which the shipped encoder and forecaster were trained on.")
+    with st.form("city"):
+        c1, c2, c3, c4, c5 = st.columns(5)
+        users = c1.number_input("Users", 1, 100_000, 500, key="city_users")
+        cells = c2.number_input("Cells", 8, 20_000, 400, key="city_cells")
+        seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="city_seed")
+        days = c4.number_input("Days", 1, 120, 14, key="city_days")
+        effect = c5.number_input("Environment effect", 0.0, 10.0, 1.0, step=0.1, key="city_effect",
+                                 help="0: nobody's traffic depends on where they are (a control city)")
+        name = st.text_input("Name", placeholder="synthetic-seed<seed>", key="city_name")
+        name_slot = st.empty()
+        replace = st.checkbox("Replace a data set of the same name", key="city_replace")
+        submitted = st.form_submit_button("Build city", type="primary", key="city_submit")
+        general = st.empty()
+    if not submitted:
+        return
+    with st.spinner("Generating the city ..."):
+        try:
+            summary = da.build_city(db, users=int(users), cells=int(cells), seed=int(seed), days=int(days),
+                                    env_effect=float(effect), name=name.strip() or None, replace=replace)
+        except da.UploadProblem as problem:
+            show_problem(problem, {"name": name_slot}, general)
+            return
+    finish(f"Built {summary['dataset']!r}: {summary['entities']} users, {summary['cells']} cells, {summary['hours']} "
+           "hours. It is the active data set now; build its environment next (tab *Environment*).")
+
+
+def load_saved_settings() -> app_settings.AppSettings:
+    try:
+        return app_settings.load_settings()
+    except InputError as error:
+        st.error(f"The saved settings cannot be read, defaults are used: {error}")
+        return app_settings.AppSettings()
+
+
+def environment_form(saved: app_settings.AppSettings) -> None:
+    if overview is None:
+        st.info("Ingest data or build a city first.")
+        return
+    st.caption(f"Data set {overview['dataset']!r}. Tiles: `{saved.tile_source or 'automatic'}`, descriptions: "
+               f"`{saved.describer}` (tab *Settings*). On the default city the shipped encoder is used, whose "
+               "embeddings the shipped forecaster was trained on; elsewhere a new encoder is trained.")
+    with st.form("environment"):
+        c1, c2, c3 = st.columns(3)
+        regenerate = c1.checkbox("Redo tiles and descriptions", key="env_regenerate")
+        train_encoder = c2.checkbox("Train a new encoder even on the default city", key="env_train")
+        epochs = c3.number_input("CLIP epochs (new encoders)", 0, 500, 40, key="env_epochs")
+        submitted = st.form_submit_button("Build environment", type="primary", key="env_submit")
+    if not submitted:
+        return
+    bar = st.progress(0.0, text="starting ...")
+    position = [0.0]
+
+    def progress(message: str) -> None:
+        share = da.environment_progress(message)
+        position[0] = max(position[0], share if share is not None else position[0])
+        bar.progress(position[0], text=message)
+
+    try:
+        summary = da.build_environment_with(db, saved, regenerate=regenerate, train_encoder=train_encoder,
+                                            clip_epochs=int(epochs), progress=progress)
+    except (InputError, LookupError, NoDatasetError) as error:
+        bar.empty()
+        st.error(f"The environment build failed: {error}")
+        return
+    finish(f"Environment of {summary['dataset']!r}: {summary['tiles']} tiles, {summary['descriptions']} descriptions, "
+           f"{summary['embeddings']} embeddings (encoder `{summary['encoder']}`).")
+
+
+def settings_form(saved: app_settings.AppSettings) -> None:
+    st.caption(f"Saved in `{app_settings.settings_path()}`; used by the environment build.")
+    kind, location = app_settings.tile_kind_and_location(saved.tile_source)
+    with st.form("settings"):
+        left, right = st.columns([1, 3])
+        tile_kind = left.selectbox("Tile source", app_settings.TILE_KINDS, index=app_settings.TILE_KINDS.index(kind),
+                                   key="set_tile_kind", help="automatic: synthetic tiles for synthetic cities, "
+                                   "none for real data")
+        tile_location = right.text_input("Folder, MBTiles file or URL template", value=location, key="set_tile_location",
+                                         placeholder="dir: a folder · mbtiles: a file · xyz: https://host/{z}/{x}/{y}.png")
+        tile_slot = st.empty()
+        describer = st.radio("Descriptions", app_settings.DESCRIBERS, horizontal=True, key="set_describer",
+                             index=app_settings.DESCRIBERS.index(saved.describer),
+                             help="template: offline and deterministic; openai: any OpenAI-compatible endpoint "
+                                  "(Ollama, llama.cpp, vLLM), with the template as fallback")
+        c1, c2 = st.columns(2)
+        base_url = c1.text_input("LLM base URL", value=saved.llm_base_url or "", key="set_llm_url",
+                                 placeholder="http://localhost:11434/v1")
+        url_slot = c1.empty()
+        model = c2.text_input("LLM model", value=saved.llm_model or "", key="set_llm_model", placeholder="llama3.1:8b")
+        model_slot = c2.empty()
+        submitted = st.form_submit_button("Save settings", key="set_submit")
+        general = st.empty()
+    if not submitted:
+        return
+    candidate = app_settings.AppSettings(
+        tile_source=app_settings.tile_spec(tile_kind, tile_location), describer=describer,
+        llm_base_url=(base_url.strip() or None) if describer == "openai" else None,
+        llm_model=(model.strip() or None) if describer == "openai" else None)
+    problems = app_settings.validate_settings(candidate)
+    slots = {"tile_source": tile_slot, "llm_base_url": url_slot, "llm_model": model_slot}
+    for field, message in problems.items():
+        slots.get(field, general).error(message)
+    if not problems:
+        app_settings.save_settings(candidate)
+        finish("Settings saved.")
+
+
+if "data_notice" in st.session_state:
+    st.success(st.session_state.pop("data_notice"), icon=":material/check_circle:")
+show_overview()
+show_environment()
+show_datasets()
+st.divider()
+saved_settings = load_saved_settings()
+tabs = st.tabs(["Ingest a table", "Ingest Tsinghua files", "Build a synthetic city", "Environment", "Settings"])
+with tabs[0]:
+    table_form()
+with tabs[1]:
+    tsinghua_form()
+with tabs[2]:
+    city_form()
+with tabs[3]:
+    environment_form(saved_settings)
+with tabs[4]:
+    settings_form(saved_settings)

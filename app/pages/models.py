@@ -1,0 +1,204 @@
+"""Models & evaluation: the registered forecasters and encoders of the active data set, which one is
+active, their loss curves, training a new one, and the stored evaluation (Tables III/IV, per-service
+R², error by horizon). Link: ?model=ID selects a forecaster."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import common
+from app import models_data as md
+from engine.errors import InputError
+from engine.model.config import CONFIGS
+
+common.page_header("Models & evaluation", "Forecasters and environment encoders of the active data set.")
+info = common.require_dataset()
+db = common.database()
+models = md.cached_models(db.url, info.id, common.revision())
+forecasters = [m for m in models if m.kind == "lsdm"]
+
+
+def show_registry() -> None:
+    st.subheader("Registered models")
+    if not models:
+        st.info("No models yet for this data set: train one below, or run `lsdm env build` and `lsdm train`.",
+                icon=":material/model_training:")
+        return
+    st.dataframe(md.model_table(models), hide_index=True, width="stretch", column_config={
+        "active": st.column_config.CheckboxColumn("active"),
+        "best val loss": st.column_config.NumberColumn(format="%.4f"),
+        "test R²": st.column_config.NumberColumn(format="%.4f"),
+        "retrieval top-1": st.column_config.NumberColumn(format="%.3f"),
+    })
+
+
+def pick_forecaster() -> md.ModelInfo | None:
+    """The forecaster of ?model=ID, else the active one, else the newest."""
+    if not forecasters:
+        return None
+    by_id = {m.id: m for m in forecasters}
+    wanted = common.query_int("model", None, 1, 2**31 - 1)
+    if wanted is not None and wanted not in by_id:
+        st.warning(f"Link parameter `model={wanted}` is not a forecaster of this data set; showing the active one.")
+    default = by_id.get(wanted) or next((m for m in forecasters if m.active), forecasters[0])
+    if st.session_state.get("model_pick") not in by_id:
+        st.session_state["model_pick"] = default.id  # first visit, or the picked model is gone
+    chosen = st.selectbox("Forecaster", list(by_id), format_func=lambda i: by_id[i].label, key="model_pick")
+    common.set_query(model=chosen)
+    return by_id[chosen]
+
+
+def show_forecaster(model: md.ModelInfo) -> None:
+    left, right = st.columns([1, 2])
+    with left:
+        st.metric("Best validation loss", f"{model.metrics['best_val_loss']:.4f}"
+                  if model.metrics.get("best_val_loss") is not None else "—")
+        st.metric("Epochs", model.metrics.get("epochs_run", "—"),
+                  help=f"stopped by {model.metrics.get('stopped_by', '?')}")
+        st.metric("Training time", f"{model.metrics.get('train_seconds', 0):.0f} s",
+                  help=f"on {model.metrics.get('device', '?')}")
+        if model.active:
+            st.success("Active: forecasts use this model.", icon=":material/check_circle:")
+        elif st.button("Make active", key="activate", type="primary"):
+            md.activate_model(db, model.id)
+            common.bump_revision()
+            st.rerun()
+        with st.expander("Configuration"):
+            st.caption(md.config_summary(model))
+            st.json(model.config, expanded=False)
+    with right:
+        if model.history:
+            st.altair_chart(md.loss_curve(model.history), theme=None, use_container_width=True)
+        else:
+            st.caption("No loss curve recorded for this model.")
+
+
+def show_evaluation(model: md.ModelInfo) -> None:
+    st.subheader(f"Evaluation of model #{model.id}")
+    evaluation = model.evaluation
+    if not evaluation:
+        st.info(f"No evaluation yet for model #{model.id}. Run one below (minutes), or on the command line: "
+                f"`{md.EVALUATE_COMMAND.format(id=model.id)}`.", icon=":material/analytics:")
+        return
+    st.caption(md.evaluation_caption(evaluation))
+    if evaluation.get("condition_gain_r2_percent") is not None:
+        st.metric("R² gain from the environment condition", f"{evaluation['condition_gain_r2_percent']:+.2f} %",
+                  help="LSDM vs the same model without condition (lsdm-no-condition), on the test day")
+    number = {column: st.column_config.NumberColumn(format="%.4f") for column in ("MSE", "RMSE", "MAE", "CS", "R²",
+                                                                                 "CRPS", "cov50", "cov90")}
+    st.markdown("**Table III: methods compared** (one-step forecasts of the test day, normalised scale)")
+    st.dataframe(md.metric_table(evaluation.get("rows", [])), hide_index=True, width="stretch",
+                 column_config=number)
+    st.markdown("**Table IV: ablations**")
+    st.dataframe(md.metric_table(evaluation.get("table4", [])), hide_index=True, width="stretch",
+                 column_config=number)
+    with st.expander("The same metrics in bytes"):
+        st.dataframe(md.metric_table(evaluation.get("bytes_rows", [])), hide_index=True, width="stretch")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**R² per service**")
+        available = list(evaluation.get("per_service_r2") or {})
+        chosen = st.multiselect("Methods", available, default=md.default_radar_methods(evaluation), key="radar_methods")
+        if chosen:
+            st.altair_chart(md.r2_radar(evaluation, chosen, info.services), theme=None, use_container_width=True)
+            st.caption("R² below 0 (worse than the test day's mean) is drawn at the centre; the table has the values.")
+        with st.expander("Per-service R² table"):
+            st.dataframe(md.per_service_table(evaluation), width="stretch")
+    with right:
+        st.markdown("**Error by horizon**")
+        if md.horizon_frame(evaluation).empty:
+            st.caption("No recursive paths in this evaluation.")
+        else:
+            st.altair_chart(md.horizon_chart(evaluation), theme=None, use_container_width=True)
+    for note in evaluation.get("notes", []):
+        st.caption(note)
+
+
+def evaluation_form(model: md.ModelInfo) -> None:
+    with st.form("evaluate"):
+        st.markdown(f"**Run an evaluation of model #{model.id}** (in this window; minutes)")
+        c1, c2, c3 = st.columns(3)
+        samples = c1.number_input("Samples per window", 1, 256, 16, key="eval_samples")
+        steps = c2.number_input("Recursive steps", 1, 168, 30, key="eval_steps")
+        path_users = c3.number_input("Entities for the recursive paths", 1, 100_000, 100, key="eval_users")
+        arima = st.checkbox("Include ARIMA (about 2 minutes)", value=False, key="eval_arima")
+        train_missing = st.checkbox("Train missing comparison models (minutes each)", value=False, key="eval_train",
+                                    help=", ".join(md.COMPARISON_MODELS))
+        submitted = st.form_submit_button("Run evaluation", key="eval_submit")
+    if not submitted:
+        return
+    total = md.evaluation_steps(models, include_arima=arima, train_missing=train_missing)
+    bar = st.progress(0.0, text="starting the evaluation ...")
+    done = [0]
+
+    def progress(message: str) -> None:
+        done[0] += 1
+        bar.progress(min(1.0, done[0] / total), text=message)
+
+    try:
+        md.run_evaluation(db, model.id, samples=int(samples), steps=int(steps), path_users=int(path_users),
+                          include_arima=arima, train_missing=train_missing, progress=progress)
+    except (InputError, LookupError, ValueError) as error:
+        bar.empty()
+        st.error(f"The evaluation failed: {error}")
+        return
+    common.bump_revision()
+    st.rerun()
+
+
+def training_form() -> None:
+    st.subheader("Train a new forecaster")
+    st.caption(f"On data set {info.name!r}, in this window (the page waits until training ends).")
+    with st.form("train"):
+        c1, c2, c3, c4 = st.columns(4)
+        config = c1.selectbox("Configuration", list(CONFIGS), key="train_config",
+                              help="The paper's ablations are configurations; 'tiny' trains in seconds.")
+        epochs = c2.number_input("Epochs", 1, 500, value=None, placeholder="configuration default", key="train_epochs")
+        seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
+        minutes = c4.number_input("Max minutes", 0.0, 24 * 60.0, 0.0, step=1.0, key="train_minutes",
+                                  help="Stop after the epoch that passes this budget; 0 = no limit.")
+        activate = st.checkbox("Make it the active model", value=True, key="train_activate")
+        submitted = st.form_submit_button("Train", type="primary", key="train_submit")
+    if not submitted:
+        return
+    total = int(epochs) if epochs else CONFIGS[config].epochs
+    bar = st.progress(0.0, text=f"training {config} ...")
+    curve = st.empty()
+    history: list[dict] = []
+
+    def progress(entry: dict) -> None:
+        history.append(entry)
+        bar.progress(min(1.0, entry["epoch"] / total), text=f"epoch {entry['epoch']}/{total}: validation loss "
+                     f"{entry['val_loss']:.4f} ({entry['seconds']:.0f} s)")
+        curve.altair_chart(md.loss_curve(history), theme=None, use_container_width=True)
+
+    try:
+        result = md.train_model(db, config, dataset_name=info.name, epochs=int(epochs) if epochs else None,
+                                seed=int(seed), max_minutes=float(minutes) or None, activate=activate,
+                                progress=progress)
+    except (InputError, LookupError, ValueError) as error:
+        bar.empty()
+        st.error(f"Training failed: {error}")
+        return
+    st.session_state["trained"] = (result.record_id, result.metrics["stopped_by"], result.metrics["train_seconds"])
+    st.session_state["pending_pick"] = result.record_id  # shown next run (the picker exists already in this one)
+    common.bump_revision()
+    st.rerun()
+
+
+if "pending_pick" in st.session_state:
+    st.session_state["model_pick"] = st.session_state.pop("pending_pick")
+    common.set_query(model=st.session_state["model_pick"])
+show_registry()
+if "trained" in st.session_state:
+    model_id, stopped_by, seconds = st.session_state.pop("trained")
+    st.success(f"Trained model #{model_id} in {seconds:.0f} s (stopped by {stopped_by}).")
+st.divider()
+selected = pick_forecaster()
+if selected is not None:
+    show_forecaster(selected)
+    st.divider()
+    show_evaluation(selected)
+    evaluation_form(selected)
+st.divider()
+training_form()

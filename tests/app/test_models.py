@@ -1,0 +1,251 @@
+"""The Models & evaluation page: the registry with the active model and its loss curve, switching the
+active model, training from the page, and the stored evaluation (Tables III/IV, radar, error by step)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+from streamlit.testing.v1 import AppTest
+
+from app import models_data as md
+from db import open_database
+from db.models import ModelRecord
+from db.queries import store_dataset
+from engine.data.city import CityConfig, generate_city
+from engine.env.clip import ClipSettings
+from engine.env.pipeline import build_environment
+from engine.evaluate import evaluate
+from engine.model.config import CONFIGS, resolve_config
+from engine.train import train
+from tests.app.conftest import page
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def chart_datasets(chart) -> list[list[dict]]:  # noqa: ANN001
+    """The data sets of a rendered Vega-Lite chart: Streamlit sends them beside the spec, as Arrow."""
+    inline = list(json.loads(chart.proto.spec).get("datasets", {}).values())
+    return inline + [convert_arrow_bytes_to_pandas_df(named.data.data).to_dict("records")
+                     for named in chart.proto.datasets]
+
+
+def lsdm_records(db_path: Path) -> list[ModelRecord]:
+    database = open_database(str(db_path))
+    with database.session() as session:
+        records = session.scalars(select(ModelRecord).where(ModelRecord.kind == "lsdm").order_by(ModelRecord.id)).all()
+    database.dispose()
+    return list(records)
+
+
+def models_page(**query: object) -> AppTest:
+    at = AppTest.from_file(page("models"), default_timeout=120)
+    for key, value in query.items():
+        at.query_params[key] = str(value)
+    return at.run()
+
+
+# --- a tiny city with a tiny model and a stored evaluation (built once for this module) -----------
+
+
+@pytest.fixture(scope="module")
+def tiny_city(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """8 users, 16 cells, 4 days; an untrained-encoder environment; the tiny forecaster and its
+    no-condition twin (1 epoch each); the tiny forecaster evaluated through engine.evaluate (stored
+    with it), with the progress messages it sent. About 40 s on a busy 2-core machine."""
+    home = tmp_path_factory.mktemp("tiny-home")
+    previous = os.environ.get("LSDM_HOME")
+    os.environ["LSDM_HOME"] = str(home)  # models are saved under it, by absolute path
+    try:
+        db_path = home / "tiny.sqlite"
+        database = open_database(str(db_path))
+        with database.write_session() as session, session.begin():
+            store_dataset(session, generate_city(CityConfig(users=8, cells=16, days=4, seed=2)))
+        build_environment(database, settings=ClipSettings(epochs=0))
+        train(database, "lsdm-no-condition", replace(CONFIGS["tiny"], condition="none", epochs=1), activate=False)
+        name, config = resolve_config("tiny", epochs=1)
+        model_id = train(database, name, config).record_id
+        messages: list[str] = []
+        result = evaluate(database, model_id, samples=2, steps=3, path_users=4, include_arima=False,
+                          train_missing=False, progress=messages.append)
+        database.dispose()
+    finally:
+        if previous is None:
+            os.environ.pop("LSDM_HOME", None)
+        else:
+            os.environ["LSDM_HOME"] = previous
+    return {"db": db_path, "model_id": model_id, "result": result, "messages": messages}
+
+
+@pytest.fixture
+def tiny_db(tiny_city: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the tiny city's database, which the app opens."""
+    copy = tmp_path / "tiny.sqlite"
+    shutil.copy(tiny_city["db"], copy)
+    monkeypatch.setenv("LSDM_DB", str(copy))
+    return copy
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+
+def test_models_page_lists_the_shipped_model_as_active_with_its_loss_curve(app_db):
+    shipped = [r for r in lsdm_records(app_db) if r.is_active]
+    assert len(shipped) == 1 and shipped[0].metrics["history"]
+    at = models_page()
+    assert not at.exception
+    registry = at.dataframe[0].value
+    active = registry[registry["active"]]
+    assert set(active["kind"]) == {"lsdm", "clip"}  # one active forecaster and one active encoder
+    assert active.loc[active["kind"] == "lsdm", "id"].tolist() == [shipped[0].id]
+    assert at.selectbox(key="model_pick").value == shipped[0].id
+    curves = [data for chart in at.get("vega_lite_chart") for data in chart_datasets(chart)
+              if data and "val_loss" in data[0]]
+    assert curves == [shipped[0].metrics["history"]]
+    assert any("Active" in s.value for s in at.success)
+
+
+def test_models_page_without_an_evaluation_shows_the_command_that_makes_one(app_db):
+    shipped = next(r for r in lsdm_records(app_db) if r.is_active)
+    assert "evaluation" not in shipped.metrics
+    at = models_page()
+    assert any(f"lsdm evaluate --model {shipped.id}" in info.value for info in at.info)
+
+
+def test_making_another_model_active_switches_the_active_flag(app_db):
+    shipped = next(r for r in lsdm_records(app_db) if r.is_active)
+    database = open_database(str(app_db))
+    with database.write_session() as session, session.begin():
+        second = ModelRecord(name="second", kind="lsdm", path=shipped.path, sha256=shipped.sha256,
+                             config=shipped.config, metrics={"best_val_loss": 0.5, "history": []},
+                             dataset_id=shipped.dataset_id, is_active=False)
+        session.add(second)
+        session.flush()
+        second_id = second.id
+    database.dispose()
+    at = models_page(model=second_id)
+    assert at.selectbox(key="model_pick").value == second_id
+    at.button(key="activate").click().run()
+    assert not at.exception
+    assert {r.id: r.is_active for r in lsdm_records(app_db)} == {shipped.id: False, second_id: True}
+    registry = at.dataframe[0].value
+    assert registry.loc[registry["kind"] == "lsdm"].set_index("id")["active"].to_dict() == {
+        second_id: True, shipped.id: False}
+
+
+def test_a_deep_link_to_an_unknown_model_warns_and_shows_the_active_one(app_db):
+    shipped = next(r for r in lsdm_records(app_db) if r.is_active)
+    at = models_page(model=99_999)
+    assert any("model=99999" in w.value for w in at.warning)
+    assert at.selectbox(key="model_pick").value == shipped.id
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def test_training_the_tiny_configuration_from_the_page_registers_a_new_active_model(tiny_db, tiny_city):
+    before = {r.id for r in lsdm_records(tiny_db)}
+    at = models_page()
+    at.selectbox(key="train_config").select("tiny")
+    at.number_input(key="train_epochs").set_value(1)
+    at.number_input(key="train_seed").set_value(3)
+    at.button(key="train_submit").click().run()
+    assert not at.exception
+    new = [r for r in lsdm_records(tiny_db) if r.id not in before]
+    assert len(new) == 1
+    model = new[0]
+    assert model.name == "tiny" and model.is_active and model.config["seed"] == 3
+    assert model.metrics["epochs_run"] == 1 and len(model.metrics["history"]) == 1
+    assert Path(model.path).is_dir()
+    assert any(f"Trained model #{model.id}" in s.value for s in at.success)
+    assert at.selectbox(key="model_pick").value == model.id
+    assert at.query_params["model"] == str(model.id)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def test_the_stored_evaluation_is_shown_as_the_papers_tables_and_charts(tiny_db, tiny_city):
+    result = tiny_city["result"]
+    at = models_page(model=tiny_city["model_id"])
+    assert not at.exception
+    table3, table4 = at.dataframe[1].value, at.dataframe[2].value
+    assert list(table3.columns) == ["method", "MSE", "RMSE", "MAE", "CS", "R²", "CRPS", "cov50", "cov90"]
+    assert table3["method"].tolist() == ["seasonal-naive", "hour-of-week-mean", "lsdm-no-condition", "lsdm"]
+    assert table3["MSE"].tolist() == [row["mse"] for row in result["rows"]]
+    assert table3["cov90"].tolist() == [row["cov90"] for row in result["rows"]]
+    assert table4["method"].tolist() == ["lsdm-no-condition", "lsdm"]
+    assert at.multiselect(key="radar_methods").value == ["lsdm", "lsdm-no-condition", "hour-of-week-mean"]
+    data = [d for chart in at.get("vega_lite_chart") for d in chart_datasets(chart)]
+    steps = next(d for d in data if d and "mse" in d[0])
+    assert {(row["method"], row["step"]): row["mse"] for row in steps} == {
+        (method, i + 1): value for method, values in result["mse_by_step"].items() for i, value in enumerate(values)}
+    radar_points = next(d for d in data if d and {"series", "order", "value"} <= set(d[0]))
+    lsdm_r2 = result["per_service_r2"]["lsdm"]
+    assert {r["service"]: r["value"] for r in radar_points if r["series"] == "lsdm"} == {
+        s: max(0.0, v) for s, v in lsdm_r2.items()}
+    assert any("R² gain" in m.label for m in at.metric)
+
+
+def test_run_evaluation_from_the_page_stores_a_new_evaluation(tiny_db, tiny_city):
+    at = models_page(model=tiny_city["model_id"])
+    stored_before = next(r for r in lsdm_records(tiny_db) if r.id == tiny_city["model_id"]).metrics["evaluation"]
+    at.number_input(key="eval_samples").set_value(1)
+    at.number_input(key="eval_steps").set_value(2)
+    at.number_input(key="eval_users").set_value(2)
+    at.button(key="eval_submit").click().run()
+    assert not at.exception
+    stored = next(r for r in lsdm_records(tiny_db) if r.id == tiny_city["model_id"]).metrics["evaluation"]
+    assert stored["settings"]["samples"] == 1 and stored["settings"]["steps"] == 2
+    assert stored["evaluated_at"] >= stored_before["evaluated_at"]
+    assert all(len(v) == 2 for v in stored["mse_by_step"].values())
+    assert "1 samples per window, 2 recursive steps" in " ".join(c.value for c in at.caption)
+
+
+def test_evaluation_progress_steps_match_the_messages_the_engine_sends(tiny_city):
+    database = open_database(str(tiny_city["db"]))
+    dataset_id = next(r for r in lsdm_records(tiny_city["db"])).dataset_id
+    models = md.list_models(database, dataset_id)
+    database.dispose()
+    expected = md.evaluation_steps(models, include_arima=False, train_missing=False)
+    assert expected == len(tiny_city["messages"]) == 6  # 2 baselines, 2 one-step passes, 2 path passes
+
+
+# --- the functions behind the page ----------------------------------------------------------------
+
+
+def test_loss_curve_draws_exactly_the_recorded_history():
+    history = [{"epoch": 1, "train_loss": 0.9, "val_loss": 0.8, "seconds": 1.5},
+               {"epoch": 2, "train_loss": 0.7, "val_loss": 0.75, "seconds": 3.0}]
+    spec = md.loss_curve(history).to_dict()
+    assert list(spec["datasets"].values()) == [history]
+    assert spec["transform"][0] == {"fold": ["train_loss", "val_loss"], "as": ["series", "loss"]}
+
+
+def test_metric_table_labels_the_eight_metrics_as_the_paper_does():
+    rows = [{"method": "lsdm", "mse": 0.1, "rmse": 0.316, "mae": 0.2, "cs": 0.9, "r2": 0.5, "crps": 0.15,
+             "cov50": 0.48, "cov90": 0.88, "seconds": 3.0, "model_id": 4}]
+    table = md.metric_table(rows)
+    assert table.to_dict("records") == [{"method": "lsdm", "MSE": 0.1, "RMSE": 0.316, "MAE": 0.2, "CS": 0.9,
+                                         "R²": 0.5, "CRPS": 0.15, "cov50": 0.48, "cov90": 0.88}]
+
+
+def test_evaluation_steps_count_training_of_missing_comparison_models():
+    from datetime import datetime
+
+    lsdm = md.ModelInfo(id=1, name="lsdm", kind="lsdm", active=True, created_at=datetime(2024, 1, 1))
+    # 3 baselines + 4 trainings + 5 one-step passes + 2 path passes
+    assert md.evaluation_steps([lsdm], include_arima=True, train_missing=True) == 14
+    assert md.evaluation_steps([lsdm], include_arima=False, train_missing=False) == 2 + 1 + 1
+
+
+def test_models_page_on_an_empty_database_says_where_data_comes_from(empty_db):
+    at = models_page()
+    assert not at.exception
+    assert any("No data yet" in info.value for info in at.info)
