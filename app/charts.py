@@ -64,27 +64,30 @@ def radar(frame: pd.DataFrame, services: list[str] | tuple[str, ...], *, value: 
 
 
 def fan_chart(frame: pd.DataFrame, *, service: str, color: str, height: int = 180,
-              y_title: str = "MB") -> alt.LayerChart:
-    """A forecast fan for one service: 90% band (q05..q95), 50% band (q25..q75), median line, truth dots.
+              y_title: str = "MB", y_max: float | None = None) -> alt.LayerChart:
+    """A forecast fan for one service: 90 % band (q05..q95), 50 % band (q25..q75), median line, truth dots.
 
     ``frame`` columns: ``label`` (e.g. "Tue 14:00"), ``step`` (ordering), ``q05 q25 median q75 q95`` and
-    optionally ``truth`` (NaN where unknown), all in the unit of ``y_title``.
+    ``truth`` (NaN where unknown), in the unit of ``y_title``. ``y_max`` fixes the y range (charts shown
+    side by side for comparison share one).
     """
-    order = alt.EncodingSortField(field="step", order="ascending")
     x = alt.X("label:N", sort=list(frame.sort_values("step")["label"]), title=None,
               axis=alt.Axis(labelAngle=-45, labelOverlap=True))
     base = alt.Chart(frame)
-    band90 = base.mark_area(opacity=0.18, color=color).encode(x=x, y=alt.Y("q05:Q", title=y_title), y2="q95:Q")
+    scale = alt.Scale(domain=[0, y_max]) if y_max else alt.Undefined
+    band90 = base.mark_area(opacity=0.18, color=color).encode(
+        x=x, y=alt.Y("q05:Q", title=y_title, scale=scale), y2="q95:Q")
     band50 = base.mark_area(opacity=0.35, color=color).encode(x=x, y="q25:Q", y2="q75:Q")
     median = base.mark_line(color=color, strokeWidth=2).encode(
-        x=x, y="median:Q", order=order,
-        tooltip=[alt.Tooltip("label:N", title="hour"), alt.Tooltip("median:Q", format=".3f"),
+        x=x, y="median:Q", order=alt.Order("step:Q"),
+        tooltip=[alt.Tooltip("label:N", title="hour"), alt.Tooltip("median:Q", format=".3f", title="median MB"),
                  alt.Tooltip("q05:Q", format=".3f", title="5%"), alt.Tooltip("q95:Q", format=".3f", title="95%")])
     layers = [band90, band50, median]
     if "truth" in frame and frame["truth"].notna().any():
         layers.append(base.transform_filter("isValid(datum.truth)").mark_point(
             color="#1f2933", filled=True, size=28).encode(
-            x=x, y="truth:Q", tooltip=[alt.Tooltip("label:N", title="hour"), alt.Tooltip("truth:Q", format=".3f")]))
+            x=x, y="truth:Q", tooltip=[alt.Tooltip("label:N", title="hour"),
+                                       alt.Tooltip("truth:Q", format=".3f", title="truth MB")]))
     return alt.layer(*layers).properties(title=service, height=height)
 
 

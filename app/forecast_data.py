@@ -1,0 +1,564 @@
+"""What the Forecast page needs, as plain functions: the active model, the request and its checks,
+stored runs (ForecastRun rows) shaped into fan charts, radars, metrics and exports, and the run history.
+
+The app never does model maths: forecasts come from ``engine.forecast.run_forecast``, scores from
+``engine.metrics`` and the normalised scale from the model's own ``Normaliser``. A stored run is shown
+from its ``summary`` (quantiles per step, in bytes) and its ``result`` arrays (sample paths), never
+recomputed. Display units: MB and "Tue 14:00" hour labels; exports keep exact bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.charts import fan_chart, radar, service_lines
+from app.common import database, hour_label, hour_label_long, megabytes, service_colors
+from db.models import Cell, ForecastRun, ModelRecord
+from engine.data.windows import Normaliser
+from engine.forecast import ForecastContext, ForecastResult, load_context
+from engine.metrics import point_metrics, score
+
+MAX_USERS = 20
+MAX_HORIZON = 72
+MAX_SAMPLES = 256
+MAX_GUIDANCE = 5.0
+SAMPLERS = ("ddim", "ddpm")
+LOCATION_MODES = ("habitual", "stay", "cell")
+LOCATION_HELP = {
+    "habitual": "each user's most frequent cell at that hour of the week (from hours before the start)",
+    "stay": "each user stays in the last cell seen before the start",
+    "cell": "every user is placed in one chosen cell for the whole forecast",
+}
+QUANTILE_KEYS = ("q05", "q25", "median", "q75", "q95")
+EXPORT_COLUMNS = ["run", "entity", "step", "hour", "time", "service", "mean", "median", "q05", "q25", "q75", "q95",
+                  "truth"]
+METRIC_COLUMNS = ["entity", "hours", "mse", "rmse", "mae", "cs", "r2", "crps", "cov50", "cov90", "mae_mb"]
+
+
+# --- the model --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The active forecasting model of a data set, read from its ModelRecord (no weights loaded)."""
+
+    id: int
+    name: str
+    sha256: str
+    history: int  # hours of history the model reads: the earliest possible start
+    diffusion_steps: int  # the most DDIM steps worth asking for
+    created_at: datetime
+
+
+def active_model(session: Session, dataset_id: int) -> ModelInfo | None:
+    """The data set's active LSDM model, or None when there is none yet."""
+    record = session.scalar(select(ModelRecord).where(ModelRecord.kind == "lsdm", ModelRecord.dataset_id == dataset_id,
+                                                      ModelRecord.is_active.is_(True)))
+    if record is None:
+        return None
+    config = record.config or {}
+    return ModelInfo(id=record.id, name=record.name, sha256=record.sha256, history=int(config.get("history", 24)),
+                     diffusion_steps=int(config.get("diffusion_steps", 50)), created_at=record.created_at)
+
+
+def model_normaliser(session: Session, model_id: int | None) -> Normaliser | None:
+    """The normalisation a model was trained with (its model.json), to score a run on the paper's
+    normalised scale; None when the model or its folder is gone."""
+    record = session.get(ModelRecord, model_id) if model_id is not None else None
+    if record is None:
+        return None
+    try:
+        document = json.loads((Path(record.path) / "model.json").read_text())
+        return Normaliser.from_dict(document["normaliser"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+# --- the request --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForecastRequest:
+    """The form's values; ``engine_kwargs`` turns them into run_forecast's arguments."""
+
+    users: tuple[str, ...]
+    start: int
+    horizon: int = 24
+    samples: int = 32
+    sampler: str = "ddim"
+    sampler_steps: int = 10
+    location: str = "habitual"
+    cell: str | None = None
+    guidance: float = 1.0
+    seed: int = 0
+
+    def sampler_text(self) -> str:
+        """``ddpm`` or ``ddim:STEPS`` (engine.forecast.parse_sampler)."""
+        return "ddpm" if self.sampler == "ddpm" else f"ddim:{int(self.sampler_steps)}"
+
+    def location_text(self) -> str:
+        """``habitual`` | ``stay`` | ``cell:KEY`` (engine.forecast.LocationPlan.parse)."""
+        return f"cell:{self.cell}" if self.location == "cell" else self.location
+
+    def entity_text(self, entity_kind: str) -> str:
+        """``user:U0001,user:U0002`` (engine.forecast.parse_entities)."""
+        return ",".join(f"{entity_kind}:{key}" for key in self.users)
+
+    def engine_kwargs(self, entity_kind: str) -> dict:
+        return {"entity": self.entity_text(entity_kind), "start": int(self.start), "horizon": int(self.horizon),
+                "samples": int(self.samples), "sampler": self.sampler_text(), "location": self.location_text(),
+                "guidance": float(self.guidance), "seed": int(self.seed)}
+
+
+def validate_request(request: ForecastRequest, *, history: int, hours: int, origin: datetime,
+                     diffusion_steps: int = 1000) -> dict[str, str]:
+    """Field name -> what is wrong and what to do; empty when the request can run."""
+    errors: dict[str, str] = {}
+    if not request.users:
+        errors["users"] = "Pick at least one user."
+    elif len(request.users) > MAX_USERS:
+        errors["users"] = f"Pick at most {MAX_USERS} users ({len(request.users)} picked)."
+    if request.start < history:
+        errors["start"] = (f"The model reads {history} hours of history: start at "
+                           f"{hour_label_long(origin, history)} (hour {history}) or later.")
+    elif request.start > hours:
+        errors["start"] = (f"The data ends at hour {hours}: start at {hour_label_long(origin, hours)} "
+                           f"(hour {hours}) or earlier.")
+    if not 1 <= request.horizon <= MAX_HORIZON:
+        errors["horizon"] = f"Forecast 1 to {MAX_HORIZON} hours."
+    if not 1 <= request.samples <= MAX_SAMPLES:
+        errors["samples"] = f"Draw 1 to {MAX_SAMPLES} sample paths."
+    if request.sampler not in SAMPLERS:
+        errors["sampler"] = f"Choose one of {', '.join(SAMPLERS)}."
+    elif request.sampler == "ddim" and not 1 <= request.sampler_steps <= diffusion_steps:
+        errors["sampler"] = f"DDIM takes 1 to {diffusion_steps} steps (the model's diffusion steps)."
+    if request.location not in LOCATION_MODES:
+        errors["location"] = f"Choose one of {', '.join(LOCATION_MODES)}."
+    elif request.location == "cell" and not request.cell:
+        errors["location"] = "Pick the cell the users should be in."
+    if not 0.0 <= request.guidance <= MAX_GUIDANCE:
+        errors["guidance"] = f"Guidance runs from 0 (no environment) to {MAX_GUIDANCE:g}."
+    return errors
+
+
+def start_label(origin: datetime, hours: int, hour: int) -> str:
+    """'Tue 14:00' for data sets of up to a week; with the date when a weekday name repeats."""
+    return hour_label(origin, hour) if hours <= 168 else hour_label_long(origin, hour)
+
+
+def default_start(hours: int, history: int) -> int:
+    """The last day of the data (the held-out test day): the forecast can be checked against truth."""
+    return max(history, hours - 24)
+
+
+# --- stored runs --------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoredRun:
+    """A ForecastRun row as the page shows it: parameters, per-step summaries and the sample arrays."""
+
+    id: int
+    dataset_id: int
+    model_id: int | None
+    params: dict
+    entities: list[dict]  # [{"entity": "user:U0001", "steps": [...]}] (engine.forecast summary)
+    created_at: datetime
+    seconds: float | None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # paths, paths_v, truth, ... (may be empty)
+
+    @property
+    def entity_names(self) -> list[str]:
+        return [entity["entity"] for entity in self.entities]
+
+    def entity(self, name: str) -> dict:
+        return next(entity for entity in self.entities if entity["entity"] == name)
+
+    def has_truth(self) -> bool:
+        return any(step["total"].get("truth") is not None for entity in self.entities for step in entity["steps"])
+
+
+def load_run(session: Session, run_id: int, dataset_id: int) -> StoredRun | None:
+    """The stored run of this data set, or None (unknown id, or a run of another data set)."""
+    run = session.get(ForecastRun, run_id)
+    if run is None or run.dataset_id != dataset_id:
+        return None
+    arrays = ForecastResult.arrays_from_npz(run.result) if run.result else {}
+    return StoredRun(id=run.id, dataset_id=run.dataset_id, model_id=run.model_id, params=dict(run.params or {}),
+                     entities=list((run.summary or {}).get("entities", [])), created_at=run.created_at,
+                     seconds=run.seconds, arrays=arrays)
+
+
+def run_history(session: Session, dataset_id: int, origin: datetime, hours: int, limit: int = 500) -> pd.DataFrame:
+    """Every run of the data set with every parameter, newest first (the summaries and arrays stay in
+    the database)."""
+    rows = session.execute(
+        select(ForecastRun.id, ForecastRun.created_at, ForecastRun.params, ForecastRun.seconds)
+        .where(ForecastRun.dataset_id == dataset_id)
+        .order_by(ForecastRun.created_at.desc(), ForecastRun.id.desc()).limit(limit)
+    ).all()
+    records = []
+    for run_id, created, params, seconds in rows:
+        start = int(params.get("start", 0))
+        entity = str(params.get("entity", ""))
+        records.append({
+            "run": int(run_id), "created": created, "entity": entity.replace(",", ", "),
+            "users": len([e for e in entity.split(",") if e.strip()]), "start": start,
+            "start_label": start_label(origin, hours, start), "horizon": params.get("horizon"),
+            "samples": params.get("samples"), "sampler": params.get("sampler"), "location": params.get("location"),
+            "guidance": params.get("guidance"), "seed": params.get("seed"), "model": params.get("model_id"),
+            "seconds": seconds,
+        })
+    columns = ["run", "created", "entity", "users", "start", "start_label", "horizon", "samples", "sampler",
+               "location", "guidance", "seed", "model", "seconds"]
+    return pd.DataFrame(records, columns=columns)
+
+
+def run_title(run: StoredRun, origin: datetime, hours: int) -> str:
+    """'Run 12 · user:U0001 · from Tue 19 Apr 14:00 · 24 h'."""
+    params = run.params
+    who = run.entity_names[0] if len(run.entities) == 1 else f"{len(run.entities)} users"
+    start = start_label(origin, hours, int(params.get("start", 0)))
+    return f"Run {run.id} · {who} · from {start} · {params.get('horizon')} h"
+
+
+def params_frame(run: StoredRun, origin: datetime, hours: int) -> pd.DataFrame:
+    """The run's parameters as two columns, for a compact table."""
+    p = run.params
+    rows = [
+        ("users", str(p.get("entity", "")).replace(",", ", ")),
+        ("start", f"{start_label(origin, hours, int(p.get('start', 0)))} (hour {p.get('start')})"),
+        ("horizon", f"{p.get('horizon')} h"), ("samples", p.get("samples")), ("sampler", p.get("sampler")),
+        ("location", p.get("location")), ("guidance", p.get("guidance")), ("seed", p.get("seed")),
+        ("model", f"{p.get('model_id')} ({str(p.get('model_sha256', ''))[:12]})"),
+        ("data set", p.get("dataset")),
+        ("computed in", f"{run.seconds:.1f} s" if run.seconds is not None else "unknown"),
+    ]
+    return pd.DataFrame([(name, str(value)) for name, value in rows], columns=["parameter", "value"])
+
+
+# --- charts -------------------------------------------------------------------------------------------
+
+
+def step_frame(steps: list[dict], service: str | None = None) -> pd.DataFrame:
+    """One row per forecast step for a service (None: total traffic): label, step, hour, mean, quantiles
+    and truth, in MB (truth NaN where unknown)."""
+    rows = []
+    for n, step in enumerate(steps):
+        stats = step["total"] if service is None else step["services"][service]
+        truth = stats.get("truth")
+        rows.append({"label": step["label"], "step": n, "hour": int(step["hour"]),
+                     "mean": float(megabytes(stats["mean"])),
+                     **{q: float(megabytes(stats[q])) for q in QUANTILE_KEYS},
+                     "truth": float(megabytes(truth)) if truth is not None else np.nan})
+    return pd.DataFrame(rows, columns=["label", "step", "hour", "mean", *QUANTILE_KEYS, "truth"])
+
+
+def service_fans(entity: dict, services: tuple[str, ...] | list[str]) -> list[alt.LayerChart]:
+    """One fan chart per service (MB), in the data set's service order and colours."""
+    return [fan_chart(step_frame(entity["steps"], name), service=name, color=color)
+            for name, color in zip(services, service_colors(services))]
+
+
+def total_fan(entity: dict, title: str = "Total traffic", y_max: float | None = None) -> alt.LayerChart:
+    return fan_chart(step_frame(entity["steps"]), service=title, color="#1f2933", height=220, y_max=y_max)
+
+
+def known_steps(entity: dict) -> list[dict]:
+    """The steps whose truth is known for every service (inside the data)."""
+    return [step for step in entity["steps"] if step["total"].get("truth") is not None]
+
+
+def forecast_mix(entity: dict, services: tuple[str, ...] | list[str]) -> tuple[pd.DataFrame, int]:
+    """Each service's share of the traffic over the horizon, forecast (expected bytes) vs truth (paper
+    Fig. 6), and how many hours it covers. When some truth is known both series use only those hours,
+    so that they compare like with like."""
+    known = known_steps(entity)
+    steps = known or entity["steps"]
+    forecast = np.array([sum(step["services"][s]["mean"] for step in steps) for s in services], dtype=float)
+    series = [("forecast", forecast)]
+    if known:
+        series.append(("truth", np.array([sum(step["services"][s]["truth"] for step in known) for s in services],
+                                         dtype=float)))
+    rows = []
+    for name, values in series:
+        total = float(values.sum())
+        rows += [{"series": name, "service": s, "share": float(v) / total if total > 0 else 0.0}
+                 for s, v in zip(services, values)]
+    return pd.DataFrame(rows, columns=["series", "service", "share"]), len(steps)
+
+
+def mix_chart(mix: pd.DataFrame, services: tuple[str, ...] | list[str]) -> alt.LayerChart:
+    return radar(mix, services, value="share", series="series", colors={"truth": "#1f2933", "forecast": "#e4572e"})
+
+
+def median_frame(entity: dict, services: tuple[str, ...] | list[str], origin: datetime) -> pd.DataFrame:
+    """Per-service median forecast (MB) per forecast hour: hour, label, service, value."""
+    return pd.DataFrame([
+        {"hour": int(step["hour"]), "label": hour_label(origin, int(step["hour"])), "service": name,
+         "value": float(megabytes(step["services"][name]["median"]))}
+        for step in entity["steps"] for name in services
+    ], columns=["hour", "label", "service", "value"])
+
+
+def median_lines(entity: dict, services: tuple[str, ...] | list[str], origin: datetime,
+                 y_max: float | None = None) -> alt.Chart:
+    """Per-service median forecast (MB) over the forecast hours, one colour per service."""
+    chart = service_lines(median_frame(entity, services, origin), services, height=220)
+    if y_max:
+        chart = chart.encode(y=alt.Y("value:Q", title="MB", scale=alt.Scale(domain=[0, y_max])))
+    return chart
+
+
+def compare_y_max(entities: list[dict], view: str, services: tuple[str, ...] | list[str]) -> float:
+    """The shared top of the y axis (MB) for charts compared side by side: the highest 95 % quantile
+    of total traffic (view "total") or the highest per-service median (view "median")."""
+    if view == "total":
+        values = [step_frame(entity["steps"])["q95"].max() for entity in entities]
+    else:
+        values = [max(step["services"][name]["median"] for step in entity["steps"] for name in services) / 1e6
+                  for entity in entities]
+    top = float(max(values, default=0.0))
+    return top if top > 0 else 1.0
+
+
+def common_entity(first: StoredRun, second: StoredRun) -> str | None:
+    """The first entity both runs forecast (what a side-by-side comparison should show), if any."""
+    shared = [name for name in first.entity_names if name in second.entity_names]
+    return shared[0] if shared else None
+
+
+# --- metrics ------------------------------------------------------------------------------------------
+
+
+def run_metrics(run: StoredRun, normaliser: Normaliser | None) -> pd.DataFrame:
+    """Scores of the run over the hours whose truth is known, per entity and (for several) all together:
+    MSE, RMSE, MAE, cosine, R² (on the sample mean), CRPS and 50 %/90 % interval coverage, all on the
+    model's normalised scale (the paper's tables), plus MAE in MB of the median path value. In bytes the
+    sample mean is ruled by the rare huge draws of a log-scale model (one 10 GB sample moves it by
+    300 MB), while the median is the point that minimises absolute error and maps one to one between
+    the two scales. Empty when nothing can be scored."""
+    arrays = run.arrays
+    if not arrays or "paths" not in arrays or "truth" not in arrays:
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    truth = arrays["truth"].astype(np.float64)  # (E, N, K) bytes, NaN beyond the data
+    known = ~np.isnan(truth).any(axis=(0, 2))  # steps known for every entity and service
+    if not known.any():
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    truth = truth[:, known]
+    paths = arrays["paths"].astype(np.float64)[:, :, known]  # (E, S, N', K) bytes
+    paths_v = arrays["paths_v"].astype(np.float64)[:, :, known] if "paths_v" in arrays else None
+    names = run.entity_names or [f"entity {i}" for i in range(truth.shape[0])]
+    groups = [(name, [i]) for i, name in enumerate(names)]
+    if len(names) > 1:
+        groups.append(("all", list(range(len(names)))))
+    rows = []
+    for name, index in groups:
+        y = truth[index]  # (E', N', K)
+        samples = np.moveaxis(paths[index], 1, 0)  # (S, E', N', K)
+        row = {"entity": name, "hours": int(known.sum())}
+        if normaliser is not None and paths_v is not None:
+            row.update(score(normaliser.forward(y), np.moveaxis(paths_v[index], 1, 0)))
+        row["mae_mb"] = point_metrics(y, np.median(samples, axis=0))["mae"] / 1e6
+        rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=METRIC_COLUMNS)
+
+
+# --- export -------------------------------------------------------------------------------------------
+
+
+def export_frame(run: StoredRun, services: tuple[str, ...] | list[str], origin: datetime) -> pd.DataFrame:
+    """One row per entity, step and service: mean, median, q05..q95 and truth in bytes (truth empty where
+    unknown), with the hour index and its local time."""
+    rows = []
+    for entity in run.entities:
+        for n, step in enumerate(entity["steps"]):
+            hour = int(step["hour"])
+            moment = (origin + timedelta(hours=hour)).isoformat(timespec="minutes")
+            for name in services:
+                stats = step["services"][name]
+                rows.append({"run": run.id, "entity": entity["entity"], "step": n + 1, "hour": hour, "time": moment,
+                             "service": name, "mean": stats["mean"], "median": stats["median"],
+                             "q05": stats["q05"], "q25": stats["q25"], "q75": stats["q75"], "q95": stats["q95"],
+                             "truth": stats.get("truth")})
+    frame = pd.DataFrame(rows, columns=EXPORT_COLUMNS)
+    frame["truth"] = frame["truth"].astype(float)
+    return frame
+
+
+def export_csv(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False).encode("utf-8")
+
+
+def export_parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+# --- cached wrappers (the page calls these) ------------------------------------------------------------
+
+
+@st.cache_data(show_spinner=False)
+def cached_active_model(url: str, dataset_id: int, revision: int) -> ModelInfo | None:
+    with database().session() as session:
+        return active_model(session, dataset_id)
+
+
+@st.cache_data(show_spinner=False)
+def cached_cells(url: str, dataset_id: int, revision: int) -> pd.DataFrame:
+    """Cell key, name and land use of the data set (the location scenario's choices)."""
+    with database().session() as session:
+        rows = session.execute(select(Cell.key, Cell.name, Cell.land_use)
+                               .where(Cell.dataset_id == dataset_id).order_by(Cell.key)).all()
+    return pd.DataFrame(rows, columns=["key", "name", "land_use"])
+
+
+@st.cache_data(show_spinner=False)
+def cached_history(url: str, dataset_id: int, revision: int, origin: datetime, hours: int) -> pd.DataFrame:
+    with database().session() as session:
+        return run_history(session, dataset_id, origin, hours)
+
+
+class RunNotFound(LookupError):
+    """No such run in the data set (raised, not returned, so that the absence is never cached)."""
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _cached_run(url: str, dataset_id: int, revision: int, run_id: int) -> StoredRun:
+    with database().session() as session:
+        run = load_run(session, run_id, dataset_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    return run
+
+
+def cached_run(url: str, dataset_id: int, revision: int, run_id: int) -> StoredRun | None:
+    """A stored run, or None. Kept as a resource (runs never change, so their sample arrays are not
+    copied on every rerun); the revision in the key drops it when the data changes."""
+    try:
+        return _cached_run(url, dataset_id, revision, run_id)
+    except RunNotFound:
+        return None
+
+
+@st.cache_data(show_spinner=False)
+def cached_metrics(url: str, dataset_id: int, revision: int, run_id: int) -> pd.DataFrame:
+    run = cached_run(url, dataset_id, revision, run_id)
+    if run is None:
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    with database().session() as session:
+        normaliser = model_normaliser(session, run.model_id)
+    return run_metrics(run, normaliser)
+
+
+@st.cache_data(show_spinner=False)
+def cached_exports(url: str, dataset_id: int, revision: int, run_id: int, services: tuple[str, ...],
+                   origin: datetime) -> tuple[bytes, bytes]:
+    """(CSV, Parquet) of a stored run."""
+    run = cached_run(url, dataset_id, revision, run_id)
+    frame = export_frame(run, services, origin)
+    return export_csv(frame), export_parquet(frame)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def cached_context(url: str, model_id: int, dataset_id: int, _dataset_name: str) -> ForecastContext:
+    """The loaded model and series (engine.forecast.load_context), kept so repeated forecasts start at
+    once. Keyed on (database, model, data set); the name only locates the data set."""
+    return load_context(database(), model_id=model_id, dataset_name=_dataset_name)
+
+
+# --- widget state -------------------------------------------------------------------------------------
+
+
+def adopt_link_value(state, widget_key: str, value: object) -> None:  # noqa: ANN001
+    """Let a deep link set a widget: only a link value that differs from the last one seen (a new link,
+    not the page's own mirror of the widget) overrides it, so the user's changes are never undone. A
+    widget without state (Streamlit drops it when the page is left) always takes the link's value."""
+    memo = f"_link_{widget_key}"
+    if value is not None and (state.get(memo) != value or widget_key not in state):
+        state[widget_key] = value
+    state[memo] = value
+
+
+def remember_link_value(state, widget_key: str, value: object) -> None:  # noqa: ANN001
+    """Record the value the page itself just mirrored into the URL (see ``adopt_link_value``)."""
+    state[f"_link_{widget_key}"] = value
+
+
+def form_values(params: dict) -> dict[str, object]:
+    """A stored run's parameters as the form's widget values (to run it again with changes)."""
+    values: dict[str, object] = {}
+    entity = str(params.get("entity", ""))
+    values["fc_users"] = [item.partition(":")[2] for item in entity.split(",") if item.strip()][:MAX_USERS]
+    for name, key in (("start", "fc_start"), ("horizon", "fc_horizon"), ("samples", "fc_samples"), ("seed", "fc_seed")):
+        if params.get(name) is not None:
+            values[key] = int(params[name])
+    sampler = str(params.get("sampler", "ddim:10"))
+    values["fc_sampler"] = "ddpm" if sampler == "ddpm" else "ddim"
+    if sampler.startswith("ddim:") and sampler[5:].isdigit():
+        values["fc_steps"] = int(sampler[5:])
+    location = str(params.get("location", "habitual"))
+    if location.startswith("cell:"):
+        values["fc_location"], values["fc_cell"] = "cell", location[5:].split(",")[0]
+    elif location in LOCATION_MODES:
+        values["fc_location"] = location
+    if params.get("guidance") is not None:
+        values["fc_guidance"] = float(params["guidance"])
+    return values
+
+
+# --- cached chart specs ---------------------------------------------------------------------------------
+# Building and validating an Altair chart costs ~0.05-0.1 s; a run shows a dozen. Runs never change, so
+# their Vega-Lite specs are built once and rendered with st.vega_lite_chart(spec, theme=None).
+
+
+@dataclass
+class RunViews:
+    """The charts of one entity of a stored run, as Vega-Lite specs."""
+
+    total: dict
+    mix: dict
+    mix_hours: int
+    mix_has_truth: bool
+    fans: list[dict]  # one per service, in the data set's order
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_run_views(url: str, dataset_id: int, revision: int, run_id: int, entity_name: str,
+                     services: tuple[str, ...]) -> RunViews | None:
+    run = cached_run(url, dataset_id, revision, run_id)
+    if run is None or entity_name not in run.entity_names:
+        return None
+    entity = run.entity(entity_name)
+    mix, hours = forecast_mix(entity, services)
+    return RunViews(total=total_fan(entity, f"Total traffic · {entity_name}").to_dict(),
+                    mix=mix_chart(mix, services).to_dict(), mix_hours=hours,
+                    mix_has_truth="truth" in set(mix["series"]),
+                    fans=[chart.to_dict() for chart in service_fans(entity, services)])
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_compare_view(url: str, dataset_id: int, revision: int, run_id: int, entity_name: str, view: str,
+                        services: tuple[str, ...], origin: datetime, y_max: float | None = None) -> dict | None:
+    """A run's total-traffic fan (view "total") or per-service medians (view "median") as a spec."""
+    run = cached_run(url, dataset_id, revision, run_id)
+    if run is None or entity_name not in run.entity_names:
+        return None
+    entity = run.entity(entity_name)
+    if view == "total":
+        chart = total_fan(entity, f"Total traffic · {entity_name}", y_max=y_max)
+    else:
+        chart = median_lines(entity, services, origin, y_max=y_max)
+    return chart.to_dict()

@@ -1,0 +1,256 @@
+"""Forecast page: ask the active model for probabilistic forecasts of one or more users, watch it run,
+read the fans, the service mix and the scores, export them, and reopen or compare stored runs.
+Deep links: ?user=KEY[,KEY...]&hour=H&horizon=N, and ?run=ID for a stored run (never recomputed).
+The logic lives in app/forecast_data.py; the forecasting itself in engine/forecast.py."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import forecast_data as fd
+from app.common import (
+    bump_revision,
+    database,
+    page_header,
+    query_int,
+    query_str,
+    require_dataset,
+    revision,
+    set_query,
+)
+from app.user_data import cached_entity_keys
+from engine.errors import InputError
+from engine.forecast import run_forecast
+
+info = require_dataset()
+url = database().url
+noun = info.entity_kind
+page_header("Forecast", f"Probabilistic forecasts of the coming hours per service (LSDM) · data set **{info.name}**")
+state = st.session_state
+
+
+def label(hour: int) -> str:
+    return fd.start_label(info.time_origin, info.hours, hour)
+
+
+def show_error(slot, message: str | None) -> None:  # noqa: ANN001
+    """A field's validation message, right under the field."""
+    if message:
+        slot.error(message, icon=":material/error:")
+
+
+def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
+    """The request form and the Run button; a successful run becomes the shown run (?run=ID)."""
+    linked = [k for k in (query_str("user") or "").split(",") if k]
+    unknown = [k for k in linked if k not in set(keys)]
+    if unknown:
+        st.warning(f"Link names {noun}s not in this data set: {', '.join(unknown)}.")
+    linked = [k for k in linked if k in set(keys)][: fd.MAX_USERS]
+    fd.adopt_link_value(state, "fc_users", linked or None)
+    fd.adopt_link_value(state, "fc_start", query_int("hour", None, 0, info.hours))
+    fd.adopt_link_value(state, "fc_horizon", query_int("horizon", None, 1, fd.MAX_HORIZON))
+    state.setdefault("fc_users", keys[:1])
+    state.setdefault("fc_start", fd.default_start(info.hours, model.history))
+    for key, value in (("fc_horizon", 24), ("fc_samples", 32), ("fc_sampler", "ddim"),
+                       ("fc_steps", min(10, model.diffusion_steps)), ("fc_location", "habitual"),
+                       ("fc_guidance", 1.0), ("fc_seed", 0)):
+        state.setdefault(key, value)
+
+    with st.container(border=True):
+        top = st.columns([3, 2])
+        users = top[0].multiselect(f"{noun.capitalize()}s", keys, key="fc_users", max_selections=fd.MAX_USERS,
+                                   help=f"Up to {fd.MAX_USERS}; their sample paths are denoised in one batch.")
+        users_slot = top[0].empty()
+        start = top[1].select_slider(
+            "Start (first forecast hour)", options=list(range(info.hours + 1)), key="fc_start", format_func=label,
+            help=f"The model reads the {model.history} hours before the start; truth is overlaid for hours "
+                 f"inside the data.")
+        start_slot = top[1].empty()
+        middle = st.columns(4)
+        horizon = middle[0].number_input("Horizon (hours)", 1, fd.MAX_HORIZON, key="fc_horizon",
+                                         help="Hours forecast recursively: each sample path feeds back its own draws.")
+        samples = middle[1].number_input("Sample paths", 1, fd.MAX_SAMPLES, key="fc_samples",
+                                         help="More paths: smoother quantiles, longer run.")
+        sampler = middle[2].radio("Sampler", fd.SAMPLERS, key="fc_sampler", horizontal=True,
+                                  help="ddim: fast, deterministic, few steps; "
+                                       "ddpm: every diffusion step, as in the paper.")
+        steps = middle[3].number_input("DDIM steps", 1, model.diffusion_steps, key="fc_steps",
+                                       disabled=sampler == "ddpm")
+        sampler_slot = st.empty()
+        bottom = st.columns([4, 3, 3, 2])
+        location = bottom[0].radio("Location scenario", fd.LOCATION_MODES, key="fc_location", horizontal=True,
+                                   help="; ".join(f"{k}: {v}" for k, v in fd.LOCATION_HELP.items()))
+        cells = fd.cached_cells(url, info.id, revision())
+        names = dict(zip(cells["key"], cells["name"] + " (" + cells["land_use"].fillna("unknown") + ")"))
+        cell = bottom[1].selectbox("Cell", list(names), key="fc_cell", disabled=location != "cell",
+                                   format_func=lambda k: f"{k} · {names[k]}", help="Used by the `cell` scenario.")
+        location_slot = bottom[0].empty()
+        guidance = bottom[2].slider("Guidance", 0.0, fd.MAX_GUIDANCE, step=0.1, key="fc_guidance",
+                                    help="Classifier-free guidance on the environment: 0 ignores it, 1 is the "
+                                         "trained conditional model, above 1 exaggerates it.")
+        seed = bottom[3].number_input("Seed", 0, 2**31 - 1, key="fc_seed")
+
+        request = fd.ForecastRequest(users=tuple(users), start=int(start), horizon=int(horizon), samples=int(samples),
+                                     sampler=sampler, sampler_steps=int(steps), location=location, cell=cell,
+                                     guidance=float(guidance), seed=int(seed))
+        errors = fd.validate_request(request, history=model.history, hours=info.hours, origin=info.time_origin,
+                                     diffusion_steps=model.diffusion_steps)
+        show_error(users_slot, errors.get("users"))
+        show_error(start_slot, errors.get("start"))
+        show_error(sampler_slot, errors.get("sampler"))
+        show_error(location_slot, errors.get("location"))
+        set_query(user=",".join(users) or None, hour=start, horizon=horizon)
+        for key, value in (("fc_users", list(users) or None), ("fc_start", start), ("fc_horizon", horizon)):
+            fd.remember_link_value(state, key, value)
+
+        clicked = st.button("Run forecast", type="primary", icon=":material/play_arrow:", key="fc_run")
+        st.caption(f"Model {model.id} · {model.name} · reads {model.history} h of history")
+        if clicked:
+            if errors:
+                st.error("Not run: correct the fields marked above.")
+                return
+            run_request(model, request)
+
+
+def run_request(model: fd.ModelInfo, request: fd.ForecastRequest) -> None:
+    """Run the forecast with live progress, store it (the engine does), and show it."""
+    bar = st.progress(0.0, text="Loading the model and the data set ...")
+
+    def progress(done: int, total: int) -> None:  # called by the engine in this thread, after each hour
+        bar.progress(done / total, text=f"Forecast hour {done} of {total}")
+
+    try:
+        context = fd.cached_context(url, model.id, info.id, info.name)
+        bar.progress(0.0, text=f"Forecasting {request.horizon} hours ...")
+        result = run_forecast(database(), **request.engine_kwargs(noun), progress=progress, context=context)
+    except InputError as error:
+        bar.empty()
+        st.error(f"The forecast was not run: {error}", icon=":material/error:")
+        return
+    except Exception as error:  # noqa: BLE001 - an engine failure is shown with its reason, not a traceback page
+        bar.empty()
+        st.error(f"The forecast failed: {type(error).__name__}: {error}", icon=":material/error:")
+        return
+    bar.empty()
+    bump_revision()
+    set_query(run=result["run_id"])
+    st.toast(f"Run {result['run_id']} stored ({result['seconds']:.1f} s).", icon=":material/check:")
+
+
+def show_run(run: fd.StoredRun) -> None:
+    """A stored run: parameters, total fan and service-mix radar, scores, per-service fans, exports."""
+    st.subheader(fd.run_title(run, info.time_origin, info.hours))
+    with st.expander("Parameters", icon=":material/tune:"):
+        st.dataframe(fd.params_frame(run, info.time_origin, info.hours), hide_index=True, width="stretch")
+        st.button("Use these settings in the form", key="fc_reuse", on_click=state.update,
+                  args=(fd.form_values(run.params),), icon=":material/restart_alt:")
+    names = run.entity_names
+    if not names:
+        st.warning(f"Run {run.id} holds no forecasts.")
+        return
+    # One picker per run: another run has other users, and its picker starts at the first of them.
+    shown = st.selectbox(noun.capitalize(), names, key=f"fc_entity_{run.id}") if len(names) > 1 else names[0]
+
+    views = fd.cached_run_views(url, info.id, revision(), run.id, shown, info.services)
+    left, right = st.columns([3, 2])
+    left.vega_lite_chart(views.total, theme=None, width="stretch")
+    right.vega_lite_chart(views.mix, theme=None, width="stretch")
+    right.caption(f"Service mix over {views.mix_hours} hours: each service's share of the traffic"
+                  + (", forecast vs truth." if views.mix_has_truth else " (no truth: beyond the data)."))
+    metrics = fd.cached_metrics(url, info.id, revision(), run.id)
+    if len(metrics):
+        st.markdown("**Scores** over the hours with known truth")
+        st.dataframe(metrics, hide_index=True, width="stretch", column_config={
+            "entity": noun, "hours": "hours", "mse": st.column_config.NumberColumn("MSE", format="%.4f"),
+            "rmse": st.column_config.NumberColumn("RMSE", format="%.4f"),
+            "mae": st.column_config.NumberColumn("MAE", format="%.4f"),
+            "cs": st.column_config.NumberColumn("cosine", format="%.3f"),
+            "r2": st.column_config.NumberColumn("R²", format="%.3f"),
+            "crps": st.column_config.NumberColumn("CRPS", format="%.4f"),
+            "cov50": st.column_config.NumberColumn("50% coverage", format="%.2f"),
+            "cov90": st.column_config.NumberColumn("90% coverage", format="%.2f"),
+            "mae_mb": st.column_config.NumberColumn("MAE (MB)", format="%.3f",
+                                                    help="Mean absolute error of the median forecast, in MB."),
+        })
+        st.caption("MSE to CRPS on the model's normalised scale (the paper's tables; point scores of the sample "
+                   "mean); coverage: share of true values inside the 50% / 90% bands; MAE (MB): of the median "
+                   "forecast, in megabytes.")
+
+    st.markdown("**Per service** (MB per hour: median, 50% and 90% bands, truth as dots)")
+    for row in range(0, len(views.fans), 3):
+        for column, spec in zip(st.columns(3), views.fans[row : row + 3]):
+            column.vega_lite_chart(spec, theme=None, width="stretch")
+
+    csv, parquet = fd.cached_exports(url, info.id, revision(), run.id, info.services, info.time_origin)
+    buttons = st.columns([1, 1, 4])
+    buttons[0].download_button("CSV", csv, file_name=f"forecast-run-{run.id}.csv", mime="text/csv",
+                               icon=":material/download:", key="fc_csv")
+    buttons[1].download_button("Parquet", parquet, file_name=f"forecast-run-{run.id}.parquet",
+                               mime="application/vnd.apache.parquet", icon=":material/download:", key="fc_parquet")
+    buttons[2].caption("One row per user, hour and service: mean, median, 5/25/75/95 % quantiles and truth, in bytes.")
+
+
+def history_section() -> None:
+    """Every stored run of the data set, newest first; pick one to reopen it, or two to compare."""
+    st.subheader("Run history")
+    history = fd.cached_history(url, info.id, revision(), info.time_origin, info.hours)
+    if history.empty:
+        st.info("No forecast runs yet for this data set.", icon=":material/history:")
+        return
+
+    def open_selected() -> None:
+        rows = state["fc_history"].selection.rows
+        if rows:
+            st.query_params["run"] = str(int(history.iloc[rows[0]]["run"]))
+
+    st.dataframe(history, hide_index=True, width="stretch", key="fc_history", on_select=open_selected,
+                 selection_mode="single-row", column_config={
+                     "run": "Run",
+                     "created": st.column_config.DatetimeColumn("Created (UTC)", format="YYYY-MM-DD HH:mm"),
+                     "start": st.column_config.NumberColumn("Start hour"), "start_label": "Start",
+                     "horizon": st.column_config.NumberColumn("Horizon", format="%d h"), "entity": "Users",
+                     "users": "Count", "samples": "Samples", "sampler": "Sampler", "location": "Location",
+                     "guidance": "Guidance", "seed": "Seed", "model": "Model",
+                     "seconds": st.column_config.NumberColumn("Seconds", format="%.1f")})
+    st.caption("Select a row to open that run above (its stored result; nothing is recomputed).")
+
+    titles = {int(r): f"Run {r} · {e} · {s} · {h} h" for r, e, s, h in
+              zip(history["run"], history["entity"], history["start_label"], history["horizon"])}
+    pair = st.multiselect("Compare two runs", list(titles), format_func=titles.get, max_selections=2, key="fc_compare")
+    if len(pair) < 2:
+        return
+    view = st.radio("Show", ["Total traffic", "Per-service median"], horizontal=True, key="fc_compare_view")
+    runs = [fd.cached_run(url, info.id, revision(), run_id) for run_id in pair]
+    if any(run is None for run in runs):
+        st.warning("One of these runs is no longer stored.")
+        return
+    shared = fd.common_entity(*runs)
+    names = [shared or run.entity_names[0] for run in runs]
+    kind = "total" if view == "Total traffic" else "median"
+    top = fd.compare_y_max([run.entity(name) for run, name in zip(runs, names)], kind, info.services)
+    for column, run, name in zip(st.columns(2), runs, names):
+        with column:
+            st.markdown(f"**{fd.run_title(run, info.time_origin, info.hours)}**  \n"
+                        f"{run.params.get('sampler')} · {run.params.get('samples')} paths · "
+                        f"{run.params.get('location')} · guidance {run.params.get('guidance')} · "
+                        f"seed {run.params.get('seed')} · model {run.params.get('model_id')}")
+            spec = fd.cached_compare_view(url, info.id, revision(), run.id, name, kind, info.services,
+                                          info.time_origin, top)
+            st.vega_lite_chart(spec, theme=None, width="stretch")
+
+
+model = fd.cached_active_model(url, info.id, revision())
+if model is None:
+    st.info("No forecasting model yet for this data set: run `lsdm train` or `lsdm assets install` "
+            "(or train one on the **Models & evaluation** page).", icon=":material/model_training:")
+else:
+    forecast_form(model, cached_entity_keys(url, info.id, revision()))
+
+shown_id = query_int("run", None, 1, 2**63 - 1)
+if shown_id is not None:
+    shown_run = fd.cached_run(url, info.id, revision(), shown_id)
+    if shown_run is None:
+        st.warning(f"No forecast run {shown_id} in data set **{info.name}**.")
+    else:
+        show_run(shown_run)
+history_section()
