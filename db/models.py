@@ -209,5 +209,23 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
+# --- Schema version 4: what-if scenarios -----------------------------------------------------------
+
+
+class Scenario(Base):
+    """A what-if: a changed environment (engine/whatif.py) and the pair of forecast runs it compares,
+    made with the same seed: the baseline (nothing changed) and the scenario."""
+
+    __tablename__ = "scenarios"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    params: Mapped[dict] = mapped_column(JSON, default=dict)  # the request and the Scenario itself
+    baseline_run_id: Mapped[int | None] = mapped_column(ForeignKey("forecast_runs.id", ondelete="SET NULL"))
+    scenario_run_id: Mapped[int | None] = mapped_column(ForeignKey("forecast_runs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 CORE_TABLES = ("schema_version", "datasets", "cells", "entities", "traffic", "locations")
 STAGE_TABLES = ("tiles", "descriptions", "embeddings", "models", "forecast_runs", "jobs")
+SCENARIO_TABLES = ("scenarios",)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine, inspect, select
 
-from db.models import CORE_TABLES, STAGE_TABLES, Base, SchemaVersion, utcnow
+from db.models import CORE_TABLES, SCENARIO_TABLES, STAGE_TABLES, Base, SchemaVersion, utcnow
 
 
 class SchemaTooNewError(RuntimeError):
@@ -50,7 +50,14 @@ def _v3_description_errors(connection: Connection) -> None:
     _add_column(connection, "descriptions", "error")
 
 
-STEPS: dict[int, Callable[[Connection], None]] = {1: _v1_core, 2: _v2_stages, 3: _v3_description_errors}
+def _v4_scenarios(connection: Connection) -> None:
+    """scenarios: saved what-if scenarios and their baseline/scenario forecast runs."""
+    _create_tables(connection, SCENARIO_TABLES)
+
+
+STEPS: dict[int, Callable[[Connection], None]] = {
+    1: _v1_core, 2: _v2_stages, 3: _v3_description_errors, 4: _v4_scenarios,
+}
 LATEST_VERSION = max(STEPS)
 
 

@@ -109,8 +109,10 @@ def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cach
     k = cache.target_side.shape[1]
     shape = (b * n_samples, config.horizon, k)
     x = torch.randn(shape, generator=generator) if x_T is None else x_T
-    # Keep x0 estimates inside the range the data can take (v in [0, 1.5]).
-    lo, hi = float(standardiser.forward(torch.tensor(0.0))), float(standardiser.forward(torch.tensor(1.5)))
+    # Keep x0 estimates inside the range of the training data, v in [0, 1] (v = 1 is the largest hour
+    # seen in training). A looser bound (1.5 was tried) let a few recursive paths climb to hundreds of
+    # GB per hour, since bytes = expm1(v * scale): means in bytes were then meaningless.
+    lo, hi = float(standardiser.forward(torch.tensor(0.0))), float(standardiser.forward(torch.tensor(1.0)))
     ab = schedule.alpha_bars
     if sampler == "ddpm":
         for t in reversed(range(config.diffusion_steps)):

@@ -1,0 +1,354 @@
+"""What-if page: from a user and an hour, change the environment (move the user to another cell, edit a
+cell's POI counts, description or tile, change Eq. 9's a/b or the guidance) and compare the scenario's
+forecast with the baseline made with the same seed. Scenarios are stored and reopened with
+?scenario=ID (never recomputed); ?user=KEY&hour=H start the editor there.
+The logic lives in app/whatif_data.py; the what-if itself in engine/whatif.py."""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from app import forecast_data as fd
+from app import whatif_data as wd
+from app.common import (
+    bump_revision,
+    database,
+    hour_label_for,
+    page_header,
+    query_int,
+    query_str,
+    require_dataset,
+    revision,
+    set_query,
+)
+from engine.errors import InputError
+from engine.whatif import CellEdit, rename_scenario, run_whatif, validate_scenario
+
+info = require_dataset()
+url = database().url
+noun = info.entity_kind
+state = st.session_state
+page_header("What-if", "Change a user's environment and compare the forecast with the unchanged baseline "
+                       f"(same seed) · data set **{info.name}**")
+
+
+def show_error(slot, message: str | None) -> None:  # noqa: ANN001
+    """A field's validation message, right under the field."""
+    if message:
+        slot.error(message, icon=":material/error:")
+
+
+def load_context(model: fd.ModelInfo) -> wd.WhatIfContext:
+    """The loaded model, series and environment parts (shared with the Forecast page's model cache)."""
+    try:
+        forecast = fd.cached_context(url, model.id, info.id, info.name)
+        return wd.cached_whatif_context(url, model.id, info.id, forecast)
+    except InputError as error:
+        st.error(f"The model cannot be used on this data set: {error}", icon=":material/error:")
+    except Exception as error:  # noqa: BLE001 - an engine failure is shown with its reason
+        st.error(f"Loading the model failed: {type(error).__name__}: {error}", icon=":material/error:")
+    st.stop()
+
+
+def adopt_scenario(result: dict, context: wd.WhatIfContext, hours: range) -> None:
+    """Fill the editor from a stored scenario (once per linked id): request, location, a/b, guidance,
+    and the edits of the cell the editor changes; edits of other cells are kept as they are."""
+    values = wd.editor_values(result["params"], context.a, context.b)
+    edits: dict[str, CellEdit] = dict(values.pop("edits"))
+    if values.get("wi_user") not in context.series.entity_keys or values.get("wi_start") not in hours:
+        st.warning(f"Scenario {result['scenario_id']} cannot be placed in the editor (unknown {noun} or hour).")
+        return
+    state.update(values)
+    target = wd.target_cell(context, state["wi_user"], state["wi_start"], state["wi_location"], state.get("wi_cell"))
+    edit = edits.pop(target, CellEdit()) if target else CellEdit()
+    state["wi_tile_mode"] = "cell" if edit.tile_from else "upload" if edit.tile_png else "keep"
+    if edit.tile_from:
+        state["wi_tile_from"] = edit.tile_from
+    state["_wi_target_edit"] = (target, edit)
+    state["_wi_extra_edits"] = edits
+    state["wi_gen"] = state.get("wi_gen", 0) + 1  # fresh POI and description editors
+    # The scenario's user and hour win over ?user=&hour= in the same link.
+    fd.remember_link_value(state, "wi_user", query_str("user"))
+    fd.remember_link_value(state, "wi_start", query_int("hour", None, hours.start, hours.stop - 1))
+
+
+def pick_from_map() -> None:
+    """A click on a cell of the map moves the user there."""
+    picked = wd.picked_cell(state["wi_map"].selection)
+    if picked:
+        state["wi_cell"], state["wi_location"] = picked, "cell"
+
+
+def location_editor(context: wd.WhatIfContext, cells, user: str, start: int,  # noqa: ANN001
+                    slots: dict) -> tuple[str, str | None]:
+    """Where the user is during the forecast; returns (mode, the cell whose environment is edited)."""
+    labels = wd.cell_label(cells)
+    mode = st.radio("Location", wd.LOCATION_MODES, key="wi_location", format_func=wd.LOCATION_LABELS.get,
+                    horizontal=True, help="Habitual: the user's most frequent cell at each hour of the week "
+                                          "(the baseline); stay: the last cell seen; move: one chosen cell.")
+    cell = st.selectbox("Move to cell", list(labels), key="wi_cell", format_func=labels.get,
+                        disabled=mode != "cell", help="Or click a cell on the map.")
+    slots["location"] = st.empty()
+    home = wd.start_cell(context, user, start, "habitual")
+    target = wd.target_cell(context, user, start, mode, cell)
+    deck = wd.map_deck(cells, target, home)
+    if deck is not None:
+        st.pydeck_chart(deck, on_select=pick_from_map, selection_mode="single-object", key="wi_map", height=300)
+        when = hour_label_for(info, start)
+        st.caption(f"Ringed: dark, the user's habitual cell at {when} ({home or 'unknown'}); orange, the cell "
+                   "edited on the right. Click a cell to move there.")
+    return mode, target
+
+
+def environment_editor(context: wd.WhatIfContext, cells, target: str | None, slots: dict) -> dict:  # noqa: ANN001
+    """POI counts, description and tile of the target cell; returns the editor's raw values."""
+    gen = state.get("wi_gen", 0)
+    row = context.cell_row.get(target) if target else None
+    if row is None:
+        st.info("The user's cell at the start hour is unknown: move the user to a cell to edit its environment.")
+        return {"counts": [], "current_counts": [], "description": "", "current_description": "",
+                "tile_mode": "keep", "tile_from": None, "tile_png": None}
+    use = cells.loc[cells["key"] == target, "land_use"].iloc[0]
+    st.markdown(f"**Environment of cell {target}** ({use})")
+    loaded_target, loaded = state.get("_wi_target_edit", (None, CellEdit()))
+    loaded = loaded if loaded_target == target else CellEdit()
+    current = [int(v) for v in context.poi[row]]
+    frame = wd.poi_frame(context.categories, current, loaded.poi_counts or current)
+    edited = st.data_editor(frame, key=f"wi_poi_{target}_{gen}", hide_index=True, width="stretch", height=260,
+                            disabled=["category", "now"], column_config={
+                                "category": "POI category", "now": st.column_config.NumberColumn("now", format="%d"),
+                                "count": st.column_config.NumberColumn("scenario", step=1, format="%d")})
+    slots["poi_counts"] = st.empty()
+    counts = wd.edited_counts(edited)
+    current_text = context.descriptions[row]
+    description = st.text_area("Description", value=loaded.description or current_text, height=110,
+                               key=f"wi_desc_{target}_{gen}", max_chars=600,
+                               help="Encoded by the CLIP text encoder. Leave it as it is to describe edited POI "
+                                    "counts with the template describer.")
+    slots["description"] = st.empty()
+    if counts != current and description.strip() == current_text.strip() and all(
+            isinstance(v, int) and v >= 0 for v in counts):
+        st.caption(f"Edited counts will read: *{context.describe_counts(counts)}*")
+
+    tile_mode = st.radio("Tile", wd.TILE_MODES, key="wi_tile_mode", format_func=wd.TILE_LABELS.get, horizontal=True)
+    tiled = cells.loc[cells["has_tile"], "key"].tolist()
+    labels = wd.cell_label(cells)
+    tile_from, tile_png = None, None
+    if tile_mode == "cell":
+        tile_from = st.selectbox("Use the tile of", tiled, key="wi_tile_from", format_func=labels.get)
+    elif tile_mode == "upload":
+        upload = st.file_uploader("Tile image (PNG or JPEG)", type=["png", "jpg", "jpeg"], key="wi_upload")
+        tile_png = upload.getvalue() if upload is not None else loaded.tile_png
+        if upload is None and loaded.tile_png is not None:
+            st.caption("Using the image stored with the linked scenario.")
+    slots["tile"] = st.empty()
+    images = st.columns(2)
+    now = wd.cached_tile(url, info.id, target)
+    if now is not None:
+        images[0].image(now, caption=f"{target} now", width=140)
+    new = wd.cached_tile(url, info.id, tile_from) if tile_from else tile_png
+    if new is not None:
+        images[1].image(new, caption="scenario tile", width=140)
+    return {"counts": counts, "current_counts": current, "description": description,
+            "current_description": current_text, "tile_mode": tile_mode, "tile_from": tile_from, "tile_png": tile_png}
+
+
+def whatif_form(context: wd.WhatIfContext, model: fd.ModelInfo) -> None:
+    """The request, the scenario editor and the Run button; a run becomes the shown scenario."""
+    keys = context.series.entity_keys
+    hours = range(model.history, info.hours + 1)
+    linked_user = query_str("user")
+    fd.adopt_link_value(state, "wi_user", linked_user if linked_user in set(keys) else None)
+    fd.adopt_link_value(state, "wi_start", query_int("hour", None, hours.start, hours.stop - 1))
+    for key, value in (("wi_user", keys[0]), ("wi_start", fd.default_start(info.hours, model.history)),
+                       ("wi_horizon", wd.DEFAULT_HORIZON), ("wi_samples", wd.DEFAULT_SAMPLES), ("wi_seed", 0),
+                       ("wi_location", "habitual"), ("wi_tile_mode", "keep"), ("wi_a", context.a),
+                       ("wi_b", context.b), ("wi_guidance", 1.0)):
+        state.setdefault(key, value)
+    cells = wd.cached_cells(url, info.id, revision())
+    slots: dict = {}
+
+    with st.container(border=True):
+        top = st.columns([2, 3, 1, 1, 1])
+        user = top[0].selectbox(noun.capitalize(), keys, key="wi_user")
+        start = top[1].select_slider("Start (first forecast hour)", options=list(hours), key="wi_start",
+                                     format_func=lambda h: hour_label_for(info, h),
+                                     help=f"The model reads the {model.history} hours before the start.")
+        horizon = top[2].number_input("Horizon (h)", 1, wd.MAX_HORIZON, key="wi_horizon")
+        samples = top[3].number_input("Sample paths", 1, wd.MAX_SAMPLES, key="wi_samples")
+        seed = top[4].number_input("Seed", 0, 2**31 - 1, key="wi_seed",
+                                   help="Baseline and scenario draw the same noise from this seed.")
+        slots["request"] = st.empty()
+        left, right = st.columns([2, 3])
+        with left:
+            mode, target = location_editor(context, cells, user, start, slots)
+        with right:
+            env = environment_editor(context, cells, target, slots)
+        bottom = st.columns(4)
+        a = bottom[0].slider("a (image weight, Eq. 9)", 0.0, 1.0, step=0.05, key="wi_a")
+        b = bottom[1].slider("b (text weight, Eq. 9)", 0.0, 1.0, step=0.05, key="wi_b")
+        slots["weights"] = bottom[0].empty()
+        guidance = bottom[2].slider("Guidance", 0.0, wd.MAX_GUIDANCE, step=0.1, key="wi_guidance",
+                                    help="0 ignores the environment, 1 is the trained model (the baseline), "
+                                         "above 1 exaggerates it.")
+        slots["guidance"] = bottom[2].empty()
+        name = bottom[3].text_input("Name (optional)", key="wi_name", max_chars=200,
+                                    placeholder="named after the change")
+        slots["name"] = bottom[3].empty()
+
+        extra = state.get("_wi_extra_edits") or {}
+        if extra:
+            st.caption(f"Also kept from the linked scenario: edits of {', '.join(sorted(extra))}.")
+        scenario = wd.build_scenario(wd.EditorInput(
+            location=mode, cell=state.get("wi_cell"), target=target, current_counts=env["current_counts"],
+            counts=env["counts"], current_description=env["current_description"], description=env["description"],
+            tile_mode=env["tile_mode"], tile_from=env["tile_from"], tile_png=env["tile_png"], a=float(a), b=float(b),
+            default_a=context.a, default_b=context.b, guidance=float(guidance), extra_edits=extra))
+        error = None
+        try:
+            validate_scenario(scenario, context)
+        except InputError as problem:
+            error = problem
+            show_error(slots.get(wd.field_slot(problem.field), slots["request"]), wd.error_text(problem))
+        set_query(user=user, hour=start)
+        fd.remember_link_value(state, "wi_user", user)
+        fd.remember_link_value(state, "wi_start", start)
+
+        clicked = st.button("Run what-if", type="primary", icon=":material/play_arrow:", key="wi_run")
+        st.caption(f"Model {model.id} · {model.name} · {wd.SAMPLER} · baseline: habitual cells, the stored "
+                   f"environment, a={context.a:g}, b={context.b:g}, guidance 1")
+        if clicked:
+            if error is not None:
+                st.error("Not run: correct the fields marked above.")
+                return
+            request = {"entity": f"{noun}:{user}", "start": int(start), "horizon": int(horizon),
+                       "samples": int(samples), "seed": int(seed)}
+            run_scenario(context, request, scenario, name, slots)
+
+
+def run_scenario(context: wd.WhatIfContext, request: dict, scenario, name: str, slots: dict) -> None:  # noqa: ANN001
+    """Both forecasts with live progress; stored by the engine in one transaction, then shown."""
+    bar = st.progress(0.0, text="Encoding the changed environment ...")
+
+    def progress(done: int, total: int) -> None:  # called by the engine in this thread after each hour
+        hours = total // 2  # the baseline's hours, then the scenario's
+        run, hour = ("baseline", done) if done <= hours else ("scenario", done - hours)
+        bar.progress(done / total, text=f"Forecasting the {run}: hour {hour} of {hours}")
+
+    try:
+        payload = run_whatif(database(), **request, sampler=wd.SAMPLER, scenario=scenario, name=name,
+                             context=context, progress=progress)
+    except InputError as error:
+        bar.empty()
+        show_error(slots.get(wd.field_slot(error.field), slots["request"]), wd.error_text(error))
+        st.error(f"The what-if was not run: {error}", icon=":material/error:")
+        return
+    except Exception as error:  # noqa: BLE001 - an engine failure is shown with its reason, not a traceback
+        bar.empty()
+        st.error(f"The what-if failed: {type(error).__name__}: {error}", icon=":material/error:")
+        return
+    bar.empty()
+    bump_revision()
+    state["_wi_loaded"] = payload["scenario_id"]  # the editor already holds it
+    set_query(scenario=payload["scenario_id"])
+    st.toast(f"Scenario {payload['scenario_id']} stored ({payload['seconds']:.1f} s).", icon=":material/check:")
+
+
+def show_result(result: dict, context: wd.WhatIfContext | None) -> None:
+    """A stored scenario: summary, totals, difference charts, radar, fans, edits, and its name."""
+    scenario_id = result["scenario_id"]
+    st.subheader(f"Scenario {scenario_id} · {result['name']}")
+    weights = (context.a, context.b) if context is not None else None
+    st.caption(wd.scenario_summary(result["params"], info, weights)
+               + f" · stored runs: [baseline {result['baseline_run_id']}](/forecast?run={result['baseline_run_id']})"
+               f", [scenario {result['scenario_run_id']}](/forecast?run={result['scenario_run_id']})")
+    for note in result["params"].get("notes") or []:
+        st.info(note, icon=":material/info:")
+    totals = wd.totals(result)
+    hours = len(result["steps"])
+    metrics = st.columns(3)
+    summed = "Median forecast summed over services and hours; the bars below split the change by service."
+    metrics[0].metric(f"Baseline, {hours} h", f"{totals['baseline']:.2f} MB", help=summed)
+    metrics[1].metric(f"Scenario, {hours} h", f"{totals['scenario']:.2f} MB", help=summed)
+    metrics[2].metric("Change", f"{totals['change']:+.2f} MB", help=summed,
+                      delta=None if math.isnan(totals["percent"]) else f"{totals['percent']:+.1f} %")
+    views = wd.cached_views(url, scenario_id, revision())
+    left, right = st.columns([3, 2])
+    left.vega_lite_chart(views.difference, theme=None, width="stretch")
+    right.vega_lite_chart(views.mix, theme=None, width="stretch")
+    right.caption("Each service's share of the median traffic over the horizon (scenario dashed).")
+    left, right = st.columns(2)
+    left.vega_lite_chart(views.steps, theme=None, width="stretch")
+    right.vega_lite_chart(views.total, theme=None, width="stretch")
+    right.caption("Total traffic per hour over the sample paths: median, 50 % and 90 % bands.")
+    edits = wd.edits_frame(result["params"])
+    if len(edits):
+        st.markdown("**Edited cells** and the text their embedding was made from")
+        st.dataframe(edits, hide_index=True, width="stretch")
+    with st.form(f"wi_rename_{scenario_id}", border=False):
+        columns = st.columns([3, 1])
+        new_name = columns[0].text_input("Save as", value=result["name"], max_chars=200)
+        if columns[1].form_submit_button("Save name", icon=":material/save:"):
+            try:
+                rename_scenario(database(), scenario_id, new_name)
+            except InputError as error:
+                st.error(str(error), icon=":material/error:")
+            else:
+                bump_revision()
+                st.rerun()
+
+
+def saved_section() -> None:
+    """Every stored scenario of the data set, newest first; select one to reopen it."""
+    st.subheader("Saved scenarios")
+    table = wd.cached_scenarios(url, info, revision())
+    if table.empty:
+        st.info("No what-if scenarios yet: run one above.", icon=":material/alt_route:")
+        return
+
+    def open_selected() -> None:
+        rows = state["wi_saved"].selection.rows
+        if rows:
+            st.query_params["scenario"] = str(int(table.iloc[rows[0]]["id"]))
+
+    st.dataframe(table, hide_index=True, width="stretch", key="wi_saved", on_select=open_selected,
+                 selection_mode="single-row", column_config={
+                     "id": "Scenario", "created": st.column_config.DatetimeColumn("Created (UTC)",
+                                                                                  format="YYYY-MM-DD HH:mm"),
+                     "horizon": st.column_config.NumberColumn("Horizon", format="%d h")})
+    st.caption("Select a row to open that scenario (its stored runs; nothing is recomputed).")
+
+
+model = fd.cached_active_model(url, info.id, revision())
+context = None
+linked_id = query_int("scenario", None, 1, 2**63 - 1)
+linked = None
+if linked_id is not None:
+    try:
+        linked = wd.cached_scenario(url, linked_id, revision())
+    except InputError as error:
+        st.warning(f"Cannot open scenario {linked_id}: {wd.error_text(error)}.")
+    if linked is not None and linked["dataset_id"] != info.id:
+        st.warning(f"Scenario {linked_id} belongs to another data set.")
+        linked = None
+
+if model is None:
+    st.info("No forecasting model yet for this data set: run `lsdm train` or `lsdm assets install` "
+            "(or train one on the **Models & evaluation** page).", icon=":material/model_training:")
+else:
+    context = load_context(model)
+    if not context.uses_environment:
+        st.warning("The active model does not use the environment: scenarios will equal the baseline.")
+    if linked is not None and state.get("_wi_loaded") != linked_id:
+        adopt_scenario(linked, context, range(model.history, info.hours + 1))
+        state["_wi_loaded"] = linked_id
+    whatif_form(context, model)
+
+shown_id = query_int("scenario", None, 1, 2**63 - 1)
+if shown_id is not None and shown_id != linked_id:  # just run: read back what was stored
+    linked = wd.cached_scenario(url, shown_id, revision())
+if linked is not None:
+    show_result(linked, context)
+saved_section()

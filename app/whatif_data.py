@@ -1,0 +1,427 @@
+"""What the What-if page needs, as plain functions: the cells to move to or edit, the editor's values
+turned into an ``engine.whatif.Scenario`` (and a stored scenario turned back into editor values), and a
+stored scenario's comparison shaped into charts: the per-service difference, the per-step difference,
+the service-mix radar and the total-traffic fans of baseline and scenario.
+
+The app never does model maths: scenarios run in ``engine.whatif.run_whatif`` (both forecasts with the
+same seed, stored in one transaction); results are always read back with ``engine.whatif.load_scenario``
+from the stored runs, so what is shown after a run and after ``?scenario=ID`` is the same thing.
+Display units: MB and "Tue 14:00" hour labels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import pydeck as pdk
+import streamlit as st
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.charts import radar
+from app.common import ACCENT, DatasetInfo, database, hour_label_for, megabytes, service_scale
+from db.models import Cell, Dataset, Tile
+from engine.forecast import ForecastContext, LocationPlan
+from engine.whatif import CellEdit, Scenario, WhatIfContext, list_scenarios, load_scenario, load_whatif_context
+
+DEFAULT_HORIZON = 12
+DEFAULT_SAMPLES = 32
+MAX_HORIZON = 72
+MAX_SAMPLES = 256
+MAX_GUIDANCE = 5.0
+SAMPLER = "ddim:10"  # the forecast page's default: fast and deterministic
+LOCATION_MODES = ("habitual", "stay", "cell")
+LOCATION_LABELS = {"habitual": "Habitual cells", "stay": "Stay in the last cell", "cell": "Move to a cell"}
+TILE_MODES = ("keep", "cell", "upload")
+TILE_LABELS = {"keep": "Keep its tile", "cell": "Another cell's tile", "upload": "Upload an image"}
+BASELINE_COLOR = "#52606d"
+SCENARIO_COLOR = ACCENT
+RUN_COLORS = {"baseline": BASELINE_COLOR, "scenario": SCENARIO_COLOR}
+CELL_RADIUS_M = 110.0  # as on the Map page: about a quarter of the default city's spacing between cells
+
+
+# --- cells ----------------------------------------------------------------------------------------
+
+
+def cell_frame(session: Session, dataset_id: int) -> pd.DataFrame:
+    """Every cell in id order (the engine's row order): key, name, lat, lon, land use (inferred from
+    POIs where the data set has none, as on the Map page) and whether it has a tile."""
+    from app.map_data import load_cells
+
+    cells = load_cells(session, session.get(Dataset, dataset_id))
+    names = dict(session.execute(select(Cell.id, Cell.name).where(Cell.dataset_id == dataset_id)).all())
+    tiled = set(session.scalars(select(Tile.cell_id).join(Cell).where(Cell.dataset_id == dataset_id)))
+    cells["name"] = [names[int(i)] for i in cells["id"]]
+    cells["has_tile"] = [int(i) in tiled for i in cells["id"]]
+    return cells[["key", "name", "lat", "lon", "land_use", "has_tile"]]
+
+
+def cell_tile(session: Session, dataset_id: int, key: str) -> bytes | None:
+    """The stored tile image of a cell, or None."""
+    return session.scalar(select(Tile.image).join(Cell).where(Cell.dataset_id == dataset_id, Cell.key == key))
+
+
+def cell_label(cells: pd.DataFrame) -> dict[str, str]:
+    """Cell key -> 'C0042 · cbd' for pickers."""
+    return {key: f"{key} · {use}" for key, use in zip(cells["key"], cells["land_use"])}
+
+
+def start_cell(context: WhatIfContext, user: str, start: int, mode: str) -> str | None:
+    """Where the user is at the start hour under ``habitual`` or ``stay`` (the engine's own plan), or
+    None where unknown: the cell whose environment the editor changes when the user is not moved."""
+    series = context.series
+    row = series.entity_keys.index(user)
+    cell = int(LocationPlan(mode).cell_rows(series, row, start, 1)[0])
+    return series.cell_keys[cell] if cell >= 0 else None
+
+
+def target_cell(context: WhatIfContext, user: str, start: int, mode: str, cell: str | None) -> str | None:
+    """The cell whose environment the editor changes: where the user is moved, else where the user is
+    at the start hour."""
+    return cell if mode == "cell" else start_cell(context, user, start, mode)
+
+
+def map_deck(cells: pd.DataFrame, target: str | None, home: str | None) -> pdk.Deck | None:
+    """A small offline map of the cells in their land-use colours (as on the Map page); the edited
+    (target) cell ringed in the accent colour, the user's own cell in dark grey. None when cells have
+    no coordinates."""
+    from app.map_data import initial_view, land_use_colors
+
+    located = cells.dropna(subset=["lat", "lon"]).reset_index(drop=True)
+    if located.empty:
+        return None
+    rgba = land_use_colors(located["land_use"])
+    data = pd.DataFrame({"key": located["key"], "lon": located["lon"], "lat": located["lat"],
+                         "title": located["key"] + " · " + located["land_use"].astype(str),
+                         "r": rgba[:, 0], "g": rgba[:, 1], "b": rgba[:, 2]})
+    position = data.set_index("key")[["lon", "lat"]]
+    marked = pd.DataFrame([{"key": key, "lon": position.at[key, "lon"], "lat": position.at[key, "lat"], "color": color}
+                           for key, color in ((home, [31, 41, 51]), (target, [228, 87, 46])) if key in position.index],
+                          columns=["key", "lon", "lat", "color"])
+    layers = [pdk.Layer("ScatterplotLayer", id="cells", data=data, get_position=["lon", "lat"],
+                        get_fill_color="[r, g, b, 215]", get_radius=CELL_RADIUS_M, radius_min_pixels=3,
+                        pickable=True, auto_highlight=True)]
+    if len(marked):
+        layers.append(pdk.Layer("ScatterplotLayer", id="marks", data=marked, get_position=["lon", "lat"],
+                                get_radius=CELL_RADIUS_M * 2.2, radius_min_pixels=7, filled=False, stroked=True,
+                                get_line_color="color", line_width_min_pixels=3))
+    bounds = [float(data["lon"].min()), float(data["lat"].min()), float(data["lon"].max()), float(data["lat"].max())]
+    return pdk.Deck(layers=layers, map_provider=None, tooltip={"text": "{title}"},
+                    initial_view_state=initial_view(bounds, width_px=380, height_px=300))
+
+
+def picked_cell(selection: dict | None) -> str | None:
+    """The cell key a click on the map picked (``{"objects": {"cells": [row]}}``), or None."""
+    rows = ((selection or {}).get("objects") or {}).get("cells") or []
+    return str(rows[0]["key"]) if rows and rows[0].get("key") else None
+
+
+# --- the editor -----------------------------------------------------------------------------------
+
+
+def poi_frame(categories: tuple[str, ...] | list[str], current: list[int], counts: list[int]) -> pd.DataFrame:
+    """The POI editor's table: category, the cell's stored count, and the (editable) scenario count."""
+    return pd.DataFrame({"category": list(categories), "now": [int(v) for v in current],
+                         "count": [int(v) for v in counts]})
+
+
+def edited_counts(frame: pd.DataFrame) -> list:
+    """The editor's scenario counts as plain Python numbers (NaN where a cell was cleared): the engine
+    says what is wrong with them."""
+    return [v.item() if hasattr(v, "item") else v for v in frame["count"].tolist()]
+
+
+@dataclass
+class EditorInput:
+    """What the editor's widgets hold, before it becomes a Scenario."""
+
+    location: str  # habitual | stay | cell
+    cell: str | None  # where the user moves (location "cell")
+    target: str | None  # the cell whose environment is edited
+    current_counts: list[int]  # the target's stored POI counts
+    counts: list  # the editor's counts
+    current_description: str
+    description: str
+    tile_mode: str  # keep | cell | upload
+    tile_from: str | None
+    tile_png: bytes | None
+    a: float
+    b: float
+    default_a: float
+    default_b: float
+    guidance: float
+    extra_edits: dict[str, CellEdit] | None = None  # edits of other cells, kept from a loaded scenario
+
+
+def build_scenario(form: EditorInput) -> Scenario:
+    """The Scenario of the editor: only what differs from reality becomes an edit (unchanged counts,
+    the stored description and "keep its tile" are no edit; a/b equal to the encoder's stay None)."""
+    location = f"cell:{form.cell}" if form.location == "cell" and form.cell else form.location
+    edits = dict(form.extra_edits or {})
+    if form.target:
+        edit = CellEdit()
+        if form.counts != form.current_counts:
+            edit.poi_counts = form.counts
+        if form.description.strip() != form.current_description.strip():
+            edit.description = form.description
+        if form.tile_mode == "cell" and form.tile_from and form.tile_from != form.target:
+            edit.tile_from = form.tile_from
+        elif form.tile_mode == "upload" and form.tile_png is not None:
+            edit.tile_png = form.tile_png
+        if not edit.is_empty():
+            edits[form.target] = edit
+    same = math.isclose(form.a, form.default_a) and math.isclose(form.b, form.default_b)
+    return Scenario(location=location, cell_edits=edits, a=None if same else float(form.a),
+                    b=None if same else float(form.b), guidance=float(form.guidance))
+
+
+def field_slot(field: str | None) -> str:
+    """Which editor field an engine InputError belongs to (its ``field``), to show it right there."""
+    field = field or ""
+    for suffix in ("poi_counts", "description"):
+        if field.endswith("." + suffix):
+            return suffix
+    if field.endswith(".tile_from") or field.endswith(".tile_png"):
+        return "tile"
+    if field in ("a", "b"):
+        return "weights"
+    if field in ("location", "guidance", "name"):
+        return field
+    if field.startswith("cell_edits"):
+        return "poi_counts"
+    return "request"  # entity, start, horizon, samples, sampler
+
+
+def error_text(error: Exception) -> str:
+    """An engine error as shown under its field: without the ``field '...': `` prefix, which the
+    position on the page already says."""
+    text = str(error)
+    field = getattr(error, "field", None)
+    prefix = f"field {field!r}: "
+    return text[len(prefix):] if field and text.startswith(prefix) else text
+
+
+def editor_values(params: dict, default_a: float, default_b: float) -> dict[str, object]:
+    """A stored scenario's request and scenario as the editor's widget values (``wi_*`` keys), plus
+    ``edits`` (its cell edits, as CellEdit) for the page to place in the editor."""
+    scenario = Scenario.from_dict(params.get("scenario") or {})
+    values: dict[str, object] = {"wi_user": str(params.get("entity", "")).partition(":")[2]}
+    for name in ("start", "horizon", "samples", "seed"):
+        if params.get(name) is not None:
+            values[f"wi_{name}"] = int(params[name])
+    moved = scenario.moved_to()
+    values["wi_location"] = "cell" if moved else scenario.location
+    if moved:
+        values["wi_cell"] = moved[0]
+    values["wi_a"] = float(default_a if scenario.a is None else scenario.a)
+    values["wi_b"] = float(default_b if scenario.b is None else scenario.b)
+    values["wi_guidance"] = float(scenario.guidance)
+    values["edits"] = scenario.cell_edits
+    return values
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+def _array(result: dict, run: str, stat: str) -> np.ndarray:
+    return np.asarray(result[run][stat], dtype=float)  # (N, K) bytes
+
+
+def totals(result: dict) -> dict[str, float]:
+    """Total median traffic over the horizon (MB) of baseline and scenario, and the change (MB, %)."""
+    base = float(megabytes(_array(result, "baseline", "median").sum()))
+    scen = float(megabytes(_array(result, "scenario", "median").sum()))
+    return {"baseline": base, "scenario": scen, "change": scen - base,
+            "percent": 100.0 * (scen - base) / base if base > 0 else float("nan")}
+
+
+def difference_frame(result: dict) -> pd.DataFrame:
+    """Per service: scenario minus baseline median, summed over the horizon, in MB."""
+    diff = np.asarray(result["difference"]["median"], dtype=float).sum(axis=0)
+    return pd.DataFrame({"service": result["services"], "difference_mb": megabytes(diff)})
+
+
+def difference_chart(frame: pd.DataFrame, services: list[str], hours: int) -> alt.LayerChart:
+    """Bars of ``difference_frame`` in each service's colour, with the zero line."""
+    bars = alt.Chart(frame).mark_bar().encode(
+        x=alt.X("service:N", sort=list(services), title=None, axis=alt.Axis(labelAngle=-30)),
+        y=alt.Y("difference_mb:Q", title="MB (scenario − baseline)"),
+        color=alt.Color("service:N", scale=service_scale(services), legend=None),
+        tooltip=[alt.Tooltip("service:N"), alt.Tooltip("difference_mb:Q", format="+.3f", title="MB")])
+    zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(color="#1f2933").encode(y="y:Q")
+    title = f"Scenario − baseline, median traffic summed over {hours} h (MB)"
+    return alt.layer(bars, zero).properties(title=title, height=260)
+
+
+def step_difference_frame(result: dict) -> pd.DataFrame:
+    """Per step and service: scenario minus baseline median (MB), with the hour label."""
+    diff = megabytes(np.asarray(result["difference"]["median"], dtype=float))  # (N, K)
+    services = result["services"]
+    return pd.DataFrame([{"step": n, "hour": step["hour"], "label": step["label"], "service": name,
+                          "difference_mb": float(diff[n, k])}
+                         for n, step in enumerate(result["steps"]) for k, name in enumerate(services)],
+                        columns=["step", "hour", "label", "service", "difference_mb"])
+
+
+def step_difference_chart(frame: pd.DataFrame, services: list[str]) -> alt.LayerChart:
+    labels = list(frame.sort_values("step")["label"].drop_duplicates())
+    lines = alt.Chart(frame).mark_line(point=True, strokeWidth=1.5).encode(
+        x=alt.X("label:N", sort=labels, title=None, axis=alt.Axis(labelAngle=-45, labelOverlap="greedy")),
+        y=alt.Y("difference_mb:Q", title="MB (scenario − baseline)"),
+        color=alt.Color("service:N", scale=service_scale(services), title="service"),
+        order=alt.Order("step:Q"),
+        tooltip=[alt.Tooltip("label:N", title="hour"), "service:N",
+                 alt.Tooltip("difference_mb:Q", format="+.3f", title="MB")])
+    zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(color="#1f2933").encode(y="y:Q")
+    return alt.layer(lines, zero).properties(title="Difference of the median per hour (MB)", height=260)
+
+
+def mix_frame(result: dict) -> pd.DataFrame:
+    """Each service's share of the median traffic over the horizon, baseline and scenario. Medians, as
+    in the difference chart: a few sample paths can run orders of magnitude above the rest, and their
+    mean would then stand for them rather than for the user."""
+    rows = []
+    for run in ("baseline", "scenario"):
+        volume = _array(result, run, "median").sum(axis=0)
+        total = float(volume.sum())
+        rows += [{"series": run, "service": name, "share": float(v) / total if total > 0 else 0.0}
+                 for name, v in zip(result["services"], volume)]
+    return pd.DataFrame(rows, columns=["series", "service", "share"])
+
+
+def mix_chart(frame: pd.DataFrame, services: list[str]) -> alt.LayerChart:
+    """app.charts.radar with the scenario dashed, so that it does not hide an identical baseline."""
+    chart = radar(frame, services, value="share", series="series", colors=RUN_COLORS,
+                  title="Service mix: baseline vs scenario")
+    dash = alt.StrokeDash("series:N", legend=None,
+                          scale=alt.Scale(domain=list(RUN_COLORS), range=[[1, 0], [6, 4]]))
+    chart.layer[-1] = chart.layer[-1].encode(strokeDash=dash)  # the series lines (last layer)
+    return chart
+
+
+def total_frame(result: dict) -> pd.DataFrame:
+    """Per run and step: total-traffic quantiles over the sample paths (MB)."""
+    rows = []
+    for run in ("baseline", "scenario"):
+        quantiles = {q: megabytes(np.asarray(v, dtype=float)) for q, v in result[run]["total"].items()}
+        rows += [{"run": run, "step": n, "label": step["label"], **{q: float(v[n]) for q, v in quantiles.items()}}
+                 for n, step in enumerate(result["steps"])]
+    return pd.DataFrame(rows, columns=["run", "step", "label", "q05", "q25", "median", "q75", "q95"])
+
+
+def total_fan_chart(frame: pd.DataFrame) -> alt.LayerChart:
+    """Baseline and scenario total-traffic fans on one axis: 90 % band, 50 % band, median line. The
+    axis ends at twice the highest 75 % quantile: a few sample paths can run orders of magnitude higher,
+    and a scale that held them would flatten the medians; the 90 % band then leaves the top of the
+    chart (its values are in the tooltips)."""
+    labels = list(frame[frame["run"] == "baseline"].sort_values("step")["label"])
+    top = max(2.0 * float(frame["q75"].max()), 1.2 * float(frame["median"].max()), 1e-6) if len(frame) else 1.0
+    x = alt.X("label:N", sort=labels, title=None, axis=alt.Axis(labelAngle=-45, labelOverlap="greedy"))
+    y_scale = alt.Scale(domain=[0, top], nice=False)
+    color = alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom"),
+                      scale=alt.Scale(domain=list(RUN_COLORS), range=list(RUN_COLORS.values())))
+    tooltip = [alt.Tooltip("run:N"), alt.Tooltip("label:N", title="hour"),
+               alt.Tooltip("median:Q", format=".3f", title="median MB"),
+               alt.Tooltip("q05:Q", format=".3f", title="5%"), alt.Tooltip("q95:Q", format=".3f", title="95%")]
+    base = alt.Chart(frame)
+    band90 = base.mark_area(opacity=0.14, clip=True).encode(
+        x=x, y=alt.Y("q05:Q", title="MB per hour", scale=y_scale), y2="q95:Q", color=color)
+    band50 = base.mark_area(opacity=0.28, clip=True).encode(x=x, y="q25:Q", y2="q75:Q", color=color)
+    median = base.mark_line(strokeWidth=2, point=True, clip=True).encode(
+        x=x, y="median:Q", color=color, order=alt.Order("step:Q"), tooltip=tooltip)
+    return alt.layer(band90, band50, median).properties(title="Total traffic: baseline vs scenario", height=260)
+
+
+def edits_frame(params: dict) -> pd.DataFrame:
+    """One row per edited cell of a stored scenario: what changed and the text that was encoded."""
+    scenario = params.get("scenario") or {}
+    texts = params.get("descriptions") or {}
+    rows = []
+    for key, edit in (scenario.get("cell_edits") or {}).items():
+        changed = []
+        if "poi_counts" in edit:
+            changed.append(f"POI counts ({sum(edit['poi_counts'])} POIs)")
+        if "description" in edit:
+            changed.append("description")
+        if "tile_from" in edit:
+            changed.append(f"tile of {edit['tile_from']}")
+        if "tile_png" in edit:
+            changed.append("uploaded tile")
+        rows.append({"cell": key, "changed": ", ".join(changed), "encoded text": texts.get(key, "(unchanged)")})
+    return pd.DataFrame(rows, columns=["cell", "changed", "encoded text"])
+
+
+def scenario_summary(params: dict, info: DatasetInfo, weights: tuple[float, float] | None = None) -> str:
+    """'user:U0001 from Tue 19 Apr 14:00 · 12 h · 32 paths · seed 0 · moved to C0042; C0042: POIs'
+    (``weights``: the encoder's own a/b, not mentioned when the scenario keeps them)."""
+    scenario = Scenario.from_dict(params.get("scenario") or {})
+    return (f"{params.get('entity')} from {hour_label_for(info, int(params.get('start', 0)))} · "
+            f"{params.get('horizon')} h · {params.get('samples')} paths · seed {params.get('seed')} · "
+            f"{scenario.describe(weights)}")
+
+
+def scenario_table(rows: list[dict], info: DatasetInfo) -> pd.DataFrame:
+    """The saved scenarios (engine.whatif.list_scenarios) as a table, newest first."""
+    return pd.DataFrame([{"id": r["id"], "name": r["name"], "entity": r["entity"],
+                          "start": hour_label_for(info, int(r["start"] or 0)), "horizon": r["horizon"],
+                          "location": r["location"], "created": r["created_at"]} for r in rows],
+                        columns=["id", "name", "entity", "start", "horizon", "location", "created"])
+
+
+# --- cached wrappers (the page calls these) -------------------------------------------------------
+
+
+@st.cache_data(show_spinner=False)
+def cached_cells(url: str, dataset_id: int, revision: int) -> pd.DataFrame:
+    with database().session() as session:
+        return cell_frame(session, dataset_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_tile(url: str, dataset_id: int, key: str) -> bytes | None:
+    with database().session() as session:
+        return cell_tile(session, dataset_id, key)
+
+
+@st.cache_resource(show_spinner="Loading the environment ...", max_entries=2)
+def cached_whatif_context(url: str, model_id: int, dataset_id: int, _forecast: ForecastContext) -> WhatIfContext:
+    """The what-if context around the (shared) loaded forecast context; the CLIP encoder inside is
+    loaded on the first edit that needs it and then kept."""
+    return load_whatif_context(database(), forecast_context=_forecast)
+
+
+@st.cache_data(show_spinner=False)
+def cached_scenarios(url: str, info: DatasetInfo, revision: int) -> pd.DataFrame:
+    return scenario_table(list_scenarios(database(), info.id), info)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def cached_scenario(url: str, scenario_id: int, revision: int) -> dict:
+    """A stored scenario and its comparison (engine.whatif.load_scenario); raises InputError if unknown."""
+    return load_scenario(database(), scenario_id)
+
+
+@dataclass
+class ResultViews:
+    """The charts of a stored scenario, as Vega-Lite specs (built once per scenario)."""
+
+    difference: dict
+    steps: dict
+    mix: dict
+    total: dict
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def cached_views(url: str, scenario_id: int, revision: int) -> ResultViews:
+    result = cached_scenario(url, scenario_id, revision)
+    services = result["services"]
+    return ResultViews(
+        difference=difference_chart(difference_frame(result), services, len(result["steps"])).to_dict(),
+        steps=step_difference_chart(step_difference_frame(result), services).to_dict(),
+        mix=mix_chart(mix_frame(result), services).to_dict(),
+        total=total_fan_chart(total_frame(result)).to_dict(),
+    )
