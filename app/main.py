@@ -14,7 +14,9 @@ import streamlit as st  # noqa: E402
 
 from app.common import app_icon  # noqa: E402
 
-PAGES = Path(__file__).resolve().parent / "pages"
+# Page files live in views/, not pages/: Streamlit treats a pages/ folder beside the entry as a legacy
+# multipage app and showed its file list on a first visit to a deep link.
+PAGES = Path(__file__).resolve().parent / "views"
 
 st.set_page_config(page_title="LSDM traffic forecasts", page_icon=app_icon(), layout="wide")
 

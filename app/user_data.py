@@ -98,7 +98,7 @@ def cell_link(key: str) -> str:
 
 def page_file(name: str) -> str:
     """The file of a dashboard page, for st.switch_page (the entry registers pages by this path)."""
-    return str(Path(__file__).resolve().parent / "pages" / f"{name}.py")
+    return str(Path(__file__).resolve().parent / "views" / f"{name}.py")
 
 
 def forecast_link(run_id: int) -> str:

@@ -13,7 +13,7 @@ ENTRY = str(REPO / "app" / "main.py")
 
 def page(name: str) -> str:
     """The file of a dashboard page, for AppTest.from_file / switch_page."""
-    return str(REPO / "app" / "pages" / f"{name}.py")
+    return str(REPO / "app" / "views" / f"{name}.py")
 
 
 @pytest.fixture
