@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -52,6 +54,19 @@ from engine.data.windows import SeriesData, Splits, Windows
 from engine.errors import InputError
 
 DEFAULT_SAMPLES = 100
+
+
+@contextmanager
+def _workers_skip_main() -> Iterator[None]:
+    """Spawned workers re-run the parent's ``__main__`` file; in the dashboard (and under AppTest)
+    that is a page script, which must not run in a worker. The workers need nothing from it."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 @dataclass
@@ -433,7 +448,7 @@ def arima(series: SeriesData, values: np.ndarray, splits: Splits, windows: Windo
     else:
         size = max(1, math.ceil(len(tasks) / (jobs * 8)))
         chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        with _workers_skip_main(), ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(_arima_chunk, chunk, hod, cutoff, steps, tuple(order), daily_regressor)
                        for chunk in chunks]
             done = 0
