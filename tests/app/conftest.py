@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRY = str(REPO / "app" / "main.py")
@@ -14,6 +16,28 @@ ENTRY = str(REPO / "app" / "main.py")
 def page(name: str) -> str:
     """The file of a dashboard page, for AppTest.from_file / switch_page."""
     return str(REPO / "app" / "views" / f"{name}.py")
+
+
+def sql(db: Path, query: str, *args: object) -> list[tuple]:
+    """Rows of an independent SQL query on a database file (the expected values of a test)."""
+    with sqlite3.connect(db) as con:
+        return con.execute(query, args).fetchall()
+
+
+def run_page(name: str, **params: object) -> AppTest:
+    """Run a page with query parameters; fails on any exception."""
+    at = AppTest.from_file(page(name), default_timeout=120)
+    for key, value in params.items():
+        at.query_params[key] = str(value)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def query(at: AppTest, name: str) -> str | None:
+    """A query parameter as the page left it (AppTest gives a list for values set through it)."""
+    value = at.query_params.get(name)
+    return value[0] if isinstance(value, list) else value
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ the environment is not built yet. Expected values come from independent SQL and 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -18,27 +17,11 @@ from app import cell_data as c
 from db import open_database
 from db.queries import get_dataset
 from engine.cli import main as lsdm
-from tests.app.conftest import page
-
-
-def sql(db: Path, query: str, *args: object) -> list[tuple]:
-    with sqlite3.connect(db) as con:
-        return con.execute(query, args).fetchall()
+from tests.app.conftest import page, query, run_page, sql
 
 
 def run_cell(**params: object) -> AppTest:
-    at = AppTest.from_file(page("cell"), default_timeout=120)
-    for name, value in params.items():
-        at.query_params[name] = str(value)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def query(at: AppTest, name: str) -> str | None:
-    """A query parameter as the page left it (AppTest gives a list for values set through it)."""
-    value = at.query_params.get(name)
-    return value[0] if isinstance(value, list) else value
+    return run_page("cell", **params)
 
 
 def chart_frames(at: AppTest) -> list[pd.DataFrame]:
