@@ -213,7 +213,7 @@ def parse_entities(text: str, series: SeriesData) -> list[int]:
     return rows
 
 
-def _step_summaries(result: ForecastResult, series: SeriesData, e: int) -> list[dict]:
+def step_summaries(result: ForecastResult, series: SeriesData, e: int) -> list[dict]:
     """Per step: label, per-service and total mean/median/quantiles in bytes (and truth if known)."""
     stats = result.summary("bytes")
     totals = result.paths[e].sum(axis=-1)  # (S, N)
@@ -291,7 +291,7 @@ def run_forecast(database, *, entity: str, start: int, horizon: int = 1, samples
               "location": location, "guidance": guidance, "seed": seed, "model_id": context.record_id,
               "model_sha256": context.record_sha256, "dataset": series.dataset_name}
     entities = [{"entity": f"{'cell' if entity.startswith('cell:') else 'user'}:{series.entity_keys[e]}",
-                 "steps": _step_summaries(result, series, i)} for i, e in enumerate(result.entities)]
+                 "steps": step_summaries(result, series, i)} for i, e in enumerate(result.entities)]
     payload = {"run_id": None, "model_id": context.record_id, "seconds": round(result.seconds, 4), "params": params,
                "services": series.services, "entities": entities}
     if store:

@@ -39,7 +39,7 @@ from engine.forecast import (
     QUANTILES,
     ForecastContext,
     LocationPlan,
-    _step_summaries,  # the one per-step summary of a forecast run, shared with `lsdm forecast`
+    step_summaries,  # the one per-step summary of a forecast run, shared with `lsdm forecast`
     hour_label,
     load_context,
     parse_entities,
@@ -522,7 +522,7 @@ def run_whatif(database, *, entity: str, start: int, horizon: int = 12, samples:
             run = ForecastRun(model_id=context.forecast.record_id, dataset_id=context.forecast.dataset_id,
                               params=params, result=result.to_npz_bytes(), seconds=result.seconds,
                               summary={"entities": [{"entity": entity_label,
-                                                     "steps": _step_summaries(result, series, 0)}]})
+                                                     "steps": step_summaries(result, series, 0)}]})
             session.add(run)
             runs.append(run)
         session.flush()
