@@ -190,7 +190,9 @@ class ForecastRun(Base):
 
 
 class Job(Base):
-    """Long work done by the worker: city builds, ingests, training, forecasts."""
+    """Long work done by the worker (engine/jobs.py): city builds, ingests, environment builds, training,
+    evaluations, forecasts and what-ifs. ``params`` is the request (JSON); the result itself is written by
+    the job in its own transaction and ``result_ref`` names it (``forecast_run:12``, ``model:3``, ...)."""
 
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_status", "status", "id"),)
@@ -207,6 +209,24 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # v5: who ran it, how often it was started, and a small summary of the result for listings
+    worker_id: Mapped[str | None] = mapped_column(String(100))
+    attempts: Mapped[int | None] = mapped_column(Integer, default=0)
+    result: Mapped[dict | None] = mapped_column(JSON)
+
+
+class Worker(Base):
+    """A running (or stopped) `lsdm worker` process: its heartbeat tells the app and other workers that
+    it is alive; a worker found dead has its running jobs requeued or failed (engine/jobs.py)."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)  # host:pid:token
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    lanes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 # --- Schema version 4: what-if scenarios -----------------------------------------------------------
@@ -229,3 +249,4 @@ class Scenario(Base):
 CORE_TABLES = ("schema_version", "datasets", "cells", "entities", "traffic", "locations")
 STAGE_TABLES = ("tiles", "descriptions", "embeddings", "models", "forecast_runs", "jobs")
 SCENARIO_TABLES = ("scenarios",)
+WORKER_TABLES = ("workers",)

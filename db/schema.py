@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine, inspect, select
 
-from db.models import CORE_TABLES, SCENARIO_TABLES, STAGE_TABLES, Base, SchemaVersion, utcnow
+from db.models import CORE_TABLES, SCENARIO_TABLES, STAGE_TABLES, WORKER_TABLES, Base, SchemaVersion, utcnow
 
 
 class SchemaTooNewError(RuntimeError):
@@ -55,8 +55,15 @@ def _v4_scenarios(connection: Connection) -> None:
     _create_tables(connection, SCENARIO_TABLES)
 
 
+def _v5_workers(connection: Connection) -> None:
+    """workers: the worker processes and their heartbeats; jobs.worker_id, attempts and result."""
+    _create_tables(connection, WORKER_TABLES)
+    for column in ("worker_id", "attempts", "result"):
+        _add_column(connection, "jobs", column)
+
+
 STEPS: dict[int, Callable[[Connection], None]] = {
-    1: _v1_core, 2: _v2_stages, 3: _v3_description_errors, 4: _v4_scenarios,
+    1: _v1_core, 2: _v2_stages, 3: _v3_description_errors, 4: _v4_scenarios, 5: _v5_workers,
 }
 LATEST_VERSION = max(STEPS)
 

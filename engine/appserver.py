@@ -1,15 +1,13 @@
-"""Serving the dashboard: the Streamlit server as a child process bound to 127.0.0.1.
+"""Serving the dashboard: ports, the Streamlit flags and the health check (engine/desktop.py starts it).
 
-This module never imports Streamlit (the engine does not draw); it starts ``python -m streamlit run
-app/main.py`` with the flags that STACK.md found necessary (development mode off, no usage stats, no
-file watcher, headless: we open the browser ourselves once the health endpoint answers).
+This module never imports Streamlit (the engine does not draw); the server runs with the flags that
+STACK.md found necessary (development mode off, no usage stats, no file watcher, headless: we open the
+browser ourselves once the health endpoint answers).
 """
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -41,19 +39,6 @@ def streamlit_flags(port: int) -> list[str]:
         "--server.address=127.0.0.1", f"--server.port={port}", "--server.headless=true",
         "--global.developmentMode=false", "--browser.gatherUsageStats=false", "--server.fileWatcherType=none",
     ]
-
-
-def start_app(port: int, *, db_url: str | None = None, log_file: Path | None = None,
-              extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start the Streamlit server for the dashboard; returns the child process (not yet healthy)."""
-    env = dict(os.environ)
-    if db_url:
-        env["LSDM_DB"] = db_url
-    env.update(extra_env or {})
-    command = [sys.executable, "-m", "streamlit", "run", str(ENTRY), *streamlit_flags(port)]
-    output = open(log_file, "ab") if log_file else None  # noqa: SIM115 - handed to the child
-    # cwd = the project root, so that .streamlit/config.toml (the theme) is read.
-    return subprocess.Popen(command, cwd=str(ROOT), env=env, stdout=output or None, stderr=subprocess.STDOUT if output else None)
 
 
 def wait_healthy(url: str, *, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:

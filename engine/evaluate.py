@@ -37,6 +37,23 @@ from engine.train import check_compatible, load_model, train
 
 TABLE3 = ("seasonal-naive", "hour-of-week-mean", "arima", "csdi-like", "lsdm-no-condition", "lsdm")
 TABLE4 = ("no-2d-attention", "env-input", "lsdm-no-condition", "lsdm")
+COMPARISON_MODELS = ("csdi-like", "lsdm-no-condition", "no-2d-attention", "env-input")
+
+
+def progress_messages(registered: set[str], *, include_arima: bool, train_missing: bool) -> int:
+    """How many progress messages ``evaluate`` sends for these options (a progress bar's length): one
+    per baseline, per comparison model trained, per one-step pass and per recursive-path pass (lsdm and
+    lsdm-no-condition). ``registered``: the names of the data set's registered forecasters."""
+    count = 3 if include_arima else 2
+    evaluated = ["lsdm"]
+    for name in COMPARISON_MODELS:
+        if name in registered:
+            evaluated.append(name)
+        elif train_missing:
+            count += 1
+            evaluated.append(name)
+    count += len(evaluated)
+    return count + sum(1 for name in ("lsdm", "lsdm-no-condition") if name in evaluated)
 Progress = Callable[[str], None]
 
 
@@ -151,7 +168,7 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
         step_mse[name] = mse_by_step(y_paths, paths.samples.mean(0))
 
     models: dict[str, tuple[ModelRecord, Forecaster]] = {"lsdm": (record, forecaster)}
-    for name in ("csdi-like", "lsdm-no-condition", "no-2d-attention", "env-input"):
+    for name in COMPARISON_MODELS:
         found = _comparison_model(database, dataset_id, dataset_name, name, record, train_missing, say)
         if found is None:
             notes.append(f"{name}: no registered model of this data set (run `lsdm train --config {name}`).")

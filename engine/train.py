@@ -42,6 +42,7 @@ from engine.model.config import ModelConfig
 from engine.model.diffusion import Standardiser, diffusion_loss
 
 Progress = Callable[[dict], None]
+Tick = Callable[[int, int, int], None]
 
 
 def to_batch(series: SeriesData, values: np.ndarray, windows: Windows, spec: SplitSpec,
@@ -96,8 +97,12 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 def fit(series: SeriesData, config: ModelConfig, *, split: str = "time", device: str | None = None,
-        progress: Progress | None = None, max_seconds: float | None = None) -> tuple[Forecaster, dict, Splits]:
-    """Train a forecaster on ``series``; returns it (EMA weights), its metrics and the splits."""
+        progress: Progress | None = None, max_seconds: float | None = None,
+        tick: Tick | None = None) -> tuple[Forecaster, dict, Splits]:
+    """Train a forecaster on ``series``; returns it (EMA weights), its metrics and the splits.
+
+    ``progress`` is called after each epoch with its losses; ``tick(epoch, batch, batches)`` after each
+    batch (a job reports finer progress there, and may raise to stop: nothing is saved then)."""
     config.validate()
     if config.uses_environment and series.env.shape[1] == 0:
         raise InputError(f"the data set {series.dataset_name!r} has no environment embeddings, but the "
@@ -161,6 +166,7 @@ def fit(series: SeriesData, config: ModelConfig, *, split: str = "time", device:
         # Each epoch sees ``windows_per_epoch`` windows drawn afresh (all of them when there are fewer).
         order = rng.permutation(len(splits.train))[: config.windows_per_epoch]
         losses = []
+        batches = -(-len(order) // config.batch_size)
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
             batch = to_batch(series, values, Windows(splits.train.entity[idx], splits.train.hour[idx]), spec, dev,
@@ -175,6 +181,8 @@ def fit(series: SeriesData, config: ModelConfig, *, split: str = "time", device:
             # EMA warm-up: early on the average would otherwise be dominated by the random initial weights.
             _ema_update(ema, model, min(config.ema_decay, (1 + step_count) / (10 + step_count)))
             losses.append(float(loss.detach()))
+            if tick:
+                tick(epoch, len(losses), batches)
         val = validation_loss()
         entry = {"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 5), "val_loss": round(val, 5),
                  "seconds": round(time.perf_counter() - started, 1)}
@@ -223,7 +231,8 @@ def register(database: Database, forecaster: Forecaster, *, name: str, dataset_i
 
 def train(database: Database, config_name: str, config: ModelConfig, *, dataset_name: str | None = None,
           split: str = "time", activate: bool = True, device: str | None = None,
-          progress: Progress | None = None, max_seconds: float | None = None) -> TrainResult:
+          progress: Progress | None = None, max_seconds: float | None = None,
+          tick: Tick | None = None) -> TrainResult:
     """`lsdm train`: fit on the data set, save, register."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with database.session() as session:
@@ -231,7 +240,7 @@ def train(database: Database, config_name: str, config: ModelConfig, *, dataset_
         series = load_series(session, dataset, env_kind=config.env_kind)
         dataset_id = dataset.id
     forecaster, metrics, _ = fit(series, config, split=split, device=device, progress=progress,
-                                 max_seconds=max_seconds)
+                                 max_seconds=max_seconds, tick=tick)
     record_id, path = register(database, forecaster, name=config_name, dataset_id=dataset_id, activate=activate)
     return TrainResult(forecaster, record_id, path, metrics)
 

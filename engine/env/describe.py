@@ -761,8 +761,12 @@ def describe_cells(
     *,
     regenerate: bool = False,
     progress: Progress | None = None,
+    writer: Callable[[], Session] | None = None,
 ) -> dict:
-    """Write a Description for every cell of ``dataset`` in the caller's transaction.
+    """Write a Description for every cell of ``dataset`` in the caller's transaction, or, with
+    ``writer`` (e.g. ``Database.write_session``), in a write transaction of its own at the end: a
+    deferred read transaction that writes late fails on SQLite when another connection (the worker's
+    heartbeat, the app) wrote in between.
 
     Cells that already have one keep it unless ``regenerate`` is true. The city's averages always come
     from all of the data set's cells. Returns ``{described, kept, fallbacks, total, fallback_reasons}``
@@ -794,9 +798,17 @@ def describe_cells(
 
     def flush() -> None:
         ids = [row["cell_id"] for row in batch if row["cell_id"] in existing]
-        if ids:
-            session.execute(delete(Description).where(Description.cell_id.in_(ids)))
-        session.execute(insert(Description), batch)
+
+        def write(target: Session) -> None:
+            if ids:
+                target.execute(delete(Description).where(Description.cell_id.in_(ids)))
+            target.execute(insert(Description), batch)
+
+        if writer is None:
+            write(session)
+        else:
+            with writer() as own, own.begin():
+                write(own)
         batch.clear()
 
     for done, (cell_id, counts) in enumerate(todo, start=1):

@@ -96,10 +96,11 @@ def build_environment(
     timings["tiles_s"] = round(time.perf_counter() - started, 2)
 
     started = time.perf_counter()
-    # A deferred transaction: the write lock is taken only when the rows are written at the end.
-    with database.session() as session, session.begin():
+    # Read here; the rows are written at the end in a write transaction of their own, so that a slow LLM
+    # endpoint never holds the write lock.
+    with database.session() as session:
         counts = describe_cells(session, session.get(Dataset, dataset_id), make_describer(describer, **(describer_options or {})),
-                                regenerate=regenerate, progress=say)
+                                regenerate=regenerate, progress=say, writer=database.write_session)
     say(f"descriptions: {counts}")
     timings["descriptions_s"] = round(time.perf_counter() - started, 2)
 

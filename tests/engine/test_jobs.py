@@ -1,0 +1,330 @@
+"""The job queue and the worker (engine/jobs.py, engine/job_kinds.py) with real SQLite files, real
+worker processes and real engine work: forecasts on the default city, training on a small one."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from db import open_database
+from db.models import Dataset, ForecastRun, Job, ModelRecord
+from db.queries import store_dataset
+from engine.data.city import CityConfig, generate_city
+from engine.errors import InputError
+from engine.jobs import JobWorker, cancel, enqueue, get_job, list_jobs, live_workers, new_uploads_dir, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _copy(source: Path, target: Path) -> Path:
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    return target
+
+
+@pytest.fixture
+def city(city_db: Path, tmp_path: Path) -> Path:
+    """A private copy of the default city with the shipped model."""
+    return _copy(city_db, tmp_path / "city.sqlite")
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    """A 16-user city without environment: enough to train a no-condition model for a few seconds."""
+    path = tmp_path / "small.sqlite"
+    database = open_database(str(path))
+    with database.write_session() as session, session.begin():
+        store_dataset(session, generate_city(CityConfig(users=16, cells=24, seed=2)))
+    database.dispose()
+    return path
+
+
+def _slow_config(tmp_path: Path, epochs: int = 400) -> str:
+    """A tiny no-condition model trained for many epochs: a job that runs long enough to be killed."""
+    path = tmp_path / "slow.json"
+    path.write_text(json.dumps({"condition": "none", "channels": 16, "heads": 2, "blocks": 1, "epochs": epochs,
+                                "batch_size": 16, "diffusion_steps": 20, "beta_end": 0.8, "patience": 10_000,
+                                "windows_per_epoch": 64}))
+    return str(path)
+
+
+def _count(database, model) -> int:  # noqa: ANN001
+    with database.session() as session:
+        return int(session.scalar(select(func.count()).select_from(model)))
+
+
+def _worker_process(db: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "engine.cli", "worker", "--db", str(db), *extra], cwd=REPO,
+                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_until(predicate, timeout: float = 120.0, what: str = "condition") -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+# --- requests ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "params", "field"), [
+    ("nonsense", {}, "kind"),
+    ("forecast", {"start": 10}, "entity"),
+    ("forecast", {"entity": "user:U0001", "start": -1}, "start"),
+    ("forecast", {"entity": "user:U0001", "start": 10, "horizon": "twelve"}, "horizon"),
+    ("forecast", {"entity": "user:U0001", "start": 10, "sampler": "euler"}, "sampler"),
+    ("forecast", {"entity": "user:U0001", "start": 10, "colour": "red"}, "colour"),
+    ("train", {"config": "no-such-config"}, "config"),
+    ("ingest.table", {"records": "/nope.csv", "cells": "/nope.csv"}, "records"),
+    ("city.build", {"users": 0}, "users"),
+])
+def test_bad_requests_name_the_field_and_queue_nothing(db_path, kind, params, field):
+    database = open_database(str(db_path))
+    with pytest.raises(InputError) as caught:
+        enqueue(database, kind, params)
+    assert caught.value.field == field
+    assert _count(database, Job) == 0
+
+
+def test_a_forecast_job_stores_its_run_and_reports_it(city):
+    database = open_database(str(city))
+    job_id = enqueue(database, "forecast", {"entity": "user:U0003", "start": 310, "horizon": 6, "samples": 8})
+    queued = get_job(database, job_id)
+    assert queued.status == "queued" and queued.active and queued.attempts == 0
+    assert JobWorker(database).drain() == 1
+    job = get_job(database, job_id)
+    assert job.status == "done" and job.progress == 1.0 and job.attempts == 1 and job.error is None
+    run_id = job.ref_id("forecast_run")
+    with database.session() as session:
+        run = session.get(ForecastRun, run_id)
+        assert run is not None and run.params["entity"] == "user:U0003" and run.params["horizon"] == 6
+    assert job.result["run_id"] == run_id and job.seconds > 0
+    assert job.worker_id and job.started_at <= job.finished_at
+
+
+def test_a_failing_job_records_its_reason_and_writes_nothing(city):
+    database = open_database(str(city))
+    job_id = enqueue(database, "forecast", {"entity": "user:NOBODY", "start": 310})
+    JobWorker(database).drain()
+    job = get_job(database, job_id)
+    assert job.status == "failed" and "NOBODY" in job.error and job.result["field"] == "--entity"
+    assert _count(database, ForecastRun) == 0
+
+
+def test_cancelling_a_queued_job_is_immediate_and_removes_its_uploads(city):
+    database = open_database(str(city))
+    folder = new_uploads_dir()
+    (folder / "records.csv").write_text("user,hour\n")
+    job_id = enqueue(database, "forecast", {"entity": "user:U0003", "start": 310})
+    assert cancel(database, job_id) == "cancelled"
+    assert get_job(database, job_id).status == "cancelled"
+    assert JobWorker(database).drain() == 0  # nothing left to run
+    # a job that carries uploads: the folder goes when the job ends, whatever the ending
+    upload_job = enqueue(database, "ingest.table", {"records": str(folder / "records.csv"),
+                                                    "cells": str(folder / "records.csv"), "uploads_dir": str(folder)})
+    assert cancel(database, upload_job) == "cancelled" and not folder.exists()
+    assert cancel(database, job_id) == "cancelled"  # finished jobs stay as they are
+
+
+def test_a_failed_ingest_names_the_uploaded_file_and_removes_the_folder(city):
+    database = open_database(str(city))
+    folder = new_uploads_dir()
+    (folder / "records").mkdir()
+    (folder / "cells").mkdir()
+    records, cells = folder / "records" / "traffic.csv", folder / "cells" / "towers.csv"
+    records.write_text("user,timestamp,service,bytes,cell\nu1,not-a-time,video,10,c1\n")
+    cells.write_text("cell,lat,lon\nc1,31.2,121.4\n")
+    datasets = _count(database, Dataset)
+    job_id = enqueue(database, "ingest.table", {"records": str(records), "cells": str(cells), "uploads_dir": str(folder),
+                                                "names": {str(records): "my traffic.csv", str(cells): "towers.csv"}})
+    JobWorker(database).drain()
+    job = get_job(database, job_id)
+    assert job.status == "failed", job
+    assert str(folder) not in job.error and ("my traffic.csv" in job.error or "towers.csv" in job.error), job.error
+    assert not folder.exists() and _count(database, Dataset) == datasets
+
+
+def test_a_running_job_is_cancelled_at_its_next_progress_report_and_stores_nothing(small, tmp_path):
+    database = open_database(str(small))
+    job_id = enqueue(database, "train", {"config": _slow_config(tmp_path)})
+    worker = JobWorker(database, heartbeat=0.2)
+    thread = threading.Thread(target=worker.drain)
+    thread.start()
+    try:
+        _wait_until(lambda: get_job(database, job_id).progress > 0.005, what="training progress")
+        assert cancel(database, job_id) == "running"
+        _wait_until(lambda: not get_job(database, job_id).active, timeout=60, what="the cancellation")
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+    job = get_job(database, job_id)
+    assert job.status == "cancelled" and job.result_ref is None
+    assert _count(database, ModelRecord) == 0
+
+
+def test_a_stopping_worker_queues_its_job_again_without_counting_the_attempt(small, tmp_path):
+    database = open_database(str(small))
+    job_id = enqueue(database, "train", {"config": _slow_config(tmp_path)})
+    worker = JobWorker(database, heartbeat=0.2)
+    thread = threading.Thread(target=worker.drain)
+    thread.start()
+    _wait_until(lambda: get_job(database, job_id).progress > 0.005, what="training progress")
+    worker.stop()
+    thread.join(timeout=60)
+    job = get_job(database, job_id)
+    assert job.status == "queued" and job.attempts == 0 and "stopped" in job.message
+    assert _count(database, ModelRecord) == 0
+
+
+def _claim_all(db: str, out: multiprocessing.Queue) -> None:
+    from db import open_database as opener
+    from engine.jobs import JobWorker as Claimer
+
+    claimer = Claimer(opener(db))
+    taken = []
+    while (job := claimer.claim()) is not None:
+        taken.append(job.id)
+    out.put(taken)
+
+
+def test_concurrent_workers_claim_every_job_exactly_once(city):
+    database = open_database(str(city))
+    ids = {enqueue(database, "forecast", {"entity": f"user:U{i:04d}", "start": 310}) for i in range(40)}
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    processes = [context.Process(target=_claim_all, args=(str(city), out)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    claimed = [out.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    flat = [job_id for part in claimed for job_id in part]
+    assert sorted(flat) == sorted(ids), "every job claimed once, none twice"
+    assert {job.status for job in list_jobs(database)} == {"running"}
+
+
+def _submit_forecasts(db: str, first: int, count: int, out: multiprocessing.Queue) -> None:
+    from db import open_database as opener
+    from engine.jobs import enqueue as submit
+
+    database = opener(db)
+    out.put([submit(database, "forecast", {"entity": f"user:U{i:04d}", "start": 300 + i % 20, "horizon": 3,
+                                           "samples": 4}) for i in range(first, first + count)])
+
+
+def test_many_clients_and_a_worker_at_once_corrupt_nothing(city):
+    """Five client processes queue forecasts while a worker process runs them: every job ends done
+    exactly once with its own run, and the database passes SQLite's integrity check."""
+    worker = _worker_process(city)
+    try:
+        context = multiprocessing.get_context("spawn")
+        out = context.Queue()
+        clients = [context.Process(target=_submit_forecasts, args=(str(city), 6 * c, 6, out)) for c in range(5)]
+        for client in clients:
+            client.start()
+        ids = [job_id for _ in clients for job_id in out.get(timeout=120)]
+        for client in clients:
+            client.join(timeout=60)
+        database = open_database(str(city))
+        for job_id in ids:
+            job = wait_for(database, job_id, timeout=300)
+            assert job.status == "done" and job.attempts == 1, job
+        with database.session() as session:
+            runs = {job.ref_id("forecast_run") for job in (get_job(database, i) for i in ids)}
+            assert len(runs) == len(ids) == 30
+            assert session.scalar(select(func.count()).select_from(ForecastRun)) == 30
+        assert live_workers(database)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output = worker.communicate(timeout=60)[0]
+    assert worker.returncode == 0, output
+    with sqlite3.connect(city) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert live_workers(open_database(str(city))) == []  # it said it stopped
+
+
+def test_a_killed_worker_leaves_no_partial_result_and_its_job_is_retried_once(small, tmp_path):
+    database = open_database(str(small))
+    job_id = enqueue(database, "train", {"config": _slow_config(tmp_path, epochs=40)})
+    worker = _worker_process(small)
+    try:
+        _wait_until(lambda: get_job(database, job_id).progress > 0.02, what="training progress")
+    finally:
+        worker.kill()  # SIGKILL: no chance to clean up
+        worker.wait(timeout=30)
+    job = get_job(database, job_id)
+    assert job.status == "running" and job.attempts == 1
+    assert _count(database, ModelRecord) == 0, "nothing of the unfinished job is visible"
+
+    # The next start finds the dead worker's job, queues it again and runs it to the end.
+    restarted = _worker_process(small, "--drain")
+    output = restarted.communicate(timeout=600)[0]
+    assert restarted.returncode == 0, output
+    job = get_job(database, job_id)
+    assert job.status == "done" and job.attempts == 2, job
+    with database.session() as session:
+        assert session.scalars(select(ModelRecord.id)).all() == [job.ref_id("model")]
+
+
+def test_a_job_whose_worker_dies_too_often_fails_with_the_reason(small, tmp_path):
+    database = open_database(str(small))
+    job_id = enqueue(database, "train", {"config": _slow_config(tmp_path)})
+    worker = _worker_process(small, "--max-attempts", "1")
+    try:
+        _wait_until(lambda: get_job(database, job_id).progress > 0.005, what="training progress")
+    finally:
+        worker.kill()
+        worker.wait(timeout=30)
+    restarted = _worker_process(small, "--drain", "--max-attempts", "1")
+    output = restarted.communicate(timeout=120)[0]
+    assert restarted.returncode == 0, output
+    job = get_job(database, job_id)
+    assert job.status == "failed" and f"pid {worker.pid}" in job.error and "no partial result" in job.error
+    assert _count(database, ModelRecord) == 0
+
+
+def test_jobs_command_line(city, capsys):
+    from engine.cli import main as lsdm
+
+    assert lsdm(["jobs", "submit", "forecast", "entity=user:U0004", "start=310", "horizon=2", "samples=4",
+                 "--db", str(city), "--json"]) == 0
+    job = json.loads(capsys.readouterr().out)
+    assert job["status"] == "queued" and job["params"]["start"] == 310
+    assert lsdm(["worker", "--drain", "--db", str(city)]) == 0
+    assert lsdm(["jobs", "wait", str(job["id"]), "--db", str(city), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["result_ref"].startswith("forecast_run:")
+    assert lsdm(["jobs", "list", "--db", str(city), "--json"]) == 0
+    assert [j["id"] for j in json.loads(capsys.readouterr().out)["jobs"]] == [job["id"]]
+    assert lsdm(["jobs", "submit", "forecast", "start=310", "--db", str(city)]) == 2
+    assert "'entity'" in capsys.readouterr().err
+    assert lsdm(["jobs", "list", "--status", "finished", "--db", str(city)]) == 2
+    assert lsdm(["jobs", "cancel", "999", "--db", str(city)]) == 2
+
+
+def test_the_worker_keeps_the_model_loaded_between_forecasts_until_data_changes(city):
+    database = open_database(str(city))
+    worker = JobWorker(database)
+    request = {"entity": "user:U0005", "start": 310, "horizon": 2, "samples": 4}
+    enqueue(database, "forecast", request)
+    assert worker.drain() == 1
+    loaded = worker._cache["forecast"][1]
+    enqueue(database, "forecast", request)
+    assert worker.drain() == 1
+    assert worker._cache["forecast"][1] is loaded  # the second forecast reused it
+    worker.data_epoch += 1  # what a finished data-changing job does
+    enqueue(database, "forecast", request)
+    assert worker.drain() == 1
+    assert worker._cache["forecast"][1] is not loaded  # reloaded
+    assert [job.status for job in list_jobs(database)] == ["done"] * 3
