@@ -1,71 +1,127 @@
-"""Desktop entry point: `make run` (or `python launcher.py`) opens the LSDM dashboard on the embedded default.
+"""Desktop entry point: `make run` (or `python launcher.py`, or the bundle's executable) opens the LSDM
+dashboard on the embedded default.
 
-First launch on an empty database: builds the default synthetic city, embeds its cells with the
-shipped CLIP encoder and registers the shipped forecaster (assets/default), so the dashboard forecasts
-at once without training. Then it serves the dashboard on 127.0.0.1 (a free port) and opens the browser
-(`--no-browser` prints the URL instead). The background worker and the single-instance lock come with
-the jobs release (see README, "Status").
+It starts the job worker and the Streamlit server on 127.0.0.1 (a free port), waits until both are
+ready, opens the browser (``--no-browser`` prints the URL instead), logs to ``<data dir>/logs/``, and
+stops both on Ctrl+C/SIGTERM or when either exits. A second launch on the same database points to the
+running dashboard instead of starting another (engine/desktop.py).
+
+First launch on an empty database: a ``setup.default`` job builds the default synthetic city and
+installs the shipped CLIP encoder and forecaster (assets/default); the dashboard shows its progress
+and forecasts as soon as it is done, without training.
+
+The same executable runs the children: ``launcher.py lsdm ARGS`` is the `lsdm` command line and
+``launcher.py streamlit ARGS`` is Streamlit's (what the PyInstaller bundle needs: it has no Python).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from db import open_database
-from db.queries import NoDatasetError, get_dataset
-from engine.cli import main as lsdm
 
 
-def prepare(db_url: str) -> int:
-    """Make sure the database holds a data set and, on the default city, a usable model."""
-    from sqlalchemy import select
+def first_launch_job(database) -> int | None:  # noqa: ANN001
+    """Queue ``setup.default`` when the database holds no data set (and no such job is under way);
+    returns the job id, or None when there is nothing to do."""
+    from db.queries import NoDatasetError, get_dataset
+    from engine.jobs import ACTIVE, enqueue, list_jobs
 
-    from db.models import ModelRecord
-
-    database = open_database(db_url)
-    db_args = ["--db", database.url]
     try:
         with database.session() as session:
             get_dataset(session)
+        return None
     except NoDatasetError:
-        print("First launch: building the embedded default city (500 users, 400 cells, two weeks)...", flush=True)
-        status = lsdm(["city", "build", *db_args])
-        if status:
-            return status
-    with database.session() as session:
-        dataset = get_dataset(session)
-        has_model = session.scalar(select(ModelRecord.id).where(ModelRecord.kind == "lsdm",
-                                                                ModelRecord.dataset_id == dataset.id).limit(1))
-        from engine.shipped import matches, read_manifest
+        pass
+    under_way = list_jobs(database, statuses=ACTIVE, kinds_=["setup.default", "city.build"], limit=1)
+    if under_way:
+        return under_way[0].id
+    return enqueue(database, "setup.default", {})
 
-        shipped_fits = has_model is None and read_manifest() is not None and matches(session, dataset)
-    if shipped_fits:
-        print("Installing the shipped CLIP encoder and forecasting model...", flush=True)
-        status = lsdm(["assets", "install", *db_args])
-        if status:
-            return status
-    return lsdm(["data", "info", *db_args])
+
+def prepare(db_url: str) -> int:
+    """``--prepare-only``: do the first-launch work here and now (no worker, no server)."""
+    from engine.jobs import JobWorker, get_job
+
+    database = open_database(db_url)
+    job_id = first_launch_job(database)
+    if job_id is not None:
+        print("First launch: building the embedded default city (500 users, 400 cells, two weeks) and "
+              "installing the shipped model ...", flush=True)
+        JobWorker(database, lanes=["batch"]).drain()
+        job = get_job(database, job_id)
+        if job.status != "done":
+            print(f"error: first-launch setup {job.status}: {job.error or job.message}", file=sys.stderr)
+            return 1
+        print(f"  {job.message} in {job.seconds:.1f} s", flush=True)
+    from engine.cli import main as lsdm
+
+    return lsdm(["data", "info", "--db", database.url])
+
+
+def _setup_logging() -> None:
+    from engine.desktop import logs_dir, rolled
+
+    handler = logging.FileHandler(rolled(logs_dir() / "launcher.log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("lsdm")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
 
 
 def run(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="launcher.py", description=__doc__.splitlines()[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lsdm"]:  # a child, or the command line inside the bundle
+        from engine.cli import main as lsdm
+
+        return lsdm(argv[1:])
+    if argv[:1] == ["streamlit"]:
+        from engine.desktop import run_streamlit
+
+        return run_streamlit(argv[1:])
+
+    parser = argparse.ArgumentParser(prog="launcher.py", description=__doc__.splitlines()[0],
+                                     epilog="`launcher.py lsdm --help` shows the command line.")
     parser.add_argument("--db", default=None, help="database file or SQLAlchemy URL (default: per-user data dir)")
-    parser.add_argument("--port", default=None, help="dashboard port (default: a free one)")
+    parser.add_argument("--port", type=int, default=None, help="dashboard port (default: a free one)")
     parser.add_argument("--no-browser", action="store_true", help="print the dashboard URL instead of opening it")
-    parser.add_argument("--prepare-only", action="store_true", help="prepare the data, do not serve the dashboard")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="do the first-launch work in the foreground, do not serve the dashboard")
     args = parser.parse_args(argv)
-    database = open_database(args.db)
-    status = prepare(database.url)
-    if status or args.prepare_only:
-        return status
-    serve = ["app", "--db", database.url]
-    if args.port:
-        serve += ["--port", str(args.port)]
-    if args.no_browser:
-        serve.append("--no-browser")
-    return lsdm(serve)
+    if args.port is not None and not 0 < args.port < 65536:
+        parser.error(f"argument --port: expected a port number in 1..65535, got {args.port}")
+    from db.session import resolve_db_url
+    from engine.desktop import logs_dir, serve
+    from engine.errors import InputError
+
+    db_url = resolve_db_url(args.db)
+    if args.prepare_only:
+        return prepare(db_url)
+    _setup_logging()
+    logging.getLogger("lsdm.launcher").info("launch: db %s", db_url)
+
+    def queue_first_launch() -> None:
+        job_id = first_launch_job(open_database(db_url))
+        if job_id is not None:
+            print(f"First launch: building the default city and installing the shipped model (job {job_id}); "
+                  "the dashboard shows its progress.", flush=True)
+
+    try:
+        status = serve(db_url, port=args.port, open_browser=not args.no_browser, log_to_files=True,
+                       before_ready=queue_first_launch)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if status not in (0, 3):
+        print(f"Logs: {logs_dir()}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":
+    import multiprocessing
+
+    multiprocessing.freeze_support()  # in the bundle, ARIMA's "spawn" workers re-run this executable
     sys.exit(run())
