@@ -343,7 +343,7 @@ class JobWorker:
 
     ``serve()`` is `lsdm worker`; ``drain()`` runs every queued job and returns (scripts and tests)."""
 
-    def __init__(self, database: Database, *, lanes: Iterable[str] = LANES, poll: float = 0.5,
+    def __init__(self, database: Database, *, lanes: Iterable[str] = LANES, poll: float = 0.2,
                  heartbeat: float = 1.0, stale_after: float = 60.0, recover_every: float = 30.0,
                  max_attempts: int = 2) -> None:
         self.database = database
