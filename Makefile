@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test bench clean
+.PHONY: run test bench bundle bundle-smoke clean
 
 $(BIN)/lsdm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,21 @@ chromium:
 ## Speed and memory measurements (JSON on stdout); not part of the tests.
 bench: $(BIN)/lsdm
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+## The desktop bundle: dist/lsdm-dashboard/ (PyInstaller one-folder; executable dist/lsdm-dashboard/lsdm-dashboard,
+## about 1 GB, 2 to 3 minutes on 2 cores), recorded in dist/lsdm-dashboard-build.json. What goes in:
+## packaging/lsdm.spec and packaging/bundle_contents.py. CI does not build it (too slow and too big);
+## `make test` runs tests/test_packaging.py, which checks the spec against the tree without building.
+bundle: $(BIN)/pyinstaller
+	$(BIN)/python packaging/build.py
+
+$(BIN)/pyinstaller: $(BIN)/lsdm pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,bundle]'
+	touch $@
+
+## Run the built bundle end to end (start, first page, one forecast job, SIGTERM); JSON on stdout.
+bundle-smoke: $(BIN)/lsdm chromium
+	$(BIN)/python packaging/smoke.py dist/lsdm-dashboard
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

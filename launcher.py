@@ -61,6 +61,24 @@ def prepare(db_url: str) -> int:
     return lsdm(["data", "info", "--db", database.url])
 
 
+def run_streamlit(argv: list[str]) -> int:
+    """``launcher.py streamlit run ...``: Streamlit's own command line in this process (STACK.md). Here,
+    not in engine/: the engine never imports Streamlit."""
+    import os
+
+    from streamlit.web import cli as streamlit_cli
+
+    from engine.appserver import ROOT
+
+    os.chdir(ROOT)  # .streamlit/config.toml (the theme) is read from the working directory
+    sys.argv = ["streamlit", *argv]
+    try:
+        streamlit_cli.main()
+    except SystemExit as done:
+        return int(done.code or 0)
+    return 0
+
+
 def _setup_logging() -> None:
     from engine.desktop import logs_dir, rolled
 
@@ -79,8 +97,6 @@ def run(argv: list[str] | None = None) -> int:
 
         return lsdm(argv[1:])
     if argv[:1] == ["streamlit"]:
-        from engine.desktop import run_streamlit
-
         return run_streamlit(argv[1:])
 
     parser = argparse.ArgumentParser(prog="launcher.py", description=__doc__.splitlines()[0],

@@ -63,19 +63,6 @@ def streamlit_command(port: int) -> list[str]:
     return child_command("streamlit", "run", str(ROOT / "app" / "main.py"), *streamlit_flags(port))
 
 
-def run_streamlit(argv: list[str]) -> int:
-    """``launcher.py streamlit run ...``: Streamlit's own command line, in this process (STACK.md)."""
-    from streamlit.web import cli as streamlit_cli
-
-    os.chdir(ROOT)  # .streamlit/config.toml (the theme) is read from the working directory
-    sys.argv = ["streamlit", *argv]
-    try:
-        streamlit_cli.main()
-    except SystemExit as done:
-        return int(done.code or 0)
-    return 0
-
-
 # --- logs -------------------------------------------------------------------------------------------
 
 
