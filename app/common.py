@@ -97,12 +97,17 @@ def dataset_info() -> DatasetInfo | None:
 
 
 def require_dataset() -> DatasetInfo:
-    """The active data set, or an explanatory empty state that stops the page."""
+    """The active data set, or an empty state that stops the page: the progress of the job making the
+    first data set while there is one (the page appears when it is done), else how to get data."""
+    from app import jobs_ui
+
     info = dataset_info()
     if info is None:
+        jobs_ui.first_launch()
         st.info("No data yet. The first launch builds the default synthetic city; you can also build one with "
                 "`lsdm city build` or ingest real data on the **Data** page.", icon=":material/database:")
         st.stop()
+    jobs_ui.forget(jobs_ui.FIRST_LAUNCH_KEY)
     return info
 
 

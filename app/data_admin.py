@@ -1,45 +1,29 @@
 """What the Data page shows and does, as plain functions: what is loaded (data sets, counts, the
-environment's coverage), switching the active data set, ingesting uploaded files (the long table and
-the Tsinghua format), building a synthetic city and (re)building the environment with the saved
-settings (app/settings.py). Reading and checking files is the engine's (engine/data/ingest_*.py);
-this module moves uploads into a temporary folder, stores what the engine read in one transaction,
-and turns the engine's errors into messages that name the file as it was uploaded.
+environment's coverage), switching the active data set, and the parameters of the jobs its forms queue:
+ingesting uploaded files (the long table and the Tsinghua format), building a synthetic city and
+(re)building the environment with the saved settings (app/settings.py). `lsdm worker` runs them
+(engine/job_kinds.py): reading and checking files is the engine's (engine/data/ingest_*.py). Uploads
+are saved under ``<data dir>/uploads`` with their names, which the engine's error messages then use.
 """
 
 from __future__ import annotations
 
-import re
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 from sqlalchemy import func, select
 
-from app.common import database
+from app.common import database, format_bytes
 from app.settings import AppSettings
 from db import Database
 from db.models import Cell, Dataset, Entity
-from db.queries import DatasetContent, NoDatasetError, activate_dataset, dataset_summary, get_dataset, store_dataset
-from engine.errors import InputError
+from db.queries import NoDatasetError, activate_dataset, dataset_summary, get_dataset
+from engine.jobs import JobView, new_uploads_dir
 
 Upload = tuple[str, bytes]  # (file name as uploaded, content): what the page hands over
 TSINGHUA_ROLES = ("trace", "app2category", "categories", "poi", "coords")
 TABLE_SUFFIXES = ("csv", "parquet")
-
-
-@dataclass(eq=False)  # exceptions stay hashable
-class UploadProblem(Exception):
-    """Why an ingest or build was refused: the message, and which input it is about (an upload's role
-    such as "records", or a form field such as "name"), so the page shows it next to that input."""
-
-    message: str
-    role: str | None = None
-
-    def __str__(self) -> str:
-        return self.message
 
 
 # --- what is loaded -------------------------------------------------------------------------------
@@ -97,26 +81,17 @@ def make_active(db: Database, name: str) -> None:
         activate_dataset(session, get_dataset(session, name))
 
 
-# --- storing what was read ------------------------------------------------------------------------
+# --- jobs: what the forms queue --------------------------------------------------------------------
 
 
-def store_new(db: Database, content: DatasetContent, *, replace: bool) -> dict:
-    """Store a data set and make it active in one transaction; an existing name is replaced only when
-    asked (the engine's store_dataset would replace it silently). Returns its summary."""
-    with db.write_session() as session, session.begin():
-        taken = session.scalar(select(Dataset.id).where(Dataset.name == content.name))
-        if taken is not None and not replace:
-            raise UploadProblem(f"A data set named {content.name!r} exists already: choose another name, or tick "
-                                "'Replace a data set of the same name'.", role="name")
-        dataset = store_dataset(session, content, activate=True)
-        session.flush()
-        return dataset_summary(session, dataset)
-
-
-def _save_uploads(folder: Path, uploads: dict[str, Upload | None]) -> dict[str, Path]:
-    """Write each upload under its own subfolder (two uploads may share a file name) with its name
-    kept: the engine picks the format by extension and names the file in its messages."""
-    paths = {}
+def save_uploads(uploads: dict[str, Upload | None]) -> tuple[Path, dict[str, str], dict[str, str]]:
+    """Write the uploads into a fresh folder under ``<data dir>/uploads`` (engine.jobs.new_uploads_dir),
+    each in a subfolder named after its role (two uploads may share a file name) with its name kept:
+    the engine picks the format by extension. Returns the folder, role -> path, and path -> the name
+    as uploaded (the job's ``uploads_dir``, file parameters and ``names``; the job removes the folder
+    when it ends)."""
+    folder = new_uploads_dir().resolve()
+    paths, names = {}, {}
     for role, upload in uploads.items():
         if upload is None:
             continue
@@ -124,110 +99,55 @@ def _save_uploads(folder: Path, uploads: dict[str, Upload | None]) -> dict[str, 
         target = folder / role / Path(name).name
         target.parent.mkdir()
         target.write_bytes(content)
-        paths[role] = target
-    return paths
+        paths[role] = str(target)
+        names[str(target)] = Path(name).name
+    return folder, paths, names
 
 
-def _problem(error: InputError, folder: Path, paths: dict[str, Path]) -> UploadProblem:
-    """The engine's message with the temporary folder taken out, attached to the upload it is about."""
-    message = str(error)
-    role = None
-    for key, path in paths.items():
-        if str(path) in message or (error.file and Path(error.file) == path):
-            role = role or key
-        message = message.replace(str(path), path.name)
-    return UploadProblem(message.replace(str(folder), "…"), role=role or error.field)
+def table_job(records: Upload, cells: Upload, mapping: Upload | Path | None = None, *,
+              entity_kind: str | None = None, timezone: str | None = None, name: str | None = None,
+              replace: bool = False) -> dict:
+    """The parameters of an ``ingest.table`` job (`lsdm ingest table` for uploaded files), the uploads
+    saved. ``mapping``: an uploaded JSON mapping or a shipped one (assets/mappings), by its path."""
+    uploaded_mapping = mapping if isinstance(mapping, tuple) else None
+    folder, paths, names = save_uploads({"records": records, "cells": cells, "mapping": uploaded_mapping})
+    shipped = str(mapping) if isinstance(mapping, Path) else None
+    return {"records": paths["records"], "cells": paths["cells"], "mapping": paths.get("mapping") or shipped,
+            "entity_kind": entity_kind, "timezone": timezone, "name": name, "replace": replace,
+            "uploads_dir": str(folder), "names": names}
 
 
-def ingest_table_uploads(db: Database, records: Upload, cells: Upload, mapping: Upload | Path | None = None, *,
-                         entity_kind: str | None = None, timezone: str | None = None, name: str | None = None,
-                         replace: bool = False) -> dict:
-    """`lsdm ingest table` for uploaded files: read and check (engine.data.ingest_table), store, activate.
-    ``mapping``: an uploaded JSON mapping or a shipped one (assets/mappings). The uploads live in a
-    temporary folder that is removed afterwards, whatever happens."""
-    from engine.data.ingest_table import read_table
-
-    with tempfile.TemporaryDirectory(prefix="lsdm-upload-") as tmp:
-        folder = Path(tmp)
-        uploaded_mapping = mapping if isinstance(mapping, tuple) else None
-        paths = _save_uploads(folder, {"records": records, "cells": cells, "mapping": uploaded_mapping})
-        mapping_path = paths.get("mapping") or (mapping if isinstance(mapping, Path) else None)
-        try:
-            content = read_table(paths["records"], paths["cells"], mapping_path, entity_kind=entity_kind,
-                                 timezone=timezone or None, name=name or None)
-        except InputError as error:
-            raise _problem(error, folder, paths) from None
-        return store_new(db, content, replace=replace)
+def tsinghua_job(uploads: dict[str, Upload | None], *, all_services: bool = False, name: str = "tsinghua",
+                 replace: bool = False) -> dict:
+    """The parameters of an ``ingest.tsinghua`` job (trace, app2category, categories, poi and optional
+    coords uploaded), the uploads saved."""
+    folder, paths, names = save_uploads(uploads)
+    return {**{role: paths.get(role) for role in TSINGHUA_ROLES}, "all_services": all_services,
+            "name": name or "tsinghua", "replace": replace, "uploads_dir": str(folder), "names": names}
 
 
-def ingest_tsinghua_uploads(db: Database, uploads: dict[str, Upload | None], *, all_services: bool = False,
-                            name: str = "tsinghua", replace: bool = False,
-                            progress: Callable[[str], None] | None = None) -> dict:
-    """`lsdm ingest tsinghua` for uploaded files (trace, app2category, categories, poi, optional coords)."""
-    from engine.data.ingest_tsinghua import read_tsinghua
-
-    missing = [role for role in TSINGHUA_ROLES[:4] if uploads.get(role) is None]
-    if missing:
-        raise UploadProblem(f"Upload the {missing[0]} file.", role=missing[0])
-    with tempfile.TemporaryDirectory(prefix="lsdm-upload-") as tmp:
-        folder = Path(tmp)
-        paths = _save_uploads(folder, uploads)
-        try:
-            content = read_tsinghua(paths["trace"], paths["app2category"], paths["categories"], paths["poi"],
-                                    coords=paths.get("coords"), all_services=all_services, name=name or "tsinghua",
-                                    progress=progress)
-        except InputError as error:
-            raise _problem(error, folder, paths) from None
-        return store_new(db, content, replace=replace)
+def environment_job(settings: AppSettings, *, regenerate: bool = False, train_encoder: bool = False,
+                    clip_epochs: int = 40) -> dict:
+    """The parameters of an ``env.build`` job with the saved settings (tile source, describer and its
+    options). As on the command line, the default city is embedded with the shipped encoder unless a
+    new encoder is asked for."""
+    return {"tiles": settings.tile_source, "describer": settings.describer,
+            "describer_options": settings.describer_options(), "regenerate": regenerate,
+            "train_encoder": train_encoder, "clip_epochs": clip_epochs}
 
 
-def build_city(db: Database, *, users: int, cells: int, seed: int, days: int, env_effect: float,
-               name: str | None = None, replace: bool = False) -> dict:
-    """`lsdm city build`: generate a synthetic city (engine.data.city), store it and make it active."""
-    from engine.data.city import CityConfig, generate_city
-
-    try:
-        content = generate_city(CityConfig(users=users, cells=cells, seed=seed, days=days, env_effect=env_effect),
-                                name=name or None)
-    except InputError as error:
-        raise UploadProblem(str(error), role=error.field) from None
-    return store_new(db, content, replace=replace)
-
-
-# --- the environment ------------------------------------------------------------------------------
-
-# Where each stage of engine.env.pipeline.build_environment sits on the progress bar; messages with
-# "done/total" advance within their stage.
-ENV_STAGES = (("tiles", 0.0, 0.25), ("descriptions", 0.25, 0.45), ("CLIP", 0.45, 0.95))
-
-
-def environment_progress(message: str) -> float | None:
-    """The progress-bar position of a build_environment message (None for messages of no stage)."""
-    for prefix, low, high in ENV_STAGES:
-        if message.startswith(prefix):
-            found = re.search(r"(\d+)/(\d+)", message)
-            share = int(found[1]) / max(int(found[2]), 1) if found else 0.0
-            return low + (high - low) * min(share, 1.0)
-    return None
-
-
-def build_environment_with(db: Database, settings: AppSettings, *, regenerate: bool = False,
-                           train_encoder: bool = False, clip_epochs: int = 40,
-                           progress: Callable[[str], None] | None = None) -> dict:
-    """`lsdm env build` for the active data set with the saved settings. As on the command line
-    (engine/cli.py ``cmd_env_build``), the default city is embedded with the shipped encoder, whose
-    embeddings the shipped forecaster was trained on, unless a new encoder is asked for."""
-    from engine.env.clip import ClipSettings
-    from engine.env.pipeline import build_environment
-    from engine.shipped import shipped_encoder_dir
-
-    encoder_dir = None
-    if not train_encoder:
-        with db.session() as session:
-            encoder_dir = shipped_encoder_dir(session, get_dataset(session))
-    return build_environment(db, tiles=settings.tile_source, describer=settings.describer,
-                             describer_options=settings.describer_options(), regenerate=regenerate,
-                             settings=ClipSettings(epochs=clip_epochs), encoder_dir=encoder_dir, progress=progress)
+def job_notice(job: JobView) -> str:
+    """What a done job of the Data page made, in a sentence (from its result summary)."""
+    r = job.result or {}
+    if job.kind in ("ingest.table", "ingest.tsinghua", "city.build") and "dataset" in r:
+        made = "Built" if job.kind == "city.build" else "Ingested"
+        text = (f"{made} {r['dataset']!r}: {r['entities']} {r['entity_kind']}s, {r['cells']} cells, {r['hours']} "
+                f"hours, {format_bytes(r['total_bytes'])}. It is the active data set now")
+        return text + ("; build its environment next (tab *Environment*)." if job.kind == "city.build" else ".")
+    if job.kind == "env.build" and "dataset" in r:
+        return (f"Environment of {r['dataset']!r}: {r['tiles']} tiles, {r['descriptions']} descriptions, "
+                f"{r['embeddings']} embeddings (encoder `{r['encoder']}`).")
+    return f"{job.title}: {job.message or 'done'}"
 
 
 def shipped_mappings() -> dict[str, Path]:

@@ -1,7 +1,8 @@
 """What the Forecast page needs, as plain functions: the active model, the request and its checks,
 stored runs (ForecastRun rows) shaped into fan charts, radars, metrics and exports, and the run history.
 
-The app never does model maths: forecasts come from ``engine.forecast.run_forecast``, scores from
+The app never does model maths: forecasts are ``forecast`` jobs that `lsdm worker` runs
+(``engine.forecast.run_forecast``; the page only queues and follows them), scores come from
 ``engine.metrics`` and the normalised scale from the model's own ``Normaliser``. A stored run is shown
 from its ``summary`` (quantiles per step, in bytes) and its ``result`` arrays (sample paths), never
 recomputed. Display units: MB and "Tue 14:00" hour labels; exports keep exact bytes.
@@ -26,7 +27,7 @@ from app.charts import fan_chart, radar, service_lines
 from app.common import database, hour_label, hour_label_long, megabytes, service_colors
 from db.models import Cell, ForecastRun, ModelRecord
 from engine.data.windows import Normaliser
-from engine.forecast import ForecastContext, ForecastResult, load_context
+from engine.forecast import ForecastResult
 from engine.metrics import point_metrics, score
 
 MAX_USERS = 20
@@ -90,7 +91,8 @@ def model_normaliser(session: Session, model_id: int | None) -> Normaliser | Non
 
 @dataclass(frozen=True)
 class ForecastRequest:
-    """The form's values; ``engine_kwargs`` turns them into run_forecast's arguments."""
+    """The form's values; ``engine_kwargs`` turns them into the ``forecast`` job's parameters (the
+    arguments of engine.forecast.run_forecast)."""
 
     users: tuple[str, ...]
     start: int
@@ -470,13 +472,6 @@ def cached_exports(url: str, dataset_id: int, revision: int, run_id: int, servic
     run = cached_run(url, dataset_id, revision, run_id)
     frame = export_frame(run, services, origin)
     return export_csv(frame), export_parquet(frame)
-
-
-@st.cache_resource(show_spinner=False, max_entries=2)
-def cached_context(url: str, model_id: int, dataset_id: int, _dataset_name: str) -> ForecastContext:
-    """The loaded model and series (engine.forecast.load_context), kept so repeated forecasts start at
-    once. Keyed on (database, model, data set); the name only locates the data set."""
-    return load_context(database(), model_id=model_id, dataset_name=_dataset_name)
 
 
 # --- widget state -------------------------------------------------------------------------------------

@@ -1,12 +1,11 @@
 """What the Models & evaluation page shows, as plain functions: the registered models of a data set,
-their loss curves, activation, training, and the stored evaluation (the paper's Tables III/IV,
-per-service R², error by recursive step). The maths stays in the engine (engine/train.py,
-engine/evaluate.py); this module only reads, reshapes and draws.
+their loss curves, activation, and the stored evaluation (the paper's Tables III/IV, per-service R²,
+error by recursive step). Training and evaluation are ``train`` and ``evaluate`` jobs that `lsdm worker`
+runs (engine/train.py, engine/evaluate.py); this module only reads, reshapes and draws.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -29,7 +28,6 @@ METHOD_COLORS = {
     "env-input": "#ff9da7", "arima": "#edc948", "hour-of-week-mean": "#b07aa1", "seasonal-naive": "#9aa5b1",
 }
 RADAR_DEFAULT = ("lsdm", "lsdm-no-condition", "hour-of-week-mean")  # the comparison the paper's Fig. 7 makes
-COMPARISON_MODELS = ("csdi-like", "lsdm-no-condition", "no-2d-attention", "env-input")  # engine/evaluate.py
 EVALUATE_COMMAND = "lsdm evaluate --model {id} --report reports/model-{id}"
 
 
@@ -151,44 +149,7 @@ def activate_model(db: Database, model_id: int) -> None:
         record.is_active = True
 
 
-def train_model(db: Database, config_name: str, *, dataset_name: str, epochs: int | None, seed: int,
-                max_minutes: float | None, activate: bool, progress: Callable[[dict], None]):  # noqa: ANN201
-    """Train and register a forecaster in this process (engine.train.train); returns its TrainResult."""
-    from engine.model.config import resolve_config
-    from engine.train import train
-
-    name, config = resolve_config(config_name, epochs=epochs, seed=seed)
-    return train(db, name, config, dataset_name=dataset_name, activate=activate, progress=progress,
-                 max_seconds=max_minutes * 60 if max_minutes else None)
-
-
-# --- evaluation -----------------------------------------------------------------------------------
-
-
-def evaluation_steps(models: list[ModelInfo], *, include_arima: bool, train_missing: bool) -> int:
-    """How many progress messages engine.evaluate.evaluate sends for these options, so that the page
-    can show a progress bar: one per baseline, per comparison model trained, per one-step pass and
-    per recursive-path pass (lsdm and lsdm-no-condition)."""
-    registered = {m.name for m in models if m.kind == "lsdm"}
-    steps = 3 if include_arima else 2
-    evaluated = ["lsdm"]
-    for name in COMPARISON_MODELS:
-        if name in registered:
-            evaluated.append(name)
-        elif train_missing:
-            steps += 1
-            evaluated.append(name)
-    steps += len(evaluated)
-    return steps + sum(1 for name in ("lsdm", "lsdm-no-condition") if name in evaluated)
-
-
-def run_evaluation(db: Database, model_id: int, *, samples: int, steps: int, path_users: int,
-                   include_arima: bool, train_missing: bool, progress: Callable[[str], None]) -> dict:
-    """Evaluate in this process; engine.evaluate stores the result with the model."""
-    from engine.evaluate import evaluate
-
-    return evaluate(db, model_id, samples=samples, steps=steps, path_users=path_users, include_arima=include_arima,
-                    train_missing=train_missing, progress=progress)
+# --- the stored evaluation ------------------------------------------------------------------------
 
 
 def metric_table(rows: list[dict]) -> pd.DataFrame:

@@ -3,16 +3,21 @@ turned into an ``engine.whatif.Scenario`` (and a stored scenario turned back int
 stored scenario's comparison shaped into charts: the per-service difference, the per-step difference,
 the service-mix radar and the total-traffic fans of baseline and scenario.
 
-The app never does model maths: scenarios run in ``engine.whatif.run_whatif`` (both forecasts with the
-same seed, stored in one transaction); results are always read back with ``engine.whatif.load_scenario``
-from the stored runs, so what is shown after a run and after ``?scenario=ID`` is the same thing.
+The app never does model maths and never loads the model: a scenario is a ``whatif`` job that `lsdm
+worker` runs (``engine.whatif.run_whatif``: both forecasts with the same seed, stored in one
+transaction); the editor reads what it needs from the database (``EditorContext``, ``user_series``).
+Results are always read back with ``engine.whatif.load_scenario`` from the stored runs, so what is shown
+after a run and after ``?scenario=ID`` is the same thing.
 Display units: MB and "Tue 14:00" hour labels.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 
 import altair as alt
 import numpy as np
@@ -25,8 +30,9 @@ from sqlalchemy.orm import Session
 from app.charts import radar
 from app.common import ACCENT, DatasetInfo, database, hour_label_for, megabytes, service_scale
 from db.models import Cell, Dataset, Tile
-from engine.forecast import ForecastContext, LocationPlan
-from engine.whatif import CellEdit, Scenario, WhatIfContext, list_scenarios, load_scenario, load_whatif_context
+from engine.data.windows import SeriesData
+from engine.forecast import LocationPlan
+from engine.whatif import CellEdit, Scenario, list_scenarios, load_scenario
 
 DEFAULT_HORIZON = 12
 DEFAULT_SAMPLES = 32
@@ -70,19 +76,130 @@ def cell_label(cells: pd.DataFrame) -> dict[str, str]:
     return {key: f"{key} · {use}" for key, use in zip(cells["key"], cells["land_use"])}
 
 
-def start_cell(context: WhatIfContext, user: str, start: int, mode: str) -> str | None:
-    """Where the user is at the start hour under ``habitual`` or ``stay`` (the engine's own plan), or
-    None where unknown: the cell whose environment the editor changes when the user is not moved."""
-    series = context.series
-    row = series.entity_keys.index(user)
-    cell = int(LocationPlan(mode).cell_rows(series, row, start, 1)[0])
+@dataclass
+class EditorContext:
+    """What the editor needs of the data set and the active model, read from the database without
+    loading the model (the worker loads it to run the scenario): cells in the engine's row order, their
+    POI counts and stored descriptions, which have an image embedding of the model's encoder, and that
+    encoder's Eq. 9 weights. It offers what engine.whatif.validate_scenario reads of a WhatIfContext
+    (``cell_row``, ``categories``, ``has_image``, ``a``, ``b``, ``series.dataset_name``), so that the page
+    checks a scenario with the engine's own rules before queueing it."""
+
+    dataset_name: str
+    cell_keys: list[str]  # in cell id order, as engine.data.windows.load_series
+    categories: tuple[str, ...]
+    poi: np.ndarray  # (C, P) POI counts
+    descriptions: list[str]  # the stored description of each cell ("" where none)
+    has_image: np.ndarray  # (C,) bool
+    a: float  # the encoder's Eq. 9 weights (engine/env/clip.py ClipSettings); 0.5/0.5 without one
+    b: float
+    uses_environment: bool  # the model is conditioned on an environment the data set has
+
+    @property
+    def series(self) -> EditorContext:
+        """validate_scenario names the data set through ``context.series.dataset_name``."""
+        return self
+
+    @cached_property
+    def cell_row(self) -> dict[str, int]:
+        return {key: i for i, key in enumerate(self.cell_keys)}
+
+    @cached_property
+    def city_stats(self):  # noqa: ANN201
+        """The data set's POI statistics, against which edited counts are described."""
+        from engine.env.describe import CityStats
+
+        return CityStats.from_counts(self.poi, self.categories)
+
+    def describe_counts(self, counts: list[int]) -> str:
+        """The template description of a cell with these POI counts in this city: what the worker encodes
+        for an edit of the counts without an explicit description (engine.whatif.scenario_env)."""
+        from engine.env.describe import TemplateDescriber
+
+        return TemplateDescriber().text(counts, self.city_stats)
+
+
+def model_encoder_id(session: Session, model_id: int) -> str | None:
+    """The encoder whose embeddings the model was trained on (its model.json's data fingerprint); None
+    when the model has none or its folder cannot be read (then the data set's active encoder counts)."""
+    from db.models import ModelRecord
+
+    record = session.get(ModelRecord, model_id)
+    try:
+        document = json.loads((Path(record.path) / "model.json").read_text())
+    except (AttributeError, OSError, ValueError):
+        return None
+    return (document.get("data") or {}).get("encoder_id")
+
+
+def editor_context(session: Session, dataset_id: int, model_id: int) -> EditorContext:
+    """The editor's view of the data set for the active model (see EditorContext); a few small queries."""
+    from db.models import Description, Embedding, ModelRecord
+    from engine.env.pipeline import active_encoder_record
+    from engine.model.config import ModelConfig
+
+    dataset = session.get(Dataset, dataset_id)
+    cells = session.execute(select(Cell.id, Cell.key, Cell.poi_counts).where(Cell.dataset_id == dataset_id)
+                            .order_by(Cell.id)).all()
+    texts = dict(session.execute(select(Description.cell_id, Description.text).join(Cell)
+                                 .where(Cell.dataset_id == dataset_id)).all())
+    encoder_id = model_encoder_id(session, model_id)
+    if encoder_id is None:
+        active = active_encoder_record(session, dataset)
+        encoder_id = active.name if active else None
+    record = session.scalar(select(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.name == encoder_id,
+                                                      ModelRecord.dataset_id == dataset_id)
+                            .order_by(ModelRecord.id.desc())) if encoder_id else None
+    settings = ((record.config or {}).get("settings") or {}) if record else {}
+    embedded = {kind: set(session.scalars(select(Embedding.cell_id).join(Cell).where(
+        Cell.dataset_id == dataset_id, Embedding.encoder_id == encoder_id, Embedding.kind == kind)))
+        for kind in ("image", "env")} if encoder_id else {"image": set(), "env": set()}
+    forecaster = session.get(ModelRecord, model_id)
+    conditioned = ModelConfig.from_dict(forecaster.config or {}).uses_environment if forecaster else False
+    categories = tuple(dataset.poi_categories)
+    return EditorContext(
+        dataset_name=dataset.name, cell_keys=[key for _, key, _ in cells], categories=categories,
+        poi=np.array([counts for _, _, counts in cells], dtype=np.int64).reshape(len(cells), len(categories)),
+        descriptions=[texts.get(cell_id, "") for cell_id, _, _ in cells],
+        has_image=np.array([cell_id in embedded["image"] for cell_id, _, _ in cells], dtype=bool),
+        a=float(settings.get("a", 0.5)), b=float(settings.get("b", 0.5)),
+        uses_environment=bool(conditioned and embedded["env"]))
+
+
+def user_series(session: Session, dataset_id: int, key: str) -> SeriesData | None:
+    """One entity of the data set as engine.data.windows.SeriesData (its traffic and the cell row of
+    each hour; no environment), so that the engine's own LocationPlan says where the user is; None for an
+    unknown key."""
+    from db.models import Entity
+    from db.queries import entity_locations, entity_matrix
+
+    dataset = session.get(Dataset, dataset_id)
+    entity_id = session.scalar(select(Entity.id).where(Entity.dataset_id == dataset_id, Entity.key == key))
+    if entity_id is None:
+        return None
+    cells = session.execute(select(Cell.id, Cell.key).where(Cell.dataset_id == dataset_id).order_by(Cell.id)).all()
+    row = {cell_id: i for i, (cell_id, _) in enumerate(cells)}
+    located = entity_locations(session, entity_id, dataset.hours)
+    return SeriesData(
+        dataset_name=dataset.name, services=list(dataset.services), entity_ids=np.array([entity_id]),
+        entity_keys=[key], traffic=entity_matrix(session, entity_id, dataset.hours, len(dataset.services))[None],
+        location=np.array([[row[int(c)] if c >= 0 else -1 for c in located]], dtype=np.int64),
+        cell_ids=np.array([cell_id for cell_id, _ in cells]), cell_keys=[k for _, k in cells],
+        env=np.zeros((len(cells), 0), dtype=np.float32), time_origin=dataset.time_origin)
+
+
+def start_cell(series: SeriesData, start: int, mode: str) -> str | None:
+    """Where the user of ``series`` (user_series) is at the start hour under ``habitual`` or ``stay``
+    (the engine's own plan, as the worker applies it), or None where unknown: the cell whose environment
+    the editor changes when the user is not moved."""
+    cell = int(LocationPlan(mode).cell_rows(series, 0, start, 1)[0])
     return series.cell_keys[cell] if cell >= 0 else None
 
 
-def target_cell(context: WhatIfContext, user: str, start: int, mode: str, cell: str | None) -> str | None:
+def target_cell(series: SeriesData, start: int, mode: str, cell: str | None) -> str | None:
     """The cell whose environment the editor changes: where the user is moved, else where the user is
     at the start hour."""
-    return cell if mode == "cell" else start_cell(context, user, start, mode)
+    return cell if mode == "cell" else start_cell(series, start, mode)
 
 
 def map_deck(cells: pd.DataFrame, target: str | None, home: str | None) -> pdk.Deck | None:
@@ -387,11 +504,18 @@ def cached_tile(url: str, dataset_id: int, key: str) -> bytes | None:
         return cell_tile(session, dataset_id, key)
 
 
-@st.cache_resource(show_spinner="Loading the environment ...", max_entries=2)
-def cached_whatif_context(url: str, model_id: int, dataset_id: int, _forecast: ForecastContext) -> WhatIfContext:
-    """The what-if context around the (shared) loaded forecast context; the CLIP encoder inside is
-    loaded on the first edit that needs it and then kept."""
-    return load_whatif_context(database(), forecast_context=_forecast)
+@st.cache_resource(show_spinner=False, max_entries=4)
+def cached_editor_context(url: str, dataset_id: int, model_id: int, revision: int) -> EditorContext:
+    """The editor's view of the data set (kept as a resource: its arrays are not copied on every rerun;
+    the revision in the key drops it when the data change)."""
+    with database().session() as session:
+        return editor_context(session, dataset_id, model_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def cached_user_series(url: str, dataset_id: int, revision: int, key: str) -> SeriesData | None:
+    with database().session() as session:
+        return user_series(session, dataset_id, key)
 
 
 @st.cache_data(show_spinner=False)

@@ -57,6 +57,7 @@ PAGES = {
     "whatif": ("whatif", "What-if", "What-if"),
     "models": ("models", "Models & evaluation", "Models & evaluation"),
     "data": ("data", "Data", "Data"),
+    "jobs": ("jobs", "Jobs", "Jobs"),
 }
 
 

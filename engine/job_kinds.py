@@ -357,7 +357,7 @@ def _train(ctx: JobContext) -> Outcome:
     def epoch_done(entry: dict) -> None:
         history.append(entry)
         ctx.progress(entry["epoch"] / epochs, f"epoch {entry['epoch']}/{epochs}: validation loss "
-                                              f"{entry['val_loss']:.4f}")
+                                              f"{entry['val_loss']:.4f}", detail={"history": history})
 
     def tick(epoch: int, batch: int, batches: int) -> None:
         ctx.progress((epoch + batch / max(batches, 1)) / epochs, None)

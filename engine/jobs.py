@@ -291,6 +291,7 @@ class _RunState:
     message: str | None = None
     cancel: bool = False
     dirty: bool = True
+    detail: dict | None = None
 
 
 class JobContext:
@@ -304,14 +305,19 @@ class JobContext:
         self.database = worker.database
         self._state = state
 
-    def progress(self, fraction: float | None = None, message: str | None = None) -> None:
-        """Record progress (0..1, None keeps the last) and a message; raises JobCancelled or
-        WorkerStopping when the job must stop."""
+    def progress(self, fraction: float | None = None, message: str | None = None, *,
+                 detail: dict | None = None) -> None:
+        """Record progress (0..1, None keeps the last), a message and optionally a small JSON ``detail``
+        that the app can draw while the job runs (stored in ``result`` until the job's own result
+        replaces it; e.g. the loss curve so far); raises JobCancelled or WorkerStopping when the job
+        must stop."""
         state = self._state
         if fraction is not None:
             state.progress = min(1.0, max(0.0, float(fraction)))
         if message is not None:
             state.message = message[:500]
+        if detail is not None:
+            state.detail = json.loads(json.dumps(detail, default=str))
         state.dirty = True
         self.check()
 
@@ -387,6 +393,8 @@ class JobWorker:
                 if state.dirty:
                     state.dirty = False
                     values.update(progress=state.progress, message=state.message)
+                    if state.detail is not None:
+                        values["result"] = state.detail
                 session.execute(update(Job).where(Job.id == job_id, Job.status == "running",
                                                   Job.worker_id == self.id).values(**values))
             if states:
@@ -482,17 +490,18 @@ class JobWorker:
                 self.data_epoch += 1
                 self.clear_cache()
         except JobCancelled:
-            values = {"status": "cancelled", "message": "cancelled; nothing was stored"}
+            values = {"status": "cancelled", "message": "cancelled; nothing was stored", "result": None}
         except WorkerStopping:
             values = {"status": "queued", "worker_id": None, "progress": 0.0, "cancel_requested": False,
-                      "attempts": max(0, job.attempts - 1), "started_at": None,
+                      "attempts": max(0, job.attempts - 1), "started_at": None, "result": None,
                       "message": "queued again: the worker was stopped"}
         except InputError as error:
             values = {"status": "failed", "error": str(error), "message": "failed: bad input",
                       "result": {"field": error.field, "file": error.file, "line": error.line}}
         except Exception as error:  # noqa: BLE001 - any failure is recorded with its reason
             log.error("job %s (%s) failed:\n%s", job.id, job.kind, traceback.format_exc())
-            values = {"status": "failed", "error": f"{type(error).__name__}: {error}", "message": "failed"}
+            values = {"status": "failed", "error": f"{type(error).__name__}: {error}", "message": "failed",
+                      "result": None}
         finally:
             with self._lock:
                 self._running.pop(job.id, None)

@@ -1,6 +1,7 @@
 """Data: what is loaded (data sets, counts, environment coverage), which data set is active, and where
 new data comes from: uploaded files (long table or Tsinghua format), a synthetic city, the environment
-build, and the tile-source / describer settings that build uses."""
+build (jobs that `lsdm worker` runs; the page follows them above its tabs, ?job=ID), and the
+tile-source / describer settings that build uses."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from datetime import datetime
 
 import streamlit as st
 
-from app import common
+from app import common, jobs_ui
 from app import data_admin as da
 from app import settings as app_settings
-from db.queries import NoDatasetError
 from engine.errors import InputError
+from engine.jobs import discard_uploads
+
+DATA_JOBS = ("ingest.table", "ingest.tsinghua", "city.build", "env.build")
 
 common.page_header("Data", "What is loaded, and where new data comes from.")
 db = common.database()
@@ -20,7 +23,7 @@ overview, coverage, datasets = da.cached_overview(db.url, common.revision())
 
 
 def finish(notice: str) -> None:
-    """After a write: remember what happened, drop cached queries, show the page afresh."""
+    """After a write in this process: remember what happened, drop cached queries, show the page afresh."""
     st.session_state["data_notice"] = notice
     common.bump_revision()
     st.rerun()
@@ -30,9 +33,18 @@ def upload(file) -> da.Upload | None:  # noqa: ANN001
     return (file.name, file.getvalue()) if file is not None else None
 
 
-def show_problem(problem: da.UploadProblem, slots: dict, general) -> None:  # noqa: ANN001
-    """The message next to the input it is about, else under the form."""
-    (slots.get(problem.role) or general).error(problem.message, icon=":material/error:")
+def queue(kind: str, params: dict, slots: dict | None = None) -> None:
+    """Queue a job of this page and follow it (above the tabs); a refused request keeps no uploads."""
+    job_id = jobs_ui.submit(kind, params, slots=slots)
+    if job_id is None:
+        discard_uploads(params)
+    else:
+        st.session_state["data_job"] = job_id
+
+
+def show_done(job) -> None:  # noqa: ANN001 - engine.jobs.JobView
+    """A done job of this page: what it made (the page was drawn from the fresh data already)."""
+    st.success(da.job_notice(job), icon=":material/check_circle:")
 
 
 def show_overview() -> None:
@@ -111,25 +123,16 @@ def table_form() -> None:
         slots["name"] = st.empty()
         replace = st.checkbox("Replace a data set of the same name", key="table_replace")
         submitted = st.form_submit_button("Ingest", type="primary", key="table_submit")
-        general = st.empty()
     if not submitted:
         return
     for role, file in (("records", records), ("cells", cells)):
         if file is None:
             slots[role].error(f"Choose the {role} file.")
             return
-    chosen_mapping = upload(mapping) or mappings.get(shipped)
-    with st.spinner("Reading and storing ..."):
-        try:
-            summary = da.ingest_table_uploads(db, upload(records), upload(cells), chosen_mapping,
-                                              entity_kind=kind if kind in ("user", "cell") else None,
-                                              timezone=timezone.strip() or None, name=name.strip() or None,
-                                              replace=replace)
-        except da.UploadProblem as problem:
-            show_problem(problem, slots, general)
-            return
-    finish(f"Ingested {summary['dataset']!r}: {summary['entities']} {summary['entity_kind']}s, {summary['cells']} cells, "
-           f"{summary['hours']} hours, {common.format_bytes(summary['total_bytes'])}. It is the active data set now.")
+    params = da.table_job(upload(records), upload(cells), upload(mapping) or mappings.get(shipped),
+                          entity_kind=kind if kind in ("user", "cell") else None, timezone=timezone.strip() or None,
+                          name=name.strip() or None, replace=replace)
+    queue("ingest.table", params, slots)
 
 
 def tsinghua_form() -> None:
@@ -150,20 +153,15 @@ def tsinghua_form() -> None:
         all_services = right.checkbox("Keep all 20 services (default: the paper's 10)", key="ts_all")
         replace = st.checkbox("Replace a data set of the same name", key="ts_replace")
         submitted = st.form_submit_button("Ingest", type="primary", key="ts_submit")
-        general = st.empty()
     if not submitted:
         return
-    status = st.empty()
-    try:
-        summary = da.ingest_tsinghua_uploads(db, {role: upload(f) for role, f in files.items()},
-                                             all_services=all_services, name=name.strip(), replace=replace,
-                                             progress=lambda message: status.caption(message))
-    except da.UploadProblem as problem:
-        status.empty()
-        show_problem(problem, slots, general)
+    missing = [role for role in da.TSINGHUA_ROLES[:4] if files[role] is None]
+    if missing:
+        slots[missing[0]].error(f"Upload the {missing[0]} file.")
         return
-    finish(f"Ingested {summary['dataset']!r}: {summary['entities']} users, {summary['cells']} cells, "
-           f"{summary['hours']} hours. It is the active data set now.")
+    params = da.tsinghua_job({role: upload(f) for role, f in files.items()}, all_services=all_services,
+                             name=name.strip(), replace=replace)
+    queue("ingest.tsinghua", params, slots)
 
 
 def city_form() -> None:
@@ -174,25 +172,18 @@ def city_form() -> None:
         users = c1.number_input("Users", 1, 100_000, 500, key="city_users")
         cells = c2.number_input("Cells", 8, 20_000, 400, key="city_cells")
         seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="city_seed")
-        days = c4.number_input("Days", 1, 120, 14, key="city_days")
-        effect = c5.number_input("Environment effect", 0.0, 10.0, 1.0, step=0.1, key="city_effect",
+        days = c4.number_input("Days", 8, 60, 14, key="city_days",
+                               help="At least 8: a week of history before the held-out days.")
+        effect = c5.number_input("Environment effect", 0.0, 5.0, 1.0, step=0.1, key="city_effect",
                                  help="0: nobody's traffic depends on where they are (a control city)")
         name = st.text_input("Name", placeholder="synthetic-seed<seed>", key="city_name")
         name_slot = st.empty()
         replace = st.checkbox("Replace a data set of the same name", key="city_replace")
         submitted = st.form_submit_button("Build city", type="primary", key="city_submit")
-        general = st.empty()
-    if not submitted:
-        return
-    with st.spinner("Generating the city ..."):
-        try:
-            summary = da.build_city(db, users=int(users), cells=int(cells), seed=int(seed), days=int(days),
-                                    env_effect=float(effect), name=name.strip() or None, replace=replace)
-        except da.UploadProblem as problem:
-            show_problem(problem, {"name": name_slot}, general)
-            return
-    finish(f"Built {summary['dataset']!r}: {summary['entities']} users, {summary['cells']} cells, {summary['hours']} "
-           "hours. It is the active data set now; build its environment next (tab *Environment*).")
+    if submitted:
+        queue("city.build", {"users": int(users), "cells": int(cells), "seed": int(seed), "days": int(days),
+                             "env_effect": float(effect), "name": name.strip() or None, "replace": replace},
+              {"name": name_slot})
 
 
 def load_saved_settings() -> app_settings.AppSettings:
@@ -216,25 +207,9 @@ def environment_form(saved: app_settings.AppSettings) -> None:
         train_encoder = c2.checkbox("Train a new encoder even on the default city", key="env_train")
         epochs = c3.number_input("CLIP epochs (new encoders)", 0, 500, 40, key="env_epochs")
         submitted = st.form_submit_button("Build environment", type="primary", key="env_submit")
-    if not submitted:
-        return
-    bar = st.progress(0.0, text="starting ...")
-    position = [0.0]
-
-    def progress(message: str) -> None:
-        share = da.environment_progress(message)
-        position[0] = max(position[0], share if share is not None else position[0])
-        bar.progress(position[0], text=message)
-
-    try:
-        summary = da.build_environment_with(db, saved, regenerate=regenerate, train_encoder=train_encoder,
-                                            clip_epochs=int(epochs), progress=progress)
-    except (InputError, LookupError, NoDatasetError) as error:
-        bar.empty()
-        st.error(f"The environment build failed: {error}")
-        return
-    finish(f"Environment of {summary['dataset']!r}: {summary['tiles']} tiles, {summary['descriptions']} descriptions, "
-           f"{summary['embeddings']} embeddings (encoder `{summary['encoder']}`).")
+    if submitted:
+        queue("env.build", da.environment_job(saved, regenerate=regenerate, train_encoder=train_encoder,
+                                              clip_epochs=int(epochs)))
 
 
 def settings_form(saved: app_settings.AppSettings) -> None:
@@ -277,10 +252,15 @@ def settings_form(saved: app_settings.AppSettings) -> None:
 
 if "data_notice" in st.session_state:
     st.success(st.session_state.pop("data_notice"), icon=":material/check_circle:")
+if overview is None:
+    jobs_ui.first_launch(stop=False)
+else:
+    jobs_ui.forget(jobs_ui.FIRST_LAUNCH_KEY)
 show_overview()
 show_environment()
 show_datasets()
 st.divider()
+job_slot = st.container()  # the followed job, above the tabs whichever tab queued it
 saved_settings = load_saved_settings()
 tabs = st.tabs(["Ingest a table", "Ingest Tsinghua files", "Build a synthetic city", "Environment", "Settings"])
 with tabs[0]:
@@ -293,3 +273,8 @@ with tabs[3]:
     environment_form(saved_settings)
 with tabs[4]:
     settings_form(saved_settings)
+
+followed_job = st.session_state.pop("data_job", None) or jobs_ui.followed("data", DATA_JOBS)
+if followed_job is not None:
+    with job_slot:
+        jobs_ui.follow(followed_job, key="data", on_done=show_done)

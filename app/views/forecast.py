@@ -1,26 +1,18 @@
 """Forecast page: ask the active model for probabilistic forecasts of one or more users, watch it run,
 read the fans, the service mix and the scores, export them, and reopen or compare stored runs.
-Deep links: ?user=KEY[,KEY...]&hour=H&horizon=N, and ?run=ID for a stored run (never recomputed).
-The logic lives in app/forecast_data.py; the forecasting itself in engine/forecast.py."""
+Deep links: ?user=KEY[,KEY...]&hour=H&horizon=N, ?run=ID for a stored run (never recomputed), and
+?job=ID for a forecast job still being followed.
+The form queues a ``forecast`` job (app/jobs_ui.py) that `lsdm worker` runs (engine/forecast.py); the
+page follows it and opens the stored run when it is done. The logic lives in app/forecast_data.py."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from app import forecast_data as fd
-from app.common import (
-    bump_revision,
-    database,
-    page_header,
-    query_int,
-    query_str,
-    require_dataset,
-    revision,
-    set_query,
-)
+from app import jobs_ui
+from app.common import database, page_header, query_int, query_str, require_dataset, revision, set_query
 from app.user_data import cached_entity_keys
-from engine.errors import InputError
-from engine.forecast import run_forecast
 
 info = require_dataset()
 url = database().url
@@ -40,7 +32,8 @@ def show_error(slot, message: str | None) -> None:  # noqa: ANN001
 
 
 def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
-    """The request form and the Run button; a successful run becomes the shown run (?run=ID)."""
+    """The request form and the Run button, which queues a forecast job; the followed job is shown under
+    the button and, when done, its run becomes the shown run (?run=ID)."""
     linked = [k for k in (query_str("user") or "").split(",") if k]
     unknown = [k for k in linked if k not in set(keys)]
     if unknown:
@@ -103,38 +96,23 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
         for key, value in (("fc_users", list(users) or None), ("fc_start", start), ("fc_horizon", horizon)):
             fd.remember_link_value(state, key, value)
 
+        job_id = jobs_ui.followed("forecast", ("forecast",))
         clicked = st.button("Run forecast", type="primary", icon=":material/play_arrow:", key="fc_run")
         st.caption(f"Model {model.id} · {model.name} · reads {model.history} h of history")
         if clicked:
             if errors:
                 st.error("Not run: correct the fields marked above.")
-                return
-            run_request(model, request)
+            else:
+                job_id = jobs_ui.submit("forecast", {**request.engine_kwargs(noun), "model_id": model.id}) or job_id
+        if job_id is not None:
+            jobs_ui.follow(job_id, key="forecast", on_done=open_run)
 
 
-def run_request(model: fd.ModelInfo, request: fd.ForecastRequest) -> None:
-    """Run the forecast with live progress, store it (the engine does), and show it."""
-    bar = st.progress(0.0, text="Loading the model and the data set ...")
-
-    def progress(done: int, total: int) -> None:  # called by the engine in this thread, after each hour
-        bar.progress(done / total, text=f"Forecast hour {done} of {total}")
-
-    try:
-        context = fd.cached_context(url, model.id, info.id, info.name)
-        bar.progress(0.0, text=f"Forecasting {request.horizon} hours ...")
-        result = run_forecast(database(), **request.engine_kwargs(noun), progress=progress, context=context)
-    except InputError as error:
-        bar.empty()
-        st.error(f"The forecast was not run: {error}", icon=":material/error:")
-        return
-    except Exception as error:  # noqa: BLE001 - an engine failure is shown with its reason, not a traceback page
-        bar.empty()
-        st.error(f"The forecast failed: {type(error).__name__}: {error}", icon=":material/error:")
-        return
-    bar.empty()
-    bump_revision()
-    set_query(run=result["run_id"])
-    st.toast(f"Run {result['run_id']} stored ({result['seconds']:.1f} s).", icon=":material/check:")
+def open_run(job) -> None:  # noqa: ANN001 - engine.jobs.JobView
+    """A done forecast job: show its stored run (?run=ID)."""
+    run_id = job.ref_id("forecast_run")
+    set_query(run=run_id)
+    st.toast(f"Run {run_id} stored ({(job.result or {}).get('seconds') or 0:.1f} s).", icon=":material/check:")
 
 
 def show_run(run: fd.StoredRun) -> None:

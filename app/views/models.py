@@ -1,14 +1,15 @@
 """Models & evaluation: the registered forecasters and encoders of the active data set, which one is
-active, their loss curves, training a new one, and the stored evaluation (Tables III/IV, per-service
-R², error by horizon). Link: ?model=ID selects a forecaster."""
+active, their loss curves, training a new one and evaluating one (``train`` and ``evaluate`` jobs that
+`lsdm worker` runs; the page follows them), and the stored evaluation (Tables III/IV, per-service R²,
+error by horizon). Links: ?model=ID selects a forecaster; ?job=ID follows a training or evaluation."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app import common
+from app import common, jobs_ui
 from app import models_data as md
-from engine.errors import InputError
+from engine.evaluate import COMPARISON_MODELS
 from engine.model.config import CONFIGS
 
 common.page_header("Models & evaluation", "Forecasters and environment encoders of the active data set.")
@@ -68,7 +69,7 @@ def show_forecaster(model: md.ModelInfo) -> None:
             st.json(model.config, expanded=False)
     with right:
         if model.history:
-            st.altair_chart(md.loss_curve(model.history), theme=None, use_container_width=True)
+            st.altair_chart(md.loss_curve(model.history), theme=None, width="stretch")
         else:
             st.caption("No loss curve recorded for this model.")
 
@@ -100,7 +101,7 @@ def show_evaluation(model: md.ModelInfo) -> None:
         available = list(evaluation.get("per_service_r2") or {})
         chosen = st.multiselect("Methods", available, default=md.default_radar_methods(evaluation), key="radar_methods")
         if chosen:
-            st.altair_chart(md.r2_radar(evaluation, chosen, info.services), theme=None, use_container_width=True)
+            st.altair_chart(md.r2_radar(evaluation, chosen, info.services), theme=None, width="stretch")
             st.caption("R² below 0 (worse than the test day's mean) is drawn at the centre; the table has the values.")
         with st.expander("Per-service R² table"):
             st.dataframe(md.per_service_table(evaluation), width="stretch")
@@ -109,46 +110,44 @@ def show_evaluation(model: md.ModelInfo) -> None:
         if md.horizon_frame(evaluation).empty:
             st.caption("No recursive paths in this evaluation.")
         else:
-            st.altair_chart(md.horizon_chart(evaluation), theme=None, use_container_width=True)
+            st.altair_chart(md.horizon_chart(evaluation), theme=None, width="stretch")
     for note in evaluation.get("notes", []):
         st.caption(note)
 
 
 def evaluation_form(model: md.ModelInfo) -> None:
+    """Queue an ``evaluate`` job; the page follows it and shows the stored evaluation when it is done."""
     with st.form("evaluate"):
-        st.markdown(f"**Run an evaluation of model #{model.id}** (in this window; minutes)")
+        st.markdown(f"**Run an evaluation of model #{model.id}** (a job for the worker; minutes)")
         c1, c2, c3 = st.columns(3)
         samples = c1.number_input("Samples per window", 1, 256, 16, key="eval_samples")
-        steps = c2.number_input("Recursive steps", 1, 168, 30, key="eval_steps")
+        steps = c2.number_input("Recursive steps", 1, 72, 30, key="eval_steps")
         path_users = c3.number_input("Entities for the recursive paths", 1, 100_000, 100, key="eval_users")
         arima = st.checkbox("Include ARIMA (about 2 minutes)", value=False, key="eval_arima")
         train_missing = st.checkbox("Train missing comparison models (minutes each)", value=False, key="eval_train",
-                                    help=", ".join(md.COMPARISON_MODELS))
+                                    help=", ".join(COMPARISON_MODELS))
         submitted = st.form_submit_button("Run evaluation", key="eval_submit")
-    if not submitted:
-        return
-    total = md.evaluation_steps(models, include_arima=arima, train_missing=train_missing)
-    bar = st.progress(0.0, text="starting the evaluation ...")
-    done = [0]
+    job_id = jobs_ui.followed("evaluate", ("evaluate",))
+    if submitted:
+        job_id = jobs_ui.submit("evaluate", {"model_id": model.id, "samples": int(samples), "steps": int(steps),
+                                             "path_users": int(path_users), "include_arima": arima,
+                                             "train_missing": train_missing}) or job_id
+    if job_id is not None:
+        jobs_ui.follow(job_id, key="evaluate", on_done=evaluated)
 
-    def progress(message: str) -> None:
-        done[0] += 1
-        bar.progress(min(1.0, done[0] / total), text=message)
 
-    try:
-        md.run_evaluation(db, model.id, samples=int(samples), steps=int(steps), path_users=int(path_users),
-                          include_arima=arima, train_missing=train_missing, progress=progress)
-    except (InputError, LookupError, ValueError) as error:
-        bar.empty()
-        st.error(f"The evaluation failed: {error}")
-        return
-    common.bump_revision()
-    st.rerun()
+def evaluated(job) -> None:  # noqa: ANN001 - engine.jobs.JobView
+    """A done evaluation (the page above was drawn from the fresh data already)."""
+    st.success(f"Evaluated model #{job.ref_id('evaluation')} in {job.seconds or 0:.0f} s.",
+               icon=":material/check_circle:")
 
 
 def training_form() -> None:
+    """Queue a ``train`` job; the page follows it (progress, the loss curve so far) and selects the new
+    model when it is done."""
     st.subheader("Train a new forecaster")
-    st.caption(f"On data set {info.name!r}, in this window (the page waits until training ends).")
+    st.caption(f"On data set {info.name!r}, by the worker: you may leave the page meanwhile (the **Jobs** page "
+               "follows it too).")
     with st.form("train"):
         c1, c2, c3, c4 = st.columns(4)
         config = c1.selectbox("Configuration", list(CONFIGS), key="train_config",
@@ -159,30 +158,27 @@ def training_form() -> None:
                                   help="Stop after the epoch that passes this budget; 0 = no limit.")
         activate = st.checkbox("Make it the active model", value=True, key="train_activate")
         submitted = st.form_submit_button("Train", type="primary", key="train_submit")
-    if not submitted:
-        return
-    total = int(epochs) if epochs else CONFIGS[config].epochs
-    bar = st.progress(0.0, text=f"training {config} ...")
-    curve = st.empty()
-    history: list[dict] = []
+    job_id = jobs_ui.followed("train", ("train",))
+    if submitted:
+        job_id = jobs_ui.submit("train", {"config": config, "epochs": int(epochs) if epochs else None,
+                                          "seed": int(seed), "max_minutes": float(minutes) or None,
+                                          "activate": activate}) or job_id
+    if job_id is not None:
+        jobs_ui.follow(job_id, key="train", on_done=trained, live=loss_so_far)
 
-    def progress(entry: dict) -> None:
-        history.append(entry)
-        bar.progress(min(1.0, entry["epoch"] / total), text=f"epoch {entry['epoch']}/{total}: validation loss "
-                     f"{entry['val_loss']:.4f} ({entry['seconds']:.0f} s)")
-        curve.altair_chart(md.loss_curve(history), theme=None, use_container_width=True)
 
-    try:
-        result = md.train_model(db, config, dataset_name=info.name, epochs=int(epochs) if epochs else None,
-                                seed=int(seed), max_minutes=float(minutes) or None, activate=activate,
-                                progress=progress)
-    except (InputError, LookupError, ValueError) as error:
-        bar.empty()
-        st.error(f"Training failed: {error}")
-        return
-    st.session_state["trained"] = (result.record_id, result.metrics["stopped_by"], result.metrics["train_seconds"])
-    st.session_state["pending_pick"] = result.record_id  # shown next run (the picker exists already in this one)
-    common.bump_revision()
+def loss_so_far(job) -> None:  # noqa: ANN001 - engine.jobs.JobView
+    """The running training's loss curve, epoch by epoch (the job reports its history as it goes)."""
+    history = (job.result or {}).get("history") or []
+    if history:
+        st.altair_chart(md.loss_curve(history, height=200), width="stretch")
+
+
+def trained(job) -> None:  # noqa: ANN001 - engine.jobs.JobView
+    """A done training: select the new model (on the next run: its picker is drawn already) and say so."""
+    result = job.result or {}
+    st.session_state["trained"] = (job.ref_id("model"), result.get("stopped_by", "?"), result.get("train_seconds", 0))
+    st.session_state["pending_pick"] = job.ref_id("model")
     st.rerun()
 
 

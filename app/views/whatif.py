@@ -1,8 +1,9 @@
 """What-if page: from a user and an hour, change the environment (move the user to another cell, edit a
 cell's POI counts, description or tile, change Eq. 9's a/b or the guidance) and compare the scenario's
 forecast with the baseline made with the same seed. Scenarios are stored and reopened with
-?scenario=ID (never recomputed); ?user=KEY&hour=H start the editor there.
-The logic lives in app/whatif_data.py; the what-if itself in engine/whatif.py."""
+?scenario=ID (never recomputed); ?user=KEY&hour=H start the editor there; ?job=ID follows a what-if
+job. Run queues a ``whatif`` job (app/jobs_ui.py) that `lsdm worker` runs (engine/whatif.py); the page
+never loads the model. The logic lives in app/whatif_data.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import math
 import streamlit as st
 
 from app import forecast_data as fd
+from app import jobs_ui
 from app import whatif_data as wd
 from app.common import (
     bump_revision,
@@ -23,8 +25,9 @@ from app.common import (
     revision,
     set_query,
 )
+from app.user_data import cached_entity_keys
 from engine.errors import InputError
-from engine.whatif import CellEdit, rename_scenario, run_whatif, validate_scenario
+from engine.whatif import CellEdit, rename_scenario, validate_scenario
 
 info = require_dataset()
 url = database().url
@@ -40,28 +43,22 @@ def show_error(slot, message: str | None) -> None:  # noqa: ANN001
         slot.error(message, icon=":material/error:")
 
 
-def load_context(model: fd.ModelInfo) -> wd.WhatIfContext:
-    """The loaded model, series and environment parts (shared with the Forecast page's model cache)."""
-    try:
-        forecast = fd.cached_context(url, model.id, info.id, info.name)
-        return wd.cached_whatif_context(url, model.id, info.id, forecast)
-    except InputError as error:
-        st.error(f"The model cannot be used on this data set: {error}", icon=":material/error:")
-    except Exception as error:  # noqa: BLE001 - an engine failure is shown with its reason
-        st.error(f"Loading the model failed: {type(error).__name__}: {error}", icon=":material/error:")
-    st.stop()
+def user_series(key: str) -> wd.SeriesData:
+    """The user's traffic and cells (the engine's location plans need them)."""
+    return wd.cached_user_series(url, info.id, revision(), key)
 
 
-def adopt_scenario(result: dict, context: wd.WhatIfContext, hours: range) -> None:
+def adopt_scenario(result: dict, context: wd.EditorContext, keys: list[str], hours: range) -> None:
     """Fill the editor from a stored scenario (once per linked id): request, location, a/b, guidance,
     and the edits of the cell the editor changes; edits of other cells are kept as they are."""
     values = wd.editor_values(result["params"], context.a, context.b)
     edits: dict[str, CellEdit] = dict(values.pop("edits"))
-    if values.get("wi_user") not in context.series.entity_keys or values.get("wi_start") not in hours:
+    if values.get("wi_user") not in set(keys) or values.get("wi_start") not in hours:
         st.warning(f"Scenario {result['scenario_id']} cannot be placed in the editor (unknown {noun} or hour).")
         return
     state.update(values)
-    target = wd.target_cell(context, state["wi_user"], state["wi_start"], state["wi_location"], state.get("wi_cell"))
+    target = wd.target_cell(user_series(state["wi_user"]), state["wi_start"], state["wi_location"],
+                            state.get("wi_cell"))
     edit = edits.pop(target, CellEdit()) if target else CellEdit()
     state["wi_tile_mode"] = "cell" if edit.tile_from else "upload" if edit.tile_png else "keep"
     if edit.tile_from:
@@ -81,8 +78,7 @@ def pick_from_map() -> None:
         state["wi_cell"], state["wi_location"] = picked, "cell"
 
 
-def location_editor(context: wd.WhatIfContext, cells, user: str, start: int,  # noqa: ANN001
-                    slots: dict) -> tuple[str, str | None]:
+def location_editor(cells, user: str, start: int, slots: dict) -> tuple[str, str | None]:  # noqa: ANN001
     """Where the user is during the forecast; returns (mode, the cell whose environment is edited)."""
     labels = wd.cell_label(cells)
     mode = st.radio("Location", wd.LOCATION_MODES, key="wi_location", format_func=wd.LOCATION_LABELS.get,
@@ -91,8 +87,9 @@ def location_editor(context: wd.WhatIfContext, cells, user: str, start: int,  # 
     cell = st.selectbox("Move to cell", list(labels), key="wi_cell", format_func=labels.get,
                         disabled=mode != "cell", help="Or click a cell on the map.")
     slots["location"] = st.empty()
-    home = wd.start_cell(context, user, start, "habitual")
-    target = wd.target_cell(context, user, start, mode, cell)
+    series = user_series(user)
+    home = wd.start_cell(series, start, "habitual")
+    target = wd.target_cell(series, start, mode, cell)
     deck = wd.map_deck(cells, target, home)
     if deck is not None:
         st.pydeck_chart(deck, on_select=pick_from_map, selection_mode="single-object", key="wi_map", height=300)
@@ -102,7 +99,7 @@ def location_editor(context: wd.WhatIfContext, cells, user: str, start: int,  # 
     return mode, target
 
 
-def environment_editor(context: wd.WhatIfContext, cells, target: str | None, slots: dict) -> dict:  # noqa: ANN001
+def environment_editor(context: wd.EditorContext, cells, target: str | None, slots: dict) -> dict:  # noqa: ANN001
     """POI counts, description and tile of the target cell; returns the editor's raw values."""
     gen = state.get("wi_gen", 0)
     row = context.cell_row.get(target) if target else None
@@ -155,9 +152,9 @@ def environment_editor(context: wd.WhatIfContext, cells, target: str | None, slo
             "current_description": current_text, "tile_mode": tile_mode, "tile_from": tile_from, "tile_png": tile_png}
 
 
-def whatif_form(context: wd.WhatIfContext, model: fd.ModelInfo) -> None:
-    """The request, the scenario editor and the Run button; a run becomes the shown scenario."""
-    keys = context.series.entity_keys
+def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str]) -> None:
+    """The request, the scenario editor and the Run button, which queues a what-if job; the followed job
+    is shown under the button and, when done, its scenario becomes the shown one (?scenario=ID)."""
     hours = range(model.history, info.hours + 1)
     linked_user = query_str("user")
     fd.adopt_link_value(state, "wi_user", linked_user if linked_user in set(keys) else None)
@@ -183,7 +180,7 @@ def whatif_form(context: wd.WhatIfContext, model: fd.ModelInfo) -> None:
         slots["request"] = st.empty()
         left, right = st.columns([2, 3])
         with left:
-            mode, target = location_editor(context, cells, user, start, slots)
+            mode, target = location_editor(cells, user, start, slots)
         with right:
             env = environment_editor(context, cells, target, slots)
         bottom = st.columns(4)
@@ -216,47 +213,32 @@ def whatif_form(context: wd.WhatIfContext, model: fd.ModelInfo) -> None:
         fd.remember_link_value(state, "wi_user", user)
         fd.remember_link_value(state, "wi_start", start)
 
+        job_id = jobs_ui.followed("whatif", ("whatif",))
         clicked = st.button("Run what-if", type="primary", icon=":material/play_arrow:", key="wi_run")
         st.caption(f"Model {model.id} · {model.name} · {wd.SAMPLER} · baseline: habitual cells, the stored "
                    f"environment, a={context.a:g}, b={context.b:g}, guidance 1")
         if clicked:
             if error is not None:
                 st.error("Not run: correct the fields marked above.")
-                return
-            request = {"entity": f"{noun}:{user}", "start": int(start), "horizon": int(horizon),
-                       "samples": int(samples), "seed": int(seed)}
-            run_scenario(context, request, scenario, name, slots)
+            else:
+                request = {"entity": f"{noun}:{user}", "start": int(start), "horizon": int(horizon),
+                           "samples": int(samples), "sampler": wd.SAMPLER, "seed": int(seed),
+                           "scenario": scenario.to_dict(), "name": name.strip() or None}
+                job_id = jobs_ui.submit("whatif", request) or job_id
+        if job_id is not None:
+            jobs_ui.follow(job_id, key="whatif", on_done=open_scenario)
 
 
-def run_scenario(context: wd.WhatIfContext, request: dict, scenario, name: str, slots: dict) -> None:  # noqa: ANN001
-    """Both forecasts with live progress; stored by the engine in one transaction, then shown."""
-    bar = st.progress(0.0, text="Encoding the changed environment ...")
-
-    def progress(done: int, total: int) -> None:  # called by the engine in this thread after each hour
-        hours = total // 2  # the baseline's hours, then the scenario's
-        run, hour = ("baseline", done) if done <= hours else ("scenario", done - hours)
-        bar.progress(done / total, text=f"Forecasting the {run}: hour {hour} of {hours}")
-
-    try:
-        payload = run_whatif(database(), **request, sampler=wd.SAMPLER, scenario=scenario, name=name,
-                             context=context, progress=progress)
-    except InputError as error:
-        bar.empty()
-        show_error(slots.get(wd.field_slot(error.field), slots["request"]), wd.error_text(error))
-        st.error(f"The what-if was not run: {error}", icon=":material/error:")
-        return
-    except Exception as error:  # noqa: BLE001 - an engine failure is shown with its reason, not a traceback
-        bar.empty()
-        st.error(f"The what-if failed: {type(error).__name__}: {error}", icon=":material/error:")
-        return
-    bar.empty()
-    bump_revision()
-    state["_wi_loaded"] = payload["scenario_id"]  # the editor already holds it
-    set_query(scenario=payload["scenario_id"])
-    st.toast(f"Scenario {payload['scenario_id']} stored ({payload['seconds']:.1f} s).", icon=":material/check:")
+def open_scenario(job) -> None:  # noqa: ANN001 - engine.jobs.JobView
+    """A done what-if job: show its stored scenario (?scenario=ID); the editor holds it already."""
+    scenario_id = job.ref_id("scenario")
+    state["_wi_loaded"] = scenario_id
+    set_query(scenario=scenario_id)
+    st.toast(f"Scenario {scenario_id} stored ({(job.result or {}).get('seconds') or 0:.1f} s).",
+             icon=":material/check:")
 
 
-def show_result(result: dict, context: wd.WhatIfContext | None) -> None:
+def show_result(result: dict, context: wd.EditorContext | None) -> None:
     """A stored scenario: summary, totals, difference charts, radar, fans, edits, and its name."""
     scenario_id = result["scenario_id"]
     st.subheader(f"Scenario {scenario_id} · {result['name']}")
@@ -338,13 +320,14 @@ if model is None:
     st.info("No forecasting model yet for this data set: run `lsdm train` or `lsdm assets install` "
             "(or train one on the **Models & evaluation** page).", icon=":material/model_training:")
 else:
-    context = load_context(model)
+    context = wd.cached_editor_context(url, info.id, model.id, revision())
+    entity_keys = cached_entity_keys(url, info.id, revision())
     if not context.uses_environment:
         st.warning("The active model does not use the environment: scenarios will equal the baseline.")
     if linked is not None and state.get("_wi_loaded") != linked_id:
-        adopt_scenario(linked, context, range(model.history, info.hours + 1))
+        adopt_scenario(linked, context, entity_keys, range(model.history, info.hours + 1))
         state["_wi_loaded"] = linked_id
-    whatif_form(context, model)
+    whatif_form(context, model, entity_keys)
 
 shown_id = query_int("scenario", None, 1, 2**63 - 1)
 if shown_id is not None and shown_id != linked_id:  # just run: read back what was stored

@@ -1,6 +1,7 @@
-"""The Data page: what is loaded, switching the active data set, ingesting uploaded files (with errors
-that name the file and line and write nothing), building a city and its environment, and the
-tile-source / describer settings (validated, persisted atomically in the data directory)."""
+"""The Data page: what is loaded, switching the active data set, ingesting uploaded files, building a
+city and its environment (jobs that the worker, drained in the test's process, runs; errors name the
+uploaded file and line and write nothing; the uploads are removed), and the tile-source / describer
+settings (validated, persisted atomically in the data directory)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from db import open_database
 from db.queries import store_dataset
 from engine.data.city import CityConfig, generate_city
 from engine.errors import InputError
+from engine.job_kinds import environment_progress
+from engine.jobs import JobWorker, enqueue, list_jobs, uploads_root
 from tests.app.conftest import page
 
 # An LLM-app style long table (the layout of assets/mappings/llmapp.json): app_cate_id 5 is Social
@@ -53,10 +56,24 @@ def metrics(at: AppTest) -> dict[str, str]:
 
 
 def ingest_table(at: AppTest, records: str, cells: str = CELLS) -> AppTest:
+    """Upload the two files with the shipped llmapp mapping and press Ingest (which queues a job)."""
     at.file_uploader(key="table_records").set_value(("records.csv", records.encode(), "text/csv"))
     at.file_uploader(key="table_cells").set_value(("location.csv", cells.encode(), "text/csv"))
     at.selectbox(key="table_mapping_choice").select("llmapp.json")
     return at.button(key="table_submit").click().run()
+
+
+def drain(db: Path) -> list[tuple[str, str]]:
+    """Run every queued job with the real worker code, in this process; returns (kind, status) of all."""
+    database = open_database(str(db))
+    JobWorker(database).drain()
+    jobs = [(job.kind, job.status) for job in reversed(list_jobs(database))]
+    database.dispose()
+    return jobs
+
+
+def upload_folders() -> list[Path]:
+    return sorted(uploads_root().iterdir())
 
 
 @pytest.fixture
@@ -103,6 +120,11 @@ def test_an_empty_database_shows_how_to_get_data(empty_db):
 def test_ingesting_llmapp_style_csv_files_adds_an_active_data_set(small_db):
     at = ingest_table(data_page(), RECORDS)
     assert not at.exception
+    assert rows(small_db, "SELECT COUNT(*) FROM datasets")[0][0] == 1  # queued: the worker ingests
+    assert any("Ingest a traffic table" in m.value for m in at.markdown)
+    assert drain(small_db) == [("ingest.table", "done")]
+    at.run()
+    assert not at.exception
     assert rows(small_db, "SELECT name, kind, is_active, hours, timezone FROM datasets ORDER BY id") == [
         ("synthetic-seed1", "synthetic", 0, 96, "Asia/Shanghai"), ("records", "table", 1, 24, "Asia/Shanghai")]
     stored = rows(small_db, """SELECT e.key, t.hour, t.service, t.bytes FROM traffic t JOIN entities e ON e.id = t.entity_id
@@ -114,12 +136,21 @@ def test_ingesting_llmapp_style_csv_files_adds_an_active_data_set(small_db):
         "2", "2", "2", "24", "20")
 
 
-def test_a_bad_records_file_shows_the_file_line_and_field_and_writes_nothing(small_db):
+def test_a_bad_uploaded_file_fails_its_job_naming_the_file_as_uploaded_and_leaves_no_upload_or_data(small_db):
     before = core_snapshot(small_db)
     at = ingest_table(data_page(), RECORDS.replace("250", "-5"))
+    assert not at.exception and not at.error
+    [folder] = upload_folders()  # saved for the worker, one subfolder per upload with its own name
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.csv")) == [
+        "cells/location.csv", "records/records.csv"]
+
+    assert drain(small_db) == [("ingest.table", "failed")]
+    at.run()
     assert not at.exception
     errors = [e.value for e in at.error]
-    assert errors == ["records.csv:4: field 'traffic': expected bytes >= 0, found '-5'"]
+    assert errors == ["Ingest a traffic table failed: records.csv:4: field 'traffic': expected bytes >= 0, found '-5'"]
+    assert str(folder) not in errors[0]
+    assert upload_folders() == []
     assert core_snapshot(small_db) == before
     assert not at.success
 
@@ -129,21 +160,34 @@ def test_ingesting_under_an_existing_name_asks_before_replacing(small_db):
     at = data_page()
     at.text_input(key="table_name").input("synthetic-seed1")
     at = ingest_table(at, RECORDS)
-    assert any("'synthetic-seed1' exists already" in e.value for e in at.error)
+    assert drain(small_db) == [("ingest.table", "failed")]
+    at.run()
+    assert any("'synthetic-seed1' exists already" in e.value and "replace" in e.value for e in at.error)
     assert core_snapshot(small_db) == before
+    assert upload_folders() == []
 
 
-def test_uploaded_files_are_removed_after_ingest(small_db, tmp_path, monkeypatch):
-    import tempfile
-
-    (tmp_path / "uploads").mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "uploads"))  # where the uploads go
+def test_uploaded_files_are_removed_after_ingest(small_db):
+    params = da.table_job(("records.csv", RECORDS.encode()), ("location.csv", CELLS.encode()),
+                          da.shipped_mappings()["llmapp.json"], name="llm")
+    assert Path(params["uploads_dir"]).parent == uploads_root().resolve()
+    assert params["names"] == {params["records"]: "records.csv", params["cells"]: "location.csv"}
     database = open_database(str(small_db))
-    summary = da.ingest_table_uploads(database, ("records.csv", RECORDS.encode()), ("location.csv", CELLS.encode()),
-                                      da.shipped_mappings()["llmapp.json"], name="llm")
+    job_id = enqueue(database, "ingest.table", params)
+    JobWorker(database).drain()
+    [job] = list_jobs(database)
     database.dispose()
-    assert summary["dataset"] == "llm" and summary["total_bytes"] == 7674 + 100 + 250
-    assert list((tmp_path / "uploads").iterdir()) == []
+    assert (job.id, job.status, job.result["dataset"]) == (job_id, "done", "llm")
+    assert job.result["total_bytes"] == 7674 + 100 + 250
+    assert upload_folders() == []
+
+
+def test_a_refused_ingest_request_keeps_no_uploads(small_db):
+    at = data_page()
+    at.text_input(key="table_timezone").input("X" * 65)  # the job's parameters allow 64 characters
+    at = ingest_table(at, RECORDS)
+    assert any("Not started" in e.value and "timezone" in e.value for e in at.error)
+    assert upload_folders() == [] and list_jobs(open_database(str(small_db))) == []
 
 
 # --- synthetic city, active data set, environment -------------------------------------------------
@@ -151,13 +195,16 @@ def test_uploaded_files_are_removed_after_ingest(small_db, tmp_path, monkeypatch
 
 def test_building_a_city_makes_it_active_and_another_can_be_made_active_again(small_db):
     at = data_page()
-    for key, value in (("city_users", 20), ("city_cells", 30), ("city_days", 3), ("city_seed", 5)):
+    for key, value in (("city_users", 20), ("city_cells", 30), ("city_days", 8), ("city_seed", 5)):
         at.number_input(key=key).set_value(value)
     at.button(key="city_submit").click().run()
     assert not at.exception
+    assert drain(small_db) == [("city.build", "done")]
+    at.run()
     assert rows(small_db, "SELECT name, is_active FROM datasets ORDER BY id") == [
         ("synthetic-seed1", 0), ("synthetic-seed5", 1)]
-    assert metrics(at)["Hours"] == "72"
+    assert metrics(at)["Hours"] == "192"
+    assert any("Built 'synthetic-seed5': 20 users, 30 cells, 192 hours" in s.value for s in at.success)
     at.selectbox(key="dataset_pick").select("synthetic-seed1")
     at.button(key="dataset_activate").click().run()
     assert rows(small_db, "SELECT name, is_active FROM datasets ORDER BY id") == [
@@ -170,16 +217,22 @@ def test_building_the_environment_from_the_page_covers_every_cell(small_db):
     at.number_input(key="env_epochs").set_value(0)  # an untrained encoder: the pipeline, not the learning
     at.button(key="env_submit").click().run()
     assert not at.exception
+    [job] = list_jobs(open_database(str(small_db)))
+    assert job.params["tiles"] is None and job.params["describer"] == "template"  # the saved settings
+    assert drain(small_db) == [("env.build", "done")]
+    at.run()
+    assert not at.exception
     shown = metrics(at)
     assert shown["Tiles"] == shown["Descriptions"] == shown["Embeddings"] == "30 / 30"
     assert rows(small_db, "SELECT COUNT(*) FROM models WHERE kind = 'clip' AND is_active")[0][0] == 1
 
 
 def test_environment_progress_follows_the_pipeline_stages():
-    assert da.environment_progress("tiles: 10/40") == pytest.approx(0.0625)
-    assert da.environment_progress("descriptions: 40/40") == pytest.approx(0.45)
-    assert da.environment_progress("CLIP epoch 2/4: loss 1.2") == pytest.approx(0.7)
-    assert da.environment_progress("embedding") is None
+    """The env.build job's progress bar (engine/job_kinds.py)."""
+    assert environment_progress("tiles: 10/40") == pytest.approx(0.0625)
+    assert environment_progress("descriptions: 40/40") == pytest.approx(0.45)
+    assert environment_progress("CLIP epoch 2/4: loss 1.2") == pytest.approx(0.7)
+    assert environment_progress("embedding") is None
 
 
 # --- settings -------------------------------------------------------------------------------------

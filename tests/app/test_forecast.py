@@ -1,6 +1,8 @@
-"""The Forecast page: a forecast run from the form is stored with its parameters and drawn as fans with
-truth; ?run=ID reopens a stored run without recomputing; invalid input and engine errors are explained
-and write nothing; exports, scores and the run history; plus the functions behind it."""
+"""The Forecast page: the form queues a forecast job, which the worker (engine.jobs.JobWorker, drained
+in the test's process) runs and stores with its parameters, and the page then draws as fans with truth;
+?job=ID follows a job; ?run=ID reopens a stored run without recomputing; invalid input and engine
+errors are explained and write nothing; exports, scores and the run history; plus the functions behind
+it."""
 
 from __future__ import annotations
 
@@ -16,15 +18,14 @@ import pytest
 from sqlalchemy import func, select, update
 from streamlit.testing.v1 import AppTest
 
-import engine.forecast
 from app import forecast_data as fd
 from db import open_database
-from db.models import Entity, ForecastRun, ModelRecord
+from db.models import Entity, ForecastRun, Job, ModelRecord
 from db.queries import entity_matrix, get_dataset
-from engine.errors import InputError
 from engine.forecast import ForecastContext, load_context, run_forecast
+from engine.jobs import JobWorker, enqueue, get_job
 from engine.metrics import score
-from tests.app.conftest import page
+from tests.app.conftest import page, query
 
 MONDAY = datetime(2016, 4, 18)
 
@@ -108,11 +109,29 @@ def stored_run(db_path: Path, context: ForecastContext, **params) -> dict:  # no
     return result
 
 
-def forecast_page(**query: str) -> AppTest:
+def forecast_page(**params: str) -> AppTest:
     at = AppTest.from_file(page("forecast"), default_timeout=120)
-    for name, value in query.items():
+    for name, value in params.items():
         at.query_params[name] = value
     return at.run()
+
+
+def drain(db_path: Path) -> int:
+    """Run every queued job with the real worker code, in this process; returns how many ran."""
+    database = open_database(str(db_path))
+    try:
+        return JobWorker(database).drain()
+    finally:
+        database.dispose()
+
+
+def jobs_of(db_path: Path) -> list[tuple[int, str, str]]:
+    """(id, kind, status) of every job."""
+    database = open_database(str(db_path))
+    with database.session() as session:
+        rows = [(job.id, job.kind, job.status) for job in session.scalars(select(Job).order_by(Job.id))]
+    database.dispose()
+    return rows
 
 
 def fill_small_request(at: AppTest, start: int) -> None:
@@ -126,16 +145,25 @@ def fill_small_request(at: AppTest, start: int) -> None:
 # --- the page -------------------------------------------------------------------------------------------
 
 
-def test_forecast_page_runs_a_small_forecast_stores_it_and_draws_fans_with_truth(app_db: Path) -> None:
+def test_the_form_queues_a_forecast_job_and_the_page_draws_the_stored_run_with_truth(app_db: Path) -> None:
     at = forecast_page()
     assert not at.exception
     fill_small_request(at, start=300)
     at.button(key="fc_run").click().run()
     assert not at.exception
     assert not at.error
+    [(job_id, kind, status)] = jobs_of(app_db)
+    assert (kind, status) == ("forecast", "queued") and run_rows(app_db) == []  # nothing ran in the app
+    assert query(at, "job") == str(job_id)
+    assert [p.proto.text for p in at.get("progress")] == ["waiting for the worker"]
 
+    assert drain(app_db) == 1
+    at.run()
+    assert not at.exception and not at.error
     rows = run_rows(app_db)
     assert len(rows) == 1
+    assert get_job(open_database(str(app_db)), job_id).ref_id("forecast_run") == rows[0].id
+    assert query(at, "job") is None and not at.get("progress")
     params = rows[0].params
     keys = ("entity", "start", "horizon", "samples", "sampler", "location", "guidance", "seed")
     assert {k: params[k] for k in keys} == {"entity": "user:U0001", "start": 300, "horizon": 3, "samples": 4,
@@ -208,19 +236,55 @@ def test_start_below_the_model_history_shows_the_message_and_writes_nothing(app_
     assert run_rows(app_db) == []
 
 
-def test_an_engine_error_is_shown_with_its_reason_and_writes_nothing(app_db: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        raise InputError("no embeddings for cell C0007", field="--location")
-
-    monkeypatch.setattr(fd, "load_context", lambda *args, **kwargs: None)
-    monkeypatch.setattr(engine.forecast, "run_forecast", refuse)
+def test_a_failed_forecast_job_shows_the_workers_reason_and_writes_nothing(app_db: Path, tmp_path: Path) -> None:
+    gone = tmp_path / "removed-model"  # the active model's folder is gone: the worker cannot load it
+    database = open_database(str(app_db))
+    with database.write_session() as session, session.begin():
+        session.execute(update(ModelRecord).where(ModelRecord.is_active.is_(True), ModelRecord.kind == "lsdm")
+                        .values(path=str(gone)))
+    database.dispose()
     at = forecast_page()
     fill_small_request(at, start=300)
     at.button(key="fc_run").click().run()
+    assert drain(app_db) == 1
+    at.run()
     assert not at.exception
-    assert any("no embeddings for cell C0007" in e.value for e in at.error)
+    [(job_id, _, status)] = jobs_of(app_db)
+    assert status == "failed"
+    reason = get_job(open_database(str(app_db)), job_id).error
+    assert str(gone) in reason
+    assert [e.value for e in at.error] == [f"Forecast failed: {reason}"]
+    assert run_rows(app_db) == [] and query(at, "run") is None
+    at.run()  # shown once: the page no longer follows the job
+    assert not at.error and query(at, "job") is None
+
+
+def test_a_job_link_follows_the_job_and_opens_its_run_when_the_worker_is_done(app_db: Path) -> None:
+    database = open_database(str(app_db))
+    job_id = enqueue(database, "forecast", {"entity": "user:U0004", "start": 310, "horizon": 2, "samples": 3,
+                                            "sampler": "ddim:2"})
+    database.dispose()
+    at = forecast_page(job=str(job_id))
+    assert not at.exception
+    assert any(f"job {job_id}" in m.value for m in at.markdown)
+    assert [p.proto.text for p in at.get("progress")] == ["waiting for the worker"]
+    assert any("No worker is running" in w.value for w in at.warning)  # no `lsdm worker` in this test
     assert run_rows(app_db) == []
+
+    assert drain(app_db) == 1
+    at.run()
+    assert not at.exception and not at.warning
+    [run] = run_rows(app_db)
+    assert run.params["entity"] == "user:U0004" and run.params["horizon"] == 2
+    assert query(at, "run") == str(run.id) and query(at, "job") is None
+    assert at.subheader[0].value.startswith(f"Run {run.id} · user:U0004 ")
+
+
+def test_a_link_to_an_unknown_job_warns_and_shows_the_form(app_db: Path) -> None:
+    at = forecast_page(job="999")
+    assert not at.exception
+    assert any("`job=999`: there is no such job" in w.value for w in at.warning)
+    assert at.button(key="fc_run") is not None and query(at, "job") is None
 
 
 def test_deep_link_prefills_users_start_and_horizon(app_db: Path) -> None:

@@ -1,5 +1,6 @@
 """The Models & evaluation page: the registry with the active model and its loss curve, switching the
-active model, training from the page, and the stored evaluation (Tables III/IV, radar, error by step)."""
+active model, training and evaluating from the page (jobs that the worker, drained in the test's
+process, runs), and the stored evaluation (Tables III/IV, radar, error by step)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from db.queries import store_dataset
 from engine.data.city import CityConfig, generate_city
 from engine.env.clip import ClipSettings
 from engine.env.pipeline import build_environment
-from engine.evaluate import evaluate
+from engine.evaluate import evaluate, progress_messages
+from engine.jobs import JobWorker, list_jobs
 from engine.model.config import CONFIGS, resolve_config
 from engine.train import train
 from tests.app.conftest import page
@@ -42,6 +44,15 @@ def lsdm_records(db_path: Path) -> list[ModelRecord]:
         records = session.scalars(select(ModelRecord).where(ModelRecord.kind == "lsdm").order_by(ModelRecord.id)).all()
     database.dispose()
     return list(records)
+
+
+def drain(db_path: Path) -> list[str]:
+    """Run every queued job with the real worker code, in this process; returns their final statuses."""
+    database = open_database(str(db_path))
+    JobWorker(database).drain()
+    statuses = [job.status for job in list_jobs(database)]
+    database.dispose()
+    return statuses
 
 
 def models_page(**query: object) -> AppTest:
@@ -157,6 +168,11 @@ def test_training_the_tiny_configuration_from_the_page_registers_a_new_active_mo
     at.number_input(key="train_seed").set_value(3)
     at.button(key="train_submit").click().run()
     assert not at.exception
+    assert [r.id for r in lsdm_records(tiny_db)] == sorted(before)  # queued, not trained in the app
+    assert any("Train a forecaster" in m.value for m in at.markdown)
+    assert drain(tiny_db) == ["done"]
+    at.run()
+    assert not at.exception
     new = [r for r in lsdm_records(tiny_db) if r.id not in before]
     assert len(new) == 1
     model = new[0]
@@ -166,6 +182,43 @@ def test_training_the_tiny_configuration_from_the_page_registers_a_new_active_mo
     assert any(f"Trained model #{model.id}" in s.value for s in at.success)
     assert at.selectbox(key="model_pick").value == model.id
     assert at.query_params["model"] == str(model.id)
+
+
+def test_a_running_training_shows_its_loss_curve_so_far(tiny_db, tiny_city):
+    """While the worker trains (a thread running the real worker), the page following the job draws the
+    epochs reported so far; cancelling from the job's button stops it and nothing is registered."""
+    import threading
+    import time
+
+    from engine.jobs import enqueue, get_job
+
+    database = open_database(str(tiny_db))
+    before = {r.id for r in lsdm_records(tiny_db)}
+    job_id = enqueue(database, "train", {"config": "tiny", "epochs": 500})
+    worker = JobWorker(database, heartbeat=0.2)
+    thread = threading.Thread(target=worker.drain)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 120
+        while len((get_job(database, job_id).result or {}).get("history", [])) < 2:
+            assert time.monotonic() < deadline, "no epoch reported"
+            time.sleep(0.1)
+        at = models_page(job=job_id)
+        assert not at.exception
+        curves = [data for chart in at.get("vega_lite_chart") for data in chart_datasets(chart)
+                  if data and "val_loss" in data[0]]
+        epochs = [row["epoch"] for row in curves[-1]]  # the last chart on the page: the running job's
+        assert len(epochs) >= 2 and epochs[:2] == [1, 2]
+        at.button(key=f"follow_cancel_{job_id}").click().run()
+        deadline = time.monotonic() + 60
+        while get_job(database, job_id).active:
+            assert time.monotonic() < deadline, "the cancellation did not take effect"
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+    assert get_job(database, job_id).status == "cancelled"
+    assert {r.id for r in lsdm_records(tiny_db)} == before
 
 
 # --- evaluation -----------------------------------------------------------------------------------
@@ -201,6 +254,10 @@ def test_run_evaluation_from_the_page_stores_a_new_evaluation(tiny_db, tiny_city
     at.number_input(key="eval_users").set_value(2)
     at.button(key="eval_submit").click().run()
     assert not at.exception
+    assert drain(tiny_db) == ["done"]
+    at.run()
+    assert not at.exception
+    assert any(f"Evaluated model #{tiny_city['model_id']}" in s.value for s in at.success)
     stored = next(r for r in lsdm_records(tiny_db) if r.id == tiny_city["model_id"]).metrics["evaluation"]
     assert stored["settings"]["samples"] == 1 and stored["settings"]["steps"] == 2
     assert stored["evaluated_at"] >= stored_before["evaluated_at"]
@@ -208,12 +265,13 @@ def test_run_evaluation_from_the_page_stores_a_new_evaluation(tiny_db, tiny_city
     assert "1 samples per window, 2 recursive steps" in " ".join(c.value for c in at.caption)
 
 
-def test_evaluation_progress_steps_match_the_messages_the_engine_sends(tiny_city):
+def test_evaluation_progress_length_matches_the_messages_the_engine_sends(tiny_city):
+    """The evaluate job's progress bar (engine/job_kinds.py) is as long as the engine's messages."""
     database = open_database(str(tiny_city["db"]))
     dataset_id = next(r for r in lsdm_records(tiny_city["db"])).dataset_id
-    models = md.list_models(database, dataset_id)
+    registered = {m.name for m in md.list_models(database, dataset_id) if m.kind == "lsdm"}
     database.dispose()
-    expected = md.evaluation_steps(models, include_arima=False, train_missing=False)
+    expected = progress_messages(registered, include_arima=False, train_missing=False)
     assert expected == len(tiny_city["messages"]) == 6  # 2 baselines, 2 one-step passes, 2 path passes
 
 
@@ -236,13 +294,10 @@ def test_metric_table_labels_the_eight_metrics_as_the_paper_does():
                                          "R²": 0.5, "CRPS": 0.15, "cov50": 0.48, "cov90": 0.88}]
 
 
-def test_evaluation_steps_count_training_of_missing_comparison_models():
-    from datetime import datetime
-
-    lsdm = md.ModelInfo(id=1, name="lsdm", kind="lsdm", active=True, created_at=datetime(2024, 1, 1))
+def test_evaluation_progress_counts_training_of_missing_comparison_models():
     # 3 baselines + 4 trainings + 5 one-step passes + 2 path passes
-    assert md.evaluation_steps([lsdm], include_arima=True, train_missing=True) == 14
-    assert md.evaluation_steps([lsdm], include_arima=False, train_missing=False) == 2 + 1 + 1
+    assert progress_messages({"lsdm"}, include_arima=True, train_missing=True) == 14
+    assert progress_messages({"lsdm"}, include_arima=False, train_missing=False) == 2 + 1 + 1
 
 
 def test_models_page_on_an_empty_database_says_where_data_comes_from(empty_db):

@@ -1,9 +1,11 @@
-"""The What-if page on the default city with the shipped model: the editor, running a scenario (both
-forecasts stored with the scenario in one transaction), the difference charts read from the stored runs,
-reopening a scenario by link without recomputing, field errors, and the empty states."""
+"""The What-if page on the default city with the shipped model: the editor (which never loads the
+model), running a scenario as a job (the worker, drained in the test's process, stores both forecasts
+with the scenario in one transaction), the difference charts read from the stored runs, reopening a
+scenario by link without recomputing, field errors, a failed job's reason, and the empty states."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -14,13 +16,14 @@ from streamlit.testing.v1 import AppTest
 
 from app.whatif_data import EditorInput, build_scenario, error_text, field_slot
 from db import open_database
-from db.models import Cell, Dataset, ForecastRun, Scenario as ScenarioRow
+from db.models import Cell, Dataset, ForecastRun, Scenario as ScenarioRow, Tile
 from db.queries import store_dataset
 from engine.data.city import CityConfig, generate_city
 from engine.errors import InputError
 from engine.forecast import ForecastResult
+from engine.jobs import JobWorker, enqueue, list_jobs
 from engine.whatif import CellEdit, Scenario, run_whatif
-from tests.app.conftest import page
+from tests.app.conftest import page, query
 
 USER = "U0007"
 START = 300  # Sat 12:00 of the second week: inside the data, after the model's 24 hours of history
@@ -39,11 +42,20 @@ def _services(db_path) -> list[str]:  # noqa: ANN001
         return session.scalar(select(Dataset.services))
 
 
-def _page(**query) -> AppTest:  # noqa: ANN003
+def _page(**params) -> AppTest:  # noqa: ANN003
     at = AppTest.from_file(page("whatif"), default_timeout=180)
-    for key, value in query.items():
+    for key, value in params.items():
         at.query_params[key] = str(value)
     return at.run()
+
+
+def _drain(db_path) -> list[str]:  # noqa: ANN001
+    """Run every queued job with the real worker code, in this process; returns their statuses."""
+    database = open_database(str(db_path))
+    JobWorker(database).drain()
+    statuses = [job.status for job in reversed(list_jobs(database))]
+    database.dispose()
+    return statuses
 
 
 def _elements(node) -> list:  # noqa: ANN001
@@ -101,8 +113,14 @@ def test_moving_the_user_stores_one_scenario_with_two_runs_and_charts_their_diff
     at.selectbox(key="wi_cell").set_value(target)
     at.button(key="wi_run").click().run()
     assert not at.exception and not at.error
+    assert _counts(app_db) == before  # queued for the worker
+    assert any("What-if" in m.value and "job" in m.value for m in at.markdown)
+    assert _drain(app_db) == ["done"]
+    at.run()
+    assert not at.exception and not at.error
     assert _counts(app_db) == (before[0] + 2, before[1] + 1)
-    scenario_id = int(at.query_params["scenario"])
+    assert query(at, "job") is None
+    scenario_id = int(query(at, "scenario"))
 
     database = open_database(str(app_db))
     with database.session() as session:
@@ -172,6 +190,48 @@ def test_a_negative_poi_count_shows_an_error_under_the_table_and_writes_nothing(
     assert after_editor.value == "the count of 'Medical care' must be >= 0, got -3"
     assert "Not run: correct the fields marked above." in [e.value for e in at.error]
     assert _counts(app_db) == before and "scenario" not in at.query_params
+
+
+def test_an_uploaded_tile_travels_inside_the_job_and_is_stored_with_the_scenario(app_db):
+    database = open_database(str(app_db))
+    with database.session() as session:
+        png = session.scalar(select(Tile.image).join(Cell).where(Cell.key == "C0003"))
+    database.dispose()
+    at = _page(user=USER, hour=START)
+    target = _start_cell(at)
+    at.number_input(key="wi_horizon").set_value(2)
+    at.number_input(key="wi_samples").set_value(2)
+    at.radio(key="wi_tile_mode").set_value("upload").run()
+    at.file_uploader(key="wi_upload").set_value(("my-tile.png", png, "image/png"))
+    at.button(key="wi_run").click().run()
+    assert not at.exception and not at.error
+    [job] = list_jobs(open_database(str(app_db)))
+    assert base64.b64decode(job.params["scenario"]["cell_edits"][target]["tile_png"]) == png  # in the job
+    assert _drain(app_db) == ["done"]
+    at.run()
+    assert not at.exception and not at.error
+    database = open_database(str(app_db))
+    with database.session() as session:
+        stored = session.get(ScenarioRow, int(query(at, "scenario")))
+        assert base64.b64decode(stored.params["scenario"]["cell_edits"][target]["tile_png"]) == png
+    database.dispose()
+    assert at.dataframe[-2].value["changed"].tolist() == ["uploaded tile"]  # the edited cells' table
+
+
+def test_a_failed_whatif_job_shows_the_reason_the_worker_found_and_writes_nothing(app_db):
+    database = open_database(str(app_db))
+    job_id = enqueue(database, "whatif", {"entity": f"user:{USER}", "start": START, "horizon": 2, "samples": 2,
+                                          "scenario": Scenario(location="cell:NO-SUCH-CELL").to_dict()})
+    database.dispose()
+    before = _counts(app_db)
+    at = _page(job=job_id)
+    assert any(f"job {job_id}" in m.value for m in at.markdown)
+    assert _drain(app_db) == ["failed"]
+    at.run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "What-if failed: field 'location': unknown cell 'NO-SUCH-CELL' in data set 'synthetic-seed0'"]
+    assert _counts(app_db) == before and query(at, "scenario") is None
 
 
 def test_an_unknown_scenario_link_warns_and_still_shows_the_editor(app_db):
