@@ -1,5 +1,6 @@
-"""The served dashboard in a real browser: clicking the map opens cells and users, a forecast run from
-the form lands in the database and draws its fans, and every page renders without an exception.
+"""The served dashboard in a real browser: clicking the map opens cells and users, a forecast from the
+form is queued as a job that the worker `lsdm app` starts beside the server runs (the page follows it
+live, then draws the stored run's fans), and every page renders without an exception.
 
 Where to click on the map is computed, not guessed: the Map page's own deck (read through AppTest with
 the same link) gives the view state and every dot's position; web-mercator arithmetic turns a dot into
@@ -18,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from db import open_database
-from db.models import ForecastRun
+from db.models import ForecastRun, Job
 from tests.e2e.conftest import (
     Dashboard,
     artifacts_dir,
@@ -44,6 +45,7 @@ PAGES = {
     "whatif": ("/whatif", "What-if"),
     "models": ("/models", "Models & evaluation"),
     "data": ("/data", "Data"),
+    "jobs": ("/jobs", "Jobs"),
 }
 
 
@@ -189,7 +191,7 @@ def choose_only(page, label: str, option: str) -> list[str]:  # noqa: ANN001
     return widget.locator('[data-testid="stMultiSelectTagsContainer"] [data-tag]').all_inner_texts()
 
 
-def test_a_forecast_run_from_the_form_is_stored_and_draws_its_fans(page, dashboard):
+def test_a_forecast_from_the_form_runs_as_a_job_and_the_page_draws_the_stored_run(page, dashboard):
     before = forecast_runs(dashboard.db_path)
     page.goto(f"{dashboard.url}/forecast")
     wait_rendered(page, PAGES["forecast"][1])
@@ -198,8 +200,12 @@ def test_a_forecast_run_from_the_form_is_stored_and_draws_its_fans(page, dashboa
     set_number(page, "Sample paths", 4)
 
     page.get_by_role("button", name="Run forecast").click()
+    # Queued and followed (?job=ID); the worker beside the server runs it, and the page's fragment sees
+    # the end and opens the stored run (?run=ID).
+    page.wait_for_url(re.compile(r"[?&](job|run)=\d+"), timeout=60_000)
     page.wait_for_url(re.compile(r"[?&]run=\d+"), timeout=300_000)
     wait_rendered(page, PAGES["forecast"][1], timeout=120)
+    assert "job=" not in page.url
 
     after = forecast_runs(dashboard.db_path)
     assert len(after) == len(before) + 1
@@ -209,6 +215,8 @@ def test_a_forecast_run_from_the_form_is_stored_and_draws_its_fans(page, dashboa
         run = session.get(ForecastRun, run_id)
         assert run.params["horizon"] == 3 and run.params["samples"] == 4
         assert run.params["entity"].split(":")[-1] == "U0003"
+        job = session.scalars(select(Job).where(Job.kind == "forecast").order_by(Job.id.desc())).first()
+        assert (job.status, job.result_ref) == ("done", f"forecast_run:{run_id}")
     assert exception_texts(page) == []
     # The total fan, the service mix and one fan per service (10 in the default city), all drawn.
     charts = page.locator('[data-testid="stVegaLiteChart"]')

@@ -163,14 +163,17 @@ def test_a_running_job_is_cancelled_at_its_next_progress_report_and_stores_nothi
     thread = threading.Thread(target=worker.drain)
     thread.start()
     try:
-        _wait_until(lambda: get_job(database, job_id).progress > 0.005, what="training progress")
+        _wait_until(lambda: len((get_job(database, job_id).result or {}).get("history", [])) >= 2,
+                    what="the loss curve so far")
+        curve = get_job(database, job_id).result["history"]
+        assert [entry["epoch"] for entry in curve[:2]] == [1, 2] and curve[0]["val_loss"] > 0
         assert cancel(database, job_id) == "running"
         _wait_until(lambda: not get_job(database, job_id).active, timeout=60, what="the cancellation")
     finally:
         worker.stop()
         thread.join(timeout=60)
     job = get_job(database, job_id)
-    assert job.status == "cancelled" and job.result_ref is None
+    assert job.status == "cancelled" and job.result_ref is None and job.result is None
     assert _count(database, ModelRecord) == 0
 
 
