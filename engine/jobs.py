@@ -29,6 +29,7 @@ Decisions
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -477,12 +478,13 @@ class JobWorker:
         state = _RunState(message="starting")
         with self._lock:
             self._running[job.id] = state
-        context = JobContext(self, job, state)
         started = time.perf_counter()
         values: dict = {}
         try:
             if kind is None:
                 raise InputError(f"this worker does not know job kind {job.kind!r}", field="kind")
+            # Checked again here: a row written by an older version, or by hand, gets its defaults too.
+            context = JobContext(self, dataclasses.replace(job, params=kind.check(dict(job.params))), state)
             outcome = kind.run(context)
             values = {"status": "done", "progress": 1.0, "result_ref": outcome.ref, "result": outcome.summary,
                       "message": outcome.message or f"done in {time.perf_counter() - started:.1f} s"}

@@ -4,7 +4,6 @@ worker processes and real engine work: forecasts on the default city, training o
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import sqlite3
@@ -191,40 +190,46 @@ def test_a_stopping_worker_queues_its_job_again_without_counting_the_attempt(sma
     assert _count(database, ModelRecord) == 0
 
 
-def _claim_all(db: str, out: multiprocessing.Queue) -> None:
-    from db import open_database as opener
-    from engine.jobs import JobWorker as Claimer
+CLAIM_ALL = """
+import json, sys
+from db import open_database
+from engine.jobs import JobWorker
+claimer = JobWorker(open_database(sys.argv[1]))
+taken = []
+while (job := claimer.claim()) is not None:
+    taken.append(job.id)
+print(json.dumps(taken))
+"""
 
-    claimer = Claimer(opener(db))
-    taken = []
-    while (job := claimer.claim()) is not None:
-        taken.append(job.id)
-    out.put(taken)
+SUBMIT = """
+import json, sys
+from db import open_database
+from engine.jobs import enqueue
+database, first, count = open_database(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+print(json.dumps([enqueue(database, "forecast", {"entity": f"user:U{i:04d}", "start": 300 + i % 20, "horizon": 3,
+                                                 "samples": 4}) for i in range(first, first + count)]))
+"""
+
+
+def _clients(code: str, *argument_lists: list[str]) -> list[list[int]]:
+    """Run ``code`` in one fresh Python process per argument list, all at once; their JSON outputs."""
+    processes = [subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for args in argument_lists]
+    outputs = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        outputs.append(json.loads(out))
+    return outputs
 
 
 def test_concurrent_workers_claim_every_job_exactly_once(city):
     database = open_database(str(city))
     ids = {enqueue(database, "forecast", {"entity": f"user:U{i:04d}", "start": 310}) for i in range(40)}
-    context = multiprocessing.get_context("spawn")
-    out = context.Queue()
-    processes = [context.Process(target=_claim_all, args=(str(city), out)) for _ in range(4)]
-    for process in processes:
-        process.start()
-    claimed = [out.get(timeout=120) for _ in processes]
-    for process in processes:
-        process.join(timeout=60)
+    claimed = _clients(CLAIM_ALL, *([str(city)] for _ in range(4)))
     flat = [job_id for part in claimed for job_id in part]
     assert sorted(flat) == sorted(ids), "every job claimed once, none twice"
     assert {job.status for job in list_jobs(database)} == {"running"}
-
-
-def _submit_forecasts(db: str, first: int, count: int, out: multiprocessing.Queue) -> None:
-    from db import open_database as opener
-    from engine.jobs import enqueue as submit
-
-    database = opener(db)
-    out.put([submit(database, "forecast", {"entity": f"user:U{i:04d}", "start": 300 + i % 20, "horizon": 3,
-                                           "samples": 4}) for i in range(first, first + count)])
 
 
 def test_many_clients_and_a_worker_at_once_corrupt_nothing(city):
@@ -232,14 +237,8 @@ def test_many_clients_and_a_worker_at_once_corrupt_nothing(city):
     exactly once with its own run, and the database passes SQLite's integrity check."""
     worker = _worker_process(city)
     try:
-        context = multiprocessing.get_context("spawn")
-        out = context.Queue()
-        clients = [context.Process(target=_submit_forecasts, args=(str(city), 6 * c, 6, out)) for c in range(5)]
-        for client in clients:
-            client.start()
-        ids = [job_id for _ in clients for job_id in out.get(timeout=120)]
-        for client in clients:
-            client.join(timeout=60)
+        ids = [job_id for part in _clients(SUBMIT, *([str(city), str(6 * c), "6"] for c in range(5)))
+               for job_id in part]
         database = open_database(str(city))
         for job_id in ids:
             job = wait_for(database, job_id, timeout=300)
@@ -331,3 +330,28 @@ def test_the_worker_keeps_the_model_loaded_between_forecasts_until_data_changes(
     assert worker.drain() == 1
     assert worker._cache["forecast"][1] is not loaded  # reloaded
     assert [job.status for job in list_jobs(database)] == ["done"] * 3
+
+
+def test_a_version_4_database_keeps_its_jobs_when_upgraded(tmp_path):
+    """Schema v5 adds the workers table and jobs.worker_id/attempts/result; a queued job from before
+    the upgrade is claimed and run like any other."""
+    from sqlalchemy import create_engine, inspect, text
+
+    from db.schema import upgrade
+    from db.session import _configure_sqlite
+
+    path = tmp_path / "v4.sqlite"
+    old = create_engine(f"sqlite:///{path}")
+    _configure_sqlite(old)
+    assert upgrade(old, target=4) == (0, 4)
+    with old.begin() as connection:
+        connection.execute(text("INSERT INTO jobs (kind, params, status, progress, cancel_requested, created_at) "
+                                 "VALUES ('city.build', '{\"users\": 4, \"cells\": 8, \"days\": 8}', 'queued', 0, 0, "
+                                 "'2026-01-01 00:00:00')"))
+    assert "workers" not in inspect(old).get_table_names()
+    old.dispose()
+    database = open_database(str(path))  # upgrades to the latest version
+    assert {"worker_id", "attempts", "result"} <= {c["name"] for c in inspect(database.engine).get_columns("jobs")}
+    assert JobWorker(database).drain() == 1
+    job = get_job(database, 1)
+    assert job.status == "done" and job.attempts == 1 and job.ref_id("dataset"), job.error

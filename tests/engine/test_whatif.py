@@ -272,6 +272,6 @@ def test_upgrading_a_version_3_database_adds_the_scenarios_table(tmp_path: Path)
     _configure_sqlite(old)
     assert upgrade(old, target=3) == (0, 3)
     assert "scenarios" not in inspect(old).get_table_names()
-    assert upgrade(old) == (3, 4)
+    assert upgrade(old, target=4) == (3, 4)
     columns = {c["name"] for c in inspect(old).get_columns("scenarios")}
     assert columns == {"id", "name", "dataset_id", "params", "baseline_run_id", "scenario_run_id", "created_at"}
