@@ -143,6 +143,15 @@ def _store_new(ctx: JobContext, content, *, replace: bool) -> Outcome:  # noqa: 
                                                     f"{summary['entity_kind']}s, {summary['cells']} cells")
 
 
+def _read_and_store(ctx: JobContext, read: Callable[[], object]) -> Outcome:
+    """An ingest: read and check the files (errors name the uploaded files), then store the data set."""
+    try:
+        content = read()
+    except InputError as error:
+        raise _readable(error, ctx.params) from None
+    return _store_new(ctx, content, replace=ctx.params["replace"])
+
+
 def _check_city(params: dict) -> dict:
     _only(params, {"users", "cells", "seed", "days", "env_effect", "name", "replace"})
     _number(params, "users", int, 500, low=1, high=100_000)
@@ -186,12 +195,8 @@ def _ingest_table(ctx: JobContext) -> Outcome:
 
     p = ctx.params
     ctx.progress(0.05, "reading and checking the files ...")
-    try:
-        content = read_table(p["records"], p["cells"], p["mapping"], entity_kind=p["entity_kind"],
-                             timezone=p["timezone"], name=p["name"])
-    except InputError as error:
-        raise _readable(error, p) from None
-    return _store_new(ctx, content, replace=p["replace"])
+    return _read_and_store(ctx, lambda: read_table(p["records"], p["cells"], p["mapping"], entity_kind=p["entity_kind"],
+                                                   timezone=p["timezone"], name=p["name"]))
 
 
 def _check_tsinghua(params: dict) -> dict:
@@ -213,13 +218,9 @@ def _ingest_tsinghua(ctx: JobContext) -> Outcome:
 
     p = ctx.params
     ctx.progress(0.02, "reading and checking the files ...")
-    try:
-        content = read_tsinghua(p["trace"], p["app2category"], p["categories"], p["poi"], coords=p["coords"],
-                                all_services=p["all_services"], name=p["name"],
-                                progress=lambda message: ctx.progress(None, message))
-    except InputError as error:
-        raise _readable(error, p) from None
-    return _store_new(ctx, content, replace=p["replace"])
+    return _read_and_store(ctx, lambda: read_tsinghua(
+        p["trace"], p["app2category"], p["categories"], p["poi"], coords=p["coords"], all_services=p["all_services"],
+        name=p["name"], progress=lambda message: ctx.progress(None, message)))
 
 
 # --- the environment and the shipped default ------------------------------------------------------

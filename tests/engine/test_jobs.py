@@ -355,3 +355,25 @@ def test_a_version_4_database_keeps_its_jobs_when_upgraded(tmp_path):
     assert JobWorker(database).drain() == 1
     job = get_job(database, 1)
     assert job.status == "done" and job.attempts == 1 and job.ref_id("dataset"), job.error
+
+
+def test_a_tsinghua_ingest_job_stores_the_data_set_with_progress_messages(db_path, tmp_path, shared_data):
+    """The real Tsinghua metadata (../shared/data) with a generated trace, through a job: the data set is
+    stored and active, the result names it, and a second job with the same name is refused (no replace)."""
+    from engine.data.ingest_tsinghua import write_synthetic_trace
+
+    folder = shared_data / "tsinghua"
+    if not (folder / "base_poi.txt").is_file():
+        pytest.skip("the real Tsinghua metadata is not present")
+    trace = write_synthetic_trace(tmp_path / "App_usage_trace.txt", users=6, records=800, seed=3)
+    params = {"trace": str(trace), "app2category": str(folder / "App2Category.txt"),
+              "categories": str(folder / "Categorys.txt"), "poi": str(folder / "base_poi.txt"), "name": "th"}
+    database = open_database(str(db_path))
+    first, second = enqueue(database, "ingest.tsinghua", params), enqueue(database, "ingest.tsinghua", params)
+    assert JobWorker(database).drain() == 2
+    done, refused = get_job(database, first), get_job(database, second)
+    assert done.status == "done" and done.result["dataset"] == "th" and done.result["entities"] == 6
+    with database.session() as session:
+        stored = session.get(Dataset, done.ref_id("dataset"))
+        assert stored.name == "th" and stored.is_active and stored.kind == "tsinghua"
+    assert refused.status == "failed" and "exists already" in refused.error and refused.result["field"] == "name"
