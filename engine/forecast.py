@@ -179,7 +179,8 @@ def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: lis
                         if guidance != 1.0 else None)
                 draws = sample(model, forecaster.schedule, forecaster.standardiser, cache, 1, sampler=sampler,
                                steps=steps, guidance=guidance, null_cache=null, generator=generator)
-            paths[:, h + step : h + step + f] = draws.cpu().numpy()
+            # Whole bytes: a sample below half a byte is 0 bytes, and is fed back as such (Normaliser.snap).
+            paths[:, h + step : h + step + f] = forecaster.normaliser.snap(draws.cpu().numpy())
             if progress:
                 progress(min(step + f, horizon), horizon)
     paths_v = paths[:, h : h + horizon].reshape(n_e, samples, horizon, k)

@@ -138,6 +138,20 @@ class Normaliser:
     def inverse(self, v: np.ndarray) -> np.ndarray:
         return np.expm1(np.clip(v, 0, None) * self.scale)
 
+    @property
+    def zero_below(self) -> float:
+        """v of half a byte: traffic is a whole number of bytes, so a sample below it is 0 bytes."""
+        return float(np.log1p(0.5) / self.scale)
+
+    def snap(self, v: np.ndarray) -> np.ndarray:
+        """Samples as byte counts can be: below half a byte (or negative) -> exactly 0.
+
+        Why: three quarters of the default city's (user, hour, service) values are exactly 0 bytes. A
+        diffusion sample lands near 0, not on it, so without this a 90 % interval excluded the true 0 in
+        38 % of those points (measured cov90 0.62 on the test day); with it, cov90 is 0.90 and CRPS and R²
+        are unchanged or better (README, "Interval calibration")."""
+        return np.where(v < self.zero_below, 0.0, v).astype(v.dtype, copy=False)
+
     def to_dict(self) -> dict:
         return {"kind": "log1p-global-max", **asdict(self)}
 

@@ -224,3 +224,21 @@ def test_exported_windows_score_outside_predictions_with_the_same_metrics(traine
     assert main(["score", "--predictions", str(predictions), "--windows", str(windows), "--json"]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert scored["r2"] == pytest.approx(1.0) and scored["mse"] == pytest.approx(0.0)
+
+
+def test_forecast_samples_are_whole_bytes_with_exact_zeros(trained):
+    """A sample below half a byte is 0 bytes (Normaliser.snap), also in what is fed back."""
+    database, _ = trained
+    record, forecaster = load_model(database)
+    with database.session() as session:
+        from db.queries import get_dataset
+        from engine.data.windows import load_series
+
+        series = load_series(session, get_dataset(session), env_kind=forecaster.config.env_kind)
+    result = recursive_forecast(forecaster, series, [0, 1, 2], start=forecaster.config.history + 5, horizon=4,
+                                samples=8, seed=1)
+    assert np.all((result.paths == 0) | (result.paths >= 0.5))
+    assert np.all((result.paths_v == 0) | (result.paths_v >= forecaster.normaliser.zero_below))
+    assert (result.paths == 0).any(), "a sparse city has hours without traffic: some samples are exactly 0"
+    assert forecaster.normaliser.snap(np.array([-0.1, 0.0, forecaster.normaliser.zero_below * 0.99, 0.5],
+                                               np.float32)).tolist() == [0.0, 0.0, 0.0, 0.5]
