@@ -17,7 +17,7 @@ from app import cell_data as c
 from db import open_database
 from db.queries import get_dataset
 from engine.cli import main as lsdm
-from tests.app.conftest import page, query, run_page, sql
+from tests.app.conftest import query, run_page, sql
 
 
 def run_cell(**params: object) -> AppTest:
