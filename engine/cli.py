@@ -212,7 +212,15 @@ def cmd_env_build(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     database = open_database(args.db)
     encoder_dir = None
-    if not (args.train or args.clip_init):
+    if args.encoder:
+        if args.train or args.clip_init:
+            raise InputError("--encoder embeds with a registered encoder as is: it cannot be combined with "
+                             "--train or --clip-init", field="--encoder")
+        from engine.env.pipeline import registered_encoder_dir
+
+        with database.session() as session:
+            encoder_dir = registered_encoder_dir(session, args.encoder)
+    elif not (args.train or args.clip_init):
         # The default city gets the shipped encoder, whose embeddings the shipped model was trained on.
         from db.queries import get_dataset
         from engine.shipped import shipped_encoder_dir
@@ -323,7 +331,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(open_database(args.db), args.model, report_dir=args.report, samples=args.samples,
                       steps=args.steps, path_users=args.path_users, train_missing=not args.no_train,
-                      include_arima=not args.no_arima, progress=_stderr_progress(not args.json))
+                      include_arima=not args.no_arima, progress=_stderr_progress(not args.json),
+                      dataset_name=args.dataset)
     lines = [f"Evaluation of model {result['model_id']} on {result['dataset']} ({result['seconds']:.0f} s)",
              f"  {'method':20s} {'MSE':>8s} {'RMSE':>8s} {'MAE':>8s} {'CS':>8s} {'R2':>8s} {'CRPS':>8s} "
              f"{'cov50':>6s} {'cov90':>6s}"]
@@ -484,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     env_build.add_argument("--train", action="store_true",
                            help="train a new encoder even on the default city (which otherwise uses the shipped one)")
     env_build.add_argument("--frozen", action="store_true", help="use the --clip-init checkpoint as is")
+    env_build.add_argument("--encoder", default=None, metavar="ID",
+                           help="embed with this registered encoder as is (e.g. another city's, to evaluate its "
+                                "model here); default: the shipped one on the default city, else train one")
     env_build.add_argument("--epochs", type=int, default=40, help="CLIP training epochs (default 40)")
     env_build.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     env_build.add_argument("--a", type=float, default=0.5, help="Eq. 9 weight of the image embedding (default 0.5)")
@@ -550,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="entities in the recursive evaluation (default 100)")
     evaluate_p.add_argument("--no-train", action="store_true", help="do not train missing comparison models")
     evaluate_p.add_argument("--no-arima", action="store_true", help="leave ARIMA out (it takes about 2 minutes)")
+    evaluate_p.add_argument("--dataset", default=None,
+                            help="score on this data set's test day (default: the model's own), e.g. a second city "
+                                 "embedded with the model's encoder (`lsdm env build --encoder`)")
     evaluate_p.set_defaults(handler=cmd_evaluate)
 
     export = commands.add_parser("export", help="export data for outside models").add_subparsers(

@@ -29,7 +29,7 @@ from engine.baselines import BASELINES, forecast_paths
 from engine.data.windows import SeriesData, SplitSpec, Splits, load_series, make_splits
 from engine.errors import InputError
 from engine.forecast import recursive_forecast
-from engine.metrics import mse_by_step, per_service_r2, score
+from engine.metrics import mse_by_step, per_service_r2, r2_gain_interval, score
 from engine.model import Forecaster
 from engine.model.config import CONFIGS
 from engine.report import write_report
@@ -98,13 +98,17 @@ def _row(method: str, y: np.ndarray, samples: np.ndarray, seconds: float, **extr
 
 
 def _comparison_model(database: Database, dataset_id: int, dataset_name: str, name: str, base: ModelRecord,
-                      train_missing: bool, progress: Progress) -> tuple[ModelRecord, Forecaster] | None:
+                      train_missing: bool, progress: Progress, split: str = "time") -> tuple[ModelRecord, Forecaster] | None:
+    """The newest registered model of that configuration trained on the same data set and split, or a new
+    one trained like ``base`` (``train_missing``)."""
     with database.session() as session:
-        record = session.scalar(select(ModelRecord).where(
+        ids = session.scalars(select(ModelRecord.id).where(
             ModelRecord.kind == "lsdm", ModelRecord.dataset_id == dataset_id, ModelRecord.name == name)
-            .order_by(ModelRecord.id.desc()))
-    if record is not None:
-        return load_model(database, record.id)
+            .order_by(ModelRecord.id.desc())).all()
+    for record_id in ids:
+        found = load_model(database, record_id)
+        if found[1].meta.get("split", "time") == split:
+            return found
     if not train_missing:
         return None
     progress(f"training the comparison model {name} ...")
@@ -112,28 +116,37 @@ def _comparison_model(database: Database, dataset_id: int, dataset_name: str, na
     config = replace(CONFIGS[name], **{k: base_config[k] for k in ("epochs", "seed", "history", "horizon",
                                                                    "channels", "heads", "blocks",
                                                                    "windows_per_epoch", "batch_size")})
-    result = train(database, name, config, dataset_name=dataset_name, activate=False)
+    result = train(database, name, config, dataset_name=dataset_name, split=split, activate=False)
     return load_model(database, result.record_id)
 
 
 def evaluate(database: Database, model_id: int | None = None, *, report_dir: str | Path | None = None,
              samples: int = 16, steps: int = 30, path_users: int = 100, train_missing: bool = True,
              include_arima: bool = True, seed: int = 0, progress: Progress | None = None,
-             store: bool = True) -> dict:
+             store: bool = True, dataset_name: str | None = None) -> dict:
     """Score the model, its comparison models and the baselines on the test day; write the report.
 
-    ``store``: keep the result with the model (``store_evaluation``) for the dashboard."""
+    ``dataset_name``: score on another data set's test day than the model's own (e.g. a second city,
+    "new city" generalisation; its cells embedded with the model's encoder, `lsdm env build --encoder`).
+    Comparison models come from the model's own data set; the baselines are fitted on the scored one.
+    ``store``: keep the result with the model (``store_evaluation``) for the dashboard; only an evaluation
+    on the model's own data set is stored."""
     say = progress or (lambda message: None)
     started = time.perf_counter()
     record, forecaster = load_model(database, model_id)
     with database.session() as session:
         # The data set the model was trained on (the active one for models registered without one).
-        dataset = session.get(Dataset, record.dataset_id) if record.dataset_id else get_dataset(session)
-        dataset_id, dataset_name = dataset.id, dataset.name
+        home = session.get(Dataset, record.dataset_id) if record.dataset_id else get_dataset(session)
+        dataset_id, home_name = home.id, home.name
+        dataset = get_dataset(session, dataset_name) if dataset_name else home
+        dataset_name = dataset.name
         series = load_series(session, dataset, env_kind=forecaster.config.env_kind,
                              encoder_id=forecaster.meta.get("data", {}).get("encoder_id"))
+    own_data = dataset_name == home_name
+    store = store and own_data
     check_compatible(forecaster, series)
-    spec = SplitSpec(kind=forecaster.meta.get("split", "time"), history=forecaster.config.history,
+    split = forecaster.meta.get("split", "time")
+    spec = SplitSpec(kind=split if own_data else "time", history=forecaster.config.history,
                      horizon=1, seed=forecaster.config.seed)
     splits = make_splits(series, spec)
     values = forecaster.normaliser.forward(series.traffic)
@@ -158,9 +171,11 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
         rows[name] = _row(name, y, draws, seconds, **extra)
         bytes_rows[name] = _row(name, y_bytes, forecaster.normaliser.inverse(draws), seconds, **extra)
         service_r2[name] = per_service_r2(y, draws.mean(0), series.services)
+        point_forecasts[name] = draws.mean(0)
 
     step_mse: dict[str, list[float]] = {}
     service_r2: dict[str, dict[str, float]] = {}
+    point_forecasts: dict[str, np.ndarray] = {}  # the sample means, for the gain's interval
     notes = [f"Data set {dataset_name!r}: {len(series.entity_ids)} entities, {series.hours} hours; test day = "
              f"hours {int(splits.test.hour.min())}-{int(splits.test.hour.max())} ({len(splits.test)} windows).",
              f"LSDM rows: {samples} samples per window, DDIM 10 steps; tables on the normalised scale v = "
@@ -169,6 +184,12 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
              f"path feeding back its own samples.",
              "Every method's samples are whole bytes: below half a byte (v < "
              f"{forecaster.normaliser.zero_below:.4f}) counts as 0 bytes."]
+    if not own_data:
+        notes.append(f"New data: the models were trained on {home_name!r} and are scored on {dataset_name!r} "
+                     f"as they are (normalisation of {home_name!r}); the baselines are fitted on {dataset_name!r}.")
+    elif split == "users":
+        notes.append(f"Split 'users': the test windows are those of the {len(np.unique(splits.test.entity))} "
+                     "users held out of training.")
 
     for name in ("seasonal-naive", "hour-of-week-mean", "arima"):
         if name == "arima" and not include_arima:
@@ -185,7 +206,7 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
 
     models: dict[str, tuple[ModelRecord, Forecaster]] = {"lsdm": (record, forecaster)}
     for name in COMPARISON_MODELS:
-        found = _comparison_model(database, dataset_id, dataset_name, name, record, train_missing, say)
+        found = _comparison_model(database, dataset_id, home_name, name, record, train_missing, say, split)
         if found is None:
             notes.append(f"{name}: no registered model of this data set (run `lsdm train --config {name}`).")
         else:
@@ -202,14 +223,20 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
 
     table3 = [rows[m] for m in TABLE3 if m in rows]
     table4 = [rows[m] for m in TABLE4 if m in rows]
-    gain = None
+    gain = interval = None
     if "lsdm" in rows and "lsdm-no-condition" in rows:
         base_r2 = rows["lsdm-no-condition"]["r2"]
         gain = round(100 * (rows["lsdm"]["r2"] - base_r2) / abs(base_r2), 2) if base_r2 else None
-        notes.append(f"Condition vs no condition: R² {rows['lsdm']['r2']:.4f} vs {base_r2:.4f} ({gain:+.2f} %).")
-    result = {"model_id": record.id, "dataset": dataset_name, "rows": table3, "table4": table4,
+        # Beyond noise? A paired bootstrap over entities of the same windows' forecasts.
+        interval = r2_gain_interval(y, point_forecasts["lsdm"], point_forecasts["lsdm-no-condition"],
+                                    splits.test.entity, seed=seed)
+        notes.append(f"Condition vs no condition: R² {rows['lsdm']['r2']:.4f} vs {base_r2:.4f} ({gain:+.2f} %; "
+                     f"95 % interval over users {interval['low']:+.2f} to {interval['high']:+.2f} %).")
+    result = {"model_id": record.id, "dataset": dataset_name, "trained_on": home_name, "split": spec.kind,
+              "rows": table3, "table4": table4,
               "bytes_rows": [bytes_rows[m] for m in TABLE3 if m in bytes_rows],
               "per_service_r2": service_r2, "mse_by_step": step_mse, "condition_gain_r2_percent": gain,
+              "condition_gain_interval": interval,
               "notes": notes, "seconds": round(time.perf_counter() - started, 1)}
     if report_dir:
         files = write_report(

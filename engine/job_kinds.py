@@ -7,10 +7,10 @@ the engine function the command line runs, reporting progress and writing its re
 | ``city.build`` | batch | users, cells, seed, days, env_effect, name, replace | ``dataset:ID`` |
 | ``ingest.table`` | batch | records, cells, mapping, entity_kind, timezone, name, replace, uploads_dir | ``dataset:ID`` |
 | ``ingest.tsinghua`` | batch | trace, app2category, categories, poi, coords, all_services, name, replace, uploads_dir | ``dataset:ID`` |
-| ``env.build`` | batch | tiles, describer, describer_options, regenerate, train_encoder, clip_epochs | ``encoder:NAME`` |
+| ``env.build`` | batch | tiles, describer, describer_options, regenerate, train_encoder, clip_epochs, encoder | ``encoder:NAME`` |
 | ``assets.install`` | batch | none | ``model:ID`` |
 | ``train`` | batch | config, epochs, seed, max_minutes, activate, split | ``model:ID`` |
-| ``evaluate`` | batch | model_id, samples, steps, path_users, include_arima, train_missing | ``evaluation:MODEL_ID`` |
+| ``evaluate`` | batch | model_id, samples, steps, path_users, include_arima, train_missing, dataset | ``evaluation:MODEL_ID`` |
 | ``forecast`` | interactive | entity, start, horizon, samples, sampler, location, guidance, seed, model_id | ``forecast_run:ID`` |
 | ``whatif`` | interactive | entity, start, horizon, samples, sampler, seed, scenario, name | ``scenario:ID`` |
 
@@ -241,8 +241,9 @@ def environment_progress(message: str) -> float | None:
 
 
 def _check_env(params: dict) -> dict:
-    _only(params, {"tiles", "describer", "describer_options", "regenerate", "train_encoder", "clip_epochs"})
+    _only(params, {"tiles", "describer", "describer_options", "regenerate", "train_encoder", "clip_epochs", "encoder"})
     _text(params, "tiles", None, max_length=1000)
+    _text(params, "encoder", None, max_length=200)
     _text(params, "describer", "template", choices=("template", "openai"))
     options = params.get("describer_options") or {}
     if not isinstance(options, dict):
@@ -261,9 +262,16 @@ def _env_build(ctx: JobContext) -> Outcome:
     from engine.env.pipeline import build_environment
     from engine.shipped import shipped_encoder_dir
 
+    from engine.env.pipeline import registered_encoder_dir
+
     p = ctx.params
     encoder_dir = None
-    if not p["train_encoder"]:  # as `lsdm env build`: the default city uses the shipped encoder
+    if p["encoder"]:  # a registered encoder as is (e.g. another city's)
+        if p["train_encoder"]:
+            raise InputError("encoder and train_encoder exclude each other", field="encoder")
+        with ctx.database.session() as session:
+            encoder_dir = registered_encoder_dir(session, p["encoder"])
+    elif not p["train_encoder"]:  # as `lsdm env build`: the default city uses the shipped encoder
         with ctx.database.session() as session:
             encoder_dir = shipped_encoder_dir(session, get_dataset(session))
 
@@ -373,8 +381,9 @@ def _train(ctx: JobContext) -> Outcome:
 
 
 def _check_evaluate(params: dict) -> dict:
-    _only(params, {"model_id", "samples", "steps", "path_users", "include_arima", "train_missing"})
+    _only(params, {"model_id", "samples", "steps", "path_users", "include_arima", "train_missing", "dataset"})
     _number(params, "model_id", int, optional=True, low=1)
+    _text(params, "dataset", None, max_length=200)
     _number(params, "samples", int, 16, low=1, high=256)
     _number(params, "steps", int, 30, low=1, high=72)
     _number(params, "path_users", int, 100, low=1, high=100_000)
@@ -402,10 +411,14 @@ def _evaluate(ctx: JobContext) -> Outcome:
         ctx.progress(min(0.98, (said[0] - 1) / total), message)
 
     result = evaluate(ctx.database, record.id, samples=p["samples"], steps=p["steps"], path_users=p["path_users"],
-                      include_arima=p["include_arima"], train_missing=p["train_missing"], progress=say)
-    rows = {row["method"]: {k: row.get(k) for k in ("rmse", "r2", "crps")} for row in result.get("table3", [])}
-    return Outcome(f"evaluation:{record.id}", {"model_id": record.id, "table3": rows,
-                                               "seconds": result.get("seconds")})
+                      include_arima=p["include_arima"], train_missing=p["train_missing"], progress=say,
+                      dataset_name=p["dataset"])
+    rows = {row["method"]: {k: row.get(k) for k in ("rmse", "r2", "crps")} for row in result["rows"]}
+    detail = {"model_id": record.id, "dataset": result["dataset"], "table3": rows,
+              "condition_gain_r2_percent": result.get("condition_gain_r2_percent"), "seconds": result.get("seconds")}
+    # Only an evaluation on the model's own data set is stored with it (and has a page to link to).
+    stored = result["dataset"] == result["trained_on"]
+    return Outcome(f"evaluation:{record.id}" if stored else None, detail)
 
 
 # --- forecasts ----------------------------------------------------------------------------------------------

@@ -83,8 +83,13 @@ def show_evaluation(model: md.ModelInfo) -> None:
         return
     st.caption(md.evaluation_caption(evaluation))
     if evaluation.get("condition_gain_r2_percent") is not None:
+        interval = evaluation.get("condition_gain_interval")
+        spread = (f"95 % interval over users: {interval['low']:+.2f} to {interval['high']:+.2f} %"
+                  if interval else None)  # evaluations stored before the interval existed have none
         st.metric("R² gain from the environment condition", f"{evaluation['condition_gain_r2_percent']:+.2f} %",
-                  help="LSDM vs the same model without condition (lsdm-no-condition), on the test day")
+                  delta=spread, delta_color="off", delta_arrow="off",
+                  help="LSDM vs the same model without condition (lsdm-no-condition), on the test day; the "
+                       "interval comes from resampling the users (paired bootstrap, 1,000 resamples)")
     number = {column: st.column_config.NumberColumn(format="%.4f") for column in ("MSE", "RMSE", "MAE", "CS", "R²",
                                                                                  "CRPS", "cov50", "cov90")}
     st.markdown("**Table III: methods compared** (one-step forecasts of the test day, normalised scale)")

@@ -114,6 +114,8 @@ def load_series(session: Session, dataset: Dataset, *, env_kind: str = "env",
         if len(ids):
             env = np.zeros((len(cell_ids), vectors.shape[1]), dtype=np.float32)
             env[[c_row[int(c)] for c in ids]] = vectors
+        else:  # this encoder never embedded the data set's cells
+            encoder_id = None
     return SeriesData(
         dataset_name=dataset.name, services=list(dataset.services), entity_ids=entity_ids,
         entity_keys=[e[1] for e in entities], traffic=traffic, location=location, cell_ids=cell_ids,

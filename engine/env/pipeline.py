@@ -48,6 +48,23 @@ def dominant_labels(cells: list[Cell], categories: list[str]) -> list[str]:
     return [categories[int(np.argmax(row))] if total > 0 else "none" for row, total in zip(lift, counts.sum(1))]
 
 
+def registered_encoder_dir(session: Session, name: str) -> Path:
+    """The folder of a registered CLIP encoder (of any data set) by its id, to embed another data set
+    with it: a model trained on one city's embeddings can then forecast, or be evaluated, on another."""
+    from engine.errors import InputError
+
+    record = session.scalar(select(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.name == name)
+                            .order_by(ModelRecord.id.desc()))
+    if record is None:
+        known = session.scalars(select(ModelRecord.name).where(ModelRecord.kind == "clip")).all()
+        raise InputError(f"no registered CLIP encoder {name!r}; registered: {', '.join(sorted(set(known))) or 'none'}",
+                         field="--encoder", hint="`lsdm models --json` lists the encoders with kind clip")
+    path = Path(record.path)
+    if not (path / "config.json").is_file():
+        raise InputError(f"the encoder's files are missing in {path}", field="--encoder")
+    return path
+
+
 def active_encoder_record(session: Session, dataset: Dataset) -> ModelRecord | None:
     return session.scalar(
         select(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.dataset_id == dataset.id,

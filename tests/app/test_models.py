@@ -243,7 +243,10 @@ def test_the_stored_evaluation_is_shown_as_the_papers_tables_and_charts(tiny_db,
     lsdm_r2 = result["per_service_r2"]["lsdm"]
     assert {r["service"]: r["value"] for r in radar_points if r["series"] == "lsdm"} == {
         s: max(0.0, v) for s, v in lsdm_r2.items()}
-    assert any("R² gain" in m.label for m in at.metric)
+    gain = next(m for m in at.metric if "R² gain" in m.label)
+    interval = result["condition_gain_interval"]
+    assert gain.value == f"{result['condition_gain_r2_percent']:+.2f} %"
+    assert gain.delta == f"95 % interval over users: {interval['low']:+.2f} to {interval['high']:+.2f} %"
 
 
 def test_run_evaluation_from_the_page_stores_a_new_evaluation(tiny_db, tiny_city):

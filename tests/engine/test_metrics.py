@@ -14,6 +14,7 @@ from engine.metrics import (
     per_service_r2,
     point_metrics,
     probabilistic_metrics,
+    r2_score,
     score,
 )
 
@@ -151,3 +152,26 @@ def test_mse_by_step_averages_everything_but_the_step_axis():
     assert mse_by_step(y, p) == pytest.approx([0.0, 1.0, 1.0])
     assert mse_by_step(y, np.stack([p, p])) == pytest.approx([0.0, 1.0, 1.0])
     assert np.allclose(mse_by_step_and_service(y, p), [[0, 0], [1, 1], [2, 0]])
+
+
+def test_r2_gain_interval_is_a_paired_bootstrap_over_entities():
+    from engine.metrics import r2_gain_interval
+
+    rng = np.random.default_rng(3)
+    entities = np.repeat(np.arange(60), 24)  # 60 users x 24 hours
+    y = rng.normal(size=(len(entities), 1, 4)) + entities[:, None, None] % 5
+    worse = y + rng.normal(scale=1.0, size=y.shape)
+    better = y + rng.normal(scale=0.7, size=y.shape)
+    gain = r2_gain_interval(y, better, worse, entities, resamples=400)
+    expected = 100 * (r2_score(y, better) - r2_score(y, worse)) / abs(r2_score(y, worse))
+    assert gain["gain"] == pytest.approx(expected, abs=1e-3)  # the same R² as the tables'
+    assert 0 < gain["low"] < gain["gain"] < gain["high"] and gain["p_not_better"] == 0.0
+    # Two forecasts of the same quality: the interval straddles 0.
+    twin = y + rng.normal(scale=1.0, size=y.shape)
+    tie = r2_gain_interval(y, twin, worse, entities, resamples=400)
+    assert tie["low"] < 0 < tie["high"] and 0.05 < tie["p_not_better"] < 0.95
+    # Identical forecasts: exactly no gain; samples (a leading axis) are reduced to their mean.
+    same = r2_gain_interval(y, np.stack([worse, worse]), worse, entities, resamples=50)
+    assert same["gain"] == same["low"] == same["high"] == 0.0
+    with pytest.raises(ValueError, match="groups"):
+        r2_gain_interval(y, better, worse, entities[:-1])
