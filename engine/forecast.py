@@ -168,8 +168,10 @@ def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: lis
                 cache = model.encode_history(hist, hours_t, days_t, env_t, None, prof_t)
                 null = (model.encode_history(hist, hours_t, days_t, env_t, null_keep, prof_t)
                         if guidance != 1.0 else None)
+                prior = model.prior_mean(hist, prof_t, env_t, hours_t, days_t)
                 draws = sample(model, forecaster.schedule, forecaster.standardiser, cache, samples, sampler=sampler,
-                               steps=steps, guidance=guidance, null_cache=null, generator=generator)
+                               steps=steps, guidance=guidance, null_cache=null, generator=generator,
+                               offset=None if prior is None else prior.repeat_interleave(samples, 0))
             else:
                 rep = lambda t: t.repeat_interleave(samples, 0)  # noqa: E731
                 hist = torch.from_numpy(paths[:, step : step + h]).to(device)
@@ -177,8 +179,10 @@ def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: lis
                 null = (model.encode_history(hist, rep(hours_t), rep(days_t), rep(env_t),
                                              null_keep.repeat_interleave(samples, 0), rep(prof_t))
                         if guidance != 1.0 else None)
+                # Each path's prior mean from its own history (its own samples fed back).
+                prior = model.prior_mean(hist, rep(prof_t), rep(env_t), rep(hours_t), rep(days_t))
                 draws = sample(model, forecaster.schedule, forecaster.standardiser, cache, 1, sampler=sampler,
-                               steps=steps, guidance=guidance, null_cache=null, generator=generator)
+                               steps=steps, guidance=guidance, null_cache=null, generator=generator, offset=prior)
             # Whole bytes: a sample below half a byte is 0 bytes, and is fed back as such (Normaliser.snap).
             paths[:, h + step : h + step + f] = forecaster.normaliser.snap(draws.cpu().numpy())
             if progress:

@@ -90,6 +90,38 @@ class TrainResult:
     metrics: dict
 
 
+def fit_prior(forecaster: Forecaster, series: SeriesData, values: np.ndarray, windows: Windows, spec: SplitSpec,
+              profile: HourlyProfile, chunk: int = 4096) -> Standardiser:
+    """Fit the model's linear prior on the training windows (engine/model/prior.py) and return the
+    standardiser of the residuals around it, which the diffusion then models."""
+    from engine.model.prior import PriorFit
+
+    model = forecaster.model
+    model.prior.set_env_axes(series.env)
+    fit = PriorFit(model.prior)
+    cpu = torch.device("cpu")
+
+    def batches():  # noqa: ANN202
+        for start in range(0, len(windows), chunk):
+            part = Windows(windows.entity[start : start + chunk], windows.hour[start : start + chunk])
+            yield to_batch(series, values, part, spec, cpu, profile)
+
+    with torch.no_grad():
+        for batch in batches():
+            h = batch["history"].shape[1]
+            fit.add(batch["history"], batch["profile"][:, h:], batch["env"][:, h:], batch["hours"][:, h:],
+                    batch["days"][:, h:], batch["target"])
+        fit.solve()
+        total = total_sq = count = 0.0
+        for batch in batches():
+            residual = (batch["target"] - model.prior_mean(batch["history"], batch["profile"], batch["env"],
+                                                           batch["hours"], batch["days"])).double()
+            total, total_sq, count = total + float(residual.sum()), total_sq + float((residual**2).sum()), count + residual.numel()
+    mean = total / max(count, 1)
+    std = max(total_sq / max(count, 1) - mean**2, 0.0) ** 0.5
+    return Standardiser(mean=mean, std=std or 1.0)
+
+
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
@@ -124,6 +156,9 @@ def fit(series: SeriesData, config: ModelConfig, *, split: str = "time", device:
     forecaster = Forecaster.create(config, normaliser=normaliser, standardiser=standardiser,
                                    services=series.services, env_dim=int(series.env.shape[1]),
                                    meta={"data": data_fingerprint(series, splits), "split": spec.kind})
+    if forecaster.model.prior is not None:  # closed form, before the network trains around it
+        forecaster.standardiser = fit_prior(forecaster, series, values, splits.train, spec, profile)
+        standardiser = forecaster.standardiser
     model = forecaster.model.to(dev)
     ema = copy.deepcopy(model).eval()
     schedule = forecaster.schedule

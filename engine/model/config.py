@@ -29,6 +29,9 @@ class ModelConfig:
     condition: str = "adaln"  # adaln | input (env added to the input tokens) | none
     step_conditioning: str = "adaln"  # adaln (ours) | input (CSDI: step embedding added to the input)
     env_kind: str = "env"  # env (z_env, Eq. 9) | image | text: which embedding conditions the model
+    # none | linear: the diffusion models the residual around a linear conditional mean fitted in closed
+    # form (engine/model/prior.py). "none" in checkpoints that predate it.
+    prior: str = "none"
     # Diffusion
     diffusion_steps: int = 50
     beta_start: float = 1e-4
@@ -57,6 +60,7 @@ class ModelConfig:
             ("condition", self.condition in ("adaln", "input", "none"), "adaln, input or none"),
             ("step_conditioning", self.step_conditioning in ("adaln", "input"), "adaln or input"),
             ("env_kind", self.env_kind in ("env", "image", "text"), "env, image or text"),
+            ("prior", self.prior in ("none", "linear"), "none or linear"),
             ("schedule", self.schedule in ("quad", "linear"), "quad or linear"),
             ("diffusion_steps", self.diffusion_steps >= 2, "at least 2"),
             ("cond_dropout", 0 <= self.cond_dropout < 1, "in [0, 1)"),
@@ -113,6 +117,9 @@ CONFIGS: dict[str, ModelConfig] = {
     "no-2d-attention": ModelConfig(service_attention=False),
     "env-input": ModelConfig(condition="input"),
     "image-only": ModelConfig(env_kind="image"),
+    # Experimental: the diffusion models the residual around a linear conditional mean (engine/model/
+    # prior.py). Measured in the README; not the default.
+    "lsdm-prior": ModelConfig(prior="linear"),
     "text-only": ModelConfig(env_kind="text"),
     # A few seconds of training, for tests and smoke checks.
     "tiny": ModelConfig(channels=16, heads=2, blocks=1, epochs=2, batch_size=64, diffusion_steps=20, beta_end=0.8),

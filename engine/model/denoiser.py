@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.model.config import ModelConfig
+from engine.model.prior import MeanPrior
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -198,6 +199,19 @@ class Denoiser(nn.Module):
         self.null_env = nn.Parameter(torch.zeros(c))  # the "no condition" embedding (CFG)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.blocks))
         self.final = FinalLayer(c)
+        # The linear conditional mean the diffusion works around (config.prior == "linear"), else None.
+        self.prior = MeanPrior(n_services, env_dim, config.uses_environment) if config.prior == "linear" else None
+
+    def prior_mean(self, history: torch.Tensor, profile: torch.Tensor | None, env: torch.Tensor,
+                   hours: torch.Tensor, days: torch.Tensor) -> torch.Tensor | None:
+        """The prior mean (B, F, K) of the target hours of windows laid out as in ``forward`` (None
+        without a prior)."""
+        if self.prior is None:
+            return None
+        h = history.shape[1]
+        if profile is None:
+            raise ValueError("the linear prior needs the hourly profile")
+        return self.prior(history, profile[:, h:], env[:, h:], hours[:, h:], days[:, h:])
 
     # --- pieces ----------------------------------------------------------------------------------
 

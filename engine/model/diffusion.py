@@ -46,6 +46,15 @@ class Standardiser:
     def inverse(self, u: torch.Tensor) -> torch.Tensor:
         return (u * self.std + self.mean).clamp(min=0)
 
+    def to_v(self, u: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """Back to the v scale; with a prior mean ``offset``, u is a standardised residual around it."""
+        if offset is None:
+            return self.inverse(u)
+        return (u * self.std + self.mean + offset).clamp(min=0)
+
+    def from_v(self, v: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward(v if offset is None else v - offset)
+
 
 def diffusion_loss(model: Denoiser, schedule: Schedule, standardiser: Standardiser, batch: dict,
                    generator: torch.Generator | None = None, *, t: torch.Tensor | None = None,
@@ -58,7 +67,8 @@ def diffusion_loss(model: Denoiser, schedule: Schedule, standardiser: Standardis
     (no traffic at all) are left out of it (the cosine is undefined there).
     """
     config = model.config
-    x0 = standardiser.forward(batch["target"])  # (B, F, K)
+    prior = model.prior_mean(batch["history"], batch.get("profile"), batch["env"], batch["hours"], batch["days"])
+    x0 = standardiser.from_v(batch["target"], prior)  # (B, F, K); the residual around the prior if any
     b = x0.shape[0]
     if t is None:
         t = torch.randint(0, config.diffusion_steps, (b,), generator=generator)
@@ -73,7 +83,7 @@ def diffusion_loss(model: Denoiser, schedule: Schedule, standardiser: Standardis
     loss = config.l1 * F.mse_loss(eps, noise)  # Eq. 5
     if config.l2 > 0:
         x0_hat = ((x_t - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-10, 10)
-        v_hat = standardiser.inverse(x0_hat).flatten(1)
+        v_hat = standardiser.to_v(x0_hat, prior).flatten(1)
         v_true = batch["target"].flatten(1)
         active = v_true.norm(dim=1) > 0
         if active.any():
@@ -98,11 +108,12 @@ def _guided_eps(model: Denoiser, cache: HistoryCache, null_cache: HistoryCache |
 def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cache: HistoryCache,
            n_samples: int, *, sampler: str = "ddim", steps: int = 10, guidance: float = 1.0,
            null_cache: HistoryCache | None = None, generator: torch.Generator | None = None,
-           x_T: torch.Tensor | None = None) -> torch.Tensor:
+           x_T: torch.Tensor | None = None, offset: torch.Tensor | None = None) -> torch.Tensor:
     """Targets for every cached window, ``n_samples`` each: (B * n_samples, F, K) on the v scale.
 
     ``sampler``: "ddpm" (ancestral, all T steps, faithful to the paper) or "ddim" (deterministic
-    DDIM, eta = 0, ``steps`` evenly spaced steps: fast).
+    DDIM, eta = 0, ``steps`` evenly spaced steps: fast). ``offset`` (B * n_samples, F, K): the prior mean
+    of each sample (a model with ``prior``): the diffusion then samples the residual around it.
     """
     config = model.config
     b = cache.windows
@@ -112,7 +123,10 @@ def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cach
     # Keep x0 estimates inside the range of the training data, v in [0, 1] (v = 1 is the largest hour
     # seen in training). A looser bound (1.5 was tried) let a few recursive paths climb to hundreds of
     # GB per hour, since bytes = expm1(v * scale): means in bytes were then meaningless.
-    lo, hi = float(standardiser.forward(torch.tensor(0.0))), float(standardiser.forward(torch.tensor(1.0)))
+    if offset is None:
+        lo, hi = float(standardiser.forward(torch.tensor(0.0))), float(standardiser.forward(torch.tensor(1.0)))
+    else:  # the same range for prior + residual
+        lo, hi = standardiser.from_v(torch.zeros_like(offset), offset), standardiser.from_v(torch.ones_like(offset), offset)
     ab = schedule.alpha_bars
     if sampler == "ddpm":
         for t in reversed(range(config.diffusion_steps)):
@@ -142,4 +156,4 @@ def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cach
                 x = x0
     else:
         raise ValueError(f"unknown sampler {sampler!r}: expected 'ddpm' or 'ddim'")
-    return standardiser.inverse(x)
+    return standardiser.to_v(x, offset)

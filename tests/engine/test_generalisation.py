@@ -135,3 +135,27 @@ def test_the_evaluate_job_scores_another_data_set_and_links_no_stored_evaluation
     assert job.status == "done", job.error
     assert job.result_ref is None  # nothing stored with the model to link to
     assert job.result["dataset"] == "city-b" and "lsdm" in job.result["table3"]
+
+
+def test_a_model_with_the_linear_prior_fits_it_saves_it_and_forecasts_around_it(two_cities):
+    import dataclasses
+
+    import torch
+
+    from engine.forecast import recursive_forecast
+
+    database, _ = two_cities
+    _, config = resolve_config("tiny")
+    result = train(database, "tiny-prior", dataclasses.replace(config, prior="linear"), dataset_name="city-a",
+                   activate=False)
+    _, loaded = load_model(database, result.record_id)
+    prior = loaded.model.prior
+    assert prior is not None and prior.uses_env and prior.weight.abs().sum() > 0
+    assert torch.equal(prior.weight, result.forecaster.model.prior.weight.cpu())  # saved with the weights
+    assert abs(loaded.standardiser.mean) < 0.05  # the diffusion's values are residuals around the prior
+    series = _series(database, "city-a")
+    start = loaded.config.history + 40
+    one = recursive_forecast(loaded, series, [2, 5], start=start, horizon=3, samples=4, seed=3)
+    again = recursive_forecast(loaded, series, [2, 5], start=start, horizon=3, samples=4, seed=3)
+    np.testing.assert_array_equal(one.paths, again.paths)
+    assert np.isfinite(one.paths_v).all() and (one.paths_v >= 0).all() and (one.paths_v <= 1 + 1e-5).all()

@@ -158,3 +158,81 @@ def test_configurations_resolve_by_name_or_file_and_reject_bad_fields(tmp_path):
         resolve_config("nope")
     with pytest.raises(InputError, match="field 'channels'"):
         resolve_config("lsdm", channels=30, heads=4)
+
+
+# --- the linear prior (engine/model/prior.py) ---------------------------------------------------------------
+
+
+def test_the_prior_fit_recovers_a_linear_mean_and_sees_the_environment_only_when_conditioned():
+    from engine.model.prior import N_COMMON, MeanPrior, PriorFit
+
+    torch.manual_seed(0)
+    conditioned, plain = MeanPrior(K, D, uses_env=True), MeanPrior(K, D, uses_env=False)
+    assert plain.n_features == N_COMMON and conditioned.n_features > N_COMMON
+    cells = torch.randn(30, D).numpy()
+    conditioned.set_env_axes(cells)
+    batch = _inputs(4000, seed=3)
+    h = H
+    args = (batch["history"], batch["profile"][:, h:], batch["env"][:, h:], batch["hours"][:, h:], batch["days"][:, h:])
+    # A target that is a known linear function of the features (plus a little noise) is recovered.
+    truth = torch.randn(K, conditioned.n_features) * 0.1
+    target = (conditioned.features(*args) * truth).sum(-1) + 0.01 * torch.randn(4000, 1, K)
+    fit = PriorFit(conditioned)
+    for start in (0, 2000):  # the normal equations add up over batches
+        fit.add(*(a[start : start + 2000] for a in args), target[start : start + 2000])
+    fit.solve()
+    assert torch.allclose(conditioned(*args), target, atol=0.05)
+    # The environment changes the conditioned prior's mean, never the plain one's.
+    plain.weight.normal_()
+    moved = (args[0], args[1], -args[2], args[3], args[4])
+    assert torch.equal(plain(*args), plain(*moved))
+    assert not torch.allclose(conditioned(*args), conditioned(*moved))
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 0), ("ddim", 5)])
+def test_sampling_around_a_prior_is_sampling_the_residual_and_keeps_the_data_range(sampler, steps):
+    config = replace(TINY, prior="linear")
+    model = _randomised(config)
+    schedule = Schedule.from_config(config)
+    batch = _inputs(3)
+    cache = model.encode_history(batch["history"], batch["hours"], batch["days"], batch["env"], None, batch["profile"])
+
+    def draw(standardiser, offset=None):  # noqa: ANN001, ANN202
+        return sample(model, schedule, standardiser, cache, 8, sampler=sampler, steps=steps, offset=offset,
+                      generator=torch.Generator().manual_seed(1))
+
+    # A constant prior mean c around a residual of mean m is the same as no prior and mean m + c, the clip
+    # range included: the offset shifts the samples and their bounds alike.
+    shifted = draw(Standardiser(0.1, 0.2), torch.full((24, 1, K), 0.3))
+    assert torch.allclose(shifted, draw(Standardiser(0.4, 0.2)), atol=1e-5)
+    # A per-sample prior keeps every sample within the data range [0, 1].
+    offset = torch.tensor([0.0, 0.5, 0.97]).view(3, 1, 1).expand(3, 1, K).repeat_interleave(8, 0)
+    draws = draw(Standardiser(0.0, 0.3), offset)
+    assert draws.shape == (24, 1, K) and (draws >= 0).all() and (draws <= 1 + 1e-5).all()
+
+
+def test_a_prior_model_trains_on_the_residual_and_its_buffers_are_part_of_the_weights():
+    config = replace(TINY, prior="linear")
+    model = Denoiser(config, env_dim=D, n_services=K)
+    assert {"prior.weight", "prior.env_mean", "prior.env_axes"} <= set(model.state_dict())
+    assert "prior.weight" not in dict(model.named_parameters())  # fitted in closed form, not by the optimiser
+    batch = _inputs(16)
+    with torch.no_grad():
+        model.prior.weight.fill_(0.01)
+        g = model.prior_mean(batch["history"], batch["profile"], batch["env"], batch["hours"], batch["days"])
+    schedule, standardiser = Schedule.from_config(config), Standardiser(0.0, 0.2)
+    gen = torch.Generator().manual_seed(0)
+    t, noise = torch.randint(0, config.diffusion_steps, (16,), generator=gen), torch.randn(16, 1, K, generator=gen)
+    keep = torch.ones(16, dtype=torch.bool)
+    loss = diffusion_loss(model, schedule, standardiser, batch, t=t, noise=noise, keep_env=keep)
+    # The same loss as a prior-free model on the residual target (the cosine term on v both times).
+    plain = Denoiser(replace(config, prior="none", l2=0.0), env_dim=D, n_services=K)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("prior.")})
+    model_no_cos = Denoiser(replace(config, l2=0.0), env_dim=D, n_services=K)
+    model_no_cos.load_state_dict(model.state_dict())
+    residual = dict(batch, target=batch["target"] - g)
+    with torch.no_grad():
+        around = float(diffusion_loss(model_no_cos, schedule, standardiser, batch, t=t, noise=noise, keep_env=keep))
+        direct = float(diffusion_loss(plain, schedule, standardiser, residual, t=t, noise=noise, keep_env=keep))
+    assert around == pytest.approx(direct, rel=1e-5)
+    assert torch.isfinite(loss)
