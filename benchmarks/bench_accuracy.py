@@ -62,7 +62,8 @@ def summary(scenario: str, result: dict, seconds: float, **extra) -> dict:
            "split": result.get("split"), "seconds": round(seconds),
            "rows": [{k: row.get(k) for k in ("method", "mse", "rmse", "mae", "cs", "r2", "crps", "cov50", "cov90")}
                     for row in rows.values()],
-           "condition_gain_r2_percent": result.get("condition_gain_r2_percent"), **extra}
+           "condition_gain_r2_percent": result.get("condition_gain_r2_percent"),
+           "condition_gain_interval": result.get("condition_gain_interval"), **extra}
     if "lsdm" in rows:
         ours = rows["lsdm"]
         present = [rows[b] for b in BASELINES if b in rows]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -26,20 +25,15 @@ from engine.train import load_model, train
 def two_cities(tmp_path_factory):
     """City A (seed 2) with its encoder and a tiny model; city B (seed 3) embedded with A's encoder."""
     home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("LSDM_HOME")
-    os.environ["LSDM_HOME"] = str(home)
-    database = open_database(str(home / "lsdm.sqlite"))
-    with database.write_session() as session, session.begin():
-        store_dataset(session, generate_city(CityConfig(users=16, cells=24, seed=2), name="city-a"))
-        store_dataset(session, generate_city(CityConfig(users=12, cells=20, seed=3), name="city-b"))
-    build_environment(database, dataset_name="city-a", settings=ClipSettings(epochs=1))
-    name, config = resolve_config("tiny")
-    result = train(database, name, config, dataset_name="city-a")
-    yield database, result
-    if old is None:
-        os.environ.pop("LSDM_HOME", None)
-    else:
-        os.environ["LSDM_HOME"] = old
+    with pytest.MonkeyPatch.context() as patch:  # module scope: the per-test home fixture is not active yet
+        patch.setenv("LSDM_HOME", str(home))
+        database = open_database(str(home / "lsdm.sqlite"))
+        with database.write_session() as session, session.begin():
+            store_dataset(session, generate_city(CityConfig(users=16, cells=24, seed=2), name="city-a"))
+            store_dataset(session, generate_city(CityConfig(users=12, cells=20, seed=3), name="city-b"))
+        build_environment(database, dataset_name="city-a", settings=ClipSettings(epochs=1))
+        name, config = resolve_config("tiny")
+        yield database, train(database, name, config, dataset_name="city-a")
 
 
 @pytest.fixture(autouse=True)
