@@ -5,8 +5,9 @@
 - a 30-step recursive forecast with 32 sample paths for one user (target <= 2 s);
 - peak memory of forecasting.
 
-Usage: python benchmarks/bench_engine.py [--db PATH] [--runs N] [--epochs E]
+Usage: python benchmarks/bench_engine.py [--db PATH] [--runs N] [--epochs E] [--skip-train]
 Without --db it builds the default city and its environment in a temporary data directory first.
+``--skip-train`` (with --db): measure the forecasts of the data set's active model only.
 Each phase runs in its own process so that its peak resident memory is its own.
 """
 
@@ -94,7 +95,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--phase", choices=["train", "forecast"], default=None)
+    parser.add_argument("--skip-train", action="store_true", help="with --db: forecasts of the active model only")
     args = parser.parse_args()
+    if args.skip_train and args.db is None:
+        parser.error("--skip-train needs --db (a database with an active model)")
     if args.phase == "train":
         print(json.dumps(phase_train(args.db, args.epochs)))
         return
@@ -111,10 +115,11 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "engine.cli", "env", "build", "--db", db], check=True,
                            capture_output=True)
         extra = ["--epochs", str(args.epochs)] if args.epochs else []
-        trained = _child("train", db, extra)
-        report("train_default_model", [trained["seconds"]], 600.0, peak_mib=round(trained["peak_mib"]),
-               peak_target_mib=4096, epochs_run=trained["epochs_run"], best_val_loss=trained["best_val_loss"],
-               runs_note="one training run (a run takes minutes)")
+        trained = None if args.skip_train else _child("train", db, extra)
+        if trained is not None:
+            report("train_default_model", [trained["seconds"]], 600.0, peak_mib=round(trained["peak_mib"]),
+                   peak_target_mib=4096, epochs_run=trained["epochs_run"], best_val_loss=trained["best_val_loss"],
+                   runs_note="one training run (a run takes minutes)")
         forecast = _child("forecast", db, ["--runs", str(args.runs)])
         report("one_step_all_users_32_samples", forecast["all_users_s"], 30.0, users=forecast["users"],
                sampler="ddim:10", peak_mib=round(forecast["peak_mib"]), peak_target_mib=4096)

@@ -293,7 +293,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
     run = run_forecast(open_database(args.db), entity=args.entity, start=args.start, horizon=args.horizon,
                        samples=args.samples, sampler=args.sampler, location=args.location,
-                       guidance=args.guidance, seed=args.seed, model_id=args.model, dataset_name=args.dataset,
+                       guidance=args.guidance, seed=args.seed, noise=args.noise, model_id=args.model,
+                       dataset_name=args.dataset,
                        device=args.device)
     lines = [f"Forecast run {run['run_id']} with model {run['model_id']} in {run['seconds']:.2f} s"]
     for entity in run["entities"]:
@@ -330,6 +331,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.evaluate import evaluate
 
     result = evaluate(open_database(args.db), args.model, report_dir=args.report, samples=args.samples,
+                      path_samples=args.path_samples,
                       steps=args.steps, path_users=args.path_users, train_missing=not args.no_train,
                       include_arima=not args.no_arima, progress=_stderr_progress(not args.json),
                       dataset_name=args.dataset)
@@ -514,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_p.add_argument("--config", default="lsdm", metavar="NAME|FILE",
                          help="lsdm (default), lsdm-no-condition, csdi-like, no-2d-attention, env-input, image-only, "
-                              "text-only, lsdm-prior (experimental), tiny, or a JSON file of model settings")
+                              "text-only, lsdm-plain (no linear mean feature), lsdm-plain-no-condition, lsdm-prior "
+                              "(experimental), tiny, or a JSON file of model settings")
     train_p.add_argument("--epochs", type=_positive_int, default=None, help="maximum epochs (default: the config's)")
     train_p.add_argument("--seed", type=int, default=None, help="seed (default: the config's)")
     train_p.add_argument("--split", choices=["time", "users"], default="time",
@@ -541,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="where the entity is during the forecast (default: its habitual cell for that hour)")
     forecast.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
     forecast.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    forecast.add_argument("--noise", choices=("antithetic", "independent"), default="antithetic",
+                          help="antithetic (default): each path paired with one driven by the opposite noise, "
+                          "for a steadier mean; independent: every path on its own noise")
     forecast.add_argument("--model", type=int, default=None, help="model id (default: the active model)")
     forecast.add_argument("--dataset", default=None, help="data set name (default: the active one)")
     forecast.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
@@ -556,7 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate_p.add_argument("--model", type=int, default=None, help="model id (default: the active model)")
     evaluate_p.add_argument("--report", default=None, metavar="DIR", help="write the report into DIR")
-    evaluate_p.add_argument("--samples", type=_positive_int, default=16, help="samples per window (default 16)")
+    evaluate_p.add_argument("--samples", type=_positive_int, default=32,
+                            help="samples per test window, their mean is the point forecast (default 32)")
+    evaluate_p.add_argument("--path-samples", type=_positive_int, default=16,
+                            help="sample paths per entity for the MSE by recursive step (default 16)")
     evaluate_p.add_argument("--steps", type=_positive_int, default=30, help="recursive steps for Fig. 8/9 (default 30)")
     evaluate_p.add_argument("--path-users", type=_positive_int, default=100,
                             help="entities in the recursive evaluation (default 100)")
@@ -606,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     assets_build.add_argument("--out", type=Path, default=None, help="output folder (default: assets/default)")
     assets_build.add_argument("--clip-epochs", type=_positive_int, default=40, help="CLIP epochs (default 40)")
     assets_build.add_argument("--epochs", type=_positive_int, default=None, help="forecaster epochs (default: the config's)")
+    assets_build.add_argument("--keep-encoder", action="store_true",
+                              help="keep the shipped CLIP encoder (embed the city with it) and retrain only the "
+                                   "forecaster")
     assets_build.set_defaults(handler=cmd_assets_build)
     assets_install = assets.add_parser(
         "install", parents=[common, reporting], help="use the shipped encoder and model on the default city",
@@ -792,7 +804,8 @@ def cmd_assets_build(args: argparse.Namespace) -> int:
     from engine.shipped import build, default_dir
 
     out = args.out or default_dir()
-    manifest = build(out, clip_epochs=args.clip_epochs, epochs=args.epochs, progress=_stderr_progress(not args.json))
+    manifest = build(out, clip_epochs=args.clip_epochs, epochs=args.epochs, keep_encoder=args.keep_encoder,
+                     progress=_stderr_progress(not args.json))
     manifest["out"] = str(out)
     _emit(args, manifest, [f"Shipped default written to {out} in {manifest['seconds']:.0f} s",
                            f"  encoder {manifest['encoder_id']}, model {manifest['model_id']} "

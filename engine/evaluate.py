@@ -115,17 +115,21 @@ def _comparison_model(database: Database, dataset_id: int, dataset_name: str, na
     base_config = base.config
     config = replace(CONFIGS[name], **{k: base_config[k] for k in ("epochs", "seed", "history", "horizon",
                                                                    "channels", "heads", "blocks",
-                                                                   "windows_per_epoch", "batch_size")})
+                                                                   "windows_per_epoch", "batch_size",
+                                                                   "noise_draws") if k in base_config})
     result = train(database, name, config, dataset_name=dataset_name, split=split, activate=False)
     return load_model(database, result.record_id)
 
 
 def evaluate(database: Database, model_id: int | None = None, *, report_dir: str | Path | None = None,
-             samples: int = 16, steps: int = 30, path_users: int = 100, train_missing: bool = True,
+             samples: int = 32, steps: int = 30, path_users: int = 100, train_missing: bool = True,
              include_arima: bool = True, seed: int = 0, progress: Progress | None = None,
-             store: bool = True, dataset_name: str | None = None) -> dict:
+             store: bool = True, dataset_name: str | None = None, path_samples: int = 16) -> dict:
     """Score the model, its comparison models and the baselines on the test day; write the report.
 
+    ``samples``: samples per test window (antithetic pairs, see engine/forecast.py); the point metrics
+    are on their mean, so more samples raise every diffusion row's R² (README "Point forecasts and
+    sample size"). ``path_samples``: sample paths per entity and start for the MSE by recursive step.
     ``dataset_name``: score on another data set's test day than the model's own (e.g. a second city,
     "new city" generalisation; its cells embedded with the model's encoder, `lsdm env build --encoder`).
     Comparison models come from the model's own data set; the baselines are fitted on the scored one.
@@ -178,10 +182,11 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     point_forecasts: dict[str, np.ndarray] = {}  # the sample means, for the gain's interval
     notes = [f"Data set {dataset_name!r}: {len(series.entity_ids)} entities, {series.hours} hours; test day = "
              f"hours {int(splits.test.hour.min())}-{int(splits.test.hour.max())} ({len(splits.test)} windows).",
-             f"LSDM rows: {samples} samples per window, DDIM 10 steps; tables on the normalised scale v = "
+             f"LSDM rows: {samples} samples per window in antithetic pairs, DDIM 10 steps, point metrics on "
+             f"their mean; tables on the normalised scale v = "
              f"log1p(bytes) / {forecaster.normaliser.scale:.3f}; `bytes_rows` has the same metrics in bytes.",
-             f"MSE by recursive step: {len(entities)} entities x start hours {starts}, {steps} steps, each sample "
-             f"path feeding back its own samples.",
+             f"MSE by recursive step: {len(entities)} entities x start hours {starts}, {steps} steps, "
+             f"{path_samples} paths each, each sample path feeding back its own samples.",
              "Every method's samples are whole bytes: below half a byte (v < "
              f"{forecaster.normaliser.zero_below:.4f}) counts as 0 bytes."]
     if not own_data:
@@ -218,7 +223,7 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
         add_row(name, draws, time.perf_counter() - t0, model_id=model_record.id)
         if name in ("lsdm", "lsdm-no-condition"):
             say(f"{name}: recursive paths ...")
-            paths = _paths(model, series, entities, starts, steps, samples, seed)
+            paths = _paths(model, series, entities, starts, steps, path_samples, seed)
             step_mse[name] = mse_by_step(y_paths, paths.mean(0))
 
     table3 = [rows[m] for m in TABLE3 if m in rows]
@@ -247,7 +252,8 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
         result["report"] = [str(f) for f in files]
     if store:
         store_evaluation(database, record.id, result, settings={
-            "samples": samples, "steps": steps, "path_users": path_users, "train_missing": train_missing,
+            "samples": samples, "path_samples": path_samples, "steps": steps, "path_users": path_users,
+            "train_missing": train_missing,
             "include_arima": include_arima, "seed": seed})
     return result
 

@@ -94,6 +94,16 @@ class ForecastResult:
             return {k: npz[k] for k in npz.files}
 
 
+NOISE_MODES = ("antithetic", "independent")
+
+
+def parse_noise(text: str) -> bool:
+    """``antithetic`` (default) | ``independent`` -> whether paths are paired."""
+    if text not in NOISE_MODES:
+        raise InputError(f"expected antithetic or independent, got {text!r}", field="--noise")
+    return text == "antithetic"
+
+
 def parse_sampler(text: str) -> tuple[str, int]:
     """``ddpm`` | ``ddim`` | ``ddim:STEPS``."""
     if text == "ddpm":
@@ -120,8 +130,14 @@ def _calendar(series: SeriesData, hours: np.ndarray) -> tuple[np.ndarray, np.nda
 def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: list[int], *, start: int,
                        horizon: int, samples: int = 32, sampler: str = "ddim", steps: int = 10,
                        plan: LocationPlan | None = None, guidance: float = 1.0, seed: int = 0,
-                       values: np.ndarray | None = None, progress=None) -> ForecastResult:  # noqa: ANN001
-    """Forecast hours start .. start + horizon - 1 for the given entity rows, ``samples`` paths each."""
+                       values: np.ndarray | None = None, progress=None,  # noqa: ANN001
+                       antithetic: bool = True) -> ForecastResult:
+    """Forecast hours start .. start + horizon - 1 for the given entity rows, ``samples`` paths each.
+
+    ``antithetic`` (default): an entity's paths come in pairs driven by opposite noise (``paired_noise``
+    in engine/model/diffusion.py). Every path is still a sample of the model; the paths' mean is a
+    better estimate of the model's expected traffic for the same number of paths (README "Point
+    forecasts and sample size"). False: independent noise, as in runs stored before the option."""
     config = forecaster.config
     h, f = config.history, config.horizon
     if start < h:
@@ -171,7 +187,8 @@ def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: lis
                 prior = model.prior_mean(hist, prof_t, env_t, hours_t, days_t)
                 draws = sample(model, forecaster.schedule, forecaster.standardiser, cache, samples, sampler=sampler,
                                steps=steps, guidance=guidance, null_cache=null, generator=generator,
-                               offset=None if prior is None else prior.repeat_interleave(samples, 0))
+                               offset=None if prior is None else prior.repeat_interleave(samples, 0),
+                               antithetic=samples if antithetic else 0)
             else:
                 rep = lambda t: t.repeat_interleave(samples, 0)  # noqa: E731
                 hist = torch.from_numpy(paths[:, step : step + h]).to(device)
@@ -182,7 +199,8 @@ def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: lis
                 # Each path's prior mean from its own history (its own samples fed back).
                 prior = model.prior_mean(hist, rep(prof_t), rep(env_t), rep(hours_t), rep(days_t))
                 draws = sample(model, forecaster.schedule, forecaster.standardiser, cache, 1, sampler=sampler,
-                               steps=steps, guidance=guidance, null_cache=null, generator=generator, offset=prior)
+                               steps=steps, guidance=guidance, null_cache=null, generator=generator, offset=prior,
+                               antithetic=samples if antithetic else 0)
             # Whole bytes: a sample below half a byte is 0 bytes, and is fed back as such (Normaliser.snap).
             paths[:, h + step : h + step + f] = forecaster.normaliser.snap(draws.cpu().numpy())
             if progress:
@@ -276,6 +294,7 @@ def load_context(database, *, model_id: int | None = None, dataset_name: str | N
 
 def run_forecast(database, *, entity: str, start: int, horizon: int = 1, samples: int = 32,  # noqa: ANN001
                  sampler: str = "ddim:10", location: str = "habitual", guidance: float = 1.0, seed: int = 0,
+                 noise: str = "antithetic",
                  model_id: int | None = None, dataset_name: str | None = None, device: str | None = None,
                  store: bool = True, progress=None, context: ForecastContext | None = None) -> dict:  # noqa: ANN001
     """`lsdm forecast`: load the model and data (or use ``context``), forecast, store the run (one
@@ -283,6 +302,7 @@ def run_forecast(database, *, entity: str, start: int, horizon: int = 1, samples
     from db.models import ForecastRun
 
     sampler_name, sampler_steps = parse_sampler(sampler)
+    antithetic = parse_noise(noise)
     if context is None:
         context = load_context(database, model_id=model_id, dataset_name=dataset_name, device=device)
     forecaster, series, dataset_id = context.forecaster, context.series, context.dataset_id
@@ -291,9 +311,10 @@ def run_forecast(database, *, entity: str, start: int, horizon: int = 1, samples
     plan = LocationPlan.parse(location, series)
     result = recursive_forecast(forecaster, series, rows, start=start, horizon=horizon, samples=samples,
                                 sampler=sampler_name, steps=sampler_steps, plan=plan, guidance=guidance, seed=seed,
-                                progress=progress)
+                                progress=progress, antithetic=antithetic)
     params = {"entity": entity, "start": start, "horizon": horizon, "samples": samples, "sampler": sampler,
-              "location": location, "guidance": guidance, "seed": seed, "model_id": context.record_id,
+              "location": location, "guidance": guidance, "seed": seed, "noise": noise,
+              "model_id": context.record_id,
               "model_sha256": context.record_sha256, "dataset": series.dataset_name}
     entities = [{"entity": f"{'cell' if entity.startswith('cell:') else 'user'}:{series.entity_keys[e]}",
                  "steps": step_summaries(result, series, i)} for i, e in enumerate(result.entities)]

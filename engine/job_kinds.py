@@ -11,7 +11,7 @@ the engine function the command line runs, reporting progress and writing its re
 | ``assets.install`` | batch | none | ``model:ID`` |
 | ``train`` | batch | config, epochs, seed, max_minutes, activate, split | ``model:ID`` |
 | ``evaluate`` | batch | model_id, samples, steps, path_users, include_arima, train_missing, dataset | ``evaluation:MODEL_ID`` |
-| ``forecast`` | interactive | entity, start, horizon, samples, sampler, location, guidance, seed, model_id | ``forecast_run:ID`` |
+| ``forecast`` | interactive | entity, start, horizon, samples, sampler, location, guidance, seed, noise, model_id | ``forecast_run:ID`` |
 | ``whatif`` | interactive | entity, start, horizon, samples, sampler, seed, scenario, name | ``scenario:ID`` |
 
 Files named in an ingest's parameters are read from disk by the worker; the app saves uploads under
@@ -384,7 +384,7 @@ def _check_evaluate(params: dict) -> dict:
     _only(params, {"model_id", "samples", "steps", "path_users", "include_arima", "train_missing", "dataset"})
     _number(params, "model_id", int, optional=True, low=1)
     _text(params, "dataset", None, max_length=200)
-    _number(params, "samples", int, 16, low=1, high=256)
+    _number(params, "samples", int, 32, low=1, high=256)
     _number(params, "steps", int, 30, low=1, high=72)
     _number(params, "path_users", int, 100, low=1, high=100_000)
     _flag(params, "include_arima", True)
@@ -435,7 +435,8 @@ def _check_sampler(params: dict) -> None:
 
 
 def _check_forecast(params: dict) -> dict:
-    _only(params, {"entity", "start", "horizon", "samples", "sampler", "location", "guidance", "seed", "model_id"})
+    _only(params, {"entity", "start", "horizon", "samples", "sampler", "location", "guidance", "seed", "noise",
+                   "model_id"})
     _text(params, "entity", max_length=100_000)
     _number(params, "start", int, low=0)
     _number(params, "horizon", int, 1, low=1, high=168)
@@ -444,6 +445,7 @@ def _check_forecast(params: dict) -> dict:
     _text(params, "location", "habitual", max_length=10_000)
     _number(params, "guidance", float, 1.0, low=0.0, high=20.0)
     _number(params, "seed", int, 0, low=0)
+    _text(params, "noise", "antithetic", choices=("antithetic", "independent"))
     _number(params, "model_id", int, optional=True, low=1)
     return params
 

@@ -134,11 +134,20 @@ def install(database: Database, dataset_name: str | None = None, *, progress: Pr
             "model_name": manifest["model_id"], "seconds": round(time.perf_counter() - started, 2)}
 
 
-def build(out: Path, *, clip_epochs: int = 40, epochs: int | None = None, progress: Progress | None = None) -> dict:
+def build(out: Path, *, clip_epochs: int = 40, epochs: int | None = None, keep_encoder: bool = False,
+          progress: Progress | None = None) -> dict:
     """`lsdm assets build`: default city -> trained CLIP -> trained default forecaster, into ``out``.
 
+    ``keep_encoder``: embed the city with the shipped encoder (which must match the default city) and
+    retrain only the forecaster; the encoder, its id and its metrics are carried over unchanged.
     Works in a scratch database so the user's own data is untouched; replaces ``out`` only at the end.
     """
+    from engine.errors import InputError
+
+    previous = read_manifest() if keep_encoder else None
+    if keep_encoder and (previous is None or not (default_dir() / "clip").is_dir()):
+        raise InputError("no shipped encoder to keep", file=default_dir() / "manifest.json",
+                         hint="build without --keep-encoder")
     say = progress or (lambda message: None)
     started = time.perf_counter()
     out = Path(out)
@@ -146,7 +155,7 @@ def build(out: Path, *, clip_epochs: int = 40, epochs: int | None = None, progre
     with tempfile.TemporaryDirectory(prefix="lsdm-assets-") as scratch:
         os.environ["LSDM_HOME"] = scratch  # the scratch models folder; restored below
         try:
-            manifest, staging = _build_in(Path(scratch), out, clip_epochs, epochs, say, started)
+            manifest, staging = _build_in(Path(scratch), out, clip_epochs, epochs, say, started, previous)
         finally:
             if previous_home is None:
                 os.environ.pop("LSDM_HOME", None)
@@ -159,12 +168,13 @@ def build(out: Path, *, clip_epochs: int = 40, epochs: int | None = None, progre
 
 
 def _build_in(scratch: Path, out: Path, clip_epochs: int, epochs: int | None, say: Progress,
-              started: float) -> tuple[dict, Path]:
+              started: float, previous: dict | None = None) -> tuple[dict, Path]:
     from db import open_database
     from db.queries import store_dataset
     from engine.data.city import CityConfig, generate_city
     from engine.env.clip import ClipSettings
     from engine.env.pipeline import build_environment
+    from engine.errors import InputError
     from engine.model.config import resolve_config
     from engine.train import train
 
@@ -172,8 +182,20 @@ def _build_in(scratch: Path, out: Path, clip_epochs: int, epochs: int | None, sa
     say("building the default city ...")
     with database.write_session() as session, session.begin():
         store_dataset(session, generate_city(CityConfig()), activate=True)
-    say("training the CLIP encoder ...")
-    env = build_environment(database, settings=ClipSettings(epochs=clip_epochs), progress=say)
+    if previous is not None:  # --keep-encoder
+        with database.session() as session:
+            if dataset_digest(session, get_dataset(session)) != previous["dataset_digest"]:
+                raise InputError("the shipped encoder was trained on another version of the default city",
+                                 file=default_dir() / "manifest.json", hint="build without --keep-encoder")
+        say("embedding the cells with the shipped CLIP encoder ...")
+        build_environment(database, encoder_dir=default_dir() / "clip", progress=say)
+        env = previous["clip_metrics"]
+        clip_source = Path(scratch) / "kept-clip"
+        shutil.copytree(default_dir() / "clip", clip_source)  # ``out`` may be the shipped folder itself
+    else:
+        say("training the CLIP encoder ...")
+        env = build_environment(database, settings=ClipSettings(epochs=clip_epochs), progress=say)
+        clip_source = None
     _, config = resolve_config("lsdm", **({"epochs": epochs} if epochs is not None else {}))
     say("training the default forecaster ...")
     result = train(database, "lsdm", config,
@@ -188,11 +210,12 @@ def _build_in(scratch: Path, out: Path, clip_epochs: int, epochs: int | None, sa
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    shutil.copytree(encoder_path, staging / "clip")
+    shutil.copytree(clip_source or encoder_path, staging / "clip")
     shutil.copytree(result.path, staging / "lsdm")
     manifest = {
         "built_with": "lsdm assets build" + (f" --clip-epochs {clip_epochs}" if clip_epochs != 40 else "")
-                      + (f" --epochs {epochs}" if epochs is not None else ""),
+                      + (f" --epochs {epochs}" if epochs is not None else "")
+                      + (" --keep-encoder" if previous is not None else ""),
         "dataset": "the default city (`lsdm city build` with default flags)",
         "dataset_digest": digest,
         "encoder_id": encoder_id,

@@ -92,8 +92,8 @@ class TrainResult:
 
 def fit_prior(forecaster: Forecaster, series: SeriesData, values: np.ndarray, windows: Windows, spec: SplitSpec,
               profile: HourlyProfile, chunk: int = 4096) -> Standardiser:
-    """Fit the model's linear prior on the training windows (engine/model/prior.py) and return the
-    standardiser of the residuals around it, which the diffusion then models."""
+    """Fit the model's linear mean on the training windows (engine/model/prior.py) and return the
+    standardiser of the residuals around it (which the diffusion models with prior "linear")."""
     from engine.model.prior import PriorFit
 
     model = forecaster.model
@@ -114,8 +114,8 @@ def fit_prior(forecaster: Forecaster, series: SeriesData, values: np.ndarray, wi
         fit.solve()
         total = total_sq = count = 0.0
         for batch in batches():
-            residual = (batch["target"] - model.prior_mean(batch["history"], batch["profile"], batch["env"],
-                                                           batch["hours"], batch["days"])).double()
+            residual = (batch["target"] - model.linear_mean(batch["history"], batch["profile"], batch["env"],
+                                                            batch["hours"], batch["days"])).double()
             total, total_sq, count = total + float(residual.sum()), total_sq + float((residual**2).sum()), count + residual.numel()
     mean = total / max(count, 1)
     std = max(total_sq / max(count, 1) - mean**2, 0.0) ** 0.5
@@ -156,9 +156,10 @@ def fit(series: SeriesData, config: ModelConfig, *, split: str = "time", device:
     forecaster = Forecaster.create(config, normaliser=normaliser, standardiser=standardiser,
                                    services=series.services, env_dim=int(series.env.shape[1]),
                                    meta={"data": data_fingerprint(series, splits), "split": spec.kind})
-    if forecaster.model.prior is not None:  # closed form, before the network trains around it
-        forecaster.standardiser = fit_prior(forecaster, series, values, splits.train, spec, profile)
-        standardiser = forecaster.standardiser
+    if forecaster.model.prior is not None:  # closed form, before the network trains around it (or on it)
+        residual = fit_prior(forecaster, series, values, splits.train, spec, profile)
+        if config.prior in ("linear", "residual"):  # the diffusion models the residual: standardise that
+            forecaster.standardiser = standardiser = residual
     model = forecaster.model.to(dev)
     ema = copy.deepcopy(model).eval()
     schedule = forecaster.schedule
@@ -188,7 +189,8 @@ def fit(series: SeriesData, config: ModelConfig, *, split: str = "time", device:
                 losses.append(float(diffusion_loss(ema, schedule, standardiser, part,
                                                    t=val_t[start : start + 1024],
                                                    noise=val_noise[start : start + 1024].to(dev),
-                                                   keep_env=keep_all[start : start + 1024])) * len(part["target"]))
+                                                   keep_env=keep_all[start : start + 1024], draws=1))
+                              * len(part["target"]))
             return sum(losses) / len(val_windows)
 
     history: list[dict] = []

@@ -125,7 +125,8 @@ def evaluation_form(model: md.ModelInfo) -> None:
     with st.form("evaluate"):
         st.markdown(f"**Run an evaluation of model #{model.id}** (a job for the worker; minutes)")
         c1, c2, c3 = st.columns(3)
-        samples = c1.number_input("Samples per window", 1, 256, 16, key="eval_samples")
+        samples = c1.number_input("Samples per window", 1, 256, 32, key="eval_samples",
+                                  help="Their mean is the point forecast: fewer samples, noisier means, lower R²")
         steps = c2.number_input("Recursive steps", 1, 72, 30, key="eval_steps")
         path_users = c3.number_input("Entities for the recursive paths", 1, 100_000, 100, key="eval_users")
         arima = st.checkbox("Include ARIMA (about 2 minutes)", value=False, key="eval_arima")

@@ -29,9 +29,11 @@ class ModelConfig:
     condition: str = "adaln"  # adaln | input (env added to the input tokens) | none
     step_conditioning: str = "adaln"  # adaln (ours) | input (CSDI: step embedding added to the input)
     env_kind: str = "env"  # env (z_env, Eq. 9) | image | text: which embedding conditions the model
-    # none | linear: the diffusion models the residual around a linear conditional mean fitted in closed
-    # form (engine/model/prior.py). "none" in checkpoints that predate it.
-    prior: str = "none"
+    # A linear conditional mean fitted in closed form when training starts (engine/model/prior.py):
+    # feature: an input of the target tokens beside the profile (the default, README "The linear mean
+    # feature"); linear: the diffusion models the residual around it (CARD; experimental); none: no
+    # such mean. "none" in checkpoints that predate the field (``from_dict``).
+    prior: str = "residual"
     # Diffusion
     diffusion_steps: int = 50
     beta_start: float = 1e-4
@@ -45,6 +47,10 @@ class ModelConfig:
     epochs: int = 5  # ~100 s each on the 2-core CPU for the default city: training stays well under 10 min
     batch_size: int = 256
     windows_per_epoch: int = 32_768  # training windows drawn afresh each epoch
+    # Diffusion steps and noises drawn per training window: the history is encoded once and only the
+    # target hour is denoised that many times (engine/model/diffusion.py ``diffusion_loss``). 1: the
+    # plain full pass, which checkpoints that predate the field were trained with (``from_dict``).
+    noise_draws: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-4
     ema_decay: float = 0.995
@@ -60,11 +66,12 @@ class ModelConfig:
             ("condition", self.condition in ("adaln", "input", "none"), "adaln, input or none"),
             ("step_conditioning", self.step_conditioning in ("adaln", "input"), "adaln or input"),
             ("env_kind", self.env_kind in ("env", "image", "text"), "env, image or text"),
-            ("prior", self.prior in ("none", "linear"), "none or linear"),
+            ("prior", self.prior in ("none", "linear", "feature", "residual"), "none, linear, feature or residual"),
             ("schedule", self.schedule in ("quad", "linear"), "quad or linear"),
             ("diffusion_steps", self.diffusion_steps >= 2, "at least 2"),
             ("cond_dropout", 0 <= self.cond_dropout < 1, "in [0, 1)"),
             ("epochs", self.epochs >= 1, "at least 1"),
+            ("noise_draws", self.noise_draws >= 1, "at least 1"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -97,6 +104,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict, *, origin: str = "config") -> ModelConfig:
         known = {f.name for f in fields(cls)}
+        # Saved before these fields existed: trained with one draw and no linear mean.
+        data = {"noise_draws": 1, "prior": "none", **data}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}", file=origin)
@@ -112,14 +121,18 @@ CONFIGS: dict[str, ModelConfig] = {
     "lsdm": ModelConfig(),
     "lsdm-no-condition": ModelConfig(condition="none"),
     # CSDI-like: 2D attention, no environment, the diffusion step added to the input (no AdaLN by
-    # the condition), plain MSE loss.
-    "csdi-like": ModelConfig(condition="none", step_conditioning="input", l2=0.0),
+    # the condition), plain MSE loss, and no linear mean feature (CSDI has none).
+    "csdi-like": ModelConfig(condition="none", step_conditioning="input", l2=0.0, prior="none"),
     "no-2d-attention": ModelConfig(service_attention=False),
     "env-input": ModelConfig(condition="input"),
     "image-only": ModelConfig(env_kind="image"),
     # Experimental: the diffusion models the residual around a linear conditional mean (engine/model/
     # prior.py). Measured in the README; not the default.
     "lsdm-prior": ModelConfig(prior="linear"),
+    # The paper's model alone: no linear mean feature (the condition enters by AdaLN only).
+    "lsdm-plain": ModelConfig(prior="none"),
+    "lsdm-feature": ModelConfig(prior="feature"),
+    "lsdm-plain-no-condition": ModelConfig(prior="none", condition="none"),
     "text-only": ModelConfig(env_kind="text"),
     # A few seconds of training, for tests and smoke checks.
     "tiny": ModelConfig(channels=16, heads=2, blocks=1, epochs=2, batch_size=64, diffusion_steps=20, beta_end=0.8),

@@ -58,37 +58,59 @@ class Standardiser:
 
 def diffusion_loss(model: Denoiser, schedule: Schedule, standardiser: Standardiser, batch: dict,
                    generator: torch.Generator | None = None, *, t: torch.Tensor | None = None,
-                   noise: torch.Tensor | None = None, keep_env: torch.Tensor | None = None) -> torch.Tensor:
+                   noise: torch.Tensor | None = None, keep_env: torch.Tensor | None = None,
+                   draws: int | None = None) -> torch.Tensor:
     """l1 * MSE(eps_hat, eps) + l2 * (1 - cos(x0_hat, x0)) (Sec. IV-B).
 
     The cosine term compares the target implied by the predicted noise with the true target, per
     window, on the normalised scale v; it is weighted by sqrt(alpha_bar_t) because x0_hat is only
     meaningful where the signal has not drowned in noise, and windows whose true target is all zero
     (no traffic at all) are left out of it (the cosine is undefined there).
+
+    ``draws`` (default: as many as ``t`` has per window, else ``config.noise_draws``): diffusion steps and noises drawn per window. With more
+    than one, the history is encoded once per window and only the target hours are denoised, D times
+    (the inference path, ``encode_history``/``denoise_target``, which equals the full pass): D loss
+    terms for little more than the cost of one, since the target is 1 hour and the history 24. ``t``
+    and ``noise``, when given, are per (window, draw) row: (B * D,) and (B * D, F, K), draws of a
+    window consecutive.
     """
     config = model.config
+    if draws is None:  # given steps say how many draws there are; else the configuration's
+        draws = t.shape[0] // batch["target"].shape[0] if t is not None else config.noise_draws
+    draws = max(1, int(draws))
     prior = model.prior_mean(batch["history"], batch.get("profile"), batch["env"], batch["hours"], batch["days"])
     x0 = standardiser.from_v(batch["target"], prior)  # (B, F, K); the residual around the prior if any
     b = x0.shape[0]
-    if t is None:
-        t = torch.randint(0, config.diffusion_steps, (b,), generator=generator)
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator)
-    ab = schedule.alpha_bars[t].view(b, 1, 1)
-    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise  # Eq. 1 in closed form
     if keep_env is None and config.cond_dropout > 0 and model.training:
         keep_env = torch.rand(b, generator=generator) >= config.cond_dropout
-    eps = model(batch["history"], x_t, t, batch["hours"], batch["days"], batch["env"], keep_env,
-                batch.get("profile"))
+    if draws > 1:
+        x0, target = x0.repeat_interleave(draws, 0), batch["target"].repeat_interleave(draws, 0)
+        prior = None if prior is None else prior.repeat_interleave(draws, 0)
+    else:
+        target = batch["target"]
+    n = x0.shape[0]
+    if t is None:
+        t = torch.randint(0, config.diffusion_steps, (n,), generator=generator)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator)
+    ab = schedule.alpha_bars[t].view(n, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise  # Eq. 1 in closed form
+    if draws > 1:
+        cache = model.encode_history(batch["history"], batch["hours"], batch["days"], batch["env"], keep_env,
+                                     batch.get("profile"))
+        eps = model.denoise_target(cache, x_t, t)
+    else:
+        eps = model(batch["history"], x_t, t, batch["hours"], batch["days"], batch["env"], keep_env,
+                    batch.get("profile"))
     loss = config.l1 * F.mse_loss(eps, noise)  # Eq. 5
     if config.l2 > 0:
         x0_hat = ((x_t - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-10, 10)
         v_hat = standardiser.to_v(x0_hat, prior).flatten(1)
-        v_true = batch["target"].flatten(1)
+        v_true = target.flatten(1)
         active = v_true.norm(dim=1) > 0
         if active.any():
             cosine = F.cosine_similarity(v_hat[active], v_true[active], dim=1, eps=1e-8)
-            weight = ab.view(b)[active].sqrt()
+            weight = ab.view(n)[active].sqrt()
             loss = loss + config.l2 * ((1 - cosine) * weight).sum() / weight.sum().clamp(min=1e-8)
     return loss
 
@@ -104,22 +126,40 @@ def _guided_eps(model: Denoiser, cache: HistoryCache, null_cache: HistoryCache |
     return eps
 
 
+def paired_noise(shape: tuple[int, ...], generator: torch.Generator | None, block: int = 1) -> torch.Tensor:
+    """Standard normal noise of ``shape`` (rows first). With ``block`` >= 2, the rows form consecutive
+    blocks of ``block`` (one entity's sample paths) whose second half is the negation of the first
+    (antithetic pairs; an odd block's last row is unpaired). Each row is still an exact N(0, I) draw, so
+    every sample path is a sample of the model; only the sample *mean* changes: the pairs' errors cancel
+    to first order, so the mean of S paired samples is a much better estimate of the model's
+    conditional mean than that of S independent ones (README "Point forecasts and sample size")."""
+    rows = shape[0]
+    if block < 2 or rows % block:
+        return torch.randn(shape, generator=generator)
+    half = torch.randn((rows // block, (block + 1) // 2, *shape[1:]), generator=generator)
+    return torch.cat([half, -half[:, : block // 2]], dim=1).reshape(shape)
+
+
 @torch.no_grad()
 def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cache: HistoryCache,
            n_samples: int, *, sampler: str = "ddim", steps: int = 10, guidance: float = 1.0,
            null_cache: HistoryCache | None = None, generator: torch.Generator | None = None,
-           x_T: torch.Tensor | None = None, offset: torch.Tensor | None = None) -> torch.Tensor:
+           x_T: torch.Tensor | None = None, offset: torch.Tensor | None = None,
+           antithetic: int = 0) -> torch.Tensor:
     """Targets for every cached window, ``n_samples`` each: (B * n_samples, F, K) on the v scale.
 
     ``sampler``: "ddpm" (ancestral, all T steps, faithful to the paper) or "ddim" (deterministic
-    DDIM, eta = 0, ``steps`` evenly spaced steps: fast). ``offset`` (B * n_samples, F, K): the prior mean
+    DDIM, eta = 0, ``steps`` evenly spaced steps: fast). ``antithetic``: 0 for independent noise, else
+    the size of the row blocks that share antithetic noise (``paired_noise``): ``n_samples`` when the
+    rows are windows x samples, the path count when each row is one path of a recursive forecast.
+    ``offset`` (B * n_samples, F, K): the prior mean
     of each sample (a model with ``prior``): the diffusion then samples the residual around it.
     """
     config = model.config
     b = cache.windows
     k = cache.target_side.shape[1]
     shape = (b * n_samples, config.horizon, k)
-    x = torch.randn(shape, generator=generator) if x_T is None else x_T
+    x = paired_noise(shape, generator, antithetic) if x_T is None else x_T
     # Keep x0 estimates inside the range of the training data, v in [0, 1] (v = 1 is the largest hour
     # seen in training). A looser bound (1.5 was tried) let a few recursive paths climb to hundreds of
     # GB per hour, since bytes = expm1(v * scale): means in bytes were then meaningless.
@@ -138,7 +178,7 @@ def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cach
             mean = (ab_prev.sqrt() * beta / (1 - ab[t])) * x0 + (schedule.alphas[t].sqrt() * (1 - ab_prev) / (1 - ab[t])) * x
             if t > 0:
                 variance = beta * (1 - ab_prev) / (1 - ab[t])  # beta tilde
-                x = mean + variance.sqrt() * torch.randn(shape, generator=generator)
+                x = mean + variance.sqrt() * paired_noise(shape, generator, antithetic)
             else:
                 x = mean
     elif sampler == "ddim":

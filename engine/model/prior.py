@@ -1,10 +1,16 @@
-"""A linear conditional mean that the diffusion works around ("residual diffusion", as in CARD, Han et
-al. 2022): the denoiser models u = standardise(v - g) and a forecast is g + the sampled residual.
+"""A linear conditional mean g of the target hour, fitted in closed form when training starts. Two uses
+(``ModelConfig.prior``):
+
+- ``feature`` (the default): g is an input of the target tokens, beside the entity's hourly profile
+  (engine/model/denoiser.py); the diffusion still models the traffic itself.
+- ``linear`` (experimental): the diffusion works around it ("residual diffusion", as in CARD, Han et
+  al. 2022): the denoiser models u = standardise(v - g) and a forecast is g + the sampled residual.
 
 Why: an epsilon-prediction DDPM learns the conditional *mean* only weakly (in the eps loss an error
 of the mean at step t weighs SNR_t, which is ~0 at the noisy steps where the mean matters), and on a
-10-minute CPU budget it did not reach what a linear model gets from the same inputs (README "Forecasting
-engine"). g is that linear model, fitted in closed form on the training windows when training starts:
+10-minute CPU budget it did not learn the environment's shift of the mean that a linear model gets
+from the same inputs (README "The linear mean feature"). g is that linear model, fitted on the training
+windows:
 
     g_k = w_k · [1, profile_k, v_{t-1,k}, v_{t-2,k}, v_{t-3,k}, mean of the history_k, mean_j v_{t-1,j},
                  (z_env(t) projected on R principal axes, 1) ⊗ one-hot(period of day x weekend)]

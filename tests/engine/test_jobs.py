@@ -85,6 +85,7 @@ def _wait_until(predicate, timeout: float = 120.0, what: str = "condition") -> N
     ("forecast", {"entity": "user:U0001", "start": 10, "horizon": "twelve"}, "horizon"),
     ("forecast", {"entity": "user:U0001", "start": 10, "sampler": "euler"}, "sampler"),
     ("forecast", {"entity": "user:U0001", "start": 10, "colour": "red"}, "colour"),
+    ("forecast", {"entity": "user:U0001", "start": 10, "noise": "pink"}, "noise"),
     ("train", {"config": "no-such-config"}, "config"),
     ("ingest.table", {"records": "/nope.csv", "cells": "/nope.csv"}, "records"),
     ("city.build", {"users": 0}, "users"),

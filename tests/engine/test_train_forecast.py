@@ -143,6 +143,31 @@ def test_cli_forecast_stores_a_reproducible_run(trained, capsys):
         runs = {r.id: r for r in session.scalars(select(ForecastRun))}
         assert runs[first["run_id"]].result == runs[second["run_id"]].result  # reproduced exactly
         assert runs[first["run_id"]].params["model_sha256"] and runs[first["run_id"]].params["seed"] == 9
+        assert runs[first["run_id"]].params["noise"] == "antithetic"
+    # Independent noise is another run of the same model: other paths, stored as such.
+    assert main([*argv, "--noise", "independent"]) == 0
+    third = json.loads(capsys.readouterr().out)
+    with database.session() as session:
+        run = session.get(ForecastRun, third["run_id"])
+        assert run.params["noise"] == "independent" and run.result != runs[first["run_id"]].result
+
+
+def test_antithetic_paths_give_a_steadier_mean_at_every_step(trained):
+    """Across seeds, the mean of an entity's 8 antithetic paths varies less than that of 8 independent
+    ones, at the first step (one noise draw per path) and later ones (paths fed back their own samples)."""
+    database, _ = trained
+    record, forecaster = load_model(database)
+    with database.session() as session:
+        series = load_series(session, get_dataset(session), encoder_id=forecaster.meta["data"]["encoder_id"])
+
+    def spread(antithetic: bool) -> np.ndarray:  # variance over seeds of the path mean, per step
+        means = np.stack([recursive_forecast(forecaster, series, [0, 1, 2, 3], start=300, horizon=3, samples=8,
+                                             seed=seed, antithetic=antithetic).paths_v.mean(1)
+                          for seed in range(24)])  # (seeds, E, steps, K)
+        return means.var(0).mean(axis=(0, 2))  # (steps,)
+
+    paired, independent = spread(True), spread(False)
+    assert (paired < 0.8 * independent).all(), (paired, independent)
 
 
 @pytest.mark.parametrize(
@@ -151,6 +176,7 @@ def test_cli_forecast_stores_a_reproducible_run(trained, capsys):
         (["--start", "5"], "field '--start'"),
         (["--start", "300", "--entity", "user:nobody"], "no user 'nobody'"),
         (["--start", "300", "--sampler", "ddim:x"], "field '--sampler'"),
+        (["--start", "300", "--noise", "pink"], "--noise"),
         (["--start", "300", "--location", "cell:C9999"], "unknown cell 'C9999'"),
         (["--start", "300", "--model", "999"], "no forecasting model with id 999"),
     ],

@@ -34,6 +34,9 @@ def _randomised(config: ModelConfig) -> Denoiser:
         for parameter in model.parameters():
             if not parameter.abs().sum():
                 parameter.normal_(0, 0.2)
+        if model.prior is not None:  # a fitted-looking linear mean
+            for buffer in model.prior.buffers():
+                buffer.normal_(0, 0.1)
     return model.eval()
 
 
@@ -53,7 +56,8 @@ def test_a_fresh_denoiser_predicts_zero_noise_because_modulation_and_output_are_
     assert eps.shape == (3, 1, K) and torch.count_nonzero(eps) == 0
 
 
-@pytest.mark.parametrize("name", ["lsdm", "no-2d-attention", "env-input", "csdi-like", "lsdm-no-condition"])
+@pytest.mark.parametrize("name", ["lsdm", "no-2d-attention", "env-input", "csdi-like", "lsdm-no-condition",
+                                  "lsdm-plain", "lsdm-prior", "lsdm-feature"])
 def test_history_cache_gives_exactly_the_full_pass(name):
     config = replace(CONFIGS[name], channels=16, heads=2, blocks=2, history=H, horizon=2)
     model = _randomised(config)
@@ -236,3 +240,105 @@ def test_a_prior_model_trains_on_the_residual_and_its_buffers_are_part_of_the_we
         direct = float(diffusion_loss(plain, schedule, standardiser, residual, t=t, noise=noise, keep_env=keep))
     assert around == pytest.approx(direct, rel=1e-5)
     assert torch.isfinite(loss)
+
+
+def test_paired_noise_negates_the_second_half_of_each_block_and_is_standard_normal():
+    from engine.model.diffusion import paired_noise
+
+    x = paired_noise((4 * 6, 1, K), torch.Generator().manual_seed(0), block=6)
+    blocks = x.view(4, 6, 1, K)
+    assert torch.equal(blocks[:, 3:], -blocks[:, :3])  # rows 3..5 mirror rows 0..2 of the same block
+    assert not torch.equal(blocks[0, :3], blocks[1, :3])  # blocks do not share noise
+    odd = paired_noise((2 * 5, 1, K), torch.Generator().manual_seed(0), block=5).view(2, 5, 1, K)
+    assert torch.equal(odd[:, 3:], -odd[:, :2]) and not torch.equal(odd[:, 2], -odd[:, 2])  # the 5th is its own
+    # Rows that do not divide into blocks, or block 1: independent noise, as torch.randn would draw it.
+    plain = paired_noise((7, 1, K), torch.Generator().manual_seed(3), block=2)
+    assert torch.equal(plain, torch.randn((7, 1, K), generator=torch.Generator().manual_seed(3)))
+    big = paired_noise((20_000, 1, 2), torch.Generator().manual_seed(1), block=8)
+    assert abs(float(big.mean())) < 0.02 and abs(float(big.std()) - 1) < 0.02  # every row is N(0, I)
+
+
+def test_the_mean_of_antithetic_samples_is_steadier_than_that_of_independent_ones():
+    """What antithetic pairs are for: across seeds, the mean of S paired samples of a window varies less
+    than the mean of S independent ones (each sample having the same distribution either way)."""
+    model = _randomised(TINY)
+    schedule, standardiser = Schedule.from_config(TINY), Standardiser(0.3, 0.2)
+    batch = _inputs(4)
+    cache = model.encode_history(batch["history"], batch["hours"], batch["days"], batch["env"], None, batch["profile"])
+
+    def means(antithetic: int) -> torch.Tensor:  # (seeds, windows, K): the 8-sample mean per seed
+        return torch.stack([sample(model, schedule, standardiser, cache, 8, sampler="ddim", steps=5,
+                                   generator=torch.Generator().manual_seed(s), antithetic=antithetic)
+                            .view(4, 8, K).mean(1) for s in range(40)])
+
+    paired, independent = means(8), means(0)
+    assert float(paired.var(0).mean()) < 0.7 * float(independent.var(0).mean())
+    # ... while the samples themselves keep their spread.
+    spread = lambda a: float(sample(model, schedule, standardiser, cache, 64, sampler="ddim", steps=5,  # noqa: E731
+                                    generator=torch.Generator().manual_seed(0), antithetic=a).view(4, 64, K).std(1).mean())
+    assert spread(64) == pytest.approx(spread(0), rel=0.25)
+
+
+@pytest.mark.parametrize("name", ["lsdm", "csdi-like", "lsdm-prior"])
+def test_several_noise_draws_per_window_equal_the_full_pass_on_repeated_windows(name):
+    """``draws`` D encodes the history once and denoises D (step, noise) pairs: the same loss and the same
+    gradients as the plain full pass over each window repeated D times."""
+    config = replace(CONFIGS[name], channels=16, heads=2, blocks=2, history=H, l2=0.3, cond_dropout=0.0)
+    draws, b = 3, 5
+    batch = _inputs(b)
+    g = torch.Generator().manual_seed(4)
+    t = torch.randint(0, config.diffusion_steps, (b * draws,), generator=g)
+    noise = torch.randn(b * draws, 1, K, generator=g)
+    keep = torch.tensor([True, False, True, True, False])
+    schedule, standardiser = Schedule.from_config(config), Standardiser(0.3, 0.2)
+
+    def loss_and_grads(d: int, inputs: dict, keep_env: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
+        model = _randomised(config)
+        if model.prior is not None:  # a non-trivial prior mean
+            model.prior.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+        model.train()
+        loss = diffusion_loss(model, schedule, standardiser, inputs, t=t, noise=noise, keep_env=keep_env, draws=d)
+        loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    repeated = {k: v.repeat_interleave(draws, 0) for k, v in batch.items()}
+    fast, fast_grads = loss_and_grads(draws, batch, keep)
+    full, full_grads = loss_and_grads(1, repeated, keep.repeat_interleave(draws))
+    assert fast == pytest.approx(full, rel=1e-5)
+    assert len(fast_grads) == len(full_grads)
+    for a, c in zip(fast_grads, full_grads):
+        assert torch.allclose(a, c, atol=1e-5, rtol=1e-4)
+
+
+def test_checkpoints_saved_before_noise_draws_existed_read_as_one_draw():
+    data = CONFIGS["lsdm"].to_dict()
+    del data["noise_draws"]
+    assert ModelConfig.from_dict(data).noise_draws == 1
+    assert ModelConfig().noise_draws == 8
+    with pytest.raises(InputError, match="noise_draws"):
+        ModelConfig.from_dict({**data, "noise_draws": 0})
+
+
+@pytest.mark.parametrize(("prior", "is_input", "is_offset"), [
+    ("none", False, False), ("linear", False, True), ("feature", True, False), ("residual", True, True)])
+def test_the_linear_mean_is_an_input_an_offset_or_both_as_configured(prior, is_input, is_offset):
+    config = replace(CONFIGS["lsdm"], channels=16, heads=2, blocks=1, history=H, prior=prior)
+    model = _randomised(config)
+    batch = _inputs(3)
+    t = torch.tensor([2, 9, 30])
+    args = (batch["history"], batch["target"], t, batch["hours"], batch["days"], batch["env"], None, batch["profile"])
+    with torch.no_grad():
+        before = model(*args)
+        offset = model.prior_mean(batch["history"], batch["profile"], batch["env"], batch["hours"], batch["days"])
+        if model.prior is not None:
+            model.prior.weight.add_(0.5)  # another linear mean
+        after = model(*args)
+        moved = model.prior_mean(batch["history"], batch["profile"], batch["env"], batch["hours"], batch["days"])
+    assert (model.value_in.in_features == 4) == is_input
+    assert (not torch.allclose(before, after)) == is_input  # the network sees the mean only as an input
+    assert (offset is not None) == is_offset
+    if is_offset:
+        assert not torch.allclose(offset, moved)
+    # Checkpoints from before the field existed have no linear mean at all.
+    legacy = {k: v for k, v in config.to_dict().items() if k != "prior"}
+    assert ModelConfig.from_dict(legacy).prior == "none"
