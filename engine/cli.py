@@ -516,8 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_p.add_argument("--config", default="lsdm", metavar="NAME|FILE",
                          help="lsdm (default), lsdm-no-condition, csdi-like, no-2d-attention, env-input, image-only, "
-                              "text-only, lsdm-plain (no linear mean feature), lsdm-plain-no-condition, lsdm-prior "
-                              "(experimental), tiny, or a JSON file of model settings")
+                              "text-only, lsdm-plain (no linear mean feature), lsdm-plain-no-condition, lsdm-prior and "
+                              "lsdm-residual (experimental), tiny, or a JSON file of model settings")
     train_p.add_argument("--epochs", type=_positive_int, default=None, help="maximum epochs (default: the config's)")
     train_p.add_argument("--seed", type=int, default=None, help="seed (default: the config's)")
     train_p.add_argument("--split", choices=["time", "users"], default="time",

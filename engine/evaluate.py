@@ -31,7 +31,7 @@ from engine.errors import InputError
 from engine.forecast import recursive_forecast
 from engine.metrics import mse_by_step, per_service_r2, r2_gain_interval, score
 from engine.model import Forecaster
-from engine.model.config import CONFIGS
+from engine.model.config import CONFIGS, ModelConfig
 from engine.report import write_report
 from engine.train import check_compatible, load_model, train
 
@@ -97,26 +97,35 @@ def _row(method: str, y: np.ndarray, samples: np.ndarray, seconds: float, **extr
             "seconds": round(seconds, 2), **extra}
 
 
-def _comparison_model(database: Database, dataset_id: int, dataset_name: str, name: str, base: ModelRecord,
+SHARED_SETTINGS = ("epochs", "seed", "history", "horizon", "channels", "heads", "blocks", "windows_per_epoch",
+                   "batch_size", "noise_draws")
+# What makes a registered model a fair comparison: the shared settings and the architecture of the named
+# configuration (a model from an older version of it, e.g. without the linear mean feature, is not).
+MATCHED = SHARED_SETTINGS + ("prior", "service_attention", "condition", "step_conditioning", "env_kind", "l2")
+
+
+def comparison_config(name: str, base: ModelConfig) -> ModelConfig:
+    """The configuration ``name`` trained like ``base``: its own architecture, the base's size and budget."""
+    return replace(CONFIGS[name], **{k: getattr(base, k) for k in SHARED_SETTINGS})
+
+
+def _comparison_model(database: Database, dataset_id: int, dataset_name: str, name: str, base: Forecaster,
                       train_missing: bool, progress: Progress, split: str = "time") -> tuple[ModelRecord, Forecaster] | None:
-    """The newest registered model of that configuration trained on the same data set and split, or a new
-    one trained like ``base`` (``train_missing``)."""
+    """The newest registered model of that name trained on the same data set and split whose configuration
+    agrees with ``comparison_config`` on ``MATCHED``, or a new one trained so (``train_missing``)."""
+    config = comparison_config(name, base.config)
     with database.session() as session:
         ids = session.scalars(select(ModelRecord.id).where(
             ModelRecord.kind == "lsdm", ModelRecord.dataset_id == dataset_id, ModelRecord.name == name)
             .order_by(ModelRecord.id.desc())).all()
     for record_id in ids:
         found = load_model(database, record_id)
-        if found[1].meta.get("split", "time") == split:
+        if found[1].meta.get("split", "time") == split and all(
+                getattr(found[1].config, k) == getattr(config, k) for k in MATCHED):
             return found
     if not train_missing:
         return None
     progress(f"training the comparison model {name} ...")
-    base_config = base.config
-    config = replace(CONFIGS[name], **{k: base_config[k] for k in ("epochs", "seed", "history", "horizon",
-                                                                   "channels", "heads", "blocks",
-                                                                   "windows_per_epoch", "batch_size",
-                                                                   "noise_draws") if k in base_config})
     result = train(database, name, config, dataset_name=dataset_name, split=split, activate=False)
     return load_model(database, result.record_id)
 
@@ -211,7 +220,7 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
 
     models: dict[str, tuple[ModelRecord, Forecaster]] = {"lsdm": (record, forecaster)}
     for name in COMPARISON_MODELS:
-        found = _comparison_model(database, dataset_id, home_name, name, record, train_missing, say, split)
+        found = _comparison_model(database, dataset_id, home_name, name, forecaster, train_missing, say, split)
         if found is None:
             notes.append(f"{name}: no registered model of this data set (run `lsdm train --config {name}`).")
         else:

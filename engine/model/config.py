@@ -31,9 +31,9 @@ class ModelConfig:
     env_kind: str = "env"  # env (z_env, Eq. 9) | image | text: which embedding conditions the model
     # A linear conditional mean fitted in closed form when training starts (engine/model/prior.py):
     # feature: an input of the target tokens beside the profile (the default, README "The linear mean
-    # feature"); linear: the diffusion models the residual around it (CARD; experimental); none: no
-    # such mean. "none" in checkpoints that predate the field (``from_dict``).
-    prior: str = "residual"
+    # feature"); linear: the diffusion models the residual around it (CARD; experimental); residual:
+    # both (experimental); none: no such mean. "none" in checkpoints that predate the field.
+    prior: str = "feature"
     # Diffusion
     diffusion_steps: int = 50
     beta_start: float = 1e-4
@@ -131,7 +131,7 @@ CONFIGS: dict[str, ModelConfig] = {
     "lsdm-prior": ModelConfig(prior="linear"),
     # The paper's model alone: no linear mean feature (the condition enters by AdaLN only).
     "lsdm-plain": ModelConfig(prior="none"),
-    "lsdm-feature": ModelConfig(prior="feature"),
+    "lsdm-residual": ModelConfig(prior="residual"),  # experimental: measured in the README
     "lsdm-plain-no-condition": ModelConfig(prior="none", condition="none"),
     "text-only": ModelConfig(env_kind="text"),
     # A few seconds of training, for tests and smoke checks.

@@ -268,3 +268,26 @@ def test_forecast_samples_are_whole_bytes_with_exact_zeros(trained):
     assert (result.paths == 0).any(), "a sparse city has hours without traffic: some samples are exactly 0"
     assert forecaster.normaliser.snap(np.array([-0.1, 0.0, forecaster.normaliser.zero_below * 0.99, 0.5],
                                                np.float32)).tolist() == [0.0, 0.0, 0.0, 0.5]
+
+
+def test_evaluation_compares_only_with_models_of_the_same_architecture(trained):
+    """A registered comparison model from an older version of its configuration (here: without the linear
+    mean feature) is not used; one trained with ``comparison_config`` is."""
+    from dataclasses import replace as _replace
+
+    from engine.evaluate import _comparison_model, comparison_config
+
+    database, _ = trained
+    _, base = load_model(database)
+    base = _replace(base, config=_replace(base.config, seed=5))  # none of the other tests' models match it
+    with database.session() as session:
+        dataset = get_dataset(session)
+        dataset_id, dataset_name = dataset.id, dataset.name
+    expected = comparison_config("env-input", base.config)
+    assert expected.condition == "input" and expected.prior == base.config.prior == "feature"
+    assert expected.channels == base.config.channels and expected.seed == 5
+    stale = train(database, "env-input", _replace(expected, prior="none"), activate=False)
+    assert _comparison_model(database, dataset_id, dataset_name, "env-input", base, False, print) is None
+    fresh = train(database, "env-input", expected, activate=False)
+    found = _comparison_model(database, dataset_id, dataset_name, "env-input", base, False, print)
+    assert found is not None and found[0].id == fresh.record_id != stale.record_id

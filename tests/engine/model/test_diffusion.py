@@ -57,7 +57,7 @@ def test_a_fresh_denoiser_predicts_zero_noise_because_modulation_and_output_are_
 
 
 @pytest.mark.parametrize("name", ["lsdm", "no-2d-attention", "env-input", "csdi-like", "lsdm-no-condition",
-                                  "lsdm-plain", "lsdm-prior", "lsdm-feature"])
+                                  "lsdm-plain", "lsdm-prior", "lsdm-residual"])
 def test_history_cache_gives_exactly_the_full_pass(name):
     config = replace(CONFIGS[name], channels=16, heads=2, blocks=2, history=H, horizon=2)
     model = _randomised(config)
