@@ -544,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="where the entity is during the forecast (default: its habitual cell for that hour)")
     forecast.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
     forecast.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    forecast.add_argument("--noise", choices=("antithetic", "independent"), default="antithetic",
+    forecast.add_argument("--noise", default="antithetic", metavar="antithetic|independent",
                           help="antithetic (default): each path paired with one driven by the opposite noise, "
                           "for a steadier mean; independent: every path on its own noise")
     forecast.add_argument("--model", type=int, default=None, help="model id (default: the active model)")
