@@ -435,6 +435,8 @@ def _check_sampler(params: dict) -> None:
 
 
 def _check_forecast(params: dict) -> dict:
+    from engine.forecast import NOISE_MODES
+
     _only(params, {"entity", "start", "horizon", "samples", "sampler", "location", "guidance", "seed", "noise",
                    "model_id"})
     _text(params, "entity", max_length=100_000)
@@ -445,7 +447,7 @@ def _check_forecast(params: dict) -> dict:
     _text(params, "location", "habitual", max_length=10_000)
     _number(params, "guidance", float, 1.0, low=0.0, high=20.0)
     _number(params, "seed", int, 0, low=0)
-    _text(params, "noise", "antithetic", choices=("antithetic", "independent"))
+    _text(params, "noise", "antithetic", choices=NOISE_MODES)
     _number(params, "model_id", int, optional=True, low=1)
     return params
 

@@ -91,9 +91,10 @@ class TrainResult:
 
 
 def fit_prior(forecaster: Forecaster, series: SeriesData, values: np.ndarray, windows: Windows, spec: SplitSpec,
-              profile: HourlyProfile, chunk: int = 4096) -> Standardiser:
-    """Fit the model's linear mean on the training windows (engine/model/prior.py) and return the
-    standardiser of the residuals around it (which the diffusion models with prior "linear")."""
+              profile: HourlyProfile, chunk: int = 4096) -> Standardiser | None:
+    """Fit the model's linear mean on the training windows (engine/model/prior.py). When the diffusion
+    models the residual around it (``prior_is_offset``), return the standardiser of that residual (a
+    second pass over the windows); else None."""
     from engine.model.prior import PriorFit
 
     model = forecaster.model
@@ -112,6 +113,8 @@ def fit_prior(forecaster: Forecaster, series: SeriesData, values: np.ndarray, wi
             fit.add(batch["history"], batch["profile"][:, h:], batch["env"][:, h:], batch["hours"][:, h:],
                     batch["days"][:, h:], batch["target"])
         fit.solve()
+        if not forecaster.config.prior_is_offset:
+            return None
         total = total_sq = count = 0.0
         for batch in batches():
             residual = (batch["target"] - model.linear_mean(batch["history"], batch["profile"], batch["env"],
@@ -158,7 +161,7 @@ def fit(series: SeriesData, config: ModelConfig, *, split: str = "time", device:
                                    meta={"data": data_fingerprint(series, splits), "split": spec.kind})
     if forecaster.model.prior is not None:  # closed form, before the network trains around it (or on it)
         residual = fit_prior(forecaster, series, values, splits.train, spec, profile)
-        if config.prior in ("linear", "residual"):  # the diffusion models the residual: standardise that
+        if residual is not None:  # the diffusion models the residual: standardise that
             forecaster.standardiser = standardiser = residual
     model = forecaster.model.to(dev)
     ema = copy.deepcopy(model).eval()

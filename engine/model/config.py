@@ -95,6 +95,16 @@ class ModelConfig:
         return product
 
     @property
+    def prior_is_input(self) -> bool:
+        """The linear mean is an input of the target tokens (prior "feature" or "residual")."""
+        return self.prior in ("feature", "residual")
+
+    @property
+    def prior_is_offset(self) -> bool:
+        """The diffusion models the residual around the linear mean (prior "linear" or "residual")."""
+        return self.prior in ("linear", "residual")
+
+    @property
     def uses_environment(self) -> bool:
         return self.condition != "none"
 

@@ -199,7 +199,7 @@ class Denoiser(nn.Module):
         self.config = config
         self.env_dim = env_dim
         # (value, is-target flag, the entity's hourly profile[, the linear mean feature]) -> channels
-        self.value_in = nn.Linear(4 if config.prior in ("feature", "residual") else 3, c)
+        self.value_in = nn.Linear(4 if config.prior_is_input else 3, c)
         self.hour_emb = nn.Embedding(24, c)
         self.day_emb = nn.Embedding(7, c)
         self.service_emb = nn.Embedding(n_services, c)
@@ -213,7 +213,7 @@ class Denoiser(nn.Module):
         # "linear"), reads it as an input of the target tokens ("feature"), or both ("residual"); None
         # for "none".
         self.prior = (MeanPrior(n_services, env_dim, config.uses_environment)
-                      if config.prior in ("linear", "feature", "residual") else None)
+                      if config.prior_is_input or config.prior_is_offset else None)
 
     def linear_mean(self, history: torch.Tensor, profile: torch.Tensor | None, env: torch.Tensor,
                      hours: torch.Tensor, days: torch.Tensor) -> torch.Tensor:
@@ -226,7 +226,7 @@ class Denoiser(nn.Module):
                    hours: torch.Tensor, days: torch.Tensor) -> torch.Tensor | None:
         """The prior mean (B, F, K) of the target hours of windows laid out as in ``forward``, which the
         diffusion samples a residual around (prior "linear" or "residual"); None otherwise."""
-        if self.config.prior not in ("linear", "residual"):
+        if not self.config.prior_is_offset:
             return None
         return self.linear_mean(history, profile, env, hours, days)
 
@@ -235,7 +235,7 @@ class Denoiser(nn.Module):
         """The linear mean (B, F, K) as an input of the target tokens (prior "feature" or "residual"); None otherwise,
         and without a profile (a window without the profile has neither input; training and forecasts
         always pass it)."""
-        if self.config.prior not in ("feature", "residual") or profile is None:
+        if not self.config.prior_is_input or profile is None:
             return None
         return self.linear_mean(history, profile, env, hours, days)
 
@@ -261,7 +261,7 @@ class Denoiser(nn.Module):
         """(B, L, K) values (and profile, and linear mean feature) -> (B, K, L, C)."""
         flag = torch.full_like(values, 1.0 if is_target else 0.0)
         inputs = [values, flag, torch.zeros_like(values) if profile is None else profile]
-        if self.value_in.in_features == 4:
+        if self.config.prior_is_input:
             inputs.append(torch.zeros_like(values) if feature is None else feature)
         return self.value_in(torch.stack(inputs, dim=-1)).permute(0, 2, 1, 3)
 
