@@ -334,7 +334,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       path_samples=args.path_samples,
                       steps=args.steps, path_users=args.path_users, train_missing=not args.no_train,
                       include_arima=not args.no_arima, progress=_stderr_progress(not args.json),
-                      dataset_name=args.dataset)
+                      dataset_name=args.dataset, location=args.location)
     lines = [f"Evaluation of model {result['model_id']} on {result['dataset']} ({result['seconds']:.0f} s)",
              f"  {'method':20s} {'MSE':>8s} {'RMSE':>8s} {'MAE':>8s} {'CS':>8s} {'R2':>8s} {'CRPS':>8s} "
              f"{'cov50':>6s} {'cov90':>6s}"]
@@ -540,8 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument("--horizon", type=_positive_int, default=1, help="hours to forecast (default 1)")
     forecast.add_argument("--samples", type=_positive_int, default=32, help="sample paths (default 32)")
     forecast.add_argument("--sampler", default="ddim:10", help="ddpm (faithful, all steps) or ddim:STEPS (default ddim:10)")
-    forecast.add_argument("--location", default="habitual", metavar="habitual|stay|cell:ID,...",
-                          help="where the entity is during the forecast (default: its habitual cell for that hour)")
+    forecast.add_argument("--location", default="habitual", metavar="habitual|stay|observed|cell:ID,...",
+                          help="where the entity is during the forecast (default: its habitual cell for that hour; "
+                          "observed: the cells the data recorded, for backtests)")
     forecast.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
     forecast.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     forecast.add_argument("--noise", default="antithetic", metavar="antithetic|independent",
@@ -569,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_p.add_argument("--steps", type=_positive_int, default=30, help="recursive steps for Fig. 8/9 (default 30)")
     evaluate_p.add_argument("--path-users", type=_positive_int, default=100,
                             help="entities in the recursive evaluation (default 100)")
+    evaluate_p.add_argument("--location", default="observed", metavar="observed|habitual",
+                            help="cells of the forecast hours: observed (default: those the data recorded, as in "
+                            "training and the paper) or habitual (each user's usual cell: the location forecast too)")
     evaluate_p.add_argument("--no-train", action="store_true", help="do not train missing comparison models")
     evaluate_p.add_argument("--no-arima", action="store_true", help="leave ARIMA out (it takes about 2 minutes)")
     evaluate_p.add_argument("--dataset", default=None,

@@ -28,7 +28,7 @@ from db.queries import get_dataset
 from engine.baselines import BASELINES, forecast_paths
 from engine.data.windows import SeriesData, SplitSpec, Splits, load_series, make_splits
 from engine.errors import InputError
-from engine.forecast import recursive_forecast
+from engine.forecast import LocationPlan, recursive_forecast
 from engine.metrics import mse_by_step, per_service_r2, r2_gain_interval, score
 from engine.model import Forecaster
 from engine.model.config import CONFIGS, ModelConfig
@@ -38,6 +38,11 @@ from engine.train import check_compatible, load_model, train
 TABLE3 = ("seasonal-naive", "hour-of-week-mean", "arima", "csdi-like", "lsdm-no-condition", "lsdm")
 TABLE4 = ("no-2d-attention", "env-input", "lsdm-no-condition", "lsdm")
 COMPARISON_MODELS = ("csdi-like", "lsdm-no-condition", "no-2d-attention", "env-input")
+# Where the entity is at the forecast hours of the test day: ``observed`` (default) conditions on the cells the
+# data recorded, as the training windows do and as the paper's task does (the next hour's traffic given the
+# environment there); ``habitual`` forecasts the location too (the user's usual cell at that hour of the
+# week), as `lsdm forecast` does by default for hours not yet observed.
+LOCATIONS = ("observed", "habitual")
 
 
 def progress_messages(registered: set[str], *, include_arima: bool, train_missing: bool) -> int:
@@ -63,8 +68,11 @@ ONE_STEP_BATCH = 800
 PATH_BATCH = 160
 
 
-def _one_step(forecaster: Forecaster, series: SeriesData, splits: Splits, samples: int, seed: int) -> np.ndarray:
-    """Samples (S, N, 1, K) for the test windows, in the order of ``splits.test``."""
+def _one_step(forecaster: Forecaster, series: SeriesData, splits: Splits, samples: int, seed: int,
+              location: str = "observed") -> np.ndarray:
+    """Samples (S, N, 1, K) for the test windows, in the order of ``splits.test``; the target hour's
+    cell per ``location`` (``LOCATIONS``)."""
+    plan = LocationPlan(location)
     values = forecaster.normaliser.forward(series.traffic)
     out = np.zeros((samples, len(splits.test), 1, len(series.services)), dtype=np.float32)
     chunk = max(1, ONE_STEP_BATCH // samples)
@@ -73,21 +81,24 @@ def _one_step(forecaster: Forecaster, series: SeriesData, splits: Splits, sample
         for first in range(0, len(all_rows), chunk):
             rows = all_rows[first : first + chunk]
             result = recursive_forecast(forecaster, series, splits.test.entity[rows].tolist(), start=int(hour),
-                                        horizon=1, samples=samples, values=values, seed=seed + int(hour) + first)
+                                        horizon=1, samples=samples, values=values, seed=seed + int(hour) + first,
+                                        plan=plan)
             out[:, rows] = np.moveaxis(result.paths_v, 1, 0)
     return out
 
 
 def _paths(forecaster: Forecaster, series: SeriesData, entities: np.ndarray, starts: list[int], steps: int,
-           samples: int, seed: int) -> np.ndarray:
+           samples: int, seed: int, location: str = "observed") -> np.ndarray:
     """Recursive paths (S, len(starts) * len(entities), steps, K), in chunks of about PATH_BATCH paths."""
+    plan = LocationPlan(location)
     values = forecaster.normaliser.forward(series.traffic)
     chunk = max(1, PATH_BATCH // samples)
     parts = []
     for start in starts:
         for first in range(0, len(entities), chunk):
             result = recursive_forecast(forecaster, series, entities[first : first + chunk].tolist(), start=start,
-                                        horizon=steps, samples=samples, values=values, seed=seed + start + first)
+                                        horizon=steps, samples=samples, values=values, seed=seed + start + first,
+                                        plan=plan)
             parts.append(np.moveaxis(result.paths_v, 1, 0))
     return np.concatenate(parts, axis=1)
 
@@ -133,7 +144,8 @@ def _comparison_model(database: Database, dataset_id: int, dataset_name: str, na
 def evaluate(database: Database, model_id: int | None = None, *, report_dir: str | Path | None = None,
              samples: int = 32, steps: int = 30, path_users: int = 100, train_missing: bool = True,
              include_arima: bool = True, seed: int = 0, progress: Progress | None = None,
-             store: bool = True, dataset_name: str | None = None, path_samples: int = 16) -> dict:
+             store: bool = True, dataset_name: str | None = None, path_samples: int = 16,
+             location: str = "observed") -> dict:
     """Score the model, its comparison models and the baselines on the test day; write the report.
 
     ``samples``: samples per test window (antithetic pairs, see engine/forecast.py); the point metrics
@@ -143,7 +155,9 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     "new city" generalisation; its cells embedded with the model's encoder, `lsdm env build --encoder`).
     Comparison models come from the model's own data set; the baselines are fitted on the scored one.
     ``store``: keep the result with the model (``store_evaluation``) for the dashboard; only an evaluation
-    on the model's own data set is stored."""
+    on the model's own data set is stored. ``location``: the cells of the forecast hours (``LOCATIONS``)."""
+    if location not in LOCATIONS:
+        raise InputError(f"expected one of {', '.join(LOCATIONS)}, got {location!r}", field="--location")
     say = progress or (lambda message: None)
     started = time.perf_counter()
     record, forecaster = load_model(database, model_id)
@@ -192,7 +206,10 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     notes = [f"Data set {dataset_name!r}: {len(series.entity_ids)} entities, {series.hours} hours; test day = "
              f"hours {int(splits.test.hour.min())}-{int(splits.test.hour.max())} ({len(splits.test)} windows).",
              f"LSDM rows: {samples} samples per window in antithetic pairs, DDIM 10 steps, point metrics on "
-             f"their mean; tables on the normalised scale v = "
+             f"their mean; forecast hours at the {location} cells"
+             + (" (those the data recorded, as in training)" if location == "observed"
+                else " (each user's usual cell at that hour of the week)")
+             + "; tables on the normalised scale v = "
              f"log1p(bytes) / {forecaster.normaliser.scale:.3f}; `bytes_rows` has the same metrics in bytes.",
              f"MSE by recursive step: {len(entities)} entities x start hours {starts}, {steps} steps, "
              f"{path_samples} paths each, each sample path feeding back its own samples.",
@@ -228,11 +245,11 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     for name, (model_record, model) in models.items():
         say(f"{name}: one-step forecasts of the test day ...")
         t0 = time.perf_counter()
-        draws = _one_step(model, series, splits, samples, seed)
+        draws = _one_step(model, series, splits, samples, seed, location)
         add_row(name, draws, time.perf_counter() - t0, model_id=model_record.id)
         if name in ("lsdm", "lsdm-no-condition"):
             say(f"{name}: recursive paths ...")
-            paths = _paths(model, series, entities, starts, steps, path_samples, seed)
+            paths = _paths(model, series, entities, starts, steps, path_samples, seed, location)
             step_mse[name] = mse_by_step(y_paths, paths.mean(0))
 
     table3 = [rows[m] for m in TABLE3 if m in rows]
@@ -247,6 +264,7 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
         notes.append(f"Condition vs no condition: R² {rows['lsdm']['r2']:.4f} vs {base_r2:.4f} ({gain:+.2f} %; "
                      f"95 % interval over users {interval['low']:+.2f} to {interval['high']:+.2f} %).")
     result = {"model_id": record.id, "dataset": dataset_name, "trained_on": home_name, "split": spec.kind,
+              "location": location, "samples": samples,
               "rows": table3, "table4": table4,
               "bytes_rows": [bytes_rows[m] for m in TABLE3 if m in bytes_rows],
               "per_service_r2": service_r2, "mse_by_step": step_mse, "condition_gain_r2_percent": gain,
@@ -257,11 +275,12 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
             report_dir, title=f"LSDM evaluation: model {record.id} on {dataset_name}", table3_rows=table3,
             table4_rows=table4, per_service_r2=service_r2, mse_by_step=step_mse, notes=notes,
             metadata={"model_id": record.id, "model_sha256": record.sha256, "dataset": dataset_name,
-                      "samples": samples, "steps": steps})
+                      "samples": samples, "steps": steps, "location": location})
         result["report"] = [str(f) for f in files]
     if store:
         store_evaluation(database, record.id, result, settings={
             "samples": samples, "path_samples": path_samples, "steps": steps, "path_users": path_users,
+            "location": location,
             "train_missing": train_missing,
             "include_arima": include_arima, "seed": seed})
     return result

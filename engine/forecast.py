@@ -4,7 +4,9 @@
 from the last H hours, appends it and moves on. Every sample path feeds back its OWN samples (never
 the median), so the spread of the paths is the forecast's honest uncertainty. Future locations follow
 a scenario: ``habitual`` (the entity's most frequent cell at that hour of the week, from hours before
-the start), ``stay`` (the last known cell), or explicit cells (one per step, the last one repeated).
+the start), ``stay`` (the last known cell), ``observed`` (the cells the data recorded, for backtests:
+the habitual cell where none is recorded or beyond the data), or explicit cells (one per step, the last
+one repeated).
 All paths of all entities are denoised in one batch; the history is encoded once per step and only
 the new hour is denoised (engine/model/denoiser.py).
 """
@@ -29,15 +31,15 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 @dataclass
 class LocationPlan:
-    """Where each entity is during the forecast: habitual | stay | explicit cell rows per step."""
+    """Where each entity is during the forecast: habitual | stay | observed | explicit cell rows per step."""
 
     mode: str = "habitual"
     cells: list[int] = field(default_factory=list)  # rows in SeriesData.cell_ids, for mode "cells"
 
     @classmethod
     def parse(cls, text: str, series: SeriesData) -> LocationPlan:
-        """``habitual`` | ``stay`` | ``cell:KEY[,KEY...]`` (cell keys of the data set)."""
-        if text in ("habitual", "stay"):
+        """``habitual`` | ``stay`` | ``observed`` | ``cell:KEY[,KEY...]`` (cell keys of the data set)."""
+        if text in ("habitual", "stay", "observed"):
             return cls(text)
         if text.startswith("cell:") and len(text) > 5:
             rows = []
@@ -48,7 +50,7 @@ class LocationPlan:
                     raise InputError(f"unknown cell {key!r} in data set {series.dataset_name!r}", field="--location")
                 rows.append(index[key])
             return cls("cells", rows)
-        raise InputError(f"expected habitual, stay or cell:ID[,ID...], got {text!r}", field="--location")
+        raise InputError(f"expected habitual, stay, observed or cell:ID[,ID...], got {text!r}", field="--location")
 
     def cell_rows(self, series: SeriesData, entity: int, start: int, steps: int) -> np.ndarray:
         if self.mode == "cells":
@@ -57,6 +59,12 @@ class LocationPlan:
             known = series.location[entity, :start]
             known = known[known >= 0]
             return np.full(steps, known[-1] if len(known) else -1)
+        if self.mode == "observed":  # where the data recorded the entity; the habitual cell elsewhere
+            hours = start + np.arange(steps)
+            recorded = series.location[entity, np.minimum(hours, series.hours - 1)]
+            recorded = np.where(hours < series.hours, recorded, -1)
+            return np.array([cell if cell >= 0 else series.habitual_cell(entity, start + i, before=start)
+                             for i, cell in enumerate(recorded)])
         return np.array([series.habitual_cell(entity, start + i, before=start) for i in range(steps)])
 
 

@@ -10,7 +10,7 @@ the engine function the command line runs, reporting progress and writing its re
 | ``env.build`` | batch | tiles, describer, describer_options, regenerate, train_encoder, clip_epochs, encoder | ``encoder:NAME`` |
 | ``assets.install`` | batch | none | ``model:ID`` |
 | ``train`` | batch | config, epochs, seed, max_minutes, activate, split | ``model:ID`` |
-| ``evaluate`` | batch | model_id, samples, steps, path_users, include_arima, train_missing, dataset | ``evaluation:MODEL_ID`` |
+| ``evaluate`` | batch | model_id, samples, steps, path_users, include_arima, train_missing, dataset, location | ``evaluation:MODEL_ID`` |
 | ``forecast`` | interactive | entity, start, horizon, samples, sampler, location, guidance, seed, noise, model_id | ``forecast_run:ID`` |
 | ``whatif`` | interactive | entity, start, horizon, samples, sampler, seed, scenario, name | ``scenario:ID`` |
 
@@ -381,7 +381,10 @@ def _train(ctx: JobContext) -> Outcome:
 
 
 def _check_evaluate(params: dict) -> dict:
-    _only(params, {"model_id", "samples", "steps", "path_users", "include_arima", "train_missing", "dataset"})
+    from engine.evaluate import LOCATIONS
+
+    _only(params, {"model_id", "samples", "steps", "path_users", "include_arima", "train_missing", "dataset",
+                   "location"})
     _number(params, "model_id", int, optional=True, low=1)
     _text(params, "dataset", None, max_length=200)
     _number(params, "samples", int, 32, low=1, high=256)
@@ -389,6 +392,7 @@ def _check_evaluate(params: dict) -> dict:
     _number(params, "path_users", int, 100, low=1, high=100_000)
     _flag(params, "include_arima", True)
     _flag(params, "train_missing", True)
+    _text(params, "location", "observed", choices=LOCATIONS)
     return params
 
 
@@ -412,9 +416,9 @@ def _evaluate(ctx: JobContext) -> Outcome:
 
     result = evaluate(ctx.database, record.id, samples=p["samples"], steps=p["steps"], path_users=p["path_users"],
                       include_arima=p["include_arima"], train_missing=p["train_missing"], progress=say,
-                      dataset_name=p["dataset"])
+                      dataset_name=p["dataset"], location=p["location"])
     rows = {row["method"]: {k: row.get(k) for k in ("rmse", "r2", "crps")} for row in result["rows"]}
-    detail = {"model_id": record.id, "dataset": result["dataset"], "table3": rows,
+    detail = {"model_id": record.id, "dataset": result["dataset"], "location": result["location"], "table3": rows,
               "condition_gain_r2_percent": result.get("condition_gain_r2_percent"), "seconds": result.get("seconds")}
     # Only an evaluation on the model's own data set is stored with it (and has a page to link to).
     stored = result["dataset"] == result["trained_on"]

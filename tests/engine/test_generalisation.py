@@ -123,12 +123,13 @@ def test_the_evaluate_job_scores_another_data_set_and_links_no_stored_evaluation
         capsys.readouterr()
     job_id = enqueue(database, "evaluate", {"model_id": result.record_id, "dataset": "city-b", "samples": 2,
                                             "steps": 2, "path_users": 2, "include_arima": False,
-                                            "train_missing": False})
+                                            "train_missing": False, "location": "habitual"})
     assert JobWorker(database).drain() == 1
     job = get_job(database, job_id)
     assert job.status == "done", job.error
     assert job.result_ref is None  # nothing stored with the model to link to
     assert job.result["dataset"] == "city-b" and "lsdm" in job.result["table3"]
+    assert job.result["location"] == "habitual"
 
 
 def test_a_model_with_the_linear_prior_fits_it_saves_it_and_forecasts_around_it(two_cities):

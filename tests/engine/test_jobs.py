@@ -91,6 +91,7 @@ def _wait_until(predicate, timeout: float = 120.0, what: str = "condition") -> N
     ("city.build", {"users": 0}, "users"),
     ("env.build", {"encoder": 7}, "encoder"),
     ("evaluate", {"dataset": ["city-b"]}, "dataset"),
+    ("evaluate", {"location": "stay"}, "location"),
 ])
 def test_bad_requests_name_the_field_and_queue_nothing(db_path, kind, params, field):
     database = open_database(str(db_path))

@@ -114,6 +114,33 @@ def test_forecast_beyond_the_data_has_no_truth_and_uses_habitual_cells(trained):
     assert result.cells[0].tolist() == expected
 
 
+def test_observed_plan_uses_the_recorded_cells_and_the_habitual_ones_beyond_the_data(trained):
+    database, _ = trained
+    _, forecaster = load_model(database)
+    with database.session() as session:
+        series = load_series(session, get_dataset(session))
+    start = series.hours - 4
+    observed = recursive_forecast(forecaster, series, [1, 5], start=start, horizon=8, samples=2,
+                                  plan=LocationPlan.parse("observed", series))
+    for row, entity in enumerate([1, 5]):
+        recorded = series.location[entity, start:].tolist()
+        assert observed.cells[row, :4].tolist() == recorded
+        assert observed.cells[row, 4:].tolist() == [series.habitual_cell(entity, start + n, before=start)
+                                                     for n in range(4, 8)]
+    # A recorded hour the user spent away from the usual cell: the two plans condition on different places.
+    differs = [(e, h) for e in range(len(series.entity_ids)) for h in range(200, series.hours)
+               if series.location[e, h] >= 0 and series.location[e, h] != series.habitual_cell(e, h, before=h)]
+    assert differs
+    entity, hour = differs[0]
+    plans = {name: recursive_forecast(forecaster, series, [entity], start=hour, horizon=1, samples=4, seed=3,
+                                      plan=LocationPlan.parse(name, series)) for name in ("observed", "habitual")}
+    assert plans["observed"].cells[0, 0] == series.location[entity, hour] != plans["habitual"].cells[0, 0]
+    assert not np.array_equal(plans["observed"].paths, plans["habitual"].paths)
+    with pytest.raises(InputError, match="observed") as caught:
+        LocationPlan.parse("seen", series)
+    assert caught.value.field == "--location"
+
+
 def test_location_scenario_changes_an_environment_conditioned_forecast(trained):
     database, _ = trained
     _, forecaster = load_model(database)
@@ -235,6 +262,26 @@ def test_evaluate_writes_the_papers_tables_with_every_method(trained, tmp_path, 
     with database.session() as session:
         names = session.scalars(select(ModelRecord.name).where(ModelRecord.kind == "lsdm")).all()
     assert sorted(names).count("csdi-like") == 1
+    assert result["location"] == "observed"
+
+
+def test_evaluate_conditions_on_the_recorded_or_the_habitual_cells(trained, capsys):
+    """``--location observed`` (default) feeds the cells the data recorded at the test hours, as training
+    does; ``habitual`` forecasts the location too; anything else is an input error naming the flag."""
+    database, _ = trained
+    common = ["evaluate", "--db", database.url, "--samples", "4", "--steps", "2", "--path-users", "2",
+              "--no-train", "--no-arima", "--json"]
+    scores = {}
+    for location in ("observed", "habitual"):
+        assert main([*common, "--location", location]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["location"] == location and any(location in note for note in result["notes"])
+        scores[location] = {row["method"]: row["mse"] for row in result["rows"]}
+    # The baselines do not read the environment; the conditioned model does.
+    assert scores["observed"]["seasonal-naive"] == scores["habitual"]["seasonal-naive"]
+    assert scores["observed"]["lsdm"] != scores["habitual"]["lsdm"]
+    assert main([*common, "--location", "elsewhere"]) == 2
+    assert "--location" in capsys.readouterr().err
 
 
 def test_exported_windows_score_outside_predictions_with_the_same_metrics(trained, tmp_path, capsys):
