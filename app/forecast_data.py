@@ -35,10 +35,11 @@ MAX_HORIZON = 72
 MAX_SAMPLES = 256
 MAX_GUIDANCE = 5.0
 SAMPLERS = ("ddim", "ddpm")
-LOCATION_MODES = ("habitual", "stay", "cell")
+LOCATION_MODES = ("habitual", "stay", "observed", "cell")
 LOCATION_HELP = {
     "habitual": "each user's most frequent cell at that hour of the week (from hours before the start)",
     "stay": "each user stays in the last cell seen before the start",
+    "observed": "a backtest: where the data recorded each user (the habitual cell beyond the data)",
     "cell": "every user is placed in one chosen cell for the whole forecast",
 }
 QUANTILE_KEYS = ("q05", "q25", "median", "q75", "q95")
@@ -104,13 +105,18 @@ class ForecastRequest:
     cell: str | None = None
     guidance: float = 1.0
     seed: int = 0
+    paired: bool = True  # antithetic pairs of paths (engine.forecast.NOISE_MODES)
+
+    def noise_text(self) -> str:
+        """``antithetic`` | ``independent`` (engine.forecast.parse_noise)."""
+        return "antithetic" if self.paired else "independent"
 
     def sampler_text(self) -> str:
         """``ddpm`` or ``ddim:STEPS`` (engine.forecast.parse_sampler)."""
         return "ddpm" if self.sampler == "ddpm" else f"ddim:{int(self.sampler_steps)}"
 
     def location_text(self) -> str:
-        """``habitual`` | ``stay`` | ``cell:KEY`` (engine.forecast.LocationPlan.parse)."""
+        """``habitual`` | ``stay`` | ``observed`` | ``cell:KEY`` (engine.forecast.LocationPlan.parse)."""
         return f"cell:{self.cell}" if self.location == "cell" else self.location
 
     def entity_text(self, entity_kind: str) -> str:
@@ -120,7 +126,7 @@ class ForecastRequest:
     def engine_kwargs(self, entity_kind: str) -> dict:
         return {"entity": self.entity_text(entity_kind), "start": int(self.start), "horizon": int(self.horizon),
                 "samples": int(self.samples), "sampler": self.sampler_text(), "location": self.location_text(),
-                "guidance": float(self.guidance), "seed": int(self.seed)}
+                "guidance": float(self.guidance), "seed": int(self.seed), "noise": self.noise_text()}
 
 
 def validate_request(request: ForecastRequest, *, history: int, hours: int, origin: datetime,
@@ -511,6 +517,8 @@ def form_values(params: dict) -> dict[str, object]:
         values["fc_location"] = location
     if params.get("guidance") is not None:
         values["fc_guidance"] = float(params["guidance"])
+    # Runs stored before the option drew independent paths.
+    values["fc_paired"] = params.get("noise", "independent") == "antithetic"
     return values
 
 

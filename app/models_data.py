@@ -215,4 +215,8 @@ def evaluation_caption(evaluation: dict) -> str:
     if settings:
         parts.append(f"{settings.get('samples')} samples per window, {settings.get('steps')} recursive steps, "
                      f"ARIMA {'included' if settings.get('include_arima') else 'left out'}")
+        # Evaluations stored before the setting existed forecast at the habitual cells.
+        location = settings.get("location", "habitual")
+        parts.append("at the cells the data recorded" if location == "observed"
+                     else "at each user's habitual cells (the location forecast too)")
     return "; ".join(parts) + "."

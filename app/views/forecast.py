@@ -46,7 +46,7 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
     state.setdefault("fc_start", fd.default_start(info.hours, model.history))
     for key, value in (("fc_horizon", 24), ("fc_samples", 32), ("fc_sampler", "ddim"),
                        ("fc_steps", min(10, model.diffusion_steps)), ("fc_location", "habitual"),
-                       ("fc_guidance", 1.0), ("fc_seed", 0)):
+                       ("fc_guidance", 1.0), ("fc_seed", 0), ("fc_paired", True)):
         state.setdefault(key, value)
 
     with st.container(border=True):
@@ -82,10 +82,14 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
                                     help="Classifier-free guidance on the environment: 0 ignores it, 1 is the "
                                          "trained conditional model, above 1 exaggerates it.")
         seed = bottom[3].number_input("Seed", 0, 2**31 - 1, key="fc_seed")
+        paired = bottom[3].checkbox("Paired paths", key="fc_paired",
+                                    help="Antithetic pairs: each path has a twin driven by the opposite noise. Every "
+                                         "path is still a sample of the model; the mean of the paths is steadier "
+                                         "for the same number of paths. Off: every path on its own noise.")
 
         request = fd.ForecastRequest(users=tuple(users), start=int(start), horizon=int(horizon), samples=int(samples),
                                      sampler=sampler, sampler_steps=int(steps), location=location, cell=cell,
-                                     guidance=float(guidance), seed=int(seed))
+                                     guidance=float(guidance), seed=int(seed), paired=bool(paired))
         errors = fd.validate_request(request, history=model.history, hours=info.hours, origin=info.time_origin,
                                      diffusion_steps=model.diffusion_steps)
         show_error(users_slot, errors.get("users"))
@@ -209,7 +213,8 @@ def history_section() -> None:
     for column, run, name in zip(st.columns(2), runs, names):
         with column:
             st.markdown(f"**{fd.run_title(run, info.time_origin, info.hours)}**  \n"
-                        f"{run.params.get('sampler')} · {run.params.get('samples')} paths · "
+                        f"{run.params.get('sampler')} · {run.params.get('samples')} "
+                        f"{'paired ' if run.params.get('noise') == 'antithetic' else ''}paths · "
                         f"{run.params.get('location')} · guidance {run.params.get('guidance')} · "
                         f"seed {run.params.get('seed')} · model {run.params.get('model_id')}")
             spec = fd.cached_compare_view(url, info.id, revision(), run.id, name, kind, info.services,

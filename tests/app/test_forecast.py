@@ -165,9 +165,10 @@ def test_the_form_queues_a_forecast_job_and_the_page_draws_the_stored_run_with_t
     assert get_job(open_database(str(app_db)), job_id).ref_id("forecast_run") == rows[0].id
     assert query(at, "job") is None and not at.get("progress")
     params = rows[0].params
-    keys = ("entity", "start", "horizon", "samples", "sampler", "location", "guidance", "seed")
+    keys = ("entity", "start", "horizon", "samples", "sampler", "location", "guidance", "seed", "noise")
     assert {k: params[k] for k in keys} == {"entity": "user:U0001", "start": 300, "horizon": 3, "samples": 4,
-                                            "sampler": "ddim:2", "location": "habitual", "guidance": 1.0, "seed": 0}
+                                            "sampler": "ddim:2", "location": "habitual", "guidance": 1.0, "seed": 0,
+                                            "noise": "antithetic"}
     assert at.query_params["run"] in (str(rows[0].id), [str(rows[0].id)])
 
     services, matrix = services_and_matrix(app_db, "U0001")
@@ -429,11 +430,16 @@ def test_request_becomes_run_forecast_arguments_and_back() -> None:
                                  location="cell", cell="C0003", guidance=1.5, seed=9)
     kwargs = request.engine_kwargs("user")
     assert kwargs == {"entity": "user:U1,user:U2", "start": 40, "horizon": 5, "samples": 8, "sampler": "ddim:4",
-                      "location": "cell:C0003", "guidance": 1.5, "seed": 9}
+                      "location": "cell:C0003", "guidance": 1.5, "seed": 9, "noise": "antithetic"}
     assert fd.form_values(kwargs) == {"fc_users": ["U1", "U2"], "fc_start": 40, "fc_horizon": 5, "fc_samples": 8,
                                       "fc_seed": 9, "fc_sampler": "ddim", "fc_steps": 4, "fc_location": "cell",
-                                      "fc_cell": "C0003", "fc_guidance": 1.5}
+                                      "fc_cell": "C0003", "fc_guidance": 1.5, "fc_paired": True}
     assert fd.ForecastRequest(users=("U1",), start=30, sampler="ddpm").engine_kwargs("cell")["sampler"] == "ddpm"
+    backtest = fd.ForecastRequest(users=("U1",), start=30, location="observed", paired=False).engine_kwargs("user")
+    assert (backtest["location"], backtest["noise"]) == ("observed", "independent")
+    assert fd.form_values(backtest)["fc_location"] == "observed" and fd.form_values(backtest)["fc_paired"] is False
+    # Runs stored before the option drew independent paths: "run again" keeps that.
+    assert fd.form_values({k: v for k, v in kwargs.items() if k != "noise"})["fc_paired"] is False
 
 
 def test_a_link_sets_a_widget_once_and_the_users_change_wins_afterwards() -> None:

@@ -255,6 +255,7 @@ def test_run_evaluation_from_the_page_stores_a_new_evaluation(tiny_db, tiny_city
     at.number_input(key="eval_samples").set_value(1)
     at.number_input(key="eval_steps").set_value(2)
     at.number_input(key="eval_users").set_value(2)
+    at.radio(key="eval_location").set_value("habitual")
     at.button(key="eval_submit").click().run()
     assert not at.exception
     assert drain(tiny_db) == ["done"]
@@ -263,9 +264,11 @@ def test_run_evaluation_from_the_page_stores_a_new_evaluation(tiny_db, tiny_city
     assert any(f"Evaluated model #{tiny_city['model_id']}" in s.value for s in at.success)
     stored = next(r for r in lsdm_records(tiny_db) if r.id == tiny_city["model_id"]).metrics["evaluation"]
     assert stored["settings"]["samples"] == 1 and stored["settings"]["steps"] == 2
+    assert stored["settings"]["location"] == stored["location"] == "habitual"
     assert stored["evaluated_at"] >= stored_before["evaluated_at"]
     assert all(len(v) == 2 for v in stored["mse_by_step"].values())
     assert "1 samples per window, 2 recursive steps" in " ".join(c.value for c in at.caption)
+    assert "at each user's habitual cells" in " ".join(c.value for c in at.caption)
 
 
 def test_evaluation_progress_length_matches_the_messages_the_engine_sends(tiny_city):
