@@ -135,11 +135,13 @@ def install(database: Database, dataset_name: str | None = None, *, progress: Pr
 
 
 def build(out: Path, *, clip_epochs: int = 40, epochs: int | None = None, keep_encoder: bool = False,
-          progress: Progress | None = None) -> dict:
+          progress: Progress | None = None, overrides: dict | None = None) -> dict:
     """`lsdm assets build`: default city -> trained CLIP -> trained default forecaster, into ``out``.
 
     ``keep_encoder``: embed the city with the shipped encoder (which must match the default city) and
     retrain only the forecaster; the encoder, its id and its metrics are carried over unchanged.
+    ``overrides``: other fields of the forecaster's configuration (recorded in the manifest; the shipped
+    default is built without any, a test builds a small one).
     Works in a scratch database so the user's own data is untouched; replaces ``out`` only at the end.
     """
     from engine.errors import InputError
@@ -155,7 +157,8 @@ def build(out: Path, *, clip_epochs: int = 40, epochs: int | None = None, keep_e
     with tempfile.TemporaryDirectory(prefix="lsdm-assets-") as scratch:
         os.environ["LSDM_HOME"] = scratch  # the scratch models folder; restored below
         try:
-            manifest, staging = _build_in(Path(scratch), out, clip_epochs, epochs, say, started, previous)
+            manifest, staging = _build_in(Path(scratch), out, clip_epochs, epochs, say, started, previous,
+                                          dict(overrides or {}))
         finally:
             if previous_home is None:
                 os.environ.pop("LSDM_HOME", None)
@@ -168,7 +171,7 @@ def build(out: Path, *, clip_epochs: int = 40, epochs: int | None = None, keep_e
 
 
 def _build_in(scratch: Path, out: Path, clip_epochs: int, epochs: int | None, say: Progress,
-              started: float, previous: dict | None = None) -> tuple[dict, Path]:
+              started: float, previous: dict | None = None, overrides: dict | None = None) -> tuple[dict, Path]:
     from db import open_database
     from db.queries import store_dataset
     from engine.data.city import CityConfig, generate_city
@@ -196,7 +199,8 @@ def _build_in(scratch: Path, out: Path, clip_epochs: int, epochs: int | None, sa
         say("training the CLIP encoder ...")
         env = build_environment(database, settings=ClipSettings(epochs=clip_epochs), progress=say)
         clip_source = None
-    _, config = resolve_config("lsdm", **({"epochs": epochs} if epochs is not None else {}))
+    overrides = {**(overrides or {}), **({"epochs": epochs} if epochs is not None else {})}
+    _, config = resolve_config("lsdm", **overrides)
     say("training the default forecaster ...")
     result = train(database, "lsdm", config,
                    progress=lambda entry: say(f"epoch {entry['epoch']}: train {entry['train_loss']:.4f} "
@@ -223,6 +227,7 @@ def _build_in(scratch: Path, out: Path, clip_epochs: int, epochs: int | None, sa
         "model_sha256": _sha256(result.path / "model.safetensors"),
         "clip_metrics": {"retrieval": env.get("retrieval"), "land_use_agreement": env.get("land_use_agreement")},
         "model_metrics": {k: v for k, v in result.metrics.items() if k != "history"},
+        **({"config_overrides": overrides} if set(overrides) - {"epochs"} else {}),
         "seconds": round(time.perf_counter() - started, 1),
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

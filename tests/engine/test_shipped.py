@@ -77,3 +77,33 @@ def test_install_is_refused_on_another_city_and_writes_nothing(tmp_path, capsys)
         assert session.scalar(select(func.count()).select_from(ModelRecord)) == 0
         assert session.scalar(select(func.count()).select_from(Embedding)) == 0
         assert session.scalar(select(func.count()).select_from(ForecastRun)) == 0
+
+
+def test_assets_build_keep_encoder_retrains_only_the_forecaster(tmp_path):
+    """`lsdm assets build --keep-encoder` on the real default city: the shipped encoder is carried over byte for
+    byte (its id and metrics too) and a new forecaster is trained on its embeddings (a small one here: one
+    epoch of 512 windows; the shipped one is built without overrides)."""
+    from engine.model import Forecaster
+    from engine.shipped import build
+
+    messages: list[str] = []
+    out = tmp_path / "default"
+    manifest = build(out, epochs=1, keep_encoder=True, progress=messages.append,
+                     overrides={"windows_per_epoch": 512, "batch_size": 128})
+    assert any("shipped CLIP encoder" in m for m in messages) and not any("training the CLIP" in m for m in messages)
+    shipped_clip = default_dir() / "clip"
+    for path in shipped_clip.rglob("*"):
+        if path.is_file():
+            copy = out / "clip" / path.relative_to(shipped_clip)
+            assert copy.read_bytes() == path.read_bytes(), path.name
+    assert (manifest["encoder_id"], manifest["dataset_digest"], manifest["clip_metrics"]) == (
+        MANIFEST["encoder_id"], MANIFEST["dataset_digest"], MANIFEST["clip_metrics"])
+    assert manifest["built_with"] == "lsdm assets build --epochs 1 --keep-encoder"
+    assert manifest["config_overrides"] == {"windows_per_epoch": 512, "batch_size": 128, "epochs": 1}
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    forecaster = Forecaster.load(out / "lsdm")
+    assert forecaster.meta["data"]["encoder_id"] == MANIFEST["encoder_id"]
+    assert forecaster.config.windows_per_epoch == 512 and forecaster.config.epochs == 1
+    assert hashlib.sha256((out / "lsdm" / "model.safetensors").read_bytes()).hexdigest() == manifest["model_sha256"]
+    # The shipped assets themselves are untouched.
+    assert read_manifest() == MANIFEST
