@@ -1,7 +1,8 @@
 """Accuracy targets of the forecasting engine (issue 4), through the command line, CPU (about 90 min on 2 cores):
 
 1. default city, shipped model: `lsdm evaluate` with every baseline (ARIMA too) and the comparison models
-   (trained when missing); target: lsdm beats every baseline on RMSE and R²; the condition gains >= 2.8 % R²
+   (trained when missing), the test hours at the cells the data recorded (`--location observed`, the
+   default: as in training and in the paper's task); target: lsdm beats every baseline on RMSE and R²; the condition gains >= 2.8 % R²
    over no condition (the paper's figure);
 2. new city (seed 1), embedded with the shipped encoder, scored by the default city's models as they are;
 3. control city built with `--env-effect 0` (own encoder, lsdm and no condition trained): no gain beyond noise;

@@ -16,9 +16,9 @@ Inputs of a token: its value (observed or noisy), an is-target flag, the entity'
 with ``prior == "feature"`` (the default), at target tokens the linear conditional mean of
 engine/model/prior.py (fitted in closed form on the training windows; it sees the environment only when
 the model is conditioned on it). Why: within a 10-minute CPU training budget the diffusion learned the
-environment's small shift of the mean poorly (+0.6 % R² over no condition) although a linear fit of the
-same inputs gains +5.9 %; given that fit as an input, the network follows it as it follows the profile
-(README "The linear mean feature").
+environment's small shift of the mean poorly (+1.4 % R² over no condition, at the recorded cells)
+although a linear fit of the same inputs gains +5.9 %; given that fit as an input, the network follows it
+as it follows the profile (+3.6 %; README "The linear mean feature").
 """
 
 from __future__ import annotations
