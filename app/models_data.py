@@ -18,6 +18,7 @@ from app.charts import radar
 from app.common import ACCENT, database
 from db import Database
 from db.models import ModelRecord
+from engine.evaluate import LOCATION_TEXT
 from engine.metrics import METRIC_KEYS
 from engine.report import LABELS
 
@@ -216,7 +217,5 @@ def evaluation_caption(evaluation: dict) -> str:
         parts.append(f"{settings.get('samples')} samples per window, {settings.get('steps')} recursive steps, "
                      f"ARIMA {'included' if settings.get('include_arima') else 'left out'}")
         # Evaluations stored before the setting existed forecast at the habitual cells.
-        location = settings.get("location", "habitual")
-        parts.append("at the cells the data recorded" if location == "observed"
-                     else "at each user's habitual cells (the location forecast too)")
+        parts.append(f"at {LOCATION_TEXT[settings.get('location', 'habitual')]}")
     return "; ".join(parts) + "."

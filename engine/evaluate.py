@@ -43,6 +43,8 @@ COMPARISON_MODELS = ("csdi-like", "lsdm-no-condition", "no-2d-attention", "env-i
 # environment there); ``habitual`` forecasts the location too (the user's usual cell at that hour of the
 # week), as `lsdm forecast` does by default for hours not yet observed.
 LOCATIONS = ("observed", "habitual")
+LOCATION_TEXT = {"observed": "the cells the data recorded, as in training",
+                 "habitual": "each user's habitual cells (the location forecast too)"}
 
 
 def progress_messages(registered: set[str], *, include_arima: bool, train_missing: bool) -> int:
@@ -206,11 +208,8 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     notes = [f"Data set {dataset_name!r}: {len(series.entity_ids)} entities, {series.hours} hours; test day = "
              f"hours {int(splits.test.hour.min())}-{int(splits.test.hour.max())} ({len(splits.test)} windows).",
              f"LSDM rows: {samples} samples per window in antithetic pairs, DDIM 10 steps, point metrics on "
-             f"their mean; forecast hours at the {location} cells"
-             + (" (those the data recorded, as in training)" if location == "observed"
-                else " (each user's usual cell at that hour of the week)")
-             + "; tables on the normalised scale v = "
-             f"log1p(bytes) / {forecaster.normaliser.scale:.3f}; `bytes_rows` has the same metrics in bytes.",
+             f"their mean; forecast hours at {LOCATION_TEXT[location]} (--location {location}); tables on the "
+             f"normalised scale v = log1p(bytes) / {forecaster.normaliser.scale:.3f}; `bytes_rows` has the same metrics in bytes.",
              f"MSE by recursive step: {len(entities)} entities x start hours {starts}, {steps} steps, "
              f"{path_samples} paths each, each sample path feeding back its own samples.",
              "Every method's samples are whole bytes: below half a byte (v < "

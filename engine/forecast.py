@@ -60,9 +60,9 @@ class LocationPlan:
             known = known[known >= 0]
             return np.full(steps, known[-1] if len(known) else -1)
         if self.mode == "observed":  # where the data recorded the entity; the habitual cell elsewhere
-            hours = start + np.arange(steps)
-            recorded = series.location[entity, np.minimum(hours, series.hours - 1)]
-            recorded = np.where(hours < series.hours, recorded, -1)
+            recorded = np.full(steps, -1)
+            inside = series.location[entity, start : start + steps]
+            recorded[: len(inside)] = inside
             return np.array([cell if cell >= 0 else series.habitual_cell(entity, start + i, before=start)
                              for i, cell in enumerate(recorded)])
         return np.array([series.habitual_cell(entity, start + i, before=start) for i in range(steps)])

@@ -158,7 +158,7 @@ def build(out: Path, *, clip_epochs: int = 40, epochs: int | None = None, keep_e
         os.environ["LSDM_HOME"] = scratch  # the scratch models folder; restored below
         try:
             manifest, staging = _build_in(Path(scratch), out, clip_epochs, epochs, say, started, previous,
-                                          dict(overrides or {}))
+                                          overrides)
         finally:
             if previous_home is None:
                 os.environ.pop("LSDM_HOME", None)

@@ -9,7 +9,7 @@ import streamlit as st
 
 from app import common, jobs_ui
 from app import models_data as md
-from engine.evaluate import COMPARISON_MODELS, LOCATIONS
+from engine.evaluate import COMPARISON_MODELS, LOCATION_TEXT, LOCATIONS
 from engine.model.config import CONFIGS
 
 common.page_header("Models & evaluation", "Forecasters and environment encoders of the active data set.")
@@ -130,8 +130,7 @@ def evaluation_form(model: md.ModelInfo) -> None:
         steps = c2.number_input("Recursive steps", 1, 72, 30, key="eval_steps")
         path_users = c3.number_input("Entities for the recursive paths", 1, 100_000, 100, key="eval_users")
         location = st.radio("Where users are at the forecast hours", LOCATIONS, horizontal=True, key="eval_location",
-                            format_func={"observed": "where the data recorded them (as in training)",
-                                         "habitual": "their habitual cells (the location forecast too)"}.get)
+                            format_func=LOCATION_TEXT.get)
         arima = st.checkbox("Include ARIMA (about 2 minutes)", value=False, key="eval_arima")
         train_missing = st.checkbox("Train missing comparison models (minutes each)", value=False, key="eval_train",
                                     help=", ".join(COMPARISON_MODELS))
