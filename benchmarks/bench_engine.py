@@ -1,11 +1,12 @@
-"""Forecasting engine on the default city, CPU (GPU too where one is present):
+"""Forecasting engine on the default city, on the CPU (``--device cuda``: on the GPU; benchmarks/bench_gpu.py
+runs that and the CPU/GPU agreement check where a GPU is present):
 
 - training the default model (target <= 10 min), its peak memory (target <= 4 GiB);
 - one-step forecasts for all users, 32 samples each (target <= 30 s);
 - a 30-step recursive forecast with 32 sample paths for one user (target <= 2 s);
 - peak memory of forecasting.
 
-Usage: python benchmarks/bench_engine.py [--db PATH] [--runs N] [--epochs E] [--skip-train]
+Usage: python benchmarks/bench_engine.py [--db PATH] [--runs N] [--epochs E] [--skip-train] [--device cpu|cuda]
 Without --db it builds the default city and its environment in a temporary data directory first.
 ``--skip-train`` (with --db): measure the forecasts of the data set's active model only.
 Each phase runs in its own process so that its peak resident memory is its own.
@@ -32,20 +33,30 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def phase_train(db: str, epochs: int | None) -> dict:
+def phase_train(db: str, epochs: int | None, device: str = "cpu") -> dict:
     from db import open_database
     from engine.model.config import resolve_config
     from engine.train import train
 
     name, config = resolve_config("lsdm", epochs=epochs)
     started = time.perf_counter()
-    result = train(open_database(db), name, config)
-    return {"seconds": time.perf_counter() - started, "peak_mib": _peak_mib(), "model_id": result.record_id,
+    result = train(open_database(db), name, config, device=device)
+    return {"seconds": time.perf_counter() - started, "peak_mib": _peak_mib(), **_gpu_peak(device),
+            "model_id": result.record_id,
             "epochs_run": result.metrics["epochs_run"], "best_val_loss": result.metrics["best_val_loss"],
             "device": result.metrics["device"]}
 
 
-def phase_forecast(db: str, runs: int) -> dict:
+def _gpu_peak(device: str) -> dict:
+    """The peak of GPU memory allocated by torch in this process (the resident set is the host's)."""
+    if not device.startswith("cuda"):
+        return {}
+    import torch
+
+    return {"gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20}
+
+
+def phase_forecast(db: str, runs: int, device: str = "cpu") -> dict:
     import numpy as np
 
     from db import open_database
@@ -55,7 +66,7 @@ def phase_forecast(db: str, runs: int) -> dict:
     from engine.train import load_model
 
     database = open_database(db)
-    _, forecaster = load_model(database)
+    _, forecaster = load_model(database, device=device)
     with database.session() as session:
         series = load_series(session, get_dataset(session), env_kind=forecaster.config.env_kind)
     values = forecaster.normaliser.forward(series.traffic)
@@ -80,7 +91,8 @@ def phase_forecast(db: str, runs: int) -> dict:
                            values=values, seed=run)
         ddpm.append(time.perf_counter() - t0)
     return {"all_users_s": all_users, "one_user_30_steps_s": one_user, "ddpm_one_step_one_user_s": ddpm,
-            "users": len(everyone), "peak_mib": _peak_mib(), "finite": bool(np.isfinite(values).all())}
+            "users": len(everyone), "peak_mib": _peak_mib(), **_gpu_peak(device),
+            "finite": bool(np.isfinite(values).all())}
 
 
 def _child(phase: str, db: str, extra: list[str]) -> dict:
@@ -96,14 +108,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--phase", choices=["train", "forecast"], default=None)
     parser.add_argument("--skip-train", action="store_true", help="with --db: forecasts of the active model only")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where training and forecasts run (the targets are the CPU's)")
     args = parser.parse_args()
     if args.skip_train and args.db is None:
         parser.error("--skip-train needs --db (a database with an active model)")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device here")
     if args.phase == "train":
-        print(json.dumps(phase_train(args.db, args.epochs)))
+        print(json.dumps(phase_train(args.db, args.epochs, args.device)))
         return
     if args.phase == "forecast":
-        print(json.dumps(phase_forecast(args.db, args.runs)))
+        print(json.dumps(phase_forecast(args.db, args.runs, args.device)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db
@@ -114,18 +133,22 @@ def main() -> None:
                            capture_output=True)
             subprocess.run([sys.executable, "-m", "engine.cli", "env", "build", "--db", db], check=True,
                            capture_output=True)
-        extra = ["--epochs", str(args.epochs)] if args.epochs else []
+        extra = (["--epochs", str(args.epochs)] if args.epochs else []) + ["--device", args.device]
+        gpu = lambda phase: {"gpu_peak_mib": round(phase["gpu_peak_mib"])} if "gpu_peak_mib" in phase else {}  # noqa: E731
         trained = None if args.skip_train else _child("train", db, extra)
         if trained is not None:
             report("train_default_model", [trained["seconds"]], 600.0, peak_mib=round(trained["peak_mib"]),
                    peak_target_mib=4096, epochs_run=trained["epochs_run"], best_val_loss=trained["best_val_loss"],
-                   runs_note="one training run (a run takes minutes)")
-        forecast = _child("forecast", db, ["--runs", str(args.runs)])
+                   runs_note="one training run (a run takes minutes)", device=trained["device"], **gpu(trained))
+        forecast = _child("forecast", db, ["--runs", str(args.runs), "--device", args.device])
         report("one_step_all_users_32_samples", forecast["all_users_s"], 30.0, users=forecast["users"],
-               sampler="ddim:10", peak_mib=round(forecast["peak_mib"]), peak_target_mib=4096)
-        report("recursive_30_steps_32_paths_one_user", forecast["one_user_30_steps_s"], 2.0, sampler="ddim:10")
+               sampler="ddim:10", peak_mib=round(forecast["peak_mib"]), peak_target_mib=4096, device=args.device,
+               **gpu(forecast))
+        report("recursive_30_steps_32_paths_one_user", forecast["one_user_30_steps_s"], 2.0, sampler="ddim:10",
+               device=args.device)
         report("one_step_one_user_32_samples_ddpm", forecast["ddpm_one_step_one_user_s"], None,
-               sampler="ddpm (all 50 steps)", median_note=f"{statistics.median(forecast['ddpm_one_step_one_user_s']):.2f} s")
+               sampler="ddpm (all 50 steps)", median_note=f"{statistics.median(forecast['ddpm_one_step_one_user_s']):.2f} s",
+               device=args.device)
 
 
 if __name__ == "__main__":

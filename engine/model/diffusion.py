@@ -32,6 +32,10 @@ class Schedule:
         alphas = 1 - betas
         return cls(betas.float(), alphas.float(), torch.cumprod(alphas, 0).float())
 
+    def to(self, device: torch.device | str) -> Schedule:
+        """The same schedule on ``device`` (the model's: training and sampling index it per window)."""
+        return Schedule(self.betas.to(device), self.alphas.to(device), self.alpha_bars.to(device))
+
 
 @dataclass
 class Standardiser:
@@ -75,6 +79,10 @@ def diffusion_loss(model: Denoiser, schedule: Schedule, standardiser: Standardis
     window consecutive.
     """
     config = model.config
+    # Every random draw comes from ``generator`` on the CPU and is then moved to the model's device: a seed
+    # gives the same noise on CPU and CUDA, so the two devices agree up to floating point.
+    device = batch["target"].device
+    schedule = schedule.to(device)
     if draws is None:  # given steps say how many draws there are; else the configuration's
         draws = t.shape[0] // batch["target"].shape[0] if t is not None else config.noise_draws
     draws = max(1, int(draws))
@@ -82,7 +90,9 @@ def diffusion_loss(model: Denoiser, schedule: Schedule, standardiser: Standardis
     x0 = standardiser.from_v(batch["target"], prior)  # (B, F, K); the residual around the prior if any
     b = x0.shape[0]
     if keep_env is None and config.cond_dropout > 0 and model.training:
-        keep_env = torch.rand(b, generator=generator) >= config.cond_dropout
+        keep_env = (torch.rand(b, generator=generator) >= config.cond_dropout).to(device)
+    elif keep_env is not None:
+        keep_env = keep_env.to(device)
     if draws > 1:
         x0, target = x0.repeat_interleave(draws, 0), batch["target"].repeat_interleave(draws, 0)
         prior = None if prior is None else prior.repeat_interleave(draws, 0)
@@ -93,6 +103,7 @@ def diffusion_loss(model: Denoiser, schedule: Schedule, standardiser: Standardis
         t = torch.randint(0, config.diffusion_steps, (n,), generator=generator)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator)
+    t, noise = t.to(device), noise.to(device)
     ab = schedule.alpha_bars[t].view(n, 1, 1)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise  # Eq. 1 in closed form
     if draws > 1:
@@ -107,17 +118,18 @@ def diffusion_loss(model: Denoiser, schedule: Schedule, standardiser: Standardis
         x0_hat = ((x_t - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-10, 10)
         v_hat = standardiser.to_v(x0_hat, prior).flatten(1)
         v_true = target.flatten(1)
-        active = v_true.norm(dim=1) > 0
-        if active.any():
-            cosine = F.cosine_similarity(v_hat[active], v_true[active], dim=1, eps=1e-8)
-            weight = ab.view(n)[active].sqrt()
-            loss = loss + config.l2 * ((1 - cosine) * weight).sum() / weight.sum().clamp(min=1e-8)
+        # A mask, not a selection: the same sum without a host round trip (a data-dependent shape).
+        active = (v_true.norm(dim=1) > 0).to(v_hat.dtype)
+        cosine = F.cosine_similarity(v_hat, v_true, dim=1, eps=1e-8)
+        weight = ab.view(n).sqrt() * active
+        # No active window (all targets zero): the term is 0, as before.
+        loss = loss + config.l2 * ((1 - cosine) * weight).sum() / weight.sum().clamp(min=1e-8)
     return loss
 
 
 def _guided_eps(model: Denoiser, cache: HistoryCache, null_cache: HistoryCache | None, x: torch.Tensor,
                 t: int, guidance: float) -> torch.Tensor:
-    steps = torch.full((x.shape[0],), t, dtype=torch.long)
+    steps = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     eps = model.denoise_target(cache, x, steps)
     if null_cache is not None and guidance != 1.0:
         # Classifier-free guidance: eps_u + g * (eps_c - eps_u)
@@ -159,7 +171,10 @@ def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cach
     b = cache.windows
     k = cache.target_side.shape[1]
     shape = (b * n_samples, config.horizon, k)
-    x = paired_noise(shape, generator, antithetic) if x_T is None else x_T
+    # Noise is drawn on the CPU from ``generator`` and moved to the model's device (as in ``diffusion_loss``).
+    device = cache.target_side.device
+    schedule = schedule.to(device)
+    x = (paired_noise(shape, generator, antithetic) if x_T is None else x_T).to(device)
     # Keep x0 estimates inside the range of the training data, v in [0, 1] (v = 1 is the largest hour
     # seen in training). A looser bound (1.5 was tried) let a few recursive paths climb to hundreds of
     # GB per hour, since bytes = expm1(v * scale): means in bytes were then meaningless.
@@ -173,12 +188,12 @@ def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cach
             eps = _guided_eps(model, cache, null_cache, x, t, guidance)
             # 1. predict x0, clip it to the data range, 2. posterior mean of q(x_{t-1} | x_t, x0)
             x0 = ((x - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()).clamp(lo, hi)
-            ab_prev = ab[t - 1] if t > 0 else torch.tensor(1.0)
+            ab_prev = ab[t - 1] if t > 0 else ab.new_tensor(1.0)
             beta = schedule.betas[t]
             mean = (ab_prev.sqrt() * beta / (1 - ab[t])) * x0 + (schedule.alphas[t].sqrt() * (1 - ab_prev) / (1 - ab[t])) * x
             if t > 0:
                 variance = beta * (1 - ab_prev) / (1 - ab[t])  # beta tilde
-                x = mean + variance.sqrt() * paired_noise(shape, generator, antithetic)
+                x = mean + variance.sqrt() * paired_noise(shape, generator, antithetic).to(device)
             else:
                 x = mean
     elif sampler == "ddim":

@@ -104,8 +104,8 @@ class PriorFit:
         x = self.prior.features(history, profile, env, hours, days).double()  # (B, F, K, P)
         x = x.permute(2, 0, 1, 3).reshape(x.shape[2], -1, x.shape[3])  # (K, B*F, P)
         y = target.double().permute(2, 0, 1).reshape(x.shape[0], -1)  # (K, B*F)
-        self.xtx += torch.einsum("knp,knq->kpq", x, x).numpy()
-        self.xty += torch.einsum("knp,kn->kp", x, y).numpy()
+        self.xtx += torch.einsum("knp,knq->kpq", x, x).cpu().numpy()
+        self.xty += torch.einsum("knp,kn->kp", x, y).cpu().numpy()
         self.n += y.shape[1]
 
     def solve(self) -> None:

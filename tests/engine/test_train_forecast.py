@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sqlalchemy import func, select
 
 from db import open_database
@@ -102,6 +103,29 @@ def test_recursive_forecast_feeds_each_path_its_own_samples(trained):
     assert (summary["median"] <= summary["q75"]).all() and (summary["q75"] <= summary["q95"]).all()
     np.testing.assert_array_equal(result.truth[0], series.traffic[0, 300:306])
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU-only check of the device "
+                    "handling is tests/engine/model/test_diffusion.py::test_loss_and_samplers_keep_every_tensor_"
+                    "on_the_models_device)")
+def test_cuda_trains_and_agrees_with_the_cpu_within_tolerance(trained):
+    """The same checkpoint on CUDA and on the CPU, same seed: the noise is drawn on the CPU from the seeded
+    generator on both, so the forecasts differ by floating point only. Training runs on CUDA too."""
+    database, result = trained
+    _, on_cpu = load_model(database, result.record_id, device="cpu")
+    _, on_gpu = load_model(database, result.record_id, device="cuda")
+    assert on_gpu.device.type == "cuda"
+    with database.session() as session:
+        series = load_series(session, get_dataset(session))
+    for sampler in ("ddim", "ddpm"):
+        cpu = recursive_forecast(on_cpu, series, [0, 3, 5], start=300, horizon=3, samples=8, seed=4, sampler=sampler)
+        gpu = recursive_forecast(on_gpu, series, [0, 3, 5], start=300, horizon=3, samples=8, seed=4, sampler=sampler)
+        assert np.abs(cpu.paths_v.mean(1) - gpu.paths_v.mean(1)).max() < 2e-3, sampler
+        assert np.mean(np.abs(cpu.paths_v - gpu.paths_v) < 1e-3) > 0.99, sampler
+    name, config = resolve_config("tiny", epochs=1)
+    trained_on_gpu = train(database, name, config, activate=False, device="cuda")
+    assert trained_on_gpu.metrics["device"].startswith("cuda")
+    assert np.isfinite(trained_on_gpu.metrics["best_val_loss"])
 
 def test_forecast_beyond_the_data_has_no_truth_and_uses_habitual_cells(trained):
     database, _ = trained

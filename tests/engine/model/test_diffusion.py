@@ -342,3 +342,34 @@ def test_the_linear_mean_is_an_input_an_offset_or_both_as_configured(prior, is_i
     # Checkpoints from before the field existed have no linear mean at all.
     legacy = {k: v for k, v in config.to_dict().items() if k != "prior"}
     assert ModelConfig.from_dict(legacy).prior == "none"
+
+
+@pytest.mark.parametrize("name", ["lsdm", "lsdm-no-condition", "env-input", "lsdm-residual"])
+def test_loss_and_samplers_keep_every_tensor_on_the_models_device(name):
+    """CUDA stand-in on a machine without a GPU: on the 'meta' device any tensor left on the CPU in a
+    computation with the model's raises "not on the expected device", as it would on CUDA. The noise is
+    drawn on the CPU from the seeded generator and moved, so CPU and CUDA draw the same numbers."""
+    _, config = resolve_config(name, channels=16, heads=2, blocks=1)
+    config = replace(config, history=H, cond_dropout=0.2)
+    model = _randomised(config).to("meta")
+    batch = {k: v.to("meta") for k, v in _inputs(4).items()}
+    schedule, standardiser = Schedule.from_config(config), Standardiser(0.3, 0.2)
+    generator = torch.Generator().manual_seed(0)
+    model.train()  # condition dropout draws which windows keep the environment
+    for draws in (1, 3):
+        loss = diffusion_loss(model, schedule, standardiser, batch, generator, draws=draws)
+        assert loss.device.type == "meta" and loss.shape == ()
+    loss = diffusion_loss(model, schedule, standardiser, batch, t=torch.tensor([0, 3, 7, 9]),
+                          noise=torch.randn(4, 1, K), keep_env=torch.tensor([True, False, True, True]), draws=1)
+    assert loss.device.type == "meta"
+    model.eval()
+    args = (batch["history"], batch["hours"], batch["days"], batch["env"])
+    cache = model.encode_history(*args, None, batch["profile"])
+    null = model.encode_history(*args, torch.zeros(4, dtype=torch.bool, device="meta"), batch["profile"])
+    offset = model.prior_mean(batch["history"], batch["profile"], batch["env"], batch["hours"], batch["days"])
+    offset = None if offset is None else offset.repeat_interleave(2, 0)
+    for sampler, steps in (("ddpm", 0), ("ddim", 4)):
+        draws = sample(model, schedule, standardiser, cache, 2, sampler=sampler, steps=steps, guidance=2.0,
+                       null_cache=null, generator=torch.Generator().manual_seed(1), offset=offset, antithetic=2)
+        assert draws.device.type == "meta" and draws.shape == (8, 1, K)
+
