@@ -3,7 +3,9 @@
 - Table III: seasonal naive, hour-of-week mean, ARIMA, a CSDI-like configuration, LSDM without
   condition and LSDM (the model evaluated), one-step forecasts of every test-day window, with MSE,
   RMSE, MAE, CS, R² (Eq. 10-14) on the normalised scale plus CRPS and 50 %/90 % interval coverage.
-- Table IV: the ablations (no 2D attention, environment added to the input, no condition, LSDM).
+- Table IV: the ablations (no 2D attention, environment added to the input, no condition, LSDM), and
+  the evaluated model itself given other users' cells (``shuffled-environment``, a permutation test: see
+  ``shuffled_locations``).
 - Per-service R² (Fig. 7) and MSE by recursive step 1..N (Fig. 8/9) from several start hours.
 Comparison models are the registered models of the same data set whose configuration name matches;
 missing ones are trained first with the evaluated model's epochs (``train_missing``, the default),
@@ -36,7 +38,7 @@ from engine.report import write_report
 from engine.train import check_compatible, load_model, train
 
 TABLE3 = ("seasonal-naive", "hour-of-week-mean", "arima", "csdi-like", "lsdm-no-condition", "lsdm")
-TABLE4 = ("no-2d-attention", "env-input", "lsdm-no-condition", "lsdm")
+TABLE4 = ("no-2d-attention", "env-input", "shuffled-environment", "lsdm-no-condition", "lsdm")
 COMPARISON_MODELS = ("csdi-like", "lsdm-no-condition", "no-2d-attention", "env-input")
 # Where the entity is at the forecast hours of the test day: ``observed`` (default) conditions on the cells the
 # data recorded, as the training windows do and as the paper's task does (the next hour's traffic given the
@@ -47,11 +49,13 @@ LOCATION_TEXT = {"observed": "the cells the data recorded, as in training",
                  "habitual": "each user's habitual cells (the location forecast too)"}
 
 
-def progress_messages(registered: set[str], *, include_arima: bool, train_missing: bool) -> int:
+def progress_messages(registered: set[str], *, include_arima: bool, train_missing: bool,
+                      shuffled: bool = False) -> int:
     """How many progress messages ``evaluate`` sends for these options (a progress bar's length): one
     per baseline, per comparison model trained, per one-step pass and per recursive-path pass (lsdm and
-    lsdm-no-condition). ``registered``: the names of the data set's registered forecasters."""
-    count = 3 if include_arima else 2
+    lsdm-no-condition), and one for the shuffled-environment pass (``shuffled``: the evaluated model is
+    conditioned on the environment). ``registered``: the names of the data set's registered forecasters."""
+    count = (3 if include_arima else 2) + int(shuffled)
     evaluated = ["lsdm"]
     for name in COMPARISON_MODELS:
         if name in registered:
@@ -110,11 +114,36 @@ def _row(method: str, y: np.ndarray, samples: np.ndarray, seconds: float, **extr
             "seconds": round(seconds, 2), **extra}
 
 
+def _percent(gain: float | None) -> str:
+    return "no relative gain: the reference R² is 0" if gain is None else f"{gain:+.2f} %"
+
+
+def shuffled_locations(series: SeriesData, seed: int) -> SeriesData:
+    """The data set with every entity given another entity's whole location history (a seeded
+    derangement of the rows of ``series.location``); traffic, cells and embeddings unchanged.
+
+    The permutation test of the environment: the same model, the same windows and noise, conditioned on
+    places that are real and follow a real routine but are not this entity's. The R² it loses against
+    the entity's own cells is what the model takes from where the entity actually is; unlike the gain
+    over the no-condition model, it has no second training run in it (no seed-to-seed difference) and no
+    difference of architecture. In a city without environment effect (``--env-effect 0``) it should
+    vanish (README "Results")."""
+    n = len(series.location)
+    if n < 2:
+        return series
+    rng = np.random.default_rng([seed, 4242])
+    order = rng.permutation(n)
+    derangement = np.empty(n, dtype=np.int64)
+    derangement[order] = np.roll(order, 1)  # one cycle through a random order: nobody keeps their own row
+    return replace(series, location=series.location[derangement])
+
+
 SHARED_SETTINGS = ("epochs", "seed", "history", "horizon", "channels", "heads", "blocks", "windows_per_epoch",
                    "batch_size", "noise_draws")
 # What makes a registered model a fair comparison: the shared settings and the architecture of the named
 # configuration (a model from an older version of it, e.g. without the linear mean feature, is not).
-MATCHED = SHARED_SETTINGS + ("prior", "service_attention", "condition", "step_conditioning", "env_kind", "l2")
+MATCHED = SHARED_SETTINGS + ("prior", "service_attention", "condition", "step_conditioning", "env_kind", "l2",
+                             "intercepts_without_environment")
 
 
 def comparison_config(name: str, base: ModelConfig) -> ModelConfig:
@@ -250,6 +279,11 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
             say(f"{name}: recursive paths ...")
             paths = _paths(model, series, entities, starts, steps, path_samples, seed, location)
             step_mse[name] = mse_by_step(y_paths, paths.mean(0))
+    if forecaster.config.uses_environment and series.env.shape[1]:
+        say("lsdm: one-step forecasts with other users' cells (shuffled environment) ...")
+        t0 = time.perf_counter()
+        draws = _one_step(forecaster, shuffled_locations(series, seed), splits, samples, seed, location)
+        add_row("shuffled-environment", draws, time.perf_counter() - t0, model_id=record.id)
 
     table3 = [rows[m] for m in TABLE3 if m in rows]
     table4 = [rows[m] for m in TABLE4 if m in rows]
@@ -260,14 +294,24 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
         # Beyond noise? A paired bootstrap over entities of the same windows' forecasts.
         interval = r2_gain_interval(y, point_forecasts["lsdm"], point_forecasts["lsdm-no-condition"],
                                     splits.test.entity, seed=seed)
-        notes.append(f"Condition vs no condition: R² {rows['lsdm']['r2']:.4f} vs {base_r2:.4f} ({gain:+.2f} %; "
+        notes.append(f"Condition vs no condition: R² {rows['lsdm']['r2']:.4f} vs {base_r2:.4f} ({_percent(gain)}; "
                      f"95 % interval over users {interval['low']:+.2f} to {interval['high']:+.2f} %).")
+    env_gain = env_interval = None
+    if "shuffled-environment" in rows:
+        shuffled_r2 = rows["shuffled-environment"]["r2"]
+        env_gain = round(100 * (rows["lsdm"]["r2"] - shuffled_r2) / abs(shuffled_r2), 2) if shuffled_r2 else None
+        env_interval = r2_gain_interval(y, point_forecasts["lsdm"], point_forecasts["shuffled-environment"],
+                                        splits.test.entity, seed=seed)
+        notes.append(f"Own cells vs other users' cells (the same model, each user given another user's whole "
+                     f"location history): R² {rows['lsdm']['r2']:.4f} vs {shuffled_r2:.4f} ({_percent(env_gain)}; "
+                     f"95 % interval over users {env_interval['low']:+.2f} to {env_interval['high']:+.2f} %).")
     result = {"model_id": record.id, "dataset": dataset_name, "trained_on": home_name, "split": spec.kind,
               "location": location, "samples": samples,
               "rows": table3, "table4": table4,
               "bytes_rows": [bytes_rows[m] for m in TABLE3 if m in bytes_rows],
               "per_service_r2": service_r2, "mse_by_step": step_mse, "condition_gain_r2_percent": gain,
-              "condition_gain_interval": interval,
+              "condition_gain_interval": interval, "environment_gain_r2_percent": env_gain,
+              "environment_gain_interval": env_interval,
               "notes": notes, "seconds": round(time.perf_counter() - started, 1)}
     if report_dir:
         files = write_report(

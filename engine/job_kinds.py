@@ -403,11 +403,12 @@ def _evaluate(ctx: JobContext) -> Outcome:
     from engine.train import load_model
 
     p = ctx.params
-    record, _ = load_model(ctx.database, p["model_id"])
+    record, forecaster = load_model(ctx.database, p["model_id"])
     with ctx.database.session() as session:
         registered = set(session.scalars(select(ModelRecord.name).where(ModelRecord.kind == "lsdm",
                                                                         ModelRecord.dataset_id == record.dataset_id)))
-    total = progress_messages(registered, include_arima=p["include_arima"], train_missing=p["train_missing"])
+    total = progress_messages(registered, include_arima=p["include_arima"], train_missing=p["train_missing"],
+                              shuffled=forecaster.config.uses_environment)
     said = [0]
 
     def say(message: str) -> None:
@@ -419,7 +420,8 @@ def _evaluate(ctx: JobContext) -> Outcome:
                       dataset_name=p["dataset"], location=p["location"])
     rows = {row["method"]: {k: row.get(k) for k in ("rmse", "r2", "crps")} for row in result["rows"]}
     detail = {"model_id": record.id, "dataset": result["dataset"], "location": result["location"], "table3": rows,
-              "condition_gain_r2_percent": result.get("condition_gain_r2_percent"), "seconds": result.get("seconds")}
+              "condition_gain_r2_percent": result.get("condition_gain_r2_percent"),
+              "environment_gain_r2_percent": result.get("environment_gain_r2_percent"), "seconds": result.get("seconds")}
     # Only an evaluation on the model's own data set is stored with it (and has a page to link to).
     stored = result["dataset"] == result["trained_on"]
     return Outcome(f"evaluation:{record.id}" if stored else None, detail)

@@ -82,20 +82,28 @@ def show_evaluation(model: md.ModelInfo) -> None:
                 f"`{md.EVALUATE_COMMAND.format(id=model.id)}`.", icon=":material/analytics:")
         return
     st.caption(md.evaluation_caption(evaluation))
-    if evaluation.get("condition_gain_r2_percent") is not None:
-        interval = evaluation.get("condition_gain_interval")
+    gains = [(key, label, help_text) for key, label, help_text in (
+        ("condition_gain", "R² gain from the environment condition",
+         "LSDM vs the same architecture trained without condition (lsdm-no-condition), on the test day"),
+        ("environment_gain", "R² gain from the user's own cells",
+         "The same model given each user's own cells vs another user's whole location history (shuffled "
+         "environment, a permutation test): what the model takes from where the user actually is, "
+         "without a second training run in the comparison"),
+    ) if evaluation.get(f"{key}_r2_percent") is not None]  # evaluations stored before a measure lack it
+    for column, (key, label, help_text) in zip(st.columns(len(gains)) if gains else [], gains):
+        interval = evaluation.get(f"{key}_interval")
         spread = (f"95 % interval over users: {interval['low']:+.2f} to {interval['high']:+.2f} %"
                   if interval else None)  # evaluations stored before the interval existed have none
-        st.metric("R² gain from the environment condition", f"{evaluation['condition_gain_r2_percent']:+.2f} %",
-                  delta=spread, delta_color="off", delta_arrow="off",
-                  help="LSDM vs the same model without condition (lsdm-no-condition), on the test day; the "
-                       "interval comes from resampling the users (paired bootstrap, 1,000 resamples)")
+        column.metric(label, f"{evaluation[f'{key}_r2_percent']:+.2f} %", delta=spread, delta_color="off",
+                      delta_arrow="off", help=help_text + "; the interval comes from resampling the users "
+                                                          "(paired bootstrap, 1,000 resamples)")
     number = {column: st.column_config.NumberColumn(format="%.4f") for column in ("MSE", "RMSE", "MAE", "CS", "R²",
                                                                                  "CRPS", "cov50", "cov90")}
     st.markdown("**Table III: methods compared** (one-step forecasts of the test day, normalised scale)")
     st.dataframe(md.metric_table(evaluation.get("rows", [])), hide_index=True, width="stretch",
                  column_config=number)
-    st.markdown("**Table IV: ablations**")
+    st.markdown("**Table IV: ablations** (`shuffled-environment`: this model, each user given another user's "
+                "cells)")
     st.dataframe(md.metric_table(evaluation.get("table4", [])), hide_index=True, width="stretch",
                  column_config=number)
     with st.expander("The same metrics in bytes"):

@@ -34,6 +34,9 @@ class ModelConfig:
     # feature"); linear: the diffusion models the residual around it (CARD; experimental); residual:
     # both (experimental); none: no such mean. "none" in checkpoints that predate the field.
     prior: str = "feature"
+    # The no-condition linear mean gets a mean per period of day x weekend too, as the conditioned one has
+    # (engine/model/prior.py); False in checkpoints that predate the field. No effect with the environment.
+    period_intercepts: bool = True
     # Diffusion
     diffusion_steps: int = 50
     beta_start: float = 1e-4
@@ -108,6 +111,11 @@ class ModelConfig:
     def uses_environment(self) -> bool:
         return self.condition != "none"
 
+    @property
+    def intercepts_without_environment(self) -> bool:
+        """Whether ``period_intercepts`` changes anything: a linear mean without the environment."""
+        return self.period_intercepts and not self.uses_environment and self.prior != "none"
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -115,7 +123,7 @@ class ModelConfig:
     def from_dict(cls, data: dict, *, origin: str = "config") -> ModelConfig:
         known = {f.name for f in fields(cls)}
         # Saved before these fields existed: trained with one draw and no linear mean.
-        data = {"noise_draws": 1, "prior": "none", **data}
+        data = {"noise_draws": 1, "prior": "none", "period_intercepts": False, **data}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}", file=origin)

@@ -18,7 +18,8 @@ engine/model/prior.py (fitted in closed form on the training windows; it sees th
 the model is conditioned on it). Why: within a 10-minute CPU training budget the diffusion learned the
 environment's small shift of the mean poorly (+1.4 % R² over no condition, at the recorded cells)
 although a linear fit of the same inputs gains +5.9 %; given that fit as an input, the network follows it
-as it follows the profile (+3.6 %; README "The linear mean feature").
+as it follows the profile (+3.6 % then, against a no-condition model whose linear mean lacked the period
+intercepts; +2.3 % against the fair one: README "Results").
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ class Denoiser(nn.Module):
         # The linear conditional mean (engine/model/prior.py): the diffusion works around it (prior
         # "linear"), reads it as an input of the target tokens ("feature"), or both ("residual"); None
         # for "none".
-        self.prior = (MeanPrior(n_services, env_dim, config.uses_environment)
+        self.prior = (MeanPrior(n_services, env_dim, config.uses_environment, config.period_intercepts)
                       if config.prior_is_input or config.prior_is_offset else None)
 
     def linear_mean(self, history: torch.Tensor, profile: torch.Tensor | None, env: torch.Tensor,

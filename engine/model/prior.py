@@ -16,8 +16,12 @@ windows:
                  (z_env(t) projected on R principal axes, 1) ⊗ one-hot(period of day x weekend)]
 
 per service k (ridge, lambda = 1). The environment part is there only when the configuration uses the
-environment: a no-condition model's prior sees none of it, so the condition's gain is still the gain
-from the environment. Everything is a buffer of this module: it is saved with the weights and checked
+environment: a no-condition model's prior sees none of it. It gets the rest of that block, though: the
+constant 1 ⊗ one-hot(period) (``period_intercepts``), a mean per period of day x weekend that reads no
+place. Without it (checkpoints that predate the field) the conditioned prior alone had those 8
+intercepts, and that was worth +2.0 % R² of the linear mean in a city where the place has no effect at
+all (``--env-effect 0``), i.e. part of the "environment's" gain was an intercept (README "Results"). So
+the condition's gain is the gain from the environment. Everything is a buffer of this module: it is saved with the weights and checked
 on loading like them.
 """
 
@@ -40,11 +44,15 @@ def period_group(hours: torch.Tensor, days: torch.Tensor) -> torch.Tensor:
 
 
 class MeanPrior(nn.Module):
-    def __init__(self, n_services: int, env_dim: int, uses_env: bool) -> None:
+    def __init__(self, n_services: int, env_dim: int, uses_env: bool, period_intercepts: bool = True) -> None:
         super().__init__()
         self.uses_env = bool(uses_env and env_dim > 0)
+        # Without the environment: the period intercepts alone (the conditioned prior has them in its
+        # environment block, as the constant column's one-hot).
+        self.period_intercepts = bool(period_intercepts) and not self.uses_env
         axes = min(ENV_AXES, env_dim) if self.uses_env else 0
-        self.n_features = N_COMMON + ((axes + 1) * N_GROUPS if self.uses_env else 0)
+        self.n_features = N_COMMON + ((axes + 1) * N_GROUPS if self.uses_env else 0) + (
+            N_GROUPS if self.period_intercepts else 0)
         self.register_buffer("weight", torch.zeros(n_services, self.n_features))
         self.register_buffer("env_mean", torch.zeros(max(env_dim, 1) if self.uses_env else 1))
         self.register_buffer("env_axes", torch.zeros(max(env_dim, 1) if self.uses_env else 1, max(axes, 1)))
@@ -62,7 +70,10 @@ class MeanPrior(nn.Module):
         common = torch.cat([profile.unsqueeze(-1), per_service.unsqueeze(1).expand(-1, f, -1, -1)], dim=-1)
         common = common[..., [1, 0, 2, 3, 4, 5, 6]]  # 1, profile, lags, history mean, all services' last hour
         if not self.uses_env:
-            return common
+            if not self.period_intercepts:
+                return common
+            onehot = nn.functional.one_hot(period_group(hours, days), N_GROUPS).to(common.dtype)  # (B, F, 8)
+            return torch.cat([common, onehot.unsqueeze(2).expand(-1, -1, k, -1)], dim=-1)
         z = (env - self.env_mean) @ self.env_axes  # (B, F, R)
         z = torch.cat([z, torch.ones_like(z[..., :1])], dim=-1)
         onehot = nn.functional.one_hot(period_group(hours, days), N_GROUPS).to(z.dtype)  # (B, F, 8)

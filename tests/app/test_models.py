@@ -233,7 +233,7 @@ def test_the_stored_evaluation_is_shown_as_the_papers_tables_and_charts(tiny_db,
     assert table3["method"].tolist() == ["seasonal-naive", "hour-of-week-mean", "lsdm-no-condition", "lsdm"]
     assert table3["MSE"].tolist() == [row["mse"] for row in result["rows"]]
     assert table3["cov90"].tolist() == [row["cov90"] for row in result["rows"]]
-    assert table4["method"].tolist() == ["lsdm-no-condition", "lsdm"]
+    assert table4["method"].tolist() == ["shuffled-environment", "lsdm-no-condition", "lsdm"]
     assert at.multiselect(key="radar_methods").value == ["lsdm", "lsdm-no-condition", "hour-of-week-mean"]
     data = [d for chart in at.get("vega_lite_chart") for d in chart_datasets(chart)]
     steps = next(d for d in data if d and "mse" in d[0])
@@ -243,10 +243,11 @@ def test_the_stored_evaluation_is_shown_as_the_papers_tables_and_charts(tiny_db,
     lsdm_r2 = result["per_service_r2"]["lsdm"]
     assert {r["service"]: r["value"] for r in radar_points if r["series"] == "lsdm"} == {
         s: max(0.0, v) for s, v in lsdm_r2.items()}
-    gain = next(m for m in at.metric if "R² gain" in m.label)
-    interval = result["condition_gain_interval"]
-    assert gain.value == f"{result['condition_gain_r2_percent']:+.2f} %"
-    assert gain.delta == f"95 % interval over users: {interval['low']:+.2f} to {interval['high']:+.2f} %"
+    for label, key in (("environment condition", "condition_gain"), ("own cells", "environment_gain")):
+        gain = next(m for m in at.metric if "R² gain" in m.label and label in m.label)
+        interval = result[f"{key}_interval"]
+        assert gain.value == f"{result[f'{key}_r2_percent']:+.2f} %"
+        assert gain.delta == f"95 % interval over users: {interval['low']:+.2f} to {interval['high']:+.2f} %"
 
 
 def test_run_evaluation_from_the_page_stores_a_new_evaluation(tiny_db, tiny_city):
@@ -277,8 +278,9 @@ def test_evaluation_progress_length_matches_the_messages_the_engine_sends(tiny_c
     dataset_id = next(r for r in lsdm_records(tiny_city["db"])).dataset_id
     registered = {m.name for m in md.list_models(database, dataset_id) if m.kind == "lsdm"}
     database.dispose()
-    expected = progress_messages(registered, include_arima=False, train_missing=False)
-    assert expected == len(tiny_city["messages"]) == 6  # 2 baselines, 2 one-step passes, 2 path passes
+    expected = progress_messages(registered, include_arima=False, train_missing=False, shuffled=True)
+    # 2 baselines, 2 one-step passes, 2 path passes, the shuffled-environment pass
+    assert expected == len(tiny_city["messages"]) == 7
 
 
 # --- the functions behind the page ----------------------------------------------------------------
@@ -304,6 +306,7 @@ def test_evaluation_progress_counts_training_of_missing_comparison_models():
     # 3 baselines + 4 trainings + 5 one-step passes + 2 path passes
     assert progress_messages({"lsdm"}, include_arima=True, train_missing=True) == 14
     assert progress_messages({"lsdm"}, include_arima=False, train_missing=False) == 2 + 1 + 1
+    assert progress_messages({"lsdm"}, include_arima=False, train_missing=False, shuffled=True) == 2 + 1 + 1 + 1
 
 
 def test_models_page_on_an_empty_database_says_where_data_comes_from(empty_db):

@@ -274,7 +274,14 @@ def test_evaluate_writes_the_papers_tables_with_every_method(trained, tmp_path, 
     for row in result["rows"]:
         assert set(row) >= {"method", "mse", "rmse", "mae", "cs", "r2", "crps", "cov50", "cov90"}
         assert row["rmse"] == pytest.approx(row["mse"] ** 0.5, rel=1e-4) and 0 <= row["cov90"] <= 1
-    assert [r["method"] for r in result["table4"]] == ["no-2d-attention", "env-input", "lsdm-no-condition", "lsdm"]
+    assert [r["method"] for r in result["table4"]] == ["no-2d-attention", "env-input", "shuffled-environment",
+                                                       "lsdm-no-condition", "lsdm"]
+    # The permutation test: the evaluated model itself, given other users' cells, scored on the same windows.
+    shuffled = next(r for r in result["table4"] if r["method"] == "shuffled-environment")
+    assert shuffled["model_id"] == result["model_id"] and shuffled["mse"] != result["rows"][-1]["mse"]
+    interval = result["environment_gain_interval"]
+    assert interval["low"] <= result["environment_gain_r2_percent"] <= interval["high"]
+    assert any("other users' cells" in note for note in result["notes"])
     assert [r["method"] for r in result["bytes_rows"]] == methods
     assert result["bytes_rows"][-1]["mse"] > 1e6 * result["rows"][-1]["mse"]  # the same scores, in bytes
     assert set(result["mse_by_step"]) >= {"lsdm", "arima", "seasonal-naive"}
@@ -362,3 +369,18 @@ def test_evaluation_compares_only_with_models_of_the_same_architecture(trained):
     fresh = train(database, "env-input", expected, activate=False)
     found = _comparison_model(database, dataset_id, dataset_name, "env-input", base, False, print)
     assert found is not None and found[0].id == fresh.record_id != stale.record_id
+
+
+def test_shuffled_locations_give_every_entity_another_entitys_whole_history(trained):
+    from engine.evaluate import shuffled_locations
+
+    database, _ = trained
+    with database.session() as session:
+        series = load_series(session, get_dataset(session))
+    shuffled = shuffled_locations(series, seed=0)
+    rows = [next(j for j in range(len(series.location)) if np.array_equal(shuffled.location[i], series.location[j])
+                 and j != i) for i in range(len(series.location))]
+    assert sorted(rows) == list(range(len(series.location)))  # a permutation, and nobody keeps their own row
+    assert shuffled.traffic is series.traffic and shuffled.env is series.env
+    assert np.array_equal(shuffled_locations(series, seed=0).location, shuffled.location)
+    assert not np.array_equal(shuffled_locations(series, seed=1).location, shuffled.location)

@@ -168,11 +168,12 @@ def test_configurations_resolve_by_name_or_file_and_reject_bad_fields(tmp_path):
 
 
 def test_the_prior_fit_recovers_a_linear_mean_and_sees_the_environment_only_when_conditioned():
-    from engine.model.prior import N_COMMON, MeanPrior, PriorFit
+    from engine.model.prior import N_COMMON, N_GROUPS, MeanPrior, PriorFit
 
     torch.manual_seed(0)
     conditioned, plain = MeanPrior(K, D, uses_env=True), MeanPrior(K, D, uses_env=False)
-    assert plain.n_features == N_COMMON and conditioned.n_features > N_COMMON
+    assert plain.n_features == N_COMMON + N_GROUPS and conditioned.n_features > plain.n_features
+    assert MeanPrior(K, D, uses_env=False, period_intercepts=False).n_features == N_COMMON  # older checkpoints
     cells = torch.randn(30, D).numpy()
     conditioned.set_env_axes(cells)
     batch = _inputs(4000, seed=3)
@@ -373,3 +374,27 @@ def test_loss_and_samplers_keep_every_tensor_on_the_models_device(name):
                        null_cache=null, generator=torch.Generator().manual_seed(1), offset=offset, antithetic=2)
         assert draws.device.type == "meta" and draws.shape == (8, 1, K)
 
+
+
+def test_the_no_condition_prior_has_the_conditioned_priors_period_intercepts_and_nothing_of_the_place():
+    """The conditioned prior's environment block holds a constant column x one-hot(period): 8 intercepts that
+    read no place. The no-condition prior has exactly those columns too, so that the condition's gain is the
+    environment's, not the intercepts' (checkpoints that predate ``period_intercepts`` lack them)."""
+    from engine.model.prior import ENV_AXES, N_COMMON, N_GROUPS, MeanPrior, period_group
+
+    conditioned, plain = MeanPrior(K, D, uses_env=True), MeanPrior(K, D, uses_env=False)
+    conditioned.set_env_axes(torch.randn(30, D).numpy())
+    batch = _inputs(50, seed=5)
+    args = (batch["history"], batch["profile"][:, H:], batch["env"][:, H:], batch["hours"][:, H:], batch["days"][:, H:])
+    constant = N_COMMON + min(ENV_AXES, D) * N_GROUPS  # the constant column's block in the conditioned features
+    with_env, without = conditioned.features(*args), plain.features(*args)
+    assert torch.equal(without[..., :N_COMMON], with_env[..., :N_COMMON])
+    assert torch.equal(without[..., N_COMMON:], with_env[..., constant : constant + N_GROUPS])
+    group = period_group(args[3], args[4])  # (B, 1)
+    assert torch.equal(without[..., N_COMMON:].argmax(-1), group[..., None].expand(-1, -1, K))
+    for name, expected in (("lsdm-no-condition", True), ("lsdm", False), ("csdi-like", False)):
+        assert CONFIGS[name].intercepts_without_environment is expected, name
+    old = CONFIGS["lsdm-no-condition"].to_dict()
+    del old["period_intercepts"]
+    assert not ModelConfig.from_dict(old).period_intercepts
+    assert Denoiser(ModelConfig.from_dict(old), env_dim=D, n_services=K).prior.n_features == N_COMMON
