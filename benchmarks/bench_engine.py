@@ -53,7 +53,12 @@ def _gpu_peak(device: str) -> dict:
         return {}
     import torch
 
-    return {"gpu_peak_mib": torch.cuda.max_memory_allocated() / 2**20}
+    return {"gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20)}
+
+
+def _gpu(phase: dict) -> dict:
+    """A phase's GPU peak, for its report line (none on the CPU)."""
+    return {k: v for k, v in phase.items() if k == "gpu_peak_mib"}
 
 
 def phase_forecast(db: str, runs: int, device: str = "cpu") -> dict:
@@ -134,16 +139,15 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "engine.cli", "env", "build", "--db", db], check=True,
                            capture_output=True)
         extra = (["--epochs", str(args.epochs)] if args.epochs else []) + ["--device", args.device]
-        gpu = lambda phase: {"gpu_peak_mib": round(phase["gpu_peak_mib"])} if "gpu_peak_mib" in phase else {}  # noqa: E731
         trained = None if args.skip_train else _child("train", db, extra)
         if trained is not None:
             report("train_default_model", [trained["seconds"]], 600.0, peak_mib=round(trained["peak_mib"]),
                    peak_target_mib=4096, epochs_run=trained["epochs_run"], best_val_loss=trained["best_val_loss"],
-                   runs_note="one training run (a run takes minutes)", device=trained["device"], **gpu(trained))
+                   runs_note="one training run (a run takes minutes)", device=trained["device"], **_gpu(trained))
         forecast = _child("forecast", db, ["--runs", str(args.runs), "--device", args.device])
         report("one_step_all_users_32_samples", forecast["all_users_s"], 30.0, users=forecast["users"],
                sampler="ddim:10", peak_mib=round(forecast["peak_mib"]), peak_target_mib=4096, device=args.device,
-               **gpu(forecast))
+               **_gpu(forecast))
         report("recursive_30_steps_32_paths_one_user", forecast["one_user_30_steps_s"], 2.0, sampler="ddim:10",
                device=args.device)
         report("one_step_one_user_32_samples_ddpm", forecast["ddpm_one_step_one_user_s"], None,

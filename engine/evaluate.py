@@ -114,8 +114,19 @@ def _row(method: str, y: np.ndarray, samples: np.ndarray, seconds: float, **extr
             "seconds": round(seconds, 2), **extra}
 
 
-def _percent(gain: float | None) -> str:
-    return "no relative gain: the reference R² is 0" if gain is None else f"{gain:+.2f} %"
+def _gain_over(reference: str, label: str, rows: dict[str, dict], point_forecasts: dict[str, np.ndarray],
+               y: np.ndarray, entity: np.ndarray, seed: int, notes: list[str]) -> tuple[float | None, dict | None]:
+    """lsdm's relative R² gain over the ``reference`` row (percent; None when its R² is 0) and its 95 %
+    interval over entities (``r2_gain_interval``), with a note; (None, None) without both rows."""
+    if "lsdm" not in rows or reference not in rows:
+        return None, None
+    base_r2 = rows[reference]["r2"]
+    gain = round(100 * (rows["lsdm"]["r2"] - base_r2) / abs(base_r2), 2) if base_r2 else None
+    interval = r2_gain_interval(y, point_forecasts["lsdm"], point_forecasts[reference], entity, seed=seed)
+    percent = "no relative gain: the reference R² is 0" if gain is None else f"{gain:+.2f} %"
+    notes.append(f"{label}: R² {rows['lsdm']['r2']:.4f} vs {base_r2:.4f} ({percent}; "
+                 f"95 % interval over users {interval['low']:+.2f} to {interval['high']:+.2f} %).")
+    return gain, interval
 
 
 def shuffled_locations(series: SeriesData, seed: int) -> SeriesData:
@@ -287,24 +298,12 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
 
     table3 = [rows[m] for m in TABLE3 if m in rows]
     table4 = [rows[m] for m in TABLE4 if m in rows]
-    gain = interval = None
-    if "lsdm" in rows and "lsdm-no-condition" in rows:
-        base_r2 = rows["lsdm-no-condition"]["r2"]
-        gain = round(100 * (rows["lsdm"]["r2"] - base_r2) / abs(base_r2), 2) if base_r2 else None
-        # Beyond noise? A paired bootstrap over entities of the same windows' forecasts.
-        interval = r2_gain_interval(y, point_forecasts["lsdm"], point_forecasts["lsdm-no-condition"],
-                                    splits.test.entity, seed=seed)
-        notes.append(f"Condition vs no condition: R² {rows['lsdm']['r2']:.4f} vs {base_r2:.4f} ({_percent(gain)}; "
-                     f"95 % interval over users {interval['low']:+.2f} to {interval['high']:+.2f} %).")
-    env_gain = env_interval = None
-    if "shuffled-environment" in rows:
-        shuffled_r2 = rows["shuffled-environment"]["r2"]
-        env_gain = round(100 * (rows["lsdm"]["r2"] - shuffled_r2) / abs(shuffled_r2), 2) if shuffled_r2 else None
-        env_interval = r2_gain_interval(y, point_forecasts["lsdm"], point_forecasts["shuffled-environment"],
-                                        splits.test.entity, seed=seed)
-        notes.append(f"Own cells vs other users' cells (the same model, each user given another user's whole "
-                     f"location history): R² {rows['lsdm']['r2']:.4f} vs {shuffled_r2:.4f} ({_percent(env_gain)}; "
-                     f"95 % interval over users {env_interval['low']:+.2f} to {env_interval['high']:+.2f} %).")
+    # Beyond noise? A paired bootstrap over entities of the same windows' forecasts.
+    gain, interval = _gain_over("lsdm-no-condition", "Condition vs no condition", rows, point_forecasts, y,
+                                splits.test.entity, seed, notes)
+    env_gain, env_interval = _gain_over(
+        "shuffled-environment", "Own cells vs other users' cells (the same model, each user given another user's "
+        "whole location history)", rows, point_forecasts, y, splits.test.entity, seed, notes)
     result = {"model_id": record.id, "dataset": dataset_name, "trained_on": home_name, "split": spec.kind,
               "location": location, "samples": samples,
               "rows": table3, "table4": table4,

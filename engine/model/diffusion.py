@@ -90,8 +90,8 @@ def diffusion_loss(model: Denoiser, schedule: Schedule, standardiser: Standardis
     x0 = standardiser.from_v(batch["target"], prior)  # (B, F, K); the residual around the prior if any
     b = x0.shape[0]
     if keep_env is None and config.cond_dropout > 0 and model.training:
-        keep_env = (torch.rand(b, generator=generator) >= config.cond_dropout).to(device)
-    elif keep_env is not None:
+        keep_env = torch.rand(b, generator=generator) >= config.cond_dropout
+    if keep_env is not None:
         keep_env = keep_env.to(device)
     if draws > 1:
         x0, target = x0.repeat_interleave(draws, 0), batch["target"].repeat_interleave(draws, 0)
