@@ -154,7 +154,7 @@ SHARED_SETTINGS = ("epochs", "seed", "history", "horizon", "channels", "heads", 
 # What makes a registered model a fair comparison: the shared settings and the architecture of the named
 # configuration (a model from an older version of it, e.g. without the linear mean feature, is not).
 MATCHED = SHARED_SETTINGS + ("prior", "service_attention", "condition", "step_conditioning", "env_kind", "l2",
-                             "intercepts_without_environment")
+                             "intercepts_without_environment", "uses_env_profile")
 
 
 def comparison_config(name: str, base: ModelConfig) -> ModelConfig:

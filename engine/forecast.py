@@ -13,6 +13,7 @@ the new hour is denoised (engine/model/denoiser.py).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from dataclasses import dataclass, field
@@ -139,13 +140,18 @@ def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: lis
                        horizon: int, samples: int = 32, sampler: str = "ddim", steps: int = 10,
                        plan: LocationPlan | None = None, guidance: float = 1.0, seed: int = 0,
                        values: np.ndarray | None = None, progress=None,  # noqa: ANN001
-                       antithetic: bool = True) -> ForecastResult:
+                       antithetic: bool = True, history_env: np.ndarray | None = None) -> ForecastResult:
     """Forecast hours start .. start + horizon - 1 for the given entity rows, ``samples`` paths each.
 
     ``antithetic`` (default): an entity's paths come in pairs driven by opposite noise (``paired_noise``
     in engine/model/diffusion.py). Every path is still a sample of the model; the paths' mean is a
     better estimate of the model's expected traffic for the same number of paths (README "Point
-    forecasts and sample size"). False: independent noise, as in runs stored before the option."""
+    forecasts and sample size"). False: independent noise, as in runs stored before the option.
+
+    ``history_env``: the cells' embeddings while the history was recorded, when ``series.env`` is a
+    what-if's edited one (default: ``series.env``): the observed hours get them, and so does the
+    entity's usual environment (the environment profile, engine/data/windows.py HourlyProfile), which
+    summarises the past. The edit changes the forecast hours' environment only."""
     config = forecaster.config
     h, f = config.history, config.horizon
     if start < h:
@@ -171,10 +177,15 @@ def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: lis
     past_cells = series.location[e_rows, start - h : start]  # (E, H)
     cells = np.concatenate([past_cells, future_cells], axis=1)  # (E, H + N)
     env_all = series.env_of_cells(cells) if series.env.shape[1] else np.zeros((n_e, h + n_steps, 0), np.float32)
+    if history_env is not None and series.env.shape[1]:  # the observed hours were spent in the places as they were
+        env_all[:, :h] = dataclasses.replace(series, env=history_env).env_of_cells(past_cells)
     hours_all = np.arange(start - h, start + n_steps)
     hod, dow = _calendar(series, hours_all)
     # The entities' hourly profiles from every hour before the start (side information).
-    profile_all = HourlyProfile.build(series, values, start).at(e_rows[:, None], hours_all[None, :])  # (E, H+N, K)
+    profile = HourlyProfile.build(series, values, start, env=config.uses_env_profile, history_env=history_env)
+    profile_all = profile.at(e_rows[:, None], hours_all[None, :])  # (E, H+N, K)
+    if profile.has_env:  # [the cell's embedding, the entity's usual one at that hour of day]
+        env_all = np.concatenate([env_all, profile.env_at(e_rows[:, None], hours_all[None, :])], axis=-1)
 
     # paths: (E * S, H + N, K); each entity's S paths start from the same observed history.
     paths = np.repeat(values[e_rows, start - h : start], samples, axis=0)

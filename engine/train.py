@@ -154,8 +154,9 @@ def fit(series: SeriesData, config: ModelConfig, *, split: str = "time", device:
     values = normaliser.forward(series.traffic)  # (E, T, K)
     train_values = values[fit_rows, :train_end]
     standardiser = Standardiser(mean=float(train_values.mean()), std=float(train_values.std() or 1.0))
-    # The entities' hourly profiles from training hours only (leave-one-out for training targets).
-    profile = HourlyProfile.build(series, values, train_end)
+    # The entities' hourly profiles from training hours only (leave-one-out for training targets), and
+    # their environment profiles when the model reads them.
+    profile = HourlyProfile.build(series, values, train_end, env=config.uses_env_profile)
     forecaster = Forecaster.create(config, normaliser=normaliser, standardiser=standardiser,
                                    services=series.services, env_dim=int(series.env.shape[1]),
                                    meta={"data": data_fingerprint(series, splits), "split": spec.kind})

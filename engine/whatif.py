@@ -18,6 +18,11 @@ template describer (against the data set's own POI statistics), an explicit desc
 written, and the text is encoded by the data set's CLIP encoder; a tile taken from another cell reuses
 that cell's stored image embedding, an uploaded PNG is encoded. Eq. 9 then combines them. Unedited
 cells keep their stored embeddings bit for bit unless a/b change, which recombines every cell.
+
+An edit changes the forecast hours only: the observed hours before the start, and the entity's usual
+environment that summarises them (engine/data/windows.py HourlyProfile), were spent in the places as they
+were (``ScenarioEnv.history_env``: the stored embeddings, recombined when a/b change, since those are a
+way of reading every place rather than a change of one).
 """
 
 from __future__ import annotations
@@ -353,6 +358,7 @@ class ScenarioEnv:
     env: np.ndarray  # (C, D), the model's conditioning embedding of every cell
     descriptions: dict[str, str]  # edited cell -> the text that was encoded
     notes: list[str]  # edits that cannot change this model's forecast, said plainly
+    history_env: np.ndarray | None = None  # (C, D) the unedited places, read with the scenario's a/b
 
 
 def _model_env(context: WhatIfContext, image_z: np.ndarray, text_z: np.ndarray, has_image: np.ndarray,
@@ -392,7 +398,7 @@ def scenario_env(context: WhatIfContext, scenario: Scenario) -> ScenarioEnv:
     env = series.env.copy()
     notes = _notes(context, scenario)
     if series.env.shape[1] == 0:
-        return ScenarioEnv(env, {}, notes)
+        return ScenarioEnv(env, {}, notes, series.env)
     image_z, text_z, has_image = context.image_z.copy(), context.text_z.copy(), context.has_image.copy()
     rows = context.cell_row
     texts: dict[int, str] = {}
@@ -422,9 +428,11 @@ def scenario_env(context: WhatIfContext, scenario: Scenario) -> ScenarioEnv:
         # Unedited cells keep their stored embeddings exactly; only edited ones are recombined.
         edited = [rows[k] for k in scenario.cell_edits]
         env[edited] = combined[edited]
+        history = series.env
     else:
         env = combined
-    return ScenarioEnv(env, {series.cell_keys[r]: t for r, t in texts.items()}, notes)
+        history = _model_env(context, context.image_z, context.text_z, context.has_image, scenario.a, scenario.b)
+    return ScenarioEnv(env, {series.cell_keys[r]: t for r, t in texts.items()}, notes, history)
 
 
 # --- comparing two runs ---------------------------------------------------------------------------
@@ -495,8 +503,11 @@ def run_whatif(database, *, entity: str, start: int, horizon: int = 12, samples:
                   values=values)
     baseline = recursive_forecast(forecaster, series, rows, plan=LocationPlan(), guidance=BASELINE_GUIDANCE,
                                   progress=_halves(progress, 0), **common)
+    # The edited places change the future hours' environment; the entity's past (its profiles) stays as
+    # it was recorded, under the original embeddings.
     outcome = recursive_forecast(forecaster, dataclasses.replace(series, env=changed.env), rows, plan=plan,
-                                 guidance=scenario.guidance, progress=_halves(progress, horizon), **common)
+                                 guidance=scenario.guidance, progress=_halves(progress, horizon),
+                                 history_env=changed.history_env, **common)
 
     request = {"entity": entity, "start": start, "horizon": horizon, "samples": samples, "sampler": sampler,
                "seed": seed, "model_id": context.forecast.record_id, "model_sha256": context.forecast.record_sha256,

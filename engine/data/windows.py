@@ -242,20 +242,60 @@ class HourlyProfile:
     "user profile" side information (paper Sec. IV-B: the condition carries user behaviour).
 
     Leave-one-out for targets inside the profile's own hours, so that a training target never
-    sees itself in its profile."""
+    sees itself in its profile.
+
+    With ``env=True`` it also holds the entity's *environment profile*: the mean embedding of the cells
+    it was in at each hour of day over the same hours (``env_at``). Why: the traffic profile already
+    holds the effect of the places an entity usually is in at that hour; the environment the model can
+    still use is where the entity is now against where it usually is. Given both embeddings, a model
+    can tell the two apart (README "The environment profile"). ``history_env`` are the cells' embeddings
+    as they were while the history was recorded: a what-if that changes a place changes the future hours'
+    embedding, not the past that the profiles summarise."""
 
     sums: np.ndarray  # (E, 24, K)
     counts: np.ndarray  # (24,)
     before: int
     hour_of_day: np.ndarray  # (T,) of the series
+    env_sums: np.ndarray | None = None  # (E, 24, D) float32: embeddings summed over the known cells' hours
+    env_counts: np.ndarray | None = None  # (E, 24) hours with a known cell
+    env_fallback: np.ndarray | None = None  # (E, D): the entity's mean over all hours (the cells' mean if none)
+    location: np.ndarray | None = None  # (E, T) of the series (leave-one-out of the own hour's cell)
+    history_env: np.ndarray | None = None  # (C, D)
 
     @classmethod
-    def build(cls, series: SeriesData, values: np.ndarray, before: int) -> HourlyProfile:
+    def build(cls, series: SeriesData, values: np.ndarray, before: int, *, env: bool = False,
+              history_env: np.ndarray | None = None) -> HourlyProfile:
         before = max(1, min(before, values.shape[1]))
         hod = series.hour_of_day[:before]
         sums = np.zeros((values.shape[0], 24, values.shape[2]))
         np.add.at(sums, (slice(None), hod), values[:, :before])
-        return cls(sums, np.bincount(hod, minlength=24).astype(float), before, series.hour_of_day)
+        profile = cls(sums, np.bincount(hod, minlength=24).astype(float), before, series.hour_of_day)
+        if env and series.env.shape[1]:
+            profile._build_env(series, before, series.env if history_env is None else history_env)
+        return profile
+
+    def _build_env(self, series: SeriesData, before: int, cell_env: np.ndarray) -> None:
+        n, d = series.location.shape[0], cell_env.shape[1]
+        known_cells = np.abs(cell_env).sum(1) > 0
+        padded = np.concatenate([cell_env, np.zeros((1, d), np.float32)]).astype(np.float32)
+        location = series.location[:, :before]
+        rows = np.where((location >= 0) & known_cells[np.maximum(location, 0)], location, len(cell_env))
+        env_sums = np.zeros((n, 24, d), np.float32)
+        env_counts = np.zeros((n, 24))
+        hod = series.hour_of_day[:before]
+        for hour in range(24):  # one hour of day at a time: (E, days, D), never (E, T, D)
+            at = rows[:, hod == hour]
+            env_sums[:, hour] = padded[at].sum(1)
+            env_counts[:, hour] = (at < len(cell_env)).sum(1)
+        cells_mean = cell_env[known_cells].mean(0) if known_cells.any() else np.zeros(d, np.float32)
+        total = env_counts.sum(1, keepdims=True)
+        self.env_fallback = np.where(total > 0, env_sums.sum(1) / np.maximum(total, 1), cells_mean).astype(np.float32)
+        self.env_sums, self.env_counts = env_sums, env_counts
+        self.location, self.history_env = series.location, padded
+
+    @property
+    def has_env(self) -> bool:
+        return self.env_sums is not None
 
     def at(self, entity: np.ndarray, hours: np.ndarray, own: np.ndarray | None = None) -> np.ndarray:
         """Profile values (..., K) for entities at hours (any hour index, also beyond the data);
@@ -269,6 +309,26 @@ class HourlyProfile:
             counts = np.where(inside, counts - 1, counts)
         return (sums / np.maximum(counts, 1)).astype(np.float32)
 
+    def env_at(self, entity: np.ndarray, hours: np.ndarray, leave_out: bool = False) -> np.ndarray:
+        """The entities' usual embedding at these hours' hour of day (..., D); the entity's mean over all
+        its hours where it has none at that hour of day. ``leave_out``: an hour inside the profile does
+        not count its own cell (as ``at`` leaves out its own traffic), so that training windows see the
+        profile as a forecast does."""
+        if self.env_sums is None:
+            raise ValueError("this profile was built without the environment (env=True)")
+        hod = (self.hour_of_day[0] + hours) % 24
+        sums, counts = self.env_sums[entity, hod], self.env_counts[entity, hod]
+        if leave_out:
+            inside = hours < self.before
+            cell = np.where(inside, self.location[entity, np.minimum(hours, self.before - 1)], -1)
+            row = np.where(cell >= 0, cell, len(self.history_env) - 1)
+            own_known = inside & (np.abs(self.history_env[row]).sum(-1) > 0)
+            sums = sums - self.history_env[row] * own_known[..., None]
+            counts = counts - own_known
+        mean = sums / np.maximum(counts, 1)[..., None]
+        fallback = self.env_fallback[np.broadcast_arrays(entity, hod)[0]]
+        return np.where((counts > 0)[..., None], mean, fallback).astype(np.float32)
+
 
 @dataclass
 class WindowBatch:
@@ -278,20 +338,23 @@ class WindowBatch:
     target: np.ndarray  # (N, F, K) normalised
     hour_of_day: np.ndarray  # (N, H + F)
     day_of_week: np.ndarray  # (N, H + F)
-    env: np.ndarray  # (N, H + F, D)
+    env: np.ndarray  # (N, H + F, D), or (N, H + F, 2D) with the environment profile (``gather``)
     profile: np.ndarray | None = None  # (N, H + F, K) the entity's hourly profile at each hour
 
 
 def gather(series: SeriesData, values: np.ndarray, windows: Windows, spec: SplitSpec,
            profile: HourlyProfile | None = None) -> WindowBatch:
-    """Slice the windows out of ``values`` ((E, T, K) normalised traffic)."""
+    """Slice the windows out of ``values`` ((E, T, K) normalised traffic). With a profile built with the
+    environment, ``env`` is [the cell's embedding, the entity's usual one at that hour of day] (N, L, 2D)."""
     offsets = np.arange(-spec.history, spec.horizon)
     hours = windows.hour[:, None] + offsets[None, :]  # (N, H + F)
     entity = windows.entity[:, None]
     block = values[entity, hours]  # (N, H + F, K)
+    env = series.env_at(entity, hours) if series.env.shape[1] else np.zeros((*hours.shape, 0), np.float32)
+    if profile is not None and profile.has_env:
+        env = np.concatenate([env, profile.env_at(entity, hours, leave_out=True)], axis=-1)
     return WindowBatch(
         history=block[:, : spec.history], target=block[:, spec.history :],
         hour_of_day=series.hour_of_day[hours], day_of_week=series.day_of_week[hours],
-        env=series.env_at(entity, hours) if series.env.shape[1] else np.zeros((*hours.shape, 0), np.float32),
-        profile=None if profile is None else profile.at(entity, hours, own=block),
+        env=env, profile=None if profile is None else profile.at(entity, hours, own=block),
     )

@@ -37,6 +37,12 @@ class ModelConfig:
     # The no-condition linear mean gets a mean per period of day x weekend too, as the conditioned one has
     # (engine/model/prior.py); False in checkpoints that predate the field. No effect with the environment.
     period_intercepts: bool = True
+    # Beside the embedding of the cell at each hour, the model reads the entity's usual embedding at that
+    # hour of day (the mean over its history's hours, engine/data/windows.py HourlyProfile): the traffic
+    # profile already holds the usual place's effect, so what the condition adds is where the entity is
+    # now against where it usually is (README "The environment profile"). False in checkpoints that
+    # predate the field. No effect without the environment.
+    env_profile: bool = True
     # Diffusion
     diffusion_steps: int = 50
     beta_start: float = 1e-4
@@ -112,6 +118,15 @@ class ModelConfig:
         return self.condition != "none"
 
     @property
+    def uses_env_profile(self) -> bool:
+        """The environment input is [z_env at the hour, the entity's usual z_env at that hour of day]."""
+        return self.env_profile and self.uses_environment
+
+    def env_width(self, env_dim: int) -> int:
+        """Width of the model's environment input for cell embeddings of ``env_dim``."""
+        return env_dim * 2 if self.uses_env_profile and env_dim > 0 else env_dim
+
+    @property
     def intercepts_without_environment(self) -> bool:
         """Whether ``period_intercepts`` changes anything: a linear mean without the environment."""
         return self.period_intercepts and not self.uses_environment and self.prior != "none"
@@ -123,7 +138,7 @@ class ModelConfig:
     def from_dict(cls, data: dict, *, origin: str = "config") -> ModelConfig:
         known = {f.name for f in fields(cls)}
         # Saved before these fields existed: trained with one draw and no linear mean.
-        data = {"noise_draws": 1, "prior": "none", "period_intercepts": False, **data}
+        data = {"noise_draws": 1, "prior": "none", "period_intercepts": False, "env_profile": False, **data}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}", file=origin)

@@ -178,6 +178,37 @@ def test_location_scenario_changes_an_environment_conditioned_forecast(trained):
     assert not np.array_equal(home.paths, moved.paths)
 
 
+def test_the_model_reads_the_usual_place_and_an_edit_of_a_past_place_changes_only_the_future(trained):
+    """The default configuration reads [the cell's embedding, the entity's usual one at that hour of day].
+    A place the entity was in before the start, edited, changes the forecast only where the forecast hours
+    are spent there: given the embeddings the history was recorded under (``history_env``), a forecast
+    that stays elsewhere is the unedited one path for path; read from the edited embeddings, its past and
+    its usual environment change, and so does the forecast."""
+    from dataclasses import replace
+
+    database, _ = trained
+    _, forecaster = load_model(database)
+    assert forecaster.config.uses_env_profile
+    assert forecaster.model.env_proj[0].in_features == 2 * forecaster.env_dim
+    with database.session() as session:
+        series = load_series(session, get_dataset(session))
+    entity, start = 2, 300
+    visited = np.unique(series.location[entity, :start])
+    visited = visited[visited >= 0]
+    past = int(visited[np.argmax([(series.location[entity, start - 24 : start] == c).sum() for c in visited])])
+    elsewhere = next(c for c in range(len(series.cell_keys)) if c not in visited)
+    plan = LocationPlan.parse(f"cell:{series.cell_keys[elsewhere]}", series)
+    edited_env = series.env.copy()
+    edited_env[past] = -series.env[past]
+    edited = replace(series, env=edited_env)
+    common = dict(start=start, horizon=3, samples=4, seed=1, plan=plan)
+    baseline = recursive_forecast(forecaster, series, [entity], **common)
+    as_recorded = recursive_forecast(forecaster, edited, [entity], history_env=series.env, **common)
+    assert np.array_equal(baseline.paths, as_recorded.paths)
+    rewritten = recursive_forecast(forecaster, edited, [entity], **common)
+    assert not np.array_equal(baseline.paths, rewritten.paths)
+
+
 def test_cli_forecast_stores_a_reproducible_run(trained, capsys):
     database, _ = trained
     argv = ["forecast", "--db", database.url, "--entity", "user:U0004", "--start", "310", "--horizon", "4",
@@ -365,6 +396,8 @@ def test_evaluation_compares_only_with_models_of_the_same_architecture(trained):
     assert expected.condition == "input" and expected.prior == base.config.prior == "feature"
     assert expected.channels == base.config.channels and expected.seed == 5
     stale = train(database, "env-input", _replace(expected, prior="none"), activate=False)
+    assert _comparison_model(database, dataset_id, dataset_name, "env-input", base, False, print) is None
+    train(database, "env-input", _replace(expected, env_profile=False), activate=False)  # without the usual place
     assert _comparison_model(database, dataset_id, dataset_name, "env-input", base, False, print) is None
     fresh = train(database, "env-input", expected, activate=False)
     found = _comparison_model(database, dataset_id, dataset_name, "env-input", base, False, print)

@@ -17,12 +17,14 @@ K, H, D = 4, TINY.history, 8
 
 
 def _inputs(b: int, seed: int = 0, horizon: int = 1) -> dict:
+    """A batch as ``to_batch`` gives it; ``env`` is [the cell's embedding, the usual one] (2D wide), what a model
+    with the environment profile reads (one without it reads the first D columns, or none)."""
     g = torch.Generator().manual_seed(seed)
     length = H + horizon
     return {
         "history": torch.rand(b, H, K, generator=g), "target": torch.rand(b, horizon, K, generator=g),
         "hours": torch.randint(0, 24, (b, length), generator=g), "days": torch.randint(0, 7, (b, length), generator=g),
-        "env": torch.randn(b, length, D, generator=g), "profile": torch.rand(b, length, K, generator=g),
+        "env": torch.randn(b, length, 2 * D, generator=g), "profile": torch.rand(b, length, K, generator=g),
     }
 
 
@@ -398,3 +400,34 @@ def test_the_no_condition_prior_has_the_conditioned_priors_period_intercepts_and
     del old["period_intercepts"]
     assert not ModelConfig.from_dict(old).period_intercepts
     assert Denoiser(ModelConfig.from_dict(old), env_dim=D, n_services=K).prior.n_features == N_COMMON
+
+
+def test_the_environment_profile_adds_the_usual_places_block_after_the_older_layout():
+    """With ``env_profile`` the environment input is [z, z̄] (2D wide): the prior's features keep the older
+    layout as a prefix (so the intercept block stays where the no-condition comparison expects it) and add
+    z̄ projected on the same axes x one-hot(period); z̄ moves only that block. Older checkpoints read as
+    without it."""
+    from engine.model.prior import ENV_AXES, N_GROUPS, MeanPrior
+
+    cells = torch.randn(30, D).numpy()
+    older, with_usual = MeanPrior(K, D, uses_env=True), MeanPrior(K, D, uses_env=True, env_profile=True)
+    assert not MeanPrior(K, D, uses_env=False, env_profile=True).env_profile  # nothing without the environment
+    for prior in (older, with_usual):
+        prior.set_env_axes(cells)
+    assert with_usual.n_features == older.n_features + min(ENV_AXES, D) * N_GROUPS
+    batch = _inputs(20, seed=7)
+    args = (batch["history"], batch["profile"][:, H:], batch["env"][:, H:], batch["hours"][:, H:], batch["days"][:, H:])
+    a, b = older.features(*args), with_usual.features(*args)
+    assert torch.equal(b[..., : older.n_features], a)
+    usual_moved = args[2].clone()
+    usual_moved[..., D:] += 1.0
+    c = with_usual.features(*args[:2], usual_moved, *args[3:])
+    assert torch.equal(c[..., : older.n_features], a) and not torch.allclose(c, b)
+    # The model reads both embeddings; the configurations without the environment read neither.
+    assert CONFIGS["lsdm"].env_width(D) == 2 * D and CONFIGS["lsdm-no-condition"].env_width(D) == D
+    assert Denoiser(CONFIGS["lsdm"], env_dim=D, n_services=K).env_proj[0].in_features == 2 * D
+    old = CONFIGS["lsdm"].to_dict()
+    del old["env_profile"]
+    older_config = ModelConfig.from_dict(old)
+    assert not older_config.uses_env_profile and older_config.env_width(D) == D
+    assert Denoiser(older_config, env_dim=D, n_services=K).prior.n_features == older.n_features
