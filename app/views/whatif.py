@@ -216,7 +216,8 @@ def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str])
         job_id = jobs_ui.followed("whatif", ("whatif",))
         clicked = st.button("Run what-if", type="primary", icon=":material/play_arrow:", key="wi_run")
         st.caption(f"Model {model.id} · {model.name} · {wd.SAMPLER} · baseline: habitual cells, the stored "
-                   f"environment, a={context.a:g}, b={context.b:g}, guidance 1")
+                   f"environment, a={context.a:g}, b={context.b:g}, guidance 1 · a scenario changes the forecast "
+                   f"hours only: the hours before the start stay as recorded")
         if clicked:
             if error is not None:
                 st.error("Not run: correct the fields marked above.")
