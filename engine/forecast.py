@@ -13,7 +13,6 @@ the new hour is denoised (engine/model/denoiser.py).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 
-from engine.data.windows import HourlyProfile, SeriesData
+from engine.data.windows import HourlyProfile, SeriesData, embeddings_of
 from engine.errors import InputError
 from engine.model import Forecaster
 from engine.model.diffusion import sample
@@ -175,10 +174,10 @@ def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: lis
     # Cells of every hour of the window span: observed ones for the past, the scenario's for the future.
     future_cells = np.stack([plan.cell_rows(series, int(e), start, n_steps) for e in e_rows])  # (E, N)
     past_cells = series.location[e_rows, start - h : start]  # (E, H)
-    cells = np.concatenate([past_cells, future_cells], axis=1)  # (E, H + N)
-    env_all = series.env_of_cells(cells) if series.env.shape[1] else np.zeros((n_e, h + n_steps, 0), np.float32)
-    if history_env is not None and series.env.shape[1]:  # the observed hours were spent in the places as they were
-        env_all[:, :h] = dataclasses.replace(series, env=history_env).env_of_cells(past_cells)
+    # The observed hours were spent in the places as they were (``history_env``), the forecast hours in
+    # the scenario's.
+    past_env = embeddings_of(series.env if history_env is None else history_env, past_cells)
+    env_all = np.concatenate([past_env, series.env_of_cells(future_cells)], axis=1)  # (E, H + N, D); D may be 0
     hours_all = np.arange(start - h, start + n_steps)
     hod, dow = _calendar(series, hours_all)
     # The entities' hourly profiles from every hour before the start (side information).

@@ -358,7 +358,7 @@ class ScenarioEnv:
     env: np.ndarray  # (C, D), the model's conditioning embedding of every cell
     descriptions: dict[str, str]  # edited cell -> the text that was encoded
     notes: list[str]  # edits that cannot change this model's forecast, said plainly
-    history_env: np.ndarray | None = None  # (C, D) the unedited places, read with the scenario's a/b
+    history_env: np.ndarray  # (C, D) the unedited places, read with the scenario's a/b
 
 
 def _model_env(context: WhatIfContext, image_z: np.ndarray, text_z: np.ndarray, has_image: np.ndarray,

@@ -28,6 +28,12 @@ from db.models import Cell, Dataset, Entity, LocationHour, TrafficHour
 from engine.errors import InputError
 
 
+def embeddings_of(cell_env: np.ndarray, cell_rows: np.ndarray) -> np.ndarray:
+    """Rows of ``cell_env`` (C, D) for cell rows of any shape -> (..., D); zeros where the row is -1 (unknown)."""
+    padded = np.concatenate([cell_env, np.zeros((1, cell_env.shape[1]), dtype=np.float32)]).astype(np.float32)
+    return padded[np.where(cell_rows >= 0, cell_rows, len(cell_env))]
+
+
 @dataclass
 class SeriesData:
     """One data set in memory: traffic, locations, environment embeddings and calendar."""
@@ -62,8 +68,7 @@ class SeriesData:
         return self.env_of_cells(self.location[entity, hours])
 
     def env_of_cells(self, cell_rows: np.ndarray) -> np.ndarray:
-        padded = np.concatenate([self.env, np.zeros((1, self.env.shape[1]), dtype=np.float32)])
-        return padded[np.where(cell_rows >= 0, cell_rows, len(self.env))]
+        return embeddings_of(self.env, cell_rows)
 
     def habitual_cell(self, entity: int, hour: int, before: int) -> int:
         """The entity's most frequent cell at this hour of the week (falling back to this hour of the
@@ -276,22 +281,20 @@ class HourlyProfile:
 
     def _build_env(self, series: SeriesData, before: int, cell_env: np.ndarray) -> None:
         n, d = series.location.shape[0], cell_env.shape[1]
-        known_cells = np.abs(cell_env).sum(1) > 0
-        padded = np.concatenate([cell_env, np.zeros((1, d), np.float32)]).astype(np.float32)
+        known_cells = np.abs(cell_env).sum(1) > 0  # a cell without embedding does not count
         location = series.location[:, :before]
-        rows = np.where((location >= 0) & known_cells[np.maximum(location, 0)], location, len(cell_env))
+        known = (location >= 0) & known_cells[np.maximum(location, 0)]  # (E, before)
         env_sums = np.zeros((n, 24, d), np.float32)
         env_counts = np.zeros((n, 24))
         hod = series.hour_of_day[:before]
         for hour in range(24):  # one hour of day at a time: (E, days, D), never (E, T, D)
-            at = rows[:, hod == hour]
-            env_sums[:, hour] = padded[at].sum(1)
-            env_counts[:, hour] = (at < len(cell_env)).sum(1)
+            env_sums[:, hour] = embeddings_of(cell_env, location[:, hod == hour]).sum(1)
+            env_counts[:, hour] = known[:, hod == hour].sum(1)
         cells_mean = cell_env[known_cells].mean(0) if known_cells.any() else np.zeros(d, np.float32)
         total = env_counts.sum(1, keepdims=True)
         self.env_fallback = np.where(total > 0, env_sums.sum(1) / np.maximum(total, 1), cells_mean).astype(np.float32)
         self.env_sums, self.env_counts = env_sums, env_counts
-        self.location, self.history_env = series.location, padded
+        self.location, self.history_env = series.location, cell_env
 
     @property
     def has_env(self) -> bool:
@@ -321,10 +324,9 @@ class HourlyProfile:
         if leave_out:
             inside = hours < self.before
             cell = np.where(inside, self.location[entity, np.minimum(hours, self.before - 1)], -1)
-            row = np.where(cell >= 0, cell, len(self.history_env) - 1)
-            own_known = inside & (np.abs(self.history_env[row]).sum(-1) > 0)
-            sums = sums - self.history_env[row] * own_known[..., None]
-            counts = counts - own_known
+            own = embeddings_of(self.history_env, cell)  # zeros outside the profile's hours or cells
+            sums = sums - own
+            counts = counts - (np.abs(own).sum(-1) > 0)
         mean = sums / np.maximum(counts, 1)[..., None]
         fallback = self.env_fallback[np.broadcast_arrays(entity, hod)[0]]
         return np.where((counts > 0)[..., None], mean, fallback).astype(np.float32)
