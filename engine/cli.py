@@ -291,11 +291,12 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     from db import open_database
     from engine.forecast import run_forecast
 
-    run = run_forecast(open_database(args.db), entity=args.entity, start=args.start, horizon=args.horizon,
-                       samples=args.samples, sampler=args.sampler, location=args.location,
-                       guidance=args.guidance, seed=args.seed, noise=args.noise, model_id=args.model,
-                       dataset_name=args.dataset,
-                       device=args.device)
+    from engine.requests import ForecastRequest
+
+    run = run_forecast(open_database(args.db), ForecastRequest.from_params(
+        {"entity": args.entity, "start": args.start, "horizon": args.horizon, "samples": args.samples,
+         "sampler": args.sampler, "location": args.location, "guidance": args.guidance, "seed": args.seed,
+         "noise": args.noise, "model_id": args.model, "dataset": args.dataset, "device": args.device}))
     lines = [f"Forecast run {run['run_id']} with model {run['model_id']} in {run['seconds']:.2f} s"]
     for entity in run["entities"]:
         lines.append(f"  {entity['entity']}: total MB per hour, median [5%, 95%]")

@@ -25,6 +25,7 @@ from engine.data.windows import HourlyProfile, SeriesData, embeddings_of
 from engine.errors import InputError
 from engine.model import Forecaster
 from engine.model.diffusion import sample
+from engine.requests import ForecastRequest, parse_location_text
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -37,20 +38,20 @@ class LocationPlan:
     cells: list[int] = field(default_factory=list)  # rows in SeriesData.cell_ids, for mode "cells"
 
     @classmethod
+    def of(cls, location: str, cells: tuple[str, ...], series: SeriesData) -> LocationPlan:
+        """A request's ``location`` and ``cells`` (cell keys of the data set) as a plan."""
+        if location != "cells":
+            return cls(location)
+        index = {key: i for i, key in enumerate(series.cell_keys)}
+        unknown = [key for key in cells if key not in index]
+        if unknown:
+            raise InputError(f"unknown cell {unknown[0]!r} in data set {series.dataset_name!r}", field="cells")
+        return cls("cells", [index[key] for key in cells])
+
+    @classmethod
     def parse(cls, text: str, series: SeriesData) -> LocationPlan:
-        """``habitual`` | ``stay`` | ``observed`` | ``cell:KEY[,KEY...]`` (cell keys of the data set)."""
-        if text in ("habitual", "stay", "observed"):
-            return cls(text)
-        if text.startswith("cell:") and len(text) > 5:
-            rows = []
-            index = {key: i for i, key in enumerate(series.cell_keys)}
-            for key in text[5:].split(","):
-                key = key.strip()
-                if key not in index:
-                    raise InputError(f"unknown cell {key!r} in data set {series.dataset_name!r}", field="--location")
-                rows.append(index[key])
-            return cls("cells", rows)
-        raise InputError(f"expected habitual, stay, observed or cell:ID[,ID...], got {text!r}", field="--location")
+        """``habitual`` | ``stay`` | ``observed`` | ``cell:KEY[,KEY...]`` (a what-if scenario's location)."""
+        return cls.of(*parse_location_text(text), series)
 
     def cell_rows(self, series: SeriesData, entity: int, start: int, steps: int) -> np.ndarray:
         if self.mode == "cells":
@@ -102,32 +103,6 @@ class ForecastResult:
             return {k: npz[k] for k in npz.files}
 
 
-NOISE_MODES = ("antithetic", "independent")
-
-
-def parse_noise(text: str) -> bool:
-    """``antithetic`` (default) | ``independent`` -> whether paths are paired."""
-    if text not in NOISE_MODES:
-        raise InputError(f"expected antithetic or independent, got {text!r}", field="--noise")
-    return text == "antithetic"
-
-
-def parse_sampler(text: str) -> tuple[str, int]:
-    """``ddpm`` | ``ddim`` | ``ddim:STEPS``."""
-    if text == "ddpm":
-        return "ddpm", 0
-    if text == "ddim":
-        return "ddim", 10
-    if text.startswith("ddim:"):
-        try:
-            steps = int(text[5:])
-        except ValueError:
-            steps = 0
-        if steps >= 1:
-            return "ddim", steps
-    raise InputError(f"expected ddpm, ddim or ddim:STEPS (STEPS >= 1), got {text!r}", field="--sampler")
-
-
 def _calendar(series: SeriesData, hours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Hour of day and day of week for any hour index, also beyond the data."""
     origin = series.time_origin
@@ -154,13 +129,13 @@ def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: lis
     config = forecaster.config
     h, f = config.history, config.horizon
     if start < h:
-        raise InputError(f"the model needs {h} hours of history: start must be >= {h}, got {start}", field="--start")
+        raise InputError(f"the model needs {h} hours of history: start must be >= {h}, got {start}", field="start")
     if start > series.hours:
-        raise InputError(f"start must be within the data (<= {series.hours}), got {start}", field="--start")
+        raise InputError(f"start must be within the data (<= {series.hours}), got {start}", field="start")
     if horizon < 1 or samples < 1:
-        raise InputError("horizon and samples must be >= 1", field="--horizon")
+        raise InputError("horizon and samples must be >= 1", field="horizon")
     if guidance < 0:
-        raise InputError(f"guidance must be >= 0, got {guidance}", field="--guidance")
+        raise InputError(f"guidance must be >= 0, got {guidance}", field="guidance")
     plan = plan or LocationPlan()
     started = time.perf_counter()
     model = forecaster.model
@@ -240,18 +215,21 @@ def hour_label(series: SeriesData, hour: int) -> str:
     return moment.strftime("%a %H:%M")
 
 
-def parse_entities(text: str, series: SeriesData) -> list[int]:
-    """``user:ID[,user:ID...]`` (or ``cell:ID``) -> entity rows of the data set."""
-    rows = []
+def entity_rows(series: SeriesData, kind: str, keys: tuple[str, ...]) -> list[int]:
+    """Entity keys of the data set -> their rows (an unknown key is an error naming it)."""
     index = {key: i for i, key in enumerate(series.entity_keys)}
-    for item in text.split(","):
-        kind, _, key = item.strip().partition(":")
-        if kind not in ("user", "cell") or not key:
-            raise InputError(f"expected user:ID or cell:ID, got {item!r}", field="--entity")
-        if key not in index:
-            raise InputError(f"no {kind} {key!r} in data set {series.dataset_name!r}", field="--entity")
-        rows.append(index[key])
-    return rows
+    unknown = [key for key in keys if key not in index]
+    if unknown:
+        raise InputError(f"no {kind} {unknown[0]!r} in data set {series.dataset_name!r}", field="entities")
+    return [index[key] for key in keys]
+
+
+def check_sampler(forecaster: Forecaster, sampler: str, steps: int) -> None:
+    """DDIM takes at most the model's diffusion steps (the request bounds what it can without the model)."""
+    most = forecaster.config.diffusion_steps
+    if sampler == "ddim" and steps > most:
+        raise InputError(f"DDIM takes 1 to {most} steps (the model's diffusion steps), got {steps}",
+                         field="sampler_steps")
 
 
 def step_summaries(result: ForecastResult, series: SeriesData, e: int) -> list[dict]:
@@ -310,31 +288,27 @@ def load_context(database, *, model_id: int | None = None, dataset_name: str | N
     return ForecastContext(record.id, record.sha256, dataset_id, forecaster, series)
 
 
-def run_forecast(database, *, entity: str, start: int, horizon: int = 1, samples: int = 32,  # noqa: ANN001
-                 sampler: str = "ddim:10", location: str = "habitual", guidance: float = 1.0, seed: int = 0,
-                 noise: str = "antithetic",
-                 model_id: int | None = None, dataset_name: str | None = None, device: str | None = None,
-                 store: bool = True, progress=None, context: ForecastContext | None = None) -> dict:  # noqa: ANN001
-    """`lsdm forecast`: load the model and data (or use ``context``), forecast, store the run (one
-    transaction)."""
+def run_forecast(database, request: ForecastRequest, *, store: bool = True, progress=None,  # noqa: ANN001
+                 context: ForecastContext | None = None) -> dict:
+    """`lsdm forecast` and the ``forecast`` job: load the model and data (or use ``context``), forecast,
+    store the run (one transaction) with its request."""
     from db.models import ForecastRun
 
-    sampler_name, sampler_steps = parse_sampler(sampler)
-    antithetic = parse_noise(noise)
+    request = request.checked()
     if context is None:
-        context = load_context(database, model_id=model_id, dataset_name=dataset_name, device=device)
+        context = load_context(database, model_id=request.model_id, dataset_name=request.dataset,
+                               device=request.device)
     forecaster, series, dataset_id = context.forecaster, context.series, context.dataset_id
-
-    rows = parse_entities(entity, series)
-    plan = LocationPlan.parse(location, series)
-    result = recursive_forecast(forecaster, series, rows, start=start, horizon=horizon, samples=samples,
-                                sampler=sampler_name, steps=sampler_steps, plan=plan, guidance=guidance, seed=seed,
-                                progress=progress, antithetic=antithetic)
-    params = {"entity": entity, "start": start, "horizon": horizon, "samples": samples, "sampler": sampler,
-              "location": location, "guidance": guidance, "seed": seed, "noise": noise,
-              "model_id": context.record_id,
-              "model_sha256": context.record_sha256, "dataset": series.dataset_name}
-    entities = [{"entity": f"{'cell' if entity.startswith('cell:') else 'user'}:{series.entity_keys[e]}",
+    check_sampler(forecaster, request.sampler, request.sampler_steps)
+    rows = entity_rows(series, request.entity_kind, request.entities)
+    plan = LocationPlan.of(request.location, request.cells, series)
+    result = recursive_forecast(forecaster, series, rows, start=request.start, horizon=request.horizon,
+                                samples=request.samples, sampler=request.sampler, steps=request.sampler_steps,
+                                plan=plan, guidance=request.guidance, seed=request.seed, progress=progress,
+                                antithetic=request.antithetic)
+    params = {**request.to_params(), "model_id": context.record_id, "dataset": series.dataset_name,
+              "model_sha256": context.record_sha256}
+    entities = [{"entity": f"{request.entity_kind}:{series.entity_keys[e]}",
                  "steps": step_summaries(result, series, i)} for i, e in enumerate(result.entities)]
     payload = {"run_id": None, "model_id": context.record_id, "seconds": round(result.seconds, 4), "params": params,
                "services": series.services, "entities": entities}

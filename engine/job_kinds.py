@@ -431,17 +431,14 @@ def _evaluate(ctx: JobContext) -> Outcome:
 
 
 def _check_sampler(params: dict) -> None:
-    from engine.forecast import parse_sampler
+    from engine.requests import parse_sampler_text
 
     _text(params, "sampler", "ddim:10", max_length=40)
-    try:
-        parse_sampler(params["sampler"])
-    except (InputError, ValueError) as error:
-        raise InputError(str(error), field="sampler") from None
+    parse_sampler_text(params["sampler"])
 
 
 def _check_forecast(params: dict) -> dict:
-    from engine.forecast import NOISE_MODES
+    from engine.requests import NOISE_MODES
 
     _only(params, {"entity", "start", "horizon", "samples", "sampler", "location", "guidance", "seed", "noise",
                    "model_id"})
@@ -493,7 +490,10 @@ def _forecast(ctx: JobContext) -> Outcome:
     ctx.progress(0.0, "loading the model and the data set ...")
     context = forecast_context(ctx, p.pop("model_id"))
     ctx.progress(0.0, f"forecasting {p['horizon']} hours ...")
-    run = run_forecast(ctx.database, **p, context=context, progress=_hours(ctx, "forecast hour"))
+    from engine.requests import ForecastRequest
+
+    run = run_forecast(ctx.database, ForecastRequest.from_params(p), context=context,
+                       progress=_hours(ctx, "forecast hour"))
     return Outcome(f"forecast_run:{run['run_id']}", {"run_id": run["run_id"], "model_id": run["model_id"],
                                                      "seconds": run["seconds"]},
                    f"forecast run {run['run_id']} in {run['seconds']:.1f} s")
@@ -534,9 +534,9 @@ def _whatif(ctx: JobContext) -> Outcome:
                                            f"of {half}")
 
     ctx.progress(0.0, "encoding the changed environment ...")
-    payload = run_whatif(ctx.database, entity=p["entity"], start=p["start"], horizon=p["horizon"],
-                         samples=p["samples"], sampler=p["sampler"], seed=p["seed"],
-                         scenario=Scenario.from_dict(p["scenario"]), name=p["name"], context=context, progress=report)
+    from engine.requests import WhatIfRequest
+
+    payload = run_whatif(ctx.database, WhatIfRequest.from_params(p), context=context, progress=report)
     return Outcome(f"scenario:{payload['scenario_id']}",
                    {key: payload[key] for key in ("scenario_id", "name", "baseline_run_id", "scenario_run_id",
                                                   "seconds")},

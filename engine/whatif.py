@@ -47,10 +47,11 @@ from engine.forecast import (
     step_summaries,  # the one per-step summary of a forecast run, shared with `lsdm forecast`
     hour_label,
     load_context,
-    parse_entities,
-    parse_sampler,
+    check_sampler,
+    entity_rows,
     recursive_forecast,
 )
+from engine.requests import ForecastRequest, WhatIfRequest, parse_location_text
 
 MAX_TILE_BYTES = 2_000_000  # an uploaded tile is a small aerial image; this keeps scenario JSON small
 MAX_DESCRIPTION_CHARS = 600  # CLIP reads 77 tokens; longer text would be cut silently
@@ -476,31 +477,30 @@ def _halves(progress: Progress | None, offset: int) -> Progress | None:
 # --- running, storing and reloading ---------------------------------------------------------------
 
 
-def run_whatif(database, *, entity: str, start: int, horizon: int = 12, samples: int = 32,  # noqa: ANN001
-               sampler: str = "ddim:10", seed: int = 0, scenario: Scenario | None = None, name: str | None = None,
-               context: WhatIfContext | None = None, store: bool = True, progress: Progress | None = None) -> dict:
+def run_whatif(database, request: WhatIfRequest, *, context: WhatIfContext | None = None,  # noqa: ANN001
+               store: bool = True, progress: Progress | None = None) -> dict:
     """Forecast the baseline and the scenario with the same seed; store both runs and the scenario
     (one transaction) unless ``store`` is False. Nothing is written when any input is invalid."""
     from db.models import ForecastRun
     from db.models import Scenario as ScenarioRow
 
-    sampler_name, sampler_steps = parse_sampler(sampler)
+    request = request.checked()
+    start, horizon = request.start, request.horizon
     context = context or load_whatif_context(database)
     forecaster, series = context.forecast.forecaster, context.series
-    rows = parse_entities(entity, series)
-    if len(rows) != 1:
-        raise InputError(f"a what-if compares forecasts of one entity, got {len(rows)}", field="entity")
-    scenario = validate_scenario(scenario or Scenario(), context)
+    check_sampler(forecaster, request.sampler, request.sampler_steps)
+    rows = entity_rows(series, request.entity_kind, (request.entity,))
+    scenario = validate_scenario(Scenario.from_dict(request.scenario), context)
     plan = LocationPlan.parse(scenario.location, series)
     changed = scenario_env(context, scenario)
     summary = scenario.describe((context.a, context.b))
-    name = (name or "").strip() or f"{series.entity_keys[rows[0]]} {hour_label(series, start)}: {summary}"
+    name = (request.name or "").strip() or f"{series.entity_keys[rows[0]]} {hour_label(series, start)}: {summary}"
     if len(name) > 200:
         raise InputError(f"the name has {len(name)} characters; at most 200", field="name")
 
     values = forecaster.normaliser.forward(series.traffic)  # shared by both runs
-    common = dict(start=start, horizon=horizon, samples=samples, sampler=sampler_name, steps=sampler_steps, seed=seed,
-                  values=values)
+    common = dict(start=start, horizon=horizon, samples=request.samples, sampler=request.sampler,
+                  steps=request.sampler_steps, seed=request.seed, values=values)
     baseline = recursive_forecast(forecaster, series, rows, plan=LocationPlan(), guidance=BASELINE_GUIDANCE,
                                   progress=_halves(progress, 0), **common)
     # The edited places change the future hours' environment; the entity's past (its profiles) stays as
@@ -509,14 +509,13 @@ def run_whatif(database, *, entity: str, start: int, horizon: int = 12, samples:
                                  guidance=scenario.guidance, progress=_halves(progress, horizon),
                                  history_env=changed.history_env, **common)
 
-    request = {"entity": entity, "start": start, "horizon": horizon, "samples": samples, "sampler": sampler,
-               "seed": seed, "model_id": context.forecast.record_id, "model_sha256": context.forecast.record_sha256,
-               "dataset": series.dataset_name}
+    model = {"model_id": context.forecast.record_id, "model_sha256": context.forecast.record_sha256,
+             "dataset": series.dataset_name}
     baseline_scenario = Scenario(a=context.a, b=context.b)
     payload = {
         "scenario_id": None, "name": name, "baseline_run_id": None, "scenario_run_id": None,
-        "params": {**request, "scenario": scenario.to_dict(), "descriptions": changed.descriptions,
-                   "notes": changed.notes},
+        "params": {**request.to_params(), "name": name, **model, "scenario": scenario.to_dict(),
+                   "descriptions": changed.descriptions, "notes": changed.notes},
         "services": list(series.services),
         "steps": _steps(series, start, horizon, baseline.cells[0], outcome.cells[0]),
         **compare_paths(baseline.paths[0], outcome.paths[0]),
@@ -524,12 +523,18 @@ def run_whatif(database, *, entity: str, start: int, horizon: int = 12, samples:
     }
     if not store:
         return payload
-    entity_label = f"{'cell' if entity.startswith('cell:') else 'user'}:{series.entity_keys[rows[0]]}"
+    entity_label = f"{request.entity_kind}:{series.entity_keys[rows[0]]}"
     with database.write_session() as session, session.begin():
         runs = []
         for role, result, scen in (("baseline", baseline, baseline_scenario), ("scenario", outcome, scenario)):
-            params = {**request, "location": scen.location, "guidance": scen.guidance, "role": role,
-                      "scenario": scen.to_dict()}
+            # Each of the two runs is a forecast of its own: its request, with what made it a what-if half.
+            location, cells = parse_location_text(scen.location)
+            run_request = ForecastRequest(
+                entities=(request.entity,), start=start, entity_kind=request.entity_kind, horizon=horizon,
+                samples=request.samples, sampler=request.sampler, sampler_steps=request.sampler_steps,
+                location=location, cells=cells, guidance=scen.guidance, seed=request.seed,
+                noise="antithetic", model_id=model["model_id"], dataset=model["dataset"])
+            params = {**run_request.to_params(), **model, "role": role, "scenario": scen.to_dict()}
             run = ForecastRun(model_id=context.forecast.record_id, dataset_id=context.forecast.dataset_id,
                               params=params, result=result.to_npz_bytes(), seconds=result.seconds,
                               summary={"entities": [{"entity": entity_label,

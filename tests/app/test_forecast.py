@@ -23,6 +23,7 @@ from db import open_database
 from db.models import Entity, ForecastRun, Job, ModelRecord
 from db.queries import entity_matrix, get_dataset
 from engine.forecast import ForecastContext, load_context, run_forecast
+from engine.requests import ForecastRequest
 from engine.jobs import JobWorker, enqueue, get_job
 from engine.metrics import score
 from tests.app.conftest import page, query
@@ -104,7 +105,7 @@ def context(city_db: Path) -> ForecastContext:
 
 def stored_run(db_path: Path, context: ForecastContext, **params) -> dict:  # noqa: ANN003
     database = open_database(str(db_path))
-    result = run_forecast(database, context=context, **params)
+    result = run_forecast(database, ForecastRequest.from_params(params), context=context)
     database.dispose()
     return result
 

@@ -22,6 +22,7 @@ from engine.data.city import CityConfig, generate_city
 from engine.errors import InputError
 from engine.forecast import ForecastResult
 from engine.jobs import JobWorker, enqueue, list_jobs
+from engine.requests import WhatIfRequest
 from engine.whatif import CellEdit, Scenario, run_whatif
 from tests.app.conftest import page, query
 
@@ -146,9 +147,9 @@ def test_moving_the_user_stores_one_scenario_with_two_runs_and_charts_their_diff
 def test_a_scenario_link_fills_the_editor_shows_the_stored_result_and_renames_it_without_new_runs(app_db):
     database = open_database(str(app_db))
     edit = CellEdit(poi_counts=[0] * 11 + [40] + [0] * 5)  # a cell full of factories
-    stored = run_whatif(database, entity=f"user:{USER}", start=START, horizon=3, samples=4, seed=5,
-                        scenario=Scenario(location="cell:C0100", cell_edits={"C0100": edit}, guidance=2.0),
-                        name="factory next door")
+    scenario = Scenario(location="cell:C0100", cell_edits={"C0100": edit}, guidance=2.0)
+    stored = run_whatif(database, WhatIfRequest(entity=USER, start=START, horizon=3, samples=4, seed=5,
+                                                scenario=scenario.to_dict(), name="factory next door"))
     before = _counts(app_db)
     at = _page(scenario=stored["scenario_id"])
     assert not at.exception and not at.error

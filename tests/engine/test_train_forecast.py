@@ -20,6 +20,7 @@ from engine.env.clip import ClipSettings
 from engine.env.pipeline import build_environment
 from engine.errors import InputError
 from engine.forecast import LocationPlan, recursive_forecast, run_forecast
+from engine.requests import ForecastRequest
 from engine.model import Forecaster
 from engine.model.config import resolve_config
 from engine.train import load_model, train
@@ -289,7 +290,7 @@ def test_training_an_environment_model_without_embeddings_is_refused(db_path):
 
 def test_run_forecast_returns_without_storing_when_asked(trained):
     database, _ = trained
-    payload = run_forecast(database, entity="user:U0000", start=300, horizon=2, samples=2, store=False)
+    payload = run_forecast(database, ForecastRequest(entities=("U0000",), start=300, horizon=2, samples=2), store=False)
     assert payload["run_id"] is None and len(payload["entities"][0]["steps"]) == 2
 
 

@@ -21,6 +21,7 @@ from engine.env.pipeline import build_environment
 from engine.errors import InputError
 from engine.forecast import ForecastResult
 from engine.model.config import resolve_config
+from engine.requests import WhatIfRequest
 from engine.train import train
 from engine.whatif import (
     CellEdit,
@@ -81,8 +82,9 @@ def _other_land_use_cell(database, context) -> str:  # noqa: ANN001
 
 
 def _run(database, context, scenario, **options):  # noqa: ANN001, ANN202
-    return run_whatif(database, entity=USER, start=START, horizon=4, samples=6, seed=3, scenario=scenario,
-                      context=context, **options)
+    request = WhatIfRequest.from_params({"entity": USER, "start": START, "horizon": 4, "samples": 6, "seed": 3,
+                                         "scenario": scenario.to_dict()})
+    return run_whatif(database, request, context=context, **options)
 
 
 def test_an_empty_scenario_reproduces_the_baseline_path_for_path(city):
@@ -121,8 +123,9 @@ def test_the_same_seed_reproduces_a_scenario_and_another_seed_does_not(city):
     first = _run(database, context, scenario, store=False)
     again = _run(database, context, scenario, store=False)
     assert first["scenario"] == again["scenario"] and first["baseline"] == again["baseline"]
-    other = run_whatif(database, entity=USER, start=START, horizon=4, samples=6, seed=4, scenario=scenario,
-                       context=context, store=False)
+    request = WhatIfRequest.from_params({"entity": USER, "start": START, "horizon": 4, "samples": 6, "seed": 4,
+                                         "scenario": scenario.to_dict()})
+    other = run_whatif(database, request, context=context, store=False)
     assert other["scenario"]["median"] != first["scenario"]["median"]
 
 
@@ -261,9 +264,10 @@ def test_a_forecast_error_after_validation_writes_nothing(city):
     database, context = city
     before = _counts(database)
     with pytest.raises(InputError, match="start"):
-        run_whatif(database, entity=USER, start=3, horizon=2, samples=2, scenario=Scenario(), context=context)
+        run_whatif(database, WhatIfRequest.from_params({"entity": USER, "start": 3, "horizon": 2, "samples": 2}),
+                   context=context)
     with pytest.raises(InputError, match="no user"):
-        run_whatif(database, entity="user:nobody", start=START, scenario=Scenario(), context=context)
+        run_whatif(database, WhatIfRequest(entity="nobody", start=START), context=context)
     assert _counts(database) == before
 
 

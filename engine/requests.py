@@ -1,0 +1,537 @@
+"""One request type per operation: the fields, the one set of defaults and bounds, and the checks.
+
+The command line (cli/), the job kinds (engine/jobs/kinds.py) and the dashboard's forms (app/) all
+build the same frozen dataclass and hand it to the engine, so an option is added in one place
+(docs/architecture.md#requests). Field names are the domain's (``horizon``, ``model_id``, ``entities``):
+only the command line maps them to its flags, at its own edge.
+
+- ``validate()`` returns every problem as ``{field: message}`` (empty when the request can run); the
+  checks that need the data or the model (a start hour within the data, DDIM steps within the model's
+  diffusion steps) are the engine's, which raises :class:`InputError` naming the same fields.
+- ``checked()`` returns the request or raises one :class:`InputError` naming the first bad field and
+  listing every problem.
+- ``to_params()`` / ``from_params()`` are the job table's JSON. ``from_params`` also reads the text
+  forms that job rows and stored runs were written in before requests existed (``entity`` =
+  ``user:A,user:B``, ``sampler`` = ``ddim:10``, ``location`` = ``cell:KEY``), so old rows still run and
+  old runs can be run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from engine.errors import InputError
+
+SEED_MAX = 2**32 - 1  # numpy's and torch's generators both take it; a larger one fails deep inside
+MAX_HORIZON = 168  # a week: the length of the paper's traffic matrix
+MAX_SAMPLES = 1024
+MAX_GUIDANCE = 10.0
+MAX_ENTITIES = 10_000
+SAMPLERS = ("ddim", "ddpm")
+NOISE_MODES = ("antithetic", "independent")
+LOCATIONS = ("habitual", "stay", "observed", "cells")  # where entities are during a forecast
+EVALUATION_LOCATIONS = ("observed", "habitual")
+ENTITY_KINDS = ("user", "cell")
+SPLITS = ("time", "users")
+DESCRIBERS = ("template", "openai")
+ENV_MODES = ("both", "image", "text", "none")
+
+
+def spec(kind: Any, default: Any = MISSING, *, low: float | None = None, high: float | None = None,
+         choices: tuple[str, ...] | None = None, max_length: int | None = None, internal: bool = False,
+         help: str = "") -> Any:
+    """A request field with its kind (int, float, str, bool, "keys", "file", dict), bounds and help.
+
+    ``internal``: carried by jobs and forms but no command-line flag (e.g. the folder of uploaded files)."""
+    metadata = {"kind": kind, "low": low, "high": high, "choices": choices, "max_length": max_length,
+                "internal": internal, "help": help}
+    if isinstance(default, (tuple, dict)) and not default:
+        return field(default_factory=type(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _kind_problem(kind: Any, value: Any) -> str | None:
+    """What is wrong with the type of ``value`` (None when it is of the field's kind)."""
+    if kind is bool:
+        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"expected a whole number, got {value!r}"
+        return None
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"expected a number, got {value!r}"
+        return None if math.isfinite(value) else f"expected a finite number, got {value!r}"
+    if kind in (str, "file"):
+        return None if isinstance(value, str) else f"expected text, got {value!r}"
+    if kind == "keys":
+        if not isinstance(value, tuple) or not all(isinstance(v, str) and v.strip() for v in value):
+            return f"expected a list of names, got {value!r}"
+        return None
+    if kind is dict:
+        return None if isinstance(value, dict) else f"expected an object, got {value!r}"
+    raise TypeError(f"unknown field kind {kind!r}")
+
+
+def _range_text(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"from {low:g} to {high:g}"
+    return f">= {low:g}" if low is not None else f"<= {high:g}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """What every request type shares: generic field checks from each field's ``spec``, the job
+    table's JSON, and the error raised for the first bad field."""
+
+    KIND: ClassVar[str] = ""  # the job kind that runs it
+    TITLE: ClassVar[str] = ""
+
+    # -- the fields' specs, for forms, the command line and tests --
+
+    @classmethod
+    def field_specs(cls) -> dict[str, dict]:
+        """name -> {kind, default, low, high, choices, max_length, internal, help, required}."""
+        out = {}
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else (
+                f.default_factory() if f.default_factory is not MISSING else MISSING)
+            out[f.name] = {**f.metadata, "default": None if default is MISSING else default,
+                           "required": default is MISSING}
+        return out
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        return cls.field_specs()[name]["default"]
+
+    @classmethod
+    def bounds(cls, name: str) -> tuple[Any, Any]:
+        found = cls.field_specs()[name]
+        return found["low"], found["high"]
+
+    @classmethod
+    def choices(cls, name: str) -> tuple[str, ...]:
+        return cls.field_specs()[name]["choices"] or ()
+
+    # -- checks --
+
+    def validate(self) -> dict[str, str]:
+        """Every problem as {field: message}; empty when the request can run."""
+        errors: dict[str, str] = {}
+        for name, found in self.field_specs().items():
+            value = getattr(self, name)
+            if value is None or (found["required"] and found["kind"] in (str, "file", "keys") and not value):
+                if found["required"]:
+                    errors[name] = "is required"
+                continue
+            problem = _kind_problem(found["kind"], value)
+            if problem is None:
+                problem = self._bounds_problem(found, value)
+            if problem:
+                errors[name] = problem
+        for name, problem in self.relations().items():
+            errors.setdefault(name, problem)
+        return errors
+
+    @staticmethod
+    def _bounds_problem(found: dict, value: Any) -> str | None:
+        low, high, choices = found["low"], found["high"], found["choices"]
+        if found["kind"] in (int, float) and ((low is not None and value < low) or (high is not None and value > high)):
+            return f"expected a value {_range_text(low, high)}, got {value:g}"
+        if choices and value not in choices:
+            return f"expected one of {', '.join(choices)}, got {value!r}"
+        limit = found["max_length"]
+        if limit is not None and len(value) > limit:
+            return f"has {len(value)} {'characters' if isinstance(value, str) else 'items'}; at most {limit}"
+        if found["kind"] == "file" and not Path(value).is_file():
+            return f"no such file: {value}"
+        return None
+
+    def relations(self) -> dict[str, str]:
+        """Checks across fields (a request type's own); run after the per-field ones."""
+        return {}
+
+    def checked(self) -> Self:
+        """The request itself, or InputError naming the first bad field and listing every problem."""
+        errors = self.validate()
+        if errors:
+            first = next(iter(errors))
+            others = [f"{name}: {message}" for name, message in list(errors.items())[1:]]
+            raise InputError(errors[first] + (f" (also {'; '.join(others)})" if others else ""), field=first)
+        return self
+
+    # -- the job table --
+
+    def to_params(self) -> dict:
+        """Plain JSON values (tuples as lists)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+    @classmethod
+    def upgrade(cls, params: dict) -> dict:
+        """Parameters written before this request type existed, in its fields (a type's own)."""
+        return params
+
+    RECORD_KEYS: ClassVar[tuple[str, ...]] = ()  # what a stored run records beside its request
+
+    @classmethod
+    def from_params(cls, params: dict | None) -> Self:
+        """The request of a job row or a stored run (unchecked: call ``checked()``); unknown names are
+        an error naming them."""
+        if params is not None and not isinstance(params, dict):
+            raise InputError(f"expected an object of parameters, got {params!r}", field="params")
+        params = cls.upgrade({k: v for k, v in (params or {}).items() if k not in cls.RECORD_KEYS})
+        specs = cls.field_specs()
+        unknown = sorted(set(params) - set(specs))
+        if unknown:
+            raise InputError(f"unknown parameter; expected some of {', '.join(specs) or 'none'}", field=unknown[0])
+        values = {}
+        for name, found in specs.items():
+            if name not in params:
+                if found["required"]:
+                    values[name] = None  # validate() says it is required
+                continue
+            value = params[name]
+            if found["kind"] in (str, "file") and value == "":
+                continue  # an empty text box: the default (or "is required")
+            if found["kind"] == "keys" and isinstance(value, list):
+                value = tuple(value)
+            if found["kind"] is int and isinstance(value, float) and value.is_integer():
+                value = int(value)  # 12.0 from a JSON writer that knows no integers
+            values[name] = value
+        return cls(**values)
+
+    @classmethod
+    def parse(cls, params: dict | None) -> Self:
+        """``from_params`` then ``checked``: what a job kind does when a job is queued and run."""
+        return cls.from_params(params).checked()
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+
+# --- text forms shared by the command line and old job rows ------------------------------------------
+
+
+def parse_entities_text(text: str) -> tuple[str, tuple[str, ...]]:
+    """``user:A,user:B`` (or ``cell:X``) -> ("user", ("A", "B")); all items must be of one kind."""
+    kinds, keys = set(), []
+    for item in str(text).split(","):
+        kind, _, key = item.strip().partition(":")
+        if kind not in ENTITY_KINDS or not key.strip():
+            raise InputError(f"expected user:ID or cell:ID, got {item.strip()!r}", field="entities")
+        kinds.add(kind)
+        keys.append(key.strip())
+    if len(kinds) > 1:
+        raise InputError("expected entities of one kind (all user:... or all cell:...)", field="entities")
+    return kinds.pop(), tuple(keys)
+
+
+def parse_sampler_text(text: str) -> tuple[str, int]:
+    """``ddpm`` | ``ddim`` | ``ddim:STEPS`` -> (sampler, DDIM steps); the steps are 10 for a bare ddim
+    and unused by ddpm (which takes every diffusion step)."""
+    text = str(text)
+    if text in SAMPLERS:
+        return text, ForecastRequest.default("sampler_steps")
+    if text.startswith("ddim:"):
+        try:
+            return "ddim", int(text[5:])
+        except ValueError:
+            pass
+    raise InputError(f"expected ddpm, ddim or ddim:STEPS, got {text!r}", field="sampler")
+
+
+def parse_location_text(text: str) -> tuple[str, tuple[str, ...]]:
+    """``habitual`` | ``stay`` | ``observed`` | ``cell:KEY[,KEY...]`` -> (location, cells)."""
+    text = str(text)
+    if text.startswith("cell:"):
+        cells = tuple(key.strip() for key in text[5:].split(",") if key.strip())
+        if not cells:
+            raise InputError("expected cell:ID[,ID...] with at least one cell", field="cells")
+        return "cells", cells
+    if text in LOCATIONS and text != "cells":
+        return text, ()
+    raise InputError(f"expected habitual, stay, observed or cell:ID[,ID...], got {text!r}", field="location")
+
+
+def sampler_text(sampler: str, steps: int) -> str:
+    """The short label of a sampler: ``ddpm`` or ``ddim:STEPS``."""
+    return "ddpm" if sampler == "ddpm" else f"ddim:{steps}"
+
+
+def _upgrade_forecast_texts(params: dict) -> dict:
+    """Job rows and stored runs written with the text forms (``entity``, ``sampler`` = ``ddim:10``,
+    ``location`` = ``cell:KEY``) in today's fields."""
+    if isinstance(params.get("entity"), str) and "entities" not in params:
+        kind, keys = parse_entities_text(params.pop("entity"))
+        params["entity_kind"], params["entities"] = kind, list(keys)
+    if isinstance(params.get("sampler"), str) and "sampler_steps" not in params:
+        params["sampler"], params["sampler_steps"] = parse_sampler_text(params["sampler"])
+    if isinstance(params.get("location"), str) and params["location"].startswith("cell:") and "cells" not in params:
+        params["location"], cells = parse_location_text(params["location"])
+        params["cells"] = list(cells)
+    return params
+
+
+# --- data -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CityRequest(Request):
+    """Generate a synthetic city (engine/data/city.py) and store it as a data set."""
+
+    KIND: ClassVar[str] = "city.build"
+    TITLE: ClassVar[str] = "Build a synthetic city"
+
+    users: int = spec(int, 500, low=1, high=100_000, help="number of users")
+    cells: int = spec(int, 400, low=8, high=20_000, help="number of cells")
+    seed: int = spec(int, 0, low=0, high=SEED_MAX, help="random seed: another seed gives another city")
+    days: int = spec(int, 14, low=8, high=60,
+                     help="days of hourly data (two weeks, so that a weekend is in the training days)")
+    env_effect: float = spec(float, 1.0, low=0.0, high=5.0,
+                             help="strength of the environment's influence on service use; 0 removes it entirely")
+    center_lat: float = spec(float, 31.2304, low=-90.0, high=90.0, help="latitude of the city centre")
+    center_lon: float = spec(float, 121.4737, low=-180.0, high=180.0, help="longitude of the city centre")
+    radius_km: float = spec(float, 5.0, low=0.1, high=100.0, help="city radius in km")
+    name: str | None = spec(str, None, max_length=200, help="data set name (default synthetic-seed<SEED>)")
+    replace: bool = spec(bool, False, help="replace a data set of the same name")
+
+
+@dataclass(frozen=True)
+class IngestTableRequest(Request):
+    """Ingest the documented long format (docs/data-formats.md)."""
+
+    KIND: ClassVar[str] = "ingest.table"
+    TITLE: ClassVar[str] = "Ingest a traffic table"
+
+    records: str = spec("file", help="records file (.csv or .parquet)")
+    cells: str = spec("file", help="cells file (.csv or .parquet)")
+    mapping: str | None = spec("file", None, help="JSON column mapping")
+    entity_kind: str | None = spec(str, None, choices=ENTITY_KINDS,
+                                   help="what the records' entity_id is (default: the mapping's, else user)")
+    timezone: str | None = spec(str, None, max_length=64,
+                                help="IANA time zone of naive timestamps (default: the mapping's, else UTC)")
+    name: str | None = spec(str, None, max_length=200, help="data set name (default: the records file's stem)")
+    replace: bool = spec(bool, False, help="replace a data set of the same name")
+    uploads_dir: str | None = spec(str, None, max_length=1000, internal=True,
+                                   help="the folder of uploaded files, removed when the job ends")
+    names: dict = spec(dict, {}, internal=True, help="{uploaded path: the file's own name}, for messages")
+
+    def relations(self) -> dict[str, str]:
+        return _names_problem(self.names)
+
+
+@dataclass(frozen=True)
+class IngestTsinghuaRequest(Request):
+    """Ingest the Tsinghua App Usage data set's own files."""
+
+    KIND: ClassVar[str] = "ingest.tsinghua"
+    TITLE: ClassVar[str] = "Ingest the Tsinghua App Usage data"
+
+    trace: str = spec("file", help="App_usage_trace.txt")
+    app2category: str = spec("file", help="App2Category.txt")
+    categories: str = spec("file", help="Categorys.txt")
+    poi: str = spec("file", help="base_poi.txt")
+    coords: str | None = spec("file", None,
+                              help="optional CSV cell_id,lat,lon of base stations (the public release has none)")
+    all_services: bool = spec(bool, False, help="keep all 20 app categories instead of the paper's 10")
+    name: str = spec(str, "tsinghua", max_length=200, help="data set name")
+    replace: bool = spec(bool, False, help="replace a data set of the same name")
+    uploads_dir: str | None = spec(str, None, max_length=1000, internal=True,
+                                   help="the folder of uploaded files, removed when the job ends")
+    names: dict = spec(dict, {}, internal=True, help="{uploaded path: the file's own name}, for messages")
+
+    def relations(self) -> dict[str, str]:
+        return _names_problem(self.names)
+
+
+def _names_problem(names: Any) -> dict[str, str]:
+    if isinstance(names, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()):
+        return {}
+    return {"names": "expected an object {path: file name}"}
+
+
+@dataclass(frozen=True)
+class EnvRequest(Request):
+    """Tiles, descriptions and CLIP embeddings of a data set's cells (engine/env/pipeline.py)."""
+
+    KIND: ClassVar[str] = "env.build"
+    TITLE: ClassVar[str] = "Build the environment (tiles, descriptions, CLIP)"
+
+    dataset: str | None = spec(str, None, max_length=200, help="data set name (default: the active one)")
+    tiles: str | None = spec(str, None, max_length=1000,
+                             help="synthetic | dir:PATH | mbtiles:PATH | xyz:URL_TEMPLATE (default: synthetic for "
+                                  "synthetic cities, else keep the stored tiles)")
+    describer: str = spec(str, "template", choices=DESCRIBERS,
+                          help="template (offline, default) or an OpenAI-compatible chat endpoint")
+    llm_url: str = spec(str, "http://127.0.0.1:11434/v1", max_length=1000,
+                        help="base URL of the OpenAI-compatible endpoint (default: a local Ollama)")
+    llm_model: str = spec(str, "llama3.1", max_length=200, help="model name at that endpoint")
+    regenerate: bool = spec(bool, False, help="re-render tiles and rewrite descriptions")
+    clip_init: str | None = spec(str, None, max_length=1000,
+                                 help="start from a local pretrained open_clip checkpoint (nothing is downloaded)")
+    clip_arch: str = spec(str, "lsdm-clip-s", max_length=200,
+                          help="architecture: lsdm-clip-s (ours, default) or an open_clip name for --clip-init")
+    train_encoder: bool = spec(bool, False,
+                               help="train a new encoder even on the default city (which otherwise uses the shipped one)")
+    frozen: bool = spec(bool, False, help="use the --clip-init checkpoint as is")
+    encoder: str | None = spec(str, None, max_length=200,
+                               help="embed with this registered encoder as is (e.g. another city's, to evaluate its "
+                                    "model here); default: the shipped one on the default city, else train one")
+    clip_epochs: int = spec(int, 40, low=0, high=1000, help="CLIP training epochs")
+    seed: int = spec(int, 0, low=0, high=SEED_MAX, help="training seed")
+    a: float = spec(float, 0.5, low=0.0, high=10.0, help="Eq. 9 weight of the image embedding")
+    b: float = spec(float, 0.5, low=0.0, high=10.0, help="Eq. 9 weight of the text embedding")
+    env_mode: str = spec(str, "both", choices=ENV_MODES, help="which embeddings form z_env (ablations)")
+
+    def relations(self) -> dict[str, str]:
+        if self.encoder and (self.train_encoder or self.clip_init):
+            return {"encoder": "embeds with a registered encoder as is: it cannot be combined with training a "
+                               "new encoder or a CLIP checkpoint"}
+        return {}
+
+    def describer_options(self) -> dict:
+        return {"base_url": self.llm_url, "model": self.llm_model} if self.describer == "openai" else {}
+
+
+# --- models ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainRequest(Request):
+    """Train a forecaster (engine/train.py)."""
+
+    KIND: ClassVar[str] = "train"
+    TITLE: ClassVar[str] = "Train a forecaster"
+
+    config: str = spec(str, "lsdm", max_length=1000,
+                       help="a configuration name (engine/model/config.py) or a JSON file of model settings")
+    epochs: int | None = spec(int, None, low=1, high=10_000, help="maximum epochs (default: the config's)")
+    seed: int | None = spec(int, None, low=0, high=SEED_MAX, help="seed (default: the config's)")
+    split: str = spec(str, "time", choices=SPLITS,
+                      help="time: train on the first days, validate on the next, test on the last; "
+                           "users: also hold out a share of the users")
+    max_minutes: float | None = spec(float, None, low=0.1, high=10_000.0, help="stop after this training time")
+    activate: bool = spec(bool, True, help="make it the active model")
+    dataset: str | None = spec(str, None, max_length=200, help="data set name (default: the active one)")
+    device: str | None = spec(str, None, max_length=20, help="cpu or cuda (default: cuda when present)")
+
+
+@dataclass(frozen=True)
+class EvaluateRequest(Request):
+    """Score a model against its comparison models and the baselines (engine/evaluation/)."""
+
+    KIND: ClassVar[str] = "evaluate"
+    TITLE: ClassVar[str] = "Evaluate against the baselines"
+
+    model_id: int | None = spec(int, None, low=1, help="model id (default: the active model)")
+    samples: int = spec(int, 32, low=1, high=256,
+                        help="samples per test window, their mean is the point forecast")
+    path_samples: int = spec(int, 16, low=1, high=256,
+                             help="sample paths per entity for the MSE by recursive step")
+    steps: int = spec(int, 30, low=1, high=MAX_HORIZON, help="recursive steps for Fig. 8/9")
+    path_users: int = spec(int, 100, low=1, high=100_000, help="entities in the recursive evaluation")
+    location: str = spec(str, "observed", choices=EVALUATION_LOCATIONS,
+                         help="cells of the forecast hours: observed (those the data recorded, as in training and "
+                              "the paper) or habitual (each user's usual cell: the location forecast too)")
+    train_missing: bool = spec(bool, True, help="train missing comparison models")
+    include_arima: bool = spec(bool, True, help="include ARIMA (it takes about 2 minutes)")
+    dataset: str | None = spec(str, None, max_length=200,
+                               help="score on this data set's test day (default: the model's own)")
+
+
+# --- forecasts -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForecastRequest(Request):
+    """A probabilistic recursive forecast of some entities (engine/forecast.py)."""
+
+    KIND: ClassVar[str] = "forecast"
+    TITLE: ClassVar[str] = "Forecast"
+    # A stored run also records its model's checksum, and a what-if's two runs their role and scenario.
+    RECORD_KEYS: ClassVar[tuple[str, ...]] = ("model_sha256", "role", "scenario")
+
+    entities: tuple[str, ...] = spec("keys", max_length=MAX_ENTITIES, help="the keys of the entities to forecast")
+    start: int = spec(int, low=0, help="first forecast hour (hours since the data set's origin)")
+    entity_kind: str = spec(str, "user", choices=ENTITY_KINDS, help="what the entities are")
+    horizon: int = spec(int, 24, low=1, high=MAX_HORIZON, help="hours to forecast")
+    samples: int = spec(int, 32, low=1, high=MAX_SAMPLES, help="sample paths")
+    sampler: str = spec(str, "ddim", choices=SAMPLERS, help="ddpm (faithful, all steps) or ddim")
+    sampler_steps: int = spec(int, 10, low=1, high=1000, help="DDIM steps (at most the model's diffusion steps)")
+    location: str = spec(str, "habitual", choices=LOCATIONS,
+                         help="where the entities are during the forecast: habitual (the most frequent cell at "
+                              "that hour), stay, observed (the recorded cells, for backtests) or cells (given)")
+    cells: tuple[str, ...] = spec("keys", (), max_length=MAX_HORIZON,
+                                  help="the cells of location 'cells', one per hour (the last one repeated)")
+    guidance: float = spec(float, 1.0, low=0.0, high=MAX_GUIDANCE, help="classifier-free guidance scale")
+    seed: int = spec(int, 0, low=0, high=SEED_MAX, help="seed")
+    noise: str = spec(str, "antithetic", choices=NOISE_MODES,
+                      help="antithetic: each path paired with one driven by the opposite noise, for a steadier "
+                           "mean; independent: every path on its own noise")
+    model_id: int | None = spec(int, None, low=1, help="model id (default: the active model)")
+    dataset: str | None = spec(str, None, max_length=200, help="data set name (default: the active one)")
+    device: str | None = spec(str, None, max_length=20, help="cpu or cuda (default: cuda when present)")
+
+    @classmethod
+    def upgrade(cls, params: dict) -> dict:
+        return _upgrade_forecast_texts(params)
+
+    def relations(self) -> dict[str, str]:
+        errors = {}
+        if self.location == "cells" and not self.cells:
+            errors["cells"] = "location 'cells' needs at least one cell"
+        if self.location != "cells" and self.cells:
+            errors["cells"] = f"cells are given only with location 'cells' (location is {self.location!r})"
+        return errors
+
+    @property
+    def antithetic(self) -> bool:
+        return self.noise == "antithetic"
+
+    @property
+    def sampler_label(self) -> str:
+        return sampler_text(self.sampler, self.sampler_steps)
+
+
+@dataclass(frozen=True)
+class WhatIfRequest(Request):
+    """Two forecasts of one entity with the same seed: as things are and as a scenario changes them
+    (engine/whatif.py)."""
+
+    KIND: ClassVar[str] = "whatif"
+    TITLE: ClassVar[str] = "What-if"
+
+    entity: str = spec(str, max_length=200, help="the key of the entity")
+    start: int = spec(int, low=0, help="first forecast hour (hours since the data set's origin)")
+    entity_kind: str = spec(str, "user", choices=ENTITY_KINDS, help="what the entity is")
+    horizon: int = spec(int, 12, low=1, high=MAX_HORIZON, help="hours to forecast (two forecasts)")
+    samples: int = spec(int, 32, low=1, high=MAX_SAMPLES, help="sample paths")
+    sampler: str = spec(str, "ddim", choices=SAMPLERS, help="ddpm (faithful, all steps) or ddim")
+    sampler_steps: int = spec(int, 10, low=1, high=1000, help="DDIM steps (at most the model's diffusion steps)")
+    seed: int = spec(int, 0, low=0, high=SEED_MAX, help="seed (both runs draw the same noise)")
+    scenario: dict = spec(dict, {}, help="what is different: location, cell_edits, a, b, guidance "
+                                         "(engine/whatif.py Scenario)")
+    name: str | None = spec(str, None, max_length=200, help="the scenario's name (default: what it changes)")
+
+    @classmethod
+    def upgrade(cls, params: dict) -> dict:
+        if isinstance(params.get("entity"), str) and ":" in params["entity"] and "entity_kind" not in params:
+            kind, keys = parse_entities_text(params["entity"])
+            if len(keys) != 1:
+                raise InputError(f"a what-if compares forecasts of one entity, got {len(keys)}", field="entity")
+            params["entity_kind"], params["entity"] = kind, keys[0]
+        if isinstance(params.get("sampler"), str) and "sampler_steps" not in params:
+            params["sampler"], params["sampler_steps"] = parse_sampler_text(params["sampler"])
+        return params
+
+    @property
+    def sampler_label(self) -> str:
+        return sampler_text(self.sampler, self.sampler_steps)
+
+
+REQUEST_TYPES: tuple[type[Request], ...] = (CityRequest, IngestTableRequest, IngestTsinghuaRequest, EnvRequest,
+                                            TrainRequest, EvaluateRequest, ForecastRequest, WhatIfRequest)
