@@ -1,4 +1,7 @@
-"""Queries the engine and the app share: write a whole data set, read matrices, summarise."""
+"""Queries the engine and the app share: write a whole data set, read matrices and summaries, and the
+look-ups every layer needs (the active model of a data set, "activate this one", an encoder by name, the
+rows a page shows). The app builds no SQL of its own: it calls these, named for what they return.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Cell, Dataset, Entity, LocationHour, TrafficHour
+from db.models import (
+    Cell,
+    Dataset,
+    Description,
+    Embedding,
+    Entity,
+    ForecastRun,
+    LocationHour,
+    ModelRecord,
+    Tile,
+    TrafficHour,
+)
 
 _CHUNK = 50_000
 
@@ -216,3 +230,210 @@ def dataset_summary(session: Session, dataset: Dataset) -> dict:
         "total_bytes": int(total),
         "params": dataset.params,
     }
+
+
+# --- data sets -----------------------------------------------------------------------------------------
+
+
+def all_datasets(session: Session) -> list[Dataset]:
+    """Every data set, in the order they were stored."""
+    return list(session.scalars(select(Dataset).order_by(Dataset.id)))
+
+
+def dataset_sizes(session: Session) -> dict[int, tuple[int, int]]:
+    """Data set id -> (entities, cells), from two GROUP BY queries (data sets without rows are absent)."""
+    entities = dict(session.execute(select(Entity.dataset_id, func.count()).group_by(Entity.dataset_id)).all())
+    cells = dict(session.execute(select(Cell.dataset_id, func.count()).group_by(Cell.dataset_id)).all())
+    return {int(i): (int(entities.get(i, 0)), int(cells.get(i, 0))) for i in set(entities) | set(cells)}
+
+
+# --- entities and cells ----------------------------------------------------------------------------
+
+
+def entity_keys(session: Session, dataset_id: int) -> list[str]:
+    """Every entity key of the data set, sorted by key."""
+    return list(session.scalars(select(Entity.key).where(Entity.dataset_id == dataset_id).order_by(Entity.key)))
+
+
+def entities_of(session: Session, dataset_id: int) -> list[tuple[int, str, str]]:
+    """(id, kind, key) of every entity of the data set, in id order."""
+    rows = session.execute(select(Entity.id, Entity.kind, Entity.key).where(Entity.dataset_id == dataset_id)
+                           .order_by(Entity.id))
+    return [tuple(row) for row in rows]
+
+
+def find_entity(session: Session, dataset_id: int, key: str) -> Entity | None:
+    """The entity with this key in the data set, or None."""
+    return session.scalar(select(Entity).where(Entity.dataset_id == dataset_id, Entity.key == key))
+
+
+def dataset_cells(session: Session, dataset_id: int) -> list[Cell]:
+    """Every cell of the data set in id order (the engine's row order, engine.data.windows.load_series)."""
+    return list(session.scalars(select(Cell).where(Cell.dataset_id == dataset_id).order_by(Cell.id)))
+
+
+def find_cell(session: Session, dataset_id: int, key: str) -> Cell | None:
+    """The cell with this key in the data set, or None."""
+    return session.scalar(select(Cell).where(Cell.dataset_id == dataset_id, Cell.key == key))
+
+
+def cells_by_id(session: Session, cell_ids: list[int]) -> dict[int, Cell]:
+    return {cell.id: cell for cell in session.scalars(select(Cell).where(Cell.id.in_(cell_ids)))}
+
+
+def entity_places(session: Session, entity_id: int) -> list[tuple[str, str, str | None, int]]:
+    """(cell key, name, land use, hours there) of every cell the entity was seen in, most hours first."""
+    hours_there = func.count().label("hours")
+    rows = session.execute(
+        select(Cell.key, Cell.name, Cell.land_use, hours_there)
+        .join(LocationHour, LocationHour.cell_id == Cell.id)
+        .where(LocationHour.entity_id == entity_id)
+        .group_by(Cell.id, Cell.key, Cell.name, Cell.land_use)
+        .order_by(hours_there.desc(), Cell.key)
+    )
+    return [tuple(row) for row in rows]
+
+
+# --- traffic and locations of a whole data set or one cell --------------------------------------------
+
+
+def _rows_array(session: Session, statement, dtype=np.int64) -> np.ndarray:  # noqa: ANN001
+    """A Core query's rows as an (N, columns) array. Rows become plain tuples first: numpy's generic
+    sequence path on SQLAlchemy Rows is ~40x slower (2.5 s for 168k location rows)."""
+    rows = session.connection().execute(statement).all()
+    return np.array(list(map(tuple, rows)), dtype=dtype).reshape(len(rows), len(statement.selected_columns))
+
+
+def _of_entities(statement, column, dataset_id: int, entity_ids: list[int] | None):  # noqa: ANN001, ANN202
+    statement = statement.join(Entity, Entity.id == column).where(Entity.dataset_id == dataset_id)
+    return statement if entity_ids is None else statement.where(column.in_([int(e) for e in entity_ids]))
+
+
+def traffic_rows(session: Session, dataset_id: int, entity_ids: list[int] | None = None) -> np.ndarray:
+    """(N, 4) int64: entity id, hour, service, bytes of every stored traffic row of the data set (of the
+    given entities only, when given)."""
+    statement = select(TrafficHour.entity_id, TrafficHour.hour, TrafficHour.service, TrafficHour.bytes)
+    return _rows_array(session, _of_entities(statement, TrafficHour.entity_id, dataset_id, entity_ids))
+
+
+def location_rows(session: Session, dataset_id: int, entity_ids: list[int] | None = None) -> np.ndarray:
+    """(N, 3) int64: entity id, hour, cell id of every located hour of the data set (of the given
+    entities only, when given)."""
+    statement = select(LocationHour.entity_id, LocationHour.hour, LocationHour.cell_id)
+    return _rows_array(session, _of_entities(statement, LocationHour.entity_id, dataset_id, entity_ids))
+
+
+def hourly_entity_bytes(session: Session, dataset_id: int) -> np.ndarray:
+    """(N, 3) float64: entity id, hour, bytes of all services (summed in SQL) for every entity-hour with
+    traffic."""
+    statement = (select(TrafficHour.entity_id, TrafficHour.hour, func.sum(TrafficHour.bytes))
+                 .join(Entity, Entity.id == TrafficHour.entity_id).where(Entity.dataset_id == dataset_id)
+                 .group_by(TrafficHour.entity_id, TrafficHour.hour))
+    return _rows_array(session, statement, dtype=np.float64)
+
+
+def users_at_cell(session: Session, cell_id: int) -> list[tuple[int, int]]:
+    """(hour, distinct users attached to the cell) for every hour with at least one."""
+    rows = session.execute(
+        select(LocationHour.hour, func.count(func.distinct(LocationHour.entity_id)))
+        .join(Entity, Entity.id == LocationHour.entity_id)
+        .where(LocationHour.cell_id == cell_id, Entity.kind == "user").group_by(LocationHour.hour)
+    )
+    return [(int(hour), int(users)) for hour, users in rows]
+
+
+def traffic_at_cell(session: Session, cell_id: int) -> list[tuple[int, int, float]]:
+    """(hour, service, bytes) used by the entities attached to the cell in that hour (an entity's
+    traffic of an hour counts at the cell it was in), for every (hour, service) with traffic."""
+    located = and_(LocationHour.entity_id == TrafficHour.entity_id, LocationHour.hour == TrafficHour.hour)
+    rows = session.execute(
+        select(TrafficHour.hour, TrafficHour.service, func.sum(TrafficHour.bytes))
+        .join(LocationHour, located).where(LocationHour.cell_id == cell_id)
+        .group_by(TrafficHour.hour, TrafficHour.service)
+    )
+    return [(int(hour), int(service), float(total)) for hour, service, total in rows]
+
+
+# --- the environment: tiles, descriptions, embeddings ---------------------------------------------------
+
+
+def tile_images(session: Session, cell_ids: list[int]) -> dict[int, bytes]:
+    """Cell id -> stored tile image, for those of the cells that have one."""
+    return dict(session.execute(select(Tile.cell_id, Tile.image).where(Tile.cell_id.in_(cell_ids))).all())
+
+
+def tile_image(session: Session, dataset_id: int, key: str) -> bytes | None:
+    """The stored tile image of the data set's cell with this key, or None."""
+    return session.scalar(select(Tile.image).join(Cell).where(Cell.dataset_id == dataset_id, Cell.key == key))
+
+
+def tiled_cell_ids(session: Session, dataset_id: int) -> set[int]:
+    """The data set's cells that have a tile."""
+    return set(session.scalars(select(Tile.cell_id).join(Cell).where(Cell.dataset_id == dataset_id)))
+
+
+def cell_descriptions(session: Session, dataset_id: int) -> dict[int, str]:
+    """Cell id -> stored description text, for the data set's described cells."""
+    return dict(session.execute(select(Description.cell_id, Description.text).join(Cell)
+                                .where(Cell.dataset_id == dataset_id)).all())
+
+
+def embedded_cell_ids(session: Session, dataset_id: int, encoder_id: str, kind: str) -> set[int]:
+    """The data set's cells that have an embedding of this kind (image | text | env) by this encoder."""
+    return set(session.scalars(select(Embedding.cell_id).join(Cell).where(
+        Cell.dataset_id == dataset_id, Embedding.encoder_id == encoder_id, Embedding.kind == kind)))
+
+
+# --- models: forecasters (kind "lsdm") and environment encoders (kind "clip") -----------------------------
+
+
+def active_model(session: Session, dataset_id: int, kind: str = "lsdm") -> ModelRecord | None:
+    """The data set's active model of this kind (``"clip"``: its environment encoder), or None."""
+    return session.scalar(select(ModelRecord).where(ModelRecord.kind == kind, ModelRecord.dataset_id == dataset_id,
+                                                    ModelRecord.is_active.is_(True)))
+
+
+def activate_model(session: Session, record: ModelRecord) -> None:
+    """Make ``record`` the one active model of its kind for its data set (the others of that kind and
+    data set become inactive); the caller commits. ``record`` may be new (not yet flushed)."""
+    session.add(record)
+    session.flush()
+    session.execute(update(ModelRecord).where(ModelRecord.kind == record.kind,
+                                              ModelRecord.dataset_id == record.dataset_id,
+                                              ModelRecord.id != record.id).values(is_active=False))
+    record.is_active = True
+
+
+def dataset_models(session: Session, dataset_id: int, kinds: tuple[str, ...] = ("lsdm", "clip"),
+                    name: str | None = None) -> list[ModelRecord]:
+    """The data set's registered models of these kinds (and this name, when given), newest first."""
+    statement = select(ModelRecord).where(ModelRecord.dataset_id == dataset_id, ModelRecord.kind.in_(kinds))
+    if name is not None:
+        statement = statement.where(ModelRecord.name == name)
+    return list(session.scalars(statement.order_by(ModelRecord.id.desc())))
+
+
+def find_encoder(session: Session, name: str, dataset_id: int | None = None) -> ModelRecord | None:
+    """The newest registered CLIP encoder with this id (``name``), of the data set when given, else of
+    any data set (an encoder trained on one city can embed another); None when there is none."""
+    statement = select(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.name == name)
+    if dataset_id is not None:
+        statement = statement.where(ModelRecord.dataset_id == dataset_id)
+    return session.scalar(statement.order_by(ModelRecord.id.desc()))
+
+
+def encoder_names(session: Session) -> list[str]:
+    """The ids of every registered CLIP encoder, sorted, each once."""
+    return sorted(set(session.scalars(select(ModelRecord.name).where(ModelRecord.kind == "clip"))))
+
+
+# --- forecast runs -------------------------------------------------------------------------------------
+
+
+def forecast_runs(session: Session, dataset_id: int, limit: int | None = None) -> list[tuple]:
+    """(id, created_at, params, seconds) of the data set's stored forecast runs, newest first (their
+    summaries and arrays stay in the database)."""
+    statement = (select(ForecastRun.id, ForecastRun.created_at, ForecastRun.params, ForecastRun.seconds)
+                 .where(ForecastRun.dataset_id == dataset_id)
+                 .order_by(ForecastRun.created_at.desc(), ForecastRun.id.desc()).limit(limit))
+    return [tuple(row) for row in session.execute(statement)]

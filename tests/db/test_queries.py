@@ -7,15 +7,22 @@ import pytest
 from sqlalchemy import func, select
 
 from db import open_database
-from db.models import Cell, Dataset, Entity, LocationHour, TrafficHour
+from db.models import Cell, Dataset, Entity, LocationHour, ModelRecord, TrafficHour
 from db.queries import (
     DatasetContent,
     NoDatasetError,
+    activate_model,
+    active_model,
+    dataset_sizes,
     dataset_summary,
+    encoder_names,
     entity_locations,
     entity_matrix,
+    find_encoder,
     get_dataset,
+    location_rows,
     store_dataset,
+    traffic_rows,
 )
 
 
@@ -86,3 +93,55 @@ def test_no_dataset_gives_an_actionable_error(db_path):
         get_dataset(session)
     with database.session() as session, pytest.raises(NoDatasetError, match="no data set named 'x'"):
         get_dataset(session, "x")
+
+
+def test_dataset_rows_of_some_entities_read_as_arrays(db_path):
+    database = open_database(str(db_path))
+    with database.write_session() as session, session.begin():
+        store_dataset(session, _content("a"))
+        store_dataset(session, _content("b"))
+    with database.session() as session:
+        dataset = get_dataset(session, "a")
+        users = {e.key: e.id for e in session.scalars(select(Entity).where(Entity.dataset_id == dataset.id))}
+        c1 = session.scalar(select(Cell.id).where(Cell.dataset_id == dataset.id, Cell.key == "c1"))
+        assert sorted(traffic_rows(session, dataset.id).tolist()) == [
+            [users["u1"], 0, 1, 100], [users["u1"], 3, 2, 200], [users["u2"], 2, 0, 300]]
+        assert location_rows(session, dataset.id, [users["u2"]]).tolist() == [[users["u2"], 2, c1]]
+        assert traffic_rows(session, dataset.id, []).shape == (0, 4)
+        assert dataset_sizes(session) == {dataset.id: (2, 2), get_dataset(session, "b").id: (2, 2)}
+
+
+def _model(name: str, kind: str, dataset_id: int | None, active: bool = False) -> ModelRecord:
+    return ModelRecord(name=name, kind=kind, path=f"/models/{name}", sha256="0" * 64, dataset_id=dataset_id,
+                       is_active=active)
+
+
+def test_activating_a_model_deactivates_only_the_others_of_its_kind_and_data_set(db_path):
+    database = open_database(str(db_path))
+    with database.write_session() as session, session.begin():
+        a, b = store_dataset(session, _content("a")).id, store_dataset(session, _content("b")).id
+        session.add_all([_model("old", "lsdm", a, active=True), _model("enc", "clip", a, active=True),
+                         _model("other", "lsdm", b, active=True)])
+    with database.write_session() as session, session.begin():
+        activate_model(session, _model("new", "lsdm", a))
+    with database.session() as session:
+        assert active_model(session, a).name == "new"
+        assert active_model(session, a, kind="clip").name == "enc"
+        assert active_model(session, b).name == "other"
+        assert session.scalar(select(func.count()).select_from(ModelRecord).where(ModelRecord.is_active)) == 3
+    with database.write_session() as session, session.begin():
+        activate_model(session, session.scalar(select(ModelRecord).where(ModelRecord.name == "old")))
+    with database.session() as session:
+        assert active_model(session, a).name == "old" and active_model(session, 10**6) is None
+
+
+def test_an_encoder_is_found_by_its_id_newest_first_in_a_data_set_or_any(db_path):
+    database = open_database(str(db_path))
+    with database.write_session() as session, session.begin():
+        a, b = store_dataset(session, _content("a")).id, store_dataset(session, _content("b")).id
+        session.add_all([_model("clip-1", "clip", a), _model("clip-1", "clip", b), _model("lsdm-1", "lsdm", a)])
+    with database.session() as session:
+        assert find_encoder(session, "clip-1", a).dataset_id == a
+        assert find_encoder(session, "clip-1").dataset_id == b  # the newest registration
+        assert find_encoder(session, "lsdm-1") is None and find_encoder(session, "clip-1", 10**6) is None
+        assert encoder_names(session) == ["clip-1"]
