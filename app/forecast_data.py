@@ -28,14 +28,16 @@ from app.common import database, hour_label, hour_label_long, megabytes, service
 from db.models import Cell, ForecastRun, ModelRecord
 from engine.data.windows import Normaliser
 from engine.forecast import ForecastResult
+from engine.requests import ForecastRequest
 from engine.metrics import point_metrics, score
 
 MAX_USERS = 20
-MAX_HORIZON = 72
-MAX_SAMPLES = 256
-MAX_GUIDANCE = 5.0
-SAMPLERS = ("ddim", "ddpm")
-LOCATION_MODES = ("habitual", "stay", "observed", "cell")
+MAX_HORIZON = ForecastRequest.bounds("horizon")[1]
+MAX_SAMPLES = ForecastRequest.bounds("samples")[1]
+MAX_GUIDANCE = ForecastRequest.bounds("guidance")[1]
+SAMPLERS = ForecastRequest.choices("sampler")
+LOCATION_MODES = ForecastRequest.choices("location")
+LOCATION_LABELS = {"habitual": "habitual", "stay": "stay", "observed": "observed", "cells": "cell"}
 LOCATION_HELP = {
     "habitual": "each user's most frequent cell at that hour of the week (from hours before the start)",
     "stay": "each user stays in the last cell seen before the start",
@@ -88,75 +90,33 @@ def model_normaliser(session: Session, model_id: int | None) -> Normaliser | Non
 
 
 # --- the request --------------------------------------------------------------------------------------
+# The form builds the engine's ForecastRequest (engine/requests.py): its fields, defaults and bounds are
+# the command line's and the job's. The page adds what only it knows: the model and the data's hours.
 
 
-@dataclass(frozen=True)
-class ForecastRequest:
-    """The form's values; ``engine_kwargs`` turns them into the ``forecast`` job's parameters (the
-    arguments of engine.forecast.run_forecast)."""
-
-    users: tuple[str, ...]
-    start: int
-    horizon: int = 24
-    samples: int = 32
-    sampler: str = "ddim"
-    sampler_steps: int = 10
-    location: str = "habitual"
-    cell: str | None = None
-    guidance: float = 1.0
-    seed: int = 0
-    paired: bool = True  # antithetic pairs of paths (engine.forecast.NOISE_MODES)
-
-    def noise_text(self) -> str:
-        """``antithetic`` | ``independent`` (engine.forecast.parse_noise)."""
-        return "antithetic" if self.paired else "independent"
-
-    def sampler_text(self) -> str:
-        """``ddpm`` or ``ddim:STEPS`` (engine.forecast.parse_sampler)."""
-        return "ddpm" if self.sampler == "ddpm" else f"ddim:{int(self.sampler_steps)}"
-
-    def location_text(self) -> str:
-        """``habitual`` | ``stay`` | ``observed`` | ``cell:KEY`` (engine.forecast.LocationPlan.parse)."""
-        return f"cell:{self.cell}" if self.location == "cell" else self.location
-
-    def entity_text(self, entity_kind: str) -> str:
-        """``user:U0001,user:U0002`` (engine.forecast.parse_entities)."""
-        return ",".join(f"{entity_kind}:{key}" for key in self.users)
-
-    def engine_kwargs(self, entity_kind: str) -> dict:
-        return {"entity": self.entity_text(entity_kind), "start": int(self.start), "horizon": int(self.horizon),
-                "samples": int(self.samples), "sampler": self.sampler_text(), "location": self.location_text(),
-                "guidance": float(self.guidance), "seed": int(self.seed), "noise": self.noise_text()}
+def default_value(name: str) -> object:
+    return ForecastRequest.default(name)
 
 
-def validate_request(request: ForecastRequest, *, history: int, hours: int, origin: datetime,
+def request_problems(request: ForecastRequest, *, history: int, hours: int, origin: datetime,
                      diffusion_steps: int = 1000) -> dict[str, str]:
-    """Field name -> what is wrong and what to do; empty when the request can run."""
-    errors: dict[str, str] = {}
-    if not request.users:
-        errors["users"] = "Pick at least one user."
-    elif len(request.users) > MAX_USERS:
-        errors["users"] = f"Pick at most {MAX_USERS} users ({len(request.users)} picked)."
-    if request.start < history:
+    """Field name -> what is wrong and what to do; empty when the request can run: the request's own
+    checks, then what needs the model and the data (phrased for the page's widgets)."""
+    errors = request.validate()
+    if "entities" in errors and not request.entities:
+        errors["entities"] = "Pick at least one user."
+    elif len(request.entities) > MAX_USERS:
+        errors["entities"] = f"Pick at most {MAX_USERS} users ({len(request.entities)} picked)."
+    if "start" not in errors and request.start < history:
         errors["start"] = (f"The model reads {history} hours of history: start at "
                            f"{hour_label_long(origin, history)} (hour {history}) or later.")
-    elif request.start > hours:
+    elif "start" not in errors and request.start > hours:
         errors["start"] = (f"The data ends at hour {hours}: start at {hour_label_long(origin, hours)} "
                            f"(hour {hours}) or earlier.")
-    if not 1 <= request.horizon <= MAX_HORIZON:
-        errors["horizon"] = f"Forecast 1 to {MAX_HORIZON} hours."
-    if not 1 <= request.samples <= MAX_SAMPLES:
-        errors["samples"] = f"Draw 1 to {MAX_SAMPLES} sample paths."
-    if request.sampler not in SAMPLERS:
-        errors["sampler"] = f"Choose one of {', '.join(SAMPLERS)}."
-    elif request.sampler == "ddim" and not 1 <= request.sampler_steps <= diffusion_steps:
-        errors["sampler"] = f"DDIM takes 1 to {diffusion_steps} steps (the model's diffusion steps)."
-    if request.location not in LOCATION_MODES:
-        errors["location"] = f"Choose one of {', '.join(LOCATION_MODES)}."
-    elif request.location == "cell" and not request.cell:
-        errors["location"] = "Pick the cell the users should be in."
-    if not 0.0 <= request.guidance <= MAX_GUIDANCE:
-        errors["guidance"] = f"Guidance runs from 0 (no environment) to {MAX_GUIDANCE:g}."
+    if request.sampler == "ddim" and not 1 <= request.sampler_steps <= diffusion_steps:
+        errors["sampler_steps"] = f"DDIM takes 1 to {diffusion_steps} steps (the model's diffusion steps)."
+    if "cells" in errors:
+        errors["cells"] = "Pick the cell the users should be in."
     return errors
 
 
@@ -196,6 +156,11 @@ class StoredRun:
     def has_truth(self) -> bool:
         return any(step["total"].get("truth") is not None for entity in self.entities for step in entity["steps"])
 
+    @property
+    def request(self) -> ForecastRequest:
+        """What was asked (runs stored before requests read too: engine/requests.py)."""
+        return ForecastRequest.from_params(self.params)
+
 
 def load_run(session: Session, run_id: int, dataset_id: int) -> StoredRun | None:
     """The stored run of this data set, or None (unknown id, or a run of another data set)."""
@@ -218,15 +183,14 @@ def run_history(session: Session, dataset_id: int, origin: datetime, hours: int,
     ).all()
     records = []
     for run_id, created, params, seconds in rows:
-        start = int(params.get("start", 0))
-        entity = str(params.get("entity", ""))
+        request = ForecastRequest.from_params(params)
         records.append({
-            "run": int(run_id), "created": created, "entity": entity.replace(",", ", "),
-            "users": len([e for e in entity.split(",") if e.strip()]), "start": start,
-            "start_label": start_label(origin, hours, start), "horizon": params.get("horizon"),
-            "samples": params.get("samples"), "sampler": params.get("sampler"), "location": params.get("location"),
-            "guidance": params.get("guidance"), "seed": params.get("seed"), "model": params.get("model_id"),
-            "seconds": seconds,
+            "run": int(run_id), "created": created,
+            "entity": ", ".join(f"{request.entity_kind}:{key}" for key in request.entities),
+            "users": len(request.entities), "start": request.start,
+            "start_label": start_label(origin, hours, request.start), "horizon": request.horizon,
+            "samples": request.samples, "sampler": request.sampler_label, "location": location_label(request),
+            "guidance": request.guidance, "seed": request.seed, "model": request.model_id, "seconds": seconds,
         })
     columns = ["run", "created", "entity", "users", "start", "start_label", "horizon", "samples", "sampler",
                "location", "guidance", "seed", "model", "seconds"]
@@ -235,22 +199,25 @@ def run_history(session: Session, dataset_id: int, origin: datetime, hours: int,
 
 def run_title(run: StoredRun, origin: datetime, hours: int) -> str:
     """'Run 12 · user:U0001 · from Tue 19 Apr 14:00 · 24 h'."""
-    params = run.params
     who = run.entity_names[0] if len(run.entities) == 1 else f"{len(run.entities)} users"
-    start = start_label(origin, hours, int(params.get("start", 0)))
-    return f"Run {run.id} · {who} · from {start} · {params.get('horizon')} h"
+    return f"Run {run.id} · {who} · from {start_label(origin, hours, run.request.start)} · {run.request.horizon} h"
+
+
+def location_label(request: ForecastRequest) -> str:
+    """'habitual', or 'cell C0042' for runs placed in given cells."""
+    return f"cell {', '.join(request.cells)}" if request.location == "cells" else request.location
 
 
 def params_frame(run: StoredRun, origin: datetime, hours: int) -> pd.DataFrame:
     """The run's parameters as two columns, for a compact table."""
-    p = run.params
+    request, p = run.request, run.params
     rows = [
-        ("users", str(p.get("entity", "")).replace(",", ", ")),
-        ("start", f"{start_label(origin, hours, int(p.get('start', 0)))} (hour {p.get('start')})"),
-        ("horizon", f"{p.get('horizon')} h"), ("samples", p.get("samples")), ("sampler", p.get("sampler")),
-        ("location", p.get("location")), ("guidance", p.get("guidance")), ("seed", p.get("seed")),
-        ("model", f"{p.get('model_id')} ({str(p.get('model_sha256', ''))[:12]})"),
-        ("data set", p.get("dataset")),
+        (f"{request.entity_kind}s", ", ".join(request.entities)),
+        ("start", f"{start_label(origin, hours, request.start)} (hour {request.start})"),
+        ("horizon", f"{request.horizon} h"), ("samples", request.samples), ("sampler", request.sampler_label),
+        ("noise", request.noise), ("location", location_label(request)), ("guidance", request.guidance),
+        ("seed", request.seed), ("model", f"{request.model_id} ({str(p.get('model_sha256', ''))[:12]})"),
+        ("data set", request.dataset),
         ("computed in", f"{run.seconds:.1f} s" if run.seconds is not None else "unknown"),
     ]
     return pd.DataFrame([(name, str(value)) for name, value in rows], columns=["parameter", "value"])
@@ -499,26 +466,15 @@ def remember_link_value(state, widget_key: str, value: object) -> None:  # noqa:
 
 
 def form_values(params: dict) -> dict[str, object]:
-    """A stored run's parameters as the form's widget values (to run it again with changes)."""
-    values: dict[str, object] = {}
-    entity = str(params.get("entity", ""))
-    values["fc_users"] = [item.partition(":")[2] for item in entity.split(",") if item.strip()][:MAX_USERS]
-    for name, key in (("start", "fc_start"), ("horizon", "fc_horizon"), ("samples", "fc_samples"), ("seed", "fc_seed")):
-        if params.get(name) is not None:
-            values[key] = int(params[name])
-    sampler = str(params.get("sampler", "ddim:10"))
-    values["fc_sampler"] = "ddpm" if sampler == "ddpm" else "ddim"
-    if sampler.startswith("ddim:") and sampler[5:].isdigit():
-        values["fc_steps"] = int(sampler[5:])
-    location = str(params.get("location", "habitual"))
-    if location.startswith("cell:"):
-        values["fc_location"], values["fc_cell"] = "cell", location[5:].split(",")[0]
-    elif location in LOCATION_MODES:
-        values["fc_location"] = location
-    if params.get("guidance") is not None:
-        values["fc_guidance"] = float(params["guidance"])
-    # Runs stored before the option drew independent paths.
-    values["fc_paired"] = params.get("noise", "independent") == "antithetic"
+    """A stored run's request as the form's widget values (to run it again with changes)."""
+    request = ForecastRequest.from_params(params)
+    values: dict[str, object] = {"fc_users": list(request.entities)[:MAX_USERS], "fc_start": request.start,
+                                 "fc_horizon": request.horizon, "fc_samples": request.samples, "fc_seed": request.seed,
+                                 "fc_sampler": request.sampler, "fc_steps": request.sampler_steps,
+                                 "fc_location": request.location, "fc_guidance": float(request.guidance),
+                                 "fc_paired": request.antithetic}
+    if request.cells:
+        values["fc_cell"] = request.cells[0]
     return values
 
 

@@ -23,6 +23,7 @@ from app.charts import radar, service_heatmap, service_lines
 from app.common import database, hour_label, hour_label_long, megabytes
 from db.models import Cell, Entity, ForecastRun, LocationHour
 from db.queries import entity_matrix
+from engine.requests import ForecastRequest
 
 WEEK = 168
 WEEKEND = (5, 6)  # Saturday, Sunday (datetime.weekday)
@@ -106,31 +107,24 @@ def forecast_link(run_id: int) -> str:
     return f"forecast?run={run_id}"
 
 
-def entity_tokens(entity_param: str) -> set[str]:
-    """``"user:U1, user:U2"`` -> {"user:U1", "user:U2"} (ForecastRun.params["entity"])."""
-    return {item.strip() for item in str(entity_param).split(",") if item.strip()}
-
-
 def user_runs(session: Session, dataset_id: int, entity_kind: str, key: str, origin: datetime) -> pd.DataFrame:
     """Forecast runs of the data set that include this user, newest first, with a link to reopen each."""
-    token = f"{entity_kind}:{key}"
-    # The JSON text filter narrows the scan in SQL; the exact token check below drops look-alikes
-    # ("user:U1" is a substring of "user:U10").
     rows = session.execute(
         select(ForecastRun.id, ForecastRun.created_at, ForecastRun.params, ForecastRun.seconds)
-        .where(ForecastRun.dataset_id == dataset_id, ForecastRun.params["entity"].as_string().contains(token))
+        .where(ForecastRun.dataset_id == dataset_id)
         .order_by(ForecastRun.created_at.desc(), ForecastRun.id.desc())
     ).all()
     records = []
     for run_id, created, params, seconds in rows:
-        if token not in entity_tokens(params.get("entity", "")):
+        request = ForecastRequest.from_params(params)  # runs stored before requests read too
+        if request.entity_kind != entity_kind or key not in request.entities:
             continue
-        start = int(params.get("start", 0))
         records.append({
-            "run": int(run_id), "created": created, "start": hour_label_long(origin, start),
-            "horizon_h": int(params.get("horizon", 0)), "users": len(entity_tokens(params.get("entity", ""))),
-            "samples": params.get("samples"), "sampler": params.get("sampler"), "location": params.get("location"),
-            "guidance": params.get("guidance"), "seed": params.get("seed"), "model": params.get("model_id"),
+            "run": int(run_id), "created": created, "start": hour_label_long(origin, request.start),
+            "horizon_h": request.horizon, "users": len(request.entities), "samples": request.samples,
+            "sampler": request.sampler_label,
+            "location": f"cell {', '.join(request.cells)}" if request.cells else request.location,
+            "guidance": request.guidance, "seed": request.seed, "model": request.model_id,
             "seconds": seconds, "open": forecast_link(int(run_id)),
         })
     columns = ["run", "created", "start", "horizon_h", "users", "samples", "sampler", "location", "guidance",

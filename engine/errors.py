@@ -21,6 +21,7 @@ class InputError(ValueError):
         field: str | None = None,
         hint: str | None = None,
     ) -> None:
+        self.message = message
         self.file = str(file) if file is not None else None
         self.line = line
         self.field = field
@@ -35,3 +36,7 @@ class InputError(ValueError):
         if hint:
             text += f" ({hint})"
         super().__init__(text)
+
+    def with_field(self, field: str | None) -> InputError:
+        """The same error naming ``field`` instead (the command line names its flags at its edge)."""
+        return InputError(self.message, file=self.file, line=self.line, field=field, hint=self.hint)

@@ -35,6 +35,7 @@ from engine.metrics import mse_by_step, per_service_r2, r2_gain_interval, score
 from engine.model import Forecaster
 from engine.model.config import CONFIGS, ModelConfig
 from engine.report import write_report
+from engine.requests import EVALUATION_LOCATIONS, EvaluateRequest
 from engine.train import check_compatible, load_model, train
 
 TABLE3 = ("seasonal-naive", "hour-of-week-mean", "arima", "csdi-like", "lsdm-no-condition", "lsdm")
@@ -44,7 +45,7 @@ COMPARISON_MODELS = ("csdi-like", "lsdm-no-condition", "no-2d-attention", "env-i
 # data recorded, as the training windows do and as the paper's task does (the next hour's traffic given the
 # environment there); ``habitual`` forecasts the location too (the user's usual cell at that hour of the
 # week), as `lsdm forecast` does by default for hours not yet observed.
-LOCATIONS = ("observed", "habitual")
+LOCATIONS = EVALUATION_LOCATIONS
 LOCATION_TEXT = {"observed": "the cells the data recorded, as in training",
                  "habitual": "each user's habitual cells (the location forecast too)"}
 
@@ -199,7 +200,7 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     ``store``: keep the result with the model (``store_evaluation``) for the dashboard; only an evaluation
     on the model's own data set is stored. ``location``: the cells of the forecast hours (``LOCATIONS``)."""
     if location not in LOCATIONS:
-        raise InputError(f"expected one of {', '.join(LOCATIONS)}, got {location!r}", field="--location")
+        raise InputError(f"expected one of {', '.join(LOCATIONS)}, got {location!r}", field="location")
     say = progress or (lambda message: None)
     started = time.perf_counter()
     record, forecaster = load_model(database, model_id)
@@ -338,3 +339,13 @@ def store_evaluation(database: Database, model_id: int, result: dict, *, setting
             raise InputError(f"no model with id {model_id} to store the evaluation with", field="--model")
         # A new dict, not an in-place change: the JSON column only notices assignment.
         record.metrics = {**(record.metrics or {}), "evaluation": stored}
+
+
+def evaluate_request(database: Database, request: EvaluateRequest, *, report_dir: str | Path | None = None,
+                     progress: Progress | None = None) -> dict:
+    """`lsdm evaluate` and the ``evaluate`` job: ``evaluate`` with the request's settings."""
+    request = request.checked()
+    return evaluate(database, request.model_id, report_dir=report_dir, samples=request.samples,
+                    path_samples=request.path_samples, steps=request.steps, path_users=request.path_users,
+                    train_missing=request.train_missing, include_arima=request.include_arima, progress=progress,
+                    dataset_name=request.dataset, location=request.location)

@@ -133,7 +133,7 @@ class Request:
                 problem = self._bounds_problem(found, value)
             if problem:
                 errors[name] = problem
-        for name, problem in self.relations().items():
+        for name, problem in self.relations(errors).items():
             errors.setdefault(name, problem)
         return errors
 
@@ -151,8 +151,8 @@ class Request:
             return f"no such file: {value}"
         return None
 
-    def relations(self) -> dict[str, str]:
-        """Checks across fields (a request type's own); run after the per-field ones."""
+    def relations(self, errors: dict[str, str]) -> dict[str, str]:
+        """Checks across fields (a request type's own), given the per-field ``errors`` found so far."""
         return {}
 
     def checked(self) -> Self:
@@ -208,6 +208,12 @@ class Request:
     def parse(cls, params: dict | None) -> Self:
         """``from_params`` then ``checked``: what a job kind does when a job is queued and run."""
         return cls.from_params(params).checked()
+
+    def with_absolute_files(self) -> Self:
+        """File fields as absolute paths: a job may run in another folder than the one that queued it."""
+        changes = {name: str(Path(getattr(self, name)).resolve()) for name, found in self.field_specs().items()
+                   if found["kind"] == "file" and getattr(self, name)}
+        return dataclasses.replace(self, **changes)
 
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
@@ -268,6 +274,8 @@ def _upgrade_forecast_texts(params: dict) -> dict:
     if isinstance(params.get("entity"), str) and "entities" not in params:
         kind, keys = parse_entities_text(params.pop("entity"))
         params["entity_kind"], params["entities"] = kind, list(keys)
+        if "noise" not in params and "model_sha256" in params:  # a run stored before the option: independent
+            params["noise"] = "independent"
     if isinstance(params.get("sampler"), str) and "sampler_steps" not in params:
         params["sampler"], params["sampler_steps"] = parse_sampler_text(params["sampler"])
     if isinstance(params.get("location"), str) and params["location"].startswith("cell:") and "cells" not in params:
@@ -320,7 +328,7 @@ class IngestTableRequest(Request):
                                    help="the folder of uploaded files, removed when the job ends")
     names: dict = spec(dict, {}, internal=True, help="{uploaded path: the file's own name}, for messages")
 
-    def relations(self) -> dict[str, str]:
+    def relations(self, errors: dict[str, str]) -> dict[str, str]:
         return _names_problem(self.names)
 
 
@@ -344,7 +352,7 @@ class IngestTsinghuaRequest(Request):
                                    help="the folder of uploaded files, removed when the job ends")
     names: dict = spec(dict, {}, internal=True, help="{uploaded path: the file's own name}, for messages")
 
-    def relations(self) -> dict[str, str]:
+    def relations(self, errors: dict[str, str]) -> dict[str, str]:
         return _names_problem(self.names)
 
 
@@ -387,7 +395,7 @@ class EnvRequest(Request):
     b: float = spec(float, 0.5, low=0.0, high=10.0, help="Eq. 9 weight of the text embedding")
     env_mode: str = spec(str, "both", choices=ENV_MODES, help="which embeddings form z_env (ablations)")
 
-    def relations(self) -> dict[str, str]:
+    def relations(self, errors: dict[str, str]) -> dict[str, str]:
         if self.encoder and (self.train_encoder or self.clip_init):
             return {"encoder": "embeds with a registered encoder as is: it cannot be combined with training a "
                                "new encoder or a CLIP checkpoint"}
@@ -418,6 +426,23 @@ class TrainRequest(Request):
     activate: bool = spec(bool, True, help="make it the active model")
     dataset: str | None = spec(str, None, max_length=200, help="data set name (default: the active one)")
     device: str | None = spec(str, None, max_length=20, help="cpu or cuda (default: cuda when present)")
+
+    def relations(self, errors: dict[str, str]) -> dict[str, str]:
+        if errors.keys() & {"config", "epochs", "seed"}:
+            return {}
+        try:  # the configuration's own checks (a name it knows, a file of settings it can read)
+            self.model_config()
+        except InputError as error:
+            return {"config": error.message}
+        return {}
+
+    def model_config(self) -> tuple[str, Any]:
+        """The configuration's name and its ModelConfig, with this request's epochs and seed."""
+        # Imported here: the engine.model package imports torch (1.3 s of 1.7 s, `python -X importtime`),
+        # and requests are read by every `lsdm` command, `lsdm --help` included, and every form.
+        from engine.model.config import resolve_config
+
+        return resolve_config(self.config, epochs=self.epochs, seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -480,7 +505,7 @@ class ForecastRequest(Request):
     def upgrade(cls, params: dict) -> dict:
         return _upgrade_forecast_texts(params)
 
-    def relations(self) -> dict[str, str]:
+    def relations(self, errors: dict[str, str]) -> dict[str, str]:
         errors = {}
         if self.location == "cells" and not self.cells:
             errors["cells"] = "location 'cells' needs at least one cell"

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy import update
 
 from db import Database, models_dir
 from db.models import Dataset, ModelRecord
-from db.queries import get_dataset
+from db.queries import activate_model, active_model, get_dataset
 from engine.data.windows import (
     HourlyProfile,
     Normaliser,
@@ -37,6 +36,7 @@ from engine.data.windows import (
     make_splits,
 )
 from engine.errors import InputError
+from engine.requests import TrainRequest
 from engine.model import Forecaster, pick_device
 from engine.model.config import ModelConfig
 from engine.model.diffusion import Standardiser, diffusion_loss
@@ -259,13 +259,12 @@ def register(database: Database, forecaster: Forecaster, *, name: str, dataset_i
             shutil.rmtree(final)
         shutil.move(str(Path(tmp) / "model"), final)
     with database.write_session() as session, session.begin():
-        if activate:
-            session.execute(update(ModelRecord).where(ModelRecord.kind == "lsdm",
-                                                      ModelRecord.dataset_id == dataset_id).values(is_active=False))
         record = ModelRecord(name=name, kind="lsdm", path=str(final), sha256=digest,
                              config=forecaster.config.to_dict(), metrics=forecaster.meta.get("metrics", {}),
-                             dataset_id=dataset_id, is_active=activate)
+                             dataset_id=dataset_id, is_active=False)
         session.add(record)
+        if activate:
+            activate_model(session, record)
         session.flush()
         return record.id, final
 
@@ -286,11 +285,19 @@ def train(database: Database, config_name: str, config: ModelConfig, *, dataset_
     return TrainResult(forecaster, record_id, path, metrics)
 
 
+def train_request(database: Database, request: TrainRequest, *, progress: Progress | None = None,
+                  tick: Tick | None = None) -> tuple[str, TrainResult]:
+    """`lsdm train` and the ``train`` job: the request's configuration, trained; (its name, the result)."""
+    name, config = request.checked().model_config()
+    result = train(database, name, config, dataset_name=request.dataset, split=request.split,
+                   activate=request.activate, device=request.device, progress=progress, tick=tick,
+                   max_seconds=request.max_minutes * 60 if request.max_minutes else None)
+    return name, result
+
+
 def load_model(database: Database, model_id: int | None = None, *, dataset: Dataset | None = None,
                device: str | None = None) -> tuple[ModelRecord, Forecaster]:
     """The given model, or the active one of the data set; a clear error when there is none."""
-    from sqlalchemy import select
-
     with database.session() as session:
         if model_id is not None:
             record = session.get(ModelRecord, model_id)
@@ -299,9 +306,7 @@ def load_model(database: Database, model_id: int | None = None, *, dataset: Data
                                  hint="`lsdm models` lists them")
         else:
             dataset = dataset or get_dataset(session)
-            record = session.scalar(select(ModelRecord).where(ModelRecord.kind == "lsdm",
-                                                              ModelRecord.dataset_id == dataset.id,
-                                                              ModelRecord.is_active.is_(True)))
+            record = active_model(session, dataset.id)
             if record is None:
                 raise InputError(f"no active forecasting model for data set {dataset.name!r}", field="--model",
                                  hint="train one with `lsdm train`")

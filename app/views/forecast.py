@@ -13,6 +13,7 @@ from app import forecast_data as fd
 from app import jobs_ui
 from app.common import database, page_header, query_int, query_str, require_dataset, revision, set_query
 from app.user_data import cached_entity_keys
+from engine.requests import ForecastRequest
 
 info = require_dataset()
 url = database().url
@@ -44,10 +45,12 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
     fd.adopt_link_value(state, "fc_horizon", query_int("horizon", None, 1, fd.MAX_HORIZON))
     state.setdefault("fc_users", keys[:1])
     state.setdefault("fc_start", fd.default_start(info.hours, model.history))
-    for key, value in (("fc_horizon", 24), ("fc_samples", 32), ("fc_sampler", "ddim"),
-                       ("fc_steps", min(10, model.diffusion_steps)), ("fc_location", "habitual"),
-                       ("fc_guidance", 1.0), ("fc_seed", 0), ("fc_paired", True)):
-        state.setdefault(key, value)
+    defaults = ForecastRequest.field_specs()
+    for key, name in (("fc_horizon", "horizon"), ("fc_samples", "samples"), ("fc_sampler", "sampler"),
+                      ("fc_location", "location"), ("fc_guidance", "guidance"), ("fc_seed", "seed")):
+        state.setdefault(key, defaults[name]["default"])
+    state.setdefault("fc_steps", min(defaults["sampler_steps"]["default"], model.diffusion_steps))
+    state.setdefault("fc_paired", defaults["noise"]["default"] == "antithetic")
 
     with st.container(border=True):
         top = st.columns([3, 2])
@@ -72,30 +75,36 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
         sampler_slot = st.empty()
         bottom = st.columns([4, 3, 3, 2])
         location = bottom[0].radio("Location scenario", fd.LOCATION_MODES, key="fc_location", horizontal=True,
+                                   format_func=fd.LOCATION_LABELS.get,
                                    help="; ".join(f"{k}: {v}" for k, v in fd.LOCATION_HELP.items()))
         cells = fd.cached_cells(url, info.id, revision())
         names = dict(zip(cells["key"], cells["name"] + " (" + cells["land_use"].fillna("unknown") + ")"))
-        cell = bottom[1].selectbox("Cell", list(names), key="fc_cell", disabled=location != "cell",
+        cell = bottom[1].selectbox("Cell", list(names), key="fc_cell", disabled=location != "cells",
                                    format_func=lambda k: f"{k} · {names[k]}", help="Used by the `cell` scenario.")
         location_slot = bottom[0].empty()
         guidance = bottom[2].slider("Guidance", 0.0, fd.MAX_GUIDANCE, step=0.1, key="fc_guidance",
                                     help="Classifier-free guidance on the environment: 0 ignores it, 1 is the "
                                          "trained conditional model, above 1 exaggerates it.")
-        seed = bottom[3].number_input("Seed", 0, 2**31 - 1, key="fc_seed")
+        seed = bottom[3].number_input("Seed", *ForecastRequest.bounds("seed"), key="fc_seed")
         paired = bottom[3].checkbox("Paired paths", key="fc_paired",
                                     help="Antithetic pairs: each path has a twin driven by the opposite noise. Every "
                                          "path is still a sample of the model; the mean of the paths is steadier "
                                          "for the same number of paths. Off: every path on its own noise.")
 
-        request = fd.ForecastRequest(users=tuple(users), start=int(start), horizon=int(horizon), samples=int(samples),
-                                     sampler=sampler, sampler_steps=int(steps), location=location, cell=cell,
-                                     guidance=float(guidance), seed=int(seed), paired=bool(paired))
-        errors = fd.validate_request(request, history=model.history, hours=info.hours, origin=info.time_origin,
+        request = ForecastRequest(
+            entities=tuple(users), start=int(start), entity_kind=noun, horizon=int(horizon), samples=int(samples),
+            sampler=sampler, sampler_steps=int(steps), location=location,
+            cells=(cell,) if location == "cells" and cell else (), guidance=float(guidance), seed=int(seed),
+            noise="antithetic" if paired else "independent", model_id=model.id)
+        errors = fd.request_problems(request, history=model.history, hours=info.hours, origin=info.time_origin,
                                      diffusion_steps=model.diffusion_steps)
-        show_error(users_slot, errors.get("users"))
+        show_error(users_slot, errors.get("entities"))
         show_error(start_slot, errors.get("start"))
-        show_error(sampler_slot, errors.get("sampler"))
-        show_error(location_slot, errors.get("location"))
+        show_error(sampler_slot, errors.get("sampler") or errors.get("sampler_steps"))
+        show_error(location_slot, errors.get("location") or errors.get("cells"))
+        for name in ("horizon", "samples", "guidance", "seed", "noise"):
+            show_error(sampler_slot if name != "guidance" else location_slot,
+                       f"{name.capitalize()}: {errors[name]}" if name in errors else None)
         set_query(user=",".join(users) or None, hour=start, horizon=horizon)
         for key, value in (("fc_users", list(users) or None), ("fc_start", start), ("fc_horizon", horizon)):
             fd.remember_link_value(state, key, value)
@@ -107,7 +116,7 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
             if errors:
                 st.error("Not run: correct the fields marked above.")
             else:
-                job_id = jobs_ui.submit("forecast", {**request.engine_kwargs(noun), "model_id": model.id}) or job_id
+                job_id = jobs_ui.submit("forecast", request.to_params()) or job_id
         if job_id is not None:
             jobs_ui.follow(job_id, key="forecast", on_done=open_run)
 
@@ -213,10 +222,10 @@ def history_section() -> None:
     for column, run, name in zip(st.columns(2), runs, names):
         with column:
             st.markdown(f"**{fd.run_title(run, info.time_origin, info.hours)}**  \n"
-                        f"{run.params.get('sampler')} · {run.params.get('samples')} "
-                        f"{'paired ' if run.params.get('noise') == 'antithetic' else ''}paths · "
-                        f"{run.params.get('location')} · guidance {run.params.get('guidance')} · "
-                        f"seed {run.params.get('seed')} · model {run.params.get('model_id')}")
+                        f"{run.request.sampler_label} · {run.request.samples} "
+                        f"{'paired ' if run.request.antithetic else ''}paths · "
+                        f"{fd.location_label(run.request)} · guidance {run.request.guidance} · "
+                        f"seed {run.request.seed} · model {run.request.model_id}")
             spec = fd.cached_compare_view(url, info.id, revision(), run.id, name, kind, info.services,
                                           info.time_origin, top)
             st.vega_lite_chart(spec, theme=None, width="stretch")

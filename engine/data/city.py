@@ -34,6 +34,7 @@ from datetime import datetime
 import numpy as np
 
 from db.queries import DatasetContent
+from engine.requests import CityRequest
 
 # --- Vocabularies ---------------------------------------------------------------------------------
 
@@ -513,6 +514,15 @@ def _traffic(rng, users, locations, land_use, poi, config):  # noqa: ANN001, ANN
 
 
 # --- Assembly -------------------------------------------------------------------------------------
+
+
+def generate_city_for(request: CityRequest) -> DatasetContent:
+    """`lsdm city build` and the ``city.build`` job: the city a request describes."""
+    request = request.checked()
+    config = CityConfig(users=request.users, cells=request.cells, seed=request.seed, env_effect=request.env_effect,
+                        days=request.days, center=(request.center_lat, request.center_lon),
+                        radius_km=request.radius_km)
+    return generate_city(config, name=request.name)
 
 
 def generate_city(config: CityConfig | None = None, *, name: str | None = None) -> DatasetContent:

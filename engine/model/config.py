@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import torch
+
 from engine.errors import InputError
 
 
@@ -18,7 +20,7 @@ class ModelConfig:
     """Architecture, diffusion and training settings of an LSDM forecaster."""
 
     # Windows
-    history: int = 24  # H hours of history (chosen by measurement: README "Forecasting engine")
+    history: int = 24  # H hours of history (docs/model.md#data-and-splits)
     horizon: int = 1  # F hours predicted jointly
     # Denoiser (Alg. 1 layout: tokens (B, C, K services, L = H + F hours))
     channels: int = 64
@@ -30,9 +32,10 @@ class ModelConfig:
     step_conditioning: str = "adaln"  # adaln (ours) | input (CSDI: step embedding added to the input)
     env_kind: str = "env"  # env (z_env, Eq. 9) | image | text: which embedding conditions the model
     # A linear conditional mean fitted in closed form when training starts (engine/model/prior.py):
-    # feature: an input of the target tokens beside the profile (the default, README "The linear mean
-    # feature"); linear: the diffusion models the residual around it (CARD; experimental); residual:
-    # both (experimental); none: no such mean. "none" in checkpoints that predate the field.
+    # feature: an input of the target tokens beside the profile (the default,
+    # docs/model.md#the-linear-mean-feature); linear: the diffusion models the residual around it (CARD;
+    # experimental); residual: both (experimental); none: no such mean. "none" in checkpoints that predate
+    # the field.
     prior: str = "feature"
     # The no-condition linear mean gets a mean per period of day x weekend too, as the conditioned one has
     # (engine/model/prior.py); False in checkpoints that predate the field. No effect with the environment.
@@ -40,7 +43,7 @@ class ModelConfig:
     # Beside the embedding of the cell at each hour, the model reads the entity's usual embedding at that
     # hour of day (the mean over its history's hours, engine/data/windows.py HourlyProfile): the traffic
     # profile already holds the usual place's effect, so what the condition adds is where the entity is
-    # now against where it usually is (README "The environment profile"). False in checkpoints that
+    # now against where it usually is (docs/model.md#the-environment-profile). False in checkpoints that
     # predate the field. No effect without the environment.
     env_profile: bool = True
     # Diffusion
@@ -53,7 +56,7 @@ class ModelConfig:
     l1: float = 1.0
     l2: float = 0.1
     # Training
-    epochs: int = 5  # ~100 s each on the 2-core CPU for the default city: training stays well under 10 min
+    epochs: int = 5  # within the 10-minute CPU training budget (docs/model.md#training)
     batch_size: int = 256
     windows_per_epoch: int = 32_768  # training windows drawn afresh each epoch
     # Diffusion steps and noises drawn per training window: the history is encoded once and only the
@@ -92,16 +95,9 @@ class ModelConfig:
 
     def final_alpha_bar(self) -> float:
         """alpha-bar at the last diffusion step (1 - beta_t multiplied over all steps)."""
-        n = self.diffusion_steps
-        if self.schedule == "quad":
-            roots = [self.beta_start**0.5 + (self.beta_end**0.5 - self.beta_start**0.5) * i / (n - 1) for i in range(n)]
-            betas = [r * r for r in roots]
-        else:
-            betas = [self.beta_start + (self.beta_end - self.beta_start) * i / (n - 1) for i in range(n)]
-        product = 1.0
-        for beta in betas:
-            product *= 1 - beta
-        return product
+        from engine.model.diffusion import noise_schedule  # here, not at the top: diffusion.py imports this module
+
+        return float(torch.prod(1 - noise_schedule(self)))
 
     @property
     def prior_is_input(self) -> bool:
@@ -160,11 +156,11 @@ CONFIGS: dict[str, ModelConfig] = {
     "env-input": ModelConfig(condition="input"),
     "image-only": ModelConfig(env_kind="image"),
     # Experimental: the diffusion models the residual around a linear conditional mean (engine/model/
-    # prior.py). Measured in the README; not the default.
+    # prior.py); not the default (docs/model.md#the-linear-mean-feature).
     "lsdm-prior": ModelConfig(prior="linear"),
     # The paper's model alone: no linear mean feature (the condition enters by AdaLN only).
     "lsdm-plain": ModelConfig(prior="none"),
-    "lsdm-residual": ModelConfig(prior="residual"),  # experimental: measured in the README
+    "lsdm-residual": ModelConfig(prior="residual"),  # experimental (docs/model.md#the-linear-mean-feature)
     "lsdm-plain-no-condition": ModelConfig(prior="none", condition="none"),
     "text-only": ModelConfig(env_kind="text"),
     # A few seconds of training, for tests and smoke checks.
@@ -189,7 +185,7 @@ def resolve_config(name_or_file: str | None, **overrides) -> tuple[str, ModelCon
         name = path.stem
     else:
         raise InputError(f"unknown configuration {name!r}; known: {', '.join(CONFIGS)} or a JSON file",
-                         field="--config")
+                         field="config")
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     config.validate()
     return name, config

@@ -152,7 +152,7 @@ def test_the_form_queues_a_forecast_job_and_the_page_draws_the_stored_run_with_t
     fill_small_request(at, start=300)
     at.button(key="fc_run").click().run()
     assert not at.exception
-    assert not at.error
+    assert not at.error, [e.value for e in at.error]
     [(job_id, kind, status)] = jobs_of(app_db)
     assert (kind, status) == ("forecast", "queued") and run_rows(app_db) == []  # nothing ran in the app
     assert query(at, "job") == str(job_id)
@@ -410,37 +410,36 @@ def test_run_metrics_are_empty_when_no_truth_is_known() -> None:
     assert fd.run_metrics(_run(truth, np.ones((1, 4, 2, 3)), ["user:A"]), None).empty
 
 
-def test_validate_request_explains_each_wrong_field() -> None:
-    good = fd.ForecastRequest(users=("U1",), start=24, horizon=3, samples=4)
-    assert fd.validate_request(good, history=24, hours=336, origin=MONDAY) == {}
-    errors = fd.validate_request(
-        fd.ForecastRequest(users=(), start=5, horizon=0, samples=300, sampler="ddim", sampler_steps=60,
-                           location="cell", cell=None, guidance=6.0),
+def test_request_problems_explain_each_wrong_field() -> None:
+    good = ForecastRequest(entities=("U1",), start=24, horizon=3, samples=4)
+    assert fd.request_problems(good, history=24, hours=336, origin=MONDAY) == {}
+    errors = fd.request_problems(
+        ForecastRequest(entities=(), start=5, horizon=0, samples=3000, sampler="ddim", sampler_steps=60,
+                        location="cells", guidance=16.0),
         history=24, hours=336, origin=MONDAY, diffusion_steps=50)
-    assert set(errors) == {"users", "start", "horizon", "samples", "sampler", "location", "guidance"}
+    assert set(errors) == {"entities", "start", "horizon", "samples", "sampler_steps", "cells", "guidance"}
     assert "Tue 19 Apr 00:00" in errors["start"]  # the earliest start, as a time
-    late = fd.validate_request(fd.ForecastRequest(users=("U1",), start=337), history=24, hours=336, origin=MONDAY)
+    late = fd.request_problems(ForecastRequest(entities=("U1",), start=337), history=24, hours=336, origin=MONDAY)
     assert "earlier" in late["start"]
     crowd = tuple(f"U{i}" for i in range(fd.MAX_USERS + 1))
-    assert "at most" in fd.validate_request(fd.ForecastRequest(users=crowd, start=30), history=24, hours=336,
-                                            origin=MONDAY)["users"]
+    assert "at most" in fd.request_problems(ForecastRequest(entities=crowd, start=30), history=24, hours=336,
+                                            origin=MONDAY)["entities"]
 
 
-def test_request_becomes_run_forecast_arguments_and_back() -> None:
-    request = fd.ForecastRequest(users=("U1", "U2"), start=40, horizon=5, samples=8, sampler="ddim", sampler_steps=4,
-                                 location="cell", cell="C0003", guidance=1.5, seed=9)
-    kwargs = request.engine_kwargs("user")
-    assert kwargs == {"entity": "user:U1,user:U2", "start": 40, "horizon": 5, "samples": 8, "sampler": "ddim:4",
-                      "location": "cell:C0003", "guidance": 1.5, "seed": 9, "noise": "antithetic"}
-    assert fd.form_values(kwargs) == {"fc_users": ["U1", "U2"], "fc_start": 40, "fc_horizon": 5, "fc_samples": 8,
-                                      "fc_seed": 9, "fc_sampler": "ddim", "fc_steps": 4, "fc_location": "cell",
+def test_a_stored_request_becomes_the_form_again() -> None:
+    request = ForecastRequest(entities=("U1", "U2"), start=40, horizon=5, samples=8, sampler="ddim", sampler_steps=4,
+                              location="cells", cells=("C0003",), guidance=1.5, seed=9)
+    stored = {**request.to_params(), "model_sha256": "abc"}
+    assert fd.form_values(stored) == {"fc_users": ["U1", "U2"], "fc_start": 40, "fc_horizon": 5, "fc_samples": 8,
+                                      "fc_seed": 9, "fc_sampler": "ddim", "fc_steps": 4, "fc_location": "cells",
                                       "fc_cell": "C0003", "fc_guidance": 1.5, "fc_paired": True}
-    assert fd.ForecastRequest(users=("U1",), start=30, sampler="ddpm").engine_kwargs("cell")["sampler"] == "ddpm"
-    backtest = fd.ForecastRequest(users=("U1",), start=30, location="observed", paired=False).engine_kwargs("user")
-    assert (backtest["location"], backtest["noise"]) == ("observed", "independent")
+    backtest = ForecastRequest(entities=("U1",), start=30, location="observed", noise="independent").to_params()
     assert fd.form_values(backtest)["fc_location"] == "observed" and fd.form_values(backtest)["fc_paired"] is False
-    # Runs stored before the option drew independent paths: "run again" keeps that.
-    assert fd.form_values({k: v for k, v in kwargs.items() if k != "noise"})["fc_paired"] is False
+    # A run stored before requests (text forms) and before the noise option drew independent paths:
+    # "run again" keeps that.
+    old = {"entity": "user:U1,user:U2", "start": 40, "horizon": 5, "samples": 8, "sampler": "ddim:4",
+           "location": "cell:C0003", "guidance": 1.5, "seed": 9, "model_id": 1, "model_sha256": "abc"}
+    assert fd.form_values(old) == {**fd.form_values(stored), "fc_paired": False}
 
 
 def test_a_link_sets_a_widget_once_and_the_users_change_wins_afterwards() -> None:

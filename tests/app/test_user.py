@@ -205,9 +205,24 @@ def test_place_roles_come_from_the_synthetic_users_attributes() -> None:
     assert ud.place_roles({}) == {}
 
 
-def test_entity_tokens_match_whole_keys_only() -> None:
-    assert ud.entity_tokens("user:U1, user:U10") == {"user:U1", "user:U10"}
-    assert "user:U1" not in ud.entity_tokens("user:U10")
+def test_user_runs_match_whole_keys_in_old_and_new_runs(tmp_path: Path, city_db: Path) -> None:
+    copy = tmp_path / "runs.sqlite"
+    copy.write_bytes(city_db.read_bytes())
+    database = open_database(str(copy))
+    with database.write_session() as session, session.begin():
+        dataset = get_dataset(session)
+        old = {"entity": "user:U0007,user:U00070", "start": 300, "horizon": 2, "samples": 3, "sampler": "ddim:4",
+               "location": "habitual", "guidance": 1.0, "seed": 0, "model_sha256": "x"}  # before requests
+        new = {"entities": ["U00071"], "start": 310, "horizon": 5, "samples": 3}
+        session.add_all([ForecastRun(dataset_id=dataset.id, params=old), ForecastRun(dataset_id=dataset.id, params=new)])
+    with database.session() as session:
+        dataset = get_dataset(session)
+        runs = ud.user_runs(session, dataset.id, "user", "U0007", dataset.time_origin)
+        assert list(runs["horizon_h"]) == [2] and list(runs["sampler"]) == ["ddim:4"] and list(runs["users"]) == [2]
+        assert list(ud.user_runs(session, dataset.id, "user", "U00071", dataset.time_origin)["horizon_h"]) == [5]
+        assert ud.user_runs(session, dataset.id, "cell", "U00071", dataset.time_origin).empty
+        assert ud.user_runs(session, dataset.id, "user", "U000", dataset.time_origin).empty
+    database.dispose()
 
 
 def test_user_places_and_runs_read_from_the_database(city_db: Path) -> None:

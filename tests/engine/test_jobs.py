@@ -80,7 +80,7 @@ def _wait_until(predicate, timeout: float = 120.0, what: str = "condition") -> N
 
 @pytest.mark.parametrize(("kind", "params", "field"), [
     ("nonsense", {}, "kind"),
-    ("forecast", {"start": 10}, "entity"),
+    ("forecast", {"start": 10}, "entities"),
     ("forecast", {"entity": "user:U0001", "start": -1}, "start"),
     ("forecast", {"entity": "user:U0001", "start": 10, "horizon": "twelve"}, "horizon"),
     ("forecast", {"entity": "user:U0001", "start": 10, "sampler": "euler"}, "sampler"),
