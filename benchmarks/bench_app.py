@@ -1,5 +1,5 @@
 """Dashboard page render times in Chromium on the default city, the time to the first page after the
-server starts, and (``--screenshots DIR``) one 1400x900 PNG per page for the README.
+server starts, and (``--screenshots DIR``) one 1400x900 PNG per page for docs/screenshots/.
 
 Target: every page renders in < 1.5 s warm (caches filled by one visit first). Two ways in are timed:
 - ``load``: opening the page's link in the tab (a fresh Streamlit session: connect, run the page,

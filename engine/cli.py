@@ -447,11 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     table = ingest.add_parser(
         "table", parents=[common, reporting], help="the documented long format (CSV or Parquet)",
         description="Ingest records (entity_id, timestamp, cell_id, service, bytes) and cells "
-        "(cell_id, lat, lon, <POI columns>); see README 'Data formats'.",
+        "(cell_id, lat, lon, <POI columns>); see docs/data-formats.md#long-table.",
     )
     table.add_argument("--records", type=_existing_file, required=True, help="records file (.csv or .parquet)")
     table.add_argument("--cells", type=_existing_file, required=True, help="cells file (.csv or .parquet)")
-    table.add_argument("--mapping", type=_existing_file, default=None, help="JSON column mapping (README)")
+    table.add_argument("--mapping", type=_existing_file, default=None, help="JSON column mapping (docs/data-formats.md)")
     table.add_argument("--entity-kind", choices=["user", "cell"], default=None,
                        help="what the records' entity_id is (default: the mapping's, else user)")
     table.add_argument("--timezone", default=None,

@@ -139,7 +139,7 @@ def shuffled_locations(series: SeriesData, seed: int) -> SeriesData:
     the entity's own cells is what the model takes from where the entity actually is; unlike the gain
     over the no-condition model, it has no second training run in it (no seed-to-seed difference) and no
     difference of architecture. In a city without environment effect (``--env-effect 0``) it should
-    vanish (README "Results")."""
+    vanish (docs/results.md#control-city)."""
     n = len(series.location)
     if n < 2:
         return series
@@ -192,8 +192,9 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     """Score the model, its comparison models and the baselines on the test day; write the report.
 
     ``samples``: samples per test window (antithetic pairs, see engine/forecast.py); the point metrics
-    are on their mean, so more samples raise every diffusion row's R² (README "Point forecasts and
-    sample size"). ``path_samples``: sample paths per entity and start for the MSE by recursive step.
+    are on their mean, so more samples raise every diffusion row's R²
+    (docs/model.md#point-forecasts-and-sample-size). ``path_samples``: sample paths per entity and start
+    for the MSE by recursive step.
     ``dataset_name``: score on another data set's test day than the model's own (e.g. a second city,
     "new city" generalisation; its cells embedded with the model's encoder, `lsdm env build --encoder`).
     Comparison models come from the model's own data set; the baselines are fitted on the scored one.

@@ -119,8 +119,8 @@ def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: lis
 
     ``antithetic`` (default): an entity's paths come in pairs driven by opposite noise (``paired_noise``
     in engine/model/diffusion.py). Every path is still a sample of the model; the paths' mean is a
-    better estimate of the model's expected traffic for the same number of paths (README "Point
-    forecasts and sample size"). False: independent noise, as in runs stored before the option.
+    better estimate of the model's expected traffic for the same number of paths
+    (docs/model.md#point-forecasts-and-sample-size). False: independent noise, as in runs stored before the option.
 
     ``history_env``: the cells' embeddings while the history was recorded, when ``series.env`` is a
     what-if's edited one (default: ``series.env``): the observed hours get them, and so does the

@@ -102,7 +102,7 @@ def show_datasets() -> None:
 
 def table_form() -> None:
     st.caption("Records `entity_id, timestamp, cell_id, service, bytes` and cells `cell_id, lat, lon, <POI columns>`, "
-               "or any layout described by a JSON column mapping (see the README). Large files: "
+               "or any layout described by a JSON column mapping (see docs/data-formats.md). Large files: "
                "`lsdm ingest table` on the command line.")
     mappings = da.shipped_mappings()
     with st.form("ingest_table"):

@@ -156,7 +156,7 @@ def load_mapping(path: Path | str) -> TableMapping:
     except json.JSONDecodeError as error:
         raise InputError(
             f"not valid JSON: {error.msg} at column {error.colno}", file=path, line=error.lineno,
-            hint="a mapping is one JSON object; see README 'Data formats'",
+            hint="a mapping is one JSON object; see docs/data-formats.md#the-json-mapping",
         ) from None
     except _DuplicateKey as error:
         key = error.args[0]

@@ -1,6 +1,6 @@
 """A data set as arrays, its normalisation, and the (entity, target hour) windows of each split.
 
-Decisions (the paper leaves them open; see README "Forecasting engine"):
+Decisions (the paper leaves them open; see docs/model.md#data-and-splits and the headings after it):
 - Normalisation: v = log1p(bytes) / s with one global scale s = the largest log1p(bytes) seen in the
   training windows' hours (fitted on training data only, stored with the model). v lies in [0, ~1];
   metrics "on the normalised scale" (the paper's tables) are on v, metrics "in bytes" on
@@ -156,7 +156,7 @@ class Normaliser:
         Why: three quarters of the default city's (user, hour, service) values are exactly 0 bytes. A
         diffusion sample lands near 0, not on it, so without this a 90 % interval excluded the true 0 in
         38 % of those points (measured cov90 0.62 on the test day); with it, cov90 is 0.90 and CRPS and R²
-        are unchanged or better (README, "Interval calibration")."""
+        are unchanged or better (docs/model.md#whole-bytes)."""
         return np.where(v < self.zero_below, 0.0, v).astype(v.dtype, copy=False)
 
     def to_dict(self) -> dict:
@@ -253,7 +253,7 @@ class HourlyProfile:
     it was in at each hour of day over the same hours (``env_at``). Why: the traffic profile already
     holds the effect of the places an entity usually is in at that hour; the environment the model can
     still use is where the entity is now against where it usually is. Given both embeddings, a model
-    can tell the two apart (README "The environment profile"). ``history_env`` are the cells' embeddings
+    can tell the two apart (docs/model.md#the-environment-profile). ``history_env`` are the cells' embeddings
     as they were while the history was recorded: a what-if that changes a place changes the future hours'
     embedding, not the past that the profiles summarise."""
 

@@ -19,11 +19,11 @@ the model is conditioned on it). Why: within a 10-minute CPU training budget the
 environment's small shift of the mean poorly (+1.4 % R² over no condition, at the recorded cells)
 although a linear fit of the same inputs gains +5.9 %; given that fit as an input, the network follows it
 as it follows the profile (+3.6 % then, against a no-condition model whose linear mean lacked the period
-intercepts; +2.3 % against the fair one: README "Results").
+intercepts; +2.3 % against the fair one: docs/results.md#how-the-gain-got-here).
 
 The environment input of an hour (``env_profile``, the default) is [z_env of the cell at that hour, the
 entity's usual z_env at that hour of day] (engine/data/windows.py HourlyProfile); both enter the
-condition's projection and the linear mean. With it the gain is +3.4 % (README "The environment profile").
+condition's projection and the linear mean. With it the gain is +3.4 % (docs/model.md#the-environment-profile).
 """
 
 from __future__ import annotations
