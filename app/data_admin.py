@@ -20,6 +20,7 @@ from db import Database
 from db.models import Cell, Dataset, Entity
 from db.queries import NoDatasetError, activate_dataset, dataset_summary, get_dataset
 from engine.jobs import JobView, new_uploads_dir
+from engine.requests import EnvRequest, IngestTableRequest, IngestTsinghuaRequest
 
 Upload = tuple[str, bytes]  # (file name as uploaded, content): what the page hands over
 TSINGHUA_ROLES = ("trace", "app2category", "categories", "poi", "coords")
@@ -112,9 +113,9 @@ def table_job(records: Upload, cells: Upload, mapping: Upload | Path | None = No
     uploaded_mapping = mapping if isinstance(mapping, tuple) else None
     folder, paths, names = save_uploads({"records": records, "cells": cells, "mapping": uploaded_mapping})
     shipped = str(mapping) if isinstance(mapping, Path) else None
-    return {"records": paths["records"], "cells": paths["cells"], "mapping": paths.get("mapping") or shipped,
-            "entity_kind": entity_kind, "timezone": timezone, "name": name, "replace": replace,
-            "uploads_dir": str(folder), "names": names}
+    return IngestTableRequest(records=paths["records"], cells=paths["cells"],
+                              mapping=paths.get("mapping") or shipped, entity_kind=entity_kind, timezone=timezone,
+                              name=name, replace=replace, uploads_dir=str(folder), names=names).to_params()
 
 
 def tsinghua_job(uploads: dict[str, Upload | None], *, all_services: bool = False, name: str = "tsinghua",
@@ -122,18 +123,21 @@ def tsinghua_job(uploads: dict[str, Upload | None], *, all_services: bool = Fals
     """The parameters of an ``ingest.tsinghua`` job (trace, app2category, categories, poi and optional
     coords uploaded), the uploads saved."""
     folder, paths, names = save_uploads(uploads)
-    return {**{role: paths.get(role) for role in TSINGHUA_ROLES}, "all_services": all_services,
-            "name": name or "tsinghua", "replace": replace, "uploads_dir": str(folder), "names": names}
+    return IngestTsinghuaRequest(**{role: paths.get(role) for role in TSINGHUA_ROLES}, all_services=all_services,
+                                 name=name or IngestTsinghuaRequest.default("name"), replace=replace,
+                                 uploads_dir=str(folder), names=names).to_params()
 
 
 def environment_job(settings: AppSettings, *, regenerate: bool = False, train_encoder: bool = False,
-                    clip_epochs: int = 40) -> dict:
+                    clip_epochs: int = EnvRequest.default("clip_epochs")) -> dict:
     """The parameters of an ``env.build`` job with the saved settings (tile source, describer and its
     options). As on the command line, the default city is embedded with the shipped encoder unless a
     new encoder is asked for."""
-    return {"tiles": settings.tile_source, "describer": settings.describer,
-            "describer_options": settings.describer_options(), "regenerate": regenerate,
-            "train_encoder": train_encoder, "clip_epochs": clip_epochs}
+    options = settings.describer_options()
+    return EnvRequest(tiles=settings.tile_source, describer=settings.describer,
+                      llm_url=options.get("base_url") or EnvRequest.default("llm_url"),
+                      llm_model=options.get("model") or EnvRequest.default("llm_model"), regenerate=regenerate,
+                      train_encoder=train_encoder, clip_epochs=clip_epochs).to_params()
 
 
 def job_notice(job: JobView) -> str:

@@ -32,14 +32,12 @@ from app.common import ACCENT, DatasetInfo, database, hour_label_for, megabytes,
 from db.models import Cell, Dataset, Tile
 from engine.data.windows import SeriesData
 from engine.forecast import LocationPlan
+from engine.requests import ForecastRequest, WhatIfRequest
 from engine.whatif import CellEdit, Scenario, list_scenarios, load_scenario
 
-DEFAULT_HORIZON = 12
-DEFAULT_SAMPLES = 32
-MAX_HORIZON = 72
-MAX_SAMPLES = 256
-MAX_GUIDANCE = 5.0
-SAMPLER = "ddim:10"  # the forecast page's default: fast and deterministic
+MAX_HORIZON = WhatIfRequest.bounds("horizon")[1]
+MAX_SAMPLES = WhatIfRequest.bounds("samples")[1]
+MAX_GUIDANCE = ForecastRequest.bounds("guidance")[1]  # a scenario's guidance is a forecast's
 LOCATION_MODES = ("habitual", "stay", "cell")
 LOCATION_LABELS = {"habitual": "Habitual cells", "stay": "Stay in the last cell", "cell": "Move to a cell"}
 TILE_MODES = ("keep", "cell", "upload")
@@ -325,11 +323,10 @@ def error_text(error: Exception) -> str:
 def editor_values(params: dict, default_a: float, default_b: float) -> dict[str, object]:
     """A stored scenario's request and scenario as the editor's widget values (``wi_*`` keys), plus
     ``edits`` (its cell edits, as CellEdit) for the page to place in the editor."""
-    scenario = Scenario.from_dict(params.get("scenario") or {})
-    values: dict[str, object] = {"wi_user": str(params.get("entity", "")).partition(":")[2]}
-    for name in ("start", "horizon", "samples", "seed"):
-        if params.get(name) is not None:
-            values[f"wi_{name}"] = int(params[name])
+    request = WhatIfRequest.from_params(params)  # scenarios stored before requests read too
+    scenario = Scenario.from_dict(request.scenario)
+    values: dict[str, object] = {"wi_user": request.entity, "wi_start": request.start, "wi_horizon": request.horizon,
+                                 "wi_samples": request.samples, "wi_seed": request.seed}
     moved = scenario.moved_to()
     values["wi_location"] = "cell" if moved else scenario.location
     if moved:
@@ -475,9 +472,10 @@ def edits_frame(params: dict) -> pd.DataFrame:
 def scenario_summary(params: dict, info: DatasetInfo, weights: tuple[float, float] | None = None) -> str:
     """'user:U0001 from Tue 19 Apr 14:00 · 12 h · 32 paths · seed 0 · moved to C0042; C0042: POIs'
     (``weights``: the encoder's own a/b, not mentioned when the scenario keeps them)."""
-    scenario = Scenario.from_dict(params.get("scenario") or {})
-    return (f"{params.get('entity')} from {hour_label_for(info, int(params.get('start', 0)))} · "
-            f"{params.get('horizon')} h · {params.get('samples')} paths · seed {params.get('seed')} · "
+    request = WhatIfRequest.from_params(params)
+    scenario = Scenario.from_dict(request.scenario)
+    return (f"{request.entity_kind}:{request.entity} from {hour_label_for(info, request.start)} · "
+            f"{request.horizon} h · {request.samples} paths · {request.sampler_label} · seed {request.seed} · "
             f"{scenario.describe(weights)}")
 
 

@@ -529,6 +529,8 @@ class WhatIfRequest(Request):
 
     KIND: ClassVar[str] = "whatif"
     TITLE: ClassVar[str] = "What-if"
+    # A stored scenario also records its model, data set, and the descriptions and notes of its edits.
+    RECORD_KEYS: ClassVar[tuple[str, ...]] = ("model_id", "model_sha256", "dataset", "descriptions", "notes")
 
     entity: str = spec(str, max_length=200, help="the key of the entity")
     start: int = spec(int, low=0, help="first forecast hour (hours since the data set's origin)")

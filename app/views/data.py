@@ -14,6 +14,7 @@ from app import data_admin as da
 from app import settings as app_settings
 from engine.errors import InputError
 from engine.jobs import discard_uploads
+from engine.requests import CityRequest, EnvRequest
 
 DATA_JOBS = ("ingest.table", "ingest.tsinghua", "city.build", "env.build")
 
@@ -169,21 +170,27 @@ def city_form() -> None:
                "are the embedded default city, which the shipped encoder and forecaster were trained on.")
     with st.form("city"):
         c1, c2, c3, c4, c5 = st.columns(5)
-        users = c1.number_input("Users", 1, 100_000, 500, key="city_users")
-        cells = c2.number_input("Cells", 8, 20_000, 400, key="city_cells")
-        seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="city_seed")
-        days = c4.number_input("Days", 8, 60, 14, key="city_days",
-                               help="At least 8: a week of history before the held-out days.")
-        effect = c5.number_input("Environment effect", 0.0, 5.0, 1.0, step=0.1, key="city_effect",
-                                 help="0: nobody's traffic depends on where they are (a control city)")
+        spec = CityRequest.field_specs()
+
+        def number(column, label: str, name: str, **options):  # noqa: ANN001, ANN202 - a widget
+            """A number field with the request's bounds and default."""
+            return column.number_input(label, *CityRequest.bounds(name), spec[name]["default"], key=f"city_{name}",
+                                       **options)
+
+        users = number(c1, "Users", "users")
+        cells = number(c2, "Cells", "cells")
+        seed = number(c3, "Seed", "seed")
+        days = number(c4, "Days", "days", help="At least 8: a week of history before the held-out days.")
+        effect = number(c5, "Environment effect", "env_effect", step=0.1,
+                        help="0: nobody's traffic depends on where they are (a control city)")
         name = st.text_input("Name", placeholder="synthetic-seed<seed>", key="city_name")
         name_slot = st.empty()
         replace = st.checkbox("Replace a data set of the same name", key="city_replace")
         submitted = st.form_submit_button("Build city", type="primary", key="city_submit")
     if submitted:
-        queue("city.build", {"users": int(users), "cells": int(cells), "seed": int(seed), "days": int(days),
-                             "env_effect": float(effect), "name": name.strip() or None, "replace": replace},
-              {"name": name_slot})
+        request = CityRequest(users=int(users), cells=int(cells), seed=int(seed), days=int(days),
+                              env_effect=float(effect), name=name.strip() or None, replace=replace)
+        queue("city.build", request.to_params(), {"name": name_slot})
 
 
 def load_saved_settings() -> app_settings.AppSettings:
@@ -205,7 +212,8 @@ def environment_form(saved: app_settings.AppSettings) -> None:
         c1, c2, c3 = st.columns(3)
         regenerate = c1.checkbox("Redo tiles and descriptions", key="env_regenerate")
         train_encoder = c2.checkbox("Train a new encoder even on the default city", key="env_train")
-        epochs = c3.number_input("CLIP epochs (new encoders)", 0, 500, 40, key="env_epochs")
+        epochs = c3.number_input("CLIP epochs (new encoders)", *EnvRequest.bounds("clip_epochs"),
+                                 EnvRequest.default("clip_epochs"), key="env_epochs")
         submitted = st.form_submit_button("Build environment", type="primary", key="env_submit")
     if submitted:
         queue("env.build", da.environment_job(saved, regenerate=regenerate, train_encoder=train_encoder,

@@ -9,8 +9,9 @@ import streamlit as st
 
 from app import common, jobs_ui
 from app import models_data as md
-from engine.evaluate import COMPARISON_MODELS, LOCATION_TEXT, LOCATIONS
+from engine.evaluate import COMPARISON_MODELS, LOCATION_TEXT
 from engine.model.config import CONFIGS
+from engine.requests import EvaluateRequest, TrainRequest
 
 common.page_header("Models & evaluation", "Forecasters and environment encoders of the active data set.")
 info = common.require_dataset()
@@ -132,22 +133,31 @@ def evaluation_form(model: md.ModelInfo) -> None:
     """Queue an ``evaluate`` job; the page follows it and shows the stored evaluation when it is done."""
     with st.form("evaluate"):
         st.markdown(f"**Run an evaluation of model #{model.id}** (a job for the worker; minutes)")
-        c1, c2, c3 = st.columns(3)
-        samples = c1.number_input("Samples per window", 1, 256, 32, key="eval_samples",
+        c1, c2, c3, c4 = st.columns(4)
+        spec = EvaluateRequest.field_specs()
+        samples = c1.number_input("Samples per window", *EvaluateRequest.bounds("samples"),
+                                  spec["samples"]["default"], key="eval_samples",
                                   help="Their mean is the point forecast: fewer samples, noisier means, lower R²")
-        steps = c2.number_input("Recursive steps", 1, 72, 30, key="eval_steps")
-        path_users = c3.number_input("Entities for the recursive paths", 1, 100_000, 100, key="eval_users")
-        location = st.radio("Where users are at the forecast hours", LOCATIONS, horizontal=True, key="eval_location",
-                            format_func=LOCATION_TEXT.get)
-        arima = st.checkbox("Include ARIMA (about 2 minutes)", value=False, key="eval_arima")
-        train_missing = st.checkbox("Train missing comparison models (minutes each)", value=False, key="eval_train",
+        steps = c2.number_input("Recursive steps", *EvaluateRequest.bounds("steps"), spec["steps"]["default"],
+                                key="eval_steps")
+        path_users = c3.number_input("Entities for the recursive paths", *EvaluateRequest.bounds("path_users"),
+                                     spec["path_users"]["default"], key="eval_users")
+        path_samples = c4.number_input("Paths per entity", *EvaluateRequest.bounds("path_samples"),
+                                       spec["path_samples"]["default"], key="eval_path_samples")
+        location = st.radio("Where users are at the forecast hours", EvaluateRequest.choices("location"),
+                            horizontal=True, key="eval_location", format_func=LOCATION_TEXT.get)
+        arima = st.checkbox("Include ARIMA (about 2 minutes)", value=spec["include_arima"]["default"],
+                            key="eval_arima")
+        train_missing = st.checkbox("Train missing comparison models (minutes each)",
+                                    value=spec["train_missing"]["default"], key="eval_train",
                                     help=", ".join(COMPARISON_MODELS))
         submitted = st.form_submit_button("Run evaluation", key="eval_submit")
     job_id = jobs_ui.followed("evaluate", ("evaluate",))
     if submitted:
-        job_id = jobs_ui.submit("evaluate", {"model_id": model.id, "samples": int(samples), "steps": int(steps),
-                                             "path_users": int(path_users), "include_arima": arima,
-                                             "train_missing": train_missing, "location": location}) or job_id
+        request = EvaluateRequest(model_id=model.id, samples=int(samples), steps=int(steps),
+                                  path_users=int(path_users), path_samples=int(path_samples), location=location,
+                                  include_arima=arima, train_missing=train_missing)
+        job_id = jobs_ui.submit("evaluate", request.to_params()) or job_id
     if job_id is not None:
         jobs_ui.follow(job_id, key="evaluate", on_done=evaluated)
 
@@ -167,18 +177,26 @@ def training_form() -> None:
     with st.form("train"):
         c1, c2, c3, c4 = st.columns(4)
         config = c1.selectbox("Configuration", list(CONFIGS), key="train_config",
+                              index=list(CONFIGS).index(TrainRequest.default("config")),
                               help="The paper's ablations are configurations; 'tiny' trains in seconds.")
-        epochs = c2.number_input("Epochs", 1, 500, value=None, placeholder="configuration default", key="train_epochs")
-        seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
-        minutes = c4.number_input("Max minutes", 0.0, 24 * 60.0, 0.0, step=1.0, key="train_minutes",
-                                  help="Stop after the epoch that passes this budget; 0 = no limit.")
-        activate = st.checkbox("Make it the active model", value=True, key="train_activate")
+        epochs = c2.number_input("Epochs", *TrainRequest.bounds("epochs"), value=None,
+                                 placeholder="configuration default", key="train_epochs")
+        seed = c3.number_input("Seed", *TrainRequest.bounds("seed"), value=None, placeholder="configuration default",
+                               key="train_seed")
+        minutes = c4.number_input("Max minutes", *TrainRequest.bounds("max_minutes"), value=None, step=1.0,
+                                  placeholder="no limit", key="train_minutes",
+                                  help="Stop after the epoch that passes this budget; empty = no limit.")
+        split = st.radio("Split", TrainRequest.choices("split"), horizontal=True, key="train_split",
+                         help=TrainRequest.field_specs()["split"]["help"])
+        activate = st.checkbox("Make it the active model", value=TrainRequest.default("activate"),
+                               key="train_activate")
         submitted = st.form_submit_button("Train", type="primary", key="train_submit")
     job_id = jobs_ui.followed("train", ("train",))
     if submitted:
-        job_id = jobs_ui.submit("train", {"config": config, "epochs": int(epochs) if epochs else None,
-                                          "seed": int(seed), "max_minutes": float(minutes) or None,
-                                          "activate": activate}) or job_id
+        request = TrainRequest(config=config, epochs=None if epochs is None else int(epochs),
+                               seed=None if seed is None else int(seed),
+                               max_minutes=None if minutes is None else float(minutes), split=split, activate=activate)
+        job_id = jobs_ui.submit("train", request.to_params()) or job_id
     if job_id is not None:
         jobs_ui.follow(job_id, key="train", on_done=trained, live=loss_so_far)
 

@@ -27,6 +27,7 @@ from app.common import (
 )
 from app.user_data import cached_entity_keys
 from engine.errors import InputError
+from engine.requests import WhatIfRequest
 from engine.whatif import CellEdit, rename_scenario, validate_scenario
 
 info = require_dataset()
@@ -160,7 +161,8 @@ def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str])
     fd.adopt_link_value(state, "wi_user", linked_user if linked_user in set(keys) else None)
     fd.adopt_link_value(state, "wi_start", query_int("hour", None, hours.start, hours.stop - 1))
     for key, value in (("wi_user", keys[0]), ("wi_start", fd.default_start(info.hours, model.history)),
-                       ("wi_horizon", wd.DEFAULT_HORIZON), ("wi_samples", wd.DEFAULT_SAMPLES), ("wi_seed", 0),
+                       ("wi_horizon", WhatIfRequest.default("horizon")),
+                       ("wi_samples", WhatIfRequest.default("samples")), ("wi_seed", WhatIfRequest.default("seed")),
                        ("wi_location", "habitual"), ("wi_tile_mode", "keep"), ("wi_a", context.a),
                        ("wi_b", context.b), ("wi_guidance", 1.0)):
         state.setdefault(key, value)
@@ -175,7 +177,7 @@ def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str])
                                      help=f"The model reads the {model.history} hours before the start.")
         horizon = top[2].number_input("Horizon (h)", 1, wd.MAX_HORIZON, key="wi_horizon")
         samples = top[3].number_input("Sample paths", 1, wd.MAX_SAMPLES, key="wi_samples")
-        seed = top[4].number_input("Seed", 0, 2**31 - 1, key="wi_seed",
+        seed = top[4].number_input("Seed", *WhatIfRequest.bounds("seed"), key="wi_seed",
                                    help="Baseline and scenario draw the same noise from this seed.")
         slots["request"] = st.empty()
         left, right = st.columns([2, 3])
@@ -203,8 +205,12 @@ def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str])
             counts=env["counts"], current_description=env["current_description"], description=env["description"],
             tile_mode=env["tile_mode"], tile_from=env["tile_from"], tile_png=env["tile_png"], a=float(a), b=float(b),
             default_a=context.a, default_b=context.b, guidance=float(guidance), extra_edits=extra))
+        request = WhatIfRequest(entity=user, start=int(start), entity_kind=noun, horizon=int(horizon),
+                                samples=int(samples), seed=int(seed), scenario=scenario.to_dict(),
+                                name=name.strip() or None)
         error = None
         try:
+            request.checked()
             validate_scenario(scenario, context)
         except InputError as problem:
             error = problem
@@ -215,17 +221,14 @@ def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str])
 
         job_id = jobs_ui.followed("whatif", ("whatif",))
         clicked = st.button("Run what-if", type="primary", icon=":material/play_arrow:", key="wi_run")
-        st.caption(f"Model {model.id} · {model.name} · {wd.SAMPLER} · baseline: habitual cells, the stored "
+        st.caption(f"Model {model.id} · {model.name} · {request.sampler_label} · baseline: habitual cells, the stored "
                    f"environment, a={context.a:g}, b={context.b:g}, guidance 1 · a scenario changes the forecast "
                    f"hours only: the hours before the start stay as recorded")
         if clicked:
             if error is not None:
                 st.error("Not run: correct the fields marked above.")
             else:
-                request = {"entity": f"{noun}:{user}", "start": int(start), "horizon": int(horizon),
-                           "samples": int(samples), "sampler": wd.SAMPLER, "seed": int(seed),
-                           "scenario": scenario.to_dict(), "name": name.strip() or None}
-                job_id = jobs_ui.submit("whatif", request) or job_id
+                job_id = jobs_ui.submit("whatif", request.to_params()) or job_id
         if job_id is not None:
             jobs_ui.follow(job_id, key="whatif", on_done=open_scenario)
 
