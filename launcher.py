@@ -4,7 +4,7 @@ dashboard on the embedded default.
 It starts the job worker and the Streamlit server on 127.0.0.1 (a free port), waits until both are
 ready, opens the browser (``--no-browser`` prints the URL instead), logs to ``<data dir>/logs/``, and
 stops both on Ctrl+C/SIGTERM or when either exits. A second launch on the same database points to the
-running dashboard instead of starting another (engine/desktop.py).
+running dashboard instead of starting another (desktop/serve.py).
 
 First launch on an empty database: a ``setup.default`` job builds the default synthetic city and
 installs the shipped CLIP encoder and forecaster (assets/default); the dashboard shows its progress
@@ -68,7 +68,7 @@ def run_streamlit(argv: list[str]) -> int:
 
     from streamlit.web import cli as streamlit_cli
 
-    from engine.appserver import ROOT
+    from desktop.appserver import ROOT
 
     os.chdir(ROOT)  # .streamlit/config.toml (the theme) is read from the working directory
     sys.argv = ["streamlit", *argv]
@@ -80,7 +80,7 @@ def run_streamlit(argv: list[str]) -> int:
 
 
 def _setup_logging() -> None:
-    from engine.desktop import logs_dir, rolled
+    from desktop.serve import logs_dir, rolled
 
     handler = logging.FileHandler(rolled(logs_dir() / "launcher.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -110,7 +110,7 @@ def run(argv: list[str] | None = None) -> int:
     if args.port is not None and not 0 < args.port < 65536:
         parser.error(f"argument --port: expected a port number in 1..65535, got {args.port}")
     from db.session import resolve_db_url
-    from engine.desktop import logs_dir, serve
+    from desktop.serve import logs_dir, serve
     from engine.errors import InputError
 
     db_url = resolve_db_url(args.db)

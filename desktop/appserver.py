@@ -1,8 +1,8 @@
-"""Serving the dashboard: ports, the Streamlit flags and the health check (engine/desktop.py starts it).
+"""Serving the dashboard: ports, the Streamlit flags and the health check (desktop/serve.py starts it).
 
-This module never imports Streamlit (the engine does not draw); the server runs with the flags that
-STACK.md found necessary (development mode off, no usage stats, no file watcher, headless: we open the
-browser ourselves once the health endpoint answers).
+This module never imports Streamlit (the server is a child process); the server runs with the flags
+that STACK.md found necessary (development mode off, no usage stats, no file watcher, headless: we
+open the browser ourselves once the health endpoint answers).
 """
 
 from __future__ import annotations

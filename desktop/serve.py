@@ -1,6 +1,6 @@
 """The desktop application: one worker and one Streamlit server, supervised (launcher.py, `lsdm app`).
 
-- **Children.** ``lsdm worker`` (engine/jobs.py) and the Streamlit server (engine/appserver.py), both
+- **Children.** ``lsdm worker`` (engine/jobs/) and the Streamlit server (desktop/appserver.py), both
   started through ``launcher.py`` (``launcher.py lsdm ...`` / ``launcher.py streamlit ...``) so that the
   same commands work from a checkout and from the PyInstaller bundle, whose executable is the launcher.
 - **Ready.** The URL is printed (and the browser opened) once the health endpoint answers and the
@@ -32,7 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.appserver import ROOT, free_port, port_is_free, streamlit_flags, wait_healthy
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+from db import open_database
+from db.models import Worker
+from db.session import data_dir
+from desktop.appserver import ROOT, free_port, port_is_free, streamlit_flags, wait_healthy
 from engine.errors import InputError
 
 log = logging.getLogger("lsdm.launcher")
@@ -67,8 +73,6 @@ def streamlit_command(port: int) -> list[str]:
 
 
 def logs_dir() -> Path:
-    from db.session import data_dir
-
     path = data_dir() / "logs"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -95,10 +99,6 @@ class AlreadyRunning(RuntimeError):
 def lock_path_for(db_url: str) -> Path:
     """Next to the database file (the data directory for the default one); the data directory for
     server databases."""
-    from sqlalchemy.engine import make_url
-
-    from db.session import data_dir
-
     url = make_url(db_url)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         path = Path(url.database)
@@ -192,10 +192,6 @@ def _stop(children: list[Child]) -> None:
 
 
 def _wait_worker(database, process: subprocess.Popen, timeout: float = 60.0) -> None:  # noqa: ANN001
-    from sqlalchemy import select
-
-    from db.models import Worker
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -212,8 +208,6 @@ def serve(db_url: str, *, port: int | None = None, open_browser: bool = True, wi
           say: Callable[[str], None] = print) -> int:
     """Lock, start the worker and the dashboard, wait until both are ready, then supervise them until
     Ctrl+C/SIGTERM or until one exits. Returns the exit status."""
-    from db import open_database
-
     if port is not None and not port_is_free(port):
         raise InputError(f"port {port} on 127.0.0.1 is already in use", field="--port",
                          hint="pick another port or leave --port out to take a free one")

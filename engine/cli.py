@@ -830,7 +830,7 @@ def cmd_assets_install(args: argparse.Namespace) -> int:
 
 def cmd_app(args: argparse.Namespace) -> int:
     from db.session import resolve_db_url
-    from engine.desktop import serve
+    from desktop.serve import serve
 
     return serve(resolve_db_url(args.db), port=args.port, open_browser=not args.no_browser,
                  with_worker=not args.no_worker)

@@ -6,14 +6,15 @@ sees them or their imports. Two things make them work inside the bundle, both de
 on disk so that a new page or a new import is picked up without editing the spec:
 
 - every ``app/**/*.py`` is copied as a data file to the same place under ``_internal/`` (Streamlit
-  opens ``app/main.py`` and the pages by path; ``engine.appserver.ROOT`` is ``sys._MEIPASS``);
+  opens ``app/main.py`` and the pages by path; ``desktop.appserver.ROOT`` is ``sys._MEIPASS``);
 - every one of those files is also named as a hidden import (``app.views.map`` ...; ``app`` is a
   namespace package, no ``__init__.py`` needed), collected as source only (``module_collection_mode``
   ``py``), so the analyser follows every import a page makes exactly as it does for normal code.
 
-The same holds for ``engine`` and ``db`` (the worker imports its job kinds lazily). ``assets/`` (the
-shipped encoder and forecaster, column mappings) and ``.streamlit/config.toml`` (the theme; read from
-the working directory, which engine/desktop.py sets to ROOT) are data.
+The same holds for ``engine``, ``db``, ``cli`` and ``desktop`` (the command line imports its
+torch-heavy engine modules lazily, see cli/main.py). ``assets/`` (the shipped encoder and forecaster,
+column mappings) and ``.streamlit/config.toml`` (the theme; read from the working directory, which
+launcher.py sets to ROOT) are data.
 
 What is left out keeps the bundle small: test programs and headers shipped inside torch, CUDA
 libraries (torch here is the CPU build; torchvision's CUDA extension cannot load next to it and
@@ -31,7 +32,7 @@ NAME = "lsdm-dashboard"
 ENTRY_SCRIPT = ROOT / "launcher.py"
 
 # Project packages whose every module is collected (the app as source files, see above).
-PROJECT_PACKAGES = ("app", "engine", "db")
+PROJECT_PACKAGES = ("app", "engine", "db", "cli", "desktop")
 # Data folders and files, relative to ROOT, copied with the same layout under _internal/.
 DATA_FOLDERS = ("app", "assets")
 DATA_FILES = (".streamlit/config.toml",)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 NAME = "lsdm-dashboard"
-READY_PREFIX = "LSDM dashboard: "  # engine/desktop.py READY_PREFIX
+READY_PREFIX = "LSDM dashboard: "  # desktop/serve.py READY_PREFIX
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu"]
 PAGE_TITLES = ("Map", "Cell", "User", "Forecast", "What-if", "Models & evaluation", "Data")  # app/main.py

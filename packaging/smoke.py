@@ -52,7 +52,7 @@ from bundle_process import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-EXIT_ALREADY_RUNNING = 3  # engine/desktop.py
+EXIT_ALREADY_RUNNING = 3  # desktop/serve.py
 FORECAST = ["forecast", "entity=user:U0003", "start=310", "horizon=12"]
 STOP_TIMEOUT_S = 30.0
 VIEWPORT = {"width": 1400, "height": 900}

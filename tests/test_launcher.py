@@ -1,4 +1,4 @@
-"""The desktop launcher (launcher.py, engine/desktop.py), run as the README's run command runs it: real
+"""The desktop launcher (launcher.py, desktop/serve.py), run as the README's run command runs it: real
 processes (worker + Streamlit server), real HTTP on 127.0.0.1, real signals."""
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def test_every_module_the_app_imports_is_importable_and_reaches_the_bundle(built
         for name in sorted(modules | {m for m in maybe if _is_project_module(m)}):
             where = f"{path.relative_to(REPO)} imports {name}"
             top = name.split(".")[0]
-            if top in ("app", "engine", "db"):  # namespace package ``app`` itself has no file
+            if top in contents.PROJECT_PACKAGES:  # namespace package ``app`` itself has no file
                 assert name == "app" or name in hidden, f"{where}, which is not a hidden import"
                 continue
             assert top not in excluded, f"{where}, but the spec excludes {top}"
@@ -147,9 +147,9 @@ def test_every_module_the_app_imports_is_importable_and_reaches_the_bundle(built
             assert top in STDLIB or importlib.util.find_spec(name) is not None, f"{where}: not importable"
 
 
-def test_engine_and_db_are_collected_whole_since_the_worker_imports_its_job_kinds_lazily(built):
+def test_engine_db_cli_and_desktop_are_collected_whole_since_the_command_line_imports_lazily(built):
     hidden = _hidden(built)
-    for package in ("engine", "db"):
+    for package in ("engine", "db", "cli", "desktop"):
         for path in (REPO / package).rglob("*.py"):
             if "__pycache__" in path.parts:
                 continue
@@ -195,7 +195,7 @@ def test_test_programs_and_cuda_libraries_are_dropped_but_what_torch_loads_stays
 
 def test_nothing_the_product_imports_is_excluded():
     excluded = set(contents.EXCLUDED_MODULES)
-    for package in ("app", "engine", "db"):
+    for package in contents.PROJECT_PACKAGES:
         for path in (REPO / package).rglob("*.py"):
             if "__pycache__" in path.parts:
                 continue

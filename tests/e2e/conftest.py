@@ -96,7 +96,7 @@ def start_dashboard(db_path: Path, home: Path, *, timeout: float = SERVER_START_
     ``home`` becomes the server's LSDM_HOME so that nothing it writes lands in the developer's real
     data directory. Raises RuntimeError (with the server's output) when it does not come up in time.
     """
-    from engine.appserver import free_port
+    from desktop.appserver import free_port
 
     port = free_port()
     env = {**os.environ, "LSDM_HOME": str(home), "PYTHONUNBUFFERED": "1"}
