@@ -257,6 +257,8 @@ def test_run_evaluation_from_the_page_stores_a_new_evaluation(tiny_db, tiny_city
     at.number_input(key="eval_steps").set_value(2)
     at.number_input(key="eval_users").set_value(2)
     at.radio(key="eval_location").set_value("habitual")
+    at.checkbox(key="eval_arima").uncheck()  # the request's defaults are the full tables: minutes
+    at.checkbox(key="eval_train").uncheck()
     at.button(key="eval_submit").click().run()
     assert not at.exception
     assert drain(tiny_db) == ["done"]
