@@ -7,8 +7,6 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-import torch
-
 from engine.errors import InputError
 
 
@@ -97,7 +95,7 @@ class ModelConfig:
         """alpha-bar at the last diffusion step (1 - beta_t multiplied over all steps)."""
         from engine.model.diffusion import noise_schedule  # here, not at the top: diffusion.py imports this module
 
-        return float(torch.prod(1 - noise_schedule(self)))
+        return float((1 - noise_schedule(self)).prod())
 
     @property
     def prior_is_input(self) -> bool:

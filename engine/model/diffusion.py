@@ -16,19 +16,26 @@ from engine.model.config import ModelConfig
 from engine.model.denoiser import Denoiser, HistoryCache
 
 
+def noise_schedule(config: ModelConfig) -> torch.Tensor:
+    """beta_t for t = 0 .. T - 1, in float64: "quad" (CSDI's: sqrt(beta) evenly spaced from sqrt(beta_start) to
+    sqrt(beta_end)) or "linear" (beta evenly spaced). The one place the formula is written."""
+    if config.schedule == "quad":
+        return torch.linspace(config.beta_start**0.5, config.beta_end**0.5, config.diffusion_steps,
+                              dtype=torch.float64) ** 2
+    return torch.linspace(config.beta_start, config.beta_end, config.diffusion_steps, dtype=torch.float64)
+
+
 @dataclass
 class Schedule:
-    betas: torch.Tensor  # (T,)
+    """beta_t, alpha_t = 1 - beta_t and alpha-bar_t = prod_{s <= t} alpha_s, each (T,) float32."""
+
+    betas: torch.Tensor
     alphas: torch.Tensor
     alpha_bars: torch.Tensor
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> Schedule:
-        steps = config.diffusion_steps
-        if config.schedule == "quad":  # CSDI's: quadratic in sqrt(beta)
-            betas = torch.linspace(config.beta_start**0.5, config.beta_end**0.5, steps, dtype=torch.float64) ** 2
-        else:
-            betas = torch.linspace(config.beta_start, config.beta_end, steps, dtype=torch.float64)
+        betas = noise_schedule(config)
         alphas = 1 - betas
         return cls(betas.float(), alphas.float(), torch.cumprod(alphas, 0).float())
 
@@ -144,12 +151,63 @@ def paired_noise(shape: tuple[int, ...], generator: torch.Generator | None, bloc
     (antithetic pairs; an odd block's last row is unpaired). Each row is still an exact N(0, I) draw, so
     every sample path is a sample of the model; only the sample *mean* changes: the pairs' errors cancel
     to first order, so the mean of S paired samples is a much better estimate of the model's
-    conditional mean than that of S independent ones (README "Point forecasts and sample size")."""
+    conditional mean than that of S independent ones (docs/model.md#antithetic-pairs)."""
     rows = shape[0]
     if block < 2 or rows % block:
         return torch.randn(shape, generator=generator)
     half = torch.randn((rows // block, (block + 1) // 2, *shape[1:]), generator=generator)
     return torch.cat([half, -half[:, : block // 2]], dim=1).reshape(shape)
+
+
+def predict_x0(schedule: Schedule, x_t: torch.Tensor, eps: torch.Tensor, t: int,
+               lo: float | torch.Tensor, hi: float | torch.Tensor) -> torch.Tensor:
+    """The x0 that x_t and the predicted noise imply (Ho et al. 2020, Eq. 15), clipped to [lo, hi]."""
+    ab = schedule.alpha_bars
+    return ((x_t - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()).clamp(lo, hi)
+
+
+def ddpm_step(schedule: Schedule, x_t: torch.Tensor, eps: torch.Tensor, t: int, lo: float | torch.Tensor,
+              hi: float | torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    """One ancestral step x_t -> x_{t-1} (Ho et al. 2020, Alg. 2), with the x0 estimate clipped.
+
+    Steps are numbered 0 .. T - 1 here (1 .. T in the paper). ``noise`` ~ N(0, I) of x_t's shape; None at
+    t = 0, the last step, which adds none."""
+    ab = schedule.alpha_bars
+    # 1. predicted x0 (Eq. 15), clipped to the data range
+    x0 = predict_x0(schedule, x_t, eps, t, lo, hi)
+    # 2. mean of the posterior q(x_{t-1} | x_t, x0) (Eq. 7); with an unclipped x0 it is Eq. 11's mu_theta
+    ab_prev = ab[t - 1] if t > 0 else ab.new_tensor(1.0)
+    beta = schedule.betas[t]
+    mean = (ab_prev.sqrt() * beta / (1 - ab[t])) * x0 + (schedule.alphas[t].sqrt() * (1 - ab_prev) / (1 - ab[t])) * x_t
+    if t == 0:
+        return mean
+    # 3. x_{t-1} = mean + sigma_t z with sigma_t^2 = beta-tilde_t = beta_t (1 - alpha-bar_{t-1}) / (1 - alpha-bar_t)
+    #    (Eq. 7; Alg. 2 line 4)
+    variance = beta * (1 - ab_prev) / (1 - ab[t])
+    return mean + variance.sqrt() * noise
+
+
+def ddim_step(schedule: Schedule, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int | None,
+              lo: float | torch.Tensor, hi: float | torch.Tensor) -> torch.Tensor:
+    """One deterministic DDIM step x_t -> x_{t_prev} (Song et al. 2021, Eq. 12 with eta = 0, so sigma_t = 0;
+    their alpha_t is alpha-bar_t here), with the x0 estimate clipped. ``t_prev`` None: the last step,
+    which returns the x0 estimate (alpha-bar_prev = 1)."""
+    ab = schedule.alpha_bars
+    # 1. "predicted x0" of Eq. 12 (Ho et al. Eq. 15), clipped to the data range
+    x0 = predict_x0(schedule, x_t, eps, t, lo, hi)
+    if t_prev is None:
+        return x0
+    # 2. the noise that x_t and the clipped x0 imply (equal to eps where nothing was clipped)
+    eps = (x_t - ab[t].sqrt() * x0) / (1 - ab[t]).sqrt()
+    # 3. x_{t_prev} = sqrt(alpha-bar_prev) x0 + sqrt(1 - alpha-bar_prev - sigma_t^2) eps (+ sigma_t z), sigma_t = 0
+    ab_prev = ab[t_prev]
+    return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+
+
+def ddim_timesteps(diffusion_steps: int, steps: int) -> list[int]:
+    """``steps`` diffusion steps evenly spaced from T - 1 down to 0 (clamped to 1 .. T): DDIM's sub-sequence."""
+    steps = max(1, min(steps, diffusion_steps))
+    return torch.linspace(diffusion_steps - 1, 0, steps).round().long().tolist()
 
 
 @torch.no_grad()
@@ -160,13 +218,15 @@ def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cach
            antithetic: int = 0) -> torch.Tensor:
     """Targets for every cached window, ``n_samples`` each: (B * n_samples, F, K) on the v scale.
 
-    ``sampler``: "ddpm" (ancestral, all T steps, faithful to the paper) or "ddim" (deterministic
-    DDIM, eta = 0, ``steps`` evenly spaced steps: fast). ``antithetic``: 0 for independent noise, else
-    the size of the row blocks that share antithetic noise (``paired_noise``): ``n_samples`` when the
-    rows are windows x samples, the path count when each row is one path of a recursive forecast.
-    ``offset`` (B * n_samples, F, K): the prior mean
-    of each sample (a model with ``prior``): the diffusion then samples the residual around it.
+    ``sampler``: "ddpm" (ancestral, all T steps, faithful to the paper: ``ddpm_step``) or "ddim"
+    (deterministic DDIM, eta = 0, ``steps`` evenly spaced steps, fast: ``ddim_step``). ``antithetic``: 0 for
+    independent noise, else the size of the row blocks that share antithetic noise (``paired_noise``):
+    ``n_samples`` when the rows are windows x samples, the path count when each row is one path of a
+    recursive forecast. ``offset`` (B * n_samples, F, K): the prior mean of each sample (a model with
+    ``prior``): the diffusion then samples the residual around it.
     """
+    if sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"unknown sampler {sampler!r}: expected 'ddpm' or 'ddim'")
     config = model.config
     b = cache.windows
     k = cache.target_side.shape[1]
@@ -174,41 +234,21 @@ def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cach
     # Noise is drawn on the CPU from ``generator`` and moved to the model's device (as in ``diffusion_loss``).
     device = cache.target_side.device
     schedule = schedule.to(device)
-    x = (paired_noise(shape, generator, antithetic) if x_T is None else x_T).to(device)
-    # Keep x0 estimates inside the range of the training data, v in [0, 1] (v = 1 is the largest hour
-    # seen in training). A looser bound (1.5 was tried) let a few recursive paths climb to hundreds of
-    # GB per hour, since bytes = expm1(v * scale): means in bytes were then meaningless.
+    x = (paired_noise(shape, generator, antithetic) if x_T is None else x_T).to(device)  # x_T  (B * S, F, K)
+    # x0 estimates stay inside the range of the training data, v in [0, 1] (v = 1 is the largest hour seen in
+    # training; why not looser: docs/model.md#samplers).
     if offset is None:
         lo, hi = float(standardiser.forward(torch.tensor(0.0))), float(standardiser.forward(torch.tensor(1.0)))
     else:  # the same range for prior + residual
         lo, hi = standardiser.from_v(torch.zeros_like(offset), offset), standardiser.from_v(torch.ones_like(offset), offset)
-    ab = schedule.alpha_bars
     if sampler == "ddpm":
         for t in reversed(range(config.diffusion_steps)):
             eps = _guided_eps(model, cache, null_cache, x, t, guidance)
-            # 1. predict x0, clip it to the data range, 2. posterior mean of q(x_{t-1} | x_t, x0)
-            x0 = ((x - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()).clamp(lo, hi)
-            ab_prev = ab[t - 1] if t > 0 else ab.new_tensor(1.0)
-            beta = schedule.betas[t]
-            mean = (ab_prev.sqrt() * beta / (1 - ab[t])) * x0 + (schedule.alphas[t].sqrt() * (1 - ab_prev) / (1 - ab[t])) * x
-            if t > 0:
-                variance = beta * (1 - ab_prev) / (1 - ab[t])  # beta tilde
-                x = mean + variance.sqrt() * paired_noise(shape, generator, antithetic).to(device)
-            else:
-                x = mean
-    elif sampler == "ddim":
-        steps = max(1, min(steps, config.diffusion_steps))
-        timesteps = torch.linspace(config.diffusion_steps - 1, 0, steps).round().long().tolist()
-        for i, t in enumerate(timesteps):
-            eps = _guided_eps(model, cache, null_cache, x, t, guidance)
-            # 1. x0 from the predicted noise (clipped), 2. step to the previous kept timestep (eta = 0)
-            x0 = ((x - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()).clamp(lo, hi)
-            if i + 1 < len(timesteps):
-                ab_prev = ab[timesteps[i + 1]]
-                eps = (x - ab[t].sqrt() * x0) / (1 - ab[t]).sqrt()  # noise consistent with the clipped x0
-                x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
-            else:
-                x = x0
+            noise = paired_noise(shape, generator, antithetic).to(device) if t > 0 else None
+            x = ddpm_step(schedule, x, eps, t, lo, hi, noise)
     else:
-        raise ValueError(f"unknown sampler {sampler!r}: expected 'ddpm' or 'ddim'")
+        timesteps = ddim_timesteps(config.diffusion_steps, steps)
+        for t, t_prev in zip(timesteps, [*timesteps[1:], None]):
+            eps = _guided_eps(model, cache, null_cache, x, t, guidance)
+            x = ddim_step(schedule, x, eps, t, t_prev, lo, hi)
     return standardiser.to_v(x, offset)
