@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from app.charts import bars
 from app.common import hour_label, hour_label_long, service_scale
 from db.models import Cell, Dataset, Description, Entity, LocationHour, Tile, TrafficHour
-from engine.env.pipeline import active_encoder_record, load_env_embeddings
+from db.queries import active_model
+from engine.env.pipeline import load_env_embeddings
 from engine.env.tiles import CellInfo, infer_land_use
 
 NEIGHBOURS = 5
@@ -90,7 +91,7 @@ def load_cell(session: Session, dataset: Dataset, key: str) -> CellDetail | None
 def load_unit_embeddings(session: Session, dataset: Dataset) -> tuple[str, np.ndarray, np.ndarray]:
     """(encoder id, cell ids, (N, D) unit-length env embeddings) of the active encoder; LookupError with
     what to do when there is no encoder or it embedded nothing."""
-    record = active_encoder_record(session, dataset)
+    record = active_model(session, dataset.id, kind="clip")
     if record is None:
         raise LookupError(f"No environment encoder for {dataset.name} yet: {ENV_HINT}.")
     ids, vectors = load_env_embeddings(session, dataset, "env", record.name)

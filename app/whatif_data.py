@@ -133,7 +133,7 @@ def model_encoder_id(session: Session, model_id: int) -> str | None:
 def editor_context(session: Session, dataset_id: int, model_id: int) -> EditorContext:
     """The editor's view of the data set for the active model (see EditorContext); a few small queries."""
     from db.models import Description, Embedding, ModelRecord
-    from engine.env.pipeline import active_encoder_record
+    from db.queries import active_model
     from engine.model.config import ModelConfig
 
     dataset = session.get(Dataset, dataset_id)
@@ -143,7 +143,7 @@ def editor_context(session: Session, dataset_id: int, model_id: int) -> EditorCo
                                  .where(Cell.dataset_id == dataset_id)).all())
     encoder_id = model_encoder_id(session, model_id)
     if encoder_id is None:
-        active = active_encoder_record(session, dataset)
+        active = active_model(session, dataset_id, kind="clip")
         encoder_id = active.name if active else None
     record = session.scalar(select(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.name == encoder_id,
                                                       ModelRecord.dataset_id == dataset_id)

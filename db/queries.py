@@ -357,9 +357,13 @@ def traffic_at_cell(session: Session, cell_id: int) -> list[tuple[int, int, floa
 # --- the environment: tiles, descriptions, embeddings ---------------------------------------------------
 
 
-def tile_images(session: Session, cell_ids: list[int]) -> dict[int, bytes]:
-    """Cell id -> stored tile image, for those of the cells that have one."""
-    return dict(session.execute(select(Tile.cell_id, Tile.image).where(Tile.cell_id.in_(cell_ids))).all())
+def tile_images(session: Session, dataset_id: int, cell_ids: list[int] | None = None) -> dict[int, bytes]:
+    """Cell id -> stored tile image, for the data set's cells that have one (of ``cell_ids`` only, when
+    given)."""
+    statement = select(Tile.cell_id, Tile.image).join(Cell).where(Cell.dataset_id == dataset_id)
+    if cell_ids is not None:
+        statement = statement.where(Tile.cell_id.in_([int(c) for c in cell_ids]))
+    return dict(session.execute(statement).all())
 
 
 def tile_image(session: Session, dataset_id: int, key: str) -> bytes | None:

@@ -24,12 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import Database, models_dir
-from db.models import Cell, Dataset, ModelRecord
-from db.queries import get_dataset
+from db.models import Dataset, ModelRecord
+from db.queries import activate_model, active_model, dataset_cells, get_dataset
 
 Progress = Callable[[str], None]
 
@@ -59,7 +59,7 @@ def dataset_digest(session: Session, dataset: Dataset) -> str:
 
     digest = hashlib.sha256()
     digest.update(json.dumps([list(dataset.services), list(dataset.poi_categories), dataset.hours]).encode())
-    for cell in session.scalars(select(Cell).where(Cell.dataset_id == dataset.id).order_by(Cell.id)):
+    for cell in dataset_cells(session, dataset.id):
         digest.update(json.dumps([cell.key, round(cell.lat or 0, 7), round(cell.lon or 0, 7), cell.land_use,
                                   list(cell.poi_counts)]).encode())
     series = load_series(session, dataset, encoder_id="")  # "" = no embeddings: they are not part of the digest
@@ -85,7 +85,7 @@ def shipped_encoder_dir(session: Session, dataset: Dataset) -> Path | None:
 def install(database: Database, dataset_name: str | None = None, *, progress: Progress | None = None) -> dict:
     """Embed the cells with the shipped encoder (if not done) and register the shipped forecaster as the
     active model of the data set. Refuses a data set the files were not trained on."""
-    from engine.env.pipeline import active_encoder_record, build_environment
+    from engine.env.pipeline import build_environment
     from engine.errors import InputError
     from engine.model import Forecaster
 
@@ -100,7 +100,7 @@ def install(database: Database, dataset_name: str | None = None, *, progress: Pr
         if not matches(session, dataset, manifest):
             raise InputError(f"the shipped model was trained on the default city, not on data set {name!r}",
                              field="--dataset", hint="train a model on it with `lsdm train`")
-        encoder = active_encoder_record(session, dataset)
+        encoder = active_model(session, dataset.id, kind="clip")
         encoder_id = encoder.name if encoder else None
     started = time.perf_counter()
     if encoder_id != manifest["encoder_id"]:
@@ -118,18 +118,14 @@ def install(database: Database, dataset_name: str | None = None, *, progress: Pr
             shutil.copytree(source, Path(tmp) / "model")
             shutil.move(str(Path(tmp) / "model"), final)
     with database.write_session() as session, session.begin():
-        session.execute(update(ModelRecord).where(ModelRecord.kind == "lsdm", ModelRecord.dataset_id == dataset_id)
-                        .values(is_active=False))
         if existing_id is not None:
-            session.get(ModelRecord, existing_id).is_active = True
-            record_id = existing_id
+            record = session.get(ModelRecord, existing_id)
         else:
             record = ModelRecord(name="lsdm (shipped)", kind="lsdm", path=str(final), sha256=manifest["model_sha256"],
                                  config=forecaster.config.to_dict(), metrics=forecaster.meta.get("metrics", {}),
-                                 dataset_id=dataset_id, is_active=True)
-            session.add(record)
-            session.flush()
-            record_id = record.id
+                                 dataset_id=dataset_id)
+        activate_model(session, record)
+        record_id = record.id
     return {"dataset": name, "encoder_id": manifest["encoder_id"], "model_id": record_id,
             "model_name": manifest["model_id"], "seconds": round(time.perf_counter() - started, 2)}
 
@@ -208,7 +204,7 @@ def _build_in(scratch: Path, out: Path, clip_epochs: int, epochs: int | None, sa
     with database.session() as session:
         dataset = get_dataset(session)
         digest = dataset_digest(session, dataset)
-        encoder = session.scalar(select(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.is_active.is_(True)))
+        encoder = active_model(session, dataset.id, kind="clip")
         encoder_path, encoder_id = Path(encoder.path), encoder.name
     staging = out.parent / f".{out.name}.new"
     if staging.exists():

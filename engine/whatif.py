@@ -252,9 +252,8 @@ class WhatIfContext:
 def load_whatif_context(database, forecast_context: ForecastContext | None = None,  # noqa: ANN001
                         **load_options) -> WhatIfContext:
     """Load (or reuse) the forecast context and the environment parts of its data set."""
-    from sqlalchemy import select
-
-    from db.models import Cell, Dataset, Description, ModelRecord
+    from db.models import Dataset
+    from db.queries import cell_descriptions, dataset_cells, find_encoder
     from engine.env.pipeline import load_env_embeddings
 
     context = forecast_context or load_context(database, **load_options)
@@ -268,9 +267,7 @@ def load_whatif_context(database, forecast_context: ForecastContext | None = Non
     with database.session() as session:
         dataset = session.get(Dataset, context.dataset_id)
         if series.encoder_id and dim:
-            record = session.scalar(select(ModelRecord).where(
-                ModelRecord.kind == "clip", ModelRecord.name == series.encoder_id,
-                ModelRecord.dataset_id == dataset.id).order_by(ModelRecord.id.desc()))
+            record = find_encoder(session, series.encoder_id, dataset.id)
             if record is not None:
                 path = Path(record.path)
                 settings = (record.config or {}).get("settings", {})
@@ -282,9 +279,8 @@ def load_whatif_context(database, forecast_context: ForecastContext | None = Non
                     matrix[rows] = vectors
                     if kind == "image":
                         has_image[rows] = True
-        poi = dict(session.execute(select(Cell.id, Cell.poi_counts).where(Cell.dataset_id == dataset.id)).all())
-        texts = dict(session.execute(select(Description.cell_id, Description.text).join(Cell)
-                                     .where(Cell.dataset_id == dataset.id)).all())
+        poi = {cell.id: cell.poi_counts for cell in dataset_cells(session, dataset.id)}
+        texts = cell_descriptions(session, dataset.id)
         categories = tuple(dataset.poi_categories)
     return WhatIfContext(
         forecast=context, encoder_path=path, image_z=image_z, text_z=text_z, has_image=has_image, a=a, b=b,

@@ -15,12 +15,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from db import Database, models_dir
 from db.models import Cell, Dataset, Description, Embedding, ModelRecord, Tile
-from db.queries import get_dataset
+from db.queries import (
+    activate_model,
+    active_model,
+    cell_descriptions,
+    dataset_cells,
+    encoder_names,
+    find_encoder,
+    get_dataset,
+    tile_images,
+)
 from engine.env.clip import (
     ClipSettings,
     build_encoder,
@@ -53,23 +62,14 @@ def registered_encoder_dir(session: Session, name: str) -> Path:
     with it: a model trained on one city's embeddings can then forecast, or be evaluated, on another."""
     from engine.errors import InputError
 
-    record = session.scalar(select(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.name == name)
-                            .order_by(ModelRecord.id.desc()))
+    record = find_encoder(session, name)
     if record is None:
-        known = session.scalars(select(ModelRecord.name).where(ModelRecord.kind == "clip")).all()
-        raise InputError(f"no registered CLIP encoder {name!r}; registered: {', '.join(sorted(set(known))) or 'none'}",
+        raise InputError(f"no registered CLIP encoder {name!r}; registered: {', '.join(encoder_names(session)) or 'none'}",
                          field="--encoder", hint="`lsdm models --json` lists the encoders with kind clip")
     path = Path(record.path)
     if not (path / "config.json").is_file():
         raise InputError(f"the encoder's files are missing in {path}", field="--encoder")
     return path
-
-
-def active_encoder_record(session: Session, dataset: Dataset) -> ModelRecord | None:
-    return session.scalar(
-        select(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.dataset_id == dataset.id,
-                                  ModelRecord.is_active.is_(True))
-    )
 
 
 def build_environment(
@@ -123,11 +123,9 @@ def build_environment(
 
     with database.session() as session:
         dataset = session.get(Dataset, dataset_id)
-        cells = session.scalars(select(Cell).where(Cell.dataset_id == dataset_id).order_by(Cell.id)).all()
-        texts_by_cell = dict(session.execute(select(Description.cell_id, Description.text)
-                                             .join(Cell).where(Cell.dataset_id == dataset_id)).all())
-        tiles_by_cell = dict(session.execute(select(Tile.cell_id, Tile.image)
-                                             .join(Cell).where(Cell.dataset_id == dataset_id)).all())
+        cells = dataset_cells(session, dataset_id)
+        texts_by_cell = cell_descriptions(session, dataset_id)
+        tiles_by_cell = tile_images(session, dataset_id)
         labels = dominant_labels(list(cells), list(dataset.poi_categories))
     cell_ids = np.array([c.id for c in cells])
     texts = [texts_by_cell.get(int(c), "") for c in cell_ids]
@@ -176,12 +174,10 @@ def build_environment(
         shutil.move(str(Path(tmp) / "encoder"), final)
 
     with database.write_session() as session, session.begin():
-        session.execute(update(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.dataset_id == dataset_id)
-                        .values(is_active=False))
-        session.add(ModelRecord(
+        activate_model(session, ModelRecord(
             name=encoder_id, kind="clip", path=str(final), sha256=encoder.meta["sha256"],
             config={"settings": settings_dict(settings), "encoder": encoder.meta}, metrics=metrics,
-            dataset_id=dataset_id, is_active=True,
+            dataset_id=dataset_id,
         ))
         session.execute(delete(Embedding).where(Embedding.encoder_id == encoder_id,
                                                 Embedding.cell_id.in_(cell_ids.tolist())))
@@ -202,7 +198,7 @@ def load_env_embeddings(session: Session, dataset: Dataset, kind: str = "env",
                         encoder_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(cell ids, (N, D) float32) of the active (or named) encoder's embeddings of a data set."""
     if encoder_id is None:
-        record = active_encoder_record(session, dataset)
+        record = active_model(session, dataset.id, kind="clip")
         if record is None:
             raise LookupError(f"no environment encoder for data set {dataset.name!r}; run `lsdm env build`")
         encoder_id = record.name
@@ -225,7 +221,7 @@ def environment_info(database: Database, dataset_name: str | None = None) -> dic
         def count(model) -> int:  # noqa: ANN001
             return int(session.scalar(select(func.count()).select_from(model).join(Cell).where(in_dataset)) or 0)
 
-        record = active_encoder_record(session, dataset)
+        record = active_model(session, dataset.id, kind="clip")
         n_embeddings = 0
         if record is not None:
             n_embeddings = int(session.scalar(
@@ -249,7 +245,7 @@ def environment_info(database: Database, dataset_name: str | None = None) -> dic
 
 
 def reload_active_encoder(session: Session, dataset: Dataset):  # noqa: ANN201
-    record = active_encoder_record(session, dataset)
+    record = active_model(session, dataset.id, kind="clip")
     if record is None:
         raise LookupError(f"no environment encoder for data set {dataset.name!r}; run `lsdm env build`")
     return load_encoder(Path(record.path))
