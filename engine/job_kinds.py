@@ -274,15 +274,14 @@ def forecast_context(ctx: JobContext, model_id: int | None = None, dataset: str 
     """The loaded model and series, kept by the worker between jobs while the model, the data set and
     the data (data-changing jobs bump the worker's epoch) stay the same."""
     from db.models import ModelRecord
-    from db.queries import get_dataset
+    from db.queries import active_model, get_dataset
     from engine.forecast import load_context
 
     with ctx.database.session() as session:
         found = get_dataset(session, dataset)
         if model_id is None:
-            model_id = session.scalar(select(ModelRecord.id).where(ModelRecord.kind == "lsdm",
-                                                                   ModelRecord.dataset_id == found.id,
-                                                                   ModelRecord.is_active.is_(True)))
+            active = active_model(session, found.id)
+            model_id = active.id if active is not None else None
         record = session.get(ModelRecord, model_id) if model_id is not None else None
         stamp = (model_id, record.sha256 if record else None, found.id, str(found.created_at), device)
 
