@@ -15,21 +15,20 @@ too when it draws several noises per window (``noise_draws``), else the full pas
 Inputs of a token: its value (observed or noisy), an is-target flag, the entity's hourly profile and,
 with ``prior == "feature"`` (the default), at target tokens the linear conditional mean of
 engine/model/prior.py (fitted in closed form on the training windows; it sees the environment only when
-the model is conditioned on it). Why: within a 10-minute CPU training budget the diffusion learned the
-environment's small shift of the mean poorly (+1.4 % R² over no condition, at the recorded cells)
-although a linear fit of the same inputs gains +5.9 %; given that fit as an input, the network follows it
-as it follows the profile (+3.6 % then, against a no-condition model whose linear mean lacked the period
-intercepts; +2.3 % against the fair one: docs/results.md#how-the-gain-got-here).
+the model is conditioned on it). Why: the diffusion alone learned the environment's small shift of the
+mean poorly within the CPU training budget, a linear fit of the same inputs did not, and the network
+follows that fit when given it as an input, as it follows the profile (docs/model.md#the-linear-mean-feature).
 
 The environment input of an hour (``env_profile``, the default) is [z_env of the cell at that hour, the
 entity's usual z_env at that hour of day] (engine/data/windows.py HourlyProfile); both enter the
-condition's projection and the linear mean. With it the gain is +3.4 % (docs/model.md#the-environment-profile).
+condition's projection and the linear mean (docs/model.md#the-environment-profile).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +74,21 @@ class Attention(nn.Module):
         return self.attend(*self.project(x), mask)
 
 
+class Modulation(NamedTuple):
+    """A block's AdaLN-Zero outputs, (B, 1, L, C) each (broadcast over the K services), in the order of its
+    modulation layer's output: shift and scale after each sub-layer's LayerNorm, gate on its residual."""
+
+    shift_time: torch.Tensor
+    scale_time: torch.Tensor
+    gate_time: torch.Tensor
+    shift_service: torch.Tensor
+    scale_service: torch.Tensor
+    gate_service: torch.Tensor
+    shift_mlp: torch.Tensor
+    scale_mlp: torch.Tensor
+    gate_mlp: torch.Tensor
+
+
 class Block(nn.Module):
     """Time attention over L, service attention over K, MLP; each sub-layer AdaLN-Zero modulated."""
 
@@ -89,30 +103,32 @@ class Block(nn.Module):
         self.norm_mlp = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
         hidden = int(c * config.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(c, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, c))
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, 9 * c))
+        # One linear map gives the nine ``Modulation`` outputs ("modulation.1.*" in saved weights).
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, len(Modulation._fields) * c))
         nn.init.zeros_(self.modulation[1].weight)  # AdaLN-Zero: a fresh block is the identity
         nn.init.zeros_(self.modulation[1].bias)
 
-    def _mods(self, cond: torch.Tensor) -> list[torch.Tensor]:
-        # cond (B, L, C) -> nine (B, 1, L, C) tensors, broadcast over the K services
-        return [m.unsqueeze(1) for m in self.modulation(cond).chunk(9, dim=-1)]
+    def _adaln(self, cond: torch.Tensor) -> Modulation:
+        """cond (B, L, C) -> the nine (B, 1, L, C) modulation tensors."""
+        return Modulation(*(m.unsqueeze(1) for m in self.modulation(cond).chunk(len(Modulation._fields), dim=-1)))
 
-    def _service_and_mlp(self, x: torch.Tensor, mods: list[torch.Tensor]) -> torch.Tensor:
+    def _service_and_mlp(self, x: torch.Tensor, mod: Modulation) -> torch.Tensor:
         b, k, l, c = x.shape
         if self.service_attn is not None:
-            h = modulate(self.norm_service(x), mods[3], mods[4])  # (B, K, L, C)
+            h = modulate(self.norm_service(x), mod.shift_service, mod.scale_service)  # (B, K, L, C)
             h = h.permute(0, 2, 1, 3).reshape(b * l, k, c)  # Alg. 1 line 10: (B*L, C, K)
             h = self.service_attn(h).view(b, l, k, c).permute(0, 2, 1, 3)
-            x = x + mods[5] * h
-        h = modulate(self.norm_mlp(x), mods[6], mods[7])
-        return x + mods[8] * self.mlp(h)
+            x = x + mod.gate_service * h
+        h = modulate(self.norm_mlp(x), mod.shift_mlp, mod.scale_mlp)
+        return x + mod.gate_mlp * self.mlp(h)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, time_mask: torch.Tensor) -> torch.Tensor:
         b, k, l, c = x.shape  # (B, K, L, C)
-        mods = self._mods(cond)
-        h = modulate(self.norm_time(x), mods[0], mods[1]).reshape(b * k, l, c)  # Alg. 1 line 4: (B*K, C, L)
-        x = x + mods[2] * self.time_attn(h, time_mask).view(b, k, l, c)
-        return self._service_and_mlp(x, mods)
+        mod = self._adaln(cond)
+        h = modulate(self.norm_time(x), mod.shift_time, mod.scale_time)
+        h = h.reshape(b * k, l, c)  # Alg. 1 line 4: (B*K, C, L)
+        x = x + mod.gate_time * self.time_attn(h, time_mask).view(b, k, l, c)
+        return self._service_and_mlp(x, mod)
 
     # --- the cached path -------------------------------------------------------------------------
 
@@ -120,17 +136,17 @@ class Block(nn.Module):
         """History tokens only (they attend to history only); returns their output and the time
         attention's keys/values for the target tokens to use."""
         b, k, l, c = x.shape
-        mods = self._mods(cond)
-        h = modulate(self.norm_time(x), mods[0], mods[1]).reshape(b * k, l, c)
+        mod = self._adaln(cond)
+        h = modulate(self.norm_time(x), mod.shift_time, mod.scale_time).reshape(b * k, l, c)
         q, key, value = self.time_attn.project(h)
-        x = x + mods[2] * self.time_attn.attend(q, key, value, None).view(b, k, l, c)
-        return self._service_and_mlp(x, mods), (key, value)
+        x = x + mod.gate_time * self.time_attn.attend(q, key, value, None).view(b, k, l, c)
+        return self._service_and_mlp(x, mod), (key, value)
 
     def forward_target(self, x: torch.Tensor, cond: torch.Tensor, cache: tuple, repeat: int) -> torch.Tensor:
         """Target tokens (B * repeat, K, F, C) attending to cached history keys/values of B windows."""
         b, k, f, c = x.shape
-        mods = self._mods(cond)
-        h = modulate(self.norm_time(x), mods[0], mods[1]).reshape(b * k, f, c)
+        mod = self._adaln(cond)
+        h = modulate(self.norm_time(x), mod.shift_time, mod.scale_time).reshape(b * k, f, c)
         q, key, value = self.time_attn.project(h)  # (B*K, heads, F, d), B = B0 * S paths
         hist_key, hist_value = cache  # (B0*K, heads, H, d)
         heads, d = q.shape[1], q.shape[3]
@@ -151,8 +167,8 @@ class Block(nn.Module):
         attended = (weights[..., :n_hist].reshape(b0, k, heads, repeat * f, n_hist) @ hv).view(
             b0, k, heads, repeat, f, d) + weights[..., n_hist:] @ v6
         attended = attended.permute(0, 3, 1, 4, 2, 5).reshape(b * k, f, heads * d)  # (B*K, F, C)
-        x = x + mods[2] * self.time_attn.out(attended).view(b, k, f, c)
-        return self._service_and_mlp(x, mods)
+        x = x + mod.gate_time * self.time_attn.out(attended).view(b, k, f, c)
+        return self._service_and_mlp(x, mod)
 
 
 class FinalLayer(nn.Module):

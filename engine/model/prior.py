@@ -8,8 +8,8 @@
 
 Why: an epsilon-prediction DDPM learns the conditional *mean* only weakly (in the eps loss an error
 of the mean at step t weighs SNR_t, which is ~0 at the noisy steps where the mean matters), and on a
-10-minute CPU budget it did not learn the environment's shift of the mean that a linear model gets
-from the same inputs (docs/model.md#the-linear-mean-feature). g is that linear model, fitted on the training
+CPU training budget it did not learn the environment's shift of the mean that a linear model gets from
+the same inputs (docs/model.md#the-linear-mean-feature). g is that linear model, fitted on the training
 windows:
 
     g_k = w_k · [1, profile_k, v_{t-1,k}, v_{t-2,k}, v_{t-3,k}, mean of the history_k, mean_j v_{t-1,j},
@@ -18,19 +18,17 @@ windows:
 per service k (ridge, lambda = 1). The environment part is there only when the configuration uses the
 environment: a no-condition model's prior sees none of it. It gets the rest of that block, though: the
 constant 1 ⊗ one-hot(period) (``period_intercepts``), a mean per period of day x weekend that reads no
-place. Without it (checkpoints that predate the field) the conditioned prior alone had those 8
-intercepts, and that was worth +2.0 % R² of the linear mean in a city where the place has no effect at
-all (``--env-effect 0``), i.e. part of the "environment's" gain was an intercept
-(docs/results.md#how-the-gain-got-here). So the condition's gain is the gain from the environment.
+place. Without it (checkpoints that predate the field) only the conditioned prior had those 8
+intercepts, and even in a city where the place has no effect at all (``--env-effect 0``) it then fitted
+better than the no-condition one: part of the "environment's" gain was an intercept
+(docs/model.md#the-linear-mean-feature). So the condition's gain is the gain from the environment.
 
 With ``env_profile`` (the default; engine/data/windows.py HourlyProfile) the environment input is
 [z_env(t), z̄_env(t)], z̄ the entity's usual embedding at that hour of day, and the features get
 (z̄_env(t) projected on the same axes) ⊗ one-hot(period) too. The profile_k feature already holds the
 usual place's effect; with z̄ the fit can weigh z(t) against it, i.e. read where the entity is now
-against where it usually is. In the default city that raised the linear mean's gain from the
-environment from +1.8 % to +2.3 % R², and in the ``--env-effect 0`` city it added nothing
-(docs/model.md#the-environment-profile). Everything is a buffer of this module: it is saved with the weights and checked
-on loading like them.
+against where it usually is (docs/model.md#the-environment-profile). Everything is a buffer of this
+module: it is saved with the weights and checked on loading like them.
 """
 
 from __future__ import annotations
