@@ -110,6 +110,81 @@ def _calendar(series: SeriesData, hours: np.ndarray) -> tuple[np.ndarray, np.nda
     return absolute % 24, (origin.weekday() + absolute // 24) % 7
 
 
+def _check_forecast(forecaster: Forecaster, series: SeriesData, *, start: int, horizon: int, samples: int,
+                    guidance: float) -> None:
+    h = forecaster.config.history
+    if start < h:
+        raise InputError(f"the model needs {h} hours of history: start must be >= {h}, got {start}", field="start")
+    if start > series.hours:
+        raise InputError(f"start must be within the data (<= {series.hours}), got {start}", field="start")
+    if horizon < 1 or samples < 1:
+        raise InputError("horizon and samples must be >= 1", field="horizon")
+    if guidance < 0:
+        raise InputError(f"guidance must be >= 0, got {guidance}", field="guidance")
+
+
+@dataclass
+class _Conditions:
+    """What a recursive forecast's paths are conditioned on, per entity over the hours start - H ..
+    start + N - 1 (the history, then the N forecast hours); the rollout reads one window of H + F at a time."""
+
+    hours: np.ndarray  # (H + N,) hour of day
+    days: np.ndarray  # (H + N,) day of week
+    env: np.ndarray  # (E, H + N, D): the cell's embedding [, the entity's usual one at that hour of day]; D may be 0
+    profile: np.ndarray  # (E, H + N, K): the entity's hourly profile
+    cells: np.ndarray  # (E, N): the scenario's cell rows of the forecast hours
+
+
+def _conditions(forecaster: Forecaster, series: SeriesData, e_rows: np.ndarray, start: int, n_steps: int,
+                plan: LocationPlan, values: np.ndarray, history_env: np.ndarray | None) -> _Conditions:
+    h = forecaster.config.history
+    # Cells of every hour: observed ones for the history, the scenario's for the forecast hours.
+    future_cells = np.stack([plan.cell_rows(series, int(e), start, n_steps) for e in e_rows])  # (E, N)
+    past_cells = series.location[e_rows, start - h : start]  # (E, H)
+    # The observed hours were spent in the places as they were (``history_env``), the forecast hours in
+    # the scenario's.
+    past_env = embeddings_of(series.env if history_env is None else history_env, past_cells)
+    env = np.concatenate([past_env, series.env_of_cells(future_cells)], axis=1)  # (E, H + N, D)
+    hours = np.arange(start - h, start + n_steps)
+    hod, dow = _calendar(series, hours)
+    # The entities' hourly profiles from every hour before the start (side information).
+    profile = HourlyProfile.build(series, values, start, env=forecaster.config.uses_env_profile,
+                                  history_env=history_env)
+    if profile.has_env:  # [the cell's embedding, the entity's usual one at that hour of day]
+        env = np.concatenate([env, profile.env_at(e_rows[:, None], hours[None, :])], axis=-1)
+    return _Conditions(hod, dow, env, profile.at(e_rows[:, None], hours[None, :]), future_cells)
+
+
+@torch.no_grad()
+def _sample_next_hours(forecaster: Forecaster, conditions: _Conditions, history: np.ndarray, step: int, *,
+                       shared: bool, samples: int, sampler: str, steps: int, guidance: float,
+                       generator: torch.Generator, antithetic: bool) -> torch.Tensor:
+    """Samples of the F hours after ``history`` for every path: (E * S, F, K) on the v scale.
+
+    ``history``: the last H hours of every path, (E * S, H, K); with ``shared`` (no sample fed back yet, so
+    an entity's S paths hold the same hours) one per entity, (E, H, K), encoded once and sampled S times."""
+    model, device = forecaster.model, forecaster.device
+    h, f = forecaster.config.history, forecaster.config.horizon
+    n_e, window = len(conditions.env), slice(step, step + h + f)
+    hours = torch.from_numpy(np.tile(conditions.hours[window], (n_e, 1))).long().to(device)  # (E, H + F)
+    days = torch.from_numpy(np.tile(conditions.days[window], (n_e, 1))).long().to(device)
+    env = torch.from_numpy(conditions.env[:, window]).to(device)
+    profile = torch.from_numpy(conditions.profile[:, window]).to(device)
+    if not shared:  # a window per path: its entity's conditions repeated for each
+        hours, days, env, profile = (t.repeat_interleave(samples, 0) for t in (hours, days, env, profile))
+    per_window = samples if shared else 1
+    hist = torch.from_numpy(history).to(device)
+    cache = model.encode_history(hist, hours, days, env, None, profile)
+    null_keep = torch.zeros(len(hist), dtype=torch.bool, device=device)
+    null = model.encode_history(hist, hours, days, env, null_keep, profile) if guidance != 1.0 else None
+    # Each window's prior mean from its own history (a path's own samples fed back).
+    prior = model.prior_mean(hist, profile, env, hours, days)
+    return sample(model, forecaster.schedule, forecaster.standardiser, cache, per_window, sampler=sampler,
+                  steps=steps, guidance=guidance, null_cache=null, generator=generator,
+                  offset=None if prior is None else prior.repeat_interleave(per_window, 0),
+                  antithetic=samples if antithetic else 0)
+
+
 def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: list[int], *, start: int,
                        horizon: int, samples: int = 32, sampler: str = "ddim", steps: int = 10,
                        plan: LocationPlan | None = None, guidance: float = 1.0, seed: int = 0,
@@ -120,84 +195,38 @@ def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: lis
     ``antithetic`` (default): an entity's paths come in pairs driven by opposite noise (``paired_noise``
     in engine/model/diffusion.py). Every path is still a sample of the model; the paths' mean is a
     better estimate of the model's expected traffic for the same number of paths
-    (docs/model.md#point-forecasts-and-sample-size). False: independent noise, as in runs stored before the option.
+    (docs/model.md#point-forecasts-and-sample-size). False: independent noise, as in runs stored before the
+    option.
 
     ``history_env``: the cells' embeddings while the history was recorded, when ``series.env`` is a
     what-if's edited one (default: ``series.env``): the observed hours get them, and so does the
     entity's usual environment (the environment profile, engine/data/windows.py HourlyProfile), which
     summarises the past. The edit changes the forecast hours' environment only."""
-    config = forecaster.config
-    h, f = config.history, config.horizon
-    if start < h:
-        raise InputError(f"the model needs {h} hours of history: start must be >= {h}, got {start}", field="start")
-    if start > series.hours:
-        raise InputError(f"start must be within the data (<= {series.hours}), got {start}", field="start")
-    if horizon < 1 or samples < 1:
-        raise InputError("horizon and samples must be >= 1", field="horizon")
-    if guidance < 0:
-        raise InputError(f"guidance must be >= 0, got {guidance}", field="guidance")
-    plan = plan or LocationPlan()
+    _check_forecast(forecaster, series, start=start, horizon=horizon, samples=samples, guidance=guidance)
+    h, f = forecaster.config.history, forecaster.config.horizon
     started = time.perf_counter()
-    model = forecaster.model
-    device = forecaster.device
     values = forecaster.normaliser.forward(series.traffic) if values is None else values
     e_rows = np.asarray(entities)
     n_e, k = len(e_rows), len(series.services)
     n_steps = int(np.ceil(horizon / f)) * f
+    conditions = _conditions(forecaster, series, e_rows, start, n_steps, plan or LocationPlan(), values, history_env)
     generator = torch.Generator().manual_seed(seed)
-
-    # Cells of every hour of the window span: observed ones for the past, the scenario's for the future.
-    future_cells = np.stack([plan.cell_rows(series, int(e), start, n_steps) for e in e_rows])  # (E, N)
-    past_cells = series.location[e_rows, start - h : start]  # (E, H)
-    # The observed hours were spent in the places as they were (``history_env``), the forecast hours in
-    # the scenario's.
-    past_env = embeddings_of(series.env if history_env is None else history_env, past_cells)
-    env_all = np.concatenate([past_env, series.env_of_cells(future_cells)], axis=1)  # (E, H + N, D); D may be 0
-    hours_all = np.arange(start - h, start + n_steps)
-    hod, dow = _calendar(series, hours_all)
-    # The entities' hourly profiles from every hour before the start (side information).
-    profile = HourlyProfile.build(series, values, start, env=config.uses_env_profile, history_env=history_env)
-    profile_all = profile.at(e_rows[:, None], hours_all[None, :])  # (E, H+N, K)
-    if profile.has_env:  # [the cell's embedding, the entity's usual one at that hour of day]
-        env_all = np.concatenate([env_all, profile.env_at(e_rows[:, None], hours_all[None, :])], axis=-1)
 
     # paths: (E * S, H + N, K); each entity's S paths start from the same observed history.
     paths = np.repeat(values[e_rows, start - h : start], samples, axis=0)
     paths = np.concatenate([paths, np.zeros((n_e * samples, n_steps, k), np.float32)], axis=1)
-    null_keep = torch.zeros(n_e, dtype=torch.bool, device=device)
-    with torch.no_grad():
-        for step in range(0, n_steps, f):
-            window = slice(step, step + h + f)
-            hours_t = torch.from_numpy(np.tile(hod[window], (n_e, 1))).long().to(device)
-            days_t = torch.from_numpy(np.tile(dow[window], (n_e, 1))).long().to(device)
-            env_t = torch.from_numpy(env_all[:, window]).to(device)
-            prof_t = torch.from_numpy(profile_all[:, window]).to(device)
-            if step == 0:  # all paths of an entity share the observed history: encode it once
-                hist = torch.from_numpy(paths[::samples, step : step + h]).to(device)
-                cache = model.encode_history(hist, hours_t, days_t, env_t, None, prof_t)
-                null = (model.encode_history(hist, hours_t, days_t, env_t, null_keep, prof_t)
-                        if guidance != 1.0 else None)
-                prior = model.prior_mean(hist, prof_t, env_t, hours_t, days_t)
-                draws = sample(model, forecaster.schedule, forecaster.standardiser, cache, samples, sampler=sampler,
-                               steps=steps, guidance=guidance, null_cache=null, generator=generator,
-                               offset=None if prior is None else prior.repeat_interleave(samples, 0),
-                               antithetic=samples if antithetic else 0)
-            else:
-                rep = lambda t: t.repeat_interleave(samples, 0)  # noqa: E731
-                hist = torch.from_numpy(paths[:, step : step + h]).to(device)
-                cache = model.encode_history(hist, rep(hours_t), rep(days_t), rep(env_t), None, rep(prof_t))
-                null = (model.encode_history(hist, rep(hours_t), rep(days_t), rep(env_t),
-                                             null_keep.repeat_interleave(samples, 0), rep(prof_t))
-                        if guidance != 1.0 else None)
-                # Each path's prior mean from its own history (its own samples fed back).
-                prior = model.prior_mean(hist, rep(prof_t), rep(env_t), rep(hours_t), rep(days_t))
-                draws = sample(model, forecaster.schedule, forecaster.standardiser, cache, 1, sampler=sampler,
-                               steps=steps, guidance=guidance, null_cache=null, generator=generator, offset=prior,
-                               antithetic=samples if antithetic else 0)
-            # Whole bytes: a sample below half a byte is 0 bytes, and is fed back as such (Normaliser.snap).
-            paths[:, h + step : h + step + f] = forecaster.normaliser.snap(draws.cpu().numpy())
-            if progress:
-                progress(min(step + f, horizon), horizon)
+    for step in range(0, n_steps, f):
+        # At the first step an entity's paths hold the same (observed) hours: encode them once per entity. (An
+        # optimisation that also fixes the numbers: encoding them per path gives the same values up to rounding.)
+        shared = step == 0
+        history = paths[:: samples if shared else 1, step : step + h]
+        draws = _sample_next_hours(forecaster, conditions, history, step, shared=shared, samples=samples,
+                                   sampler=sampler, steps=steps, guidance=guidance, generator=generator,
+                                   antithetic=antithetic)
+        # Whole bytes: a sample below half a byte is 0 bytes, and is fed back as such (Normaliser.snap).
+        paths[:, h + step : h + step + f] = forecaster.normaliser.snap(draws.cpu().numpy())
+        if progress:
+            progress(min(step + f, horizon), horizon)
     paths_v = paths[:, h : h + horizon].reshape(n_e, samples, horizon, k)
     truth = np.full((n_e, horizon, k), np.nan)
     known = min(horizon, max(0, series.hours - start))
@@ -205,7 +234,7 @@ def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: lis
     return ForecastResult(
         entities=[int(e) for e in e_rows], start=start, horizon=horizon,
         paths=forecaster.normaliser.inverse(paths_v), paths_v=paths_v, truth=truth,
-        cells=future_cells[:, :horizon], seconds=time.perf_counter() - started,
+        cells=conditions.cells[:, :horizon], seconds=time.perf_counter() - started,
     )
 
 
