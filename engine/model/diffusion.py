@@ -78,12 +78,12 @@ def diffusion_loss(model: Denoiser, schedule: Schedule, standardiser: Standardis
     meaningful where the signal has not drowned in noise, and windows whose true target is all zero
     (no traffic at all) are left out of it (the cosine is undefined there).
 
-    ``draws`` (default: as many as ``t`` has per window, else ``config.noise_draws``): diffusion steps and noises drawn per window. With more
-    than one, the history is encoded once per window and only the target hours are denoised, D times
-    (the inference path, ``encode_history``/``denoise_target``, which equals the full pass): D loss
-    terms for little more than the cost of one, since the target is 1 hour and the history 24. ``t``
-    and ``noise``, when given, are per (window, draw) row: (B * D,) and (B * D, F, K), draws of a
-    window consecutive.
+    ``draws`` (default: as many as ``t`` has per window, else ``config.noise_draws``): diffusion steps and
+    noises drawn per window. With more than one, the history is encoded once per window and only the
+    target hours are denoised, D times (the inference path, ``encode_history``/``denoise_target``, which
+    equals the full pass): D loss terms for little more than the cost of one, since the target is 1 hour
+    and the history 24. ``t`` and ``noise``, when given, are per (window, draw) row: (B * D,) and
+    (B * D, F, K), draws of a window consecutive.
     """
     config = model.config
     # Every random draw comes from ``generator`` on the CPU and is then moved to the model's device: a seed
@@ -240,7 +240,8 @@ def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cach
     if offset is None:
         lo, hi = float(standardiser.forward(torch.tensor(0.0))), float(standardiser.forward(torch.tensor(1.0)))
     else:  # the same range for prior + residual
-        lo, hi = standardiser.from_v(torch.zeros_like(offset), offset), standardiser.from_v(torch.ones_like(offset), offset)
+        lo = standardiser.from_v(torch.zeros_like(offset), offset)
+        hi = standardiser.from_v(torch.ones_like(offset), offset)
     if sampler == "ddpm":
         for t in reversed(range(config.diffusion_steps)):
             eps = _guided_eps(model, cache, null_cache, x, t, guidance)
