@@ -23,10 +23,9 @@ def save_weights(state_dict: dict, directory: Path) -> str:
     return hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
-def read_verified(directory: Path, document_name: str, *, hint: str) -> tuple[dict, dict]:
-    """(the JSON document, the state dict) of a saved folder, after checking the recorded hash."""
-    from safetensors.torch import load_file
-
+def read_document(directory: Path, document_name: str, *, hint: str) -> dict:
+    """The JSON document of a saved folder, after checking that the weights beside it are the ones it
+    records (their SHA-256); the weights themselves are not loaded."""
     directory = Path(directory)
     document_file, weights = directory / document_name, directory / WEIGHTS
     for path in (document_file, weights):
@@ -39,4 +38,12 @@ def read_verified(directory: Path, document_name: str, *, hint: str) -> tuple[di
     if hashlib.sha256(weights.read_bytes()).hexdigest() != document.get("sha256"):
         raise InputError(f"weights do not match the hash recorded in {document_name}", file=weights,
                          hint="the file was changed or belongs to another model")
-    return document, load_file(str(weights))
+    return document
+
+
+def read_verified(directory: Path, document_name: str, *, hint: str) -> tuple[dict, dict]:
+    """(the JSON document, the state dict) of a saved folder, after checking the recorded hash."""
+    from safetensors.torch import load_file
+
+    document = read_document(directory, document_name, hint=hint)
+    return document, load_file(str(Path(directory) / WEIGHTS))

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from engine.artifacts import read_verified, save_weights
+from engine.artifacts import read_document, read_verified, save_weights
 from engine.data.windows import Normaliser
 from engine.errors import InputError
 from engine.model.config import CONFIGS, ModelConfig, resolve_config
 from engine.model.denoiser import Denoiser
 from engine.model.diffusion import Schedule, Standardiser, sample
 
-__all__ = ["CONFIGS", "Forecaster", "ModelConfig", "pick_device", "resolve_config", "sample"]
+__all__ = ["CONFIGS", "Forecaster", "ModelConfig", "pick_device", "read_model_document", "resolve_config", "sample"]
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
@@ -28,6 +28,17 @@ def pick_device(prefer: str | None = None) -> torch.device:
     if prefer:
         return torch.device(prefer)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def read_model_document(directory: Path) -> dict:
+    """A saved forecaster's ``model.json`` (configuration, normalisation, data fingerprint, metrics) after
+    checking its format and that the weights beside it are the recorded ones; the weights are not
+    loaded (what the dashboard reads of a model)."""
+    document_file = Path(directory) / "model.json"
+    document = read_document(Path(directory), "model.json", hint="train again with `lsdm train`")
+    if document.get("format") != "lsdm-forecaster/1":
+        raise InputError(f"unknown model format {document.get('format')!r}", file=document_file)
+    return document
 
 
 @dataclass
