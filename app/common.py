@@ -17,6 +17,7 @@ import numpy as np
 import streamlit as st
 
 from db import Database, open_database
+from db.queries import NoDatasetError, dataset_sizes, get_dataset
 
 # One colour per service, used the same way on every chart (Tableau 10, then Tableau 20's lighter
 # shades for data sets with more than ten services).
@@ -74,19 +75,13 @@ def bump_revision() -> None:
 
 @st.cache_data(show_spinner=False)
 def _dataset_info(url: str | None, revision_: int) -> DatasetInfo | None:
-    from sqlalchemy import func, select
-
-    from db.models import Cell, Entity
-    from db.queries import NoDatasetError, get_dataset
-
     db = _database(url)
     with db.session() as session:
         try:
             d = get_dataset(session)
         except NoDatasetError:
             return None
-        entities = session.scalar(select(func.count()).select_from(Entity).where(Entity.dataset_id == d.id))
-        cells = session.scalar(select(func.count()).select_from(Cell).where(Cell.dataset_id == d.id))
+        entities, cells = dataset_sizes(session).get(d.id, (0, 0))
         return DatasetInfo(id=d.id, name=d.name, kind=d.kind, entity_kind=d.entity_kind, services=tuple(d.services),
                            poi_categories=tuple(d.poi_categories), hours=int(d.hours), time_origin=d.time_origin,
                            entities=int(entities), cells=int(cells))
@@ -94,21 +89,6 @@ def _dataset_info(url: str | None, revision_: int) -> DatasetInfo | None:
 
 def dataset_info() -> DatasetInfo | None:
     return _dataset_info(os.environ.get("LSDM_DB") or None, revision())
-
-
-def require_dataset() -> DatasetInfo:
-    """The active data set, or an empty state that stops the page: the progress of the job making the
-    first data set while there is one (the page appears when it is done), else how to get data."""
-    from app import jobs_ui
-
-    info = dataset_info()
-    if info is None:
-        jobs_ui.first_launch()
-        st.info("No data yet. The first launch builds the default synthetic city; you can also build one with "
-                "`lsdm city build` or ingest real data on the **Data** page.", icon=":material/database:")
-        st.stop()
-    jobs_ui.forget(jobs_ui.FIRST_LAUNCH_KEY)
-    return info
 
 
 @st.cache_resource(show_spinner=False)

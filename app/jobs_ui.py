@@ -12,6 +12,9 @@ that a reload, or the link itself, keeps following it. The end of a job is handl
 once: first the cached queries are dropped (``bump_revision``) and the whole page reruns, so that it is
 drawn from fresh data; then the page concludes the job (``on_done`` for a result, the reason for a
 failure, a note for a cancellation) and stops following it.
+
+``require_dataset`` is every page's first line: the active data set, or the empty state that follows the
+first launch's job (here, not in app/common.py, which this module builds on).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Callable, Iterable
 
 import streamlit as st
 
-from app.common import bump_revision, database, query_int, set_query
+from app.common import DatasetInfo, bump_revision, database, dataset_info, query_int, set_query
 from db.models import utcnow
 from engine import jobs
 from engine.errors import InputError
@@ -187,3 +190,16 @@ def first_launch(*, stop: bool = True) -> None:
         return
     if job is not None and job.status == "failed":
         st.error(f"{job.title} failed: {job.error or job.message}", icon=":material/error:")
+
+
+def require_dataset() -> DatasetInfo:
+    """The active data set, or an empty state that stops the page: the progress of the job making the
+    first data set while there is one (the page appears when it is done), else how to get data."""
+    info = dataset_info()
+    if info is None:
+        first_launch()
+        st.info("No data yet. The first launch builds the default synthetic city; you can also build one with "
+                "`lsdm city build` or ingest real data on the **Data** page.", icon=":material/database:")
+        st.stop()
+    forget(FIRST_LAUNCH_KEY)
+    return info

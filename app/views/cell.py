@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import cell_data as c
-from app import common
+from app import common, jobs_ui
 from db.models import Dataset
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -110,7 +110,7 @@ def show_neighbours(found) -> None:  # noqa: ANN001
             st.caption(f"similarity {row.similarity:.3f} · {row.land_use}")
 
 
-info = common.require_dataset()
+info = jobs_ui.require_dataset()
 common.page_header("Cell", "A base station's surroundings, the places most like it, and the traffic used there.")
 key = choose_cell(keys(common.database().url, info.id, common.revision()))
 if key is None:

@@ -11,11 +11,11 @@ import streamlit as st
 
 from app import forecast_data as fd
 from app import jobs_ui
-from app.common import database, page_header, query_int, query_str, require_dataset, revision, set_query
+from app.common import database, page_header, query_int, query_str, revision, set_query
 from app.user_data import cached_entity_keys
 from engine.requests import ForecastRequest
 
-info = require_dataset()
+info = jobs_ui.require_dataset()
 url = database().url
 noun = info.entity_kind
 page_header("Forecast", f"Probabilistic forecasts of the coming hours per service (LSDM) · data set **{info.name}**")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import common
+from app import common, jobs_ui
 from app import map_data as m
 from db.models import Dataset
 
@@ -52,7 +52,7 @@ def open_page(kind: str, key: str) -> None:
     st.switch_page(PAGES / "user.py", query_params={"user": key})
 
 
-info = common.require_dataset()
+info = jobs_ui.require_dataset()
 common.page_header("City map", f"{info.name}: {info.cells} cells, {info.entities} {info.entity_kind}s over "
                    f"{info.hours} hours. Click a cell or a user to open it.")
 city = city_data(common.database().url, info.id, common.revision())

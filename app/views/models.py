@@ -14,7 +14,7 @@ from engine.model.config import CONFIGS
 from engine.requests import EvaluateRequest, TrainRequest
 
 common.page_header("Models & evaluation", "Forecasters and environment encoders of the active data set.")
-info = common.require_dataset()
+info = jobs_ui.require_dataset()
 db = common.database()
 models = md.cached_models(db.url, info.id, common.revision())
 forecasters = [m for m in models if m.kind == "lsdm"]

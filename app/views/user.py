@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app import jobs_ui
 from app import user_data as ud
 from app.common import (
     database,
     format_bytes,
     page_header,
     query_str,
-    require_dataset,
     revision,
     set_query,
 )
 
-info = require_dataset()
+info = jobs_ui.require_dataset()
 url = database().url
 noun = info.entity_kind  # "user", or "cell" for data sets that model cells
 page_header("User", f"One {noun}'s hourly traffic per service, where they were, and their forecasts "

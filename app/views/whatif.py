@@ -21,7 +21,6 @@ from app.common import (
     page_header,
     query_int,
     query_str,
-    require_dataset,
     revision,
     set_query,
 )
@@ -30,7 +29,7 @@ from engine.errors import InputError
 from engine.requests import WhatIfRequest
 from engine.whatif import CellEdit, rename_scenario, validate_scenario
 
-info = require_dataset()
+info = jobs_ui.require_dataset()
 url = database().url
 noun = info.entity_kind
 state = st.session_state
