@@ -32,7 +32,7 @@ navigation = st.navigation({
     ],
     "Manage": [
         st.Page(PAGES / "models.py", title="Models & evaluation", icon=":material/model_training:", url_path="models"),
-        st.Page(PAGES / "data.py", title="Data", icon=":material/database:", url_path="data"),
+        st.Page(PAGES / "datasets.py", title="Data", icon=":material/database:", url_path="data"),
         st.Page(PAGES / "jobs.py", title="Jobs", icon=":material/work_history:", url_path="jobs"),
     ],
 })

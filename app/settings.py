@@ -15,6 +15,9 @@ import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from db import data_dir
+from engine.env.describe import make_describer
+from engine.env.tiles import open_tile_source
 from engine.errors import InputError
 
 SETTINGS_FILE = "settings.json"
@@ -60,9 +63,6 @@ def tile_kind_and_location(spec: str | None) -> tuple[str, str]:
 def validate_settings(settings: AppSettings) -> dict[str, str]:
     """Every problem, by field name (empty when the settings are usable). Opens the tile source the
     way the environment build will, so a missing folder or a malformed template is caught now."""
-    from engine.env.describe import make_describer
-    from engine.env.tiles import open_tile_source
-
     problems: dict[str, str] = {}
     if settings.tile_source is not None:
         try:
@@ -84,8 +84,6 @@ def validate_settings(settings: AppSettings) -> dict[str, str]:
 
 
 def settings_path() -> Path:
-    from db.session import data_dir
-
     return data_dir() / SETTINGS_FILE
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app import data_admin as da
+from app import datasets_data as da
 from app import settings as app_settings
 from db import open_database
 from db.queries import store_dataset
@@ -48,7 +48,7 @@ def core_snapshot(db: Path) -> dict[str, int]:
 
 
 def data_page() -> AppTest:
-    return AppTest.from_file(page("data"), default_timeout=120).run()
+    return AppTest.from_file(page("datasets"), default_timeout=120).run()
 
 
 def metrics(at: AppTest) -> dict[str, str]:

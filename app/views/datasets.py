@@ -10,7 +10,7 @@ from datetime import datetime
 import streamlit as st
 
 from app import common, jobs_ui
-from app import data_admin as da
+from app import datasets_data as da
 from app import settings as app_settings
 from engine.errors import InputError
 from engine.jobs import discard_uploads

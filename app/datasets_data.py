@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-from sqlalchemy import func, select
 
 from app.common import database, format_bytes
 from app.settings import AppSettings
 from db import Database
-from db.models import Cell, Dataset, Entity
-from db.queries import NoDatasetError, activate_dataset, dataset_summary, get_dataset
+from db.queries import NoDatasetError, activate_dataset, all_datasets, dataset_sizes, dataset_summary, get_dataset
+from engine.env.pipeline import environment_info
 from engine.jobs import JobView, new_uploads_dir
 from engine.requests import EnvRequest, IngestTableRequest, IngestTsinghuaRequest
+from engine.shipped import assets_dir
 
 Upload = tuple[str, bytes]  # (file name as uploaded, content): what the page hands over
 TSINGHUA_ROLES = ("trace", "app2category", "categories", "poi", "coords")
@@ -39,15 +39,13 @@ def loaded_overview(db: Database) -> dict | None:
         except NoDatasetError:
             return None
         summary = dataset_summary(session, dataset)
-        summary["datasets"] = int(session.scalar(select(func.count()).select_from(Dataset)))
+        summary["datasets"] = len(all_datasets(session))
         summary["dataset_id"] = dataset.id
         return summary
 
 
 def environment_coverage(db: Database) -> dict | None:
     """Tiles, descriptions and embeddings of the active data set (engine.env.pipeline.environment_info)."""
-    from engine.env.pipeline import environment_info
-
     try:
         return environment_info(db)
     except NoDatasetError:
@@ -55,15 +53,14 @@ def environment_coverage(db: Database) -> dict | None:
 
 
 def dataset_table(db: Database) -> pd.DataFrame:
-    """Every data set with its size; counts come from two GROUP BY queries, not per-row loops."""
+    """Every data set with its size (db.queries.dataset_sizes: two GROUP BY queries, not per-row loops)."""
     with db.session() as session:
-        entities = dict(session.execute(select(Entity.dataset_id, func.count()).group_by(Entity.dataset_id)).all())
-        cells = dict(session.execute(select(Cell.dataset_id, func.count()).group_by(Cell.dataset_id)).all())
-        rows = [{"active": d.is_active, "name": d.name, "kind": d.kind, "entities": int(entities.get(d.id, 0)),
-                 "entity kind": d.entity_kind, "cells": int(cells.get(d.id, 0)), "hours": d.hours,
+        sizes = dataset_sizes(session)
+        rows = [{"active": d.is_active, "name": d.name, "kind": d.kind, "entities": sizes.get(d.id, (0, 0))[0],
+                 "entity kind": d.entity_kind, "cells": sizes.get(d.id, (0, 0))[1], "hours": d.hours,
                  "services": len(d.services), "starts": d.time_origin.strftime("%a %d %b %Y %H:%M"),
                  "time zone": d.timezone, "created": d.created_at.strftime("%Y-%m-%d %H:%M UTC")}
-                for d in session.scalars(select(Dataset).order_by(Dataset.id))]
+                for d in all_datasets(session)]
     return pd.DataFrame(rows, columns=["active", "name", "kind", "entities", "entity kind", "cells", "hours",
                                        "services", "starts", "time zone", "created"])
 
@@ -156,7 +153,5 @@ def job_notice(job: JobView) -> str:
 
 def shipped_mappings() -> dict[str, Path]:
     """The column mappings that ship with the program (assets/mappings/*.json), by file name."""
-    from engine.shipped import assets_dir
-
     folder = assets_dir() / "mappings"
     return {path.name: path for path in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
