@@ -15,13 +15,20 @@ from datetime import datetime, timedelta
 import altair as alt
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from app.charts import bars
 from app.common import hour_label, hour_label_long, service_scale
-from db.models import Cell, Dataset, Description, Entity, LocationHour, Tile, TrafficHour
-from db.queries import active_model
+from db.models import Cell, Dataset, Description, Tile
+from db.queries import (
+    active_model,
+    cells_by_id,
+    dataset_cells,
+    find_cell,
+    tile_images,
+    traffic_at_cell,
+    users_at_cell,
+)
 from engine.env.pipeline import load_env_embeddings
 from engine.env.tiles import CellInfo, infer_land_use
 
@@ -51,7 +58,7 @@ class CellDetail:
 
 def cell_keys(session: Session, dataset: Dataset) -> list[str]:
     """Every cell key of the data set, in id order (the picker's options)."""
-    return list(session.scalars(select(Cell.key).where(Cell.dataset_id == dataset.id).order_by(Cell.id)))
+    return [cell.key for cell in dataset_cells(session, dataset.id)]
 
 
 def land_use_of(cell: Cell, categories: list[str]) -> tuple[str, bool]:
@@ -69,7 +76,7 @@ def poi_frame(categories: list[str] | tuple[str, ...], counts: list[int]) -> pd.
 
 def load_cell(session: Session, dataset: Dataset, key: str) -> CellDetail | None:
     """The cell with ``key`` and its environment, or None when the data set has no such cell."""
-    cell = session.scalar(select(Cell).where(Cell.dataset_id == dataset.id, Cell.key == key))
+    cell = find_cell(session, dataset.id, key)
     if cell is None:
         return None
     tile = session.get(Tile, cell.id)
@@ -118,8 +125,8 @@ def neighbour_frame(session: Session, dataset: Dataset, pairs: list[tuple[int, f
     if not pairs:
         return pd.DataFrame(columns=["cell_id", "key", "similarity", "land_use", "tile"])
     wanted = [cell_id for cell_id, _ in pairs]
-    cells = {c.id: c for c in session.scalars(select(Cell).where(Cell.id.in_(wanted)))}
-    tiles = dict(session.execute(select(Tile.cell_id, Tile.image).where(Tile.cell_id.in_(wanted))).all())
+    cells = cells_by_id(session, wanted)
+    tiles = tile_images(session, dataset.id, wanted)
     categories = list(dataset.poi_categories)
     rows = []
     for cell_id, similarity in pairs:
@@ -143,13 +150,8 @@ def hour_axis(origin: datetime, hours: int) -> pd.DataFrame:
 
 def users_by_hour(session: Session, dataset: Dataset, cell_id: int) -> pd.DataFrame:
     """Distinct users attached to the cell in each hour of the data set (0 where none)."""
-    rows = session.execute(
-        select(LocationHour.hour, func.count(func.distinct(LocationHour.entity_id)))
-        .join(Entity, Entity.id == LocationHour.entity_id)
-        .where(LocationHour.cell_id == cell_id, Entity.kind == "user").group_by(LocationHour.hour)
-    ).all()
     counts = np.zeros(int(dataset.hours), dtype=np.int64)
-    for hour, users in rows:
+    for hour, users in users_at_cell(session, cell_id):
         counts[int(hour)] = int(users)
     frame = hour_axis(dataset.time_origin, int(dataset.hours))
     frame["users"] = counts
@@ -159,15 +161,9 @@ def users_by_hour(session: Session, dataset: Dataset, cell_id: int) -> pd.DataFr
 def traffic_by_service(session: Session, dataset: Dataset, cell_id: int) -> pd.DataFrame:
     """Traffic at the cell per hour and service, in MB: every (hour, service) of the data set, 0 where
     nobody attached to the cell used the service (so stacked areas do not jump over gaps)."""
-    located = and_(LocationHour.entity_id == TrafficHour.entity_id, LocationHour.hour == TrafficHour.hour)
-    rows = session.execute(
-        select(TrafficHour.hour, TrafficHour.service, func.sum(TrafficHour.bytes))
-        .join(LocationHour, located).where(LocationHour.cell_id == cell_id)
-        .group_by(TrafficHour.hour, TrafficHour.service)
-    ).all()
     services = list(dataset.services)
     grid = np.zeros((int(dataset.hours), len(services)), dtype=np.float64)
-    for hour, service, total in rows:
+    for hour, service, total in traffic_at_cell(session, cell_id):
         grid[int(hour), int(service)] = float(total)
     axis = hour_axis(dataset.time_origin, int(dataset.hours))
     frame = axis.loc[axis.index.repeat(len(services))].reset_index(drop=True)

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pydeck as pdk
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.common import LAND_USE_COLORS, format_bytes
-from db.models import Dataset, Entity, LocationHour, TrafficHour
+from db.models import Dataset
+from db.queries import entities_of, hourly_entity_bytes, location_rows
 from engine.env.tiles import cells_for_dataset, infer_land_use, render_city_mosaic
 
 HOURS_PER_WEEK = 168
@@ -73,13 +73,6 @@ class CityData:
 # --- loading (one SQL pass per table, then numpy) -------------------------------------------------
 
 
-def rows_array(session: Session, statement, dtype=np.int64) -> np.ndarray:  # noqa: ANN001
-    """A Core query's rows as an (N, columns) array. Rows are turned into plain tuples first: numpy's
-    generic sequence path on SQLAlchemy Row objects is ~40x slower (2.5 s for 168k location rows)."""
-    rows = session.connection().execute(statement).all()
-    return np.array(list(map(tuple, rows)), dtype=dtype).reshape(len(rows), len(statement.selected_columns))
-
-
 def load_cells(session: Session, dataset: Dataset) -> pd.DataFrame:
     """Every cell of the data set in id order, with its land use (inferred from POIs where unknown)."""
     infos = cells_for_dataset(session, dataset)
@@ -95,16 +88,13 @@ def load_cells(session: Session, dataset: Dataset) -> pd.DataFrame:
 
 def load_entities(session: Session, dataset: Dataset) -> pd.DataFrame:
     """id, kind and key of every entity (user or cell) of the data set, in id order."""
-    rows = session.execute(select(Entity.id, Entity.kind, Entity.key).where(Entity.dataset_id == dataset.id)
-                           .order_by(Entity.id)).all()
-    return pd.DataFrame([tuple(r) for r in rows], columns=["id", "kind", "key"])
+    return pd.DataFrame(entities_of(session, dataset.id), columns=["id", "kind", "key"])
 
 
 def load_entity_cells(session: Session, dataset: Dataset, entity_ids: np.ndarray, cell_ids: np.ndarray) -> np.ndarray:
     """(E, H) cell position of each entity (in ``entity_ids`` order) in each hour; -1 = unknown."""
     matrix = np.full((len(entity_ids), int(dataset.hours)), -1, dtype=np.int32)
-    arr = rows_array(session, select(LocationHour.entity_id, LocationHour.hour, LocationHour.cell_id)
-                     .join(Entity, Entity.id == LocationHour.entity_id).where(Entity.dataset_id == dataset.id))
+    arr = location_rows(session, dataset.id)
     if len(arr) and len(entity_ids):
         matrix[np.searchsorted(entity_ids, arr[:, 0]), arr[:, 1]] = np.searchsorted(cell_ids, arr[:, 2])
     return matrix
@@ -113,9 +103,7 @@ def load_entity_cells(session: Session, dataset: Dataset, entity_ids: np.ndarray
 def entity_hour_bytes(session: Session, dataset: Dataset, entity_ids: np.ndarray) -> np.ndarray:
     """(E, H) bytes of all services per entity (in ``entity_ids`` order) and hour (summed in SQL)."""
     matrix = np.zeros((len(entity_ids), int(dataset.hours)), dtype=np.float64)
-    arr = rows_array(session, select(TrafficHour.entity_id, TrafficHour.hour, func.sum(TrafficHour.bytes))
-                     .join(Entity, Entity.id == TrafficHour.entity_id).where(Entity.dataset_id == dataset.id)
-                     .group_by(TrafficHour.entity_id, TrafficHour.hour), dtype=np.float64)
+    arr = hourly_entity_bytes(session, dataset.id)
     if len(arr) and len(entity_ids):
         matrix[np.searchsorted(entity_ids, arr[:, 0].astype(np.int64)), arr[:, 1].astype(np.int64)] = arr[:, 2]
     return matrix

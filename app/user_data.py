@@ -16,13 +16,11 @@ import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.charts import radar, service_heatmap, service_lines
 from app.common import database, hour_label, hour_label_long, megabytes
-from db.models import Cell, Entity, ForecastRun, LocationHour
-from db.queries import entity_matrix
+from db.queries import entity_keys, entity_matrix, entity_places, find_entity, forecast_runs
 from engine.requests import ForecastRequest
 
 WEEK = 168
@@ -43,16 +41,10 @@ class UserRecord:
 # --- reading ----------------------------------------------------------------------------------------
 
 
-def entity_keys(session: Session, dataset_id: int) -> list[str]:
-    """Every entity key of the data set, sorted (the picker's options)."""
-    return list(session.scalars(select(Entity.key).where(Entity.dataset_id == dataset_id).order_by(Entity.key)))
-
-
 def find_user(session: Session, dataset_id: int, key: str) -> UserRecord | None:
     """The entity with this key in the data set, or None."""
-    row = session.execute(select(Entity.id, Entity.key, Entity.attrs)
-                          .where(Entity.dataset_id == dataset_id, Entity.key == key)).first()
-    return UserRecord(int(row.id), row.key, dict(row.attrs or {})) if row else None
+    entity = find_entity(session, dataset_id, key)
+    return UserRecord(entity.id, entity.key, dict(entity.attrs or {})) if entity else None
 
 
 def user_traffic(session: Session, user: UserRecord, hours: int, n_services: int) -> np.ndarray:
@@ -74,15 +66,7 @@ def place_roles(attrs: dict) -> dict[str, str]:
 def user_places(session: Session, user: UserRecord) -> pd.DataFrame:
     """The cells the user was seen in, most visited first: hours there, share of located hours, land
     use, role, and a link to the Cell page. One GROUP BY, no per-row loop."""
-    hours_there = func.count().label("hours")
-    rows = session.execute(
-        select(Cell.key, Cell.name, Cell.land_use, hours_there)
-        .join(LocationHour, LocationHour.cell_id == Cell.id)
-        .where(LocationHour.entity_id == user.id)
-        .group_by(Cell.id, Cell.key, Cell.name, Cell.land_use)
-        .order_by(hours_there.desc(), Cell.key)
-    ).all()
-    frame = pd.DataFrame(rows, columns=["cell", "name", "land_use", "hours"])
+    frame = pd.DataFrame(entity_places(session, user.id), columns=["cell", "name", "land_use", "hours"])
     total = int(frame["hours"].sum()) if len(frame) else 0
     frame["share"] = frame["hours"] / total if total else 0.0
     roles = place_roles(user.attrs)
@@ -109,13 +93,8 @@ def forecast_link(run_id: int) -> str:
 
 def user_runs(session: Session, dataset_id: int, entity_kind: str, key: str, origin: datetime) -> pd.DataFrame:
     """Forecast runs of the data set that include this user, newest first, with a link to reopen each."""
-    rows = session.execute(
-        select(ForecastRun.id, ForecastRun.created_at, ForecastRun.params, ForecastRun.seconds)
-        .where(ForecastRun.dataset_id == dataset_id)
-        .order_by(ForecastRun.created_at.desc(), ForecastRun.id.desc())
-    ).all()
     records = []
-    for run_id, created, params, seconds in rows:
+    for run_id, created, params, seconds in forecast_runs(session, dataset_id):
         request = ForecastRequest.from_params(params)  # runs stored before requests read too
         if request.entity_kind != entity_kind or key not in request.entities:
             continue

@@ -13,25 +13,36 @@ Display units: MB and "Tue 14:00" hour labels.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import altair as alt
 import numpy as np
 import pandas as pd
 import pydeck as pdk
 import streamlit as st
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.charts import radar
 from app.common import ACCENT, DatasetInfo, database, hour_label_for, megabytes, service_scale
-from db.models import Cell, Dataset, Tile
-from engine.data.windows import SeriesData
+from app.map_data import initial_view, land_use_colors, load_cells
+from db.models import Dataset, ModelRecord
+from db.queries import (
+    active_model,
+    cell_descriptions,
+    dataset_cells,
+    embedded_cell_ids,
+    find_encoder,
+    tile_image,
+    tiled_cell_ids,
+)
+from engine.data.windows import SeriesData, load_series
+from engine.env.describe import CityStats, TemplateDescriber
+from engine.errors import InputError
 from engine.forecast import LocationPlan
+from engine.model import read_model_document
+from engine.model.config import ModelConfig
 from engine.requests import ForecastRequest, WhatIfRequest
 from engine.whatif import CellEdit, Scenario, list_scenarios, load_scenario
 
@@ -54,11 +65,9 @@ CELL_RADIUS_M = 110.0  # as on the Map page: about a quarter of the default city
 def cell_frame(session: Session, dataset_id: int) -> pd.DataFrame:
     """Every cell in id order (the engine's row order): key, name, lat, lon, land use (inferred from
     POIs where the data set has none, as on the Map page) and whether it has a tile."""
-    from app.map_data import load_cells
-
     cells = load_cells(session, session.get(Dataset, dataset_id))
-    names = dict(session.execute(select(Cell.id, Cell.name).where(Cell.dataset_id == dataset_id)).all())
-    tiled = set(session.scalars(select(Tile.cell_id).join(Cell).where(Cell.dataset_id == dataset_id)))
+    names = {cell.id: cell.name for cell in dataset_cells(session, dataset_id)}
+    tiled = tiled_cell_ids(session, dataset_id)
     cells["name"] = [names[int(i)] for i in cells["id"]]
     cells["has_tile"] = [int(i) in tiled for i in cells["id"]]
     return cells[["key", "name", "lat", "lon", "land_use", "has_tile"]]
@@ -66,7 +75,7 @@ def cell_frame(session: Session, dataset_id: int) -> pd.DataFrame:
 
 def cell_tile(session: Session, dataset_id: int, key: str) -> bytes | None:
     """The stored tile image of a cell, or None."""
-    return session.scalar(select(Tile.image).join(Cell).where(Cell.dataset_id == dataset_id, Cell.key == key))
+    return tile_image(session, dataset_id, key)
 
 
 def cell_label(cells: pd.DataFrame) -> dict[str, str]:
@@ -105,53 +114,41 @@ class EditorContext:
     @cached_property
     def city_stats(self):  # noqa: ANN201
         """The data set's POI statistics, against which edited counts are described."""
-        from engine.env.describe import CityStats
-
         return CityStats.from_counts(self.poi, self.categories)
 
     def describe_counts(self, counts: list[int]) -> str:
         """The template description of a cell with these POI counts in this city: what the worker encodes
         for an edit of the counts without an explicit description (engine.whatif.scenario_env)."""
-        from engine.env.describe import TemplateDescriber
-
         return TemplateDescriber().text(counts, self.city_stats)
 
 
 def model_encoder_id(session: Session, model_id: int) -> str | None:
-    """The encoder whose embeddings the model was trained on (its model.json's data fingerprint); None
-    when the model has none or its folder cannot be read (then the data set's active encoder counts)."""
-    from db.models import ModelRecord
-
+    """The encoder whose embeddings the model was trained on (its model.json's data fingerprint, read
+    verified by engine.model.read_model_document); None when the model has none or its folder cannot be
+    read (then the data set's active encoder counts)."""
     record = session.get(ModelRecord, model_id)
+    if record is None:
+        return None
     try:
-        document = json.loads((Path(record.path) / "model.json").read_text())
-    except (AttributeError, OSError, ValueError):
+        document = read_model_document(record.path)
+    except (InputError, OSError):
         return None
     return (document.get("data") or {}).get("encoder_id")
 
 
 def editor_context(session: Session, dataset_id: int, model_id: int) -> EditorContext:
     """The editor's view of the data set for the active model (see EditorContext); a few small queries."""
-    from db.models import Description, Embedding, ModelRecord
-    from db.queries import active_model
-    from engine.model.config import ModelConfig
-
     dataset = session.get(Dataset, dataset_id)
-    cells = session.execute(select(Cell.id, Cell.key, Cell.poi_counts).where(Cell.dataset_id == dataset_id)
-                            .order_by(Cell.id)).all()
-    texts = dict(session.execute(select(Description.cell_id, Description.text).join(Cell)
-                                 .where(Cell.dataset_id == dataset_id)).all())
+    cells = [(cell.id, cell.key, cell.poi_counts) for cell in dataset_cells(session, dataset_id)]
+    texts = cell_descriptions(session, dataset_id)
     encoder_id = model_encoder_id(session, model_id)
     if encoder_id is None:
         active = active_model(session, dataset_id, kind="clip")
         encoder_id = active.name if active else None
-    record = session.scalar(select(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.name == encoder_id,
-                                                      ModelRecord.dataset_id == dataset_id)
-                            .order_by(ModelRecord.id.desc())) if encoder_id else None
+    record = find_encoder(session, encoder_id, dataset_id) if encoder_id else None
     settings = ((record.config or {}).get("settings") or {}) if record else {}
-    embedded = {kind: set(session.scalars(select(Embedding.cell_id).join(Cell).where(
-        Cell.dataset_id == dataset_id, Embedding.encoder_id == encoder_id, Embedding.kind == kind)))
-        for kind in ("image", "env")} if encoder_id else {"image": set(), "env": set()}
+    embedded = {kind: embedded_cell_ids(session, dataset_id, encoder_id, kind) if encoder_id else set()
+                for kind in ("image", "env")}
     forecaster = session.get(ModelRecord, model_id)
     conditioned = ModelConfig.from_dict(forecaster.config or {}).uses_environment if forecaster else False
     categories = tuple(dataset.poi_categories)
@@ -165,25 +162,11 @@ def editor_context(session: Session, dataset_id: int, model_id: int) -> EditorCo
 
 
 def user_series(session: Session, dataset_id: int, key: str) -> SeriesData | None:
-    """One entity of the data set as engine.data.windows.SeriesData (its traffic and the cell row of
-    each hour; no environment), so that the engine's own LocationPlan says where the user is; None for an
-    unknown key."""
-    from db.models import Entity
-    from db.queries import entity_locations, entity_matrix
-
-    dataset = session.get(Dataset, dataset_id)
-    entity_id = session.scalar(select(Entity.id).where(Entity.dataset_id == dataset_id, Entity.key == key))
-    if entity_id is None:
-        return None
-    cells = session.execute(select(Cell.id, Cell.key).where(Cell.dataset_id == dataset_id).order_by(Cell.id)).all()
-    row = {cell_id: i for i, (cell_id, _) in enumerate(cells)}
-    located = entity_locations(session, entity_id, dataset.hours)
-    return SeriesData(
-        dataset_name=dataset.name, services=list(dataset.services), entity_ids=np.array([entity_id]),
-        entity_keys=[key], traffic=entity_matrix(session, entity_id, dataset.hours, len(dataset.services))[None],
-        location=np.array([[row[int(c)] if c >= 0 else -1 for c in located]], dtype=np.int64),
-        cell_ids=np.array([cell_id for cell_id, _ in cells]), cell_keys=[k for _, k in cells],
-        env=np.zeros((len(cells), 0), dtype=np.float32), time_origin=dataset.time_origin)
+    """One entity of the data set as engine.data.windows.SeriesData (engine.data.windows.load_series of
+    that entity: its traffic and the cell row of each hour; no environment), so that the engine's own
+    LocationPlan says where the user is; None for an unknown key."""
+    series = load_series(session, session.get(Dataset, dataset_id), encoder_id="", entity_keys=[key])
+    return series if series.entity_keys else None
 
 
 def start_cell(series: SeriesData, start: int, mode: str) -> str | None:
@@ -204,8 +187,6 @@ def map_deck(cells: pd.DataFrame, target: str | None, home: str | None) -> pdk.D
     """A small offline map of the cells in their land-use colours (as on the Map page); the edited
     (target) cell ringed in the accent colour, the user's own cell in dark grey. None when cells have
     no coordinates."""
-    from app.map_data import initial_view, land_use_colors
-
     located = cells.dropna(subset=["lat", "lon"]).reset_index(drop=True)
     if located.empty:
         return None
