@@ -11,23 +11,23 @@ recomputed. Display units: MB and "Tue 14:00" hour labels; exports keep exact by
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.charts import fan_chart, radar, service_lines
 from app.common import database, hour_label, hour_label_long, megabytes, service_colors
-from db.models import Cell, ForecastRun, ModelRecord
+from db import queries  # qualified: this module's active_model gives the page's ModelInfo
+from db.models import ForecastRun, ModelRecord
 from engine.data.windows import Normaliser
+from engine.errors import InputError
 from engine.forecast import ForecastResult
+from engine.model import read_model_document
 from engine.requests import ForecastRequest
 from engine.metrics import point_metrics, score
 
@@ -67,8 +67,7 @@ class ModelInfo:
 
 def active_model(session: Session, dataset_id: int) -> ModelInfo | None:
     """The data set's active LSDM model, or None when there is none yet."""
-    record = session.scalar(select(ModelRecord).where(ModelRecord.kind == "lsdm", ModelRecord.dataset_id == dataset_id,
-                                                      ModelRecord.is_active.is_(True)))
+    record = queries.active_model(session, dataset_id)
     if record is None:
         return None
     config = record.config or {}
@@ -77,15 +76,15 @@ def active_model(session: Session, dataset_id: int) -> ModelInfo | None:
 
 
 def model_normaliser(session: Session, model_id: int | None) -> Normaliser | None:
-    """The normalisation a model was trained with (its model.json), to score a run on the paper's
-    normalised scale; None when the model or its folder is gone."""
+    """The normalisation a model was trained with (its model.json, read verified by
+    engine.model.read_model_document), to score a run on the paper's normalised scale; None when the
+    model or its folder is gone or damaged."""
     record = session.get(ModelRecord, model_id) if model_id is not None else None
     if record is None:
         return None
     try:
-        document = json.loads((Path(record.path) / "model.json").read_text())
-        return Normaliser.from_dict(document["normaliser"])
-    except (OSError, ValueError, KeyError):
+        return Normaliser.from_dict(read_model_document(record.path)["normaliser"])
+    except (InputError, OSError, KeyError):
         return None
 
 
@@ -176,13 +175,8 @@ def load_run(session: Session, run_id: int, dataset_id: int) -> StoredRun | None
 def run_history(session: Session, dataset_id: int, origin: datetime, hours: int, limit: int = 500) -> pd.DataFrame:
     """Every run of the data set with every parameter, newest first (the summaries and arrays stay in
     the database)."""
-    rows = session.execute(
-        select(ForecastRun.id, ForecastRun.created_at, ForecastRun.params, ForecastRun.seconds)
-        .where(ForecastRun.dataset_id == dataset_id)
-        .order_by(ForecastRun.created_at.desc(), ForecastRun.id.desc()).limit(limit)
-    ).all()
     records = []
-    for run_id, created, params, seconds in rows:
+    for run_id, created, params, seconds in queries.forecast_runs(session, dataset_id, limit):
         request = ForecastRequest.from_params(params)
         records.append({
             "run": int(run_id), "created": created,
@@ -395,8 +389,7 @@ def cached_active_model(url: str, dataset_id: int, revision: int) -> ModelInfo |
 def cached_cells(url: str, dataset_id: int, revision: int) -> pd.DataFrame:
     """Cell key, name and land use of the data set (the location scenario's choices)."""
     with database().session() as session:
-        rows = session.execute(select(Cell.key, Cell.name, Cell.land_use)
-                               .where(Cell.dataset_id == dataset_id).order_by(Cell.key)).all()
+        rows = sorted((cell.key, cell.name, cell.land_use) for cell in queries.dataset_cells(session, dataset_id))
     return pd.DataFrame(rows, columns=["key", "name", "land_use"])
 
 

@@ -12,11 +12,10 @@ from datetime import datetime
 import altair as alt
 import pandas as pd
 import streamlit as st
-from sqlalchemy import select, update
 
 from app.charts import radar
 from app.common import ACCENT, database
-from db import Database
+from db import Database, queries  # qualified: this module's activate_model takes a model id
 from db.models import ModelRecord
 from engine.evaluate import LOCATION_TEXT
 from engine.metrics import METRIC_KEYS
@@ -65,8 +64,7 @@ class ModelInfo:
 def list_models(db: Database, dataset_id: int) -> list[ModelInfo]:
     """The data set's forecasters and encoders, newest first."""
     with db.session() as session:
-        records = session.scalars(select(ModelRecord).where(
-            ModelRecord.dataset_id == dataset_id, ModelRecord.kind.in_(KINDS)).order_by(ModelRecord.id.desc())).all()
+        records = queries.dataset_models(session, dataset_id, KINDS)
         return [ModelInfo(id=r.id, name=r.name, kind=r.kind, active=bool(r.is_active), created_at=r.created_at,
                           config=dict(r.config or {}), metrics=dict(r.metrics or {})) for r in records]
 
@@ -145,9 +143,7 @@ def activate_model(db: Database, model_id: int) -> None:
         record = session.get(ModelRecord, model_id)
         if record is None:
             raise LookupError(f"no model with id {model_id}")
-        session.execute(update(ModelRecord).where(ModelRecord.kind == record.kind,
-                                                  ModelRecord.dataset_id == record.dataset_id).values(is_active=False))
-        record.is_active = True
+        queries.activate_model(session, record)
 
 
 # --- the stored evaluation ------------------------------------------------------------------------
