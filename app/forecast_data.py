@@ -3,7 +3,7 @@ stored runs (ForecastRun rows) shaped into fan charts, radars, metrics and expor
 
 The app never does model maths: forecasts are ``forecast`` jobs that `lsdm worker` runs
 (``engine.forecast.run_forecast``; the page only queues and follows them), scores come from
-``engine.metrics`` and the normalised scale from the model's own ``Normaliser``. A stored run is shown
+``engine.evaluation.metrics`` and the normalised scale from the model's own ``Normaliser``. A stored run is shown
 from its ``summary`` (quantiles per step, in bytes) and its ``result`` arrays (sample paths), never
 recomputed. Display units: MB and "Tue 14:00" hour labels; exports keep exact bytes.
 """
@@ -29,7 +29,7 @@ from engine.errors import InputError
 from engine.forecast import ForecastResult
 from engine.model import read_model_document
 from engine.requests import ForecastRequest
-from engine.metrics import point_metrics, score
+from engine.evaluation.metrics import point_metrics, score
 
 MAX_USERS = 20
 MAX_HORIZON = ForecastRequest.bounds("horizon")[1]

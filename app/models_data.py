@@ -1,7 +1,7 @@
 """What the Models & evaluation page shows, as plain functions: the registered models of a data set,
 their loss curves, activation, and the stored evaluation (the paper's Tables III/IV, per-service R²,
 error by recursive step). Training and evaluation are ``train`` and ``evaluate`` jobs that `lsdm worker`
-runs (engine/train.py, engine/evaluate.py); this module only reads, reshapes and draws.
+runs (engine/train.py, engine/evaluation/evaluate.py); this module only reads, reshapes and draws.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from app.charts import radar
 from app.common import ACCENT, database
 from db import Database, queries  # qualified: this module's activate_model takes a model id
 from db.models import ModelRecord
-from engine.evaluate import LOCATION_TEXT
-from engine.metrics import METRIC_KEYS
-from engine.report import LABELS
+from engine.evaluation.evaluate import LOCATION_TEXT
+from engine.evaluation.metrics import METRIC_KEYS
+from engine.evaluation.report import LABELS
 
 KINDS = ("lsdm", "clip")  # forecasters and environment encoders
 # One colour per evaluated method, the same in the radar and the error-by-step chart.
@@ -50,7 +50,7 @@ class ModelInfo:
 
     @property
     def evaluation(self) -> dict | None:
-        """The last evaluation, stored by engine.evaluate.store_evaluation; None when never evaluated."""
+        """The last evaluation, stored by engine.evaluation.evaluate.store_evaluation; None when never evaluated."""
         return self.metrics.get("evaluation")
 
     @property

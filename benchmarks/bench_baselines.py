@@ -3,7 +3,7 @@
 Builds the default city (``generate_city(CityConfig())``) into a temporary SQLite file, splits it by
 time (train targets before day 6, validation = day 6, test = day 7; history 24 h, horizon 1 h),
 normalises with ``Normaliser.fit`` on the training hours and scores every baseline on the test
-windows on the normalised scale (``engine.metrics.score``: point metrics of the sample mean, CRPS,
+windows on the normalised scale (``engine.evaluation.metrics.score``: point metrics of the sample mean, CRPS,
 50 %/90 % coverage). Also: MSE at recursive steps 1, 10, 20 and 30 of 30-step paths starting 30 h
 before the end of the data (every user; ARIMA reuses the parameters fitted for the test windows),
 and the scores of the bare point forecast (S = 1) for comparison.
@@ -28,10 +28,10 @@ from _common import report  # noqa: E402
 
 from db import open_database  # noqa: E402
 from db.queries import get_dataset, store_dataset  # noqa: E402
-from engine.baselines import BASELINES, default_jobs, forecast_paths  # noqa: E402
+from engine.evaluation.baselines import BASELINES, default_jobs, forecast_paths  # noqa: E402
 from engine.data.city import CityConfig, generate_city  # noqa: E402
 from engine.data.windows import Normaliser, SplitSpec, gather, load_series, make_splits  # noqa: E402
-from engine.metrics import METRIC_KEYS, mse_by_step, per_service_r2, score  # noqa: E402
+from engine.evaluation.metrics import METRIC_KEYS, mse_by_step, per_service_r2, score  # noqa: E402
 
 PATH_STEPS = 30
 

@@ -329,9 +329,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from db import open_database
-    from engine.evaluate import evaluate
+    from cli.report_figures import draw
+    from engine.evaluation.evaluate import evaluate
 
-    result = evaluate(open_database(args.db), args.model, report_dir=args.report, samples=args.samples,
+    result = evaluate(open_database(args.db), args.model, report_dir=args.report, draw=draw, samples=args.samples,
                       path_samples=args.path_samples,
                       steps=args.steps, path_users=args.path_users, train_missing=not args.no_train,
                       include_arima=not args.no_arima, progress=_stderr_progress(not args.json),
@@ -353,7 +354,7 @@ def cmd_export_windows(args: argparse.Namespace) -> int:
     from db import open_database
     from db.queries import get_dataset
     from engine.data.windows import Normaliser, SplitSpec, load_series, make_splits
-    from engine.scoring import export_windows
+    from engine.evaluation.scoring import export_windows
     from engine.train import load_model
 
     database = open_database(args.db)
@@ -378,7 +379,7 @@ def cmd_export_windows(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from engine.scoring import score_predictions
+    from engine.evaluation.scoring import score_predictions
 
     result = score_predictions(args.predictions, args.windows)
     _emit(args, result, [f"{k}: {v}" for k, v in result.items()])
@@ -586,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_windows_p = export.add_parser(
         "windows", parents=[common, reporting], help="the exact evaluation windows and splits as .npz",
         description="Write every train/validation/test window (history, target, calendar, environment) with "
-        "the documented keys of engine/scoring.py, for `lsdm score`.")
+        "the documented keys of engine/evaluation/scoring.py, for `lsdm score`.")
     export_windows_p.add_argument("--out", type=Path, required=True, help="output .npz file")
     export_windows_p.add_argument("--model", type=int, default=None,
                                   help="use this model's history length and normalisation (default: the active one)")

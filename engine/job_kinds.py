@@ -240,7 +240,7 @@ def _train(ctx: JobContext) -> Outcome:
 @job_kind("evaluate", EvaluateRequest.TITLE, check=_checked(EvaluateRequest))
 def _evaluate(ctx: JobContext) -> Outcome:
     from db.models import ModelRecord
-    from engine.evaluate import evaluate_request, progress_messages
+    from engine.evaluation.evaluate import evaluate_request, progress_messages
     from engine.train import load_model
 
     p = EvaluateRequest.from_params(ctx.params)

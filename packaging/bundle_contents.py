@@ -45,7 +45,7 @@ EXTRA_HIDDEN_IMPORTS = (
     # SQLAlchemy loads dialects from the URL's name.
     "sqlalchemy.dialects.sqlite",
     "sqlalchemy.dialects.sqlite.pysqlite",
-    # The ARIMA baseline (engine/baselines.py) and its Gaussian intervals.
+    # The ARIMA baseline (engine/evaluation/baselines.py) and its Gaussian intervals.
     "statsmodels.tsa.statespace.sarimax",
     "statsmodels.tsa.statespace._filters",
     "statsmodels.tsa.statespace._smoothers",

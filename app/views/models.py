@@ -9,7 +9,7 @@ import streamlit as st
 
 from app import common, jobs_ui
 from app import models_data as md
-from engine.evaluate import COMPARISON_MODELS, LOCATION_TEXT
+from engine.evaluation.evaluate import COMPARISON_MODELS, LOCATION_TEXT
 from engine.model.config import CONFIGS
 from engine.requests import EvaluateRequest, TrainRequest
 

@@ -20,7 +20,7 @@ one-step forecasts with predictions fed back, with the forecast variance growing
 Samples: the methods give a predictive distribution as S deterministic quantile samples at the levels
 (i + 0.5) / S, i = 0..S-1 (``n_samples``, default 100; ``n_samples=1`` gives the bare point forecast),
 clipped at 0 because v = log1p(bytes) / scale is never negative. The sample mean is the method's point
-forecast in ``engine.metrics.score`` (the clip can raise it slightly above the rule's raw value):
+forecast in ``engine.evaluation.metrics.score`` (the clip can raise it slightly above the rule's raw value):
 
 - seasonal naive: the rule's value plus the quantiles of the same rule's residuals on the training
   target hours, pooled per service and per lag (the pool of the nearest lag with residuals when a lag

@@ -27,14 +27,14 @@ from sqlalchemy import select
 from db import Database
 from db.models import Dataset, ModelRecord, utcnow
 from db.queries import get_dataset
-from engine.baselines import BASELINES, forecast_paths
+from engine.evaluation.baselines import BASELINES, forecast_paths
 from engine.data.windows import SeriesData, SplitSpec, Splits, load_series, make_splits
 from engine.errors import InputError
 from engine.forecast import LocationPlan, recursive_forecast
-from engine.metrics import mse_by_step, per_service_r2, r2_gain_interval, score
+from engine.evaluation.metrics import mse_by_step, per_service_r2, r2_gain_interval, score
 from engine.model import Forecaster
 from engine.model.config import CONFIGS, ModelConfig
-from engine.report import write_report
+from engine.evaluation.report import DrawFigure, write_report
 from engine.requests import EVALUATION_LOCATIONS, EvaluateRequest
 from engine.train import check_compatible, load_model, train
 
@@ -188,7 +188,7 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
              samples: int = 32, steps: int = 30, path_users: int = 100, train_missing: bool = True,
              include_arima: bool = True, seed: int = 0, progress: Progress | None = None,
              store: bool = True, dataset_name: str | None = None, path_samples: int = 16,
-             location: str = "observed") -> dict:
+             location: str = "observed", draw: DrawFigure | None = None) -> dict:
     """Score the model, its comparison models and the baselines on the test day; write the report.
 
     ``samples``: samples per test window (antithetic pairs, see engine/forecast.py); the point metrics
@@ -199,7 +199,8 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     "new city" generalisation; its cells embedded with the model's encoder, `lsdm env build --encoder`).
     Comparison models come from the model's own data set; the baselines are fitted on the scored one.
     ``store``: keep the result with the model (``store_evaluation``) for the dashboard; only an evaluation
-    on the model's own data set is stored. ``location``: the cells of the forecast hours (``LOCATIONS``)."""
+    on the model's own data set is stored. ``location``: the cells of the forecast hours (``LOCATIONS``).
+    ``draw``: draws the report's figures (the command line's cli/report_figures.py; none without)."""
     if location not in LOCATIONS:
         raise InputError(f"expected one of {', '.join(LOCATIONS)}, got {location!r}", field="location")
     say = progress or (lambda message: None)
@@ -319,7 +320,7 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
             report_dir, title=f"LSDM evaluation: model {record.id} on {dataset_name}", table3_rows=table3,
             table4_rows=table4, per_service_r2=service_r2, mse_by_step=step_mse, notes=notes,
             metadata={"model_id": record.id, "model_sha256": record.sha256, "dataset": dataset_name,
-                      "samples": samples, "steps": steps, "location": location})
+                      "samples": samples, "steps": steps, "location": location}, draw=draw)
         result["report"] = [str(f) for f in files]
     if store:
         store_evaluation(database, record.id, result, settings={
@@ -343,10 +344,10 @@ def store_evaluation(database: Database, model_id: int, result: dict, *, setting
 
 
 def evaluate_request(database: Database, request: EvaluateRequest, *, report_dir: str | Path | None = None,
-                     progress: Progress | None = None) -> dict:
+                     progress: Progress | None = None, draw: DrawFigure | None = None) -> dict:
     """`lsdm evaluate` and the ``evaluate`` job: ``evaluate`` with the request's settings."""
     request = request.checked()
     return evaluate(database, request.model_id, report_dir=report_dir, samples=request.samples,
                     path_samples=request.path_samples, steps=request.steps, path_users=request.path_users,
                     train_missing=request.train_missing, include_arima=request.include_arima, progress=progress,
-                    dataset_name=request.dataset, location=request.location)
+                    dataset_name=request.dataset, location=request.location, draw=draw)

@@ -22,7 +22,7 @@ Probabilistic metrics, from S samples per point (a leading sample axis):
   computed from the sorted samples, Σ_{i<j} (x_(j) - x_(i)) = Σ_j (2j - S - 1) x_(j) (j = 1..S), i.e.
   O(S log S) time and O(S) memory per point, never the S x S matrix. For S = 1 (a point forecast) the
   pair term is 0 and CRPS = MAE. For S independent draws the estimator is unbiased for the CRPS of the
-  sampled distribution; for deterministic quantile grids (what ``engine.baselines`` produces) it is
+  sampled distribution; for deterministic quantile grids (what ``engine.evaluation.baselines`` produces) it is
   lower than the grid's own CRPS by ½ E|X - X'| / S (under 1 % of the spread term at S = 100).
 - ``cov50`` / ``cov90``: the share of points whose true value lies in the central 50 % / 90 % interval
   of its samples, [q_0.25, q_0.75] / [q_0.05, q_0.95], closed at both ends, quantiles by NumPy's

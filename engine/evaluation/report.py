@@ -1,4 +1,4 @@
-"""The evaluation report: Markdown tables like the paper's Tables III/IV, CSV files and PNG figures.
+"""The evaluation report: Markdown tables like the paper's Tables III/IV, CSV files, and which figures to draw.
 
 ``write_report`` takes plain data (dicts and lists: whatever computed the numbers) and writes into
 ``out_dir``:
@@ -9,10 +9,11 @@
 - ``table3.csv``, ``table4.csv``: one row per method: the eight metrics and the Δ percentages;
 - ``per_service_r2.csv``: one row per method, one column per service;
 - ``mse_by_step.csv``: one row per recursive step (1..n), one column per method;
-- ``r2_radar.png`` (per-service R², a polar plot with one line per method, as the paper's Fig. 7;
-  R² below -1 is drawn at -1 and the title says so),
-  ``mse_by_step.png`` (MSE at each recursive step, one line per method, as Fig. 8) and
-  ``r2_by_method.png`` (a bar chart of R² per method); a figure without data is not written.
+- with a ``draw`` callback, the figures: ``r2_radar.png`` (per-service R², as the paper's Fig. 7),
+  ``mse_by_step.png`` (MSE at each recursive step, as Fig. 8) and ``r2_by_method.png`` (R² per method);
+  a figure without data is not written. The engine never draws: ``report_figures`` says which figures
+  the data has (``ReportFigure``: file, caption, data) and the caller draws them (the command line's
+  cli/report_figures.py, with Matplotlib); report.md lists those that were drawn.
 
 Δ follows the paper's convention ("improvement percentage relative to the Ours row"): how much worse
 the row is than the reference, in percent of the reference value: (x - ref) / |ref| for MSE, RMSE,
@@ -20,8 +21,6 @@ MAE and CRPS (lower is better), (ref - x) / |ref| for CS and R² (higher is bett
 reference itself, negative where a row beats it, "—" without a reference row or when ref = 0.
 Coverage has no Δ (it is judged by its distance to the nominal 0.5 / 0.9). **Bold** marks the best
 value of each column (coverage: the one closest to nominal; ties are all bold).
-
-Figures use Matplotlib's Agg canvas directly (no pyplot, no global backend change).
 """
 
 from __future__ import annotations
@@ -29,20 +28,21 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import InputError
-from engine.metrics import HIGHER_IS_BETTER, METRIC_KEYS, NOMINAL_COVERAGE
+from engine.evaluation.metrics import HIGHER_IS_BETTER, METRIC_KEYS, NOMINAL_COVERAGE
 
 REFERENCE = "lsdm"
 LABELS = {"mse": "MSE", "rmse": "RMSE", "mae": "MAE", "cs": "CS", "r2": "R²", "crps": "CRPS",
           "cov50": "cov50", "cov90": "cov90"}
 DELTA_KEYS = tuple(HIGHER_IS_BETTER)  # mse, rmse, mae, cs, r2, crps
-RADAR_FLOOR = -1.0  # the radar's radial axis starts at min(0, lowest R²) but no lower than this
 
 
-def _number(value: object) -> float | None:
+def finite_number(value: object) -> float | None:
+    """``value`` as a float, or None when it is missing, not a number or not finite."""
     if value is None:
         return None
     try:
@@ -57,7 +57,7 @@ def _clean_rows(rows: Iterable[dict], table: str) -> list[dict]:
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not str(row.get("method", "")).strip():
             raise InputError(f"row {i + 1} of {table} has no method name", field="method")
-        cleaned.append({"method": str(row["method"]), **{key: _number(row.get(key)) for key in METRIC_KEYS}})
+        cleaned.append({"method": str(row["method"]), **{key: finite_number(row.get(key)) for key in METRIC_KEYS}})
     return cleaned
 
 
@@ -139,92 +139,49 @@ def _table_csv(path: Path, rows: list[dict], reference: str) -> Path:
                                       *(row[f"delta_{k}"] for k in DELTA_KEYS)] for row in rows))
 
 
-def _services_of(per_service_r2: dict[str, dict[str, float]]) -> list[str]:
+def services_of(per_service_r2: dict[str, dict[str, float]]) -> list[str]:
+    """The services of a per-service table, in the order they first appear."""
     services: list[str] = []
     for values in per_service_r2.values():
         services.extend(s for s in values if s not in services)
     return services
 
 
-def _figure(width: float, height: float):  # noqa: ANN202
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+@dataclass(frozen=True)
+class ReportFigure:
+    """One figure of the report as data; the caller draws it into ``file`` (cli/report_figures.py)."""
 
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _radar_png(path: Path, per_service_r2: dict[str, dict[str, float]]) -> Path:
-    import numpy as np
-
-    services = _services_of(per_service_r2)
-    angles = np.linspace(0, 2 * np.pi, len(services), endpoint=False)
-    values = [v for scores in per_service_r2.values() for v in map(_number, scores.values()) if v is not None]
-    low = max(RADAR_FLOOR, min(0.0, min(values, default=0.0)))  # very negative R² would squash the rest
-    high = min(1.0, math.ceil(10 * (max(values, default=1.0) + 0.05)) / 10)
-    high = high if high > low else low + 0.1
-    fig = _figure(7.5, 7.5)
-    ax = fig.add_subplot(projection="polar")
-    for method, scores in per_service_r2.items():
-        r = [min(high, max(low, _number(scores.get(s)) if _number(scores.get(s)) is not None else low))
-             for s in services]
-        ax.plot(np.append(angles, angles[:1]), r + r[:1], marker="o", markersize=3, linewidth=1.5, label=method)
-    ax.set_xticks(angles)
-    ax.set_xticklabels(services, fontsize=8)
-    ax.set_ylim(low, high)
-    clipped = any(v < RADAR_FLOOR for v in values)
-    ax.set_title("R² per service" + (f" (values below {RADAR_FLOOR:g} drawn at {RADAR_FLOOR:g})" if clipped else ""),
-                 pad=18)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    return path
+    file: str  # r2_radar.png | mse_by_step.png | r2_by_method.png
+    caption: str  # the heading report.md gives it
+    data: dict | list  # {method: {service: R²}}, {method: [MSE by step]} or the table rows with "r2"
 
 
-def _steps_png(path: Path, mse_by_step: dict[str, list[float]]) -> Path:
-    fig = _figure(7.5, 4.5)
-    ax = fig.add_subplot()
-    for method, values in mse_by_step.items():
-        points = [(i + 1, v) for i, v in enumerate(map(_number, values)) if v is not None]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o", markersize=3, linewidth=1.5, label=method)
-    ax.set_xlabel("recursive prediction step")
-    ax.set_ylabel("MSE (normalised scale)")
-    ax.set_title("MSE by recursive step")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    return path
+DrawFigure = Callable[[ReportFigure, Path], Path]  # draws a figure into the path, returns the path
 
 
-def _r2_bars_png(path: Path, rows: list[dict]) -> Path:
-    pairs = [(row["method"], row["r2"]) for row in rows if row["r2"] is not None]
-    fig = _figure(max(5.0, 0.9 * len(pairs) + 2), 4.5)
-    ax = fig.add_subplot()
-    names, values = zip(*pairs, strict=True)
-    bars = ax.bar(range(len(values)), values, color=["#d62728" if n.lower() == REFERENCE else "#1f77b4"
-                                                     for n in names])
-    ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=8)
-    ax.set_xticks(range(len(values)))
-    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_ylabel("R²")
-    ax.set_title("R² by method")
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    return path
+def report_figures(table3: list[dict], table4: list[dict], per_service_r2: dict[str, dict[str, float]],
+                   mse_by_step: dict[str, list[float]]) -> list[ReportFigure]:
+    """The figures the cleaned tables have data for, in the report's order."""
+    figures = []
+    if per_service_r2 and services_of(per_service_r2):
+        figures.append(ReportFigure("r2_radar.png", "R² per service", per_service_r2))
+    if any(finite_number(v) is not None for values in mse_by_step.values() for v in values):
+        figures.append(ReportFigure("mse_by_step.png", "MSE by recursive step", mse_by_step))
+    bar_rows = table3 if any(r["r2"] is not None for r in table3) else table4
+    if any(r["r2"] is not None for r in bar_rows):
+        figures.append(ReportFigure("r2_by_method.png", "R² by method", bar_rows))
+    return figures
 
 
 def write_report(out_dir: str | Path, *, title: str, table3_rows: Sequence[dict],
                  table4_rows: Sequence[dict] = (), per_service_r2: dict[str, dict[str, float]] | None = None,
                  mse_by_step: dict[str, list[float]] | None = None, notes: Sequence[str] = (),
-                 metadata: dict | None = None, reference: str = REFERENCE) -> list[Path]:
+                 metadata: dict | None = None, reference: str = REFERENCE,
+                 draw: DrawFigure | None = None) -> list[Path]:
     """Write the report files (see the module docstring) and return their paths.
 
     Rows are dicts with ``method`` and any of mse, rmse, mae, cs, r2, crps, cov50, cov90 (missing or
-    non-finite values print as "—"; other keys are ignored).
+    non-finite values print as "—"; other keys are ignored). ``draw``: draws each figure (none without).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,23 +193,19 @@ def write_report(out_dir: str | Path, *, title: str, table3_rows: Sequence[dict]
 
     written.append(_table_csv(out / "table3.csv", table3, reference))
     written.append(_table_csv(out / "table4.csv", table4, reference))
-    services = _services_of(per_service_r2)
+    services = services_of(per_service_r2)
     written.append(_write_csv(out / "per_service_r2.csv", ["method", *services],
-                              ([m, *(_number(v.get(s)) for s in services)] for m, v in per_service_r2.items())))
+                              ([m, *(finite_number(v.get(s)) for s in services)] for m, v in per_service_r2.items())))
     n_steps = max((len(v) for v in mse_by_step.values()), default=0)
     methods = list(mse_by_step)
     written.append(_write_csv(out / "mse_by_step.csv", ["step", *methods],
-                              ([i + 1, *(_number(mse_by_step[m][i]) if i < len(mse_by_step[m]) else None
+                              ([i + 1, *(finite_number(mse_by_step[m][i]) if i < len(mse_by_step[m]) else None
                                          for m in methods)] for i in range(n_steps))))
 
     figures: list[tuple[str, Path]] = []
-    if per_service_r2 and services:
-        figures.append(("R² per service", _radar_png(out / "r2_radar.png", per_service_r2)))
-    if any(_number(v) is not None for values in mse_by_step.values() for v in values):
-        figures.append(("MSE by recursive step", _steps_png(out / "mse_by_step.png", mse_by_step)))
-    bar_rows = table3 if any(r["r2"] is not None for r in table3) else table4
-    if any(r["r2"] is not None for r in bar_rows):
-        figures.append(("R² by method", _r2_bars_png(out / "r2_by_method.png", bar_rows)))
+    if draw is not None:
+        for figure in report_figures(table3, table4, per_service_r2, mse_by_step):
+            figures.append((figure.caption, draw(figure, out / figure.file)))
 
     lines = [f"# {title}", ""]
     if metadata:
@@ -276,12 +229,12 @@ def write_report(out_dir: str | Path, *, title: str, table3_rows: Sequence[dict]
     if per_service_r2:
         lines += ["## R² per service", "", "| Method | " + " | ".join(services) + " |",
                   "| --- | " + " | ".join("---:" for _ in services) + " |"]
-        best = {s: max((x for x in (_number(v.get(s)) for v in per_service_r2.values()) if x is not None),
+        best = {s: max((x for x in (finite_number(v.get(s)) for v in per_service_r2.values()) if x is not None),
                        default=None) for s in services}
         for method, scores in per_service_r2.items():
             cells = []
             for s in services:
-                x = _number(scores.get(s))
+                x = finite_number(scores.get(s))
                 text = _fmt(x, 3)
                 cells.append(f"**{text}**" if x is not None and best[s] is not None and x == best[s] else text)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -290,7 +243,7 @@ def write_report(out_dir: str | Path, *, title: str, table3_rows: Sequence[dict]
         lines += ["## MSE by recursive step", "", "| Step | " + " | ".join(methods) + " |",
                   "| ---: | " + " | ".join("---:" for _ in methods) + " |"]
         for i in range(n_steps):
-            cells = [_fmt(_number(mse_by_step[m][i]) if i < len(mse_by_step[m]) else None) for m in methods]
+            cells = [_fmt(finite_number(mse_by_step[m][i]) if i < len(mse_by_step[m]) else None) for m in methods]
             lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
         lines.append("")
     if figures:

@@ -3,7 +3,7 @@
 ``export_windows`` writes every window of a split (train, validation and test, in that order) to one
 compressed NumPy ``.npz`` file; an outside model trains on the ``train``/``val`` rows, predicts the
 ``test`` rows, saves its predictions to another ``.npz`` and ``score_predictions`` scores them with
-``engine.metrics`` (the same eight numbers as the evaluation report, plus R² per service).
+``engine.evaluation.metrics`` (the same eight numbers as the evaluation report, plus R² per service).
 
 Windows file (``export_windows``), N windows, H history hours, F horizon hours, K services,
 D environment-embedding dimensions (0 when the data set has none); all values on the normalised
@@ -51,7 +51,7 @@ import numpy as np
 
 from engine.data.windows import Normaliser, SeriesData, Splits, gather
 from engine.errors import InputError
-from engine.metrics import METRIC_KEYS, per_service_r2, score
+from engine.evaluation.metrics import METRIC_KEYS, per_service_r2, score
 
 SPLIT_NAMES = ("train", "val", "test")
 WINDOW_KEYS = ("history", "target", "hour_of_day", "day_of_week", "env", "entity_key", "target_hour", "split",
@@ -122,7 +122,7 @@ def _check_finite(path: Path, key: str, array: np.ndarray) -> None:
 def score_predictions(predictions_path: str | Path, windows_path: str | Path) -> dict:
     """Score an outside model's predictions of the exported test windows (see the module docstring).
 
-    Returns ``method``, the eight metrics of ``engine.metrics.score`` (mse, rmse, mae, cs, r2, crps,
+    Returns ``method``, the eight metrics of ``engine.evaluation.metrics.score`` (mse, rmse, mae, cs, r2, crps,
     cov50, cov90; normalised scale), ``per_service_r2``, ``windows`` (test windows scored),
     ``samples`` (S; 1 for a point prediction) and ``aligned`` ("test" or "all": which rows the file
     covered).

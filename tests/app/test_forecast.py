@@ -25,7 +25,7 @@ from db.queries import entity_matrix, get_dataset
 from engine.forecast import ForecastContext, load_context, run_forecast
 from engine.requests import ForecastRequest
 from engine.jobs import JobWorker, enqueue, get_job
-from engine.metrics import score
+from engine.evaluation.metrics import score
 from tests.app.conftest import page, query
 
 MONDAY = datetime(2016, 4, 18)

@@ -22,7 +22,7 @@ from db.queries import store_dataset
 from engine.data.city import CityConfig, generate_city
 from engine.env.clip import ClipSettings
 from engine.env.pipeline import build_environment
-from engine.evaluate import evaluate, progress_messages
+from engine.evaluation.evaluate import evaluate, progress_messages
 from engine.jobs import JobWorker, list_jobs
 from engine.model.config import CONFIGS, resolve_config
 from engine.train import train
@@ -68,7 +68,7 @@ def models_page(**query: object) -> AppTest:
 @pytest.fixture(scope="module")
 def tiny_city(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """8 users, 16 cells, 4 days; an untrained-encoder environment; the tiny forecaster and its
-    no-condition twin (1 epoch each); the tiny forecaster evaluated through engine.evaluate (stored
+    no-condition twin (1 epoch each); the tiny forecaster evaluated through engine.evaluation.evaluate (stored
     with it), with the progress messages it sent. About 40 s on a busy 2-core machine."""
     home = tmp_path_factory.mktemp("tiny-home")
     previous = os.environ.get("LSDM_HOME")

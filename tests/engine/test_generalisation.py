@@ -16,7 +16,7 @@ from engine.data.city import CityConfig, generate_city
 from engine.data.windows import load_series
 from engine.env.clip import ClipSettings
 from engine.env.pipeline import build_environment
-from engine.evaluate import evaluate
+from engine.evaluation.evaluate import evaluate
 from engine.model.config import resolve_config
 from engine.train import load_model, train
 

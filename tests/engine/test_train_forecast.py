@@ -403,7 +403,7 @@ def test_evaluation_compares_only_with_models_of_the_same_architecture(trained):
     mean feature) is not used; one trained with ``comparison_config`` is."""
     from dataclasses import replace as _replace
 
-    from engine.evaluate import _comparison_model, comparison_config
+    from engine.evaluation.evaluate import _comparison_model, comparison_config
 
     database, _ = trained
     _, base = load_model(database)
@@ -424,7 +424,7 @@ def test_evaluation_compares_only_with_models_of_the_same_architecture(trained):
 
 
 def test_shuffled_locations_give_every_entity_another_entitys_whole_history(trained):
-    from engine.evaluate import shuffled_locations
+    from engine.evaluation.evaluate import shuffled_locations
 
     database, _ = trained
     with database.session() as session:

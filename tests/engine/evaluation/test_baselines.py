@@ -5,7 +5,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from engine.baselines import (
+from engine.evaluation.baselines import (
     BASELINES,
     arima,
     forecast_paths,
@@ -15,7 +15,7 @@ from engine.baselines import (
 )
 from engine.data.windows import SeriesData, SplitSpec, Windows, make_splits
 from engine.errors import InputError
-from engine.metrics import probabilistic_metrics
+from engine.evaluation.metrics import probabilistic_metrics
 
 
 def _series(values: np.ndarray, origin: datetime = datetime(2016, 4, 18)) -> SeriesData:

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.metrics import (
+from engine.evaluation.metrics import (
     METRIC_KEYS,
     crps_per_point,
     interval_coverage,
@@ -95,7 +95,7 @@ def test_crps_is_chunked_without_changing_the_result(monkeypatch):
     rng = np.random.default_rng(4)
     samples, truth = rng.normal(size=(50, 300)), rng.normal(size=300)
     whole = crps_per_point(truth, samples)
-    monkeypatch.setattr("engine.metrics._CHUNK_ELEMENTS", 120)
+    monkeypatch.setattr("engine.evaluation.metrics._CHUNK_ELEMENTS", 120)
     assert crps_per_point(truth, samples) == pytest.approx(whole)
 
 
@@ -155,7 +155,7 @@ def test_mse_by_step_averages_everything_but_the_step_axis():
 
 
 def test_r2_gain_interval_is_a_paired_bootstrap_over_entities():
-    from engine.metrics import r2_gain_interval
+    from engine.evaluation.metrics import r2_gain_interval
 
     rng = np.random.default_rng(3)
     entities = np.repeat(np.arange(60), 24)  # 60 users x 24 hours

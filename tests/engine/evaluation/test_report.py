@@ -5,7 +5,7 @@ import csv
 import pytest
 
 from engine.errors import InputError
-from engine.report import delta_percent, write_report
+from engine.evaluation.report import ReportFigure, delta_percent, report_figures, write_report
 
 SERVICES = ["Utilities", "Games", "Music", "News"]
 ROWS = [
@@ -19,25 +19,44 @@ ROWS = [
 ABLATION = [{"method": "lsdm-no-2d-attention", "mse": 0.07, "r2": 0.3}, {"method": "lsdm", "mse": 0.05, "r2": 0.4}]
 
 
-def _write(tmp_path):
+def _write(tmp_path, draw=None):
     return write_report(
         tmp_path / "report", title="Evaluation of the default city", table3_rows=ROWS, table4_rows=ABLATION,
         per_service_r2={row["method"]: {s: 0.1 * i + j * 0.05 for i, s in enumerate(SERVICES)}
                         for j, row in enumerate(ROWS)},
         mse_by_step={"arima": [0.05 + 0.002 * i for i in range(30)], "lsdm": [0.04 + 0.001 * i for i in range(30)]},
-        notes=["Synthetic city; not the paper's data."], metadata={"dataset": "city-0", "windows": 12000})
+        notes=["Synthetic city; not the paper's data."], metadata={"dataset": "city-0", "windows": 12000}, draw=draw)
 
 
-def test_report_writes_markdown_csvs_and_pngs(tmp_path):
+def test_report_writes_markdown_and_csvs_and_draws_nothing_itself(tmp_path):
     paths = _write(tmp_path)
-    names = {p.name for p in paths}
-    assert names == {"report.md", "table3.csv", "table4.csv", "per_service_r2.csv", "mse_by_step.csv",
-                     "r2_radar.png", "mse_by_step.png", "r2_by_method.png"}
-    for path in paths:
-        assert path.is_file()
-        if path.suffix == ".png":
-            data = path.read_bytes()
-            assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert {p.name for p in paths} == {"report.md", "table3.csv", "table4.csv", "per_service_r2.csv",
+                                       "mse_by_step.csv"}
+    assert all(path.is_file() for path in paths)
+    assert "## Figures" not in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_the_caller_draws_each_figure_the_data_has_and_report_md_lists_them(tmp_path):
+    asked: list[ReportFigure] = []
+
+    def draw(figure: ReportFigure, path):
+        asked.append(figure)
+        path.write_bytes(b"figure")
+        return path
+
+    paths = _write(tmp_path, draw)
+    assert [f.file for f in asked] == ["r2_radar.png", "mse_by_step.png", "r2_by_method.png"]
+    assert [f.caption for f in asked] == ["R² per service", "MSE by recursive step", "R² by method"]
+    assert {p.name for p in paths} >= {"r2_radar.png", "mse_by_step.png", "r2_by_method.png"}
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "![R² per service](r2_radar.png)" in text and "![R² by method](r2_by_method.png)" in text
+
+
+def test_figures_without_data_are_not_asked_for():
+    rows = [{"method": "arima", "mse": 0.1, "r2": None}]
+    assert report_figures(rows, [], {}, {"arima": [None, float("nan")]}) == []
+    with_r2 = [{"method": "lsdm", "r2": 0.4}]
+    assert [f.file for f in report_figures(rows, with_r2, {}, {})] == ["r2_by_method.png"]
 
 
 def test_markdown_lists_every_method_with_deltas_relative_to_lsdm_and_bold_best(tmp_path):
@@ -51,7 +70,6 @@ def test_markdown_lists_every_method_with_deltas_relative_to_lsdm_and_bold_best(
     naive_line = next(line for line in text.splitlines() if line.startswith("| seasonal-naive |"))
     assert "100.00%" in naive_line  # MSE 0.10 vs 0.05
     assert "**0.5200**" in lsdm_line  # cov50 closest to 0.5
-    assert "![R² per service](r2_radar.png)" in text
 
 
 def test_delta_follows_the_papers_convention():

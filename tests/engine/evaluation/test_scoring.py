@@ -8,7 +8,7 @@ from db.queries import get_dataset, store_dataset
 from engine.data.city import CityConfig, generate_city
 from engine.data.windows import Normaliser, SplitSpec, load_series, make_splits
 from engine.errors import InputError
-from engine.scoring import WINDOW_KEYS, export_windows, score_predictions
+from engine.evaluation.scoring import WINDOW_KEYS, export_windows, score_predictions
 
 
 @pytest.fixture(scope="module")
