@@ -2,7 +2,7 @@
 environment's coverage), switching the active data set, and the parameters of the jobs its forms queue:
 ingesting uploaded files (the long table and the Tsinghua format), building a synthetic city and
 (re)building the environment with the saved settings (app/settings.py). `lsdm worker` runs them
-(engine/job_kinds.py): reading and checking files is the engine's (engine/data/ingest_*.py). Uploads
+(engine/jobs/kinds.py): reading and checking files is the engine's (engine/data/ingest_*.py). Uploads
 are saved under ``<data dir>/uploads`` with their names, which the engine's error messages then use.
 """
 

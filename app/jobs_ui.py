@@ -1,7 +1,7 @@
 """The one job component every page uses: queue long work for the worker and follow it.
 
 Long work (forecasts, what-ifs, training, evaluations, ingests, city and environment builds) never runs
-in the Streamlit process: a page queues it (``submit``, engine/jobs.py ``enqueue``) and `lsdm worker`
+in the Streamlit process: a page queues it (``submit``, engine/jobs/queue.py ``enqueue``) and `lsdm worker`
 runs it, whatever the browser does meanwhile. ``follow`` shows a followed job: while it is queued or
 running, a fragment that polls the jobs table every second (title, progress bar with the job's own
 message, elapsed time, Cancel, and a warning when no worker is alive to run it); a finished job renders

@@ -190,7 +190,7 @@ class ForecastRun(Base):
 
 
 class Job(Base):
-    """Long work done by the worker (engine/jobs.py): city builds, ingests, environment builds, training,
+    """Long work done by the worker (engine/jobs/): city builds, ingests, environment builds, training,
     evaluations, forecasts and what-ifs. ``params`` is the request (JSON); the result itself is written by
     the job in its own transaction and ``result_ref`` names it (``forecast_run:12``, ``model:3``, ...)."""
 
@@ -217,7 +217,7 @@ class Job(Base):
 
 class Worker(Base):
     """A running (or stopped) `lsdm worker` process: its heartbeat tells the app and other workers that
-    it is alive; a worker found dead has its running jobs requeued or failed (engine/jobs.py)."""
+    it is alive; a worker found dead has its running jobs requeued or failed (engine/jobs/worker.py)."""
 
     __tablename__ = "workers"
     id: Mapped[str] = mapped_column(String(100), primary_key=True)  # host:pid:token

@@ -154,7 +154,7 @@ def test_engine_db_cli_and_desktop_are_collected_whole_since_the_command_line_im
             if "__pycache__" in path.parts:
                 continue
             assert contents.module_name(path) in hidden, path
-    assert "engine.job_kinds" in hidden
+    assert "engine.jobs.kinds" in hidden
 
 
 def test_the_shipped_model_mappings_and_theme_are_data_at_their_own_paths(built):

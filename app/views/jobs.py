@@ -2,7 +2,7 @@
 evaluations, ingests, city and environment builds): whether a worker is alive, the active jobs with their
 progress and a Cancel button, and the recent jobs with their outcome, the failure's reason and a link to
 what they made. The page refreshes itself every few seconds.
-The logic lives in app/jobs_data.py; the queue itself in engine/jobs.py."""
+The logic lives in app/jobs_data.py; the queue itself in engine/jobs/."""
 
 from __future__ import annotations
 

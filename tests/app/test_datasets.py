@@ -19,7 +19,7 @@ from db import open_database
 from db.queries import store_dataset
 from engine.data.city import CityConfig, generate_city
 from engine.errors import InputError
-from engine.job_kinds import environment_progress
+from engine.jobs.kinds import environment_progress
 from engine.jobs import JobWorker, enqueue, list_jobs, uploads_root
 from tests.app.conftest import page
 
@@ -228,7 +228,7 @@ def test_building_the_environment_from_the_page_covers_every_cell(small_db):
 
 
 def test_environment_progress_follows_the_pipeline_stages():
-    """The env.build job's progress bar (engine/job_kinds.py)."""
+    """The env.build job's progress bar (engine/jobs/kinds.py)."""
     assert environment_progress("tiles: 10/40") == pytest.approx(0.0625)
     assert environment_progress("descriptions: 40/40") == pytest.approx(0.45)
     assert environment_progress("CLIP epoch 2/4: loss 1.2") == pytest.approx(0.7)

@@ -275,7 +275,7 @@ def test_run_evaluation_from_the_page_stores_a_new_evaluation(tiny_db, tiny_city
 
 
 def test_evaluation_progress_length_matches_the_messages_the_engine_sends(tiny_city):
-    """The evaluate job's progress bar (engine/job_kinds.py) is as long as the engine's messages."""
+    """The evaluate job's progress bar (engine/jobs/kinds.py) is as long as the engine's messages."""
     database = open_database(str(tiny_city["db"]))
     dataset_id = next(r for r in lsdm_records(tiny_city["db"])).dataset_id
     registered = {m.name for m in md.list_models(database, dataset_id) if m.kind == "lsdm"}

@@ -1,4 +1,4 @@
-"""The job queue and the worker (engine/jobs.py, engine/job_kinds.py) with real SQLite files, real
+"""The job queue and the worker (engine/jobs/) with real SQLite files, real
 worker processes and real engine work: forecasts on the default city, training on a small one."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from engine.data.city import CityConfig, generate_city
 from engine.errors import InputError
 from engine.jobs import JobWorker, cancel, enqueue, get_job, list_jobs, live_workers, new_uploads_dir, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _copy(source: Path, target: Path) -> Path:

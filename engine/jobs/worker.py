@@ -1,31 +1,6 @@
-"""Jobs: long work requested by the dashboard or the command line and run by `lsdm worker`.
-
-The queue is the ``jobs`` table (db/models.py). Its life cycle::
-
-    queued --claim--> running --> done | failed | cancelled
-       \\--cancel--> cancelled          running --worker died--> queued (retry once) | failed
-
-Decisions
-- **Atomic claim.** A worker claims the oldest queued job of its lanes with ``UPDATE ... WHERE id = ?
-  AND status = 'queued'`` inside a write transaction (``BEGIN IMMEDIATE`` on SQLite); only the worker
-  whose update changed the row owns the job, so two workers never run the same job (also on
-  PostgreSQL, where the guard does the work).
-- **Lanes.** Interactive jobs (forecasts, what-ifs) and batch jobs (city builds, ingests, environment
-  builds, training, evaluations, installs) are claimed by two threads of the worker process, so a
-  forecast never waits behind a ten-minute training run.
-- **Progress, heartbeat, cancellation.** A job reports progress to memory only (the engine calls back
-  from inside its own write transactions, where a second writer would wait on itself); a heartbeat
-  thread writes every running job's progress and the worker's heartbeat once a second and reads
-  ``cancel_requested``. The next progress call of a job whose cancellation was asked raises
-  :class:`JobCancelled`; a job's result is written by the engine in one transaction at the end, so a
-  cancelled (or failed, or killed) job leaves nothing behind.
-- **Dead workers.** A worker is dead when its row says it stopped, when it ran on this host and its
-  process is gone, or when its heartbeat is older than ``stale_after`` seconds. Every worker checks at
-  start and every ``recover_every`` seconds: a dead worker's running job is queued again when it has
-  been started fewer than ``max_attempts`` (2) times, else marked failed with the reason.
-- **Stopping.** SIGTERM/SIGINT stop the worker: running jobs are interrupted at their next progress
-  call and queued again without counting the attempt.
-"""
+"""The worker (`lsdm worker`): claims queued jobs of its lanes and runs them, keeps the heartbeat,
+recovers the jobs of dead workers; ``JobContext`` is what a running job sees. The design (atomic claim,
+lanes, progress and cancellation, dead workers, stopping) is in engine/jobs/__init__.py."""
 
 from __future__ import annotations
 
@@ -34,256 +9,25 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import socket
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from pathlib import Path
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select, update
 
 from db import Database
 from db.models import Job, Worker, utcnow
 from engine.errors import InputError
+from engine.jobs.kinds import KINDS
+from engine.jobs.queue import discard_uploads, job_view
+from engine.jobs.types import LANES, JobCancelled, JobView, WorkerStopping
 
 log = logging.getLogger("lsdm.jobs")
-
-STATUSES = ("queued", "running", "done", "failed", "cancelled")
-ACTIVE = ("queued", "running")
-LANES = ("interactive", "batch")
-WORKER_ALIVE_SECONDS = 10.0  # the app calls a worker alive when it beat this recently
-
-
-class JobCancelled(Exception):
-    """Raised inside a job whose cancellation was asked for."""
-
-
-class WorkerStopping(Exception):
-    """Raised inside a job when its worker is shutting down (the job is queued again)."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a finished job produced: a reference to the stored result and a small summary."""
-
-    ref: str | None
-    summary: dict = field(default_factory=dict)
-    message: str | None = None
-
-
-@dataclass(frozen=True)
-class JobKind:
-    name: str
-    title: str
-    lane: str
-    run: Callable[[JobContext], Outcome]
-    check: Callable[[dict], dict]
-    changes_data: bool = False  # a done job of this kind drops the worker's loaded models and data
-
-
-KINDS: dict[str, JobKind] = {}
-
-
-def job_kind(name: str, title: str, *, lane: str = "batch", check: Callable[[dict], dict] | None = None,
-             changes_data: bool = False) -> Callable:
-    """Register a job kind (engine/job_kinds.py holds them all)."""
-    if lane not in LANES:
-        raise ValueError(f"lane must be one of {LANES}, got {lane!r}")
-
-    def register(run: Callable[[JobContext], Outcome]) -> Callable[[JobContext], Outcome]:
-        KINDS[name] = JobKind(name, title, lane, run, check or dict, changes_data)
-        return run
-
-    return register
-
-
-def kinds() -> dict[str, JobKind]:
-    import engine.job_kinds  # noqa: F401  (registers the kinds)
-
-    return KINDS
-
-
-# --- views ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JobView:
-    """A job as the app and the command line show it (a plain snapshot, detached from any session)."""
-
-    id: int
-    kind: str
-    params: dict
-    status: str
-    progress: float
-    message: str | None
-    result_ref: str | None
-    result: dict | None
-    error: str | None
-    cancel_requested: bool
-    created_at: datetime
-    started_at: datetime | None
-    heartbeat_at: datetime | None
-    finished_at: datetime | None
-    worker_id: str | None
-    attempts: int
-
-    @classmethod
-    def of(cls, job: Job) -> JobView:
-        return cls(job.id, job.kind, dict(job.params or {}), job.status, float(job.progress or 0.0), job.message,
-                   job.result_ref, job.result, job.error, bool(job.cancel_requested), job.created_at, job.started_at,
-                   job.heartbeat_at, job.finished_at, job.worker_id, int(job.attempts or 0))
-
-    @property
-    def title(self) -> str:
-        kind = kinds().get(self.kind)
-        return kind.title if kind else self.kind
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE
-
-    @property
-    def seconds(self) -> float | None:
-        """Run time so far (running) or in all (finished); None before it started."""
-        if self.started_at is None:
-            return None
-        end = self.finished_at or utcnow()
-        return max(0.0, (end - self.started_at).total_seconds())
-
-    def ref_id(self, prefix: str) -> int | None:
-        """The id in ``result_ref`` when it starts with ``prefix`` (``forecast_run``, ``model``, ...)."""
-        if self.result_ref and self.result_ref.startswith(prefix + ":"):
-            return int(self.result_ref.split(":", 1)[1])
-        return None
-
-    def to_dict(self) -> dict:
-        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        for name in ("created_at", "started_at", "heartbeat_at", "finished_at"):
-            out[name] = out[name].isoformat(timespec="seconds") if out[name] else None
-        out["title"] = self.title
-        out["seconds"] = None if self.seconds is None else round(self.seconds, 3)
-        return out
-
-
-# --- requesting, inspecting and cancelling ----------------------------------------------------------
-
-
-def enqueue(database: Database, kind: str, params: dict | None = None) -> int:
-    """Check the request and queue it; returns the job id. Bad requests raise InputError naming the
-    field; nothing is written then."""
-    registry = kinds()
-    if kind not in registry:
-        raise InputError(f"unknown job kind {kind!r}; expected one of {', '.join(sorted(registry))}", field="kind")
-    checked = registry[kind].check(dict(params or {}))
-    try:
-        json.dumps(checked)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"the parameters must be plain JSON values: {error}", field="params") from None
-    with database.write_session() as session, session.begin():
-        job = Job(kind=kind, params=checked, status="queued", progress=0.0, attempts=0, message="waiting for the worker")
-        session.add(job)
-        session.flush()
-        return int(job.id)
-
-
-def get_job(database: Database, job_id: int) -> JobView:
-    with database.session() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise InputError(f"no job with id {job_id}", field="job", hint="`lsdm jobs list` shows them")
-        return JobView.of(job)
-
-
-def list_jobs(database: Database, *, statuses: Iterable[str] | None = None, kinds_: Iterable[str] | None = None,
-              limit: int = 100) -> list[JobView]:
-    """Newest first."""
-    query = select(Job).order_by(Job.id.desc()).limit(limit)
-    if statuses:
-        query = query.where(Job.status.in_(list(statuses)))
-    if kinds_:
-        query = query.where(Job.kind.in_(list(kinds_)))
-    with database.session() as session:
-        return [JobView.of(job) for job in session.scalars(query)]
-
-
-def cancel(database: Database, job_id: int) -> str:
-    """Cancel a job: a queued one at once, a running one at its next progress report. Returns the
-    job's status afterwards (a finished job is left as it is)."""
-    with database.write_session() as session, session.begin():
-        job = session.get(Job, job_id)
-        if job is None:
-            raise InputError(f"no job with id {job_id}", field="job", hint="`lsdm jobs list` shows them")
-        if job.status == "queued":
-            job.status, job.finished_at, job.message = "cancelled", utcnow(), "cancelled before it started"
-            params = dict(job.params or {})
-        elif job.status == "running":
-            job.cancel_requested = True
-            job.message = "cancelling ..."
-            return "running"
-        else:
-            return job.status
-    discard_uploads(params)
-    return "cancelled"
-
-
-def wait_for(database: Database, job_id: int, *, timeout: float = 600.0, poll: float = 0.25,
-             on_progress: Callable[[JobView], None] | None = None) -> JobView:
-    """Poll until the job is finished (for scripts and tests); raises TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        job = get_job(database, job_id)
-        if on_progress:
-            on_progress(job)
-        if not job.active:
-            return job
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} is still {job.status} after {timeout:.0f} s ({job.message})")
-        time.sleep(poll)
-
-
-def live_workers(database: Database, *, within: float = WORKER_ALIVE_SECONDS) -> list[dict]:
-    """Workers that beat within the last ``within`` seconds and have not stopped."""
-    since = utcnow() - timedelta(seconds=within)
-    with database.session() as session:
-        rows = session.scalars(select(Worker).where(Worker.stopped_at.is_(None), Worker.heartbeat_at >= since))
-        return [{"id": w.id, "pid": w.pid, "host": w.host, "lanes": list(w.lanes or []),
-                 "started_at": w.started_at, "heartbeat_at": w.heartbeat_at} for w in rows]
-
-
-# --- uploads that travel with a job -----------------------------------------------------------------
-
-
-def uploads_root() -> Path:
-    from db.session import data_dir
-
-    path = data_dir() / "uploads"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def new_uploads_dir() -> Path:
-    """A fresh folder under ``<data dir>/uploads`` for files a job reads; the job removes it when it ends."""
-    path = uploads_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
-    path.mkdir()
-    return path
-
-
-def discard_uploads(params: dict) -> None:
-    """Remove a job's upload folder (only ever one under ``<data dir>/uploads``)."""
-    folder = params.get("uploads_dir")
-    if not folder:
-        return
-    path, root = Path(folder).resolve(), uploads_root().resolve()
-    if root in path.parents:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-# --- running ----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -452,8 +196,7 @@ class JobWorker:
 
     def claim(self, lanes: Iterable[str] | None = None) -> JobView | None:
         """Take the oldest queued job of these lanes (default: all of this worker's), or None."""
-        registry = kinds()
-        wanted = [name for name, kind in registry.items() if kind.lane in tuple(lanes or self.lanes)]
+        wanted = [name for name, kind in KINDS.items() if kind.lane in tuple(lanes or self.lanes)]
         while True:
             with self.database.write_session() as session, session.begin():
                 job = session.scalars(select(Job).where(Job.status == "queued", Job.kind.in_(wanted))
@@ -470,11 +213,11 @@ class JobWorker:
                 if taken.rowcount == 1:
                     session.flush()
                     session.refresh(job)
-                    return JobView.of(job)
+                    return job_view(job)
 
     def run(self, job: JobView) -> str:
         """Run a claimed job to its end; returns its final status."""
-        kind = kinds().get(job.kind)
+        kind = KINDS.get(job.kind)
         state = _RunState(message="starting")
         with self._lock:
             self._running[job.id] = state
