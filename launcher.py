@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
+from cli.main import main as lsdm
 from db import open_database
+from db.queries import NoDatasetError, get_dataset
+from db.session import resolve_db_url
+from desktop.appserver import ROOT
+from desktop.serve import logs_dir, rolled, serve
+from engine.errors import InputError
+from engine.jobs import ACTIVE, JobWorker, enqueue, get_job, list_jobs
 
 
 def first_launch_job(database) -> int | None:  # noqa: ANN001
     """Queue ``setup.default`` when the database holds no data set (and no such job is under way);
     returns the job id, or None when there is nothing to do."""
-    from db.queries import NoDatasetError, get_dataset
-    from engine.jobs import ACTIVE, enqueue, list_jobs
-
     try:
         with database.session() as session:
             get_dataset(session)
@@ -43,8 +48,6 @@ def first_launch_job(database) -> int | None:  # noqa: ANN001
 
 def prepare(db_url: str) -> int:
     """``--prepare-only``: do the first-launch work here and now (no worker, no server)."""
-    from engine.jobs import JobWorker, get_job
-
     database = open_database(db_url)
     job_id = first_launch_job(database)
     if job_id is not None:
@@ -56,19 +59,13 @@ def prepare(db_url: str) -> int:
             print(f"error: first-launch setup {job.status}: {job.error or job.message}", file=sys.stderr)
             return 1
         print(f"  {job.message} in {job.seconds:.1f} s", flush=True)
-    from engine.cli import main as lsdm
-
     return lsdm(["data", "info", "--db", database.url])
 
 
 def run_streamlit(argv: list[str]) -> int:
     """``launcher.py streamlit run ...``: Streamlit's own command line in this process (STACK.md). Here,
-    not in engine/: the engine never imports Streamlit."""
-    import os
-
+    not in engine/: the engine never imports Streamlit; imported in the Streamlit child only."""
     from streamlit.web import cli as streamlit_cli
-
-    from desktop.appserver import ROOT
 
     os.chdir(ROOT)  # .streamlit/config.toml (the theme) is read from the working directory
     sys.argv = ["streamlit", *argv]
@@ -80,8 +77,6 @@ def run_streamlit(argv: list[str]) -> int:
 
 
 def _setup_logging() -> None:
-    from desktop.serve import logs_dir, rolled
-
     handler = logging.FileHandler(rolled(logs_dir() / "launcher.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("lsdm")
@@ -93,8 +88,6 @@ def _setup_logging() -> None:
 def run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["lsdm"]:  # a child, or the command line inside the bundle
-        from engine.cli import main as lsdm
-
         return lsdm(argv[1:])
     if argv[:1] == ["streamlit"]:
         return run_streamlit(argv[1:])
@@ -109,10 +102,6 @@ def run(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.port is not None and not 0 < args.port < 65536:
         parser.error(f"argument --port: expected a port number in 1..65535, got {args.port}")
-    from db.session import resolve_db_url
-    from desktop.serve import logs_dir, serve
-    from engine.errors import InputError
-
     db_url = resolve_db_url(args.db)
     if args.prepare_only:
         return prepare(db_url)

@@ -38,7 +38,7 @@ PAPER_GAIN = 2.8
 def lsdm(*args: str, home: Path, json_out: bool = True) -> dict:
     """Run `lsdm ... [--json]` in a child process with LSDM_HOME=home; its JSON output."""
     env = {**os.environ, "LSDM_HOME": str(home)}
-    done = subprocess.run([sys.executable, "-m", "engine.cli", *args, *(["--json"] if json_out else [])], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "cli.main", *args, *(["--json"] if json_out else [])], cwd=ROOT,
                           env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"lsdm {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")

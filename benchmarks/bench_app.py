@@ -63,7 +63,7 @@ PAGES = {
 
 def prepare_database(source: Path | None, folder: Path) -> Path:
     """A private database with the default city and the shipped model, in ``folder``."""
-    from engine.cli import main as lsdm
+    from cli.main import main as lsdm
 
     db = folder / "bench.sqlite"
     if source is not None:

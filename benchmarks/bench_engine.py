@@ -134,9 +134,9 @@ def main() -> None:
         if db is None:
             os.environ["LSDM_HOME"] = tmp
             db = str(Path(tmp) / "bench.sqlite")
-            subprocess.run([sys.executable, "-m", "engine.cli", "city", "build", "--db", db], check=True,
+            subprocess.run([sys.executable, "-m", "cli.main", "city", "build", "--db", db], check=True,
                            capture_output=True)
-            subprocess.run([sys.executable, "-m", "engine.cli", "env", "build", "--db", db], check=True,
+            subprocess.run([sys.executable, "-m", "cli.main", "env", "build", "--db", db], check=True,
                            capture_output=True)
         extra = (["--epochs", str(args.epochs)] if args.epochs else []) + ["--device", args.device]
         trained = None if args.skip_train else _child("train", db, extra)

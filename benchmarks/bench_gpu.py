@@ -84,7 +84,7 @@ def main() -> None:
         env = {**os.environ, "LSDM_HOME": tmp}
         db = str(Path(tmp) / "gpu.sqlite")
         for command in (["city", "build"], ["assets", "install"]):
-            subprocess.run([sys.executable, "-m", "engine.cli", *command, "--db", db], check=True, cwd=ROOT, env=env,
+            subprocess.run([sys.executable, "-m", "cli.main", *command, "--db", db], check=True, cwd=ROOT, env=env,
                            capture_output=True)
         os.environ["LSDM_HOME"] = tmp
         for line in agreement(db):

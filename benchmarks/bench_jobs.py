@@ -53,7 +53,7 @@ def bench_forecast_jobs(db: Path, runs: int) -> None:
     database = open_database(str(db))
     cold = []
     for _ in range(max(1, runs // 2)):
-        worker = subprocess.Popen([sys.executable, "-m", "engine.cli", "worker", "--db", str(db)], cwd=ROOT,
+        worker = subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--db", str(db)], cwd=ROOT,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             from engine.jobs import live_workers

@@ -35,7 +35,7 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def city_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default city with its environment (shipped encoder) and the shipped model: built once per
     test session (about 15 s) in its own data directory. Tests that write use a copy (tests/app)."""
-    from engine.cli import main as lsdm
+    from cli.main import main as lsdm
 
     home = tmp_path_factory.mktemp("city-home")
     previous = os.environ.get("LSDM_HOME")

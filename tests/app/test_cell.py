@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from app import cell_data as c
 from db import open_database
 from db.queries import get_dataset
-from engine.cli import main as lsdm
+from cli.main import main as lsdm
 from tests.app.conftest import query, run_page, sql
 
 

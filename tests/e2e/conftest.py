@@ -91,7 +91,7 @@ def _pump_output(process: subprocess.Popen, sink: list[str], lines: queue.Queue)
 
 
 def start_dashboard(db_path: Path, home: Path, *, timeout: float = SERVER_START_TIMEOUT_S) -> Dashboard:
-    """Run ``python -m engine.cli app --db DB --port FREE --no-browser`` and wait for its URL line.
+    """Run ``python -m cli.main app --db DB --port FREE --no-browser`` and wait for its URL line.
 
     ``home`` becomes the server's LSDM_HOME so that nothing it writes lands in the developer's real
     data directory. Raises RuntimeError (with the server's output) when it does not come up in time.
@@ -102,7 +102,7 @@ def start_dashboard(db_path: Path, home: Path, *, timeout: float = SERVER_START_
     env = {**os.environ, "LSDM_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("LSDM_DB", None)  # --db decides
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "app", "--db", str(db_path), "--port", str(port), "--no-browser"],
+        [sys.executable, "-m", "cli.main", "app", "--db", str(db_path), "--port", str(port), "--no-browser"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     log: list[str] = []

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from db import open_database
 from db.models import ModelRecord
 from db.queries import get_dataset, store_dataset
-from engine.cli import main
+from cli.main import main
 from engine.data.city import CityConfig, generate_city
 from engine.data.windows import load_series
 from engine.env.clip import ClipSettings

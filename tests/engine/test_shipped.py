@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from db import open_database
 from db.models import Embedding, ForecastRun, ModelRecord
 from db.queries import get_dataset
-from engine.cli import main as lsdm
+from cli.main import main as lsdm
 from engine.shipped import dataset_digest, default_dir, read_manifest
 
 MANIFEST = read_manifest()

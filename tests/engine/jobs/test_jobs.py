@@ -64,7 +64,7 @@ def _count(database, model) -> int:  # noqa: ANN001
 
 
 def _worker_process(db: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", "worker", "--db", str(db), *extra], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--db", str(db), *extra], cwd=REPO,
                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -302,7 +302,7 @@ def test_a_job_whose_worker_dies_too_often_fails_with_the_reason(small, tmp_path
 
 
 def test_jobs_command_line(city, capsys):
-    from engine.cli import main as lsdm
+    from cli.main import main as lsdm
 
     assert lsdm(["jobs", "submit", "forecast", "entity=user:U0004", "start=310", "horizon=2", "samples=4",
                  "--db", str(city), "--json"]) == 0

@@ -1,4 +1,4 @@
-"""The `lsdm` command line, run in-process through engine.cli.main on real SQLite files."""
+"""The `lsdm` command line, run in-process through cli.main.main on real SQLite files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from engine.cli import build_parser, main
+from cli.main import build_parser, main
 
 
 def _json(capsys) -> dict:  # noqa: ANN001
@@ -83,7 +83,7 @@ def test_every_subcommand_has_help_and_db_and_reporting_ones_have_json():
                    ("data", "list"), ("data", "use")]
     for group, action in subcommands:
         help_text = subprocess.run(
-            [sys.executable, "-m", "engine.cli", group, action, "--help"], capture_output=True, text=True, check=True
+            [sys.executable, "-m", "cli.main", group, action, "--help"], capture_output=True, text=True, check=True
         ).stdout
         assert "--db" in help_text, (group, action)
         if (group, action) != ("data", "use"):

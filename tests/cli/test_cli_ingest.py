@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from engine.cli import main
+from cli.main import main
 from engine.data.ingest_tsinghua import CATEGORIES, PAPER_SERVICES, write_synthetic_trace
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO / ".." / "shared" / "data"
 LLMAPP_MAPPING = REPO / "assets" / "mappings" / "llmapp.json"
 CORE_TABLES = ("datasets", "cells", "entities", "traffic", "locations")

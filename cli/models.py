@@ -1,0 +1,248 @@
+"""`lsdm train`, `lsdm forecast`, `lsdm models`, `lsdm evaluate`, `lsdm export windows` and `lsdm score`: the
+forecasters, their forecasts and their evaluation.
+
+The engine modules that import torch, and cli/report_figures.py (Matplotlib), are imported by the
+commands that use them (the start-up cost is measured in cli/main.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sqlalchemy import select
+
+from cli.common import Commands, emit, existing_file, non_negative_float, positive_int, stderr_progress
+from db import open_database
+from db.models import Dataset, ModelRecord
+from db.queries import get_dataset
+from engine.data.windows import Normaliser, SplitSpec, load_series, make_splits
+from engine.errors import InputError
+from engine.evaluation.scoring import export_windows, score_predictions
+from engine.requests import ForecastRequest
+
+
+def add_commands(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
+    """train, forecast, models, evaluate, export windows, score."""
+    _add_train(commands, common, reporting)
+    _add_forecast(commands, common, reporting)
+    _add_models(commands, common, reporting)
+    _add_evaluate(commands, common, reporting)
+    _add_export_and_score(commands, common, reporting)
+
+
+def _add_train(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
+    """`lsdm train`."""
+    train_p = commands.add_parser(
+        "train", parents=[common, reporting], help="train an LSDM forecaster",
+        description="Train an LSDM forecaster on a data set (AdamW, EMA, gradient clipping, early stopping on "
+        "validation), save it (safetensors + JSON) and register it as the active model.",
+    )
+    train_p.add_argument("--config", default="lsdm", metavar="NAME|FILE",
+                         help="lsdm (default), lsdm-no-condition, csdi-like, no-2d-attention, env-input, image-only, "
+                              "text-only, lsdm-plain (no linear mean feature), lsdm-plain-no-condition, lsdm-prior and "
+                              "lsdm-residual (experimental), tiny, or a JSON file of model settings")
+    train_p.add_argument("--epochs", type=positive_int, default=None, help="maximum epochs (default: the config's)")
+    train_p.add_argument("--seed", type=int, default=None, help="seed (default: the config's)")
+    train_p.add_argument("--split", choices=["time", "users"], default="time",
+                         help="time: train on the first days, validate on the next, test on the last (default); "
+                              "users: also hold out a share of the users")
+    train_p.add_argument("--dataset", default=None, help="data set name (default: the active one)")
+    train_p.add_argument("--max-minutes", type=non_negative_float, default=None, help="stop after this training time")
+    train_p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    train_p.add_argument("--no-activate", action="store_true", help="register without making it the active model")
+    train_p.set_defaults(handler=cmd_train)
+
+
+def _add_forecast(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
+    """`lsdm forecast`."""
+    forecast = commands.add_parser(
+        "forecast", parents=[common, reporting], help="probabilistic recursive forecast for users or cells",
+        description="Forecast the coming hours per service: every sample path feeds its own samples back. "
+        "The run is stored with every parameter and can be reproduced exactly.",
+    )
+    forecast.add_argument("--entity", required=True, metavar="user:ID[,user:ID...]", help="who to forecast")
+    forecast.add_argument("--start", type=int, required=True, metavar="HOUR",
+                          help="first forecast hour (hours since the data set's origin)")
+    forecast.add_argument("--horizon", type=positive_int, default=1, help="hours to forecast (default 1)")
+    forecast.add_argument("--samples", type=positive_int, default=32, help="sample paths (default 32)")
+    forecast.add_argument("--sampler", default="ddim:10", help="ddpm (faithful, all steps) or ddim:STEPS (default ddim:10)")
+    forecast.add_argument("--location", default="habitual", metavar="habitual|stay|observed|cell:ID,...",
+                          help="where the entity is during the forecast (default: its habitual cell for that hour; "
+                          "observed: the cells the data recorded, for backtests)")
+    forecast.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
+    forecast.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    forecast.add_argument("--noise", default="antithetic", metavar="antithetic|independent",
+                          help="antithetic (default): each path paired with one driven by the opposite noise, "
+                          "for a steadier mean; independent: every path on its own noise")
+    forecast.add_argument("--model", type=int, default=None, help="model id (default: the active model)")
+    forecast.add_argument("--dataset", default=None, help="data set name (default: the active one)")
+    forecast.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    forecast.set_defaults(handler=cmd_forecast)
+
+
+def _add_models(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
+    """`lsdm models`."""
+    models = commands.add_parser("models", parents=[common, reporting], help="registered models; * marks active ones")
+    models.set_defaults(handler=cmd_models)
+
+
+def _add_evaluate(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
+    """`lsdm evaluate`."""
+    evaluate_p = commands.add_parser(
+        "evaluate", parents=[common, reporting], help="reproduce the paper's tables on this data",
+        description="Score the model, its comparison models (trained if missing) and the baselines on the test day; "
+        "write report.md, CSV tables and PNG plots.",
+    )
+    evaluate_p.add_argument("--model", type=int, default=None, help="model id (default: the active model)")
+    evaluate_p.add_argument("--report", default=None, metavar="DIR", help="write the report into DIR")
+    evaluate_p.add_argument("--samples", type=positive_int, default=32,
+                            help="samples per test window, their mean is the point forecast (default 32)")
+    evaluate_p.add_argument("--path-samples", type=positive_int, default=16,
+                            help="sample paths per entity for the MSE by recursive step (default 16)")
+    evaluate_p.add_argument("--steps", type=positive_int, default=30, help="recursive steps for Fig. 8/9 (default 30)")
+    evaluate_p.add_argument("--path-users", type=positive_int, default=100,
+                            help="entities in the recursive evaluation (default 100)")
+    evaluate_p.add_argument("--location", default="observed", metavar="observed|habitual",
+                            help="cells of the forecast hours: observed (default: those the data recorded, as in "
+                            "training and the paper) or habitual (each user's usual cell: the location forecast too)")
+    evaluate_p.add_argument("--no-train", action="store_true", help="do not train missing comparison models")
+    evaluate_p.add_argument("--no-arima", action="store_true", help="leave ARIMA out (it takes about 2 minutes)")
+    evaluate_p.add_argument("--dataset", default=None,
+                            help="score on this data set's test day (default: the model's own), e.g. a second city "
+                                 "embedded with the model's encoder (`lsdm env build --encoder`)")
+    evaluate_p.set_defaults(handler=cmd_evaluate)
+
+
+def _add_export_and_score(commands: Commands, common: argparse.ArgumentParser,
+                          reporting: argparse.ArgumentParser) -> None:
+    """`lsdm export windows` and `lsdm score`."""
+    export = commands.add_parser("export", help="export data for outside models").add_subparsers(
+        dest="action", required=True, metavar="WHAT")
+    export_windows_p = export.add_parser(
+        "windows", parents=[common, reporting], help="the exact evaluation windows and splits as .npz",
+        description="Write every train/validation/test window (history, target, calendar, environment) with "
+        "the documented keys of engine/evaluation/scoring.py, for `lsdm score`.")
+    export_windows_p.add_argument("--out", type=Path, required=True, help="output .npz file")
+    export_windows_p.add_argument("--model", type=int, default=None,
+                                  help="use this model's history length and normalisation (default: the active one)")
+    export_windows_p.add_argument("--history", type=positive_int, default=None, help="history hours (default: the model's)")
+    export_windows_p.add_argument("--split", choices=["time", "users"], default="time", help="split kind (default time)")
+    export_windows_p.add_argument("--dataset", default=None, help="data set name (default: the active one)")
+    export_windows_p.set_defaults(handler=cmd_export_windows)
+
+    score_p = commands.add_parser(
+        "score", parents=[reporting], help="score outside predictions on the exported windows",
+        description="Score predictions (.npz with `prediction` or `samples`) with the same metrics as the report.")
+    score_p.add_argument("--predictions", type=existing_file, required=True, help="predictions .npz")
+    score_p.add_argument("--windows", type=existing_file, required=True, help="the windows .npz it was made from")
+    score_p.set_defaults(handler=cmd_score)
+
+
+# --- handlers -------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.model.config import resolve_config  # torch: see cli/main.py
+    from engine.train import train
+
+    name, config = resolve_config(args.config, epochs=args.epochs, seed=args.seed)
+
+    def report(entry: dict) -> None:
+        if not args.json:
+            print(f"  epoch {entry['epoch']:>3}: train loss {entry['train_loss']:.4f}  "
+                  f"validation loss {entry['val_loss']:.4f}  ({entry['seconds']:.0f} s)", file=sys.stderr, flush=True)
+
+    result = train(open_database(args.db), name, config, dataset_name=args.dataset, split=args.split,
+                   activate=not args.no_activate, device=args.device, progress=report,
+                   max_seconds=args.max_minutes * 60 if args.max_minutes else None)
+    payload = {"model_id": result.record_id, "config": name, "path": str(result.path), **result.metrics}
+    curve = " ".join(f"{e['val_loss']:.3f}" for e in result.metrics["history"])
+    emit(args, payload, [f"Trained model {result.record_id} ({name}) in {result.metrics['train_seconds']:.0f} s "
+                          f"on {result.metrics['device']}; stopped by {result.metrics['stopped_by']}",
+                          f"  validation loss by epoch: {curve}", f"  saved to {result.path}"])
+    return 0
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from engine.forecast import run_forecast  # torch: see cli/main.py
+
+    run = run_forecast(open_database(args.db), ForecastRequest.from_params(
+        {"entity": args.entity, "start": args.start, "horizon": args.horizon, "samples": args.samples,
+         "sampler": args.sampler, "location": args.location, "guidance": args.guidance, "seed": args.seed,
+         "noise": args.noise, "model_id": args.model, "dataset": args.dataset, "device": args.device}))
+    lines = [f"Forecast run {run['run_id']} with model {run['model_id']} in {run['seconds']:.2f} s"]
+    for entity in run["entities"]:
+        lines.append(f"  {entity['entity']}: total MB per hour, median [5%, 95%]")
+        for step in entity["steps"][:48]:
+            lines.append(f"    {step['label']}: {step['total']['median'] / 1e6:8.2f} "
+                         f"[{step['total']['q05'] / 1e6:.2f}, {step['total']['q95'] / 1e6:.2f}]"
+                         + (f"  truth {step['total']['truth'] / 1e6:.2f}" if step["total"].get("truth") is not None else ""))
+    emit(args, run, lines)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    database = open_database(args.db)
+    with database.session() as session:
+        rows = session.execute(select(ModelRecord, Dataset.name).outerjoin(Dataset, Dataset.id == ModelRecord.dataset_id)
+                               .order_by(ModelRecord.id)).all()
+        models = [{"id": m.id, "name": m.name, "kind": m.kind, "dataset": d, "active": m.is_active,
+                   "created_at": m.created_at.isoformat(timespec="seconds"), "path": m.path,
+                   "best_val_loss": (m.metrics or {}).get("best_val_loss")} for m, d in rows]
+    lines = [f"{'*' if m['active'] else ' '} {m['id']:>4} {m['kind']:6s} {m['name']:24s} {m['dataset'] or '-':20s} "
+             f"{m['created_at']}" for m in models]
+    emit(args, {"models": models}, lines or ["no models yet; run `lsdm train`"])
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cli.report_figures import draw  # Matplotlib and torch: see cli/main.py
+    from engine.evaluation.evaluate import evaluate
+
+    result = evaluate(open_database(args.db), args.model, report_dir=args.report, draw=draw, samples=args.samples,
+                      path_samples=args.path_samples,
+                      steps=args.steps, path_users=args.path_users, train_missing=not args.no_train,
+                      include_arima=not args.no_arima, progress=stderr_progress(not args.json),
+                      dataset_name=args.dataset, location=args.location)
+    lines = [f"Evaluation of model {result['model_id']} on {result['dataset']} ({result['seconds']:.0f} s)",
+             f"  {'method':20s} {'MSE':>8s} {'RMSE':>8s} {'MAE':>8s} {'CS':>8s} {'R2':>8s} {'CRPS':>8s} "
+             f"{'cov50':>6s} {'cov90':>6s}"]
+    for row in result["rows"] + [r for r in result["table4"] if r not in result["rows"]]:
+        lines.append(f"  {row['method']:20s} {row['mse']:8.4f} {row['rmse']:8.4f} {row['mae']:8.4f} {row['cs']:8.4f} "
+                     f"{row['r2']:8.4f} {row['crps']:8.4f} {row['cov50']:6.3f} {row['cov90']:6.3f}")
+    lines += [f"  {note}" for note in result["notes"]]
+    if result.get("report"):
+        lines.append(f"  report: {Path(result['report'][0]).parent}")
+    emit(args, result, lines)
+    return 0
+
+
+def cmd_export_windows(args: argparse.Namespace) -> int:
+    from engine.train import load_model  # torch: see cli/main.py
+
+    database = open_database(args.db)
+    with database.session() as session:
+        dataset = get_dataset(session, args.dataset)
+        series = load_series(session, dataset)
+    history = args.history
+    normaliser = None
+    if args.model is not None or history is None:
+        try:
+            _, forecaster = load_model(database, args.model, dataset=dataset)
+            history, normaliser = history or forecaster.config.history, forecaster.normaliser
+        except InputError:
+            if args.model is not None:
+                raise
+    spec = SplitSpec(kind=args.split, history=history or 24)
+    splits = make_splits(series, spec)
+    normaliser = normaliser or Normaliser.fit(series.traffic[:, : splits.train_hours_end])
+    summary = export_windows(series, normaliser, splits, args.out)
+    emit(args, {"out": str(args.out), **summary}, [f"Wrote {args.out}: {summary}"])
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    result = score_predictions(args.predictions, args.windows)
+    emit(args, result, [f"{k}: {v}" for k, v in result.items()])
+    return 0
