@@ -25,11 +25,11 @@ from db.queries import (
     cells_by_id,
     dataset_cells,
     find_cell,
+    load_env_embeddings,
     tile_images,
     traffic_at_cell,
     users_at_cell,
 )
-from engine.env.pipeline import load_env_embeddings
 from engine.env.tiles import CellInfo, infer_land_use
 
 NEIGHBOURS = 5

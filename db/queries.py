@@ -388,6 +388,25 @@ def embedded_cell_ids(session: Session, dataset_id: int, encoder_id: str, kind: 
         Cell.dataset_id == dataset_id, Embedding.encoder_id == encoder_id, Embedding.kind == kind)))
 
 
+def load_env_embeddings(session: Session, dataset: Dataset, kind: str = "env",
+                        encoder_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(cell ids, (N, D) float32) of the active (or named) encoder's embeddings of a data set's cells
+    (kind image | text | env), in cell id order; empty arrays when that encoder embedded none."""
+    if encoder_id is None:
+        record = active_model(session, dataset.id, kind="clip")
+        if record is None:
+            raise LookupError(f"no environment encoder for data set {dataset.name!r}; run `lsdm env build`")
+        encoder_id = record.name
+    rows = session.execute(
+        select(Embedding.cell_id, Embedding.vector).join(Cell, Cell.id == Embedding.cell_id)
+        .where(Cell.dataset_id == dataset.id, Embedding.encoder_id == encoder_id, Embedding.kind == kind)
+        .order_by(Embedding.cell_id)
+    ).all()
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+    return (np.array([r[0] for r in rows]), np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]))
+
+
 # --- models: forecasters (kind "lsdm") and environment encoders (kind "clip") -----------------------------
 
 

@@ -23,6 +23,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.schema import upgrade
+
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 
@@ -105,8 +107,6 @@ class Database:
 
 def open_database(value: str | None = None, *, migrate: bool = True) -> Database:
     """Open (and by default create or upgrade) the database named by ``value``/``LSDM_DB``/default."""
-    from db.schema import upgrade
-
     url = resolve_db_url(value)
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":

@@ -21,11 +21,14 @@ from datetime import timedelta
 import numpy as np
 import torch
 
-from engine.data.windows import HourlyProfile, SeriesData, embeddings_of
+from db.models import ForecastRun
+from db.queries import get_dataset
+from engine.data.windows import HourlyProfile, SeriesData, embeddings_of, load_series
 from engine.errors import InputError
 from engine.model import Forecaster
 from engine.model.diffusion import sample
 from engine.requests import ForecastRequest, parse_location_text
+from engine.train import check_compatible, load_model
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -303,10 +306,6 @@ class ForecastContext:
 def load_context(database, *, model_id: int | None = None, dataset_name: str | None = None,  # noqa: ANN001
                  device: str | None = None) -> ForecastContext:
     """Load the model (default: the active one) and the data set's series with its embeddings."""
-    from db.queries import get_dataset
-    from engine.data.windows import load_series
-    from engine.train import check_compatible, load_model
-
     with database.session() as session:
         dataset = get_dataset(session, dataset_name)
         record, forecaster = load_model(database, model_id, dataset=dataset, device=device)
@@ -321,8 +320,6 @@ def run_forecast(database, request: ForecastRequest, *, store: bool = True, prog
                  context: ForecastContext | None = None) -> dict:
     """`lsdm forecast` and the ``forecast`` job: load the model and data (or use ``context``), forecast,
     store the run (one transaction) with its request."""
-    from db.models import ForecastRun
-
     request = request.checked()
     if context is None:
         context = load_context(database, model_id=request.model_id, dataset_name=request.dataset,

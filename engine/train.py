@@ -40,6 +40,7 @@ from engine.requests import TrainRequest
 from engine.model import Forecaster, pick_device
 from engine.model.config import ModelConfig
 from engine.model.diffusion import Standardiser, diffusion_loss
+from engine.model.prior import PriorFit
 
 Progress = Callable[[dict], None]
 Tick = Callable[[int, int, int], None]
@@ -95,8 +96,6 @@ def fit_prior(forecaster: Forecaster, series: SeriesData, values: np.ndarray, wi
     """Fit the model's linear mean on the training windows (engine/model/prior.py). When the diffusion
     models the residual around it (``prior_is_offset``), return the standardiser of that residual (a
     second pass over the windows); else None."""
-    from engine.model.prior import PriorFit
-
     model = forecaster.model
     model.prior.set_env_axes(series.env)
     fit = PriorFit(model.prior)

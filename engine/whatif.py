@@ -38,11 +38,18 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
 
+from db.models import Dataset, ForecastRun
+from db.models import Scenario as ScenarioRow
+from db.queries import cell_descriptions, dataset_cells, find_encoder, load_env_embeddings
+from engine.env.clip import combine_env, encode, images_to_tensor, load_encoder
+from engine.env.describe import CityStats, TemplateDescriber
 from engine.errors import InputError
 from engine.forecast import (
     QUANTILES,
     ForecastContext,
+    ForecastResult,
     LocationPlan,
     step_summaries,  # the one per-step summary of a forecast run, shared with `lsdm forecast`
     hour_label,
@@ -226,22 +233,16 @@ class WhatIfContext:
     @cached_property
     def city_stats(self):  # noqa: ANN201
         """The data set's POI statistics, against which edited counts are described."""
-        from engine.env.describe import CityStats
-
         return CityStats.from_counts(self.poi, self.categories)
 
     def describe_counts(self, counts: list[int]) -> str:
         """The template description of a cell with these POI counts, in this city (what an edit of the
         counts without an explicit description encodes)."""
-        from engine.env.describe import TemplateDescriber
-
         return TemplateDescriber().text(counts, self.city_stats)
 
     def encoder(self):  # noqa: ANN201
         """The CLIP encoder, loaded on first use (only edits of text or an uploaded tile need it)."""
         if self._encoder is None:
-            from engine.env.clip import load_encoder
-
             if self.encoder_path is None:
                 raise InputError("this data set has no environment encoder", field="cell_edits",
                                  hint="build one with `lsdm env build`")
@@ -252,10 +253,6 @@ class WhatIfContext:
 def load_whatif_context(database, forecast_context: ForecastContext | None = None,  # noqa: ANN001
                         **load_options) -> WhatIfContext:
     """Load (or reuse) the forecast context and the environment parts of its data set."""
-    from db.models import Dataset
-    from db.queries import cell_descriptions, dataset_cells, find_encoder
-    from engine.env.pipeline import load_env_embeddings
-
     context = forecast_context or load_context(database, **load_options)
     series = context.series
     n, dim = len(series.cell_ids), series.env.shape[1]
@@ -362,8 +359,6 @@ def _model_env(context: WhatIfContext, image_z: np.ndarray, text_z: np.ndarray, 
                a: float, b: float) -> np.ndarray:
     """What the model conditions on, from image and text embeddings (as engine/env/pipeline.py stores it
     and engine/data/windows.py loads it)."""
-    from engine.env.clip import combine_env
-
     if context.env_kind == "image":  # a cell without a tile has no image embedding: zeros, as when loaded
         return np.where(has_image[:, None], image_z, 0).astype(np.float32)
     if context.env_kind == "text":
@@ -389,8 +384,6 @@ def _notes(context: WhatIfContext, scenario: Scenario) -> list[str]:
 
 def scenario_env(context: WhatIfContext, scenario: Scenario) -> ScenarioEnv:
     """The (cells, D) environment of a validated scenario (see the module docstring)."""
-    from engine.env.clip import encode, images_to_tensor
-
     series = context.series
     env = series.env.copy()
     notes = _notes(context, scenario)
@@ -477,9 +470,6 @@ def run_whatif(database, request: WhatIfRequest, *, context: WhatIfContext | Non
                store: bool = True, progress: Progress | None = None) -> dict:
     """Forecast the baseline and the scenario with the same seed; store both runs and the scenario
     (one transaction) unless ``store`` is False. Nothing is written when any input is invalid."""
-    from db.models import ForecastRun
-    from db.models import Scenario as ScenarioRow
-
     request = request.checked()
     start, horizon = request.start, request.horizon
     context = context or load_whatif_context(database)
@@ -548,10 +538,6 @@ def run_whatif(database, request: WhatIfRequest, *, context: WhatIfContext | Non
 
 def load_scenario(database, scenario_id: int) -> dict:  # noqa: ANN001
     """A stored scenario as ``run_whatif`` returned it, rebuilt from its two stored runs."""
-    from db.models import Dataset, ForecastRun
-    from db.models import Scenario as ScenarioRow
-    from engine.forecast import ForecastResult
-
     with database.session() as session:
         row = session.get(ScenarioRow, scenario_id)
         if row is None:
@@ -576,10 +562,6 @@ def load_scenario(database, scenario_id: int) -> dict:  # noqa: ANN001
 
 def list_scenarios(database, dataset_id: int) -> list[dict]:  # noqa: ANN001
     """The data set's stored scenarios, newest first: id, name, entity, start, location, created_at."""
-    from sqlalchemy import select
-
-    from db.models import Scenario as ScenarioRow
-
     with database.session() as session:
         rows = session.execute(select(ScenarioRow.id, ScenarioRow.name, ScenarioRow.params, ScenarioRow.created_at)
                                .where(ScenarioRow.dataset_id == dataset_id).order_by(ScenarioRow.id.desc())).all()
@@ -590,8 +572,6 @@ def list_scenarios(database, dataset_id: int) -> list[dict]:  # noqa: ANN001
 
 def rename_scenario(database, scenario_id: int, name: str) -> None:  # noqa: ANN001
     """Save a scenario under another name."""
-    from db.models import Scenario as ScenarioRow
-
     name = (name or "").strip()
     if not name or len(name) > 200:
         raise InputError("expected a name of 1 to 200 characters", field="name")

@@ -34,6 +34,7 @@ from datetime import datetime
 import numpy as np
 
 from db.queries import DatasetContent
+from engine.errors import InputError
 from engine.requests import CityRequest
 
 # --- Vocabularies ---------------------------------------------------------------------------------
@@ -197,8 +198,6 @@ class CityConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        from engine.errors import InputError
-
         checks = [
             ("users", self.users >= 1, "at least 1"),
             ("cells", self.cells >= 8, "at least 8 (one per land-use type)"),

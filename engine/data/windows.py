@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Cell, Dataset, Entity
-from db.queries import active_model, location_rows, traffic_rows
+from db.queries import active_model, load_env_embeddings, location_rows, traffic_rows
 from engine.errors import InputError
 
 
@@ -89,8 +89,6 @@ def load_series(session: Session, dataset: Dataset, *, env_kind: str = "env", en
     """Read a whole data set (and the active encoder's embeddings, if any) into arrays; of the entities
     with ``entity_keys`` only, when given (in id order; unknown keys are left out). ``encoder_id=""``:
     no embeddings."""
-    from engine.env.pipeline import load_env_embeddings
-
     statement = select(Entity.id, Entity.key).where(Entity.dataset_id == dataset.id).order_by(Entity.id)
     if entity_keys is not None:
         statement = statement.where(Entity.key.in_(list(entity_keys)))

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.artifacts import read_verified, save_weights
+from engine.env.compat import import_open_clip
 from engine.errors import InputError
 
 # Registry of our own small architectures (open_clip.CLIP keyword arguments).
@@ -95,8 +96,6 @@ class ClipEncoder:
 
 
 def _open_clip():  # noqa: ANN202
-    from engine.env.compat import import_open_clip
-
     return import_open_clip()
 
 

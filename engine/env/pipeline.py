@@ -28,6 +28,7 @@ from db.queries import (
     encoder_names,
     find_encoder,
     get_dataset,
+    load_env_embeddings,
     tile_images,
 )
 from engine.env.clip import (
@@ -42,6 +43,9 @@ from engine.env.clip import (
     settings_dict,
     train_clip,
 )
+from engine.env.describe import describe_cells, make_describer
+from engine.env.tiles import open_tile_source, store_tiles
+from engine.errors import InputError
 
 Progress = Callable[[str], None]
 
@@ -60,8 +64,6 @@ def dominant_labels(cells: list[Cell], categories: list[str]) -> list[str]:
 def registered_encoder_dir(session: Session, name: str) -> Path:
     """The folder of a registered CLIP encoder (of any data set) by its id, to embed another data set
     with it: a model trained on one city's embeddings can then forecast, or be evaluated, on another."""
-    from engine.errors import InputError
-
     record = find_encoder(session, name)
     if record is None:
         raise InputError(f"no registered CLIP encoder {name!r}; registered: {', '.join(encoder_names(session)) or 'none'}",
@@ -88,9 +90,6 @@ def build_environment(
 
     ``encoder_dir``: embed with this saved encoder as is (the shipped one, see engine/shipped.py)
     instead of training one; its retrieval metrics are those recorded when it was trained."""
-    from engine.env.describe import describe_cells, make_describer
-    from engine.env.tiles import open_tile_source, store_tiles
-
     settings = settings or ClipSettings()
     settings.validate()
     say = progress or (lambda message: None)
@@ -192,24 +191,6 @@ def build_environment(
     summary = environment_info(database, dataset_name)
     summary["timings"] = timings
     return summary
-
-
-def load_env_embeddings(session: Session, dataset: Dataset, kind: str = "env",
-                        encoder_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(cell ids, (N, D) float32) of the active (or named) encoder's embeddings of a data set."""
-    if encoder_id is None:
-        record = active_model(session, dataset.id, kind="clip")
-        if record is None:
-            raise LookupError(f"no environment encoder for data set {dataset.name!r}; run `lsdm env build`")
-        encoder_id = record.name
-    rows = session.execute(
-        select(Embedding.cell_id, Embedding.vector).join(Cell, Cell.id == Embedding.cell_id)
-        .where(Cell.dataset_id == dataset.id, Embedding.encoder_id == encoder_id, Embedding.kind == kind)
-        .order_by(Embedding.cell_id)
-    ).all()
-    if not rows:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-    return (np.array([r[0] for r in rows]), np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]))
 
 
 def environment_info(database: Database, dataset_name: str | None = None) -> dict:

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from engine.data.city import LAND_USES, POI_CATEGORIES, REAL_POI_SHARE
 from engine.env.tiles.core import JPEG_QUALITY, TILE_SIZE, CellInfo, TileImage
 from engine.errors import InputError
 
@@ -105,8 +106,6 @@ def _poi_shares(cell: CellInfo) -> dict[str, float]:
 
 
 def _baseline_share() -> dict[str, float]:
-    from engine.data.city import POI_CATEGORIES, REAL_POI_SHARE
-
     return dict(zip(POI_CATEGORIES, (float(v) for v in REAL_POI_SHARE)))
 
 
@@ -118,8 +117,6 @@ def _poi_lift(cell: CellInfo) -> dict[str, float]:
 
 def infer_land_use(cell: CellInfo) -> str:
     """The cell's land use, or one guessed from the POI mix (the hint with the highest lift)."""
-    from engine.data.city import LAND_USES
-
     if cell.land_use in LAND_USES:
         return cell.land_use
     scores: dict[str, float] = {}
@@ -814,8 +811,6 @@ def render_city_mosaic(
     pix_xy = np.column_stack([((glon - lon.mean()) * km_lon).ravel(), ((glat - lat0) * km_lat).ravel()])
     dist, nearest = tree.query(pix_xy, workers=-1)
     nearest = nearest.reshape(h, w)
-    from engine.data.city import LAND_USES
-
     uses = [infer_land_use(c) for c in located]
     use_index = np.array([LAND_USES.index(u) for u in uses])[nearest]  # (h, w)
     palette = np.array([_MOSAIC_COLOURS[u] for u in LAND_USES], dtype=np.float32)

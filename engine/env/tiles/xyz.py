@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from db.session import data_dir
 from engine.env.tiles.core import CellInfo, TileFetchError, TileImage, sniff_media_type, tile_from_bytes
 from engine.env.tiles.geo import lat_lon_to_xyz, wgs84_to_gcj02
 from engine.errors import InputError
@@ -40,8 +41,6 @@ _MAX_RETRY_AFTER_S = 30.0
 
 
 def default_cache_dir() -> Path:
-    from db.session import data_dir
-
     return data_dir() / "tile-cache"
 
 

@@ -11,11 +11,11 @@ from sqlalchemy import select
 
 from db import open_database
 from db.models import Description, ModelRecord
-from db.queries import DatasetContent, get_dataset, store_dataset
+from db.queries import DatasetContent, get_dataset, load_env_embeddings, store_dataset
 from cli.main import main
 from engine.data.city import CityConfig, generate_city
 from engine.env.clip import ClipSettings
-from engine.env.pipeline import build_environment, environment_info, load_env_embeddings, reload_active_encoder
+from engine.env.pipeline import build_environment, environment_info, reload_active_encoder
 
 
 @pytest.fixture
