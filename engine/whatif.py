@@ -69,6 +69,12 @@ Progress = Callable[[int, int], None]
 # --- the scenario ---------------------------------------------------------------------------------
 
 
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python number it holds; anything else unchanged."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
+
+
 @dataclass
 class CellEdit:
     """What is different about one cell. ``None`` = unchanged."""
@@ -84,7 +90,9 @@ class CellEdit:
     def to_dict(self) -> dict:
         out: dict = {}
         if self.poi_counts is not None:
-            out["poi_counts"] = [int(v) for v in self.poi_counts]
+            # whole numbers as int (numpy's too); anything else kept as given, for validation to name
+            out["poi_counts"] = [int(v) if isinstance(v, int | float) and float(v).is_integer() else v
+                                 for v in map(_plain, self.poi_counts)]
         if self.description is not None:
             out["description"] = self.description
         if self.tile_from is not None:
@@ -565,9 +573,13 @@ def list_scenarios(database, dataset_id: int) -> list[dict]:  # noqa: ANN001
     with database.session() as session:
         rows = session.execute(select(ScenarioRow.id, ScenarioRow.name, ScenarioRow.params, ScenarioRow.created_at)
                                .where(ScenarioRow.dataset_id == dataset_id).order_by(ScenarioRow.id.desc())).all()
-    return [{"id": r.id, "name": r.name, "entity": r.params.get("entity"), "start": r.params.get("start"),
-             "horizon": r.params.get("horizon"), "location": (r.params.get("scenario") or {}).get("location"),
-             "created_at": r.created_at} for r in rows]
+    out = []
+    for r in rows:
+        request = WhatIfRequest.from_params(r.params)  # scenarios stored before requests read too
+        out.append({"id": r.id, "name": r.name, "entity": f"{request.entity_kind}:{request.entity}",
+                    "start": request.start, "horizon": request.horizon,
+                    "location": request.scenario.get("location"), "created_at": r.created_at})
+    return out
 
 
 def rename_scenario(database, scenario_id: int, name: str) -> None:  # noqa: ANN001

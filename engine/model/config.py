@@ -7,10 +7,21 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import torch
+
 from engine.errors import InputError
 
 
 MAX_FINAL_ALPHA_BAR = 1e-3
+
+
+def noise_schedule(config: ModelConfig) -> torch.Tensor:
+    """beta_t for t = 0 .. T - 1, in float64: "quad" (CSDI's: sqrt(beta) evenly spaced from sqrt(beta_start) to
+    sqrt(beta_end)) or "linear" (beta evenly spaced). The one place the formula is written."""
+    if config.schedule == "quad":
+        return torch.linspace(config.beta_start**0.5, config.beta_end**0.5, config.diffusion_steps,
+                              dtype=torch.float64) ** 2
+    return torch.linspace(config.beta_start, config.beta_end, config.diffusion_steps, dtype=torch.float64)
 
 
 @dataclass(frozen=True)
@@ -93,8 +104,6 @@ class ModelConfig:
 
     def final_alpha_bar(self) -> float:
         """alpha-bar at the last diffusion step (1 - beta_t multiplied over all steps)."""
-        from engine.model.diffusion import noise_schedule  # here, not at the top: diffusion.py imports this module
-
         return float((1 - noise_schedule(self)).prod())
 
     @property

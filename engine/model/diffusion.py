@@ -12,17 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.model.config import ModelConfig
+from engine.model.config import ModelConfig, noise_schedule
 from engine.model.denoiser import Denoiser, HistoryCache
-
-
-def noise_schedule(config: ModelConfig) -> torch.Tensor:
-    """beta_t for t = 0 .. T - 1, in float64: "quad" (CSDI's: sqrt(beta) evenly spaced from sqrt(beta_start) to
-    sqrt(beta_end)) or "linear" (beta evenly spaced). The one place the formula is written."""
-    if config.schedule == "quad":
-        return torch.linspace(config.beta_start**0.5, config.beta_end**0.5, config.diffusion_steps,
-                              dtype=torch.float64) ** 2
-    return torch.linspace(config.beta_start, config.beta_end, config.diffusion_steps, dtype=torch.float64)
 
 
 @dataclass

@@ -160,7 +160,7 @@ def test_on_a_new_database_the_pages_follow_the_first_launch_job_and_appear_when
 
 def test_a_failed_first_launch_says_why_on_the_empty_state(empty_db):
     database = open_database(str(empty_db))
-    job_id = enqueue(database, "city.build", {"users": 2, "cells": 4, "days": 8})
+    job_id = enqueue(database, "city.build", {"users": 2, "cells": 8, "days": 8})
     JobWorker(database).claim()  # claimed by a worker that then died without a trace ...
     database.dispose()
     database = open_database(str(empty_db))

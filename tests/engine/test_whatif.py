@@ -81,9 +81,9 @@ def _other_land_use_cell(database, context) -> str:  # noqa: ANN001
     return next(key for key in series.cell_keys if uses[key] != uses[home])
 
 
-def _run(database, context, scenario, **options):  # noqa: ANN001, ANN202
+def _run(database, context, scenario, name=None, **options):  # noqa: ANN001, ANN202
     request = WhatIfRequest.from_params({"entity": USER, "start": START, "horizon": 4, "samples": 6, "seed": 3,
-                                         "scenario": scenario.to_dict()})
+                                         "scenario": scenario.to_dict(), "name": name})
     return run_whatif(database, request, context=context, **options)
 
 
