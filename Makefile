@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test bench bundle bundle-smoke clean
+.PHONY: run test lint bench bundle bundle-smoke clean
 
 $(BIN)/lsdm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ run: $(BIN)/lsdm
 ## Run the whole test suite (installs Debian's Chromium for the browser tests when it can).
 test: $(BIN)/lsdm chromium
 	$(BIN)/python -m pytest
+
+## Lint: ruff's rules, then mypy on engine/ and db/, then the formatting check (settings in pyproject.toml).
+lint: $(BIN)/lsdm
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
+	$(BIN)/python -m ruff format --check .
 
 # The end-to-end tests drive Debian's Chromium (Playwright downloads no browser). Installed when
 # missing and apt-get is usable; otherwise those tests skip with the reason.
