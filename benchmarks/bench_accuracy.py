@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = ("seasonal-naive", "hour-of-week-mean", "arima")

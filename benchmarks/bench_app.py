@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import report  # noqa: E402
+from _common import report
 
-from tests.e2e.conftest import (  # noqa: E402 - the e2e harness: server, browser, render wait
+from tests.e2e.conftest import (
     CHROMIUM,
     CHROMIUM_ARGS,
     VIEWPORT,

@@ -24,14 +24,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import report  # noqa: E402
+from _common import report
 
-from db import open_database  # noqa: E402
-from db.queries import get_dataset, store_dataset  # noqa: E402
-from engine.evaluation.baselines import BASELINES, default_jobs, forecast_paths  # noqa: E402
-from engine.data.city import CityConfig, generate_city  # noqa: E402
-from engine.data.windows import Normaliser, SplitSpec, gather, load_series, make_splits  # noqa: E402
-from engine.evaluation.metrics import METRIC_KEYS, mse_by_step, per_service_r2, score  # noqa: E402
+from db import open_database
+from db.queries import get_dataset, store_dataset
+from engine.evaluation.baselines import BASELINES, default_jobs, forecast_paths
+from engine.data.city import CityConfig, generate_city
+from engine.data.windows import Normaliser, SplitSpec, gather, load_series, make_splits
+from engine.evaluation.metrics import METRIC_KEYS, mse_by_step, per_service_r2, score
 
 PATH_STEPS = 30
 

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, timed_runs  # noqa: E402
+from _common import report, timed_runs
 
-from db import open_database  # noqa: E402
-from db.models import Entity  # noqa: E402
-from db.queries import entity_matrix, get_dataset, store_dataset  # noqa: E402
-from engine.data.city import CityConfig, generate_city  # noqa: E402
-from sqlalchemy import select  # noqa: E402
+from db import open_database
+from db.models import Entity
+from db.queries import entity_matrix, get_dataset, store_dataset
+from engine.data.city import CityConfig, generate_city
+from sqlalchemy import select
 
 
 def main() -> None:

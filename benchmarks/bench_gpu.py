@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 MEAN_TOLERANCE = 2e-3  # v scale (log1p(bytes) / scale, 0..1): well below a byte-level difference that matters

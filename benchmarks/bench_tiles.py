@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import report, timed_runs  # noqa: E402
+from _common import report, timed_runs
 
-from engine.data.city import POI_CATEGORIES, CityConfig, generate_city  # noqa: E402
-from engine.env.tiles import CellInfo, render_city_mosaic, render_tile  # noqa: E402
+from engine.data.city import POI_CATEGORIES, CityConfig, generate_city
+from engine.env.tiles import CellInfo, render_city_mosaic, render_tile
 
 
 def main() -> None:

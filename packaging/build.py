@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bundle_process import NAME, build_record_path, executable, folder_size  # noqa: E402
+from bundle_process import NAME, build_record_path, executable, folder_size
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "packaging" / "lsdm.spec"

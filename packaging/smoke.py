@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bundle_process import (  # noqa: E402
+from bundle_process import (
     CHROMIUM,
     CHROMIUM_ARGS,
     BundleError,

@@ -44,7 +44,7 @@ def built(monkeypatch_module: pytest.MonkeyPatch) -> dict:
     """What the spec asks PyInstaller for: {"Analysis": ..., "EXE": ..., "COLLECT": ..., "hooks": calls}."""
     calls: list[tuple[str, tuple, dict]] = []
 
-    def recorder(name: str):  # noqa: ANN202
+    def recorder(name: str):
         def record(*args, **kwargs) -> list:
             calls.append((name, args, kwargs))
             return []
@@ -58,7 +58,7 @@ def built(monkeypatch_module: pytest.MonkeyPatch) -> dict:
     monkeypatch_module.setitem(sys.modules, "PyInstaller.utils.hooks", hooks)
     made: dict[str, _Recorder] = {}
 
-    def maker(kind: str):  # noqa: ANN202
+    def maker(kind: str):
         def make(*args, **kwargs) -> _Recorder:
             made[kind] = _Recorder(*args, **kwargs)
             return made[kind]
@@ -66,12 +66,12 @@ def built(monkeypatch_module: pytest.MonkeyPatch) -> dict:
 
     namespace = {"__file__": str(SPEC), "SPECPATH": str(SPEC.parent), "SPEC": str(SPEC),
                  **{kind: maker(kind) for kind in ("Analysis", "PYZ", "EXE", "COLLECT")}}
-    exec(compile(SPEC.read_text(), str(SPEC), "exec"), namespace)  # noqa: S102 - as PyInstaller runs it
+    exec(compile(SPEC.read_text(), str(SPEC), "exec"), namespace)
     return {**made, "hooks": calls}
 
 
 @pytest.fixture(scope="module")
-def monkeypatch_module():  # noqa: ANN201
+def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:
         yield patch
 

@@ -27,7 +27,7 @@ def prepare_torchvision() -> None:
     try:
         torch._C._dispatch_find_schema_or_throw("torchvision::nms", "")
     except RuntimeError:
-        library = torch.library.Library("torchvision", "FRAGMENT")  # noqa: F841 (kept alive below)
+        library = torch.library.Library("torchvision", "FRAGMENT")
         library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         globals()["_library"] = library

@@ -31,7 +31,7 @@ from tests.app.conftest import page
 # --- helpers --------------------------------------------------------------------------------------
 
 
-def chart_datasets(chart) -> list[list[dict]]:  # noqa: ANN001
+def chart_datasets(chart) -> list[list[dict]]:
     """The data sets of a rendered Vega-Lite chart: Streamlit sends them beside the spec, as Arrow."""
     inline = list(json.loads(chart.proto.spec).get("datasets", {}).values())
     return inline + [convert_arrow_bytes_to_pandas_df(named.data.data).to_dict("records")

@@ -26,7 +26,7 @@ MONDAY = datetime(2016, 4, 18)
 # --- helpers --------------------------------------------------------------------------------------------
 
 
-def chart_data(element) -> list[pd.DataFrame]:  # noqa: ANN001
+def chart_data(element) -> list[pd.DataFrame]:
     """The data sets a rendered Vega-Lite chart carries (Streamlit moves them into Arrow tables)."""
     frames = [pa.ipc.open_stream(d.data.data).read_pandas() for d in element.proto.datasets]
     inline = json.loads(element.proto.spec).get("datasets", {})

@@ -30,27 +30,27 @@ USER = "U0007"
 START = 300  # Sat 12:00 of the second week: inside the data, after the model's 24 hours of history
 
 
-def _counts(db_path) -> tuple[int, int]:  # noqa: ANN001
+def _counts(db_path) -> tuple[int, int]:
     database = open_database(str(db_path))
     with database.session() as session:
         return (session.scalar(select(func.count()).select_from(ForecastRun)),
                 session.scalar(select(func.count()).select_from(ScenarioRow)))
 
 
-def _services(db_path) -> list[str]:  # noqa: ANN001
+def _services(db_path) -> list[str]:
     database = open_database(str(db_path))
     with database.session() as session:
         return session.scalar(select(Dataset.services))
 
 
-def _page(**params) -> AppTest:  # noqa: ANN003
+def _page(**params) -> AppTest:
     at = AppTest.from_file(page("whatif"), default_timeout=180)
     for key, value in params.items():
         at.query_params[key] = str(value)
     return at.run()
 
 
-def _drain(db_path) -> list[str]:  # noqa: ANN001
+def _drain(db_path) -> list[str]:
     """Run every queued job with the real worker code, in this process; returns their statuses."""
     database = open_database(str(db_path))
     JobWorker(database).drain()
@@ -59,7 +59,7 @@ def _drain(db_path) -> list[str]:  # noqa: ANN001
     return statuses
 
 
-def _elements(node) -> list:  # noqa: ANN001
+def _elements(node) -> list:
     """Every element under a block, in page order."""
     out = []
     for child in getattr(node, "children", {}).values():
@@ -76,7 +76,7 @@ def _chart(at: AppTest, title: str) -> list:
     raise AssertionError(f"no chart titled {title!r}")
 
 
-def _other_land_use_cell(db_path, context_cell: str) -> str:  # noqa: ANN001
+def _other_land_use_cell(db_path, context_cell: str) -> str:
     database = open_database(str(db_path))
     with database.session() as session:
         uses = dict(session.execute(select(Cell.key, Cell.land_use)).all())
@@ -255,7 +255,7 @@ def test_without_a_model_the_page_says_how_to_train_one(empty_db):
     assert not at.exception and "No forecasting model yet" in at.info[0].value
 
 
-def _form(**changes) -> EditorInput:  # noqa: ANN003
+def _form(**changes) -> EditorInput:
     values = dict(location="habitual", cell=None, target="C0001", current_counts=[1, 2], counts=[1, 2],
                   current_description="shops", description="shops", tile_mode="keep", tile_from=None, tile_png=None,
                   a=0.5, b=0.5, default_a=0.5, default_b=0.5, guidance=1.0)

@@ -39,7 +39,7 @@ def _content(name: str = "tiny", scale: int = 1) -> DatasetContent:
     )
 
 
-def _count(session, model) -> int:  # noqa: ANN001
+def _count(session, model) -> int:
     return session.scalar(select(func.count()).select_from(model))
 
 

@@ -9,7 +9,7 @@ from db.schema import LATEST_VERSION, SchemaTooNewError, current_version, upgrad
 from db.session import _configure_sqlite
 
 
-def _schema(engine) -> dict:  # noqa: ANN001
+def _schema(engine) -> dict:
     inspector = inspect(engine)
     return {
         table: sorted((c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table))

@@ -108,7 +108,7 @@ def loneliest(targets: dict[str, tuple[float, float]], obstacles: dict[str, tupl
     return best
 
 
-def open_map(page, dashboard: Dashboard, hour: int) -> dict:  # noqa: ANN001 - playwright Page
+def open_map(page, dashboard: Dashboard, hour: int) -> dict:
     """Open the Map page at ``hour``; returns the deck canvas's bounding box once it has drawn."""
     page.goto(f"{dashboard.url}/?hour={hour}")
     wait_rendered(page, PAGES["map"][1])
@@ -120,7 +120,7 @@ def open_map(page, dashboard: Dashboard, hour: int) -> dict:  # noqa: ANN001 - p
     return box
 
 
-def hover_then_click(page, point: tuple[float, float], expected: str) -> None:  # noqa: ANN001
+def hover_then_click(page, point: tuple[float, float], expected: str) -> None:
     """Hover the pixel, check the deck's tooltip names ``expected``, then click it."""
     page.mouse.move(*point)
     tooltip = page.locator(".deck-tooltip")
@@ -170,7 +170,7 @@ def forecast_runs(db_path: Path) -> list[int]:
         return list(session.scalars(select(ForecastRun.id).order_by(ForecastRun.id)))
 
 
-def set_number(page, label: str, value: int) -> None:  # noqa: ANN001
+def set_number(page, label: str, value: int) -> None:
     """Type into a Streamlit number_input and commit it (Enter), as a user would."""
     field = page.get_by_role("spinbutton", name=label)
     field.fill(str(value))
@@ -179,7 +179,7 @@ def set_number(page, label: str, value: int) -> None:  # noqa: ANN001
     assert field.input_value() == str(value)
 
 
-def choose_only(page, label: str, option: str) -> list[str]:  # noqa: ANN001
+def choose_only(page, label: str, option: str) -> list[str]:
     """Clear a Streamlit multiselect, pick one option by typing it, and return the chosen tags."""
     widget = page.locator('[data-testid="stMultiSelect"]').filter(has=page.get_by_role("combobox", name=label))
     widget.get_by_role("button", name="Clear all").click()
@@ -228,7 +228,7 @@ def test_a_forecast_from_the_form_runs_as_a_job_and_the_page_draws_the_stored_ru
     full_screenshot(page, artifacts_dir() / "forecast.png")
 
 
-def navigation_titles(page) -> list[str]:  # noqa: ANN001
+def navigation_titles(page) -> list[str]:
     """The page titles in the sidebar navigation (each link's text, less its icon's ligature)."""
     links = page.locator('[data-testid="stSidebarNavLink"] [data-testid="stMarkdownContainer"]')
     return [text.strip() for text in links.all_inner_texts()]

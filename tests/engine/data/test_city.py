@@ -20,13 +20,13 @@ from engine.errors import InputError
 SMALL = dict(users=120, cells=160)
 
 
-def _dense(content) -> np.ndarray:  # noqa: ANN001
+def _dense(content) -> np.ndarray:
     out = np.zeros((len(content.entity_keys), content.hours, len(content.services)))
     out[content.traffic_entity, content.traffic_hour, content.traffic_service] = content.traffic_bytes
     return out
 
 
-def _locations(content) -> np.ndarray:  # noqa: ANN001
+def _locations(content) -> np.ndarray:
     out = np.full((len(content.entity_keys), content.hours), -1)
     out[content.location_entity, content.location_hour] = content.location_cell
     return out
@@ -136,7 +136,7 @@ def test_services_have_their_own_daily_rhythms(city):
     assert share[20:23, s["Entertainment"]].sum() > share[20:23, s["News"]].sum()
 
 
-def _hub_navigation_share(content) -> tuple[float, float]:  # noqa: ANN001
+def _hub_navigation_share(content) -> tuple[float, float]:
     traffic = _dense(content)
     locations = _locations(content)
     at_hub = np.isin(locations, [i for i, lu in enumerate(content.cell_land_use) if lu == "transport"])

@@ -25,7 +25,7 @@ KINDS = ["red park", "green forest", "blue lake", "grey office towers", "white f
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (120, 120, 120), (240, 240, 240), (220, 210, 40)]
 
 
-def _toy_pairs(n: int = 96, seed: int = 0):  # noqa: ANN202
+def _toy_pairs(n: int = 96, seed: int = 0):
     """Images whose colour and texture say which of six kinds of place they show; matching texts."""
     g = torch.Generator().manual_seed(seed)
     labels = np.arange(n) % len(KINDS)

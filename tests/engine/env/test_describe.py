@@ -201,7 +201,7 @@ class FakeLLM:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
                 status, answer, delay = fake.script.pop(0) if fake.script else fake.default
@@ -217,7 +217,7 @@ class FakeLLM:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-            def log_message(self, *args) -> None:  # noqa: ANN002
+            def log_message(self, *args) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

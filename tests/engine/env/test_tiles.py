@@ -37,7 +37,7 @@ from engine.errors import InputError
 SHARED_TILES = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "tiles"
 
 
-def _cells_of(content) -> list[CellInfo]:  # noqa: ANN001
+def _cells_of(content) -> list[CellInfo]:
     return [
         CellInfo(id=i, key=content.cell_keys[i], lat=float(content.cell_lat[i]), lon=float(content.cell_lon[i]),
                  land_use=content.cell_land_use[i], poi_counts=[int(v) for v in content.cell_poi[i]],

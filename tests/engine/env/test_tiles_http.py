@@ -46,7 +46,7 @@ def _handler(state: TileServerState) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args) -> None:  # keep the test output quiet
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             with state.lock:
                 state.requests += 1
                 number = state.requests

@@ -208,7 +208,7 @@ def test_sampling_around_a_prior_is_sampling_the_residual_and_keeps_the_data_ran
     batch = _inputs(3)
     cache = model.encode_history(batch["history"], batch["hours"], batch["days"], batch["env"], None, batch["profile"])
 
-    def draw(standardiser, offset=None):  # noqa: ANN001, ANN202
+    def draw(standardiser, offset=None):
         return sample(model, schedule, standardiser, cache, 8, sampler=sampler, steps=steps, offset=offset,
                       generator=torch.Generator().manual_seed(1))
 

@@ -22,7 +22,7 @@ K, D, WINDOWS, SAMPLES = 3, 2, 2, 3
 STANDARDISER = Standardiser(0.5, 0.05)  # u in [-10, 10] is the data range v in [0, 1]
 
 
-def _alpha_bars_by_hand(config) -> list[float]:  # noqa: ANN001
+def _alpha_bars_by_hand(config) -> list[float]:
     """alpha-bar_t = prod_{s <= t} (1 - beta_s), beta from CSDI's quadratic schedule, in plain Python."""
     n, root_start, root_end = config.diffusion_steps, config.beta_start**0.5, config.beta_end**0.5
     betas = [(root_start + (root_end - root_start) * i / (n - 1)) ** 2 for i in range(n)]
