@@ -10,7 +10,7 @@ Conventions
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
@@ -23,6 +23,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -30,11 +31,20 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):
     pass
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table a mapped class is declared on, for Core inserts and updates (``__table__`` is typed
+    as any FROM clause)."""
+    table = model.__table__
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to one table")
+    return table
 
 
 class SchemaVersion(Base):
@@ -63,8 +73,12 @@ class Dataset(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
-    cells: Mapped[list[Cell]] = relationship(back_populates="dataset", cascade="all, delete-orphan", passive_deletes=True)
-    entities: Mapped[list[Entity]] = relationship(back_populates="dataset", cascade="all, delete-orphan", passive_deletes=True)
+    cells: Mapped[list[Cell]] = relationship(
+        back_populates="dataset", cascade="all, delete-orphan", passive_deletes=True
+    )
+    entities: Mapped[list[Entity]] = relationship(
+        back_populates="dataset", cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class Cell(Base):

@@ -5,12 +5,14 @@ rows a page shows). The app builds no SQL of its own: it calls these, named for 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import and_, delete, func, select, update
-from sqlalchemy.orm import Session
+from numpy.typing import DTypeLike
+from sqlalchemy import Select, and_, delete, func, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from db.models import (
     Cell,
@@ -23,6 +25,7 @@ from db.models import (
     ModelRecord,
     Tile,
     TrafficHour,
+    table_of,
 )
 
 _CHUNK = 50_000
@@ -68,7 +71,7 @@ class DatasetContent:
     params: dict = field(default_factory=dict)
 
 
-def _chunks(rows: list[dict]):
+def _chunks(rows: list[dict]) -> Iterator[list[dict]]:
     for start in range(0, len(rows), _CHUNK):
         yield rows[start : start + _CHUNK]
 
@@ -118,7 +121,7 @@ def store_dataset(session: Session, content: DatasetContent, *, activate: bool =
     ]
     # Core inserts (not ORM bulk inserts): the same SQL without per-row ORM bookkeeping, ~5x faster.
     for chunk in _chunks(cell_rows):
-        session.execute(Cell.__table__.insert(), chunk)
+        session.execute(table_of(Cell).insert(), chunk)
     key_to_id = dict(session.execute(select(Cell.key, Cell.id).where(Cell.dataset_id == dataset.id)).all())
     cell_ids = np.array([key_to_id[str(k)] for k in content.cell_keys], dtype=np.int64)
 
@@ -133,7 +136,7 @@ def store_dataset(session: Session, content: DatasetContent, *, activate: bool =
         for i, key in enumerate(content.entity_keys)
     ]
     for chunk in _chunks(entity_rows):
-        session.execute(Entity.__table__.insert(), chunk)
+        session.execute(table_of(Entity).insert(), chunk)
     key_to_id = dict(session.execute(select(Entity.key, Entity.id).where(Entity.dataset_id == dataset.id)).all())
     entity_ids = np.array([key_to_id[str(k)] for k in content.entity_keys], dtype=np.int64)
 
@@ -141,16 +144,18 @@ def store_dataset(session: Session, content: DatasetContent, *, activate: bool =
     h = np.asarray(content.traffic_hour).tolist()
     s = np.asarray(content.traffic_service).tolist()
     b = np.asarray(content.traffic_bytes, dtype=np.int64).tolist()
-    traffic_rows = [{"entity_id": a, "hour": bb, "service": c, "bytes": d} for a, bb, c, d in zip(e, h, s, b)]
+    traffic_rows = [
+        {"entity_id": a, "hour": bb, "service": c, "bytes": d} for a, bb, c, d in zip(e, h, s, b, strict=True)
+    ]
     for chunk in _chunks(traffic_rows):
-        session.execute(TrafficHour.__table__.insert(), chunk)
+        session.execute(table_of(TrafficHour).insert(), chunk)
 
     e = entity_ids[content.location_entity].tolist()
     h = np.asarray(content.location_hour).tolist()
     c = cell_ids[content.location_cell].tolist()
-    location_rows = [{"entity_id": a, "hour": bb, "cell_id": cc} for a, bb, cc in zip(e, h, c)]
+    location_rows = [{"entity_id": a, "hour": bb, "cell_id": cc} for a, bb, cc in zip(e, h, c, strict=True)]
     for chunk in _chunks(location_rows):
-        session.execute(LocationHour.__table__.insert(), chunk)
+        session.execute(table_of(LocationHour).insert(), chunk)
     return dataset
 
 
@@ -202,11 +207,13 @@ def entity_locations(session: Session, entity_id: int, hours: int) -> np.ndarray
 
 def dataset_summary(session: Session, dataset: Dataset) -> dict:
     """Counts and vocabularies of a data set (what `lsdm data info` prints)."""
-    n_entities = session.scalar(select(func.count()).select_from(Entity).where(Entity.dataset_id == dataset.id))
-    n_cells = session.scalar(select(func.count()).select_from(Cell).where(Cell.dataset_id == dataset.id))
-    n_located = session.scalar(
+    n_entities = session.execute(
+        select(func.count()).select_from(Entity).where(Entity.dataset_id == dataset.id)
+    ).scalar_one()
+    n_cells = session.execute(select(func.count()).select_from(Cell).where(Cell.dataset_id == dataset.id)).scalar_one()
+    n_located = session.execute(
         select(func.count()).select_from(Cell).where(Cell.dataset_id == dataset.id, Cell.lat.is_not(None))
-    )
+    ).scalar_one()
     traffic = (
         select(func.count(), func.coalesce(func.sum(TrafficHour.bytes), 0))
         .join(Entity, Entity.id == TrafficHour.entity_id)
@@ -259,7 +266,7 @@ def entities_of(session: Session, dataset_id: int) -> list[tuple[int, str, str]]
     """(id, kind, key) of every entity of the data set, in id order."""
     rows = session.execute(select(Entity.id, Entity.kind, Entity.key).where(Entity.dataset_id == dataset_id)
                            .order_by(Entity.id))
-    return [tuple(row) for row in rows]
+    return [(entity_id, kind, key) for entity_id, kind, key in rows]
 
 
 def find_entity(session: Session, dataset_id: int, key: str) -> Entity | None:
@@ -291,20 +298,21 @@ def entity_places(session: Session, entity_id: int) -> list[tuple[str, str, str 
         .group_by(Cell.id, Cell.key, Cell.name, Cell.land_use)
         .order_by(hours_there.desc(), Cell.key)
     )
-    return [tuple(row) for row in rows]
+    return [(key, name, land_use, hours) for key, name, land_use, hours in rows]
 
 
 # --- traffic and locations of a whole data set or one cell --------------------------------------------
 
 
-def _rows_array(session: Session, statement, dtype=np.int64) -> np.ndarray:  # noqa: ANN001
+def _rows_array(session: Session, statement: Select, dtype: DTypeLike = np.int64) -> np.ndarray:
     """A Core query's rows as an (N, columns) array. Rows become plain tuples first: numpy's generic
     sequence path on SQLAlchemy Rows is ~40x slower (2.5 s for 168k location rows)."""
     rows = session.connection().execute(statement).all()
     return np.array(list(map(tuple, rows)), dtype=dtype).reshape(len(rows), len(statement.selected_columns))
 
 
-def _of_entities(statement, column, dataset_id: int, entity_ids: list[int] | None):  # noqa: ANN001, ANN202
+def _of_entities(statement: Select, column: InstrumentedAttribute[int], dataset_id: int,
+                 entity_ids: list[int] | None) -> Select:
     statement = statement.join(Entity, Entity.id == column).where(Entity.dataset_id == dataset_id)
     return statement if entity_ids is None else statement.where(column.in_([int(e) for e in entity_ids]))
 

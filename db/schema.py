@@ -13,7 +13,16 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine, inspect, select
 
-from db.models import CORE_TABLES, SCENARIO_TABLES, STAGE_TABLES, WORKER_TABLES, Base, SchemaVersion, utcnow
+from db.models import (
+    CORE_TABLES,
+    SCENARIO_TABLES,
+    STAGE_TABLES,
+    WORKER_TABLES,
+    Base,
+    SchemaVersion,
+    table_of,
+    utcnow,
+)
 
 
 class SchemaTooNewError(RuntimeError):
@@ -88,7 +97,7 @@ def upgrade(engine: Engine, target: int = LATEST_VERSION) -> tuple[int, int]:
             if current_version(connection) >= version:  # another process got there first
                 continue
             STEPS[version](connection)
-            table = SchemaVersion.__table__
+            table = table_of(SchemaVersion)
             if version == 1:
                 connection.execute(table.insert().values(id=1, version=1, updated_at=utcnow()))
             else:

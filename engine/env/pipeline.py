@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from db import Database, models_dir
-from db.models import Cell, Dataset, Description, Embedding, ModelRecord, Tile
+from db.models import Cell, Dataset, Description, Embedding, ModelRecord, Tile, table_of
 from db.queries import (
     activate_model,
     active_model,
@@ -187,7 +187,7 @@ def build_environment(
                     continue
                 rows.append({"cell_id": int(cell_id), "encoder_id": encoder_id, "kind": kind_name,
                              "dim": int(matrix.shape[1]), "vector": matrix[i].astype("<f4").tobytes()})
-        session.execute(Embedding.__table__.insert(), rows)
+        session.execute(table_of(Embedding).insert(), rows)
     summary = environment_info(database, dataset_name)
     summary["timings"] = timings
     return summary
