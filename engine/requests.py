@@ -183,7 +183,8 @@ class Request:
         an error naming them."""
         if params is not None and not isinstance(params, dict):
             raise InputError(f"expected an object of parameters, got {params!r}", field="params")
-        params = cls.upgrade({k: v for k, v in (params or {}).items() if k not in cls.RECORD_KEYS})
+        params = cls.upgrade(dict(params or {}))  # sees what a run recorded (an old run's model_sha256)
+        params = {k: v for k, v in params.items() if k not in cls.RECORD_KEYS}
         specs = cls.field_specs()
         unknown = sorted(set(params) - set(specs))
         if unknown:

@@ -166,9 +166,11 @@ def test_the_form_queues_a_forecast_job_and_the_page_draws_the_stored_run_with_t
     assert get_job(open_database(str(app_db)), job_id).ref_id("forecast_run") == rows[0].id
     assert query(at, "job") is None and not at.get("progress")
     params = rows[0].params
-    keys = ("entity", "start", "horizon", "samples", "sampler", "location", "guidance", "seed", "noise")
-    assert {k: params[k] for k in keys} == {"entity": "user:U0001", "start": 300, "horizon": 3, "samples": 4,
-                                            "sampler": "ddim:2", "location": "habitual", "guidance": 1.0, "seed": 0,
+    keys = ("entities", "entity_kind", "start", "horizon", "samples", "sampler", "sampler_steps", "location", "cells",
+            "guidance", "seed", "noise")
+    assert {k: params[k] for k in keys} == {"entities": ["U0001"], "entity_kind": "user", "start": 300, "horizon": 3,
+                                            "samples": 4, "sampler": "ddim", "sampler_steps": 2,
+                                            "location": "habitual", "cells": [], "guidance": 1.0, "seed": 0,
                                             "noise": "antithetic"}
     assert at.query_params["run"] in (str(rows[0].id), [str(rows[0].id)])
 
@@ -277,7 +279,7 @@ def test_a_job_link_follows_the_job_and_opens_its_run_when_the_worker_is_done(ap
     at.run()
     assert not at.exception and not at.warning
     [run] = run_rows(app_db)
-    assert run.params["entity"] == "user:U0004" and run.params["horizon"] == 2
+    assert run.params["entities"] == ["U0004"] and run.params["entity_kind"] == "user" and run.params["horizon"] == 2
     assert query(at, "run") == str(run.id) and query(at, "job") is None
     assert at.subheader[0].value.startswith(f"Run {run.id} · user:U0004 ")
 
