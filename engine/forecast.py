@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
 import torch
 
+from db import Database
 from db.models import ForecastRun
 from db.queries import get_dataset
 from engine.data.windows import HourlyProfile, SeriesData, embeddings_of, load_series
@@ -29,6 +31,8 @@ from engine.model import Forecaster
 from engine.model.diffusion import sample
 from engine.requests import ForecastRequest, parse_location_text
 from engine.train import check_compatible, load_model
+
+HourProgress = Callable[[int, int], None]  # (hours forecast so far, of the horizon)
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -88,7 +92,7 @@ class ForecastResult:
     def summary(self, scale: str = "bytes") -> dict[str, np.ndarray]:
         paths = self.paths if scale == "bytes" else self.paths_v
         out = {"mean": paths.mean(axis=1)}
-        for q, values in zip(QUANTILES, np.quantile(paths, QUANTILES, axis=1)):
+        for q, values in zip(QUANTILES, np.quantile(paths, QUANTILES, axis=1), strict=True):
             out[f"q{int(q * 100):02d}"] = values
         out["median"] = out.pop("q50")
         return out  # each (E, N, K)
@@ -191,7 +195,7 @@ def _sample_next_hours(forecaster: Forecaster, conditions: _Conditions, history:
 def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: list[int], *, start: int,
                        horizon: int, samples: int = 32, sampler: str = "ddim", steps: int = 10,
                        plan: LocationPlan | None = None, guidance: float = 1.0, seed: int = 0,
-                       values: np.ndarray | None = None, progress=None,  # noqa: ANN001
+                       values: np.ndarray | None = None, progress: HourProgress | None = None,
                        antithetic: bool = True, history_env: np.ndarray | None = None) -> ForecastResult:
     """Forecast hours start .. start + horizon - 1 for the given entity rows, ``samples`` paths each.
 
@@ -272,7 +276,7 @@ def step_summaries(result: ForecastResult, series: SeriesData, e: int) -> list[d
     steps = []
     for n in range(result.horizon):
         hour = result.start + n
-        services = {}
+        services: dict[str, dict[str, float | None]] = {}
         for k, name in enumerate(series.services):
             services[name] = {key: float(values[e, n, k]) for key, values in stats.items()}
             truth = result.truth[e, n, k]
@@ -303,7 +307,7 @@ class ForecastContext:
     series: SeriesData
 
 
-def load_context(database, *, model_id: int | None = None, dataset_name: str | None = None,  # noqa: ANN001
+def load_context(database: Database, *, model_id: int | None = None, dataset_name: str | None = None,
                  device: str | None = None) -> ForecastContext:
     """Load the model (default: the active one) and the data set's series with its embeddings."""
     with database.session() as session:
@@ -316,7 +320,8 @@ def load_context(database, *, model_id: int | None = None, dataset_name: str | N
     return ForecastContext(record.id, record.sha256, dataset_id, forecaster, series)
 
 
-def run_forecast(database, request: ForecastRequest, *, store: bool = True, progress=None,  # noqa: ANN001
+def run_forecast(database: Database, request: ForecastRequest, *, store: bool = True,
+                 progress: HourProgress | None = None,
                  context: ForecastContext | None = None) -> dict:
     """`lsdm forecast` and the ``forecast`` job: load the model and data (or use ``context``), forecast,
     store the run (one transaction) with its request."""

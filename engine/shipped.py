@@ -79,7 +79,9 @@ def dataset_digest(session: Session, dataset: Dataset) -> str:
 def matches(session: Session, dataset: Dataset, manifest: dict | None = None) -> bool:
     """Whether the shipped files were trained on exactly this data set."""
     manifest = manifest if manifest is not None else read_manifest()
-    return bool(manifest) and dataset_digest(session, dataset) == manifest.get("dataset_digest")
+    if not manifest:
+        return False
+    return dataset_digest(session, dataset) == manifest.get("dataset_digest")
 
 
 def shipped_encoder_dir(session: Session, dataset: Dataset) -> Path | None:
@@ -125,7 +127,7 @@ def install(database: Database, dataset_name: str | None = None, *, progress: Pr
             shutil.move(str(Path(tmp) / "model"), final)
     with database.write_session() as session, session.begin():
         if existing_id is not None:
-            record = session.get(ModelRecord, existing_id)
+            record = session.get_one(ModelRecord, existing_id)
         else:
             record = ModelRecord(name="lsdm (shipped)", kind="lsdm", path=str(final), sha256=manifest["model_sha256"],
                                  config=forecaster.config.to_dict(), metrics=forecaster.meta.get("metrics", {}),
@@ -203,6 +205,8 @@ def _build_in(scratch: Path, out: Path, clip_epochs: int, epochs: int | None, sa
         dataset = get_dataset(session)
         digest = dataset_digest(session, dataset)
         encoder = active_model(session, dataset.id, kind="clip")
+        if encoder is None:
+            raise LookupError(f"no environment encoder for data set {dataset.name!r}; run `lsdm env build`")
         encoder_path, encoder_id = Path(encoder.path), encoder.name
     staging = out.parent / f".{out.name}.new"
     if staging.exists():

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,19 +28,19 @@ from engine.data.windows import (
     HourlyProfile,
     Normaliser,
     SeriesData,
-    SplitSpec,
     Splits,
+    SplitSpec,
     Windows,
     gather,
     load_series,
     make_splits,
 )
 from engine.errors import InputError
-from engine.requests import TrainRequest
 from engine.model import Forecaster, pick_device
 from engine.model.config import ModelConfig
 from engine.model.diffusion import Standardiser, diffusion_loss
 from engine.model.prior import PriorFit
+from engine.requests import TrainRequest
 
 Progress = Callable[[dict], None]
 Tick = Callable[[int, int, int], None]
@@ -97,11 +97,13 @@ def fit_prior(forecaster: Forecaster, series: SeriesData, values: np.ndarray, wi
     models the residual around it (``prior_is_offset``), return the standardiser of that residual (a
     second pass over the windows); else None."""
     model = forecaster.model
+    if model.prior is None:
+        raise ValueError("this model has no linear mean (prior 'none')")
     model.prior.set_env_axes(series.env)
     fit = PriorFit(model.prior)
     cpu = torch.device("cpu")
 
-    def batches():  # noqa: ANN202
+    def batches() -> Iterator[dict]:
         for start in range(0, len(windows), chunk):
             part = Windows(windows.entity[start : start + chunk], windows.hour[start : start + chunk])
             yield to_batch(series, values, part, spec, cpu, profile)
@@ -126,7 +128,7 @@ def fit_prior(forecaster: Forecaster, series: SeriesData, values: np.ndarray, wi
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters()):
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
             e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
@@ -189,11 +191,12 @@ def fit(series: SeriesData, config: ModelConfig, *, split: str = "time", device:
             losses = []
             for start in range(0, len(val_windows), 1024):
                 part = {k: (v[start : start + 1024] if v is not None else None) for k, v in val_batch.items()}
+                n = min(1024, len(val_windows) - start)
                 losses.append(float(diffusion_loss(ema, schedule, standardiser, part,
                                                    t=val_t[start : start + 1024],
                                                    noise=val_noise[start : start + 1024].to(dev),
                                                    keep_env=keep_all[start : start + 1024], draws=1))
-                              * len(part["target"]))
+                              * n)
             return sum(losses) / len(val_windows)
 
     history: list[dict] = []

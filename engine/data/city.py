@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypedDict
 
 import numpy as np
 
@@ -106,7 +107,7 @@ _SESSION_LOG_SD = 1.2
 _PREFERENCE_CONCENTRATION = 6.0  # Dirichlet concentration of personal preferences around popularity
 
 # Daily rhythm of each service: (hour of day, width in hours, weight) bumps over a base level.
-_RHYTHM = {
+_RHYTHM: dict[str, list[tuple[float, float, float]]] = {
     "Utilities": [(9, 3, 0.6), (14, 4, 0.6), (20, 3, 0.5)],
     "Games": [(13, 2, 0.5), (21.5, 2.5, 1.4)],
     "Entertainment": [(12.5, 1.5, 0.4), (21.5, 2, 1.6)],
@@ -170,12 +171,20 @@ _LAND_USE_ACTIVITY = {"industrial": -0.5, "cbd": -0.15, "park": 0.1, "transport"
 
 # Personas: share of users, where they work, start/end of the working day (mean hours), and a
 # multiplier of the session rate.
+class _Persona(TypedDict):
+    share: float  # of the users
+    work: tuple[str, ...]  # land uses of the workplace (none: stays home)
+    start: float  # usual hours at work
+    end: float
+    rate: float  # relative session rate
+
+
 _PERSONAS = {
-    "office": dict(share=0.50, work=("cbd", "commercial", "mixed"), start=9.0, end=18.5, rate=1.0),
-    "student": dict(share=0.15, work=("university",), start=8.5, end=17.0, rate=1.4),
-    "factory": dict(share=0.10, work=("industrial",), start=7.5, end=17.0, rate=0.7),
-    "home": dict(share=0.13, work=(), start=0.0, end=0.0, rate=0.8),
-    "night_owl": dict(share=0.12, work=("commercial", "cbd", "mixed"), start=11.0, end=20.0, rate=1.3),
+    "office": _Persona(share=0.50, work=("cbd", "commercial", "mixed"), start=9.0, end=18.5, rate=1.0),
+    "student": _Persona(share=0.15, work=("university",), start=8.5, end=17.0, rate=1.4),
+    "factory": _Persona(share=0.10, work=("industrial",), start=7.5, end=17.0, rate=0.7),
+    "home": _Persona(share=0.13, work=(), start=0.0, end=0.0, rate=0.8),
+    "night_owl": _Persona(share=0.12, work=("commercial", "cbd", "mixed"), start=11.0, end=20.0, rate=1.3),
 }
 _SESSIONS_PER_ACTIVE_HOUR = 3.0  # Poisson session rate at the daily peak of an average user
 _BURST_PROBABILITY = 0.004  # per user-hour: a large download or update
@@ -225,7 +234,7 @@ def _place_cells(rng: np.random.Generator, n: int) -> np.ndarray:
 def _assign_land_use(rng: np.random.Generator, xy: np.ndarray, config: CityConfig) -> np.ndarray:
     """Land-use index per cell: Voronoi districts typed by distance to the centre, plus hub cells."""
     n = len(xy)
-    n_districts = max(len(LAND_USES), int(round(n * config.districts_per_cell)))
+    n_districts = max(len(LAND_USES), round(n * config.districts_per_cell))
     centres = _place_cells(rng, n_districts)
     d = np.linalg.norm(centres, axis=1)
     weights = np.stack([
@@ -245,7 +254,9 @@ def _assign_land_use(rng: np.random.Generator, xy: np.ndarray, config: CityConfi
     district_type[np.argmin(d)] = LU["cbd"]
     for lu in ("residential", "industrial", "university", "park", "commercial", "mixed"):
         if not (district_type == LU[lu]).any():
-            candidates = np.flatnonzero(district_type == LU["residential"]) if lu != "residential" else []
+            candidates = (
+                np.flatnonzero(district_type == LU["residential"]) if lu != "residential" else np.array([], int)
+            )
             pool = candidates if len(candidates) > 1 else np.flatnonzero(district_type != LU["cbd"])
             district_type[rng.choice(pool)] = LU[lu]
     nearest = np.argmin(((xy[:, None, :] - centres[None, :, :]) ** 2).sum(-1), axis=1)
@@ -330,7 +341,8 @@ def _nearest_hub(xy: np.ndarray, hubs: np.ndarray, a: int, b: int) -> int:
     return int(hubs[np.argmin(dist)])
 
 
-def _make_users(rng, xy, land_use, poi, config):  # noqa: ANN001, ANN202
+def _make_users(rng: np.random.Generator, xy: np.ndarray, land_use: np.ndarray, poi: np.ndarray,
+                config: CityConfig) -> list[dict]:
     """Persona, home, work and leisure places of every user."""
     names = list(_PERSONAS)
     shares = np.array([_PERSONAS[p]["share"] for p in names])
@@ -438,8 +450,11 @@ def environment_log_effect(poi: np.ndarray, land_use: np.ndarray, hour_of_day: n
     return np.clip(poi_term + land_term, -2.0, 2.5)
 
 
-def _traffic(rng, users, locations, land_use, poi, config):  # noqa: ANN001, ANN202
+def _traffic(rng: np.random.Generator, users: list[dict], locations: np.ndarray, land_use: np.ndarray,
+             poi: np.ndarray, config: CityConfig) -> np.ndarray:
     """(users, hours, services) bytes."""
+    n_users: int
+    n_hours: int
     n_users, n_hours = locations.shape
     k = len(SERVICES)
     hour_of_day = np.arange(n_hours) % 24

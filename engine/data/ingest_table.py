@@ -411,7 +411,7 @@ def _read_table_file(path: Path, what: str) -> _Table:
     if suffix == ".parquet":
         try:
             frame = pd.read_parquet(path)
-        except Exception as error:  # pyarrow raises several unrelated types for a bad file
+        except Exception as error:  # noqa: BLE001 - pyarrow raises several unrelated types for a bad file
             raise InputError(f"not a readable Parquet file: {error}", file=path) from None
         frame.columns = [str(c).strip() for c in frame.columns]
         return _Table(path, frame.reset_index(drop=True), is_csv=False)
@@ -448,10 +448,7 @@ def _text(series: pd.Series) -> pd.Series:
         return series.astype(str)
     if series.dtype.kind == "f":
         as_int = series.dropna()
-        if (as_int == np.round(as_int)).all():
-            text = series.astype("Int64").astype(str)
-        else:
-            text = series.astype(str)
+        text = series.astype("Int64").astype(str) if (as_int == np.round(as_int)).all() else series.astype(str)
         return text.where(series.notna(), "")
     return series.astype(str).fillna("").str.strip()
 
@@ -526,12 +523,14 @@ def _read_cells(path: Path, mapping: TableMapping) -> _Cells:
         (lon_col, np.isfinite(lon) & ((lon < -180) | (lon > 180)), lambda r: f"expected a longitude in [-180, 180], found {lon[r]:g}"),
         (lat_col, lat_empty != lon_empty, lambda r: "latitude and longitude must be both given or both empty"),
     ]
+    def not_a_count(column: str) -> Callable[[int], str]:
+        return lambda r: f"expected a POI count (a whole number >= 0), found {_shown(frame[column], r)}"
+
     poi = np.zeros((len(frame), len(poi_columns)), dtype=np.int64)
     for j, column in enumerate(poi_columns):
         values = _numbers(frame[column])
         bad = ~np.isfinite(values) | (values < 0) | (values != np.round(values))
-        checks.append((column, bad, lambda r, c=column: (
-            f"expected a POI count (a whole number >= 0), found {_shown(frame[c], r)}")))
+        checks.append((column, bad, not_a_count(column)))
         poi[:, j] = np.where(bad, 0, values).astype(np.int64)
     problem = first_problem(checks)
     if problem:
@@ -635,10 +634,7 @@ def read_table(
     entity_text = _text(frame[entity_col])
     seconds, time_bad, time_expected = _local_seconds(frame[time_col], spec.timestamp_format, timezone)
     cell_index = pd.Index(cell_table.keys)
-    if cell_optional:
-        cell_text = entity_text
-    else:
-        cell_text = _text(frame[cell_col])
+    cell_text = entity_text if cell_optional else _text(frame[cell_col])
     cell_pos = cell_index.get_indexer(cell_text)
     service_text = _text(frame[service_col])
     if spec.service_labels is not None:
@@ -709,7 +705,7 @@ def read_table(
     entity_cell = cell_index.get_indexer(entity_keys) if entity_kind == "cell" else None
     params = {
         "source": {"records": records.name, "cells": cells.name, "mapping": Path(mapping).name if mapping else None},
-        "records": int(len(frame)),
+        "records": len(frame),
         "records_format": "csv" if table.is_csv else "parquet",
         "bytes_total": int(nbytes.sum()),
         "entity_kind": entity_kind,

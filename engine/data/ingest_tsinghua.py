@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -138,7 +139,7 @@ def read_app2category(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise InputError(
                 f"expected <app id><TAB><category id>, found {line!r}", file=path, line=number, field="app_id"
             )
-        for value, name in zip(parts, ("app_id", "category_id")):
+        for value, name in zip(parts, ("app_id", "category_id"), strict=True):
             if not value.isdigit():
                 raise InputError(f"expected a whole number >= 0, found {value!r}", file=path, line=number, field=name)
         app, category = int(parts[0]), int(parts[1])
@@ -181,7 +182,7 @@ def read_base_poi(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
                 file=path, line=number, field=header[min(len(parts), len(header) - 1)],
             )
         values = [p.strip() for p in parts]
-        for value, name in zip(values, header):
+        for value, name in zip(values, header, strict=True):
             if not value.isdigit():
                 raise InputError(f"expected a whole number >= 0, found {value!r}", file=path, line=number, field=name)
         base = int(values[0])
@@ -274,7 +275,7 @@ def _locate_trace_error(path: Path, reason: Exception) -> InputError:
                     f"expected 5 fields ({_TRACE_LAYOUT}), found {len(fields)}: {shown!r}", file=path, line=number,
                     field=TRACE_FIELDS[min(len(fields), len(TRACE_FIELDS) - 1)],  # the first missing or extra one
                 )
-            for value, name in zip(fields, TRACE_FIELDS):
+            for value, name in zip(fields, TRACE_FIELDS, strict=True):
                 text = value.decode("utf-8", "replace")
                 if name == "traffic_bytes" and re.fullmatch(r"-\d+", text):
                     return InputError(f"expected bytes >= 0, found {text!r}", file=path, line=number, field=name)
@@ -290,7 +291,7 @@ def read_trace(path: Path) -> pd.DataFrame:
     _require_file(path, "trace")
     try:
         frame = pd.read_csv(
-            path, sep=" ", header=None, names=list(TRACE_FIELDS), dtype={f: "int64" for f in TRACE_FIELDS},
+            path, sep=" ", header=None, names=list(TRACE_FIELDS), dtype=dict.fromkeys(TRACE_FIELDS, "int64"),
             engine="c", index_col=False, quoting=csv.QUOTE_NONE, skip_blank_lines=True,
         )
     except pd.errors.EmptyDataError:
@@ -301,6 +302,12 @@ def read_trace(path: Path) -> pd.DataFrame:
         raise InputError(f"the trace is empty; expected lines {_TRACE_LAYOUT}", file=path, line=1)
     return frame
 
+
+
+def _showing(values: np.ndarray, message: Callable[[Any], str]) -> Callable[[int], str]:
+    """A check's message for row r, from values[r]. The message holds the array, not the caller's name for
+    it, which the caller deletes after the checks to keep the peak memory low."""
+    return lambda r: message(values[r])
 
 def read_tsinghua(
     trace: Path | str,
@@ -351,11 +358,12 @@ def read_tsinghua(
     seconds, stamp_bad = digits_to_seconds(stamp)
 
     problem = first_problem([
-        ("user_id", user < 0, lambda r: f"expected a whole number >= 0, found {user[r]}"),
-        ("timestamp", stamp_bad, lambda r: f"expected a time as YYYYMMDDhhmmss (e.g. 20160420081319), found {stamp[r]}"),
-        ("base_station_id", cell < 0, lambda r: f"unknown base station {base[r]}: not a BaseID of {poi.name}"),
-        ("app_id", category < 0, lambda r: f"unknown app {app[r]}: not listed in {app2category.name}"),
-        ("traffic_bytes", nbytes < 0, lambda r: f"expected bytes >= 0, found {nbytes[r]}"),
+        ("user_id", user < 0, _showing(user, lambda v: f"expected a whole number >= 0, found {v}")),
+        ("timestamp", stamp_bad,
+         _showing(stamp, lambda v: f"expected a time as YYYYMMDDhhmmss (e.g. 20160420081319), found {v}")),
+        ("base_station_id", cell < 0, _showing(base, lambda v: f"unknown base station {v}: not a BaseID of {poi.name}")),
+        ("app_id", category < 0, _showing(app, lambda v: f"unknown app {v}: not listed in {app2category.name}")),
+        ("traffic_bytes", nbytes < 0, _showing(nbytes, lambda v: f"expected bytes >= 0, found {v}")),
     ])
     if problem:
         row, field, message = problem
@@ -390,8 +398,8 @@ def read_tsinghua(
         "bytes_total": int(nbytes.sum()),
         "bytes_dropped": int(nbytes[dropped].sum()),
         "records_dropped_by_category": {CATEGORIES[i]: int(c) for i, c in enumerate(dropped_by_category) if c},
-        "users": int(len(users)),
-        "base_stations": int(len(base_ids)),
+        "users": len(users),
+        "base_stations": len(base_ids),
         "base_stations_seen": int(np.unique(cell).size),
         "base_stations_with_coordinates": int(np.isfinite(lat).sum()),
         "apps_seen": apps_seen,

@@ -233,7 +233,7 @@ def make_splits(series: SeriesData, spec: SplitSpec) -> Splits:
         return Splits(grid(everyone, spec.history, val_start), grid(everyone, val_start, test_start),
                       grid(everyone, test_start, hours), spec)
     order = np.random.default_rng(spec.seed).permutation(n_entities)
-    n_held = max(1, int(round(n_entities * spec.heldout_users)))
+    n_held = max(1, round(n_entities * spec.heldout_users))
     held, kept = np.sort(order[:n_held]), np.sort(order[n_held:])
     return Splits(grid(kept, spec.history, val_start), grid(kept, val_start, test_start),
                   grid(held, test_start, hours), spec, heldout_entities=held)
@@ -271,7 +271,7 @@ class HourlyProfile:
         before = max(1, min(before, values.shape[1]))
         hod = series.hour_of_day[:before]
         sums = np.zeros((values.shape[0], 24, values.shape[2]))
-        np.add.at(sums, (slice(None), hod), values[:, :before])
+        np.add.at(sums, (slice(None), hod), values[:, :before])  # type: ignore[arg-type]  # the stub lacks slices
         profile = cls(sums, np.bincount(hod, minlength=24).astype(float), before, series.hour_of_day)
         if env and series.env.shape[1]:
             profile._build_env(series, before, series.env if history_env is None else history_env)
@@ -315,7 +315,8 @@ class HourlyProfile:
         its hours where it has none at that hour of day. ``leave_out``: an hour inside the profile does
         not count its own cell (as ``at`` leaves out its own traffic), so that training windows see the
         profile as a forecast does."""
-        if self.env_sums is None:
+        if (self.env_sums is None or self.env_counts is None or self.env_fallback is None or self.location is None
+                or self.history_env is None):  # all five are set together (_build_env)
             raise ValueError("this profile was built without the environment (env=True)")
         hod = (self.hour_of_day[0] + hours) % 24
         sums, counts = self.env_sums[entity, hod], self.env_counts[entity, hod]

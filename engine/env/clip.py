@@ -24,12 +24,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.artifacts import read_verified, save_weights
 from engine.env.compat import import_open_clip
 from engine.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 # Registry of our own small architectures (open_clip.CLIP keyword arguments).
 ARCHITECTURES: dict[str, dict] = {
@@ -80,7 +85,7 @@ class ClipSettings:
 class ClipEncoder:
     """A loaded encoder: the open_clip model, its tokenizer and preprocessing facts."""
 
-    model: object
+    model: Any  # an open_clip model (CLIP or CustomTextCLIP); open_clip ships no type information
     tokenizer: Callable
     image_size: int
     mean: tuple[float, float, float]
@@ -95,11 +100,11 @@ class ClipEncoder:
 # --- building and loading -------------------------------------------------------------------------
 
 
-def _open_clip():  # noqa: ANN202
+def _open_clip() -> ModuleType:
     return import_open_clip()
 
 
-def _register_architectures(open_clip) -> None:  # noqa: ANN001
+def _register_architectures(open_clip: ModuleType) -> None:
     """Make our architectures known to open_clip by name, so ``--clip-init`` works with them too."""
     import os
 
@@ -121,6 +126,7 @@ def build_encoder(settings: ClipSettings) -> ClipEncoder:
     open_clip = _open_clip()
     _register_architectures(open_clip)
     torch.manual_seed(settings.seed)
+    model_cfg: dict[str, Any]
     if settings.init:
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(settings.arch, pretrained=settings.init)
@@ -129,7 +135,7 @@ def build_encoder(settings: ClipSettings) -> ClipEncoder:
                 f"checkpoint does not match the architecture {settings.arch!r}: {str(error).splitlines()[0]}",
                 file=settings.init, hint="pass the matching --clip-arch",
             ) from None
-        except Exception as error:  # unreadable file, unknown architecture name
+        except Exception as error:  # noqa: BLE001 - unreadable file, unknown architecture name
             raise InputError(f"cannot load as open_clip architecture {settings.arch!r}: {error}", file=settings.init,
                              hint="check the file and pass the matching --clip-arch") from None
         image_size = model.visual.image_size
@@ -178,7 +184,7 @@ def load_encoder(directory: Path) -> ClipEncoder:
 # --- data -----------------------------------------------------------------------------------------
 
 
-def images_to_tensor(images: list[bytes | None], size: int):  # noqa: ANN201
+def images_to_tensor(images: list[bytes | None], size: int) -> torch.Tensor:
     """Decode tile bytes into a uint8 tensor (N, 3, size, size); missing tiles become zeros."""
     import torch
     from PIL import Image
@@ -188,12 +194,12 @@ def images_to_tensor(images: list[bytes | None], size: int):  # noqa: ANN201
         if data is None:
             continue
         with Image.open(io.BytesIO(data)) as image:
-            array = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+            array = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
         out[i] = torch.from_numpy(array.copy()).permute(2, 0, 1)
     return out
 
 
-def _normalise(batch, mean, std):  # noqa: ANN001, ANN202
+def _normalise(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     import torch
 
     mean_t = torch.tensor(mean).view(1, 3, 1, 1)
@@ -201,7 +207,7 @@ def _normalise(batch, mean, std):  # noqa: ANN001, ANN202
     return (batch.float() / 255.0 - mean_t) / std_t
 
 
-def _augment(batch, generator):  # noqa: ANN001, ANN202
+def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random resized crop, flips, quarter turns and brightness/contrast jitter (aerial views have
     no canonical orientation)."""
     import torch
@@ -235,13 +241,13 @@ def _augment(batch, generator):  # noqa: ANN001, ANN202
 def split_holdout(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (train, held-out) index split."""
     order = np.random.default_rng(seed).permutation(n)
-    n_held = max(1, int(round(n * holdout))) if n > 1 else 0
+    n_held = max(1, round(n * holdout)) if n > 1 else 0
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
 def train_clip(
     encoder: ClipEncoder,
-    images,  # noqa: ANN001  (N, 3, S, S) uint8 tensor
+    images: torch.Tensor,  # (N, 3, S, S) uint8
     texts: list[str],
     settings: ClipSettings,
     *,
@@ -292,7 +298,7 @@ def train_clip(
             if progress:
                 progress(f"CLIP epoch {epoch + 1}/{settings.epochs}: loss {history[-1]:.3f}", (epoch + 1) / settings.epochs)
     model.eval()
-    metrics = {"train_pairs": int(len(train_idx)), "heldout_pairs": int(len(held_idx)),
+    metrics = {"train_pairs": len(train_idx), "heldout_pairs": len(held_idx),
                "train_seconds": round(time.perf_counter() - started, 2), "loss_history": [round(v, 4) for v in history]}
     if len(held_idx) >= 2:
         image_z, text_z = encode(encoder, images[held_idx], [texts[i] for i in held_idx])
@@ -300,7 +306,8 @@ def train_clip(
     return metrics
 
 
-def encode(encoder: ClipEncoder, images, texts: list[str], *, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+def encode(encoder: ClipEncoder, images: torch.Tensor, texts: list[str], *,
+           batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalised image and text embeddings, (N, D) float32 each."""
     import torch
 
@@ -329,15 +336,16 @@ def retrieval_metrics(image_z: np.ndarray, text_z: np.ndarray) -> dict:
         ranks = np.argsort(-sim, axis=1)[:, : min(k, sim.shape[1])]
         return float((ranks == truth[:, None]).any(axis=1).mean())
 
-    out = {
-        "image_to_text": {"top1": top_k(similarity, 1), "top5": top_k(similarity, 5)},
-        "text_to_image": {"top1": top_k(similarity.T, 1), "top5": top_k(similarity.T, 5)},
-        "pairs": int(len(image_z)),
+    image_to_text = {"top1": top_k(similarity, 1), "top5": top_k(similarity, 5)}
+    text_to_image = {"top1": top_k(similarity.T, 1), "top5": top_k(similarity.T, 5)}
+    return {
+        "image_to_text": image_to_text,
+        "text_to_image": text_to_image,
+        "pairs": len(image_z),
         "chance_top1": round(1 / len(image_z), 4),
+        "top1": round((image_to_text["top1"] + text_to_image["top1"]) / 2, 4),
+        "top5": round((image_to_text["top5"] + text_to_image["top5"]) / 2, 4),
     }
-    out["top1"] = round((out["image_to_text"]["top1"] + out["text_to_image"]["top1"]) / 2, 4)
-    out["top5"] = round((out["image_to_text"]["top5"] + out["text_to_image"]["top5"]) / 2, 4)
-    return out
 
 
 def combine_env(image_z: np.ndarray, text_z: np.ndarray, has_image: np.ndarray, a: float, b: float,

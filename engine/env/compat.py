@@ -11,6 +11,7 @@ Where torchvision's ops load (GPU machines) this is a no-op. See ../shared/STACK
 from __future__ import annotations
 
 import os
+from types import ModuleType
 
 _done = False
 
@@ -34,7 +35,7 @@ def prepare_torchvision() -> None:
     _done = True
 
 
-def import_open_clip():  # noqa: ANN201
+def import_open_clip() -> ModuleType:
     """``open_clip``, imported safely (see module docstring)."""
     prepare_torchvision()
     import open_clip

@@ -36,7 +36,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import delete, insert, select
@@ -199,7 +199,7 @@ def ratio_words(ratio: float) -> str:
     if ratio < 2.5:
         return "about twice"
     if ratio < 10.5:
-        return f"about {_NUMBER_WORDS[int(round(ratio))]}"
+        return f"about {_NUMBER_WORDS[round(ratio)]}"
     return "more than ten times"
 
 
@@ -365,7 +365,10 @@ class TemplateDescriber:
     def text(self, counts: Sequence[int], stats: CityStats) -> str:
         facts = _facts(counts, stats)
         seed = _variant_seed(facts.counts, stats.categories)
-        pick = lambda slot, n: (seed >> (8 * slot)) % n  # noqa: E731
+
+        def pick(slot: int, n: int) -> int:
+            return (seed >> (8 * slot)) % n
+
         typical = _number(stats.median_total)
         names = stats.categories
         if facts.total == 0:
@@ -390,7 +393,7 @@ class TemplateDescriber:
         if facts.over:
             for k in range(min(3, len(facts.over)), 0, -1):  # as many top categories as the budget allows
                 candidate = self._over(facts, names, facts.over[:k], pick(1, 3))
-                if self._fits(sentences + [candidate]):
+                if self._fits([*sentences, candidate]):
                     sentences.append(candidate)
                     mentioned = facts.over[:k]
                     break
@@ -408,7 +411,7 @@ class TemplateDescriber:
         if pick(4, 2):
             extras.reverse()
         for sentence in extras:
-            if self._fits(sentences + [sentence]):
+            if self._fits([*sentences, sentence]):
                 sentences.append(sentence)
         return " ".join(sentences)
 
@@ -527,7 +530,7 @@ def clean_answer(text: str) -> str:
     """Strip reasoning blocks, markdown, preambles and quotes; one paragraph of plain text."""
     text = re.sub(r"<think>.*?(</think>|$)", " ", text, flags=re.S | re.I)
     text = re.sub(r"```[a-zA-Z]*", " ", text)
-    lines = []
+    lines: list[str] = []
     for line in text.splitlines():
         line = line.strip()
         line = re.sub(r"^(#{1,6}\s*|[-*+•]\s+|\d+[.)]\s+|>\s*)", "", line)
@@ -551,7 +554,7 @@ def fit_words(text: str, max_words: int) -> str:
         return text
     kept: list[str] = []
     for sentence in re.split(r"(?<=[.!?])\s+", text):
-        if _words(" ".join(kept + [sentence])) > max_words:
+        if _words(" ".join([*kept, sentence])) > max_words:
             break
         kept.append(sentence)
     if kept:
@@ -687,7 +690,7 @@ class OpenAIDescriber:
             if exc.code == 429 or exc.code >= 500:
                 raise _Retryable(message) from None
             raise _Malformed(message) from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise _Retryable(f"no answer within {self.timeout_s:g} s") from None
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, (TimeoutError, socket.timeout)):
@@ -733,7 +736,7 @@ def _snippet(raw: bytes, limit: int = 120) -> str:
 # --- Factory and the database step ----------------------------------------------------------------
 
 
-def make_describer(kind: str = "template", **options) -> TemplateDescriber | OpenAIDescriber:
+def make_describer(kind: str = "template", **options: Any) -> TemplateDescriber | OpenAIDescriber:
     """``template`` (options: max_words) or ``openai`` (options: base_url, model, api_key_env,
     timeout_s, retries, backoff_s, max_words, temperature, breaker). Options given as None are
     ignored (a CLI's unset flags)."""
@@ -742,7 +745,7 @@ def make_describer(kind: str = "template", **options) -> TemplateDescriber | Ope
     if kind not in classes:
         raise InputError(f"unknown describer {kind!r}; expected one of: {', '.join(DESCRIBERS)}", field="--describer")
     cls = classes[kind]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    accepted = list(inspect.signature(cls).parameters)  # the constructor's, without self
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise InputError(f"the {kind} describer does not take {', '.join(unknown)}; it takes {', '.join(accepted)}",
@@ -783,7 +786,8 @@ def describe_cells(
     for cell_id, counts in rows:
         if len(counts) != len(categories):
             raise InputError(f"cell {cell_id} has {len(counts)} POI counts for {len(categories)} categories")
-    result = {"described": 0, "kept": 0, "fallbacks": 0, "total": len(rows), "fallback_reasons": {}}
+    reasons: dict[str, int] = {}  # fallback reason -> cells
+    result: dict[str, Any] = {"described": 0, "kept": 0, "fallbacks": 0, "total": len(rows), "fallback_reasons": reasons}
     if not rows:
         return result
     stats = CityStats.from_counts(np.array([counts for _, counts in rows], dtype=np.int64).reshape(len(rows), -1),
@@ -819,7 +823,6 @@ def describe_cells(
         result["described"] += 1
         if described.generator == "template-fallback":
             result["fallbacks"] += 1
-            reasons = result["fallback_reasons"]
             reasons[described.error or "unknown"] = reasons.get(described.error or "unknown", 0) + 1
         if done % step == 0 or done == len(todo):
             fallbacks = f" ({result['fallbacks']} fallbacks)" if result["fallbacks"] else ""

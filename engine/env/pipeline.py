@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from db import Database, models_dir
-from db.models import Cell, Dataset, Description, Embedding, ModelRecord, Tile, table_of
+from db.models import Base, Cell, Dataset, Description, Embedding, ModelRecord, Tile, table_of
 from db.queries import (
     activate_model,
     active_model,
@@ -28,10 +28,10 @@ from db.queries import (
     encoder_names,
     find_encoder,
     get_dataset,
-    load_env_embeddings,
     tile_images,
 )
 from engine.env.clip import (
+    ClipEncoder,
     ClipSettings,
     build_encoder,
     combine_env,
@@ -53,12 +53,13 @@ Progress = Callable[[str], None]
 def dominant_labels(cells: list[Cell], categories: list[str]) -> list[str]:
     """Each cell's land use where known (synthetic cities), else its most over-represented POI
     category relative to the data set's mean ("none" for empty cells)."""
-    if all(c.land_use for c in cells):
-        return [c.land_use for c in cells]
+    land_uses = [c.land_use for c in cells if c.land_use]
+    if len(land_uses) == len(cells):
+        return land_uses
     counts = np.array([c.poi_counts for c in cells], dtype=float)
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     lift = share / np.maximum(share.mean(0, keepdims=True), 1e-9)
-    return [categories[int(np.argmax(row))] if total > 0 else "none" for row, total in zip(lift, counts.sum(1))]
+    return [categories[int(np.argmax(row))] if total > 0 else "none" for row, total in zip(lift, counts.sum(1), strict=True)]
 
 
 def registered_encoder_dir(session: Session, name: str) -> Path:
@@ -106,7 +107,7 @@ def build_environment(
         source = open_tile_source(tiles)
         say(f"tiles from {tiles} ...")
         with database.write_session() as session, session.begin():
-            counts = store_tiles(session, session.get(Dataset, dataset_id), source,
+            counts = store_tiles(session, session.get_one(Dataset, dataset_id), source,
                                  progress=lambda done, total: say(f"tiles: {done}/{total}"))
         say(f"tiles: {counts}")
     timings["tiles_s"] = round(time.perf_counter() - started, 2)
@@ -115,13 +116,13 @@ def build_environment(
     # Read here; the rows are written at the end in a write transaction of their own, so that a slow LLM
     # endpoint never holds the write lock.
     with database.session() as session:
-        counts = describe_cells(session, session.get(Dataset, dataset_id), make_describer(describer, **(describer_options or {})),
+        counts = describe_cells(session, session.get_one(Dataset, dataset_id), make_describer(describer, **(describer_options or {})),
                                 regenerate=regenerate, progress=say, writer=database.write_session)
     say(f"descriptions: {counts}")
     timings["descriptions_s"] = round(time.perf_counter() - started, 2)
 
     with database.session() as session:
-        dataset = session.get(Dataset, dataset_id)
+        dataset = session.get_one(Dataset, dataset_id)
         cells = dataset_cells(session, dataset_id)
         texts_by_cell = cell_descriptions(session, dataset_id)
         tiles_by_cell = tile_images(session, dataset_id)
@@ -141,7 +142,8 @@ def build_environment(
         encoder = build_encoder(settings)
         images = images_to_tensor([tiles_by_cell.get(int(c)) for c in cell_ids], encoder.image_size)
         paired = np.flatnonzero(has_image)
-        say(f"CLIP: {len(paired)} (tile, description) pairs; {'frozen' if settings.frozen else f'{settings.epochs} epochs'}")
+        training = "frozen" if settings.frozen else f"{settings.epochs} epochs"
+        say(f"CLIP: {len(paired)} (tile, description) pairs; {training}")
         metrics = train_clip(encoder, images[paired], [texts[i] for i in paired], settings,
                              progress=lambda message, _fraction: say(message))
         # Kept in config.json too, so that a shipped copy of the encoder still reports them.
@@ -155,10 +157,10 @@ def build_environment(
     timings["embed_cells_per_s"] = round(len(cell_ids) / max(timings["embed_s"], 1e-9), 1)
     metrics["land_use_agreement"] = {
         "env": round(neighbour_agreement(env_z, labels), 4) if settings.mode != "none" else None,
-        "image": round(neighbour_agreement(image_z[has_image], [l for l, h in zip(labels, has_image) if h]), 4)
+        "image": round(neighbour_agreement(image_z[has_image], [label for label, h in zip(labels, has_image, strict=True) if h]), 4)
         if has_image.sum() > 1 else None,
         "text": round(neighbour_agreement(text_z, labels), 4),
-        "chance": round(float(sum((labels.count(l) / len(labels)) ** 2 for l in set(labels))), 4),
+        "chance": round(float(sum((labels.count(label) / len(labels)) ** 2 for label in set(labels))), 4),
     }
 
     with tempfile.TemporaryDirectory(dir=models_dir()) as tmp:
@@ -199,7 +201,7 @@ def environment_info(database: Database, dataset_name: str | None = None) -> dic
         dataset = get_dataset(session, dataset_name)
         in_dataset = Cell.dataset_id == dataset.id
 
-        def count(model) -> int:  # noqa: ANN001
+        def count(model: type[Base]) -> int:
             return int(session.scalar(select(func.count()).select_from(model).join(Cell).where(in_dataset)) or 0)
 
         record = active_model(session, dataset.id, kind="clip")
@@ -213,7 +215,7 @@ def environment_info(database: Database, dataset_name: str | None = None) -> dic
         retrieval = (record.metrics.get("retrieval") if record else None) or {}
         return {
             "dataset": dataset.name,
-            "cells": int(session.scalar(select(func.count()).select_from(Cell).where(in_dataset))),
+            "cells": int(session.execute(select(func.count()).select_from(Cell).where(in_dataset)).scalar_one()),
             "tiles": count(Tile),
             "descriptions": count(Description),
             "description_fallbacks": fallbacks,
@@ -225,7 +227,7 @@ def environment_info(database: Database, dataset_name: str | None = None) -> dic
         }
 
 
-def reload_active_encoder(session: Session, dataset: Dataset):  # noqa: ANN201
+def reload_active_encoder(session: Session, dataset: Dataset) -> ClipEncoder:
     record = active_model(session, dataset.id, kind="clip")
     if record is None:
         raise LookupError(f"no environment encoder for data set {dataset.name!r}; run `lsdm env build`")

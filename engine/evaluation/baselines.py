@@ -47,11 +47,15 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.data.windows import SeriesData, Splits, Windows
 from engine.errors import InputError
+
+if TYPE_CHECKING:
+    from statsmodels.tsa.statespace.mlemodel import MLEResults
 
 DEFAULT_SAMPLES = 100
 
@@ -139,7 +143,7 @@ def seasonal_naive(series: SeriesData, values: np.ndarray, splits: Splits, windo
     lags = np.where(last, h + 1, lags)
     point = v[entity[:, None], targets - lags]  # (N, steps, K)
 
-    info = {"method": "seasonal-naive", "lag": lag, "windows": int(len(entity)), "steps": steps,
+    info = {"method": "seasonal-naive", "lag": lag, "windows": len(entity), "steps": steps,
             "samples": n_samples,
             "fallback_windows": int(np.count_nonzero((~primary).any(axis=1))) if lag != 24 else 0,
             "fallback_points": int(np.count_nonzero(~primary)) if lag != 24 else 0,
@@ -177,7 +181,7 @@ def _add_residual_quantiles(v: np.ndarray, splits: Splits, point: np.ndarray, la
     samples = np.empty((n_samples, *point.shape), dtype=np.float32)
     for lag in np.unique(lags):
         lag = int(lag)
-        source = lag
+        source: int | None = lag
         if lag not in pools:
             source = min(pools, key=lambda other: (abs(other - lag), other)) if pools else None
         offsets = pools[source] if source is not None else np.zeros((n_samples, v.shape[2]))
@@ -220,7 +224,7 @@ def hour_of_week_mean(series: SeriesData, values: np.ndarray, splits: Splits, wi
     point = np.where(use_how[..., None], how_means[entity[:, None], how[targets]],
                      np.where(use_hod[..., None], hod_means[entity[:, None], hod[targets]],
                               overall[entity][:, None, :]))
-    info = {"method": "hour-of-week-mean", "cutoff_hour": int(cutoff), "windows": int(len(entity)),
+    info = {"method": "hour-of-week-mean", "cutoff_hour": int(cutoff), "windows": len(entity),
             "steps": steps, "samples": n_samples,
             "hour_of_week_points": int(np.count_nonzero(use_how)),
             "hour_of_day_points": int(np.count_nonzero(use_hod)),
@@ -258,7 +262,7 @@ def _daily_profile(y_train: np.ndarray, hod_train: np.ndarray, hod: np.ndarray) 
     return profile[hod]
 
 
-def _state_forecasts(res, origins: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+def _state_forecasts(res: MLEResults, origins: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Multi-step forecast means and variances (n_origins, steps) of a filtered state-space result,
     from the predicted state at each origin (which conditions on observations before it only)."""
     ssm = res.model.ssm
@@ -414,7 +418,8 @@ def arima(series: SeriesData, values: np.ndarray, splits: Splits, windows: Windo
     started = time.perf_counter()
     if len(order) != 3 or min(order) < 0:
         raise InputError(f"expected an order (p, d, q) of whole numbers >= 0, got {order!r}", field="order")
-    v, steps, targets = _prepare(series, values, splits, windows, steps, n_samples)
+    p, d, q = order  # a list from JSON too: passed on as a tuple
+    v, steps, _targets = _prepare(series, values, splits, windows, steps, n_samples)
     entity = _entities(windows)
     cutoff = splits.train_hours_end
     hod = series.hour_of_day.astype(np.int64)
@@ -430,10 +435,12 @@ def arima(series: SeriesData, values: np.ndarray, splits: Splits, windows: Windo
                 raise InputError(f"parameter {name!r} has shape {np.shape(array)}, expected "
                                  f"{(n_entities, n_services)}", field="params")
 
+    given = params or {}
+
     def known(e: int, k: int) -> np.ndarray | None:
         if not names:
             return None
-        vector = np.array([params[name][e, k] for name in names], dtype=np.float64)
+        vector = np.array([given[name][e, k] for name in names], dtype=np.float64)
         return vector if np.all(np.isfinite(vector)) else None
 
     tasks = [(e, k, v[e, :, k].copy(), origins, known(e, k))
@@ -442,14 +449,14 @@ def arima(series: SeriesData, values: np.ndarray, splits: Splits, windows: Windo
     results: list[tuple] = []
     if jobs == 1 or len(tasks) < 32:  # in this process
         for i in range(0, len(tasks), 100):
-            results.extend(_arima_chunk(tasks[i : i + 100], hod, cutoff, steps, tuple(order), daily_regressor))
+            results.extend(_arima_chunk(tasks[i : i + 100], hod, cutoff, steps, (p, d, q), daily_regressor))
             if progress:
                 progress(f"arima: {min(i + 100, len(tasks))}/{len(tasks)} series")
     else:
         size = max(1, math.ceil(len(tasks) / (jobs * 8)))
         chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
         with _workers_skip_main(), ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_arima_chunk, chunk, hod, cutoff, steps, tuple(order), daily_regressor)
+            futures = [pool.submit(_arima_chunk, chunk, hod, cutoff, steps, (p, d, q), daily_regressor)
                        for chunk in chunks]
             done = 0
             for future, chunk in zip(futures, chunks, strict=True):
@@ -482,7 +489,7 @@ def arima(series: SeriesData, values: np.ndarray, splits: Splits, windows: Windo
     for i, zi in enumerate(z):
         samples[i] = np.clip(mean + zi * sd, 0, None)
     info = {"method": "arima", "order": list(order), "trend": "c", "daily_regressor": daily_regressor,
-            "cutoff_hour": int(cutoff), "windows": int(len(entity)), "steps": steps, "samples": n_samples,
+            "cutoff_hour": int(cutoff), "windows": len(entity), "steps": steps, "samples": n_samples,
             "series": len(tasks), "fitted_series": counts["fitted"], "reused_series": counts["reused"],
             "constant_series": counts["constant"],
             "failed_series": counts["failed"], "n_jobs": jobs,
@@ -499,7 +506,7 @@ BASELINES: dict[str, Callable[..., BaselineForecast]] = {
 
 
 def forecast_paths(method: str, series: SeriesData, values: np.ndarray, splits: Splits,
-                   entities: np.ndarray, start_hours: np.ndarray, n_steps: int, **options) -> BaselineForecast:
+                   entities: np.ndarray, start_hours: np.ndarray, n_steps: int, **options: Any) -> BaselineForecast:
     """Recursive multi-step paths (S, N, n_steps, K) from (entity, start hour) pairs (paper Sec. VI-C)."""
     if method not in BASELINES:
         raise InputError(f"expected one of {', '.join(BASELINES)}, got {method!r}", field="method")

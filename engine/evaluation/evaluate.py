@@ -27,14 +27,14 @@ from sqlalchemy import select
 from db import Database
 from db.models import Dataset, ModelRecord, utcnow
 from db.queries import get_dataset
-from engine.evaluation.baselines import BASELINES, forecast_paths
-from engine.data.windows import SeriesData, SplitSpec, Splits, load_series, make_splits
+from engine.data.windows import SeriesData, Splits, SplitSpec, load_series, make_splits
 from engine.errors import InputError
-from engine.forecast import LocationPlan, recursive_forecast
+from engine.evaluation.baselines import BASELINES, forecast_paths
 from engine.evaluation.metrics import mse_by_step, per_service_r2, r2_gain_interval, score
+from engine.evaluation.report import DrawFigure, write_report
+from engine.forecast import LocationPlan, recursive_forecast
 from engine.model import Forecaster
 from engine.model.config import CONFIGS, ModelConfig
-from engine.evaluation.report import DrawFigure, write_report
 from engine.requests import EVALUATION_LOCATIONS, EvaluateRequest
 from engine.train import check_compatible, load_model, train
 
@@ -110,7 +110,7 @@ def _paths(forecaster: Forecaster, series: SeriesData, entities: np.ndarray, sta
     return np.concatenate(parts, axis=1)
 
 
-def _row(method: str, y: np.ndarray, samples: np.ndarray, seconds: float, **extra) -> dict:
+def _row(method: str, y: np.ndarray, samples: np.ndarray, seconds: float, **extra: object) -> dict:
     return {"method": method, **{k: round(float(v), 6) for k, v in score(y, samples).items()},
             "seconds": round(seconds, 2), **extra}
 
@@ -154,8 +154,8 @@ SHARED_SETTINGS = ("epochs", "seed", "history", "horizon", "channels", "heads", 
                    "batch_size", "noise_draws")
 # What makes a registered model a fair comparison: the shared settings and the architecture of the named
 # configuration (a model from an older version of it, e.g. without the linear mean feature, is not).
-MATCHED = SHARED_SETTINGS + ("prior", "service_attention", "condition", "step_conditioning", "env_kind", "l2",
-                             "intercepts_without_environment", "uses_env_profile")
+MATCHED = (*SHARED_SETTINGS, "prior", "service_attention", "condition", "step_conditioning", "env_kind", "l2",
+           "intercepts_without_environment", "uses_env_profile")
 
 
 def comparison_config(name: str, base: ModelConfig) -> ModelConfig:
@@ -208,7 +208,7 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     record, forecaster = load_model(database, model_id)
     with database.session() as session:
         # The data set the model was trained on (the active one for models registered without one).
-        home = session.get(Dataset, record.dataset_id) if record.dataset_id else get_dataset(session)
+        home = session.get_one(Dataset, record.dataset_id) if record.dataset_id else get_dataset(session)
         dataset_id, home_name = home.id, home.name
         dataset = get_dataset(session, dataset_name) if dataset_name else home
         dataset_name = dataset.name
@@ -236,7 +236,7 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     bytes_rows: dict[str, dict] = {}
     y_bytes = forecaster.normaliser.inverse(y)
 
-    def add_row(name: str, draws: np.ndarray, seconds: float, **extra) -> None:
+    def add_row(name: str, draws: np.ndarray, seconds: float, **extra: object) -> None:
         # Every method's samples as byte counts can be (below half a byte -> 0): LSDM's are already, and
         # the baselines get the same treatment so that the comparison is fair.
         draws = forecaster.normaliser.snap(draws)
@@ -252,7 +252,8 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
              f"hours {int(splits.test.hour.min())}-{int(splits.test.hour.max())} ({len(splits.test)} windows).",
              f"LSDM rows: {samples} samples per window in antithetic pairs, DDIM 10 steps, point metrics on "
              f"their mean; forecast hours at {LOCATION_TEXT[location]} (--location {location}); tables on the "
-             f"normalised scale v = log1p(bytes) / {forecaster.normaliser.scale:.3f}; `bytes_rows` has the same metrics in bytes.",
+             f"normalised scale v = log1p(bytes) / {forecaster.normaliser.scale:.3f}; "
+             "`bytes_rows` has the same metrics in bytes.",
              f"MSE by recursive step: {len(entities)} entities x start hours {starts}, {steps} steps, "
              f"{path_samples} paths each, each sample path feeding back its own samples.",
              "Every method's samples are whole bytes: below half a byte (v < "
@@ -273,9 +274,9 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
         forecast = BASELINES[name](series, values, splits, splits.test)
         add_row(name, forecast.samples, time.perf_counter() - t0)
         extra = {"params": forecast.params} if name == "arima" and forecast.params is not None else {}
-        paths = forecast_paths(name, series, values, splits, np.concatenate([entities for _ in starts]),
-                               np.concatenate([np.full(len(entities), s) for s in starts]), steps, **extra)
-        step_mse[name] = mse_by_step(y_paths, forecaster.normaliser.snap(paths.samples).mean(0))
+        baseline_paths = forecast_paths(name, series, values, splits, np.concatenate([entities for _ in starts]),
+                                        np.concatenate([np.full(len(entities), s) for s in starts]), steps, **extra)
+        step_mse[name] = mse_by_step(y_paths, forecaster.normaliser.snap(baseline_paths.samples).mean(0))
 
     models: dict[str, tuple[ModelRecord, Forecaster]] = {"lsdm": (record, forecaster)}
     for name in COMPARISON_MODELS:

@@ -189,7 +189,10 @@ def r2_gain_interval(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
         raise ValueError(f"groups must be ({y.shape[0]},), got {groups.shape}")
     _, index = np.unique(groups, return_inverse=True)
     n_groups = int(index.max()) + 1 if len(index) else 0
-    flat = lambda v: v.reshape(len(v), -1)  # noqa: E731
+
+    def flat(v: np.ndarray) -> np.ndarray:
+        return v.reshape(len(v), -1)
+
     per = np.zeros((n_groups, 5))  # per entity: SSE a, SSE b, Σy, Σy², n
     for col, values in enumerate([((flat(y) - flat(a)) ** 2).sum(1), ((flat(y) - flat(b)) ** 2).sum(1),
                                   flat(y).sum(1), (flat(y) ** 2).sum(1), np.full(len(y), flat(y).shape[1], float)]):

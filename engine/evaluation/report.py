@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.errors import InputError
 from engine.evaluation.metrics import HIGHER_IS_BETTER, METRIC_KEYS, NOMINAL_COVERAGE
@@ -41,7 +42,7 @@ LABELS = {"mse": "MSE", "rmse": "RMSE", "mae": "MAE", "cs": "CS", "r2": "R²", "
 DELTA_KEYS = tuple(HIGHER_IS_BETTER)  # mse, rmse, mae, cs, r2, crps
 
 
-def finite_number(value: object) -> float | None:
+def finite_number(value: Any) -> float | None:
     """``value`` as a float, or None when it is missing, not a number or not finite."""
     if value is None:
         return None

@@ -71,7 +71,7 @@ def export_windows(series: SeriesData, normaliser: Normaliser, splits: Splits, o
 
     entity = np.concatenate([parts[name].entity for name in SPLIT_NAMES]).astype(np.int64)
     keys = np.asarray(series.entity_keys, dtype=str)
-    arrays = {
+    arrays: dict[str, np.ndarray | np.generic] = {
         "history": joined("history").astype(np.float32),
         "target": joined("target").astype(np.float32),
         "hour_of_day": joined("hour_of_day").astype(np.int64),
@@ -90,7 +90,7 @@ def export_windows(series: SeriesData, normaliser: Normaliser, splits: Splits, o
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("wb") as handle:  # a file object: NumPy adds no ".npz" to the name
-        np.savez_compressed(handle, **arrays)
+        np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]  # mypy matches ** to allow_pickle too
     return {
         "path": str(out_path), "bytes": out_path.stat().st_size, "dataset": series.dataset_name,
         "windows": {name: len(parts[name]) for name in SPLIT_NAMES},

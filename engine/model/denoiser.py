@@ -27,8 +27,9 @@ condition's projection and the linear mean (docs/model.md#the-environment-profil
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -104,30 +105,31 @@ class Block(nn.Module):
         hidden = int(c * config.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(c, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, c))
         # One linear map gives the nine ``Modulation`` outputs ("modulation.1.*" in saved weights).
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, len(Modulation._fields) * c))
-        nn.init.zeros_(self.modulation[1].weight)  # AdaLN-Zero: a fresh block is the identity
-        nn.init.zeros_(self.modulation[1].bias)
+        modulation = nn.Linear(c, len(Modulation._fields) * c)
+        self.modulation = nn.Sequential(nn.SiLU(), modulation)
+        nn.init.zeros_(modulation.weight)  # AdaLN-Zero: a fresh block is the identity
+        nn.init.zeros_(modulation.bias)
 
     def _adaln(self, cond: torch.Tensor) -> Modulation:
         """cond (B, L, C) -> the nine (B, 1, L, C) modulation tensors."""
         return Modulation(*(m.unsqueeze(1) for m in self.modulation(cond).chunk(len(Modulation._fields), dim=-1)))
 
     def _service_and_mlp(self, x: torch.Tensor, mod: Modulation) -> torch.Tensor:
-        b, k, l, c = x.shape
+        b, k, seq, c = x.shape
         if self.service_attn is not None:
             h = modulate(self.norm_service(x), mod.shift_service, mod.scale_service)  # (B, K, L, C)
-            h = h.permute(0, 2, 1, 3).reshape(b * l, k, c)  # Alg. 1 line 10: (B*L, C, K)
-            h = self.service_attn(h).view(b, l, k, c).permute(0, 2, 1, 3)
+            h = h.permute(0, 2, 1, 3).reshape(b * seq, k, c)  # Alg. 1 line 10: (B*L, C, K)
+            h = self.service_attn(h).view(b, seq, k, c).permute(0, 2, 1, 3)
             x = x + mod.gate_service * h
         h = modulate(self.norm_mlp(x), mod.shift_mlp, mod.scale_mlp)
         return x + mod.gate_mlp * self.mlp(h)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, time_mask: torch.Tensor) -> torch.Tensor:
-        b, k, l, c = x.shape  # (B, K, L, C)
+        b, k, seq, c = x.shape  # (B, K, L, C)
         mod = self._adaln(cond)
         h = modulate(self.norm_time(x), mod.shift_time, mod.scale_time)
-        h = h.reshape(b * k, l, c)  # Alg. 1 line 4: (B*K, C, L)
-        x = x + mod.gate_time * self.time_attn(h, time_mask).view(b, k, l, c)
+        h = h.reshape(b * k, seq, c)  # Alg. 1 line 4: (B*K, C, L)
+        x = x + mod.gate_time * self.time_attn(h, time_mask).view(b, k, seq, c)
         return self._service_and_mlp(x, mod)
 
     # --- the cached path -------------------------------------------------------------------------
@@ -135,11 +137,11 @@ class Block(nn.Module):
     def forward_history(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """History tokens only (they attend to history only); returns their output and the time
         attention's keys/values for the target tokens to use."""
-        b, k, l, c = x.shape
+        b, k, seq, c = x.shape
         mod = self._adaln(cond)
-        h = modulate(self.norm_time(x), mod.shift_time, mod.scale_time).reshape(b * k, l, c)
+        h = modulate(self.norm_time(x), mod.shift_time, mod.scale_time).reshape(b * k, seq, c)
         q, key, value = self.time_attn.project(h)
-        x = x + mod.gate_time * self.time_attn.attend(q, key, value, None).view(b, k, l, c)
+        x = x + mod.gate_time * self.time_attn.attend(q, key, value, None).view(b, k, seq, c)
         return self._service_and_mlp(x, mod), (key, value)
 
     def forward_target(self, x: torch.Tensor, cond: torch.Tensor, cache: tuple, repeat: int) -> torch.Tensor:
@@ -177,9 +179,10 @@ class FinalLayer(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(channels, elementwise_affine=False, eps=1e-6)
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 2 * channels))
+        modulation = nn.Linear(channels, 2 * channels)
+        self.modulation = nn.Sequential(nn.SiLU(), modulation)
         self.linear = nn.Linear(channels, 1)
-        for layer in (self.modulation[1], self.linear):
+        for layer in (modulation, self.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -243,6 +246,8 @@ class Denoiser(nn.Module):
         h = history.shape[1]
         if profile is None:
             raise ValueError("the linear mean needs the hourly profile")
+        if self.prior is None:
+            raise ValueError("this model has no linear mean (prior 'none')")
         return self.prior(history, profile[:, h:], env[:, h:], hours[:, h:], days[:, h:])
 
     def prior_mean(self, history: torch.Tensor, profile: torch.Tensor | None, env: torch.Tensor,
@@ -266,9 +271,9 @@ class Denoiser(nn.Module):
 
     def _env_embedding(self, env: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """(B, L, D) -> (B, L, C); rows with keep == False get the learned null embedding."""
-        b, l, _ = env.shape
+        b, seq, _ = env.shape
         if not self.config.uses_environment or self.env_dim == 0:
-            return self.null_env.expand(b, l, -1)
+            return self.null_env.expand(b, seq, -1)
         e = self.env_proj(env)
         if keep is not None:
             e = torch.where(keep[:, None, None], e, self.null_env.expand_as(e))
@@ -307,7 +312,7 @@ class Denoiser(nn.Module):
                 profile: torch.Tensor | None = None) -> torch.Tensor:
         """history (B, H, K), x_t (B, F, K), t (B,), hours/days (B, L), env (B, L, D),
         profile (B, L, K) -> eps (B, F, K)."""
-        b, h, k = history.shape
+        _b, h, k = history.shape
         f = x_t.shape[1]
         p_hist, p_target = (None, None) if profile is None else (profile[:, :h], profile[:, h:])
         feature = self.prior_feature(history, profile, env, hours, days)
@@ -336,7 +341,7 @@ class Denoiser(nn.Module):
     def encode_history(self, history: torch.Tensor, hours: torch.Tensor, days: torch.Tensor, env: torch.Tensor,
                        keep_env: torch.Tensor | None = None, profile: torch.Tensor | None = None) -> HistoryCache:
         """Everything that does not depend on x_t or t, for B windows."""
-        b, h, k = history.shape
+        _b, h, k = history.shape
         side = self._side(hours, days, k)
         if profile is not None:  # the target tokens' profile term is fixed too: fold it into their side
             target_terms = self._input_share(profile[:, h:], 2)
@@ -348,7 +353,7 @@ class Denoiser(nn.Module):
         p_hist = None if profile is None else profile[:, :h]
         x = self._tokens(history, False, p_hist) + side[:, :, :h] + env_input[:, :h].unsqueeze(1)
         caches = []
-        for block in self.blocks:
+        for block in cast("Iterable[Block]", self.blocks):  # a ModuleList types its items as Module
             x, cache = block.forward_history(x, env_cond[:, :h])
             caches.append(cache)
         return HistoryCache(caches, env_cond[:, h:], side[:, :, h:] + env_input[:, h:].unsqueeze(1))
@@ -364,6 +369,6 @@ class Denoiser(nn.Module):
             cond = env_cond
         else:
             cond = env_cond + step
-        for block, block_cache in zip(self.blocks, cache.caches):
+        for block, block_cache in zip(cast("Iterable[Block]", self.blocks), cache.caches, strict=True):
             x = block.forward_target(x, cond, block_cache, repeat)
         return self.final(x, cond).permute(0, 2, 1)

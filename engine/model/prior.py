@@ -50,6 +50,11 @@ def period_group(hours: torch.Tensor, days: torch.Tensor) -> torch.Tensor:
 
 
 class MeanPrior(nn.Module):
+    # Buffers (register_buffer below), saved with the weights.
+    weight: torch.Tensor  # (K, n_features)
+    env_mean: torch.Tensor  # (D,)
+    env_axes: torch.Tensor  # (D, R)
+
     def __init__(self, n_services: int, env_dim: int, uses_env: bool, period_intercepts: bool = True,
                  env_profile: bool = False) -> None:
         super().__init__()
@@ -70,7 +75,7 @@ class MeanPrior(nn.Module):
                  days: torch.Tensor) -> torch.Tensor:
         """history (B, H, K), and at the F target hours: profile (B, F, K), env (B, F, D) (B, F, 2D with the
         environment profile), hours/days (B, F) -> (B, F, K, n_features)."""
-        b, f, k = profile.shape
+        _b, f, k = profile.shape
         last = history[:, -3:].flip(1)  # v_{t-1}, v_{t-2}, v_{t-3}
         if last.shape[1] < 3:
             last = torch.cat([last, last[:, -1:].expand(-1, 3 - last.shape[1], -1)], dim=1)
@@ -122,7 +127,9 @@ class PriorFit:
         self.xty = np.zeros((k, p))
         self.n = 0
 
-    def add(self, history, profile, env, hours, days, target) -> None:  # noqa: ANN001 - tensors as in features()
+    def add(self, history: torch.Tensor, profile: torch.Tensor, env: torch.Tensor, hours: torch.Tensor,
+            days: torch.Tensor, target: torch.Tensor) -> None:
+        """One batch: the inputs as in ``MeanPrior.features`` and the target hours (B, F, K)."""
         x = self.prior.features(history, profile, env, hours, days).double()  # (B, F, K, P)
         x = x.permute(2, 0, 1, 3).reshape(x.shape[2], -1, x.shape[3])  # (K, B*F, P)
         y = target.double().permute(2, 0, 1).reshape(x.shape[0], -1)  # (K, B*F)

@@ -17,6 +17,8 @@ Every source returns a ``TileImage`` (256 x 256 RGB, PNG or JPEG, normalised by 
 
 from __future__ import annotations
 
+from typing import Any
+
 from engine.env.tiles.core import (
     TILE_SIZE,
     CellInfo,
@@ -50,7 +52,7 @@ _OPTIONS = {
 }
 
 
-def open_tile_source(spec: str, **options) -> TileSource:
+def open_tile_source(spec: str, **options: Any) -> TileSource:
     """The tile source named by ``spec`` (see the module docstring); bad specs -> InputError."""
     text = (spec or "").strip()
     kind, _, rest = text.partition(":")

@@ -43,6 +43,12 @@ class CellInfo:
     def has_position(self) -> bool:
         return self.lat is not None and self.lon is not None
 
+    def lat_lon(self) -> tuple[float, float]:
+        """(lat, lon) of a cell that has a position."""
+        if self.lat is None or self.lon is None:
+            raise ValueError(f"cell {self.key!r} has no position")
+        return self.lat, self.lon
+
 
 @dataclass(frozen=True)
 class TileImage:
@@ -247,7 +253,7 @@ def store_tiles(
                 except InputError as exc:
                     results.append(exc)
         rows = []
-        for cell, result in zip(chunk, results):
+        for cell, result in zip(chunk, results, strict=True):
             if isinstance(result, InputError):
                 counts["failed"] += 1
                 log.warning("tile for cell %s skipped: %s", cell.key, result)

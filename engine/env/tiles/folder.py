@@ -73,13 +73,13 @@ class FolderSource:
         self.xyz_zoom = _choose_zoom(xyz_zooms, zoom)
         self.baidu_zoom = _choose_zoom({z for z, _, _ in self.baidu}, zoom)
 
-    def _xyz_path(self, cell: CellInfo) -> Path | None:
-        lat, lon = cell.lat, cell.lon
+    def _xyz_path(self, cell: CellInfo, zoom: int) -> Path | None:
+        lat, lon = cell.lat_lon()
         if self.datum == "gcj02":
             lat, lon = wgs84_to_gcj02(lat, lon)
-        x, y = lat_lon_to_xyz(lat, lon, self.xyz_zoom)
+        x, y = lat_lon_to_xyz(lat, lon, zoom)
         for suffix in IMAGE_SUFFIXES:
-            path = self.root / str(self.xyz_zoom) / str(x) / f"{y}{suffix}"
+            path = self.root / str(zoom) / str(x) / f"{y}{suffix}"
             if path.is_file():
                 return path
         return None
@@ -90,12 +90,12 @@ class FolderSource:
             return self.per_cell[cell.key], None
         if not cell.has_position:
             return None
-        if "xyz" in self.layouts:
-            path = self._xyz_path(cell)
+        if "xyz" in self.layouts and self.xyz_zoom is not None:  # a zoom is chosen when the layout is there
+            path = self._xyz_path(cell, self.xyz_zoom)
             if path is not None:
                 return path, self.xyz_zoom
-        if self.baidu:
-            x, y = wgs84_to_baidu_tile(cell.lat, cell.lon, self.baidu_zoom)
+        if self.baidu and self.baidu_zoom is not None:
+            x, y = wgs84_to_baidu_tile(*cell.lat_lon(), self.baidu_zoom)
             path = self.baidu.get((self.baidu_zoom, x, y))
             if path is not None:
                 return path, self.baidu_zoom

@@ -173,7 +173,7 @@ def bd09_to_bd09mc(lat: float, lon: float) -> tuple[float, float]:
     """BD09 lat/lon -> BD09MC (x, y) in Baidu's Mercator units."""
     lat = min(max(lat, -74.0), 74.0)
     coeffs = _LL2MC[-1]
-    for band, c in zip(_LLBAND, _LL2MC):
+    for band, c in zip(_LLBAND, _LL2MC, strict=True):
         if abs(lat) >= band:
             coeffs = c
             break
@@ -183,7 +183,7 @@ def bd09_to_bd09mc(lat: float, lon: float) -> tuple[float, float]:
 def bd09mc_to_bd09(x: float, y: float) -> tuple[float, float]:
     """BD09MC (x, y) -> BD09 (lat, lon)."""
     coeffs = _MC2LL[-1]
-    for band, c in zip(_MCBAND, _MC2LL):
+    for band, c in zip(_MCBAND, _MC2LL, strict=True):
         if abs(y) >= band:
             coeffs = c
             break
@@ -220,7 +220,7 @@ def lat_lon_to_xyz(lat: float, lon: float, zoom: int) -> tuple[int, int]:
     x = (lon + 180.0) / 360.0 * n
     rad = math.radians(lat)
     y = (1.0 - math.asinh(math.tan(rad)) / math.pi) / 2.0 * n
-    return min(max(int(math.floor(x)), 0), n - 1), min(max(int(math.floor(y)), 0), n - 1)
+    return min(max(math.floor(x), 0), n - 1), min(max(math.floor(y), 0), n - 1)
 
 
 def xyz_tile_center(x: int, y: int, zoom: int) -> tuple[float, float]:

@@ -61,7 +61,7 @@ class MBTilesSource:
     def fetch(self, cell: CellInfo) -> TileImage | None:
         if not cell.has_position:
             return None
-        lat, lon = cell.lat, cell.lon
+        lat, lon = cell.lat_lon()
         if self.datum == "gcj02":
             lat, lon = wgs84_to_gcj02(lat, lon)
         x, y = lat_lon_to_xyz(lat, lon, self.zoom)

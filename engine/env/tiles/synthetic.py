@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import math
 from collections.abc import Sequence
+from typing import TypedDict, overload
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -55,11 +57,19 @@ _ARTERIAL_OFFSET_KM = (0.35, -0.45)
 _ARTERIAL_HALF_KM = 0.016
 
 
+@overload
+def river_x(y_km: float) -> float: ...
+@overload
+def river_x(y_km: np.ndarray) -> np.ndarray: ...
 def river_x(y_km: float | np.ndarray) -> float | np.ndarray:
     """x (km) of the city river's centre line at y: a meander running roughly north-south."""
     return 1.6 + 0.8 * np.sin(y_km / 2.1 + 0.4) + 0.3 * np.sin(y_km / 0.7)
 
 
+@overload
+def canal_y(x_km: float) -> float: ...
+@overload
+def canal_y(x_km: np.ndarray) -> np.ndarray: ...
 def canal_y(x_km: float | np.ndarray) -> float | np.ndarray:
     """y (km) of the canal's centre line at x: a gentle east-west curve south of the centre."""
     return -1.9 + 0.45 * np.sin(x_km / 1.3)
@@ -67,15 +77,21 @@ def canal_y(x_km: float | np.ndarray) -> float | np.ndarray:
 
 # --- Land-use styles ------------------------------------------------------------------------------
 # ground: base colour; veg: share of ground under vegetation; street: (spacing m, width m).
+class _Style(TypedDict):
+    ground: tuple[int, int, int]  # RGB
+    veg: float  # share of vegetation
+    street: tuple[float, float] | None  # (spacing, width) of the street grid in metres; parks have none
+
+
 _STYLE = {
-    "cbd": dict(ground=(150, 148, 143), veg=0.06, street=(150, 20)),
-    "residential": dict(ground=(124, 126, 108), veg=0.32, street=(200, 12)),
-    "industrial": dict(ground=(170, 162, 143), veg=0.08, street=(260, 16)),
-    "university": dict(ground=(128, 140, 104), veg=0.55, street=(210, 9)),
-    "park": dict(ground=(104, 142, 74), veg=0.8, street=None),
-    "transport": dict(ground=(140, 136, 128), veg=0.05, street=(170, 14)),
-    "commercial": dict(ground=(168, 160, 150), veg=0.05, street=(80, 8)),
-    "mixed": dict(ground=(138, 136, 124), veg=0.2, street=(130, 10)),
+    "cbd": _Style(ground=(150, 148, 143), veg=0.06, street=(150, 20)),
+    "residential": _Style(ground=(124, 126, 108), veg=0.32, street=(200, 12)),
+    "industrial": _Style(ground=(170, 162, 143), veg=0.08, street=(260, 16)),
+    "university": _Style(ground=(128, 140, 104), veg=0.55, street=(210, 9)),
+    "park": _Style(ground=(104, 142, 74), veg=0.8, street=None),
+    "transport": _Style(ground=(140, 136, 128), veg=0.05, street=(170, 14)),
+    "commercial": _Style(ground=(168, 160, 150), veg=0.05, street=(80, 8)),
+    "mixed": _Style(ground=(138, 136, 124), veg=0.2, street=(130, 10)),
 }
 _VEG = np.array((72, 104, 56), dtype=np.float32)
 _ASPHALT = (66, 67, 70)
@@ -102,11 +118,11 @@ def _poi_shares(cell: CellInfo) -> dict[str, float]:
     total = sum(cell.poi_counts)
     if total <= 0 or len(cell.poi_categories) != len(cell.poi_counts):
         return {}
-    return {name: count / total for name, count in zip(cell.poi_categories, cell.poi_counts)}
+    return {name: count / total for name, count in zip(cell.poi_categories, cell.poi_counts, strict=True)}
 
 
 def _baseline_share() -> dict[str, float]:
-    return dict(zip(POI_CATEGORIES, (float(v) for v in REAL_POI_SHARE)))
+    return dict(zip(POI_CATEGORIES, (float(v) for v in REAL_POI_SHARE), strict=True))
 
 
 def _poi_lift(cell: CellInfo) -> dict[str, float]:
@@ -125,7 +141,7 @@ def infer_land_use(cell: CellInfo) -> str:
             scores[_POI_HINTS[name]] = scores.get(_POI_HINTS[name], 0.0) + lift
     if not scores:
         return "mixed"
-    best = max(sorted(scores), key=scores.get)
+    best = max(sorted(scores), key=scores.__getitem__)
     return best if scores[best] > 2.0 else "mixed"
 
 
@@ -160,18 +176,20 @@ def _seed(cell: CellInfo, land_use: str) -> int:
 
 
 def _jitter(rng: np.random.Generator, colour: Sequence[int], amount: int = 10) -> tuple[int, int, int]:
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
+    r, g, b = (int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
+    return r, g, b
 
 
 class _Canvas:
     """A tile being drawn in a local frame (u, v) rotated by ``theta`` around the tile centre."""
 
-    def __init__(self, ground: np.ndarray, theta: float, rng: np.random.Generator, x_km: float, y_km: float):
+    def __init__(self, ground: np.ndarray, theta: float, rng: np.random.Generator, x_km: float,
+                 y_km: float) -> None:
         self.image = Image.fromarray(ground, "RGB")
         self.draw = ImageDraw.Draw(self.image)
         self.shadow = Image.new("L", (TILE_SIZE, TILE_SIZE), 0)
         self.shadow_draw = ImageDraw.Draw(self.shadow)
-        self.roofs: list[tuple[list, tuple, object]] = []
+        self.roofs: list[tuple[list, tuple, str | None]] = []
         self.trees: list[tuple[float, float, float, tuple]] = []
         self.rng = rng
         self.cos, self.sin = math.cos(theta), math.sin(theta)
@@ -209,7 +227,7 @@ class _Canvas:
         self.draw.polygon(self.quad(u, v, w, h), fill=colour)
 
     def line(self, points: list[tuple[float, float]], colour: tuple, width: float) -> None:
-        self.draw.line([self.px(u, v) for u, v in points], fill=colour, width=max(1, int(round(width))))
+        self.draw.line([self.px(u, v) for u, v in points], fill=colour, width=max(1, round(width)))
 
     def building(self, u: float, v: float, w: float, h: float, height_m: float, colour: tuple,
                  detail: str | None = None) -> bool:
@@ -327,7 +345,7 @@ def _draw_global_features(canvas: _Canvas) -> None:
     scale = TILE_SIZE / TILE_KM
 
     def to_px(x: np.ndarray, y: np.ndarray) -> list[tuple[float, float]]:
-        return list(zip(((x - x0) * scale + _HALF).tolist(), (_HALF - (y - y0) * scale).tolist()))
+        return list(zip(((x - x0) * scale + _HALF).tolist(), (_HALF - (y - y0) * scale).tolist(), strict=True))
 
     ys = np.linspace(y0 - TILE_KM, y0 + TILE_KM, 48)
     xs_river = river_x(ys)
@@ -349,14 +367,14 @@ def _draw_global_features(canvas: _Canvas) -> None:
         x = (a - x0) * scale + _HALF
         draw.rectangle([x - width / 2 - 1, 0, x + width / 2 + 1, TILE_SIZE], fill=(150, 150, 146))
         draw.rectangle([x - width / 2, 0, x + width / 2, TILE_SIZE], fill=(58, 60, 63))
-        for y in range(0, TILE_SIZE, 10):
-            draw.line([(x, y), (x, y + 5)], fill=(205, 200, 160), width=1)
+        for dash in range(0, TILE_SIZE, 10):
+            draw.line([(x, dash), (x, dash + 5)], fill=(205, 200, 160), width=1)
     for a in canvas.arterials_y:
         y = _HALF - (a - y0) * scale
         draw.rectangle([0, y - width / 2 - 1, TILE_SIZE, y + width / 2 + 1], fill=(150, 150, 146))
         draw.rectangle([0, y - width / 2, TILE_SIZE, y + width / 2], fill=(58, 60, 63))
-        for x in range(0, TILE_SIZE, 10):
-            draw.line([(x, y), (x + 5, y)], fill=(205, 200, 160), width=1)
+        for dash in range(0, TILE_SIZE, 10):
+            draw.line([(dash, y), (dash + 5, y)], fill=(205, 200, 160), width=1)
     rng = canvas.rng
     for a in canvas.arterials_x:  # traffic
         x = (a - x0) * scale + _HALF
@@ -394,8 +412,8 @@ def _street_grid(canvas: _Canvas, spacing_m: float, width_m: float, colour: tupl
         for v in vs:
             canvas.rect(0, v, span, walk, fill)
     blocks = []
-    for u0, u1 in zip(us, us[1:]):
-        for v0, v1 in zip(vs, vs[1:]):
+    for u0, u1 in itertools.pairwise(us):
+        for v0, v1 in itertools.pairwise(vs):
             block = (u0 + w / 2 + 1.5, v0 + w / 2 + 1.5, u1 - w / 2 - 1.5, v1 - w / 2 - 1.5)
             if canvas.visible((block[0] + block[2]) / 2, (block[1] + block[3]) / 2, margin=sp / 2):
                 blocks.append(block)
@@ -562,7 +580,7 @@ def _paint_park(c: _Canvas, d: float) -> None:
         angles = np.linspace(0, 2 * np.pi, 28, endpoint=False)
         wobble = 1 + 0.18 * np.sin(3 * angles + rng.uniform(0, 6)) + 0.1 * np.sin(5 * angles + rng.uniform(0, 6))
         xs, ys = x + r * wobble * np.cos(angles), y + 0.75 * r * wobble * np.sin(angles)
-        outline = list(zip(xs.tolist(), ys.tolist()))
+        outline = list(zip(xs.tolist(), ys.tolist(), strict=True))
         c.draw.polygon(outline, fill=_BANK)
         inner = [(x + 0.88 * (px - x), y + 0.88 * (py - y)) for px, py in outline]
         c.draw.polygon(inner, fill=(66, 104, 112))
@@ -572,7 +590,7 @@ def _paint_park(c: _Canvas, d: float) -> None:
         t = np.linspace(-10, TILE_SIZE + 10, 24)
         base, amp, freq, phase = rng.uniform(30, 226), rng.uniform(10, 30), rng.uniform(0.01, 0.03), rng.uniform(0, 6)
         wave = base + amp * np.sin(freq * t + phase)
-        points = list(zip(t.tolist(), wave.tolist())) if horizontal else list(zip(wave.tolist(), t.tolist()))
+        points = list(zip(t.tolist(), wave.tolist(), strict=True)) if horizontal else list(zip(wave.tolist(), t.tolist(), strict=True))
         c.draw.line(points, fill=(204, 194, 164), width=int(rng.integers(2, 4)), joint="curve")
     # tree clumps
     for _ in range(int(rng.integers(5, 10))):
@@ -657,7 +675,7 @@ def _paint_mixed(c: _Canvas, blocks: list, d: float) -> None:
     groups: list[list] = [[] for _ in painters]
     for block in blocks:
         groups[int(rng.choice(len(painters), p=[0.4, 0.3, 0.1, 0.2]))].append(block)
-    for painter, group in zip(painters, groups):
+    for painter, group in zip(painters, groups, strict=True):
         if group:
             painter(c, group, d * 0.8)
 
@@ -707,16 +725,17 @@ def render_tile_array(cell: CellInfo) -> np.ndarray:
     base = np.array(style["ground"], dtype=np.float32)
     ground = base * (1.0 + 0.07 * low + 0.05 * mid)[..., None]
     veg_share = style["veg"] * (1.15 - 0.4 * d) if land_use != "park" else style["veg"]
-    threshold = _VEG_FIELD_Q[int(round(100 * (1 - min(max(veg_share, 0.0), 1.0))))]
+    threshold = _VEG_FIELD_Q[round(100 * (1 - min(max(veg_share, 0.0), 1.0)))]
     veg = (low + 0.45 * mid) > threshold
     ground[veg] = _VEG * (1.0 + 0.22 * mid[veg])[..., None]
     # Street grids follow the arterials in about half the tiles and are turned by up to ~30 deg elsewhere.
     theta = 0.0 if rng.random() < 0.45 else float(rng.uniform(-0.5, 0.5))
     canvas = _Canvas(np.clip(ground, 0, 255).astype(np.uint8), theta, rng, x_km, y_km)
-    if land_use == "park":
+    street = style["street"]
+    if land_use == "park" or street is None:  # parks have no street grid
         _paint_park(canvas, d)
     else:
-        spacing, width = style["street"]
+        spacing, width = street
         spacing *= 1.15 - 0.3 * d
         blocks = _street_grid(canvas, spacing, width)
         _PAINTERS[land_use](canvas, blocks, d)
@@ -794,7 +813,8 @@ def render_city_mosaic(
     px_lat = north - (np.arange(h) + 0.5) / h * (north - south)
     with_km = [c for c in located if c.x_km is not None and c.y_km is not None]
     if len(with_km) >= 3:
-        design = np.column_stack([[c.lon for c in with_km], [c.lat for c in with_km], np.ones(len(with_km))])
+        lat_lon = np.array([c.lat_lon() for c in with_km])
+        design = np.column_stack([lat_lon[:, 1], lat_lon[:, 0], np.ones(len(with_km))])
         coef_x, *_ = np.linalg.lstsq(design, np.array([c.x_km for c in with_km]), rcond=None)
         coef_y, *_ = np.linalg.lstsq(design, np.array([c.y_km for c in with_km]), rcond=None)
     else:

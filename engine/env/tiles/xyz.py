@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -91,7 +90,7 @@ class XYZSource:
 
     # --- addressing -------------------------------------------------------------------------------
     def tile_of(self, cell: CellInfo) -> tuple[int, int]:
-        lat, lon = cell.lat, cell.lon
+        lat, lon = cell.lat_lon()
         if self.datum == "gcj02":
             lat, lon = wgs84_to_gcj02(lat, lon)
         return lat_lon_to_xyz(lat, lon, self.zoom)
@@ -119,11 +118,11 @@ class XYZSource:
         if stem.with_suffix(".404").is_file():
             return None
         url = self.url_of(x, y)
-        data = self._download(url)
-        if data is None:
+        body = self._download(url)
+        if body is None:
             _atomic_write(stem.with_suffix(".404"), b"")
             return None
-        tile = tile_from_bytes(data, origin=url, zoom=self.zoom, source=self.spec)
+        tile = tile_from_bytes(body, origin=url, zoom=self.zoom, source=self.spec)
         _atomic_write(stem.with_suffix(".jpg" if tile.media_type == "image/jpeg" else ".png"), tile.data)
         return tile
 
@@ -149,7 +148,7 @@ class XYZSource:
                 retry_after = exc.headers.get("Retry-After") if exc.headers else None
                 if retry_after and retry_after.strip().isdigit():
                     wait = max(wait, min(float(retry_after), _MAX_RETRY_AFTER_S))
-            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, socket.timeout, OSError) as exc:
+            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as exc:
                 # connection refused/reset, DNS failure, timeout, a body cut short (IncompleteRead)
                 reason = getattr(exc, "reason", exc)
                 last_error = f"{type(reason).__name__}: {reason}"
@@ -159,14 +158,14 @@ class XYZSource:
                              f"(timeout {self.timeout:g} s each); last error: {last_error}")
 
     def fetch_many(self, cells: Sequence[CellInfo], max_workers: int = 4, *,
-                   return_errors: bool = False) -> list[TileImage | None | Exception]:
+                   return_errors: bool = False) -> list[TileImage | Exception | None]:
         """Fetch many cells concurrently (never more than ``max_concurrency`` requests at once).
 
         Cells on the same tile share one download. Results are in the order of ``cells``. With
         ``return_errors`` a failed cell's exception is returned in its place; otherwise the first
         failure is raised once all work has stopped.
         """
-        def one(cell: CellInfo) -> TileImage | None | Exception:
+        def one(cell: CellInfo) -> TileImage | Exception | None:
             try:
                 return self.fetch(cell)
             except Exception as exc:  # noqa: BLE001 - handed back to the caller below
@@ -179,7 +178,7 @@ class XYZSource:
         unique = list(first_of_tile.items())
         workers = max(1, min(max_workers, self.max_concurrency, len(unique) or 1))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tile-fetch") as pool:
-            by_tile = dict(zip((key for key, _ in unique), pool.map(one, (cell for _, cell in unique))))
+            by_tile = dict(zip((key for key, _ in unique), pool.map(one, (cell for _, cell in unique)), strict=True))
         results = [by_tile[self.tile_of(cell) if cell.has_position else None] for cell in cells]
         if not return_errors:
             for result in results:
