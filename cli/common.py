@@ -1,14 +1,113 @@
-"""What the command groups share: the argparse value types and how a command prints its result."""
+"""What the command groups share: the flags of a request type, the argparse value types and how a
+command prints its result.
+
+A command that runs an operation takes the flags of its request type (engine/requests.py):
+``add_request_flags`` makes one flag per field, named after the field (``path_users`` ->
+``--path-users``) unless the command renames it, with the request's help and default; the command
+builds the request with ``request_of(args)`` and the request checks the values (bounds, choices,
+files), so the command line, the jobs and the forms accept the same values. A few flags stand for
+several fields in a text form (``--entity user:A,user:B`` -> ``entity_kind``, ``entities``): those
+are ``Compound`` flags. Errors name fields; ``flag_of`` turns a field into the flag that set it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from engine.errors import InputError
+from engine.requests import Request
 
 Commands = argparse._SubParsersAction  # what ``add_subparsers`` returns; each group adds its commands to it
+
+
+@dataclass(frozen=True)
+class Compound:
+    """One flag whose text stands for several request fields; ``read`` turns the text into them."""
+
+    flag: str
+    fields: tuple[str, ...]
+    read: Callable[[str], dict[str, Any]]
+    metavar: str
+    help: str
+
+
+def add_request_flags(parser: argparse.ArgumentParser, request_type: type[Request], *,
+                      flags: Mapping[str, str | tuple[str, str]] | None = None,
+                      compounds: Sequence[Compound] = ()) -> None:
+    """One flag per field of ``request_type`` (internal fields have none), in the fields' order.
+
+    ``flags`` renames fields' flags ({"model_id": "--model"}), optionally with the flag's own help
+    ({"activate": ("--no-activate", "...")}); a bool field that is true by default gets a flag that
+    turns it off (``--no-...``). Absent flags leave the request's default."""
+    renamed = {name: flag if isinstance(flag, str) else flag[0] for name, flag in (flags or {}).items()}
+    own_help = {name: flag[1] for name, flag in (flags or {}).items() if not isinstance(flag, str)}
+    by_field = {name: compound for compound in compounds for name in compound.fields}
+    field_flags: dict[str, str] = {}
+    added: set[str] = set()
+    for name, found in request_type.field_specs().items():
+        if found["internal"] or found["kind"] is dict:
+            continue
+        compound = by_field.get(name)
+        if compound is not None:
+            if compound.flag not in added:
+                added.add(compound.flag)
+                required = any(request_type.field_specs()[f]["required"] for f in compound.fields)
+                parser.add_argument(compound.flag, dest=_text_dest(compound), metavar=compound.metavar,
+                                    required=required, default=argparse.SUPPRESS, help=compound.help)
+            field_flags[name] = compound.flag
+            continue
+        default, kind = found["default"], found["kind"]
+        if kind is bool:
+            flag = renamed.get(name, f"--no-{_dashed(name)}" if default else f"--{_dashed(name)}")
+            parser.add_argument(flag, dest=name, action="store_false" if default else "store_true",
+                                default=argparse.SUPPRESS,
+                                help=own_help.get(name, f"not: {found['help']}" if default else found["help"]))
+        else:
+            flag = renamed.get(name, f"--{_dashed(name)}")
+            shown = f" (default {default})" if default is not None and "default" not in found["help"] else ""
+            metavar = "|".join(found["choices"]) if found["choices"] else flag[2:].upper().replace("-", "_")
+            parser.add_argument(flag, dest=name, type=_ARGUMENT_TYPES[kind], metavar=metavar,
+                                required=found["required"], default=argparse.SUPPRESS, help=found["help"] + shown)
+        field_flags[name] = flag
+    parser.set_defaults(request_type=request_type, field_flags=field_flags, compounds=tuple(compounds))
+
+
+def request_of(args: argparse.Namespace) -> Request:
+    """The request the flags describe (checked: the first bad field is an InputError)."""
+    values = {name: getattr(args, name) for name in args.request_type.field_specs() if hasattr(args, name)}
+    for compound in args.compounds:
+        text = getattr(args, _text_dest(compound), None)
+        if text is not None:
+            values.update(compound.read(text))
+    return args.request_type.from_params(values).checked()
+
+
+def flag_of(args: argparse.Namespace, error: InputError) -> InputError:
+    """The error naming the flag that set its field (unchanged when no flag did)."""
+    flags = getattr(args, "field_flags", {})
+    return error.with_field(flags.get(error.field, error.field), flags)
+
+
+def _dashed(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _text_dest(compound: Compound) -> str:
+    return "text_" + compound.flag.lstrip("-").replace("-", "_")
+
+
+def _keys(text: str) -> tuple[str, ...]:
+    return tuple(key.strip() for key in text.split(",") if key.strip())
+
+
+# argparse reads a flag's text as its field's kind; bounds, choices and files are the request's checks.
+_ARGUMENT_TYPES: dict[Any, Callable[[str], Any]] = {int: int, float: float, str: str, "file": str, "keys": _keys}
 
 
 def positive_int(text: str) -> int:

@@ -8,13 +8,16 @@ import time
 
 from sqlalchemy import select
 
-from cli.common import Commands, emit, existing_file, lat_lon, non_negative_float, positive_int, stderr_progress
+from cli.common import Commands, Compound, add_request_flags, emit, request_of, stderr_progress
 from db import open_database
 from db.models import Dataset
-from db.queries import activate_dataset, dataset_summary, get_dataset, store_dataset
-from engine.data.city import CityConfig, generate_city
+from db.queries import DatasetContent, activate_dataset, dataset_summary, get_dataset
+from engine.data.city import generate_city_for
 from engine.data.ingest_table import read_table
 from engine.data.ingest_tsinghua import read_tsinghua
+from engine.data.store import store_new_dataset
+from engine.errors import InputError
+from engine.requests import CityRequest, IngestTableRequest, IngestTsinghuaRequest
 
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
@@ -32,21 +35,12 @@ def _add_city(commands: Commands, common: argparse.ArgumentParser, reporting: ar
     build = city.add_parser(
         "build", parents=[common, reporting], help="generate a synthetic city and store it",
         description="Generate a deterministic synthetic city (cells, POIs, users, hourly traffic) and store "
-        "it as a data set, replacing one of the same name.",
+        "it as the active data set (one of the same name only with --replace).",
     )
-    build.add_argument("--users", type=positive_int, default=500, help="number of users (default 500)")
-    build.add_argument("--cells", type=positive_int, default=400, help="number of cells (default 400)")
-    build.add_argument("--seed", type=int, default=0, help="random seed: another seed gives another city (default 0)")
-    build.add_argument(
-        "--env-effect", type=non_negative_float, default=1.0,
-        help="strength of the environment's influence on service use; 0 removes it entirely (default 1.0)",
-    )
-    build.add_argument("--days", type=positive_int, default=14,
-                       help="days of hourly data (default 14: two weeks, so that a weekend is in the training days)")
-    build.add_argument("--center", type=lat_lon, default=(31.2304, 121.4737), metavar="LAT,LON",
-                       help="city centre (default: central Shanghai, 31.2304,121.4737)")
-    build.add_argument("--radius-km", type=non_negative_float, default=5.0, help="city radius in km (default 5)")
-    build.add_argument("--name", default=None, help="data set name (default synthetic-seed<SEED>)")
+    add_request_flags(build, CityRequest, compounds=[Compound(
+        "--center", ("center_lat", "center_lon"), _lat_lon, "LAT,LON",
+        f"city centre (default: central Shanghai, {CityRequest.default('center_lat')},"
+        f"{CityRequest.default('center_lon')})")])
     build.set_defaults(handler=cmd_city_build)
 
 
@@ -60,15 +54,7 @@ def _add_ingest(commands: Commands, common: argparse.ArgumentParser, reporting: 
         description="Ingest the Tsinghua App Usage dataset: apps -> categories, bytes per user-hour-service, "
         "the modal cell of each user-hour, POIs per base station.",
     )
-    tsinghua.add_argument("--trace", type=existing_file, required=True, help="App_usage_trace.txt")
-    tsinghua.add_argument("--app2category", type=existing_file, required=True, help="App2Category.txt")
-    tsinghua.add_argument("--categories", type=existing_file, required=True, help="Categorys.txt")
-    tsinghua.add_argument("--poi", type=existing_file, required=True, help="base_poi.txt")
-    tsinghua.add_argument("--coords", type=existing_file, default=None,
-                          help="optional CSV cell_id,lat,lon of base stations (the public release has none)")
-    tsinghua.add_argument("--all-services", action="store_true",
-                          help="keep all 20 app categories instead of the paper's 10")
-    tsinghua.add_argument("--name", default="tsinghua", help="data set name (default tsinghua)")
+    add_request_flags(tsinghua, IngestTsinghuaRequest)
     tsinghua.set_defaults(handler=cmd_ingest_tsinghua)
 
     table = ingest.add_parser(
@@ -76,14 +62,7 @@ def _add_ingest(commands: Commands, common: argparse.ArgumentParser, reporting: 
         description="Ingest records (entity_id, timestamp, cell_id, service, bytes) and cells "
         "(cell_id, lat, lon, <POI columns>); see docs/data-formats.md#long-table.",
     )
-    table.add_argument("--records", type=existing_file, required=True, help="records file (.csv or .parquet)")
-    table.add_argument("--cells", type=existing_file, required=True, help="cells file (.csv or .parquet)")
-    table.add_argument("--mapping", type=existing_file, default=None, help="JSON column mapping (docs/data-formats.md)")
-    table.add_argument("--entity-kind", choices=["user", "cell"], default=None,
-                       help="what the records' entity_id is (default: the mapping's, else user)")
-    table.add_argument("--timezone", default=None,
-                       help="IANA time zone of naive timestamps (default: the mapping's, else UTC)")
-    table.add_argument("--name", default=None, help="data set name (default: the records file's stem)")
+    add_request_flags(table, IngestTableRequest)
     table.set_defaults(handler=cmd_ingest_table)
 
 
@@ -105,20 +84,15 @@ def _add_data(commands: Commands, common: argparse.ArgumentParser, reporting: ar
 # --- handlers -------------------------------------------------------------------------------------
 
 
-def _store(args: argparse.Namespace, content) -> dict:  # noqa: ANN001
-    """Write a whole data set in one transaction and return its summary."""
+def _store_and_report(args: argparse.Namespace, content: DatasetContent, replace: bool, title: str,
+                      started: float) -> int:
+    """Store a generated or ingested data set as the active one (one transaction) and print its summary."""
     database = open_database(args.db)
     with database.write_session() as session, session.begin():
-        dataset = store_dataset(session, content)
+        dataset = store_new_dataset(session, content, replace=replace)
         session.flush()
         summary = dataset_summary(session, dataset)
     summary["db"] = database.url
-    return summary
-
-
-def _store_and_report(args: argparse.Namespace, content, title: str, started: float) -> int:  # noqa: ANN001
-    """Store a generated or ingested data set (one transaction) and print its summary."""
-    summary = _store(args, content)
     seconds = time.perf_counter() - started
     summary["seconds"] = round(seconds, 3)
     emit(args, summary, _summary_lines(title, summary, seconds))
@@ -138,45 +112,34 @@ def _summary_lines(title: str, summary: dict, seconds: float) -> list[str]:
 
 def cmd_city_build(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    config = CityConfig(
-        users=args.users,
-        cells=args.cells,
-        seed=args.seed,
-        env_effect=args.env_effect,
-        days=args.days,
-        center=args.center,
-        radius_km=args.radius_km,
-    )
-    content = generate_city(config, name=args.name)
-    return _store_and_report(args, content, "Built synthetic city", started)
+    request = request_of(args)
+    return _store_and_report(args, generate_city_for(request), request.replace, "Built synthetic city", started)
 
 
 def cmd_ingest_tsinghua(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    content = read_tsinghua(
-        trace=args.trace,
-        app2category=args.app2category,
-        categories=args.categories,
-        poi=args.poi,
-        coords=args.coords,
-        all_services=args.all_services,
-        name=args.name,
-        progress=stderr_progress(not args.json),
-    )
-    return _store_and_report(args, content, "Ingested Tsinghua App Usage data", started)
+    r = request_of(args)
+    content = read_tsinghua(trace=r.trace, app2category=r.app2category, categories=r.categories, poi=r.poi,
+                            coords=r.coords, all_services=r.all_services, name=r.name,
+                            progress=stderr_progress(not args.json))
+    return _store_and_report(args, content, r.replace, "Ingested Tsinghua App Usage data", started)
 
 
 def cmd_ingest_table(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    content = read_table(
-        records=args.records,
-        cells=args.cells,
-        mapping=args.mapping,
-        entity_kind=args.entity_kind,
-        timezone=args.timezone,
-        name=args.name,
-    )
-    return _store_and_report(args, content, "Ingested table", started)
+    r = request_of(args)
+    content = read_table(records=r.records, cells=r.cells, mapping=r.mapping, entity_kind=r.entity_kind,
+                         timezone=r.timezone, name=r.name)
+    return _store_and_report(args, content, r.replace, "Ingested table", started)
+
+
+def _lat_lon(text: str) -> dict[str, float]:
+    """``LAT,LON`` -> the request's centre fields (their ranges are the request's checks)."""
+    try:
+        lat, lon = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"expected LAT,LON such as 31.2304,121.4737, got {text!r}", field="center_lat") from None
+    return {"center_lat": lat, "center_lon": lon}
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ import sys
 from collections.abc import Sequence
 
 from cli import app, data, env, jobs, models
+from cli.common import flag_of
 from engine.errors import InputError
 
 EXIT_INPUT = 2
@@ -58,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except InputError as error:  # fields are named after the flags that set them (cli/common.py)
+        print(f"error: {flag_of(args, error)}", file=sys.stderr)
         return EXIT_INPUT
     except LookupError as error:  # no such data set / entity
         print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)

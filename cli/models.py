@@ -12,14 +12,33 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from cli.common import Commands, emit, existing_file, non_negative_float, positive_int, stderr_progress
+from cli.common import (Commands, Compound, add_request_flags, emit, existing_file, positive_int, request_of,
+                        stderr_progress)
 from db import open_database
 from db.models import Dataset, ModelRecord
 from db.queries import get_dataset
 from engine.data.windows import Normaliser, SplitSpec, load_series, make_splits
 from engine.errors import InputError
 from engine.evaluation.scoring import export_windows, score_predictions
-from engine.requests import ForecastRequest
+from engine.requests import (EvaluateRequest, ForecastRequest, TrainRequest, parse_entities_text, parse_location_text,
+                             parse_sampler_text, sampler_text)
+
+# --entity, --sampler and --location keep their text forms: each stands for two fields of ForecastRequest.
+FORECAST_COMPOUNDS = (
+    Compound("--entity", ("entity_kind", "entities"),
+             lambda text: dict(zip(("entity_kind", "entities"), parse_entities_text(text), strict=True)),
+             "user:ID[,user:ID...]", "who to forecast: users (user:ID) or cells (cell:ID), comma-separated"),
+    Compound("--sampler", ("sampler", "sampler_steps"),
+             lambda text: dict(zip(("sampler", "sampler_steps"), parse_sampler_text(text), strict=True)),
+             "ddpm|ddim:STEPS", "ddpm (faithful, all steps) or ddim:STEPS (default "
+             f"{sampler_text(ForecastRequest.default('sampler'), ForecastRequest.default('sampler_steps'))})"),
+    Compound("--location", ("location", "cells"),
+             lambda text: dict(zip(("location", "cells"), parse_location_text(text), strict=True)),
+             "habitual|stay|observed|cell:ID,...",
+             "where the entity is during the forecast (default: its habitual cell for that hour; stay: where it "
+             "was last; observed: the cells the data recorded, for backtests; cell:ID,...: these cells, one per "
+             "hour, the last one kept)"),
+)
 
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
@@ -38,19 +57,8 @@ def _add_train(commands: Commands, common: argparse.ArgumentParser, reporting: a
         description="Train an LSDM forecaster on a data set (AdamW, EMA, gradient clipping, early stopping on "
         "validation), save it (safetensors + JSON) and register it as the active model.",
     )
-    train_p.add_argument("--config", default="lsdm", metavar="NAME|FILE",
-                         help="lsdm (default), lsdm-no-condition, csdi-like, no-2d-attention, env-input, image-only, "
-                              "text-only, lsdm-plain (no linear mean feature), lsdm-plain-no-condition, lsdm-prior and "
-                              "lsdm-residual (experimental), tiny, or a JSON file of model settings")
-    train_p.add_argument("--epochs", type=positive_int, default=None, help="maximum epochs (default: the config's)")
-    train_p.add_argument("--seed", type=int, default=None, help="seed (default: the config's)")
-    train_p.add_argument("--split", choices=["time", "users"], default="time",
-                         help="time: train on the first days, validate on the next, test on the last (default); "
-                              "users: also hold out a share of the users")
-    train_p.add_argument("--dataset", default=None, help="data set name (default: the active one)")
-    train_p.add_argument("--max-minutes", type=non_negative_float, default=None, help="stop after this training time")
-    train_p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    train_p.add_argument("--no-activate", action="store_true", help="register without making it the active model")
+    add_request_flags(train_p, TrainRequest, flags={
+        "activate": ("--no-activate", "register without making it the active model")})
     train_p.set_defaults(handler=cmd_train)
 
 
@@ -61,23 +69,7 @@ def _add_forecast(commands: Commands, common: argparse.ArgumentParser, reporting
         description="Forecast the coming hours per service: every sample path feeds its own samples back. "
         "The run is stored with every parameter and can be reproduced exactly.",
     )
-    forecast.add_argument("--entity", required=True, metavar="user:ID[,user:ID...]", help="who to forecast")
-    forecast.add_argument("--start", type=int, required=True, metavar="HOUR",
-                          help="first forecast hour (hours since the data set's origin)")
-    forecast.add_argument("--horizon", type=positive_int, default=1, help="hours to forecast (default 1)")
-    forecast.add_argument("--samples", type=positive_int, default=32, help="sample paths (default 32)")
-    forecast.add_argument("--sampler", default="ddim:10", help="ddpm (faithful, all steps) or ddim:STEPS (default ddim:10)")
-    forecast.add_argument("--location", default="habitual", metavar="habitual|stay|observed|cell:ID,...",
-                          help="where the entity is during the forecast (default: its habitual cell for that hour; "
-                          "observed: the cells the data recorded, for backtests)")
-    forecast.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
-    forecast.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    forecast.add_argument("--noise", default="antithetic", metavar="antithetic|independent",
-                          help="antithetic (default): each path paired with one driven by the opposite noise, "
-                          "for a steadier mean; independent: every path on its own noise")
-    forecast.add_argument("--model", type=int, default=None, help="model id (default: the active model)")
-    forecast.add_argument("--dataset", default=None, help="data set name (default: the active one)")
-    forecast.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    add_request_flags(forecast, ForecastRequest, flags={"model_id": "--model"}, compounds=FORECAST_COMPOUNDS)
     forecast.set_defaults(handler=cmd_forecast)
 
 
@@ -94,23 +86,10 @@ def _add_evaluate(commands: Commands, common: argparse.ArgumentParser, reporting
         description="Score the model, its comparison models (trained if missing) and the baselines on the test day; "
         "write report.md, CSV tables and PNG plots.",
     )
-    evaluate_p.add_argument("--model", type=int, default=None, help="model id (default: the active model)")
+    add_request_flags(evaluate_p, EvaluateRequest, flags={
+        "model_id": "--model", "train_missing": ("--no-train", "do not train missing comparison models"),
+        "include_arima": ("--no-arima", "leave ARIMA out (it takes about 2 minutes)")})
     evaluate_p.add_argument("--report", default=None, metavar="DIR", help="write the report into DIR")
-    evaluate_p.add_argument("--samples", type=positive_int, default=32,
-                            help="samples per test window, their mean is the point forecast (default 32)")
-    evaluate_p.add_argument("--path-samples", type=positive_int, default=16,
-                            help="sample paths per entity for the MSE by recursive step (default 16)")
-    evaluate_p.add_argument("--steps", type=positive_int, default=30, help="recursive steps for Fig. 8/9 (default 30)")
-    evaluate_p.add_argument("--path-users", type=positive_int, default=100,
-                            help="entities in the recursive evaluation (default 100)")
-    evaluate_p.add_argument("--location", default="observed", metavar="observed|habitual",
-                            help="cells of the forecast hours: observed (default: those the data recorded, as in "
-                            "training and the paper) or habitual (each user's usual cell: the location forecast too)")
-    evaluate_p.add_argument("--no-train", action="store_true", help="do not train missing comparison models")
-    evaluate_p.add_argument("--no-arima", action="store_true", help="leave ARIMA out (it takes about 2 minutes)")
-    evaluate_p.add_argument("--dataset", default=None,
-                            help="score on this data set's test day (default: the model's own), e.g. a second city "
-                                 "embedded with the model's encoder (`lsdm env build --encoder`)")
     evaluate_p.set_defaults(handler=cmd_evaluate)
 
 
@@ -143,19 +122,14 @@ def _add_export_and_score(commands: Commands, common: argparse.ArgumentParser,
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.model.config import resolve_config  # torch: see cli/main.py
-    from engine.train import train
-
-    name, config = resolve_config(args.config, epochs=args.epochs, seed=args.seed)
+    from engine.train import train_request  # torch: see cli/main.py
 
     def report(entry: dict) -> None:
         if not args.json:
             print(f"  epoch {entry['epoch']:>3}: train loss {entry['train_loss']:.4f}  "
                   f"validation loss {entry['val_loss']:.4f}  ({entry['seconds']:.0f} s)", file=sys.stderr, flush=True)
 
-    result = train(open_database(args.db), name, config, dataset_name=args.dataset, split=args.split,
-                   activate=not args.no_activate, device=args.device, progress=report,
-                   max_seconds=args.max_minutes * 60 if args.max_minutes else None)
+    name, result = train_request(open_database(args.db), request_of(args), progress=report)
     payload = {"model_id": result.record_id, "config": name, "path": str(result.path), **result.metrics}
     curve = " ".join(f"{e['val_loss']:.3f}" for e in result.metrics["history"])
     emit(args, payload, [f"Trained model {result.record_id} ({name}) in {result.metrics['train_seconds']:.0f} s "
@@ -167,10 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_forecast(args: argparse.Namespace) -> int:
     from engine.forecast import run_forecast  # torch: see cli/main.py
 
-    run = run_forecast(open_database(args.db), ForecastRequest.from_params(
-        {"entity": args.entity, "start": args.start, "horizon": args.horizon, "samples": args.samples,
-         "sampler": args.sampler, "location": args.location, "guidance": args.guidance, "seed": args.seed,
-         "noise": args.noise, "model_id": args.model, "dataset": args.dataset, "device": args.device}))
+    run = run_forecast(open_database(args.db), request_of(args))
     lines = [f"Forecast run {run['run_id']} with model {run['model_id']} in {run['seconds']:.2f} s"]
     for entity in run["entities"]:
         lines.append(f"  {entity['entity']}: total MB per hour, median [5%, 95%]")
@@ -198,13 +169,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cli.report_figures import draw  # Matplotlib and torch: see cli/main.py
-    from engine.evaluation.evaluate import evaluate
+    from engine.evaluation.evaluate import evaluate_request
 
-    result = evaluate(open_database(args.db), args.model, report_dir=args.report, draw=draw, samples=args.samples,
-                      path_samples=args.path_samples,
-                      steps=args.steps, path_users=args.path_users, train_missing=not args.no_train,
-                      include_arima=not args.no_arima, progress=stderr_progress(not args.json),
-                      dataset_name=args.dataset, location=args.location)
+    result = evaluate_request(open_database(args.db), request_of(args), report_dir=args.report, draw=draw,
+                              progress=stderr_progress(not args.json))
     lines = [f"Evaluation of model {result['model_id']} on {result['dataset']} ({result['seconds']:.0f} s)",
              f"  {'method':20s} {'MSE':>8s} {'RMSE':>8s} {'MAE':>8s} {'CS':>8s} {'R2':>8s} {'CRPS':>8s} "
              f"{'cov50':>6s} {'cov90':>6s}"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -20,8 +21,10 @@ class InputError(ValueError):
         line: int | None = None,
         field: str | None = None,
         hint: str | None = None,
+        also: dict[str, str] | None = None,
     ) -> None:
         self.message = message
+        self.also = dict(also or {})  # the other fields' problems, {field: message}
         self.file = str(file) if file is not None else None
         self.line = line
         self.field = field
@@ -33,10 +36,14 @@ class InputError(ValueError):
         if field:
             parts.append(f"field {field!r}")
         text = ": ".join(parts + [message])
+        if self.also:
+            text += f" (also {'; '.join(f'{name}: {problem}' for name, problem in self.also.items())})"
         if hint:
             text += f" ({hint})"
         super().__init__(text)
 
-    def with_field(self, field: str | None) -> InputError:
-        """The same error naming ``field`` instead (the command line names its flags at its edge)."""
-        return InputError(self.message, file=self.file, line=self.line, field=field, hint=self.hint)
+    def with_field(self, field: str | None, names: Mapping[str, str] | None = None) -> InputError:
+        """The same error naming ``field`` instead, and the other fields by ``names`` where it has them
+        (the command line names its flags at its edge)."""
+        also = {(names or {}).get(name, name): problem for name, problem in self.also.items()}
+        return InputError(self.message, file=self.file, line=self.line, field=field, hint=self.hint, also=also)

@@ -159,9 +159,8 @@ class Request:
         """The request itself, or InputError naming the first bad field and listing every problem."""
         errors = self.validate()
         if errors:
-            first = next(iter(errors))
-            others = [f"{name}: {message}" for name, message in list(errors.items())[1:]]
-            raise InputError(errors[first] + (f" (also {'; '.join(others)})" if others else ""), field=first)
+            first, *others = errors
+            raise InputError(errors[first], field=first, also={name: errors[name] for name in others})
         return self
 
     # -- the job table --
@@ -417,7 +416,8 @@ class TrainRequest(Request):
     TITLE: ClassVar[str] = "Train a forecaster"
 
     config: str = spec(str, "lsdm", max_length=1000,
-                       help="a configuration name (engine/model/config.py) or a JSON file of model settings")
+                       help="a configuration name: lsdm, tiny or one of the ablations in engine/model/config.py "
+                            "CONFIGS (docs/model.md#configurations), or a JSON file of model settings")
     epochs: int | None = spec(int, None, low=1, high=10_000, help="maximum epochs (default: the config's)")
     seed: int | None = spec(int, None, low=0, high=SEED_MAX, help="seed (default: the config's)")
     split: str = spec(str, "time", choices=SPLITS,

@@ -37,11 +37,12 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from db.models import Dataset, ModelRecord
+from db.models import ModelRecord
 from db.queries import NoDatasetError, active_model, dataset_summary, get_dataset, store_dataset
 from engine.data.city import CityConfig, generate_city, generate_city_for
 from engine.data.ingest_table import read_table
 from engine.data.ingest_tsinghua import read_tsinghua
+from engine.data.store import store_new_dataset
 from engine.env.build import build_environment_for
 from engine.errors import InputError
 from engine.jobs.types import JobKind, Outcome
@@ -92,11 +93,7 @@ def _store_new(ctx: JobContext, content, *, replace: bool) -> Outcome:  # noqa: 
     """Store a data set and make it active (one transaction); an existing name only when ``replace``."""
     ctx.progress(0.8, f"storing {content.name!r} ...")
     with ctx.database.write_session() as session, session.begin():
-        taken = session.scalar(select(Dataset.id).where(Dataset.name == content.name))
-        if taken is not None and not replace:
-            raise InputError(f"a data set named {content.name!r} exists already; choose another name or ask to "
-                             "replace it", field="name")
-        dataset = store_dataset(session, content, activate=True)
+        dataset = store_new_dataset(session, content, replace=replace)
         session.flush()
         summary = dataset_summary(session, dataset)
         dataset_id = dataset.id

@@ -217,8 +217,12 @@ def test_llmapp_sample_ingests_end_to_end_with_the_shipped_mapping(tmp_path, cap
     assert summary["dataset"] == "data_sample"
 
 
-def test_reingesting_under_the_same_name_replaces_the_data_set(workspace, capsys):
-    assert run(capsys, *workspace.table(), "--name", "table")[0] == 0
+def test_reingesting_under_the_same_name_asks_before_replacing_the_data_set(workspace, capsys):
+    before = rows_of(workspace.db, "SELECT id, name FROM datasets ORDER BY id")
+    code, _, err = run(capsys, *workspace.table(), "--name", "table")
+    assert code == 2 and "field '--name': a data set named 'table' exists already" in err
+    assert rows_of(workspace.db, "SELECT id, name FROM datasets ORDER BY id") == before
+    assert run(capsys, *workspace.table(), "--name", "table", "--replace")[0] == 0
     assert rows_of(workspace.db, "SELECT COUNT(*) FROM datasets WHERE name = 'table'") == [(1,)]
     assert rows_of(workspace.db, "SELECT SUM(bytes) FROM traffic t JOIN entities e ON e.id = t.entity_id "
                                  "JOIN datasets d ON d.id = e.dataset_id WHERE d.name = 'table'") == [(107,)]

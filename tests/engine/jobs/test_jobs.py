@@ -112,7 +112,7 @@ def test_a_forecast_job_stores_its_run_and_reports_it(city):
     run_id = job.ref_id("forecast_run")
     with database.session() as session:
         run = session.get(ForecastRun, run_id)
-        assert run is not None and run.params["entity"] == "user:U0003" and run.params["horizon"] == 6
+        assert run is not None and run.params["entities"] == ["U0003"] and run.params["horizon"] == 6
     assert job.result["run_id"] == run_id and job.seconds > 0
     assert job.worker_id and job.started_at <= job.finished_at
 
@@ -122,7 +122,7 @@ def test_a_failing_job_records_its_reason_and_writes_nothing(city):
     job_id = enqueue(database, "forecast", {"entity": "user:NOBODY", "start": 310})
     JobWorker(database).drain()
     job = get_job(database, job_id)
-    assert job.status == "failed" and "NOBODY" in job.error and job.result["field"] == "--entity"
+    assert job.status == "failed" and "NOBODY" in job.error and job.result["field"] == "entities"
     assert _count(database, ForecastRun) == 0
 
 
@@ -314,7 +314,7 @@ def test_jobs_command_line(city, capsys):
     assert lsdm(["jobs", "list", "--db", str(city), "--json"]) == 0
     assert [j["id"] for j in json.loads(capsys.readouterr().out)["jobs"]] == [job["id"]]
     assert lsdm(["jobs", "submit", "forecast", "start=310", "--db", str(city)]) == 2
-    assert "'entity'" in capsys.readouterr().err
+    assert "field 'entities': is required" in capsys.readouterr().err
     assert lsdm(["jobs", "list", "--status", "finished", "--db", str(city)]) == 2
     assert lsdm(["jobs", "cancel", "999", "--db", str(city)]) == 2
 
