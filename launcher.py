@@ -22,7 +22,7 @@ import os
 import sys
 
 from cli.main import main as lsdm
-from db import open_database
+from db import Database, open_database
 from db.queries import NoDatasetError, get_dataset
 from db.session import resolve_db_url
 from desktop.appserver import ROOT
@@ -31,7 +31,7 @@ from engine.errors import InputError
 from engine.jobs import ACTIVE, JobWorker, enqueue, get_job, list_jobs
 
 
-def first_launch_job(database) -> int | None:  # noqa: ANN001
+def first_launch_job(database: Database) -> int | None:
     """Queue ``setup.default`` when the database holds no data set (and no such job is under way);
     returns the job id, or None when there is nothing to do."""
     try:

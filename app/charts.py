@@ -31,7 +31,7 @@ def radar(frame: pd.DataFrame, services: list[str] | tuple[str, ...], *, value: 
     angle = {name: math.pi / 2 - 2 * math.pi * i / k for i, name in enumerate(services)}
     rows = []
     for name, group in frame.groupby(series, sort=False):
-        by_service = dict(zip(group["service"], group[value]))
+        by_service = dict(zip(group["service"], group[value], strict=True))
         for i, service in enumerate([*services, services[0]]):
             r = float(by_service.get(service, 0.0)) / top
             rows.append({"series": name, "service": service, "order": i, "value": float(by_service.get(service, 0.0)),

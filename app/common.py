@@ -12,12 +12,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
 
 from db import Database, open_database
 from db.queries import NoDatasetError, dataset_sizes, get_dataset
+
+if TYPE_CHECKING:
+    import altair as alt
+    from PIL import Image
 
 # One colour per service, used the same way on every chart (Tableau 10, then Tableau 20's lighter
 # shades for data sets with more than ten services).
@@ -92,7 +97,7 @@ def dataset_info() -> DatasetInfo | None:
 
 
 @st.cache_resource(show_spinner=False)
-def app_icon():  # noqa: ANN201
+def app_icon() -> Image.Image:
     """The favicon, drawn locally: a Material icon name as page_icon would make the browser fetch the
     icon font from the internet."""
     from PIL import Image, ImageDraw
@@ -141,7 +146,7 @@ def service_colors(services: tuple[str, ...] | list[str]) -> list[str]:
     return [SERVICE_PALETTE[i % len(SERVICE_PALETTE)] for i in range(len(services))]
 
 
-def service_scale(services: tuple[str, ...] | list[str]):  # noqa: ANN201
+def service_scale(services: tuple[str, ...] | list[str]) -> alt.Scale:
     """The Altair colour scale that gives each service its one colour."""
     import altair as alt
 

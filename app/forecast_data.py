@@ -11,8 +11,10 @@ recomputed. Display units: MB and "Tue 14:00" hour labels; exports keep exact by
 from __future__ import annotations
 
 import io
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import altair as alt
 import numpy as np
@@ -26,10 +28,10 @@ from db import queries  # qualified: this module's active_model gives the page's
 from db.models import ForecastRun, ModelRecord
 from engine.data.windows import Normaliser
 from engine.errors import InputError
+from engine.evaluation.metrics import point_metrics, score
 from engine.forecast import ForecastResult
 from engine.model import read_model_document
 from engine.requests import ForecastRequest
-from engine.evaluation.metrics import point_metrics, score
 
 MAX_USERS = 20
 MAX_HORIZON = ForecastRequest.bounds("horizon")[1]
@@ -237,7 +239,7 @@ def step_frame(steps: list[dict], service: str | None = None) -> pd.DataFrame:
 def service_fans(entity: dict, services: tuple[str, ...] | list[str]) -> list[alt.LayerChart]:
     """One fan chart per service (MB), in the data set's service order and colours."""
     return [fan_chart(step_frame(entity["steps"], name), service=name, color=color)
-            for name, color in zip(services, service_colors(services))]
+            for name, color in zip(services, service_colors(services), strict=True)]
 
 
 def total_fan(entity: dict, title: str = "Total traffic", y_max: float | None = None) -> alt.LayerChart:
@@ -264,7 +266,7 @@ def forecast_mix(entity: dict, services: tuple[str, ...] | list[str]) -> tuple[p
     for name, values in series:
         total = float(values.sum())
         rows += [{"series": name, "service": s, "share": float(v) / total if total > 0 else 0.0}
-                 for s, v in zip(services, values)]
+                 for s, v in zip(services, values, strict=True)]
     return pd.DataFrame(rows, columns=["series", "service", "share"]), len(steps)
 
 
@@ -443,7 +445,7 @@ def cached_exports(url: str, dataset_id: int, revision: int, run_id: int, servic
 # --- widget state -------------------------------------------------------------------------------------
 
 
-def adopt_link_value(state, widget_key: str, value: object) -> None:  # noqa: ANN001
+def adopt_link_value(state: MutableMapping[str, Any], widget_key: str, value: object) -> None:
     """Let a deep link set a widget: only a link value that differs from the last one seen (a new link,
     not the page's own mirror of the widget) overrides it, so the user's changes are never undone. A
     widget without state (Streamlit drops it when the page is left) always takes the link's value."""
@@ -453,7 +455,7 @@ def adopt_link_value(state, widget_key: str, value: object) -> None:  # noqa: AN
     state[memo] = value
 
 
-def remember_link_value(state, widget_key: str, value: object) -> None:  # noqa: ANN001
+def remember_link_value(state: MutableMapping[str, Any], widget_key: str, value: object) -> None:
     """Record the value the page itself just mirrored into the URL (see ``adopt_link_value``)."""
     state[f"_link_{widget_key}"] = value
 

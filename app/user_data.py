@@ -182,7 +182,7 @@ def service_mix(matrix: np.ndarray, services: tuple[str, ...], origin: datetime)
         total = float(per_service.sum())
         if total <= 0:
             continue
-        rows += [{"series": name, "service": s, "share": float(v) / total} for s, v in zip(services, per_service)]
+        rows += [{"series": name, "service": s, "share": float(v) / total} for s, v in zip(services, per_service, strict=True)]
     return pd.DataFrame(rows, columns=["series", "service", "share"])
 
 
@@ -196,7 +196,7 @@ def usage_summary(matrix: np.ndarray, places: pd.DataFrame) -> dict[str, float]:
     per_hour = matrix.sum(axis=1)
     hours = max(len(per_hour), 1)
     return {"total_bytes": float(per_hour.sum()), "mean_bytes_per_hour": float(per_hour.sum()) / hours,
-            "active_share": float((per_hour > 0).sum()) / hours, "cells": int(len(places))}
+            "active_share": float((per_hour > 0).sum()) / hours, "cells": len(places)}
 
 
 # --- cached wrappers (the page calls these) -----------------------------------------------------------

@@ -80,7 +80,7 @@ def cell_tile(session: Session, dataset_id: int, key: str) -> bytes | None:
 
 def cell_label(cells: pd.DataFrame) -> dict[str, str]:
     """Cell key -> 'C0042 · cbd' for pickers."""
-    return {key: f"{key} · {use}" for key, use in zip(cells["key"], cells["land_use"])}
+    return {key: f"{key} · {use}" for key, use in zip(cells["key"], cells["land_use"], strict=True)}
 
 
 @dataclass
@@ -112,7 +112,7 @@ class EditorContext:
         return {key: i for i, key in enumerate(self.cell_keys)}
 
     @cached_property
-    def city_stats(self):  # noqa: ANN201
+    def city_stats(self) -> CityStats:
         """The data set's POI statistics, against which edited counts are described."""
         return CityStats.from_counts(self.poi, self.categories)
 
@@ -281,7 +281,7 @@ def field_slot(field: str | None) -> str:
     for suffix in ("poi_counts", "description"):
         if field.endswith("." + suffix):
             return suffix
-    if field.endswith(".tile_from") or field.endswith(".tile_png"):
+    if field.endswith((".tile_from", ".tile_png")):
         return "tile"
     if field in ("a", "b"):
         return "weights"
@@ -384,7 +384,7 @@ def mix_frame(result: dict) -> pd.DataFrame:
         volume = _array(result, run, "median").sum(axis=0)
         total = float(volume.sum())
         rows += [{"series": run, "service": name, "share": float(v) / total if total > 0 else 0.0}
-                 for name, v in zip(result["services"], volume)]
+                 for name, v in zip(result["services"], volume, strict=True)]
     return pd.DataFrame(rows, columns=["series", "service", "share"])
 
 

@@ -32,7 +32,7 @@ def timed_runs(fn: Callable[[], object], runs: int) -> list[float]:
     return times
 
 
-def report(name: str, runs_s: list[float], target_s: float | None, **extra) -> dict:
+def report(name: str, runs_s: list[float], target_s: float | None, **extra: object) -> dict:
     result = {
         "benchmark": name,
         "median_s": round(statistics.median(runs_s), 4),

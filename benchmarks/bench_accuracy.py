@@ -2,8 +2,8 @@
 
 1. default city, shipped model: `lsdm evaluate` with every baseline (ARIMA too) and the comparison models
    (trained when missing), the test hours at the cells the data recorded (`--location observed`, the
-   default: as in training and in the paper's task); target: lsdm beats every baseline on RMSE and R²; the condition gains >= 2.8 % R²
-   over no condition (the paper's figure);
+   default: as in training and in the paper's task); target: lsdm beats every baseline on RMSE and R²; the
+   condition gains >= 2.8 % R² over no condition (the paper's figure);
 2. new city (seed 1), embedded with the shipped encoder, scored by the default city's models as they are;
 3. control city built with `--env-effect 0` (own encoder, lsdm and no condition trained): no gain beyond noise;
    both gains are printed: over the no-condition model (two training runs) and over the same model given
@@ -60,7 +60,7 @@ def registered(db: str, home: Path, name: str, dataset: str, split: str = "time"
     return None
 
 
-def summary(scenario: str, result: dict, seconds: float, **extra) -> dict:
+def summary(scenario: str, result: dict, seconds: float, **extra: object) -> dict:
     rows = {row["method"]: row for row in result["rows"] + result.get("table4", [])}
     out = {"benchmark": f"accuracy_{scenario}", "dataset": result["dataset"], "trained_on": result.get("trained_on"),
            "split": result.get("split"), "seconds": round(seconds),

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,6 +45,9 @@ from tests.e2e.conftest import (
     stop_dashboard,
     wait_rendered,
 )
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 TARGET_S = 1.5
 FORECAST_USER = "U0001"
@@ -101,21 +105,21 @@ def page_links(run_id: int, start: int) -> dict[str, str]:
     return {name: f"/{path}{query.get(name, '')}" for name, (path, _nav, _title) in PAGES.items()}
 
 
-def time_load(tab, base: str, links: dict[str, str], name: str) -> float:  # noqa: ANN001 - playwright Page
+def time_load(tab: Page, base: str, links: dict[str, str], name: str) -> float:
     """Seconds from opening page ``name``'s link to the page being rendered."""
     started = time.perf_counter()
     tab.goto(base + links[name])
     return _rendered_after(tab, PAGES[name][2], started)
 
 
-def _rendered_after(tab, title: str, started: float) -> float:  # noqa: ANN001
+def _rendered_after(tab: Page, title: str, started: float) -> float:
     """Seconds from ``started`` until the page with ``title`` was rendered (and stayed so)."""
     waited_from = time.perf_counter()
     ready_after = wait_rendered(tab, title)
     return waited_from - started + ready_after
 
 
-def time_switch(tab, name: str) -> float:  # noqa: ANN001
+def time_switch(tab: Page, name: str) -> float:
     """Seconds from clicking ``name`` in the sidebar to that page being rendered."""
     _path, nav, title = PAGES[name]
     label = tab.locator('[data-testid="stMarkdownContainer"]', has_text=re.compile(f"^{re.escape(nav)}$"))
@@ -125,7 +129,7 @@ def time_switch(tab, name: str) -> float:  # noqa: ANN001
     return _rendered_after(tab, title, started)
 
 
-def measure(tab, base: str, links: dict[str, str], runs: int) -> dict[str, dict[str, list[float]]]:  # noqa: ANN001
+def measure(tab: Page, base: str, links: dict[str, str], runs: int) -> dict[str, dict[str, list[float]]]:
     """load and switch times per page: one warm-up round (fills the caches), then ``runs`` rounds."""
     times = {name: {"load": [], "switch": []} for name in PAGES}
     for round_ in range(runs + 1):
@@ -150,7 +154,7 @@ SCREENSHOT_ANCHORS = {
 }
 
 
-def take_screenshots(tab, base: str, links: dict[str, str], folder: Path) -> list[str]:  # noqa: ANN001
+def take_screenshots(tab: Page, base: str, links: dict[str, str], folder: Path) -> list[str]:
     """One PNG per page at the tab's size (1400x900), as a visitor sees it (see SCREENSHOT_ANCHORS)."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []

@@ -28,9 +28,9 @@ from _common import report
 
 from db import open_database
 from db.queries import get_dataset, store_dataset
-from engine.evaluation.baselines import BASELINES, default_jobs, forecast_paths
 from engine.data.city import CityConfig, generate_city
 from engine.data.windows import Normaliser, SplitSpec, gather, load_series, make_splits
+from engine.evaluation.baselines import BASELINES, default_jobs, forecast_paths
 from engine.evaluation.metrics import METRIC_KEYS, mse_by_step, per_service_r2, score
 
 PATH_STEPS = 30

@@ -20,11 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(REPO / "packaging"))
-from _common import report  # noqa: E402
-from bundle_process import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packaging"))
+from _common import report
+from bundle_process import (
     CHROMIUM,
     CHROMIUM_ARGS,
     LaunchedBundle,
@@ -35,6 +34,8 @@ from bundle_process import (  # noqa: E402
     missing_browser_reason,
     wait_page,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:

@@ -17,12 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report, timed_runs
+from sqlalchemy import select
 
 from db import open_database
 from db.models import Entity
 from db.queries import entity_matrix, get_dataset, store_dataset
 from engine.data.city import CityConfig, generate_city
-from sqlalchemy import select
 
 
 def main() -> None:

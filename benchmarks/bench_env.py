@@ -51,9 +51,10 @@ def main() -> None:
                land_use_agreement=agreement[-1])
 
         # Embedding throughput: encode all 400 cells (image + text) with the last trained encoder.
+        from sqlalchemy import select
+
         from db.models import Cell, Description, Tile
         from db.queries import get_dataset
-        from sqlalchemy import select
 
         with database.session() as session:
             dataset = get_dataset(session)

@@ -20,17 +20,19 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from db import open_database
+from db.queries import DatasetContent, store_dataset
+from engine.data.ingest_table import read_table
+from engine.data.ingest_tsinghua import CATEGORIES, read_tsinghua, write_synthetic_trace
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-
-from db import open_database  # noqa: E402
-from db.queries import store_dataset  # noqa: E402
-from engine.data.ingest_table import read_table  # noqa: E402
-from engine.data.ingest_tsinghua import CATEGORIES, read_tsinghua, write_synthetic_trace  # noqa: E402
 
 SHARED = REPO / ".." / "shared" / "data"
 TARGET_S = 120
@@ -53,14 +55,14 @@ def metadata(folder: Path) -> tuple[dict[str, Path], str]:
             "poi": folder / "base_poi.txt"}, "generated stand-ins"
 
 
-def store(db_path: Path, content) -> None:  # noqa: ANN001
+def store(db_path: Path, content: DatasetContent) -> None:
     database = open_database(str(db_path))
     with database.write_session() as session, session.begin():
         store_dataset(session, content)
     database.dispose()
 
 
-def timed_runs(runs: int, folder: Path, tag: str, read) -> dict:  # noqa: ANN001
+def timed_runs(runs: int, folder: Path, tag: str, read: Callable[[], DatasetContent]) -> dict:
     totals, reads, stores = [], [], []
     content = None
     for run in range(runs):
@@ -78,7 +80,7 @@ def timed_runs(runs: int, folder: Path, tag: str, read) -> dict:  # noqa: ANN001
     return {
         "median_s": round(statistics.median(totals), 3), "runs_s": totals,
         "read_s": reads, "store_s": stores,
-        "traffic_rows": int(len(content.traffic_bytes)), "location_rows": int(len(content.location_cell)),
+        "traffic_rows": len(content.traffic_bytes), "location_rows": len(content.location_cell),
         "entities": len(content.entity_keys), "cells": len(content.cell_keys),
     }
 

@@ -20,9 +20,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report
+
+if TYPE_CHECKING:
+    from db import Database
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,7 +41,7 @@ def _prepare(home: Path) -> Path:
     return db
 
 
-def _job_seconds(database, request: dict) -> float:  # noqa: ANN001
+def _job_seconds(database: Database, request: dict) -> float:
     from engine.jobs import enqueue, wait_for
 
     started = time.perf_counter()

@@ -35,7 +35,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from db import open_database
+from db import Database, open_database
 from db.models import Worker
 from db.session import data_dir
 from desktop.appserver import ROOT, free_port, port_is_free, streamlit_flags, wait_healthy
@@ -191,7 +191,7 @@ def _stop(children: list[Child]) -> None:
         log.info("%s (pid %s) exited with %s", child.name, child.process.pid, child.process.returncode)
 
 
-def _wait_worker(database, process: subprocess.Popen, timeout: float = 60.0) -> None:  # noqa: ANN001
+def _wait_worker(database: Database, process: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -13,7 +13,7 @@ import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -59,7 +59,7 @@ def main() -> int:
         "build_s": round(seconds, 1),
         "size_mb": round(size / 2**20, 1),
         "files": files,
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "versions": versions(),

@@ -5,6 +5,7 @@ its children are gone. Standard library only, plus Playwright for the page (opti
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -16,6 +17,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 NAME = "lsdm-dashboard"
 READY_PREFIX = "LSDM dashboard: "  # desktop/serve.py READY_PREFIX
@@ -190,14 +195,10 @@ class LaunchedBundle:
     def kill(self) -> None:
         """Last resort: SIGKILL the launcher and whatever it started (each by its own pid)."""
         for pid in [*descendants(self.process.pid), self.process.pid]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
 
     def output_tail(self, lines: int = 40) -> str:
         return "".join(self.output[-lines:])
@@ -251,7 +252,7 @@ _PAGE_STATE_JS = """(title) => {
 }"""
 
 
-def wait_page(tab, title: str | None = None, *, timeout: float = 120.0) -> dict:  # noqa: ANN001 - a Playwright Page
+def wait_page(tab: Page, title: str | None = None, *, timeout: float = 120.0) -> dict:
     """Wait until the open page has rendered (see _PAGE_STATE_JS) and lists every page in its sidebar;
     raises BundleError on an exception box (a ModuleNotFoundError in the bundle, typically) or timeout."""
     deadline = time.perf_counter() + timeout

@@ -3,11 +3,17 @@ alike, who is there hour by hour and what they use there. Deep link: ?cell=KEY."
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import streamlit as st
 
 from app import cell_data as c
 from app import common, jobs_ui
 from db.models import Dataset
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def keys(url: str, dataset_id: int, revision: int) -> list[str]:
@@ -26,7 +32,8 @@ def embeddings(url: str, dataset_id: int, revision: int) -> tuple[str, object, o
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def cell_view(url: str, dataset_id: int, revision: int, key: str):  # noqa: ANN201
+def cell_view(url: str, dataset_id: int, revision: int,
+              key: str) -> tuple[c.CellDetail, pd.DataFrame, pd.DataFrame] | None:
     """Everything about one cell except its neighbours: detail, presence and traffic frames."""
     with common.database().session() as session:
         dataset = session.get(Dataset, dataset_id)
@@ -37,7 +44,7 @@ def cell_view(url: str, dataset_id: int, revision: int, key: str):  # noqa: ANN2
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def neighbours(url: str, dataset_id: int, revision: int, cell_id: int):  # noqa: ANN201
+def neighbours(url: str, dataset_id: int, revision: int, cell_id: int) -> pd.DataFrame | str:
     found = embeddings(url, dataset_id, revision)
     if isinstance(found, str):
         return found
@@ -95,13 +102,13 @@ def show_environment(detail: c.CellDetail, info: common.DatasetInfo) -> None:
             st.caption(f"No points of interest around this cell (none of {len(info.poi_categories)} categories).")
 
 
-def show_neighbours(found) -> None:  # noqa: ANN001
+def show_neighbours(found: pd.DataFrame | str) -> None:
     st.subheader("Most similar environments")
     if isinstance(found, str):
         st.info(found, icon=":material/hub:")
         return
     st.caption("Cosine similarity of the active encoder's environment embeddings (image and description).")
-    for column, row in zip(st.columns(c.NEIGHBOURS), found.itertuples()):
+    for column, row in zip(st.columns(c.NEIGHBOURS), found.itertuples(), strict=False):
         with column:
             if row.tile:
                 st.image(row.tile, width="stretch")

@@ -6,6 +6,7 @@ tile-source / describer settings that build uses."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
@@ -15,6 +16,12 @@ from app import settings as app_settings
 from engine.errors import InputError
 from engine.jobs import discard_uploads
 from engine.requests import CityRequest, EnvRequest
+
+if TYPE_CHECKING:
+    from streamlit.delta_generator import DeltaGenerator
+    from streamlit.runtime.uploaded_file_manager import UploadedFile
+
+    from engine.jobs import JobView
 
 DATA_JOBS = ("ingest.table", "ingest.tsinghua", "city.build", "env.build")
 
@@ -30,7 +37,7 @@ def finish(notice: str) -> None:
     st.rerun()
 
 
-def upload(file) -> da.Upload | None:  # noqa: ANN001
+def upload(file: UploadedFile | None) -> da.Upload | None:
     return (file.name, file.getvalue()) if file is not None else None
 
 
@@ -43,7 +50,7 @@ def queue(kind: str, params: dict, slots: dict | None = None) -> None:
         st.session_state["data_job"] = job_id
 
 
-def show_done(job) -> None:  # noqa: ANN001 - engine.jobs.JobView
+def show_done(job: JobView) -> None:
     """A done job of this page: what it made (the page was drawn from the fresh data already)."""
     st.success(da.job_notice(job), icon=":material/check_circle:")
 
@@ -172,7 +179,7 @@ def city_form() -> None:
         c1, c2, c3, c4, c5 = st.columns(5)
         spec = CityRequest.field_specs()
 
-        def number(column, label: str, name: str, **options):  # noqa: ANN001, ANN202 - a widget
+        def number(column: DeltaGenerator, label: str, name: str, **options: Any) -> int | float | None:
             """A number field with the request's bounds and default."""
             return column.number_input(label, *CityRequest.bounds(name), spec[name]["default"], key=f"city_{name}",
                                        **options)

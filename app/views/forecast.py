@@ -7,6 +7,8 @@ page follows it and opens the stored run when it is done. The logic lives in app
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import streamlit as st
 
 from app import forecast_data as fd
@@ -14,6 +16,11 @@ from app import jobs_ui
 from app.common import database, page_header, query_int, query_str, revision, set_query
 from app.user_data import cached_entity_keys
 from engine.requests import ForecastRequest
+
+if TYPE_CHECKING:
+    from streamlit.delta_generator import DeltaGenerator
+
+    from engine.jobs import JobView
 
 info = jobs_ui.require_dataset()
 url = database().url
@@ -26,7 +33,7 @@ def label(hour: int) -> str:
     return fd.start_label(info.time_origin, info.hours, hour)
 
 
-def show_error(slot, message: str | None) -> None:  # noqa: ANN001
+def show_error(slot: DeltaGenerator, message: str | None) -> None:
     """A field's validation message, right under the field."""
     if message:
         slot.error(message, icon=":material/error:")
@@ -78,7 +85,7 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
                                    format_func=fd.LOCATION_LABELS.get,
                                    help="; ".join(f"{k}: {v}" for k, v in fd.LOCATION_HELP.items()))
         cells = fd.cached_cells(url, info.id, revision())
-        names = dict(zip(cells["key"], cells["name"] + " (" + cells["land_use"].fillna("unknown") + ")"))
+        names = dict(zip(cells["key"], cells["name"] + " (" + cells["land_use"].fillna("unknown") + ")", strict=True))
         cell = bottom[1].selectbox("Cell", list(names), key="fc_cell", disabled=location != "cells",
                                    format_func=lambda k: f"{k} · {names[k]}", help="Used by the `cell` scenario.")
         location_slot = bottom[0].empty()
@@ -121,7 +128,7 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
             jobs_ui.follow(job_id, key="forecast", on_done=open_run)
 
 
-def open_run(job) -> None:  # noqa: ANN001 - engine.jobs.JobView
+def open_run(job: JobView) -> None:
     """A done forecast job: show its stored run (?run=ID)."""
     run_id = job.ref_id("forecast_run")
     set_query(run=run_id)
@@ -169,7 +176,7 @@ def show_run(run: fd.StoredRun) -> None:
 
     st.markdown("**Per service** (MB per hour: median, 50% and 90% bands, truth as dots)")
     for row in range(0, len(views.fans), 3):
-        for column, spec in zip(st.columns(3), views.fans[row : row + 3]):
+        for column, spec in zip(st.columns(3), views.fans[row : row + 3], strict=False):
             column.vega_lite_chart(spec, theme=None, width="stretch")
 
     csv, parquet = fd.cached_exports(url, info.id, revision(), run.id, info.services, info.time_origin)
@@ -206,7 +213,7 @@ def history_section() -> None:
     st.caption("Select a row to open that run above (its stored result; nothing is recomputed).")
 
     titles = {int(r): f"Run {r} · {e} · {s} · {h} h" for r, e, s, h in
-              zip(history["run"], history["entity"], history["start_label"], history["horizon"])}
+              zip(history["run"], history["entity"], history["start_label"], history["horizon"], strict=True)}
     pair = st.multiselect("Compare two runs", list(titles), format_func=titles.get, max_selections=2, key="fc_compare")
     if len(pair) < 2:
         return
@@ -218,8 +225,8 @@ def history_section() -> None:
     shared = fd.common_entity(*runs)
     names = [shared or run.entity_names[0] for run in runs]
     kind = "total" if view == "Total traffic" else "median"
-    top = fd.compare_y_max([run.entity(name) for run, name in zip(runs, names)], kind, info.services)
-    for column, run, name in zip(st.columns(2), runs, names):
+    top = fd.compare_y_max([run.entity(name) for run, name in zip(runs, names, strict=True)], kind, info.services)
+    for column, run, name in zip(st.columns(2), runs, names, strict=False):
         with column:
             st.markdown(f"**{fd.run_title(run, info.time_origin, info.hours)}**  \n"
                         f"{run.request.sampler_label} · {run.request.samples} "

@@ -76,7 +76,7 @@ if not located.any():
 else:
     try:
         base = basemap(common.database().url, info.id, common.revision())
-    except Exception as exc:  # the engine's reason, but the cells can still be drawn
+    except Exception as exc:  # noqa: BLE001 - the engine's reason, but the cells can still be drawn
         st.error(f"The basemap could not be drawn: {exc}")
         base = None
     cells = m.cell_layer_frame(city, hour, color)

@@ -5,6 +5,8 @@ error by horizon). Links: ?model=ID selects a forecaster; ?job=ID follows a trai
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import streamlit as st
 
 from app import common, jobs_ui
@@ -12,6 +14,9 @@ from app import models_data as md
 from engine.evaluation.evaluate import COMPARISON_MODELS, LOCATION_TEXT
 from engine.model.config import CONFIGS
 from engine.requests import EvaluateRequest, TrainRequest
+
+if TYPE_CHECKING:
+    from engine.jobs import JobView
 
 common.page_header("Models & evaluation", "Forecasters and environment encoders of the active data set.")
 info = jobs_ui.require_dataset()
@@ -91,7 +96,7 @@ def show_evaluation(model: md.ModelInfo) -> None:
          "environment, a permutation test): what the model takes from where the user actually is, "
          "without a second training run in the comparison"),
     ) if evaluation.get(f"{key}_r2_percent") is not None]  # evaluations stored before a measure lack it
-    for column, (key, label, help_text) in zip(st.columns(len(gains)) if gains else [], gains):
+    for column, (key, label, help_text) in zip(st.columns(len(gains)) if gains else [], gains, strict=True):
         interval = evaluation.get(f"{key}_interval")
         spread = (f"95 % interval over users: {interval['low']:+.2f} to {interval['high']:+.2f} %"
                   if interval else None)  # evaluations stored before the interval existed have none
@@ -162,7 +167,7 @@ def evaluation_form(model: md.ModelInfo) -> None:
         jobs_ui.follow(job_id, key="evaluate", on_done=evaluated)
 
 
-def evaluated(job) -> None:  # noqa: ANN001 - engine.jobs.JobView
+def evaluated(job: JobView) -> None:
     """A done evaluation (the page above was drawn from the fresh data already)."""
     st.success(f"Evaluated model #{job.ref_id('evaluation')} in {job.seconds or 0:.0f} s.",
                icon=":material/check_circle:")
@@ -201,14 +206,14 @@ def training_form() -> None:
         jobs_ui.follow(job_id, key="train", on_done=trained, live=loss_so_far)
 
 
-def loss_so_far(job) -> None:  # noqa: ANN001 - engine.jobs.JobView
+def loss_so_far(job: JobView) -> None:
     """The running training's loss curve, epoch by epoch (the job reports its history as it goes)."""
     history = (job.result or {}).get("history") or []
     if history:
         st.altair_chart(md.loss_curve(history, height=200), width="stretch")
 
 
-def trained(job) -> None:  # noqa: ANN001 - engine.jobs.JobView
+def trained(job: JobView) -> None:
     """A done training: select the new model (on the next run: its picker is drawn already) and say so."""
     result = job.result or {}
     st.session_state["trained"] = (job.ref_id("model"), result.get("stopped_by", "?"), result.get("train_seconds", 0))

@@ -97,7 +97,7 @@ with right:
 
 if not places.empty:
     st.markdown("**Top places**")
-    for column, place in zip(st.columns(3), places.head(3).itertuples()):
+    for column, place in zip(st.columns(3), places.head(3).itertuples(), strict=False):
         with column:
             role = f" · {place.role}" if place.role else ""
             if st.button(f"{place.name}{role}", key=f"user_place_{place.cell}", icon=":material/cell_tower:",

@@ -8,6 +8,7 @@ never loads the model. The logic lives in app/whatif_data.py."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
@@ -29,6 +30,12 @@ from engine.errors import InputError
 from engine.requests import WhatIfRequest
 from engine.whatif import CellEdit, rename_scenario, validate_scenario
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from streamlit.delta_generator import DeltaGenerator
+
+    from engine.jobs import JobView
+
 info = jobs_ui.require_dataset()
 url = database().url
 noun = info.entity_kind
@@ -37,7 +44,7 @@ page_header("What-if", "Change a user's environment and compare the forecast wit
                        f"(same seed) · data set **{info.name}**")
 
 
-def show_error(slot, message: str | None) -> None:  # noqa: ANN001
+def show_error(slot: DeltaGenerator, message: str | None) -> None:
     """A field's validation message, right under the field."""
     if message:
         slot.error(message, icon=":material/error:")
@@ -78,7 +85,7 @@ def pick_from_map() -> None:
         state["wi_cell"], state["wi_location"] = picked, "cell"
 
 
-def location_editor(cells, user: str, start: int, slots: dict) -> tuple[str, str | None]:  # noqa: ANN001
+def location_editor(cells: pd.DataFrame, user: str, start: int, slots: dict) -> tuple[str, str | None]:
     """Where the user is during the forecast; returns (mode, the cell whose environment is edited)."""
     labels = wd.cell_label(cells)
     mode = st.radio("Location", wd.LOCATION_MODES, key="wi_location", format_func=wd.LOCATION_LABELS.get,
@@ -99,7 +106,7 @@ def location_editor(cells, user: str, start: int, slots: dict) -> tuple[str, str
     return mode, target
 
 
-def environment_editor(context: wd.EditorContext, cells, target: str | None, slots: dict) -> dict:  # noqa: ANN001
+def environment_editor(context: wd.EditorContext, cells: pd.DataFrame, target: str | None, slots: dict) -> dict:
     """POI counts, description and tile of the target cell; returns the editor's raw values."""
     gen = state.get("wi_gen", 0)
     row = context.cell_row.get(target) if target else None
@@ -232,7 +239,7 @@ def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str])
             jobs_ui.follow(job_id, key="whatif", on_done=open_scenario)
 
 
-def open_scenario(job) -> None:  # noqa: ANN001 - engine.jobs.JobView
+def open_scenario(job: JobView) -> None:
     """A done what-if job: show its stored scenario (?scenario=ID); the editor holds it already."""
     scenario_id = job.ref_id("scenario")
     state["_wi_loaded"] = scenario_id
