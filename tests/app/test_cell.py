@@ -14,9 +14,9 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from app import cell_data as c
+from cli.main import main as lsdm
 from db import open_database
 from db.queries import get_dataset
-from cli.main import main as lsdm
 from tests.app.conftest import query, run_page, sql
 
 
@@ -62,7 +62,7 @@ def test_poi_chart_holds_the_cells_poi_counts_under_the_data_sets_category_names
     counts, = sql(app_db, "SELECT poi_counts FROM cells WHERE key = 'C0001'")[0]
     categories, = sql(app_db, "SELECT poi_categories FROM datasets")[0]
     poi = chart_by_field(at, "category")
-    assert dict(zip(poi["category"], poi["count"])) == dict(zip(json.loads(categories), json.loads(counts)))
+    assert dict(zip(poi["category"], poi["count"], strict=True)) == dict(zip(json.loads(categories), json.loads(counts), strict=True))
 
 
 def test_the_five_nearest_cells_by_environment_are_listed_best_first_without_the_cell_itself(app_db: Path) -> None:
@@ -94,7 +94,7 @@ def test_traffic_chart_sums_per_service_equal_the_sql_sum_of_traffic_at_the_cell
     by_service = traffic.groupby("service")["mb"].sum()
     assert by_service.to_dict() == pytest.approx({s: expected.get(i, 0) / 1e6 for i, s in enumerate(services)})
     assert len(traffic) == 336 * len(services)  # every hour, zeros included
-    assert any("Traffic by service" == h.value for h in at.subheader)
+    assert any(h.value == "Traffic by service" for h in at.subheader)
 
 
 def test_users_present_chart_counts_distinct_users_at_the_cell_each_hour(app_db: Path) -> None:

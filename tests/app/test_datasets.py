@@ -19,8 +19,8 @@ from db import open_database
 from db.queries import store_dataset
 from engine.data.city import CityConfig, generate_city
 from engine.errors import InputError
-from engine.jobs.kinds import environment_progress
 from engine.jobs import JobWorker, enqueue, list_jobs, uploads_root
+from engine.jobs.kinds import environment_progress
 from tests.app.conftest import page
 
 # An LLM-app style long table (the layout of assets/mappings/llmapp.json): app_cate_id 5 is Social
@@ -278,7 +278,7 @@ def test_saved_settings_round_trip_and_a_damaged_file_names_itself(tmp_path):
     app_settings.save_settings(saved, path)
     assert app_settings.load_settings(path) == saved
     path.write_text('{"tile_source": "synthetic",\n "colour": 1}')
-    with pytest.raises(InputError, match="unknown key.*colour"):
+    with pytest.raises(InputError, match=r"unknown key.*colour"):
         app_settings.load_settings(path)
     path.write_text("{\n  oops")
     with pytest.raises(InputError, match=r"settings.json:2"):

@@ -112,7 +112,7 @@ def test_user_page_lists_the_users_places_with_share_of_hours_and_links_to_the_c
             .where(LocationHour.entity_id == entity.id).group_by(Cell.key)).all())
         home = entity.attrs["home"]
     database.dispose()
-    assert dict(zip(places["cell"], places["hours"])) == visits
+    assert dict(zip(places["cell"], places["hours"], strict=True)) == visits
     assert places["share"].sum() == pytest.approx(1.0)
     assert list(places["hours"]) == sorted(places["hours"], reverse=True)  # most visited first
     assert places.set_index("cell").loc[home, "role"].startswith("home")

@@ -16,7 +16,8 @@ from streamlit.testing.v1 import AppTest
 
 from app.whatif_data import EditorInput, build_scenario, error_text, field_slot
 from db import open_database
-from db.models import Cell, Dataset, ForecastRun, Scenario as ScenarioRow, Tile
+from db.models import Cell, Dataset, ForecastRun, Tile
+from db.models import Scenario as ScenarioRow
 from db.queries import store_dataset
 from engine.data.city import CityConfig, generate_city
 from engine.errors import InputError

@@ -79,9 +79,8 @@ def test_a_failed_store_leaves_the_database_as_before(db_path):
         store_dataset(session, _content("a"))
     broken = _content("a", scale=10)
     broken.location_cell = np.array([0, 0, 7])  # no such cell position
-    with pytest.raises(IndexError):
-        with database.write_session() as session, session.begin():
-            store_dataset(session, broken)
+    with pytest.raises(IndexError), database.write_session() as session, session.begin():
+        store_dataset(session, broken)
     with database.session() as session:
         assert dataset_summary(session, get_dataset(session, "a"))["total_bytes"] == 600
         assert _count(session, Cell) == 2 and _count(session, TrafficHour) == 3

@@ -87,7 +87,8 @@ def test_upgrade_from_version_2_adds_the_description_error_column_and_keeps_rows
         connection.execute(Cell.__table__.insert().values(id=1, dataset_id=1, key="c", name="c", poi_counts=[1],
                                                           attrs={}))
         connection.exec_driver_sql(
-            "INSERT INTO descriptions (cell_id, text, generator, created_at) VALUES (1, 'old text', 'template', '2020-01-01')"
+            "INSERT INTO descriptions (cell_id, text, generator, created_at) "
+            "VALUES (1, 'old text', 'template', '2020-01-01')"
         )
     assert upgrade(old) == (2, LATEST_VERSION)
     with old.connect() as connection:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from cli.main import main
 from db import open_database
 from db.models import ModelRecord
 from db.queries import get_dataset, store_dataset
-from cli.main import main
 from engine.data.city import CityConfig, generate_city
 from engine.data.windows import load_series
 from engine.env.clip import ClipSettings
@@ -105,7 +105,7 @@ def test_a_users_split_model_is_evaluated_on_held_out_users_against_users_split_
     result = evaluate(database, held.record_id, samples=2, steps=3, path_users=2, include_arima=False, store=False)
     assert result["split"] == "users"
     assert any("held out of training" in note for note in result["notes"])
-    n_held = int(round(16 * 0.2))
+    n_held = round(16 * 0.2)
     assert f"({n_held * 24} windows)" in result["notes"][0]
     by_method = {row["method"]: row for row in result["rows"]}
     _, no_condition = load_model(database, by_method["lsdm-no-condition"]["model_id"])

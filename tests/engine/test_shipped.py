@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from cli.main import main as lsdm
 from db import open_database
 from db.models import Embedding, ForecastRun, ModelRecord
 from db.queries import get_dataset
-from cli.main import main as lsdm
 from engine.shipped import dataset_digest, default_dir, read_manifest
 
 MANIFEST = read_manifest()

@@ -78,7 +78,7 @@ def test_poi_counts_are_calibrated_against_the_real_base_stations():
     pois = np.concatenate([generate_city(CityConfig(users=5, cells=400, seed=s)).cell_poi for s in range(4)])
     totals = pois.sum(1)
     share = pois.sum(0) / pois.sum()
-    assert np.abs(share - REAL_POI_SHARE).max() < 0.06, dict(zip(POI_CATEGORIES, np.round(share, 3)))
+    assert np.abs(share - REAL_POI_SHARE).max() < 0.06, dict(zip(POI_CATEGORIES, np.round(share, 3), strict=True))
     assert abs((totals == 0).mean() - REAL_EMPTY_SHARE) < 0.03
     log_totals = np.log(totals[totals > 0])
     assert abs(log_totals.mean() - REAL_LOG_TOTAL_MEAN) < 0.3
@@ -144,7 +144,10 @@ def _hub_navigation_share(content) -> tuple[float, float]:
     hour = np.arange(content.hours) % 24
     commute = np.broadcast_to(np.isin(hour, [6, 7, 8, 9, 17, 18, 19, 20]), at_hub.shape)
     nav = SERVICES.index("Navigation")
-    share = lambda mask: traffic[mask][:, nav].sum() / traffic[mask].sum()  # noqa: E731
+
+    def share(mask):
+        return traffic[mask][:, nav].sum() / traffic[mask].sum()
+
     return share(at_hub & commute), share(~at_hub & commute)
 
 

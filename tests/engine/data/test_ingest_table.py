@@ -45,14 +45,14 @@ def error_of(tmp_path: Path, rows: list[str], **kwargs) -> InputError:
 def traffic(content) -> list[tuple]:
     return sorted(
         (content.entity_keys[e], int(h), content.services[s], int(b))
-        for e, h, s, b in zip(content.traffic_entity, content.traffic_hour, content.traffic_service, content.traffic_bytes)
+        for e, h, s, b in zip(content.traffic_entity, content.traffic_hour, content.traffic_service, content.traffic_bytes, strict=True)
     )
 
 
 def locations(content) -> dict[tuple[str, int], str]:
     return {
         (content.entity_keys[e], int(h)): content.cell_keys[c]
-        for e, h, c in zip(content.location_entity, content.location_hour, content.location_cell)
+        for e, h, c in zip(content.location_entity, content.location_hour, content.location_cell, strict=True)
     }
 
 

@@ -123,7 +123,7 @@ def test_hours_count_from_local_midnight_of_the_earliest_day_and_cover_whole_day
     assert content.time_origin == datetime(2016, 4, 20)
     assert content.timezone == "Asia/Shanghai"
     assert content.hours == 72
-    got = sorted(zip(content.traffic_hour.tolist(), content.traffic_bytes.tolist()))
+    got = sorted(zip(content.traffic_hour.tolist(), content.traffic_bytes.tolist(), strict=True))
     assert got == [(23, 100), (33, 500), (48, 7)]
 
 
@@ -132,7 +132,7 @@ def test_bytes_are_summed_per_user_hour_and_service(tmp_path):
     rows = [(1, 20160420080000, 1, 1, 100), (1, 20160420083000, 1, 21, 50), (1, 20160420085959, 1, 2, 7),
             (1, 20160420090000, 1, 1, 1000)]
     content = read(tmp_path, rows)
-    got = sorted(zip(content.traffic_hour.tolist(), content.traffic_service.tolist(), content.traffic_bytes.tolist()))
+    got = sorted(zip(content.traffic_hour.tolist(), content.traffic_service.tolist(), content.traffic_bytes.tolist(), strict=True))
     assert got == [(8, 0, 150), (8, 1, 7), (9, 0, 1000)]
 
 
@@ -148,7 +148,7 @@ def test_location_is_the_modal_base_station_and_ties_go_to_the_smallest_id(tmp_p
         (1, 20160420100000, 4, 6, 99),
     ]
     content = read(tmp_path, rows)
-    located = {h: content.cell_keys[c] for h, c in zip(content.location_hour.tolist(), content.location_cell.tolist())}
+    located = {h: content.cell_keys[c] for h, c in zip(content.location_hour.tolist(), content.location_cell.tolist(), strict=True)}
     assert located == {8: "9", 9: "3", 10: "4"}
     assert 10 not in content.traffic_hour.tolist()
     assert content.params["records_dropped"] == 1
@@ -340,6 +340,6 @@ def test_synthetic_trace_modal_cells_match_a_plain_python_count(tmp_path):
     expected = {key: min(c for c, k in counter.items() if k == max(counter.values())) for key, counter in counts.items()}
     got = {
         (content.entity_keys[e], h): int(content.cell_keys[c])
-        for e, h, c in zip(content.location_entity, content.location_hour, content.location_cell)
+        for e, h, c in zip(content.location_entity, content.location_hour, content.location_cell, strict=True)
     }
     assert got == expected

@@ -104,7 +104,7 @@ def test_local_checkpoint_initialises_and_frozen_uses_it_as_is(tmp_path):
 def test_checkpoint_of_another_architecture_is_refused_with_the_file_named(tmp_path):
     encoder = build_encoder(ClipSettings())
     save_encoder(encoder, tmp_path / "enc")
-    with pytest.raises(InputError, match="model.safetensors.*ViT-S-32"):
+    with pytest.raises(InputError, match=r"model\.safetensors.*ViT-S-32"):
         build_encoder(ClipSettings(arch="ViT-S-32", init=str(tmp_path / "enc" / "model.safetensors")))
 
 

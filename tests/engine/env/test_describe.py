@@ -4,6 +4,7 @@ and writing Description rows into a real SQLite file."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import re
 import socket
@@ -166,7 +167,7 @@ def test_the_llmapp_taxonomy_is_described_with_its_own_names(shared_data):
         reader = csv.reader(handle)
         header = next(reader)
         columns = [i for i, name in enumerate(header) if name.startswith("poi_")]
-        rows = [[int(float(row[i])) for i in columns] for _, row in zip(range(600), reader)]
+        rows = [[int(float(row[i])) for i in columns] for row in itertools.islice(reader, 600)]
     categories = [header[i][len("poi_"):] for i in columns]
     stats = CityStats.from_counts(np.array(rows), categories)
     texts = [TemplateDescriber().text(row, stats) for row in rows]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from cli.main import main
 from db import open_database
 from db.models import Description, ModelRecord
 from db.queries import DatasetContent, get_dataset, load_env_embeddings, store_dataset
-from cli.main import main
 from engine.data.city import CityConfig, generate_city
 from engine.env.clip import ClipSettings
 from engine.env.pipeline import build_environment, environment_info, reload_active_encoder
@@ -34,7 +34,7 @@ def test_env_build_stores_tiles_descriptions_an_encoder_and_embeddings(small_cit
     assert set(summary["land_use_agreement"]) == {"env", "image", "text", "chance"}
     with small_city_db.session() as session:
         dataset = get_dataset(session)
-        cell_ids, z = load_env_embeddings(session, dataset)
+        _cell_ids, z = load_env_embeddings(session, dataset)
         assert z.shape == (48, 128) and z.dtype == np.float32
         # The stored z_env is Eq. 9 of the stored image and text embeddings (a = b = 0.5).
         _, z_image = load_env_embeddings(session, dataset, kind="image")

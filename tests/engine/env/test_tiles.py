@@ -106,7 +106,7 @@ def test_parks_are_green_and_cbd_is_grey_and_dark(rendered_by_land_use):
     assert green["university"] > green["residential"] > green["commercial"]
     dark = {lu: np.mean([(a.mean(axis=2) < 70).mean() for a in arrays]) for lu, arrays in rendered_by_land_use.items()}
     assert dark["cbd"] > 2 * dark["industrial"]  # towers cast long shadows; sheds hardly any
-    blue = {lu: np.mean([((a[..., 2].astype(int) > a[..., 0] + 40)).mean() for a in arrays])
+    blue = {lu: np.mean([(a[..., 2].astype(int) > a[..., 0] + 40).mean() for a in arrays])
             for lu, arrays in rendered_by_land_use.items()}
     assert blue["industrial"] > blue["residential"]  # steel-blue shed roofs
 
@@ -180,7 +180,7 @@ def test_city_mosaic_is_a_png_with_bounds_around_every_cell(city_cells):
 
 
 def test_corrupt_and_truncated_images_are_input_errors_naming_their_origin():
-    with pytest.raises(InputError, match="tile-7.png.*not a readable image"):
+    with pytest.raises(InputError, match=r"tile-7\.png.*not a readable image"):
         validate_tile(b"this is not an image", origin="tile-7.png")
     whole = _jpeg(Image.new("RGB", (256, 256), (10, 120, 30)), quality=95)
     with pytest.raises(InputError, match=r"https://host/16/1/2.jpg"):
@@ -295,7 +295,7 @@ def test_xyz_and_per_cell_folders(tmp_path):
     assert source.fetch(replace(cell, key="C0002")) is None
 
     (per_cell / "C0003.jpg").write_bytes(b"\xff\xd8\xff broken")
-    with pytest.raises(InputError, match="C0003.jpg"):
+    with pytest.raises(InputError, match=r"C0003\.jpg"):
         source.__class__(per_cell).fetch(replace(cell, key="C0003"))
 
 
@@ -342,11 +342,11 @@ def test_mbtiles_rows_are_tms_flipped(tmp_path):
 def test_files_that_are_not_mbtiles_are_input_errors_naming_the_file(tmp_path):
     text = tmp_path / "notes.mbtiles"
     text.write_text("not sqlite at all " * 100)
-    with pytest.raises(InputError, match="notes.mbtiles.*not an MBTiles file"):
+    with pytest.raises(InputError, match=r"notes\.mbtiles.*not an MBTiles file"):
         open_tile_source(f"mbtiles:{text}")
     other = tmp_path / "other.sqlite"
     sqlite3.connect(other).execute("CREATE TABLE x (a)").connection.close()
-    with pytest.raises(InputError, match="other.sqlite.*'tiles' table"):
+    with pytest.raises(InputError, match=r"other\.sqlite.*'tiles' table"):
         open_tile_source(f"mbtiles:{other}")
     vector = tmp_path / "vector.mbtiles"
     _make_mbtiles(vector, {}, fmt="pbf")
@@ -417,9 +417,8 @@ def test_a_failing_source_leaves_the_tiles_as_they_were_after_rollback(small_cit
         store_tiles(session, dataset_id, SyntheticSource())
     with database.session() as session:
         before = sorted(session.execute(select(Tile.cell_id, Tile.image, Tile.source)).all())
-    with pytest.raises(TileFetchError, match="went away"):
-        with database.write_session() as session, session.begin():
-            store_tiles(session, dataset_id, _FlakySource(fail_at="C0030"))
+    with pytest.raises(TileFetchError, match="went away"), database.write_session() as session, session.begin():
+        store_tiles(session, dataset_id, _FlakySource(fail_at="C0030"))
     with database.session() as session:
         after = sorted(session.execute(select(Tile.cell_id, Tile.image, Tile.source)).all())
     assert after == before and len(after) == 40

@@ -5,6 +5,8 @@ from datetime import datetime
 import numpy as np
 import pytest
 
+from engine.data.windows import SeriesData, SplitSpec, Windows, make_splits
+from engine.errors import InputError
 from engine.evaluation.baselines import (
     BASELINES,
     arima,
@@ -13,8 +15,6 @@ from engine.evaluation.baselines import (
     quantile_levels,
     seasonal_naive,
 )
-from engine.data.windows import SeriesData, SplitSpec, Windows, make_splits
-from engine.errors import InputError
 from engine.evaluation.metrics import probabilistic_metrics
 
 

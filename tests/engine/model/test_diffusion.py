@@ -7,10 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+from engine.errors import InputError
 from engine.model.config import CONFIGS, ModelConfig, resolve_config
 from engine.model.denoiser import Denoiser
 from engine.model.diffusion import Schedule, Standardiser, diffusion_loss, sample
-from engine.errors import InputError
 
 TINY = CONFIGS["tiny"]
 K, H, D = 4, TINY.history, 8
@@ -67,7 +67,10 @@ def test_history_cache_gives_exactly_the_full_pass(name):
     paths = 4
     x_t = torch.randn(3 * paths, 2, K)
     t = torch.randint(0, config.diffusion_steps, (3 * paths,))
-    rep = lambda v: v.repeat_interleave(paths, 0)  # noqa: E731
+
+    def rep(v):
+        return v.repeat_interleave(paths, 0)
+
     with torch.no_grad():
         full = model(rep(batch["history"]), x_t, t, rep(batch["hours"]), rep(batch["days"]), rep(batch["env"]),
                      None, rep(batch["profile"]))
@@ -147,8 +150,11 @@ def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional_one():
     args = (batch["history"], batch["hours"], batch["days"], batch["env"])
     cond = model.encode_history(*args, None, batch["profile"])
     null = model.encode_history(*args, torch.zeros(2, dtype=torch.bool), batch["profile"])
-    run = lambda cache, nc, g: sample(model, schedule, standardiser, cache, 3, sampler="ddim", steps=4,  # noqa: E731
-                                      guidance=g, null_cache=nc, generator=torch.Generator().manual_seed(1))
+
+    def run(cache, nc, g):
+        return sample(model, schedule, standardiser, cache, 3, sampler="ddim", steps=4, guidance=g, null_cache=nc,
+                      generator=torch.Generator().manual_seed(1))
+
     assert torch.equal(run(cond, null, 1.0), run(cond, None, 1.0))
     assert torch.allclose(run(cond, null, 0.0), run(null, None, 1.0), atol=1e-6)
     assert not torch.allclose(run(cond, null, 3.0), run(cond, None, 1.0))
@@ -281,8 +287,11 @@ def test_the_mean_of_antithetic_samples_is_steadier_than_that_of_independent_one
     paired, independent = means(8), means(0)
     assert float(paired.var(0).mean()) < 0.7 * float(independent.var(0).mean())
     # ... while the samples themselves keep their spread.
-    spread = lambda a: float(sample(model, schedule, standardiser, cache, 64, sampler="ddim", steps=5,  # noqa: E731
-                                    generator=torch.Generator().manual_seed(0), antithetic=a).view(4, 64, K).std(1).mean())
+
+    def spread(a):
+        return float(sample(model, schedule, standardiser, cache, 64, sampler="ddim", steps=5,
+                            generator=torch.Generator().manual_seed(0), antithetic=a).view(4, 64, K).std(1).mean())
+
     assert spread(64) == pytest.approx(spread(0), rel=0.25)
 
 
@@ -313,7 +322,7 @@ def test_several_noise_draws_per_window_equal_the_full_pass_on_repeated_windows(
     full, full_grads = loss_and_grads(1, repeated, keep.repeat_interleave(draws))
     assert fast == pytest.approx(full, rel=1e-5)
     assert len(fast_grads) == len(full_grads)
-    for a, c in zip(fast_grads, full_grads):
+    for a, c in zip(fast_grads, full_grads, strict=True):
         assert torch.allclose(a, c, atol=1e-5, rtol=1e-4)
 
 

@@ -13,8 +13,7 @@ import torch
 
 from engine.model.config import CONFIGS
 from engine.model.denoiser import Denoiser, HistoryCache
-from engine.model.diffusion import (Schedule, Standardiser, ddim_step, ddim_timesteps, ddpm_step, noise_schedule,
-                                    sample)
+from engine.model.diffusion import Schedule, Standardiser, ddim_step, ddim_timesteps, ddpm_step, noise_schedule, sample
 
 # The shipped layout (linear mean feature, environment profile, AdaLN condition), shrunk.
 CONFIG = replace(CONFIGS["lsdm"], channels=8, heads=2, blocks=1, history=6, diffusion_steps=20, beta_end=0.8)
