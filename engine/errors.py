@@ -35,7 +35,7 @@ class InputError(ValueError):
         parts = [where] if where else []
         if field:
             parts.append(f"field {field!r}")
-        text = ": ".join(parts + [message])
+        text = ": ".join([*parts, message])
         if self.also:
             text += f" (also {'; '.join(f'{name}: {problem}' for name, problem in self.also.items())})"
         if hint:
