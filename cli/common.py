@@ -51,7 +51,7 @@ def add_request_flags(parser: argparse.ArgumentParser, request_type: type[Reques
     field_flags: dict[str, str] = {}
     added: set[str] = set()
     for name, found in request_type.field_specs().items():
-        if found["internal"] or found["kind"] is dict:
+        if found["internal"]:
             continue
         compound = by_field.get(name)
         if compound is not None:
@@ -70,8 +70,10 @@ def add_request_flags(parser: argparse.ArgumentParser, request_type: type[Reques
                                 help=own_help.get(name, f"not: {found['help']}" if default else found["help"]))
         else:
             flag = renamed.get(name, f"--{_dashed(name)}")
-            shown = f" (default {default})" if default is not None and "default" not in found["help"] else ""
+            shown = f" (default {default})" if default not in (None, {}) and "default" not in found["help"] else ""
             metavar = "|".join(found["choices"]) if found["choices"] else flag[2:].upper().replace("-", "_")
+            if kind is dict:
+                metavar, shown = "JSON|@FILE", " (a JSON object, inline or @FILE)"
             parser.add_argument(flag, dest=name, type=_ARGUMENT_TYPES[kind], metavar=metavar,
                                 required=found["required"], default=argparse.SUPPRESS, help=found["help"] + shown)
         field_flags[name] = flag
@@ -106,8 +108,27 @@ def _keys(text: str) -> tuple[str, ...]:
     return tuple(key.strip() for key in text.split(",") if key.strip())
 
 
+def _json_object(text: str) -> dict:
+    """A JSON object given inline or as @FILE; an unreadable one is argparse's error naming the flag."""
+    source = text
+    if text.startswith("@"):
+        try:
+            source = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as error:
+            raise argparse.ArgumentTypeError(f"cannot read {text[1:]}: {error.strerror}") from None
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object ({error.msg} at line {error.lineno}, "
+                                         f"column {error.colno})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 # argparse reads a flag's text as its field's kind; bounds, choices and files are the request's checks.
-_ARGUMENT_TYPES: dict[Any, Callable[[str], Any]] = {int: int, float: float, str: str, "file": str, "keys": _keys}
+_ARGUMENT_TYPES: dict[Any, Callable[[str], Any]] = {int: int, float: float, str: str, "file": str, "keys": _keys,
+                                                    dict: _json_object}
 
 
 def positive_int(text: str) -> int:

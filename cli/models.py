@@ -1,5 +1,5 @@
-"""`lsdm train`, `lsdm forecast`, `lsdm models`, `lsdm evaluate`, `lsdm export windows` and `lsdm score`: the
-forecasters, their forecasts and their evaluation.
+"""`lsdm train`, `lsdm forecast`, `lsdm whatif`, `lsdm models`, `lsdm evaluate`, `lsdm export windows` and
+`lsdm score`: the forecasters, their forecasts and their evaluation.
 
 The engine modules that import torch, and cli/report_figures.py (Matplotlib), are imported by the
 commands that use them (the start-up cost is measured in cli/main.py)."""
@@ -20,8 +20,8 @@ from db.queries import get_dataset
 from engine.data.windows import Normaliser, SplitSpec, load_series, make_splits
 from engine.errors import InputError
 from engine.evaluation.scoring import export_windows, score_predictions
-from engine.requests import (EvaluateRequest, ForecastRequest, TrainRequest, parse_entities_text, parse_location_text,
-                             parse_sampler_text, sampler_text)
+from engine.requests import (EvaluateRequest, ForecastRequest, TrainRequest, WhatIfRequest, parse_entities_text,
+                             parse_location_text, parse_sampler_text, sampler_text)
 
 # --entity, --sampler and --location keep their text forms: each stands for two fields of ForecastRequest.
 FORECAST_COMPOUNDS = (
@@ -40,11 +40,25 @@ FORECAST_COMPOUNDS = (
              "hour, the last one kept)"),
 )
 
+WHATIF_COMPOUNDS = (
+    Compound("--entity", ("entity_kind", "entity"), lambda text: _one_entity(text), "user:ID",
+             "the entity to forecast: a user (user:ID) or a cell (cell:ID)"),
+    FORECAST_COMPOUNDS[1],
+)
+
+
+def _one_entity(text: str) -> dict:
+    kind, keys = parse_entities_text(text)
+    if len(keys) != 1:
+        raise InputError(f"a what-if compares forecasts of one entity, got {len(keys)}", field="entity")
+    return {"entity_kind": kind, "entity": keys[0]}
+
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
-    """train, forecast, models, evaluate, export windows, score."""
+    """train, forecast, whatif, models, evaluate, export windows, score."""
     _add_train(commands, common, reporting)
     _add_forecast(commands, common, reporting)
+    _add_whatif(commands, common, reporting)
     _add_models(commands, common, reporting)
     _add_evaluate(commands, common, reporting)
     _add_export_and_score(commands, common, reporting)
@@ -71,6 +85,17 @@ def _add_forecast(commands: Commands, common: argparse.ArgumentParser, reporting
     )
     add_request_flags(forecast, ForecastRequest, flags={"model_id": "--model"}, compounds=FORECAST_COMPOUNDS)
     forecast.set_defaults(handler=cmd_forecast)
+
+
+def _add_whatif(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
+    """`lsdm whatif`."""
+    whatif = commands.add_parser(
+        "whatif", parents=[common, reporting], help="forecast one entity as things are and under a scenario",
+        description="Two forecasts of one entity with the same seed: the baseline and the scenario (another "
+        "location, edited cells: POIs, description, tile; other Eq. 9 weights; guidance). Both runs and the "
+        "scenario are stored in one transaction, as the What-if page does.")
+    add_request_flags(whatif, WhatIfRequest, compounds=WHATIF_COMPOUNDS)
+    whatif.set_defaults(handler=cmd_whatif)
 
 
 def _add_models(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
@@ -150,6 +175,26 @@ def cmd_forecast(args: argparse.Namespace) -> int:
                          f"[{step['total']['q05'] / 1e6:.2f}, {step['total']['q95'] / 1e6:.2f}]"
                          + (f"  truth {step['total']['truth'] / 1e6:.2f}" if step["total"].get("truth") is not None else ""))
     emit(args, run, lines)
+    return 0
+
+
+def cmd_whatif(args: argparse.Namespace) -> int:
+    from engine.whatif import run_whatif  # torch: see cli/main.py
+
+    try:
+        result = run_whatif(open_database(args.db), request_of(args))
+    except InputError as error:  # a scenario's own fields ("a", "cell_edits.C0001.poi_counts") are --scenario's
+        if error.field and error.field not in WhatIfRequest.field_specs():
+            raise error.with_field(f"--scenario.{error.field}") from None
+        raise
+    base, scen = result["baseline"]["total"]["median"], result["scenario"]["total"]["median"]
+    lines = [f"What-if {result['scenario_id']} '{result['name']}': runs {result['baseline_run_id']} (baseline) and "
+             f"{result['scenario_run_id']} (scenario) in {result['seconds']:.2f} s",
+             "  total MB per hour, median: baseline -> scenario (difference)"]
+    for step, b, s in zip(result["steps"], base, scen, strict=True):
+        lines.append(f"    {step['label']}: {b / 1e6:8.2f} -> {s / 1e6:8.2f} ({(s - b) / 1e6:+.2f})"
+                     f"  cell {step['baseline_cell']} -> {step['scenario_cell']}")
+    emit(args, result, lines)
     return 0
 
 

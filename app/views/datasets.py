@@ -15,7 +15,7 @@ from app import datasets_data as da
 from app import settings as app_settings
 from engine.errors import InputError
 from engine.jobs import discard_uploads
-from engine.requests import CityRequest, EnvRequest
+from engine.requests import CityRequest, EnvRequest, IngestTableRequest, IngestTsinghuaRequest
 
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
@@ -126,8 +126,10 @@ def table_form() -> None:
         slots["mapping"] = st.empty()
         c1, c2, c3 = st.columns(3)
         kind = c1.selectbox("Entities are", ["as the mapping says (else users)", "user", "cell"], key="table_kind")
-        timezone = c2.text_input("Time zone", placeholder="as the mapping says (else UTC)", key="table_timezone")
-        name = c3.text_input("Name", placeholder="the records file's name", key="table_name")
+        timezone = c2.text_input("Time zone", placeholder="as the mapping says (else UTC)", key="table_timezone",
+                                 max_chars=IngestTableRequest.field_specs()["timezone"]["max_length"])
+        name = c3.text_input("Name", placeholder="the records file's name", key="table_name",
+                             max_chars=IngestTableRequest.field_specs()["name"]["max_length"])
         slots["name"] = st.empty()
         replace = st.checkbox("Replace a data set of the same name", key="table_replace")
         submitted = st.form_submit_button("Ingest", type="primary", key="table_submit")
@@ -156,7 +158,8 @@ def tsinghua_form() -> None:
                                            key=f"ts_{role}")
             slots[role] = st.empty()
         left, right = st.columns(2)
-        name = left.text_input("Name", value="tsinghua", key="ts_name")
+        name = left.text_input("Name", value=IngestTsinghuaRequest.default("name"), key="ts_name",
+                               max_chars=IngestTsinghuaRequest.field_specs()["name"]["max_length"])
         slots["name"] = st.empty()
         all_services = right.checkbox("Keep all 20 services (default: the paper's 10)", key="ts_all")
         replace = st.checkbox("Replace a data set of the same name", key="ts_replace")
@@ -190,13 +193,19 @@ def city_form() -> None:
         days = number(c4, "Days", "days", help="At least 8: a week of history before the held-out days.")
         effect = number(c5, "Environment effect", "env_effect", step=0.1,
                         help="0: nobody's traffic depends on where they are (a control city)")
-        name = st.text_input("Name", placeholder="synthetic-seed<seed>", key="city_name")
+        c6, c7, c8 = st.columns(3)
+        lat = number(c6, "Centre latitude", "center_lat", format="%.4f")
+        lon = number(c7, "Centre longitude", "center_lon", format="%.4f")
+        radius = number(c8, "Radius (km)", "radius_km", step=0.5)
+        name = st.text_input("Name", placeholder="synthetic-seed<seed>", key="city_name",
+                             max_chars=spec["name"]["max_length"])
         name_slot = st.empty()
         replace = st.checkbox("Replace a data set of the same name", key="city_replace")
         submitted = st.form_submit_button("Build city", type="primary", key="city_submit")
     if submitted:
         request = CityRequest(users=int(users), cells=int(cells), seed=int(seed), days=int(days),
-                              env_effect=float(effect), name=name.strip() or None, replace=replace)
+                              env_effect=float(effect), center_lat=float(lat), center_lon=float(lon),
+                              radius_km=float(radius), name=name.strip() or None, replace=replace)
         queue("city.build", request.to_params(), {"name": name_slot})
 
 
