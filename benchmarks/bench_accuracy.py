@@ -110,7 +110,7 @@ def main() -> None:
                   flush=True)
         if "new-city" in wanted:
             t0 = time.perf_counter()
-            lsdm("city", "build", "--db", db, "--seed", "1", "--name", "city-seed1", home=home)
+            lsdm("city", "build", "--db", db, "--seed", "1", "--name", "city-seed1", "--replace", home=home)
             encoder = json.loads((ROOT / "assets/default/manifest.json").read_text())["encoder_id"]
             lsdm("env", "build", "--db", db, "--dataset", "city-seed1", "--encoder", encoder, home=home)
             lsdm("data", "use", "synthetic-seed0", "--db", db, home=home, json_out=False)
