@@ -6,12 +6,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from sqlalchemy import select
-
 from cli.common import Commands, Compound, add_request_flags, emit, request_of, stderr_progress
 from db import open_database
-from db.models import Dataset
-from db.queries import DatasetContent, activate_dataset, dataset_summary, get_dataset
+from db.queries import DatasetContent, activate_dataset, all_datasets, dataset_summary, get_dataset
 from engine.data.city import generate_city_for
 from engine.data.ingest_table import read_table
 from engine.data.ingest_tsinghua import read_tsinghua
@@ -147,18 +144,17 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     with database.session() as session:
         summary = dataset_summary(session, get_dataset(session, args.dataset))
     summary["db"] = database.url
-    emit(args, summary, _summary_lines("Data set", summary, 0.0)[1:] + [f"  database: {database.url}"])
+    emit(args, summary, [*_summary_lines("Data set", summary, 0.0)[1:], f"  database: {database.url}"])
     return 0
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
     database = open_database(args.db)
     with database.session() as session:
-        datasets = session.scalars(select(Dataset).order_by(Dataset.id)).all()
         rows = [
             {"name": d.name, "kind": d.kind, "entity_kind": d.entity_kind, "active": d.is_active,
              "hours": d.hours, "created_at": d.created_at.isoformat(timespec="seconds")}
-            for d in datasets
+            for d in all_datasets(session)
         ]
     lines = [f"{'*' if r['active'] else ' '} {r['name']:30s} {r['kind']:10s} {r['created_at']}" for r in rows]
     emit(args, {"datasets": rows}, lines or ["no data sets yet; run `lsdm city build`"])

@@ -10,18 +10,31 @@ import argparse
 import sys
 from pathlib import Path
 
-from sqlalchemy import select
-
-from cli.common import (Commands, Compound, add_request_flags, emit, existing_file, positive_int, request_of,
-                        stderr_progress)
+from cli.common import (
+    Commands,
+    Compound,
+    add_request_flags,
+    emit,
+    existing_file,
+    positive_int,
+    request_of,
+    stderr_progress,
+)
 from db import open_database
-from db.models import Dataset, ModelRecord
-from db.queries import get_dataset
+from db.queries import all_models, get_dataset
 from engine.data.windows import Normaliser, SplitSpec, load_series, make_splits
 from engine.errors import InputError
 from engine.evaluation.scoring import export_windows, score_predictions
-from engine.requests import (EvaluateRequest, ForecastRequest, TrainRequest, WhatIfRequest, parse_entities_text,
-                             parse_location_text, parse_sampler_text, sampler_text)
+from engine.requests import (
+    EvaluateRequest,
+    ForecastRequest,
+    TrainRequest,
+    WhatIfRequest,
+    parse_entities_text,
+    parse_location_text,
+    parse_sampler_text,
+    sampler_text,
+)
 
 # --entity, --sampler and --location keep their text forms: each stands for two fields of ForecastRequest.
 FORECAST_COMPOUNDS = (
@@ -201,11 +214,9 @@ def cmd_whatif(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     database = open_database(args.db)
     with database.session() as session:
-        rows = session.execute(select(ModelRecord, Dataset.name).outerjoin(Dataset, Dataset.id == ModelRecord.dataset_id)
-                               .order_by(ModelRecord.id)).all()
         models = [{"id": m.id, "name": m.name, "kind": m.kind, "dataset": d, "active": m.is_active,
                    "created_at": m.created_at.isoformat(timespec="seconds"), "path": m.path,
-                   "best_val_loss": (m.metrics or {}).get("best_val_loss")} for m, d in rows]
+                   "best_val_loss": (m.metrics or {}).get("best_val_loss")} for m, d in all_models(session)]
     lines = [f"{'*' if m['active'] else ' '} {m['id']:>4} {m['kind']:6s} {m['name']:24s} {m['dataset'] or '-':20s} "
              f"{m['created_at']}" for m in models]
     emit(args, {"models": models}, lines or ["no models yet; run `lsdm train`"])

@@ -444,6 +444,13 @@ def dataset_models(session: Session, dataset_id: int, kinds: tuple[str, ...] = (
     return list(session.scalars(statement.order_by(ModelRecord.id.desc())))
 
 
+def all_models(session: Session) -> list[tuple[ModelRecord, str | None]]:
+    """Every registered model with its data set's name (None when it has none), oldest first."""
+    statement = (select(ModelRecord, Dataset.name).outerjoin(Dataset, Dataset.id == ModelRecord.dataset_id)
+                 .order_by(ModelRecord.id))
+    return [(record, name) for record, name in session.execute(statement).tuples()]
+
+
 def find_encoder(session: Session, name: str, dataset_id: int | None = None) -> ModelRecord | None:
     """The newest registered CLIP encoder with this id (``name``), of the data set when given, else of
     any data set (an encoder trained on one city can embed another); None when there is none."""
