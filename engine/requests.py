@@ -188,7 +188,7 @@ class Request:
         unknown = sorted(set(params) - set(specs))
         if unknown:
             raise InputError(f"unknown parameter; expected some of {', '.join(specs) or 'none'}", field=unknown[0])
-        values = {}
+        values: dict[str, Any] = {}
         for name, found in specs.items():
             if name not in params:
                 if found["required"]:
@@ -215,7 +215,8 @@ class Request:
                    if found["kind"] == "file" and getattr(self, name)}
         return dataclasses.replace(self, **changes)
 
-    def replace(self, **changes: Any) -> Self:
+    def with_changes(self, **changes: Any) -> Self:
+        """The same request with some fields changed (``replace`` is a field of the data set requests)."""
         return dataclasses.replace(self, **changes)
 
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -51,12 +52,12 @@ from engine.forecast import (
     ForecastContext,
     ForecastResult,
     LocationPlan,
-    step_summaries,  # the one per-step summary of a forecast run, shared with `lsdm forecast`
-    hour_label,
-    load_context,
     check_sampler,
     entity_rows,
+    hour_label,
+    load_context,
     recursive_forecast,
+    step_summaries,  # the one per-step summary of a forecast run, shared with `lsdm forecast`
 )
 from engine.requests import ForecastRequest, WhatIfRequest, parse_location_text
 
@@ -175,7 +176,7 @@ def _check_counts(counts: object, categories: tuple[str, ...], name: str) -> lis
         size = len(counts) if isinstance(counts, (list, tuple)) else type(counts).__name__
         raise InputError(f"expected {len(categories)} POI counts (one per category), got {size}", field=name)
     out = []
-    for category, v in zip(categories, counts):
+    for category, v in zip(categories, counts, strict=True):
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) \
                 or v != int(v):
             raise InputError(f"the count of {category!r} must be a whole number, got {v!r}", field=name)
@@ -259,7 +260,7 @@ class WhatIfContext:
 
 
 def load_whatif_context(database, forecast_context: ForecastContext | None = None,  # noqa: ANN001
-                        **load_options) -> WhatIfContext:
+                        **load_options: Any) -> WhatIfContext:
     """Load (or reuse) the forecast context and the environment parts of its data set."""
     context = forecast_context or load_context(database, **load_options)
     series = context.series
@@ -395,6 +396,8 @@ def scenario_env(context: WhatIfContext, scenario: Scenario) -> ScenarioEnv:
     series = context.series
     env = series.env.copy()
     notes = _notes(context, scenario)
+    a, b = scenario.a, scenario.b
+    assert a is not None and b is not None, "validate_scenario fills a and b in"
     if series.env.shape[1] == 0:
         return ScenarioEnv(env, {}, notes, series.env)
     image_z, text_z, has_image = context.image_z.copy(), context.text_z.copy(), context.has_image.copy()
@@ -421,15 +424,15 @@ def scenario_env(context: WhatIfContext, scenario: Scenario) -> ScenarioEnv:
                 image_z[r], has_image[r] = new_image[i], True
             if r in texts:
                 text_z[r] = new_text[i]
-    combined = _model_env(context, image_z, text_z, has_image, scenario.a, scenario.b)
-    if (scenario.a, scenario.b) == (context.a, context.b):
+    combined = _model_env(context, image_z, text_z, has_image, a, b)
+    if (a, b) == (context.a, context.b):
         # Unedited cells keep their stored embeddings exactly; only edited ones are recombined.
         edited = [rows[k] for k in scenario.cell_edits]
         env[edited] = combined[edited]
         history = series.env
     else:
         env = combined
-        history = _model_env(context, context.image_z, context.text_z, context.has_image, scenario.a, scenario.b)
+        history = _model_env(context, context.image_z, context.text_z, context.has_image, a, b)
     return ScenarioEnv(env, {series.cell_keys[r]: t for r, t in texts.items()}, notes, history)
 
 
@@ -493,8 +496,8 @@ def run_whatif(database, request: WhatIfRequest, *, context: WhatIfContext | Non
         raise InputError(f"the name has {len(name)} characters; at most 200", field="name")
 
     values = forecaster.normaliser.forward(series.traffic)  # shared by both runs
-    common = dict(start=start, horizon=horizon, samples=request.samples, sampler=request.sampler,
-                  steps=request.sampler_steps, seed=request.seed, values=values)
+    common: dict[str, Any] = dict(start=start, horizon=horizon, samples=request.samples, sampler=request.sampler,
+                                  steps=request.sampler_steps, seed=request.seed, values=values)
     baseline = recursive_forecast(forecaster, series, rows, plan=LocationPlan(), guidance=BASELINE_GUIDANCE,
                                   progress=_halves(progress, 0), **common)
     # The edited places change the future hours' environment; the entity's past (its profiles) stays as
@@ -550,9 +553,10 @@ def load_scenario(database, scenario_id: int) -> dict:  # noqa: ANN001
         row = session.get(ScenarioRow, scenario_id)
         if row is None:
             raise InputError(f"no what-if scenario with id {scenario_id}", field="scenario")
-        runs = [session.get(ForecastRun, run_id) if run_id else None
-                for run_id in (row.baseline_run_id, row.scenario_run_id)]
-        if any(run is None or run.result is None for run in runs):
+        found = [session.get(ForecastRun, run_id) if run_id else None
+                 for run_id in (row.baseline_run_id, row.scenario_run_id)]
+        runs = [run for run in found if run is not None and run.result is not None]
+        if len(runs) != 2:
             raise InputError(f"scenario {scenario_id} has lost one of its forecast runs", field="scenario")
         paths = [ForecastResult.arrays_from_npz(run.result)["paths"][0] for run in runs]  # (S, N, K) each
         base_steps, scen_steps = (run.summary["entities"][0]["steps"] for run in runs)
@@ -561,9 +565,9 @@ def load_scenario(database, scenario_id: int) -> dict:  # noqa: ANN001
             "scenario_run_id": runs[1].id,
             "params": row.params, "services": list(session.get(Dataset, row.dataset_id).services),
             "steps": [{"hour": b["hour"], "label": b["label"], "baseline_cell": b["cell"], "scenario_cell": s["cell"]}
-                      for b, s in zip(base_steps, scen_steps)],
+                      for b, s in zip(base_steps, scen_steps, strict=True)],
             **compare_paths(*paths),
-            "seconds": round(sum(run.seconds or 0 for run in runs), 4),
+            "seconds": round(sum(float(run.seconds or 0) for run in runs), 4),
             "created_at": row.created_at.isoformat(timespec="seconds"),
         }
 

@@ -67,8 +67,8 @@ def test_app_modules_import_each_other_without_cycles():
     def cycle_from(name: str, path: list[str]) -> list[str] | None:
         for dependency in sorted(graph[name]):
             if dependency in path:
-                return path[path.index(dependency):] + [dependency]
-            found = cycle_from(dependency, path + [dependency])
+                return [*path[path.index(dependency):], dependency]
+            found = cycle_from(dependency, [*path, dependency])
             if found:
                 return found
         return None

@@ -20,8 +20,18 @@ from cli.common import flag_of, request_of
 from cli.main import build_parser
 from engine.errors import InputError
 from engine.jobs import KINDS
-from engine.requests import (REQUEST_TYPES, CityRequest, EnvRequest, EvaluateRequest, ForecastRequest,
-                             IngestTableRequest, IngestTsinghuaRequest, Request, TrainRequest, WhatIfRequest)
+from engine.requests import (
+    REQUEST_TYPES,
+    CityRequest,
+    EnvRequest,
+    EvaluateRequest,
+    ForecastRequest,
+    IngestTableRequest,
+    IngestTsinghuaRequest,
+    Request,
+    TrainRequest,
+    WhatIfRequest,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,8 +76,8 @@ def _surfaces(files: dict[str, str]) -> dict[type[Request], Surface]:
         EnvRequest: Surface(
             ("env", "build"), page="datasets",
             widgets={"env_regenerate": "regenerate", "env_train": "train_encoder", "env_epochs": "clip_epochs"},
-            set_by_page={name: "the active data set and the Settings tab (tiles, describer); the encoder's expert "
-                               "settings are the command line's" for name in every_env_field}),
+            set_by_page=dict.fromkeys(every_env_field, "the active data set and the Settings tab (tiles, describer); "
+                                                       "the encoder's expert settings are the command line's")),
         TrainRequest: Surface(
             ("train",), page="models",
             widgets={"train_config": "config", "train_epochs": "epochs", "train_seed": "seed",

@@ -60,6 +60,7 @@ from engine.requests import (
 from engine.shipped import install, matches, read_manifest
 
 if TYPE_CHECKING:
+    from engine.forecast import ForecastContext
     from engine.jobs.worker import JobContext
 
 
@@ -245,7 +246,7 @@ def _evaluate(ctx: JobContext) -> Outcome:
         said[0] += 1
         ctx.progress(min(0.98, (said[0] - 1) / total), message)
 
-    result = evaluate_request(ctx.database, p.replace(model_id=record.id), progress=say)
+    result = evaluate_request(ctx.database, p.with_changes(model_id=record.id), progress=say)
     rows = {row["method"]: {k: row.get(k) for k in ("rmse", "r2", "crps")} for row in result["rows"]}
     detail = {"model_id": record.id, "dataset": result["dataset"], "location": result["location"], "table3": rows,
               "condition_gain_r2_percent": result.get("condition_gain_r2_percent"),
@@ -259,7 +260,7 @@ def _evaluate(ctx: JobContext) -> Outcome:
 
 
 def forecast_context(ctx: JobContext, model_id: int | None = None, dataset: str | None = None,
-                     device: str | None = None):  # noqa: ANN201
+                     device: str | None = None) -> ForecastContext:
     """The loaded model and series, kept by the worker between jobs while the model, the data set and
     the data (data-changing jobs bump the worker's epoch) stay the same."""
     from engine.forecast import load_context  # torch (module docstring)
@@ -272,7 +273,7 @@ def forecast_context(ctx: JobContext, model_id: int | None = None, dataset: str 
         record = session.get(ModelRecord, model_id) if model_id is not None else None
         stamp = (model_id, record.sha256 if record else None, found.id, str(found.created_at), device)
 
-    def load():  # noqa: ANN202
+    def load() -> ForecastContext:
         return load_context(ctx.database, model_id=model_id, dataset_name=dataset, device=device)
 
     if record is None:  # load_context raises the engine's own message

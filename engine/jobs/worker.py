@@ -17,8 +17,9 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from db import Database
 from db.models import Job, Worker, utcnow
@@ -28,6 +29,8 @@ from engine.jobs.queue import discard_uploads, job_view
 from engine.jobs.types import LANES, JobCancelled, JobView, WorkerStopping
 
 log = logging.getLogger("lsdm.jobs")
+
+T = TypeVar("T")  # what a cached loader returns
 
 
 @dataclass
@@ -134,7 +137,7 @@ class JobWorker:
         with self.database.write_session() as session, session.begin():
             session.execute(update(Worker).where(Worker.id == self.id).values(heartbeat_at=now))
             for job_id, state in states.items():
-                values = {"heartbeat_at": now}
+                values: dict[str, object] = {"heartbeat_at": now}
                 if state.dirty:
                     state.dirty = False
                     values.update(progress=state.progress, message=state.message)
@@ -210,7 +213,7 @@ class JobWorker:
                             attempts=int(job.attempts or 0) + 1, progress=0.0,
                             message="starting", error=None)
                     .execution_options(synchronize_session=False))
-                if taken.rowcount == 1:
+                if cast(CursorResult, taken).rowcount == 1:  # an UPDATE's result is a cursor's
                     session.flush()
                     session.refresh(job)
                     return job_view(job)
@@ -269,13 +272,13 @@ class JobWorker:
 
     # -- caches shared by jobs --
 
-    def cached(self, key: str, stamp: object, load: Callable[[], object]) -> object:
+    def cached(self, key: str, stamp: object, load: Callable[[], T]) -> T:
         """A value kept between jobs while ``stamp`` (and the data epoch) stays the same."""
         stamp = (stamp, self.data_epoch)
         with self._cache_lock:
             hit = self._cache.get(key)
             if hit is not None and hit[0] == stamp:
-                return hit[1]
+                return cast(T, hit[1])  # stored by the same key's loader
         value = load()
         with self._cache_lock:
             self._cache[key] = (stamp, value)

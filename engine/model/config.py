@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from engine.errors import InputError
-
 
 MAX_FINAL_ALPHA_BAR = 1e-3
 
@@ -175,7 +175,7 @@ CONFIGS: dict[str, ModelConfig] = {
 }
 
 
-def resolve_config(name_or_file: str | None, **overrides) -> tuple[str, ModelConfig]:
+def resolve_config(name_or_file: str | None, **overrides: Any) -> tuple[str, ModelConfig]:
     """A registered configuration by name, or a JSON file of ModelConfig fields; then overrides."""
     name = name_or_file or "lsdm"
     if name in CONFIGS:

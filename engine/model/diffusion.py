@@ -8,6 +8,7 @@ clipped at 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -154,7 +155,8 @@ def predict_x0(schedule: Schedule, x_t: torch.Tensor, eps: torch.Tensor, t: int,
                lo: float | torch.Tensor, hi: float | torch.Tensor) -> torch.Tensor:
     """The x0 that x_t and the predicted noise imply (Ho et al. 2020, Eq. 15), clipped to [lo, hi]."""
     ab = schedule.alpha_bars
-    return ((x_t - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()).clamp(lo, hi)
+    # clamp takes numbers or tensors as bounds; torch's stubs type the two overloads apart
+    return ((x_t - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()).clamp(cast(torch.Tensor, lo), cast(torch.Tensor, hi))
 
 
 def ddpm_step(schedule: Schedule, x_t: torch.Tensor, eps: torch.Tensor, t: int, lo: float | torch.Tensor,
@@ -175,6 +177,7 @@ def ddpm_step(schedule: Schedule, x_t: torch.Tensor, eps: torch.Tensor, t: int, 
     # 3. x_{t-1} = mean + sigma_t z with sigma_t^2 = beta-tilde_t = beta_t (1 - alpha-bar_{t-1}) / (1 - alpha-bar_t)
     #    (Eq. 7; Alg. 2 line 4)
     variance = beta * (1 - ab_prev) / (1 - ab[t])
+    assert noise is not None, "every DDPM step but the last adds noise"
     return mean + variance.sqrt() * noise
 
 
@@ -228,6 +231,8 @@ def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cach
     x = (paired_noise(shape, generator, antithetic) if x_T is None else x_T).to(device)  # x_T  (B * S, F, K)
     # x0 estimates stay inside the range of the training data, v in [0, 1] (v = 1 is the largest hour seen in
     # training; why not looser: docs/model.md#samplers).
+    lo: float | torch.Tensor
+    hi: float | torch.Tensor
     if offset is None:
         lo, hi = float(standardiser.forward(torch.tensor(0.0))), float(standardiser.forward(torch.tensor(1.0)))
     else:  # the same range for prior + residual
@@ -240,7 +245,7 @@ def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cach
             x = ddpm_step(schedule, x, eps, t, lo, hi, noise)
     else:
         timesteps = ddim_timesteps(config.diffusion_steps, steps)
-        for t, t_prev in zip(timesteps, [*timesteps[1:], None]):
+        for t, t_prev in zip(timesteps, [*timesteps[1:], None], strict=True):
             eps = _guided_eps(model, cache, null_cache, x, t, guidance)
             x = ddim_step(schedule, x, eps, t, t_prev, lo, hi)
     return standardiser.to_v(x, offset)

@@ -22,10 +22,10 @@ from app import forecast_data as fd
 from db import open_database
 from db.models import Entity, ForecastRun, Job, ModelRecord
 from db.queries import entity_matrix, get_dataset
-from engine.forecast import ForecastContext, load_context, run_forecast
-from engine.requests import ForecastRequest
-from engine.jobs import JobWorker, enqueue, get_job
 from engine.evaluation.metrics import score
+from engine.forecast import ForecastContext, load_context, run_forecast
+from engine.jobs import JobWorker, enqueue, get_job
+from engine.requests import ForecastRequest
 from tests.app.conftest import page, query
 
 MONDAY = datetime(2016, 4, 18)
@@ -34,14 +34,14 @@ MONDAY = datetime(2016, 4, 18)
 # --- helpers --------------------------------------------------------------------------------------------
 
 
-def chart_datasets(element) -> list[pd.DataFrame]:  # noqa: ANN001
+def chart_datasets(element) -> list[pd.DataFrame]:
     """The data sets a rendered Vega-Lite chart carries (Streamlit moves them into Arrow tables)."""
     frames = [pa.ipc.open_stream(d.data.data).read_pandas() for d in element.proto.datasets]
     inline = json.loads(element.proto.spec).get("datasets", {})
     return frames + [pd.DataFrame(rows) for rows in inline.values()]
 
 
-def chart_data(element) -> pd.DataFrame:  # noqa: ANN001
+def chart_data(element) -> pd.DataFrame:
     """The main data set of a chart: the one with the most columns (radars also carry rings and spokes)."""
     return max(chart_datasets(element), key=lambda frame: len(frame.columns))
 
@@ -103,7 +103,7 @@ def context(city_db: Path) -> ForecastContext:
     return loaded
 
 
-def stored_run(db_path: Path, context: ForecastContext, **params) -> dict:  # noqa: ANN003
+def stored_run(db_path: Path, context: ForecastContext, **params) -> dict:
     database = open_database(str(db_path))
     result = run_forecast(database, ForecastRequest.from_params(params), context=context)
     database.dispose()
@@ -204,7 +204,7 @@ def test_reopening_a_stored_run_shows_it_without_writing_a_new_row(app_db: Path,
     for name in run["services"]:
         assert len(fans[name]) == 4
         np.testing.assert_allclose(fans[name]["median"], [s["services"][name]["median"] / 1e6 for s in first])
-    parameters = dict(zip(at.dataframe[0].value["parameter"], at.dataframe[0].value["value"]))
+    parameters = dict(zip(at.dataframe[0].value["parameter"], at.dataframe[0].value["value"], strict=False))
     assert parameters["sampler"] == "ddim:3" and parameters["seed"] == "7" and parameters["samples"] == "5"
 
     at.selectbox(key=f"fc_entity_{run['run_id']}").set_value("user:U0003").run()

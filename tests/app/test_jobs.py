@@ -40,7 +40,7 @@ def drain(db_path: Path) -> None:
     database.dispose()
 
 
-def recent(at: AppTest):  # noqa: ANN201 - the recent-jobs table as a DataFrame
+def recent(at: AppTest):
     return next(frame.value for frame in at.dataframe if "status" in frame.value.columns)
 
 
@@ -120,7 +120,7 @@ def test_result_links_open_the_page_of_what_a_job_made():
 def test_the_jobs_table_gives_durations_and_links_only_for_done_jobs():
     started = datetime(2024, 5, 1, 12, 0, 0)
 
-    def view(job_id: int, status: str, **fields) -> JobView:  # noqa: ANN003
+    def view(job_id: int, status: str, **fields) -> JobView:
         values = dict(id=job_id, kind="forecast", params={}, status=status, progress=0.0, message=None,
                       result_ref=None, result=None, error=None, cancel_requested=False, created_at=started,
                       started_at=None, heartbeat_at=None, finished_at=None, worker_id=None, attempts=0)

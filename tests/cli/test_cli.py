@@ -11,7 +11,7 @@ import pytest
 from cli.main import build_parser, main
 
 
-def _json(capsys) -> dict:  # noqa: ANN001
+def _json(capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
@@ -90,8 +90,8 @@ def test_bad_flags_exit_2_and_name_the_flag(argv, message, capsys, db_path):
         code = exit_info.code
     assert code == 2
     assert message in capsys.readouterr().err
-    assert not db_path.exists() or main(["data", "list", "--db", str(db_path), "--json"]) == 0 and \
-        _json(capsys)["datasets"] == []
+    assert not db_path.exists() or (main(["data", "list", "--db", str(db_path), "--json"]) == 0 and \
+        _json(capsys)["datasets"] == [])
 
 
 def test_every_subcommand_has_help_and_db_and_reporting_ones_have_json():

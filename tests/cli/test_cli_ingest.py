@@ -192,7 +192,7 @@ def test_tsinghua_real_metadata_and_a_generated_trace_end_to_end(tmp_path, capsy
              .drop_duplicates(["user", "hour"]))
     stored = rows_of(db, """SELECT e.key, l.hour, c.key FROM locations l JOIN entities e ON e.id = l.entity_id
                             JOIN cells c ON c.id = l.cell_id""")
-    assert sorted(stored) == sorted((str(u), int(h), str(b)) for u, h, b in zip(modal.user, modal.hour, modal.base))
+    assert sorted(stored) == sorted((str(u), int(h), str(b)) for u, h, b in zip(modal.user, modal.hour, modal.base, strict=False))
 
     code, out, _ = run(capsys, "ingest", "tsinghua", "--db", db, "--trace", trace, "--app2category",
                        folder / "App2Category.txt", "--categories", folder / "Categorys.txt", "--poi",
@@ -324,7 +324,7 @@ def test_bad_input_exits_2_names_file_line_field_and_writes_nothing(workspace, c
     existing = "tsinghua" if argv[1] == "tsinghua" else "table"
     tables, files = table_snapshot(workspace.db), file_snapshot(workspace.db)
 
-    code, out, err = run(capsys, *argv, "--name", existing if name == "same" else "brand-new")
+    code, _out, err = run(capsys, *argv, "--name", existing if name == "same" else "brand-new")
 
     assert code == 2
     where = f"{path}:{bad.line}" if bad.line is not None else str(path)

@@ -41,7 +41,7 @@ def test_report_writes_markdown_csvs_and_pngs(tmp_path):
 
 
 def test_the_radar_draws_very_negative_r2_at_its_floor(tmp_path):
-    scores = {"lsdm": {s: 0.3 for s in SERVICES}, "seasonal-naive": {s: -7.0 for s in SERVICES}}
+    scores = {"lsdm": dict.fromkeys(SERVICES, 0.3), "seasonal-naive": dict.fromkeys(SERVICES, -7.0)}
     paths = _write(tmp_path, scores)
     radar = next(p for p in paths if p.name == "r2_radar.png")
     assert radar.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

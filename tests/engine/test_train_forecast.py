@@ -10,19 +10,19 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+from cli.main import main
 from db import open_database
 from db.models import ForecastRun, ModelRecord
 from db.queries import get_dataset, store_dataset
-from cli.main import main
 from engine.data.city import CityConfig, generate_city
 from engine.data.windows import load_series
 from engine.env.clip import ClipSettings
 from engine.env.pipeline import build_environment
 from engine.errors import InputError
 from engine.forecast import LocationPlan, recursive_forecast, run_forecast
-from engine.requests import ForecastRequest
 from engine.model import Forecaster
 from engine.model.config import resolve_config
+from engine.requests import ForecastRequest
 from engine.train import load_model, train
 
 
@@ -90,7 +90,7 @@ def test_checkpoint_reloads_identically_and_refuses_tampering(trained, tmp_path)
 
 def test_recursive_forecast_feeds_each_path_its_own_samples(trained):
     database, _ = trained
-    record, forecaster = load_model(database)
+    _record, forecaster = load_model(database)
     with database.session() as session:
         series = load_series(session, get_dataset(session))
     result = recursive_forecast(forecaster, series, [0, 3], start=300, horizon=6, samples=5, seed=4)
@@ -257,7 +257,7 @@ def test_antithetic_paths_give_a_steadier_mean_at_every_step(trained):
     """Across seeds, the mean of an entity's 8 antithetic paths varies less than that of 8 independent
     ones, at the first step (one noise draw per path) and later ones (paths fed back their own samples)."""
     database, _ = trained
-    record, forecaster = load_model(database)
+    _record, forecaster = load_model(database)
     with database.session() as session:
         series = load_series(session, get_dataset(session), encoder_id=forecaster.meta["data"]["encoder_id"])
 
@@ -383,7 +383,7 @@ def test_exported_windows_score_outside_predictions_with_the_same_metrics(traine
 def test_forecast_samples_are_whole_bytes_with_exact_zeros(trained):
     """A sample below half a byte is 0 bytes (Normaliser.snap), also in what is fed back."""
     database, _ = trained
-    record, forecaster = load_model(database)
+    _record, forecaster = load_model(database)
     with database.session() as session:
         from db.queries import get_dataset
         from engine.data.windows import load_series

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import create_engine, func, inspect, select
 
 from db import open_database
-from db.models import Cell, ForecastRun, Scenario as ScenarioRow, Tile
+from db.models import Cell, ForecastRun, Tile
+from db.models import Scenario as ScenarioRow
 from db.queries import store_dataset
 from db.schema import upgrade
 from db.session import _configure_sqlite
@@ -61,18 +62,18 @@ def city(tmp_path_factory):
         os.environ["LSDM_HOME"] = old
 
 
-def _counts(database) -> tuple[int, int]:  # noqa: ANN001
+def _counts(database) -> tuple[int, int]:
     with database.session() as session:
         return (session.scalar(select(func.count()).select_from(ForecastRun)),
                 session.scalar(select(func.count()).select_from(ScenarioRow)))
 
 
-def _land_use(database) -> dict[str, str]:  # noqa: ANN001
+def _land_use(database) -> dict[str, str]:
     with database.session() as session:
         return dict(session.execute(select(Cell.key, Cell.land_use)).all())
 
 
-def _other_land_use_cell(database, context) -> str:  # noqa: ANN001
+def _other_land_use_cell(database, context) -> str:
     """A cell whose land use differs from the user's habitual cell at the start hour."""
     series = context.series
     row = series.entity_keys.index(USER.split(":")[1])
@@ -81,7 +82,7 @@ def _other_land_use_cell(database, context) -> str:  # noqa: ANN001
     return next(key for key in series.cell_keys if uses[key] != uses[home])
 
 
-def _run(database, context, scenario, name=None, **options):  # noqa: ANN001, ANN202
+def _run(database, context, scenario, name=None, **options):
     request = WhatIfRequest.from_params({"entity": USER, "start": START, "horizon": 4, "samples": 6, "seed": 3,
                                          "scenario": scenario.to_dict(), "name": name})
     return run_whatif(database, request, context=context, **options)

@@ -58,7 +58,7 @@ def _slow_config(tmp_path: Path, epochs: int = 400) -> str:
     return str(path)
 
 
-def _count(database, model) -> int:  # noqa: ANN001
+def _count(database, model) -> int:
     with database.session() as session:
         return int(session.scalar(select(func.count()).select_from(model)))
 
@@ -68,7 +68,7 @@ def _worker_process(db: Path, *extra: str) -> subprocess.Popen:
                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_until(predicate, timeout: float = 120.0, what: str = "condition") -> None:  # noqa: ANN001
+def _wait_until(predicate, timeout: float = 120.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
