@@ -51,8 +51,11 @@ def prepare(db_url: str) -> int:
     database = open_database(db_url)
     job_id = first_launch_job(database)
     if job_id is not None:
-        print("First launch: building the embedded default city (500 users, 400 cells, two weeks) and "
-              "installing the shipped model ...", flush=True)
+        print(
+            "First launch: building the embedded default city (500 users, 400 cells, two weeks) and "
+            "installing the shipped model ...",
+            flush=True,
+        )
         JobWorker(database, lanes=["batch"]).drain()
         job = get_job(database, job_id)
         if job.status != "done":
@@ -92,13 +95,19 @@ def run(argv: list[str] | None = None) -> int:
     if argv[:1] == ["streamlit"]:
         return run_streamlit(argv[1:])
 
-    parser = argparse.ArgumentParser(prog="launcher.py", description=__doc__.splitlines()[0],
-                                     epilog="`launcher.py lsdm --help` shows the command line.")
+    parser = argparse.ArgumentParser(
+        prog="launcher.py",
+        description=__doc__.splitlines()[0],
+        epilog="`launcher.py lsdm --help` shows the command line.",
+    )
     parser.add_argument("--db", default=None, help="database file or SQLAlchemy URL (default: per-user data dir)")
     parser.add_argument("--port", type=int, default=None, help="dashboard port (default: a free one)")
     parser.add_argument("--no-browser", action="store_true", help="print the dashboard URL instead of opening it")
-    parser.add_argument("--prepare-only", action="store_true",
-                        help="do the first-launch work in the foreground, do not serve the dashboard")
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="do the first-launch work in the foreground, do not serve the dashboard",
+    )
     args = parser.parse_args(argv)
     if args.port is not None and not 0 < args.port < 65536:
         parser.error(f"argument --port: expected a port number in 1..65535, got {args.port}")
@@ -111,12 +120,16 @@ def run(argv: list[str] | None = None) -> int:
     def queue_first_launch() -> None:
         job_id = first_launch_job(open_database(db_url))
         if job_id is not None:
-            print(f"First launch: building the default city and installing the shipped model (job {job_id}); "
-                  "the dashboard shows its progress.", flush=True)
+            print(
+                f"First launch: building the default city and installing the shipped model (job {job_id}); "
+                "the dashboard shows its progress.",
+                flush=True,
+            )
 
     try:
-        status = serve(db_url, port=args.port, open_browser=not args.no_browser, log_to_files=True,
-                       before_ready=queue_first_launch)
+        status = serve(
+            db_url, port=args.port, open_browser=not args.no_browser, log_to_files=True, before_ready=queue_first_launch
+        )
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -84,11 +84,20 @@ def load_cell(session: Session, dataset: Dataset, key: str) -> CellDetail | None
     categories = list(dataset.poi_categories)
     land_use, inferred = land_use_of(cell, categories)
     return CellDetail(
-        id=cell.id, key=cell.key, name=cell.name, lat=cell.lat, lon=cell.lon, land_use=land_use,
-        land_use_inferred=inferred, poi=poi_frame(categories, cell.poi_counts or [0] * len(categories)),
-        tile=tile.image if tile else None, tile_source=tile.source if tile else None,
-        description=text.text if text else None, generator=text.generator if text else None,
-        describer_model=text.model if text else None, description_error=text.error if text else None,
+        id=cell.id,
+        key=cell.key,
+        name=cell.name,
+        lat=cell.lat,
+        lon=cell.lon,
+        land_use=land_use,
+        land_use_inferred=inferred,
+        poi=poi_frame(categories, cell.poi_counts or [0] * len(categories)),
+        tile=tile.image if tile else None,
+        tile_source=tile.source if tile else None,
+        description=text.text if text else None,
+        generator=text.generator if text else None,
+        describer_model=text.model if text else None,
+        description_error=text.error if text else None,
     )
 
 
@@ -131,8 +140,15 @@ def neighbour_frame(session: Session, dataset: Dataset, pairs: list[tuple[int, f
     rows = []
     for cell_id, similarity in pairs:
         use, inferred = land_use_of(cells[cell_id], categories)
-        rows.append({"cell_id": cell_id, "key": cells[cell_id].key, "similarity": round(similarity, 4),
-                     "land_use": f"{use} (inferred)" if inferred else use, "tile": tiles.get(cell_id)})
+        rows.append(
+            {
+                "cell_id": cell_id,
+                "key": cells[cell_id].key,
+                "similarity": round(similarity, 4),
+                "land_use": f"{use} (inferred)" if inferred else use,
+                "tile": tiles.get(cell_id),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -143,9 +159,14 @@ def hour_axis(origin: datetime, hours: int) -> pd.DataFrame:
     """hour, its start and end time, and its label ("Tue 14:00", with the date beyond one week)."""
     label = hour_label_long if hours > 168 else hour_label
     start = [origin + timedelta(hours=h) for h in range(hours)]
-    return pd.DataFrame({"hour": np.arange(hours), "time": pd.to_datetime(start),
-                         "time_end": pd.to_datetime(start) + pd.Timedelta(hours=1),
-                         "label": [label(origin, h) for h in range(hours)]})
+    return pd.DataFrame(
+        {
+            "hour": np.arange(hours),
+            "time": pd.to_datetime(start),
+            "time_end": pd.to_datetime(start) + pd.Timedelta(hours=1),
+            "label": [label(origin, h) for h in range(hours)],
+        }
+    )
 
 
 def users_by_hour(session: Session, dataset: Dataset, cell_id: int) -> pd.DataFrame:
@@ -182,22 +203,35 @@ def poi_chart(poi: pd.DataFrame) -> alt.Chart:
 
 def presence_chart(frame: pd.DataFrame, height: int = 180) -> alt.Chart:
     """One bar per hour spanning exactly that hour, with day/weekday ticks."""
-    return alt.Chart(frame).mark_bar(color="#4e79a7").encode(
-        x=alt.X("time:T", title=None, axis=alt.Axis(format="%a %d %b", labelAngle=0, tickCount="day")),
-        x2="time_end:T",
-        y=alt.Y("users:Q", title="users present"),
-        y2=alt.datum(0),  # a bar from 0 (with x2 set, Vega-Lite would otherwise draw a thin range mark)
-        tooltip=[alt.Tooltip("label:N", title="hour"), alt.Tooltip("users:Q", title="users")],
-    ).properties(height=height)
+    return (
+        alt.Chart(frame)
+        .mark_bar(color="#4e79a7")
+        .encode(
+            x=alt.X("time:T", title=None, axis=alt.Axis(format="%a %d %b", labelAngle=0, tickCount="day")),
+            x2="time_end:T",
+            y=alt.Y("users:Q", title="users present"),
+            y2=alt.datum(0),  # a bar from 0 (with x2 set, Vega-Lite would otherwise draw a thin range mark)
+            tooltip=[alt.Tooltip("label:N", title="hour"), alt.Tooltip("users:Q", title="users")],
+        )
+        .properties(height=height)
+    )
 
 
 def traffic_chart(frame: pd.DataFrame, services: list[str] | tuple[str, ...], height: int = 280) -> alt.Chart:
     """Stacked areas of MB per service over the data set's hours (one colour per service)."""
-    return alt.Chart(frame).mark_area(interpolate="step-after").encode(
-        x=alt.X("time:T", title=None, axis=alt.Axis(format="%a %d %b", labelAngle=0, tickCount="day")),
-        y=alt.Y("mb:Q", stack="zero", title="MB"),
-        color=alt.Color("service:N", scale=service_scale(services), sort=list(services), title="service"),
-        order=alt.Order("order:Q"),
-        tooltip=[alt.Tooltip("label:N", title="hour"), alt.Tooltip("service:N"),
-                 alt.Tooltip("mb:Q", title="MB", format=".2f")],
-    ).properties(height=height)
+    return (
+        alt.Chart(frame)
+        .mark_area(interpolate="step-after")
+        .encode(
+            x=alt.X("time:T", title=None, axis=alt.Axis(format="%a %d %b", labelAngle=0, tickCount="day")),
+            y=alt.Y("mb:Q", stack="zero", title="MB"),
+            color=alt.Color("service:N", scale=service_scale(services), sort=list(services), title="service"),
+            order=alt.Order("order:Q"),
+            tooltip=[
+                alt.Tooltip("label:N", title="hour"),
+                alt.Tooltip("service:N"),
+                alt.Tooltip("mb:Q", title="MB", format=".2f"),
+            ],
+        )
+        .properties(height=height)
+    )

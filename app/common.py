@@ -27,13 +27,37 @@ if TYPE_CHECKING:
 # One colour per service, used the same way on every chart (Tableau 10, then Tableau 20's lighter
 # shades for data sets with more than ten services).
 SERVICE_PALETTE = [
-    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
-    "#a0cbe8", "#ffbe7d", "#ff9d9a", "#86bcb6", "#8cd17d", "#f1ce63", "#d4a6c8", "#fabfd2", "#d7b5a6", "#79706e",
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+    "#a0cbe8",
+    "#ffbe7d",
+    "#ff9d9a",
+    "#86bcb6",
+    "#8cd17d",
+    "#f1ce63",
+    "#d4a6c8",
+    "#fabfd2",
+    "#d7b5a6",
+    "#79706e",
 ]
 LAND_USE_COLORS = {  # RGB, for the map and legends
-    "cbd": (31, 119, 180), "residential": (255, 187, 120), "industrial": (127, 127, 127),
-    "university": (148, 103, 189), "park": (44, 160, 44), "transport": (214, 39, 40),
-    "commercial": (255, 127, 14), "mixed": (188, 189, 34), None: (160, 160, 160),
+    "cbd": (31, 119, 180),
+    "residential": (255, 187, 120),
+    "industrial": (127, 127, 127),
+    "university": (148, 103, 189),
+    "park": (44, 160, 44),
+    "transport": (214, 39, 40),
+    "commercial": (255, 127, 14),
+    "mixed": (188, 189, 34),
+    None: (160, 160, 160),
 }
 ACCENT = "#e4572e"  # the theme's primary colour (.streamlit/config.toml)
 
@@ -87,9 +111,18 @@ def _dataset_info(url: str | None, revision_: int) -> DatasetInfo | None:
         except NoDatasetError:
             return None
         entities, cells = dataset_sizes(session).get(d.id, (0, 0))
-        return DatasetInfo(id=d.id, name=d.name, kind=d.kind, entity_kind=d.entity_kind, services=tuple(d.services),
-                           poi_categories=tuple(d.poi_categories), hours=int(d.hours), time_origin=d.time_origin,
-                           entities=int(entities), cells=int(cells))
+        return DatasetInfo(
+            id=d.id,
+            name=d.name,
+            kind=d.kind,
+            entity_kind=d.entity_kind,
+            services=tuple(d.services),
+            poi_categories=tuple(d.poi_categories),
+            hours=int(d.hours),
+            time_origin=d.time_origin,
+            entities=int(entities),
+            cells=int(cells),
+        )
 
 
 def dataset_info() -> DatasetInfo | None:

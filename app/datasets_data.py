@@ -56,13 +56,38 @@ def dataset_table(db: Database) -> pd.DataFrame:
     """Every data set with its size (db.queries.dataset_sizes: two GROUP BY queries, not per-row loops)."""
     with db.session() as session:
         sizes = dataset_sizes(session)
-        rows = [{"active": d.is_active, "name": d.name, "kind": d.kind, "entities": sizes.get(d.id, (0, 0))[0],
-                 "entity kind": d.entity_kind, "cells": sizes.get(d.id, (0, 0))[1], "hours": d.hours,
-                 "services": len(d.services), "starts": d.time_origin.strftime("%a %d %b %Y %H:%M"),
-                 "time zone": d.timezone, "created": d.created_at.strftime("%Y-%m-%d %H:%M UTC")}
-                for d in all_datasets(session)]
-    return pd.DataFrame(rows, columns=["active", "name", "kind", "entities", "entity kind", "cells", "hours",
-                                       "services", "starts", "time zone", "created"])
+        rows = [
+            {
+                "active": d.is_active,
+                "name": d.name,
+                "kind": d.kind,
+                "entities": sizes.get(d.id, (0, 0))[0],
+                "entity kind": d.entity_kind,
+                "cells": sizes.get(d.id, (0, 0))[1],
+                "hours": d.hours,
+                "services": len(d.services),
+                "starts": d.time_origin.strftime("%a %d %b %Y %H:%M"),
+                "time zone": d.timezone,
+                "created": d.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+            }
+            for d in all_datasets(session)
+        ]
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "active",
+            "name",
+            "kind",
+            "entities",
+            "entity kind",
+            "cells",
+            "hours",
+            "services",
+            "starts",
+            "time zone",
+            "created",
+        ],
+    )
 
 
 @st.cache_data(show_spinner=False)
@@ -102,39 +127,70 @@ def save_uploads(uploads: dict[str, Upload | None]) -> tuple[Path, dict[str, str
     return folder, paths, names
 
 
-def table_job(records: Upload, cells: Upload, mapping: Upload | Path | None = None, *,
-              entity_kind: str | None = None, timezone: str | None = None, name: str | None = None,
-              replace: bool = False) -> dict:
+def table_job(
+    records: Upload,
+    cells: Upload,
+    mapping: Upload | Path | None = None,
+    *,
+    entity_kind: str | None = None,
+    timezone: str | None = None,
+    name: str | None = None,
+    replace: bool = False,
+) -> dict:
     """The parameters of an ``ingest.table`` job (`lsdm ingest table` for uploaded files), the uploads
     saved. ``mapping``: an uploaded JSON mapping or a shipped one (assets/mappings), by its path."""
     uploaded_mapping = mapping if isinstance(mapping, tuple) else None
     folder, paths, names = save_uploads({"records": records, "cells": cells, "mapping": uploaded_mapping})
     shipped = str(mapping) if isinstance(mapping, Path) else None
-    return IngestTableRequest(records=paths["records"], cells=paths["cells"],
-                              mapping=paths.get("mapping") or shipped, entity_kind=entity_kind, timezone=timezone,
-                              name=name, replace=replace, uploads_dir=str(folder), names=names).to_params()
+    return IngestTableRequest(
+        records=paths["records"],
+        cells=paths["cells"],
+        mapping=paths.get("mapping") or shipped,
+        entity_kind=entity_kind,
+        timezone=timezone,
+        name=name,
+        replace=replace,
+        uploads_dir=str(folder),
+        names=names,
+    ).to_params()
 
 
-def tsinghua_job(uploads: dict[str, Upload | None], *, all_services: bool = False, name: str = "tsinghua",
-                 replace: bool = False) -> dict:
+def tsinghua_job(
+    uploads: dict[str, Upload | None], *, all_services: bool = False, name: str = "tsinghua", replace: bool = False
+) -> dict:
     """The parameters of an ``ingest.tsinghua`` job (trace, app2category, categories, poi and optional
     coords uploaded), the uploads saved."""
     folder, paths, names = save_uploads(uploads)
-    return IngestTsinghuaRequest(**{role: paths.get(role) for role in TSINGHUA_ROLES}, all_services=all_services,
-                                 name=name or IngestTsinghuaRequest.default("name"), replace=replace,
-                                 uploads_dir=str(folder), names=names).to_params()
+    return IngestTsinghuaRequest(
+        **{role: paths.get(role) for role in TSINGHUA_ROLES},
+        all_services=all_services,
+        name=name or IngestTsinghuaRequest.default("name"),
+        replace=replace,
+        uploads_dir=str(folder),
+        names=names,
+    ).to_params()
 
 
-def environment_job(settings: AppSettings, *, regenerate: bool = False, train_encoder: bool = False,
-                    clip_epochs: int = EnvRequest.default("clip_epochs")) -> dict:
+def environment_job(
+    settings: AppSettings,
+    *,
+    regenerate: bool = False,
+    train_encoder: bool = False,
+    clip_epochs: int = EnvRequest.default("clip_epochs"),
+) -> dict:
     """The parameters of an ``env.build`` job with the saved settings (tile source, describer and its
     options). As on the command line, the default city is embedded with the shipped encoder unless a
     new encoder is asked for."""
     options = settings.describer_options()
-    return EnvRequest(tiles=settings.tile_source, describer=settings.describer,
-                      llm_url=options.get("base_url") or EnvRequest.default("llm_url"),
-                      llm_model=options.get("model") or EnvRequest.default("llm_model"), regenerate=regenerate,
-                      train_encoder=train_encoder, clip_epochs=clip_epochs).to_params()
+    return EnvRequest(
+        tiles=settings.tile_source,
+        describer=settings.describer,
+        llm_url=options.get("base_url") or EnvRequest.default("llm_url"),
+        llm_model=options.get("model") or EnvRequest.default("llm_model"),
+        regenerate=regenerate,
+        train_encoder=train_encoder,
+        clip_epochs=clip_epochs,
+    ).to_params()
 
 
 def job_notice(job: JobView) -> str:
@@ -142,12 +198,16 @@ def job_notice(job: JobView) -> str:
     r = job.result or {}
     if job.kind in ("ingest.table", "ingest.tsinghua", "city.build") and "dataset" in r:
         made = "Built" if job.kind == "city.build" else "Ingested"
-        text = (f"{made} {r['dataset']!r}: {r['entities']} {r['entity_kind']}s, {r['cells']} cells, {r['hours']} "
-                f"hours, {format_bytes(r['total_bytes'])}. It is the active data set now")
+        text = (
+            f"{made} {r['dataset']!r}: {r['entities']} {r['entity_kind']}s, {r['cells']} cells, {r['hours']} "
+            f"hours, {format_bytes(r['total_bytes'])}. It is the active data set now"
+        )
         return text + ("; build its environment next (tab *Environment*)." if job.kind == "city.build" else ".")
     if job.kind == "env.build" and "dataset" in r:
-        return (f"Environment of {r['dataset']!r}: {r['tiles']} tiles, {r['descriptions']} descriptions, "
-                f"{r['embeddings']} embeddings (encoder `{r['encoder']}`).")
+        return (
+            f"Environment of {r['dataset']!r}: {r['tiles']} tiles, {r['descriptions']} descriptions, "
+            f"{r['embeddings']} embeddings (encoder `{r['encoder']}`)."
+        )
     return f"{job.title}: {job.message or 'done'}"
 
 

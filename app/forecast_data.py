@@ -47,8 +47,21 @@ LOCATION_HELP = {
     "cell": "every user is placed in one chosen cell for the whole forecast",
 }
 QUANTILE_KEYS = ("q05", "q25", "median", "q75", "q95")
-EXPORT_COLUMNS = ["run", "entity", "step", "hour", "time", "service", "mean", "median", "q05", "q25", "q75", "q95",
-                  "truth"]
+EXPORT_COLUMNS = [
+    "run",
+    "entity",
+    "step",
+    "hour",
+    "time",
+    "service",
+    "mean",
+    "median",
+    "q05",
+    "q25",
+    "q75",
+    "q95",
+    "truth",
+]
 METRIC_COLUMNS = ["entity", "hours", "mse", "rmse", "mae", "cs", "r2", "crps", "cov50", "cov90", "mae_mb"]
 
 
@@ -73,8 +86,14 @@ def active_model(session: Session, dataset_id: int) -> ModelInfo | None:
     if record is None:
         return None
     config = record.config or {}
-    return ModelInfo(id=record.id, name=record.name, sha256=record.sha256, history=int(config.get("history", 24)),
-                     diffusion_steps=int(config.get("diffusion_steps", 50)), created_at=record.created_at)
+    return ModelInfo(
+        id=record.id,
+        name=record.name,
+        sha256=record.sha256,
+        history=int(config.get("history", 24)),
+        diffusion_steps=int(config.get("diffusion_steps", 50)),
+        created_at=record.created_at,
+    )
 
 
 def model_normaliser(session: Session, model_id: int | None) -> Normaliser | None:
@@ -99,8 +118,9 @@ def default_value(name: str) -> object:
     return ForecastRequest.default(name)
 
 
-def request_problems(request: ForecastRequest, *, history: int, hours: int, origin: datetime,
-                     diffusion_steps: int = 1000) -> dict[str, str]:
+def request_problems(
+    request: ForecastRequest, *, history: int, hours: int, origin: datetime, diffusion_steps: int = 1000
+) -> dict[str, str]:
     """Field name -> what is wrong and what to do; empty when the request can run: the request's own
     checks, then what needs the model and the data (phrased for the page's widgets)."""
     errors = request.validate()
@@ -109,11 +129,14 @@ def request_problems(request: ForecastRequest, *, history: int, hours: int, orig
     elif len(request.entities) > MAX_USERS:
         errors["entities"] = f"Pick at most {MAX_USERS} users ({len(request.entities)} picked)."
     if "start" not in errors and request.start < history:
-        errors["start"] = (f"The model reads {history} hours of history: start at "
-                           f"{hour_label_long(origin, history)} (hour {history}) or later.")
+        errors["start"] = (
+            f"The model reads {history} hours of history: start at "
+            f"{hour_label_long(origin, history)} (hour {history}) or later."
+        )
     elif "start" not in errors and request.start > hours:
-        errors["start"] = (f"The data ends at hour {hours}: start at {hour_label_long(origin, hours)} "
-                           f"(hour {hours}) or earlier.")
+        errors["start"] = (
+            f"The data ends at hour {hours}: start at {hour_label_long(origin, hours)} (hour {hours}) or earlier."
+        )
     if request.sampler == "ddim" and not 1 <= request.sampler_steps <= diffusion_steps:
         errors["sampler_steps"] = f"DDIM takes 1 to {diffusion_steps} steps (the model's diffusion steps)."
     if "cells" in errors:
@@ -169,9 +192,16 @@ def load_run(session: Session, run_id: int, dataset_id: int) -> StoredRun | None
     if run is None or run.dataset_id != dataset_id:
         return None
     arrays = ForecastResult.arrays_from_npz(run.result) if run.result else {}
-    return StoredRun(id=run.id, dataset_id=run.dataset_id, model_id=run.model_id, params=dict(run.params or {}),
-                     entities=list((run.summary or {}).get("entities", [])), created_at=run.created_at,
-                     seconds=run.seconds, arrays=arrays)
+    return StoredRun(
+        id=run.id,
+        dataset_id=run.dataset_id,
+        model_id=run.model_id,
+        params=dict(run.params or {}),
+        entities=list((run.summary or {}).get("entities", [])),
+        created_at=run.created_at,
+        seconds=run.seconds,
+        arrays=arrays,
+    )
 
 
 def run_history(session: Session, dataset_id: int, origin: datetime, hours: int, limit: int = 500) -> pd.DataFrame:
@@ -180,16 +210,40 @@ def run_history(session: Session, dataset_id: int, origin: datetime, hours: int,
     records = []
     for run_id, created, params, seconds in queries.forecast_runs(session, dataset_id, limit):
         request = ForecastRequest.from_params(params)
-        records.append({
-            "run": int(run_id), "created": created,
-            "entity": ", ".join(f"{request.entity_kind}:{key}" for key in request.entities),
-            "users": len(request.entities), "start": request.start,
-            "start_label": start_label(origin, hours, request.start), "horizon": request.horizon,
-            "samples": request.samples, "sampler": request.sampler_label, "location": location_label(request),
-            "guidance": request.guidance, "seed": request.seed, "model": request.model_id, "seconds": seconds,
-        })
-    columns = ["run", "created", "entity", "users", "start", "start_label", "horizon", "samples", "sampler",
-               "location", "guidance", "seed", "model", "seconds"]
+        records.append(
+            {
+                "run": int(run_id),
+                "created": created,
+                "entity": ", ".join(f"{request.entity_kind}:{key}" for key in request.entities),
+                "users": len(request.entities),
+                "start": request.start,
+                "start_label": start_label(origin, hours, request.start),
+                "horizon": request.horizon,
+                "samples": request.samples,
+                "sampler": request.sampler_label,
+                "location": location_label(request),
+                "guidance": request.guidance,
+                "seed": request.seed,
+                "model": request.model_id,
+                "seconds": seconds,
+            }
+        )
+    columns = [
+        "run",
+        "created",
+        "entity",
+        "users",
+        "start",
+        "start_label",
+        "horizon",
+        "samples",
+        "sampler",
+        "location",
+        "guidance",
+        "seed",
+        "model",
+        "seconds",
+    ]
     return pd.DataFrame(records, columns=columns)
 
 
@@ -210,9 +264,14 @@ def params_frame(run: StoredRun, origin: datetime, hours: int) -> pd.DataFrame:
     rows = [
         (f"{request.entity_kind}s", ", ".join(request.entities)),
         ("start", f"{start_label(origin, hours, request.start)} (hour {request.start})"),
-        ("horizon", f"{request.horizon} h"), ("samples", request.samples), ("sampler", request.sampler_label),
-        ("noise", request.noise), ("location", location_label(request)), ("guidance", request.guidance),
-        ("seed", request.seed), ("model", f"{request.model_id} ({str(p.get('model_sha256', ''))[:12]})"),
+        ("horizon", f"{request.horizon} h"),
+        ("samples", request.samples),
+        ("sampler", request.sampler_label),
+        ("noise", request.noise),
+        ("location", location_label(request)),
+        ("guidance", request.guidance),
+        ("seed", request.seed),
+        ("model", f"{request.model_id} ({str(p.get('model_sha256', ''))[:12]})"),
         ("data set", request.dataset),
         ("computed in", f"{run.seconds:.1f} s" if run.seconds is not None else "unknown"),
     ]
@@ -229,17 +288,25 @@ def step_frame(steps: list[dict], service: str | None = None) -> pd.DataFrame:
     for n, step in enumerate(steps):
         stats = step["total"] if service is None else step["services"][service]
         truth = stats.get("truth")
-        rows.append({"label": step["label"], "step": n, "hour": int(step["hour"]),
-                     "mean": float(megabytes(stats["mean"])),
-                     **{q: float(megabytes(stats[q])) for q in QUANTILE_KEYS},
-                     "truth": float(megabytes(truth)) if truth is not None else np.nan})
+        rows.append(
+            {
+                "label": step["label"],
+                "step": n,
+                "hour": int(step["hour"]),
+                "mean": float(megabytes(stats["mean"])),
+                **{q: float(megabytes(stats[q])) for q in QUANTILE_KEYS},
+                "truth": float(megabytes(truth)) if truth is not None else np.nan,
+            }
+        )
     return pd.DataFrame(rows, columns=["label", "step", "hour", "mean", *QUANTILE_KEYS, "truth"])
 
 
 def service_fans(entity: dict, services: tuple[str, ...] | list[str]) -> list[alt.LayerChart]:
     """One fan chart per service (MB), in the data set's service order and colours."""
-    return [fan_chart(step_frame(entity["steps"], name), service=name, color=color)
-            for name, color in zip(services, service_colors(services), strict=True)]
+    return [
+        fan_chart(step_frame(entity["steps"], name), service=name, color=color)
+        for name, color in zip(services, service_colors(services), strict=True)
+    ]
 
 
 def total_fan(entity: dict, title: str = "Total traffic", y_max: float | None = None) -> alt.LayerChart:
@@ -260,13 +327,16 @@ def forecast_mix(entity: dict, services: tuple[str, ...] | list[str]) -> tuple[p
     forecast = np.array([sum(step["services"][s]["mean"] for step in steps) for s in services], dtype=float)
     series = [("forecast", forecast)]
     if known:
-        series.append(("truth", np.array([sum(step["services"][s]["truth"] for step in known) for s in services],
-                                         dtype=float)))
+        series.append(
+            ("truth", np.array([sum(step["services"][s]["truth"] for step in known) for s in services], dtype=float))
+        )
     rows = []
     for name, values in series:
         total = float(values.sum())
-        rows += [{"series": name, "service": s, "share": float(v) / total if total > 0 else 0.0}
-                 for s, v in zip(services, values, strict=True)]
+        rows += [
+            {"series": name, "service": s, "share": float(v) / total if total > 0 else 0.0}
+            for s, v in zip(services, values, strict=True)
+        ]
     return pd.DataFrame(rows, columns=["series", "service", "share"]), len(steps)
 
 
@@ -276,15 +346,24 @@ def mix_chart(mix: pd.DataFrame, services: tuple[str, ...] | list[str]) -> alt.L
 
 def median_frame(entity: dict, services: tuple[str, ...] | list[str], origin: datetime) -> pd.DataFrame:
     """Per-service median forecast (MB) per forecast hour: hour, label, service, value."""
-    return pd.DataFrame([
-        {"hour": int(step["hour"]), "label": hour_label(origin, int(step["hour"])), "service": name,
-         "value": float(megabytes(step["services"][name]["median"]))}
-        for step in entity["steps"] for name in services
-    ], columns=["hour", "label", "service", "value"])
+    return pd.DataFrame(
+        [
+            {
+                "hour": int(step["hour"]),
+                "label": hour_label(origin, int(step["hour"])),
+                "service": name,
+                "value": float(megabytes(step["services"][name]["median"])),
+            }
+            for step in entity["steps"]
+            for name in services
+        ],
+        columns=["hour", "label", "service", "value"],
+    )
 
 
-def median_lines(entity: dict, services: tuple[str, ...] | list[str], origin: datetime,
-                 y_max: float | None = None) -> alt.Chart:
+def median_lines(
+    entity: dict, services: tuple[str, ...] | list[str], origin: datetime, y_max: float | None = None
+) -> alt.Chart:
     """Per-service median forecast (MB) over the forecast hours, one colour per service."""
     chart = service_lines(median_frame(entity, services, origin), services, height=220)
     if y_max:
@@ -298,8 +377,10 @@ def compare_y_max(entities: list[dict], view: str, services: tuple[str, ...] | l
     if view == "total":
         values = [step_frame(entity["steps"])["q95"].max() for entity in entities]
     else:
-        values = [max(step["services"][name]["median"] for step in entity["steps"] for name in services) / 1e6
-                  for entity in entities]
+        values = [
+            max(step["services"][name]["median"] for step in entity["steps"] for name in services) / 1e6
+            for entity in entities
+        ]
     top = float(max(values, default=0.0))
     return top if top > 0 else 1.0
 
@@ -359,10 +440,23 @@ def export_frame(run: StoredRun, services: tuple[str, ...] | list[str], origin: 
             moment = (origin + timedelta(hours=hour)).isoformat(timespec="minutes")
             for name in services:
                 stats = step["services"][name]
-                rows.append({"run": run.id, "entity": entity["entity"], "step": n + 1, "hour": hour, "time": moment,
-                             "service": name, "mean": stats["mean"], "median": stats["median"],
-                             "q05": stats["q05"], "q25": stats["q25"], "q75": stats["q75"], "q95": stats["q95"],
-                             "truth": stats.get("truth")})
+                rows.append(
+                    {
+                        "run": run.id,
+                        "entity": entity["entity"],
+                        "step": n + 1,
+                        "hour": hour,
+                        "time": moment,
+                        "service": name,
+                        "mean": stats["mean"],
+                        "median": stats["median"],
+                        "q05": stats["q05"],
+                        "q25": stats["q25"],
+                        "q75": stats["q75"],
+                        "q95": stats["q95"],
+                        "truth": stats.get("truth"),
+                    }
+                )
     frame = pd.DataFrame(rows, columns=EXPORT_COLUMNS)
     frame["truth"] = frame["truth"].astype(float)
     return frame
@@ -434,8 +528,9 @@ def cached_metrics(url: str, dataset_id: int, revision: int, run_id: int) -> pd.
 
 
 @st.cache_data(show_spinner=False)
-def cached_exports(url: str, dataset_id: int, revision: int, run_id: int, services: tuple[str, ...],
-                   origin: datetime) -> tuple[bytes, bytes]:
+def cached_exports(
+    url: str, dataset_id: int, revision: int, run_id: int, services: tuple[str, ...], origin: datetime
+) -> tuple[bytes, bytes]:
     """(CSV, Parquet) of a stored run."""
     run = cached_run(url, dataset_id, revision, run_id)
     frame = export_frame(run, services, origin)
@@ -463,11 +558,18 @@ def remember_link_value(state: MutableMapping[str, Any], widget_key: str, value:
 def form_values(params: dict) -> dict[str, object]:
     """A stored run's request as the form's widget values (to run it again with changes)."""
     request = ForecastRequest.from_params(params)
-    values: dict[str, object] = {"fc_users": list(request.entities)[:MAX_USERS], "fc_start": request.start,
-                                 "fc_horizon": request.horizon, "fc_samples": request.samples, "fc_seed": request.seed,
-                                 "fc_sampler": request.sampler, "fc_steps": request.sampler_steps,
-                                 "fc_location": request.location, "fc_guidance": float(request.guidance),
-                                 "fc_paired": request.antithetic}
+    values: dict[str, object] = {
+        "fc_users": list(request.entities)[:MAX_USERS],
+        "fc_start": request.start,
+        "fc_horizon": request.horizon,
+        "fc_samples": request.samples,
+        "fc_seed": request.seed,
+        "fc_sampler": request.sampler,
+        "fc_steps": request.sampler_steps,
+        "fc_location": request.location,
+        "fc_guidance": float(request.guidance),
+        "fc_paired": request.antithetic,
+    }
     if request.cells:
         values["fc_cell"] = request.cells[0]
     return values
@@ -490,22 +592,35 @@ class RunViews:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def cached_run_views(url: str, dataset_id: int, revision: int, run_id: int, entity_name: str,
-                     services: tuple[str, ...]) -> RunViews | None:
+def cached_run_views(
+    url: str, dataset_id: int, revision: int, run_id: int, entity_name: str, services: tuple[str, ...]
+) -> RunViews | None:
     run = cached_run(url, dataset_id, revision, run_id)
     if run is None or entity_name not in run.entity_names:
         return None
     entity = run.entity(entity_name)
     mix, hours = forecast_mix(entity, services)
-    return RunViews(total=total_fan(entity, f"Total traffic · {entity_name}").to_dict(),
-                    mix=mix_chart(mix, services).to_dict(), mix_hours=hours,
-                    mix_has_truth="truth" in set(mix["series"]),
-                    fans=[chart.to_dict() for chart in service_fans(entity, services)])
+    return RunViews(
+        total=total_fan(entity, f"Total traffic · {entity_name}").to_dict(),
+        mix=mix_chart(mix, services).to_dict(),
+        mix_hours=hours,
+        mix_has_truth="truth" in set(mix["series"]),
+        fans=[chart.to_dict() for chart in service_fans(entity, services)],
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def cached_compare_view(url: str, dataset_id: int, revision: int, run_id: int, entity_name: str, view: str,
-                        services: tuple[str, ...], origin: datetime, y_max: float | None = None) -> dict | None:
+def cached_compare_view(
+    url: str,
+    dataset_id: int,
+    revision: int,
+    run_id: int,
+    entity_name: str,
+    view: str,
+    services: tuple[str, ...],
+    origin: datetime,
+    y_max: float | None = None,
+) -> dict | None:
     """A run's total-traffic fan (view "total") or per-service medians (view "median") as a spec."""
     run = cached_run(url, dataset_id, revision, run_id)
     if run is None or entity_name not in run.entity_names:

@@ -48,15 +48,33 @@ def jobs_frame(views: list[JobView]) -> pd.DataFrame:
     rows = []
     for job in views:
         label, link = result_link(job.result_ref) if job.status == "done" else (None, None)
-        rows.append({"id": job.id, "job": job.title, "kind": job.kind, "status": job.status,
-                     "created": job.created_at, "seconds": job.seconds, "result": label, "link": link,
-                     "details": details(job)})
+        rows.append(
+            {
+                "id": job.id,
+                "job": job.title,
+                "kind": job.kind,
+                "status": job.status,
+                "created": job.created_at,
+                "seconds": job.seconds,
+                "result": label,
+                "link": link,
+                "details": details(job),
+            }
+        )
     return pd.DataFrame(rows, columns=JOB_COLUMNS)
 
 
 def workers_frame(workers: list[dict], now: datetime) -> pd.DataFrame:
     """The live workers: id, host, pid, lanes, start time and how long ago they last beat."""
-    rows = [{"worker": w["id"], "host": w["host"], "pid": w["pid"], "lanes": ", ".join(w["lanes"]),
-             "started": w["started_at"], "last heartbeat (s ago)": max(0.0, (now - w["heartbeat_at"]).total_seconds())}
-            for w in workers]
+    rows = [
+        {
+            "worker": w["id"],
+            "host": w["host"],
+            "pid": w["pid"],
+            "lanes": ", ".join(w["lanes"]),
+            "started": w["started_at"],
+            "last heartbeat (s ago)": max(0.0, (now - w["heartbeat_at"]).total_seconds()),
+        }
+        for w in workers
+    ]
     return pd.DataFrame(rows, columns=WORKER_COLUMNS)

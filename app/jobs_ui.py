@@ -30,9 +30,11 @@ from engine.errors import InputError
 from engine.jobs import JobView
 
 POLL_SECONDS = 1.0
-NO_WORKER = ("No worker is running, so queued jobs wait. Start one in a terminal with `lsdm worker` (with the "
-             "same `--db` as the dashboard), or restart the dashboard with the launcher (`make run` or "
-             "`lsdm app`), which starts one beside it.")
+NO_WORKER = (
+    "No worker is running, so queued jobs wait. Start one in a terminal with `lsdm worker` (with the "
+    "same `--db` as the dashboard), or restart the dashboard with the launcher (`make run` or "
+    "`lsdm app`), which starts one beside it."
+)
 _ENDED = "_jobs_ended"  # ids of followed jobs whose end was seen: revision bumped and page rerun once
 MAX_ID = 2**63 - 1
 
@@ -92,8 +94,13 @@ def forget(key: str) -> None:
 # --- following ----------------------------------------------------------------------------------------
 
 
-def follow(job_id: int, *, key: str, on_done: Callable[[JobView], None] | None = None,
-           live: Callable[[JobView], None] | None = None) -> JobView | None:
+def follow(
+    job_id: int,
+    *,
+    key: str,
+    on_done: Callable[[JobView], None] | None = None,
+    live: Callable[[JobView], None] | None = None,
+) -> JobView | None:
     """Show a job: live while it is active, then (once) its result, failure or cancellation.
 
     ``on_done(job)`` runs once, in a full run of the page after the job is done and the page's cached
@@ -159,8 +166,14 @@ def show_progress(job: JobView, *, key: str, worker_note: bool = True) -> None:
     with st.container(border=True):
         top = st.columns([5, 1], vertical_alignment="center")
         top[0].markdown(f"**{job.title}** · job {job.id} · {elapsed_text(job)}")
-        top[1].button("Cancelling ..." if job.cancel_requested else "Cancel", key=key, icon=":material/cancel:",
-                      disabled=job.cancel_requested, on_click=cancel, args=(job.id,))
+        top[1].button(
+            "Cancelling ..." if job.cancel_requested else "Cancel",
+            key=key,
+            icon=":material/cancel:",
+            disabled=job.cancel_requested,
+            on_click=cancel,
+            args=(job.id,),
+        )
         st.progress(job.progress, text=job.message or job.status)
         if job.status == "queued":
             st.caption("Waiting for the worker ...")
@@ -182,8 +195,7 @@ def first_launch(*, stop: bool = True) -> None:
     job = latest[0] if latest else None
     if job is not None and (job.active or st.session_state.get(_state_key(FIRST_LAUNCH_KEY)) == job.id):
         if job.active:
-            st.info("Preparing the first data set; the page appears when it is ready.",
-                    icon=":material/hourglass_top:")
+            st.info("Preparing the first data set; the page appears when it is ready.", icon=":material/hourglass_top:")
         follow(job.id, key=FIRST_LAUNCH_KEY)  # ended unseen: fresh data first (the page then appears)
         if stop and job.active:
             st.stop()
@@ -198,8 +210,11 @@ def require_dataset() -> DatasetInfo:
     info = dataset_info()
     if info is None:
         first_launch()
-        st.info("No data yet. The first launch builds the default synthetic city; you can also build one with "
-                "`lsdm city build` or ingest real data on the **Data** page.", icon=":material/database:")
+        st.info(
+            "No data yet. The first launch builds the default synthetic city; you can also build one with "
+            "`lsdm city build` or ingest real data on the **Data** page.",
+            icon=":material/database:",
+        )
         st.stop()
     forget(FIRST_LAUNCH_KEY)
     return info

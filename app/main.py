@@ -20,20 +20,24 @@ PAGES = Path(__file__).resolve().parent / "views"
 
 st.set_page_config(page_title="LSDM traffic forecasts", page_icon=app_icon(), layout="wide")
 
-navigation = st.navigation({
-    "Explore": [
-        st.Page(PAGES / "map.py", title="Map", icon=":material/map:", url_path="map", default=True),
-        st.Page(PAGES / "cell.py", title="Cell", icon=":material/cell_tower:", url_path="cell"),
-        st.Page(PAGES / "user.py", title="User", icon=":material/person:", url_path="user"),
-    ],
-    "Predict": [
-        st.Page(PAGES / "forecast.py", title="Forecast", icon=":material/insights:", url_path="forecast"),
-        st.Page(PAGES / "whatif.py", title="What-if", icon=":material/alt_route:", url_path="whatif"),
-    ],
-    "Manage": [
-        st.Page(PAGES / "models.py", title="Models & evaluation", icon=":material/model_training:", url_path="models"),
-        st.Page(PAGES / "datasets.py", title="Data", icon=":material/database:", url_path="data"),
-        st.Page(PAGES / "jobs.py", title="Jobs", icon=":material/work_history:", url_path="jobs"),
-    ],
-})
+navigation = st.navigation(
+    {
+        "Explore": [
+            st.Page(PAGES / "map.py", title="Map", icon=":material/map:", url_path="map", default=True),
+            st.Page(PAGES / "cell.py", title="Cell", icon=":material/cell_tower:", url_path="cell"),
+            st.Page(PAGES / "user.py", title="User", icon=":material/person:", url_path="user"),
+        ],
+        "Predict": [
+            st.Page(PAGES / "forecast.py", title="Forecast", icon=":material/insights:", url_path="forecast"),
+            st.Page(PAGES / "whatif.py", title="What-if", icon=":material/alt_route:", url_path="whatif"),
+        ],
+        "Manage": [
+            st.Page(
+                PAGES / "models.py", title="Models & evaluation", icon=":material/model_training:", url_path="models"
+            ),
+            st.Page(PAGES / "datasets.py", title="Data", icon=":material/database:", url_path="data"),
+            st.Page(PAGES / "jobs.py", title="Jobs", icon=":material/work_history:", url_path="jobs"),
+        ],
+    }
+)
 navigation.run()

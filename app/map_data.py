@@ -76,14 +76,16 @@ class CityData:
 def load_cells(session: Session, dataset: Dataset) -> pd.DataFrame:
     """Every cell of the data set in id order, with its land use (inferred from POIs where unknown)."""
     infos = cells_for_dataset(session, dataset)
-    return pd.DataFrame({
-        "id": np.array([c.id for c in infos], dtype=np.int64),
-        "key": [c.key for c in infos],
-        "lon": np.array([np.nan if c.lon is None else c.lon for c in infos], dtype=float),
-        "lat": np.array([np.nan if c.lat is None else c.lat for c in infos], dtype=float),
-        "land_use": [infer_land_use(c) for c in infos],
-        "inferred": [c.land_use is None for c in infos],
-    })
+    return pd.DataFrame(
+        {
+            "id": np.array([c.id for c in infos], dtype=np.int64),
+            "key": [c.key for c in infos],
+            "lon": np.array([np.nan if c.lon is None else c.lon for c in infos], dtype=float),
+            "lat": np.array([np.nan if c.lat is None else c.lat for c in infos], dtype=float),
+            "land_use": [infer_land_use(c) for c in infos],
+            "inferred": [c.land_use is None for c in infos],
+        }
+    )
 
 
 def load_entities(session: Session, dataset: Dataset) -> pd.DataFrame:
@@ -129,9 +131,14 @@ def load_city(session: Session, dataset: Dataset) -> CityData:
     traffic = cell_hour_bytes(located, entity_hour_bytes(session, dataset, entity_ids), len(cells))
     is_user = (entities["kind"] == "user").to_numpy()
     positive = traffic[traffic > 0]
-    return CityData(cells=cells, cell_hour_bytes=traffic, user_keys=entities["key"].to_numpy(dtype=object)[is_user],
-                    user_cell=located[is_user], hours=int(dataset.hours),
-                    traffic_cap=float(np.percentile(positive, 99)) if positive.size else 1.0)
+    return CityData(
+        cells=cells,
+        cell_hour_bytes=traffic,
+        user_keys=entities["key"].to_numpy(dtype=object)[is_user],
+        user_cell=located[is_user],
+        hours=int(dataset.hours),
+        traffic_cap=float(np.percentile(positive, 99)) if positive.size else 1.0,
+    )
 
 
 def load_basemap(session: Session, dataset: Dataset) -> tuple[str, list[float]] | None:
@@ -193,12 +200,19 @@ def cell_layer_frame(city: CityData, hour: int, color: str) -> pd.DataFrame:
     rgba = traffic_colors(traffic, city.traffic_cap) if color == "traffic" else land_use_colors(cells["land_use"])
     use = cells["land_use"].where(~cells["inferred"], cells["land_use"] + " (inferred)")
     mb = pd.Series(np.round(traffic / 1e6, 2), index=cells.index).astype(str)
-    return pd.DataFrame({
-        "key": cells["key"], "lon": cells["lon"].round(6), "lat": cells["lat"].round(6),
-        "r": rgba[:, 0], "g": rgba[:, 1], "b": rgba[:, 2], "a": rgba[:, 3],
-        "title": cells["key"] + " · " + use,
-        "detail": mb + " MB · " + pd.Series(present, index=cells.index).astype(str) + " users",
-    }).reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "key": cells["key"],
+            "lon": cells["lon"].round(6),
+            "lat": cells["lat"].round(6),
+            "r": rgba[:, 0],
+            "g": rgba[:, 1],
+            "b": rgba[:, 2],
+            "a": rgba[:, 3],
+            "title": cells["key"] + " · " + use,
+            "detail": mb + " MB · " + pd.Series(present, index=cells.index).astype(str) + " users",
+        }
+    ).reset_index(drop=True)
 
 
 def user_offsets(n_users: int, lat0: float) -> tuple[np.ndarray, np.ndarray]:
@@ -225,11 +239,18 @@ def user_layer_frame(city: CityData, hour: int, selected: str | None = None) -> 
     keys = city.user_keys[shown]
     is_selected = keys == selected
     rgb = np.where(is_selected[:, None], np.array(SELECTED_USER_RGB), np.array(USER_RGB))
-    frame = pd.DataFrame({
-        "key": keys, "lon": np.round(lon[at[shown]] + dlon[shown], 6), "lat": np.round(lat[at[shown]] + dlat[shown], 6),
-        "r": rgb[:, 0], "g": rgb[:, 1], "b": rgb[:, 2],
-        "title": keys, "detail": "at " + city.cells["key"].to_numpy()[at[shown]].astype(object),
-    })
+    frame = pd.DataFrame(
+        {
+            "key": keys,
+            "lon": np.round(lon[at[shown]] + dlon[shown], 6),
+            "lat": np.round(lat[at[shown]] + dlat[shown], 6),
+            "r": rgb[:, 0],
+            "g": rgb[:, 1],
+            "b": rgb[:, 2],
+            "title": keys,
+            "detail": "at " + city.cells["key"].to_numpy()[at[shown]].astype(object),
+        }
+    )
     return frame.iloc[np.argsort(is_selected, kind="stable")].reset_index(drop=True)
 
 
@@ -270,8 +291,15 @@ def cell_bounds(city: CityData) -> list[float]:
     return [float(cells["lon"].min()), float(cells["lat"].min()), float(cells["lon"].max()), float(cells["lat"].max())]
 
 
-def build_deck(*, basemap: tuple[str, list[float]] | None, cells: pd.DataFrame, users: pd.DataFrame,
-               path: list[list[float]] | None, path_user: str | None, view: pdk.ViewState) -> pdk.Deck:
+def build_deck(
+    *,
+    basemap: tuple[str, list[float]] | None,
+    cells: pd.DataFrame,
+    users: pd.DataFrame,
+    path: list[list[float]] | None,
+    path_user: str | None,
+    view: pdk.ViewState,
+) -> pdk.Deck:
     """The offline map: basemap bitmap, cells, the selected user's trajectory, users. Every layer has an
     ``id`` (the Streamlit selection is keyed by it); no map provider, so nothing is fetched."""
     layers = []
@@ -279,26 +307,62 @@ def build_deck(*, basemap: tuple[str, list[float]] | None, cells: pd.DataFrame, 
         uri, bounds = basemap
         # A data URI must be quoted, or pydeck parses it as a JavaScript expression.
         layers.append(pdk.Layer("BitmapLayer", id="basemap", image=f'"{uri}"', bounds=bounds, opacity=0.9))
-    layers.append(pdk.Layer(
-        "ScatterplotLayer", id="cells", data=cells, get_position=["lon", "lat"], get_fill_color="[r, g, b, a]",
-        get_radius=CELL_RADIUS_M, radius_min_pixels=3, stroked=True, get_line_color=[255, 255, 255, 160],
-        line_width_min_pixels=0.5, pickable=True, auto_highlight=True,
-    ))
+    layers.append(
+        pdk.Layer(
+            "ScatterplotLayer",
+            id="cells",
+            data=cells,
+            get_position=["lon", "lat"],
+            get_fill_color="[r, g, b, a]",
+            get_radius=CELL_RADIUS_M,
+            radius_min_pixels=3,
+            stroked=True,
+            get_line_color=[255, 255, 255, 160],
+            line_width_min_pixels=0.5,
+            pickable=True,
+            auto_highlight=True,
+        )
+    )
     if path:
-        layers.append(pdk.Layer(
-            "PathLayer", id="trajectory", data=[{"key": path_user, "title": f"{path_user}: week trajectory",
-                                                  "detail": f"{len(path)} stops", "path": path}],
-            get_path="path", get_color=list(PATH_RGB), get_width=25, width_min_pixels=3, joint_rounded=True,
-            cap_rounded=True, pickable=True,
-        ))
+        layers.append(
+            pdk.Layer(
+                "PathLayer",
+                id="trajectory",
+                data=[
+                    {
+                        "key": path_user,
+                        "title": f"{path_user}: week trajectory",
+                        "detail": f"{len(path)} stops",
+                        "path": path,
+                    }
+                ],
+                get_path="path",
+                get_color=list(PATH_RGB),
+                get_width=25,
+                width_min_pixels=3,
+                joint_rounded=True,
+                cap_rounded=True,
+                pickable=True,
+            )
+        )
     if len(users):
-        layers.append(pdk.Layer(
-            "ScatterplotLayer", id="users", data=users, get_position=["lon", "lat"], get_fill_color="[r, g, b, 230]",
-            get_radius=USER_RADIUS_M, radius_min_pixels=2, stroked=True, get_line_color=[255, 255, 255, 220],
-            line_width_min_pixels=0.5, pickable=True, auto_highlight=True,
-        ))
-    return pdk.Deck(layers=layers, initial_view_state=view, map_provider=None,
-                    tooltip={"text": "{title}\n{detail}"})
+        layers.append(
+            pdk.Layer(
+                "ScatterplotLayer",
+                id="users",
+                data=users,
+                get_position=["lon", "lat"],
+                get_fill_color="[r, g, b, 230]",
+                get_radius=USER_RADIUS_M,
+                radius_min_pixels=2,
+                stroked=True,
+                get_line_color=[255, 255, 255, 220],
+                line_width_min_pixels=0.5,
+                pickable=True,
+                auto_highlight=True,
+            )
+        )
+    return pdk.Deck(layers=layers, initial_view_state=view, map_provider=None, tooltip={"text": "{title}\n{detail}"})
 
 
 # --- legends --------------------------------------------------------------------------------------
@@ -309,24 +373,29 @@ def land_use_legend(land_uses: list[str]) -> str:
     items = []
     for name in sorted(set(land_uses)):
         r, g, b = LAND_USE_COLORS.get(name, LAND_USE_COLORS[None])
-        items.append(f'<span style="white-space:nowrap;margin-right:14px">'
-                     f'<span style="display:inline-block;width:12px;height:12px;border-radius:6px;'
-                     f'background:rgb({r},{g},{b});margin-right:4px;vertical-align:middle"></span>{name}</span>')
+        items.append(
+            f'<span style="white-space:nowrap;margin-right:14px">'
+            f'<span style="display:inline-block;width:12px;height:12px;border-radius:6px;'
+            f'background:rgb({r},{g},{b});margin-right:4px;vertical-align:middle"></span>{name}</span>'
+        )
     return "".join(items)
 
 
 def traffic_legend(cap: float) -> str:
     """HTML gradient of the traffic scale with its MB values (square-root scale, so ticks are uneven)."""
     stops = ", ".join(f"rgb({int(r)},{int(g)},{int(b)})" for r, g, b in TRAFFIC_RAMP)
-    ticks = "".join(f'<span>{format_bytes(cap * t * t)}{"+" if t == 1 else ""}</span>'
-                    for t in (0.0, 0.25, 0.5, 0.75, 1.0))
+    ticks = "".join(
+        f"<span>{format_bytes(cap * t * t)}{'+' if t == 1 else ''}</span>" for t in (0.0, 0.25, 0.5, 0.75, 1.0)
+    )
     gr, gg, gb, _ = NO_TRAFFIC_RGBA
-    return (f'<div style="max-width:420px"><div style="height:12px;border-radius:3px;'
-            f'background:linear-gradient(to right, {stops})"></div>'
-            f'<div style="display:flex;justify-content:space-between;font-size:0.8em">{ticks}</div>'
-            f'<div style="font-size:0.8em"><span style="display:inline-block;width:10px;height:10px;'
-            f'background:rgb({gr},{gg},{gb});margin-right:4px"></span>no traffic in this hour · '
-            f'bytes of the users attached to the cell in that hour</div></div>')
+    return (
+        f'<div style="max-width:420px"><div style="height:12px;border-radius:3px;'
+        f'background:linear-gradient(to right, {stops})"></div>'
+        f'<div style="display:flex;justify-content:space-between;font-size:0.8em">{ticks}</div>'
+        f'<div style="font-size:0.8em"><span style="display:inline-block;width:10px;height:10px;'
+        f'background:rgb({gr},{gg},{gb});margin-right:4px"></span>no traffic in this hour · '
+        f"bytes of the users attached to the cell in that hour</div></div>"
+    )
 
 
 # --- page glue --------------------------------------------------------------------------------------

@@ -24,8 +24,14 @@ from engine.evaluation.report import LABELS
 KINDS = ("lsdm", "clip")  # forecasters and environment encoders
 # One colour per evaluated method, the same in the radar and the error-by-step chart.
 METHOD_COLORS = {
-    "lsdm": ACCENT, "lsdm-no-condition": "#4e79a7", "csdi-like": "#59a14f", "no-2d-attention": "#76b7b2",
-    "env-input": "#ff9da7", "arima": "#edc948", "hour-of-week-mean": "#b07aa1", "seasonal-naive": "#9aa5b1",
+    "lsdm": ACCENT,
+    "lsdm-no-condition": "#4e79a7",
+    "csdi-like": "#59a14f",
+    "no-2d-attention": "#76b7b2",
+    "env-input": "#ff9da7",
+    "arima": "#edc948",
+    "hour-of-week-mean": "#b07aa1",
+    "seasonal-naive": "#9aa5b1",
 }
 RADAR_DEFAULT = ("lsdm", "lsdm-no-condition", "hour-of-week-mean")  # the comparison the paper's Fig. 7 makes
 EVALUATE_COMMAND = "lsdm evaluate --model {id} --report reports/model-{id}"
@@ -65,8 +71,18 @@ def list_models(db: Database, dataset_id: int) -> list[ModelInfo]:
     """The data set's forecasters and encoders, newest first."""
     with db.session() as session:
         records = queries.dataset_models(session, dataset_id, KINDS)
-        return [ModelInfo(id=r.id, name=r.name, kind=r.kind, active=bool(r.is_active), created_at=r.created_at,
-                          config=dict(r.config or {}), metrics=dict(r.metrics or {})) for r in records]
+        return [
+            ModelInfo(
+                id=r.id,
+                name=r.name,
+                kind=r.kind,
+                active=bool(r.is_active),
+                created_at=r.created_at,
+                config=dict(r.config or {}),
+                metrics=dict(r.metrics or {}),
+            )
+            for r in records
+        ]
 
 
 @st.cache_data(show_spinner=False)
@@ -83,8 +99,11 @@ def config_summary(model: ModelInfo) -> str:
         settings = c.get("settings", {})
         how = "frozen" if settings.get("frozen") else f"{settings.get('epochs', '?')} epochs"
         return f"{settings.get('arch', '?')}, {how}, env mode {settings.get('mode', '?')}"
-    parts = [f"{c.get('channels', '?')} ch x {c.get('blocks', '?')} blocks, {c.get('heads', '?')} heads",
-             f"history {c.get('history', '?')} h", f"condition {c.get('condition', '?')}"]
+    parts = [
+        f"{c.get('channels', '?')} ch x {c.get('blocks', '?')} blocks, {c.get('heads', '?')} heads",
+        f"history {c.get('history', '?')} h",
+        f"condition {c.get('condition', '?')}",
+    ]
     if c.get("service_attention") is False:
         parts.append("no 2D attention")
     if c.get("env_kind", "env") != "env":
@@ -104,17 +123,37 @@ def model_table(models: list[ModelInfo]) -> pd.DataFrame:
         evaluation = m.evaluation or {}
         lsdm_row = next((r for r in evaluation.get("rows", []) if r.get("method") == "lsdm"), {})
         retrieval = m.metrics.get("retrieval") or {}
-        rows.append({
-            "id": m.id, "active": m.active, "kind": m.kind, "name": m.name, "created": utc_label(m.created_at),
-            "configuration": config_summary(m),
-            "best val loss": m.metrics.get("best_val_loss"),
-            "epochs": m.metrics.get("epochs_run"),
-            "train s": m.metrics.get("train_seconds"),
-            "test R²": lsdm_row.get("r2"),
-            "retrieval top-1": retrieval.get("top1"),
-        })
-    return pd.DataFrame(rows, columns=["id", "active", "kind", "name", "created", "configuration", "best val loss",
-                                       "epochs", "train s", "test R²", "retrieval top-1"])
+        rows.append(
+            {
+                "id": m.id,
+                "active": m.active,
+                "kind": m.kind,
+                "name": m.name,
+                "created": utc_label(m.created_at),
+                "configuration": config_summary(m),
+                "best val loss": m.metrics.get("best_val_loss"),
+                "epochs": m.metrics.get("epochs_run"),
+                "train s": m.metrics.get("train_seconds"),
+                "test R²": lsdm_row.get("r2"),
+                "retrieval top-1": retrieval.get("top1"),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "id",
+            "active",
+            "kind",
+            "name",
+            "created",
+            "configuration",
+            "best val loss",
+            "epochs",
+            "train s",
+            "test R²",
+            "retrieval top-1",
+        ],
+    )
 
 
 def loss_curve(history: list[dict], *, height: int = 240) -> alt.Chart:
@@ -122,16 +161,29 @@ def loss_curve(history: list[dict], *, height: int = 240) -> alt.Chart:
     Vega-Lite), so what is drawn is exactly what training recorded."""
     frame = pd.DataFrame(history, columns=["epoch", "train_loss", "val_loss", "seconds"])
     names = {"train_loss": "training", "val_loss": "validation"}
-    return alt.Chart(frame).transform_fold(["train_loss", "val_loss"], as_=["series", "loss"]).transform_calculate(
-        curve=f"datum.series == 'train_loss' ? '{names['train_loss']}' : '{names['val_loss']}'"
-    ).mark_line(point=True).encode(
-        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
-        y=alt.Y("loss:Q", title="diffusion loss", scale=alt.Scale(zero=False)),
-        color=alt.Color("curve:N", title=None, legend=alt.Legend(orient="bottom"),
-                        scale=alt.Scale(domain=list(names.values()), range=["#9aa5b1", ACCENT])),
-        tooltip=[alt.Tooltip("epoch:Q"), alt.Tooltip("curve:N", title="loss"), alt.Tooltip("loss:Q", format=".4f"),
-                 alt.Tooltip("seconds:Q", title="elapsed s")],
-    ).properties(height=height)
+    return (
+        alt.Chart(frame)
+        .transform_fold(["train_loss", "val_loss"], as_=["series", "loss"])
+        .transform_calculate(curve=f"datum.series == 'train_loss' ? '{names['train_loss']}' : '{names['val_loss']}'")
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+            y=alt.Y("loss:Q", title="diffusion loss", scale=alt.Scale(zero=False)),
+            color=alt.Color(
+                "curve:N",
+                title=None,
+                legend=alt.Legend(orient="bottom"),
+                scale=alt.Scale(domain=list(names.values()), range=["#9aa5b1", ACCENT]),
+            ),
+            tooltip=[
+                alt.Tooltip("epoch:Q"),
+                alt.Tooltip("curve:N", title="loss"),
+                alt.Tooltip("loss:Q", format=".4f"),
+                alt.Tooltip("seconds:Q", title="elapsed s"),
+            ],
+        )
+        .properties(height=height)
+    )
 
 
 # --- writing --------------------------------------------------------------------------------------
@@ -176,17 +228,24 @@ def r2_radar(evaluation: dict, methods: list[str], services: list[str] | tuple[s
     """Per-service R² of the chosen methods (paper Fig. 7). The radius cannot go below the centre,
     so an R² below 0 (worse than the test day's mean) is drawn at the centre; the table has it."""
     scores = evaluation.get("per_service_r2") or {}
-    rows = [{"series": m, "service": s, "r2": max(0.0, float(scores[m].get(s) or 0.0))}
-            for m in methods if m in scores for s in services]
+    rows = [
+        {"series": m, "service": s, "r2": max(0.0, float(scores[m].get(s) or 0.0))}
+        for m in methods
+        if m in scores
+        for s in services
+    ]
     frame = pd.DataFrame(rows, columns=["series", "service", "r2"])
     return radar(frame, services, value="r2", colors=method_colors(methods))
 
 
 def horizon_frame(evaluation: dict) -> pd.DataFrame:
     """MSE by recursive step, long form: method, step (1..n), mse."""
-    rows = [{"method": method, "step": i + 1, "mse": value}
-            for method, values in (evaluation.get("mse_by_step") or {}).items()
-            for i, value in enumerate(values) if value is not None]
+    rows = [
+        {"method": method, "step": i + 1, "mse": value}
+        for method, values in (evaluation.get("mse_by_step") or {}).items()
+        for i, value in enumerate(values)
+        if value is not None
+    ]
     return pd.DataFrame(rows, columns=["method", "step", "mse"])
 
 
@@ -195,23 +254,36 @@ def horizon_chart(evaluation: dict, *, height: int = 300) -> alt.Chart:
     frame = horizon_frame(evaluation)
     methods = list(dict.fromkeys(frame["method"]))
     colors = method_colors(methods)
-    return alt.Chart(frame).mark_line(point=alt.OverlayMarkDef(size=18)).encode(
-        x=alt.X("step:Q", title="hours ahead (recursive step)", axis=alt.Axis(tickMinStep=1, format="d")),
-        y=alt.Y("mse:Q", title="MSE (normalised scale)"),
-        color=alt.Color("method:N", title="method", legend=alt.Legend(orient="bottom"),
-                        scale=alt.Scale(domain=methods, range=[colors[m] for m in methods])),
-        tooltip=["method:N", "step:Q", alt.Tooltip("mse:Q", format=".4f", title="MSE")],
-    ).properties(height=height)
+    return (
+        alt.Chart(frame)
+        .mark_line(point=alt.OverlayMarkDef(size=18))
+        .encode(
+            x=alt.X("step:Q", title="hours ahead (recursive step)", axis=alt.Axis(tickMinStep=1, format="d")),
+            y=alt.Y("mse:Q", title="MSE (normalised scale)"),
+            color=alt.Color(
+                "method:N",
+                title="method",
+                legend=alt.Legend(orient="bottom"),
+                scale=alt.Scale(domain=methods, range=[colors[m] for m in methods]),
+            ),
+            tooltip=["method:N", "step:Q", alt.Tooltip("mse:Q", format=".4f", title="MSE")],
+        )
+        .properties(height=height)
+    )
 
 
 def evaluation_caption(evaluation: dict) -> str:
     """When and how the stored evaluation was made."""
     settings = evaluation.get("settings") or {}
-    parts = [f"Evaluated {evaluation.get('evaluated_at', '?').replace('T', ' ')} UTC "
-             f"in {evaluation.get('seconds', 0):.0f} s on data set {evaluation.get('dataset')!r}"]
+    parts = [
+        f"Evaluated {evaluation.get('evaluated_at', '?').replace('T', ' ')} UTC "
+        f"in {evaluation.get('seconds', 0):.0f} s on data set {evaluation.get('dataset')!r}"
+    ]
     if settings:
-        parts.append(f"{settings.get('samples')} samples per window, {settings.get('steps')} recursive steps, "
-                     f"ARIMA {'included' if settings.get('include_arima') else 'left out'}")
+        parts.append(
+            f"{settings.get('samples')} samples per window, {settings.get('steps')} recursive steps, "
+            f"ARIMA {'included' if settings.get('include_arima') else 'left out'}"
+        )
         # Evaluations stored before the setting existed forecast at the habitual cells.
         parts.append(f"at {LOCATION_TEXT[settings.get('location', 'habitual')]}")
     return "; ".join(parts) + "."

@@ -95,8 +95,12 @@ def load_settings(path: Path | None = None) -> AppSettings:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise InputError(f"not valid JSON: {error.msg}", file=path, line=error.lineno,
-                         hint="save the settings again on the Data page, or delete the file") from None
+        raise InputError(
+            f"not valid JSON: {error.msg}",
+            file=path,
+            line=error.lineno,
+            hint="save the settings again on the Data page, or delete the file",
+        ) from None
     known = sorted(f.name for f in fields(AppSettings))
     if not isinstance(data, dict):
         raise InputError(f"expected a JSON object with keys {', '.join(known)}", file=path)

@@ -98,16 +98,38 @@ def user_runs(session: Session, dataset_id: int, entity_kind: str, key: str, ori
         request = ForecastRequest.from_params(params)  # runs stored before requests read too
         if request.entity_kind != entity_kind or key not in request.entities:
             continue
-        records.append({
-            "run": int(run_id), "created": created, "start": hour_label_long(origin, request.start),
-            "horizon_h": request.horizon, "users": len(request.entities), "samples": request.samples,
-            "sampler": request.sampler_label,
-            "location": f"cell {', '.join(request.cells)}" if request.cells else request.location,
-            "guidance": request.guidance, "seed": request.seed, "model": request.model_id,
-            "seconds": seconds, "open": forecast_link(int(run_id)),
-        })
-    columns = ["run", "created", "start", "horizon_h", "users", "samples", "sampler", "location", "guidance",
-               "seed", "model", "seconds", "open"]
+        records.append(
+            {
+                "run": int(run_id),
+                "created": created,
+                "start": hour_label_long(origin, request.start),
+                "horizon_h": request.horizon,
+                "users": len(request.entities),
+                "samples": request.samples,
+                "sampler": request.sampler_label,
+                "location": f"cell {', '.join(request.cells)}" if request.cells else request.location,
+                "guidance": request.guidance,
+                "seed": request.seed,
+                "model": request.model_id,
+                "seconds": seconds,
+                "open": forecast_link(int(run_id)),
+            }
+        )
+    columns = [
+        "run",
+        "created",
+        "start",
+        "horizon_h",
+        "users",
+        "samples",
+        "sampler",
+        "location",
+        "guidance",
+        "seed",
+        "model",
+        "seconds",
+        "open",
+    ]
     return pd.DataFrame(records, columns=columns)
 
 
@@ -135,35 +157,46 @@ def day_axis(origin: datetime, hours: int, offset: int = 0) -> alt.Axis:
     ``offset``: the data set hour of the axis' value 0 (a week picked out of a longer history)."""
     first_midnight = (24 - (origin.hour + offset) % 24) % 24
     # Vega's datetime() takes a 0-based month and rolls hours over into days, as JavaScript's Date does.
-    label = (f"timeFormat(datetime({origin.year}, {origin.month - 1}, {origin.day}, "
-             f"{origin.hour + offset} + datum.value), '%a %d %b')")
+    label = (
+        f"timeFormat(datetime({origin.year}, {origin.month - 1}, {origin.day}, "
+        f"{origin.hour + offset} + datum.value), '%a %d %b')"
+    )
     return alt.Axis(values=list(range(first_midnight, hours, 24)), labelExpr=label, labelAngle=0, grid=True)
 
 
-def heatmap_chart(matrix: np.ndarray, services: tuple[str, ...], origin: datetime, start: int,
-                  length: int) -> alt.Chart:
+def heatmap_chart(
+    matrix: np.ndarray, services: tuple[str, ...], origin: datetime, start: int, length: int
+) -> alt.Chart:
     """168 x services heatmap (MB) of the hours ``start .. start + length - 1``, days on the axis."""
     window = range(start, min(start + length, matrix.shape[0]))
-    chart = service_heatmap(megabytes(matrix[window.start:window.stop]), services, hour_labels(origin, window))
+    chart = service_heatmap(megabytes(matrix[window.start : window.stop]), services, hour_labels(origin, window))
     return chart.encode(x=alt.X("hour:O", title=None, axis=day_axis(origin, len(window), offset=start)))
 
 
 def series_frame(matrix: np.ndarray, services: tuple[str, ...], origin: datetime) -> pd.DataFrame:
     """Long frame (hour, label, service, value in MB) of the whole history, for service_lines."""
     hours, k = matrix.shape
-    return pd.DataFrame({
-        "hour": np.repeat(np.arange(hours), k),
-        "label": np.repeat(hour_labels(origin, range(hours)), k),
-        "service": np.tile(list(services), hours),
-        "value": megabytes(matrix).reshape(-1),
-    })
+    return pd.DataFrame(
+        {
+            "hour": np.repeat(np.arange(hours), k),
+            "label": np.repeat(hour_labels(origin, range(hours)), k),
+            "service": np.tile(list(services), hours),
+            "value": megabytes(matrix).reshape(-1),
+        }
+    )
 
 
 def series_chart(matrix: np.ndarray, services: tuple[str, ...], origin: datetime) -> alt.Chart:
     """One line per service over the whole history (MB), days on the axis."""
     chart = service_lines(series_frame(matrix, services, origin), services)
-    return chart.encode(x=alt.X("hour:Q", title=None, axis=day_axis(origin, matrix.shape[0]),
-                                scale=alt.Scale(domain=[0, matrix.shape[0] - 1], nice=False)))
+    return chart.encode(
+        x=alt.X(
+            "hour:Q",
+            title=None,
+            axis=day_axis(origin, matrix.shape[0]),
+            scale=alt.Scale(domain=[0, matrix.shape[0] - 1], nice=False),
+        )
+    )
 
 
 def is_weekend(origin: datetime, hours: int) -> np.ndarray:
@@ -182,7 +215,10 @@ def service_mix(matrix: np.ndarray, services: tuple[str, ...], origin: datetime)
         total = float(per_service.sum())
         if total <= 0:
             continue
-        rows += [{"series": name, "service": s, "share": float(v) / total} for s, v in zip(services, per_service, strict=True)]
+        rows += [
+            {"series": name, "service": s, "share": float(v) / total}
+            for s, v in zip(services, per_service, strict=True)
+        ]
     return pd.DataFrame(rows, columns=["series", "service", "share"])
 
 
@@ -195,8 +231,12 @@ def usage_summary(matrix: np.ndarray, places: pd.DataFrame) -> dict[str, float]:
     any traffic, distinct cells visited."""
     per_hour = matrix.sum(axis=1)
     hours = max(len(per_hour), 1)
-    return {"total_bytes": float(per_hour.sum()), "mean_bytes_per_hour": float(per_hour.sum()) / hours,
-            "active_share": float((per_hour > 0).sum()) / hours, "cells": len(places)}
+    return {
+        "total_bytes": float(per_hour.sum()),
+        "mean_bytes_per_hour": float(per_hour.sum()) / hours,
+        "active_share": float((per_hour > 0).sum()) / hours,
+        "cells": len(places),
+    }
 
 
 # --- cached wrappers (the page calls these) -----------------------------------------------------------
@@ -209,8 +249,9 @@ def cached_entity_keys(url: str, dataset_id: int, revision: int) -> list[str]:
 
 
 @st.cache_data(show_spinner=False)
-def cached_user(url: str, dataset_id: int, revision: int, key: str, hours: int, n_services: int
-                ) -> tuple[UserRecord, np.ndarray, pd.DataFrame] | None:
+def cached_user(
+    url: str, dataset_id: int, revision: int, key: str, hours: int, n_services: int
+) -> tuple[UserRecord, np.ndarray, pd.DataFrame] | None:
     """The user, their traffic matrix (bytes) and places, or None for an unknown key."""
     with database().session() as session:
         user = find_user(session, dataset_id, key)
@@ -220,7 +261,8 @@ def cached_user(url: str, dataset_id: int, revision: int, key: str, hours: int, 
 
 
 @st.cache_data(show_spinner=False)
-def cached_user_runs(url: str, dataset_id: int, revision: int, entity_kind: str, key: str,
-                     origin: datetime) -> pd.DataFrame:
+def cached_user_runs(
+    url: str, dataset_id: int, revision: int, entity_kind: str, key: str, origin: datetime
+) -> pd.DataFrame:
     with database().session() as session:
         return user_runs(session, dataset_id, entity_kind, key, origin)

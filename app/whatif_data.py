@@ -147,18 +147,24 @@ def editor_context(session: Session, dataset_id: int, model_id: int) -> EditorCo
         encoder_id = active.name if active else None
     record = find_encoder(session, encoder_id, dataset_id) if encoder_id else None
     settings = ((record.config or {}).get("settings") or {}) if record else {}
-    embedded = {kind: embedded_cell_ids(session, dataset_id, encoder_id, kind) if encoder_id else set()
-                for kind in ("image", "env")}
+    embedded = {
+        kind: embedded_cell_ids(session, dataset_id, encoder_id, kind) if encoder_id else set()
+        for kind in ("image", "env")
+    }
     forecaster = session.get(ModelRecord, model_id)
     conditioned = ModelConfig.from_dict(forecaster.config or {}).uses_environment if forecaster else False
     categories = tuple(dataset.poi_categories)
     return EditorContext(
-        dataset_name=dataset.name, cell_keys=[key for _, key, _ in cells], categories=categories,
+        dataset_name=dataset.name,
+        cell_keys=[key for _, key, _ in cells],
+        categories=categories,
         poi=np.array([counts for _, _, counts in cells], dtype=np.int64).reshape(len(cells), len(categories)),
         descriptions=[texts.get(cell_id, "") for cell_id, _, _ in cells],
         has_image=np.array([cell_id in embedded["image"] for cell_id, _, _ in cells], dtype=bool),
-        a=float(settings.get("a", 0.5)), b=float(settings.get("b", 0.5)),
-        uses_environment=bool(conditioned and embedded["env"]))
+        a=float(settings.get("a", 0.5)),
+        b=float(settings.get("b", 0.5)),
+        uses_environment=bool(conditioned and embedded["env"]),
+    )
 
 
 def user_series(session: Session, dataset_id: int, key: str) -> SeriesData | None:
@@ -191,23 +197,61 @@ def map_deck(cells: pd.DataFrame, target: str | None, home: str | None) -> pdk.D
     if located.empty:
         return None
     rgba = land_use_colors(located["land_use"])
-    data = pd.DataFrame({"key": located["key"], "lon": located["lon"], "lat": located["lat"],
-                         "title": located["key"] + " · " + located["land_use"].astype(str),
-                         "r": rgba[:, 0], "g": rgba[:, 1], "b": rgba[:, 2]})
+    data = pd.DataFrame(
+        {
+            "key": located["key"],
+            "lon": located["lon"],
+            "lat": located["lat"],
+            "title": located["key"] + " · " + located["land_use"].astype(str),
+            "r": rgba[:, 0],
+            "g": rgba[:, 1],
+            "b": rgba[:, 2],
+        }
+    )
     position = data.set_index("key")[["lon", "lat"]]
-    marked = pd.DataFrame([{"key": key, "lon": position.at[key, "lon"], "lat": position.at[key, "lat"], "color": color}
-                           for key, color in ((home, [31, 41, 51]), (target, [228, 87, 46])) if key in position.index],
-                          columns=["key", "lon", "lat", "color"])
-    layers = [pdk.Layer("ScatterplotLayer", id="cells", data=data, get_position=["lon", "lat"],
-                        get_fill_color="[r, g, b, 215]", get_radius=CELL_RADIUS_M, radius_min_pixels=3,
-                        pickable=True, auto_highlight=True)]
+    marked = pd.DataFrame(
+        [
+            {"key": key, "lon": position.at[key, "lon"], "lat": position.at[key, "lat"], "color": color}
+            for key, color in ((home, [31, 41, 51]), (target, [228, 87, 46]))
+            if key in position.index
+        ],
+        columns=["key", "lon", "lat", "color"],
+    )
+    layers = [
+        pdk.Layer(
+            "ScatterplotLayer",
+            id="cells",
+            data=data,
+            get_position=["lon", "lat"],
+            get_fill_color="[r, g, b, 215]",
+            get_radius=CELL_RADIUS_M,
+            radius_min_pixels=3,
+            pickable=True,
+            auto_highlight=True,
+        )
+    ]
     if len(marked):
-        layers.append(pdk.Layer("ScatterplotLayer", id="marks", data=marked, get_position=["lon", "lat"],
-                                get_radius=CELL_RADIUS_M * 2.2, radius_min_pixels=7, filled=False, stroked=True,
-                                get_line_color="color", line_width_min_pixels=3))
+        layers.append(
+            pdk.Layer(
+                "ScatterplotLayer",
+                id="marks",
+                data=marked,
+                get_position=["lon", "lat"],
+                get_radius=CELL_RADIUS_M * 2.2,
+                radius_min_pixels=7,
+                filled=False,
+                stroked=True,
+                get_line_color="color",
+                line_width_min_pixels=3,
+            )
+        )
     bounds = [float(data["lon"].min()), float(data["lat"].min()), float(data["lon"].max()), float(data["lat"].max())]
-    return pdk.Deck(layers=layers, map_provider=None, tooltip={"text": "{title}"},
-                    initial_view_state=initial_view(bounds, width_px=380, height_px=300))
+    return pdk.Deck(
+        layers=layers,
+        map_provider=None,
+        tooltip={"text": "{title}"},
+        initial_view_state=initial_view(bounds, width_px=380, height_px=300),
+    )
 
 
 def picked_cell(selection: dict | None) -> str | None:
@@ -221,8 +265,9 @@ def picked_cell(selection: dict | None) -> str | None:
 
 def poi_frame(categories: tuple[str, ...] | list[str], current: list[int], counts: list[int]) -> pd.DataFrame:
     """The POI editor's table: category, the cell's stored count, and the (editable) scenario count."""
-    return pd.DataFrame({"category": list(categories), "now": [int(v) for v in current],
-                         "count": [int(v) for v in counts]})
+    return pd.DataFrame(
+        {"category": list(categories), "now": [int(v) for v in current], "count": [int(v) for v in counts]}
+    )
 
 
 def edited_counts(frame: pd.DataFrame) -> list:
@@ -271,8 +316,13 @@ def build_scenario(form: EditorInput) -> Scenario:
         if not edit.is_empty():
             edits[form.target] = edit
     same = math.isclose(form.a, form.default_a) and math.isclose(form.b, form.default_b)
-    return Scenario(location=location, cell_edits=edits, a=None if same else float(form.a),
-                    b=None if same else float(form.b), guidance=float(form.guidance))
+    return Scenario(
+        location=location,
+        cell_edits=edits,
+        a=None if same else float(form.a),
+        b=None if same else float(form.b),
+        guidance=float(form.guidance),
+    )
 
 
 def field_slot(field: str | None) -> str:
@@ -298,7 +348,7 @@ def error_text(error: Exception) -> str:
     text = str(error)
     field = getattr(error, "field", None)
     prefix = f"field {field!r}: "
-    return text[len(prefix):] if field and text.startswith(prefix) else text
+    return text[len(prefix) :] if field and text.startswith(prefix) else text
 
 
 def editor_values(params: dict, default_a: float, default_b: float) -> dict[str, object]:
@@ -306,8 +356,13 @@ def editor_values(params: dict, default_a: float, default_b: float) -> dict[str,
     ``edits`` (its cell edits, as CellEdit) for the page to place in the editor."""
     request = WhatIfRequest.from_params(params)  # scenarios stored before requests read too
     scenario = Scenario.from_dict(request.scenario)
-    values: dict[str, object] = {"wi_user": request.entity, "wi_start": request.start, "wi_horizon": request.horizon,
-                                 "wi_samples": request.samples, "wi_seed": request.seed}
+    values: dict[str, object] = {
+        "wi_user": request.entity,
+        "wi_start": request.start,
+        "wi_horizon": request.horizon,
+        "wi_samples": request.samples,
+        "wi_seed": request.seed,
+    }
     moved = scenario.moved_to()
     values["wi_location"] = "cell" if moved else scenario.location
     if moved:
@@ -330,8 +385,12 @@ def totals(result: dict) -> dict[str, float]:
     """Total median traffic over the horizon (MB) of baseline and scenario, and the change (MB, %)."""
     base = float(megabytes(_array(result, "baseline", "median").sum()))
     scen = float(megabytes(_array(result, "scenario", "median").sum()))
-    return {"baseline": base, "scenario": scen, "change": scen - base,
-            "percent": 100.0 * (scen - base) / base if base > 0 else float("nan")}
+    return {
+        "baseline": base,
+        "scenario": scen,
+        "change": scen - base,
+        "percent": 100.0 * (scen - base) / base if base > 0 else float("nan"),
+    }
 
 
 def difference_frame(result: dict) -> pd.DataFrame:
@@ -342,11 +401,16 @@ def difference_frame(result: dict) -> pd.DataFrame:
 
 def difference_chart(frame: pd.DataFrame, services: list[str], hours: int) -> alt.LayerChart:
     """Bars of ``difference_frame`` in each service's colour, with the zero line."""
-    bars = alt.Chart(frame).mark_bar().encode(
-        x=alt.X("service:N", sort=list(services), title=None, axis=alt.Axis(labelAngle=-30)),
-        y=alt.Y("difference_mb:Q", title="MB (scenario − baseline)"),
-        color=alt.Color("service:N", scale=service_scale(services), legend=None),
-        tooltip=[alt.Tooltip("service:N"), alt.Tooltip("difference_mb:Q", format="+.3f", title="MB")])
+    bars = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=alt.X("service:N", sort=list(services), title=None, axis=alt.Axis(labelAngle=-30)),
+            y=alt.Y("difference_mb:Q", title="MB (scenario − baseline)"),
+            color=alt.Color("service:N", scale=service_scale(services), legend=None),
+            tooltip=[alt.Tooltip("service:N"), alt.Tooltip("difference_mb:Q", format="+.3f", title="MB")],
+        )
+    )
     zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(color="#1f2933").encode(y="y:Q")
     title = f"Scenario − baseline, median traffic summed over {hours} h (MB)"
     return alt.layer(bars, zero).properties(title=title, height=260)
@@ -356,21 +420,39 @@ def step_difference_frame(result: dict) -> pd.DataFrame:
     """Per step and service: scenario minus baseline median (MB), with the hour label."""
     diff = megabytes(np.asarray(result["difference"]["median"], dtype=float))  # (N, K)
     services = result["services"]
-    return pd.DataFrame([{"step": n, "hour": step["hour"], "label": step["label"], "service": name,
-                          "difference_mb": float(diff[n, k])}
-                         for n, step in enumerate(result["steps"]) for k, name in enumerate(services)],
-                        columns=["step", "hour", "label", "service", "difference_mb"])
+    return pd.DataFrame(
+        [
+            {
+                "step": n,
+                "hour": step["hour"],
+                "label": step["label"],
+                "service": name,
+                "difference_mb": float(diff[n, k]),
+            }
+            for n, step in enumerate(result["steps"])
+            for k, name in enumerate(services)
+        ],
+        columns=["step", "hour", "label", "service", "difference_mb"],
+    )
 
 
 def step_difference_chart(frame: pd.DataFrame, services: list[str]) -> alt.LayerChart:
     labels = list(frame.sort_values("step")["label"].drop_duplicates())
-    lines = alt.Chart(frame).mark_line(point=True, strokeWidth=1.5).encode(
-        x=alt.X("label:N", sort=labels, title=None, axis=alt.Axis(labelAngle=-45, labelOverlap="greedy")),
-        y=alt.Y("difference_mb:Q", title="MB (scenario − baseline)"),
-        color=alt.Color("service:N", scale=service_scale(services), title="service"),
-        order=alt.Order("step:Q"),
-        tooltip=[alt.Tooltip("label:N", title="hour"), "service:N",
-                 alt.Tooltip("difference_mb:Q", format="+.3f", title="MB")])
+    lines = (
+        alt.Chart(frame)
+        .mark_line(point=True, strokeWidth=1.5)
+        .encode(
+            x=alt.X("label:N", sort=labels, title=None, axis=alt.Axis(labelAngle=-45, labelOverlap="greedy")),
+            y=alt.Y("difference_mb:Q", title="MB (scenario − baseline)"),
+            color=alt.Color("service:N", scale=service_scale(services), title="service"),
+            order=alt.Order("step:Q"),
+            tooltip=[
+                alt.Tooltip("label:N", title="hour"),
+                "service:N",
+                alt.Tooltip("difference_mb:Q", format="+.3f", title="MB"),
+            ],
+        )
+    )
     zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(color="#1f2933").encode(y="y:Q")
     return alt.layer(lines, zero).properties(title="Difference of the median per hour (MB)", height=260)
 
@@ -383,17 +465,19 @@ def mix_frame(result: dict) -> pd.DataFrame:
     for run in ("baseline", "scenario"):
         volume = _array(result, run, "median").sum(axis=0)
         total = float(volume.sum())
-        rows += [{"series": run, "service": name, "share": float(v) / total if total > 0 else 0.0}
-                 for name, v in zip(result["services"], volume, strict=True)]
+        rows += [
+            {"series": run, "service": name, "share": float(v) / total if total > 0 else 0.0}
+            for name, v in zip(result["services"], volume, strict=True)
+        ]
     return pd.DataFrame(rows, columns=["series", "service", "share"])
 
 
 def mix_chart(frame: pd.DataFrame, services: list[str]) -> alt.LayerChart:
     """app.charts.radar with the scenario dashed, so that it does not hide an identical baseline."""
-    chart = radar(frame, services, value="share", series="series", colors=RUN_COLORS,
-                  title="Service mix: baseline vs scenario")
-    dash = alt.StrokeDash("series:N", legend=None,
-                          scale=alt.Scale(domain=list(RUN_COLORS), range=[[1, 0], [6, 4]]))
+    chart = radar(
+        frame, services, value="share", series="series", colors=RUN_COLORS, title="Service mix: baseline vs scenario"
+    )
+    dash = alt.StrokeDash("series:N", legend=None, scale=alt.Scale(domain=list(RUN_COLORS), range=[[1, 0], [6, 4]]))
     chart.layer[-1] = chart.layer[-1].encode(strokeDash=dash)  # the series lines (last layer)
     return chart
 
@@ -403,8 +487,10 @@ def total_frame(result: dict) -> pd.DataFrame:
     rows = []
     for run in ("baseline", "scenario"):
         quantiles = {q: megabytes(np.asarray(v, dtype=float)) for q, v in result[run]["total"].items()}
-        rows += [{"run": run, "step": n, "label": step["label"], **{q: float(v[n]) for q, v in quantiles.items()}}
-                 for n, step in enumerate(result["steps"])]
+        rows += [
+            {"run": run, "step": n, "label": step["label"], **{q: float(v[n]) for q, v in quantiles.items()}}
+            for n, step in enumerate(result["steps"])
+        ]
     return pd.DataFrame(rows, columns=["run", "step", "label", "q05", "q25", "median", "q75", "q95"])
 
 
@@ -417,17 +503,27 @@ def total_fan_chart(frame: pd.DataFrame) -> alt.LayerChart:
     top = max(2.0 * float(frame["q75"].max()), 1.2 * float(frame["median"].max()), 1e-6) if len(frame) else 1.0
     x = alt.X("label:N", sort=labels, title=None, axis=alt.Axis(labelAngle=-45, labelOverlap="greedy"))
     y_scale = alt.Scale(domain=[0, top], nice=False)
-    color = alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom"),
-                      scale=alt.Scale(domain=list(RUN_COLORS), range=list(RUN_COLORS.values())))
-    tooltip = [alt.Tooltip("run:N"), alt.Tooltip("label:N", title="hour"),
-               alt.Tooltip("median:Q", format=".3f", title="median MB"),
-               alt.Tooltip("q05:Q", format=".3f", title="5%"), alt.Tooltip("q95:Q", format=".3f", title="95%")]
+    color = alt.Color(
+        "run:N",
+        title=None,
+        legend=alt.Legend(orient="bottom"),
+        scale=alt.Scale(domain=list(RUN_COLORS), range=list(RUN_COLORS.values())),
+    )
+    tooltip = [
+        alt.Tooltip("run:N"),
+        alt.Tooltip("label:N", title="hour"),
+        alt.Tooltip("median:Q", format=".3f", title="median MB"),
+        alt.Tooltip("q05:Q", format=".3f", title="5%"),
+        alt.Tooltip("q95:Q", format=".3f", title="95%"),
+    ]
     base = alt.Chart(frame)
     band90 = base.mark_area(opacity=0.14, clip=True).encode(
-        x=x, y=alt.Y("q05:Q", title="MB per hour", scale=y_scale), y2="q95:Q", color=color)
+        x=x, y=alt.Y("q05:Q", title="MB per hour", scale=y_scale), y2="q95:Q", color=color
+    )
     band50 = base.mark_area(opacity=0.28, clip=True).encode(x=x, y="q25:Q", y2="q75:Q", color=color)
     median = base.mark_line(strokeWidth=2, point=True, clip=True).encode(
-        x=x, y="median:Q", color=color, order=alt.Order("step:Q"), tooltip=tooltip)
+        x=x, y="median:Q", color=color, order=alt.Order("step:Q"), tooltip=tooltip
+    )
     return alt.layer(band90, band50, median).properties(title="Total traffic: baseline vs scenario", height=260)
 
 
@@ -455,17 +551,30 @@ def scenario_summary(params: dict, info: DatasetInfo, weights: tuple[float, floa
     (``weights``: the encoder's own a/b, not mentioned when the scenario keeps them)."""
     request = WhatIfRequest.from_params(params)
     scenario = Scenario.from_dict(request.scenario)
-    return (f"{request.entity_kind}:{request.entity} from {hour_label_for(info, request.start)} · "
-            f"{request.horizon} h · {request.samples} paths · {request.sampler_label} · seed {request.seed} · "
-            f"{scenario.describe(weights)}")
+    return (
+        f"{request.entity_kind}:{request.entity} from {hour_label_for(info, request.start)} · "
+        f"{request.horizon} h · {request.samples} paths · {request.sampler_label} · seed {request.seed} · "
+        f"{scenario.describe(weights)}"
+    )
 
 
 def scenario_table(rows: list[dict], info: DatasetInfo) -> pd.DataFrame:
     """The saved scenarios (engine.whatif.list_scenarios) as a table, newest first."""
-    return pd.DataFrame([{"id": r["id"], "name": r["name"], "entity": r["entity"],
-                          "start": hour_label_for(info, int(r["start"] or 0)), "horizon": r["horizon"],
-                          "location": r["location"], "created": r["created_at"]} for r in rows],
-                        columns=["id", "name", "entity", "start", "horizon", "location", "created"])
+    return pd.DataFrame(
+        [
+            {
+                "id": r["id"],
+                "name": r["name"],
+                "entity": r["entity"],
+                "start": hour_label_for(info, int(r["start"] or 0)),
+                "horizon": r["horizon"],
+                "location": r["location"],
+                "created": r["created_at"],
+            }
+            for r in rows
+        ],
+        columns=["id", "name", "entity", "start", "horizon", "location", "created"],
+    )
 
 
 # --- cached wrappers (the page calls these) -------------------------------------------------------

@@ -100,8 +100,11 @@ def store_example_forecast(db: Path) -> tuple[int, int]:
 def page_links(run_id: int, start: int) -> dict[str, str]:
     """The link each page is opened with: a cell, a user, the stored forecast run (with the form set
     to the run's request, as after running it)."""
-    query = {"cell": "?cell=C0001", "user": f"?user={FORECAST_USER}",
-             "forecast": f"?user={FORECAST_USER}&hour={start}&horizon=24&run={run_id}"}
+    query = {
+        "cell": "?cell=C0001",
+        "user": f"?user={FORECAST_USER}",
+        "forecast": f"?user={FORECAST_USER}&hour={start}&horizon=24&run={run_id}",
+    }
     return {name: f"/{path}{query.get(name, '')}" for name, (path, _nav, _title) in PAGES.items()}
 
 
@@ -177,8 +180,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", type=Path, default=None, help="reuse this default-city database (copied first)")
     parser.add_argument("--runs", type=int, default=5, help="timed rounds after one warm-up (default 5)")
-    parser.add_argument("--screenshots", type=Path, default=None, metavar="DIR",
-                        help="write one PNG per page into DIR instead of timing")
+    parser.add_argument(
+        "--screenshots",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write one PNG per page into DIR instead of timing",
+    )
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -208,14 +216,28 @@ def main() -> None:
             finally:
                 stop_dashboard(dashboard.process)
                 browser.close()
-    report("app_first_page_after_server_start", [first_page_s], None, server_ready_s=round(server_ready_s, 3),
-           page="map", note="from spawning `lsdm app` to the map rendered in Chromium (cold caches)")
+    report(
+        "app_first_page_after_server_start",
+        [first_page_s],
+        None,
+        server_ready_s=round(server_ready_s, 3),
+        page="map",
+        note="from spawning `lsdm app` to the map rendered in Chromium (cold caches)",
+    )
     for name, runs in times.items():
         load, switch = runs["load"], runs["switch"]
-        report(f"app_page_{name}_warm", load, TARGET_S, link=links[name], measure="load (open the link)",
-               max_s=round(max(load), 4), switch_median_s=round(statistics.median(switch), 4),
-               switch_max_s=round(max(switch), 4), switch_runs_s=[round(t, 4) for t in switch],
-               switch_meets_target=statistics.median(switch) <= TARGET_S)
+        report(
+            f"app_page_{name}_warm",
+            load,
+            TARGET_S,
+            link=links[name],
+            measure="load (open the link)",
+            max_s=round(max(load), 4),
+            switch_median_s=round(statistics.median(switch), 4),
+            switch_max_s=round(max(switch), 4),
+            switch_runs_s=[round(t, 4) for t in switch],
+            switch_meets_target=statistics.median(switch) <= TARGET_S,
+        )
 
 
 if __name__ == "__main__":

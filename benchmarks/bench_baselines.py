@@ -79,17 +79,28 @@ def main() -> None:
             **{key: round(value, 4) for key, value in score(truth, forecast.samples).items()},
             "seconds": round(seconds, 2),
             "point_forecast_s1": {key: round(point[key], 4) for key in METRIC_KEYS},
-            "per_service_r2": {k: round(v, 3) for k, v in
-                               per_service_r2(truth, forecast.samples, series.services).items()},
+            "per_service_r2": {
+                k: round(v, 3) for k, v in per_service_r2(truth, forecast.samples, series.services).items()
+            },
             "paths_mse_at_step": {str(s): round(by_step[s - 1], 4) for s in (1, 10, 20, 30)},
             "paths_seconds": round(path_seconds, 2),
             "info": {k: v for k, v in forecast.info.items() if k not in ("method",)},
         }
-    report("baselines_default_city", [sum(times)], 180.0,
-           users=len(series.entity_ids), hours=series.hours, services=len(series.services),
-           test_windows=len(splits.test), scale=round(normaliser.scale, 4), build_s=round(build_s, 1),
-           arima_jobs=args.jobs or default_jobs(), arima_target_s=180.0,
-           arima_meets_target=methods["arima"]["seconds"] <= 180.0, methods=methods)
+    report(
+        "baselines_default_city",
+        [sum(times)],
+        180.0,
+        users=len(series.entity_ids),
+        hours=series.hours,
+        services=len(series.services),
+        test_windows=len(splits.test),
+        scale=round(normaliser.scale, 4),
+        build_s=round(build_s, 1),
+        arima_jobs=args.jobs or default_jobs(),
+        arima_target_s=180.0,
+        arima_meets_target=methods["arima"]["seconds"] <= 180.0,
+        methods=methods,
+    )
 
 
 if __name__ == "__main__":

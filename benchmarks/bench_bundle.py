@@ -56,12 +56,22 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="lsdm-bench-bundle-"))
     try:
         started = time.perf_counter()
-        prepared = subprocess.run([str(executable(bundle)), "--prepare-only"], env=bundle_env(home),
-                                  capture_output=True, text=True, timeout=900)
+        prepared = subprocess.run(
+            [str(executable(bundle)), "--prepare-only"],
+            env=bundle_env(home),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if prepared.returncode != 0:
             sys.exit(f"error: `{executable(bundle).name} --prepare-only` failed:\n{prepared.stdout}{prepared.stderr}")
-        report("bundle_first_launch_prepare", [time.perf_counter() - started], None, **about,
-               note="`lsdm-dashboard --prepare-only` on an empty data directory: default city + shipped model")
+        report(
+            "bundle_first_launch_prepare",
+            [time.perf_counter() - started],
+            None,
+            **about,
+            note="`lsdm-dashboard --prepare-only` on an empty data directory: default city + shipped model",
+        )
 
         reason = missing_browser_reason()
         healths, readies, pages, stops = [], [], [], []
@@ -93,13 +103,29 @@ def main() -> int:
             if browser is not None:
                 browser.close()
                 playwright.stop()
-        report("bundle_startup_to_health", healths, None, **about,
-               note="launching the executable to /_stcore/health answering ok (polled every 0.05 s)")
-        report("bundle_startup_to_ready", readies, None, **about,
-               note="launching the executable to its 'LSDM dashboard: URL' line (server healthy, worker started)")
+        report(
+            "bundle_startup_to_health",
+            healths,
+            None,
+            **about,
+            note="launching the executable to /_stcore/health answering ok (polled every 0.05 s)",
+        )
+        report(
+            "bundle_startup_to_ready",
+            readies,
+            None,
+            **about,
+            note="launching the executable to its 'LSDM dashboard: URL' line (server healthy, worker started)",
+        )
         if pages:
-            report("bundle_startup_to_first_page", pages, None, **about, page="map",
-                   note="launching the executable to the Map rendered in Chromium (cold caches; browser already up)")
+            report(
+                "bundle_startup_to_first_page",
+                pages,
+                None,
+                **about,
+                page="map",
+                note="launching the executable to the Map rendered in Chromium (cold caches; browser already up)",
+            )
         else:
             print(f"bench_bundle: first page not timed: {reason}", file=sys.stderr)
         report("bundle_stop", stops, None, note="SIGTERM to the launcher until it and both children are gone")

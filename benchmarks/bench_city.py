@@ -48,9 +48,17 @@ def main() -> None:
             generate_times.clear()
             store_times.clear()
             runs = timed_runs(lambda d=days: build(d), args.runs)
-            report(name, runs, 60.0, generate_s=[round(t, 3) for t in generate_times],
-                   store_s=[round(t, 3) for t in store_times], users=500, cells=400, hours=24 * days,
-                   db_bytes=db_file.stat().st_size)
+            report(
+                name,
+                runs,
+                60.0,
+                generate_s=[round(t, 3) for t in generate_times],
+                store_s=[round(t, 3) for t in store_times],
+                users=500,
+                cells=400,
+                hours=24 * days,
+                db_bytes=db_file.stat().st_size,
+            )
 
         database = open_database(str(db_file))
         with database.session() as session:
@@ -64,8 +72,14 @@ def main() -> None:
                 entity_matrix(session, entity_id, dataset.hours, len(dataset.services))
 
         per_read = [timed_runs(lambda e=e: read_one(e), 1)[0] for e in picks]
-        report("read_entity_matrix", per_read, 0.020, reads=len(picks),
-               p95_s=round(sorted(per_read)[int(0.95 * len(per_read))], 5), note="fresh session per read")
+        report(
+            "read_entity_matrix",
+            per_read,
+            0.020,
+            reads=len(picks),
+            p95_s=round(sorted(per_read)[int(0.95 * len(per_read))], 5),
+            note="fresh session per read",
+        )
 
 
 if __name__ == "__main__":

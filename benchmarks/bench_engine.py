@@ -41,10 +41,15 @@ def phase_train(db: str, epochs: int | None, device: str = "cpu") -> dict:
     name, config = resolve_config("lsdm", epochs=epochs)
     started = time.perf_counter()
     result = train(open_database(db), name, config, device=device)
-    return {"seconds": time.perf_counter() - started, "peak_mib": _peak_mib(), **_gpu_peak(device),
-            "model_id": result.record_id,
-            "epochs_run": result.metrics["epochs_run"], "best_val_loss": result.metrics["best_val_loss"],
-            "device": result.metrics["device"]}
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_mib": _peak_mib(),
+        **_gpu_peak(device),
+        "model_id": result.record_id,
+        "epochs_run": result.metrics["epochs_run"],
+        "best_val_loss": result.metrics["best_val_loss"],
+        "device": result.metrics["device"],
+    }
 
 
 def _gpu_peak(device: str) -> dict:
@@ -86,23 +91,32 @@ def phase_forecast(db: str, runs: int, device: str = "cpu") -> dict:
     one_user = []
     for run in range(max(runs, 5)):
         t0 = time.perf_counter()
-        recursive_forecast(forecaster, series, [run % len(everyone)], start=start - 12, horizon=30, samples=32,
-                           values=values, seed=run)
+        recursive_forecast(
+            forecaster, series, [run % len(everyone)], start=start - 12, horizon=30, samples=32, values=values, seed=run
+        )
         one_user.append(time.perf_counter() - t0)
     ddpm = []
     for run in range(2):
         t0 = time.perf_counter()
-        recursive_forecast(forecaster, series, [0], start=start, horizon=1, samples=32, sampler="ddpm",
-                           values=values, seed=run)
+        recursive_forecast(
+            forecaster, series, [0], start=start, horizon=1, samples=32, sampler="ddpm", values=values, seed=run
+        )
         ddpm.append(time.perf_counter() - t0)
-    return {"all_users_s": all_users, "one_user_30_steps_s": one_user, "ddpm_one_step_one_user_s": ddpm,
-            "users": len(everyone), "peak_mib": _peak_mib(), **_gpu_peak(device),
-            "finite": bool(np.isfinite(values).all())}
+    return {
+        "all_users_s": all_users,
+        "one_user_30_steps_s": one_user,
+        "ddpm_one_step_one_user_s": ddpm,
+        "users": len(everyone),
+        "peak_mib": _peak_mib(),
+        **_gpu_peak(device),
+        "finite": bool(np.isfinite(values).all()),
+    }
 
 
 def _child(phase: str, db: str, extra: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--phase", phase, "--db", db, *extra], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--phase", phase, "--db", db, *extra], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -113,8 +127,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--phase", choices=["train", "forecast"], default=None)
     parser.add_argument("--skip-train", action="store_true", help="with --db: forecasts of the active model only")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="where training and forecasts run (the targets are the CPU's)")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where training and forecasts run (the targets are the CPU's)",
+    )
     args = parser.parse_args()
     if args.skip_train and args.db is None:
         parser.error("--skip-train needs --db (a database with an active model)")
@@ -134,25 +152,54 @@ def main() -> None:
         if db is None:
             os.environ["LSDM_HOME"] = tmp
             db = str(Path(tmp) / "bench.sqlite")
-            subprocess.run([sys.executable, "-m", "cli.main", "city", "build", "--db", db], check=True,
-                           capture_output=True)
-            subprocess.run([sys.executable, "-m", "cli.main", "env", "build", "--db", db], check=True,
-                           capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "cli.main", "city", "build", "--db", db], check=True, capture_output=True
+            )
+            subprocess.run(
+                [sys.executable, "-m", "cli.main", "env", "build", "--db", db], check=True, capture_output=True
+            )
         extra = (["--epochs", str(args.epochs)] if args.epochs else []) + ["--device", args.device]
         trained = None if args.skip_train else _child("train", db, extra)
         if trained is not None:
-            report("train_default_model", [trained["seconds"]], 600.0, peak_mib=round(trained["peak_mib"]),
-                   peak_target_mib=4096, epochs_run=trained["epochs_run"], best_val_loss=trained["best_val_loss"],
-                   runs_note="one training run (a run takes minutes)", device=trained["device"], **_gpu(trained))
+            report(
+                "train_default_model",
+                [trained["seconds"]],
+                600.0,
+                peak_mib=round(trained["peak_mib"]),
+                peak_target_mib=4096,
+                epochs_run=trained["epochs_run"],
+                best_val_loss=trained["best_val_loss"],
+                runs_note="one training run (a run takes minutes)",
+                device=trained["device"],
+                **_gpu(trained),
+            )
         forecast = _child("forecast", db, ["--runs", str(args.runs), "--device", args.device])
-        report("one_step_all_users_32_samples", forecast["all_users_s"], 30.0, users=forecast["users"],
-               sampler="ddim:10", peak_mib=round(forecast["peak_mib"]), peak_target_mib=4096, device=args.device,
-               **_gpu(forecast))
-        report("recursive_30_steps_32_paths_one_user", forecast["one_user_30_steps_s"], 2.0, sampler="ddim:10",
-               device=args.device)
-        report("one_step_one_user_32_samples_ddpm", forecast["ddpm_one_step_one_user_s"], None,
-               sampler="ddpm (all 50 steps)", median_note=f"{statistics.median(forecast['ddpm_one_step_one_user_s']):.2f} s",
-               device=args.device)
+        report(
+            "one_step_all_users_32_samples",
+            forecast["all_users_s"],
+            30.0,
+            users=forecast["users"],
+            sampler="ddim:10",
+            peak_mib=round(forecast["peak_mib"]),
+            peak_target_mib=4096,
+            device=args.device,
+            **_gpu(forecast),
+        )
+        report(
+            "recursive_30_steps_32_paths_one_user",
+            forecast["one_user_30_steps_s"],
+            2.0,
+            sampler="ddim:10",
+            device=args.device,
+        )
+        report(
+            "one_step_one_user_32_samples_ddpm",
+            forecast["ddpm_one_step_one_user_s"],
+            None,
+            sampler="ddpm (all 50 steps)",
+            median_note=f"{statistics.median(forecast['ddpm_one_step_one_user_s']):.2f} s",
+            device=args.device,
+        )
 
 
 if __name__ == "__main__":

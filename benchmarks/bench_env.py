@@ -44,11 +44,19 @@ def main() -> None:
             trains.append(summary["timings"]["clip_train_s"])
             retrieval.append(summary["retrieval"])
             agreement.append(summary["land_use_agreement"])
-        report("env_build_default_city", totals, None, clip_epochs=args.epochs,
-               clip_train_s=trains, clip_train_median_s=statistics.median(trains),
-               retrieval_top1=[r["top1"] for r in retrieval], retrieval_top5=[r["top5"] for r in retrieval],
-               heldout_pairs=retrieval[0]["pairs"], chance_top1=retrieval[0]["chance_top1"],
-               land_use_agreement=agreement[-1])
+        report(
+            "env_build_default_city",
+            totals,
+            None,
+            clip_epochs=args.epochs,
+            clip_train_s=trains,
+            clip_train_median_s=statistics.median(trains),
+            retrieval_top1=[r["top1"] for r in retrieval],
+            retrieval_top5=[r["top5"] for r in retrieval],
+            heldout_pairs=retrieval[0]["pairs"],
+            chance_top1=retrieval[0]["chance_top1"],
+            land_use_agreement=agreement[-1],
+        )
 
         # Embedding throughput: encode all 400 cells (image + text) with the last trained encoder.
         from sqlalchemy import select
@@ -59,9 +67,12 @@ def main() -> None:
         with database.session() as session:
             dataset = get_dataset(session)
             encoder = reload_active_encoder(session, dataset)
-            rows = session.execute(select(Tile.image, Description.text).join(Cell, Cell.id == Tile.cell_id)
-                                   .join(Description, Description.cell_id == Cell.id)
-                                   .where(Cell.dataset_id == dataset.id)).all()
+            rows = session.execute(
+                select(Tile.image, Description.text)
+                .join(Cell, Cell.id == Tile.cell_id)
+                .join(Description, Description.cell_id == Cell.id)
+                .where(Cell.dataset_id == dataset.id)
+            ).all()
         images = [r[0] for r in rows]
         texts = [r[1] for r in rows]
         runs = []
@@ -70,8 +81,14 @@ def main() -> None:
             encode(encoder, images_to_tensor(images, encoder.image_size), texts)
             runs.append(time.perf_counter() - started)
         median = statistics.median(runs)
-        report("env_embedding_throughput", runs, None, cells=len(rows),
-               cells_per_s=round(len(rows) / median, 1), includes="tile decode + image and text encoders")
+        report(
+            "env_embedding_throughput",
+            runs,
+            None,
+            cells=len(rows),
+            cells_per_s=round(len(rows) / median, 1),
+            includes="tile decode + image and text encoders",
+        )
 
 
 if __name__ == "__main__":

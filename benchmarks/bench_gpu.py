@@ -49,24 +49,45 @@ def agreement(db: str) -> list[dict]:
     start = series.hours - 24
     everyone = list(range(len(series.entity_ids)))
     out = []
-    for label, entities, horizon, sampler in (("one_step_all_users_ddim10", everyone, 1, "ddim"),
-                                              ("one_step_64_users_ddpm", everyone[:64], 1, "ddpm"),
-                                              ("recursive_30_steps_8_users_ddim10", everyone[:8], 30, "ddim")):
+    for label, entities, horizon, sampler in (
+        ("one_step_all_users_ddim10", everyone, 1, "ddim"),
+        ("one_step_64_users_ddpm", everyone[:64], 1, "ddpm"),
+        ("recursive_30_steps_8_users_ddim10", everyone[:8], 30, "ddim"),
+    ):
         runs = {}
         for name, forecaster in (("cpu", on_cpu), ("cuda", on_gpu)):
             t0 = time.perf_counter()
-            runs[name] = recursive_forecast(forecaster, series, entities, start=start - (horizon - 1), horizon=horizon,
-                                            samples=32, sampler=sampler, seed=0)
+            runs[name] = recursive_forecast(
+                forecaster,
+                series,
+                entities,
+                start=start - (horizon - 1),
+                horizon=horizon,
+                samples=32,
+                sampler=sampler,
+                seed=0,
+            )
             runs[name + "_s"] = time.perf_counter() - t0
         a, b = runs["cpu"].paths_v, runs["cuda"].paths_v
         mean_diff = float(np.abs(a.mean(1) - b.mean(1)).max())
         within = float(np.mean(np.abs(a - b) < SAMPLE_TOLERANCE))
-        out.append({"benchmark": f"gpu_agreement_{label}", "model_id": record.id, "entities": len(entities),
-                    "steps": horizon, "samples": 32, "max_abs_mean_diff_v": mean_diff,
-                    "share_samples_within_1e-3": within, "mean_tolerance_v": MEAN_TOLERANCE,
-                    "agrees": mean_diff < MEAN_TOLERANCE and within > 0.99,
-                    "cpu_s": round(runs["cpu_s"], 3), "cuda_s": round(runs["cuda_s"], 3),
-                    "machine": machine(), "device": "cpu+cuda"})
+        out.append(
+            {
+                "benchmark": f"gpu_agreement_{label}",
+                "model_id": record.id,
+                "entities": len(entities),
+                "steps": horizon,
+                "samples": 32,
+                "max_abs_mean_diff_v": mean_diff,
+                "share_samples_within_1e-3": within,
+                "mean_tolerance_v": MEAN_TOLERANCE,
+                "agrees": mean_diff < MEAN_TOLERANCE and within > 0.99,
+                "cpu_s": round(runs["cpu_s"], 3),
+                "cuda_s": round(runs["cuda_s"], 3),
+                "machine": machine(),
+                "device": "cpu+cuda",
+            }
+        )
     return out
 
 
@@ -84,14 +105,33 @@ def main() -> None:
         env = {**os.environ, "LSDM_HOME": tmp}
         db = str(Path(tmp) / "gpu.sqlite")
         for command in (["city", "build"], ["assets", "install"]):
-            subprocess.run([sys.executable, "-m", "cli.main", *command, "--db", db], check=True, cwd=ROOT, env=env,
-                           capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "cli.main", *command, "--db", db],
+                check=True,
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+            )
         os.environ["LSDM_HOME"] = tmp
         for line in agreement(db):
             print(json.dumps(line), flush=True)
         extra = ["--skip-train"] if args.skip_train else []
-        subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_engine.py"), "--db", db, "--device", "cuda",
-                        "--runs", str(args.runs), *extra], check=True, cwd=ROOT, env=env)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks/bench_engine.py"),
+                "--db",
+                db,
+                "--device",
+                "cuda",
+                "--runs",
+                str(args.runs),
+                *extra,
+            ],
+            check=True,
+            cwd=ROOT,
+            env=env,
+        )
 
 
 if __name__ == "__main__":

@@ -41,18 +41,22 @@ TARGET_S = 120
 def metadata(folder: Path) -> tuple[dict[str, Path], str]:
     real = SHARED / "tsinghua"
     if (real / "base_poi.txt").is_file():
-        return {"app2category": real / "App2Category.txt", "categories": real / "Categorys.txt",
-                "poi": real / "base_poi.txt"}, "real (../shared/data/tsinghua)"
+        return {
+            "app2category": real / "App2Category.txt",
+            "categories": real / "Categorys.txt",
+            "poi": real / "base_poi.txt",
+        }, "real (../shared/data/tsinghua)"
     rng = np.random.default_rng(0)
     (folder / "Categorys.txt").write_text("".join(f"{i}\t'{n}'\n" for i, n in enumerate(CATEGORIES)))
     (folder / "App2Category.txt").write_text("".join(f"{a}\t{rng.integers(20)}\n" for a in range(1, 2001)))
     names = [f"POI {j}" for j in range(17)]
-    rows = ["\t".join(["BaseID", *names])] + [
-        "\t".join(map(str, [b, *rng.poisson(3, 17)])) for b in range(9851)
-    ]
+    rows = ["\t".join(["BaseID", *names])] + ["\t".join(map(str, [b, *rng.poisson(3, 17)])) for b in range(9851)]
     (folder / "base_poi.txt").write_text("\n".join(rows) + "\n")
-    return {"app2category": folder / "App2Category.txt", "categories": folder / "Categorys.txt",
-            "poi": folder / "base_poi.txt"}, "generated stand-ins"
+    return {
+        "app2category": folder / "App2Category.txt",
+        "categories": folder / "Categorys.txt",
+        "poi": folder / "base_poi.txt",
+    }, "generated stand-ins"
 
 
 def store(db_path: Path, content: DatasetContent) -> None:
@@ -78,10 +82,14 @@ def timed_runs(runs: int, folder: Path, tag: str, read: Callable[[], DatasetCont
         for suffix in ("", "-wal", "-shm"):
             Path(str(db_path) + suffix).unlink(missing_ok=True)
     return {
-        "median_s": round(statistics.median(totals), 3), "runs_s": totals,
-        "read_s": reads, "store_s": stores,
-        "traffic_rows": len(content.traffic_bytes), "location_rows": len(content.location_cell),
-        "entities": len(content.entity_keys), "cells": len(content.cell_keys),
+        "median_s": round(statistics.median(totals), 3),
+        "runs_s": totals,
+        "read_s": reads,
+        "store_s": stores,
+        "traffic_rows": len(content.traffic_bytes),
+        "location_rows": len(content.location_cell),
+        "entities": len(content.entity_keys),
+        "cells": len(content.cell_keys),
     }
 
 
@@ -104,8 +112,12 @@ def main() -> None:
         sample = SHARED / "llmapp_sample"
         if (sample / "data_sample.csv").is_file():
             mapping = REPO / "assets" / "mappings" / "llmapp.json"
-            llmapp = timed_runs(args.runs, folder, "llmapp", lambda: read_table(
-                records=sample / "data_sample.csv", cells=sample / "location.csv", mapping=mapping))
+            llmapp = timed_runs(
+                args.runs,
+                folder,
+                "llmapp",
+                lambda: read_table(records=sample / "data_sample.csv", cells=sample / "location.csv", mapping=mapping),
+            )
             llmapp["records"] = 3293
 
         result = {
@@ -121,8 +133,10 @@ def main() -> None:
             "llmapp_table": llmapp,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "machine": {
-                "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                "python": platform.python_version(), "cpu_count": os.cpu_count(),
+                "platform": platform.platform(),
+                "processor": platform.processor() or platform.machine(),
+                "python": platform.python_version(),
+                "cpu_count": os.cpu_count(),
                 "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             },
             "device": "cpu",

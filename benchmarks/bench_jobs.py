@@ -36,8 +36,13 @@ REQUEST = {"entity": "user:U0007", "start": 310, "horizon": 12, "samples": 32}
 
 def _prepare(home: Path) -> Path:
     db = home / "lsdm.sqlite"
-    subprocess.run([sys.executable, str(ROOT / "launcher.py"), "--db", str(db), "--prepare-only"], check=True,
-                   cwd=ROOT, env=dict(os.environ, LSDM_HOME=str(home)), capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "launcher.py"), "--db", str(db), "--prepare-only"],
+        check=True,
+        cwd=ROOT,
+        env=dict(os.environ, LSDM_HOME=str(home)),
+        capture_output=True,
+    )
     return db
 
 
@@ -57,8 +62,12 @@ def bench_forecast_jobs(db: Path, runs: int) -> None:
     database = open_database(str(db))
     cold = []
     for _ in range(max(1, runs // 2)):
-        worker = subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--db", str(db)], cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "worker", "--db", str(db)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             from engine.jobs import live_workers
 
@@ -109,9 +118,14 @@ def bench_launcher(db: Path, runs: int) -> None:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, str(ROOT / "launcher.py"), "--db", str(db), "--no-browser"],
-                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "launcher.py"), "--db", str(db), "--no-browser"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
         for line in process.stdout:
             if line.startswith("LSDM dashboard: "):
                 times.append(time.perf_counter() - started)

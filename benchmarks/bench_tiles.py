@@ -28,10 +28,17 @@ def main() -> None:
     args = parser.parse_args()
     content = generate_city(CityConfig(users=10, days=1))
     cells = [
-        CellInfo(id=i, key=content.cell_keys[i], lat=float(content.cell_lat[i]), lon=float(content.cell_lon[i]),
-                 land_use=content.cell_land_use[i], poi_counts=[int(v) for v in content.cell_poi[i]],
-                 poi_categories=list(POI_CATEGORIES), x_km=content.cell_attrs[i]["x_km"],
-                 y_km=content.cell_attrs[i]["y_km"])
+        CellInfo(
+            id=i,
+            key=content.cell_keys[i],
+            lat=float(content.cell_lat[i]),
+            lon=float(content.cell_lon[i]),
+            land_use=content.cell_land_use[i],
+            poi_counts=[int(v) for v in content.cell_poi[i]],
+            poi_categories=list(POI_CATEGORIES),
+            x_km=content.cell_attrs[i]["x_km"],
+            y_km=content.cell_attrs[i]["y_km"],
+        )
         for i in range(len(content.cell_keys))
     ]
     batch = [cells[i % len(cells)] for i in range(args.tiles)]
@@ -49,10 +56,19 @@ def main() -> None:
         mosaic_runs.append(time.perf_counter() - started)
         mosaic_bytes = len(png)
     tiles_per_s = args.tiles / statistics.median(runs)
-    report("synthetic_tiles", runs, None, tiles=args.tiles, tiles_per_s=round(tiles_per_s, 1),
-           target_tiles_per_s=50, meets_tiles_target=tiles_per_s >= 50,
-           mean_tile_bytes=round(statistics.mean(sizes)), mosaic_s=round(statistics.median(mosaic_runs), 3),
-           mosaic_bytes=mosaic_bytes, mosaic_width=2048)
+    report(
+        "synthetic_tiles",
+        runs,
+        None,
+        tiles=args.tiles,
+        tiles_per_s=round(tiles_per_s, 1),
+        target_tiles_per_s=50,
+        meets_tiles_target=tiles_per_s >= 50,
+        mean_tile_bytes=round(statistics.mean(sizes)),
+        mosaic_s=round(statistics.median(mosaic_runs), 3),
+        mosaic_bytes=mosaic_bytes,
+        mosaic_width=2048,
+    )
 
 
 if __name__ == "__main__":

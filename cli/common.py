@@ -37,9 +37,13 @@ class Compound:
     help: str
 
 
-def add_request_flags(parser: argparse.ArgumentParser, request_type: type[Request], *,
-                      flags: Mapping[str, str | tuple[str, str]] | None = None,
-                      compounds: Sequence[Compound] = ()) -> None:
+def add_request_flags(
+    parser: argparse.ArgumentParser,
+    request_type: type[Request],
+    *,
+    flags: Mapping[str, str | tuple[str, str]] | None = None,
+    compounds: Sequence[Compound] = (),
+) -> None:
     """One flag per field of ``request_type`` (internal fields have none), in the fields' order.
 
     ``flags`` renames fields' flags ({"model_id": "--model"}), optionally with the flag's own help
@@ -58,24 +62,41 @@ def add_request_flags(parser: argparse.ArgumentParser, request_type: type[Reques
             if compound.flag not in added:
                 added.add(compound.flag)
                 required = any(request_type.field_specs()[f]["required"] for f in compound.fields)
-                parser.add_argument(compound.flag, dest=_text_dest(compound), metavar=compound.metavar,
-                                    required=required, default=argparse.SUPPRESS, help=compound.help)
+                parser.add_argument(
+                    compound.flag,
+                    dest=_text_dest(compound),
+                    metavar=compound.metavar,
+                    required=required,
+                    default=argparse.SUPPRESS,
+                    help=compound.help,
+                )
             field_flags[name] = compound.flag
             continue
         default, kind = found["default"], found["kind"]
         if kind is bool:
             flag = renamed.get(name, f"--no-{_dashed(name)}" if default else f"--{_dashed(name)}")
-            parser.add_argument(flag, dest=name, action="store_false" if default else "store_true",
-                                default=argparse.SUPPRESS,
-                                help=own_help.get(name, f"not: {found['help']}" if default else found["help"]))
+            parser.add_argument(
+                flag,
+                dest=name,
+                action="store_false" if default else "store_true",
+                default=argparse.SUPPRESS,
+                help=own_help.get(name, f"not: {found['help']}" if default else found["help"]),
+            )
         else:
             flag = renamed.get(name, f"--{_dashed(name)}")
             shown = f" (default {default})" if default not in (None, {}) and "default" not in found["help"] else ""
             metavar = "|".join(found["choices"]) if found["choices"] else flag[2:].upper().replace("-", "_")
             if kind is dict:
                 metavar, shown = "JSON|@FILE", " (a JSON object, inline or @FILE)"
-            parser.add_argument(flag, dest=name, type=_ARGUMENT_TYPES[kind], metavar=metavar,
-                                required=found["required"], default=argparse.SUPPRESS, help=found["help"] + shown)
+            parser.add_argument(
+                flag,
+                dest=name,
+                type=_ARGUMENT_TYPES[kind],
+                metavar=metavar,
+                required=found["required"],
+                default=argparse.SUPPRESS,
+                help=found["help"] + shown,
+            )
         field_flags[name] = flag
     parser.set_defaults(request_type=request_type, field_flags=field_flags, compounds=tuple(compounds))
 
@@ -119,16 +140,23 @@ def _json_object(text: str) -> dict:
     try:
         value = json.loads(source)
     except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"expected a JSON object ({error.msg} at line {error.lineno}, "
-                                         f"column {error.colno})") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object ({error.msg} at line {error.lineno}, column {error.colno})"
+        ) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
     return value
 
 
 # argparse reads a flag's text as its field's kind; bounds, choices and files are the request's checks.
-_ARGUMENT_TYPES: dict[Any, Callable[[str], Any]] = {int: int, float: float, str: str, "file": str, "keys": _keys,
-                                                    dict: _json_object}
+_ARGUMENT_TYPES: dict[Any, Callable[[str], Any]] = {
+    int: int,
+    float: float,
+    str: str,
+    "file": str,
+    "keys": _keys,
+    dict: _json_object,
+}
 
 
 def positive_int(text: str) -> int:

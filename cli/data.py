@@ -30,14 +30,26 @@ def _add_city(commands: Commands, common: argparse.ArgumentParser, reporting: ar
         dest="action", required=True, metavar="ACTION"
     )
     build = city.add_parser(
-        "build", parents=[common, reporting], help="generate a synthetic city and store it",
+        "build",
+        parents=[common, reporting],
+        help="generate a synthetic city and store it",
         description="Generate a deterministic synthetic city (cells, POIs, users, hourly traffic) and store "
         "it as the active data set (one of the same name only with --replace).",
     )
-    add_request_flags(build, CityRequest, compounds=[Compound(
-        "--center", ("center_lat", "center_lon"), _lat_lon, "LAT,LON",
-        f"city centre (default: central Shanghai, {CityRequest.default('center_lat')},"
-        f"{CityRequest.default('center_lon')})")])
+    add_request_flags(
+        build,
+        CityRequest,
+        compounds=[
+            Compound(
+                "--center",
+                ("center_lat", "center_lon"),
+                _lat_lon,
+                "LAT,LON",
+                f"city centre (default: central Shanghai, {CityRequest.default('center_lat')},"
+                f"{CityRequest.default('center_lon')})",
+            )
+        ],
+    )
     build.set_defaults(handler=cmd_city_build)
 
 
@@ -47,7 +59,9 @@ def _add_ingest(commands: Commands, common: argparse.ArgumentParser, reporting: 
         dest="action", required=True, metavar="FORMAT"
     )
     tsinghua = ingest.add_parser(
-        "tsinghua", parents=[common, reporting], help="the Tsinghua App Usage dataset's files",
+        "tsinghua",
+        parents=[common, reporting],
+        help="the Tsinghua App Usage dataset's files",
         description="Ingest the Tsinghua App Usage dataset: apps -> categories, bytes per user-hour-service, "
         "the modal cell of each user-hour, POIs per base station.",
     )
@@ -55,7 +69,9 @@ def _add_ingest(commands: Commands, common: argparse.ArgumentParser, reporting: 
     tsinghua.set_defaults(handler=cmd_ingest_tsinghua)
 
     table = ingest.add_parser(
-        "table", parents=[common, reporting], help="the documented long format (CSV or Parquet)",
+        "table",
+        parents=[common, reporting],
+        help="the documented long format (CSV or Parquet)",
         description="Ingest records (entity_id, timestamp, cell_id, service, bytes) and cells "
         "(cell_id, lat, lon, <POI columns>); see docs/data-formats.md#long-table.",
     )
@@ -81,8 +97,9 @@ def _add_data(commands: Commands, common: argparse.ArgumentParser, reporting: ar
 # --- handlers -------------------------------------------------------------------------------------
 
 
-def _store_and_report(args: argparse.Namespace, content: DatasetContent, replace: bool, title: str,
-                      started: float) -> int:
+def _store_and_report(
+    args: argparse.Namespace, content: DatasetContent, replace: bool, title: str, started: float
+) -> int:
     """Store a generated or ingested data set as the active one (one transaction) and print its summary."""
     database = open_database(args.db)
     with database.write_session() as session, session.begin():
@@ -116,17 +133,25 @@ def cmd_city_build(args: argparse.Namespace) -> int:
 def cmd_ingest_tsinghua(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     r = request_of(args)
-    content = read_tsinghua(trace=r.trace, app2category=r.app2category, categories=r.categories, poi=r.poi,
-                            coords=r.coords, all_services=r.all_services, name=r.name,
-                            progress=stderr_progress(not args.json))
+    content = read_tsinghua(
+        trace=r.trace,
+        app2category=r.app2category,
+        categories=r.categories,
+        poi=r.poi,
+        coords=r.coords,
+        all_services=r.all_services,
+        name=r.name,
+        progress=stderr_progress(not args.json),
+    )
     return _store_and_report(args, content, r.replace, "Ingested Tsinghua App Usage data", started)
 
 
 def cmd_ingest_table(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     r = request_of(args)
-    content = read_table(records=r.records, cells=r.cells, mapping=r.mapping, entity_kind=r.entity_kind,
-                         timezone=r.timezone, name=r.name)
+    content = read_table(
+        records=r.records, cells=r.cells, mapping=r.mapping, entity_kind=r.entity_kind, timezone=r.timezone, name=r.name
+    )
     return _store_and_report(args, content, r.replace, "Ingested table", started)
 
 
@@ -152,8 +177,14 @@ def cmd_data_list(args: argparse.Namespace) -> int:
     database = open_database(args.db)
     with database.session() as session:
         rows = [
-            {"name": d.name, "kind": d.kind, "entity_kind": d.entity_kind, "active": d.is_active,
-             "hours": d.hours, "created_at": d.created_at.isoformat(timespec="seconds")}
+            {
+                "name": d.name,
+                "kind": d.kind,
+                "entity_kind": d.entity_kind,
+                "active": d.is_active,
+                "hours": d.hours,
+                "created_at": d.created_at.isoformat(timespec="seconds"),
+            }
             for d in all_datasets(session)
         ]
     lines = [f"{'*' if r['active'] else ' '} {r['name']:30s} {r['kind']:10s} {r['created_at']}" for r in rows]

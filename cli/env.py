@@ -23,7 +23,9 @@ def _add_env(commands: Commands, common: argparse.ArgumentParser, reporting: arg
         dest="action", required=True, metavar="ACTION"
     )
     env_build = env.add_parser(
-        "build", parents=[common, reporting], help="tiles, descriptions and CLIP embeddings for a data set",
+        "build",
+        parents=[common, reporting],
+        help="tiles, descriptions and CLIP embeddings for a data set",
         description="Fetch or render a tile per cell, describe every cell, train (or load) the CLIP encoder and "
         "store z_env = a*z_image + b*z_text (paper Eq. 7-9) per cell.",
     )
@@ -60,10 +62,14 @@ def _env_lines(summary: dict) -> list[str]:
         f"  encoder: {summary['encoder'] or 'none yet (run `lsdm env build`)'}",
     ]
     if r.get("top1") is not None:
-        lines.append(f"  held-out retrieval over {r.get('pairs')} pairs: top-1 {r['top1']:.3f}, top-5 {r['top5']:.3f} "
-                     f"(chance {r.get('chance_top1')})")
+        lines.append(
+            f"  held-out retrieval over {r.get('pairs')} pairs: top-1 {r['top1']:.3f}, top-5 {r['top5']:.3f} "
+            f"(chance {r.get('chance_top1')})"
+        )
     agreement = summary.get("land_use_agreement")
     if agreement:
-        lines.append(f"  nearest-neighbour land-use agreement: env {agreement['env']}, image {agreement['image']}, "
-                     f"text {agreement['text']} (chance {agreement['chance']})")
+        lines.append(
+            f"  nearest-neighbour land-use agreement: env {agreement['env']}, image {agreement['image']}, "
+            f"text {agreement['text']} (chance {agreement['chance']})"
+        )
     return lines

@@ -25,17 +25,31 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser, reporting:
 def _add_worker(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
     """`lsdm worker`."""
     worker_p = commands.add_parser(
-        "worker", parents=[common], help="run queued jobs (the dashboard's engine)",
+        "worker",
+        parents=[common],
+        help="run queued jobs (the dashboard's engine)",
         description="Claim and run queued jobs (forecasts, what-ifs, training, evaluations, ingests, city and "
-                    "environment builds) until stopped with Ctrl+C or SIGTERM. Jobs of a dead worker are queued "
-                    "again once, then failed.")
-    worker_p.add_argument("--lanes", default="interactive,batch",
-                          help="comma-separated lanes to serve: interactive (forecasts, what-ifs), batch (the rest)")
+        "environment builds) until stopped with Ctrl+C or SIGTERM. Jobs of a dead worker are queued "
+        "again once, then failed.",
+    )
+    worker_p.add_argument(
+        "--lanes",
+        default="interactive,batch",
+        help="comma-separated lanes to serve: interactive (forecasts, what-ifs), batch (the rest)",
+    )
     worker_p.add_argument("--drain", action="store_true", help="run the queued jobs, then exit")
-    worker_p.add_argument("--stale-after", type=positive_int, default=60,
-                          help="seconds without a heartbeat after which another worker counts as dead (default 60)")
-    worker_p.add_argument("--max-attempts", type=positive_int, default=2,
-                          help="starts of a job whose worker died before it is failed instead of queued again (default 2)")
+    worker_p.add_argument(
+        "--stale-after",
+        type=positive_int,
+        default=60,
+        help="seconds without a heartbeat after which another worker counts as dead (default 60)",
+    )
+    worker_p.add_argument(
+        "--max-attempts",
+        type=positive_int,
+        default=2,
+        help="starts of a job whose worker died before it is failed instead of queued again (default 2)",
+    )
     worker_p.add_argument("--log-file", type=Path, default=None, help="append the log to this file (default: stderr)")
     worker_p.set_defaults(handler=cmd_worker)
 
@@ -43,20 +57,39 @@ def _add_worker(commands: Commands, common: argparse.ArgumentParser, reporting: 
 def _add_jobs(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
     """`lsdm jobs list|show|submit|cancel|wait`."""
     jobs = commands.add_parser("jobs", help="queue, inspect and cancel jobs").add_subparsers(
-        dest="jobs_command", required=True, metavar="list|show|submit|cancel|wait")
+        dest="jobs_command", required=True, metavar="list|show|submit|cancel|wait"
+    )
     jobs_list = jobs.add_parser("list", parents=[common, reporting], help="recent jobs, newest first")
-    jobs_list.add_argument("--status", default=None, help="comma-separated statuses (queued,running,done,failed,cancelled)")
+    jobs_list.add_argument(
+        "--status", default=None, help="comma-separated statuses (queued,running,done,failed,cancelled)"
+    )
     jobs_list.add_argument("--limit", type=positive_int, default=30)
     jobs_list.set_defaults(handler=cmd_jobs_list)
     jobs_show = jobs.add_parser("show", parents=[common, reporting], help="one job with its parameters and result")
     jobs_show.add_argument("job", type=positive_int)
     jobs_show.set_defaults(handler=cmd_jobs_show)
     jobs_submit = jobs.add_parser(
-        "submit", parents=[common, reporting], help="queue a job for the worker",
-        description="Queue a job. KIND is one of: " + ", ".join(
-            ("setup.default", "city.build", "ingest.table", "ingest.tsinghua", "env.build", "assets.install", "train",
-             "evaluate", "forecast", "whatif")) + "; parameters are KEY=VALUE (VALUE read as JSON when it parses, "
-        "else as text), e.g. `lsdm jobs submit forecast entity=user:u0001 start=300 horizon=12`.")
+        "submit",
+        parents=[common, reporting],
+        help="queue a job for the worker",
+        description="Queue a job. KIND is one of: "
+        + ", ".join(
+            (
+                "setup.default",
+                "city.build",
+                "ingest.table",
+                "ingest.tsinghua",
+                "env.build",
+                "assets.install",
+                "train",
+                "evaluate",
+                "forecast",
+                "whatif",
+            )
+        )
+        + "; parameters are KEY=VALUE (VALUE read as JSON when it parses, "
+        "else as text), e.g. `lsdm jobs submit forecast entity=user:u0001 start=300 horizon=12`.",
+    )
     jobs_submit.add_argument("kind")
     jobs_submit.add_argument("params", nargs="*", metavar="KEY=VALUE")
     jobs_submit.add_argument("--wait", action="store_true", help="wait until the job ends; exit 1 unless it is done")
@@ -82,8 +115,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
-        worker = JobWorker(open_database(args.db), lanes=[lane.strip() for lane in args.lanes.split(",") if lane.strip()],
-                           stale_after=args.stale_after, max_attempts=args.max_attempts)
+        worker = JobWorker(
+            open_database(args.db),
+            lanes=[lane.strip() for lane in args.lanes.split(",") if lane.strip()],
+            stale_after=args.stale_after,
+            max_attempts=args.max_attempts,
+        )
         if args.drain:
             ran = worker.drain()
             print(f"ran {ran} job(s)", file=sys.stderr)
@@ -102,8 +139,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def _job_line(job) -> str:  # noqa: ANN001
     seconds = f"{job.seconds:.1f} s" if job.seconds is not None else ""
     state = job.error if job.status == "failed" else (job.message or "")
-    return (f"{job.id:>5}  {job.kind:<16} {job.status:<9} {job.progress * 100:5.1f}%  {seconds:>9}  "
-            f"{job.result_ref or '':<18} {state}")
+    return (
+        f"{job.id:>5}  {job.kind:<16} {job.status:<9} {job.progress * 100:5.1f}%  {seconds:>9}  "
+        f"{job.result_ref or '':<18} {state}"
+    )
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
@@ -112,9 +151,12 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
         if status not in STATUSES:
             raise InputError(f"expected some of {', '.join(STATUSES)}, got {status!r}", field="--status")
     rows = list_jobs(open_database(args.db), statuses=statuses, limit=args.limit)
-    emit(args, {"jobs": [job.to_dict() for job in rows]},
-          ["   id  kind             status    progress       time  result             message"]
-          + [_job_line(job) for job in rows])
+    emit(
+        args,
+        {"jobs": [job.to_dict() for job in rows]},
+        ["   id  kind             status    progress       time  result             message"]
+        + [_job_line(job) for job in rows],
+    )
     return 0
 
 
@@ -172,8 +214,9 @@ def cmd_jobs_submit(args: argparse.Namespace) -> int:
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     status = cancel(open_database(args.db), args.job)
-    text = {"running": "cancellation asked; the job stops at its next progress report",
-            "cancelled": "cancelled"}.get(status, f"already {status}; nothing to cancel")
+    text = {"running": "cancellation asked; the job stops at its next progress report", "cancelled": "cancelled"}.get(
+        status, f"already {status}; nothing to cancel"
+    )
     emit(args, {"job": args.job, "status": status}, [f"job {args.job}: {text}"])
     return 0
 

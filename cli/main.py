@@ -39,7 +39,9 @@ GROUPS = (data, env, models, app, jobs)  # in the order `lsdm --help` lists thei
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--db", metavar="PATH|URL", default=None,
+        "--db",
+        metavar="PATH|URL",
+        default=None,
         help="database file or SQLAlchemy URL (default: $LSDM_DB, else lsdm.sqlite in the per-user data directory)",
     )
     reporting = argparse.ArgumentParser(add_help=False)

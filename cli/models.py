@@ -38,24 +38,40 @@ from engine.requests import (
 
 # --entity, --sampler and --location keep their text forms: each stands for two fields of ForecastRequest.
 FORECAST_COMPOUNDS = (
-    Compound("--entity", ("entity_kind", "entities"),
-             lambda text: dict(zip(("entity_kind", "entities"), parse_entities_text(text), strict=True)),
-             "user:ID[,user:ID...]", "who to forecast: users (user:ID) or cells (cell:ID), comma-separated"),
-    Compound("--sampler", ("sampler", "sampler_steps"),
-             lambda text: dict(zip(("sampler", "sampler_steps"), parse_sampler_text(text), strict=True)),
-             "ddpm|ddim:STEPS", "ddpm (faithful, all steps) or ddim:STEPS (default "
-             f"{sampler_text(ForecastRequest.default('sampler'), ForecastRequest.default('sampler_steps'))})"),
-    Compound("--location", ("location", "cells"),
-             lambda text: dict(zip(("location", "cells"), parse_location_text(text), strict=True)),
-             "habitual|stay|observed|cell:ID,...",
-             "where the entity is during the forecast (default: its habitual cell for that hour; stay: where it "
-             "was last; observed: the cells the data recorded, for backtests; cell:ID,...: these cells, one per "
-             "hour, the last one kept)"),
+    Compound(
+        "--entity",
+        ("entity_kind", "entities"),
+        lambda text: dict(zip(("entity_kind", "entities"), parse_entities_text(text), strict=True)),
+        "user:ID[,user:ID...]",
+        "who to forecast: users (user:ID) or cells (cell:ID), comma-separated",
+    ),
+    Compound(
+        "--sampler",
+        ("sampler", "sampler_steps"),
+        lambda text: dict(zip(("sampler", "sampler_steps"), parse_sampler_text(text), strict=True)),
+        "ddpm|ddim:STEPS",
+        "ddpm (faithful, all steps) or ddim:STEPS (default "
+        f"{sampler_text(ForecastRequest.default('sampler'), ForecastRequest.default('sampler_steps'))})",
+    ),
+    Compound(
+        "--location",
+        ("location", "cells"),
+        lambda text: dict(zip(("location", "cells"), parse_location_text(text), strict=True)),
+        "habitual|stay|observed|cell:ID,...",
+        "where the entity is during the forecast (default: its habitual cell for that hour; stay: where it "
+        "was last; observed: the cells the data recorded, for backtests; cell:ID,...: these cells, one per "
+        "hour, the last one kept)",
+    ),
 )
 
 WHATIF_COMPOUNDS = (
-    Compound("--entity", ("entity_kind", "entity"), lambda text: _one_entity(text), "user:ID",
-             "the entity to forecast: a user (user:ID) or a cell (cell:ID)"),
+    Compound(
+        "--entity",
+        ("entity_kind", "entity"),
+        lambda text: _one_entity(text),
+        "user:ID",
+        "the entity to forecast: a user (user:ID) or a cell (cell:ID)",
+    ),
     FORECAST_COMPOUNDS[1],
 )
 
@@ -80,19 +96,24 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser, reporting:
 def _add_train(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
     """`lsdm train`."""
     train_p = commands.add_parser(
-        "train", parents=[common, reporting], help="train an LSDM forecaster",
+        "train",
+        parents=[common, reporting],
+        help="train an LSDM forecaster",
         description="Train an LSDM forecaster on a data set (AdamW, EMA, gradient clipping, early stopping on "
         "validation), save it (safetensors + JSON) and register it as the active model.",
     )
-    add_request_flags(train_p, TrainRequest, flags={
-        "activate": ("--no-activate", "register without making it the active model")})
+    add_request_flags(
+        train_p, TrainRequest, flags={"activate": ("--no-activate", "register without making it the active model")}
+    )
     train_p.set_defaults(handler=cmd_train)
 
 
 def _add_forecast(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
     """`lsdm forecast`."""
     forecast = commands.add_parser(
-        "forecast", parents=[common, reporting], help="probabilistic recursive forecast for users or cells",
+        "forecast",
+        parents=[common, reporting],
+        help="probabilistic recursive forecast for users or cells",
         description="Forecast the coming hours per service: every sample path feeds its own samples back. "
         "The run is stored with every parameter and can be reproduced exactly.",
     )
@@ -103,10 +124,13 @@ def _add_forecast(commands: Commands, common: argparse.ArgumentParser, reporting
 def _add_whatif(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
     """`lsdm whatif`."""
     whatif = commands.add_parser(
-        "whatif", parents=[common, reporting], help="forecast one entity as things are and under a scenario",
+        "whatif",
+        parents=[common, reporting],
+        help="forecast one entity as things are and under a scenario",
         description="Two forecasts of one entity with the same seed: the baseline and the scenario (another "
         "location, edited cells: POIs, description, tile; other Eq. 9 weights; guidance). Both runs and the "
-        "scenario are stored in one transaction, as the What-if page does.")
+        "scenario are stored in one transaction, as the What-if page does.",
+    )
     add_request_flags(whatif, WhatIfRequest, compounds=WHATIF_COMPOUNDS)
     whatif.set_defaults(handler=cmd_whatif)
 
@@ -120,37 +144,61 @@ def _add_models(commands: Commands, common: argparse.ArgumentParser, reporting: 
 def _add_evaluate(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
     """`lsdm evaluate`."""
     evaluate_p = commands.add_parser(
-        "evaluate", parents=[common, reporting], help="reproduce the paper's tables on this data",
+        "evaluate",
+        parents=[common, reporting],
+        help="reproduce the paper's tables on this data",
         description="Score the model, its comparison models (trained if missing) and the baselines on the test day; "
         "write report.md, CSV tables and PNG plots.",
     )
-    add_request_flags(evaluate_p, EvaluateRequest, flags={
-        "model_id": "--model", "train_missing": ("--no-train", "do not train missing comparison models"),
-        "include_arima": ("--no-arima", "leave ARIMA out (it takes about 2 minutes)")})
+    add_request_flags(
+        evaluate_p,
+        EvaluateRequest,
+        flags={
+            "model_id": "--model",
+            "train_missing": ("--no-train", "do not train missing comparison models"),
+            "include_arima": ("--no-arima", "leave ARIMA out (it takes about 2 minutes)"),
+        },
+    )
     evaluate_p.add_argument("--report", default=None, metavar="DIR", help="write the report into DIR")
     evaluate_p.set_defaults(handler=cmd_evaluate)
 
 
-def _add_export_and_score(commands: Commands, common: argparse.ArgumentParser,
-                          reporting: argparse.ArgumentParser) -> None:
+def _add_export_and_score(
+    commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser
+) -> None:
     """`lsdm export windows` and `lsdm score`."""
     export = commands.add_parser("export", help="export data for outside models").add_subparsers(
-        dest="action", required=True, metavar="WHAT")
+        dest="action", required=True, metavar="WHAT"
+    )
     export_windows_p = export.add_parser(
-        "windows", parents=[common, reporting], help="the exact evaluation windows and splits as .npz",
+        "windows",
+        parents=[common, reporting],
+        help="the exact evaluation windows and splits as .npz",
         description="Write every train/validation/test window (history, target, calendar, environment) with "
-        "the documented keys of engine/evaluation/scoring.py, for `lsdm score`.")
+        "the documented keys of engine/evaluation/scoring.py, for `lsdm score`.",
+    )
     export_windows_p.add_argument("--out", type=Path, required=True, help="output .npz file")
-    export_windows_p.add_argument("--model", type=int, default=None,
-                                  help="use this model's history length and normalisation (default: the active one)")
-    export_windows_p.add_argument("--history", type=positive_int, default=None, help="history hours (default: the model's)")
-    export_windows_p.add_argument("--split", choices=["time", "users"], default="time", help="split kind (default time)")
+    export_windows_p.add_argument(
+        "--model",
+        type=int,
+        default=None,
+        help="use this model's history length and normalisation (default: the active one)",
+    )
+    export_windows_p.add_argument(
+        "--history", type=positive_int, default=None, help="history hours (default: the model's)"
+    )
+    export_windows_p.add_argument(
+        "--split", choices=["time", "users"], default="time", help="split kind (default time)"
+    )
     export_windows_p.add_argument("--dataset", default=None, help="data set name (default: the active one)")
     export_windows_p.set_defaults(handler=cmd_export_windows)
 
     score_p = commands.add_parser(
-        "score", parents=[reporting], help="score outside predictions on the exported windows",
-        description="Score predictions (.npz with `prediction` or `samples`) with the same metrics as the report.")
+        "score",
+        parents=[reporting],
+        help="score outside predictions on the exported windows",
+        description="Score predictions (.npz with `prediction` or `samples`) with the same metrics as the report.",
+    )
     score_p.add_argument("--predictions", type=existing_file, required=True, help="predictions .npz")
     score_p.add_argument("--windows", type=existing_file, required=True, help="the windows .npz it was made from")
     score_p.set_defaults(handler=cmd_score)
@@ -164,15 +212,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def report(entry: dict) -> None:
         if not args.json:
-            print(f"  epoch {entry['epoch']:>3}: train loss {entry['train_loss']:.4f}  "
-                  f"validation loss {entry['val_loss']:.4f}  ({entry['seconds']:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"  epoch {entry['epoch']:>3}: train loss {entry['train_loss']:.4f}  "
+                f"validation loss {entry['val_loss']:.4f}  ({entry['seconds']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     name, result = train_request(open_database(args.db), request_of(args), progress=report)
     payload = {"model_id": result.record_id, "config": name, "path": str(result.path), **result.metrics}
     curve = " ".join(f"{e['val_loss']:.3f}" for e in result.metrics["history"])
-    emit(args, payload, [f"Trained model {result.record_id} ({name}) in {result.metrics['train_seconds']:.0f} s "
-                          f"on {result.metrics['device']}; stopped by {result.metrics['stopped_by']}",
-                          f"  validation loss by epoch: {curve}", f"  saved to {result.path}"])
+    emit(
+        args,
+        payload,
+        [
+            f"Trained model {result.record_id} ({name}) in {result.metrics['train_seconds']:.0f} s "
+            f"on {result.metrics['device']}; stopped by {result.metrics['stopped_by']}",
+            f"  validation loss by epoch: {curve}",
+            f"  saved to {result.path}",
+        ],
+    )
     return 0
 
 
@@ -184,9 +243,11 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     for entity in run["entities"]:
         lines.append(f"  {entity['entity']}: total MB per hour, median [5%, 95%]")
         for step in entity["steps"][:48]:
-            lines.append(f"    {step['label']}: {step['total']['median'] / 1e6:8.2f} "
-                         f"[{step['total']['q05'] / 1e6:.2f}, {step['total']['q95'] / 1e6:.2f}]"
-                         + (f"  truth {step['total']['truth'] / 1e6:.2f}" if step["total"].get("truth") is not None else ""))
+            lines.append(
+                f"    {step['label']}: {step['total']['median'] / 1e6:8.2f} "
+                f"[{step['total']['q05'] / 1e6:.2f}, {step['total']['q95'] / 1e6:.2f}]"
+                + (f"  truth {step['total']['truth'] / 1e6:.2f}" if step["total"].get("truth") is not None else "")
+            )
     emit(args, run, lines)
     return 0
 
@@ -201,12 +262,16 @@ def cmd_whatif(args: argparse.Namespace) -> int:
             raise error.with_field(f"--scenario.{error.field}") from None
         raise
     base, scen = result["baseline"]["total"]["median"], result["scenario"]["total"]["median"]
-    lines = [f"What-if {result['scenario_id']} '{result['name']}': runs {result['baseline_run_id']} (baseline) and "
-             f"{result['scenario_run_id']} (scenario) in {result['seconds']:.2f} s",
-             "  total MB per hour, median: baseline -> scenario (difference)"]
+    lines = [
+        f"What-if {result['scenario_id']} '{result['name']}': runs {result['baseline_run_id']} (baseline) and "
+        f"{result['scenario_run_id']} (scenario) in {result['seconds']:.2f} s",
+        "  total MB per hour, median: baseline -> scenario (difference)",
+    ]
     for step, b, s in zip(result["steps"], base, scen, strict=True):
-        lines.append(f"    {step['label']}: {b / 1e6:8.2f} -> {s / 1e6:8.2f} ({(s - b) / 1e6:+.2f})"
-                     f"  cell {step['baseline_cell']} -> {step['scenario_cell']}")
+        lines.append(
+            f"    {step['label']}: {b / 1e6:8.2f} -> {s / 1e6:8.2f} ({(s - b) / 1e6:+.2f})"
+            f"  cell {step['baseline_cell']} -> {step['scenario_cell']}"
+        )
     emit(args, result, lines)
     return 0
 
@@ -214,11 +279,24 @@ def cmd_whatif(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     database = open_database(args.db)
     with database.session() as session:
-        models = [{"id": m.id, "name": m.name, "kind": m.kind, "dataset": d, "active": m.is_active,
-                   "created_at": m.created_at.isoformat(timespec="seconds"), "path": m.path,
-                   "best_val_loss": (m.metrics or {}).get("best_val_loss")} for m, d in all_models(session)]
-    lines = [f"{'*' if m['active'] else ' '} {m['id']:>4} {m['kind']:6s} {m['name']:24s} {m['dataset'] or '-':20s} "
-             f"{m['created_at']}" for m in models]
+        models = [
+            {
+                "id": m.id,
+                "name": m.name,
+                "kind": m.kind,
+                "dataset": d,
+                "active": m.is_active,
+                "created_at": m.created_at.isoformat(timespec="seconds"),
+                "path": m.path,
+                "best_val_loss": (m.metrics or {}).get("best_val_loss"),
+            }
+            for m, d in all_models(session)
+        ]
+    lines = [
+        f"{'*' if m['active'] else ' '} {m['id']:>4} {m['kind']:6s} {m['name']:24s} {m['dataset'] or '-':20s} "
+        f"{m['created_at']}"
+        for m in models
+    ]
     emit(args, {"models": models}, lines or ["no models yet; run `lsdm train`"])
     return 0
 
@@ -227,14 +305,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cli.report_figures import draw  # Matplotlib and torch: see cli/main.py
     from engine.evaluation.evaluate import evaluate_request
 
-    result = evaluate_request(open_database(args.db), request_of(args), report_dir=args.report, draw=draw,
-                              progress=stderr_progress(not args.json))
-    lines = [f"Evaluation of model {result['model_id']} on {result['dataset']} ({result['seconds']:.0f} s)",
-             f"  {'method':20s} {'MSE':>8s} {'RMSE':>8s} {'MAE':>8s} {'CS':>8s} {'R2':>8s} {'CRPS':>8s} "
-             f"{'cov50':>6s} {'cov90':>6s}"]
+    result = evaluate_request(
+        open_database(args.db),
+        request_of(args),
+        report_dir=args.report,
+        draw=draw,
+        progress=stderr_progress(not args.json),
+    )
+    lines = [
+        f"Evaluation of model {result['model_id']} on {result['dataset']} ({result['seconds']:.0f} s)",
+        f"  {'method':20s} {'MSE':>8s} {'RMSE':>8s} {'MAE':>8s} {'CS':>8s} {'R2':>8s} {'CRPS':>8s} "
+        f"{'cov50':>6s} {'cov90':>6s}",
+    ]
     for row in result["rows"] + [r for r in result["table4"] if r not in result["rows"]]:
-        lines.append(f"  {row['method']:20s} {row['mse']:8.4f} {row['rmse']:8.4f} {row['mae']:8.4f} {row['cs']:8.4f} "
-                     f"{row['r2']:8.4f} {row['crps']:8.4f} {row['cov50']:6.3f} {row['cov90']:6.3f}")
+        lines.append(
+            f"  {row['method']:20s} {row['mse']:8.4f} {row['rmse']:8.4f} {row['mae']:8.4f} {row['cs']:8.4f} "
+            f"{row['r2']:8.4f} {row['crps']:8.4f} {row['cov50']:6.3f} {row['cov90']:6.3f}"
+        )
     lines += [f"  {note}" for note in result["notes"]]
     if result.get("report"):
         lines.append(f"  report: {Path(result['report'][0]).parent}")

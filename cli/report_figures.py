@@ -41,15 +41,18 @@ def _radar_png(path: Path, per_service_r2: dict[str, dict[str, float]]) -> Path:
     fig = _figure(7.5, 7.5)
     ax = fig.add_subplot(projection="polar")
     for method, scores in per_service_r2.items():
-        r = [min(high, max(low, finite_number(scores.get(s)) if finite_number(scores.get(s)) is not None else low))
-             for s in services]
+        r = [
+            min(high, max(low, finite_number(scores.get(s)) if finite_number(scores.get(s)) is not None else low))
+            for s in services
+        ]
         ax.plot(np.append(angles, angles[:1]), r + r[:1], marker="o", markersize=3, linewidth=1.5, label=method)
     ax.set_xticks(angles)
     ax.set_xticklabels(services, fontsize=8)
     ax.set_ylim(low, high)
     clipped = any(v < RADAR_FLOOR for v in values)
-    ax.set_title("R² per service" + (f" (values below {RADAR_FLOOR:g} drawn at {RADAR_FLOOR:g})" if clipped else ""),
-                 pad=18)
+    ax.set_title(
+        "R² per service" + (f" (values below {RADAR_FLOOR:g} drawn at {RADAR_FLOOR:g})" if clipped else ""), pad=18
+    )
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
@@ -78,8 +81,7 @@ def _r2_bars_png(path: Path, rows: list[dict]) -> Path:
     fig = _figure(max(5.0, 0.9 * len(pairs) + 2), 4.5)
     ax = fig.add_subplot()
     names, values = zip(*pairs, strict=True)
-    bars = ax.bar(range(len(values)), values, color=["#d62728" if n.lower() == REFERENCE else "#1f77b4"
-                                                     for n in names])
+    bars = ax.bar(range(len(values)), values, color=["#d62728" if n.lower() == REFERENCE else "#1f77b4" for n in names])
     ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=8)
     ax.set_xticks(range(len(values)))
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)

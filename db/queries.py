@@ -264,8 +264,9 @@ def entity_keys(session: Session, dataset_id: int) -> list[str]:
 
 def entities_of(session: Session, dataset_id: int) -> list[tuple[int, str, str]]:
     """(id, kind, key) of every entity of the data set, in id order."""
-    rows = session.execute(select(Entity.id, Entity.kind, Entity.key).where(Entity.dataset_id == dataset_id)
-                           .order_by(Entity.id))
+    rows = session.execute(
+        select(Entity.id, Entity.kind, Entity.key).where(Entity.dataset_id == dataset_id).order_by(Entity.id)
+    )
     return [(entity_id, kind, key) for entity_id, kind, key in rows]
 
 
@@ -311,8 +312,9 @@ def _rows_array(session: Session, statement: Select, dtype: DTypeLike = np.int64
     return np.array(list(map(tuple, rows)), dtype=dtype).reshape(len(rows), len(statement.selected_columns))
 
 
-def _of_entities(statement: Select, column: InstrumentedAttribute[int], dataset_id: int,
-                 entity_ids: list[int] | None) -> Select:
+def _of_entities(
+    statement: Select, column: InstrumentedAttribute[int], dataset_id: int, entity_ids: list[int] | None
+) -> Select:
     statement = statement.join(Entity, Entity.id == column).where(Entity.dataset_id == dataset_id)
     return statement if entity_ids is None else statement.where(column.in_([int(e) for e in entity_ids]))
 
@@ -334,9 +336,12 @@ def location_rows(session: Session, dataset_id: int, entity_ids: list[int] | Non
 def hourly_entity_bytes(session: Session, dataset_id: int) -> np.ndarray:
     """(N, 3) float64: entity id, hour, bytes of all services (summed in SQL) for every entity-hour with
     traffic."""
-    statement = (select(TrafficHour.entity_id, TrafficHour.hour, func.sum(TrafficHour.bytes))
-                 .join(Entity, Entity.id == TrafficHour.entity_id).where(Entity.dataset_id == dataset_id)
-                 .group_by(TrafficHour.entity_id, TrafficHour.hour))
+    statement = (
+        select(TrafficHour.entity_id, TrafficHour.hour, func.sum(TrafficHour.bytes))
+        .join(Entity, Entity.id == TrafficHour.entity_id)
+        .where(Entity.dataset_id == dataset_id)
+        .group_by(TrafficHour.entity_id, TrafficHour.hour)
+    )
     return _rows_array(session, statement, dtype=np.float64)
 
 
@@ -345,7 +350,8 @@ def users_at_cell(session: Session, cell_id: int) -> list[tuple[int, int]]:
     rows = session.execute(
         select(LocationHour.hour, func.count(func.distinct(LocationHour.entity_id)))
         .join(Entity, Entity.id == LocationHour.entity_id)
-        .where(LocationHour.cell_id == cell_id, Entity.kind == "user").group_by(LocationHour.hour)
+        .where(LocationHour.cell_id == cell_id, Entity.kind == "user")
+        .group_by(LocationHour.hour)
     )
     return [(int(hour), int(users)) for hour, users in rows]
 
@@ -356,7 +362,8 @@ def traffic_at_cell(session: Session, cell_id: int) -> list[tuple[int, int, floa
     located = and_(LocationHour.entity_id == TrafficHour.entity_id, LocationHour.hour == TrafficHour.hour)
     rows = session.execute(
         select(TrafficHour.hour, TrafficHour.service, func.sum(TrafficHour.bytes))
-        .join(LocationHour, located).where(LocationHour.cell_id == cell_id)
+        .join(LocationHour, located)
+        .where(LocationHour.cell_id == cell_id)
         .group_by(TrafficHour.hour, TrafficHour.service)
     )
     return [(int(hour), int(service), float(total)) for hour, service, total in rows]
@@ -386,18 +393,27 @@ def tiled_cell_ids(session: Session, dataset_id: int) -> set[int]:
 
 def cell_descriptions(session: Session, dataset_id: int) -> dict[int, str]:
     """Cell id -> stored description text, for the data set's described cells."""
-    return dict(session.execute(select(Description.cell_id, Description.text).join(Cell)
-                                .where(Cell.dataset_id == dataset_id)).all())
+    return dict(
+        session.execute(
+            select(Description.cell_id, Description.text).join(Cell).where(Cell.dataset_id == dataset_id)
+        ).all()
+    )
 
 
 def embedded_cell_ids(session: Session, dataset_id: int, encoder_id: str, kind: str) -> set[int]:
     """The data set's cells that have an embedding of this kind (image | text | env) by this encoder."""
-    return set(session.scalars(select(Embedding.cell_id).join(Cell).where(
-        Cell.dataset_id == dataset_id, Embedding.encoder_id == encoder_id, Embedding.kind == kind)))
+    return set(
+        session.scalars(
+            select(Embedding.cell_id)
+            .join(Cell)
+            .where(Cell.dataset_id == dataset_id, Embedding.encoder_id == encoder_id, Embedding.kind == kind)
+        )
+    )
 
 
-def load_env_embeddings(session: Session, dataset: Dataset, kind: str = "env",
-                        encoder_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_env_embeddings(
+    session: Session, dataset: Dataset, kind: str = "env", encoder_id: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(cell ids, (N, D) float32) of the active (or named) encoder's embeddings of a data set's cells
     (kind image | text | env), in cell id order; empty arrays when that encoder embedded none."""
     if encoder_id is None:
@@ -406,7 +422,8 @@ def load_env_embeddings(session: Session, dataset: Dataset, kind: str = "env",
             raise LookupError(f"no environment encoder for data set {dataset.name!r}; run `lsdm env build`")
         encoder_id = record.name
     rows = session.execute(
-        select(Embedding.cell_id, Embedding.vector).join(Cell, Cell.id == Embedding.cell_id)
+        select(Embedding.cell_id, Embedding.vector)
+        .join(Cell, Cell.id == Embedding.cell_id)
         .where(Cell.dataset_id == dataset.id, Embedding.encoder_id == encoder_id, Embedding.kind == kind)
         .order_by(Embedding.cell_id)
     ).all()
@@ -420,8 +437,11 @@ def load_env_embeddings(session: Session, dataset: Dataset, kind: str = "env",
 
 def active_model(session: Session, dataset_id: int, kind: str = "lsdm") -> ModelRecord | None:
     """The data set's active model of this kind (``"clip"``: its environment encoder), or None."""
-    return session.scalar(select(ModelRecord).where(ModelRecord.kind == kind, ModelRecord.dataset_id == dataset_id,
-                                                    ModelRecord.is_active.is_(True)))
+    return session.scalar(
+        select(ModelRecord).where(
+            ModelRecord.kind == kind, ModelRecord.dataset_id == dataset_id, ModelRecord.is_active.is_(True)
+        )
+    )
 
 
 def activate_model(session: Session, record: ModelRecord) -> None:
@@ -429,14 +449,19 @@ def activate_model(session: Session, record: ModelRecord) -> None:
     data set become inactive); the caller commits. ``record`` may be new (not yet flushed)."""
     session.add(record)
     session.flush()
-    session.execute(update(ModelRecord).where(ModelRecord.kind == record.kind,
-                                              ModelRecord.dataset_id == record.dataset_id,
-                                              ModelRecord.id != record.id).values(is_active=False))
+    session.execute(
+        update(ModelRecord)
+        .where(
+            ModelRecord.kind == record.kind, ModelRecord.dataset_id == record.dataset_id, ModelRecord.id != record.id
+        )
+        .values(is_active=False)
+    )
     record.is_active = True
 
 
-def dataset_models(session: Session, dataset_id: int, kinds: tuple[str, ...] = ("lsdm", "clip"),
-                    name: str | None = None) -> list[ModelRecord]:
+def dataset_models(
+    session: Session, dataset_id: int, kinds: tuple[str, ...] = ("lsdm", "clip"), name: str | None = None
+) -> list[ModelRecord]:
     """The data set's registered models of these kinds (and this name, when given), newest first."""
     statement = select(ModelRecord).where(ModelRecord.dataset_id == dataset_id, ModelRecord.kind.in_(kinds))
     if name is not None:
@@ -446,8 +471,11 @@ def dataset_models(session: Session, dataset_id: int, kinds: tuple[str, ...] = (
 
 def all_models(session: Session) -> list[tuple[ModelRecord, str | None]]:
     """Every registered model with its data set's name (None when it has none), oldest first."""
-    statement = (select(ModelRecord, Dataset.name).outerjoin(Dataset, Dataset.id == ModelRecord.dataset_id)
-                 .order_by(ModelRecord.id))
+    statement = (
+        select(ModelRecord, Dataset.name)
+        .outerjoin(Dataset, Dataset.id == ModelRecord.dataset_id)
+        .order_by(ModelRecord.id)
+    )
     return [(record, name) for record, name in session.execute(statement).tuples()]
 
 
@@ -471,7 +499,10 @@ def encoder_names(session: Session) -> list[str]:
 def forecast_runs(session: Session, dataset_id: int, limit: int | None = None) -> list[tuple]:
     """(id, created_at, params, seconds) of the data set's stored forecast runs, newest first (their
     summaries and arrays stay in the database)."""
-    statement = (select(ForecastRun.id, ForecastRun.created_at, ForecastRun.params, ForecastRun.seconds)
-                 .where(ForecastRun.dataset_id == dataset_id)
-                 .order_by(ForecastRun.created_at.desc(), ForecastRun.id.desc()).limit(limit))
+    statement = (
+        select(ForecastRun.id, ForecastRun.created_at, ForecastRun.params, ForecastRun.seconds)
+        .where(ForecastRun.dataset_id == dataset_id)
+        .order_by(ForecastRun.created_at.desc(), ForecastRun.id.desc())
+        .limit(limit)
+    )
     return [tuple(row) for row in session.execute(statement)]

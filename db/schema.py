@@ -72,7 +72,11 @@ def _v5_workers(connection: Connection) -> None:
 
 
 STEPS: dict[int, Callable[[Connection], None]] = {
-    1: _v1_core, 2: _v2_stages, 3: _v3_description_errors, 4: _v4_scenarios, 5: _v5_workers,
+    1: _v1_core,
+    2: _v2_stages,
+    3: _v3_description_errors,
+    4: _v4_scenarios,
+    5: _v5_workers,
 }
 LATEST_VERSION = max(STEPS)
 
@@ -101,7 +105,5 @@ def upgrade(engine: Engine, target: int = LATEST_VERSION) -> tuple[int, int]:
             if version == 1:
                 connection.execute(table.insert().values(id=1, version=1, updated_at=utcnow()))
             else:
-                connection.execute(
-                    table.update().where(table.c.id == 1).values(version=version, updated_at=utcnow())
-                )
+                connection.execute(table.update().where(table.c.id == 1).values(version=version, updated_at=utcnow()))
     return before, max(before, target)

@@ -40,8 +40,12 @@ def port_is_free(port: int) -> bool:
 
 def streamlit_flags(port: int) -> list[str]:
     return [
-        "--server.address=127.0.0.1", f"--server.port={port}", "--server.headless=true",
-        "--global.developmentMode=false", "--browser.gatherUsageStats=false", "--server.fileWatcherType=none",
+        "--server.address=127.0.0.1",
+        f"--server.port={port}",
+        "--server.headless=true",
+        "--global.developmentMode=false",
+        "--browser.gatherUsageStats=false",
+        "--server.fileWatcherType=none",
     ]
 
 

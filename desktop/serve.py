@@ -92,8 +92,9 @@ class AlreadyRunning(RuntimeError):
     def __init__(self, lock_path: Path, info: dict) -> None:
         self.lock_path, self.info = lock_path, info
         where = info.get("url") or "(starting up)"
-        super().__init__(f"LSDM is already running on this database: {where} (pid {info.get('pid', '?')}; "
-                         f"lock {lock_path})")
+        super().__init__(
+            f"LSDM is already running on this database: {where} (pid {info.get('pid', '?')}; lock {lock_path})"
+        )
 
 
 def lock_path_for(db_url: str) -> Path:
@@ -167,8 +168,9 @@ class Child:
 def _start(name: str, command: list[str], env: dict[str, str], log_file: Path | None) -> Child:
     output = open(rolled(log_file), "ab") if log_file else None  # noqa: SIM115 - handed to the child
     kwargs = {"start_new_session": True} if sys.platform != "win32" else {}  # our Ctrl+C is forwarded by us
-    process = subprocess.Popen(command, cwd=str(ROOT), env=env, stdout=output, stderr=subprocess.STDOUT if output else None,
-                               **kwargs)
+    process = subprocess.Popen(
+        command, cwd=str(ROOT), env=env, stdout=output, stderr=subprocess.STDOUT if output else None, **kwargs
+    )
     if output:
         output.close()
     log.info("started %s (pid %s): %s", name, process.pid, " ".join(command))
@@ -184,8 +186,9 @@ def _stop(children: list[Child]) -> None:
         try:
             child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.warning("%s (pid %s) did not stop within %.0f s; killing it", child.name, child.process.pid,
-                        STOP_GRACE_S)
+            log.warning(
+                "%s (pid %s) did not stop within %.0f s; killing it", child.name, child.process.pid, STOP_GRACE_S
+            )
             child.process.kill()
             child.process.wait()
         log.info("%s (pid %s) exited with %s", child.name, child.process.pid, child.process.returncode)
@@ -203,14 +206,24 @@ def _wait_worker(database: Database, process: subprocess.Popen, timeout: float =
     raise RuntimeError(f"the worker did not start within {timeout:.0f} s")
 
 
-def serve(db_url: str, *, port: int | None = None, open_browser: bool = True, with_worker: bool = True,
-          log_to_files: bool = False, before_ready: Callable[[], None] | None = None,
-          say: Callable[[str], None] = print) -> int:
+def serve(
+    db_url: str,
+    *,
+    port: int | None = None,
+    open_browser: bool = True,
+    with_worker: bool = True,
+    log_to_files: bool = False,
+    before_ready: Callable[[], None] | None = None,
+    say: Callable[[str], None] = print,
+) -> int:
     """Lock, start the worker and the dashboard, wait until both are ready, then supervise them until
     Ctrl+C/SIGTERM or until one exits. Returns the exit status."""
     if port is not None and not port_is_free(port):
-        raise InputError(f"port {port} on 127.0.0.1 is already in use", field="--port",
-                         hint="pick another port or leave --port out to take a free one")
+        raise InputError(
+            f"port {port} on 127.0.0.1 is already in use",
+            field="--port",
+            hint="pick another port or leave --port out to take a free one",
+        )
     database = open_database(db_url)  # creates/migrates before the children read it
     lock = InstanceLock(lock_path_for(database.url))
     try:
@@ -235,8 +248,9 @@ def serve(db_url: str, *, port: int | None = None, open_browser: bool = True, wi
         env = dict(os.environ, LSDM_DB=database.url, PYTHONUNBUFFERED="1")
         folder = logs_dir() if log_to_files else None
         if with_worker:
-            children.append(_start("worker", worker_command(database.url), env,
-                                   folder / "worker.log" if folder else None))
+            children.append(
+                _start("worker", worker_command(database.url), env, folder / "worker.log" if folder else None)
+            )
         children.append(_start("dashboard", streamlit_command(port), env, folder / "dashboard.log" if folder else None))
         try:
             wait_healthy(url, process=children[-1].process, timeout=120)

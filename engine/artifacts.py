@@ -36,8 +36,11 @@ def read_document(directory: Path, document_name: str, *, hint: str) -> dict:
     except json.JSONDecodeError as error:
         raise InputError(f"not valid JSON: {error.msg}", file=document_file, line=error.lineno) from None
     if hashlib.sha256(weights.read_bytes()).hexdigest() != document.get("sha256"):
-        raise InputError(f"weights do not match the hash recorded in {document_name}", file=weights,
-                         hint="the file was changed or belongs to another model")
+        raise InputError(
+            f"weights do not match the hash recorded in {document_name}",
+            file=weights,
+            hint="the file was changed or belongs to another model",
+        )
     return document
 
 

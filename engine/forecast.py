@@ -71,8 +71,12 @@ class LocationPlan:
             recorded = np.full(steps, -1)
             inside = series.location[entity, start : start + steps]
             recorded[: len(inside)] = inside
-            return np.array([cell if cell >= 0 else series.habitual_cell(entity, start + i, before=start)
-                             for i, cell in enumerate(recorded)])
+            return np.array(
+                [
+                    cell if cell >= 0 else series.habitual_cell(entity, start + i, before=start)
+                    for i, cell in enumerate(recorded)
+                ]
+            )
         return np.array([series.habitual_cell(entity, start + i, before=start) for i in range(steps)])
 
 
@@ -99,9 +103,16 @@ class ForecastResult:
 
     def to_npz_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, paths=self.paths.astype(np.float32), paths_v=self.paths_v.astype(np.float32),
-                            truth=self.truth.astype(np.float32), cells=self.cells, entities=np.array(self.entities),
-                            start=self.start, horizon=self.horizon)
+        np.savez_compressed(
+            buffer,
+            paths=self.paths.astype(np.float32),
+            paths_v=self.paths_v.astype(np.float32),
+            truth=self.truth.astype(np.float32),
+            cells=self.cells,
+            entities=np.array(self.entities),
+            start=self.start,
+            horizon=self.horizon,
+        )
         return buffer.getvalue()
 
     @staticmethod
@@ -117,8 +128,9 @@ def _calendar(series: SeriesData, hours: np.ndarray) -> tuple[np.ndarray, np.nda
     return absolute % 24, (origin.weekday() + absolute // 24) % 7
 
 
-def _check_forecast(forecaster: Forecaster, series: SeriesData, *, start: int, horizon: int, samples: int,
-                    guidance: float) -> None:
+def _check_forecast(
+    forecaster: Forecaster, series: SeriesData, *, start: int, horizon: int, samples: int, guidance: float
+) -> None:
     h = forecaster.config.history
     if start < h:
         raise InputError(f"the model needs {h} hours of history: start must be >= {h}, got {start}", field="start")
@@ -142,8 +154,16 @@ class _Conditions:
     cells: np.ndarray  # (E, N): the scenario's cell rows of the forecast hours
 
 
-def _conditions(forecaster: Forecaster, series: SeriesData, e_rows: np.ndarray, start: int, n_steps: int,
-                plan: LocationPlan, values: np.ndarray, history_env: np.ndarray | None) -> _Conditions:
+def _conditions(
+    forecaster: Forecaster,
+    series: SeriesData,
+    e_rows: np.ndarray,
+    start: int,
+    n_steps: int,
+    plan: LocationPlan,
+    values: np.ndarray,
+    history_env: np.ndarray | None,
+) -> _Conditions:
     h = forecaster.config.history
     # Cells of every hour: observed ones for the history, the scenario's for the forecast hours.
     future_cells = np.stack([plan.cell_rows(series, int(e), start, n_steps) for e in e_rows])  # (E, N)
@@ -155,17 +175,29 @@ def _conditions(forecaster: Forecaster, series: SeriesData, e_rows: np.ndarray, 
     hours = np.arange(start - h, start + n_steps)
     hod, dow = _calendar(series, hours)
     # The entities' hourly profiles from every hour before the start (side information).
-    profile = HourlyProfile.build(series, values, start, env=forecaster.config.uses_env_profile,
-                                  history_env=history_env)
+    profile = HourlyProfile.build(
+        series, values, start, env=forecaster.config.uses_env_profile, history_env=history_env
+    )
     if profile.has_env:  # [the cell's embedding, the entity's usual one at that hour of day]
         env = np.concatenate([env, profile.env_at(e_rows[:, None], hours[None, :])], axis=-1)
     return _Conditions(hod, dow, env, profile.at(e_rows[:, None], hours[None, :]), future_cells)
 
 
 @torch.no_grad()
-def _sample_next_hours(forecaster: Forecaster, conditions: _Conditions, history: np.ndarray, step: int, *,
-                       shared: bool, samples: int, sampler: str, steps: int, guidance: float,
-                       generator: torch.Generator, antithetic: bool) -> torch.Tensor:
+def _sample_next_hours(
+    forecaster: Forecaster,
+    conditions: _Conditions,
+    history: np.ndarray,
+    step: int,
+    *,
+    shared: bool,
+    samples: int,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    generator: torch.Generator,
+    antithetic: bool,
+) -> torch.Tensor:
     """Samples of the F hours after ``history`` for every path: (E * S, F, K) on the v scale.
 
     ``history``: the last H hours of every path, (E * S, H, K); with ``shared`` (no sample fed back yet, so
@@ -186,17 +218,40 @@ def _sample_next_hours(forecaster: Forecaster, conditions: _Conditions, history:
     null = model.encode_history(hist, hours, days, env, null_keep, profile) if guidance != 1.0 else None
     # Each window's prior mean from its own history (a path's own samples fed back).
     prior = model.prior_mean(hist, profile, env, hours, days)
-    return sample(model, forecaster.schedule, forecaster.standardiser, cache, per_window, sampler=sampler,
-                  steps=steps, guidance=guidance, null_cache=null, generator=generator,
-                  offset=None if prior is None else prior.repeat_interleave(per_window, 0),
-                  antithetic=samples if antithetic else 0)
+    return sample(
+        model,
+        forecaster.schedule,
+        forecaster.standardiser,
+        cache,
+        per_window,
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        null_cache=null,
+        generator=generator,
+        offset=None if prior is None else prior.repeat_interleave(per_window, 0),
+        antithetic=samples if antithetic else 0,
+    )
 
 
-def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: list[int], *, start: int,
-                       horizon: int, samples: int = 32, sampler: str = "ddim", steps: int = 10,
-                       plan: LocationPlan | None = None, guidance: float = 1.0, seed: int = 0,
-                       values: np.ndarray | None = None, progress: HourProgress | None = None,
-                       antithetic: bool = True, history_env: np.ndarray | None = None) -> ForecastResult:
+def recursive_forecast(
+    forecaster: Forecaster,
+    series: SeriesData,
+    entities: list[int],
+    *,
+    start: int,
+    horizon: int,
+    samples: int = 32,
+    sampler: str = "ddim",
+    steps: int = 10,
+    plan: LocationPlan | None = None,
+    guidance: float = 1.0,
+    seed: int = 0,
+    values: np.ndarray | None = None,
+    progress: HourProgress | None = None,
+    antithetic: bool = True,
+    history_env: np.ndarray | None = None,
+) -> ForecastResult:
     """Forecast hours start .. start + horizon - 1 for the given entity rows, ``samples`` paths each.
 
     ``antithetic`` (default): an entity's paths come in pairs driven by opposite noise (``paired_noise``
@@ -227,9 +282,19 @@ def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: lis
         # optimisation that also fixes the numbers: encoding them per path gives the same values up to rounding.)
         shared = step == 0
         history = paths[:: samples if shared else 1, step : step + h]
-        draws = _sample_next_hours(forecaster, conditions, history, step, shared=shared, samples=samples,
-                                   sampler=sampler, steps=steps, guidance=guidance, generator=generator,
-                                   antithetic=antithetic)
+        draws = _sample_next_hours(
+            forecaster,
+            conditions,
+            history,
+            step,
+            shared=shared,
+            samples=samples,
+            sampler=sampler,
+            steps=steps,
+            guidance=guidance,
+            generator=generator,
+            antithetic=antithetic,
+        )
         # Whole bytes: a sample below half a byte is 0 bytes, and is fed back as such (Normaliser.snap).
         paths[:, h + step : h + step + f] = forecaster.normaliser.snap(draws.cpu().numpy())
         if progress:
@@ -239,9 +304,14 @@ def recursive_forecast(forecaster: Forecaster, series: SeriesData, entities: lis
     known = min(horizon, max(0, series.hours - start))
     truth[:, :known] = series.traffic[e_rows, start : start + known]
     return ForecastResult(
-        entities=[int(e) for e in e_rows], start=start, horizon=horizon,
-        paths=forecaster.normaliser.inverse(paths_v), paths_v=paths_v, truth=truth,
-        cells=conditions.cells[:, :horizon], seconds=time.perf_counter() - started,
+        entities=[int(e) for e in e_rows],
+        start=start,
+        horizon=horizon,
+        paths=forecaster.normaliser.inverse(paths_v),
+        paths_v=paths_v,
+        truth=truth,
+        cells=conditions.cells[:, :horizon],
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -264,8 +334,9 @@ def check_sampler(forecaster: Forecaster, sampler: str, steps: int) -> None:
     """DDIM takes at most the model's diffusion steps (the request bounds what it can without the model)."""
     most = forecaster.config.diffusion_steps
     if sampler == "ddim" and steps > most:
-        raise InputError(f"DDIM takes 1 to {most} steps (the model's diffusion steps), got {steps}",
-                         field="sampler_steps")
+        raise InputError(
+            f"DDIM takes 1 to {most} steps (the model's diffusion steps), got {steps}", field="sampler_steps"
+        )
 
 
 def step_summaries(result: ForecastResult, series: SeriesData, e: int) -> list[dict]:
@@ -283,15 +354,23 @@ def step_summaries(result: ForecastResult, series: SeriesData, e: int) -> list[d
             services[name]["truth"] = None if np.isnan(truth) else float(truth)
         truth_total = result.truth[e, n]
         cell = int(result.cells[e, n])
-        steps.append({
-            "hour": hour, "label": hour_label(series, hour),
-            "cell": series.cell_keys[cell] if cell >= 0 else None,
-            "services": services,
-            "total": {"mean": float(totals[:, n].mean()), "median": float(total_q[2, n]),
-                      "q05": float(total_q[0, n]), "q25": float(total_q[1, n]), "q75": float(total_q[3, n]),
-                      "q95": float(total_q[4, n]),
-                      "truth": None if np.isnan(truth_total).any() else float(truth_total.sum())},
-        })
+        steps.append(
+            {
+                "hour": hour,
+                "label": hour_label(series, hour),
+                "cell": series.cell_keys[cell] if cell >= 0 else None,
+                "services": services,
+                "total": {
+                    "mean": float(totals[:, n].mean()),
+                    "median": float(total_q[2, n]),
+                    "q05": float(total_q[0, n]),
+                    "q25": float(total_q[1, n]),
+                    "q75": float(total_q[3, n]),
+                    "q95": float(total_q[4, n]),
+                    "truth": None if np.isnan(truth_total).any() else float(truth_total.sum()),
+                },
+            }
+        )
     return steps
 
 
@@ -307,46 +386,84 @@ class ForecastContext:
     series: SeriesData
 
 
-def load_context(database: Database, *, model_id: int | None = None, dataset_name: str | None = None,
-                 device: str | None = None) -> ForecastContext:
+def load_context(
+    database: Database, *, model_id: int | None = None, dataset_name: str | None = None, device: str | None = None
+) -> ForecastContext:
     """Load the model (default: the active one) and the data set's series with its embeddings."""
     with database.session() as session:
         dataset = get_dataset(session, dataset_name)
         record, forecaster = load_model(database, model_id, dataset=dataset, device=device)
-        series = load_series(session, dataset, env_kind=forecaster.config.env_kind,
-                             encoder_id=forecaster.meta.get("data", {}).get("encoder_id"))
+        series = load_series(
+            session,
+            dataset,
+            env_kind=forecaster.config.env_kind,
+            encoder_id=forecaster.meta.get("data", {}).get("encoder_id"),
+        )
         dataset_id = dataset.id
     check_compatible(forecaster, series)
     return ForecastContext(record.id, record.sha256, dataset_id, forecaster, series)
 
 
-def run_forecast(database: Database, request: ForecastRequest, *, store: bool = True,
-                 progress: HourProgress | None = None,
-                 context: ForecastContext | None = None) -> dict:
+def run_forecast(
+    database: Database,
+    request: ForecastRequest,
+    *,
+    store: bool = True,
+    progress: HourProgress | None = None,
+    context: ForecastContext | None = None,
+) -> dict:
     """`lsdm forecast` and the ``forecast`` job: load the model and data (or use ``context``), forecast,
     store the run (one transaction) with its request."""
     request = request.checked()
     if context is None:
-        context = load_context(database, model_id=request.model_id, dataset_name=request.dataset,
-                               device=request.device)
+        context = load_context(database, model_id=request.model_id, dataset_name=request.dataset, device=request.device)
     forecaster, series, dataset_id = context.forecaster, context.series, context.dataset_id
     check_sampler(forecaster, request.sampler, request.sampler_steps)
     rows = entity_rows(series, request.entity_kind, request.entities)
     plan = LocationPlan.of(request.location, request.cells, series)
-    result = recursive_forecast(forecaster, series, rows, start=request.start, horizon=request.horizon,
-                                samples=request.samples, sampler=request.sampler, steps=request.sampler_steps,
-                                plan=plan, guidance=request.guidance, seed=request.seed, progress=progress,
-                                antithetic=request.antithetic)
-    params = {**request.to_params(), "model_id": context.record_id, "dataset": series.dataset_name,
-              "model_sha256": context.record_sha256}
-    entities = [{"entity": f"{request.entity_kind}:{series.entity_keys[e]}",
-                 "steps": step_summaries(result, series, i)} for i, e in enumerate(result.entities)]
-    payload = {"run_id": None, "model_id": context.record_id, "seconds": round(result.seconds, 4), "params": params,
-               "services": series.services, "entities": entities}
+    result = recursive_forecast(
+        forecaster,
+        series,
+        rows,
+        start=request.start,
+        horizon=request.horizon,
+        samples=request.samples,
+        sampler=request.sampler,
+        steps=request.sampler_steps,
+        plan=plan,
+        guidance=request.guidance,
+        seed=request.seed,
+        progress=progress,
+        antithetic=request.antithetic,
+    )
+    params = {
+        **request.to_params(),
+        "model_id": context.record_id,
+        "dataset": series.dataset_name,
+        "model_sha256": context.record_sha256,
+    }
+    entities = [
+        {"entity": f"{request.entity_kind}:{series.entity_keys[e]}", "steps": step_summaries(result, series, i)}
+        for i, e in enumerate(result.entities)
+    ]
+    payload = {
+        "run_id": None,
+        "model_id": context.record_id,
+        "seconds": round(result.seconds, 4),
+        "params": params,
+        "services": series.services,
+        "entities": entities,
+    }
     if store:
         with database.write_session() as session, session.begin():
-            run = ForecastRun(model_id=context.record_id, dataset_id=dataset_id, params=params,
-                              summary={"entities": entities}, result=result.to_npz_bytes(), seconds=result.seconds)
+            run = ForecastRun(
+                model_id=context.record_id,
+                dataset_id=dataset_id,
+                params=params,
+                summary={"entities": entities},
+                result=result.to_npz_bytes(),
+                seconds=result.seconds,
+            )
             session.add(run)
             session.flush()
             payload["run_id"] = run.id

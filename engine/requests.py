@@ -41,14 +41,29 @@ DESCRIBERS = ("template", "openai")
 ENV_MODES = ("both", "image", "text", "none")
 
 
-def spec(kind: Any, default: Any = MISSING, *, low: float | None = None, high: float | None = None,
-         choices: tuple[str, ...] | None = None, max_length: int | None = None, internal: bool = False,
-         help: str = "") -> Any:
+def spec(
+    kind: Any,
+    default: Any = MISSING,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    max_length: int | None = None,
+    internal: bool = False,
+    help: str = "",
+) -> Any:
     """A request field with its kind (int, float, str, bool, "keys", "file", dict), bounds and help.
 
     ``internal``: carried by jobs and forms but no command-line flag (e.g. the folder of uploaded files)."""
-    metadata = {"kind": kind, "low": low, "high": high, "choices": choices, "max_length": max_length,
-                "internal": internal, "help": help}
+    metadata = {
+        "kind": kind,
+        "low": low,
+        "high": high,
+        "choices": choices,
+        "max_length": max_length,
+        "internal": internal,
+        "help": help,
+    }
     if isinstance(default, (tuple, dict)) and not default:
         return field(default_factory=type(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -98,10 +113,16 @@ class Request:
         """name -> {kind, default, low, high, choices, max_length, internal, help, required}."""
         out = {}
         for f in fields(cls):
-            default = f.default if f.default is not MISSING else (
-                f.default_factory() if f.default_factory is not MISSING else MISSING)
-            out[f.name] = {**f.metadata, "default": None if default is MISSING else default,
-                           "required": default is MISSING}
+            default = (
+                f.default
+                if f.default is not MISSING
+                else (f.default_factory() if f.default_factory is not MISSING else MISSING)
+            )
+            out[f.name] = {
+                **f.metadata,
+                "default": None if default is MISSING else default,
+                "required": default is MISSING,
+            }
         return out
 
     @classmethod
@@ -211,8 +232,11 @@ class Request:
 
     def with_absolute_files(self) -> Self:
         """File fields as absolute paths: a job may run in another folder than the one that queued it."""
-        changes = {name: str(Path(getattr(self, name)).resolve()) for name, found in self.field_specs().items()
-                   if found["kind"] == "file" and getattr(self, name)}
+        changes = {
+            name: str(Path(getattr(self, name)).resolve())
+            for name, found in self.field_specs().items()
+            if found["kind"] == "file" and getattr(self, name)
+        }
         return dataclasses.replace(self, **changes)
 
     def with_changes(self, **changes: Any) -> Self:
@@ -298,10 +322,16 @@ class CityRequest(Request):
     users: int = spec(int, 500, low=1, high=100_000, help="number of users")
     cells: int = spec(int, 400, low=8, high=20_000, help="number of cells")
     seed: int = spec(int, 0, low=0, high=SEED_MAX, help="random seed: another seed gives another city")
-    days: int = spec(int, 14, low=8, high=60,
-                     help="days of hourly data (two weeks, so that a weekend is in the training days)")
-    env_effect: float = spec(float, 1.0, low=0.0, high=5.0,
-                             help="strength of the environment's influence on service use; 0 removes it entirely")
+    days: int = spec(
+        int, 14, low=8, high=60, help="days of hourly data (two weeks, so that a weekend is in the training days)"
+    )
+    env_effect: float = spec(
+        float,
+        1.0,
+        low=0.0,
+        high=5.0,
+        help="strength of the environment's influence on service use; 0 removes it entirely",
+    )
     center_lat: float = spec(float, 31.2304, low=-90.0, high=90.0, help="latitude of the city centre")
     center_lon: float = spec(float, 121.4737, low=-180.0, high=180.0, help="longitude of the city centre")
     radius_km: float = spec(float, 5.0, low=0.1, high=100.0, help="city radius in km")
@@ -319,14 +349,17 @@ class IngestTableRequest(Request):
     records: str = spec("file", help="records file (.csv or .parquet)")
     cells: str = spec("file", help="cells file (.csv or .parquet)")
     mapping: str | None = spec("file", None, help="JSON column mapping")
-    entity_kind: str | None = spec(str, None, choices=ENTITY_KINDS,
-                                   help="what the records' entity_id is (default: the mapping's, else user)")
-    timezone: str | None = spec(str, None, max_length=64,
-                                help="IANA time zone of naive timestamps (default: the mapping's, else UTC)")
+    entity_kind: str | None = spec(
+        str, None, choices=ENTITY_KINDS, help="what the records' entity_id is (default: the mapping's, else user)"
+    )
+    timezone: str | None = spec(
+        str, None, max_length=64, help="IANA time zone of naive timestamps (default: the mapping's, else UTC)"
+    )
     name: str | None = spec(str, None, max_length=200, help="data set name (default: the records file's stem)")
     replace: bool = spec(bool, False, help="replace a data set of the same name")
-    uploads_dir: str | None = spec(str, None, max_length=1000, internal=True,
-                                   help="the folder of uploaded files, removed when the job ends")
+    uploads_dir: str | None = spec(
+        str, None, max_length=1000, internal=True, help="the folder of uploaded files, removed when the job ends"
+    )
     names: dict = spec(dict, {}, internal=True, help="{uploaded path: the file's own name}, for messages")
 
     def relations(self, errors: dict[str, str]) -> dict[str, str]:
@@ -344,13 +377,15 @@ class IngestTsinghuaRequest(Request):
     app2category: str = spec("file", help="App2Category.txt")
     categories: str = spec("file", help="Categorys.txt")
     poi: str = spec("file", help="base_poi.txt")
-    coords: str | None = spec("file", None,
-                              help="optional CSV cell_id,lat,lon of base stations (the public release has none)")
+    coords: str | None = spec(
+        "file", None, help="optional CSV cell_id,lat,lon of base stations (the public release has none)"
+    )
     all_services: bool = spec(bool, False, help="keep all 20 app categories instead of the paper's 10")
     name: str = spec(str, "tsinghua", max_length=200, help="data set name")
     replace: bool = spec(bool, False, help="replace a data set of the same name")
-    uploads_dir: str | None = spec(str, None, max_length=1000, internal=True,
-                                   help="the folder of uploaded files, removed when the job ends")
+    uploads_dir: str | None = spec(
+        str, None, max_length=1000, internal=True, help="the folder of uploaded files, removed when the job ends"
+    )
     names: dict = spec(dict, {}, internal=True, help="{uploaded path: the file's own name}, for messages")
 
     def relations(self, errors: dict[str, str]) -> dict[str, str]:
@@ -371,25 +406,44 @@ class EnvRequest(Request):
     TITLE: ClassVar[str] = "Build the environment (tiles, descriptions, CLIP)"
 
     dataset: str | None = spec(str, None, max_length=200, help="data set name (default: the active one)")
-    tiles: str | None = spec(str, None, max_length=1000,
-                             help="synthetic | dir:PATH | mbtiles:PATH | xyz:URL_TEMPLATE (default: synthetic for "
-                                  "synthetic cities, else keep the stored tiles)")
-    describer: str = spec(str, "template", choices=DESCRIBERS,
-                          help="template (offline, default) or an OpenAI-compatible chat endpoint")
-    llm_url: str = spec(str, "http://127.0.0.1:11434/v1", max_length=1000,
-                        help="base URL of the OpenAI-compatible endpoint (default: a local Ollama)")
+    tiles: str | None = spec(
+        str,
+        None,
+        max_length=1000,
+        help="synthetic | dir:PATH | mbtiles:PATH | xyz:URL_TEMPLATE (default: synthetic for "
+        "synthetic cities, else keep the stored tiles)",
+    )
+    describer: str = spec(
+        str, "template", choices=DESCRIBERS, help="template (offline, default) or an OpenAI-compatible chat endpoint"
+    )
+    llm_url: str = spec(
+        str,
+        "http://127.0.0.1:11434/v1",
+        max_length=1000,
+        help="base URL of the OpenAI-compatible endpoint (default: a local Ollama)",
+    )
     llm_model: str = spec(str, "llama3.1", max_length=200, help="model name at that endpoint")
     regenerate: bool = spec(bool, False, help="re-render tiles and rewrite descriptions")
-    clip_init: str | None = spec(str, None, max_length=1000,
-                                 help="start from a local pretrained open_clip checkpoint (nothing is downloaded)")
-    clip_arch: str = spec(str, "lsdm-clip-s", max_length=200,
-                          help="architecture: lsdm-clip-s (ours, default) or an open_clip name for --clip-init")
-    train_encoder: bool = spec(bool, False,
-                               help="train a new encoder even on the default city (which otherwise uses the shipped one)")
+    clip_init: str | None = spec(
+        str, None, max_length=1000, help="start from a local pretrained open_clip checkpoint (nothing is downloaded)"
+    )
+    clip_arch: str = spec(
+        str,
+        "lsdm-clip-s",
+        max_length=200,
+        help="architecture: lsdm-clip-s (ours, default) or an open_clip name for --clip-init",
+    )
+    train_encoder: bool = spec(
+        bool, False, help="train a new encoder even on the default city (which otherwise uses the shipped one)"
+    )
     frozen: bool = spec(bool, False, help="use the --clip-init checkpoint as is")
-    encoder: str | None = spec(str, None, max_length=200,
-                               help="embed with this registered encoder as is (e.g. another city's, to evaluate its "
-                                    "model here); default: the shipped one on the default city, else train one")
+    encoder: str | None = spec(
+        str,
+        None,
+        max_length=200,
+        help="embed with this registered encoder as is (e.g. another city's, to evaluate its "
+        "model here); default: the shipped one on the default city, else train one",
+    )
     clip_epochs: int = spec(int, 40, low=0, high=1000, help="CLIP training epochs")
     seed: int = spec(int, 0, low=0, high=SEED_MAX, help="training seed")
     a: float = spec(float, 0.5, low=0.0, high=10.0, help="Eq. 9 weight of the image embedding")
@@ -398,8 +452,10 @@ class EnvRequest(Request):
 
     def relations(self, errors: dict[str, str]) -> dict[str, str]:
         if self.encoder and (self.train_encoder or self.clip_init):
-            return {"encoder": "embeds with a registered encoder as is: it cannot be combined with training a "
-                               "new encoder or a CLIP checkpoint"}
+            return {
+                "encoder": "embeds with a registered encoder as is: it cannot be combined with training a "
+                "new encoder or a CLIP checkpoint"
+            }
         return {}
 
     def describer_options(self) -> dict:
@@ -416,14 +472,22 @@ class TrainRequest(Request):
     KIND: ClassVar[str] = "train"
     TITLE: ClassVar[str] = "Train a forecaster"
 
-    config: str = spec(str, "lsdm", max_length=1000,
-                       help="a configuration name: lsdm, tiny or one of the ablations in engine/model/config.py "
-                            "CONFIGS (docs/model.md#configurations), or a JSON file of model settings")
+    config: str = spec(
+        str,
+        "lsdm",
+        max_length=1000,
+        help="a configuration name: lsdm, tiny or one of the ablations in engine/model/config.py "
+        "CONFIGS (docs/model.md#configurations), or a JSON file of model settings",
+    )
     epochs: int | None = spec(int, None, low=1, high=10_000, help="maximum epochs (default: the config's)")
     seed: int | None = spec(int, None, low=0, high=SEED_MAX, help="seed (default: the config's)")
-    split: str = spec(str, "time", choices=SPLITS,
-                      help="time: train on the first days, validate on the next, test on the last; "
-                           "users: also hold out a share of the users")
+    split: str = spec(
+        str,
+        "time",
+        choices=SPLITS,
+        help="time: train on the first days, validate on the next, test on the last; "
+        "users: also hold out a share of the users",
+    )
     max_minutes: float | None = spec(float, None, low=0.1, high=10_000.0, help="stop after this training time")
     activate: bool = spec(bool, True, help="make it the active model")
     dataset: str | None = spec(str, None, max_length=200, help="data set name (default: the active one)")
@@ -455,19 +519,22 @@ class EvaluateRequest(Request):
     TITLE: ClassVar[str] = "Evaluate against the baselines"
 
     model_id: int | None = spec(int, None, low=1, help="model id (default: the active model)")
-    samples: int = spec(int, 32, low=1, high=256,
-                        help="samples per test window, their mean is the point forecast")
-    path_samples: int = spec(int, 16, low=1, high=256,
-                             help="sample paths per entity for the MSE by recursive step")
+    samples: int = spec(int, 32, low=1, high=256, help="samples per test window, their mean is the point forecast")
+    path_samples: int = spec(int, 16, low=1, high=256, help="sample paths per entity for the MSE by recursive step")
     steps: int = spec(int, 30, low=1, high=MAX_HORIZON, help="recursive steps for Fig. 8/9")
     path_users: int = spec(int, 100, low=1, high=100_000, help="entities in the recursive evaluation")
-    location: str = spec(str, "observed", choices=EVALUATION_LOCATIONS,
-                         help="cells of the forecast hours: observed (those the data recorded, as in training and "
-                              "the paper) or habitual (each user's usual cell: the location forecast too)")
+    location: str = spec(
+        str,
+        "observed",
+        choices=EVALUATION_LOCATIONS,
+        help="cells of the forecast hours: observed (those the data recorded, as in training and "
+        "the paper) or habitual (each user's usual cell: the location forecast too)",
+    )
     train_missing: bool = spec(bool, True, help="train missing comparison models")
     include_arima: bool = spec(bool, True, help="include ARIMA (it takes about 2 minutes)")
-    dataset: str | None = spec(str, None, max_length=200,
-                               help="score on this data set's test day (default: the model's own)")
+    dataset: str | None = spec(
+        str, None, max_length=200, help="score on this data set's test day (default: the model's own)"
+    )
 
 
 # --- forecasts -------------------------------------------------------------------------------------------
@@ -489,16 +556,25 @@ class ForecastRequest(Request):
     samples: int = spec(int, 32, low=1, high=MAX_SAMPLES, help="sample paths")
     sampler: str = spec(str, "ddim", choices=SAMPLERS, help="ddpm (faithful, all steps) or ddim")
     sampler_steps: int = spec(int, 10, low=1, high=1000, help="DDIM steps (at most the model's diffusion steps)")
-    location: str = spec(str, "habitual", choices=LOCATIONS,
-                         help="where the entities are during the forecast: habitual (the most frequent cell at "
-                              "that hour), stay, observed (the recorded cells, for backtests) or cells (given)")
-    cells: tuple[str, ...] = spec("keys", (), max_length=MAX_HORIZON,
-                                  help="the cells of location 'cells', one per hour (the last one repeated)")
+    location: str = spec(
+        str,
+        "habitual",
+        choices=LOCATIONS,
+        help="where the entities are during the forecast: habitual (the most frequent cell at "
+        "that hour), stay, observed (the recorded cells, for backtests) or cells (given)",
+    )
+    cells: tuple[str, ...] = spec(
+        "keys", (), max_length=MAX_HORIZON, help="the cells of location 'cells', one per hour (the last one repeated)"
+    )
     guidance: float = spec(float, 1.0, low=0.0, high=MAX_GUIDANCE, help="classifier-free guidance scale")
     seed: int = spec(int, 0, low=0, high=SEED_MAX, help="seed")
-    noise: str = spec(str, "antithetic", choices=NOISE_MODES,
-                      help="antithetic: each path paired with one driven by the opposite noise, for a steadier "
-                           "mean; independent: every path on its own noise")
+    noise: str = spec(
+        str,
+        "antithetic",
+        choices=NOISE_MODES,
+        help="antithetic: each path paired with one driven by the opposite noise, for a steadier "
+        "mean; independent: every path on its own noise",
+    )
     model_id: int | None = spec(int, None, low=1, help="model id (default: the active model)")
     dataset: str | None = spec(str, None, max_length=200, help="data set name (default: the active one)")
     device: str | None = spec(str, None, max_length=20, help="cpu or cuda (default: cuda when present)")
@@ -542,8 +618,9 @@ class WhatIfRequest(Request):
     sampler: str = spec(str, "ddim", choices=SAMPLERS, help="ddpm (faithful, all steps) or ddim")
     sampler_steps: int = spec(int, 10, low=1, high=1000, help="DDIM steps (at most the model's diffusion steps)")
     seed: int = spec(int, 0, low=0, high=SEED_MAX, help="seed (both runs draw the same noise)")
-    scenario: dict = spec(dict, {}, help="what is different: location, cell_edits, a, b, guidance "
-                                         "(engine/whatif.py Scenario)")
+    scenario: dict = spec(
+        dict, {}, help="what is different: location, cell_edits, a, b, guidance (engine/whatif.py Scenario)"
+    )
     name: str | None = spec(str, None, max_length=200, help="the scenario's name (default: what it changes)")
 
     @classmethod
@@ -562,5 +639,13 @@ class WhatIfRequest(Request):
         return sampler_text(self.sampler, self.sampler_steps)
 
 
-REQUEST_TYPES: tuple[type[Request], ...] = (CityRequest, IngestTableRequest, IngestTsinghuaRequest, EnvRequest,
-                                            TrainRequest, EvaluateRequest, ForecastRequest, WhatIfRequest)
+REQUEST_TYPES: tuple[type[Request], ...] = (
+    CityRequest,
+    IngestTableRequest,
+    IngestTsinghuaRequest,
+    EnvRequest,
+    TrainRequest,
+    EvaluateRequest,
+    ForecastRequest,
+    WhatIfRequest,
+)

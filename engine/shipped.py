@@ -68,8 +68,11 @@ def dataset_digest(session: Session, dataset: Dataset) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([list(dataset.services), list(dataset.poi_categories), dataset.hours]).encode())
     for cell in dataset_cells(session, dataset.id):
-        digest.update(json.dumps([cell.key, round(cell.lat or 0, 7), round(cell.lon or 0, 7), cell.land_use,
-                                  list(cell.poi_counts)]).encode())
+        digest.update(
+            json.dumps(
+                [cell.key, round(cell.lat or 0, 7), round(cell.lon or 0, 7), cell.land_use, list(cell.poi_counts)]
+            ).encode()
+        )
     series = load_series(session, dataset, encoder_id="")  # "" = no embeddings: they are not part of the digest
     digest.update(np.ascontiguousarray(series.traffic, dtype=np.float64).tobytes())
     digest.update(np.ascontiguousarray(series.location, dtype=np.int64).tobytes())
@@ -100,14 +103,18 @@ def install(database: Database, dataset_name: str | None = None, *, progress: Pr
     say = progress or (lambda message: None)
     manifest = read_manifest()
     if manifest is None:
-        raise InputError("no shipped default model", file=default_dir() / "manifest.json",
-                         hint="rebuild it with `lsdm assets build`")
+        raise InputError(
+            "no shipped default model", file=default_dir() / "manifest.json", hint="rebuild it with `lsdm assets build`"
+        )
     with database.session() as session:
         dataset = get_dataset(session, dataset_name)
         dataset_id, name = dataset.id, dataset.name
         if not matches(session, dataset, manifest):
-            raise InputError(f"the shipped model was trained on the default city, not on data set {name!r}",
-                             field="--dataset", hint="train a model on it with `lsdm train`")
+            raise InputError(
+                f"the shipped model was trained on the default city, not on data set {name!r}",
+                field="--dataset",
+                hint="train a model on it with `lsdm train`",
+            )
         encoder = active_model(session, dataset.id, kind="clip")
         encoder_id = encoder.name if encoder else None
     started = time.perf_counter()
@@ -117,8 +124,13 @@ def install(database: Database, dataset_name: str | None = None, *, progress: Pr
     source = default_dir() / "lsdm"
     forecaster = Forecaster.load(source, device="cpu")  # verifies the hash
     with database.session() as session:
-        existing = session.scalar(select(ModelRecord).where(ModelRecord.kind == "lsdm", ModelRecord.dataset_id == dataset_id,
-                                                            ModelRecord.sha256 == manifest["model_sha256"]))
+        existing = session.scalar(
+            select(ModelRecord).where(
+                ModelRecord.kind == "lsdm",
+                ModelRecord.dataset_id == dataset_id,
+                ModelRecord.sha256 == manifest["model_sha256"],
+            )
+        )
         existing_id = existing.id if existing else None
     final = models_dir() / manifest["model_id"]
     if not final.exists():
@@ -129,17 +141,35 @@ def install(database: Database, dataset_name: str | None = None, *, progress: Pr
         if existing_id is not None:
             record = session.get_one(ModelRecord, existing_id)
         else:
-            record = ModelRecord(name="lsdm (shipped)", kind="lsdm", path=str(final), sha256=manifest["model_sha256"],
-                                 config=forecaster.config.to_dict(), metrics=forecaster.meta.get("metrics", {}),
-                                 dataset_id=dataset_id)
+            record = ModelRecord(
+                name="lsdm (shipped)",
+                kind="lsdm",
+                path=str(final),
+                sha256=manifest["model_sha256"],
+                config=forecaster.config.to_dict(),
+                metrics=forecaster.meta.get("metrics", {}),
+                dataset_id=dataset_id,
+            )
         activate_model(session, record)
         record_id = record.id
-    return {"dataset": name, "encoder_id": manifest["encoder_id"], "model_id": record_id,
-            "model_name": manifest["model_id"], "seconds": round(time.perf_counter() - started, 2)}
+    return {
+        "dataset": name,
+        "encoder_id": manifest["encoder_id"],
+        "model_id": record_id,
+        "model_name": manifest["model_id"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
-def build(out: Path, *, clip_epochs: int = 40, epochs: int | None = None, keep_encoder: bool = False,
-          progress: Progress | None = None, overrides: dict | None = None) -> dict:
+def build(
+    out: Path,
+    *,
+    clip_epochs: int = 40,
+    epochs: int | None = None,
+    keep_encoder: bool = False,
+    progress: Progress | None = None,
+    overrides: dict | None = None,
+) -> dict:
     """`lsdm assets build`: default city -> trained CLIP -> trained default forecaster, into ``out``.
 
     ``keep_encoder``: embed the city with the shipped encoder (which must match the default city) and
@@ -150,8 +180,9 @@ def build(out: Path, *, clip_epochs: int = 40, epochs: int | None = None, keep_e
     """
     previous = read_manifest() if keep_encoder else None
     if keep_encoder and (previous is None or not (default_dir() / "clip").is_dir()):
-        raise InputError("no shipped encoder to keep", file=default_dir() / "manifest.json",
-                         hint="build without --keep-encoder")
+        raise InputError(
+            "no shipped encoder to keep", file=default_dir() / "manifest.json", hint="build without --keep-encoder"
+        )
     say = progress or (lambda message: None)
     started = time.perf_counter()
     out = Path(out)
@@ -159,8 +190,7 @@ def build(out: Path, *, clip_epochs: int = 40, epochs: int | None = None, keep_e
     with tempfile.TemporaryDirectory(prefix="lsdm-assets-") as scratch:
         os.environ["LSDM_HOME"] = scratch  # the scratch models folder; restored below
         try:
-            manifest, staging = _build_in(Path(scratch), out, clip_epochs, epochs, say, started, previous,
-                                          overrides)
+            manifest, staging = _build_in(Path(scratch), out, clip_epochs, epochs, say, started, previous, overrides)
         finally:
             if previous_home is None:
                 os.environ.pop("LSDM_HOME", None)
@@ -172,8 +202,16 @@ def build(out: Path, *, clip_epochs: int = 40, epochs: int | None = None, keep_e
     return manifest
 
 
-def _build_in(scratch: Path, out: Path, clip_epochs: int, epochs: int | None, say: Progress,
-              started: float, previous: dict | None = None, overrides: dict | None = None) -> tuple[dict, Path]:
+def _build_in(
+    scratch: Path,
+    out: Path,
+    clip_epochs: int,
+    epochs: int | None,
+    say: Progress,
+    started: float,
+    previous: dict | None = None,
+    overrides: dict | None = None,
+) -> tuple[dict, Path]:
     from engine.model.config import resolve_config  # torch: see the module docstring
     from engine.train import train
 
@@ -184,8 +222,11 @@ def _build_in(scratch: Path, out: Path, clip_epochs: int, epochs: int | None, sa
     if previous is not None:  # --keep-encoder
         with database.session() as session:
             if dataset_digest(session, get_dataset(session)) != previous["dataset_digest"]:
-                raise InputError("the shipped encoder was trained on another version of the default city",
-                                 file=default_dir() / "manifest.json", hint="build without --keep-encoder")
+                raise InputError(
+                    "the shipped encoder was trained on another version of the default city",
+                    file=default_dir() / "manifest.json",
+                    hint="build without --keep-encoder",
+                )
         say("embedding the cells with the shipped CLIP encoder ...")
         build_environment(database, encoder_dir=default_dir() / "clip", progress=say)
         env = previous["clip_metrics"]
@@ -198,9 +239,15 @@ def _build_in(scratch: Path, out: Path, clip_epochs: int, epochs: int | None, sa
     overrides = {**(overrides or {}), **({"epochs": epochs} if epochs is not None else {})}
     _, config = resolve_config("lsdm", **overrides)
     say("training the default forecaster ...")
-    result = train(database, "lsdm", config,
-                   progress=lambda entry: say(f"epoch {entry['epoch']}: train {entry['train_loss']:.4f} "
-                                              f"val {entry['val_loss']:.4f} ({entry['seconds']:.0f} s)"))
+    result = train(
+        database,
+        "lsdm",
+        config,
+        progress=lambda entry: say(
+            f"epoch {entry['epoch']}: train {entry['train_loss']:.4f} "
+            f"val {entry['val_loss']:.4f} ({entry['seconds']:.0f} s)"
+        ),
+    )
     with database.session() as session:
         dataset = get_dataset(session)
         digest = dataset_digest(session, dataset)
@@ -215,9 +262,10 @@ def _build_in(scratch: Path, out: Path, clip_epochs: int, epochs: int | None, sa
     shutil.copytree(clip_source or encoder_path, staging / "clip")
     shutil.copytree(result.path, staging / "lsdm")
     manifest = {
-        "built_with": "lsdm assets build" + (f" --clip-epochs {clip_epochs}" if clip_epochs != 40 else "")
-                      + (f" --epochs {epochs}" if epochs is not None else "")
-                      + (" --keep-encoder" if previous is not None else ""),
+        "built_with": "lsdm assets build"
+        + (f" --clip-epochs {clip_epochs}" if clip_epochs != 40 else "")
+        + (f" --epochs {epochs}" if epochs is not None else "")
+        + (" --keep-encoder" if previous is not None else ""),
         "dataset": "the default city (`lsdm city build` with default flags)",
         "dataset_digest": digest,
         "encoder_id": encoder_id,

@@ -41,9 +41,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from db import Database
 from db.models import Dataset, ForecastRun
 from db.models import Scenario as ScenarioRow
 from db.queries import cell_descriptions, dataset_cells, find_encoder, load_env_embeddings
+from engine.data.windows import SeriesData
 from engine.env.clip import combine_env, encode, images_to_tensor, load_encoder
 from engine.env.describe import CityStats, TemplateDescriber
 from engine.errors import InputError
@@ -92,8 +94,10 @@ class CellEdit:
         out: dict = {}
         if self.poi_counts is not None:
             # whole numbers as int (numpy's too); anything else kept as given, for validation to name
-            out["poi_counts"] = [int(v) if isinstance(v, int | float) and float(v).is_integer() else v
-                                 for v in map(_plain, self.poi_counts)]
+            out["poi_counts"] = [
+                int(v) if isinstance(v, int | float) and float(v).is_integer() else v
+                for v in map(_plain, self.poi_counts)
+            ]
         if self.description is not None:
             out["description"] = self.description
         if self.tile_from is not None:
@@ -107,16 +111,22 @@ class CellEdit:
         known = {"poi_counts", "description", "tile_from", "tile_png"}
         unknown = set(data) - known
         if unknown:
-            raise InputError(f"unknown edit {sorted(unknown)[0]!r}; expected one of {', '.join(sorted(known))}",
-                             field=f"cell_edits.{key}")
+            raise InputError(
+                f"unknown edit {sorted(unknown)[0]!r}; expected one of {', '.join(sorted(known))}",
+                field=f"cell_edits.{key}",
+            )
         png = data.get("tile_png")
         if isinstance(png, str):
             try:
                 png = base64.b64decode(png, validate=True)
             except (binascii.Error, ValueError):
                 raise InputError("expected base64-encoded image bytes", field=f"cell_edits.{key}.tile_png") from None
-        return cls(poi_counts=data.get("poi_counts"), description=data.get("description"),
-                   tile_from=data.get("tile_from"), tile_png=png)
+        return cls(
+            poi_counts=data.get("poi_counts"),
+            description=data.get("description"),
+            tile_from=data.get("tile_from"),
+            tile_png=png,
+        )
 
 
 @dataclass
@@ -130,17 +140,26 @@ class Scenario:
     guidance: float = BASELINE_GUIDANCE
 
     def to_dict(self) -> dict:
-        return {"location": self.location, "cell_edits": {k: e.to_dict() for k, e in self.cell_edits.items()},
-                "a": self.a, "b": self.b, "guidance": self.guidance}
+        return {
+            "location": self.location,
+            "cell_edits": {k: e.to_dict() for k, e in self.cell_edits.items()},
+            "a": self.a,
+            "b": self.b,
+            "guidance": self.guidance,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Scenario:
         edits = data.get("cell_edits") or {}
         if not isinstance(edits, dict):
             raise InputError("expected an object {cell key: edits}", field="cell_edits")
-        return cls(location=data.get("location", "habitual"),
-                   cell_edits={str(k): CellEdit.from_dict(v or {}, str(k)) for k, v in edits.items()},
-                   a=data.get("a"), b=data.get("b"), guidance=data.get("guidance", BASELINE_GUIDANCE))
+        return cls(
+            location=data.get("location", "habitual"),
+            cell_edits={str(k): CellEdit.from_dict(v or {}, str(k)) for k, v in edits.items()},
+            a=data.get("a"),
+            b=data.get("b"),
+            guidance=data.get("guidance", BASELINE_GUIDANCE),
+        )
 
     def moved_to(self) -> list[str]:
         """The cells of an explicit ``cell:`` location, else []."""
@@ -153,8 +172,15 @@ class Scenario:
         if self.location != "habitual":
             parts.append(f"moved to {', '.join(self.moved_to())}" if self.moved_to() else f"location {self.location}")
         for key, edit in self.cell_edits.items():
-            what = [name for name, value in (("POIs", edit.poi_counts), ("description", edit.description),
-                                             ("tile", edit.tile_from or edit.tile_png)) if value is not None]
+            what = [
+                name
+                for name, value in (
+                    ("POIs", edit.poi_counts),
+                    ("description", edit.description),
+                    ("tile", edit.tile_from or edit.tile_png),
+                )
+                if value is not None
+            ]
             if what:
                 parts.append(f"{key}: {', '.join(what)}")
         if (self.a, self.b) != (None, None) and (self.a, self.b) != weights:
@@ -177,8 +203,12 @@ def _check_counts(counts: object, categories: tuple[str, ...], name: str) -> lis
         raise InputError(f"expected {len(categories)} POI counts (one per category), got {size}", field=name)
     out = []
     for category, v in zip(categories, counts, strict=True):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) \
-                or v != int(v):
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float, np.integer, np.floating))
+            or not math.isfinite(v)
+            or v != int(v)
+        ):
             raise InputError(f"the count of {category!r} must be a whole number, got {v!r}", field=name)
         if v < 0:
             raise InputError(f"the count of {category!r} must be >= 0, got {int(v)}", field=name)
@@ -192,8 +222,11 @@ def _check_png(data: object, name: str) -> bytes:
     if not isinstance(data, (bytes, bytearray)) or not data:
         raise InputError("expected the bytes of an image file", field=name)
     if len(data) > MAX_TILE_BYTES:
-        raise InputError(f"the image has {len(data) / 1e6:.1f} MB; at most {MAX_TILE_BYTES / 1e6:.0f} MB",
-                         field=name, hint="upload a smaller tile (it is shrunk to the encoder's size anyway)")
+        raise InputError(
+            f"the image has {len(data) / 1e6:.1f} MB; at most {MAX_TILE_BYTES / 1e6:.0f} MB",
+            field=name,
+            hint="upload a smaller tile (it is shrunk to the encoder's size anyway)",
+        )
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.verify()
@@ -253,14 +286,20 @@ class WhatIfContext:
         """The CLIP encoder, loaded on first use (only edits of text or an uploaded tile need it)."""
         if self._encoder is None:
             if self.encoder_path is None:
-                raise InputError("this data set has no environment encoder", field="cell_edits",
-                                 hint="build one with `lsdm env build`")
+                raise InputError(
+                    "this data set has no environment encoder",
+                    field="cell_edits",
+                    hint="build one with `lsdm env build`",
+                )
             self._encoder = load_encoder(self.encoder_path)
         return self._encoder
 
 
-def load_whatif_context(database, forecast_context: ForecastContext | None = None,  # noqa: ANN001
-                        **load_options: Any) -> WhatIfContext:
+def load_whatif_context(
+    database: Database,
+    forecast_context: ForecastContext | None = None,
+    **load_options: Any,
+) -> WhatIfContext:
     """Load (or reuse) the forecast context and the environment parts of its data set."""
     context = forecast_context or load_context(database, **load_options)
     series = context.series
@@ -272,6 +311,8 @@ def load_whatif_context(database, forecast_context: ForecastContext | None = Non
     a, b, mode, path = 0.5, 0.5, "both", None
     with database.session() as session:
         dataset = session.get(Dataset, context.dataset_id)
+        if dataset is None:
+            raise InputError(f"data set {context.dataset_id} was deleted after the model was loaded", field="dataset")
         if series.encoder_id and dim:
             record = find_encoder(session, series.encoder_id, dataset.id)
             if record is not None:
@@ -289,8 +330,15 @@ def load_whatif_context(database, forecast_context: ForecastContext | None = Non
         texts = cell_descriptions(session, dataset.id)
         categories = tuple(dataset.poi_categories)
     return WhatIfContext(
-        forecast=context, encoder_path=path, image_z=image_z, text_z=text_z, has_image=has_image, a=a, b=b,
-        mode=mode, categories=categories,
+        forecast=context,
+        encoder_path=path,
+        image_z=image_z,
+        text_z=text_z,
+        has_image=has_image,
+        a=a,
+        b=b,
+        mode=mode,
+        categories=categories,
         poi=np.array([poi[int(c)] for c in series.cell_ids], dtype=np.int64).reshape(n, len(categories)),
         descriptions=[texts.get(int(c), "") for c in series.cell_ids],
     )
@@ -301,8 +349,7 @@ def _check_location(scenario: Scenario, context: WhatIfContext) -> None:
         return
     keys = scenario.moved_to()
     if not keys or not all(keys):
-        raise InputError(f"expected habitual, stay or cell:KEY[,KEY...], got {scenario.location!r}",
-                         field="location")
+        raise InputError(f"expected habitual, stay or cell:KEY[,KEY...], got {scenario.location!r}", field="location")
     for key in keys:
         if key not in context.cell_row:
             raise InputError(f"unknown cell {key!r} in data set {context.series.dataset_name!r}", field="location")
@@ -312,8 +359,10 @@ def _check_description(text: object, name: str) -> str:
     if not isinstance(text, str) or not text.strip():
         raise InputError("the description is empty; write one or leave it unchanged", field=name)
     if len(text) > MAX_DESCRIPTION_CHARS:
-        raise InputError(f"the description has {len(text)} characters; at most {MAX_DESCRIPTION_CHARS} "
-                         "(CLIP reads about 77 tokens)", field=name)
+        raise InputError(
+            f"the description has {len(text)} characters; at most {MAX_DESCRIPTION_CHARS} (CLIP reads about 77 tokens)",
+            field=name,
+        )
     return text.strip()
 
 
@@ -322,8 +371,9 @@ def _check_edit(key: str, edit: CellEdit, context: WhatIfContext) -> CellEdit:
     name = f"cell_edits.{key}"
     if key not in context.cell_row:
         raise InputError(f"unknown cell {key!r} in data set {context.series.dataset_name!r}", field=name)
-    counts = None if edit.poi_counts is None else _check_counts(
-        edit.poi_counts, context.categories, f"{name}.poi_counts")
+    counts = (
+        None if edit.poi_counts is None else _check_counts(edit.poi_counts, context.categories, f"{name}.poi_counts")
+    )
     text = None if edit.description is None else _check_description(edit.description, f"{name}.description")
     if edit.tile_from is not None and edit.tile_png is not None:
         raise InputError("choose one: another cell's tile or an uploaded image", field=f"{name}.tile_from")
@@ -345,8 +395,10 @@ def validate_scenario(scenario: Scenario, context: WhatIfContext) -> Scenario:
     a = context.a if scenario.a is None else _check_number(scenario.a, "a")
     b = context.b if scenario.b is None else _check_number(scenario.b, "b")
     if a + b <= 0:
-        raise InputError("a and b cannot both be 0 (that removes the environment; use guidance 0 for an "
-                         "unconditional forecast)", field="a")
+        raise InputError(
+            "a and b cannot both be 0 (that removes the environment; use guidance 0 for an unconditional forecast)",
+            field="a",
+        )
     guidance = _check_number(scenario.guidance, "guidance")
     return Scenario(location=scenario.location, cell_edits=edits, a=a, b=b, guidance=guidance)
 
@@ -364,8 +416,9 @@ class ScenarioEnv:
     history_env: np.ndarray  # (C, D) the unedited places, read with the scenario's a/b
 
 
-def _model_env(context: WhatIfContext, image_z: np.ndarray, text_z: np.ndarray, has_image: np.ndarray,
-               a: float, b: float) -> np.ndarray:
+def _model_env(
+    context: WhatIfContext, image_z: np.ndarray, text_z: np.ndarray, has_image: np.ndarray, a: float, b: float
+) -> np.ndarray:
     """What the model conditions on, from image and text embeddings (as engine/env/pipeline.py stores it
     and engine/data/windows.py loads it)."""
     if context.env_kind == "image":  # a cell without a tile has no image embedding: zeros, as when loaded
@@ -378,8 +431,10 @@ def _model_env(context: WhatIfContext, image_z: np.ndarray, text_z: np.ndarray, 
 def _notes(context: WhatIfContext, scenario: Scenario) -> list[str]:
     notes = []
     if not context.uses_environment:
-        return ["The active model does not use the environment: a different place or environment cannot "
-                "change its forecast."]
+        return [
+            "The active model does not use the environment: a different place or environment cannot "
+            "change its forecast."
+        ]
     texts = any(e.poi_counts is not None or e.description is not None for e in scenario.cell_edits.values())
     tiles = any(e.tile_from is not None or e.tile_png is not None for e in scenario.cell_edits.values())
     if context.env_kind == "image" and texts:
@@ -459,12 +514,24 @@ def compare_paths(baseline: np.ndarray, scenario: np.ndarray) -> dict:
     return {"baseline": base, "scenario": scen, "difference": difference}
 
 
-def _steps(series, start: int, horizon: int, baseline_cells: np.ndarray,  # noqa: ANN001
-           scenario_cells: np.ndarray) -> list[dict]:
+def _steps(
+    series: SeriesData,
+    start: int,
+    horizon: int,
+    baseline_cells: np.ndarray,
+    scenario_cells: np.ndarray,
+) -> list[dict]:
     """Per step: hour, label and each run's cell (as the stored run summaries have them)."""
     key = lambda row: series.cell_keys[int(row)] if row >= 0 else None  # noqa: E731
-    return [{"hour": start + n, "label": hour_label(series, start + n), "baseline_cell": key(baseline_cells[n]),
-             "scenario_cell": key(scenario_cells[n])} for n in range(horizon)]
+    return [
+        {
+            "hour": start + n,
+            "label": hour_label(series, start + n),
+            "baseline_cell": key(baseline_cells[n]),
+            "scenario_cell": key(scenario_cells[n]),
+        }
+        for n in range(horizon)
+    ]
 
 
 def _halves(progress: Progress | None, offset: int) -> Progress | None:
@@ -477,8 +544,14 @@ def _halves(progress: Progress | None, offset: int) -> Progress | None:
 # --- running, storing and reloading ---------------------------------------------------------------
 
 
-def run_whatif(database, request: WhatIfRequest, *, context: WhatIfContext | None = None,  # noqa: ANN001
-               store: bool = True, progress: Progress | None = None) -> dict:
+def run_whatif(
+    database: Database,
+    request: WhatIfRequest,
+    *,
+    context: WhatIfContext | None = None,
+    store: bool = True,
+    progress: Progress | None = None,
+) -> dict:
     """Forecast the baseline and the scenario with the same seed; store both runs and the scenario
     (one transaction) unless ``store`` is False. Nothing is written when any input is invalid."""
     request = request.checked()
@@ -496,23 +569,56 @@ def run_whatif(database, request: WhatIfRequest, *, context: WhatIfContext | Non
         raise InputError(f"the name has {len(name)} characters; at most 200", field="name")
 
     values = forecaster.normaliser.forward(series.traffic)  # shared by both runs
-    common: dict[str, Any] = dict(start=start, horizon=horizon, samples=request.samples, sampler=request.sampler,
-                                  steps=request.sampler_steps, seed=request.seed, values=values)
-    baseline = recursive_forecast(forecaster, series, rows, plan=LocationPlan(), guidance=BASELINE_GUIDANCE,
-                                  progress=_halves(progress, 0), **common)
+    common: dict[str, Any] = dict(
+        start=start,
+        horizon=horizon,
+        samples=request.samples,
+        sampler=request.sampler,
+        steps=request.sampler_steps,
+        seed=request.seed,
+        values=values,
+    )
+    baseline = recursive_forecast(
+        forecaster,
+        series,
+        rows,
+        plan=LocationPlan(),
+        guidance=BASELINE_GUIDANCE,
+        progress=_halves(progress, 0),
+        **common,
+    )
     # The edited places change the future hours' environment; the entity's past (its profiles) stays as
     # it was recorded, under the original embeddings.
-    outcome = recursive_forecast(forecaster, dataclasses.replace(series, env=changed.env), rows, plan=plan,
-                                 guidance=scenario.guidance, progress=_halves(progress, horizon),
-                                 history_env=changed.history_env, **common)
+    outcome = recursive_forecast(
+        forecaster,
+        dataclasses.replace(series, env=changed.env),
+        rows,
+        plan=plan,
+        guidance=scenario.guidance,
+        progress=_halves(progress, horizon),
+        history_env=changed.history_env,
+        **common,
+    )
 
-    model = {"model_id": context.forecast.record_id, "model_sha256": context.forecast.record_sha256,
-             "dataset": series.dataset_name}
+    model = {
+        "model_id": context.forecast.record_id,
+        "model_sha256": context.forecast.record_sha256,
+        "dataset": series.dataset_name,
+    }
     baseline_scenario = Scenario(a=context.a, b=context.b)
     payload = {
-        "scenario_id": None, "name": name, "baseline_run_id": None, "scenario_run_id": None,
-        "params": {**request.to_params(), "name": name, **model, "scenario": scenario.to_dict(),
-                   "descriptions": changed.descriptions, "notes": changed.notes},
+        "scenario_id": None,
+        "name": name,
+        "baseline_run_id": None,
+        "scenario_run_id": None,
+        "params": {
+            **request.to_params(),
+            "name": name,
+            **model,
+            "scenario": scenario.to_dict(),
+            "descriptions": changed.descriptions,
+            "notes": changed.notes,
+        },
         "services": list(series.services),
         "steps": _steps(series, start, horizon, baseline.cells[0], outcome.cells[0]),
         **compare_paths(baseline.paths[0], outcome.paths[0]),
@@ -527,20 +633,40 @@ def run_whatif(database, request: WhatIfRequest, *, context: WhatIfContext | Non
             # Each of the two runs is a forecast of its own: its request, with what made it a what-if half.
             location, cells = parse_location_text(scen.location)
             run_request = ForecastRequest(
-                entities=(request.entity,), start=start, entity_kind=request.entity_kind, horizon=horizon,
-                samples=request.samples, sampler=request.sampler, sampler_steps=request.sampler_steps,
-                location=location, cells=cells, guidance=scen.guidance, seed=request.seed,
-                noise="antithetic", model_id=model["model_id"], dataset=model["dataset"])
+                entities=(request.entity,),
+                start=start,
+                entity_kind=request.entity_kind,
+                horizon=horizon,
+                samples=request.samples,
+                sampler=request.sampler,
+                sampler_steps=request.sampler_steps,
+                location=location,
+                cells=cells,
+                guidance=scen.guidance,
+                seed=request.seed,
+                noise="antithetic",
+                model_id=model["model_id"],
+                dataset=model["dataset"],
+            )
             params = {**run_request.to_params(), **model, "role": role, "scenario": scen.to_dict()}
-            run = ForecastRun(model_id=context.forecast.record_id, dataset_id=context.forecast.dataset_id,
-                              params=params, result=result.to_npz_bytes(), seconds=result.seconds,
-                              summary={"entities": [{"entity": entity_label,
-                                                     "steps": step_summaries(result, series, 0)}]})
+            run = ForecastRun(
+                model_id=context.forecast.record_id,
+                dataset_id=context.forecast.dataset_id,
+                params=params,
+                result=result.to_npz_bytes(),
+                seconds=result.seconds,
+                summary={"entities": [{"entity": entity_label, "steps": step_summaries(result, series, 0)}]},
+            )
             session.add(run)
             runs.append(run)
         session.flush()
-        row = ScenarioRow(name=name, dataset_id=context.forecast.dataset_id, params=payload["params"],
-                          baseline_run_id=runs[0].id, scenario_run_id=runs[1].id)
+        row = ScenarioRow(
+            name=name,
+            dataset_id=context.forecast.dataset_id,
+            params=payload["params"],
+            baseline_run_id=runs[0].id,
+            scenario_run_id=runs[1].id,
+        )
         session.add(row)
         session.flush()
         payload.update(scenario_id=row.id, baseline_run_id=runs[0].id, scenario_run_id=runs[1].id)
@@ -553,19 +679,27 @@ def load_scenario(database, scenario_id: int) -> dict:  # noqa: ANN001
         row = session.get(ScenarioRow, scenario_id)
         if row is None:
             raise InputError(f"no what-if scenario with id {scenario_id}", field="scenario")
-        found = [session.get(ForecastRun, run_id) if run_id else None
-                 for run_id in (row.baseline_run_id, row.scenario_run_id)]
+        found = [
+            session.get(ForecastRun, run_id) if run_id else None
+            for run_id in (row.baseline_run_id, row.scenario_run_id)
+        ]
         runs = [run for run in found if run is not None and run.result is not None]
         if len(runs) != 2:
             raise InputError(f"scenario {scenario_id} has lost one of its forecast runs", field="scenario")
         paths = [ForecastResult.arrays_from_npz(run.result)["paths"][0] for run in runs]  # (S, N, K) each
         base_steps, scen_steps = (run.summary["entities"][0]["steps"] for run in runs)
         return {
-            "scenario_id": row.id, "dataset_id": row.dataset_id, "name": row.name, "baseline_run_id": runs[0].id,
+            "scenario_id": row.id,
+            "dataset_id": row.dataset_id,
+            "name": row.name,
+            "baseline_run_id": runs[0].id,
             "scenario_run_id": runs[1].id,
-            "params": row.params, "services": list(session.get(Dataset, row.dataset_id).services),
-            "steps": [{"hour": b["hour"], "label": b["label"], "baseline_cell": b["cell"], "scenario_cell": s["cell"]}
-                      for b, s in zip(base_steps, scen_steps, strict=True)],
+            "params": row.params,
+            "services": list(session.get(Dataset, row.dataset_id).services),
+            "steps": [
+                {"hour": b["hour"], "label": b["label"], "baseline_cell": b["cell"], "scenario_cell": s["cell"]}
+                for b, s in zip(base_steps, scen_steps, strict=True)
+            ],
             **compare_paths(*paths),
             "seconds": round(sum(float(run.seconds or 0) for run in runs), 4),
             "created_at": row.created_at.isoformat(timespec="seconds"),
@@ -575,14 +709,25 @@ def load_scenario(database, scenario_id: int) -> dict:  # noqa: ANN001
 def list_scenarios(database, dataset_id: int) -> list[dict]:  # noqa: ANN001
     """The data set's stored scenarios, newest first: id, name, entity, start, location, created_at."""
     with database.session() as session:
-        rows = session.execute(select(ScenarioRow.id, ScenarioRow.name, ScenarioRow.params, ScenarioRow.created_at)
-                               .where(ScenarioRow.dataset_id == dataset_id).order_by(ScenarioRow.id.desc())).all()
+        rows = session.execute(
+            select(ScenarioRow.id, ScenarioRow.name, ScenarioRow.params, ScenarioRow.created_at)
+            .where(ScenarioRow.dataset_id == dataset_id)
+            .order_by(ScenarioRow.id.desc())
+        ).all()
     out = []
     for r in rows:
         request = WhatIfRequest.from_params(r.params)  # scenarios stored before requests read too
-        out.append({"id": r.id, "name": r.name, "entity": f"{request.entity_kind}:{request.entity}",
-                    "start": request.start, "horizon": request.horizon,
-                    "location": request.scenario.get("location"), "created_at": r.created_at})
+        out.append(
+            {
+                "id": r.id,
+                "name": r.name,
+                "entity": f"{request.entity_kind}:{request.entity}",
+                "start": request.start,
+                "horizon": request.horizon,
+                "location": request.scenario.get("location"),
+                "created_at": r.created_at,
+            }
+        )
     return out
 
 

@@ -22,8 +22,22 @@ from bundle_process import NAME, build_record_path, executable, folder_size
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "packaging" / "lsdm.spec"
-VERSIONS_OF = ("pyinstaller", "pyinstaller-hooks-contrib", "torch", "torchvision", "open_clip_torch", "streamlit",
-               "pydeck", "altair", "SQLAlchemy", "statsmodels", "scipy", "pandas", "numpy", "pyarrow")
+VERSIONS_OF = (
+    "pyinstaller",
+    "pyinstaller-hooks-contrib",
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "streamlit",
+    "pydeck",
+    "altair",
+    "SQLAlchemy",
+    "statsmodels",
+    "scipy",
+    "pandas",
+    "numpy",
+    "pyarrow",
+)
 
 
 def versions() -> dict[str, str | None]:
@@ -41,16 +55,30 @@ def main() -> int:
     parser.add_argument("--dist", type=Path, default=ROOT / "dist")
     parser.add_argument("--work", type=Path, default=ROOT / "build")
     args = parser.parse_args()
-    command = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean", "--log-level", "WARN",
-               "--distpath", str(args.dist), "--workpath", str(args.work), str(SPEC)]
+    command = [
+        sys.executable,
+        "-m",
+        "PyInstaller",
+        "--noconfirm",
+        "--clean",
+        "--log-level",
+        "WARN",
+        "--distpath",
+        str(args.dist),
+        "--workpath",
+        str(args.work),
+        str(SPEC),
+    ]
     print("$ " + " ".join(command), file=sys.stderr, flush=True)
     started = time.perf_counter()
     status = subprocess.call(command, cwd=ROOT)
     seconds = time.perf_counter() - started
     bundle = args.dist / NAME
     if status != 0 or not executable(bundle).is_file():
-        print(f"error: PyInstaller failed (status {status}) after {seconds:.0f} s; no {executable(bundle)}",
-              file=sys.stderr)
+        print(
+            f"error: PyInstaller failed (status {status}) after {seconds:.0f} s; no {executable(bundle)}",
+            file=sys.stderr,
+        )
         return status or 1
     size, files = folder_size(bundle)
     record = {
@@ -66,8 +94,11 @@ def main() -> int:
     }
     build_record_path(bundle).write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record))
-    print(f"Bundle: {executable(bundle)} ({record['size_mb']:.0f} MB, {files} files) built in {seconds:.0f} s; "
-          f"record in {build_record_path(bundle)}", file=sys.stderr)
+    print(
+        f"Bundle: {executable(bundle)} ({record['size_mb']:.0f} MB, {files} files) built in {seconds:.0f} s; "
+        f"record in {build_record_path(bundle)}",
+        file=sys.stderr,
+    )
     return 0
 
 

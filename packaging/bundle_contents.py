@@ -65,16 +65,42 @@ COLLECT_DATA = {
     "pydeck": ["io/templates/*"],  # its Jupyter extension (23 MB of JavaScript) is not needed
 }
 # Distributions whose metadata is read with importlib.metadata at run time.
-COPY_METADATA = ("streamlit", "torch", "torchvision", "open_clip_torch", "timm", "huggingface_hub",
-                 "safetensors", "pandas", "numpy", "pyarrow", "altair", "pydeck", "SQLAlchemy")
+COPY_METADATA = (
+    "streamlit",
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "timm",
+    "huggingface_hub",
+    "safetensors",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "altair",
+    "pydeck",
+    "SQLAlchemy",
+)
 
 # Modules never needed by the application; some are pulled in through optional imports.
 EXCLUDED_MODULES = (
-    "pytest", "_pytest", "pytest_timeout", "playwright", "PyInstaller", "pip",
-    "tkinter", "_tkinter", "IPython", "jupyter_client", "ipykernel", "notebook",
-    "tests", "benchmarks",
+    "pytest",
+    "_pytest",
+    "pytest_timeout",
+    "playwright",
+    "PyInstaller",
+    "pip",
+    "tkinter",
+    "_tkinter",
+    "IPython",
+    "jupyter_client",
+    "ipykernel",
+    "notebook",
+    "tests",
+    "benchmarks",
     "hf_xet",  # huggingface_hub's download accelerator (optional there); nothing is downloaded
-    "pyarrow.flight", "pyarrow._flight", "pyarrow._s3fs",  # Arrow Flight RPC and S3: 50 MB, optional in pyarrow
+    "pyarrow.flight",
+    "pyarrow._flight",
+    "pyarrow._s3fs",  # Arrow Flight RPC and S3: 50 MB, optional in pyarrow
 )
 
 # Collected files (destination paths inside _internal/) that are dropped after the analysis.
@@ -103,16 +129,31 @@ EXCLUDED_FILES = (
 )
 # CUDA libraries, dropped when the bundled torch is a CPU build.
 CUDA_FILES = (
-    "nvidia/*", "*/libcudart*", "*/libnvjpeg*", "*/libcublas*", "*/libcudnn*", "*/libnccl*", "*/libcufft*",
-    "*/libcurand*", "*/libcusolver*", "*/libcusparse*", "*/libnvrtc*", "*/libnvToolsExt*", "libcu*", "libnv*",
+    "nvidia/*",
+    "*/libcudart*",
+    "*/libnvjpeg*",
+    "*/libcublas*",
+    "*/libcudnn*",
+    "*/libnccl*",
+    "*/libcufft*",
+    "*/libcurand*",
+    "*/libcusolver*",
+    "*/libcusparse*",
+    "*/libnvrtc*",
+    "*/libnvToolsExt*",
+    "libcu*",
+    "libnv*",
     "torchvision/_C.so",  # torchvision's CUDA-built ops: need libtorch_cuda.so, never load with CPU torch
     "torchvision/image.so",  # same (links libnvjpeg and libtorch_cuda); torchvision falls back to Python
 )
 
 
 def _files(folder: Path, suffix: str | None = None) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                  and (suffix is None or p.suffix == suffix))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and (suffix is None or p.suffix == suffix)
+    )
 
 
 def app_files() -> list[Path]:

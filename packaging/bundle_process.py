@@ -136,9 +136,14 @@ class LaunchedBundle:
     def start(cls, bundle: Path, home: Path, *extra: str) -> LaunchedBundle:
         port = free_port()
         started = time.perf_counter()
-        process = subprocess.Popen([str(executable(bundle)), "--no-browser", "--port", str(port), *extra],
-                                   env=bundle_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)
+        process = subprocess.Popen(
+            [str(executable(bundle)), "--no-browser", "--port", str(port), *extra],
+            env=bundle_env(home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         launched = cls(process=process, url=f"http://127.0.0.1:{port}", home=home, started=started)
         threading.Thread(target=launched._pump, daemon=True).start()
         return launched
@@ -170,8 +175,10 @@ class LaunchedBundle:
                 time.sleep(0.2)  # let the reader take the last lines
                 raise BundleError(f"the bundle exited with status {self.process.returncode} before it was ready")
             time.sleep(0.05)
-        raise BundleError(f"not ready within {timeout:.0f} s (health answered: {self.health_s is not None}, "
-                          f"ready line printed: {self.ready_s is not None})")
+        raise BundleError(
+            f"not ready within {timeout:.0f} s (health answered: {self.health_s is not None}, "
+            f"ready line printed: {self.ready_s is not None})"
+        )
 
     def stop(self, timeout: float = 30.0) -> dict:
         """SIGTERM to the launcher; returns the seconds until it and every child it started were gone,
@@ -183,14 +190,20 @@ class LaunchedBundle:
         while time.perf_counter() < deadline:
             left = [pid for pid in children if alive(pid)]
             if self.process.poll() is not None and not left:
-                return {"stop_s": round(time.perf_counter() - began, 3), "exit_status": self.process.returncode,
-                        "children": len(children)}
+                return {
+                    "stop_s": round(time.perf_counter() - began, 3),
+                    "exit_status": self.process.returncode,
+                    "children": len(children),
+                }
             time.sleep(0.1)
         left = [pid for pid in children if alive(pid)]
         self.kill()
-        raise BundleError(f"after SIGTERM, still running after {timeout:.0f} s: "
-                          + ", ".join([f"launcher {self.process.pid}"] * (self.process.poll() is None)
-                                      + [f"child {pid}" for pid in left]))
+        raise BundleError(
+            f"after SIGTERM, still running after {timeout:.0f} s: "
+            + ", ".join(
+                [f"launcher {self.process.pid}"] * (self.process.poll() is None) + [f"child {pid}" for pid in left]
+            )
+        )
 
     def kill(self) -> None:
         """Last resort: SIGKILL the launcher and whatever it started (each by its own pid)."""
@@ -207,8 +220,9 @@ class LaunchedBundle:
 def run_cli(bundle: Path, home: Path, *args: str, timeout: float = 900.0) -> tuple[subprocess.CompletedProcess, float]:
     """``lsdm-dashboard lsdm ARGS`` (the bundle's own command line) against the same data directory."""
     started = time.perf_counter()
-    done = subprocess.run([str(executable(bundle)), "lsdm", *args], env=bundle_env(home), capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        [str(executable(bundle)), "lsdm", *args], env=bundle_env(home), capture_output=True, text=True, timeout=timeout
+    )
     return done, time.perf_counter() - started
 
 

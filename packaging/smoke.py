@@ -67,8 +67,10 @@ def cli_json(bundle: Path, home: Path, *args: str, timeout: float) -> tuple[dict
     exits 0."""
     done, seconds = run_cli(bundle, home, *args, "--json", timeout=timeout)
     if done.returncode != 0:
-        raise BundleError(f"`{executable(bundle).name} lsdm {' '.join(args)} --json` exited {done.returncode}:\n"
-                          f"{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        raise BundleError(
+            f"`{executable(bundle).name} lsdm {' '.join(args)} --json` exited {done.returncode}:\n"
+            f"{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
     try:
         return json.loads(done.stdout), seconds
     except json.JSONDecodeError:
@@ -78,12 +80,15 @@ def cli_json(bundle: Path, home: Path, *args: str, timeout: float) -> tuple[dict
 def second_launch(bundle: Path, home: Path, url: str) -> dict:
     """A second launch on the same database must exit 3 and print the running URL."""
     started = time.perf_counter()
-    done = subprocess.run([str(executable(bundle)), "--no-browser"], env=bundle_env(home), capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [str(executable(bundle)), "--no-browser"], env=bundle_env(home), capture_output=True, text=True, timeout=120
+    )
     if done.returncode != EXIT_ALREADY_RUNNING or url not in done.stdout:
-        raise BundleError(f"a second launch on the same database exited {done.returncode} (expected "
-                          f"{EXIT_ALREADY_RUNNING}) and printed:\n{done.stdout}{done.stderr}"
-                          f"\n(expected the running URL {url})")
+        raise BundleError(
+            f"a second launch on the same database exited {done.returncode} (expected "
+            f"{EXIT_ALREADY_RUNNING}) and printed:\n{done.stdout}{done.stderr}"
+            f"\n(expected the running URL {url})"
+        )
     return {"second_launch_exit": done.returncode, "second_launch_s": round(time.perf_counter() - started, 3)}
 
 
@@ -124,8 +129,10 @@ def smoke(bundle: Path, home: Path, result: dict, launched_box: list) -> None:
         result["url"] = launched.url
         result["startup_health_s"] = round(launched.health_s, 3)
         result["startup_ready_s"] = round(launched.ready_s, 3)
-        say(f"health ok after {launched.health_s:.2f} s, ready line after {launched.ready_s:.2f} s: "
-            f"{launched.ready_line}")
+        say(
+            f"health ok after {launched.health_s:.2f} s, ready line after {launched.ready_s:.2f} s: "
+            f"{launched.ready_line}"
+        )
 
         if browser is not None:
             tab = browser.new_context(viewport=VIEWPORT).new_page()
@@ -143,8 +150,11 @@ def smoke(bundle: Path, home: Path, result: dict, launched_box: list) -> None:
         setup, seconds = cli_json(bundle, home, "jobs", "wait", "1", timeout=900)
         if setup.get("status") != "done":
             raise BundleError(f"first-launch job 1 ended {setup.get('status')}: {setup.get('error')}")
-        result["first_launch_job"] = {"kind": setup.get("kind"), "seconds": setup.get("seconds"),
-                                      "result_ref": setup.get("result_ref")}
+        result["first_launch_job"] = {
+            "kind": setup.get("kind"),
+            "seconds": setup.get("seconds"),
+            "result_ref": setup.get("result_ref"),
+        }
         say(f"first-launch job done ({setup.get('kind')}, {setup.get('seconds')} s)")
 
         job, seconds = cli_json(bundle, home, "jobs", "submit", *FORECAST, "--wait", timeout=900)
@@ -159,7 +169,10 @@ def smoke(bundle: Path, home: Path, result: dict, launched_box: list) -> None:
 
         if browser is not None:
             tab = browser.new_context(viewport=VIEWPORT).new_page()
-            for name, path, title in (("map", "/", "City map"), ("forecast_run", f"/forecast?run={run_id}", "Forecast")):
+            for name, path, title in (
+                ("map", "/", "City map"),
+                ("forecast_run", f"/forecast?run={run_id}", "Forecast"),
+            ):
                 began = time.perf_counter()
                 tab.goto(launched.url + path)
                 state = wait_page(tab, title)
@@ -199,8 +212,11 @@ def main() -> int:
                 with contextlib.suppress(BundleError):
                     launched.stop(STOP_TIMEOUT_S)
         result["smoke_s"] = round(time.perf_counter() - started, 1)
-        result["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
-                             "cpus": os.cpu_count()}
+        result["machine"] = {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        }
     if not result["ok"]:
         if launched_box:
             result["launcher_output_tail"] = launched_box[0].output_tail()

@@ -56,8 +56,12 @@ def broken(target: Path, anchor: str | None, root: Path) -> str | None:
 
 def code_files(root: Path) -> list[Path]:
     """The .py files that may point at the docs (not this file: its examples are broken on purpose)."""
-    files = [path for folder in CODE_FOLDERS for path in sorted((root / folder).rglob("*.py"))
-             if path.resolve() != Path(__file__).resolve()]
+    files = [
+        path
+        for folder in CODE_FOLDERS
+        for path in sorted((root / folder).rglob("*.py"))
+        if path.resolve() != Path(__file__).resolve()
+    ]
     if (root / "launcher.py").exists():
         files.append(root / "launcher.py")
     return files
@@ -137,7 +141,8 @@ def test_the_docs_named_in_the_readme_exist():
 def _tree(tmp_path: Path, code: str, readme: str = "# Title\n") -> Path:
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "model.md").write_text(
-        "# Model\n\n## The linear mean feature\n\n```bash\n# not a heading\n```\n\n## Results\n\n## Results\n")
+        "# Model\n\n## The linear mean feature\n\n```bash\n# not a heading\n```\n\n## Results\n\n## Results\n"
+    )
     (tmp_path / "engine").mkdir()
     (tmp_path / "engine" / "prior.py").write_text(code)
     (tmp_path / "README.md").write_text(readme)
@@ -165,13 +170,17 @@ def test_checker_reports_a_missing_heading_a_missing_file_and_a_code_block_comme
 
 
 def test_checker_reports_an_unlinked_readme_reference(tmp_path):
-    root = _tree(tmp_path, '# measured (README "Results")\n# see README \'Data formats\'\n# ../shared/data/README.md\n')
+    root = _tree(tmp_path, "# measured (README \"Results\")\n# see README 'Data formats'\n# ../shared/data/README.md\n")
     assert len(unlinked_readme_references(root)) == 2
     assert broken_code_references(root) == []
 
 
 def test_checker_reports_a_broken_link_in_a_document(tmp_path):
-    root = _tree(tmp_path, "", readme="# T\n\n[model](docs/model.md#results) [gone](docs/gone.md) [here](#t) [x](#y)\n"
-                 "![shot](docs/screenshots/map.png) [web](https://example.org/a)\n")
+    root = _tree(
+        tmp_path,
+        "",
+        readme="# T\n\n[model](docs/model.md#results) [gone](docs/gone.md) [here](#t) [x](#y)\n"
+        "![shot](docs/screenshots/map.png) [web](https://example.org/a)\n",
+    )
     problems = broken_document_links(root)
     assert [p.split(": (")[1].split(")")[0] for p in problems] == ["docs/gone.md", "#y", "docs/screenshots/map.png"]

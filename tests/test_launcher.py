@@ -41,8 +41,14 @@ def test_prepare_only_does_the_first_launch_work_in_the_foreground(db_path, caps
 
 def _launch(db_path: Path, cwd: Path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, str(REPO / "launcher.py"), "--db", str(db_path), "--no-browser", *extra],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "launcher.py"), "--db", str(db_path), "--no-browser", *extra],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _ready_url(process: subprocess.Popen, timeout: float = 240) -> tuple[str, list[str]]:
@@ -143,7 +149,12 @@ def test_a_port_in_use_is_refused_with_the_flag_named(db_path, tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, str(REPO / "launcher.py"), "--db", str(db_path), "--no-browser",
-                                 "--port", str(port)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, str(REPO / "launcher.py"), "--db", str(db_path), "--no-browser", "--port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode == 2
     assert "--port" in result.stderr and str(port) in result.stderr

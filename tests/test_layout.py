@@ -10,8 +10,21 @@ REPO = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = ("engine", "db", "app", "cli", "desktop")  # and launcher.py
 # engine/: everything that computes (../shared/STYLE.md); the command line (cli/) and the process
 # supervision (desktop/) live beside it, the drawing in app/ and cli/report_figures.py.
-ENGINE_TOP_LEVEL = {"__init__.py", "artifacts.py", "errors.py", "forecast.py", "requests.py", "shipped.py", "train.py",
-                    "whatif.py", "data", "env", "evaluation", "jobs", "model"}
+ENGINE_TOP_LEVEL = {
+    "__init__.py",
+    "artifacts.py",
+    "errors.py",
+    "forecast.py",
+    "requests.py",
+    "shipped.py",
+    "train.py",
+    "whatif.py",
+    "data",
+    "env",
+    "evaluation",
+    "jobs",
+    "model",
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -54,9 +67,12 @@ def _modules_imported(path: Path) -> set[str]:
 
 
 def test_the_app_reads_the_database_through_db_queries_and_builds_no_sql():
-    offenders = [str(p.relative_to(REPO)) for p in (REPO / "app").rglob("*.py")
-                 if {"sqlalchemy", "sqlalchemy.sql"} & _modules_imported(p) or "select(" in p.read_text()
-                 .replace(".select(", "").replace("multiselect(", "").replace("_select(", "")]
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in (REPO / "app").rglob("*.py")
+        if {"sqlalchemy", "sqlalchemy.sql"} & _modules_imported(p)
+        or "select(" in p.read_text().replace(".select(", "").replace("multiselect(", "").replace("_select(", "")
+    ]
     assert offenders == [], "move the query into db/queries.py, named for what it returns"
 
 
@@ -67,7 +83,7 @@ def test_app_modules_import_each_other_without_cycles():
     def cycle_from(name: str, path: list[str]) -> list[str] | None:
         for dependency in sorted(graph[name]):
             if dependency in path:
-                return [*path[path.index(dependency):], dependency]
+                return [*path[path.index(dependency) :], dependency]
             found = cycle_from(dependency, [*path, dependency])
             if found:
                 return found
@@ -87,8 +103,11 @@ def test_engine_holds_no_command_line_and_no_process_supervision():
     """`lsdm` is cli/, the worker-and-server supervision desktop/; engine/ is what computes."""
     top = {p.name for p in (REPO / "engine").iterdir() if p.name != "__pycache__" and not p.name.startswith(".")}
     assert top == ENGINE_TOP_LEVEL, "a new top-level module of engine/: put it in the package it belongs to"
-    supervising = [str(p.relative_to(REPO)) for p in (REPO / "engine").rglob("*.py")
-                   if _imports(p) & {"subprocess", "webbrowser", "argparse"}]
+    supervising = [
+        str(p.relative_to(REPO))
+        for p in (REPO / "engine").rglob("*.py")
+        if _imports(p) & {"subprocess", "webbrowser", "argparse"}
+    ]
     assert supervising == []
 
 
@@ -110,8 +129,9 @@ def _project_modules() -> dict[str, Path]:
 
 
 def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _project_imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
@@ -217,8 +237,10 @@ def test_the_cycle_finder_reports_a_cycle_through_function_level_imports_but_not
     assert _cycles({"a": {"b"}, "b": set()}) == []
     (tmp_path / "pkg").mkdir()
     one = tmp_path / "pkg" / "one.py"
-    one.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import two\n"
-                   "def f():\n    from . import three\n")
+    one.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import two\n"
+        "def f():\n    from . import three\n"
+    )
     modules = {"pkg.one": one, "pkg.two": tmp_path, "pkg.three": tmp_path}
     assert _project_imports("pkg.one", one, modules) == {"pkg.three"}
 
@@ -230,4 +252,3 @@ def test_project_modules_import_each_other_without_cycles():
     graph = {name: _project_imports(name, path, modules) for name, path in modules.items()}
     cycles = _cycles(graph)
     assert cycles == [], "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
-

@@ -22,7 +22,9 @@ STDLIB = sys.stdlib_module_names
 
 
 def _load_contents() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("bundle_contents_under_test", REPO / "packaging" / "bundle_contents.py")
+    spec = importlib.util.spec_from_file_location(
+        "bundle_contents_under_test", REPO / "packaging" / "bundle_contents.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -48,6 +50,7 @@ def built(monkeypatch_module: pytest.MonkeyPatch) -> dict:
         def record(*args, **kwargs) -> list:
             calls.append((name, args, kwargs))
             return []
+
         return record
 
     hooks = types.ModuleType("PyInstaller.utils.hooks")
@@ -62,10 +65,15 @@ def built(monkeypatch_module: pytest.MonkeyPatch) -> dict:
         def make(*args, **kwargs) -> _Recorder:
             made[kind] = _Recorder(*args, **kwargs)
             return made[kind]
+
         return make
 
-    namespace = {"__file__": str(SPEC), "SPECPATH": str(SPEC.parent), "SPEC": str(SPEC),
-                 **{kind: maker(kind) for kind in ("Analysis", "PYZ", "EXE", "COLLECT")}}
+    namespace = {
+        "__file__": str(SPEC),
+        "SPECPATH": str(SPEC.parent),
+        "SPEC": str(SPEC),
+        **{kind: maker(kind) for kind in ("Analysis", "PYZ", "EXE", "COLLECT")},
+    }
     exec(compile(SPEC.read_text(), str(SPEC), "exec"), namespace)
     return {**made, "hooks": calls}
 
@@ -114,9 +122,14 @@ def test_the_spec_builds_one_folder_named_lsdm_dashboard_from_the_launcher(built
 
 def test_every_page_of_the_navigation_and_every_app_file_is_bundled_as_a_file_and_analysed(built):
     tree = ast.parse((REPO / "app" / "main.py").read_text())
-    pages = {node.right.value for node in ast.walk(tree) if isinstance(node, ast.BinOp)
-             and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant)
-             and str(node.right.value).endswith(".py")}
+    pages = {
+        node.right.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Div)
+        and isinstance(node.right, ast.Constant)
+        and str(node.right.value).endswith(".py")
+    }
     assert len(pages) >= 7, pages
     views = REPO / "app" / "views"
     assert {p.name for p in views.glob("*.py")} >= pages, "a page in st.navigation has no file in app/views"
@@ -159,8 +172,11 @@ def test_engine_db_cli_and_desktop_are_collected_whole_since_the_command_line_im
 
 def test_the_shipped_model_mappings_and_theme_are_data_at_their_own_paths(built):
     data = _data(built)
-    wanted = [REPO / ".streamlit" / "config.toml", REPO / "assets" / "default" / "manifest.json",
-              *(REPO / "assets" / "mappings").glob("*.json")]
+    wanted = [
+        REPO / ".streamlit" / "config.toml",
+        REPO / "assets" / "default" / "manifest.json",
+        *(REPO / "assets" / "mappings").glob("*.json"),
+    ]
     for folder in ("clip", "lsdm"):
         files = [p for p in (REPO / "assets" / "default" / folder).iterdir() if p.is_file()]
         assert files, f"assets/default/{folder} is empty"
@@ -171,8 +187,12 @@ def test_the_shipped_model_mappings_and_theme_are_data_at_their_own_paths(built)
 
 def test_streamlit_sqlalchemy_and_arima_needs_that_the_analyser_cannot_see_are_listed(built):
     hidden = _hidden(built)
-    for name in ("streamlit.runtime.scriptrunner.magic_funcs", "sqlalchemy.dialects.sqlite",
-                 "statsmodels.tsa.statespace.sarimax", "scipy.stats"):
+    for name in (
+        "streamlit.runtime.scriptrunner.magic_funcs",
+        "sqlalchemy.dialects.sqlite",
+        "statsmodels.tsa.statespace.sarimax",
+        "scipy.stats",
+    ):
         assert name in hidden
         assert importlib.util.find_spec(name) is not None, name
     calls = built["hooks"]
@@ -183,12 +203,26 @@ def test_streamlit_sqlalchemy_and_arima_needs_that_the_analyser_cannot_see_are_l
 
 def test_test_programs_and_cuda_libraries_are_dropped_but_what_torch_loads_stays():
     cpu = contents.excluded_file_patterns(cpu_torch=True)
-    for dest in ("torch/bin/test_api", "torch/bin/protoc", "torch/test/atest", "torch/include/ATen/ATen.h",
-                 "torchvision.libs/libcudart.faf08d9a.so.13", "torchvision/_C.so", "pyarrow/libarrow_flight.so.2600",
-                 "nvidia/cublas/lib/libcublas.so.12"):
+    for dest in (
+        "torch/bin/test_api",
+        "torch/bin/protoc",
+        "torch/test/atest",
+        "torch/include/ATen/ATen.h",
+        "torchvision.libs/libcudart.faf08d9a.so.13",
+        "torchvision/_C.so",
+        "pyarrow/libarrow_flight.so.2600",
+        "nvidia/cublas/lib/libcublas.so.12",
+    ):
         assert contents.is_excluded(dest, cpu), dest
-    for dest in ("torch/bin/torch_shm_manager", "torch/lib/libtorch_cpu.so", "torch/lib/libc10.so",
-                 "torch/lib/libgomp.so.1", "pyarrow/libparquet.so.2600", "app/views/map.py", "assets/default/manifest.json"):
+    for dest in (
+        "torch/bin/torch_shm_manager",
+        "torch/lib/libtorch_cpu.so",
+        "torch/lib/libc10.so",
+        "torch/lib/libgomp.so.1",
+        "pyarrow/libparquet.so.2600",
+        "app/views/map.py",
+        "assets/default/manifest.json",
+    ):
         assert not contents.is_excluded(dest, cpu), dest
     assert not contents.is_excluded("torchvision/_C.so", contents.excluded_file_patterns(cpu_torch=False))
 
@@ -199,8 +233,7 @@ def test_nothing_the_product_imports_is_excluded():
         for path in (REPO / package).rglob("*.py"):
             if "__pycache__" in path.parts:
                 continue
-            clash = {name for name in contents.imports_of(path)
-                     if name in excluded or name.split(".")[0] in excluded}
+            clash = {name for name in contents.imports_of(path) if name in excluded or name.split(".")[0] in excluded}
             assert not clash, f"{path.relative_to(REPO)} imports {clash}, which packaging/bundle_contents.py excludes"
     for name in ("launcher.py",):
         assert not {n.split(".")[0] for n in contents.imports_of(REPO / name)} & excluded

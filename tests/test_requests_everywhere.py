@@ -50,61 +50,160 @@ class Surface:
 
 
 def _surfaces(files: dict[str, str]) -> dict[type[Request], Surface]:
-    every_env_field = ("dataset", "tiles", "describer", "llm_url", "llm_model", "clip_init", "clip_arch", "frozen",
-                       "encoder", "seed", "a", "b", "env_mode")
+    every_env_field = (
+        "dataset",
+        "tiles",
+        "describer",
+        "llm_url",
+        "llm_model",
+        "clip_init",
+        "clip_arch",
+        "frozen",
+        "encoder",
+        "seed",
+        "a",
+        "b",
+        "env_mode",
+    )
     return {
         CityRequest: Surface(
-            ("city", "build"), page="datasets",
-            widgets={"city_users": "users", "city_cells": "cells", "city_seed": "seed", "city_days": "days",
-                     "city_env_effect": "env_effect", "city_center_lat": "center_lat",
-                     "city_center_lon": "center_lon", "city_radius_km": "radius_km", "city_name": "name",
-                     "city_replace": "replace"}),
+            ("city", "build"),
+            page="datasets",
+            widgets={
+                "city_users": "users",
+                "city_cells": "cells",
+                "city_seed": "seed",
+                "city_days": "days",
+                "city_env_effect": "env_effect",
+                "city_center_lat": "center_lat",
+                "city_center_lon": "center_lon",
+                "city_radius_km": "radius_km",
+                "city_name": "name",
+                "city_replace": "replace",
+            },
+        ),
         IngestTableRequest: Surface(
-            ("ingest", "table"), ("--records", files["records"], "--cells", files["cells"]),
-            {"records": files["records"], "cells": files["cells"]}, page="datasets",
-            widgets={"table_records": "records", "table_cells": "cells", "table_mapping": "mapping",
-                     "table_kind": "entity_kind", "table_timezone": "timezone", "table_name": "name",
-                     "table_replace": "replace"}),
+            ("ingest", "table"),
+            ("--records", files["records"], "--cells", files["cells"]),
+            {"records": files["records"], "cells": files["cells"]},
+            page="datasets",
+            widgets={
+                "table_records": "records",
+                "table_cells": "cells",
+                "table_mapping": "mapping",
+                "table_kind": "entity_kind",
+                "table_timezone": "timezone",
+                "table_name": "name",
+                "table_replace": "replace",
+            },
+        ),
         IngestTsinghuaRequest: Surface(
             ("ingest", "tsinghua"),
-            ("--trace", files["trace"], "--app2category", files["app2category"], "--categories", files["categories"],
-             "--poi", files["poi"]),
-            {name: files[name] for name in ("trace", "app2category", "categories", "poi")}, page="datasets",
-            widgets={"ts_trace": "trace", "ts_app2category": "app2category", "ts_categories": "categories",
-                     "ts_poi": "poi", "ts_coords": "coords", "ts_name": "name", "ts_all": "all_services",
-                     "ts_replace": "replace"}),
+            (
+                "--trace",
+                files["trace"],
+                "--app2category",
+                files["app2category"],
+                "--categories",
+                files["categories"],
+                "--poi",
+                files["poi"],
+            ),
+            {name: files[name] for name in ("trace", "app2category", "categories", "poi")},
+            page="datasets",
+            widgets={
+                "ts_trace": "trace",
+                "ts_app2category": "app2category",
+                "ts_categories": "categories",
+                "ts_poi": "poi",
+                "ts_coords": "coords",
+                "ts_name": "name",
+                "ts_all": "all_services",
+                "ts_replace": "replace",
+            },
+        ),
         EnvRequest: Surface(
-            ("env", "build"), page="datasets",
+            ("env", "build"),
+            page="datasets",
             widgets={"env_regenerate": "regenerate", "env_train": "train_encoder", "env_epochs": "clip_epochs"},
-            set_by_page=dict.fromkeys(every_env_field, "the active data set and the Settings tab (tiles, describer); "
-                                                       "the encoder's expert settings are the command line's")),
+            set_by_page=dict.fromkeys(
+                every_env_field,
+                "the active data set and the Settings tab (tiles, describer); "
+                "the encoder's expert settings are the command line's",
+            ),
+        ),
         TrainRequest: Surface(
-            ("train",), page="models",
-            widgets={"train_config": "config", "train_epochs": "epochs", "train_seed": "seed",
-                     "train_minutes": "max_minutes", "train_split": "split", "train_activate": "activate"},
-            set_by_page={"dataset": "the active data set", "device": "the GPU when present"}),
+            ("train",),
+            page="models",
+            widgets={
+                "train_config": "config",
+                "train_epochs": "epochs",
+                "train_seed": "seed",
+                "train_minutes": "max_minutes",
+                "train_split": "split",
+                "train_activate": "activate",
+            },
+            set_by_page={"dataset": "the active data set", "device": "the GPU when present"},
+        ),
         EvaluateRequest: Surface(
-            ("evaluate",), page="models",
-            widgets={"eval_samples": "samples", "eval_steps": "steps", "eval_users": "path_users",
-                     "eval_path_samples": "path_samples", "eval_location": "location", "eval_arima": "include_arima",
-                     "eval_train": "train_missing"},
-            set_by_page={"model_id": "the model picked in the table", "dataset": "the model's own"}),
+            ("evaluate",),
+            page="models",
+            widgets={
+                "eval_samples": "samples",
+                "eval_steps": "steps",
+                "eval_users": "path_users",
+                "eval_path_samples": "path_samples",
+                "eval_location": "location",
+                "eval_arima": "include_arima",
+                "eval_train": "train_missing",
+            },
+            set_by_page={"model_id": "the model picked in the table", "dataset": "the model's own"},
+        ),
         ForecastRequest: Surface(
-            ("forecast",), ("--entity", "user:U0001", "--start", "300"), {"entities": ("U0001",), "start": 300},
+            ("forecast",),
+            ("--entity", "user:U0001", "--start", "300"),
+            {"entities": ("U0001",), "start": 300},
             page="forecast",
-            widgets={"fc_users": "entities", "fc_start": "start", "fc_horizon": "horizon", "fc_samples": "samples",
-                     "fc_sampler": "sampler", "fc_steps": "sampler_steps", "fc_location": "location",
-                     "fc_cell": "cells", "fc_guidance": "guidance", "fc_seed": "seed", "fc_paired": "noise"},
-            set_by_page={"entity_kind": "the data set's", "model_id": "the active model",
-                         "dataset": "the active data set", "device": "the GPU when present"}),
+            widgets={
+                "fc_users": "entities",
+                "fc_start": "start",
+                "fc_horizon": "horizon",
+                "fc_samples": "samples",
+                "fc_sampler": "sampler",
+                "fc_steps": "sampler_steps",
+                "fc_location": "location",
+                "fc_cell": "cells",
+                "fc_guidance": "guidance",
+                "fc_seed": "seed",
+                "fc_paired": "noise",
+            },
+            set_by_page={
+                "entity_kind": "the data set's",
+                "model_id": "the active model",
+                "dataset": "the active data set",
+                "device": "the GPU when present",
+            },
+        ),
         WhatIfRequest: Surface(
-            ("whatif",), ("--entity", "user:U0001", "--start", "300"), {"entity": "U0001", "start": 300},
+            ("whatif",),
+            ("--entity", "user:U0001", "--start", "300"),
+            {"entity": "U0001", "start": 300},
             page="whatif",
-            widgets={"wi_user": "entity", "wi_start": "start", "wi_horizon": "horizon", "wi_samples": "samples",
-                     "wi_seed": "seed", "wi_location": "scenario", "wi_name": "name"},
-            set_by_page={"entity_kind": "the data set's",
-                         "sampler": "the request's default (DDIM, 10 steps), as the baseline's forecast",
-                         "sampler_steps": "the request's default (DDIM, 10 steps), as the baseline's forecast"}),
+            widgets={
+                "wi_user": "entity",
+                "wi_start": "start",
+                "wi_horizon": "horizon",
+                "wi_samples": "samples",
+                "wi_seed": "seed",
+                "wi_location": "scenario",
+                "wi_name": "name",
+            },
+            set_by_page={
+                "entity_kind": "the data set's",
+                "sampler": "the request's default (DDIM, 10 steps), as the baseline's forecast",
+                "sampler_steps": "the request's default (DDIM, 10 steps), as the baseline's forecast",
+            },
+        ),
     }
 
 
@@ -138,8 +237,11 @@ def _out_of_bounds(found: dict) -> list:
 
 
 def _numeric(request_type: type[Request]) -> dict[str, dict]:
-    return {name: found for name, found in request_type.field_specs().items()
-            if found["kind"] in (int, float) and not found["internal"]}
+    return {
+        name: found
+        for name, found in request_type.field_specs().items()
+        if found["kind"] in (int, float) and not found["internal"]
+    }
 
 
 def test_every_request_type_has_a_command_a_job_kind_and_a_form(surfaces):
@@ -174,8 +276,9 @@ def test_the_command_line_and_the_job_kind_refuse_the_same_values_naming_the_fie
     assert unknown.value.field == "no_such_field"
     tried = 0
     for name, found in _numeric(request_type).items():
-        if flags[name] != f"--{name.replace('_', '-')}" and flags[name] in {c.flag for c in
-                                                                            parser.get_default("compounds")}:
+        if flags[name] != f"--{name.replace('_', '-')}" and flags[name] in {
+            c.flag for c in parser.get_default("compounds")
+        }:
             continue  # a field inside a text flag (--sampler ddim:STEPS): tests/cli
         for value in _out_of_bounds(found):
             with pytest.raises(InputError) as by_kind:
@@ -192,8 +295,16 @@ def test_the_command_line_and_the_job_kind_refuse_the_same_values_naming_the_fie
 
 # --- the forms ------------------------------------------------------------------------------------------------
 
-WIDGET_TYPES = ("number_input", "slider", "radio", "selectbox", "checkbox", "text_input", "select_slider",
-                "multiselect")
+WIDGET_TYPES = (
+    "number_input",
+    "slider",
+    "radio",
+    "selectbox",
+    "checkbox",
+    "text_input",
+    "select_slider",
+    "multiselect",
+)
 
 
 def _widgets(at: AppTest) -> dict:

@@ -32,8 +32,9 @@ def embeddings(url: str, dataset_id: int, revision: int) -> tuple[str, object, o
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def cell_view(url: str, dataset_id: int, revision: int,
-              key: str) -> tuple[c.CellDetail, pd.DataFrame, pd.DataFrame] | None:
+def cell_view(
+    url: str, dataset_id: int, revision: int, key: str
+) -> tuple[c.CellDetail, pd.DataFrame, pd.DataFrame] | None:
     """Everything about one cell except its neighbours: detail, presence and traffic frames."""
     with common.database().session() as session:
         dataset = session.get(Dataset, dataset_id)
@@ -112,8 +113,13 @@ def show_neighbours(found: pd.DataFrame | str) -> None:
         with column:
             if row.tile:
                 st.image(row.tile, width="stretch")
-            st.button(f"Open {row.key}", key=f"cell_open_{row.key}", on_click=open_cell, args=(row.key,),
-                      icon=":material/cell_tower:")
+            st.button(
+                f"Open {row.key}",
+                key=f"cell_open_{row.key}",
+                on_click=open_cell,
+                args=(row.key,),
+                icon=":material/cell_tower:",
+            )
             st.caption(f"similarity {row.similarity:.3f} · {row.land_use}")
 
 
@@ -147,7 +153,9 @@ else:
 st.subheader("Traffic by service")
 if traffic["mb"].sum() > 0:
     st.altair_chart(c.traffic_chart(traffic, info.services), theme=None, width="stretch")
-    st.caption(f"Bytes used by the {info.entity_kind}s attached to this cell in each hour: "
-               f"{common.format_bytes(traffic['mb'].sum() * 1e6)} in all.")
+    st.caption(
+        f"Bytes used by the {info.entity_kind}s attached to this cell in each hour: "
+        f"{common.format_bytes(traffic['mb'].sum() * 1e6)} in all."
+    )
 else:
     st.info("No traffic was used at this cell in this data set.", icon=":material/signal_cellular_nodata:")

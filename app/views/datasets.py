@@ -61,17 +61,22 @@ def show_overview() -> None:
         return
     origin = datetime.fromisoformat(overview["time_origin"])
     st.subheader(f"Active data set: {overview['dataset']}")
-    st.caption(f"{overview['kind']} data, {overview['entity_kind']}s modelled, "
-               f"{common.hour_label_long(origin, 0)} to {common.hour_label_long(origin, overview['hours'] - 1)} "
-               f"({overview['timezone']}).")
+    st.caption(
+        f"{overview['kind']} data, {overview['entity_kind']}s modelled, "
+        f"{common.hour_label_long(origin, 0)} to {common.hour_label_long(origin, overview['hours'] - 1)} "
+        f"({overview['timezone']})."
+    )
     columns = st.columns(6)
     columns[0].metric("Data sets", overview["datasets"])
     columns[1].metric("Users" if overview["entity_kind"] == "user" else "Entities", overview["entities"])
     columns[2].metric("Cells", overview["cells"], help=f"{overview['cells_with_coordinates']} with coordinates")
     columns[3].metric("Hours", overview["hours"])
     columns[4].metric("Services", len(overview["services"]), help=", ".join(overview["services"]))
-    columns[5].metric("Traffic", common.format_bytes(overview["total_bytes"]),
-                      help=f"{overview['traffic_rows']:,} non-zero (entity, hour, service) rows")
+    columns[5].metric(
+        "Traffic",
+        common.format_bytes(overview["total_bytes"]),
+        help=f"{overview['traffic_rows']:,} non-zero (entity, hour, service) rows",
+    )
 
 
 def show_environment() -> None:
@@ -80,13 +85,21 @@ def show_environment() -> None:
     st.markdown("**Environment** (satellite tiles, descriptions, CLIP embeddings of each cell)")
     cells = max(coverage["cells"], 1)
     columns = st.columns(4)
-    columns[0].metric("Tiles", f"{coverage['tiles']} / {coverage['cells']}", help=f"{coverage['tiles'] / cells:.0%} of cells")
-    columns[1].metric("Descriptions", f"{coverage['descriptions']} / {coverage['cells']}",
-                      help=f"{coverage['description_fallbacks']} template fallbacks after LLM failures")
+    columns[0].metric(
+        "Tiles", f"{coverage['tiles']} / {coverage['cells']}", help=f"{coverage['tiles'] / cells:.0%} of cells"
+    )
+    columns[1].metric(
+        "Descriptions",
+        f"{coverage['descriptions']} / {coverage['cells']}",
+        help=f"{coverage['description_fallbacks']} template fallbacks after LLM failures",
+    )
     columns[2].metric("Embeddings", f"{coverage['embeddings']} / {coverage['cells']}")
     top1 = coverage["retrieval"].get("top1")
-    columns[3].metric("Retrieval top-1", f"{top1:.3f}" if top1 is not None else "—",
-                      help="held-out image-to-text retrieval of the encoder")
+    columns[3].metric(
+        "Retrieval top-1",
+        f"{top1:.3f}" if top1 is not None else "—",
+        help="held-out image-to-text retrieval of the encoder",
+    )
     if coverage["encoder"]:
         st.caption(f"Encoder: `{coverage['encoder']}`")
     else:
@@ -97,8 +110,9 @@ def show_datasets() -> None:
     if datasets.empty:
         return
     st.markdown("**Data sets**")
-    st.dataframe(datasets, hide_index=True, width="stretch",
-                 column_config={"active": st.column_config.CheckboxColumn("active")})
+    st.dataframe(
+        datasets, hide_index=True, width="stretch", column_config={"active": st.column_config.CheckboxColumn("active")}
+    )
     others = datasets.loc[~datasets["active"], "name"].tolist()
     if others:
         left, right = st.columns([3, 1], vertical_alignment="bottom")
@@ -109,9 +123,11 @@ def show_datasets() -> None:
 
 
 def table_form() -> None:
-    st.caption("Records `entity_id, timestamp, cell_id, service, bytes` and cells `cell_id, lat, lon, <POI columns>`, "
-               "or any layout described by a JSON column mapping (see docs/data-formats.md). Large files: "
-               "`lsdm ingest table` on the command line.")
+    st.caption(
+        "Records `entity_id, timestamp, cell_id, service, bytes` and cells `cell_id, lat, lon, <POI columns>`, "
+        "or any layout described by a JSON column mapping (see docs/data-formats.md). Large files: "
+        "`lsdm ingest table` on the command line."
+    )
     mappings = da.shipped_mappings()
     with st.form("ingest_table"):
         slots = {}
@@ -120,16 +136,28 @@ def table_form() -> None:
         cells = st.file_uploader("Cells (CSV or Parquet)", type=list(da.TABLE_SUFFIXES), key="table_cells")
         slots["cells"] = st.empty()
         left, right = st.columns(2)
-        shipped = left.selectbox("Column mapping", ["none", *mappings], key="table_mapping_choice",
-                                 help="a mapping that ships with the program; an uploaded one wins")
+        shipped = left.selectbox(
+            "Column mapping",
+            ["none", *mappings],
+            key="table_mapping_choice",
+            help="a mapping that ships with the program; an uploaded one wins",
+        )
         mapping = right.file_uploader("…or upload a JSON mapping", type=["json"], key="table_mapping")
         slots["mapping"] = st.empty()
         c1, c2, c3 = st.columns(3)
         kind = c1.selectbox("Entities are", ["as the mapping says (else users)", "user", "cell"], key="table_kind")
-        timezone = c2.text_input("Time zone", placeholder="as the mapping says (else UTC)", key="table_timezone",
-                                 max_chars=IngestTableRequest.field_specs()["timezone"]["max_length"])
-        name = c3.text_input("Name", placeholder="the records file's name", key="table_name",
-                             max_chars=IngestTableRequest.field_specs()["name"]["max_length"])
+        timezone = c2.text_input(
+            "Time zone",
+            placeholder="as the mapping says (else UTC)",
+            key="table_timezone",
+            max_chars=IngestTableRequest.field_specs()["timezone"]["max_length"],
+        )
+        name = c3.text_input(
+            "Name",
+            placeholder="the records file's name",
+            key="table_name",
+            max_chars=IngestTableRequest.field_specs()["name"]["max_length"],
+        )
         slots["name"] = st.empty()
         replace = st.checkbox("Replace a data set of the same name", key="table_replace")
         submitted = st.form_submit_button("Ingest", type="primary", key="table_submit")
@@ -139,27 +167,45 @@ def table_form() -> None:
         if file is None:
             slots[role].error(f"Choose the {role} file.")
             return
-    params = da.table_job(upload(records), upload(cells), upload(mapping) or mappings.get(shipped),
-                          entity_kind=kind if kind in ("user", "cell") else None, timezone=timezone.strip() or None,
-                          name=name.strip() or None, replace=replace)
+    params = da.table_job(
+        upload(records),
+        upload(cells),
+        upload(mapping) or mappings.get(shipped),
+        entity_kind=kind if kind in ("user", "cell") else None,
+        timezone=timezone.strip() or None,
+        name=name.strip() or None,
+        replace=replace,
+    )
     queue("ingest.table", params, slots)
 
 
 def tsinghua_form() -> None:
-    st.caption("The Tsinghua App Usage release: the trace, App2Category.txt, Categorys.txt and base_poi.txt, "
-               "plus optional base-station coordinates (`cell_id,lat,lon`). The full trace is large: "
-               "`lsdm ingest tsinghua` on the command line reads it from disk.")
-    labels = {"trace": "Trace (App_usage_trace.txt)", "app2category": "App2Category.txt",
-              "categories": "Categorys.txt", "poi": "base_poi.txt", "coords": "Coordinates CSV (optional)"}
+    st.caption(
+        "The Tsinghua App Usage release: the trace, App2Category.txt, Categorys.txt and base_poi.txt, "
+        "plus optional base-station coordinates (`cell_id,lat,lon`). The full trace is large: "
+        "`lsdm ingest tsinghua` on the command line reads it from disk."
+    )
+    labels = {
+        "trace": "Trace (App_usage_trace.txt)",
+        "app2category": "App2Category.txt",
+        "categories": "Categorys.txt",
+        "poi": "base_poi.txt",
+        "coords": "Coordinates CSV (optional)",
+    }
     with st.form("ingest_tsinghua"):
         files, slots = {}, {}
         for role in da.TSINGHUA_ROLES:
-            files[role] = st.file_uploader(labels[role], type=["csv"] if role == "coords" else ["txt", "csv"],
-                                           key=f"ts_{role}")
+            files[role] = st.file_uploader(
+                labels[role], type=["csv"] if role == "coords" else ["txt", "csv"], key=f"ts_{role}"
+            )
             slots[role] = st.empty()
         left, right = st.columns(2)
-        name = left.text_input("Name", value=IngestTsinghuaRequest.default("name"), key="ts_name",
-                               max_chars=IngestTsinghuaRequest.field_specs()["name"]["max_length"])
+        name = left.text_input(
+            "Name",
+            value=IngestTsinghuaRequest.default("name"),
+            key="ts_name",
+            max_chars=IngestTsinghuaRequest.field_specs()["name"]["max_length"],
+        )
         slots["name"] = st.empty()
         all_services = right.checkbox("Keep all 20 services (default: the paper's 10)", key="ts_all")
         replace = st.checkbox("Replace a data set of the same name", key="ts_replace")
@@ -170,42 +216,61 @@ def tsinghua_form() -> None:
     if missing:
         slots[missing[0]].error(f"Upload the {missing[0]} file.")
         return
-    params = da.tsinghua_job({role: upload(f) for role, f in files.items()}, all_services=all_services,
-                             name=name.strip(), replace=replace)
+    params = da.tsinghua_job(
+        {role: upload(f) for role, f in files.items()}, all_services=all_services, name=name.strip(), replace=replace
+    )
     queue("ingest.tsinghua", params, slots)
 
 
 def city_form() -> None:
-    st.caption("A deterministic synthetic city around central Shanghai (engine/data/city.py). The defaults "
-               "are the embedded default city, which the shipped encoder and forecaster were trained on.")
+    st.caption(
+        "A deterministic synthetic city around central Shanghai (engine/data/city.py). The defaults "
+        "are the embedded default city, which the shipped encoder and forecaster were trained on."
+    )
     with st.form("city"):
         c1, c2, c3, c4, c5 = st.columns(5)
         spec = CityRequest.field_specs()
 
         def number(column: DeltaGenerator, label: str, name: str, **options: Any) -> int | float | None:
             """A number field with the request's bounds and default."""
-            return column.number_input(label, *CityRequest.bounds(name), spec[name]["default"], key=f"city_{name}",
-                                       **options)
+            return column.number_input(
+                label, *CityRequest.bounds(name), spec[name]["default"], key=f"city_{name}", **options
+            )
 
         users = number(c1, "Users", "users")
         cells = number(c2, "Cells", "cells")
         seed = number(c3, "Seed", "seed")
         days = number(c4, "Days", "days", help="At least 8: a week of history before the held-out days.")
-        effect = number(c5, "Environment effect", "env_effect", step=0.1,
-                        help="0: nobody's traffic depends on where they are (a control city)")
+        effect = number(
+            c5,
+            "Environment effect",
+            "env_effect",
+            step=0.1,
+            help="0: nobody's traffic depends on where they are (a control city)",
+        )
         c6, c7, c8 = st.columns(3)
         lat = number(c6, "Centre latitude", "center_lat", format="%.4f")
         lon = number(c7, "Centre longitude", "center_lon", format="%.4f")
         radius = number(c8, "Radius (km)", "radius_km", step=0.5)
-        name = st.text_input("Name", placeholder="synthetic-seed<seed>", key="city_name",
-                             max_chars=spec["name"]["max_length"])
+        name = st.text_input(
+            "Name", placeholder="synthetic-seed<seed>", key="city_name", max_chars=spec["name"]["max_length"]
+        )
         name_slot = st.empty()
         replace = st.checkbox("Replace a data set of the same name", key="city_replace")
         submitted = st.form_submit_button("Build city", type="primary", key="city_submit")
     if submitted:
-        request = CityRequest(users=int(users), cells=int(cells), seed=int(seed), days=int(days),
-                              env_effect=float(effect), center_lat=float(lat), center_lon=float(lon),
-                              radius_km=float(radius), name=name.strip() or None, replace=replace)
+        request = CityRequest(
+            users=int(users),
+            cells=int(cells),
+            seed=int(seed),
+            days=int(days),
+            env_effect=float(effect),
+            center_lat=float(lat),
+            center_lon=float(lon),
+            radius_km=float(radius),
+            name=name.strip() or None,
+            replace=replace,
+        )
         queue("city.build", request.to_params(), {"name": name_slot})
 
 
@@ -221,19 +286,27 @@ def environment_form(saved: app_settings.AppSettings) -> None:
     if overview is None:
         st.info("Ingest data or build a city first.")
         return
-    st.caption(f"Data set {overview['dataset']!r}. Tiles: `{saved.tile_source or 'automatic'}`, descriptions: "
-               f"`{saved.describer}` (tab *Settings*). On the default city the shipped encoder is used, whose "
-               "embeddings the shipped forecaster was trained on; elsewhere a new encoder is trained.")
+    st.caption(
+        f"Data set {overview['dataset']!r}. Tiles: `{saved.tile_source or 'automatic'}`, descriptions: "
+        f"`{saved.describer}` (tab *Settings*). On the default city the shipped encoder is used, whose "
+        "embeddings the shipped forecaster was trained on; elsewhere a new encoder is trained."
+    )
     with st.form("environment"):
         c1, c2, c3 = st.columns(3)
         regenerate = c1.checkbox("Redo tiles and descriptions", key="env_regenerate")
         train_encoder = c2.checkbox("Train a new encoder even on the default city", key="env_train")
-        epochs = c3.number_input("CLIP epochs (new encoders)", *EnvRequest.bounds("clip_epochs"),
-                                 EnvRequest.default("clip_epochs"), key="env_epochs")
+        epochs = c3.number_input(
+            "CLIP epochs (new encoders)",
+            *EnvRequest.bounds("clip_epochs"),
+            EnvRequest.default("clip_epochs"),
+            key="env_epochs",
+        )
         submitted = st.form_submit_button("Build environment", type="primary", key="env_submit")
     if submitted:
-        queue("env.build", da.environment_job(saved, regenerate=regenerate, train_encoder=train_encoder,
-                                              clip_epochs=int(epochs)))
+        queue(
+            "env.build",
+            da.environment_job(saved, regenerate=regenerate, train_encoder=train_encoder, clip_epochs=int(epochs)),
+        )
 
 
 def settings_form(saved: app_settings.AppSettings) -> None:
@@ -241,19 +314,33 @@ def settings_form(saved: app_settings.AppSettings) -> None:
     kind, location = app_settings.tile_kind_and_location(saved.tile_source)
     with st.form("settings"):
         left, right = st.columns([1, 3])
-        tile_kind = left.selectbox("Tile source", app_settings.TILE_KINDS, index=app_settings.TILE_KINDS.index(kind),
-                                   key="set_tile_kind", help="automatic: synthetic tiles for synthetic cities, "
-                                   "none for real data")
-        tile_location = right.text_input("Folder, MBTiles file or URL template", value=location, key="set_tile_location",
-                                         placeholder="dir: a folder · mbtiles: a file · xyz: https://host/{z}/{x}/{y}.png")
+        tile_kind = left.selectbox(
+            "Tile source",
+            app_settings.TILE_KINDS,
+            index=app_settings.TILE_KINDS.index(kind),
+            key="set_tile_kind",
+            help="automatic: synthetic tiles for synthetic cities, none for real data",
+        )
+        tile_location = right.text_input(
+            "Folder, MBTiles file or URL template",
+            value=location,
+            key="set_tile_location",
+            placeholder="dir: a folder · mbtiles: a file · xyz: https://host/{z}/{x}/{y}.png",
+        )
         tile_slot = st.empty()
-        describer = st.radio("Descriptions", app_settings.DESCRIBERS, horizontal=True, key="set_describer",
-                             index=app_settings.DESCRIBERS.index(saved.describer),
-                             help="template: offline and deterministic; openai: any OpenAI-compatible endpoint "
-                                  "(Ollama, llama.cpp, vLLM), with the template as fallback")
+        describer = st.radio(
+            "Descriptions",
+            app_settings.DESCRIBERS,
+            horizontal=True,
+            key="set_describer",
+            index=app_settings.DESCRIBERS.index(saved.describer),
+            help="template: offline and deterministic; openai: any OpenAI-compatible endpoint "
+            "(Ollama, llama.cpp, vLLM), with the template as fallback",
+        )
         c1, c2 = st.columns(2)
-        base_url = c1.text_input("LLM base URL", value=saved.llm_base_url or "", key="set_llm_url",
-                                 placeholder="http://localhost:11434/v1")
+        base_url = c1.text_input(
+            "LLM base URL", value=saved.llm_base_url or "", key="set_llm_url", placeholder="http://localhost:11434/v1"
+        )
         url_slot = c1.empty()
         model = c2.text_input("LLM model", value=saved.llm_model or "", key="set_llm_model", placeholder="llama3.1:8b")
         model_slot = c2.empty()
@@ -262,9 +349,11 @@ def settings_form(saved: app_settings.AppSettings) -> None:
     if not submitted:
         return
     candidate = app_settings.AppSettings(
-        tile_source=app_settings.tile_spec(tile_kind, tile_location), describer=describer,
+        tile_source=app_settings.tile_spec(tile_kind, tile_location),
+        describer=describer,
         llm_base_url=(base_url.strip() or None) if describer == "openai" else None,
-        llm_model=(model.strip() or None) if describer == "openai" else None)
+        llm_model=(model.strip() or None) if describer == "openai" else None,
+    )
     problems = app_settings.validate_settings(candidate)
     slots = {"tile_source": tile_slot, "llm_base_url": url_slot, "llm_model": model_slot}
     for field, message in problems.items():

@@ -53,65 +53,128 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
     state.setdefault("fc_users", keys[:1])
     state.setdefault("fc_start", fd.default_start(info.hours, model.history))
     defaults = ForecastRequest.field_specs()
-    for key, name in (("fc_horizon", "horizon"), ("fc_samples", "samples"), ("fc_sampler", "sampler"),
-                      ("fc_location", "location"), ("fc_guidance", "guidance"), ("fc_seed", "seed")):
+    for key, name in (
+        ("fc_horizon", "horizon"),
+        ("fc_samples", "samples"),
+        ("fc_sampler", "sampler"),
+        ("fc_location", "location"),
+        ("fc_guidance", "guidance"),
+        ("fc_seed", "seed"),
+    ):
         state.setdefault(key, defaults[name]["default"])
     state.setdefault("fc_steps", min(defaults["sampler_steps"]["default"], model.diffusion_steps))
     state.setdefault("fc_paired", defaults["noise"]["default"] == "antithetic")
 
     with st.container(border=True):
         top = st.columns([3, 2])
-        users = top[0].multiselect(f"{noun.capitalize()}s", keys, key="fc_users", max_selections=fd.MAX_USERS,
-                                   help=f"Up to {fd.MAX_USERS}; their sample paths are denoised in one batch.")
+        users = top[0].multiselect(
+            f"{noun.capitalize()}s",
+            keys,
+            key="fc_users",
+            max_selections=fd.MAX_USERS,
+            help=f"Up to {fd.MAX_USERS}; their sample paths are denoised in one batch.",
+        )
         users_slot = top[0].empty()
         start = top[1].select_slider(
-            "Start (first forecast hour)", options=list(range(info.hours + 1)), key="fc_start", format_func=label,
+            "Start (first forecast hour)",
+            options=list(range(info.hours + 1)),
+            key="fc_start",
+            format_func=label,
             help=f"The model reads the {model.history} hours before the start; truth is overlaid for hours "
-                 f"inside the data.")
+            f"inside the data.",
+        )
         start_slot = top[1].empty()
         middle = st.columns(4)
-        horizon = middle[0].number_input("Horizon (hours)", 1, fd.MAX_HORIZON, key="fc_horizon",
-                                         help="Hours forecast recursively: each sample path feeds back its own draws.")
-        samples = middle[1].number_input("Sample paths", 1, fd.MAX_SAMPLES, key="fc_samples",
-                                         help="More paths: smoother quantiles, longer run.")
-        sampler = middle[2].radio("Sampler", fd.SAMPLERS, key="fc_sampler", horizontal=True,
-                                  help="ddim: fast, deterministic, few steps; "
-                                       "ddpm: every diffusion step, as in the paper.")
-        steps = middle[3].number_input("DDIM steps", 1, model.diffusion_steps, key="fc_steps",
-                                       disabled=sampler == "ddpm")
+        horizon = middle[0].number_input(
+            "Horizon (hours)",
+            1,
+            fd.MAX_HORIZON,
+            key="fc_horizon",
+            help="Hours forecast recursively: each sample path feeds back its own draws.",
+        )
+        samples = middle[1].number_input(
+            "Sample paths", 1, fd.MAX_SAMPLES, key="fc_samples", help="More paths: smoother quantiles, longer run."
+        )
+        sampler = middle[2].radio(
+            "Sampler",
+            fd.SAMPLERS,
+            key="fc_sampler",
+            horizontal=True,
+            help="ddim: fast, deterministic, few steps; ddpm: every diffusion step, as in the paper.",
+        )
+        steps = middle[3].number_input(
+            "DDIM steps", 1, model.diffusion_steps, key="fc_steps", disabled=sampler == "ddpm"
+        )
         sampler_slot = st.empty()
         bottom = st.columns([4, 3, 3, 2])
-        location = bottom[0].radio("Location scenario", fd.LOCATION_MODES, key="fc_location", horizontal=True,
-                                   format_func=fd.LOCATION_LABELS.get,
-                                   help="; ".join(f"{k}: {v}" for k, v in fd.LOCATION_HELP.items()))
+        location = bottom[0].radio(
+            "Location scenario",
+            fd.LOCATION_MODES,
+            key="fc_location",
+            horizontal=True,
+            format_func=fd.LOCATION_LABELS.get,
+            help="; ".join(f"{k}: {v}" for k, v in fd.LOCATION_HELP.items()),
+        )
         cells = fd.cached_cells(url, info.id, revision())
         names = dict(zip(cells["key"], cells["name"] + " (" + cells["land_use"].fillna("unknown") + ")", strict=True))
-        cell = bottom[1].selectbox("Cell", list(names), key="fc_cell", disabled=location != "cells",
-                                   format_func=lambda k: f"{k} · {names[k]}", help="Used by the `cell` scenario.")
+        cell = bottom[1].selectbox(
+            "Cell",
+            list(names),
+            key="fc_cell",
+            disabled=location != "cells",
+            format_func=lambda k: f"{k} · {names[k]}",
+            help="Used by the `cell` scenario.",
+        )
         location_slot = bottom[0].empty()
-        guidance = bottom[2].slider("Guidance", 0.0, fd.MAX_GUIDANCE, step=0.1, key="fc_guidance",
-                                    help="Classifier-free guidance on the environment: 0 ignores it, 1 is the "
-                                         "trained conditional model, above 1 exaggerates it.")
+        guidance = bottom[2].slider(
+            "Guidance",
+            0.0,
+            fd.MAX_GUIDANCE,
+            step=0.1,
+            key="fc_guidance",
+            help="Classifier-free guidance on the environment: 0 ignores it, 1 is the "
+            "trained conditional model, above 1 exaggerates it.",
+        )
         seed = bottom[3].number_input("Seed", *ForecastRequest.bounds("seed"), key="fc_seed")
-        paired = bottom[3].checkbox("Paired paths", key="fc_paired",
-                                    help="Antithetic pairs: each path has a twin driven by the opposite noise. Every "
-                                         "path is still a sample of the model; the mean of the paths is steadier "
-                                         "for the same number of paths. Off: every path on its own noise.")
+        paired = bottom[3].checkbox(
+            "Paired paths",
+            key="fc_paired",
+            help="Antithetic pairs: each path has a twin driven by the opposite noise. Every "
+            "path is still a sample of the model; the mean of the paths is steadier "
+            "for the same number of paths. Off: every path on its own noise.",
+        )
 
         request = ForecastRequest(
-            entities=tuple(users), start=int(start), entity_kind=noun, horizon=int(horizon), samples=int(samples),
-            sampler=sampler, sampler_steps=int(steps), location=location,
-            cells=(cell,) if location == "cells" and cell else (), guidance=float(guidance), seed=int(seed),
-            noise="antithetic" if paired else "independent", model_id=model.id)
-        errors = fd.request_problems(request, history=model.history, hours=info.hours, origin=info.time_origin,
-                                     diffusion_steps=model.diffusion_steps)
+            entities=tuple(users),
+            start=int(start),
+            entity_kind=noun,
+            horizon=int(horizon),
+            samples=int(samples),
+            sampler=sampler,
+            sampler_steps=int(steps),
+            location=location,
+            cells=(cell,) if location == "cells" and cell else (),
+            guidance=float(guidance),
+            seed=int(seed),
+            noise="antithetic" if paired else "independent",
+            model_id=model.id,
+        )
+        errors = fd.request_problems(
+            request,
+            history=model.history,
+            hours=info.hours,
+            origin=info.time_origin,
+            diffusion_steps=model.diffusion_steps,
+        )
         show_error(users_slot, errors.get("entities"))
         show_error(start_slot, errors.get("start"))
         show_error(sampler_slot, errors.get("sampler") or errors.get("sampler_steps"))
         show_error(location_slot, errors.get("location") or errors.get("cells"))
         for name in ("horizon", "samples", "guidance", "seed", "noise"):
-            show_error(sampler_slot if name != "guidance" else location_slot,
-                       f"{name.capitalize()}: {errors[name]}" if name in errors else None)
+            show_error(
+                sampler_slot if name != "guidance" else location_slot,
+                f"{name.capitalize()}: {errors[name]}" if name in errors else None,
+            )
         set_query(user=",".join(users) or None, hour=start, horizon=horizon)
         for key, value in (("fc_users", list(users) or None), ("fc_start", start), ("fc_horizon", horizon)):
             fd.remember_link_value(state, key, value)
@@ -140,8 +203,13 @@ def show_run(run: fd.StoredRun) -> None:
     st.subheader(fd.run_title(run, info.time_origin, info.hours))
     with st.expander("Parameters", icon=":material/tune:"):
         st.dataframe(fd.params_frame(run, info.time_origin, info.hours), hide_index=True, width="stretch")
-        st.button("Use these settings in the form", key="fc_reuse", on_click=state.update,
-                  args=(fd.form_values(run.params),), icon=":material/restart_alt:")
+        st.button(
+            "Use these settings in the form",
+            key="fc_reuse",
+            on_click=state.update,
+            args=(fd.form_values(run.params),),
+            icon=":material/restart_alt:",
+        )
     names = run.entity_names
     if not names:
         st.warning(f"Run {run.id} holds no forecasts.")
@@ -153,26 +221,38 @@ def show_run(run: fd.StoredRun) -> None:
     left, right = st.columns([3, 2])
     left.vega_lite_chart(views.total, theme=None, width="stretch")
     right.vega_lite_chart(views.mix, theme=None, width="stretch")
-    right.caption(f"Service mix over {views.mix_hours} hours: each service's share of the traffic"
-                  + (", forecast vs truth." if views.mix_has_truth else " (no truth: beyond the data)."))
+    right.caption(
+        f"Service mix over {views.mix_hours} hours: each service's share of the traffic"
+        + (", forecast vs truth." if views.mix_has_truth else " (no truth: beyond the data).")
+    )
     metrics = fd.cached_metrics(url, info.id, revision(), run.id)
     if len(metrics):
         st.markdown("**Scores** over the hours with known truth")
-        st.dataframe(metrics, hide_index=True, width="stretch", column_config={
-            "entity": noun, "hours": "hours", "mse": st.column_config.NumberColumn("MSE", format="%.4f"),
-            "rmse": st.column_config.NumberColumn("RMSE", format="%.4f"),
-            "mae": st.column_config.NumberColumn("MAE", format="%.4f"),
-            "cs": st.column_config.NumberColumn("cosine", format="%.3f"),
-            "r2": st.column_config.NumberColumn("R²", format="%.3f"),
-            "crps": st.column_config.NumberColumn("CRPS", format="%.4f"),
-            "cov50": st.column_config.NumberColumn("50% coverage", format="%.2f"),
-            "cov90": st.column_config.NumberColumn("90% coverage", format="%.2f"),
-            "mae_mb": st.column_config.NumberColumn("MAE (MB)", format="%.3f",
-                                                    help="Mean absolute error of the median forecast, in MB."),
-        })
-        st.caption("MSE to CRPS on the model's normalised scale (the paper's tables; point scores of the sample "
-                   "mean); coverage: share of true values inside the 50% / 90% bands; MAE (MB): of the median "
-                   "forecast, in megabytes.")
+        st.dataframe(
+            metrics,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "entity": noun,
+                "hours": "hours",
+                "mse": st.column_config.NumberColumn("MSE", format="%.4f"),
+                "rmse": st.column_config.NumberColumn("RMSE", format="%.4f"),
+                "mae": st.column_config.NumberColumn("MAE", format="%.4f"),
+                "cs": st.column_config.NumberColumn("cosine", format="%.3f"),
+                "r2": st.column_config.NumberColumn("R²", format="%.3f"),
+                "crps": st.column_config.NumberColumn("CRPS", format="%.4f"),
+                "cov50": st.column_config.NumberColumn("50% coverage", format="%.2f"),
+                "cov90": st.column_config.NumberColumn("90% coverage", format="%.2f"),
+                "mae_mb": st.column_config.NumberColumn(
+                    "MAE (MB)", format="%.3f", help="Mean absolute error of the median forecast, in MB."
+                ),
+            },
+        )
+        st.caption(
+            "MSE to CRPS on the model's normalised scale (the paper's tables; point scores of the sample "
+            "mean); coverage: share of true values inside the 50% / 90% bands; MAE (MB): of the median "
+            "forecast, in megabytes."
+        )
 
     st.markdown("**Per service** (MB per hour: median, 50% and 90% bands, truth as dots)")
     for row in range(0, len(views.fans), 3):
@@ -181,10 +261,17 @@ def show_run(run: fd.StoredRun) -> None:
 
     csv, parquet = fd.cached_exports(url, info.id, revision(), run.id, info.services, info.time_origin)
     buttons = st.columns([1, 1, 4])
-    buttons[0].download_button("CSV", csv, file_name=f"forecast-run-{run.id}.csv", mime="text/csv",
-                               icon=":material/download:", key="fc_csv")
-    buttons[1].download_button("Parquet", parquet, file_name=f"forecast-run-{run.id}.parquet",
-                               mime="application/vnd.apache.parquet", icon=":material/download:", key="fc_parquet")
+    buttons[0].download_button(
+        "CSV", csv, file_name=f"forecast-run-{run.id}.csv", mime="text/csv", icon=":material/download:", key="fc_csv"
+    )
+    buttons[1].download_button(
+        "Parquet",
+        parquet,
+        file_name=f"forecast-run-{run.id}.parquet",
+        mime="application/vnd.apache.parquet",
+        icon=":material/download:",
+        key="fc_parquet",
+    )
     buttons[2].caption("One row per user, hour and service: mean, median, 5/25/75/95 % quantiles and truth, in bytes.")
 
 
@@ -201,19 +288,38 @@ def history_section() -> None:
         if rows:
             st.query_params["run"] = str(int(history.iloc[rows[0]]["run"]))
 
-    st.dataframe(history, hide_index=True, width="stretch", key="fc_history", on_select=open_selected,
-                 selection_mode="single-row", column_config={
-                     "run": "Run",
-                     "created": st.column_config.DatetimeColumn("Created (UTC)", format="YYYY-MM-DD HH:mm"),
-                     "start": st.column_config.NumberColumn("Start hour"), "start_label": "Start",
-                     "horizon": st.column_config.NumberColumn("Horizon", format="%d h"), "entity": "Users",
-                     "users": "Count", "samples": "Samples", "sampler": "Sampler", "location": "Location",
-                     "guidance": "Guidance", "seed": "Seed", "model": "Model",
-                     "seconds": st.column_config.NumberColumn("Seconds", format="%.1f")})
+    st.dataframe(
+        history,
+        hide_index=True,
+        width="stretch",
+        key="fc_history",
+        on_select=open_selected,
+        selection_mode="single-row",
+        column_config={
+            "run": "Run",
+            "created": st.column_config.DatetimeColumn("Created (UTC)", format="YYYY-MM-DD HH:mm"),
+            "start": st.column_config.NumberColumn("Start hour"),
+            "start_label": "Start",
+            "horizon": st.column_config.NumberColumn("Horizon", format="%d h"),
+            "entity": "Users",
+            "users": "Count",
+            "samples": "Samples",
+            "sampler": "Sampler",
+            "location": "Location",
+            "guidance": "Guidance",
+            "seed": "Seed",
+            "model": "Model",
+            "seconds": st.column_config.NumberColumn("Seconds", format="%.1f"),
+        },
+    )
     st.caption("Select a row to open that run above (its stored result; nothing is recomputed).")
 
-    titles = {int(r): f"Run {r} · {e} · {s} · {h} h" for r, e, s, h in
-              zip(history["run"], history["entity"], history["start_label"], history["horizon"], strict=True)}
+    titles = {
+        int(r): f"Run {r} · {e} · {s} · {h} h"
+        for r, e, s, h in zip(
+            history["run"], history["entity"], history["start_label"], history["horizon"], strict=True
+        )
+    }
     pair = st.multiselect("Compare two runs", list(titles), format_func=titles.get, max_selections=2, key="fc_compare")
     if len(pair) < 2:
         return
@@ -228,20 +334,26 @@ def history_section() -> None:
     top = fd.compare_y_max([run.entity(name) for run, name in zip(runs, names, strict=True)], kind, info.services)
     for column, run, name in zip(st.columns(2), runs, names, strict=False):
         with column:
-            st.markdown(f"**{fd.run_title(run, info.time_origin, info.hours)}**  \n"
-                        f"{run.request.sampler_label} · {run.request.samples} "
-                        f"{'paired ' if run.request.antithetic else ''}paths · "
-                        f"{fd.location_label(run.request)} · guidance {run.request.guidance} · "
-                        f"seed {run.request.seed} · model {run.request.model_id}")
-            spec = fd.cached_compare_view(url, info.id, revision(), run.id, name, kind, info.services,
-                                          info.time_origin, top)
+            st.markdown(
+                f"**{fd.run_title(run, info.time_origin, info.hours)}**  \n"
+                f"{run.request.sampler_label} · {run.request.samples} "
+                f"{'paired ' if run.request.antithetic else ''}paths · "
+                f"{fd.location_label(run.request)} · guidance {run.request.guidance} · "
+                f"seed {run.request.seed} · model {run.request.model_id}"
+            )
+            spec = fd.cached_compare_view(
+                url, info.id, revision(), run.id, name, kind, info.services, info.time_origin, top
+            )
             st.vega_lite_chart(spec, theme=None, width="stretch")
 
 
 model = fd.cached_active_model(url, info.id, revision())
 if model is None:
-    st.info("No forecasting model yet for this data set: run `lsdm train` or `lsdm assets install` "
-            "(or train one on the **Models & evaluation** page).", icon=":material/model_training:")
+    st.info(
+        "No forecasting model yet for this data set: run `lsdm train` or `lsdm assets install` "
+        "(or train one on the **Models & evaluation** page).",
+        icon=":material/model_training:",
+    )
 else:
     forecast_form(model, cached_entity_keys(url, info.id, revision()))
 

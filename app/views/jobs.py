@@ -27,9 +27,15 @@ def workers_section() -> None:
     if not workers:
         st.warning(jobs_ui.NO_WORKER, icon=":material/warning:")
         return
-    st.dataframe(jd.workers_frame(workers, utcnow()), hide_index=True, width="stretch", column_config={
-        "started": st.column_config.DatetimeColumn("started (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-        "last heartbeat (s ago)": st.column_config.NumberColumn(format="%.1f")})
+    st.dataframe(
+        jd.workers_frame(workers, utcnow()),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "started": st.column_config.DatetimeColumn("started (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+            "last heartbeat (s ago)": st.column_config.NumberColumn(format="%.1f"),
+        },
+    )
 
 
 def active_section(active: list[jobs.JobView]) -> None:
@@ -47,12 +53,19 @@ def recent_section() -> None:
     if not recent:
         st.caption("No jobs yet." if not statuses else "No job with this status.")
         return
-    st.dataframe(jd.jobs_frame(recent), hide_index=True, width="stretch", column_config={
-        "id": st.column_config.NumberColumn("job", format="%d"), "job": "what",
-        "created": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-        "seconds": st.column_config.NumberColumn("ran (s)", format="%.1f"),
-        "link": st.column_config.LinkColumn("open", display_text="open"),
-        "details": st.column_config.TextColumn("message or reason", width="large")})
+    st.dataframe(
+        jd.jobs_frame(recent),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "id": st.column_config.NumberColumn("job", format="%d"),
+            "job": "what",
+            "created": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+            "seconds": st.column_config.NumberColumn("ran (s)", format="%.1f"),
+            "link": st.column_config.LinkColumn("open", display_text="open"),
+            "details": st.column_config.TextColumn("message or reason", width="large"),
+        },
+    )
     st.caption(f"The newest {RECENT} jobs. `lsdm jobs list` shows them on the command line.")
 
 

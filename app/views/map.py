@@ -53,26 +53,44 @@ def open_page(kind: str, key: str) -> None:
 
 
 info = jobs_ui.require_dataset()
-common.page_header("City map", f"{info.name}: {info.cells} cells, {info.entities} {info.entity_kind}s over "
-                   f"{info.hours} hours. Click a cell or a user to open it.")
+common.page_header(
+    "City map",
+    f"{info.name}: {info.cells} cells, {info.entities} {info.entity_kind}s over "
+    f"{info.hours} hours. Click a cell or a user to open it.",
+)
 city = city_data(common.database().url, info.id, common.revision())
 hour, color, user = read_link(info, city)
 for key, value in (("map_hour", hour), ("map_color", color), ("map_user", user)):
     st.session_state.setdefault(key, value)
 
 left, middle, right = st.columns([1.2, 3, 1.4])
-color = left.radio("Colour cells by", m.COLOR_MODES, key="map_color", horizontal=True,
-                   format_func=lambda c: {"traffic": "Traffic", "land_use": "Land use"}[c])
+color = left.radio(
+    "Colour cells by",
+    m.COLOR_MODES,
+    key="map_color",
+    horizontal=True,
+    format_func=lambda c: {"traffic": "Traffic", "land_use": "Land use"}[c],
+)
 hour = middle.select_slider("Hour", options=range(info.hours), key="map_hour", format_func=lambda h: label(info, h))
 has_users = len(city.user_keys) > 0
-user = right.selectbox("Trajectory of", list(city.user_keys), key="map_user", index=None, placeholder="no user",
-                       disabled=not has_users, help="The user's cells over the week of the chosen hour.")
+user = right.selectbox(
+    "Trajectory of",
+    list(city.user_keys),
+    key="map_user",
+    index=None,
+    placeholder="no user",
+    disabled=not has_users,
+    help="The user's cells over the week of the chosen hour.",
+)
 common.set_query(hour=hour, color=color, user=user)
 
 located = city.located
 if not located.any():
-    st.info("No cell of this data set has a latitude and longitude, so there is nothing to place on a map. "
-            "Open a cell or a user below.", icon=":material/location_off:")
+    st.info(
+        "No cell of this data set has a latitude and longitude, so there is nothing to place on a map. "
+        "Open a cell or a user below.",
+        icon=":material/location_off:",
+    )
 else:
     try:
         base = basemap(common.database().url, info.id, common.revision())
@@ -82,17 +100,25 @@ else:
     cells = m.cell_layer_frame(city, hour, color)
     users = m.user_layer_frame(city, hour, user)
     stops, path = m.trajectory(city, user, hour) if user else ([], [])
-    deck = m.build_deck(basemap=base, cells=cells, users=users, path=path, path_user=user,
-                        view=m.initial_view(base[1] if base else m.cell_bounds(city)))
+    deck = m.build_deck(
+        basemap=base,
+        cells=cells,
+        users=users,
+        path=path,
+        path_user=user,
+        view=m.initial_view(base[1] if base else m.cell_bounds(city)),
+    )
     event = st.pydeck_chart(deck, on_select="rerun", selection_mode="single-object", key="map_deck", height=620)
     picked = m.picked_object(event.selection if event is not None else None)
     if picked:
         open_page(*picked)
 
     present = int(m.users_per_cell(city, hour).sum())
-    st.caption(f"**{label(info, hour)}**: {common.format_bytes(city.cell_hour_bytes[:, hour].sum())} in all cells"
-               + (f", {present} of {len(city.user_keys)} users located" if has_users else "")
-               + (f"; {user}'s week: {len(stops)} stops" if user else ""))
+    st.caption(
+        f"**{label(info, hour)}**: {common.format_bytes(city.cell_hour_bytes[:, hour].sum())} in all cells"
+        + (f", {present} of {len(city.user_keys)} users located" if has_users else "")
+        + (f"; {user}'s week: {len(stops)} stops" if user else "")
+    )
     if color == "land_use":
         legend = m.land_use_legend(list(city.cells.loc[located, "land_use"]))
         if city.cells["inferred"].any():
@@ -103,10 +129,12 @@ else:
 
 st.subheader("Open")
 cell_col, user_col = st.columns(2)
-cell_key = cell_col.selectbox("A cell", list(city.cells["key"]), index=None, placeholder="Choose a cell",
-                              key="map_open_cell")
-user_key = user_col.selectbox("A user", list(city.user_keys), index=None, placeholder="Choose a user",
-                              key="map_open_user", disabled=not has_users)
+cell_key = cell_col.selectbox(
+    "A cell", list(city.cells["key"]), index=None, placeholder="Choose a cell", key="map_open_cell"
+)
+user_key = user_col.selectbox(
+    "A user", list(city.user_keys), index=None, placeholder="Choose a user", key="map_open_user", disabled=not has_users
+)
 if cell_key:
     open_page("cell", cell_key)
 if user_key:

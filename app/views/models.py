@@ -28,15 +28,22 @@ forecasters = [m for m in models if m.kind == "lsdm"]
 def show_registry() -> None:
     st.subheader("Registered models")
     if not models:
-        st.info("No models yet for this data set: train one below, or run `lsdm env build` and `lsdm train`.",
-                icon=":material/model_training:")
+        st.info(
+            "No models yet for this data set: train one below, or run `lsdm env build` and `lsdm train`.",
+            icon=":material/model_training:",
+        )
         return
-    st.dataframe(md.model_table(models), hide_index=True, width="stretch", column_config={
-        "active": st.column_config.CheckboxColumn("active"),
-        "best val loss": st.column_config.NumberColumn(format="%.4f"),
-        "test R²": st.column_config.NumberColumn(format="%.4f"),
-        "retrieval top-1": st.column_config.NumberColumn(format="%.3f"),
-    })
+    st.dataframe(
+        md.model_table(models),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "active": st.column_config.CheckboxColumn("active"),
+            "best val loss": st.column_config.NumberColumn(format="%.4f"),
+            "test R²": st.column_config.NumberColumn(format="%.4f"),
+            "retrieval top-1": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
 
 
 def pick_forecaster() -> md.ModelInfo | None:
@@ -58,12 +65,18 @@ def pick_forecaster() -> md.ModelInfo | None:
 def show_forecaster(model: md.ModelInfo) -> None:
     left, right = st.columns([1, 2])
     with left:
-        st.metric("Best validation loss", f"{model.metrics['best_val_loss']:.4f}"
-                  if model.metrics.get("best_val_loss") is not None else "—")
-        st.metric("Epochs", model.metrics.get("epochs_run", "—"),
-                  help=f"stopped by {model.metrics.get('stopped_by', '?')}")
-        st.metric("Training time", f"{model.metrics.get('train_seconds', 0):.0f} s",
-                  help=f"on {model.metrics.get('device', '?')}")
+        st.metric(
+            "Best validation loss",
+            f"{model.metrics['best_val_loss']:.4f}" if model.metrics.get("best_val_loss") is not None else "—",
+        )
+        st.metric(
+            "Epochs", model.metrics.get("epochs_run", "—"), help=f"stopped by {model.metrics.get('stopped_by', '?')}"
+        )
+        st.metric(
+            "Training time",
+            f"{model.metrics.get('train_seconds', 0):.0f} s",
+            help=f"on {model.metrics.get('device', '?')}",
+        )
         if model.active:
             st.success("Active: forecasts use this model.", icon=":material/check_circle:")
         elif st.button("Make active", key="activate", type="primary"):
@@ -84,34 +97,52 @@ def show_evaluation(model: md.ModelInfo) -> None:
     st.subheader(f"Evaluation of model #{model.id}")
     evaluation = model.evaluation
     if not evaluation:
-        st.info(f"No evaluation yet for model #{model.id}. Run one below (minutes), or on the command line: "
-                f"`{md.EVALUATE_COMMAND.format(id=model.id)}`.", icon=":material/analytics:")
+        st.info(
+            f"No evaluation yet for model #{model.id}. Run one below (minutes), or on the command line: "
+            f"`{md.EVALUATE_COMMAND.format(id=model.id)}`.",
+            icon=":material/analytics:",
+        )
         return
     st.caption(md.evaluation_caption(evaluation))
-    gains = [(key, label, help_text) for key, label, help_text in (
-        ("condition_gain", "R² gain from the environment condition",
-         "LSDM vs the same architecture trained without condition (lsdm-no-condition), on the test day"),
-        ("environment_gain", "R² gain from the user's own cells",
-         "The same model given each user's own cells vs another user's whole location history (shuffled "
-         "environment, a permutation test): what the model takes from where the user actually is, "
-         "without a second training run in the comparison"),
-    ) if evaluation.get(f"{key}_r2_percent") is not None]  # evaluations stored before a measure lack it
+    gains = [
+        (key, label, help_text)
+        for key, label, help_text in (
+            (
+                "condition_gain",
+                "R² gain from the environment condition",
+                "LSDM vs the same architecture trained without condition (lsdm-no-condition), on the test day",
+            ),
+            (
+                "environment_gain",
+                "R² gain from the user's own cells",
+                "The same model given each user's own cells vs another user's whole location history (shuffled "
+                "environment, a permutation test): what the model takes from where the user actually is, "
+                "without a second training run in the comparison",
+            ),
+        )
+        if evaluation.get(f"{key}_r2_percent") is not None
+    ]  # evaluations stored before a measure lack it
     for column, (key, label, help_text) in zip(st.columns(len(gains)) if gains else [], gains, strict=True):
         interval = evaluation.get(f"{key}_interval")
-        spread = (f"95 % interval over users: {interval['low']:+.2f} to {interval['high']:+.2f} %"
-                  if interval else None)  # evaluations stored before the interval existed have none
-        column.metric(label, f"{evaluation[f'{key}_r2_percent']:+.2f} %", delta=spread, delta_color="off",
-                      delta_arrow="off", help=help_text + "; the interval comes from resampling the users "
-                                                          "(paired bootstrap, 1,000 resamples)")
-    number = {column: st.column_config.NumberColumn(format="%.4f") for column in ("MSE", "RMSE", "MAE", "CS", "R²",
-                                                                                 "CRPS", "cov50", "cov90")}
+        spread = (
+            f"95 % interval over users: {interval['low']:+.2f} to {interval['high']:+.2f} %" if interval else None
+        )  # evaluations stored before the interval existed have none
+        column.metric(
+            label,
+            f"{evaluation[f'{key}_r2_percent']:+.2f} %",
+            delta=spread,
+            delta_color="off",
+            delta_arrow="off",
+            help=help_text + "; the interval comes from resampling the users (paired bootstrap, 1,000 resamples)",
+        )
+    number = {
+        column: st.column_config.NumberColumn(format="%.4f")
+        for column in ("MSE", "RMSE", "MAE", "CS", "R²", "CRPS", "cov50", "cov90")
+    }
     st.markdown("**Table III: methods compared** (one-step forecasts of the test day, normalised scale)")
-    st.dataframe(md.metric_table(evaluation.get("rows", [])), hide_index=True, width="stretch",
-                 column_config=number)
-    st.markdown("**Table IV: ablations** (`shuffled-environment`: this model, each user given another user's "
-                "cells)")
-    st.dataframe(md.metric_table(evaluation.get("table4", [])), hide_index=True, width="stretch",
-                 column_config=number)
+    st.dataframe(md.metric_table(evaluation.get("rows", [])), hide_index=True, width="stretch", column_config=number)
+    st.markdown("**Table IV: ablations** (`shuffled-environment`: this model, each user given another user's cells)")
+    st.dataframe(md.metric_table(evaluation.get("table4", [])), hide_index=True, width="stretch", column_config=number)
     with st.expander("The same metrics in bytes"):
         st.dataframe(md.metric_table(evaluation.get("bytes_rows", [])), hide_index=True, width="stretch")
     left, right = st.columns(2)
@@ -140,28 +171,55 @@ def evaluation_form(model: md.ModelInfo) -> None:
         st.markdown(f"**Run an evaluation of model #{model.id}** (a job for the worker; minutes)")
         c1, c2, c3, c4 = st.columns(4)
         spec = EvaluateRequest.field_specs()
-        samples = c1.number_input("Samples per window", *EvaluateRequest.bounds("samples"),
-                                  spec["samples"]["default"], key="eval_samples",
-                                  help="Their mean is the point forecast: fewer samples, noisier means, lower R²")
-        steps = c2.number_input("Recursive steps", *EvaluateRequest.bounds("steps"), spec["steps"]["default"],
-                                key="eval_steps")
-        path_users = c3.number_input("Entities for the recursive paths", *EvaluateRequest.bounds("path_users"),
-                                     spec["path_users"]["default"], key="eval_users")
-        path_samples = c4.number_input("Paths per entity", *EvaluateRequest.bounds("path_samples"),
-                                       spec["path_samples"]["default"], key="eval_path_samples")
-        location = st.radio("Where users are at the forecast hours", EvaluateRequest.choices("location"),
-                            horizontal=True, key="eval_location", format_func=LOCATION_TEXT.get)
-        arima = st.checkbox("Include ARIMA (about 2 minutes)", value=spec["include_arima"]["default"],
-                            key="eval_arima")
-        train_missing = st.checkbox("Train missing comparison models (minutes each)",
-                                    value=spec["train_missing"]["default"], key="eval_train",
-                                    help=", ".join(COMPARISON_MODELS))
+        samples = c1.number_input(
+            "Samples per window",
+            *EvaluateRequest.bounds("samples"),
+            spec["samples"]["default"],
+            key="eval_samples",
+            help="Their mean is the point forecast: fewer samples, noisier means, lower R²",
+        )
+        steps = c2.number_input(
+            "Recursive steps", *EvaluateRequest.bounds("steps"), spec["steps"]["default"], key="eval_steps"
+        )
+        path_users = c3.number_input(
+            "Entities for the recursive paths",
+            *EvaluateRequest.bounds("path_users"),
+            spec["path_users"]["default"],
+            key="eval_users",
+        )
+        path_samples = c4.number_input(
+            "Paths per entity",
+            *EvaluateRequest.bounds("path_samples"),
+            spec["path_samples"]["default"],
+            key="eval_path_samples",
+        )
+        location = st.radio(
+            "Where users are at the forecast hours",
+            EvaluateRequest.choices("location"),
+            horizontal=True,
+            key="eval_location",
+            format_func=LOCATION_TEXT.get,
+        )
+        arima = st.checkbox("Include ARIMA (about 2 minutes)", value=spec["include_arima"]["default"], key="eval_arima")
+        train_missing = st.checkbox(
+            "Train missing comparison models (minutes each)",
+            value=spec["train_missing"]["default"],
+            key="eval_train",
+            help=", ".join(COMPARISON_MODELS),
+        )
         submitted = st.form_submit_button("Run evaluation", key="eval_submit")
     job_id = jobs_ui.followed("evaluate", ("evaluate",))
     if submitted:
-        request = EvaluateRequest(model_id=model.id, samples=int(samples), steps=int(steps),
-                                  path_users=int(path_users), path_samples=int(path_samples), location=location,
-                                  include_arima=arima, train_missing=train_missing)
+        request = EvaluateRequest(
+            model_id=model.id,
+            samples=int(samples),
+            steps=int(steps),
+            path_users=int(path_users),
+            path_samples=int(path_samples),
+            location=location,
+            include_arima=arima,
+            train_missing=train_missing,
+        )
         job_id = jobs_ui.submit("evaluate", request.to_params()) or job_id
     if job_id is not None:
         jobs_ui.follow(job_id, key="evaluate", on_done=evaluated)
@@ -169,38 +227,66 @@ def evaluation_form(model: md.ModelInfo) -> None:
 
 def evaluated(job: JobView) -> None:
     """A done evaluation (the page above was drawn from the fresh data already)."""
-    st.success(f"Evaluated model #{job.ref_id('evaluation')} in {job.seconds or 0:.0f} s.",
-               icon=":material/check_circle:")
+    st.success(
+        f"Evaluated model #{job.ref_id('evaluation')} in {job.seconds or 0:.0f} s.", icon=":material/check_circle:"
+    )
 
 
 def training_form() -> None:
     """Queue a ``train`` job; the page follows it (progress, the loss curve so far) and selects the new
     model when it is done."""
     st.subheader("Train a new forecaster")
-    st.caption(f"On data set {info.name!r}, by the worker: you may leave the page meanwhile (the **Jobs** page "
-               "follows it too).")
+    st.caption(
+        f"On data set {info.name!r}, by the worker: you may leave the page meanwhile (the **Jobs** page "
+        "follows it too)."
+    )
     with st.form("train"):
         c1, c2, c3, c4 = st.columns(4)
-        config = c1.selectbox("Configuration", list(CONFIGS), key="train_config",
-                              index=list(CONFIGS).index(TrainRequest.default("config")),
-                              help="The paper's ablations are configurations; 'tiny' trains in seconds.")
-        epochs = c2.number_input("Epochs", *TrainRequest.bounds("epochs"), value=None,
-                                 placeholder="configuration default", key="train_epochs")
-        seed = c3.number_input("Seed", *TrainRequest.bounds("seed"), value=None, placeholder="configuration default",
-                               key="train_seed")
-        minutes = c4.number_input("Max minutes", *TrainRequest.bounds("max_minutes"), value=None, step=1.0,
-                                  placeholder="no limit", key="train_minutes",
-                                  help="Stop after the epoch that passes this budget; empty = no limit.")
-        split = st.radio("Split", TrainRequest.choices("split"), horizontal=True, key="train_split",
-                         help=TrainRequest.field_specs()["split"]["help"])
-        activate = st.checkbox("Make it the active model", value=TrainRequest.default("activate"),
-                               key="train_activate")
+        config = c1.selectbox(
+            "Configuration",
+            list(CONFIGS),
+            key="train_config",
+            index=list(CONFIGS).index(TrainRequest.default("config")),
+            help="The paper's ablations are configurations; 'tiny' trains in seconds.",
+        )
+        epochs = c2.number_input(
+            "Epochs",
+            *TrainRequest.bounds("epochs"),
+            value=None,
+            placeholder="configuration default",
+            key="train_epochs",
+        )
+        seed = c3.number_input(
+            "Seed", *TrainRequest.bounds("seed"), value=None, placeholder="configuration default", key="train_seed"
+        )
+        minutes = c4.number_input(
+            "Max minutes",
+            *TrainRequest.bounds("max_minutes"),
+            value=None,
+            step=1.0,
+            placeholder="no limit",
+            key="train_minutes",
+            help="Stop after the epoch that passes this budget; empty = no limit.",
+        )
+        split = st.radio(
+            "Split",
+            TrainRequest.choices("split"),
+            horizontal=True,
+            key="train_split",
+            help=TrainRequest.field_specs()["split"]["help"],
+        )
+        activate = st.checkbox("Make it the active model", value=TrainRequest.default("activate"), key="train_activate")
         submitted = st.form_submit_button("Train", type="primary", key="train_submit")
     job_id = jobs_ui.followed("train", ("train",))
     if submitted:
-        request = TrainRequest(config=config, epochs=None if epochs is None else int(epochs),
-                               seed=None if seed is None else int(seed),
-                               max_minutes=None if minutes is None else float(minutes), split=split, activate=activate)
+        request = TrainRequest(
+            config=config,
+            epochs=None if epochs is None else int(epochs),
+            seed=None if seed is None else int(seed),
+            max_minutes=None if minutes is None else float(minutes),
+            split=split,
+            activate=activate,
+        )
         job_id = jobs_ui.submit("train", request.to_params()) or job_id
     if job_id is not None:
         jobs_ui.follow(job_id, key="train", on_done=trained, live=loss_so_far)

@@ -19,8 +19,9 @@ from app.common import (
 info = jobs_ui.require_dataset()
 url = database().url
 noun = info.entity_kind  # "user", or "cell" for data sets that model cells
-page_header("User", f"One {noun}'s hourly traffic per service, where they were, and their forecasts "
-                    f"· data set **{info.name}**")
+page_header(
+    "User", f"One {noun}'s hourly traffic per service, where they were, and their forecasts · data set **{info.name}**"
+)
 
 keys = ud.cached_entity_keys(url, info.id, revision())
 if not keys:
@@ -52,22 +53,30 @@ columns[1].metric("Mean per hour", format_bytes(summary["mean_bytes_per_hour"]))
 columns[2].metric("Active hours", f"{summary['active_share']:.0%}", help="Hours with any traffic.")
 columns[3].metric("Cells visited", summary["cells"])
 if persona:
-    columns[4].metric("Persona", str(persona).replace("_", " "),
-                      help="The routine the synthetic user was generated with.")
+    columns[4].metric(
+        "Persona", str(persona).replace("_", " "), help="The routine the synthetic user was generated with."
+    )
 
 # --- history -----------------------------------------------------------------------------------------
 st.subheader("Traffic by hour and service")
 weeks = ud.week_starts(info.hours)
 if len(weeks) > 1:
-    week = st.selectbox("Week", weeks, index=len(weeks) - 1, format_func=lambda h: ud.week_label(info.time_origin, h),
-                        key="user_week", help="The heatmap shows one week (168 hours); the last full week by default.")
+    week = st.selectbox(
+        "Week",
+        weeks,
+        index=len(weeks) - 1,
+        format_func=lambda h: ud.week_label(info.time_origin, h),
+        key="user_week",
+        help="The heatmap shows one week (168 hours); the last full week by default.",
+    )
 else:
     week = 0
 span = ud.WEEK if weeks else info.hours
-st.altair_chart(ud.heatmap_chart(matrix, info.services, info.time_origin, week, span), theme=None,
-                width="stretch")
-st.caption("MB per hour; colour on a symmetric-log scale so that quiet hours stay visible. "
-           "Columns are hours (one tick per day); hover for the time.")
+st.altair_chart(ud.heatmap_chart(matrix, info.services, info.time_origin, week, span), theme=None, width="stretch")
+st.caption(
+    "MB per hour; colour on a symmetric-log scale so that quiet hours stay visible. "
+    "Columns are hours (one tick per day); hover for the time."
+)
 
 st.subheader("Hourly traffic per service")
 st.altair_chart(ud.series_chart(matrix, info.services, info.time_origin), theme=None, width="stretch")
@@ -86,23 +95,36 @@ with right:
     if places.empty:
         st.info(f"No locations are recorded for this {noun}.")
     else:
-        st.dataframe(places, hide_index=True, width="stretch", height=320,
-                     column_order=["link", "name", "land_use", "role", "hours", "share"], column_config={
-            "link": st.column_config.LinkColumn("Cell", display_text=r"cell\?cell=(.*)",
-                                                help="Opens the cell's page."),
-            "name": "Name", "land_use": "Land use", "role": "Role",
-            "hours": st.column_config.NumberColumn("Hours", help="Hours the user was attached to this cell."),
-            "share": st.column_config.ProgressColumn("Share of hours", format="percent", min_value=0, max_value=1),
-        })
+        st.dataframe(
+            places,
+            hide_index=True,
+            width="stretch",
+            height=320,
+            column_order=["link", "name", "land_use", "role", "hours", "share"],
+            column_config={
+                "link": st.column_config.LinkColumn(
+                    "Cell", display_text=r"cell\?cell=(.*)", help="Opens the cell's page."
+                ),
+                "name": "Name",
+                "land_use": "Land use",
+                "role": "Role",
+                "hours": st.column_config.NumberColumn("Hours", help="Hours the user was attached to this cell."),
+                "share": st.column_config.ProgressColumn("Share of hours", format="percent", min_value=0, max_value=1),
+            },
+        )
 
 if not places.empty:
     st.markdown("**Top places**")
     for column, place in zip(st.columns(3), places.head(3).itertuples(), strict=False):
         with column:
             role = f" · {place.role}" if place.role else ""
-            if st.button(f"{place.name}{role}", key=f"user_place_{place.cell}", icon=":material/cell_tower:",
-                         width="stretch", help=f"Open cell {place.cell} ({place.land_use}): "
-                                               f"{place.share:.0%} of this {noun}'s hours"):
+            if st.button(
+                f"{place.name}{role}",
+                key=f"user_place_{place.cell}",
+                icon=":material/cell_tower:",
+                width="stretch",
+                help=f"Open cell {place.cell} ({place.land_use}): {place.share:.0%} of this {noun}'s hours",
+            ):
                 st.switch_page(ud.page_file("cell"), query_params={"cell": place.cell})
 
 # --- forecasts ---------------------------------------------------------------------------------------
@@ -111,12 +133,25 @@ runs = ud.cached_user_runs(url, info.id, revision(), noun, key, info.time_origin
 if runs.empty:
     st.info(f"No forecasts of this {noun} yet.", icon=":material/insights:")
 else:
-    st.dataframe(runs, hide_index=True, width="stretch", column_config={
-        "run": "Run", "created": st.column_config.DatetimeColumn("Created (UTC)", format="YYYY-MM-DD HH:mm"),
-        "start": "Start", "horizon_h": st.column_config.NumberColumn("Horizon", format="%d h"),
-        "users": "Users", "samples": "Samples", "sampler": "Sampler", "location": "Location", "guidance": "Guidance",
-        "seed": "Seed", "model": "Model", "seconds": st.column_config.NumberColumn("Seconds", format="%.1f"),
-        "open": st.column_config.LinkColumn("Open", display_text="open on Forecast"),
-    })
+    st.dataframe(
+        runs,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "run": "Run",
+            "created": st.column_config.DatetimeColumn("Created (UTC)", format="YYYY-MM-DD HH:mm"),
+            "start": "Start",
+            "horizon_h": st.column_config.NumberColumn("Horizon", format="%d h"),
+            "users": "Users",
+            "samples": "Samples",
+            "sampler": "Sampler",
+            "location": "Location",
+            "guidance": "Guidance",
+            "seed": "Seed",
+            "model": "Model",
+            "seconds": st.column_config.NumberColumn("Seconds", format="%.1f"),
+            "open": st.column_config.LinkColumn("Open", display_text="open on Forecast"),
+        },
+    )
 if st.button(f"Forecast this {noun}", icon=":material/insights:", key="user_forecast"):
     st.switch_page(ud.page_file("forecast"), query_params={"user": key})

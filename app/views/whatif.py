@@ -40,8 +40,11 @@ info = jobs_ui.require_dataset()
 url = database().url
 noun = info.entity_kind
 state = st.session_state
-page_header("What-if", "Change a user's environment and compare the forecast with the unchanged baseline "
-                       f"(same seed) · data set **{info.name}**")
+page_header(
+    "What-if",
+    "Change a user's environment and compare the forecast with the unchanged baseline "
+    f"(same seed) · data set **{info.name}**",
+)
 
 
 def show_error(slot: DeltaGenerator, message: str | None) -> None:
@@ -64,8 +67,9 @@ def adopt_scenario(result: dict, context: wd.EditorContext, keys: list[str], hou
         st.warning(f"Scenario {result['scenario_id']} cannot be placed in the editor (unknown {noun} or hour).")
         return
     state.update(values)
-    target = wd.target_cell(user_series(state["wi_user"]), state["wi_start"], state["wi_location"],
-                            state.get("wi_cell"))
+    target = wd.target_cell(
+        user_series(state["wi_user"]), state["wi_start"], state["wi_location"], state.get("wi_cell")
+    )
     edit = edits.pop(target, CellEdit()) if target else CellEdit()
     state["wi_tile_mode"] = "cell" if edit.tile_from else "upload" if edit.tile_png else "keep"
     if edit.tile_from:
@@ -88,11 +92,23 @@ def pick_from_map() -> None:
 def location_editor(cells: pd.DataFrame, user: str, start: int, slots: dict) -> tuple[str, str | None]:
     """Where the user is during the forecast; returns (mode, the cell whose environment is edited)."""
     labels = wd.cell_label(cells)
-    mode = st.radio("Location", wd.LOCATION_MODES, key="wi_location", format_func=wd.LOCATION_LABELS.get,
-                    horizontal=True, help="Habitual: the user's most frequent cell at each hour of the week "
-                                          "(the baseline); stay: the last cell seen; move: one chosen cell.")
-    cell = st.selectbox("Move to cell", list(labels), key="wi_cell", format_func=labels.get,
-                        disabled=mode != "cell", help="Or click a cell on the map.")
+    mode = st.radio(
+        "Location",
+        wd.LOCATION_MODES,
+        key="wi_location",
+        format_func=wd.LOCATION_LABELS.get,
+        horizontal=True,
+        help="Habitual: the user's most frequent cell at each hour of the week "
+        "(the baseline); stay: the last cell seen; move: one chosen cell.",
+    )
+    cell = st.selectbox(
+        "Move to cell",
+        list(labels),
+        key="wi_cell",
+        format_func=labels.get,
+        disabled=mode != "cell",
+        help="Or click a cell on the map.",
+    )
     slots["location"] = st.empty()
     series = user_series(user)
     home = wd.start_cell(series, start, "habitual")
@@ -101,8 +117,10 @@ def location_editor(cells: pd.DataFrame, user: str, start: int, slots: dict) -> 
     if deck is not None:
         st.pydeck_chart(deck, on_select=pick_from_map, selection_mode="single-object", key="wi_map", height=300)
         when = hour_label_for(info, start)
-        st.caption(f"Ringed: dark, the user's habitual cell at {when} ({home or 'unknown'}); orange, the cell "
-                   "edited on the right. Click a cell to move there.")
+        st.caption(
+            f"Ringed: dark, the user's habitual cell at {when} ({home or 'unknown'}); orange, the cell "
+            "edited on the right. Click a cell to move there."
+        )
     return mode, target
 
 
@@ -112,28 +130,52 @@ def environment_editor(context: wd.EditorContext, cells: pd.DataFrame, target: s
     row = context.cell_row.get(target) if target else None
     if row is None:
         st.info("The user's cell at the start hour is unknown: move the user to a cell to edit its environment.")
-        return {"counts": [], "current_counts": [], "description": "", "current_description": "",
-                "tile_mode": "keep", "tile_from": None, "tile_png": None}
+        return {
+            "counts": [],
+            "current_counts": [],
+            "description": "",
+            "current_description": "",
+            "tile_mode": "keep",
+            "tile_from": None,
+            "tile_png": None,
+        }
     use = cells.loc[cells["key"] == target, "land_use"].iloc[0]
     st.markdown(f"**Environment of cell {target}** ({use})")
     loaded_target, loaded = state.get("_wi_target_edit", (None, CellEdit()))
     loaded = loaded if loaded_target == target else CellEdit()
     current = [int(v) for v in context.poi[row]]
     frame = wd.poi_frame(context.categories, current, loaded.poi_counts or current)
-    edited = st.data_editor(frame, key=f"wi_poi_{target}_{gen}", hide_index=True, width="stretch", height=260,
-                            disabled=["category", "now"], column_config={
-                                "category": "POI category", "now": st.column_config.NumberColumn("now", format="%d"),
-                                "count": st.column_config.NumberColumn("scenario", step=1, format="%d")})
+    edited = st.data_editor(
+        frame,
+        key=f"wi_poi_{target}_{gen}",
+        hide_index=True,
+        width="stretch",
+        height=260,
+        disabled=["category", "now"],
+        column_config={
+            "category": "POI category",
+            "now": st.column_config.NumberColumn("now", format="%d"),
+            "count": st.column_config.NumberColumn("scenario", step=1, format="%d"),
+        },
+    )
     slots["poi_counts"] = st.empty()
     counts = wd.edited_counts(edited)
     current_text = context.descriptions[row]
-    description = st.text_area("Description", value=loaded.description or current_text, height=110,
-                               key=f"wi_desc_{target}_{gen}", max_chars=600,
-                               help="Encoded by the CLIP text encoder. Leave it as it is to describe edited POI "
-                                    "counts with the template describer.")
+    description = st.text_area(
+        "Description",
+        value=loaded.description or current_text,
+        height=110,
+        key=f"wi_desc_{target}_{gen}",
+        max_chars=600,
+        help="Encoded by the CLIP text encoder. Leave it as it is to describe edited POI "
+        "counts with the template describer.",
+    )
     slots["description"] = st.empty()
-    if counts != current and description.strip() == current_text.strip() and all(
-            isinstance(v, int) and v >= 0 for v in counts):
+    if (
+        counts != current
+        and description.strip() == current_text.strip()
+        and all(isinstance(v, int) and v >= 0 for v in counts)
+    ):
         st.caption(f"Edited counts will read: *{context.describe_counts(counts)}*")
 
     tile_mode = st.radio("Tile", wd.TILE_MODES, key="wi_tile_mode", format_func=wd.TILE_LABELS.get, horizontal=True)
@@ -155,8 +197,15 @@ def environment_editor(context: wd.EditorContext, cells: pd.DataFrame, target: s
     new = wd.cached_tile(url, info.id, tile_from) if tile_from else tile_png
     if new is not None:
         images[1].image(new, caption="scenario tile", width=140)
-    return {"counts": counts, "current_counts": current, "description": description,
-            "current_description": current_text, "tile_mode": tile_mode, "tile_from": tile_from, "tile_png": tile_png}
+    return {
+        "counts": counts,
+        "current_counts": current,
+        "description": description,
+        "current_description": current_text,
+        "tile_mode": tile_mode,
+        "tile_from": tile_from,
+        "tile_png": tile_png,
+    }
 
 
 def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str]) -> None:
@@ -166,11 +215,18 @@ def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str])
     linked_user = query_str("user")
     fd.adopt_link_value(state, "wi_user", linked_user if linked_user in set(keys) else None)
     fd.adopt_link_value(state, "wi_start", query_int("hour", None, hours.start, hours.stop - 1))
-    for key, value in (("wi_user", keys[0]), ("wi_start", fd.default_start(info.hours, model.history)),
-                       ("wi_horizon", WhatIfRequest.default("horizon")),
-                       ("wi_samples", WhatIfRequest.default("samples")), ("wi_seed", WhatIfRequest.default("seed")),
-                       ("wi_location", "habitual"), ("wi_tile_mode", "keep"), ("wi_a", context.a),
-                       ("wi_b", context.b), ("wi_guidance", 1.0)):
+    for key, value in (
+        ("wi_user", keys[0]),
+        ("wi_start", fd.default_start(info.hours, model.history)),
+        ("wi_horizon", WhatIfRequest.default("horizon")),
+        ("wi_samples", WhatIfRequest.default("samples")),
+        ("wi_seed", WhatIfRequest.default("seed")),
+        ("wi_location", "habitual"),
+        ("wi_tile_mode", "keep"),
+        ("wi_a", context.a),
+        ("wi_b", context.b),
+        ("wi_guidance", 1.0),
+    ):
         state.setdefault(key, value)
     cells = wd.cached_cells(url, info.id, revision())
     slots: dict = {}
@@ -178,13 +234,21 @@ def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str])
     with st.container(border=True):
         top = st.columns([2, 3, 1, 1, 1])
         user = top[0].selectbox(noun.capitalize(), keys, key="wi_user")
-        start = top[1].select_slider("Start (first forecast hour)", options=list(hours), key="wi_start",
-                                     format_func=lambda h: hour_label_for(info, h),
-                                     help=f"The model reads the {model.history} hours before the start.")
+        start = top[1].select_slider(
+            "Start (first forecast hour)",
+            options=list(hours),
+            key="wi_start",
+            format_func=lambda h: hour_label_for(info, h),
+            help=f"The model reads the {model.history} hours before the start.",
+        )
         horizon = top[2].number_input("Horizon (h)", 1, wd.MAX_HORIZON, key="wi_horizon")
         samples = top[3].number_input("Sample paths", 1, wd.MAX_SAMPLES, key="wi_samples")
-        seed = top[4].number_input("Seed", *WhatIfRequest.bounds("seed"), key="wi_seed",
-                                   help="Baseline and scenario draw the same noise from this seed.")
+        seed = top[4].number_input(
+            "Seed",
+            *WhatIfRequest.bounds("seed"),
+            key="wi_seed",
+            help="Baseline and scenario draw the same noise from this seed.",
+        )
         slots["request"] = st.empty()
         left, right = st.columns([2, 3])
         with left:
@@ -195,25 +259,53 @@ def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str])
         a = bottom[0].slider("a (image weight, Eq. 9)", 0.0, 1.0, step=0.05, key="wi_a")
         b = bottom[1].slider("b (text weight, Eq. 9)", 0.0, 1.0, step=0.05, key="wi_b")
         slots["weights"] = bottom[0].empty()
-        guidance = bottom[2].slider("Guidance", 0.0, wd.MAX_GUIDANCE, step=0.1, key="wi_guidance",
-                                    help="0 ignores the environment, 1 is the trained model (the baseline), "
-                                         "above 1 exaggerates it.")
+        guidance = bottom[2].slider(
+            "Guidance",
+            0.0,
+            wd.MAX_GUIDANCE,
+            step=0.1,
+            key="wi_guidance",
+            help="0 ignores the environment, 1 is the trained model (the baseline), above 1 exaggerates it.",
+        )
         slots["guidance"] = bottom[2].empty()
-        name = bottom[3].text_input("Name (optional)", key="wi_name", max_chars=200,
-                                    placeholder="named after the change")
+        name = bottom[3].text_input(
+            "Name (optional)", key="wi_name", max_chars=200, placeholder="named after the change"
+        )
         slots["name"] = bottom[3].empty()
 
         extra = state.get("_wi_extra_edits") or {}
         if extra:
             st.caption(f"Also kept from the linked scenario: edits of {', '.join(sorted(extra))}.")
-        scenario = wd.build_scenario(wd.EditorInput(
-            location=mode, cell=state.get("wi_cell"), target=target, current_counts=env["current_counts"],
-            counts=env["counts"], current_description=env["current_description"], description=env["description"],
-            tile_mode=env["tile_mode"], tile_from=env["tile_from"], tile_png=env["tile_png"], a=float(a), b=float(b),
-            default_a=context.a, default_b=context.b, guidance=float(guidance), extra_edits=extra))
-        request = WhatIfRequest(entity=user, start=int(start), entity_kind=noun, horizon=int(horizon),
-                                samples=int(samples), seed=int(seed), scenario=scenario.to_dict(),
-                                name=name.strip() or None)
+        scenario = wd.build_scenario(
+            wd.EditorInput(
+                location=mode,
+                cell=state.get("wi_cell"),
+                target=target,
+                current_counts=env["current_counts"],
+                counts=env["counts"],
+                current_description=env["current_description"],
+                description=env["description"],
+                tile_mode=env["tile_mode"],
+                tile_from=env["tile_from"],
+                tile_png=env["tile_png"],
+                a=float(a),
+                b=float(b),
+                default_a=context.a,
+                default_b=context.b,
+                guidance=float(guidance),
+                extra_edits=extra,
+            )
+        )
+        request = WhatIfRequest(
+            entity=user,
+            start=int(start),
+            entity_kind=noun,
+            horizon=int(horizon),
+            samples=int(samples),
+            seed=int(seed),
+            scenario=scenario.to_dict(),
+            name=name.strip() or None,
+        )
         error = None
         try:
             request.checked()
@@ -227,9 +319,11 @@ def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str])
 
         job_id = jobs_ui.followed("whatif", ("whatif",))
         clicked = st.button("Run what-if", type="primary", icon=":material/play_arrow:", key="wi_run")
-        st.caption(f"Model {model.id} · {model.name} · {request.sampler_label} · baseline: habitual cells, the stored "
-                   f"environment, a={context.a:g}, b={context.b:g}, guidance 1 · a scenario changes the forecast "
-                   f"hours only: the hours before the start stay as recorded")
+        st.caption(
+            f"Model {model.id} · {model.name} · {request.sampler_label} · baseline: habitual cells, the stored "
+            f"environment, a={context.a:g}, b={context.b:g}, guidance 1 · a scenario changes the forecast "
+            f"hours only: the hours before the start stay as recorded"
+        )
         if clicked:
             if error is not None:
                 st.error("Not run: correct the fields marked above.")
@@ -244,8 +338,9 @@ def open_scenario(job: JobView) -> None:
     scenario_id = job.ref_id("scenario")
     state["_wi_loaded"] = scenario_id
     set_query(scenario=scenario_id)
-    st.toast(f"Scenario {scenario_id} stored ({(job.result or {}).get('seconds') or 0:.1f} s).",
-             icon=":material/check:")
+    st.toast(
+        f"Scenario {scenario_id} stored ({(job.result or {}).get('seconds') or 0:.1f} s).", icon=":material/check:"
+    )
 
 
 def show_result(result: dict, context: wd.EditorContext | None) -> None:
@@ -253,9 +348,11 @@ def show_result(result: dict, context: wd.EditorContext | None) -> None:
     scenario_id = result["scenario_id"]
     st.subheader(f"Scenario {scenario_id} · {result['name']}")
     weights = (context.a, context.b) if context is not None else None
-    st.caption(wd.scenario_summary(result["params"], info, weights)
-               + f" · stored runs: [baseline {result['baseline_run_id']}](/forecast?run={result['baseline_run_id']})"
-               f", [scenario {result['scenario_run_id']}](/forecast?run={result['scenario_run_id']})")
+    st.caption(
+        wd.scenario_summary(result["params"], info, weights)
+        + f" · stored runs: [baseline {result['baseline_run_id']}](/forecast?run={result['baseline_run_id']})"
+        f", [scenario {result['scenario_run_id']}](/forecast?run={result['scenario_run_id']})"
+    )
     for note in result["params"].get("notes") or []:
         st.info(note, icon=":material/info:")
     totals = wd.totals(result)
@@ -264,8 +361,12 @@ def show_result(result: dict, context: wd.EditorContext | None) -> None:
     summed = "Median forecast summed over services and hours; the bars below split the change by service."
     metrics[0].metric(f"Baseline, {hours} h", f"{totals['baseline']:.2f} MB", help=summed)
     metrics[1].metric(f"Scenario, {hours} h", f"{totals['scenario']:.2f} MB", help=summed)
-    metrics[2].metric("Change", f"{totals['change']:+.2f} MB", help=summed,
-                      delta=None if math.isnan(totals["percent"]) else f"{totals['percent']:+.1f} %")
+    metrics[2].metric(
+        "Change",
+        f"{totals['change']:+.2f} MB",
+        help=summed,
+        delta=None if math.isnan(totals["percent"]) else f"{totals['percent']:+.1f} %",
+    )
     views = wd.cached_views(url, scenario_id, revision())
     left, right = st.columns([3, 2])
     left.vega_lite_chart(views.difference, theme=None, width="stretch")
@@ -305,11 +406,19 @@ def saved_section() -> None:
         if rows:
             st.query_params["scenario"] = str(int(table.iloc[rows[0]]["id"]))
 
-    st.dataframe(table, hide_index=True, width="stretch", key="wi_saved", on_select=open_selected,
-                 selection_mode="single-row", column_config={
-                     "id": "Scenario", "created": st.column_config.DatetimeColumn("Created (UTC)",
-                                                                                  format="YYYY-MM-DD HH:mm"),
-                     "horizon": st.column_config.NumberColumn("Horizon", format="%d h")})
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        key="wi_saved",
+        on_select=open_selected,
+        selection_mode="single-row",
+        column_config={
+            "id": "Scenario",
+            "created": st.column_config.DatetimeColumn("Created (UTC)", format="YYYY-MM-DD HH:mm"),
+            "horizon": st.column_config.NumberColumn("Horizon", format="%d h"),
+        },
+    )
     st.caption("Select a row to open that scenario (its stored runs; nothing is recomputed).")
 
 
@@ -327,8 +436,11 @@ if linked_id is not None:
         linked = None
 
 if model is None:
-    st.info("No forecasting model yet for this data set: run `lsdm train` or `lsdm assets install` "
-            "(or train one on the **Models & evaluation** page).", icon=":material/model_training:")
+    st.info(
+        "No forecasting model yet for this data set: run `lsdm train` or `lsdm assets install` "
+        "(or train one on the **Models & evaluation** page).",
+        icon=":material/model_training:",
+    )
 else:
     context = wd.cached_editor_context(url, info.id, model.id, revision())
     entity_keys = cached_entity_keys(url, info.id, revision())

@@ -41,19 +41,46 @@ from engine.requests import CityRequest
 # --- Vocabularies ---------------------------------------------------------------------------------
 
 SERVICES = [  # paper, Table I
-    "Utilities", "Games", "Entertainment", "News", "Social Networking",
-    "Travel", "Lifestyle", "Navigation", "Music", "Photo & Video",
+    "Utilities",
+    "Games",
+    "Entertainment",
+    "News",
+    "Social Networking",
+    "Travel",
+    "Lifestyle",
+    "Navigation",
+    "Music",
+    "Photo & Video",
 ]
 POI_CATEGORIES = [  # paper, Table II; names as in the Tsinghua base_poi.txt header
-    "Medical care", "Hotel", "Business affairs", "Life service", "Transportation hub", "Culture",
-    "Sports", "Residence", "Entertainment and leisure", "Scenic spot", "Government", "Factory",
-    "Shopping", "Restaurant", "Education", "Landmark", "Other",
+    "Medical care",
+    "Hotel",
+    "Business affairs",
+    "Life service",
+    "Transportation hub",
+    "Culture",
+    "Sports",
+    "Residence",
+    "Entertainment and leisure",
+    "Scenic spot",
+    "Government",
+    "Factory",
+    "Shopping",
+    "Restaurant",
+    "Education",
+    "Landmark",
+    "Other",
 ]
 LAND_USES = ["cbd", "residential", "industrial", "university", "park", "transport", "commercial", "mixed"]
 LAND_USE_LABELS = {
-    "cbd": "Offices / CBD", "residential": "Residential", "industrial": "Industrial",
-    "university": "University", "park": "Park / scenic", "transport": "Transport hub",
-    "commercial": "Shopping & restaurants", "mixed": "Mixed use",
+    "cbd": "Offices / CBD",
+    "residential": "Residential",
+    "industrial": "Industrial",
+    "university": "University",
+    "park": "Park / scenic",
+    "transport": "Transport hub",
+    "commercial": "Shopping & restaurants",
+    "mixed": "Mixed use",
 }
 TIME_ORIGIN = datetime(2016, 4, 18)  # a Monday, the week of the Tsinghua trace (20-26 April 2016)
 TIMEZONE = "Asia/Shanghai"
@@ -64,10 +91,27 @@ LU = {name: i for i, name in enumerate(LAND_USES)}
 
 # --- Calibration constants, derived from ../shared/data/tsinghua/base_poi.txt ---------------------
 # (9,851 Shanghai base stations.) Share of all POIs per category, in POI_CATEGORIES order:
-REAL_POI_SHARE = np.array([
-    0.0159, 0.0314, 0.2704, 0.0317, 0.0022, 0.0105, 0.0124, 0.2258, 0.0139,
-    0.0147, 0.0441, 0.0328, 0.1047, 0.0637, 0.0241, 0.0500, 0.0514,
-])
+REAL_POI_SHARE = np.array(
+    [
+        0.0159,
+        0.0314,
+        0.2704,
+        0.0317,
+        0.0022,
+        0.0105,
+        0.0124,
+        0.2258,
+        0.0139,
+        0.0147,
+        0.0441,
+        0.0328,
+        0.1047,
+        0.0637,
+        0.0241,
+        0.0500,
+        0.0514,
+    ]
+)
 REAL_EMPTY_SHARE = 0.045  # 445 of 9,851 stations have no POI at all
 REAL_LOG_TOTAL_MEAN = 3.27  # mean of ln(total POIs) over non-empty stations (median total 29.5)
 REAL_LOG_TOTAL_SD = 1.25  # its standard deviation (heavy tail: 99th percentile 323, max 8,189)
@@ -75,26 +119,87 @@ REAL_LOG_TOTAL_SD = 1.25  # its standard deviation (heavy tail: 99th percentile 
 # Land-use POI profiles: multipliers on REAL_POI_SHARE (unlisted categories x1). Chosen so that the
 # city-wide mix reproduces the real shares (tests/engine/data/test_city.py checks the calibration).
 _POI_PROFILE = {
-    "cbd": {"Business affairs": 2.6, "Hotel": 2.0, "Restaurant": 1.1, "Landmark": 1.4, "Government": 1.3,
-            "Entertainment and leisure": 1.2, "Residence": 0.25, "Factory": 0.15, "Scenic spot": 0.5,
-            "Education": 0.5},
-    "residential": {"Residence": 2.7, "Life service": 1.7, "Medical care": 1.5, "Education": 1.4,
-                    "Business affairs": 0.45, "Factory": 0.3, "Hotel": 0.5, "Landmark": 0.6},
-    "industrial": {"Factory": 9.0, "Landmark": 2.2, "Other": 1.6, "Business affairs": 0.9, "Residence": 0.3,
-                   "Restaurant": 0.5, "Shopping": 0.4, "Hotel": 0.3, "Scenic spot": 0.3},
-    "university": {"Education": 8.0, "Culture": 3.0, "Sports": 3.0, "Restaurant": 1.2, "Residence": 0.8,
-                   "Business affairs": 0.4, "Factory": 0.2},
-    "park": {"Scenic spot": 12.0, "Sports": 2.5, "Culture": 2.0, "Entertainment and leisure": 1.5,
-             "Residence": 0.3, "Business affairs": 0.3, "Factory": 0.1},
-    "transport": {"Transportation hub": 15.0, "Hotel": 2.0, "Restaurant": 1.5, "Shopping": 1.5,
-                  "Life service": 1.2, "Residence": 0.4},
-    "commercial": {"Shopping": 3.0, "Restaurant": 1.9, "Entertainment and leisure": 2.5, "Hotel": 1.3,
-                   "Life service": 1.3, "Business affairs": 0.7, "Residence": 0.55},
+    "cbd": {
+        "Business affairs": 2.6,
+        "Hotel": 2.0,
+        "Restaurant": 1.1,
+        "Landmark": 1.4,
+        "Government": 1.3,
+        "Entertainment and leisure": 1.2,
+        "Residence": 0.25,
+        "Factory": 0.15,
+        "Scenic spot": 0.5,
+        "Education": 0.5,
+    },
+    "residential": {
+        "Residence": 2.7,
+        "Life service": 1.7,
+        "Medical care": 1.5,
+        "Education": 1.4,
+        "Business affairs": 0.45,
+        "Factory": 0.3,
+        "Hotel": 0.5,
+        "Landmark": 0.6,
+    },
+    "industrial": {
+        "Factory": 9.0,
+        "Landmark": 2.2,
+        "Other": 1.6,
+        "Business affairs": 0.9,
+        "Residence": 0.3,
+        "Restaurant": 0.5,
+        "Shopping": 0.4,
+        "Hotel": 0.3,
+        "Scenic spot": 0.3,
+    },
+    "university": {
+        "Education": 8.0,
+        "Culture": 3.0,
+        "Sports": 3.0,
+        "Restaurant": 1.2,
+        "Residence": 0.8,
+        "Business affairs": 0.4,
+        "Factory": 0.2,
+    },
+    "park": {
+        "Scenic spot": 12.0,
+        "Sports": 2.5,
+        "Culture": 2.0,
+        "Entertainment and leisure": 1.5,
+        "Residence": 0.3,
+        "Business affairs": 0.3,
+        "Factory": 0.1,
+    },
+    "transport": {
+        "Transportation hub": 15.0,
+        "Hotel": 2.0,
+        "Restaurant": 1.5,
+        "Shopping": 1.5,
+        "Life service": 1.2,
+        "Residence": 0.4,
+    },
+    "commercial": {
+        "Shopping": 3.0,
+        "Restaurant": 1.9,
+        "Entertainment and leisure": 2.5,
+        "Hotel": 1.3,
+        "Life service": 1.3,
+        "Business affairs": 0.7,
+        "Residence": 0.55,
+    },
     "mixed": {},
 }
 # ln(total POIs) offset by land use (dense downtown, sparse parks and industrial estates).
-_POI_LOG_TOTAL_OFFSET = {"cbd": 1.0, "commercial": 0.7, "transport": 0.5, "mixed": 0.2, "residential": 0.0,
-                         "university": -0.1, "industrial": -0.6, "park": -0.9}
+_POI_LOG_TOTAL_OFFSET = {
+    "cbd": 1.0,
+    "commercial": 0.7,
+    "transport": 0.5,
+    "mixed": 0.2,
+    "residential": 0.0,
+    "university": -0.1,
+    "industrial": -0.6,
+    "park": -0.9,
+}
 _POI_DIRICHLET_CONCENTRATION = 6.0  # lower = cells of one land use differ more from each other
 
 # --- Behaviour constants (magnitudes follow the real trace's figures in ../shared/data/README.md:
@@ -124,26 +229,45 @@ _WEEKEND_SERVICE_BOOST = np.array([0.9, 1.3, 1.3, 0.8, 1.1, 1.6, 1.3, 1.1, 1.0, 
 # Co-usage: probability that a session of row service also uses the column service.
 _CO_USAGE = np.zeros((10, 10))
 for _a, _b, _p in [
-    ("Social Networking", "Photo & Video", 0.25), ("Photo & Video", "Social Networking", 0.45),
-    ("Navigation", "Music", 0.35), ("Travel", "Navigation", 0.40), ("Navigation", "Travel", 0.15),
-    ("Lifestyle", "Navigation", 0.20), ("Entertainment", "Social Networking", 0.20),
-    ("News", "Social Networking", 0.25), ("Games", "Social Networking", 0.15),
-    ("Social Networking", "News", 0.08), ("Music", "Social Networking", 0.10),
-    ("Utilities", "Social Networking", 0.10), ("Lifestyle", "Social Networking", 0.15),
+    ("Social Networking", "Photo & Video", 0.25),
+    ("Photo & Video", "Social Networking", 0.45),
+    ("Navigation", "Music", 0.35),
+    ("Travel", "Navigation", 0.40),
+    ("Navigation", "Travel", 0.15),
+    ("Lifestyle", "Navigation", 0.20),
+    ("Entertainment", "Social Networking", 0.20),
+    ("News", "Social Networking", 0.25),
+    ("Games", "Social Networking", 0.15),
+    ("Social Networking", "News", 0.08),
+    ("Music", "Social Networking", 0.10),
+    ("Utilities", "Social Networking", 0.10),
+    ("Lifestyle", "Social Networking", 0.15),
 ]:
     _CO_USAGE[S[_a], S[_b]] = _p
 
 # Environment effect, part 1: POI composition -> log multiplier per service (what the text sees).
 _POI_EFFECT = np.zeros((10, 17))
 for _svc, _poi, _w in [
-    ("Navigation", "Transportation hub", 6.0), ("Travel", "Transportation hub", 6.0),
-    ("Travel", "Hotel", 4.0), ("Travel", "Scenic spot", 3.0), ("Photo & Video", "Scenic spot", 4.0),
-    ("Photo & Video", "Landmark", 2.0), ("Social Networking", "Business affairs", 0.9),
-    ("Utilities", "Business affairs", 1.2), ("News", "Business affairs", 0.8),
-    ("Lifestyle", "Restaurant", 3.0), ("Lifestyle", "Shopping", 1.5), ("Lifestyle", "Life service", 1.5),
-    ("Entertainment", "Residence", 1.2), ("Games", "Residence", 0.8), ("Games", "Education", 2.5),
-    ("Entertainment", "Entertainment and leisure", 2.5), ("Music", "Sports", 3.0),
-    ("Music", "Factory", 1.5), ("Games", "Business affairs", -0.8), ("Entertainment", "Business affairs", -0.6),
+    ("Navigation", "Transportation hub", 6.0),
+    ("Travel", "Transportation hub", 6.0),
+    ("Travel", "Hotel", 4.0),
+    ("Travel", "Scenic spot", 3.0),
+    ("Photo & Video", "Scenic spot", 4.0),
+    ("Photo & Video", "Landmark", 2.0),
+    ("Social Networking", "Business affairs", 0.9),
+    ("Utilities", "Business affairs", 1.2),
+    ("News", "Business affairs", 0.8),
+    ("Lifestyle", "Restaurant", 3.0),
+    ("Lifestyle", "Shopping", 1.5),
+    ("Lifestyle", "Life service", 1.5),
+    ("Entertainment", "Residence", 1.2),
+    ("Games", "Residence", 0.8),
+    ("Games", "Education", 2.5),
+    ("Entertainment", "Entertainment and leisure", 2.5),
+    ("Music", "Sports", 3.0),
+    ("Music", "Factory", 1.5),
+    ("Games", "Business affairs", -0.8),
+    ("Entertainment", "Business affairs", -0.6),
 ]:
     _POI_EFFECT[S[_svc], P[_poi]] = _w
 
@@ -151,23 +275,37 @@ for _svc, _poi, _w in [
 # image sees). Periods: 0 night 0-6, 1 morning 7-10, 2 day 11-16, 3 evening 17-23.
 _LAND_USE_EFFECT = np.zeros((len(LAND_USES), 4, 10))
 for _lu, _periods, _svc, _w in [
-    ("residential", (3,), "Entertainment", 0.9), ("residential", (3,), "Games", 0.5),
-    ("residential", (3, 0), "Music", 0.3), ("residential", (1, 2), "Navigation", -0.5),
-    ("cbd", (1, 2), "Social Networking", 0.6), ("cbd", (1, 2), "Utilities", 0.7),
-    ("cbd", (1, 2), "News", 0.4), ("cbd", (1, 2), "Games", -0.8), ("cbd", (1, 2), "Entertainment", -0.9),
-    ("transport", (0, 1, 2, 3), "Navigation", 1.3), ("transport", (0, 1, 2, 3), "Travel", 1.1),
-    ("transport", (1, 3), "Music", 0.7), ("transport", (1, 2, 3), "News", 0.3),
-    ("park", (1, 2, 3), "Photo & Video", 1.2), ("park", (1, 2, 3), "Music", 0.5),
-    ("park", (1, 2, 3), "Travel", 0.4), ("commercial", (2, 3), "Lifestyle", 0.9),
-    ("commercial", (2, 3), "Photo & Video", 0.5), ("commercial", (2, 3), "Social Networking", 0.3),
-    ("university", (1, 2, 3), "Games", 0.8), ("university", (2, 3), "Entertainment", 0.5),
-    ("university", (1, 2), "Utilities", 0.3), ("industrial", (1, 2), "Music", 0.6),
-    ("industrial", (1, 2), "Social Networking", -0.4), ("industrial", (1, 2), "Photo & Video", -0.6),
+    ("residential", (3,), "Entertainment", 0.9),
+    ("residential", (3,), "Games", 0.5),
+    ("residential", (3, 0), "Music", 0.3),
+    ("residential", (1, 2), "Navigation", -0.5),
+    ("cbd", (1, 2), "Social Networking", 0.6),
+    ("cbd", (1, 2), "Utilities", 0.7),
+    ("cbd", (1, 2), "News", 0.4),
+    ("cbd", (1, 2), "Games", -0.8),
+    ("cbd", (1, 2), "Entertainment", -0.9),
+    ("transport", (0, 1, 2, 3), "Navigation", 1.3),
+    ("transport", (0, 1, 2, 3), "Travel", 1.1),
+    ("transport", (1, 3), "Music", 0.7),
+    ("transport", (1, 2, 3), "News", 0.3),
+    ("park", (1, 2, 3), "Photo & Video", 1.2),
+    ("park", (1, 2, 3), "Music", 0.5),
+    ("park", (1, 2, 3), "Travel", 0.4),
+    ("commercial", (2, 3), "Lifestyle", 0.9),
+    ("commercial", (2, 3), "Photo & Video", 0.5),
+    ("commercial", (2, 3), "Social Networking", 0.3),
+    ("university", (1, 2, 3), "Games", 0.8),
+    ("university", (2, 3), "Entertainment", 0.5),
+    ("university", (1, 2), "Utilities", 0.3),
+    ("industrial", (1, 2), "Music", 0.6),
+    ("industrial", (1, 2), "Social Networking", -0.4),
+    ("industrial", (1, 2), "Photo & Video", -0.6),
 ]:
     for _t in _periods:
         _LAND_USE_EFFECT[LU[_lu], _t, S[_svc]] = _w
 # Overall activity (session rate) by land use: people at work or in a factory use phones less.
 _LAND_USE_ACTIVITY = {"industrial": -0.5, "cbd": -0.15, "park": 0.1, "transport": 0.25, "commercial": 0.15}
+
 
 # Personas: share of users, where they work, start/end of the working day (mean hours), and a
 # multiplier of the session rate.
@@ -237,16 +375,19 @@ def _assign_land_use(rng: np.random.Generator, xy: np.ndarray, config: CityConfi
     n_districts = max(len(LAND_USES), round(n * config.districts_per_cell))
     centres = _place_cells(rng, n_districts)
     d = np.linalg.norm(centres, axis=1)
-    weights = np.stack([
-        3.0 * np.exp(-(d / 0.3) ** 2),  # cbd
-        np.full_like(d, 2.2),  # residential
-        5.0 * np.clip(d - 0.5, 0, None),  # industrial
-        np.full_like(d, 0.35),  # university
-        np.full_like(d, 0.55),  # park
-        np.zeros_like(d),  # transport: placed as single cells below
-        1.3 * np.exp(-(d / 0.5) ** 2) + 0.25,  # commercial
-        np.full_like(d, 0.9),  # mixed
-    ], axis=1)
+    weights = np.stack(
+        [
+            3.0 * np.exp(-((d / 0.3) ** 2)),  # cbd
+            np.full_like(d, 2.2),  # residential
+            5.0 * np.clip(d - 0.5, 0, None),  # industrial
+            np.full_like(d, 0.35),  # university
+            np.full_like(d, 0.55),  # park
+            np.zeros_like(d),  # transport: placed as single cells below
+            1.3 * np.exp(-((d / 0.5) ** 2)) + 0.25,  # commercial
+            np.full_like(d, 0.9),  # mixed
+        ],
+        axis=1,
+    )
     weights /= weights.sum(axis=1, keepdims=True)
     district_type = np.array([rng.choice(len(LAND_USES), p=w) for w in weights])
     # Every type exists at least once, so that every land use is represented (the most central
@@ -341,12 +482,14 @@ def _nearest_hub(xy: np.ndarray, hubs: np.ndarray, a: int, b: int) -> int:
     return int(hubs[np.argmin(dist)])
 
 
-def _make_users(rng: np.random.Generator, xy: np.ndarray, land_use: np.ndarray, poi: np.ndarray,
-                config: CityConfig) -> list[dict]:
+def _make_users(
+    rng: np.random.Generator, xy: np.ndarray, land_use: np.ndarray, poi: np.ndarray, config: CityConfig
+) -> list[dict]:
     """Persona, home, work and leisure places of every user."""
     names = list(_PERSONAS)
     shares = np.array([_PERSONAS[p]["share"] for p in names])
     hubs = np.flatnonzero(land_use == LU["transport"])
+
     def pool_of(*kinds: str) -> np.ndarray:
         """Cells of these land uses; in a tiny city that lacks them, any cell that is not a hub."""
         pool = np.flatnonzero(np.isin(land_use, [LU[k] for k in kinds]))
@@ -366,21 +509,28 @@ def _make_users(rng: np.random.Generator, xy: np.ndarray, land_use: np.ndarray, 
             work = _weighted_choice(rng, pool, work_weight + 5)
         # Leisure places: attractive ones, preferably not too far from home.
         distance = np.linalg.norm(xy[leisure_pool] - xy[home], axis=1)
-        attraction = poi[leisure_pool][:, [P["Shopping"], P["Restaurant"], P["Scenic spot"],
-                                           P["Entertainment and leisure"]]].sum(1) + 3
+        attraction = (
+            poi[leisure_pool][
+                :, [P["Shopping"], P["Restaurant"], P["Scenic spot"], P["Entertainment and leisure"]]
+            ].sum(1)
+            + 3
+        )
         n_leisure = min(int(rng.integers(2, 5)), len(leisure_pool))
-        leisure = rng.choice(leisure_pool, size=n_leisure, replace=False,
-                             p=(w := attraction * np.exp(-distance / 0.5)) / w.sum())
-        users.append({
-            "persona": persona,
-            "home": home,
-            "work": work,
-            "leisure": [int(c) for c in leisure],
-            "commute_hub": _nearest_hub(xy, hubs, home, work) if work is not None else None,
-            "start": spec["start"] + rng.normal(0, 0.6) if work is not None else 0.0,
-            "end": spec["end"] + rng.normal(0, 0.6) if work is not None else 0.0,
-            "outgoing": float(rng.beta(2, 5)),  # how often this user goes out
-        })
+        leisure = rng.choice(
+            leisure_pool, size=n_leisure, replace=False, p=(w := attraction * np.exp(-distance / 0.5)) / w.sum()
+        )
+        users.append(
+            {
+                "persona": persona,
+                "home": home,
+                "work": work,
+                "leisure": [int(c) for c in leisure],
+                "commute_hub": _nearest_hub(xy, hubs, home, work) if work is not None else None,
+                "start": spec["start"] + rng.normal(0, 0.6) if work is not None else 0.0,
+                "end": spec["end"] + rng.normal(0, 0.6) if work is not None else 0.0,
+                "outgoing": float(rng.beta(2, 5)),  # how often this user goes out
+            }
+        )
     return users
 
 
@@ -445,13 +595,19 @@ def environment_log_effect(poi: np.ndarray, land_use: np.ndarray, hour_of_day: n
     """
     share = poi / np.maximum(poi.sum(-1, keepdims=True), 1)
     poi_term = share @ _POI_EFFECT.T
-    poi_term -= (REAL_POI_SHARE @ _POI_EFFECT.T)  # an average place has no effect
+    poi_term -= REAL_POI_SHARE @ _POI_EFFECT.T  # an average place has no effect
     land_term = _LAND_USE_EFFECT[land_use, _period(hour_of_day)]
     return np.clip(poi_term + land_term, -2.0, 2.5)
 
 
-def _traffic(rng: np.random.Generator, users: list[dict], locations: np.ndarray, land_use: np.ndarray,
-             poi: np.ndarray, config: CityConfig) -> np.ndarray:
+def _traffic(
+    rng: np.random.Generator,
+    users: list[dict],
+    locations: np.ndarray,
+    land_use: np.ndarray,
+    poi: np.ndarray,
+    config: CityConfig,
+) -> np.ndarray:
     """(users, hours, services) bytes."""
     n_users: int
     n_hours: int
@@ -484,8 +640,8 @@ def _traffic(rng: np.random.Generator, users: list[dict], locations: np.ndarray,
     # Night owls shift their day by ~2 hours.
     if night_owl.any():
         shifted = np.roll(rhythm, 2, axis=0)
-        propensity[night_owl] = preference[night_owl, None, :] * shifted[None] * np.exp(
-            mood[night_owl] + env[night_owl]
+        propensity[night_owl] = (
+            preference[night_owl, None, :] * shifted[None] * np.exp(mood[night_owl] + env[night_owl])
         )
 
     # Session rate: relative to an average user's propensity at the daily peak (no mood, no place).
@@ -494,7 +650,8 @@ def _traffic(rng: np.random.Generator, users: list[dict], locations: np.ndarray,
         _SESSIONS_PER_ACTIVE_HOUR
         * activity[:, None]
         * persona_rate[:, None]
-        * propensity.sum(-1) / peak
+        * propensity.sum(-1)
+        / peak
         * np.exp(config.env_effect * place_activity)
     )  # (U, H)
     n_sessions = rng.poisson(rate)
@@ -533,9 +690,15 @@ def _traffic(rng: np.random.Generator, users: list[dict], locations: np.ndarray,
 def generate_city_for(request: CityRequest) -> DatasetContent:
     """`lsdm city build` and the ``city.build`` job: the city a request describes."""
     request = request.checked()
-    config = CityConfig(users=request.users, cells=request.cells, seed=request.seed, env_effect=request.env_effect,
-                        days=request.days, center=(request.center_lat, request.center_lon),
-                        radius_km=request.radius_km)
+    config = CityConfig(
+        users=request.users,
+        cells=request.cells,
+        seed=request.seed,
+        env_effect=request.env_effect,
+        days=request.days,
+        center=(request.center_lat, request.center_lon),
+        radius_km=request.radius_km,
+    )
     return generate_city(config, name=request.name)
 
 
@@ -574,8 +737,10 @@ def generate_city(config: CityConfig | None = None, *, name: str | None = None) 
         cell_lat=lat,
         cell_lon=lon,
         cell_land_use=[LAND_USES[i] for i in land_use],
-        cell_attrs=[{"x_km": round(float(x) * config.radius_km, 3), "y_km": round(float(y) * config.radius_km, 3)}
-                    for x, y in xy],
+        cell_attrs=[
+            {"x_km": round(float(x) * config.radius_km, 3), "y_km": round(float(y) * config.radius_km, 3)}
+            for x, y in xy
+        ],
         entity_keys=[f"U{i:04d}" for i in range(config.users)],
         entity_attrs=[
             {

@@ -114,8 +114,17 @@ class TableMapping:
 
 
 MAPPING_KEYS = (
-    "records", "cells", "cells_drop", "poi_prefix", "poi_names", "timestamp_format",
-    "service_labels", "services", "entity_kind", "timezone", "description",
+    "records",
+    "cells",
+    "cells_drop",
+    "poi_prefix",
+    "poi_names",
+    "timestamp_format",
+    "service_labels",
+    "services",
+    "entity_kind",
+    "timezone",
+    "description",
 )
 
 
@@ -155,7 +164,9 @@ def load_mapping(path: Path | str) -> TableMapping:
         raw = json.loads(source, object_pairs_hook=_reject_duplicate_keys)
     except json.JSONDecodeError as error:
         raise InputError(
-            f"not valid JSON: {error.msg} at column {error.colno}", file=path, line=error.lineno,
+            f"not valid JSON: {error.msg} at column {error.colno}",
+            file=path,
+            line=error.lineno,
             hint="a mapping is one JSON object; see docs/data-formats.md#the-json-mapping",
         ) from None
     except _DuplicateKey as error:
@@ -174,7 +185,7 @@ def load_mapping(path: Path | str) -> TableMapping:
     def columns(key: str, allowed: tuple[str, ...]) -> dict[str, str]:
         value = raw.get(key, {})
         if not isinstance(value, dict):
-            raise fail(key, f"expected an object such as {{\"{allowed[0]}\": \"<column>\"}}, found {value!r}")
+            raise fail(key, f'expected an object such as {{"{allowed[0]}": "<column>"}}, found {value!r}')
         result = {f: f for f in allowed}
         for name, column in value.items():
             if name not in allowed:
@@ -201,7 +212,7 @@ def load_mapping(path: Path | str) -> TableMapping:
             return None
         value = raw[key]
         if not isinstance(value, dict) or not all(isinstance(v, str) and v.strip() for v in value.values()):
-            raise fail(key, f"expected an object of non-empty strings such as {{\"1\": \"Utilities\"}}, found {value!r}")
+            raise fail(key, f'expected an object of non-empty strings such as {{"1": "Utilities"}}, found {value!r}')
         return {str(k).strip(): v.strip() for k, v in value.items()}
 
     def string(key: str, choices: tuple[str, ...] | None = None) -> str | None:
@@ -237,7 +248,10 @@ def _check_timezone(name: str, *, file: Path | None = None, line: int | None = N
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise InputError(
-            f"unknown time zone {name!r}", file=file, line=line, field="timezone",
+            f"unknown time zone {name!r}",
+            file=file,
+            line=line,
+            field="timezone",
             hint="use an IANA name such as Asia/Shanghai, Europe/Berlin or UTC",
         ) from None
 
@@ -296,8 +310,16 @@ def _group_sum(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def aggregate_hourly(
-    entity: np.ndarray, hour: np.ndarray, service: np.ndarray, nbytes: np.ndarray, cell: np.ndarray,
-    *, n_entities: int, hours: int, n_services: int, n_cells: int,
+    entity: np.ndarray,
+    hour: np.ndarray,
+    service: np.ndarray,
+    nbytes: np.ndarray,
+    cell: np.ndarray,
+    *,
+    n_entities: int,
+    hours: int,
+    n_services: int,
+    n_cells: int,
 ) -> HourlyAggregate:
     """Per-record positions -> bytes per (entity, hour, service) and the modal cell per (entity, hour).
 
@@ -393,11 +415,14 @@ def _read_table_file(path: Path, what: str) -> _Table:
         try:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
         except pd.errors.EmptyDataError:
-            raise InputError(f"the {what} file is empty; expected a header line of column names", file=path, line=1) from None
+            raise InputError(
+                f"the {what} file is empty; expected a header line of column names", file=path, line=1
+            ) from None
         except pd.errors.ParserError as error:
             found = re.search(r"line (\d+)", str(error))
             raise InputError(
-                f"malformed CSV: {str(error).split(':')[-1].strip()}", file=path,
+                f"malformed CSV: {str(error).split(':')[-1].strip()}",
+                file=path,
                 line=int(found.group(1)) if found else None,
             ) from None
         except UnicodeDecodeError as error:
@@ -416,7 +441,8 @@ def _read_table_file(path: Path, what: str) -> _Table:
         frame.columns = [str(c).strip() for c in frame.columns]
         return _Table(path, frame.reset_index(drop=True), is_csv=False)
     raise InputError(
-        f"cannot tell the {what} file's format from its name ({suffix or 'no extension'!s})", file=path,
+        f"cannot tell the {what} file's format from its name ({suffix or 'no extension'!s})",
+        file=path,
         hint="expected a name ending in .csv or .parquet",
     )
 
@@ -436,8 +462,10 @@ def _require_columns(table: _Table, roles: dict[str, str], needed: tuple[str, ..
             found = ", ".join(map(str, table.frame.columns)) or "none"
             mapped = f" (the {what}' {role})" if column != role else ""
             raise InputError(
-                f"missing column {column!r}{mapped}; found columns: {found}", file=table.path,
-                line=1 if table.is_csv else None, field=column,
+                f"missing column {column!r}{mapped}; found columns: {found}",
+                file=table.path,
+                line=1 if table.is_csv else None,
+                field=column,
                 hint=f'rename the column or map it in a mapping file: "{key}": {{"{role}": "<column>"}}',
             )
 
@@ -485,21 +513,31 @@ def _read_cells(path: Path, mapping: TableMapping) -> _Cells:
         if column not in frame.columns:
             raise InputError(
                 f"cells_drop names column {column!r}, which the cells file {path} does not have",
-                file=mapping.path, field="cells_drop",
+                file=mapping.path,
+                field="cells_drop",
             )
     used = {roles[r] for r in CELL_FIELDS} | set(mapping.cells_drop)
     poi_columns = [c for c in frame.columns if c not in used]
     poi_names = []
     for column in poi_columns:
-        name = column[len(mapping.poi_prefix):] if mapping.poi_prefix and column.startswith(mapping.poi_prefix) else column
+        name = (
+            column[len(mapping.poi_prefix) :]
+            if mapping.poi_prefix and column.startswith(mapping.poi_prefix)
+            else column
+        )
         poi_names.append(mapping.poi_names.get(name, name).strip())
     for i, name in enumerate(poi_names):
         if not name:
-            raise InputError("a POI column has an empty name", file=path, line=1 if table.is_csv else None, field=poi_columns[i])
+            raise InputError(
+                "a POI column has an empty name", file=path, line=1 if table.is_csv else None, field=poi_columns[i]
+            )
         if poi_names.index(name) != i:
             raise InputError(
-                f"two POI columns give the category {name!r}", file=path, line=1 if table.is_csv else None,
-                field=poi_columns[i], hint="rename one, or list it in the mapping's cells_drop",
+                f"two POI columns give the category {name!r}",
+                file=path,
+                line=1 if table.is_csv else None,
+                field=poi_columns[i],
+                hint="rename one, or list it in the mapping's cells_drop",
             )
     if frame.empty:
         raise InputError("the cells file has no rows", file=path, line=2 if table.is_csv else None)
@@ -516,13 +554,34 @@ def _read_cells(path: Path, mapping: TableMapping) -> _Cells:
 
     checks: list[tuple[str, np.ndarray, Callable[[int], str]]] = [
         (id_col, (keys == "").to_numpy(), lambda r: "expected a cell id, found an empty value"),
-        (id_col, duplicated, lambda r: f"duplicate cell id {keys.iloc[r]!r} (first on line {table.line(first_row_of(r))})"),
-        (lat_col, ~lat_empty & ~np.isfinite(lat), lambda r: f"expected a latitude in degrees, found {_shown(frame[lat_col], r)}"),
-        (lat_col, np.isfinite(lat) & ((lat < -90) | (lat > 90)), lambda r: f"expected a latitude in [-90, 90], found {lat[r]:g}"),
-        (lon_col, ~lon_empty & ~np.isfinite(lon), lambda r: f"expected a longitude in degrees, found {_shown(frame[lon_col], r)}"),
-        (lon_col, np.isfinite(lon) & ((lon < -180) | (lon > 180)), lambda r: f"expected a longitude in [-180, 180], found {lon[r]:g}"),
+        (
+            id_col,
+            duplicated,
+            lambda r: f"duplicate cell id {keys.iloc[r]!r} (first on line {table.line(first_row_of(r))})",
+        ),
+        (
+            lat_col,
+            ~lat_empty & ~np.isfinite(lat),
+            lambda r: f"expected a latitude in degrees, found {_shown(frame[lat_col], r)}",
+        ),
+        (
+            lat_col,
+            np.isfinite(lat) & ((lat < -90) | (lat > 90)),
+            lambda r: f"expected a latitude in [-90, 90], found {lat[r]:g}",
+        ),
+        (
+            lon_col,
+            ~lon_empty & ~np.isfinite(lon),
+            lambda r: f"expected a longitude in degrees, found {_shown(frame[lon_col], r)}",
+        ),
+        (
+            lon_col,
+            np.isfinite(lon) & ((lon < -180) | (lon > 180)),
+            lambda r: f"expected a longitude in [-180, 180], found {lon[r]:g}",
+        ),
         (lat_col, lat_empty != lon_empty, lambda r: "latitude and longitude must be both given or both empty"),
     ]
+
     def not_a_count(column: str) -> Callable[[int], str]:
         return lambda r: f"expected a POI count (a whole number >= 0), found {_shown(frame[column], r)}"
 
@@ -537,8 +596,10 @@ def _read_cells(path: Path, mapping: TableMapping) -> _Cells:
         row, name, message = problem
         hint = None
         if name in poi_columns:
-            hint = ("every cells column other than cell_id, lat and lon is read as a POI category; "
-                    "list other columns in the mapping's cells_drop")
+            hint = (
+                "every cells column other than cell_id, lat and lon is read as a POI category; "
+                "list other columns in the mapping's cells_drop"
+            )
         raise InputError(message, file=path, line=table.line(row), field=name, hint=hint)
 
     key_list = keys.tolist()
@@ -627,7 +688,8 @@ def read_table(
     if frame.empty:
         raise InputError(
             f"the records file has no data rows; expected columns {', '.join(roles[f] for f in needed)}",
-            file=records, line=2 if table.is_csv else 1,
+            file=records,
+            line=2 if table.is_csv else 1,
         )
 
     entity_col, time_col, cell_col, service_col, bytes_col = (roles[f] for f in RECORD_FIELDS)
@@ -653,32 +715,62 @@ def read_table(
     ]
     if entity_kind == "cell":
         entity_pos_as_cell = cell_index.get_indexer(entity_text)
-        checks.append((entity_col, (entity_pos_as_cell < 0) & (entity_text != "").to_numpy(), lambda r: (
-            f"entity {entity_text.iloc[r]!r} is not a cell_id of the cells file {cells.name} "
-            "(with entity kind 'cell' every entity is a cell)")))
+        checks.append(
+            (
+                entity_col,
+                (entity_pos_as_cell < 0) & (entity_text != "").to_numpy(),
+                lambda r: (
+                    f"entity {entity_text.iloc[r]!r} is not a cell_id of the cells file {cells.name} "
+                    "(with entity kind 'cell' every entity is a cell)"
+                ),
+            )
+        )
     checks += [
         (time_col, time_bad, lambda r: f"expected {time_expected}, found {_shown(frame[time_col], r)}"),
     ]
     if not cell_optional:
         checks += [
             (cell_col, (cell_text == "").to_numpy(), lambda r: "expected a cell id, found an empty value"),
-            (cell_col, (cell_pos < 0) & (cell_text != "").to_numpy(), lambda r: (
-                f"unknown cell {cell_text.iloc[r]!r}: not a cell_id of the cells file {cells.name}")),
+            (
+                cell_col,
+                (cell_pos < 0) & (cell_text != "").to_numpy(),
+                lambda r: f"unknown cell {cell_text.iloc[r]!r}: not a cell_id of the cells file {cells.name}",
+            ),
         ]
         if entity_kind == "cell":
-            checks.append((cell_col, (cell_text != entity_text).to_numpy(), lambda r: (
-                f"with entity kind 'cell' the record's cell must be the entity itself: "
-                f"found {cell_text.iloc[r]!r} for entity {entity_text.iloc[r]!r}")))
+            checks.append(
+                (
+                    cell_col,
+                    (cell_text != entity_text).to_numpy(),
+                    lambda r: (
+                        f"with entity kind 'cell' the record's cell must be the entity itself: "
+                        f"found {cell_text.iloc[r]!r} for entity {entity_text.iloc[r]!r}"
+                    ),
+                )
+            )
     checks += [
         (service_col, (service_text == "").to_numpy(), lambda r: "expected a service, found an empty value"),
-        (service_col, unlabelled, lambda r: (
-            f"service code {service_text.iloc[r]!r} has no label in the mapping's service_labels")),
-        (service_col, (service_pos < 0) & ~unlabelled & (labels != "").to_numpy(), lambda r: (
-            f"service {labels.iloc[r]!r} is not in the mapping's services list ({', '.join(services)})")),
+        (
+            service_col,
+            unlabelled,
+            lambda r: f"service code {service_text.iloc[r]!r} has no label in the mapping's service_labels",
+        ),
+        (
+            service_col,
+            (service_pos < 0) & ~unlabelled & (labels != "").to_numpy(),
+            lambda r: f"service {labels.iloc[r]!r} is not in the mapping's services list ({', '.join(services)})",
+        ),
         (bytes_col, ~bytes_finite, lambda r: f"expected a whole number of bytes, found {_shown(frame[bytes_col], r)}"),
-        (bytes_col, bytes_finite & (raw_bytes < 0), lambda r: f"expected bytes >= 0, found {_shown(frame[bytes_col], r)}"),
-        (bytes_col, bytes_finite & (raw_bytes >= 0) & ((raw_bytes != np.round(raw_bytes)) | (raw_bytes >= 2**62)),
-         lambda r: f"expected a whole number of bytes, found {_shown(frame[bytes_col], r)}"),
+        (
+            bytes_col,
+            bytes_finite & (raw_bytes < 0),
+            lambda r: f"expected bytes >= 0, found {_shown(frame[bytes_col], r)}",
+        ),
+        (
+            bytes_col,
+            bytes_finite & (raw_bytes >= 0) & ((raw_bytes != np.round(raw_bytes)) | (raw_bytes >= 2**62)),
+            lambda r: f"expected a whole number of bytes, found {_shown(frame[bytes_col], r)}",
+        ),
     ]
     problem = first_problem(checks)
     if problem:
@@ -699,8 +791,15 @@ def read_table(
     hours = (last_day - first_day + 1) * 24
     nbytes = raw_bytes.astype(np.int64)
     aggregate = aggregate_hourly(
-        entity_pos, hour, service_pos, nbytes, cell_pos,
-        n_entities=len(entity_keys), hours=hours, n_services=len(services), n_cells=len(cell_table.keys),
+        entity_pos,
+        hour,
+        service_pos,
+        nbytes,
+        cell_pos,
+        n_entities=len(entity_keys),
+        hours=hours,
+        n_services=len(services),
+        n_cells=len(cell_table.keys),
     )
     entity_cell = cell_index.get_indexer(entity_keys) if entity_kind == "cell" else None
     params = {

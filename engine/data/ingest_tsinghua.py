@@ -42,14 +42,39 @@ TIMEZONE = "Asia/Shanghai"
 # checked against this list - a name matches when its letters, lower-cased, equal the canonical
 # name's letters (so 'Weath1er' matches 'Weather') - and the data set uses these spellings.
 CATEGORIES = (
-    "Utilities", "Games", "Entertainment", "News", "Social Networking", "Shopping", "Finance",
-    "Business", "Travel", "Lifestyle", "Education", "Health & Fitness", "Infant & Mom", "Navigation",
-    "Weather", "Music", "References", "Books", "Photo & Video", "Sports",
+    "Utilities",
+    "Games",
+    "Entertainment",
+    "News",
+    "Social Networking",
+    "Shopping",
+    "Finance",
+    "Business",
+    "Travel",
+    "Lifestyle",
+    "Education",
+    "Health & Fitness",
+    "Infant & Mom",
+    "Navigation",
+    "Weather",
+    "Music",
+    "References",
+    "Books",
+    "Photo & Video",
+    "Sports",
 )
 # The 10 services the LSDM paper forecasts, in the paper's order.
 PAPER_SERVICES = (
-    "Utilities", "Games", "Entertainment", "News", "Social Networking", "Travel", "Lifestyle",
-    "Navigation", "Music", "Photo & Video",
+    "Utilities",
+    "Games",
+    "Entertainment",
+    "News",
+    "Social Networking",
+    "Travel",
+    "Lifestyle",
+    "Navigation",
+    "Music",
+    "Photo & Video",
 )
 TRACE_FIELDS = ("user_id", "timestamp", "base_station_id", "app_id", "traffic_bytes")
 _TRACE_LAYOUT = "user_id timestamp base_station_id app_id traffic_bytes, separated by single spaces"
@@ -60,8 +85,13 @@ Progress = Callable[[str], None]
 def _check_category_id(category: int, path: Path, number: int) -> None:
     """Tsinghua category ids are 0..19 (both App2Category.txt and Categorys.txt use them)."""
     if category >= len(CATEGORIES):
-        raise InputError(f"expected a category id in 0..{len(CATEGORIES) - 1}, found {category}", file=path,
-                         line=number, field="category_id")
+        raise InputError(
+            f"expected a category id in 0..{len(CATEGORIES) - 1}, found {category}",
+            file=path,
+            line=number,
+            field="category_id",
+        )
+
 
 def _letters(text: str) -> str:
     return re.sub(r"[^a-z]", "", text.lower())
@@ -79,7 +109,9 @@ def _text_lines(path: Path, what: str) -> list[str]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise InputError(f"not UTF-8 text (byte {error.start})", file=path, line=data.count(b"\n", 0, error.start) + 1) from None
+        raise InputError(
+            f"not UTF-8 text (byte {error.start})", file=path, line=data.count(b"\n", 0, error.start) + 1
+        ) from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -106,13 +138,17 @@ def read_categories(path: Path) -> dict[int, str]:
         _check_category_id(category, path, number)
         if category in found:
             raise InputError(
-                f"category {category} listed twice (first on line {found[category]})", file=path, line=number,
+                f"category {category} listed twice (first on line {found[category]})",
+                file=path,
+                line=number,
                 field="category_id",
             )
         if _letters(name) != _letters(CATEGORIES[category]):
             raise InputError(
-                f"category {category} is named {name} here, but the Tsinghua release calls it "
-                f"{CATEGORIES[category]!r}", file=path, line=number, field="name",
+                f"category {category} is named {name} here, but the Tsinghua release calls it {CATEGORIES[category]!r}",
+                file=path,
+                line=number,
+                field="name",
                 hint="is this the release's Categorys.txt?",
             )
         found[category] = number
@@ -120,7 +156,8 @@ def read_categories(path: Path) -> dict[int, str]:
     if missing:
         raise InputError(
             f"expected the category ids 0..{len(CATEGORIES) - 1}; missing {', '.join(map(str, missing))}",
-            file=path, field="category_id",
+            file=path,
+            field="category_id",
         )
     return {i: CATEGORIES[i] for i in range(len(CATEGORIES))}
 
@@ -164,11 +201,15 @@ def read_base_poi(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         raise InputError("the file is empty; expected a header BaseID<TAB><POI category>...", file=path, line=1)
     header = [name.strip() for name in lines[0].split("\t")]
     if header[0] != "BaseID":
-        raise InputError(f"expected the header to start with BaseID, found {header[0]!r}", file=path, line=1, field="BaseID")
+        raise InputError(
+            f"expected the header to start with BaseID, found {header[0]!r}", file=path, line=1, field="BaseID"
+        )
     names = header[1:]
     for name in names:
         if not name or names.count(name) > 1:
-            raise InputError(f"POI category names must be non-empty and distinct, found {name!r}", file=path, line=1, field=name)
+            raise InputError(
+                f"POI category names must be non-empty and distinct, found {name!r}", file=path, line=1, field=name
+            )
     ids: list[int] = []
     rows: list[list[int]] = []
     first_line: dict[int, int] = {}
@@ -179,7 +220,9 @@ def read_base_poi(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         if len(parts) != len(header):
             raise InputError(
                 f"expected {len(header)} TAB-separated fields (BaseID and {len(names)} POI counts), found {len(parts)}",
-                file=path, line=number, field=header[min(len(parts), len(header) - 1)],
+                file=path,
+                line=number,
+                field=header[min(len(parts), len(header) - 1)],
             )
         values = [p.strip() for p in parts]
         for value, name in zip(values, header, strict=True):
@@ -188,7 +231,10 @@ def read_base_poi(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         base = int(values[0])
         if base in first_line:
             raise InputError(
-                f"duplicate base station {base} (first on line {first_line[base]})", file=path, line=number, field="BaseID"
+                f"duplicate base station {base} (first on line {first_line[base]})",
+                file=path,
+                line=number,
+                field="BaseID",
             )
         first_line[base] = number
         ids.append(base)
@@ -214,23 +260,35 @@ def read_coords(path: Path, base_ids: np.ndarray) -> tuple[np.ndarray, np.ndarra
         if header is None:
             raise InputError("the file is empty; expected a header cell_id,lat,lon", file=path, line=1)
         if [h.strip().lower() for h in header] != ["cell_id", "lat", "lon"]:
-            raise InputError(f"expected the header cell_id,lat,lon, found {','.join(header)!r}", file=path, line=1,
-                             field=(header[0].strip() if header else "cell_id"))
+            raise InputError(
+                f"expected the header cell_id,lat,lon, found {','.join(header)!r}",
+                file=path,
+                line=1,
+                field=(header[0].strip() if header else "cell_id"),
+            )
         for record in reader:
             number = reader.line_num
             if not record or (len(record) == 1 and not record[0].strip()):
                 continue
             if len(record) != 3:
-                raise InputError(f"expected 3 fields cell_id,lat,lon, found {len(record)}", file=path, line=number, field="cell_id")
+                raise InputError(
+                    f"expected 3 fields cell_id,lat,lon, found {len(record)}", file=path, line=number, field="cell_id"
+                )
             cell_text, lat_text, lon_text = (v.strip() for v in record)
             if not cell_text.isdigit() or int(cell_text) not in position:
                 raise InputError(
-                    f"unknown base station {cell_text!r}: not a BaseID of the POI table", file=path, line=number, field="cell_id"
+                    f"unknown base station {cell_text!r}: not a BaseID of the POI table",
+                    file=path,
+                    line=number,
+                    field="cell_id",
                 )
             cell = int(cell_text)
             if cell in first_line:
                 raise InputError(
-                    f"duplicate base station {cell} (first on line {first_line[cell]})", file=path, line=number, field="cell_id"
+                    f"duplicate base station {cell} (first on line {first_line[cell]})",
+                    file=path,
+                    line=number,
+                    field="cell_id",
                 )
             first_line[cell] = number
             for text, name, limit in ((lat_text, "lat", 90), (lon_text, "lon", 180)):
@@ -272,7 +330,9 @@ def _locate_trace_error(path: Path, reason: Exception) -> InputError:
             shown = line.decode("utf-8", "replace")
             if len(fields) != len(TRACE_FIELDS):
                 return InputError(
-                    f"expected 5 fields ({_TRACE_LAYOUT}), found {len(fields)}: {shown!r}", file=path, line=number,
+                    f"expected 5 fields ({_TRACE_LAYOUT}), found {len(fields)}: {shown!r}",
+                    file=path,
+                    line=number,
                     field=TRACE_FIELDS[min(len(fields), len(TRACE_FIELDS) - 1)],  # the first missing or extra one
                 )
             for value, name in zip(fields, TRACE_FIELDS, strict=True):
@@ -291,8 +351,15 @@ def read_trace(path: Path) -> pd.DataFrame:
     _require_file(path, "trace")
     try:
         frame = pd.read_csv(
-            path, sep=" ", header=None, names=list(TRACE_FIELDS), dtype=dict.fromkeys(TRACE_FIELDS, "int64"),
-            engine="c", index_col=False, quoting=csv.QUOTE_NONE, skip_blank_lines=True,
+            path,
+            sep=" ",
+            header=None,
+            names=list(TRACE_FIELDS),
+            dtype=dict.fromkeys(TRACE_FIELDS, "int64"),
+            engine="c",
+            index_col=False,
+            quoting=csv.QUOTE_NONE,
+            skip_blank_lines=True,
         )
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame({f: np.zeros(0, dtype=np.int64) for f in TRACE_FIELDS})
@@ -303,11 +370,11 @@ def read_trace(path: Path) -> pd.DataFrame:
     return frame
 
 
-
 def _showing(values: np.ndarray, message: Callable[[Any], str]) -> Callable[[int], str]:
     """A check's message for row r, from values[r]. The message holds the array, not the caller's name for
     it, which the caller deletes after the checks to keep the peak memory low."""
     return lambda r: message(values[r])
+
 
 def read_tsinghua(
     trace: Path | str,
@@ -357,14 +424,23 @@ def read_tsinghua(
     cell = np.where(base_known, cell_table[np.where(base_known, base, 0)], -1)
     seconds, stamp_bad = digits_to_seconds(stamp)
 
-    problem = first_problem([
-        ("user_id", user < 0, _showing(user, lambda v: f"expected a whole number >= 0, found {v}")),
-        ("timestamp", stamp_bad,
-         _showing(stamp, lambda v: f"expected a time as YYYYMMDDhhmmss (e.g. 20160420081319), found {v}")),
-        ("base_station_id", cell < 0, _showing(base, lambda v: f"unknown base station {v}: not a BaseID of {poi.name}")),
-        ("app_id", category < 0, _showing(app, lambda v: f"unknown app {v}: not listed in {app2category.name}")),
-        ("traffic_bytes", nbytes < 0, _showing(nbytes, lambda v: f"expected bytes >= 0, found {v}")),
-    ])
+    problem = first_problem(
+        [
+            ("user_id", user < 0, _showing(user, lambda v: f"expected a whole number >= 0, found {v}")),
+            (
+                "timestamp",
+                stamp_bad,
+                _showing(stamp, lambda v: f"expected a time as YYYYMMDDhhmmss (e.g. 20160420081319), found {v}"),
+            ),
+            (
+                "base_station_id",
+                cell < 0,
+                _showing(base, lambda v: f"unknown base station {v}: not a BaseID of {poi.name}"),
+            ),
+            ("app_id", category < 0, _showing(app, lambda v: f"unknown app {v}: not listed in {app2category.name}")),
+            ("traffic_bytes", nbytes < 0, _showing(nbytes, lambda v: f"expected bytes >= 0, found {v}")),
+        ]
+    )
     if problem:
         row, field, message = problem
         raise InputError(message, file=trace, line=_trace_line_of_row(trace, row), field=field)
@@ -380,16 +456,26 @@ def read_tsinghua(
     hours = (last_day - first_day + 1) * 24
     service = service_of_category[category]
     aggregate = aggregate_hourly(
-        entity, hour, service, nbytes, cell,
-        n_entities=len(users), hours=hours, n_services=len(services), n_cells=len(base_ids),
+        entity,
+        hour,
+        service,
+        nbytes,
+        cell,
+        n_entities=len(users),
+        hours=hours,
+        n_services=len(services),
+        n_cells=len(base_ids),
     )
 
     dropped = service < 0
     dropped_by_category = np.bincount(category[dropped], minlength=len(CATEGORIES))
     params = {
         "source": {
-            "trace": trace.name, "app2category": app2category.name, "categories": categories.name,
-            "poi": poi.name, "coords": Path(coords).name if coords is not None else None,
+            "trace": trace.name,
+            "app2category": app2category.name,
+            "categories": categories.name,
+            "poi": poi.name,
+            "coords": Path(coords).name if coords is not None else None,
         },
         "services": "all 20 categories" if all_services else "the paper's 10",
         "records": int(n),
@@ -404,8 +490,10 @@ def read_tsinghua(
         "base_stations_with_coordinates": int(np.isfinite(lat).sum()),
         "apps_seen": apps_seen,
     }
-    report(f"{len(users):,} users, {hours} hours, {len(aggregate.traffic_bytes):,} traffic rows "
-           f"({time.perf_counter() - started:.1f} s)")
+    report(
+        f"{len(users):,} users, {hours} hours, {len(aggregate.traffic_bytes):,} traffic rows "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
     return DatasetContent(
         name=name,
         kind="tsinghua",
@@ -435,13 +523,46 @@ def read_tsinghua(
 # --- a format generator for tests and benchmarks ---------------------------------------------------
 
 # Share of records per hour of the day (relative), low at night and peaking in the evening.
-_DIURNAL = np.array([2.0, 1.0, 0.6, 0.4, 0.4, 0.6, 1.5, 3.0, 4.5, 5.0, 5.0, 5.0,
-                     5.5, 5.0, 4.5, 4.5, 4.5, 5.0, 5.5, 6.0, 6.5, 6.0, 5.0, 3.5])
+_DIURNAL = np.array(
+    [
+        2.0,
+        1.0,
+        0.6,
+        0.4,
+        0.4,
+        0.6,
+        1.5,
+        3.0,
+        4.5,
+        5.0,
+        5.0,
+        5.0,
+        5.5,
+        5.0,
+        4.5,
+        4.5,
+        4.5,
+        5.0,
+        5.5,
+        6.0,
+        6.5,
+        6.0,
+        5.0,
+        3.5,
+    ]
+)
 
 
 def write_synthetic_trace(
-    path: Path | str, *, users: int, records: int, days: int = 7, seed: int = 0, n_apps: int = 2000,
-    n_cells: int = 9851, crlf: bool = False,
+    path: Path | str,
+    *,
+    users: int,
+    records: int,
+    days: int = 7,
+    seed: int = 0,
+    n_apps: int = 2000,
+    n_cells: int = 9851,
+    crlf: bool = False,
 ) -> Path:
     """Write a file in the exact Tsinghua trace format, for tests and benchmarks: it is NOT data.
 

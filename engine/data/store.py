@@ -15,6 +15,7 @@ def store_new_dataset(session: Session, content: DatasetContent, *, replace: boo
     same name is replaced only when ``replace`` is asked for; otherwise an error names the field."""
     taken = session.scalar(select(Dataset.id).where(Dataset.name == content.name))
     if taken is not None and not replace:
-        raise InputError(f"a data set named {content.name!r} exists already; choose another name or ask to "
-                         "replace it", field="name")
+        raise InputError(
+            f"a data set named {content.name!r} exists already; choose another name or ask to replace it", field="name"
+        )
     return store_dataset(session, content, activate=True)

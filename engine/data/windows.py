@@ -84,8 +84,14 @@ class SeriesData:
         return -1
 
 
-def load_series(session: Session, dataset: Dataset, *, env_kind: str = "env", encoder_id: str | None = None,
-                entity_keys: list[str] | None = None) -> SeriesData:
+def load_series(
+    session: Session,
+    dataset: Dataset,
+    *,
+    env_kind: str = "env",
+    encoder_id: str | None = None,
+    entity_keys: list[str] | None = None,
+) -> SeriesData:
     """Read a whole data set (and the active encoder's embeddings, if any) into arrays; of the entities
     with ``entity_keys`` only, when given (in id order; unknown keys are left out). ``encoder_id=""``:
     no embeddings."""
@@ -120,9 +126,17 @@ def load_series(session: Session, dataset: Dataset, *, env_kind: str = "env", en
         else:  # this encoder never embedded the data set's cells
             encoder_id = None
     return SeriesData(
-        dataset_name=dataset.name, services=list(dataset.services), entity_ids=entity_ids,
-        entity_keys=[e[1] for e in entities], traffic=traffic, location=location, cell_ids=cell_ids,
-        cell_keys=[c[1] for c in cells], env=env, time_origin=dataset.time_origin, encoder_id=encoder_id,
+        dataset_name=dataset.name,
+        services=list(dataset.services),
+        entity_ids=entity_ids,
+        entity_keys=[e[1] for e in entities],
+        traffic=traffic,
+        location=location,
+        cell_ids=cell_ids,
+        cell_keys=[c[1] for c in cells],
+        env=env,
+        time_origin=dataset.time_origin,
+        encoder_id=encoder_id,
     )
 
 
@@ -184,9 +198,12 @@ class SplitSpec:
         if self.history < 1 or self.horizon < 1:
             raise InputError("history and horizon must be >= 1 hour", field="history")
         if hours < needed:
-            raise InputError(f"the data set has {hours} hours; this split needs at least {needed} "
-                             f"({self.history} h history + a training day + {self.val_days} validation and "
-                             f"{self.test_days} test days)", field="split")
+            raise InputError(
+                f"the data set has {hours} hours; this split needs at least {needed} "
+                f"({self.history} h history + a training day + {self.val_days} validation and "
+                f"{self.test_days} test days)",
+                field="split",
+            )
 
 
 @dataclass
@@ -230,13 +247,22 @@ def make_splits(series: SeriesData, spec: SplitSpec) -> Splits:
 
     everyone = np.arange(n_entities)
     if spec.kind == "time":
-        return Splits(grid(everyone, spec.history, val_start), grid(everyone, val_start, test_start),
-                      grid(everyone, test_start, hours), spec)
+        return Splits(
+            grid(everyone, spec.history, val_start),
+            grid(everyone, val_start, test_start),
+            grid(everyone, test_start, hours),
+            spec,
+        )
     order = np.random.default_rng(spec.seed).permutation(n_entities)
     n_held = max(1, round(n_entities * spec.heldout_users))
     held, kept = np.sort(order[:n_held]), np.sort(order[n_held:])
-    return Splits(grid(kept, spec.history, val_start), grid(kept, val_start, test_start),
-                  grid(held, test_start, hours), spec, heldout_entities=held)
+    return Splits(
+        grid(kept, spec.history, val_start),
+        grid(kept, val_start, test_start),
+        grid(held, test_start, hours),
+        spec,
+        heldout_entities=held,
+    )
 
 
 @dataclass
@@ -266,8 +292,15 @@ class HourlyProfile:
     history_env: np.ndarray | None = None  # (C, D)
 
     @classmethod
-    def build(cls, series: SeriesData, values: np.ndarray, before: int, *, env: bool = False,
-              history_env: np.ndarray | None = None) -> HourlyProfile:
+    def build(
+        cls,
+        series: SeriesData,
+        values: np.ndarray,
+        before: int,
+        *,
+        env: bool = False,
+        history_env: np.ndarray | None = None,
+    ) -> HourlyProfile:
         before = max(1, min(before, values.shape[1]))
         hod = series.hour_of_day[:before]
         sums = np.zeros((values.shape[0], 24, values.shape[2]))
@@ -315,8 +348,13 @@ class HourlyProfile:
         its hours where it has none at that hour of day. ``leave_out``: an hour inside the profile does
         not count its own cell (as ``at`` leaves out its own traffic), so that training windows see the
         profile as a forecast does."""
-        if (self.env_sums is None or self.env_counts is None or self.env_fallback is None or self.location is None
-                or self.history_env is None):  # all five are set together (_build_env)
+        if (
+            self.env_sums is None
+            or self.env_counts is None
+            or self.env_fallback is None
+            or self.location is None
+            or self.history_env is None
+        ):  # all five are set together (_build_env)
             raise ValueError("this profile was built without the environment (env=True)")
         hod = (self.hour_of_day[0] + hours) % 24
         sums, counts = self.env_sums[entity, hod], self.env_counts[entity, hod]
@@ -343,8 +381,9 @@ class WindowBatch:
     profile: np.ndarray | None = None  # (N, H + F, K) the entity's hourly profile at each hour
 
 
-def gather(series: SeriesData, values: np.ndarray, windows: Windows, spec: SplitSpec,
-           profile: HourlyProfile | None = None) -> WindowBatch:
+def gather(
+    series: SeriesData, values: np.ndarray, windows: Windows, spec: SplitSpec, profile: HourlyProfile | None = None
+) -> WindowBatch:
     """Slice the windows out of ``values`` ((E, T, K) normalised traffic). With a profile built with the
     environment, ``env`` is [the cell's embedding, the entity's usual one at that hour of day] (N, L, 2D)."""
     offsets = np.arange(-spec.history, spec.horizon)
@@ -355,7 +394,10 @@ def gather(series: SeriesData, values: np.ndarray, windows: Windows, spec: Split
     if profile is not None and profile.has_env:
         env = np.concatenate([env, profile.env_at(entity, hours, leave_out=True)], axis=-1)
     return WindowBatch(
-        history=block[:, : spec.history], target=block[:, spec.history :],
-        hour_of_day=series.hour_of_day[hours], day_of_week=series.day_of_week[hours],
-        env=env, profile=None if profile is None else profile.at(entity, hours, own=block),
+        history=block[:, : spec.history],
+        target=block[:, spec.history :],
+        hour_of_day=series.hour_of_day[hours],
+        day_of_week=series.day_of_week[hours],
+        env=env,
+        profile=None if profile is None else profile.at(entity, hours, own=block),
     )

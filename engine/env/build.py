@@ -19,8 +19,9 @@ from engine.requests import EnvRequest
 from engine.shipped import shipped_encoder_dir
 
 
-def build_environment_for(database: Database, request: EnvRequest,
-                          progress: Callable[[str], None] | None = None) -> dict:
+def build_environment_for(
+    database: Database, request: EnvRequest, progress: Callable[[str], None] | None = None
+) -> dict:
     """Tiles, descriptions and embeddings of the request's data set; returns build_environment's summary."""
     request = request.checked()
     encoder_dir = None
@@ -29,10 +30,24 @@ def build_environment_for(database: Database, request: EnvRequest,
             encoder_dir = registered_encoder_dir(session, request.encoder)
         elif not (request.train_encoder or request.clip_init):
             encoder_dir = shipped_encoder_dir(session, get_dataset(session, request.dataset))
-    settings = ClipSettings(arch=request.clip_arch, init=request.clip_init, frozen=request.frozen,
-                            epochs=request.clip_epochs, seed=request.seed, a=request.a, b=request.b,
-                            mode=request.env_mode)
-    return build_environment(database, dataset_name=request.dataset, tiles=request.tiles,
-                             describer=request.describer, describer_options=request.describer_options(),
-                             regenerate=request.regenerate, settings=settings, encoder_dir=encoder_dir,
-                             progress=progress)
+    settings = ClipSettings(
+        arch=request.clip_arch,
+        init=request.clip_init,
+        frozen=request.frozen,
+        epochs=request.clip_epochs,
+        seed=request.seed,
+        a=request.a,
+        b=request.b,
+        mode=request.env_mode,
+    )
+    return build_environment(
+        database,
+        dataset_name=request.dataset,
+        tiles=request.tiles,
+        describer=request.describer,
+        describer_options=request.describer_options(),
+        regenerate=request.regenerate,
+        settings=settings,
+        encoder_dir=encoder_dir,
+        progress=progress,
+    )

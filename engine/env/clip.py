@@ -74,7 +74,9 @@ class ClipSettings:
         if self.arch not in ARCHITECTURES and not self.init:
             raise InputError(
                 f"unknown architecture {self.arch!r}; ours: {', '.join(ARCHITECTURES)} "
-                "(stock open_clip architectures need --clip-init PATH)", field="--clip-arch")
+                "(stock open_clip architectures need --clip-init PATH)",
+                field="--clip-arch",
+            )
         if self.init and not (self.init.startswith("local-dir:") or Path(self.init).is_file()):
             raise InputError(f"no such checkpoint file: {self.init}", field="--clip-init")
         if self.epochs < 0 or not 0 < self.holdout < 0.9:
@@ -133,11 +135,15 @@ def build_encoder(settings: ClipSettings) -> ClipEncoder:
         except RuntimeError as error:  # state-dict mismatch
             raise InputError(
                 f"checkpoint does not match the architecture {settings.arch!r}: {str(error).splitlines()[0]}",
-                file=settings.init, hint="pass the matching --clip-arch",
+                file=settings.init,
+                hint="pass the matching --clip-arch",
             ) from None
         except Exception as error:  # noqa: BLE001 - unreadable file, unknown architecture name
-            raise InputError(f"cannot load as open_clip architecture {settings.arch!r}: {error}", file=settings.init,
-                             hint="check the file and pass the matching --clip-arch") from None
+            raise InputError(
+                f"cannot load as open_clip architecture {settings.arch!r}: {error}",
+                file=settings.init,
+                hint="check the file and pass the matching --clip-arch",
+            ) from None
         image_size = model.visual.image_size
         image_size = image_size[0] if isinstance(image_size, (tuple, list)) else int(image_size)
         mean = tuple(getattr(model.visual, "image_mean", None) or OPENAI_MEAN)
@@ -157,8 +163,11 @@ def save_encoder(encoder: ClipEncoder, directory: Path) -> str:
     """Write model.safetensors + config.json; returns the encoder id (hash prefix of the weights)."""
     digest = save_weights(encoder.model.state_dict(), directory)
     encoder.meta.update(
-        encoder_id=f"clip-{digest[:12]}", sha256=digest, image_size=encoder.image_size,
-        mean=list(encoder.mean), std=list(encoder.std),
+        encoder_id=f"clip-{digest[:12]}",
+        sha256=digest,
+        image_size=encoder.image_size,
+        mean=list(encoder.mean),
+        std=list(encoder.std),
     )
     (directory / "config.json").write_text(json.dumps(encoder.meta, indent=2, default=str))
     return encoder.meta["encoder_id"]
@@ -177,8 +186,14 @@ def load_encoder(directory: Path) -> ClipEncoder:
     except RuntimeError as error:
         raise InputError(f"weights do not match the architecture: {str(error).splitlines()[0]}", file=weights) from None
     model.eval()
-    return ClipEncoder(model=model, tokenizer=open_clip.get_tokenizer("ViT-B-32"), image_size=meta["image_size"],
-                       mean=tuple(meta["mean"]), std=tuple(meta["std"]), meta=meta)
+    return ClipEncoder(
+        model=model,
+        tokenizer=open_clip.get_tokenizer("ViT-B-32"),
+        image_size=meta["image_size"],
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+        meta=meta,
+    )
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -296,18 +311,25 @@ def train_clip(
                 losses.append(float(loss.detach()))
             history.append(float(np.mean(losses)) if losses else float("nan"))
             if progress:
-                progress(f"CLIP epoch {epoch + 1}/{settings.epochs}: loss {history[-1]:.3f}", (epoch + 1) / settings.epochs)
+                progress(
+                    f"CLIP epoch {epoch + 1}/{settings.epochs}: loss {history[-1]:.3f}", (epoch + 1) / settings.epochs
+                )
     model.eval()
-    metrics = {"train_pairs": len(train_idx), "heldout_pairs": len(held_idx),
-               "train_seconds": round(time.perf_counter() - started, 2), "loss_history": [round(v, 4) for v in history]}
+    metrics = {
+        "train_pairs": len(train_idx),
+        "heldout_pairs": len(held_idx),
+        "train_seconds": round(time.perf_counter() - started, 2),
+        "loss_history": [round(v, 4) for v in history],
+    }
     if len(held_idx) >= 2:
         image_z, text_z = encode(encoder, images[held_idx], [texts[i] for i in held_idx])
         metrics["retrieval"] = retrieval_metrics(image_z, text_z)
     return metrics
 
 
-def encode(encoder: ClipEncoder, images: torch.Tensor, texts: list[str], *,
-           batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def encode(
+    encoder: ClipEncoder, images: torch.Tensor, texts: list[str], *, batch_size: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalised image and text embeddings, (N, D) float32 each."""
     import torch
 
@@ -321,7 +343,9 @@ def encode(encoder: ClipEncoder, images: torch.Tensor, texts: list[str], *,
         for start in range(0, len(texts), batch_size):
             pixels = images[start : start + batch_size]
             if pixels.shape[-1] != encoder.image_size:
-                pixels = torch.nn.functional.interpolate(pixels.float(), size=(encoder.image_size,) * 2, mode="bilinear")
+                pixels = torch.nn.functional.interpolate(
+                    pixels.float(), size=(encoder.image_size,) * 2, mode="bilinear"
+                )
             image_out.append(model.encode_image(_normalise(pixels, encoder.mean, encoder.std), normalize=True))
             text_out.append(model.encode_text(encoder.tokenizer(texts[start : start + batch_size]), normalize=True))
     return torch.cat(image_out).numpy().astype(np.float32), torch.cat(text_out).numpy().astype(np.float32)
@@ -348,8 +372,9 @@ def retrieval_metrics(image_z: np.ndarray, text_z: np.ndarray) -> dict:
     }
 
 
-def combine_env(image_z: np.ndarray, text_z: np.ndarray, has_image: np.ndarray, a: float, b: float,
-                mode: str = "both") -> np.ndarray:
+def combine_env(
+    image_z: np.ndarray, text_z: np.ndarray, has_image: np.ndarray, a: float, b: float, mode: str = "both"
+) -> np.ndarray:
     """Eq. 9: z_env = a * z_image + b * z_text; a missing image is replaced by the text embedding."""
     if mode not in ENV_MODES:
         raise InputError(f"expected one of {', '.join(ENV_MODES)}, got {mode!r}", field="mode")

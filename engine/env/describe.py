@@ -158,8 +158,15 @@ THEME_LABELS = {
 MIXED_LABEL = "mixed-use area"
 # How far above the city's share a theme must be to name the cell after it (a location quotient);
 # rare themes need more, since one stray POI already moves their share a lot.
-THEME_THRESHOLDS = {"office": 1.4, "residential": 1.4, "commercial": 1.5, "industrial": 2.2,
-                    "campus": 2.2, "park": 2.6, "transport": 3.0}
+THEME_THRESHOLDS = {
+    "office": 1.4,
+    "residential": 1.4,
+    "commercial": 1.5,
+    "industrial": 2.2,
+    "campus": 2.2,
+    "park": 2.6,
+    "transport": 3.0,
+}
 THEME_MIN_COUNT = 2  # POIs of a theme needed to name the cell after it
 TELLING_THEMES = ("transport", "park", "campus", "industrial")  # rare but telling when present
 # What a lone telling POI reads like, for the 17 Tsinghua names.
@@ -171,8 +178,17 @@ TELLING_PHRASES = {
 }
 
 _NUMBER_NAMES = {1: "one", 2: "two", 3: "three"}
-_NUMBER_WORDS = {2: "twice", 3: "three times", 4: "four times", 5: "five times", 6: "six times",
-                 7: "seven times", 8: "eight times", 9: "nine times", 10: "ten times"}
+_NUMBER_WORDS = {
+    2: "twice",
+    3: "three times",
+    4: "four times",
+    5: "five times",
+    6: "six times",
+    7: "seven times",
+    8: "eight times",
+    9: "nine times",
+    10: "ten times",
+}
 
 
 def friendly_name(category: str, count: int | None = None) -> str:
@@ -261,17 +277,32 @@ def _facts(counts: Sequence[int], stats: CityStats) -> _Facts:
 
     over = _over_represented(c, total, lq)
     best, label = _character(c, total, share, lq, themes, stats.categories, over)
-    telling = tuple(sorted(
-        (i for i in range(len(c))
-         if themes[i] in TELLING_THEMES and c[i] >= 1 and (stats.presence[i] < 0.5 or lq[i] >= 1.5)),
-        key=lambda i: (TELLING_THEMES.index(themes[i]), i),
-    ))
+    telling = tuple(
+        sorted(
+            (
+                i
+                for i in range(len(c))
+                if themes[i] in TELLING_THEMES and c[i] >= 1 and (stats.presence[i] < 0.5 or lq[i] >= 1.5)
+            ),
+            key=lambda i: (TELLING_THEMES.index(themes[i]), i),
+        )
+    )
     absent = tuple(
-        i for i in np.argsort(-share, kind="stable")
+        i
+        for i in np.argsort(-share, kind="stable")
         if share[i] >= 0.08 and lq[i] < 0.35 and total >= 8 and i not in over
     )[:2]
-    return _Facts(tuple(int(v) for v in c), total, stats.density_band(total), tuple(lq), label, best,
-                  over, telling, tuple(int(i) for i in absent))
+    return _Facts(
+        tuple(int(v) for v in c),
+        total,
+        stats.density_band(total),
+        tuple(lq),
+        label,
+        best,
+        over,
+        telling,
+        tuple(int(i) for i in absent),
+    )
 
 
 def _over_represented(c: np.ndarray, total: int, lq: np.ndarray) -> tuple[int, ...]:
@@ -281,8 +312,15 @@ def _over_represented(c: np.ndarray, total: int, lq: np.ndarray) -> tuple[int, .
     return tuple(sorted(candidates, key=lambda i: (-math.log(lq[i]) * math.log1p(c[i]), i))[:4])
 
 
-def _character(c: np.ndarray, total: int, share: np.ndarray, lq: np.ndarray, themes: list[str | None],
-               categories: Sequence[str], over: Sequence[int]) -> tuple[str | None, str]:
+def _character(
+    c: np.ndarray,
+    total: int,
+    share: np.ndarray,
+    lq: np.ndarray,
+    themes: list[str | None],
+    categories: Sequence[str],
+    over: Sequence[int],
+) -> tuple[str | None, str]:
     """(theme, label): among the themes whose share of the cell clears their threshold (relative to
     the city's share), the one with the largest standardised excess share over the city's mix
     ((p - s) / sqrt(s (1 - s)), so a rare theme such as transport is not drowned by a common one);
@@ -384,8 +422,9 @@ class TemplateDescriber:
         sentences = [self._opening(facts, typical, pick(0, 4))]
         if facts.total <= 3:  # too few POIs for shares to mean anything: just list them
             present = [i for i in range(len(names)) if facts.counts[i] > 0]
-            items = _join([f"{_NUMBER_NAMES[facts.counts[i]]} {friendly_name(names[i], facts.counts[i])}"
-                           for i in present])
+            items = _join(
+                [f"{_NUMBER_NAMES[facts.counts[i]]} {friendly_name(names[i], facts.counts[i])}" for i in present]
+            )
             only = "Its only point of interest is" if facts.total == 1 else "Its only points of interest are"
             sentences.append(f"{only} {items}.")
             return " ".join(sentences)
@@ -400,8 +439,12 @@ class TemplateDescriber:
         else:
             top = [i for i in sorted(range(len(names)), key=lambda i: (-facts.counts[i], i))[:2] if facts.counts[i]]
             mix = _join([f"{friendly_name(names[i], facts.counts[i])} ({facts.counts[i]})" for i in top])
-            sentences.append([f"Its mix is close to the city average, led by {mix}.",
-                              f"The mix of places is typical of the city, mostly {mix}."][pick(1, 2)])
+            sentences.append(
+                [
+                    f"Its mix is close to the city average, led by {mix}.",
+                    f"The mix of places is typical of the city, mostly {mix}.",
+                ][pick(1, 2)]
+            )
         extras = []
         telling = [i for i in facts.telling if i not in mentioned][:2]
         if telling:
@@ -484,8 +527,9 @@ def chat_completions_url(base_url: str) -> str:
     url = (base_url or "").strip()
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise InputError(f"expected an http(s) URL such as http://localhost:11434/v1, got {base_url!r}",
-                         field="base_url")
+        raise InputError(
+            f"expected an http(s) URL such as http://localhost:11434/v1, got {base_url!r}", field="base_url"
+        )
     path = parsed.path.rstrip("/")
     if not path.endswith("/chat/completions"):
         if not re.search(r"/v\d+[a-z0-9]*$", path):
@@ -510,8 +554,10 @@ _REFUSAL = re.compile(r"^(i'?m sorry|i am sorry|sorry[,.!]|i can(no|')t|i am una
 def build_prompt(counts: Sequence[int], stats: CityStats, max_words: int) -> str:
     """The user message: the cell's counts next to the city's averages (the template's facts)."""
     facts = _facts(counts, stats)
-    lines = ["Points of interest in this cell, per category: count (city average per cell; "
-             "this cell's share of the category relative to the city's share):"]
+    lines = [
+        "Points of interest in this cell, per category: count (city average per cell; "
+        "this cell's share of the category relative to the city's share):"
+    ]
     for i, name in enumerate(stats.categories):
         relative = f"{facts.lq[i]:.1f}x" if facts.total else "-"
         lines.append(f"- {name}: {facts.counts[i]} (avg {stats.mean[i]:.1f}; {relative})")
@@ -623,9 +669,12 @@ class OpenAIDescriber:
     def describe(self, counts: Sequence[int], stats: CityStats) -> DescriptionResult:
         prompt = build_prompt(counts, stats, self.max_words)
         if self.breaker and self._failures_in_a_row >= self.breaker:
-            return self._fallback(counts, stats, prompt,
-                                  f"skipped: endpoint failed for {self._failures_in_a_row} cells in a row "
-                                  f"(last: {self._last_failure})")
+            return self._fallback(
+                counts,
+                stats,
+                prompt,
+                f"skipped: endpoint failed for {self._failures_in_a_row} cells in a row (last: {self._last_failure})",
+            )
         try:
             text = self._ask(prompt)
         except _Retryable as exc:
@@ -642,16 +691,18 @@ class OpenAIDescriber:
         return DescriptionResult(self.template.text(counts, stats), "template-fallback", self.model, prompt, reason)
 
     def _ask(self, prompt: str) -> str:
-        body = json.dumps({
-            "model": self.model,
-            "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT.format(max_words=self.max_words)},
-                {"role": "user", "content": prompt},
-            ],
-            "temperature": self.temperature,
-            "max_tokens": self.max_words * 4,
-            "stream": False,
-        }).encode()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": [
+                    {"role": "system", "content": SYSTEM_PROMPT.format(max_words=self.max_words)},
+                    {"role": "user", "content": prompt},
+                ],
+                "temperature": self.temperature,
+                "max_tokens": self.max_words * 4,
+                "stream": False,
+            }
+        ).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "lsdm-describe"}
         key = os.environ.get(self.api_key_env, "").strip() if self.api_key_env else ""
         if key:
@@ -748,8 +799,10 @@ def make_describer(kind: str = "template", **options: Any) -> TemplateDescriber 
     accepted = list(inspect.signature(cls).parameters)  # the constructor's, without self
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise InputError(f"the {kind} describer does not take {', '.join(unknown)}; it takes {', '.join(accepted)}",
-                         field="--describer")
+        raise InputError(
+            f"the {kind} describer does not take {', '.join(unknown)}; it takes {', '.join(accepted)}",
+            field="--describer",
+        )
     if kind == "openai":
         for required in ("base_url", "model"):
             if not options.get(required):
@@ -787,11 +840,18 @@ def describe_cells(
         if len(counts) != len(categories):
             raise InputError(f"cell {cell_id} has {len(counts)} POI counts for {len(categories)} categories")
     reasons: dict[str, int] = {}  # fallback reason -> cells
-    result: dict[str, Any] = {"described": 0, "kept": 0, "fallbacks": 0, "total": len(rows), "fallback_reasons": reasons}
+    result: dict[str, Any] = {
+        "described": 0,
+        "kept": 0,
+        "fallbacks": 0,
+        "total": len(rows),
+        "fallback_reasons": reasons,
+    }
     if not rows:
         return result
-    stats = CityStats.from_counts(np.array([counts for _, counts in rows], dtype=np.int64).reshape(len(rows), -1),
-                                  categories)
+    stats = CityStats.from_counts(
+        np.array([counts for _, counts in rows], dtype=np.int64).reshape(len(rows), -1), categories
+    )
     existing = set(session.scalars(select(Description.cell_id).join(Cell).where(Cell.dataset_id == dataset.id)))
     todo = [(cell_id, counts) for cell_id, counts in rows if regenerate or cell_id not in existing]
     result["kept"] = len(rows) - len(todo)
@@ -817,9 +877,17 @@ def describe_cells(
 
     for done, (cell_id, counts) in enumerate(todo, start=1):
         described = describer.describe(counts, stats)
-        batch.append({"cell_id": cell_id, "text": described.text, "generator": described.generator,
-                      "model": described.model, "prompt": described.prompt, "error": described.error,
-                      "created_at": utcnow()})
+        batch.append(
+            {
+                "cell_id": cell_id,
+                "text": described.text,
+                "generator": described.generator,
+                "model": described.model,
+                "prompt": described.prompt,
+                "error": described.error,
+                "created_at": utcnow(),
+            }
+        )
         result["described"] += 1
         if described.generator == "template-fallback":
             result["fallbacks"] += 1

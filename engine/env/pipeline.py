@@ -59,7 +59,9 @@ def dominant_labels(cells: list[Cell], categories: list[str]) -> list[str]:
     counts = np.array([c.poi_counts for c in cells], dtype=float)
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     lift = share / np.maximum(share.mean(0, keepdims=True), 1e-9)
-    return [categories[int(np.argmax(row))] if total > 0 else "none" for row, total in zip(lift, counts.sum(1), strict=True)]
+    return [
+        categories[int(np.argmax(row))] if total > 0 else "none" for row, total in zip(lift, counts.sum(1), strict=True)
+    ]
 
 
 def registered_encoder_dir(session: Session, name: str) -> Path:
@@ -67,8 +69,11 @@ def registered_encoder_dir(session: Session, name: str) -> Path:
     with it: a model trained on one city's embeddings can then forecast, or be evaluated, on another."""
     record = find_encoder(session, name)
     if record is None:
-        raise InputError(f"no registered CLIP encoder {name!r}; registered: {', '.join(encoder_names(session)) or 'none'}",
-                         field="--encoder", hint="`lsdm models --json` lists the encoders with kind clip")
+        raise InputError(
+            f"no registered CLIP encoder {name!r}; registered: {', '.join(encoder_names(session)) or 'none'}",
+            field="--encoder",
+            hint="`lsdm models --json` lists the encoders with kind clip",
+        )
     path = Path(record.path)
     if not (path / "config.json").is_file():
         raise InputError(f"the encoder's files are missing in {path}", field="--encoder")
@@ -107,8 +112,12 @@ def build_environment(
         source = open_tile_source(tiles)
         say(f"tiles from {tiles} ...")
         with database.write_session() as session, session.begin():
-            counts = store_tiles(session, session.get_one(Dataset, dataset_id), source,
-                                 progress=lambda done, total: say(f"tiles: {done}/{total}"))
+            counts = store_tiles(
+                session,
+                session.get_one(Dataset, dataset_id),
+                source,
+                progress=lambda done, total: say(f"tiles: {done}/{total}"),
+            )
         say(f"tiles: {counts}")
     timings["tiles_s"] = round(time.perf_counter() - started, 2)
 
@@ -116,8 +125,14 @@ def build_environment(
     # Read here; the rows are written at the end in a write transaction of their own, so that a slow LLM
     # endpoint never holds the write lock.
     with database.session() as session:
-        counts = describe_cells(session, session.get_one(Dataset, dataset_id), make_describer(describer, **(describer_options or {})),
-                                regenerate=regenerate, progress=say, writer=database.write_session)
+        counts = describe_cells(
+            session,
+            session.get_one(Dataset, dataset_id),
+            make_describer(describer, **(describer_options or {})),
+            regenerate=regenerate,
+            progress=say,
+            writer=database.write_session,
+        )
     say(f"descriptions: {counts}")
     timings["descriptions_s"] = round(time.perf_counter() - started, 2)
 
@@ -144,8 +159,13 @@ def build_environment(
         paired = np.flatnonzero(has_image)
         training = "frozen" if settings.frozen else f"{settings.epochs} epochs"
         say(f"CLIP: {len(paired)} (tile, description) pairs; {training}")
-        metrics = train_clip(encoder, images[paired], [texts[i] for i in paired], settings,
-                             progress=lambda message, _fraction: say(message))
+        metrics = train_clip(
+            encoder,
+            images[paired],
+            [texts[i] for i in paired],
+            settings,
+            progress=lambda message, _fraction: say(message),
+        )
         # Kept in config.json too, so that a shipped copy of the encoder still reports them.
         encoder.meta["trained_metrics"] = {k: v for k, v in metrics.items() if k == "retrieval"}
     timings["clip_train_s"] = round(time.perf_counter() - started, 2)
@@ -157,8 +177,11 @@ def build_environment(
     timings["embed_cells_per_s"] = round(len(cell_ids) / max(timings["embed_s"], 1e-9), 1)
     metrics["land_use_agreement"] = {
         "env": round(neighbour_agreement(env_z, labels), 4) if settings.mode != "none" else None,
-        "image": round(neighbour_agreement(image_z[has_image], [label for label, h in zip(labels, has_image, strict=True) if h]), 4)
-        if has_image.sum() > 1 else None,
+        "image": round(
+            neighbour_agreement(image_z[has_image], [label for label, h in zip(labels, has_image, strict=True) if h]), 4
+        )
+        if has_image.sum() > 1
+        else None,
         "text": round(neighbour_agreement(text_z, labels), 4),
         "chance": round(float(sum((labels.count(label) / len(labels)) ** 2 for label in set(labels))), 4),
     }
@@ -175,20 +198,35 @@ def build_environment(
         shutil.move(str(Path(tmp) / "encoder"), final)
 
     with database.write_session() as session, session.begin():
-        activate_model(session, ModelRecord(
-            name=encoder_id, kind="clip", path=str(final), sha256=encoder.meta["sha256"],
-            config={"settings": settings_dict(settings), "encoder": encoder.meta}, metrics=metrics,
-            dataset_id=dataset_id,
-        ))
-        session.execute(delete(Embedding).where(Embedding.encoder_id == encoder_id,
-                                                Embedding.cell_id.in_(cell_ids.tolist())))
+        activate_model(
+            session,
+            ModelRecord(
+                name=encoder_id,
+                kind="clip",
+                path=str(final),
+                sha256=encoder.meta["sha256"],
+                config={"settings": settings_dict(settings), "encoder": encoder.meta},
+                metrics=metrics,
+                dataset_id=dataset_id,
+            ),
+        )
+        session.execute(
+            delete(Embedding).where(Embedding.encoder_id == encoder_id, Embedding.cell_id.in_(cell_ids.tolist()))
+        )
         rows = []
         for kind_name, matrix in (("image", image_z), ("text", text_z), ("env", env_z)):
             for i, cell_id in enumerate(cell_ids):
                 if kind_name == "image" and not has_image[i]:
                     continue
-                rows.append({"cell_id": int(cell_id), "encoder_id": encoder_id, "kind": kind_name,
-                             "dim": int(matrix.shape[1]), "vector": matrix[i].astype("<f4").tobytes()})
+                rows.append(
+                    {
+                        "cell_id": int(cell_id),
+                        "encoder_id": encoder_id,
+                        "kind": kind_name,
+                        "dim": int(matrix.shape[1]),
+                        "vector": matrix[i].astype("<f4").tobytes(),
+                    }
+                )
         session.execute(table_of(Embedding).insert(), rows)
     summary = environment_info(database, dataset_name)
     summary["timings"] = timings
@@ -207,11 +245,24 @@ def environment_info(database: Database, dataset_name: str | None = None) -> dic
         record = active_model(session, dataset.id, kind="clip")
         n_embeddings = 0
         if record is not None:
-            n_embeddings = int(session.scalar(
-                select(func.count()).select_from(Embedding).join(Cell)
-                .where(in_dataset, Embedding.encoder_id == record.name, Embedding.kind == "env")) or 0)
-        fallbacks = int(session.scalar(select(func.count()).select_from(Description).join(Cell)
-                                       .where(in_dataset, Description.generator == "template-fallback")) or 0)
+            n_embeddings = int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(Embedding)
+                    .join(Cell)
+                    .where(in_dataset, Embedding.encoder_id == record.name, Embedding.kind == "env")
+                )
+                or 0
+            )
+        fallbacks = int(
+            session.scalar(
+                select(func.count())
+                .select_from(Description)
+                .join(Cell)
+                .where(in_dataset, Description.generator == "template-fallback")
+            )
+            or 0
+        )
         retrieval = (record.metrics.get("retrieval") if record else None) or {}
         return {
             "dataset": dataset.name,
@@ -221,8 +272,11 @@ def environment_info(database: Database, dataset_name: str | None = None) -> dic
             "description_fallbacks": fallbacks,
             "embeddings": n_embeddings,
             "encoder": record.name if record else None,
-            "retrieval": {"top1": retrieval.get("top1"), "top5": retrieval.get("top5"),
-                          **{k: v for k, v in retrieval.items() if k not in ("top1", "top5")}},
+            "retrieval": {
+                "top1": retrieval.get("top1"),
+                "top5": retrieval.get("top5"),
+                **{k: v for k, v in retrieval.items() if k not in ("top1", "top5")},
+            },
             "land_use_agreement": (record.metrics.get("land_use_agreement") if record else None),
         }
 

@@ -94,8 +94,9 @@ def quantile_levels(n_samples: int) -> np.ndarray:
     return (np.arange(n_samples) + 0.5) / n_samples
 
 
-def _prepare(series: SeriesData, values: np.ndarray, splits: Splits, windows: Windows,
-             steps: int | None, n_samples: int) -> tuple[np.ndarray, int, np.ndarray]:
+def _prepare(
+    series: SeriesData, values: np.ndarray, splits: Splits, windows: Windows, steps: int | None, n_samples: int
+) -> tuple[np.ndarray, int, np.ndarray]:
     """Validated (values float64, steps, target hours (N, steps))."""
     v = np.asarray(values, dtype=np.float64)
     if v.shape != series.traffic.shape:
@@ -107,8 +108,11 @@ def _prepare(series: SeriesData, values: np.ndarray, splits: Splits, windows: Wi
         raise InputError(f"expected at least 1 sample, got {n_samples}", field="n_samples")
     hours = np.asarray(windows.hour, dtype=np.int64)
     if len(hours) and (hours.min() < 1 or hours.max() + steps > series.hours):
-        raise InputError(f"windows must start at hour >= 1 and end by hour {series.hours} "
-                         f"(got starts {hours.min()}..{hours.max()} with {steps} steps)", field="windows")
+        raise InputError(
+            f"windows must start at hour >= 1 and end by hour {series.hours} "
+            f"(got starts {hours.min()}..{hours.max()} with {steps} steps)",
+            field="windows",
+        )
     if splits.train_hours_end < 1:
         raise InputError("the split leaves no training hours", field="split")
     return v, steps, hours[:, None] + np.arange(steps)[None, :]
@@ -120,8 +124,17 @@ def _entities(windows: Windows) -> np.ndarray:
 
 # --- Seasonal naive ---------------------------------------------------------------------------------
 
-def seasonal_naive(series: SeriesData, values: np.ndarray, splits: Splits, windows: Windows, *,
-                   steps: int | None = None, lag: int = 24, n_samples: int = DEFAULT_SAMPLES) -> BaselineForecast:
+
+def seasonal_naive(
+    series: SeriesData,
+    values: np.ndarray,
+    splits: Splits,
+    windows: Windows,
+    *,
+    steps: int | None = None,
+    lag: int = 24,
+    n_samples: int = DEFAULT_SAMPLES,
+) -> BaselineForecast:
     """v[t - L]: the value one season before, L = ``lag`` (24 h, or 168 h for the weekly variant).
 
     For step h (0-based) from origin t0 the season is repeated until it reaches observed data,
@@ -143,11 +156,16 @@ def seasonal_naive(series: SeriesData, values: np.ndarray, splits: Splits, windo
     lags = np.where(last, h + 1, lags)
     point = v[entity[:, None], targets - lags]  # (N, steps, K)
 
-    info = {"method": "seasonal-naive", "lag": lag, "windows": len(entity), "steps": steps,
-            "samples": n_samples,
-            "fallback_windows": int(np.count_nonzero((~primary).any(axis=1))) if lag != 24 else 0,
-            "fallback_points": int(np.count_nonzero(~primary)) if lag != 24 else 0,
-            "last_value_points": int(np.count_nonzero(last))}
+    info = {
+        "method": "seasonal-naive",
+        "lag": lag,
+        "windows": len(entity),
+        "steps": steps,
+        "samples": n_samples,
+        "fallback_windows": int(np.count_nonzero((~primary).any(axis=1))) if lag != 24 else 0,
+        "fallback_points": int(np.count_nonzero(~primary)) if lag != 24 else 0,
+        "last_value_points": int(np.count_nonzero(last)),
+    }
     if n_samples == 1:
         samples = np.clip(point, 0, None)[None]
     else:
@@ -160,13 +178,17 @@ def _train_target_hours(splits: Splits) -> tuple[np.ndarray, np.ndarray]:
     """Entities and target hours of the training windows (every hour of their horizon)."""
     train = splits.train
     entities = np.unique(train.entity) if len(train) else np.zeros(0, dtype=np.int64)
-    hours = np.unique(train.hour[:, None] + np.arange(splits.spec.horizon)[None, :]) if len(train) else \
-        np.zeros(0, dtype=np.int64)
+    hours = (
+        np.unique(train.hour[:, None] + np.arange(splits.spec.horizon)[None, :])
+        if len(train)
+        else np.zeros(0, dtype=np.int64)
+    )
     return entities, hours[hours < splits.train_hours_end]
 
 
-def _add_residual_quantiles(v: np.ndarray, splits: Splits, point: np.ndarray, lags: np.ndarray,
-                            n_samples: int) -> tuple[np.ndarray, dict]:
+def _add_residual_quantiles(
+    v: np.ndarray, splits: Splits, point: np.ndarray, lags: np.ndarray, n_samples: int
+) -> tuple[np.ndarray, dict]:
     entities, hours = _train_target_hours(splits)
     levels = quantile_levels(n_samples)
     pools: dict[int, np.ndarray] = {}
@@ -187,16 +209,23 @@ def _add_residual_quantiles(v: np.ndarray, splits: Splits, point: np.ndarray, la
         offsets = pools[source] if source is not None else np.zeros((n_samples, v.shape[2]))
         where = lags == lag  # (N, steps)
         samples[:, where] = point[where][None] + offsets[:, None, :]
-        report[str(lag)] = {"residuals": sizes.get(lag, 0),
-                            "pool_from_lag": source if source != lag else None}
+        report[str(lag)] = {"residuals": sizes.get(lag, 0), "pool_from_lag": source if source != lag else None}
     np.clip(samples, 0, None, out=samples)
     return samples, report
 
 
 # --- Hour-of-week mean ------------------------------------------------------------------------------
 
-def hour_of_week_mean(series: SeriesData, values: np.ndarray, splits: Splits, windows: Windows, *,
-                      steps: int | None = None, n_samples: int = DEFAULT_SAMPLES) -> BaselineForecast:
+
+def hour_of_week_mean(
+    series: SeriesData,
+    values: np.ndarray,
+    splits: Splits,
+    windows: Windows,
+    *,
+    steps: int | None = None,
+    n_samples: int = DEFAULT_SAMPLES,
+) -> BaselineForecast:
     """The entity's mean of v at the same hour of the week over the hours before the first validation
     hour; where that hour of the week never occurs there (a one-week data set's validation and test
     days), its mean at the same hour of the day, else its overall mean. Only hours before
@@ -221,14 +250,21 @@ def hour_of_week_mean(series: SeriesData, values: np.ndarray, splits: Splits, wi
     overall = past.mean(axis=1)  # (E, K)
     use_how = how_counts[how[targets]] > 0  # (N, steps)
     use_hod = ~use_how & (hod_counts[hod[targets]] > 0)
-    point = np.where(use_how[..., None], how_means[entity[:, None], how[targets]],
-                     np.where(use_hod[..., None], hod_means[entity[:, None], hod[targets]],
-                              overall[entity][:, None, :]))
-    info = {"method": "hour-of-week-mean", "cutoff_hour": int(cutoff), "windows": len(entity),
-            "steps": steps, "samples": n_samples,
-            "hour_of_week_points": int(np.count_nonzero(use_how)),
-            "hour_of_day_points": int(np.count_nonzero(use_hod)),
-            "entity_mean_points": int(np.count_nonzero(~use_how & ~use_hod))}
+    point = np.where(
+        use_how[..., None],
+        how_means[entity[:, None], how[targets]],
+        np.where(use_hod[..., None], hod_means[entity[:, None], hod[targets]], overall[entity][:, None, :]),
+    )
+    info = {
+        "method": "hour-of-week-mean",
+        "cutoff_hour": int(cutoff),
+        "windows": len(entity),
+        "steps": steps,
+        "samples": n_samples,
+        "hour_of_week_points": int(np.count_nonzero(use_how)),
+        "hour_of_day_points": int(np.count_nonzero(use_hod)),
+        "entity_mean_points": int(np.count_nonzero(~use_how & ~use_hod)),
+    }
     if n_samples == 1:
         samples = np.clip(point, 0, None)[None]
     else:
@@ -293,9 +329,16 @@ def _state_forecasts(res: MLEResults, origins: np.ndarray, steps: int) -> tuple[
     return mean, np.maximum(var, 0.0)
 
 
-def _arima_series(y: np.ndarray, hod: np.ndarray, cutoff: int, origins: np.ndarray, steps: int,
-                  order: tuple[int, int, int], daily: bool,
-                  known: np.ndarray | None = None) -> tuple[str, np.ndarray, np.ndarray, dict]:
+def _arima_series(
+    y: np.ndarray,
+    hod: np.ndarray,
+    cutoff: int,
+    origins: np.ndarray,
+    steps: int,
+    order: tuple[int, int, int],
+    daily: bool,
+    known: np.ndarray | None = None,
+) -> tuple[str, np.ndarray, np.ndarray, dict]:
     """Fit one series on its first ``cutoff`` hours (or take the ``known`` parameters), filter the
     whole series with those parameters (no refitting) and forecast ``steps`` hours from every origin."""
     from statsmodels.tsa.statespace.sarimax import SARIMAX
@@ -336,11 +379,14 @@ def _arima_param_names(order: tuple[int, int, int], daily: bool) -> list[str]:
     return list(SARIMAX(y, exog=y[:, None] ** 2 if daily else None, order=order, trend="c").param_names)
 
 
-def _arima_chunk(tasks: list[tuple], hod: np.ndarray, cutoff: int, steps: int, order: tuple[int, int, int],
-                 daily: bool) -> list[tuple]:
+def _arima_chunk(
+    tasks: list[tuple], hod: np.ndarray, cutoff: int, steps: int, order: tuple[int, int, int], daily: bool
+) -> list[tuple]:
     with _single_threaded_blas():
-        return [(e, k, *_arima_series(y, hod, cutoff, origins, steps, order, daily, known))
-                for e, k, y, origins, known in tasks]
+        return [
+            (e, k, *_arima_series(y, hod, cutoff, origins, steps, order, daily, known))
+            for e, k, y, origins, known in tasks
+        ]
 
 
 def _openblas_thread_setters() -> list[tuple[Callable[[], int], Callable[[int], None]]]:
@@ -392,11 +438,20 @@ def default_jobs() -> int:
     return max(1, min(8, cpus))
 
 
-def arima(series: SeriesData, values: np.ndarray, splits: Splits, windows: Windows, *,
-          steps: int | None = None, order: tuple[int, int, int] = ARIMA_ORDER, daily_regressor: bool = True,
-          n_samples: int = DEFAULT_SAMPLES, n_jobs: int | None = None,
-          params: dict[str, np.ndarray] | None = None,
-          progress: Callable[[str], None] | None = None) -> BaselineForecast:
+def arima(
+    series: SeriesData,
+    values: np.ndarray,
+    splits: Splits,
+    windows: Windows,
+    *,
+    steps: int | None = None,
+    order: tuple[int, int, int] = ARIMA_ORDER,
+    daily_regressor: bool = True,
+    n_samples: int = DEFAULT_SAMPLES,
+    n_jobs: int | None = None,
+    params: dict[str, np.ndarray] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BaselineForecast:
     """statsmodels SARIMAX per (entity, service) series of the windows' entities, on the normalised
     scale: ARIMA ``order`` (default AR(1)) with a constant and, by default, the series' own training
     mean at each hour of the day as a regressor (a regression on the daily profile with AR errors).
@@ -428,12 +483,15 @@ def arima(series: SeriesData, values: np.ndarray, splits: Splits, windows: Windo
     names = _arima_param_names(order, daily_regressor) if params else []
     if params:
         if sorted(params) != sorted(names):
-            raise InputError(f"expected the parameters {names} of this ARIMA specification, got {sorted(params)}",
-                             field="params")
+            raise InputError(
+                f"expected the parameters {names} of this ARIMA specification, got {sorted(params)}", field="params"
+            )
         for name, array in params.items():
             if np.shape(array) != (n_entities, n_services):
-                raise InputError(f"parameter {name!r} has shape {np.shape(array)}, expected "
-                                 f"{(n_entities, n_services)}", field="params")
+                raise InputError(
+                    f"parameter {name!r} has shape {np.shape(array)}, expected {(n_entities, n_services)}",
+                    field="params",
+                )
 
     given = params or {}
 
@@ -443,8 +501,9 @@ def arima(series: SeriesData, values: np.ndarray, splits: Splits, windows: Windo
         vector = np.array([given[name][e, k] for name in names], dtype=np.float64)
         return vector if np.all(np.isfinite(vector)) else None
 
-    tasks = [(e, k, v[e, :, k].copy(), origins, known(e, k))
-             for e, origins in origins_of.items() for k in range(n_services)]
+    tasks = [
+        (e, k, v[e, :, k].copy(), origins, known(e, k)) for e, origins in origins_of.items() for k in range(n_services)
+    ]
     jobs = default_jobs() if n_jobs is None else max(1, int(n_jobs))
     results: list[tuple] = []
     if jobs == 1 or len(tasks) < 32:  # in this process
@@ -456,8 +515,9 @@ def arima(series: SeriesData, values: np.ndarray, splits: Splits, windows: Windo
         size = max(1, math.ceil(len(tasks) / (jobs * 8)))
         chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
         with _workers_skip_main(), ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_arima_chunk, chunk, hod, cutoff, steps, (p, d, q), daily_regressor)
-                       for chunk in chunks]
+            futures = [
+                pool.submit(_arima_chunk, chunk, hod, cutoff, steps, (p, d, q), daily_regressor) for chunk in chunks
+            ]
             done = 0
             for future, chunk in zip(futures, chunks, strict=True):
                 results.extend(future.result())
@@ -488,13 +548,24 @@ def arima(series: SeriesData, values: np.ndarray, splits: Splits, windows: Windo
     sd = np.sqrt(var)
     for i, zi in enumerate(z):
         samples[i] = np.clip(mean + zi * sd, 0, None)
-    info = {"method": "arima", "order": list(order), "trend": "c", "daily_regressor": daily_regressor,
-            "cutoff_hour": int(cutoff), "windows": len(entity), "steps": steps, "samples": n_samples,
-            "series": len(tasks), "fitted_series": counts["fitted"], "reused_series": counts["reused"],
-            "constant_series": counts["constant"],
-            "failed_series": counts["failed"], "n_jobs": jobs,
-            "median_params": {name: round(float(np.nanmedian(a)), 4) for name, a in fitted_params.items()},
-            "seconds": round(time.perf_counter() - started, 3)}
+    info = {
+        "method": "arima",
+        "order": list(order),
+        "trend": "c",
+        "daily_regressor": daily_regressor,
+        "cutoff_hour": int(cutoff),
+        "windows": len(entity),
+        "steps": steps,
+        "samples": n_samples,
+        "series": len(tasks),
+        "fitted_series": counts["fitted"],
+        "reused_series": counts["reused"],
+        "constant_series": counts["constant"],
+        "failed_series": counts["failed"],
+        "n_jobs": jobs,
+        "median_params": {name: round(float(np.nanmedian(a)), 4) for name, a in fitted_params.items()},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
     return BaselineForecast("arima", samples, info, fitted_params)
 
 
@@ -505,8 +576,16 @@ BASELINES: dict[str, Callable[..., BaselineForecast]] = {
 }
 
 
-def forecast_paths(method: str, series: SeriesData, values: np.ndarray, splits: Splits,
-                   entities: np.ndarray, start_hours: np.ndarray, n_steps: int, **options: Any) -> BaselineForecast:
+def forecast_paths(
+    method: str,
+    series: SeriesData,
+    values: np.ndarray,
+    splits: Splits,
+    entities: np.ndarray,
+    start_hours: np.ndarray,
+    n_steps: int,
+    **options: Any,
+) -> BaselineForecast:
     """Recursive multi-step paths (S, N, n_steps, K) from (entity, start hour) pairs (paper Sec. VI-C)."""
     if method not in BASELINES:
         raise InputError(f"expected one of {', '.join(BASELINES)}, got {method!r}", field="method")

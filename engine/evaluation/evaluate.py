@@ -46,12 +46,13 @@ COMPARISON_MODELS = ("csdi-like", "lsdm-no-condition", "no-2d-attention", "env-i
 # environment there); ``habitual`` forecasts the location too (the user's usual cell at that hour of the
 # week), as `lsdm forecast` does by default for hours not yet observed.
 LOCATIONS = EVALUATION_LOCATIONS
-LOCATION_TEXT = {"observed": "the cells the data recorded, as in training",
-                 "habitual": "each user's habitual cells (the location forecast too)"}
+LOCATION_TEXT = {
+    "observed": "the cells the data recorded, as in training",
+    "habitual": "each user's habitual cells (the location forecast too)",
+}
 
 
-def progress_messages(registered: set[str], *, include_arima: bool, train_missing: bool,
-                      shuffled: bool = False) -> int:
+def progress_messages(registered: set[str], *, include_arima: bool, train_missing: bool, shuffled: bool = False) -> int:
     """How many progress messages ``evaluate`` sends for these options (a progress bar's length): one
     per baseline, per comparison model trained, per one-step pass and per recursive-path pass (lsdm and
     lsdm-no-condition), and one for the shuffled-environment pass (``shuffled``: the evaluated model is
@@ -66,6 +67,8 @@ def progress_messages(registered: set[str], *, include_arima: bool, train_missin
             evaluated.append(name)
     count += len(evaluated)
     return count + sum(1 for name in ("lsdm", "lsdm-no-condition") if name in evaluated)
+
+
 Progress = Callable[[str], None]
 # Sample paths per recursive_forecast call: on CPU the time per path grows with the batch (more system
 # time), so the evaluation goes through entities in chunks. One-step, 500 users x 32 samples at one hour:
@@ -75,8 +78,9 @@ ONE_STEP_BATCH = 800
 PATH_BATCH = 160
 
 
-def _one_step(forecaster: Forecaster, series: SeriesData, splits: Splits, samples: int, seed: int,
-              location: str = "observed") -> np.ndarray:
+def _one_step(
+    forecaster: Forecaster, series: SeriesData, splits: Splits, samples: int, seed: int, location: str = "observed"
+) -> np.ndarray:
     """Samples (S, N, 1, K) for the test windows, in the order of ``splits.test``; the target hour's
     cell per ``location`` (``LOCATIONS``)."""
     plan = LocationPlan(location)
@@ -87,15 +91,31 @@ def _one_step(forecaster: Forecaster, series: SeriesData, splits: Splits, sample
         all_rows = np.flatnonzero(splits.test.hour == hour)
         for first in range(0, len(all_rows), chunk):
             rows = all_rows[first : first + chunk]
-            result = recursive_forecast(forecaster, series, splits.test.entity[rows].tolist(), start=int(hour),
-                                        horizon=1, samples=samples, values=values, seed=seed + int(hour) + first,
-                                        plan=plan)
+            result = recursive_forecast(
+                forecaster,
+                series,
+                splits.test.entity[rows].tolist(),
+                start=int(hour),
+                horizon=1,
+                samples=samples,
+                values=values,
+                seed=seed + int(hour) + first,
+                plan=plan,
+            )
             out[:, rows] = np.moveaxis(result.paths_v, 1, 0)
     return out
 
 
-def _paths(forecaster: Forecaster, series: SeriesData, entities: np.ndarray, starts: list[int], steps: int,
-           samples: int, seed: int, location: str = "observed") -> np.ndarray:
+def _paths(
+    forecaster: Forecaster,
+    series: SeriesData,
+    entities: np.ndarray,
+    starts: list[int],
+    steps: int,
+    samples: int,
+    seed: int,
+    location: str = "observed",
+) -> np.ndarray:
     """Recursive paths (S, len(starts) * len(entities), steps, K), in chunks of about PATH_BATCH paths."""
     plan = LocationPlan(location)
     values = forecaster.normaliser.forward(series.traffic)
@@ -103,20 +123,40 @@ def _paths(forecaster: Forecaster, series: SeriesData, entities: np.ndarray, sta
     parts = []
     for start in starts:
         for first in range(0, len(entities), chunk):
-            result = recursive_forecast(forecaster, series, entities[first : first + chunk].tolist(), start=start,
-                                        horizon=steps, samples=samples, values=values, seed=seed + start + first,
-                                        plan=plan)
+            result = recursive_forecast(
+                forecaster,
+                series,
+                entities[first : first + chunk].tolist(),
+                start=start,
+                horizon=steps,
+                samples=samples,
+                values=values,
+                seed=seed + start + first,
+                plan=plan,
+            )
             parts.append(np.moveaxis(result.paths_v, 1, 0))
     return np.concatenate(parts, axis=1)
 
 
 def _row(method: str, y: np.ndarray, samples: np.ndarray, seconds: float, **extra: object) -> dict:
-    return {"method": method, **{k: round(float(v), 6) for k, v in score(y, samples).items()},
-            "seconds": round(seconds, 2), **extra}
+    return {
+        "method": method,
+        **{k: round(float(v), 6) for k, v in score(y, samples).items()},
+        "seconds": round(seconds, 2),
+        **extra,
+    }
 
 
-def _gain_over(reference: str, label: str, rows: dict[str, dict], point_forecasts: dict[str, np.ndarray],
-               y: np.ndarray, entity: np.ndarray, seed: int, notes: list[str]) -> tuple[float | None, dict | None]:
+def _gain_over(
+    reference: str,
+    label: str,
+    rows: dict[str, dict],
+    point_forecasts: dict[str, np.ndarray],
+    y: np.ndarray,
+    entity: np.ndarray,
+    seed: int,
+    notes: list[str],
+) -> tuple[float | None, dict | None]:
     """lsdm's relative R² gain over the ``reference`` row (percent; None when its R² is 0) and its 95 %
     interval over entities (``r2_gain_interval``), with a note; (None, None) without both rows."""
     if "lsdm" not in rows or reference not in rows:
@@ -125,8 +165,10 @@ def _gain_over(reference: str, label: str, rows: dict[str, dict], point_forecast
     gain = round(100 * (rows["lsdm"]["r2"] - base_r2) / abs(base_r2), 2) if base_r2 else None
     interval = r2_gain_interval(y, point_forecasts["lsdm"], point_forecasts[reference], entity, seed=seed)
     percent = "no relative gain: the reference R² is 0" if gain is None else f"{gain:+.2f} %"
-    notes.append(f"{label}: R² {rows['lsdm']['r2']:.4f} vs {base_r2:.4f} ({percent}; "
-                 f"95 % interval over users {interval['low']:+.2f} to {interval['high']:+.2f} %).")
+    notes.append(
+        f"{label}: R² {rows['lsdm']['r2']:.4f} vs {base_r2:.4f} ({percent}; "
+        f"95 % interval over users {interval['low']:+.2f} to {interval['high']:+.2f} %)."
+    )
     return gain, interval
 
 
@@ -150,12 +192,31 @@ def shuffled_locations(series: SeriesData, seed: int) -> SeriesData:
     return replace(series, location=series.location[derangement])
 
 
-SHARED_SETTINGS = ("epochs", "seed", "history", "horizon", "channels", "heads", "blocks", "windows_per_epoch",
-                   "batch_size", "noise_draws")
+SHARED_SETTINGS = (
+    "epochs",
+    "seed",
+    "history",
+    "horizon",
+    "channels",
+    "heads",
+    "blocks",
+    "windows_per_epoch",
+    "batch_size",
+    "noise_draws",
+)
 # What makes a registered model a fair comparison: the shared settings and the architecture of the named
 # configuration (a model from an older version of it, e.g. without the linear mean feature, is not).
-MATCHED = (*SHARED_SETTINGS, "prior", "service_attention", "condition", "step_conditioning", "env_kind", "l2",
-           "intercepts_without_environment", "uses_env_profile")
+MATCHED = (
+    *SHARED_SETTINGS,
+    "prior",
+    "service_attention",
+    "condition",
+    "step_conditioning",
+    "env_kind",
+    "l2",
+    "intercepts_without_environment",
+    "uses_env_profile",
+)
 
 
 def comparison_config(name: str, base: ModelConfig) -> ModelConfig:
@@ -163,19 +224,30 @@ def comparison_config(name: str, base: ModelConfig) -> ModelConfig:
     return replace(CONFIGS[name], **{k: getattr(base, k) for k in SHARED_SETTINGS})
 
 
-def _comparison_model(database: Database, dataset_id: int, dataset_name: str, name: str, base: Forecaster,
-                      train_missing: bool, progress: Progress, split: str = "time") -> tuple[ModelRecord, Forecaster] | None:
+def _comparison_model(
+    database: Database,
+    dataset_id: int,
+    dataset_name: str,
+    name: str,
+    base: Forecaster,
+    train_missing: bool,
+    progress: Progress,
+    split: str = "time",
+) -> tuple[ModelRecord, Forecaster] | None:
     """The newest registered model of that name trained on the same data set and split whose configuration
     agrees with ``comparison_config`` on ``MATCHED``, or a new one trained so (``train_missing``)."""
     config = comparison_config(name, base.config)
     with database.session() as session:
-        ids = session.scalars(select(ModelRecord.id).where(
-            ModelRecord.kind == "lsdm", ModelRecord.dataset_id == dataset_id, ModelRecord.name == name)
-            .order_by(ModelRecord.id.desc())).all()
+        ids = session.scalars(
+            select(ModelRecord.id)
+            .where(ModelRecord.kind == "lsdm", ModelRecord.dataset_id == dataset_id, ModelRecord.name == name)
+            .order_by(ModelRecord.id.desc())
+        ).all()
     for record_id in ids:
         found = load_model(database, record_id)
         if found[1].meta.get("split", "time") == split and all(
-                getattr(found[1].config, k) == getattr(config, k) for k in MATCHED):
+            getattr(found[1].config, k) == getattr(config, k) for k in MATCHED
+        ):
             return found
     if not train_missing:
         return None
@@ -184,11 +256,24 @@ def _comparison_model(database: Database, dataset_id: int, dataset_name: str, na
     return load_model(database, result.record_id)
 
 
-def evaluate(database: Database, model_id: int | None = None, *, report_dir: str | Path | None = None,
-             samples: int = 32, steps: int = 30, path_users: int = 100, train_missing: bool = True,
-             include_arima: bool = True, seed: int = 0, progress: Progress | None = None,
-             store: bool = True, dataset_name: str | None = None, path_samples: int = 16,
-             location: str = "observed", draw: DrawFigure | None = None) -> dict:
+def evaluate(
+    database: Database,
+    model_id: int | None = None,
+    *,
+    report_dir: str | Path | None = None,
+    samples: int = 32,
+    steps: int = 30,
+    path_users: int = 100,
+    train_missing: bool = True,
+    include_arima: bool = True,
+    seed: int = 0,
+    progress: Progress | None = None,
+    store: bool = True,
+    dataset_name: str | None = None,
+    path_samples: int = 16,
+    location: str = "observed",
+    draw: DrawFigure | None = None,
+) -> dict:
     """Score the model, its comparison models and the baselines on the test day; write the report.
 
     ``samples``: samples per test window (antithetic pairs, see engine/forecast.py); the point metrics
@@ -212,14 +297,19 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
         dataset_id, home_name = home.id, home.name
         dataset = get_dataset(session, dataset_name) if dataset_name else home
         dataset_name = dataset.name
-        series = load_series(session, dataset, env_kind=forecaster.config.env_kind,
-                             encoder_id=forecaster.meta.get("data", {}).get("encoder_id"))
+        series = load_series(
+            session,
+            dataset,
+            env_kind=forecaster.config.env_kind,
+            encoder_id=forecaster.meta.get("data", {}).get("encoder_id"),
+        )
     own_data = dataset_name == home_name
     store = store and own_data
     check_compatible(forecaster, series)
     split = forecaster.meta.get("split", "time")
-    spec = SplitSpec(kind=split if own_data else "time", history=forecaster.config.history,
-                     horizon=1, seed=forecaster.config.seed)
+    spec = SplitSpec(
+        kind=split if own_data else "time", history=forecaster.config.history, horizon=1, seed=forecaster.config.seed
+    )
     splits = make_splits(series, spec)
     values = forecaster.normaliser.forward(series.traffic)
     y = values[splits.test.entity, splits.test.hour][:, None, :]  # (N, 1, K)
@@ -228,8 +318,14 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     rng = np.random.default_rng(seed)
     entities = np.sort(rng.choice(len(series.entity_ids), min(path_users, len(series.entity_ids)), replace=False))
     last_start = series.hours - steps
-    starts = sorted({max(spec.history, last_start - 18), max(spec.history, last_start - 12),
-                     max(spec.history, last_start - 6), last_start})
+    starts = sorted(
+        {
+            max(spec.history, last_start - 18),
+            max(spec.history, last_start - 12),
+            max(spec.history, last_start - 6),
+            last_start,
+        }
+    )
     y_paths = np.concatenate([values[entities][:, s : s + steps] for s in starts], axis=0)  # (P, steps, K)
 
     rows: dict[str, dict] = {}
@@ -248,22 +344,28 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     step_mse: dict[str, list[float]] = {}
     service_r2: dict[str, dict[str, float]] = {}
     point_forecasts: dict[str, np.ndarray] = {}  # the sample means, for the gain's interval
-    notes = [f"Data set {dataset_name!r}: {len(series.entity_ids)} entities, {series.hours} hours; test day = "
-             f"hours {int(splits.test.hour.min())}-{int(splits.test.hour.max())} ({len(splits.test)} windows).",
-             f"LSDM rows: {samples} samples per window in antithetic pairs, DDIM 10 steps, point metrics on "
-             f"their mean; forecast hours at {LOCATION_TEXT[location]} (--location {location}); tables on the "
-             f"normalised scale v = log1p(bytes) / {forecaster.normaliser.scale:.3f}; "
-             "`bytes_rows` has the same metrics in bytes.",
-             f"MSE by recursive step: {len(entities)} entities x start hours {starts}, {steps} steps, "
-             f"{path_samples} paths each, each sample path feeding back its own samples.",
-             "Every method's samples are whole bytes: below half a byte (v < "
-             f"{forecaster.normaliser.zero_below:.4f}) counts as 0 bytes."]
+    notes = [
+        f"Data set {dataset_name!r}: {len(series.entity_ids)} entities, {series.hours} hours; test day = "
+        f"hours {int(splits.test.hour.min())}-{int(splits.test.hour.max())} ({len(splits.test)} windows).",
+        f"LSDM rows: {samples} samples per window in antithetic pairs, DDIM 10 steps, point metrics on "
+        f"their mean; forecast hours at {LOCATION_TEXT[location]} (--location {location}); tables on the "
+        f"normalised scale v = log1p(bytes) / {forecaster.normaliser.scale:.3f}; "
+        "`bytes_rows` has the same metrics in bytes.",
+        f"MSE by recursive step: {len(entities)} entities x start hours {starts}, {steps} steps, "
+        f"{path_samples} paths each, each sample path feeding back its own samples.",
+        "Every method's samples are whole bytes: below half a byte (v < "
+        f"{forecaster.normaliser.zero_below:.4f}) counts as 0 bytes.",
+    ]
     if not own_data:
-        notes.append(f"New data: the models were trained on {home_name!r} and are scored on {dataset_name!r} "
-                     f"as they are (normalisation of {home_name!r}); the baselines are fitted on {dataset_name!r}.")
+        notes.append(
+            f"New data: the models were trained on {home_name!r} and are scored on {dataset_name!r} "
+            f"as they are (normalisation of {home_name!r}); the baselines are fitted on {dataset_name!r}."
+        )
     elif split == "users":
-        notes.append(f"Split 'users': the test windows are those of the {len(np.unique(splits.test.entity))} "
-                     "users held out of training.")
+        notes.append(
+            f"Split 'users': the test windows are those of the {len(np.unique(splits.test.entity))} "
+            "users held out of training."
+        )
 
     for name in ("seasonal-naive", "hour-of-week-mean", "arima"):
         if name == "arima" and not include_arima:
@@ -274,8 +376,16 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
         forecast = BASELINES[name](series, values, splits, splits.test)
         add_row(name, forecast.samples, time.perf_counter() - t0)
         extra = {"params": forecast.params} if name == "arima" and forecast.params is not None else {}
-        baseline_paths = forecast_paths(name, series, values, splits, np.concatenate([entities for _ in starts]),
-                                        np.concatenate([np.full(len(entities), s) for s in starts]), steps, **extra)
+        baseline_paths = forecast_paths(
+            name,
+            series,
+            values,
+            splits,
+            np.concatenate([entities for _ in starts]),
+            np.concatenate([np.full(len(entities), s) for s in starts]),
+            steps,
+            **extra,
+        )
         step_mse[name] = mse_by_step(y_paths, forecaster.normaliser.snap(baseline_paths.samples).mean(0))
 
     models: dict[str, tuple[ModelRecord, Forecaster]] = {"lsdm": (record, forecaster)}
@@ -303,32 +413,74 @@ def evaluate(database: Database, model_id: int | None = None, *, report_dir: str
     table3 = [rows[m] for m in TABLE3 if m in rows]
     table4 = [rows[m] for m in TABLE4 if m in rows]
     # Beyond noise? A paired bootstrap over entities of the same windows' forecasts.
-    gain, interval = _gain_over("lsdm-no-condition", "Condition vs no condition", rows, point_forecasts, y,
-                                splits.test.entity, seed, notes)
+    gain, interval = _gain_over(
+        "lsdm-no-condition", "Condition vs no condition", rows, point_forecasts, y, splits.test.entity, seed, notes
+    )
     env_gain, env_interval = _gain_over(
-        "shuffled-environment", "Own cells vs other users' cells (the same model, each user given another user's "
-        "whole location history)", rows, point_forecasts, y, splits.test.entity, seed, notes)
-    result = {"model_id": record.id, "dataset": dataset_name, "trained_on": home_name, "split": spec.kind,
-              "location": location, "samples": samples,
-              "rows": table3, "table4": table4,
-              "bytes_rows": [bytes_rows[m] for m in TABLE3 if m in bytes_rows],
-              "per_service_r2": service_r2, "mse_by_step": step_mse, "condition_gain_r2_percent": gain,
-              "condition_gain_interval": interval, "environment_gain_r2_percent": env_gain,
-              "environment_gain_interval": env_interval,
-              "notes": notes, "seconds": round(time.perf_counter() - started, 1)}
+        "shuffled-environment",
+        "Own cells vs other users' cells (the same model, each user given another user's whole location history)",
+        rows,
+        point_forecasts,
+        y,
+        splits.test.entity,
+        seed,
+        notes,
+    )
+    result = {
+        "model_id": record.id,
+        "dataset": dataset_name,
+        "trained_on": home_name,
+        "split": spec.kind,
+        "location": location,
+        "samples": samples,
+        "rows": table3,
+        "table4": table4,
+        "bytes_rows": [bytes_rows[m] for m in TABLE3 if m in bytes_rows],
+        "per_service_r2": service_r2,
+        "mse_by_step": step_mse,
+        "condition_gain_r2_percent": gain,
+        "condition_gain_interval": interval,
+        "environment_gain_r2_percent": env_gain,
+        "environment_gain_interval": env_interval,
+        "notes": notes,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     if report_dir:
         files = write_report(
-            report_dir, title=f"LSDM evaluation: model {record.id} on {dataset_name}", table3_rows=table3,
-            table4_rows=table4, per_service_r2=service_r2, mse_by_step=step_mse, notes=notes,
-            metadata={"model_id": record.id, "model_sha256": record.sha256, "dataset": dataset_name,
-                      "samples": samples, "steps": steps, "location": location}, draw=draw)
+            report_dir,
+            title=f"LSDM evaluation: model {record.id} on {dataset_name}",
+            table3_rows=table3,
+            table4_rows=table4,
+            per_service_r2=service_r2,
+            mse_by_step=step_mse,
+            notes=notes,
+            metadata={
+                "model_id": record.id,
+                "model_sha256": record.sha256,
+                "dataset": dataset_name,
+                "samples": samples,
+                "steps": steps,
+                "location": location,
+            },
+            draw=draw,
+        )
         result["report"] = [str(f) for f in files]
     if store:
-        store_evaluation(database, record.id, result, settings={
-            "samples": samples, "path_samples": path_samples, "steps": steps, "path_users": path_users,
-            "location": location,
-            "train_missing": train_missing,
-            "include_arima": include_arima, "seed": seed})
+        store_evaluation(
+            database,
+            record.id,
+            result,
+            settings={
+                "samples": samples,
+                "path_samples": path_samples,
+                "steps": steps,
+                "path_users": path_users,
+                "location": location,
+                "train_missing": train_missing,
+                "include_arima": include_arima,
+                "seed": seed,
+            },
+        )
     return result
 
 
@@ -344,11 +496,28 @@ def store_evaluation(database: Database, model_id: int, result: dict, *, setting
         record.metrics = {**(record.metrics or {}), "evaluation": stored}
 
 
-def evaluate_request(database: Database, request: EvaluateRequest, *, report_dir: str | Path | None = None,
-                     progress: Progress | None = None, draw: DrawFigure | None = None) -> dict:
+def evaluate_request(
+    database: Database,
+    request: EvaluateRequest,
+    *,
+    report_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    draw: DrawFigure | None = None,
+) -> dict:
     """`lsdm evaluate` and the ``evaluate`` job: ``evaluate`` with the request's settings."""
     request = request.checked()
-    return evaluate(database, request.model_id, report_dir=report_dir, samples=request.samples,
-                    path_samples=request.path_samples, steps=request.steps, path_users=request.path_users,
-                    train_missing=request.train_missing, include_arima=request.include_arima, progress=progress,
-                    dataset_name=request.dataset, location=request.location, draw=draw)
+    return evaluate(
+        database,
+        request.model_id,
+        report_dir=report_dir,
+        samples=request.samples,
+        path_samples=request.path_samples,
+        steps=request.steps,
+        path_users=request.path_users,
+        train_missing=request.train_missing,
+        include_arima=request.include_arima,
+        progress=progress,
+        dataset_name=request.dataset,
+        location=request.location,
+        draw=draw,
+    )

@@ -86,8 +86,13 @@ def point_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
         raise ValueError("no values to score")
     err = (y - p).ravel()
     mse = float(np.mean(err**2))
-    return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(np.mean(np.abs(err))),
-            "cs": cosine_similarity(y, p), "r2": r2_score(y, p)}
+    return {
+        "mse": mse,
+        "rmse": float(np.sqrt(mse)),
+        "mae": float(np.mean(np.abs(err))),
+        "cs": cosine_similarity(y, p),
+        "r2": r2_score(y, p),
+    }
 
 
 def _split_samples(y_true: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,9 +144,11 @@ def interval_coverage(y_true: np.ndarray, samples: np.ndarray, level: float) -> 
 
 def probabilistic_metrics(y_true: np.ndarray, samples: np.ndarray) -> dict[str, float]:
     """CRPS (fair estimator), cov50 and cov90 of samples (S, *y_true.shape) (or y_true's shape: S = 1)."""
-    return {"crps": float(np.mean(crps_per_point(y_true, samples))),
-            "cov50": interval_coverage(y_true, samples, 0.5),
-            "cov90": interval_coverage(y_true, samples, 0.9)}
+    return {
+        "crps": float(np.mean(crps_per_point(y_true, samples))),
+        "cov50": interval_coverage(y_true, samples, 0.5),
+        "cov90": interval_coverage(y_true, samples, 0.9),
+    }
 
 
 def sample_mean(y_true: np.ndarray, samples: np.ndarray) -> np.ndarray:
@@ -170,8 +177,16 @@ def per_service_r2(y_true: np.ndarray, y_pred: np.ndarray, services: Sequence[st
     return {str(name): r2_score(y[..., k], p[..., k]) for k, name in enumerate(services)}
 
 
-def r2_gain_interval(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, groups: np.ndarray, *,
-                     resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+def r2_gain_interval(
+    y_true: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    groups: np.ndarray,
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
     """How sure is a relative R² gain of forecast a over forecast b? A paired bootstrap over groups.
 
     ``y_true`` (N, ...), ``pred_a``/``pred_b`` the same shape or with a leading sample axis (their means
@@ -194,8 +209,15 @@ def r2_gain_interval(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
         return v.reshape(len(v), -1)
 
     per = np.zeros((n_groups, 5))  # per entity: SSE a, SSE b, Σy, Σy², n
-    for col, values in enumerate([((flat(y) - flat(a)) ** 2).sum(1), ((flat(y) - flat(b)) ** 2).sum(1),
-                                  flat(y).sum(1), (flat(y) ** 2).sum(1), np.full(len(y), flat(y).shape[1], float)]):
+    for col, values in enumerate(
+        [
+            ((flat(y) - flat(a)) ** 2).sum(1),
+            ((flat(y) - flat(b)) ** 2).sum(1),
+            flat(y).sum(1),
+            (flat(y) ** 2).sum(1),
+            np.full(len(y), flat(y).shape[1], float),
+        ]
+    ):
         np.add.at(per[:, col], index, values)
 
     def gains(weights: np.ndarray) -> np.ndarray:  # weights (R, G): how often each entity is drawn
@@ -209,9 +231,14 @@ def r2_gain_interval(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
     rng = np.random.default_rng(seed)
     draws = gains(rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=resamples).astype(float))
     tail = (1 - level) / 2
-    return {"gain": round(point, 4), "low": round(float(np.quantile(draws, tail)), 4),
-            "high": round(float(np.quantile(draws, 1 - tail)), 4), "level": level, "resamples": resamples,
-            "p_not_better": round(float((draws <= 0).mean()), 4)}
+    return {
+        "gain": round(point, 4),
+        "low": round(float(np.quantile(draws, tail)), 4),
+        "high": round(float(np.quantile(draws, 1 - tail)), 4),
+        "level": level,
+        "resamples": resamples,
+        "p_not_better": round(float((draws <= 0).mean()), 4),
+    }
 
 
 def mse_by_step(y_true_paths: np.ndarray, y_pred_paths: np.ndarray) -> list[float]:

@@ -37,8 +37,16 @@ from engine.errors import InputError
 from engine.evaluation.metrics import HIGHER_IS_BETTER, METRIC_KEYS, NOMINAL_COVERAGE
 
 REFERENCE = "lsdm"
-LABELS = {"mse": "MSE", "rmse": "RMSE", "mae": "MAE", "cs": "CS", "r2": "R²", "crps": "CRPS",
-          "cov50": "cov50", "cov90": "cov90"}
+LABELS = {
+    "mse": "MSE",
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "cs": "CS",
+    "r2": "R²",
+    "crps": "CRPS",
+    "cov50": "cov50",
+    "cov90": "cov90",
+}
 DELTA_KEYS = tuple(HIGHER_IS_BETTER)  # mse, rmse, mae, cs, r2, crps
 
 
@@ -97,8 +105,10 @@ def _reference_row(rows: list[dict], reference: str) -> dict | None:
 
 def _with_deltas(rows: list[dict], reference: str) -> list[dict]:
     ref = _reference_row(rows, reference)
-    return [{**row, **{f"delta_{key}": delta_percent(key, row[key], ref[key] if ref else None)
-                       for key in DELTA_KEYS}} for row in rows]
+    return [
+        {**row, **{f"delta_{key}": delta_percent(key, row[key], ref[key] if ref else None) for key in DELTA_KEYS}}
+        for row in rows
+    ]
 
 
 def _metric_table(rows: list[dict], reference: str) -> list[str]:
@@ -136,8 +146,11 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object
 def _table_csv(path: Path, rows: list[dict], reference: str) -> Path:
     rows = _with_deltas(rows, reference)
     header = ["method", *METRIC_KEYS, *(f"delta_{key}_percent" for key in DELTA_KEYS)]
-    return _write_csv(path, header, ([row["method"], *(row[k] for k in METRIC_KEYS),
-                                      *(row[f"delta_{k}"] for k in DELTA_KEYS)] for row in rows))
+    return _write_csv(
+        path,
+        header,
+        ([row["method"], *(row[k] for k in METRIC_KEYS), *(row[f"delta_{k}"] for k in DELTA_KEYS)] for row in rows),
+    )
 
 
 def services_of(per_service_r2: dict[str, dict[str, float]]) -> list[str]:
@@ -160,8 +173,12 @@ class ReportFigure:
 DrawFigure = Callable[[ReportFigure, Path], Path]  # draws a figure into the path, returns the path
 
 
-def report_figures(table3: list[dict], table4: list[dict], per_service_r2: dict[str, dict[str, float]],
-                   mse_by_step: dict[str, list[float]]) -> list[ReportFigure]:
+def report_figures(
+    table3: list[dict],
+    table4: list[dict],
+    per_service_r2: dict[str, dict[str, float]],
+    mse_by_step: dict[str, list[float]],
+) -> list[ReportFigure]:
     """The figures the cleaned tables have data for, in the report's order."""
     figures = []
     if per_service_r2 and services_of(per_service_r2):
@@ -174,11 +191,19 @@ def report_figures(table3: list[dict], table4: list[dict], per_service_r2: dict[
     return figures
 
 
-def write_report(out_dir: str | Path, *, title: str, table3_rows: Sequence[dict],
-                 table4_rows: Sequence[dict] = (), per_service_r2: dict[str, dict[str, float]] | None = None,
-                 mse_by_step: dict[str, list[float]] | None = None, notes: Sequence[str] = (),
-                 metadata: dict | None = None, reference: str = REFERENCE,
-                 draw: DrawFigure | None = None) -> list[Path]:
+def write_report(
+    out_dir: str | Path,
+    *,
+    title: str,
+    table3_rows: Sequence[dict],
+    table4_rows: Sequence[dict] = (),
+    per_service_r2: dict[str, dict[str, float]] | None = None,
+    mse_by_step: dict[str, list[float]] | None = None,
+    notes: Sequence[str] = (),
+    metadata: dict | None = None,
+    reference: str = REFERENCE,
+    draw: DrawFigure | None = None,
+) -> list[Path]:
     """Write the report files (see the module docstring) and return their paths.
 
     Rows are dicts with ``method`` and any of mse, rmse, mae, cs, r2, crps, cov50, cov90 (missing or
@@ -195,13 +220,25 @@ def write_report(out_dir: str | Path, *, title: str, table3_rows: Sequence[dict]
     written.append(_table_csv(out / "table3.csv", table3, reference))
     written.append(_table_csv(out / "table4.csv", table4, reference))
     services = services_of(per_service_r2)
-    written.append(_write_csv(out / "per_service_r2.csv", ["method", *services],
-                              ([m, *(finite_number(v.get(s)) for s in services)] for m, v in per_service_r2.items())))
+    written.append(
+        _write_csv(
+            out / "per_service_r2.csv",
+            ["method", *services],
+            ([m, *(finite_number(v.get(s)) for s in services)] for m, v in per_service_r2.items()),
+        )
+    )
     n_steps = max((len(v) for v in mse_by_step.values()), default=0)
     methods = list(mse_by_step)
-    written.append(_write_csv(out / "mse_by_step.csv", ["step", *methods],
-                              ([i + 1, *(finite_number(mse_by_step[m][i]) if i < len(mse_by_step[m]) else None
-                                         for m in methods)] for i in range(n_steps))))
+    written.append(
+        _write_csv(
+            out / "mse_by_step.csv",
+            ["step", *methods],
+            (
+                [i + 1, *(finite_number(mse_by_step[m][i]) if i < len(mse_by_step[m]) else None for m in methods)]
+                for i in range(n_steps)
+            ),
+        )
+    )
 
     figures: list[tuple[str, Path]] = []
     if draw is not None:
@@ -214,9 +251,11 @@ def write_report(out_dir: str | Path, *, title: str, table3_rows: Sequence[dict]
             text = value if isinstance(value, str) else json.dumps(value, default=str)
             lines.append(f"- **{key}**: {text}")
         lines.append("")
-    legend = (f"Δ: how much worse than the `{reference}` row, in percent of its value (the paper's "
-              "convention; negative = better). **Bold**: best in the column (coverage: closest to the "
-              "nominal 0.5 / 0.9). Metrics on the normalised scale; point metrics of the sample mean.")
+    legend = (
+        f"Δ: how much worse than the `{reference}` row, in percent of its value (the paper's "
+        "convention; negative = better). **Bold**: best in the column (coverage: closest to the "
+        "nominal 0.5 / 0.9). Metrics on the normalised scale; point metrics of the sample mean."
+    )
     for heading, rows in (("Table III: methods compared", table3), ("Table IV: ablations", table4)):
         lines += [f"## {heading}", ""]
         if rows:
@@ -228,10 +267,18 @@ def write_report(out_dir: str | Path, *, title: str, table3_rows: Sequence[dict]
         lines.append("")
     lines += [legend, ""]
     if per_service_r2:
-        lines += ["## R² per service", "", "| Method | " + " | ".join(services) + " |",
-                  "| --- | " + " | ".join("---:" for _ in services) + " |"]
-        best = {s: max((x for x in (finite_number(v.get(s)) for v in per_service_r2.values()) if x is not None),
-                       default=None) for s in services}
+        lines += [
+            "## R² per service",
+            "",
+            "| Method | " + " | ".join(services) + " |",
+            "| --- | " + " | ".join("---:" for _ in services) + " |",
+        ]
+        best = {
+            s: max(
+                (x for x in (finite_number(v.get(s)) for v in per_service_r2.values()) if x is not None), default=None
+            )
+            for s in services
+        }
         for method, scores in per_service_r2.items():
             cells = []
             for s in services:
@@ -241,8 +288,12 @@ def write_report(out_dir: str | Path, *, title: str, table3_rows: Sequence[dict]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     if n_steps:
-        lines += ["## MSE by recursive step", "", "| Step | " + " | ".join(methods) + " |",
-                  "| ---: | " + " | ".join("---:" for _ in methods) + " |"]
+        lines += [
+            "## MSE by recursive step",
+            "",
+            "| Step | " + " | ".join(methods) + " |",
+            "| ---: | " + " | ".join("---:" for _ in methods) + " |",
+        ]
         for i in range(n_steps):
             cells = [_fmt(finite_number(mse_by_step[m][i]) if i < len(mse_by_step[m]) else None) for m in methods]
             lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")

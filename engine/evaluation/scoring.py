@@ -54,8 +54,23 @@ from engine.errors import InputError
 from engine.evaluation.metrics import METRIC_KEYS, per_service_r2, score
 
 SPLIT_NAMES = ("train", "val", "test")
-WINDOW_KEYS = ("history", "target", "hour_of_day", "day_of_week", "env", "entity_key", "target_hour", "split",
-               "services", "scale", "history_hours", "horizon", "dataset", "time_origin", "split_kind")
+WINDOW_KEYS = (
+    "history",
+    "target",
+    "hour_of_day",
+    "day_of_week",
+    "env",
+    "entity_key",
+    "target_hour",
+    "split",
+    "services",
+    "scale",
+    "history_hours",
+    "horizon",
+    "dataset",
+    "time_origin",
+    "split_kind",
+)
 
 
 def export_windows(series: SeriesData, normaliser: Normaliser, splits: Splits, out_path: str | Path) -> dict:
@@ -92,10 +107,16 @@ def export_windows(series: SeriesData, normaliser: Normaliser, splits: Splits, o
     with out_path.open("wb") as handle:  # a file object: NumPy adds no ".npz" to the name
         np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]  # mypy matches ** to allow_pickle too
     return {
-        "path": str(out_path), "bytes": out_path.stat().st_size, "dataset": series.dataset_name,
+        "path": str(out_path),
+        "bytes": out_path.stat().st_size,
+        "dataset": series.dataset_name,
         "windows": {name: len(parts[name]) for name in SPLIT_NAMES},
-        "history_hours": spec.history, "horizon": spec.horizon, "services": list(series.services),
-        "env_dim": int(arrays["env"].shape[-1]), "scale": normaliser.scale, "keys": list(WINDOW_KEYS),
+        "history_hours": spec.history,
+        "horizon": spec.horizon,
+        "services": list(series.services),
+        "env_dim": int(arrays["env"].shape[-1]),
+        "scale": normaliser.scale,
+        "keys": list(WINDOW_KEYS),
     }
 
 
@@ -115,8 +136,9 @@ def _check_finite(path: Path, key: str, array: np.ndarray) -> None:
     bad = ~np.isfinite(array)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"{int(bad.sum())} value(s) are NaN or infinite (first at index {first})",
-                         file=path, field=key)
+        raise InputError(
+            f"{int(bad.sum())} value(s) are NaN or infinite (first at index {first})", file=path, field=key
+        )
 
 
 def score_predictions(predictions_path: str | Path, windows_path: str | Path) -> dict:
@@ -131,8 +153,11 @@ def score_predictions(predictions_path: str | Path, windows_path: str | Path) ->
     windows = _load_npz(windows_path)
     missing = [key for key in ("target", "split", "services") if key not in windows]
     if missing:
-        raise InputError(f"not a windows export (missing {', '.join(missing)}); write one with export_windows",
-                         file=windows_path, field=missing[0])
+        raise InputError(
+            f"not a windows export (missing {', '.join(missing)}); write one with export_windows",
+            file=windows_path,
+            field=missing[0],
+        )
     target = windows["target"].astype(np.float64)
     is_test = windows["split"] == "test"
     services = [str(s) for s in windows["services"]]
@@ -143,27 +168,44 @@ def score_predictions(predictions_path: str | Path, windows_path: str | Path) ->
     data = _load_npz(predictions_path)
     present = [key for key in ("prediction", "samples") if key in data]
     if len(present) != 1:
-        raise InputError("expected exactly one of the keys 'prediction' (N, F, K) or 'samples' (S, N, F, K), "
-                         f"found {present or sorted(data)}", file=predictions_path,
-                         field=present[0] if present else "prediction")
+        raise InputError(
+            "expected exactly one of the keys 'prediction' (N, F, K) or 'samples' (S, N, F, K), "
+            f"found {present or sorted(data)}",
+            file=predictions_path,
+            field=present[0] if present else "prediction",
+        )
     key = present[0]
     array = data[key]
     _check_finite(predictions_path, key, array)
     samples = array[None] if key == "prediction" else array
     _, horizon, n_services = target.shape
     want = "(N, F, K)" if key == "prediction" else "(S, N, F, K)"
-    if samples.ndim != 4 or samples.shape[0] < 1 or samples.shape[2:] != (horizon, n_services) \
-            or samples.shape[1] not in (n_test, n_all):
+    if (
+        samples.ndim != 4
+        or samples.shape[0] < 1
+        or samples.shape[2:] != (horizon, n_services)
+        or samples.shape[1] not in (n_test, n_all)
+    ):
         lead = "" if key == "prediction" else "S, "
-        raise InputError(f"expected shape {want} = ({lead}{n_test} test windows or {n_all} windows, {horizon}, "
-                         f"{n_services}), got {array.shape}", file=predictions_path, field=key)
+        raise InputError(
+            f"expected shape {want} = ({lead}{n_test} test windows or {n_all} windows, {horizon}, "
+            f"{n_services}), got {array.shape}",
+            file=predictions_path,
+            field=key,
+        )
     aligned = "test" if samples.shape[1] == n_test else "all"
     if aligned == "all":
         samples = samples[:, is_test]
     truth = target[is_test]
     method = str(data["method"]) if "method" in data else predictions_path.stem
     metrics = score(truth, samples.astype(np.float64))
-    return {"method": method, **{k: metrics[k] for k in METRIC_KEYS},
-            "per_service_r2": per_service_r2(truth, samples, services),
-            "windows": n_test, "samples": int(samples.shape[0]), "aligned": aligned,
-            "predictions": str(predictions_path), "windows_file": str(windows_path)}
+    return {
+        "method": method,
+        **{k: metrics[k] for k in METRIC_KEYS},
+        "per_service_r2": per_service_r2(truth, samples, services),
+        "windows": n_test,
+        "samples": int(samples.shape[0]),
+        "aligned": aligned,
+        "predictions": str(predictions_path),
+        "windows_file": str(windows_path),
+    }

@@ -70,8 +70,9 @@ if TYPE_CHECKING:
 def _only(params: dict, allowed: set[str]) -> None:
     unknown = sorted(set(params) - allowed)
     if unknown:
-        raise InputError(f"unknown parameter; expected some of {', '.join(sorted(allowed)) or 'none'}",
-                         field=unknown[0])
+        raise InputError(
+            f"unknown parameter; expected some of {', '.join(sorted(allowed)) or 'none'}", field=unknown[0]
+        )
 
 
 def _readable(error: InputError, params: dict) -> InputError:
@@ -98,8 +99,11 @@ def _store_new(ctx: JobContext, content, *, replace: bool) -> Outcome:  # noqa: 
         session.flush()
         summary = dataset_summary(session, dataset)
         dataset_id = dataset.id
-    return Outcome(f"dataset:{dataset_id}", summary, f"stored {summary['dataset']!r}: {summary['entities']} "
-                                                    f"{summary['entity_kind']}s, {summary['cells']} cells")
+    return Outcome(
+        f"dataset:{dataset_id}",
+        summary,
+        f"stored {summary['dataset']!r}: {summary['entities']} {summary['entity_kind']}s, {summary['cells']} cells",
+    )
 
 
 def _read_and_store(ctx: JobContext, read: Callable[[], object]) -> Outcome:
@@ -125,16 +129,28 @@ def _city_build(ctx: JobContext) -> Outcome:
 def _ingest_table(ctx: JobContext) -> Outcome:
     p = IngestTableRequest.from_params(ctx.params)
     ctx.progress(0.05, "reading and checking the files ...")
-    return _read_and_store(ctx, lambda: read_table(p.records, p.cells, p.mapping, entity_kind=p.entity_kind,
-                                                   timezone=p.timezone, name=p.name))
+    return _read_and_store(
+        ctx,
+        lambda: read_table(p.records, p.cells, p.mapping, entity_kind=p.entity_kind, timezone=p.timezone, name=p.name),
+    )
 
 
 def _ingest_tsinghua(ctx: JobContext) -> Outcome:
     p = IngestTsinghuaRequest.from_params(ctx.params)
     ctx.progress(0.02, "reading and checking the files ...")
-    return _read_and_store(ctx, lambda: read_tsinghua(
-        p.trace, p.app2category, p.categories, p.poi, coords=p.coords, all_services=p.all_services,
-        name=p.name, progress=lambda message: ctx.progress(None, message)))
+    return _read_and_store(
+        ctx,
+        lambda: read_tsinghua(
+            p.trace,
+            p.app2category,
+            p.categories,
+            p.poi,
+            coords=p.coords,
+            all_services=p.all_services,
+            name=p.name,
+            progress=lambda message: ctx.progress(None, message),
+        ),
+    )
 
 
 # --- the environment and the shipped default ------------------------------------------------------
@@ -192,8 +208,9 @@ def _setup_default(ctx: JobContext) -> Outcome:
         dataset = get_dataset(session)
         summary = dataset_summary(session, dataset)
         dataset_id = dataset.id
-        has_model = session.scalar(select(ModelRecord.id).where(ModelRecord.kind == "lsdm",
-                                                                ModelRecord.dataset_id == dataset.id).limit(1))
+        has_model = session.scalar(
+            select(ModelRecord.id).where(ModelRecord.kind == "lsdm", ModelRecord.dataset_id == dataset.id).limit(1)
+        )
         fits = has_model is None and read_manifest() is not None and matches(session, dataset)
     if fits:
         ctx.progress(0.5, "embedding the cells with the shipped CLIP encoder ...")
@@ -215,8 +232,11 @@ def _train(ctx: JobContext) -> Outcome:
 
     def epoch_done(entry: dict) -> None:
         history.append(entry)
-        ctx.progress(entry["epoch"] / epochs, f"epoch {entry['epoch']}/{epochs}: validation loss "
-                                              f"{entry['val_loss']:.4f}", detail={"history": history})
+        ctx.progress(
+            entry["epoch"] / epochs,
+            f"epoch {entry['epoch']}/{epochs}: validation loss {entry['val_loss']:.4f}",
+            detail={"history": history},
+        )
 
     def tick(epoch: int, batch: int, batches: int) -> None:
         ctx.progress((epoch + batch / max(batches, 1)) / epochs, None)
@@ -224,9 +244,11 @@ def _train(ctx: JobContext) -> Outcome:
     ctx.progress(0.0, f"training {name} for up to {epochs} epochs ...")
     _, result = train_request(ctx.database, request, progress=epoch_done, tick=tick)
     metrics = {k: v for k, v in result.metrics.items() if k != "history"}
-    return Outcome(f"model:{result.record_id}", {"model_id": result.record_id, "config": name, **metrics,
-                                                 "history": history},
-                   f"model {result.record_id} ({name}) trained in {result.metrics.get('train_seconds', 0):.0f} s")
+    return Outcome(
+        f"model:{result.record_id}",
+        {"model_id": result.record_id, "config": name, **metrics, "history": history},
+        f"model {result.record_id} ({name}) trained in {result.metrics.get('train_seconds', 0):.0f} s",
+    )
 
 
 def _evaluate(ctx: JobContext) -> Outcome:
@@ -236,10 +258,17 @@ def _evaluate(ctx: JobContext) -> Outcome:
     p = EvaluateRequest.from_params(ctx.params)
     record, forecaster = load_model(ctx.database, p.model_id)
     with ctx.database.session() as session:
-        registered = set(session.scalars(select(ModelRecord.name).where(ModelRecord.kind == "lsdm",
-                                                                        ModelRecord.dataset_id == record.dataset_id)))
-    total = progress_messages(registered, include_arima=p.include_arima, train_missing=p.train_missing,
-                              shuffled=forecaster.config.uses_environment)
+        registered = set(
+            session.scalars(
+                select(ModelRecord.name).where(ModelRecord.kind == "lsdm", ModelRecord.dataset_id == record.dataset_id)
+            )
+        )
+    total = progress_messages(
+        registered,
+        include_arima=p.include_arima,
+        train_missing=p.train_missing,
+        shuffled=forecaster.config.uses_environment,
+    )
     said = [0]
 
     def say(message: str) -> None:
@@ -248,9 +277,15 @@ def _evaluate(ctx: JobContext) -> Outcome:
 
     result = evaluate_request(ctx.database, p.with_changes(model_id=record.id), progress=say)
     rows = {row["method"]: {k: row.get(k) for k in ("rmse", "r2", "crps")} for row in result["rows"]}
-    detail = {"model_id": record.id, "dataset": result["dataset"], "location": result["location"], "table3": rows,
-              "condition_gain_r2_percent": result.get("condition_gain_r2_percent"),
-              "environment_gain_r2_percent": result.get("environment_gain_r2_percent"), "seconds": result.get("seconds")}
+    detail = {
+        "model_id": record.id,
+        "dataset": result["dataset"],
+        "location": result["location"],
+        "table3": rows,
+        "condition_gain_r2_percent": result.get("condition_gain_r2_percent"),
+        "environment_gain_r2_percent": result.get("environment_gain_r2_percent"),
+        "seconds": result.get("seconds"),
+    }
     # Only an evaluation on the model's own data set is stored with it (and has a page to link to).
     stored = result["dataset"] == result["trained_on"]
     return Outcome(f"evaluation:{record.id}" if stored else None, detail)
@@ -259,8 +294,9 @@ def _evaluate(ctx: JobContext) -> Outcome:
 # --- forecasts ----------------------------------------------------------------------------------------------
 
 
-def forecast_context(ctx: JobContext, model_id: int | None = None, dataset: str | None = None,
-                     device: str | None = None) -> ForecastContext:
+def forecast_context(
+    ctx: JobContext, model_id: int | None = None, dataset: str | None = None, device: str | None = None
+) -> ForecastContext:
     """The loaded model and series, kept by the worker between jobs while the model, the data set and
     the data (data-changing jobs bump the worker's epoch) stay the same."""
     from engine.forecast import load_context  # torch (module docstring)
@@ -296,9 +332,11 @@ def _forecast(ctx: JobContext) -> Outcome:
     context = forecast_context(ctx, request.model_id, request.dataset, request.device)
     ctx.progress(0.0, f"forecasting {request.horizon} hours ...")
     run = run_forecast(ctx.database, request, context=context, progress=_hours(ctx, "forecast hour"))
-    return Outcome(f"forecast_run:{run['run_id']}", {"run_id": run["run_id"], "model_id": run["model_id"],
-                                                     "seconds": run["seconds"]},
-                   f"forecast run {run['run_id']} in {run['seconds']:.1f} s")
+    return Outcome(
+        f"forecast_run:{run['run_id']}",
+        {"run_id": run["run_id"], "model_id": run["model_id"], "seconds": run["seconds"]},
+        f"forecast run {run['run_id']} in {run['seconds']:.1f} s",
+    )
 
 
 def _whatif(ctx: JobContext) -> Outcome:
@@ -307,37 +345,63 @@ def _whatif(ctx: JobContext) -> Outcome:
     request = WhatIfRequest.from_params(ctx.params)
     ctx.progress(0.0, "loading the model and the environment ...")
     forecast = forecast_context(ctx)
-    context = ctx.worker.cached("whatif", (forecast.record_id, forecast.record_sha256, forecast.dataset_id),
-                                lambda: load_whatif_context(ctx.database, forecast))
+    context = ctx.worker.cached(
+        "whatif",
+        (forecast.record_id, forecast.record_sha256, forecast.dataset_id),
+        lambda: load_whatif_context(ctx.database, forecast),
+    )
 
     def report(done: int, total: int) -> None:
         half = total // 2
         run = "baseline" if done <= half else "scenario"
-        ctx.progress(done / max(total, 1), f"forecasting the {run}: hour {done if done <= half else done - half} "
-                                           f"of {half}")
+        ctx.progress(
+            done / max(total, 1), f"forecasting the {run}: hour {done if done <= half else done - half} of {half}"
+        )
 
     ctx.progress(0.0, "encoding the changed environment ...")
     payload = run_whatif(ctx.database, request, context=context, progress=report)
-    return Outcome(f"scenario:{payload['scenario_id']}",
-                   {key: payload[key] for key in ("scenario_id", "name", "baseline_run_id", "scenario_run_id",
-                                                  "seconds")},
-                   f"scenario {payload['scenario_id']} in {payload['seconds']:.1f} s")
+    return Outcome(
+        f"scenario:{payload['scenario_id']}",
+        {key: payload[key] for key in ("scenario_id", "name", "baseline_run_id", "scenario_run_id", "seconds")},
+        f"scenario {payload['scenario_id']} in {payload['seconds']:.1f} s",
+    )
 
 
 # --- the table of kinds -------------------------------------------------------------------------------
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
-    JobKind("city.build", CityRequest.TITLE, "batch", _city_build, _checked(CityRequest), changes_data=True),
-    JobKind("ingest.table", IngestTableRequest.TITLE, "batch", _ingest_table, _checked(IngestTableRequest),
-            changes_data=True),
-    JobKind("ingest.tsinghua", IngestTsinghuaRequest.TITLE, "batch", _ingest_tsinghua,
-            _checked(IngestTsinghuaRequest), changes_data=True),
-    JobKind("env.build", EnvRequest.TITLE, "batch", _env_build, _checked(EnvRequest), changes_data=True),
-    JobKind("assets.install", "Install the shipped model", "batch", _assets_install, _no_params, changes_data=True),
-    JobKind("setup.default", "First launch: the default city and model", "batch", _setup_default, _no_params,
-            changes_data=True),
-    JobKind("train", TrainRequest.TITLE, "batch", _train, _checked(TrainRequest), changes_data=True),
-    JobKind("evaluate", EvaluateRequest.TITLE, "batch", _evaluate, _checked(EvaluateRequest)),
-    JobKind("forecast", ForecastRequest.TITLE, "interactive", _forecast, _checked(ForecastRequest)),
-    JobKind("whatif", WhatIfRequest.TITLE, "interactive", _whatif, _checked(WhatIfRequest)),
-)}
+KINDS: dict[str, JobKind] = {
+    kind.name: kind
+    for kind in (
+        JobKind("city.build", CityRequest.TITLE, "batch", _city_build, _checked(CityRequest), changes_data=True),
+        JobKind(
+            "ingest.table",
+            IngestTableRequest.TITLE,
+            "batch",
+            _ingest_table,
+            _checked(IngestTableRequest),
+            changes_data=True,
+        ),
+        JobKind(
+            "ingest.tsinghua",
+            IngestTsinghuaRequest.TITLE,
+            "batch",
+            _ingest_tsinghua,
+            _checked(IngestTsinghuaRequest),
+            changes_data=True,
+        ),
+        JobKind("env.build", EnvRequest.TITLE, "batch", _env_build, _checked(EnvRequest), changes_data=True),
+        JobKind("assets.install", "Install the shipped model", "batch", _assets_install, _no_params, changes_data=True),
+        JobKind(
+            "setup.default",
+            "First launch: the default city and model",
+            "batch",
+            _setup_default,
+            _no_params,
+            changes_data=True,
+        ),
+        JobKind("train", TrainRequest.TITLE, "batch", _train, _checked(TrainRequest), changes_data=True),
+        JobKind("evaluate", EvaluateRequest.TITLE, "batch", _evaluate, _checked(EvaluateRequest)),
+        JobKind("forecast", ForecastRequest.TITLE, "interactive", _forecast, _checked(ForecastRequest)),
+        JobKind("whatif", WhatIfRequest.TITLE, "interactive", _whatif, _checked(WhatIfRequest)),
+    )
+}

@@ -40,7 +40,9 @@ def enqueue(database: Database, kind: str, params: dict | None = None) -> int:
     except (TypeError, ValueError) as error:
         raise InputError(f"the parameters must be plain JSON values: {error}", field="params") from None
     with database.write_session() as session, session.begin():
-        job = Job(kind=kind, params=checked, status="queued", progress=0.0, attempts=0, message="waiting for the worker")
+        job = Job(
+            kind=kind, params=checked, status="queued", progress=0.0, attempts=0, message="waiting for the worker"
+        )
         session.add(job)
         session.flush()
         return int(job.id)
@@ -54,8 +56,9 @@ def get_job(database: Database, job_id: int) -> JobView:
         return job_view(job)
 
 
-def list_jobs(database: Database, *, statuses: Iterable[str] | None = None, kinds_: Iterable[str] | None = None,
-              limit: int = 100) -> list[JobView]:
+def list_jobs(
+    database: Database, *, statuses: Iterable[str] | None = None, kinds_: Iterable[str] | None = None, limit: int = 100
+) -> list[JobView]:
     """Newest first."""
     query = select(Job).order_by(Job.id.desc()).limit(limit)
     if statuses:
@@ -86,8 +89,14 @@ def cancel(database: Database, job_id: int) -> str:
     return "cancelled"
 
 
-def wait_for(database: Database, job_id: int, *, timeout: float = 600.0, poll: float = 0.25,
-             on_progress: Callable[[JobView], None] | None = None) -> JobView:
+def wait_for(
+    database: Database,
+    job_id: int,
+    *,
+    timeout: float = 600.0,
+    poll: float = 0.25,
+    on_progress: Callable[[JobView], None] | None = None,
+) -> JobView:
     """Poll until the job is finished (for scripts and tests); raises TimeoutError."""
     deadline = time.monotonic() + timeout
     while True:
@@ -106,8 +115,17 @@ def live_workers(database: Database, *, within: float = WORKER_ALIVE_SECONDS) ->
     since = utcnow() - timedelta(seconds=within)
     with database.session() as session:
         rows = session.scalars(select(Worker).where(Worker.stopped_at.is_(None), Worker.heartbeat_at >= since))
-        return [{"id": w.id, "pid": w.pid, "host": w.host, "lanes": list(w.lanes or []),
-                 "started_at": w.started_at, "heartbeat_at": w.heartbeat_at} for w in rows]
+        return [
+            {
+                "id": w.id,
+                "pid": w.pid,
+                "host": w.host,
+                "lanes": list(w.lanes or []),
+                "started_at": w.started_at,
+                "heartbeat_at": w.heartbeat_at,
+            }
+            for w in rows
+        ]
 
 
 # --- uploads that travel with a job -----------------------------------------------------------------

@@ -81,9 +81,25 @@ class JobView:
 
     @classmethod
     def of(cls, job: Job, title: str = "") -> JobView:
-        return cls(job.id, job.kind, dict(job.params or {}), job.status, float(job.progress or 0.0), job.message,
-                   job.result_ref, job.result, job.error, bool(job.cancel_requested), job.created_at, job.started_at,
-                   job.heartbeat_at, job.finished_at, job.worker_id, int(job.attempts or 0), title)
+        return cls(
+            job.id,
+            job.kind,
+            dict(job.params or {}),
+            job.status,
+            float(job.progress or 0.0),
+            job.message,
+            job.result_ref,
+            job.result,
+            job.error,
+            bool(job.cancel_requested),
+            job.created_at,
+            job.started_at,
+            job.heartbeat_at,
+            job.finished_at,
+            job.worker_id,
+            int(job.attempts or 0),
+            title,
+        )
 
     @property
     def active(self) -> bool:

@@ -53,8 +53,9 @@ class JobContext:
         self.database = worker.database
         self._state = state
 
-    def progress(self, fraction: float | None = None, message: str | None = None, *,
-                 detail: dict | None = None) -> None:
+    def progress(
+        self, fraction: float | None = None, message: str | None = None, *, detail: dict | None = None
+    ) -> None:
         """Record progress (0..1, None keeps the last), a message and optionally a small JSON ``detail``
         that the app can draw while the job runs (stored in ``result`` until the job's own result
         replaces it; e.g. the loss curve so far); raises JobCancelled or WorkerStopping when the job
@@ -97,15 +98,25 @@ class JobWorker:
 
     ``serve()`` is `lsdm worker`; ``drain()`` runs every queued job and returns (scripts and tests)."""
 
-    def __init__(self, database: Database, *, lanes: Iterable[str] = LANES, poll: float = 0.2,
-                 heartbeat: float = 1.0, stale_after: float = 60.0, recover_every: float = 30.0,
-                 max_attempts: int = 2) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        lanes: Iterable[str] = LANES,
+        poll: float = 0.2,
+        heartbeat: float = 1.0,
+        stale_after: float = 60.0,
+        recover_every: float = 30.0,
+        max_attempts: int = 2,
+    ) -> None:
         self.database = database
         self.lanes = tuple(lanes)
         unknown = [lane for lane in self.lanes if lane not in LANES]
         if unknown or not self.lanes:
-            raise InputError(f"unknown lane {unknown[0] if unknown else '(none)'}; expected some of {', '.join(LANES)}",
-                             field="--lanes")
+            raise InputError(
+                f"unknown lane {unknown[0] if unknown else '(none)'}; expected some of {', '.join(LANES)}",
+                field="--lanes",
+            )
         self.poll, self.heartbeat, self.stale_after = poll, heartbeat, stale_after
         self.recover_every, self.max_attempts = recover_every, max_attempts
         self.id = f"{_host()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -122,8 +133,17 @@ class JobWorker:
 
     def register(self) -> None:
         with self.database.write_session() as session, session.begin():
-            session.merge(Worker(id=self.id, host=_host(), pid=os.getpid(), lanes=list(self.lanes),
-                                 started_at=utcnow(), heartbeat_at=utcnow(), stopped_at=None))
+            session.merge(
+                Worker(
+                    id=self.id,
+                    host=_host(),
+                    pid=os.getpid(),
+                    lanes=list(self.lanes),
+                    started_at=utcnow(),
+                    heartbeat_at=utcnow(),
+                    stopped_at=None,
+                )
+            )
 
     def unregister(self) -> None:
         with self.database.write_session() as session, session.begin():
@@ -143,8 +163,11 @@ class JobWorker:
                     values.update(progress=state.progress, message=state.message)
                     if state.detail is not None:
                         values["result"] = state.detail
-                session.execute(update(Job).where(Job.id == job_id, Job.status == "running",
-                                                  Job.worker_id == self.id).values(**values))
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.status == "running", Job.worker_id == self.id)
+                    .values(**values)
+                )
             if states:
                 asked = session.scalars(select(Job.id).where(Job.id.in_(list(states)), Job.cancel_requested.is_(True)))
                 for job_id in asked:
@@ -186,8 +209,10 @@ class JobWorker:
                     job.progress, job.message = 0.0, f"queued again: {who} stopped during attempt {attempts}"
                 else:
                     job.status, job.finished_at = "failed", now
-                    job.error = (f"{who} stopped while running this job (attempt {attempts} of {self.max_attempts}); "
-                                 "no partial result was kept")
+                    job.error = (
+                        f"{who} stopped while running this job (attempt {attempts} of {self.max_attempts}); "
+                        "no partial result was kept"
+                    )
                     job.message = "failed: its worker stopped"
                 if worker is not None and worker.stopped_at is None:
                     worker.stopped_at = now
@@ -202,17 +227,27 @@ class JobWorker:
         wanted = [name for name, kind in KINDS.items() if kind.lane in tuple(lanes or self.lanes)]
         while True:
             with self.database.write_session() as session, session.begin():
-                job = session.scalars(select(Job).where(Job.status == "queued", Job.kind.in_(wanted))
-                                      .order_by(Job.id).limit(1)).first()
+                job = session.scalars(
+                    select(Job).where(Job.status == "queued", Job.kind.in_(wanted)).order_by(Job.id).limit(1)
+                ).first()
                 if job is None:
                     return None
                 now = utcnow()
                 taken = session.execute(
-                    update(Job).where(Job.id == job.id, Job.status == "queued")
-                    .values(status="running", worker_id=self.id, started_at=now, heartbeat_at=now,
-                            attempts=int(job.attempts or 0) + 1, progress=0.0,
-                            message="starting", error=None)
-                    .execution_options(synchronize_session=False))
+                    update(Job)
+                    .where(Job.id == job.id, Job.status == "queued")
+                    .values(
+                        status="running",
+                        worker_id=self.id,
+                        started_at=now,
+                        heartbeat_at=now,
+                        attempts=int(job.attempts or 0) + 1,
+                        progress=0.0,
+                        message="starting",
+                        error=None,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
                 if cast(CursorResult, taken).rowcount == 1:  # an UPDATE's result is a cursor's
                     session.flush()
                     session.refresh(job)
@@ -232,24 +267,44 @@ class JobWorker:
             # Checked again here: a row written by an older version, or by hand, gets its defaults too.
             context = JobContext(self, dataclasses.replace(job, params=kind.check(dict(job.params))), state)
             outcome = kind.run(context)
-            values = {"status": "done", "progress": 1.0, "result_ref": outcome.ref, "result": outcome.summary,
-                      "message": outcome.message or f"done in {time.perf_counter() - started:.1f} s"}
+            values = {
+                "status": "done",
+                "progress": 1.0,
+                "result_ref": outcome.ref,
+                "result": outcome.summary,
+                "message": outcome.message or f"done in {time.perf_counter() - started:.1f} s",
+            }
             if kind.changes_data:
                 self.data_epoch += 1
                 self.clear_cache()
         except JobCancelled:
             values = {"status": "cancelled", "message": "cancelled; nothing was stored", "result": None}
         except WorkerStopping:
-            values = {"status": "queued", "worker_id": None, "progress": 0.0, "cancel_requested": False,
-                      "attempts": max(0, job.attempts - 1), "started_at": None, "result": None,
-                      "message": "queued again: the worker was stopped"}
+            values = {
+                "status": "queued",
+                "worker_id": None,
+                "progress": 0.0,
+                "cancel_requested": False,
+                "attempts": max(0, job.attempts - 1),
+                "started_at": None,
+                "result": None,
+                "message": "queued again: the worker was stopped",
+            }
         except InputError as error:
-            values = {"status": "failed", "error": str(error), "message": "failed: bad input",
-                      "result": {"field": error.field, "file": error.file, "line": error.line}}
+            values = {
+                "status": "failed",
+                "error": str(error),
+                "message": "failed: bad input",
+                "result": {"field": error.field, "file": error.file, "line": error.line},
+            }
         except Exception as error:  # noqa: BLE001 - any failure is recorded with its reason
             log.error("job %s (%s) failed:\n%s", job.id, job.kind, traceback.format_exc())
-            values = {"status": "failed", "error": f"{type(error).__name__}: {error}", "message": "failed",
-                      "result": None}
+            values = {
+                "status": "failed",
+                "error": f"{type(error).__name__}: {error}",
+                "message": "failed",
+                "result": None,
+            }
         finally:
             with self._lock:
                 self._running.pop(job.id, None)
@@ -259,8 +314,12 @@ class JobWorker:
         if "result" in values and isinstance(values["result"], dict):
             values["result"] = json.loads(json.dumps(values["result"], default=str))
         with self.database.write_session() as session, session.begin():
-            session.execute(update(Job).where(Job.id == job.id, Job.worker_id == self.id, Job.status == "running")
-                            .values(**values).execution_options(synchronize_session=False))
+            session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.worker_id == self.id, Job.status == "running")
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
         if values["status"] == "done":
             self.done_count += 1
         log.info("job %s (%s) %s in %.1f s", job.id, job.kind, values["status"], time.perf_counter() - started)
@@ -332,8 +391,10 @@ class JobWorker:
         try:
             for job_id, status in self.recover():
                 log.warning("recovered job %s -> %s", job_id, status)
-            threads = [threading.Thread(target=self._lane_loop, args=(lane,), name=f"lsdm-lane-{lane}", daemon=True)
-                       for lane in self.lanes]
+            threads = [
+                threading.Thread(target=self._lane_loop, args=(lane,), name=f"lsdm-lane-{lane}", daemon=True)
+                for lane in self.lanes
+            ]
             for thread in threads:
                 thread.start()
             if on_ready:

@@ -62,8 +62,16 @@ class Forecaster:
         return next(self.model.parameters()).device
 
     @classmethod
-    def create(cls, config: ModelConfig, *, normaliser: Normaliser, standardiser: Standardiser,
-               services: list[str], env_dim: int, meta: dict | None = None) -> Forecaster:
+    def create(
+        cls,
+        config: ModelConfig,
+        *,
+        normaliser: Normaliser,
+        standardiser: Standardiser,
+        services: list[str],
+        env_dim: int,
+        meta: dict | None = None,
+    ) -> Forecaster:
         torch.manual_seed(config.seed)
         model = Denoiser(config, env_dim=env_dim, n_services=len(services))
         return cls(config, model, normaliser, standardiser, list(services), env_dim, dict(meta or {}))
@@ -93,19 +101,29 @@ class Forecaster:
         if document.get("format") != "lsdm-forecaster/1":
             raise InputError(f"unknown model format {document.get('format')!r}", file=doc_file)
         config = ModelConfig.from_dict(document["config"], origin=str(doc_file))
-        meta = {k: v for k, v in document.items()
-                if k not in ("format", "config", "normaliser", "standardiser", "services", "env_dim")}
+        meta = {
+            k: v
+            for k, v in document.items()
+            if k not in ("format", "config", "normaliser", "standardiser", "services", "env_dim")
+        }
         forecaster = cls.create(
-            config, normaliser=Normaliser.from_dict(document["normaliser"]),
-            standardiser=Standardiser(**document["standardiser"]), services=document["services"],
-            env_dim=int(document["env_dim"]), meta=meta,
+            config,
+            normaliser=Normaliser.from_dict(document["normaliser"]),
+            standardiser=Standardiser(**document["standardiser"]),
+            services=document["services"],
+            env_dim=int(document["env_dim"]),
+            meta=meta,
         )
         expected = forecaster.model.state_dict()
         mismatched = sorted(set(state) ^ set(expected)) + sorted(
-            k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+            k for k in set(state) & set(expected) if state[k].shape != expected[k].shape
+        )
         if mismatched:
-            raise InputError(f"weights do not match the configuration in model.json ({len(mismatched)} tensors "
-                             f"differ, e.g. {mismatched[0]})", file=weights)
+            raise InputError(
+                f"weights do not match the configuration in model.json ({len(mismatched)} tensors "
+                f"differ, e.g. {mismatched[0]})",
+                file=weights,
+            )
         forecaster.model.load_state_dict(state)
         forecaster.model.eval()
         forecaster.model.to(pick_device(device))

@@ -19,8 +19,10 @@ def noise_schedule(config: ModelConfig) -> torch.Tensor:
     """beta_t for t = 0 .. T - 1, in float64: "quad" (CSDI's: sqrt(beta) evenly spaced from sqrt(beta_start) to
     sqrt(beta_end)) or "linear" (beta evenly spaced). The one place the formula is written."""
     if config.schedule == "quad":
-        return torch.linspace(config.beta_start**0.5, config.beta_end**0.5, config.diffusion_steps,
-                              dtype=torch.float64) ** 2
+        return (
+            torch.linspace(config.beta_start**0.5, config.beta_end**0.5, config.diffusion_steps, dtype=torch.float64)
+            ** 2
+        )
     return torch.linspace(config.beta_start, config.beta_end, config.diffusion_steps, dtype=torch.float64)
 
 
@@ -98,9 +100,12 @@ class ModelConfig:
             if not ok:
                 raise InputError(f"expected {expected}, got {getattr(self, name)!r}", field=name)
         if self.final_alpha_bar() > MAX_FINAL_ALPHA_BAR:
-            raise InputError(f"the noise schedule ends at alpha-bar {self.final_alpha_bar():.4f}; it must end close "
-                             f"to 0 (<= {MAX_FINAL_ALPHA_BAR}) so that sampling starts from pure noise",
-                             field="beta_end", hint="raise beta_end or diffusion_steps")
+            raise InputError(
+                f"the noise schedule ends at alpha-bar {self.final_alpha_bar():.4f}; it must end close "
+                f"to 0 (<= {MAX_FINAL_ALPHA_BAR}) so that sampling starts from pure noise",
+                field="beta_end",
+                hint="raise beta_end or diffusion_steps",
+            )
 
     def final_alpha_bar(self) -> float:
         """alpha-bar at the last diffusion step (1 - beta_t multiplied over all steps)."""
@@ -191,8 +196,7 @@ def resolve_config(name_or_file: str | None, **overrides: Any) -> tuple[str, Mod
         config = ModelConfig.from_dict(data, origin=str(path))
         name = path.stem
     else:
-        raise InputError(f"unknown configuration {name!r}; known: {', '.join(CONFIGS)} or a JSON file",
-                         field="config")
+        raise InputError(f"unknown configuration {name!r}; known: {', '.join(CONFIGS)} or a JSON file", field="config")
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     config.validate()
     return name, config

@@ -167,7 +167,8 @@ class Block(nn.Module):
         to_self = q6 @ k6.transpose(-1, -2)  # (B0, K, heads, S, F, F): within each path
         weights = (torch.cat([to_hist, to_self], dim=-1) * scale).softmax(dim=-1)
         attended = (weights[..., :n_hist].reshape(b0, k, heads, repeat * f, n_hist) @ hv).view(
-            b0, k, heads, repeat, f, d) + weights[..., n_hist:] @ v6
+            b0, k, heads, repeat, f, d
+        ) + weights[..., n_hist:] @ v6
         attended = attended.permute(0, 3, 1, 4, 2, 5).reshape(b * k, f, heads * d)  # (B*K, F, C)
         x = x + mod.gate_time * self.time_attn.out(attended).view(b, k, f, c)
         return self._service_and_mlp(x, mod)
@@ -209,8 +210,10 @@ class HistoryCache:
         if repeat == 1:
             return self.target_side, self.env_cond
         if repeat not in self._expanded:
-            self._expanded[repeat] = (self.target_side.repeat_interleave(repeat, 0),
-                                      self.env_cond.repeat_interleave(repeat, 0))
+            self._expanded[repeat] = (
+                self.target_side.repeat_interleave(repeat, 0),
+                self.env_cond.repeat_interleave(repeat, 0),
+            )
         return self._expanded[repeat]
 
 
@@ -238,11 +241,20 @@ class Denoiser(nn.Module):
         # The linear conditional mean (engine/model/prior.py): the diffusion works around it (prior
         # "linear"), reads it as an input of the target tokens ("feature"), or both ("residual"); None
         # for "none".
-        self.prior = (MeanPrior(n_services, env_dim, config.uses_environment, config.period_intercepts,
-                                config.uses_env_profile) if config.prior_is_input or config.prior_is_offset else None)
+        self.prior = (
+            MeanPrior(n_services, env_dim, config.uses_environment, config.period_intercepts, config.uses_env_profile)
+            if config.prior_is_input or config.prior_is_offset
+            else None
+        )
 
-    def linear_mean(self, history: torch.Tensor, profile: torch.Tensor | None, env: torch.Tensor,
-                     hours: torch.Tensor, days: torch.Tensor) -> torch.Tensor:
+    def linear_mean(
+        self,
+        history: torch.Tensor,
+        profile: torch.Tensor | None,
+        env: torch.Tensor,
+        hours: torch.Tensor,
+        days: torch.Tensor,
+    ) -> torch.Tensor:
         h = history.shape[1]
         if profile is None:
             raise ValueError("the linear mean needs the hourly profile")
@@ -250,16 +262,28 @@ class Denoiser(nn.Module):
             raise ValueError("this model has no linear mean (prior 'none')")
         return self.prior(history, profile[:, h:], env[:, h:], hours[:, h:], days[:, h:])
 
-    def prior_mean(self, history: torch.Tensor, profile: torch.Tensor | None, env: torch.Tensor,
-                   hours: torch.Tensor, days: torch.Tensor) -> torch.Tensor | None:
+    def prior_mean(
+        self,
+        history: torch.Tensor,
+        profile: torch.Tensor | None,
+        env: torch.Tensor,
+        hours: torch.Tensor,
+        days: torch.Tensor,
+    ) -> torch.Tensor | None:
         """The prior mean (B, F, K) of the target hours of windows laid out as in ``forward``, which the
         diffusion samples a residual around (prior "linear" or "residual"); None otherwise."""
         if not self.config.prior_is_offset:
             return None
         return self.linear_mean(history, profile, env, hours, days)
 
-    def prior_feature(self, history: torch.Tensor, profile: torch.Tensor | None, env: torch.Tensor,
-                      hours: torch.Tensor, days: torch.Tensor) -> torch.Tensor | None:
+    def prior_feature(
+        self,
+        history: torch.Tensor,
+        profile: torch.Tensor | None,
+        env: torch.Tensor,
+        hours: torch.Tensor,
+        days: torch.Tensor,
+    ) -> torch.Tensor | None:
         """The linear mean (B, F, K) as an input of the target tokens (prior "feature" or "residual"); None otherwise,
         and without a profile (a window without the profile has neither input; training and forecasts
         always pass it)."""
@@ -284,8 +308,13 @@ class Denoiser(nn.Module):
         s = self.hour_emb(hours) + self.day_emb(days) + self.lag_emb.weight[: hours.shape[1]]  # (B, L, C)
         return s.unsqueeze(1) + self.service_emb.weight[:k].view(1, k, 1, -1)
 
-    def _tokens(self, values: torch.Tensor, is_target: bool, profile: torch.Tensor | None = None,
-                feature: torch.Tensor | None = None) -> torch.Tensor:
+    def _tokens(
+        self,
+        values: torch.Tensor,
+        is_target: bool,
+        profile: torch.Tensor | None = None,
+        feature: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, L, K) values (and profile, and linear mean feature) -> (B, K, L, C)."""
         flag = torch.full_like(values, 1.0 if is_target else 0.0)
         inputs = [values, flag, torch.zeros_like(values) if profile is None else profile]
@@ -307,17 +336,26 @@ class Denoiser(nn.Module):
 
     # --- full pass (training) ---------------------------------------------------------------------
 
-    def forward(self, history: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, hours: torch.Tensor,
-                days: torch.Tensor, env: torch.Tensor, keep_env: torch.Tensor | None = None,
-                profile: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        history: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        hours: torch.Tensor,
+        days: torch.Tensor,
+        env: torch.Tensor,
+        keep_env: torch.Tensor | None = None,
+        profile: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """history (B, H, K), x_t (B, F, K), t (B,), hours/days (B, L), env (B, L, D),
         profile (B, L, K) -> eps (B, F, K)."""
         _b, h, k = history.shape
         f = x_t.shape[1]
         p_hist, p_target = (None, None) if profile is None else (profile[:, :h], profile[:, h:])
         feature = self.prior_feature(history, profile, env, hours, days)
-        x = torch.cat([self._tokens(history, False, p_hist), self._tokens(x_t, True, p_target, feature)],
-                      dim=2)  # (B, K, L, C)
+        x = torch.cat(
+            [self._tokens(history, False, p_hist), self._tokens(x_t, True, p_target, feature)], dim=2
+        )  # (B, K, L, C)
         x = x + self._side(hours, days, k)
         env_cond, env_input = self._split_env(self._env_embedding(env, keep_env))  # (B, L, C)
         x = x + env_input.unsqueeze(1)
@@ -338,8 +376,15 @@ class Denoiser(nn.Module):
 
     # --- cached path (inference) ------------------------------------------------------------------
 
-    def encode_history(self, history: torch.Tensor, hours: torch.Tensor, days: torch.Tensor, env: torch.Tensor,
-                       keep_env: torch.Tensor | None = None, profile: torch.Tensor | None = None) -> HistoryCache:
+    def encode_history(
+        self,
+        history: torch.Tensor,
+        hours: torch.Tensor,
+        days: torch.Tensor,
+        env: torch.Tensor,
+        keep_env: torch.Tensor | None = None,
+        profile: torch.Tensor | None = None,
+    ) -> HistoryCache:
         """Everything that does not depend on x_t or t, for B windows."""
         _b, h, k = history.shape
         side = self._side(hours, days, k)

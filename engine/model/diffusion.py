@@ -59,10 +59,18 @@ class Standardiser:
         return self.forward(v if offset is None else v - offset)
 
 
-def diffusion_loss(model: Denoiser, schedule: Schedule, standardiser: Standardiser, batch: dict,
-                   generator: torch.Generator | None = None, *, t: torch.Tensor | None = None,
-                   noise: torch.Tensor | None = None, keep_env: torch.Tensor | None = None,
-                   draws: int | None = None) -> torch.Tensor:
+def diffusion_loss(
+    model: Denoiser,
+    schedule: Schedule,
+    standardiser: Standardiser,
+    batch: dict,
+    generator: torch.Generator | None = None,
+    *,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    keep_env: torch.Tensor | None = None,
+    draws: int | None = None,
+) -> torch.Tensor:
     """l1 * MSE(eps_hat, eps) + l2 * (1 - cos(x0_hat, x0)) (Sec. IV-B).
 
     The cosine term compares the target implied by the predicted noise with the true target, per
@@ -106,12 +114,14 @@ def diffusion_loss(model: Denoiser, schedule: Schedule, standardiser: Standardis
     ab = schedule.alpha_bars[t].view(n, 1, 1)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise  # Eq. 1 in closed form
     if draws > 1:
-        cache = model.encode_history(batch["history"], batch["hours"], batch["days"], batch["env"], keep_env,
-                                     batch.get("profile"))
+        cache = model.encode_history(
+            batch["history"], batch["hours"], batch["days"], batch["env"], keep_env, batch.get("profile")
+        )
         eps = model.denoise_target(cache, x_t, t)
     else:
-        eps = model(batch["history"], x_t, t, batch["hours"], batch["days"], batch["env"], keep_env,
-                    batch.get("profile"))
+        eps = model(
+            batch["history"], x_t, t, batch["hours"], batch["days"], batch["env"], keep_env, batch.get("profile")
+        )
     loss = config.l1 * F.mse_loss(eps, noise)  # Eq. 5
     if config.l2 > 0:
         x0_hat = ((x_t - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-10, 10)
@@ -126,8 +136,9 @@ def diffusion_loss(model: Denoiser, schedule: Schedule, standardiser: Standardis
     return loss
 
 
-def _guided_eps(model: Denoiser, cache: HistoryCache, null_cache: HistoryCache | None, x: torch.Tensor,
-                t: int, guidance: float) -> torch.Tensor:
+def _guided_eps(
+    model: Denoiser, cache: HistoryCache, null_cache: HistoryCache | None, x: torch.Tensor, t: int, guidance: float
+) -> torch.Tensor:
     steps = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     eps = model.denoise_target(cache, x, steps)
     if null_cache is not None and guidance != 1.0:
@@ -151,16 +162,24 @@ def paired_noise(shape: tuple[int, ...], generator: torch.Generator | None, bloc
     return torch.cat([half, -half[:, : block // 2]], dim=1).reshape(shape)
 
 
-def predict_x0(schedule: Schedule, x_t: torch.Tensor, eps: torch.Tensor, t: int,
-               lo: float | torch.Tensor, hi: float | torch.Tensor) -> torch.Tensor:
+def predict_x0(
+    schedule: Schedule, x_t: torch.Tensor, eps: torch.Tensor, t: int, lo: float | torch.Tensor, hi: float | torch.Tensor
+) -> torch.Tensor:
     """The x0 that x_t and the predicted noise imply (Ho et al. 2020, Eq. 15), clipped to [lo, hi]."""
     ab = schedule.alpha_bars
     # clamp takes numbers or tensors as bounds; torch's stubs type the two overloads apart
     return ((x_t - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()).clamp(cast(torch.Tensor, lo), cast(torch.Tensor, hi))
 
 
-def ddpm_step(schedule: Schedule, x_t: torch.Tensor, eps: torch.Tensor, t: int, lo: float | torch.Tensor,
-              hi: float | torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+def ddpm_step(
+    schedule: Schedule,
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    t: int,
+    lo: float | torch.Tensor,
+    hi: float | torch.Tensor,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
     """One ancestral step x_t -> x_{t-1} (Ho et al. 2020, Alg. 2), with the x0 estimate clipped.
 
     Steps are numbered 0 .. T - 1 here (1 .. T in the paper). ``noise`` ~ N(0, I) of x_t's shape; None at
@@ -181,8 +200,15 @@ def ddpm_step(schedule: Schedule, x_t: torch.Tensor, eps: torch.Tensor, t: int, 
     return mean + variance.sqrt() * noise
 
 
-def ddim_step(schedule: Schedule, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int | None,
-              lo: float | torch.Tensor, hi: float | torch.Tensor) -> torch.Tensor:
+def ddim_step(
+    schedule: Schedule,
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    t: int,
+    t_prev: int | None,
+    lo: float | torch.Tensor,
+    hi: float | torch.Tensor,
+) -> torch.Tensor:
     """One deterministic DDIM step x_t -> x_{t_prev} (Song et al. 2021, Eq. 12 with eta = 0, so sigma_t = 0;
     their alpha_t is alpha-bar_t here), with the x0 estimate clipped. ``t_prev`` None: the last step,
     which returns the x0 estimate (alpha-bar_prev = 1)."""
@@ -205,11 +231,22 @@ def ddim_timesteps(diffusion_steps: int, steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def sample(model: Denoiser, schedule: Schedule, standardiser: Standardiser, cache: HistoryCache,
-           n_samples: int, *, sampler: str = "ddim", steps: int = 10, guidance: float = 1.0,
-           null_cache: HistoryCache | None = None, generator: torch.Generator | None = None,
-           x_T: torch.Tensor | None = None, offset: torch.Tensor | None = None,
-           antithetic: int = 0) -> torch.Tensor:
+def sample(
+    model: Denoiser,
+    schedule: Schedule,
+    standardiser: Standardiser,
+    cache: HistoryCache,
+    n_samples: int,
+    *,
+    sampler: str = "ddim",
+    steps: int = 10,
+    guidance: float = 1.0,
+    null_cache: HistoryCache | None = None,
+    generator: torch.Generator | None = None,
+    x_T: torch.Tensor | None = None,
+    offset: torch.Tensor | None = None,
+    antithetic: int = 0,
+) -> torch.Tensor:
     """Targets for every cached window, ``n_samples`` each: (B * n_samples, F, K) on the v scale.
 
     ``sampler``: "ddpm" (ancestral, all T steps, faithful to the paper: ``ddpm_step``) or "ddim"

@@ -55,8 +55,9 @@ class MeanPrior(nn.Module):
     env_mean: torch.Tensor  # (D,)
     env_axes: torch.Tensor  # (D, R)
 
-    def __init__(self, n_services: int, env_dim: int, uses_env: bool, period_intercepts: bool = True,
-                 env_profile: bool = False) -> None:
+    def __init__(
+        self, n_services: int, env_dim: int, uses_env: bool, period_intercepts: bool = True, env_profile: bool = False
+    ) -> None:
         super().__init__()
         self.uses_env = bool(uses_env and env_dim > 0)
         self.env_dim = env_dim
@@ -65,22 +66,36 @@ class MeanPrior(nn.Module):
         # environment block, as the constant column's one-hot).
         self.period_intercepts = bool(period_intercepts) and not self.uses_env
         axes = min(ENV_AXES, env_dim) if self.uses_env else 0
-        self.n_features = N_COMMON + ((axes + 1) * N_GROUPS if self.uses_env else 0) + (
-            N_GROUPS if self.period_intercepts else 0) + (axes * N_GROUPS if self.env_profile else 0)
+        self.n_features = (
+            N_COMMON
+            + ((axes + 1) * N_GROUPS if self.uses_env else 0)
+            + (N_GROUPS if self.period_intercepts else 0)
+            + (axes * N_GROUPS if self.env_profile else 0)
+        )
         self.register_buffer("weight", torch.zeros(n_services, self.n_features))
         self.register_buffer("env_mean", torch.zeros(max(env_dim, 1) if self.uses_env else 1))
         self.register_buffer("env_axes", torch.zeros(max(env_dim, 1) if self.uses_env else 1, max(axes, 1)))
 
-    def features(self, history: torch.Tensor, profile: torch.Tensor, env: torch.Tensor, hours: torch.Tensor,
-                 days: torch.Tensor) -> torch.Tensor:
+    def features(
+        self, history: torch.Tensor, profile: torch.Tensor, env: torch.Tensor, hours: torch.Tensor, days: torch.Tensor
+    ) -> torch.Tensor:
         """history (B, H, K), and at the F target hours: profile (B, F, K), env (B, F, D) (B, F, 2D with the
         environment profile), hours/days (B, F) -> (B, F, K, n_features)."""
         _b, f, k = profile.shape
         last = history[:, -3:].flip(1)  # v_{t-1}, v_{t-2}, v_{t-3}
         if last.shape[1] < 3:
             last = torch.cat([last, last[:, -1:].expand(-1, 3 - last.shape[1], -1)], dim=1)
-        per_service = torch.stack([torch.ones_like(last[:, 0]), last[:, 0], last[:, 1], last[:, 2],
-                                   history.mean(1), last[:, 0].mean(-1, keepdim=True).expand(-1, k)], dim=-1)
+        per_service = torch.stack(
+            [
+                torch.ones_like(last[:, 0]),
+                last[:, 0],
+                last[:, 1],
+                last[:, 2],
+                history.mean(1),
+                last[:, 0].mean(-1, keepdim=True).expand(-1, k),
+            ],
+            dim=-1,
+        )
         common = torch.cat([profile.unsqueeze(-1), per_service.unsqueeze(1).expand(-1, f, -1, -1)], dim=-1)
         common = common[..., [1, 0, 2, 3, 4, 5, 6]]  # 1, profile, lags, history mean, all services' last hour
         if not self.uses_env:
@@ -96,8 +111,9 @@ class MeanPrior(nn.Module):
         env_f = (z.unsqueeze(-1) * onehot.unsqueeze(-2)).flatten(-2)  # (B, F, (R+1)*8 [+ R*8])
         return torch.cat([common, env_f.unsqueeze(2).expand(-1, -1, k, -1)], dim=-1)
 
-    def forward(self, history: torch.Tensor, profile: torch.Tensor, env: torch.Tensor, hours: torch.Tensor,
-                days: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, history: torch.Tensor, profile: torch.Tensor, env: torch.Tensor, hours: torch.Tensor, days: torch.Tensor
+    ) -> torch.Tensor:
         """The prior mean (B, F, K) of the target hours, on the v scale."""
         x = self.features(history, profile, env, hours, days)
         return (x * self.weight).sum(-1)
@@ -127,8 +143,15 @@ class PriorFit:
         self.xty = np.zeros((k, p))
         self.n = 0
 
-    def add(self, history: torch.Tensor, profile: torch.Tensor, env: torch.Tensor, hours: torch.Tensor,
-            days: torch.Tensor, target: torch.Tensor) -> None:
+    def add(
+        self,
+        history: torch.Tensor,
+        profile: torch.Tensor,
+        env: torch.Tensor,
+        hours: torch.Tensor,
+        days: torch.Tensor,
+        target: torch.Tensor,
+    ) -> None:
         """One batch: the inputs as in ``MeanPrior.features`` and the target hours (B, F, K)."""
         x = self.prior.features(history, profile, env, hours, days).double()  # (B, F, K, P)
         x = x.permute(2, 0, 1, 3).reshape(x.shape[2], -1, x.shape[3])  # (K, B*F, P)

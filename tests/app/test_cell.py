@@ -48,21 +48,24 @@ def bare_city(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_cell_link_shows_its_tile_description_and_who_wrote_it(app_db: Path) -> None:
     at = run_cell(cell="C0001")
     assert at.selectbox(key="cell_pick").value == "C0001"
-    source, = sql(app_db, "SELECT t.source FROM tiles t JOIN cells c ON c.id = t.cell_id WHERE c.key = 'C0001'")[0]
+    (source,) = sql(app_db, "SELECT t.source FROM tiles t JOIN cells c ON c.id = t.cell_id WHERE c.key = 'C0001'")[0]
     assert at.image[0].captions == [f"Tile ({source})"]
     assert len(at.image) == 1 + 5  # the cell's tile and its five neighbours' tiles
-    text, generator = sql(app_db, "SELECT d.text, d.generator FROM descriptions d JOIN cells c ON c.id = d.cell_id "
-                                  "WHERE c.key = 'C0001'")[0]
+    text, generator = sql(
+        app_db, "SELECT d.text, d.generator FROM descriptions d JOIN cells c ON c.id = d.cell_id WHERE c.key = 'C0001'"
+    )[0]
     assert any(md.value == f"> {text}" for md in at.markdown)
     assert any(cap.value.startswith(f"Generator: {generator}") for cap in at.caption)
 
 
 def test_poi_chart_holds_the_cells_poi_counts_under_the_data_sets_category_names(app_db: Path) -> None:
     at = run_cell(cell="C0001")
-    counts, = sql(app_db, "SELECT poi_counts FROM cells WHERE key = 'C0001'")[0]
-    categories, = sql(app_db, "SELECT poi_categories FROM datasets")[0]
+    (counts,) = sql(app_db, "SELECT poi_counts FROM cells WHERE key = 'C0001'")[0]
+    (categories,) = sql(app_db, "SELECT poi_categories FROM datasets")[0]
     poi = chart_by_field(at, "category")
-    assert dict(zip(poi["category"], poi["count"], strict=True)) == dict(zip(json.loads(categories), json.loads(counts), strict=True))
+    assert dict(zip(poi["category"], poi["count"], strict=True)) == dict(
+        zip(json.loads(categories), json.loads(counts), strict=True)
+    )
 
 
 def test_the_five_nearest_cells_by_environment_are_listed_best_first_without_the_cell_itself(app_db: Path) -> None:
@@ -72,9 +75,13 @@ def test_the_five_nearest_cells_by_environment_are_listed_best_first_without_the
     shown = [float(cap.value.split()[1]) for cap in at.caption if cap.value.startswith("similarity ")]
     assert shown == sorted(shown, reverse=True)
     # Independently: cosine over the active encoder's env vectors.
-    encoder, = sql(app_db, "SELECT name FROM models WHERE kind = 'clip' AND is_active = 1")[0]
-    rows = sql(app_db, "SELECT c.key, e.vector FROM embeddings e JOIN cells c ON c.id = e.cell_id "
-                       "WHERE e.encoder_id = ? AND e.kind = 'env'", encoder)
+    (encoder,) = sql(app_db, "SELECT name FROM models WHERE kind = 'clip' AND is_active = 1")[0]
+    rows = sql(
+        app_db,
+        "SELECT c.key, e.vector FROM embeddings e JOIN cells c ON c.id = e.cell_id "
+        "WHERE e.encoder_id = ? AND e.kind = 'env'",
+        encoder,
+    )
     names = [k for k, _ in rows]
     z = np.stack([np.frombuffer(v, dtype="<f4") for _, v in rows]).astype(np.float64)
     z /= np.linalg.norm(z, axis=1, keepdims=True)
@@ -88,9 +95,14 @@ def test_traffic_chart_sums_per_service_equal_the_sql_sum_of_traffic_at_the_cell
     at = run_cell(cell="C0001")
     traffic = chart_by_field(at, "mb")
     services = json.loads(sql(app_db, "SELECT services FROM datasets")[0][0])
-    expected = dict(sql(app_db, "SELECT t.service, SUM(t.bytes) FROM traffic t JOIN locations l "
-                                "ON l.entity_id = t.entity_id AND l.hour = t.hour JOIN cells c ON c.id = l.cell_id "
-                                "WHERE c.key = 'C0001' GROUP BY t.service"))
+    expected = dict(
+        sql(
+            app_db,
+            "SELECT t.service, SUM(t.bytes) FROM traffic t JOIN locations l "
+            "ON l.entity_id = t.entity_id AND l.hour = t.hour JOIN cells c ON c.id = l.cell_id "
+            "WHERE c.key = 'C0001' GROUP BY t.service",
+        )
+    )
     by_service = traffic.groupby("service")["mb"].sum()
     assert by_service.to_dict() == pytest.approx({s: expected.get(i, 0) / 1e6 for i, s in enumerate(services)})
     assert len(traffic) == 336 * len(services)  # every hour, zeros included
@@ -99,8 +111,13 @@ def test_traffic_chart_sums_per_service_equal_the_sql_sum_of_traffic_at_the_cell
 
 def test_users_present_chart_counts_distinct_users_at_the_cell_each_hour(app_db: Path) -> None:
     presence = chart_by_field(run_cell(cell="C0001"), "users")
-    expected = dict(sql(app_db, "SELECT l.hour, COUNT(DISTINCT l.entity_id) FROM locations l JOIN cells c "
-                                "ON c.id = l.cell_id WHERE c.key = 'C0001' GROUP BY l.hour"))
+    expected = dict(
+        sql(
+            app_db,
+            "SELECT l.hour, COUNT(DISTINCT l.entity_id) FROM locations l JOIN cells c "
+            "ON c.id = l.cell_id WHERE c.key = 'C0001' GROUP BY l.hour",
+        )
+    )
     assert presence["users"].tolist() == [expected.get(h, 0) for h in range(336)]
     assert presence["label"].iloc[0] == "Mon 18 Apr 00:00"  # hours are labelled, never bare numbers
 
@@ -132,7 +149,7 @@ def test_a_cell_without_environment_explains_how_to_build_it(bare_city: Path, mo
     hints = [i.value for i in at.info if "lsdm env build" in i.value]
     assert len(hints) == 3  # no tile, no description, no neighbours
     assert not at.image and not at.button
-    counts, = sql(bare_city, "SELECT poi_counts FROM cells WHERE key = 'C0003'")[0]
+    (counts,) = sql(bare_city, "SELECT poi_counts FROM cells WHERE key = 'C0003'")[0]
     # What needs no environment stage still shows.
     assert chart_by_field(at, "category")["count"].tolist() == json.loads(counts)
 

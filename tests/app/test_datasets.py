@@ -25,13 +25,17 @@ from tests.app.conftest import page
 
 # An LLM-app style long table (the layout of assets/mappings/llmapp.json): app_cate_id 5 is Social
 # Networking, 14 Navigation; time is 14 digits of Shanghai wall-clock time.
-RECORDS = ("user_id,time,location,app_id,app_cate_id,traffic\n"
-           "4,20160420080933,1,2,5,7674\n"
-           "4,20160420081500,2,2,5,100\n"
-           "7,20160420093000,2,9,14,250\n")
-CELLS = ("base_id,base_key,latitude,longitude,poi_Shopping,poi_Healthcare\n"
-         "1,Base_A,31.22,121.43,3,1\n"
-         "2,Base_B,31.23,121.44,0,2\n")
+RECORDS = (
+    "user_id,time,location,app_id,app_cate_id,traffic\n"
+    "4,20160420080933,1,2,5,7674\n"
+    "4,20160420081500,2,2,5,100\n"
+    "7,20160420093000,2,9,14,250\n"
+)
+CELLS = (
+    "base_id,base_key,latitude,longitude,poi_Shopping,poi_Healthcare\n"
+    "1,Base_A,31.22,121.43,3,1\n"
+    "2,Base_B,31.23,121.44,0,2\n"
+)
 
 
 def rows(db: Path, sql: str) -> list[tuple]:
@@ -43,8 +47,10 @@ def rows(db: Path, sql: str) -> list[tuple]:
 
 
 def core_snapshot(db: Path) -> dict[str, int]:
-    return {table: rows(db, f"SELECT COUNT(*) FROM {table}")[0][0]
-            for table in ("datasets", "cells", "entities", "traffic", "locations")}
+    return {
+        table: rows(db, f"SELECT COUNT(*) FROM {table}")[0][0]
+        for table in ("datasets", "cells", "entities", "traffic", "locations")
+    }
 
 
 def data_page() -> AppTest:
@@ -126,14 +132,24 @@ def test_ingesting_llmapp_style_csv_files_adds_an_active_data_set(small_db):
     at.run()
     assert not at.exception
     assert rows(small_db, "SELECT name, kind, is_active, hours, timezone FROM datasets ORDER BY id") == [
-        ("synthetic-seed1", "synthetic", 0, 96, "Asia/Shanghai"), ("records", "table", 1, 24, "Asia/Shanghai")]
-    stored = rows(small_db, """SELECT e.key, t.hour, t.service, t.bytes FROM traffic t JOIN entities e ON e.id = t.entity_id
-                               JOIN datasets d ON d.id = e.dataset_id WHERE d.name = 'records' ORDER BY 1, 2, 3""")
+        ("synthetic-seed1", "synthetic", 0, 96, "Asia/Shanghai"),
+        ("records", "table", 1, 24, "Asia/Shanghai"),
+    ]
+    stored = rows(
+        small_db,
+        """SELECT e.key, t.hour, t.service, t.bytes FROM traffic t JOIN entities e ON e.id = t.entity_id
+                               JOIN datasets d ON d.id = e.dataset_id WHERE d.name = 'records' ORDER BY 1, 2, 3""",
+    )
     assert stored == [("4", 8, 4, 7774), ("7", 9, 13, 250)]  # Social Networking, Navigation
     assert any("Ingested 'records'" in s.value for s in at.success)
     shown = metrics(at)
     assert (shown["Data sets"], shown["Users"], shown["Cells"], shown["Hours"], shown["Services"]) == (
-        "2", "2", "2", "24", "20")
+        "2",
+        "2",
+        "2",
+        "24",
+        "20",
+    )
 
 
 def test_a_bad_uploaded_file_fails_its_job_naming_the_file_as_uploaded_and_leaves_no_upload_or_data(small_db):
@@ -142,7 +158,9 @@ def test_a_bad_uploaded_file_fails_its_job_naming_the_file_as_uploaded_and_leave
     assert not at.exception and not at.error
     [folder] = upload_folders()  # saved for the worker, one subfolder per upload with its own name
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.csv")) == [
-        "cells/location.csv", "records/records.csv"]
+        "cells/location.csv",
+        "records/records.csv",
+    ]
 
     assert drain(small_db) == [("ingest.table", "failed")]
     at.run()
@@ -168,8 +186,12 @@ def test_ingesting_under_an_existing_name_asks_before_replacing(small_db):
 
 
 def test_uploaded_files_are_removed_after_ingest(small_db):
-    params = da.table_job(("records.csv", RECORDS.encode()), ("location.csv", CELLS.encode()),
-                          da.shipped_mappings()["llmapp.json"], name="llm")
+    params = da.table_job(
+        ("records.csv", RECORDS.encode()),
+        ("location.csv", CELLS.encode()),
+        da.shipped_mappings()["llmapp.json"],
+        name="llm",
+    )
     assert Path(params["uploads_dir"]).parent == uploads_root().resolve()
     assert params["names"] == {params["records"]: "records.csv", params["cells"]: "location.csv"}
     database = open_database(str(small_db))
@@ -202,13 +224,17 @@ def test_building_a_city_makes_it_active_and_another_can_be_made_active_again(sm
     assert drain(small_db) == [("city.build", "done")]
     at.run()
     assert rows(small_db, "SELECT name, is_active FROM datasets ORDER BY id") == [
-        ("synthetic-seed1", 0), ("synthetic-seed5", 1)]
+        ("synthetic-seed1", 0),
+        ("synthetic-seed5", 1),
+    ]
     assert metrics(at)["Hours"] == "192"
     assert any("Built 'synthetic-seed5': 20 users, 30 cells, 192 hours" in s.value for s in at.success)
     at.selectbox(key="dataset_pick").select("synthetic-seed1")
     at.button(key="dataset_activate").click().run()
     assert rows(small_db, "SELECT name, is_active FROM datasets ORDER BY id") == [
-        ("synthetic-seed1", 1), ("synthetic-seed5", 0)]
+        ("synthetic-seed1", 1),
+        ("synthetic-seed5", 0),
+    ]
     assert metrics(at)["Hours"] == "96"
 
 
@@ -254,9 +280,12 @@ def test_settings_form_rejects_an_invalid_tile_source_and_persists_a_valid_one(s
     at.text_input(key="set_llm_model").input("llama3.1:8b")
     at.button(key="set_submit").click().run()
     assert not at.error
-    assert json.loads(stored.read_text()) == {"tile_source": "xyz:https://tiles.example.org/{z}/{x}/{y}.png",
-                                              "describer": "openai", "llm_base_url": "http://localhost:11434/v1",
-                                              "llm_model": "llama3.1:8b"}
+    assert json.loads(stored.read_text()) == {
+        "tile_source": "xyz:https://tiles.example.org/{z}/{x}/{y}.png",
+        "describer": "openai",
+        "llm_base_url": "http://localhost:11434/v1",
+        "llm_model": "llama3.1:8b",
+    }
     assert any("Settings saved" in s.value for s in at.success)
     assert not [p for p in stored.parent.iterdir() if p.name.startswith(".settings-")]  # no temporary left
 

@@ -166,12 +166,34 @@ def test_the_form_queues_a_forecast_job_and_the_page_draws_the_stored_run_with_t
     assert get_job(open_database(str(app_db)), job_id).ref_id("forecast_run") == rows[0].id
     assert query(at, "job") is None and not at.get("progress")
     params = rows[0].params
-    keys = ("entities", "entity_kind", "start", "horizon", "samples", "sampler", "sampler_steps", "location", "cells",
-            "guidance", "seed", "noise")
-    assert {k: params[k] for k in keys} == {"entities": ["U0001"], "entity_kind": "user", "start": 300, "horizon": 3,
-                                            "samples": 4, "sampler": "ddim", "sampler_steps": 2,
-                                            "location": "habitual", "cells": [], "guidance": 1.0, "seed": 0,
-                                            "noise": "antithetic"}
+    keys = (
+        "entities",
+        "entity_kind",
+        "start",
+        "horizon",
+        "samples",
+        "sampler",
+        "sampler_steps",
+        "location",
+        "cells",
+        "guidance",
+        "seed",
+        "noise",
+    )
+    assert {k: params[k] for k in keys} == {
+        "entities": ["U0001"],
+        "entity_kind": "user",
+        "start": 300,
+        "horizon": 3,
+        "samples": 4,
+        "sampler": "ddim",
+        "sampler_steps": 2,
+        "location": "habitual",
+        "cells": [],
+        "guidance": 1.0,
+        "seed": 0,
+        "noise": "antithetic",
+    }
     assert at.query_params["run"] in (str(rows[0].id), [str(rows[0].id)])
 
     services, matrix = services_and_matrix(app_db, "U0001")
@@ -192,8 +214,9 @@ def test_the_form_queues_a_forecast_job_and_the_page_draws_the_stored_run_with_t
 
 
 def test_reopening_a_stored_run_shows_it_without_writing_a_new_row(app_db: Path, context: ForecastContext) -> None:
-    run = stored_run(app_db, context, entity="user:U0002,user:U0003", start=320, horizon=4, samples=5,
-                     sampler="ddim:3", seed=7)
+    run = stored_run(
+        app_db, context, entity="user:U0002,user:U0003", start=320, horizon=4, samples=5, sampler="ddim:3", seed=7
+    )
     before = len(run_rows(app_db))
     at = forecast_page(run=str(run["run_id"]))
     assert not at.exception
@@ -244,8 +267,11 @@ def test_a_failed_forecast_job_shows_the_workers_reason_and_writes_nothing(app_d
     gone = tmp_path / "removed-model"  # the active model's folder is gone: the worker cannot load it
     database = open_database(str(app_db))
     with database.write_session() as session, session.begin():
-        session.execute(update(ModelRecord).where(ModelRecord.is_active.is_(True), ModelRecord.kind == "lsdm")
-                        .values(path=str(gone)))
+        session.execute(
+            update(ModelRecord)
+            .where(ModelRecord.is_active.is_(True), ModelRecord.kind == "lsdm")
+            .values(path=str(gone))
+        )
     database.dispose()
     at = forecast_page()
     fill_small_request(at, start=300)
@@ -265,8 +291,9 @@ def test_a_failed_forecast_job_shows_the_workers_reason_and_writes_nothing(app_d
 
 def test_a_job_link_follows_the_job_and_opens_its_run_when_the_worker_is_done(app_db: Path) -> None:
     database = open_database(str(app_db))
-    job_id = enqueue(database, "forecast", {"entity": "user:U0004", "start": 310, "horizon": 2, "samples": 3,
-                                            "sampler": "ddim:2"})
+    job_id = enqueue(
+        database, "forecast", {"entity": "user:U0004", "start": 310, "horizon": 2, "samples": 3, "sampler": "ddim:2"}
+    )
     database.dispose()
     at = forecast_page(job=str(job_id))
     assert not at.exception
@@ -321,14 +348,31 @@ def test_forecast_page_on_an_empty_database_explains_how_to_get_data(empty_db: P
 
 def test_run_history_lists_runs_newest_first_and_compares_two(app_db: Path, context: ForecastContext) -> None:
     first = stored_run(app_db, context, entity="user:U0001", start=300, horizon=3, samples=3, sampler="ddim:2")
-    second = stored_run(app_db, context, entity="user:U0001", start=310, horizon=2, samples=3, sampler="ddpm",
-                        location="stay", guidance=2.0, seed=3)
+    second = stored_run(
+        app_db,
+        context,
+        entity="user:U0001",
+        start=310,
+        horizon=2,
+        samples=3,
+        sampler="ddpm",
+        location="stay",
+        guidance=2.0,
+        seed=3,
+    )
     at = forecast_page()
     history = at.dataframe[0].value
     assert list(history["run"]) == [second["run_id"], first["run_id"]]
     newest = history.iloc[0]
-    assert (newest["start"], newest["horizon"], newest["samples"], newest["sampler"], newest["location"],
-            newest["guidance"], newest["seed"]) == (310, 2, 3, "ddpm", "stay", 2.0, 3)
+    assert (
+        newest["start"],
+        newest["horizon"],
+        newest["samples"],
+        newest["sampler"],
+        newest["location"],
+        newest["guidance"],
+        newest["seed"],
+    ) == (310, 2, 3, "ddpm", "stay", 2.0, 3)
     at.multiselect(key="fc_compare").set_value([first["run_id"], second["run_id"]]).run()
     assert not at.exception
     charts = at.get("vega_lite_chart")
@@ -346,9 +390,11 @@ def test_run_history_lists_runs_newest_first_and_compares_two(app_db: Path, cont
 
 
 def test_export_has_one_row_per_entity_step_and_service_with_quantiles_and_truth(
-        app_db: Path, context: ForecastContext) -> None:
-    result = stored_run(app_db, context, entity="user:U0001,user:U0002", start=335, horizon=2, samples=3,
-                        sampler="ddim:2")
+    app_db: Path, context: ForecastContext
+) -> None:
+    result = stored_run(
+        app_db, context, entity="user:U0001,user:U0002", start=335, horizon=2, samples=3, sampler="ddim:2"
+    )
     database = open_database(str(app_db))
     with database.session() as session:
         dataset = get_dataset(session)
@@ -366,7 +412,11 @@ def test_export_has_one_row_per_entity_step_and_service_with_quantiles_and_truth
     summary = result["entities"][1]["steps"][0]["services"][services[0]]
     row = frame[(frame["entity"] == "user:U0002") & (frame["step"] == 1) & (frame["service"] == services[0])].iloc[0]
     assert (row["mean"], row["median"], row["q05"], row["q95"]) == (
-        summary["mean"], summary["median"], summary["q05"], summary["q95"])
+        summary["mean"],
+        summary["median"],
+        summary["q05"],
+        summary["q95"],
+    )
 
     csv = pd.read_csv(io.BytesIO(fd.export_csv(frame)))
     assert list(csv.columns) == fd.EXPORT_COLUMNS and len(csv) == 40
@@ -378,9 +428,16 @@ def test_export_has_one_row_per_entity_step_and_service_with_quantiles_and_truth
 def _run(truth: np.ndarray, paths: np.ndarray, names: list[str]) -> fd.StoredRun:
     """A stored run from arrays (E, N, K) truth and (E, S, N, K) paths, in bytes."""
     normaliser = fd.Normaliser(scale=20.0)
-    return fd.StoredRun(id=1, dataset_id=1, model_id=None, params={},
-                        entities=[{"entity": n, "steps": []} for n in names], created_at=MONDAY, seconds=1.0,
-                        arrays={"truth": truth, "paths": paths, "paths_v": normaliser.forward(paths)})
+    return fd.StoredRun(
+        id=1,
+        dataset_id=1,
+        model_id=None,
+        params={},
+        entities=[{"entity": n, "steps": []} for n in names],
+        created_at=MONDAY,
+        seconds=1.0,
+        arrays={"truth": truth, "paths": paths, "paths_v": normaliser.forward(paths)},
+    )
 
 
 def test_run_metrics_score_a_perfect_forecast_as_perfect_and_skip_unknown_hours() -> None:
@@ -416,31 +473,77 @@ def test_request_problems_explain_each_wrong_field() -> None:
     good = ForecastRequest(entities=("U1",), start=24, horizon=3, samples=4)
     assert fd.request_problems(good, history=24, hours=336, origin=MONDAY) == {}
     errors = fd.request_problems(
-        ForecastRequest(entities=(), start=5, horizon=0, samples=3000, sampler="ddim", sampler_steps=60,
-                        location="cells", guidance=16.0),
-        history=24, hours=336, origin=MONDAY, diffusion_steps=50)
+        ForecastRequest(
+            entities=(),
+            start=5,
+            horizon=0,
+            samples=3000,
+            sampler="ddim",
+            sampler_steps=60,
+            location="cells",
+            guidance=16.0,
+        ),
+        history=24,
+        hours=336,
+        origin=MONDAY,
+        diffusion_steps=50,
+    )
     assert set(errors) == {"entities", "start", "horizon", "samples", "sampler_steps", "cells", "guidance"}
     assert "Tue 19 Apr 00:00" in errors["start"]  # the earliest start, as a time
     late = fd.request_problems(ForecastRequest(entities=("U1",), start=337), history=24, hours=336, origin=MONDAY)
     assert "earlier" in late["start"]
     crowd = tuple(f"U{i}" for i in range(fd.MAX_USERS + 1))
-    assert "at most" in fd.request_problems(ForecastRequest(entities=crowd, start=30), history=24, hours=336,
-                                            origin=MONDAY)["entities"]
+    assert (
+        "at most"
+        in fd.request_problems(ForecastRequest(entities=crowd, start=30), history=24, hours=336, origin=MONDAY)[
+            "entities"
+        ]
+    )
 
 
 def test_a_stored_request_becomes_the_form_again() -> None:
-    request = ForecastRequest(entities=("U1", "U2"), start=40, horizon=5, samples=8, sampler="ddim", sampler_steps=4,
-                              location="cells", cells=("C0003",), guidance=1.5, seed=9)
+    request = ForecastRequest(
+        entities=("U1", "U2"),
+        start=40,
+        horizon=5,
+        samples=8,
+        sampler="ddim",
+        sampler_steps=4,
+        location="cells",
+        cells=("C0003",),
+        guidance=1.5,
+        seed=9,
+    )
     stored = {**request.to_params(), "model_sha256": "abc"}
-    assert fd.form_values(stored) == {"fc_users": ["U1", "U2"], "fc_start": 40, "fc_horizon": 5, "fc_samples": 8,
-                                      "fc_seed": 9, "fc_sampler": "ddim", "fc_steps": 4, "fc_location": "cells",
-                                      "fc_cell": "C0003", "fc_guidance": 1.5, "fc_paired": True}
+    assert fd.form_values(stored) == {
+        "fc_users": ["U1", "U2"],
+        "fc_start": 40,
+        "fc_horizon": 5,
+        "fc_samples": 8,
+        "fc_seed": 9,
+        "fc_sampler": "ddim",
+        "fc_steps": 4,
+        "fc_location": "cells",
+        "fc_cell": "C0003",
+        "fc_guidance": 1.5,
+        "fc_paired": True,
+    }
     backtest = ForecastRequest(entities=("U1",), start=30, location="observed", noise="independent").to_params()
     assert fd.form_values(backtest)["fc_location"] == "observed" and fd.form_values(backtest)["fc_paired"] is False
     # A run stored before requests (text forms) and before the noise option drew independent paths:
     # "run again" keeps that.
-    old = {"entity": "user:U1,user:U2", "start": 40, "horizon": 5, "samples": 8, "sampler": "ddim:4",
-           "location": "cell:C0003", "guidance": 1.5, "seed": 9, "model_id": 1, "model_sha256": "abc"}
+    old = {
+        "entity": "user:U1,user:U2",
+        "start": 40,
+        "horizon": 5,
+        "samples": 8,
+        "sampler": "ddim:4",
+        "location": "cell:C0003",
+        "guidance": 1.5,
+        "seed": 9,
+        "model_id": 1,
+        "model_sha256": "abc",
+    }
     assert fd.form_values(old) == {**fd.form_values(stored), "fc_paired": False}
 
 
@@ -463,8 +566,10 @@ def test_a_link_sets_a_widget_once_and_the_users_change_wins_afterwards() -> Non
 
 def test_forecast_mix_compares_like_with_like_over_the_hours_with_truth() -> None:
     def step(truth: float | None, mean: float) -> dict:
-        services = {"a": {"mean": mean, "truth": truth},
-                    "b": {"mean": mean, "truth": 0.0 if truth is not None else None}}
+        services = {
+            "a": {"mean": mean, "truth": truth},
+            "b": {"mean": mean, "truth": 0.0 if truth is not None else None},
+        }
         return {"services": services, "total": {"truth": truth}}
 
     entity = {"entity": "user:A", "steps": [step(2.0, 1.0), step(None, 100.0)]}
@@ -476,8 +581,9 @@ def test_forecast_mix_compares_like_with_like_over_the_hours_with_truth() -> Non
 
 def test_step_frame_is_in_mb_with_nan_where_truth_is_unknown() -> None:
     stats = {"mean": 2e6, "median": 1e6, "q05": 0.0, "q25": 5e5, "q75": 2e6, "q95": 4e6}
-    steps = [{"label": "Mon 00:00", "hour": 0, "services": {"a": {**stats, "truth": 3e6}},
-              "total": {**stats, "truth": None}}]
+    steps = [
+        {"label": "Mon 00:00", "hour": 0, "services": {"a": {**stats, "truth": 3e6}}, "total": {**stats, "truth": None}}
+    ]
     frame = fd.step_frame(steps, "a")
     assert frame.iloc[0][["median", "q95", "truth"]].tolist() == [1.0, 4.0, 3.0]
     assert np.isnan(fd.step_frame(steps).iloc[0]["truth"])

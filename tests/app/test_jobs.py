@@ -100,8 +100,10 @@ def test_a_failed_job_shows_its_reason_and_a_done_one_links_to_its_result(app_db
     assert "NOBODY" in reason
     assert table.loc[failing, "status"] == "failed" and table.loc[failing, "details"] == reason
     assert table.loc[working, "status"] == "done"
-    assert (table.loc[working, "result"], table.loc[working, "link"]) == (f"forecast run {run_id}",
-                                                                          f"/forecast?run={run_id}")
+    assert (table.loc[working, "result"], table.loc[working, "link"]) == (
+        f"forecast run {run_id}",
+        f"/forecast?run={run_id}",
+    )
 
     at.multiselect(key="jobs_status").set_value(["failed"]).run()
     assert recent(at)["id"].tolist() == [failing]
@@ -121,16 +123,39 @@ def test_the_jobs_table_gives_durations_and_links_only_for_done_jobs():
     started = datetime(2024, 5, 1, 12, 0, 0)
 
     def view(job_id: int, status: str, **fields) -> JobView:
-        values = dict(id=job_id, kind="forecast", params={}, status=status, progress=0.0, message=None,
-                      result_ref=None, result=None, error=None, cancel_requested=False, created_at=started,
-                      started_at=None, heartbeat_at=None, finished_at=None, worker_id=None, attempts=0)
+        values = dict(
+            id=job_id,
+            kind="forecast",
+            params={},
+            status=status,
+            progress=0.0,
+            message=None,
+            result_ref=None,
+            result=None,
+            error=None,
+            cancel_requested=False,
+            created_at=started,
+            started_at=None,
+            heartbeat_at=None,
+            finished_at=None,
+            worker_id=None,
+            attempts=0,
+        )
         return JobView(**{**values, **fields})
 
-    frame = jd.jobs_frame([
-        view(2, "done", result_ref="forecast_run:7", started_at=started, finished_at=started + timedelta(seconds=3),
-             message="forecast run 7 in 2.1 s"),
-        view(1, "failed", result_ref="forecast_run:6", error="ValueError: broken", message="failed"),
-    ])
+    frame = jd.jobs_frame(
+        [
+            view(
+                2,
+                "done",
+                result_ref="forecast_run:7",
+                started_at=started,
+                finished_at=started + timedelta(seconds=3),
+                message="forecast run 7 in 2.1 s",
+            ),
+            view(1, "failed", result_ref="forecast_run:6", error="ValueError: broken", message="failed"),
+        ]
+    )
     assert frame["seconds"].iloc[0] == 3.0 and frame["seconds"].isna().tolist() == [False, True]  # never started
     assert frame["link"].iloc[0] == "/forecast?run=7" and frame["link"].isna().tolist() == [False, True]
     assert frame["details"].tolist() == ["forecast run 7 in 2.1 s", "ValueError: broken"]

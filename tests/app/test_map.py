@@ -36,8 +36,12 @@ def layers(at: AppTest) -> dict[str, dict]:
 
 def cell_traffic_at(db: Path, hour: int) -> dict[str, float]:
     """Bytes per cell key in one hour: each user's traffic counted at the cell they were in."""
-    rows = sql(db, "SELECT c.key, SUM(t.bytes) FROM traffic t JOIN locations l ON l.entity_id = t.entity_id "
-                   "AND l.hour = t.hour JOIN cells c ON c.id = l.cell_id WHERE t.hour = ? GROUP BY c.key", hour)
+    rows = sql(
+        db,
+        "SELECT c.key, SUM(t.bytes) FROM traffic t JOIN locations l ON l.entity_id = t.entity_id "
+        "AND l.hour = t.hour JOIN cells c ON c.id = l.cell_id WHERE t.hour = ? GROUP BY c.key",
+        hour,
+    )
     return dict(rows)
 
 
@@ -59,8 +63,11 @@ def test_map_draws_an_offline_basemap_all_400_cells_and_every_located_user(app_d
     keys = {row["key"] for row in cells["data"]}
     assert keys == {k for (k,) in sql(app_db, "SELECT key FROM cells")} and len(cells["data"]) == 400
     assert all(west < row["lon"] < east and south < row["lat"] < north for row in cells["data"])
-    located_users = sql(app_db, "SELECT COUNT(DISTINCT l.entity_id) FROM locations l JOIN entities e "
-                                "ON e.id = l.entity_id WHERE e.kind = 'user' AND l.hour = 10")[0][0]
+    located_users = sql(
+        app_db,
+        "SELECT COUNT(DISTINCT l.entity_id) FROM locations l JOIN entities e "
+        "ON e.id = l.entity_id WHERE e.kind = 'user' AND l.hour = 10",
+    )[0][0]
     assert len(by_id["users"]["data"]) == located_users == 500
     # Offline: no basemap provider and no URL anywhere in the chart.
     assert spec.get("mapProvider") is None
@@ -69,8 +76,13 @@ def test_map_draws_an_offline_basemap_all_400_cells_and_every_located_user(app_d
 
 def test_each_user_is_drawn_beside_the_cell_the_database_puts_them_in_that_hour(app_db: Path) -> None:
     users = pd.DataFrame(layers(run_map(hour=50))["users"]["data"])
-    expected = dict(sql(app_db, "SELECT e.key, c.key FROM locations l JOIN entities e ON e.id = l.entity_id "
-                                "JOIN cells c ON c.id = l.cell_id WHERE l.hour = 50"))
+    expected = dict(
+        sql(
+            app_db,
+            "SELECT e.key, c.key FROM locations l JOIN entities e ON e.id = l.entity_id "
+            "JOIN cells c ON c.id = l.cell_id WHERE l.hour = 50",
+        )
+    )
     assert dict(zip(users["key"], users["detail"].str.removeprefix("at "), strict=True)) == expected
     centre = {k: (lon, lat) for k, lon, lat in sql(app_db, "SELECT key, lon, lat FROM cells")}
     lon0 = users["detail"].str.removeprefix("at ").map(lambda k: centre[k][0])
@@ -112,22 +124,32 @@ def test_user_link_draws_that_users_week_as_a_path_through_their_cells(app_db: P
     spec = layers(run_map(user="U0001", hour=30))
     path = spec["trajectory"]
     assert path["@@type"] == "PathLayer"
-    rows = sql(app_db, "SELECT l.cell_id, c.lon, c.lat FROM locations l JOIN entities e ON e.id = l.entity_id "
-                       "JOIN cells c ON c.id = l.cell_id WHERE e.key = 'U0001' AND l.hour < 168 ORDER BY l.hour")
-    expected = [[round(lon, 6), round(lat, 6)] for i, (cell, lon, lat) in enumerate(rows)
-                if i == 0 or cell != rows[i - 1][0]]  # consecutive hours in the same cell are one stop
+    rows = sql(
+        app_db,
+        "SELECT l.cell_id, c.lon, c.lat FROM locations l JOIN entities e ON e.id = l.entity_id "
+        "JOIN cells c ON c.id = l.cell_id WHERE e.key = 'U0001' AND l.hour < 168 ORDER BY l.hour",
+    )
+    expected = [
+        [round(lon, 6), round(lat, 6)] for i, (cell, lon, lat) in enumerate(rows) if i == 0 or cell != rows[i - 1][0]
+    ]  # consecutive hours in the same cell are one stop
     assert len(expected) > 5
     assert path["data"][0]["path"] == expected
     last_user = spec["users"]["data"][-1]  # the linked user is drawn on top, in the accent colour
     assert last_user["key"] == "U0001" and (last_user["r"], last_user["g"], last_user["b"]) == m.SELECTED_USER_RGB
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"hour": "abc"}, "hour=abc"), ({"hour": "9999"}, "hour=9999"),
-    ({"color": "purple"}, "color=purple"), ({"user": "U9999"}, "user=U9999"),
-])
-def test_a_bad_link_parameter_warns_and_the_map_still_shows_the_default(app_db: Path, params: dict,
-                                                                         message: str) -> None:
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"hour": "abc"}, "hour=abc"),
+        ({"hour": "9999"}, "hour=9999"),
+        ({"color": "purple"}, "color=purple"),
+        ({"user": "U9999"}, "user=U9999"),
+    ],
+)
+def test_a_bad_link_parameter_warns_and_the_map_still_shows_the_default(
+    app_db: Path, params: dict, message: str
+) -> None:
     at = run_map(**params)
     assert any(message in w.value for w in at.warning)
     busiest = sql(app_db, "SELECT hour FROM traffic GROUP BY hour ORDER BY SUM(bytes) DESC LIMIT 1")[0][0]
@@ -141,8 +163,12 @@ def _map_and_cell_pages(pages: str) -> None:
 
     import streamlit as st
 
-    st.navigation([st.Page(Path(pages) / "map.py", url_path="map", default=True),
-                   st.Page(Path(pages) / "cell.py", url_path="cell")]).run()
+    st.navigation(
+        [
+            st.Page(Path(pages) / "map.py", url_path="map", default=True),
+            st.Page(Path(pages) / "cell.py", url_path="cell"),
+        ]
+    ).run()
 
 
 def test_the_cell_picker_below_the_map_opens_that_cells_page(app_db: Path) -> None:
@@ -166,15 +192,27 @@ def test_map_without_data_explains_how_to_get_some(empty_db: Path) -> None:
 
 def _tiny_city() -> m.CityData:
     """Three cells (the third without coordinates), two users over ten hours."""
-    cells = pd.DataFrame({"id": [10, 11, 12], "key": ["A", "B", "C"], "lon": [121.0, 121.01, np.nan],
-                          "lat": [31.0, 31.0, np.nan], "land_use": ["park", "cbd", "mixed"],
-                          "inferred": [False, False, True]})
-    user_cell = np.array([[0, 0, 1, 1, -1, 1, 0, 2, 0, 0],
-                          [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]], dtype=np.int32)
+    cells = pd.DataFrame(
+        {
+            "id": [10, 11, 12],
+            "key": ["A", "B", "C"],
+            "lon": [121.0, 121.01, np.nan],
+            "lat": [31.0, 31.0, np.nan],
+            "land_use": ["park", "cbd", "mixed"],
+            "inferred": [False, False, True],
+        }
+    )
+    user_cell = np.array([[0, 0, 1, 1, -1, 1, 0, 2, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]], dtype=np.int32)
     traffic = np.zeros((3, 10))
     traffic[0, 0], traffic[1, 0] = 4e6, 1e6
-    return m.CityData(cells=cells, cell_hour_bytes=traffic, user_keys=np.array(["U1", "U2"], dtype=object),
-                      user_cell=user_cell, hours=10, traffic_cap=4e6)
+    return m.CityData(
+        cells=cells,
+        cell_hour_bytes=traffic,
+        user_keys=np.array(["U1", "U2"], dtype=object),
+        user_cell=user_cell,
+        hours=10,
+        traffic_cap=4e6,
+    )
 
 
 def test_cell_hour_bytes_counts_each_entitys_traffic_at_its_cell_of_that_hour() -> None:
@@ -247,10 +285,18 @@ def test_load_city_agrees_with_sql(city_db: Path) -> None:
     total = sql(city_db, "SELECT SUM(bytes) FROM traffic")[0][0]
     assert city.cell_hour_bytes.sum() == pytest.approx(total)  # every user-hour is located in the default city
     hour_77 = cell_traffic_at(city_db, 77)
-    assert {k: v for k, v in zip(city.cells["key"], city.cell_hour_bytes[:, 77], strict=True) if v} == pytest.approx(hour_77)
+    assert {k: v for k, v in zip(city.cells["key"], city.cell_hour_bytes[:, 77], strict=True) if v} == pytest.approx(
+        hour_77
+    )
     u = list(city.user_keys).index("U0042")
-    cells = [k for (k,) in sql(city_db, "SELECT c.key FROM locations l JOIN entities e ON e.id = l.entity_id "
-                                         "JOIN cells c ON c.id = l.cell_id WHERE e.key = 'U0042' ORDER BY l.hour")]
+    cells = [
+        k
+        for (k,) in sql(
+            city_db,
+            "SELECT c.key FROM locations l JOIN entities e ON e.id = l.entity_id "
+            "JOIN cells c ON c.id = l.cell_id WHERE e.key = 'U0042' ORDER BY l.hour",
+        )
+    ]
     assert list(city.cells["key"].to_numpy()[city.user_cell[u]]) == cells
     busiest = sql(city_db, "SELECT hour FROM traffic GROUP BY hour ORDER BY SUM(bytes) DESC LIMIT 1")[0][0]
     assert m.busiest_hour(city) == busiest

@@ -34,8 +34,9 @@ from tests.app.conftest import page
 def chart_datasets(chart) -> list[list[dict]]:
     """The data sets of a rendered Vega-Lite chart: Streamlit sends them beside the spec, as Arrow."""
     inline = list(json.loads(chart.proto.spec).get("datasets", {}).values())
-    return inline + [convert_arrow_bytes_to_pandas_df(named.data.data).to_dict("records")
-                     for named in chart.proto.datasets]
+    return inline + [
+        convert_arrow_bytes_to_pandas_df(named.data.data).to_dict("records") for named in chart.proto.datasets
+    ]
 
 
 def lsdm_records(db_path: Path) -> list[ModelRecord]:
@@ -83,8 +84,16 @@ def tiny_city(tmp_path_factory: pytest.TempPathFactory) -> dict:
         name, config = resolve_config("tiny", epochs=1)
         model_id = train(database, name, config).record_id
         messages: list[str] = []
-        result = evaluate(database, model_id, samples=2, steps=3, path_users=4, include_arima=False,
-                          train_missing=False, progress=messages.append)
+        result = evaluate(
+            database,
+            model_id,
+            samples=2,
+            steps=3,
+            path_users=4,
+            include_arima=False,
+            train_missing=False,
+            progress=messages.append,
+        )
         database.dispose()
     finally:
         if previous is None:
@@ -116,8 +125,9 @@ def test_models_page_lists_the_shipped_model_as_active_with_its_loss_curve(app_d
     assert set(active["kind"]) == {"lsdm", "clip"}  # one active forecaster and one active encoder
     assert active.loc[active["kind"] == "lsdm", "id"].tolist() == [shipped[0].id]
     assert at.selectbox(key="model_pick").value == shipped[0].id
-    curves = [data for chart in at.get("vega_lite_chart") for data in chart_datasets(chart)
-              if data and "val_loss" in data[0]]
+    curves = [
+        data for chart in at.get("vega_lite_chart") for data in chart_datasets(chart) if data and "val_loss" in data[0]
+    ]
     assert curves == [shipped[0].metrics["history"]]
     assert any("Active" in s.value for s in at.success)
 
@@ -133,9 +143,16 @@ def test_making_another_model_active_switches_the_active_flag(app_db):
     shipped = next(r for r in lsdm_records(app_db) if r.is_active)
     database = open_database(str(app_db))
     with database.write_session() as session, session.begin():
-        second = ModelRecord(name="second", kind="lsdm", path=shipped.path, sha256=shipped.sha256,
-                             config=shipped.config, metrics={"best_val_loss": 0.5, "history": []},
-                             dataset_id=shipped.dataset_id, is_active=False)
+        second = ModelRecord(
+            name="second",
+            kind="lsdm",
+            path=shipped.path,
+            sha256=shipped.sha256,
+            config=shipped.config,
+            metrics={"best_val_loss": 0.5, "history": []},
+            dataset_id=shipped.dataset_id,
+            is_active=False,
+        )
         session.add(second)
         session.flush()
         second_id = second.id
@@ -147,7 +164,9 @@ def test_making_another_model_active_switches_the_active_flag(app_db):
     assert {r.id: r.is_active for r in lsdm_records(app_db)} == {shipped.id: False, second_id: True}
     registry = at.dataframe[0].value
     assert registry.loc[registry["kind"] == "lsdm"].set_index("id")["active"].to_dict() == {
-        second_id: True, shipped.id: False}
+        second_id: True,
+        shipped.id: False,
+    }
 
 
 def test_a_deep_link_to_an_unknown_model_warns_and_shows_the_active_one(app_db):
@@ -205,8 +224,12 @@ def test_a_running_training_shows_its_loss_curve_so_far(tiny_db, tiny_city):
             time.sleep(0.1)
         at = models_page(job=job_id)
         assert not at.exception
-        curves = [data for chart in at.get("vega_lite_chart") for data in chart_datasets(chart)
-                  if data and "val_loss" in data[0]]
+        curves = [
+            data
+            for chart in at.get("vega_lite_chart")
+            for data in chart_datasets(chart)
+            if data and "val_loss" in data[0]
+        ]
         epochs = [row["epoch"] for row in curves[-1]]  # the last chart on the page: the running job's
         assert len(epochs) >= 2 and epochs[:2] == [1, 2]
         at.button(key=f"follow_cancel_{job_id}").click().run()
@@ -238,11 +261,13 @@ def test_the_stored_evaluation_is_shown_as_the_papers_tables_and_charts(tiny_db,
     data = [d for chart in at.get("vega_lite_chart") for d in chart_datasets(chart)]
     steps = next(d for d in data if d and "mse" in d[0])
     assert {(row["method"], row["step"]): row["mse"] for row in steps} == {
-        (method, i + 1): value for method, values in result["mse_by_step"].items() for i, value in enumerate(values)}
+        (method, i + 1): value for method, values in result["mse_by_step"].items() for i, value in enumerate(values)
+    }
     radar_points = next(d for d in data if d and {"series", "order", "value"} <= set(d[0]))
     lsdm_r2 = result["per_service_r2"]["lsdm"]
     assert {r["service"]: r["value"] for r in radar_points if r["series"] == "lsdm"} == {
-        s: max(0.0, v) for s, v in lsdm_r2.items()}
+        s: max(0.0, v) for s, v in lsdm_r2.items()
+    }
     for label, key in (("environment condition", "condition_gain"), ("own cells", "environment_gain")):
         gain = next(m for m in at.metric if "R² gain" in m.label and label in m.label)
         interval = result[f"{key}_interval"]
@@ -289,19 +314,45 @@ def test_evaluation_progress_length_matches_the_messages_the_engine_sends(tiny_c
 
 
 def test_loss_curve_draws_exactly_the_recorded_history():
-    history = [{"epoch": 1, "train_loss": 0.9, "val_loss": 0.8, "seconds": 1.5},
-               {"epoch": 2, "train_loss": 0.7, "val_loss": 0.75, "seconds": 3.0}]
+    history = [
+        {"epoch": 1, "train_loss": 0.9, "val_loss": 0.8, "seconds": 1.5},
+        {"epoch": 2, "train_loss": 0.7, "val_loss": 0.75, "seconds": 3.0},
+    ]
     spec = md.loss_curve(history).to_dict()
     assert list(spec["datasets"].values()) == [history]
     assert spec["transform"][0] == {"fold": ["train_loss", "val_loss"], "as": ["series", "loss"]}
 
 
 def test_metric_table_labels_the_eight_metrics_as_the_paper_does():
-    rows = [{"method": "lsdm", "mse": 0.1, "rmse": 0.316, "mae": 0.2, "cs": 0.9, "r2": 0.5, "crps": 0.15,
-             "cov50": 0.48, "cov90": 0.88, "seconds": 3.0, "model_id": 4}]
+    rows = [
+        {
+            "method": "lsdm",
+            "mse": 0.1,
+            "rmse": 0.316,
+            "mae": 0.2,
+            "cs": 0.9,
+            "r2": 0.5,
+            "crps": 0.15,
+            "cov50": 0.48,
+            "cov90": 0.88,
+            "seconds": 3.0,
+            "model_id": 4,
+        }
+    ]
     table = md.metric_table(rows)
-    assert table.to_dict("records") == [{"method": "lsdm", "MSE": 0.1, "RMSE": 0.316, "MAE": 0.2, "CS": 0.9,
-                                         "R²": 0.5, "CRPS": 0.15, "cov50": 0.48, "cov90": 0.88}]
+    assert table.to_dict("records") == [
+        {
+            "method": "lsdm",
+            "MSE": 0.1,
+            "RMSE": 0.316,
+            "MAE": 0.2,
+            "CS": 0.9,
+            "R²": 0.5,
+            "CRPS": 0.15,
+            "cov50": 0.48,
+            "cov90": 0.88,
+        }
+    ]
 
 
 def test_evaluation_progress_counts_training_of_missing_comparison_models():

@@ -107,9 +107,14 @@ def test_user_page_lists_the_users_places_with_share_of_hours_and_links_to_the_c
     database = open_database(str(app_db))
     with database.session() as session:
         entity = session.scalar(select(Entity).where(Entity.key == "U0001"))
-        visits = dict(session.execute(
-            select(Cell.key, func.count()).join(LocationHour, LocationHour.cell_id == Cell.id)
-            .where(LocationHour.entity_id == entity.id).group_by(Cell.key)).all())
+        visits = dict(
+            session.execute(
+                select(Cell.key, func.count())
+                .join(LocationHour, LocationHour.cell_id == Cell.id)
+                .where(LocationHour.entity_id == entity.id)
+                .group_by(Cell.key)
+            ).all()
+        )
         home = entity.attrs["home"]
     database.dispose()
     assert dict(zip(places["cell"], places["hours"], strict=True)) == visits
@@ -124,8 +129,15 @@ def test_user_page_lists_past_forecast_runs_that_include_the_user(app_db: Path) 
     database = open_database(str(app_db))
     with database.write_session() as session, session.begin():
         dataset = get_dataset(session)
-        common = {"horizon": 6, "samples": 8, "sampler": "ddim:10", "location": "habitual", "guidance": 1.0,
-                  "seed": 0, "model_id": None}
+        common = {
+            "horizon": 6,
+            "samples": 8,
+            "sampler": "ddim:10",
+            "location": "habitual",
+            "guidance": 1.0,
+            "seed": 0,
+            "model_id": None,
+        }
         mine = ForecastRun(dataset_id=dataset.id, params={"entity": "user:U0003,user:U0001", "start": 200, **common})
         other = ForecastRun(dataset_id=dataset.id, params={"entity": "user:U0002", "start": 100, **common})
         session.add_all([mine, other])
@@ -188,7 +200,11 @@ def test_service_mix_gives_shares_per_part_of_the_week_and_skips_an_empty_part()
     matrix[120:, 1] = 1.0  # weekend: only the second
     mix = ud.service_mix(matrix, ("a", "b"), MONDAY)
     assert mix.set_index(["series", "service"])["share"].to_dict() == {
-        ("weekdays", "a"): 1.0, ("weekdays", "b"): 0.0, ("weekends", "a"): 0.0, ("weekends", "b"): 1.0}
+        ("weekdays", "a"): 1.0,
+        ("weekdays", "b"): 0.0,
+        ("weekends", "a"): 0.0,
+        ("weekends", "b"): 1.0,
+    }
     matrix[120:] = 0.0
     assert set(ud.service_mix(matrix, ("a", "b"), MONDAY)["series"]) == {"weekdays"}
 
@@ -211,10 +227,21 @@ def test_user_runs_match_whole_keys_in_old_and_new_runs(tmp_path: Path, city_db:
     database = open_database(str(copy))
     with database.write_session() as session, session.begin():
         dataset = get_dataset(session)
-        old = {"entity": "user:U0007,user:U00070", "start": 300, "horizon": 2, "samples": 3, "sampler": "ddim:4",
-               "location": "habitual", "guidance": 1.0, "seed": 0, "model_sha256": "x"}  # before requests
+        old = {
+            "entity": "user:U0007,user:U00070",
+            "start": 300,
+            "horizon": 2,
+            "samples": 3,
+            "sampler": "ddim:4",
+            "location": "habitual",
+            "guidance": 1.0,
+            "seed": 0,
+            "model_sha256": "x",
+        }  # before requests
         new = {"entities": ["U00071"], "start": 310, "horizon": 5, "samples": 3}
-        session.add_all([ForecastRun(dataset_id=dataset.id, params=old), ForecastRun(dataset_id=dataset.id, params=new)])
+        session.add_all(
+            [ForecastRun(dataset_id=dataset.id, params=old), ForecastRun(dataset_id=dataset.id, params=new)]
+        )
     with database.session() as session:
         dataset = get_dataset(session)
         runs = ud.user_runs(session, dataset.id, "user", "U0007", dataset.time_origin)
@@ -233,7 +260,8 @@ def test_user_places_and_runs_read_from_the_database(city_db: Path) -> None:
         assert user is not None and ud.find_user(session, dataset.id, "missing") is None
         places = ud.user_places(session, user)
         located = session.scalar(
-            select(func.count()).select_from(LocationHour).where(LocationHour.entity_id == user.id))
+            select(func.count()).select_from(LocationHour).where(LocationHour.entity_id == user.id)
+        )
         assert places["hours"].sum() == located
         assert ud.entity_keys(session, dataset.id)[:2] == ["U0000", "U0001"]
         runs = ud.user_runs(session, dataset.id, "user", "U0007", dataset.time_origin)
@@ -244,8 +272,12 @@ def test_user_places_and_runs_read_from_the_database(city_db: Path) -> None:
 def test_usage_summary_counts_bytes_active_hours_and_cells() -> None:
     matrix = np.array([[1e6, 2e6], [0.0, 0.0], [5e5, 0.0], [0.0, 0.0]])
     places = pd.DataFrame({"cell": ["C1", "C2"]})
-    assert ud.usage_summary(matrix, places) == {"total_bytes": 3.5e6, "mean_bytes_per_hour": 875_000.0,
-                                                "active_share": 0.5, "cells": 2}
+    assert ud.usage_summary(matrix, places) == {
+        "total_bytes": 3.5e6,
+        "mean_bytes_per_hour": 875_000.0,
+        "active_share": 0.5,
+        "cells": 2,
+    }
 
 
 def test_series_frame_is_long_and_in_mb() -> None:

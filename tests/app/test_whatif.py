@@ -34,8 +34,10 @@ START = 300  # Sat 12:00 of the second week: inside the data, after the model's 
 def _counts(db_path) -> tuple[int, int]:
     database = open_database(str(db_path))
     with database.session() as session:
-        return (session.scalar(select(func.count()).select_from(ForecastRun)),
-                session.scalar(select(func.count()).select_from(ScenarioRow)))
+        return (
+            session.scalar(select(func.count()).select_from(ForecastRun)),
+            session.scalar(select(func.count()).select_from(ScenarioRow)),
+        )
 
 
 def _services(db_path) -> list[str]:
@@ -133,15 +135,17 @@ def test_moving_the_user_stores_one_scenario_with_two_runs_and_charts_their_diff
         base, scen = (ForecastResult.arrays_from_npz(r.result)["paths"][0] for r in runs)  # (S, N, K)
     expected = (np.median(scen, axis=0) - np.median(base, axis=0)).sum(axis=0) / 1e6  # MB per service
 
-    bars = next(d for d in _chart(at, "Scenario − baseline, median traffic summed over 3 h (MB)")
-                if "difference_mb" in d)
+    bars = next(
+        d for d in _chart(at, "Scenario − baseline, median traffic summed over 3 h (MB)") if "difference_mb" in d
+    )
     assert bars["service"].tolist() == list(_services(app_db))
     np.testing.assert_allclose(bars["difference_mb"].to_numpy(), expected, rtol=1e-5, atol=1e-9)
     assert np.abs(expected).max() > 0  # another land use: another forecast
     steps = next(d for d in _chart(at, "Difference of the median per hour (MB)") if "difference_mb" in d)
     assert len(steps) == 3 * 10
-    np.testing.assert_allclose(steps.groupby("service", sort=False)["difference_mb"].sum().to_numpy(), expected,
-                               rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        steps.groupby("service", sort=False)["difference_mb"].sum().to_numpy(), expected, rtol=1e-5, atol=1e-9
+    )
     assert at.subheader[0].value.startswith(f"Scenario {scenario_id} · {USER} ")
 
 
@@ -149,8 +153,18 @@ def test_a_scenario_link_fills_the_editor_shows_the_stored_result_and_renames_it
     database = open_database(str(app_db))
     edit = CellEdit(poi_counts=[0] * 11 + [40] + [0] * 5)  # a cell full of factories
     scenario = Scenario(location="cell:C0100", cell_edits={"C0100": edit}, guidance=2.0)
-    stored = run_whatif(database, WhatIfRequest(entity=USER, start=START, horizon=3, samples=4, seed=5,
-                                                scenario=scenario.to_dict(), name="factory next door"))
+    stored = run_whatif(
+        database,
+        WhatIfRequest(
+            entity=USER,
+            start=START,
+            horizon=3,
+            samples=4,
+            seed=5,
+            scenario=scenario.to_dict(),
+            name="factory next door",
+        ),
+    )
     before = _counts(app_db)
     at = _page(scenario=stored["scenario_id"])
     assert not at.exception and not at.error
@@ -161,8 +175,9 @@ def test_a_scenario_link_fills_the_editor_shows_the_stored_result_and_renames_it
     assert at.slider(key="wi_guidance").value == 2.0
     editor = next(e for e in _elements(at.main) if getattr(e, "key", "") == "wi_poi_C0100_1")
     assert editor is not None
-    bars = next(d for d in _chart(at, "Scenario − baseline, median traffic summed over 3 h (MB)")
-                if "difference_mb" in d)
+    bars = next(
+        d for d in _chart(at, "Scenario − baseline, median traffic summed over 3 h (MB)") if "difference_mb" in d
+    )
     expected = np.asarray(stored["difference"]["median"]).sum(axis=0) / 1e6
     np.testing.assert_allclose(bars["difference_mb"].to_numpy(), expected, rtol=1e-5, atol=1e-9)
     assert "factory next door" in at.dataframe[-1].value["name"].tolist()
@@ -184,8 +199,11 @@ def test_a_negative_poi_count_shows_an_error_under_the_table_and_writes_nothing(
     at.session_state[key] = {"edited_rows": {0: {"count": -3}}, "added_rows": [], "deleted_rows": []}
     at.button(key="wi_run").click().run()
     assert not at.exception
-    column = next(block for block in _elements(at.main)
-                  if any(getattr(child, "key", None) == key for child in getattr(block, "children", {}).values()))
+    column = next(
+        block
+        for block in _elements(at.main)
+        if any(getattr(child, "key", None) == key for child in getattr(block, "children", {}).values())
+    )
     children = list(column.children.values())
     after_editor = children[[getattr(c, "key", None) for c in children].index(key) + 1]
     assert type(after_editor).__name__ == "Error"
@@ -222,8 +240,17 @@ def test_an_uploaded_tile_travels_inside_the_job_and_is_stored_with_the_scenario
 
 def test_a_failed_whatif_job_shows_the_reason_the_worker_found_and_writes_nothing(app_db):
     database = open_database(str(app_db))
-    job_id = enqueue(database, "whatif", {"entity": f"user:{USER}", "start": START, "horizon": 2, "samples": 2,
-                                          "scenario": Scenario(location="cell:NO-SUCH-CELL").to_dict()})
+    job_id = enqueue(
+        database,
+        "whatif",
+        {
+            "entity": f"user:{USER}",
+            "start": START,
+            "horizon": 2,
+            "samples": 2,
+            "scenario": Scenario(location="cell:NO-SUCH-CELL").to_dict(),
+        },
+    )
     database.dispose()
     before = _counts(app_db)
     at = _page(job=job_id)
@@ -232,7 +259,8 @@ def test_a_failed_whatif_job_shows_the_reason_the_worker_found_and_writes_nothin
     at.run()
     assert not at.exception
     assert [e.value for e in at.error] == [
-        "What-if failed: field 'location': unknown cell 'NO-SUCH-CELL' in data set 'synthetic-seed0'"]
+        "What-if failed: field 'location': unknown cell 'NO-SUCH-CELL' in data set 'synthetic-seed0'"
+    ]
     assert _counts(app_db) == before and query(at, "scenario") is None
 
 
@@ -257,9 +285,23 @@ def test_without_a_model_the_page_says_how_to_train_one(empty_db):
 
 
 def _form(**changes) -> EditorInput:
-    values = dict(location="habitual", cell=None, target="C0001", current_counts=[1, 2], counts=[1, 2],
-                  current_description="shops", description="shops", tile_mode="keep", tile_from=None, tile_png=None,
-                  a=0.5, b=0.5, default_a=0.5, default_b=0.5, guidance=1.0)
+    values = dict(
+        location="habitual",
+        cell=None,
+        target="C0001",
+        current_counts=[1, 2],
+        counts=[1, 2],
+        current_description="shops",
+        description="shops",
+        tile_mode="keep",
+        tile_from=None,
+        tile_png=None,
+        a=0.5,
+        b=0.5,
+        default_a=0.5,
+        default_b=0.5,
+        guidance=1.0,
+    )
     return EditorInput(**{**values, **changes})
 
 
@@ -274,9 +316,16 @@ def test_the_editor_turns_only_real_changes_into_a_scenario():
     assert weighted.cell_edits == {"C0001": CellEdit(description="a park")}
 
 
-@pytest.mark.parametrize("field,slot", [("cell_edits.C0001.poi_counts", "poi_counts"),
-                                        ("cell_edits.C0001.tile_png", "tile"), ("b", "weights"),
-                                        ("location", "location"), ("--start", "request")])
+@pytest.mark.parametrize(
+    "field,slot",
+    [
+        ("cell_edits.C0001.poi_counts", "poi_counts"),
+        ("cell_edits.C0001.tile_png", "tile"),
+        ("b", "weights"),
+        ("location", "location"),
+        ("--start", "request"),
+    ],
+)
 def test_engine_errors_are_shown_next_to_their_field_without_its_path(field, slot):
     assert field_slot(field) == slot
     assert error_text(InputError("bad value", field=field)) == "bad value"

@@ -75,9 +75,21 @@ def test_data_info_on_an_empty_database_says_what_to_do(db_path, capsys):
         (["city", "build", "--env-effect", "-1"], "field '--env-effect': expected a value from 0 to 5, got -1"),
         (["city", "build", "--center", "31.2"], "field '--center': expected LAT,LON"),
         (["city", "build", "--center", "31.2,200"], "field '--center': expected a value from -180 to 180, got 200"),
-        (["ingest", "tsinghua", "--trace", "/nonexistent/trace.txt", "--app2category", "/nonexistent/a.txt",
-          "--categories", "/nonexistent/c.txt", "--poi", "/nonexistent/p.txt"],
-         "field '--trace': no such file: /nonexistent/trace.txt (also --app2category: no such file"),
+        (
+            [
+                "ingest",
+                "tsinghua",
+                "--trace",
+                "/nonexistent/trace.txt",
+                "--app2category",
+                "/nonexistent/a.txt",
+                "--categories",
+                "/nonexistent/c.txt",
+                "--poi",
+                "/nonexistent/p.txt",
+            ],
+            "field '--trace': no such file: /nonexistent/trace.txt (also --app2category: no such file",
+        ),
         (["ingest", "tsinghua", "--trace", "t.txt"], "the following arguments are required: --app2category"),
     ],
 )
@@ -90,14 +102,21 @@ def test_bad_flags_exit_2_and_name_the_flag(argv, message, capsys, db_path):
         code = exit_info.code
     assert code == 2
     assert message in capsys.readouterr().err
-    assert not db_path.exists() or (main(["data", "list", "--db", str(db_path), "--json"]) == 0 and \
-        _json(capsys)["datasets"] == [])
+    assert not db_path.exists() or (
+        main(["data", "list", "--db", str(db_path), "--json"]) == 0 and _json(capsys)["datasets"] == []
+    )
 
 
 def test_every_subcommand_has_help_and_db_and_reporting_ones_have_json():
     parser = build_parser()
-    subcommands = [("city", "build"), ("ingest", "tsinghua"), ("ingest", "table"), ("data", "info"),
-                   ("data", "list"), ("data", "use")]
+    subcommands = [
+        ("city", "build"),
+        ("ingest", "tsinghua"),
+        ("ingest", "table"),
+        ("data", "info"),
+        ("data", "list"),
+        ("data", "use"),
+    ]
     for group, action in subcommands:
         help_text = subprocess.run(
             [sys.executable, "-m", "cli.main", group, action, "--help"], capture_output=True, text=True, check=True

@@ -16,18 +16,30 @@ ROWS = [
 
 def _write(tmp_path, per_service_r2=None):
     return write_report(
-        tmp_path / "report", title="Evaluation of the default city", table3_rows=ROWS, table4_rows=[],
-        per_service_r2=per_service_r2 or {row["method"]: {s: 0.1 * i + j * 0.05 for i, s in enumerate(SERVICES)}
-                                          for j, row in enumerate(ROWS)},
+        tmp_path / "report",
+        title="Evaluation of the default city",
+        table3_rows=ROWS,
+        table4_rows=[],
+        per_service_r2=per_service_r2
+        or {row["method"]: {s: 0.1 * i + j * 0.05 for i, s in enumerate(SERVICES)} for j, row in enumerate(ROWS)},
         mse_by_step={"arima": [0.05 + 0.002 * i for i in range(30)], "lsdm": [0.04 + 0.001 * i for i in range(30)]},
-        draw=draw)
+        draw=draw,
+    )
 
 
 def test_report_writes_markdown_csvs_and_pngs(tmp_path):
     paths = _write(tmp_path)
     names = {p.name for p in paths}
-    assert names == {"report.md", "table3.csv", "table4.csv", "per_service_r2.csv", "mse_by_step.csv",
-                     "r2_radar.png", "mse_by_step.png", "r2_by_method.png"}
+    assert names == {
+        "report.md",
+        "table3.csv",
+        "table4.csv",
+        "per_service_r2.csv",
+        "mse_by_step.csv",
+        "r2_radar.png",
+        "mse_by_step.png",
+        "r2_by_method.png",
+    }
     for path in paths:
         assert path.is_file()
         if path.suffix == ".png":
@@ -35,8 +47,11 @@ def test_report_writes_markdown_csvs_and_pngs(tmp_path):
             assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## Figures" in text
-    for line in ("![R² per service](r2_radar.png)", "![MSE by recursive step](mse_by_step.png)",
-                 "![R² by method](r2_by_method.png)"):
+    for line in (
+        "![R² per service](r2_radar.png)",
+        "![MSE by recursive step](mse_by_step.png)",
+        "![R² by method](r2_by_method.png)",
+    ):
         assert line in text
 
 

@@ -28,14 +28,26 @@ from db.queries import (
 
 def _content(name: str = "tiny", scale: int = 1) -> DatasetContent:
     return DatasetContent(
-        name=name, kind="table", entity_kind="user", services=["A", "B", "C"], poi_categories=["x", "y"],
-        time_origin=datetime(2016, 4, 18), timezone="UTC", hours=4,
-        cell_keys=["c1", "c2"], cell_poi=np.array([[1, 2], [0, 0]]),
-        cell_lat=np.array([31.2, np.nan]), cell_lon=np.array([121.4, np.nan]),
+        name=name,
+        kind="table",
+        entity_kind="user",
+        services=["A", "B", "C"],
+        poi_categories=["x", "y"],
+        time_origin=datetime(2016, 4, 18),
+        timezone="UTC",
+        hours=4,
+        cell_keys=["c1", "c2"],
+        cell_poi=np.array([[1, 2], [0, 0]]),
+        cell_lat=np.array([31.2, np.nan]),
+        cell_lon=np.array([121.4, np.nan]),
         entity_keys=["u1", "u2"],
-        traffic_entity=np.array([0, 0, 1]), traffic_hour=np.array([0, 3, 2]),
-        traffic_service=np.array([1, 2, 0]), traffic_bytes=np.array([100, 200, 300]) * scale,
-        location_entity=np.array([0, 0, 1]), location_hour=np.array([0, 3, 2]), location_cell=np.array([1, 0, 0]),
+        traffic_entity=np.array([0, 0, 1]),
+        traffic_hour=np.array([0, 3, 2]),
+        traffic_service=np.array([1, 2, 0]),
+        traffic_bytes=np.array([100, 200, 300]) * scale,
+        location_entity=np.array([0, 0, 1]),
+        location_hour=np.array([0, 3, 2]),
+        location_cell=np.array([1, 0, 0]),
     )
 
 
@@ -104,23 +116,32 @@ def test_dataset_rows_of_some_entities_read_as_arrays(db_path):
         users = {e.key: e.id for e in session.scalars(select(Entity).where(Entity.dataset_id == dataset.id))}
         c1 = session.scalar(select(Cell.id).where(Cell.dataset_id == dataset.id, Cell.key == "c1"))
         assert sorted(traffic_rows(session, dataset.id).tolist()) == [
-            [users["u1"], 0, 1, 100], [users["u1"], 3, 2, 200], [users["u2"], 2, 0, 300]]
+            [users["u1"], 0, 1, 100],
+            [users["u1"], 3, 2, 200],
+            [users["u2"], 2, 0, 300],
+        ]
         assert location_rows(session, dataset.id, [users["u2"]]).tolist() == [[users["u2"], 2, c1]]
         assert traffic_rows(session, dataset.id, []).shape == (0, 4)
         assert dataset_sizes(session) == {dataset.id: (2, 2), get_dataset(session, "b").id: (2, 2)}
 
 
 def _model(name: str, kind: str, dataset_id: int | None, active: bool = False) -> ModelRecord:
-    return ModelRecord(name=name, kind=kind, path=f"/models/{name}", sha256="0" * 64, dataset_id=dataset_id,
-                       is_active=active)
+    return ModelRecord(
+        name=name, kind=kind, path=f"/models/{name}", sha256="0" * 64, dataset_id=dataset_id, is_active=active
+    )
 
 
 def test_activating_a_model_deactivates_only_the_others_of_its_kind_and_data_set(db_path):
     database = open_database(str(db_path))
     with database.write_session() as session, session.begin():
         a, b = store_dataset(session, _content("a")).id, store_dataset(session, _content("b")).id
-        session.add_all([_model("old", "lsdm", a, active=True), _model("enc", "clip", a, active=True),
-                         _model("other", "lsdm", b, active=True)])
+        session.add_all(
+            [
+                _model("old", "lsdm", a, active=True),
+                _model("enc", "clip", a, active=True),
+                _model("other", "lsdm", b, active=True),
+            ]
+        )
     with database.write_session() as session, session.begin():
         activate_model(session, _model("new", "lsdm", a))
     with database.session() as session:

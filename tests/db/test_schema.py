@@ -34,10 +34,21 @@ def test_upgrade_from_version_1_keeps_data_and_equals_a_fresh_schema(tmp_path):
     from datetime import datetime
 
     with old.begin() as connection:
-        connection.execute(Dataset.__table__.insert().values(
-            name="kept", kind="synthetic", entity_kind="user", services=["a"], poi_categories=["b"],
-            time_origin=datetime(2016, 4, 18), timezone="UTC", hours=24, params={}, is_active=True,
-            created_at=datetime(2020, 1, 1)))
+        connection.execute(
+            Dataset.__table__.insert().values(
+                name="kept",
+                kind="synthetic",
+                entity_kind="user",
+                services=["a"],
+                poi_categories=["b"],
+                time_origin=datetime(2016, 4, 18),
+                timezone="UTC",
+                hours=24,
+                params={},
+                is_active=True,
+                created_at=datetime(2020, 1, 1),
+            )
+        )
     assert upgrade(old) == (1, LATEST_VERSION)
     with old.connect() as connection:
         assert connection.scalar(select(Dataset.name)) == "kept"
@@ -80,12 +91,25 @@ def test_upgrade_from_version_2_adds_the_description_error_column_and_keeps_rows
     upgrade(old, target=2)
     with old.begin() as connection:  # the exact version-2 shape: no descriptions.error yet
         connection.exec_driver_sql("ALTER TABLE descriptions DROP COLUMN error")
-        connection.execute(Dataset.__table__.insert().values(
-            id=1, name="d", kind="synthetic", entity_kind="user", services=["a"], poi_categories=["b"],
-            time_origin=datetime(2016, 4, 18), timezone="UTC", hours=24, params={}, is_active=True,
-            created_at=datetime(2020, 1, 1)))
-        connection.execute(Cell.__table__.insert().values(id=1, dataset_id=1, key="c", name="c", poi_counts=[1],
-                                                          attrs={}))
+        connection.execute(
+            Dataset.__table__.insert().values(
+                id=1,
+                name="d",
+                kind="synthetic",
+                entity_kind="user",
+                services=["a"],
+                poi_categories=["b"],
+                time_origin=datetime(2016, 4, 18),
+                timezone="UTC",
+                hours=24,
+                params={},
+                is_active=True,
+                created_at=datetime(2020, 1, 1),
+            )
+        )
+        connection.execute(
+            Cell.__table__.insert().values(id=1, dataset_id=1, key="c", name="c", poi_counts=[1], attrs={})
+        )
         connection.exec_driver_sql(
             "INSERT INTO descriptions (cell_id, text, generator, created_at) "
             "VALUES (1, 'old text', 'template', '2020-01-01')"

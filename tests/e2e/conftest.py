@@ -103,7 +103,11 @@ def start_dashboard(db_path: Path, home: Path, *, timeout: float = SERVER_START_
     env.pop("LSDM_DB", None)  # --db decides
     process = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "app", "--db", str(db_path), "--port", str(port), "--no-browser"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     log: list[str] = []
     lines: queue.Queue = queue.Queue()
@@ -117,11 +121,12 @@ def start_dashboard(db_path: Path, home: Path, *, timeout: float = SERVER_START_
         if line is None:
             break
         if line.startswith(SERVER_READY):
-            url = line[len(SERVER_READY):].split()[0]
+            url = line[len(SERVER_READY) :].split()[0]
             return Dashboard(url=url.rstrip("/"), db_path=db_path, process=process, log=log)
     stop_dashboard(process)
-    raise RuntimeError(f"`lsdm app` printed no {SERVER_READY!r} line within {timeout:.0f} s; its output:\n"
-                       + "".join(log[-40:]))
+    raise RuntimeError(
+        f"`lsdm app` printed no {SERVER_READY!r} line within {timeout:.0f} s; its output:\n" + "".join(log[-40:])
+    )
 
 
 def stop_dashboard(process: subprocess.Popen) -> None:

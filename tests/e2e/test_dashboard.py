@@ -89,12 +89,15 @@ def to_canvas(view: dict, box: dict, lon: float, lat: float) -> tuple[float, flo
 
 def inside(point: tuple[float, float], box: dict) -> bool:
     x, y = point
-    return (box["x"] + CLICK_MARGIN_PX < x < box["x"] + box["width"] - CLICK_MARGIN_PX
-            and box["y"] + CLICK_MARGIN_PX < y < box["y"] + box["height"] - CLICK_MARGIN_PX)
+    return (
+        box["x"] + CLICK_MARGIN_PX < x < box["x"] + box["width"] - CLICK_MARGIN_PX
+        and box["y"] + CLICK_MARGIN_PX < y < box["y"] + box["height"] - CLICK_MARGIN_PX
+    )
 
 
-def loneliest(targets: dict[str, tuple[float, float]], obstacles: dict[str, tuple[float, float]],
-              box: dict) -> tuple[str, tuple[float, float], float]:
+def loneliest(
+    targets: dict[str, tuple[float, float]], obstacles: dict[str, tuple[float, float]], box: dict
+) -> tuple[str, tuple[float, float], float]:
     """The target (key -> pixel) inside the canvas that is farthest from every obstacle dot (other
     than itself): a click on it cannot hit a neighbour. Returns its key, pixel and that distance."""
     best = None

@@ -55,8 +55,7 @@ def test_env_build_with_a_registered_encoder_embeds_another_city_for_the_same_mo
     assert main(["env", "build", "--db", database.url, "--dataset", "city-b", "--encoder", "clip-nope"]) == 2
     assert "--encoder" in capsys.readouterr().err
     assert _series(database, "city-b").encoder_id is None
-    assert main(["env", "build", "--db", database.url, "--dataset", "city-b", "--encoder", encoder_id,
-                 "--train"]) == 2
+    assert main(["env", "build", "--db", database.url, "--dataset", "city-b", "--encoder", encoder_id, "--train"]) == 2
     assert "--encoder" in capsys.readouterr().err
     assert main(["env", "build", "--db", database.url, "--dataset", "city-b", "--encoder", encoder_id, "--json"]) == 0
     capsys.readouterr()
@@ -72,10 +71,29 @@ def test_evaluate_scores_a_model_on_a_new_city_without_storing_it(two_cities, ca
     _, forecaster = load_model(database, result.record_id)
     encoder_id = forecaster.meta["data"]["encoder_id"]
     if _series(database, "city-b").encoder_id != encoder_id:
-        assert main(["env", "build", "--db", database.url, "--dataset", "city-b", "--encoder", encoder_id, "--json"]) == 0
+        assert (
+            main(["env", "build", "--db", database.url, "--dataset", "city-b", "--encoder", encoder_id, "--json"]) == 0
+        )
         capsys.readouterr()
-    status = main(["evaluate", "--db", database.url, "--model", str(result.record_id), "--dataset", "city-b",
-                   "--samples", "3", "--steps", "4", "--path-users", "3", "--no-arima", "--json"])
+    status = main(
+        [
+            "evaluate",
+            "--db",
+            database.url,
+            "--model",
+            str(result.record_id),
+            "--dataset",
+            "city-b",
+            "--samples",
+            "3",
+            "--steps",
+            "4",
+            "--path-users",
+            "3",
+            "--no-arima",
+            "--json",
+        ]
+    )
     assert status == 0
     out = json.loads(capsys.readouterr().out)
     assert out["dataset"] == "city-b" and out["trained_on"] == "city-a" and out["split"] == "time"
@@ -93,8 +111,22 @@ def test_evaluate_scores_a_model_on_a_new_city_without_storing_it(two_cities, ca
     # A data set embedded with another encoder is refused with the reason.
     with database.write_session() as session, session.begin():
         store_dataset(session, generate_city(CityConfig(users=6, cells=10, seed=4), name="city-c"))
-    assert main(["evaluate", "--db", database.url, "--model", str(result.record_id), "--dataset", "city-c",
-                 "--no-arima", "--no-train"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--db",
+                database.url,
+                "--model",
+                str(result.record_id),
+                "--dataset",
+                "city-c",
+                "--no-arima",
+                "--no-train",
+            ]
+        )
+        == 2
+    )
     assert "encoder" in capsys.readouterr().err
 
 
@@ -118,12 +150,37 @@ def test_the_evaluate_job_scores_another_data_set_and_links_no_stored_evaluation
     database, result = two_cities
     _, forecaster = load_model(database, result.record_id)
     if _series(database, "city-b").encoder_id != forecaster.meta["data"]["encoder_id"]:
-        assert main(["env", "build", "--db", database.url, "--dataset", "city-b", "--encoder",
-                     forecaster.meta["data"]["encoder_id"], "--json"]) == 0
+        assert (
+            main(
+                [
+                    "env",
+                    "build",
+                    "--db",
+                    database.url,
+                    "--dataset",
+                    "city-b",
+                    "--encoder",
+                    forecaster.meta["data"]["encoder_id"],
+                    "--json",
+                ]
+            )
+            == 0
+        )
         capsys.readouterr()
-    job_id = enqueue(database, "evaluate", {"model_id": result.record_id, "dataset": "city-b", "samples": 2,
-                                            "steps": 2, "path_users": 2, "include_arima": False,
-                                            "train_missing": False, "location": "habitual"})
+    job_id = enqueue(
+        database,
+        "evaluate",
+        {
+            "model_id": result.record_id,
+            "dataset": "city-b",
+            "samples": 2,
+            "steps": 2,
+            "path_users": 2,
+            "include_arima": False,
+            "train_missing": False,
+            "location": "habitual",
+        },
+    )
     assert JobWorker(database).drain() == 1
     job = get_job(database, job_id)
     assert job.status == "done", job.error
@@ -141,8 +198,9 @@ def test_a_model_with_the_linear_prior_fits_it_saves_it_and_forecasts_around_it(
 
     database, _ = two_cities
     _, config = resolve_config("tiny")
-    result = train(database, "tiny-prior", dataclasses.replace(config, prior="linear"), dataset_name="city-a",
-                   activate=False)
+    result = train(
+        database, "tiny-prior", dataclasses.replace(config, prior="linear"), dataset_name="city-a", activate=False
+    )
     _, loaded = load_model(database, result.record_id)
     prior = loaded.model.prior
     assert prior is not None and prior.uses_env and prior.weight.abs().sum() > 0

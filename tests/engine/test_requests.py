@@ -47,20 +47,37 @@ def test_every_request_is_frozen_and_round_trips_through_the_job_table(request_t
 @pytest.mark.parametrize("request_type", REQUEST_TYPES, ids=lambda t: t.__name__)
 def test_every_bounded_field_refuses_values_past_its_bounds_naming_the_field(request_type):
     base = REQUIRED[request_type.__name__]
-    bounded = {name: found for name, found in request_type.field_specs().items()
-               if found["kind"] in (int, float) and (found["low"] is not None or found["high"] is not None)}
+    bounded = {
+        name: found
+        for name, found in request_type.field_specs().items()
+        if found["kind"] in (int, float) and (found["low"] is not None or found["high"] is not None)
+    }
     assert bounded or request_type.__name__.startswith("Ingest")
     for name, found in bounded.items():
-        for outside in [v for v in ((found["low"] - 1) if found["low"] is not None else None,
-                                    (found["high"] + 1) if found["high"] is not None else None) if v is not None]:
+        for outside in [
+            v
+            for v in (
+                (found["low"] - 1) if found["low"] is not None else None,
+                (found["high"] + 1) if found["high"] is not None else None,
+            )
+            if v is not None
+        ]:
             errors = request_type.from_params({**base, name: found["kind"](outside)}).validate()
             assert list(errors) == [name], (name, outside, errors)
             assert "expected a value" in errors[name]
 
 
 def test_validate_returns_every_problem_in_the_domains_field_names():
-    errors = ForecastRequest(entities=(), start=-1, horizon=1000, samples=0, guidance=float("nan"), sampler="euler",
-                             noise="loud", location="moon").validate()
+    errors = ForecastRequest(
+        entities=(),
+        start=-1,
+        horizon=1000,
+        samples=0,
+        guidance=float("nan"),
+        sampler="euler",
+        noise="loud",
+        location="moon",
+    ).validate()
     assert set(errors) == {"entities", "start", "horizon", "samples", "guidance", "sampler", "noise", "location"}
     assert errors["entities"] == "is required"
     assert errors["guidance"] == "expected a finite number, got nan"
@@ -77,8 +94,12 @@ def test_checked_raises_one_error_naming_the_first_field_and_listing_the_others(
 
 def test_wrong_types_are_problems_not_crashes():
     errors = TrainRequest.from_params({"epochs": "ten", "seed": 1.5, "activate": "yes", "max_minutes": True}).validate()
-    assert errors == {"epochs": "expected a whole number, got 'ten'", "seed": "expected a whole number, got 1.5",
-                      "activate": "expected true or false, got 'yes'", "max_minutes": "expected a number, got True"}
+    assert errors == {
+        "epochs": "expected a whole number, got 'ten'",
+        "seed": "expected a whole number, got 1.5",
+        "activate": "expected true or false, got 'yes'",
+        "max_minutes": "expected a number, got True",
+    }
     assert TrainRequest.from_params({"epochs": 12.0}).epochs == 12  # a JSON writer that knows no integers
 
 
@@ -96,13 +117,36 @@ def test_empty_text_means_the_default_and_missing_required_fields_are_named():
 
 
 def test_old_job_rows_and_stored_runs_read_as_todays_requests():
-    old = {"entity": "user:U0001,user:U0002", "start": 300, "horizon": 6, "samples": 8, "sampler": "ddim:5",
-           "location": "cell:C0001,C0002", "guidance": 1.5, "seed": 2, "noise": "independent", "model_id": 3,
-           "model_sha256": "abc", "dataset": "synthetic-seed0"}
+    old = {
+        "entity": "user:U0001,user:U0002",
+        "start": 300,
+        "horizon": 6,
+        "samples": 8,
+        "sampler": "ddim:5",
+        "location": "cell:C0001,C0002",
+        "guidance": 1.5,
+        "seed": 2,
+        "noise": "independent",
+        "model_id": 3,
+        "model_sha256": "abc",
+        "dataset": "synthetic-seed0",
+    }
     request = ForecastRequest.from_params(old)
-    assert request == ForecastRequest(entities=("U0001", "U0002"), start=300, horizon=6, samples=8, sampler="ddim",
-                                      sampler_steps=5, location="cells", cells=("C0001", "C0002"), guidance=1.5,
-                                      seed=2, noise="independent", model_id=3, dataset="synthetic-seed0")
+    assert request == ForecastRequest(
+        entities=("U0001", "U0002"),
+        start=300,
+        horizon=6,
+        samples=8,
+        sampler="ddim",
+        sampler_steps=5,
+        location="cells",
+        cells=("C0001", "C0002"),
+        guidance=1.5,
+        seed=2,
+        noise="independent",
+        model_id=3,
+        dataset="synthetic-seed0",
+    )
     assert request.sampler_label == "ddim:5" and not request.antithetic
     whatif = WhatIfRequest.from_params({"entity": "cell:C9", "start": 40, "sampler": "ddpm", "scenario": {}})
     assert (whatif.entity_kind, whatif.entity, whatif.sampler) == ("cell", "C9", "ddpm")
@@ -110,7 +154,8 @@ def test_old_job_rows_and_stored_runs_read_as_todays_requests():
 
 def test_the_forecast_location_and_its_cells_go_together():
     assert ForecastRequest(entities=("A",), start=30, location="cells").validate() == {
-        "cells": "location 'cells' needs at least one cell"}
+        "cells": "location 'cells' needs at least one cell"
+    }
     assert "only with location 'cells'" in ForecastRequest(entities=("A",), start=30, cells=("C1",)).validate()["cells"]
 
 
@@ -118,10 +163,13 @@ def test_text_forms_parse_or_name_what_is_wrong():
     assert parse_entities_text("user:A, user:B") == ("user", ("A", "B"))
     assert parse_sampler_text("ddim") == ("ddim", 10) and parse_sampler_text("ddpm")[0] == "ddpm"
     assert parse_location_text("cell:C1,C2") == ("cells", ("C1", "C2"))
-    for parse, text, field in ((parse_entities_text, "person:A", "entities"), (parse_entities_text, "user:A,cell:B",
-                                                                               "entities"),
-                               (parse_sampler_text, "ddim:x", "sampler"), (parse_location_text, "cell:", "cells"),
-                               (parse_location_text, "moon", "location")):
+    for parse, text, field in (
+        (parse_entities_text, "person:A", "entities"),
+        (parse_entities_text, "user:A,cell:B", "entities"),
+        (parse_sampler_text, "ddim:x", "sampler"),
+        (parse_location_text, "cell:", "cells"),
+        (parse_location_text, "moon", "location"),
+    ):
         with pytest.raises(InputError) as error:
             parse(text)
         assert error.value.field == field, text
@@ -129,5 +177,7 @@ def test_text_forms_parse_or_name_what_is_wrong():
 
 def test_env_request_refuses_a_registered_encoder_with_training():
     assert "cannot be combined" in EnvRequest(encoder="clip-1", train_encoder=True).validate()["encoder"]
-    assert EnvRequest(describer="openai").describer_options() == {"base_url": "http://127.0.0.1:11434/v1",
-                                                                  "model": "llama3.1"}
+    assert EnvRequest(describer="openai").describer_options() == {
+        "base_url": "http://127.0.0.1:11434/v1",
+        "model": "llama3.1",
+    }

@@ -61,8 +61,24 @@ def test_assets_install_activates_the_shipped_model_which_forecasts_at_once(defa
         active = session.scalar(select(ModelRecord).where(ModelRecord.kind == "lsdm", ModelRecord.is_active.is_(True)))
         assert active.id == installed["model_id"] and active.sha256 == MANIFEST["model_sha256"]
         assert Path(active.path).parent == Path(os.environ["LSDM_HOME"]) / "models"
-    assert lsdm(["forecast", *db_args, "--entity", "user:U0007", "--start", "320", "--horizon", "3",
-                 "--samples", "4", "--json"]) == 0
+    assert (
+        lsdm(
+            [
+                "forecast",
+                *db_args,
+                "--entity",
+                "user:U0007",
+                "--start",
+                "320",
+                "--horizon",
+                "3",
+                "--samples",
+                "4",
+                "--json",
+            ]
+        )
+        == 0
+    )
     run = json.loads(capsys.readouterr().out)
     assert run["model_id"] == installed["model_id"] and len(run["entities"][0]["steps"]) == 3
 
@@ -88,8 +104,13 @@ def test_assets_build_keep_encoder_retrains_only_the_forecaster(tmp_path):
 
     messages: list[str] = []
     out = tmp_path / "default"
-    manifest = build(out, epochs=1, keep_encoder=True, progress=messages.append,
-                     overrides={"windows_per_epoch": 512, "batch_size": 128})
+    manifest = build(
+        out,
+        epochs=1,
+        keep_encoder=True,
+        progress=messages.append,
+        overrides={"windows_per_epoch": 512, "batch_size": 128},
+    )
     assert any("shipped CLIP encoder" in m for m in messages) and not any("training the CLIP" in m for m in messages)
     shipped_clip = default_dir() / "clip"
     for path in shipped_clip.rglob("*"):
@@ -97,7 +118,10 @@ def test_assets_build_keep_encoder_retrains_only_the_forecaster(tmp_path):
             copy = out / "clip" / path.relative_to(shipped_clip)
             assert copy.read_bytes() == path.read_bytes(), path.name
     assert (manifest["encoder_id"], manifest["dataset_digest"], manifest["clip_metrics"]) == (
-        MANIFEST["encoder_id"], MANIFEST["dataset_digest"], MANIFEST["clip_metrics"])
+        MANIFEST["encoder_id"],
+        MANIFEST["dataset_digest"],
+        MANIFEST["clip_metrics"],
+    )
     assert manifest["built_with"] == "lsdm assets build --epochs 1 --keep-encoder"
     assert manifest["config_overrides"] == {"windows_per_epoch": 512, "batch_size": 128, "epochs": 1}
     assert json.loads((out / "manifest.json").read_text()) == manifest

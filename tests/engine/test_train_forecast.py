@@ -123,10 +123,12 @@ def test_a_longer_forecast_begins_with_the_shorter_ones_hours(trained, sampler):
     assert np.ptp(long.paths_v[:, :, 0], axis=1).max() > 0  # the paths differ from the first hour on
 
 
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU-only check of the device "
-                    "handling is tests/engine/model/test_diffusion.py::test_loss_and_samplers_keep_every_tensor_"
-                    "on_the_models_device)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA GPU (the CPU-only check of the device "
+    "handling is tests/engine/model/test_diffusion.py::test_loss_and_samplers_keep_every_tensor_"
+    "on_the_models_device)",
+)
 def test_cuda_trains_and_agrees_with_the_cpu_within_tolerance(trained):
     """The same checkpoint on CUDA and on the CPU, same seed: the noise is drawn on the CPU from the seeded
     generator on both, so the forecasts differ by floating point only. Training runs on CUDA too."""
@@ -146,6 +148,7 @@ def test_cuda_trains_and_agrees_with_the_cpu_within_tolerance(trained):
     assert trained_on_gpu.metrics["device"].startswith("cuda")
     assert np.isfinite(trained_on_gpu.metrics["best_val_loss"])
 
+
 def test_forecast_beyond_the_data_has_no_truth_and_uses_habitual_cells(trained):
     database, _ = trained
     _, forecaster = load_model(database)
@@ -163,20 +166,37 @@ def test_observed_plan_uses_the_recorded_cells_and_the_habitual_ones_beyond_the_
     with database.session() as session:
         series = load_series(session, get_dataset(session))
     start = series.hours - 4
-    observed = recursive_forecast(forecaster, series, [1, 5], start=start, horizon=8, samples=2,
-                                  plan=LocationPlan.parse("observed", series))
+    observed = recursive_forecast(
+        forecaster, series, [1, 5], start=start, horizon=8, samples=2, plan=LocationPlan.parse("observed", series)
+    )
     for row, entity in enumerate([1, 5]):
         recorded = series.location[entity, start:].tolist()
         assert observed.cells[row, :4].tolist() == recorded
-        assert observed.cells[row, 4:].tolist() == [series.habitual_cell(entity, start + n, before=start)
-                                                     for n in range(4, 8)]
+        assert observed.cells[row, 4:].tolist() == [
+            series.habitual_cell(entity, start + n, before=start) for n in range(4, 8)
+        ]
     # A recorded hour the user spent away from the usual cell: the two plans condition on different places.
-    differs = [(e, h) for e in range(len(series.entity_ids)) for h in range(200, series.hours)
-               if series.location[e, h] >= 0 and series.location[e, h] != series.habitual_cell(e, h, before=h)]
+    differs = [
+        (e, h)
+        for e in range(len(series.entity_ids))
+        for h in range(200, series.hours)
+        if series.location[e, h] >= 0 and series.location[e, h] != series.habitual_cell(e, h, before=h)
+    ]
     assert differs
     entity, hour = differs[0]
-    plans = {name: recursive_forecast(forecaster, series, [entity], start=hour, horizon=1, samples=4, seed=3,
-                                      plan=LocationPlan.parse(name, series)) for name in ("observed", "habitual")}
+    plans = {
+        name: recursive_forecast(
+            forecaster,
+            series,
+            [entity],
+            start=hour,
+            horizon=1,
+            samples=4,
+            seed=3,
+            plan=LocationPlan.parse(name, series),
+        )
+        for name in ("observed", "habitual")
+    }
     assert plans["observed"].cells[0, 0] == series.location[entity, hour] != plans["habitual"].cells[0, 0]
     assert not np.array_equal(plans["observed"].paths, plans["habitual"].paths)
     with pytest.raises(InputError, match="observed") as caught:
@@ -191,8 +211,16 @@ def test_location_scenario_changes_an_environment_conditioned_forecast(trained):
         series = load_series(session, get_dataset(session))
     home = recursive_forecast(forecaster, series, [2], start=300, horizon=3, samples=4, seed=1)
     hub_key = series.cell_keys[int(np.argmax(np.linalg.norm(series.env - series.env[home.cells[0, 0]], axis=1)))]
-    moved = recursive_forecast(forecaster, series, [2], start=300, horizon=3, samples=4, seed=1,
-                               plan=LocationPlan.parse(f"cell:{hub_key}", series))
+    moved = recursive_forecast(
+        forecaster,
+        series,
+        [2],
+        start=300,
+        horizon=3,
+        samples=4,
+        seed=1,
+        plan=LocationPlan.parse(f"cell:{hub_key}", series),
+    )
     assert moved.cells[0].tolist() == [series.cell_keys.index(hub_key)] * 3
     assert not np.array_equal(home.paths, moved.paths)
 
@@ -230,8 +258,22 @@ def test_the_model_reads_the_usual_place_and_an_edit_of_a_past_place_changes_onl
 
 def test_cli_forecast_stores_a_reproducible_run(trained, capsys):
     database, _ = trained
-    argv = ["forecast", "--db", database.url, "--entity", "user:U0004", "--start", "310", "--horizon", "4",
-            "--samples", "6", "--seed", "9", "--json"]
+    argv = [
+        "forecast",
+        "--db",
+        database.url,
+        "--entity",
+        "user:U0004",
+        "--start",
+        "310",
+        "--horizon",
+        "4",
+        "--samples",
+        "6",
+        "--seed",
+        "9",
+        "--json",
+    ]
     assert main(argv) == 0
     first = json.loads(capsys.readouterr().out)
     assert isinstance(first["run_id"], int) and first["seconds"] > 0
@@ -262,9 +304,14 @@ def test_antithetic_paths_give_a_steadier_mean_at_every_step(trained):
         series = load_series(session, get_dataset(session), encoder_id=forecaster.meta["data"]["encoder_id"])
 
     def spread(antithetic: bool) -> np.ndarray:  # variance over seeds of the path mean, per step
-        means = np.stack([recursive_forecast(forecaster, series, [0, 1, 2, 3], start=300, horizon=3, samples=8,
-                                             seed=seed, antithetic=antithetic).paths_v.mean(1)
-                          for seed in range(24)])  # (seeds, E, steps, K)
+        means = np.stack(
+            [
+                recursive_forecast(
+                    forecaster, series, [0, 1, 2, 3], start=300, horizon=3, samples=8, seed=seed, antithetic=antithetic
+                ).paths_v.mean(1)
+                for seed in range(24)
+            ]
+        )  # (seeds, E, steps, K)
         return means.var(0).mean(axis=(0, 2))  # (steps,)
 
     paired, independent = spread(True), spread(False)
@@ -315,8 +362,22 @@ def test_run_forecast_returns_without_storing_when_asked(trained):
 def test_evaluate_writes_the_papers_tables_with_every_method(trained, tmp_path, capsys):
     database, _ = trained
     report = tmp_path / "report"
-    status = main(["evaluate", "--db", database.url, "--report", str(report), "--samples", "4", "--steps", "6",
-                   "--path-users", "4", "--json"])
+    status = main(
+        [
+            "evaluate",
+            "--db",
+            database.url,
+            "--report",
+            str(report),
+            "--samples",
+            "4",
+            "--steps",
+            "6",
+            "--path-users",
+            "4",
+            "--json",
+        ]
+    )
     assert status == 0
     result = json.loads(capsys.readouterr().out)
     methods = [row["method"] for row in result["rows"]]
@@ -324,8 +385,13 @@ def test_evaluate_writes_the_papers_tables_with_every_method(trained, tmp_path, 
     for row in result["rows"]:
         assert set(row) >= {"method", "mse", "rmse", "mae", "cs", "r2", "crps", "cov50", "cov90"}
         assert row["rmse"] == pytest.approx(row["mse"] ** 0.5, rel=1e-4) and 0 <= row["cov90"] <= 1
-    assert [r["method"] for r in result["table4"]] == ["no-2d-attention", "env-input", "shuffled-environment",
-                                                       "lsdm-no-condition", "lsdm"]
+    assert [r["method"] for r in result["table4"]] == [
+        "no-2d-attention",
+        "env-input",
+        "shuffled-environment",
+        "lsdm-no-condition",
+        "lsdm",
+    ]
     # The permutation test: the evaluated model itself, given other users' cells, scored on the same windows.
     shuffled = next(r for r in result["table4"] if r["method"] == "shuffled-environment")
     assert shuffled["model_id"] == result["model_id"] and shuffled["mse"] != result["rows"][-1]["mse"]
@@ -350,8 +416,20 @@ def test_evaluate_conditions_on_the_recorded_or_the_habitual_cells(trained, caps
     """``--location observed`` (default) feeds the cells the data recorded at the test hours, as training
     does; ``habitual`` forecasts the location too; anything else is an input error naming the flag."""
     database, _ = trained
-    common = ["evaluate", "--db", database.url, "--samples", "4", "--steps", "2", "--path-users", "2",
-              "--no-train", "--no-arima", "--json"]
+    common = [
+        "evaluate",
+        "--db",
+        database.url,
+        "--samples",
+        "4",
+        "--steps",
+        "2",
+        "--path-users",
+        "2",
+        "--no-train",
+        "--no-arima",
+        "--json",
+    ]
     scores = {}
     for location in ("observed", "habitual"):
         assert main([*common, "--location", location]) == 0
@@ -389,13 +467,15 @@ def test_forecast_samples_are_whole_bytes_with_exact_zeros(trained):
         from engine.data.windows import load_series
 
         series = load_series(session, get_dataset(session), env_kind=forecaster.config.env_kind)
-    result = recursive_forecast(forecaster, series, [0, 1, 2], start=forecaster.config.history + 5, horizon=4,
-                                samples=8, seed=1)
+    result = recursive_forecast(
+        forecaster, series, [0, 1, 2], start=forecaster.config.history + 5, horizon=4, samples=8, seed=1
+    )
     assert np.all((result.paths == 0) | (result.paths >= 0.5))
     assert np.all((result.paths_v == 0) | (result.paths_v >= forecaster.normaliser.zero_below))
     assert (result.paths == 0).any(), "a sparse city has hours without traffic: some samples are exactly 0"
-    assert forecaster.normaliser.snap(np.array([-0.1, 0.0, forecaster.normaliser.zero_below * 0.99, 0.5],
-                                               np.float32)).tolist() == [0.0, 0.0, 0.0, 0.5]
+    assert forecaster.normaliser.snap(
+        np.array([-0.1, 0.0, forecaster.normaliser.zero_below * 0.99, 0.5], np.float32)
+    ).tolist() == [0.0, 0.0, 0.0, 0.5]
 
 
 def test_evaluation_compares_only_with_models_of_the_same_architecture(trained):
@@ -430,8 +510,14 @@ def test_shuffled_locations_give_every_entity_another_entitys_whole_history(trai
     with database.session() as session:
         series = load_series(session, get_dataset(session))
     shuffled = shuffled_locations(series, seed=0)
-    rows = [next(j for j in range(len(series.location)) if np.array_equal(shuffled.location[i], series.location[j])
-                 and j != i) for i in range(len(series.location))]
+    rows = [
+        next(
+            j
+            for j in range(len(series.location))
+            if np.array_equal(shuffled.location[i], series.location[j]) and j != i
+        )
+        for i in range(len(series.location))
+    ]
     assert sorted(rows) == list(range(len(series.location)))  # a permutation, and nobody keeps their own row
     assert shuffled.traffic is series.traffic and shuffled.env is series.env
     assert np.array_equal(shuffled_locations(series, seed=0).location, shuffled.location)

@@ -64,8 +64,10 @@ def city(tmp_path_factory):
 
 def _counts(database) -> tuple[int, int]:
     with database.session() as session:
-        return (session.scalar(select(func.count()).select_from(ForecastRun)),
-                session.scalar(select(func.count()).select_from(ScenarioRow)))
+        return (
+            session.scalar(select(func.count()).select_from(ForecastRun)),
+            session.scalar(select(func.count()).select_from(ScenarioRow)),
+        )
 
 
 def _land_use(database) -> dict[str, str]:
@@ -83,8 +85,17 @@ def _other_land_use_cell(database, context) -> str:
 
 
 def _run(database, context, scenario, name=None, **options):
-    request = WhatIfRequest.from_params({"entity": USER, "start": START, "horizon": 4, "samples": 6, "seed": 3,
-                                         "scenario": scenario.to_dict(), "name": name})
+    request = WhatIfRequest.from_params(
+        {
+            "entity": USER,
+            "start": START,
+            "horizon": 4,
+            "samples": 6,
+            "seed": 3,
+            "scenario": scenario.to_dict(),
+            "name": name,
+        }
+    )
     return run_whatif(database, request, context=context, **options)
 
 
@@ -124,8 +135,9 @@ def test_the_same_seed_reproduces_a_scenario_and_another_seed_does_not(city):
     first = _run(database, context, scenario, store=False)
     again = _run(database, context, scenario, store=False)
     assert first["scenario"] == again["scenario"] and first["baseline"] == again["baseline"]
-    request = WhatIfRequest.from_params({"entity": USER, "start": START, "horizon": 4, "samples": 6, "seed": 4,
-                                         "scenario": scenario.to_dict()})
+    request = WhatIfRequest.from_params(
+        {"entity": USER, "start": START, "horizon": 4, "samples": 6, "seed": 4, "scenario": scenario.to_dict()}
+    )
     other = run_whatif(database, request, context=context, store=False)
     assert other["scenario"]["median"] != first["scenario"]["median"]
 
@@ -150,12 +162,17 @@ def test_edited_poi_counts_are_described_again_and_change_only_that_cell(city):
 def test_an_explicit_description_is_encoded_as_written(city):
     _, context = city
     key = context.series.cell_keys[7]
-    same = scenario_env(context, validate_scenario(
-        Scenario(cell_edits={key: CellEdit(description=context.descriptions[7])}), context))
+    same = scenario_env(
+        context, validate_scenario(Scenario(cell_edits={key: CellEdit(description=context.descriptions[7])}), context)
+    )
     # Encoding the stored text again gives the stored embedding (up to float noise).
     assert np.allclose(same.env[7], context.series.env[7], atol=1e-5)
-    park = scenario_env(context, validate_scenario(
-        Scenario(cell_edits={key: CellEdit(description="a quiet park with lawns, trees and a pond")}), context))
+    park = scenario_env(
+        context,
+        validate_scenario(
+            Scenario(cell_edits={key: CellEdit(description="a quiet park with lawns, trees and a pond")}), context
+        ),
+    )
     assert park.descriptions[key] == "a quiet park with lawns, trees and a pond"
     assert not np.allclose(park.env[7], context.series.env[7], atol=1e-3)
 
@@ -163,8 +180,9 @@ def test_an_explicit_description_is_encoded_as_written(city):
 def test_a_tile_from_another_cell_or_the_same_tile_uploaded_gives_that_tiles_embedding(city):
     database, context = city
     keys = context.series.cell_keys
-    taken = scenario_env(context, validate_scenario(
-        Scenario(cell_edits={keys[1]: CellEdit(tile_from=keys[9])}), context))
+    taken = scenario_env(
+        context, validate_scenario(Scenario(cell_edits={keys[1]: CellEdit(tile_from=keys[9])}), context)
+    )
     expected = context.a * context.image_z[9] + context.b * context.text_z[1]
     assert np.allclose(taken.env[1], expected, atol=1e-6)
     with database.session() as session:
@@ -186,8 +204,9 @@ def test_a_run_stores_two_runs_and_a_scenario_and_reloads_without_forecasting(ci
     target = _other_land_use_cell(database, context)
     before = _counts(database)
     key = context.series.cell_keys[3]
-    scenario = Scenario(location=f"cell:{target}", cell_edits={key: CellEdit(description="a busy rail station")},
-                        guidance=1.5)
+    scenario = Scenario(
+        location=f"cell:{target}", cell_edits={key: CellEdit(description="a busy rail station")}, guidance=1.5
+    )
     payload = _run(database, context, scenario, name="station test")
     assert _counts(database) == (before[0] + 2, before[1] + 1)
     with database.session() as session:
@@ -265,8 +284,11 @@ def test_a_forecast_error_after_validation_writes_nothing(city):
     database, context = city
     before = _counts(database)
     with pytest.raises(InputError, match="start"):
-        run_whatif(database, WhatIfRequest.from_params({"entity": USER, "start": 3, "horizon": 2, "samples": 2}),
-                   context=context)
+        run_whatif(
+            database,
+            WhatIfRequest.from_params({"entity": USER, "start": 3, "horizon": 2, "samples": 2}),
+            context=context,
+        )
     with pytest.raises(InputError, match="no user"):
         run_whatif(database, WhatIfRequest(entity="nobody", start=START), context=context)
     assert _counts(database) == before

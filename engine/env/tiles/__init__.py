@@ -47,8 +47,17 @@ _OPTIONS = {
     "synthetic": set(),
     "dir": {"zoom", "datum"},
     "mbtiles": {"zoom", "datum"},
-    "xyz": {"zoom", "cache_dir", "timeout", "retries", "backoff", "max_concurrency", "subdomains", "datum",
-            "user_agent"},
+    "xyz": {
+        "zoom",
+        "cache_dir",
+        "timeout",
+        "retries",
+        "backoff",
+        "max_concurrency",
+        "subdomains",
+        "datum",
+        "user_agent",
+    },
 }
 
 
@@ -64,8 +73,9 @@ def open_tile_source(spec: str, **options: Any) -> TileSource:
     unknown = sorted(set(options) - _OPTIONS[kind])
     if unknown:
         allowed = ", ".join(sorted(_OPTIONS[kind])) or "none"
-        raise InputError(f"unknown option(s) {', '.join(unknown)} for {kind} tiles; accepted: {allowed}",
-                         field="--tiles")
+        raise InputError(
+            f"unknown option(s) {', '.join(unknown)} for {kind} tiles; accepted: {allowed}", field="--tiles"
+        )
     if kind == "synthetic":
         return SyntheticSource()
     if kind == "dir":
@@ -76,8 +86,24 @@ def open_tile_source(spec: str, **options: Any) -> TileSource:
 
 
 __all__ = [
-    "ACCEPTED_SPECS", "TILE_SIZE", "USER_AGENT", "CellInfo", "FolderSource", "MBTilesSource", "SyntheticSource",
-    "TileFetchError", "TileImage", "TileSource", "XYZSource", "cells_for_dataset", "infer_land_use",
-    "open_tile_source", "render_city_mosaic", "render_tile", "render_tile_array", "sniff_media_type",
-    "store_tiles", "validate_tile",
+    "ACCEPTED_SPECS",
+    "TILE_SIZE",
+    "USER_AGENT",
+    "CellInfo",
+    "FolderSource",
+    "MBTilesSource",
+    "SyntheticSource",
+    "TileFetchError",
+    "TileImage",
+    "TileSource",
+    "XYZSource",
+    "cells_for_dataset",
+    "infer_land_use",
+    "open_tile_source",
+    "render_city_mosaic",
+    "render_tile",
+    "render_tile_array",
+    "sniff_media_type",
+    "store_tiles",
+    "validate_tile",
 ]

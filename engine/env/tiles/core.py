@@ -104,9 +104,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
             low, high = float(values.min()), float(values.max())
             scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
         return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L").convert("RGB")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info
-    )
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -146,16 +144,20 @@ def validate_tile(data: bytes, *, origin: str) -> bytes:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > MAX_SOURCE_PIXELS:
-            raise InputError(f"image of {width} x {height} pixels is too large for a tile "
-                             f"(at most {MAX_SOURCE_PIXELS:,} pixels)", file=origin)
+            raise InputError(
+                f"image of {width} x {height} pixels is too large for a tile (at most {MAX_SOURCE_PIXELS:,} pixels)",
+                file=origin,
+            )
         source_format = image.format
         image.load()  # decodes everything now: truncated data fails here, not later
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
-            Image.DecompressionBombError) as exc:
-        raise InputError(f"not a readable image ({type(exc).__name__}: {exc})",
-                         file=origin, hint="expected a complete PNG or JPEG tile") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise InputError(
+            f"not a readable image ({type(exc).__name__}: {exc})",
+            file=origin,
+            hint="expected a complete PNG or JPEG tile",
+        ) from exc
     if source_format in ("JPEG", "PNG") and image.mode == "RGB" and image.size == (TILE_SIZE, TILE_SIZE):
         return bytes(data)
     normalised = _to_tile_size(_to_rgb(image))
@@ -203,11 +205,19 @@ def cells_for_dataset(session: Session, dataset: Dataset | int) -> list[CellInfo
         x_km, y_km = attrs.get("x_km"), attrs.get("y_km")
         if (x_km is None or y_km is None) and c.lat is not None and c.lon is not None:
             x_km, y_km = (c.lon - lon0) * km_per_deg_lon, (c.lat - lat0) * _KM_PER_DEG_LAT
-        cells.append(CellInfo(
-            id=c.id, key=c.key, lat=c.lat, lon=c.lon, land_use=c.land_use,
-            poi_counts=[int(v) for v in (c.poi_counts or [])], poi_categories=categories,
-            x_km=None if x_km is None else float(x_km), y_km=None if y_km is None else float(y_km),
-        ))
+        cells.append(
+            CellInfo(
+                id=c.id,
+                key=c.key,
+                lat=c.lat,
+                lon=c.lon,
+                land_use=c.land_use,
+                poi_counts=[int(v) for v in (c.poi_counts or [])],
+                poi_categories=categories,
+                x_km=None if x_km is None else float(x_km),
+                y_km=None if y_km is None else float(y_km),
+            )
+        )
     return cells
 
 
@@ -263,8 +273,15 @@ def store_tiles(
                 counts["missing"] += 1
             else:
                 counts["tiles"] += 1
-                rows.append({"cell_id": cell.id, "image": result.data, "media_type": result.media_type,
-                             "source": spec, "zoom": result.zoom})
+                rows.append(
+                    {
+                        "cell_id": cell.id,
+                        "image": result.data,
+                        "media_type": result.media_type,
+                        "source": spec,
+                        "zoom": result.zoom,
+                    }
+                )
         if rows:
             session.execute(insert(Tile), rows)
         done += len(chunk)

@@ -39,14 +39,18 @@ def _choose_zoom(present: set[int], requested: int | None) -> int | None:
 class FolderSource:
     """Tiles read from a folder (see the module docstring for the layouts)."""
 
-    def __init__(self, path: str | Path, *, zoom: int | None = None, datum: str = "wgs84",
-                 spec: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, zoom: int | None = None, datum: str = "wgs84", spec: str | None = None
+    ) -> None:
         self.root = Path(path).expanduser()
         self.spec = spec or f"dir:{path}"
         if not self.root.is_dir():
-            raise InputError("no such folder", file=self.root, field="--tiles",
-                             hint="expected dir:PATH with images named <cell key>.png, <z>/<x>/<y>.png "
-                                  "or <z>_<x>_<y>_s.jpg")
+            raise InputError(
+                "no such folder",
+                file=self.root,
+                field="--tiles",
+                hint="expected dir:PATH with images named <cell key>.png, <z>/<x>/<y>.png or <z>_<x>_<y>_s.jpg",
+            )
         if datum not in ("wgs84", "gcj02"):
             raise InputError(f"expected 'wgs84' or 'gcj02', got {datum!r}", field="datum")
         self.datum = datum
@@ -56,8 +60,10 @@ class FolderSource:
         for entry in self.root.iterdir():
             if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES and not _BAIDU_NAME.match(entry.name):
                 self.per_cell.setdefault(entry.stem, entry)
-            elif entry.is_dir() and _INT.match(entry.name) and any(
-                sub.is_dir() and _INT.match(sub.name) for sub in entry.iterdir()
+            elif (
+                entry.is_dir()
+                and _INT.match(entry.name)
+                and any(sub.is_dir() and _INT.match(sub.name) for sub in entry.iterdir())
             ):
                 xyz_zooms.add(int(entry.name))
         for entry in self.root.rglob("*_s.*"):
@@ -65,11 +71,16 @@ class FolderSource:
             if match and entry.is_file():
                 z, x, y = (int(g) for g in match.groups())
                 self.baidu.setdefault((z, x, y), entry)
-        self.layouts = [name for name, present in
-                        (("cell", self.per_cell), ("xyz", xyz_zooms), ("baidu", self.baidu)) if present]
+        self.layouts = [
+            name for name, present in (("cell", self.per_cell), ("xyz", xyz_zooms), ("baidu", self.baidu)) if present
+        ]
         if not self.layouts:
-            raise InputError("found no tile images in this folder", file=self.root, field="--tiles",
-                             hint="expected <cell key>.png|jpg, <z>/<x>/<y>.png|jpg or <z>_<x>_<y>_s.jpg")
+            raise InputError(
+                "found no tile images in this folder",
+                file=self.root,
+                field="--tiles",
+                hint="expected <cell key>.png|jpg, <z>/<x>/<y>.png|jpg or <z>_<x>_<y>_s.jpg",
+            )
         self.xyz_zoom = _choose_zoom(xyz_zooms, zoom)
         self.baidu_zoom = _choose_zoom({z for z, _, _ in self.baidu}, zoom)
 

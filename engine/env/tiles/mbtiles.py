@@ -23,8 +23,9 @@ DEFAULT_ZOOM = 16
 class MBTilesSource:
     """Raster tiles read from an MBTiles file."""
 
-    def __init__(self, path: str | Path, *, zoom: int | None = None, datum: str = "wgs84",
-                 spec: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, zoom: int | None = None, datum: str = "wgs84", spec: str | None = None
+    ) -> None:
         self.path = Path(path).expanduser()
         self.spec = spec or f"mbtiles:{path}"
         if not self.path.is_file():
@@ -49,8 +50,7 @@ class MBTilesSource:
         fmt = self.metadata.get("format", "").lower()
         if fmt in ("pbf", "mvt"):
             self._db.close()
-            raise InputError("holds vector tiles (format pbf); expected raster imagery (png/jpg/webp)",
-                             file=self.path)
+            raise InputError("holds vector tiles (format pbf); expected raster imagery (png/jpg/webp)", file=self.path)
         if zoom is None:
             zooms = {int(z) for (z,) in self._db.execute("SELECT DISTINCT zoom_level FROM tiles")}
             if not zooms and self.metadata.get("maxzoom", "").isdigit():

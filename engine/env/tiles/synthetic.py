@@ -101,16 +101,34 @@ _WATER = (62, 92, 98)
 _BANK = (112, 118, 96)
 _TREE_COLOURS = ((46, 78, 40), (58, 92, 46), (38, 68, 38), (66, 98, 52))
 # Cars: mostly white, black and silver, as in any car park seen from above.
-_CAR_COLOURS = ((232, 232, 230), (226, 228, 230), (36, 36, 40), (44, 44, 50), (160, 162, 166), (140, 142, 146),
-                (150, 40, 36), (40, 64, 112))
+_CAR_COLOURS = (
+    (232, 232, 230),
+    (226, 228, 230),
+    (36, 36, 40),
+    (44, 44, 50),
+    (160, 162, 166),
+    (140, 142, 146),
+    (150, 40, 36),
+    (40, 64, 112),
+)
 
 # POI categories that point at a land use (used to infer one for real cells without it).
 _POI_HINTS = {
-    "Business affairs": "cbd", "Hotel": "cbd", "Government": "cbd",
-    "Residence": "residential", "Life service": "residential", "Medical care": "residential",
-    "Factory": "industrial", "Education": "university", "Culture": "university",
-    "Scenic spot": "park", "Sports": "park", "Transportation hub": "transport",
-    "Shopping": "commercial", "Restaurant": "commercial", "Entertainment and leisure": "commercial",
+    "Business affairs": "cbd",
+    "Hotel": "cbd",
+    "Government": "cbd",
+    "Residence": "residential",
+    "Life service": "residential",
+    "Medical care": "residential",
+    "Factory": "industrial",
+    "Education": "university",
+    "Culture": "university",
+    "Scenic spot": "park",
+    "Sports": "park",
+    "Transportation hub": "transport",
+    "Shopping": "commercial",
+    "Restaurant": "commercial",
+    "Entertainment and leisure": "commercial",
 }
 
 
@@ -183,8 +201,7 @@ def _jitter(rng: np.random.Generator, colour: Sequence[int], amount: int = 10) -
 class _Canvas:
     """A tile being drawn in a local frame (u, v) rotated by ``theta`` around the tile centre."""
 
-    def __init__(self, ground: np.ndarray, theta: float, rng: np.random.Generator, x_km: float,
-                 y_km: float) -> None:
+    def __init__(self, ground: np.ndarray, theta: float, rng: np.random.Generator, x_km: float, y_km: float) -> None:
         self.image = Image.fromarray(ground, "RGB")
         self.draw = ImageDraw.Draw(self.image)
         self.shadow = Image.new("L", (TILE_SIZE, TILE_SIZE), 0)
@@ -229,8 +246,9 @@ class _Canvas:
     def line(self, points: list[tuple[float, float]], colour: tuple, width: float) -> None:
         self.draw.line([self.px(u, v) for u, v in points], fill=colour, width=max(1, round(width)))
 
-    def building(self, u: float, v: float, w: float, h: float, height_m: float, colour: tuple,
-                 detail: str | None = None) -> bool:
+    def building(
+        self, u: float, v: float, w: float, h: float, height_m: float, colour: tuple, detail: str | None = None
+    ) -> bool:
         """A footprint with its shadow; its roof is drawn later (after shadows darken the ground)."""
         if w < 2 or h < 2 or not self.visible(u, v, margin=max(w, h)) or self.blocked(u, v, 0.5 * max(w, h)):
             return False
@@ -251,8 +269,15 @@ class _Canvas:
             return
         colour = colour or _TREE_COLOURS[int(self.rng.integers(len(_TREE_COLOURS)))]
         s = r * 0.8
-        self.shadow_draw.ellipse([x - r + s * _SHADOW_DIR[0], y - r + s * _SHADOW_DIR[1],
-                                  x + r + s * _SHADOW_DIR[0], y + r + s * _SHADOW_DIR[1]], fill=200)
+        self.shadow_draw.ellipse(
+            [
+                x - r + s * _SHADOW_DIR[0],
+                y - r + s * _SHADOW_DIR[1],
+                x + r + s * _SHADOW_DIR[0],
+                y + r + s * _SHADOW_DIR[1],
+            ],
+            fill=200,
+        )
         self.trees.append((x, y, r, colour))
 
     def tree_local(self, u: float, v: float, r: float, colour: tuple | None = None) -> None:
@@ -300,8 +325,11 @@ def _arterials(centre_km: float, offset: float) -> list[float]:
     reach = TILE_KM * 0.75
     k0 = math.floor((centre_km - reach - offset) / _ARTERIAL_SPACING_KM)
     k1 = math.ceil((centre_km + reach - offset) / _ARTERIAL_SPACING_KM)
-    return [offset + k * _ARTERIAL_SPACING_KM for k in range(k0, k1 + 1)
-            if abs(offset + k * _ARTERIAL_SPACING_KM - centre_km) < reach]
+    return [
+        offset + k * _ARTERIAL_SPACING_KM
+        for k in range(k0, k1 + 1)
+        if abs(offset + k * _ARTERIAL_SPACING_KM - centre_km) < reach
+    ]
 
 
 def _lerp(a: tuple, b: tuple, t: float) -> tuple:
@@ -390,8 +418,9 @@ def _draw_global_features(canvas: _Canvas) -> None:
             draw.rectangle([x - 2, y + lane - 0.8, x + 2, y + lane + 0.8], fill=_CAR_COLOURS[int(rng.integers(8))])
 
 
-def _street_grid(canvas: _Canvas, spacing_m: float, width_m: float, colour: tuple = _ASPHALT,
-                 jitter: float = 0.15) -> list[tuple[float, float, float, float]]:
+def _street_grid(
+    canvas: _Canvas, spacing_m: float, width_m: float, colour: tuple = _ASPHALT, jitter: float = 0.15
+) -> list[tuple[float, float, float, float]]:
     """Draw a local street grid; return the blocks' interiors (u0, v0, u1, v1) in local pixels."""
     rng = canvas.rng
     sp = spacing_m / METRES_PER_PIXEL
@@ -438,8 +467,15 @@ def _paint_cbd(c: _Canvas, blocks: list, d: float) -> None:
             continue
         c.rect(cu, cv, bw, bh, _jitter(rng, (170, 168, 162), 8))  # paved forecourts
         if rng.random() < 0.6:  # podium
-            c.building(cu, cv, bw * rng.uniform(0.75, 0.95), bh * rng.uniform(0.75, 0.95), 18,
-                       _jitter(rng, (188, 186, 180), 10), "equipment")
+            c.building(
+                cu,
+                cv,
+                bw * rng.uniform(0.75, 0.95),
+                bh * rng.uniform(0.75, 0.95),
+                18,
+                _jitter(rng, (188, 186, 180), 10),
+                "equipment",
+            )
         towers = 1 + int(rng.random() < 0.35 + 0.4 * d)
         for i in range(towers):
             tw = rng.uniform(13, 22) * (0.8 + 0.3 * d)
@@ -448,8 +484,15 @@ def _paint_cbd(c: _Canvas, blocks: list, d: float) -> None:
             tv = cv + rng.uniform(-0.15, 0.15) * bh
             height = rng.uniform(70, 120) + 160 * d * rng.random()
             detail = "helipad" if rng.random() < 0.15 else "equipment"
-            c.building(tu, tv, min(tw, bw * 0.5 if towers > 1 else bw * 0.8), min(th, bh * 0.8), height,
-                       _jitter(rng, roofs[int(rng.integers(len(roofs)))], 8), detail)
+            c.building(
+                tu,
+                tv,
+                min(tw, bw * 0.5 if towers > 1 else bw * 0.8),
+                min(th, bh * 0.8),
+                height,
+                _jitter(rng, roofs[int(rng.integers(len(roofs)))], 8),
+                detail,
+            )
 
 
 def _slab_rows(c: _Canvas, u0: float, v0: float, u1: float, v1: float, d: float, palette: tuple) -> None:
@@ -468,8 +511,9 @@ def _slab_rows(c: _Canvas, u0: float, v0: float, u1: float, v1: float, d: float,
             if rng.random() < 0.75 + 0.25 * d:
                 c.building(u, v, length, depth, height, _jitter(rng, colour, 8), "pitched" if pitched else "equipment")
             if rng.random() < 0.8:
-                c.tree_local(u + rng.uniform(-length / 2, length / 2), v + row_gap / 2 + depth / 4,
-                             rng.uniform(1.8, 3.2))
+                c.tree_local(
+                    u + rng.uniform(-length / 2, length / 2), v + row_gap / 2 + depth / 4, rng.uniform(1.8, 3.2)
+                )
             u += length + rng.uniform(3, 6)
         v += depth + row_gap
 
@@ -531,8 +575,12 @@ def _running_track(c: _Canvas, u: float, v: float) -> None:
     c.draw.rounded_rectangle(box, radius=width / 2, fill=(172, 78, 64))
     inner = [box[0] + 5, box[1] + 5, box[2] - 5, box[3] - 5]
     c.draw.rounded_rectangle(inner, radius=width / 2 - 5, fill=(84, 146, 72))
-    c.draw.rounded_rectangle([box[0] + 2.5, box[1] + 2.5, box[2] - 2.5, box[3] - 2.5], radius=width / 2 - 2.5,
-                             outline=(220, 200, 190), width=1)
+    c.draw.rounded_rectangle(
+        [box[0] + 2.5, box[1] + 2.5, box[2] - 2.5, box[3] - 2.5],
+        radius=width / 2 - 2.5,
+        outline=(220, 200, 190),
+        width=1,
+    )
     c.draw.line([(x, inner[1] + 2), (x, inner[3] - 2)], fill=(225, 230, 220), width=1)
 
 
@@ -590,7 +638,11 @@ def _paint_park(c: _Canvas, d: float) -> None:
         t = np.linspace(-10, TILE_SIZE + 10, 24)
         base, amp, freq, phase = rng.uniform(30, 226), rng.uniform(10, 30), rng.uniform(0.01, 0.03), rng.uniform(0, 6)
         wave = base + amp * np.sin(freq * t + phase)
-        points = list(zip(t.tolist(), wave.tolist(), strict=True)) if horizontal else list(zip(wave.tolist(), t.tolist(), strict=True))
+        points = (
+            list(zip(t.tolist(), wave.tolist(), strict=True))
+            if horizontal
+            else list(zip(wave.tolist(), t.tolist(), strict=True))
+        )
         c.draw.line(points, fill=(204, 194, 164), width=int(rng.integers(2, 4)), joint="curve")
     # tree clumps
     for _ in range(int(rng.integers(5, 10))):
@@ -615,8 +667,15 @@ def _paint_transport(c: _Canvas, blocks: list, d: float) -> None:
             c.rect((u0 + u1) / 2, (v0 + v1) / 2, u1 - u0, v1 - v0, (100, 100, 102))
             c.cars(u0 + 1, v0 + 1, u1 - 1, v1 - 1, 0.25 + 0.35 * d)
         else:
-            c.building((u0 + u1) / 2, (v0 + v1) / 2, (u1 - u0) * 0.7, (v1 - v0) * 0.6, rng.uniform(15, 40),
-                       _jitter(rng, (178, 176, 170), 12), "equipment")
+            c.building(
+                (u0 + u1) / 2,
+                (v0 + v1) / 2,
+                (u1 - u0) * 0.7,
+                (v1 - v0) * 0.6,
+                rng.uniform(15, 40),
+                _jitter(rng, (178, 176, 170), 12),
+                "equipment",
+            )
     # the rail corridor along u through the middle, with tracks
     tracks = int(4 + 6 * d + rng.integers(0, 3))
     pitch = 4.2
@@ -644,8 +703,16 @@ def _paint_transport(c: _Canvas, blocks: list, d: float) -> None:
 
 def _paint_commercial(c: _Canvas, blocks: list, d: float) -> None:
     rng = c.rng
-    colours = ((176, 98, 78), (196, 160, 120), (206, 200, 184), (148, 148, 150), (120, 128, 140),
-               (168, 120, 96), (214, 176, 104), (100, 110, 124))
+    colours = (
+        (176, 98, 78),
+        (196, 160, 120),
+        (206, 200, 184),
+        (148, 148, 150),
+        (120, 128, 140),
+        (168, 120, 96),
+        (214, 176, 104),
+        (100, 110, 124),
+    )
     for u0, v0, u1, v1 in blocks:
         bw, bh = u1 - u0, v1 - v0
         cu, cv = (u0 + u1) / 2, (v0 + v1) / 2
@@ -665,8 +732,15 @@ def _paint_commercial(c: _Canvas, blocks: list, d: float) -> None:
             for v in np.arange(v0 + lot_v / 2, v1 - lot_v / 2 + 0.1, lot_v + 0.7):
                 if rng.random() < 0.6 + 0.38 * d:
                     colour = block_colours[int(rng.integers(3))]
-                    c.building(u, v, lot_u * rng.uniform(0.85, 1.0), lot_v * rng.uniform(0.85, 1.0),
-                               rng.uniform(6, 14) + 10 * d, _jitter(rng, colour, 14), None)
+                    c.building(
+                        u,
+                        v,
+                        lot_u * rng.uniform(0.85, 1.0),
+                        lot_v * rng.uniform(0.85, 1.0),
+                        rng.uniform(6, 14) + 10 * d,
+                        _jitter(rng, colour, 14),
+                        None,
+                    )
 
 
 def _paint_mixed(c: _Canvas, blocks: list, d: float) -> None:
@@ -699,8 +773,12 @@ def _poi_extras(c: _Canvas, cell: CellInfo, land_use: str) -> None:
 
 
 _PAINTERS = {
-    "cbd": _paint_cbd, "residential": _paint_residential, "industrial": _paint_industrial,
-    "university": _paint_university, "transport": _paint_transport, "commercial": _paint_commercial,
+    "cbd": _paint_cbd,
+    "residential": _paint_residential,
+    "industrial": _paint_industrial,
+    "university": _paint_university,
+    "transport": _paint_transport,
+    "commercial": _paint_commercial,
     "mixed": _paint_mixed,
 }
 
@@ -763,13 +841,24 @@ class SyntheticSource:
 # --- City mosaic ------------------------------------------------------------------------------------
 
 _MOSAIC_COLOURS = {
-    "cbd": (132, 134, 138), "residential": (150, 128, 112), "industrial": (176, 178, 180),
-    "university": (134, 146, 108), "park": (92, 132, 70), "transport": (128, 122, 116),
-    "commercial": (172, 150, 132), "mixed": (146, 138, 126),
+    "cbd": (132, 134, 138),
+    "residential": (150, 128, 112),
+    "industrial": (176, 178, 180),
+    "university": (134, 146, 108),
+    "park": (92, 132, 70),
+    "transport": (128, 122, 116),
+    "commercial": (172, 150, 132),
+    "mixed": (146, 138, 126),
 }
 _MOSAIC_STREETS_KM = {  # local street spacing by land use (0 = none)
-    "cbd": 0.15, "residential": 0.2, "industrial": 0.26, "university": 0.21, "park": 0.0,
-    "transport": 0.17, "commercial": 0.08, "mixed": 0.13,
+    "cbd": 0.15,
+    "residential": 0.2,
+    "industrial": 0.26,
+    "university": 0.21,
+    "park": 0.0,
+    "transport": 0.17,
+    "commercial": 0.08,
+    "mixed": 0.13,
 }
 _RURAL = (142, 150, 112)
 

@@ -66,7 +66,8 @@ class XYZSource:
         if missing or not template.lower().startswith(("http://", "https://")):
             raise InputError(
                 f"expected an http(s) URL template with {{z}}, {{x}} and {{y}}, got {template!r}",
-                field="--tiles", hint="e.g. xyz:https://tiles.example.org/{z}/{x}/{y}.png",
+                field="--tiles",
+                hint="e.g. xyz:https://tiles.example.org/{z}/{x}/{y}.png",
             )
         if datum not in ("wgs84", "gcj02"):
             raise InputError(f"expected 'wgs84' or 'gcj02', got {datum!r}", field="datum")
@@ -142,8 +143,10 @@ class XYZSource:
                 if exc.code in MISSING_STATUS:
                     return None
                 if exc.code not in RETRY_STATUS:
-                    raise TileFetchError(f"tile server answered HTTP {exc.code} {exc.reason} for {url}; "
-                                         "check the URL template and access rights") from exc
+                    raise TileFetchError(
+                        f"tile server answered HTTP {exc.code} {exc.reason} for {url}; "
+                        "check the URL template and access rights"
+                    ) from exc
                 last_error = f"HTTP {exc.code} {exc.reason}"
                 retry_after = exc.headers.get("Retry-After") if exc.headers else None
                 if retry_after and retry_after.strip().isdigit():
@@ -154,17 +157,21 @@ class XYZSource:
                 last_error = f"{type(reason).__name__}: {reason}"
             if attempt < self.retries:
                 time.sleep(wait)
-        raise TileFetchError(f"could not fetch {url} after {self.retries + 1} attempts "
-                             f"(timeout {self.timeout:g} s each); last error: {last_error}")
+        raise TileFetchError(
+            f"could not fetch {url} after {self.retries + 1} attempts "
+            f"(timeout {self.timeout:g} s each); last error: {last_error}"
+        )
 
-    def fetch_many(self, cells: Sequence[CellInfo], max_workers: int = 4, *,
-                   return_errors: bool = False) -> list[TileImage | Exception | None]:
+    def fetch_many(
+        self, cells: Sequence[CellInfo], max_workers: int = 4, *, return_errors: bool = False
+    ) -> list[TileImage | Exception | None]:
         """Fetch many cells concurrently (never more than ``max_concurrency`` requests at once).
 
         Cells on the same tile share one download. Results are in the order of ``cells``. With
         ``return_errors`` a failed cell's exception is returned in its place; otherwise the first
         failure is raised once all work has stopped.
         """
+
         def one(cell: CellInfo) -> TileImage | Exception | None:
             try:
                 return self.fetch(cell)

@@ -89,8 +89,13 @@ def test_poi_composition_follows_land_use(city):
     land_use = np.array(city.cell_land_use)
     share = city.cell_poi / np.maximum(city.cell_poi.sum(1, keepdims=True), 1)
     col = {name: i for i, name in enumerate(POI_CATEGORIES)}
-    for lu, category in [("transport", "Transportation hub"), ("industrial", "Factory"),
-                         ("university", "Education"), ("park", "Scenic spot"), ("residential", "Residence")]:
+    for lu, category in [
+        ("transport", "Transportation hub"),
+        ("industrial", "Factory"),
+        ("university", "Education"),
+        ("park", "Scenic spot"),
+        ("residential", "Residence"),
+    ]:
         inside = share[land_use == lu, col[category]].mean()
         outside = share[land_use != lu, col[category]].mean()
         assert inside > 2 * outside, (lu, inside, outside)
@@ -102,14 +107,20 @@ def test_weekday_commutes_pass_through_a_transport_hub(city):
     commuters = [i for i, a in enumerate(city.entity_attrs) if a["work"] is not None]
     hub_hours = np.isin(locations[commuters, :120], np.flatnonzero(land_use == "transport"))
     assert hub_hours.any(axis=1).mean() > 0.95  # Monday..Friday
-    weekday_at_work = np.mean([
-        (locations[i, 24 * d + 10] == city.cell_keys.index(city.entity_attrs[i]["work"]))
-        for i in commuters for d in range(5)
-    ])
-    weekend_at_work = np.mean([
-        (locations[i, 24 * d + 10] == city.cell_keys.index(city.entity_attrs[i]["work"]))
-        for i in commuters for d in (5, 6)
-    ])
+    weekday_at_work = np.mean(
+        [
+            (locations[i, 24 * d + 10] == city.cell_keys.index(city.entity_attrs[i]["work"]))
+            for i in commuters
+            for d in range(5)
+        ]
+    )
+    weekend_at_work = np.mean(
+        [
+            (locations[i, 24 * d + 10] == city.cell_keys.index(city.entity_attrs[i]["work"]))
+            for i in commuters
+            for d in (5, 6)
+        ]
+    )
     assert weekday_at_work > 0.6 and weekend_at_work < 0.2
 
 

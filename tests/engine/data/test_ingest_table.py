@@ -45,7 +45,9 @@ def error_of(tmp_path: Path, rows: list[str], **kwargs) -> InputError:
 def traffic(content) -> list[tuple]:
     return sorted(
         (content.entity_keys[e], int(h), content.services[s], int(b))
-        for e, h, s, b in zip(content.traffic_entity, content.traffic_hour, content.traffic_service, content.traffic_bytes, strict=True)
+        for e, h, s, b in zip(
+            content.traffic_entity, content.traffic_hour, content.traffic_service, content.traffic_bytes, strict=True
+        )
     )
 
 
@@ -66,7 +68,9 @@ def test_llmapp_sample_ingests_with_the_shipped_mapping():
     raw = pd.read_csv(LLMAPP / "data_sample.csv")
     categories = pd.read_csv(LLMAPP / "category.csv")
     assert content.entity_keys == ["4", "5", "6", "7", "8", "9"]
-    assert len(content.cell_keys) == 12_576 and np.isfinite(content.cell_lat).all() and np.isfinite(content.cell_lon).all()
+    assert (
+        len(content.cell_keys) == 12_576 and np.isfinite(content.cell_lat).all() and np.isfinite(content.cell_lon).all()
+    )
     assert len(content.poi_categories) == 14 and content.poi_categories[0] == "Transportation Facilities"
     assert content.services == categories.sort_values("app_type_id").en.tolist()
     assert content.timezone == "Asia/Shanghai" and content.time_origin == datetime(2016, 4, 20) and content.hours == 24
@@ -88,13 +92,16 @@ def test_shipped_mapping_documents_only_known_keys():
 
 
 def test_raw_events_and_hourly_totals_are_summed_per_entity_hour_service(tmp_path):
-    content = read(tmp_path, [
-        "u1,2016-04-20T08:05:00,9,video,100",
-        "u1,2016-04-20T08:59:59,9,video,50",
-        "u1,2016-04-20T08:00:00,9,video,1000",  # an already-hourly total, same hour
-        "u1,2016-04-20T09:00:00,9,maps,7",
-        "u2,2016-04-20T08:30:00,10,video,0",  # zero bytes: no traffic row
-    ])
+    content = read(
+        tmp_path,
+        [
+            "u1,2016-04-20T08:05:00,9,video,100",
+            "u1,2016-04-20T08:59:59,9,video,50",
+            "u1,2016-04-20T08:00:00,9,video,1000",  # an already-hourly total, same hour
+            "u1,2016-04-20T09:00:00,9,maps,7",
+            "u2,2016-04-20T08:30:00,10,video,0",  # zero bytes: no traffic row
+        ],
+    )
     assert traffic(content) == [("u1", 8, "video", 1150), ("u1", 9, "maps", 7)]
     assert content.entity_keys == ["u1", "u2"]
     assert content.services == ["maps", "video"]
@@ -102,11 +109,19 @@ def test_raw_events_and_hourly_totals_are_summed_per_entity_hour_service(tmp_pat
 
 
 def test_modal_cell_ties_go_to_the_numerically_smallest_id(tmp_path):
-    content = read(tmp_path, [
-        "1,2016-04-20 08:00,10,s,1", "1,2016-04-20 08:01,10,s,1",
-        "1,2016-04-20 08:02,9,s,1", "1,2016-04-20 08:03,9,s,1", "1,2016-04-20 08:04,3,s,1",
-        "1,2016-04-20 09:00,10,s,1", "1,2016-04-20 09:01,10,s,1", "1,2016-04-20 09:02,9,s,1",
-    ])
+    content = read(
+        tmp_path,
+        [
+            "1,2016-04-20 08:00,10,s,1",
+            "1,2016-04-20 08:01,10,s,1",
+            "1,2016-04-20 08:02,9,s,1",
+            "1,2016-04-20 08:03,9,s,1",
+            "1,2016-04-20 08:04,3,s,1",
+            "1,2016-04-20 09:00,10,s,1",
+            "1,2016-04-20 09:01,10,s,1",
+            "1,2016-04-20 09:02,9,s,1",
+        ],
+    )
     assert locations(content) == {("1", 8): "9", ("1", 9): "10"}
     assert content.cell_keys == ["3", "9", "10"]
 
@@ -118,11 +133,15 @@ def test_time_origin_is_local_midnight_of_the_earliest_day_and_hours_are_whole_d
 
 
 def test_aware_timestamps_are_converted_to_the_data_sets_time_zone(tmp_path):
-    content = read(tmp_path, [
-        "1,2016-04-20T00:30:00Z,9,s,1",  # 08:30 in Shanghai
-        "1,2016-04-20T10:15:00+08:00,9,s,2",
-        "1,2016-04-20 11:00,9,s,4",  # naive: already local
-    ], timezone="Asia/Shanghai")
+    content = read(
+        tmp_path,
+        [
+            "1,2016-04-20T00:30:00Z,9,s,1",  # 08:30 in Shanghai
+            "1,2016-04-20T10:15:00+08:00,9,s,2",
+            "1,2016-04-20 11:00,9,s,4",  # naive: already local
+        ],
+        timezone="Asia/Shanghai",
+    )
     assert [(h, b) for _, h, _, b in traffic(content)] == [(8, 1), (10, 2), (11, 4)]
     assert content.timezone == "Asia/Shanghai"
 
@@ -140,15 +159,30 @@ def test_unix_seconds_with_the_mapping_option(tmp_path):
 
 
 def test_mapping_renames_columns_labels_services_and_orders_them(tmp_path):
-    records = records_csv(tmp_path, ["7,20160420081319,b1,2,100", "7,20160420081320,b1,1,5"],
-                          header="uid,time,loc,cat,traffic,extra")
+    records = records_csv(
+        tmp_path, ["7,20160420081319,b1,2,100", "7,20160420081320,b1,1,5"], header="uid,time,loc,cat,traffic,extra"
+    )
     cells = write(tmp_path / "cells.csv", "base,latitude,longitude,code,poi_Food,poi_Parks\nb1,31,121,X1,4,5\n")
-    mapping = write(tmp_path / "m.json", json.dumps({
-        "records": {"entity_id": "uid", "timestamp": "time", "cell_id": "loc", "service": "cat", "bytes": "traffic"},
-        "cells": {"cell_id": "base", "lat": "latitude", "lon": "longitude"},
-        "cells_drop": ["code"], "poi_prefix": "poi_", "poi_names": {"Parks": "Green space"},
-        "service_labels": {"1": "Maps", "2": "Games"}, "services": ["Games", "Maps", "Music"],
-    }))
+    mapping = write(
+        tmp_path / "m.json",
+        json.dumps(
+            {
+                "records": {
+                    "entity_id": "uid",
+                    "timestamp": "time",
+                    "cell_id": "loc",
+                    "service": "cat",
+                    "bytes": "traffic",
+                },
+                "cells": {"cell_id": "base", "lat": "latitude", "lon": "longitude"},
+                "cells_drop": ["code"],
+                "poi_prefix": "poi_",
+                "poi_names": {"Parks": "Green space"},
+                "service_labels": {"1": "Maps", "2": "Games"},
+                "services": ["Games", "Maps", "Music"],
+            }
+        ),
+    )
     content = read_table(records=records, cells=cells, mapping=mapping, name="renamed")
     assert content.services == ["Games", "Maps", "Music"]
     assert content.poi_categories == ["Food", "Green space"] and content.cell_poi.tolist() == [[4, 5]]
@@ -217,12 +251,15 @@ def test_a_bad_record_is_reported_with_its_line_and_column(tmp_path, bad_row, fi
 
 
 def test_line_numbers_count_blank_lines_and_multi_line_quoted_fields(tmp_path):
-    records = write(tmp_path / "records.csv", (
-        "entity_id,timestamp,cell_id,service,bytes\n"
-        f"{GOOD}\n\n"
-        '1,2016-04-20T08:05:00,9,"two\nlines",1\n'
-        "1,2016-04-20T08:05:00,9,s,-1\n"
-    ))
+    records = write(
+        tmp_path / "records.csv",
+        (
+            "entity_id,timestamp,cell_id,service,bytes\n"
+            f"{GOOD}\n\n"
+            '1,2016-04-20T08:05:00,9,"two\nlines",1\n'
+            "1,2016-04-20T08:05:00,9,s,-1\n"
+        ),
+    )
     with pytest.raises(InputError) as caught:
         read_table(records=records, cells=write(tmp_path / "cells.csv", CELLS))
     assert (caught.value.line, caught.value.field) == (6, "bytes")
@@ -268,7 +305,12 @@ def test_unknown_extension_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     ("cells", "line", "field", "says"),
     [
-        ("cell_id,lat,lon,Shops\n9,31,121,1\n10,31,121,2\n9,31,121,3\n", 4, "cell_id", "duplicate cell id '9' (first on line 2)"),
+        (
+            "cell_id,lat,lon,Shops\n9,31,121,1\n10,31,121,2\n9,31,121,3\n",
+            4,
+            "cell_id",
+            "duplicate cell id '9' (first on line 2)",
+        ),
         ("cell_id,lat,lon,Shops\n9,31,121,-1\n", 2, "Shops", ">= 0"),
         ("cell_id,lat,lon,Shops\n9,31,121,\n", 2, "Shops", "POI count"),
         ("cell_id,lat,lon,Code\n9,31,121,A7\n", 2, "Code", "cells_drop"),
@@ -288,7 +330,12 @@ def test_bad_cells_are_reported_with_line_and_column(tmp_path, cells, line, fiel
 @pytest.mark.parametrize(
     ("text", "line", "field", "says"),
     [
-        ('{\n  "records": {"bytes": "traffic"},\n  "poi_prefix": "poi_"\n  "timezone": "UTC"\n}', 4, None, "not valid JSON"),
+        (
+            '{\n  "records": {"bytes": "traffic"},\n  "poi_prefix": "poi_"\n  "timezone": "UTC"\n}',
+            4,
+            None,
+            "not valid JSON",
+        ),
         ('{\n  "records": {},\n  "colour": "red"\n}', 3, "colour", "unknown key"),
         ('{"records": {"byte": "traffic"}}', 1, "records.byte", "unknown column role"),
         ('{"timestamp_format": "excel"}', 1, "timestamp_format", "iso, digits, unix"),

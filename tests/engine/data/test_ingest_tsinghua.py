@@ -39,7 +39,14 @@ def write_crlf(path: Path, lines: list[str]) -> Path:
 
 def write_metadata(folder: Path, base_ids=range(20)) -> dict[str, Path]:
     """Small metadata files with the release's quirks: quoted names, a typo, stray lines, CRLF."""
-    quirky = {4: "Social\\_Networking", 9: "Lifestyle ", 11: "Health&Fitness ", 12: "infant&mom", 14: "Weath1er", 19: "sports"}
+    quirky = {
+        4: "Social\\_Networking",
+        9: "Lifestyle ",
+        11: "Health&Fitness ",
+        12: "infant&mom",
+        14: "Weath1er",
+        19: "sports",
+    }
     category_lines = [f"{i}\t'{quirky.get(i, name)}'" for i, name in enumerate(CATEGORIES)]
     category_lines.insert(5, "'wechat','linkedin','weibo'")
     category_lines.insert(12, "'meituan',''?")
@@ -87,9 +94,23 @@ def test_real_base_poi_has_9851_stations_in_17_named_categories():
     ids, poi, names = read_base_poi(real_fixtures() / "base_poi.txt")
     assert ids.tolist() == list(range(9851))
     assert names == [
-        "Medical care", "Hotel", "Business affairs", "Life service", "Transportation hub", "Culture", "Sports",
-        "Residence", "Entertainment and leisure", "Scenic spot", "Government", "Factory", "Shopping",
-        "Restaurant", "Education", "Landmark", "Other",
+        "Medical care",
+        "Hotel",
+        "Business affairs",
+        "Life service",
+        "Transportation hub",
+        "Culture",
+        "Sports",
+        "Residence",
+        "Entertainment and leisure",
+        "Scenic spot",
+        "Government",
+        "Factory",
+        "Shopping",
+        "Restaurant",
+        "Education",
+        "Landmark",
+        "Other",
     ]
     assert poi.shape == (9851, 17)
     assert int((poi.sum(axis=1) == 0).sum()) == 445  # numbers from ../shared/data/README.md
@@ -100,7 +121,9 @@ def test_real_metadata_with_a_generated_trace_keeps_the_papers_ten_services_and_
     folder = real_fixtures()
     trace = write_synthetic_trace(tmp_path / "trace.txt", users=12, records=3000, seed=3)
     content = read_tsinghua(
-        trace=trace, app2category=folder / "App2Category.txt", categories=folder / "Categorys.txt",
+        trace=trace,
+        app2category=folder / "App2Category.txt",
+        categories=folder / "Categorys.txt",
         poi=folder / "base_poi.txt",
     )
     frame = pd.read_csv(trace, sep=" ", header=None, names=["u", "t", "b", "a", "n"])
@@ -129,26 +152,42 @@ def test_hours_count_from_local_midnight_of_the_earliest_day_and_cover_whole_day
 
 def test_bytes_are_summed_per_user_hour_and_service(tmp_path):
     # apps 1 and 21 are both category 0 (Utilities); app 2 is Games
-    rows = [(1, 20160420080000, 1, 1, 100), (1, 20160420083000, 1, 21, 50), (1, 20160420085959, 1, 2, 7),
-            (1, 20160420090000, 1, 1, 1000)]
+    rows = [
+        (1, 20160420080000, 1, 1, 100),
+        (1, 20160420083000, 1, 21, 50),
+        (1, 20160420085959, 1, 2, 7),
+        (1, 20160420090000, 1, 1, 1000),
+    ]
     content = read(tmp_path, rows)
-    got = sorted(zip(content.traffic_hour.tolist(), content.traffic_service.tolist(), content.traffic_bytes.tolist(), strict=True))
+    got = sorted(
+        zip(
+            content.traffic_hour.tolist(), content.traffic_service.tolist(), content.traffic_bytes.tolist(), strict=True
+        )
+    )
     assert got == [(8, 0, 150), (8, 1, 7), (9, 0, 1000)]
 
 
 def test_location_is_the_modal_base_station_and_ties_go_to_the_smallest_id(tmp_path):
     rows = [
         # hour 8: stations 10 and 9 twice each, 3 once -> tie between 9 and 10 -> 9 (numerically smallest)
-        (1, 20160420080000, 10, 1, 1), (1, 20160420080100, 10, 1, 1), (1, 20160420080200, 3, 1, 1),
-        (1, 20160420080300, 9, 1, 1), (1, 20160420080400, 9, 1, 1),
+        (1, 20160420080000, 10, 1, 1),
+        (1, 20160420080100, 10, 1, 1),
+        (1, 20160420080200, 3, 1, 1),
+        (1, 20160420080300, 9, 1, 1),
+        (1, 20160420080400, 9, 1, 1),
         # hour 9: station 3 three times, 9 once -> 3
-        (1, 20160420090000, 9, 1, 1), (1, 20160420090100, 3, 1, 1), (1, 20160420090200, 3, 1, 1),
+        (1, 20160420090000, 9, 1, 1),
+        (1, 20160420090100, 3, 1, 1),
+        (1, 20160420090200, 3, 1, 1),
         (1, 20160420090300, 3, 1, 1),
         # hour 10: only a Shopping app (category 5, not kept) -> no traffic, but the location is known
         (1, 20160420100000, 4, 6, 99),
     ]
     content = read(tmp_path, rows)
-    located = {h: content.cell_keys[c] for h, c in zip(content.location_hour.tolist(), content.location_cell.tolist(), strict=True)}
+    located = {
+        h: content.cell_keys[c]
+        for h, c in zip(content.location_hour.tolist(), content.location_cell.tolist(), strict=True)
+    }
     assert located == {8: "9", 9: "3", 10: "4"}
     assert 10 not in content.traffic_hour.tolist()
     assert content.params["records_dropped"] == 1
@@ -337,7 +376,9 @@ def test_synthetic_trace_modal_cells_match_a_plain_python_count(tmp_path):
         user, stamp, base, _, _ = line.split(" ")
         hour = (int(stamp[6:8]) - 20) * 24 + int(stamp[8:10])
         counts.setdefault((user, hour), Counter())[int(base)] += 1
-    expected = {key: min(c for c, k in counter.items() if k == max(counter.values())) for key, counter in counts.items()}
+    expected = {
+        key: min(c for c, k in counter.items() if k == max(counter.values())) for key, counter in counts.items()
+    }
     got = {
         (content.entity_keys[e], h): int(content.cell_keys[c])
         for e, h, c in zip(content.location_entity, content.location_hour, content.location_cell, strict=True)

@@ -21,8 +21,18 @@ def _series() -> SeriesData:
     location[0, 9::24] = [1, 2, 3, 1]
     location[1] = -1
     traffic = np.arange(2 * hours * K, dtype=float).reshape(2, hours, K)
-    return SeriesData("hand-made", ["a", "b"], np.array([1, 2]), ["u0", "u1"], traffic, location,
-                      np.arange(4), ["c0", "c1", "c2", "c3"], EMBEDDING.copy(), datetime(2016, 4, 18))
+    return SeriesData(
+        "hand-made",
+        ["a", "b"],
+        np.array([1, 2]),
+        ["u0", "u1"],
+        traffic,
+        location,
+        np.arange(4),
+        ["c0", "c1", "c2", "c3"],
+        EMBEDDING.copy(),
+        datetime(2016, 4, 18),
+    )
 
 
 def test_the_environment_profile_is_the_mean_embedding_of_the_entitys_known_cells_at_that_hour_of_day():
@@ -40,8 +50,9 @@ def test_the_environment_profile_is_the_mean_embedding_of_the_entitys_known_cell
     assert np.allclose(profile.env_at(np.array([0]), np.array([24 + 9]), leave_out=True), EMBEDDING[1])
     assert np.allclose(profile.env_at(np.array([0]), np.array([24 + 9])), (EMBEDDING[1] + EMBEDDING[2]) / 2)
     # Day 2 at 09:00 was in the cell without embedding: nothing to leave out.
-    assert np.allclose(profile.env_at(np.array([0]), np.array([48 + 9]), leave_out=True),
-                       (EMBEDDING[1] + EMBEDDING[2]) / 2)
+    assert np.allclose(
+        profile.env_at(np.array([0]), np.array([48 + 9]), leave_out=True), (EMBEDDING[1] + EMBEDDING[2]) / 2
+    )
     # An entity never seen in a known cell gets the average place (the cells' mean embedding).
     assert np.allclose(profile.env_at(np.array([1]), np.array([5])), EMBEDDING[:3].mean(0))
     # Entities x hours, as a forecast asks: (E, 1) and (1, L) broadcast to (E, L, D).

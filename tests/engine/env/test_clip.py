@@ -50,7 +50,9 @@ def test_contrastive_training_lowers_the_loss_and_retrieves_above_chance():
     # Each held-out image finds a text of its own kind far more often than chance (1/6).
     similarity = image_z @ text_z.T
     assert (labels[similarity.argmax(1)] == labels).mean() > 0.6
-    assert metrics["retrieval"]["pairs"] == 24 and metrics["retrieval"]["top5"] > metrics["retrieval"]["chance_top1"] * 5
+    assert (
+        metrics["retrieval"]["pairs"] == 24 and metrics["retrieval"]["top5"] > metrics["retrieval"]["chance_top1"] * 5
+    )
 
 
 def test_training_is_deterministic_for_a_seed():
@@ -84,8 +86,11 @@ def test_encoder_config_that_does_not_match_the_weights_is_refused(tmp_path):
     encoder = build_encoder(ClipSettings())
     save_encoder(encoder, tmp_path / "enc")
     config = json.loads((tmp_path / "enc" / "config.json").read_text())
-    config["model_cfg"] = {"embed_dim": 64, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 8},
-                           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+    config["model_cfg"] = {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    }
     (tmp_path / "enc" / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match="do not match the architecture"):
         load_encoder(tmp_path / "enc")
@@ -110,8 +115,12 @@ def test_checkpoint_of_another_architecture_is_refused_with_the_file_named(tmp_p
 
 @pytest.mark.parametrize(
     "settings,field",
-    [(ClipSettings(frozen=True), "--frozen"), (ClipSettings(arch="nope"), "--clip-arch"),
-     (ClipSettings(init="/no/such.pt"), "--clip-init"), (ClipSettings(mode="both-ish"), "--env-mode")],
+    [
+        (ClipSettings(frozen=True), "--frozen"),
+        (ClipSettings(arch="nope"), "--clip-arch"),
+        (ClipSettings(init="/no/such.pt"), "--clip-init"),
+        (ClipSettings(mode="both-ish"), "--env-mode"),
+    ],
 )
 def test_bad_clip_settings_name_the_option(settings, field):
     with pytest.raises(InputError, match=field):

@@ -156,7 +156,12 @@ def test_friendly_names_and_ratio_words():
     assert friendly_name("Entertainment and leisure") == "entertainment venues"
     assert friendly_name("Dining & Cuisine") == "dining & cuisine"
     assert [ratio_words(r) for r in (1.5, 2.1, 3.2, 4.6, 30)] == [
-        "about one and a half times", "about twice", "about three times", "about five times", "more than ten times"]
+        "about one and a half times",
+        "about twice",
+        "about three times",
+        "about five times",
+        "more than ten times",
+    ]
 
 
 def test_the_llmapp_taxonomy_is_described_with_its_own_names(shared_data):
@@ -168,7 +173,7 @@ def test_the_llmapp_taxonomy_is_described_with_its_own_names(shared_data):
         header = next(reader)
         columns = [i for i, name in enumerate(header) if name.startswith("poi_")]
         rows = [[int(float(row[i])) for i in columns] for row in itertools.islice(reader, 600)]
-    categories = [header[i][len("poi_"):] for i in columns]
+    categories = [header[i][len("poi_") :] for i in columns]
     stats = CityStats.from_counts(np.array(rows), categories)
     texts = [TemplateDescriber().text(row, stats) for row in rows]
     assert len(set(texts)) >= 0.9 * len(texts) and max(words(t) for t in texts) <= 80
@@ -235,8 +240,12 @@ class FakeLLM:
 
 
 def _answer(content: object) -> dict:
-    return {"id": "x", "object": "chat.completion", "model": "test-model",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "test-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+    }
 
 
 @pytest.fixture
@@ -354,8 +363,13 @@ def test_client_errors_are_not_retried(llm, stats):
 
 
 def test_markdown_and_preambles_are_stripped_and_long_answers_cut_to_sentences(llm, stats):
-    llm.default = (200, _answer("<think>counting</think>Here is the description:\n\n**An office district.**\n"
-                                "- Many *restaurants* nearby."), 0)
+    llm.default = (
+        200,
+        _answer(
+            "<think>counting</think>Here is the description:\n\n**An office district.**\n- Many *restaurants* nearby."
+        ),
+        0,
+    )
     assert _describer(llm).describe(OFFICE, stats).text == "An office district. Many restaurants nearby."
     long = " ".join(f"Sentence number {i} has six words." for i in range(20))  # 120 words
     llm.default = (200, _answer(long), 0)
@@ -389,8 +403,9 @@ def test_describe_cells_writes_keeps_and_regenerates(db_path, llm):
             dataset_id = dataset.id
         messages: list[str] = []
         with database.write_session() as session, session.begin():
-            result = describe_cells(session, session.get(Dataset, dataset_id), make_describer("template"),
-                                    progress=messages.append)
+            result = describe_cells(
+                session, session.get(Dataset, dataset_id), make_describer("template"), progress=messages.append
+            )
         assert (result["described"], result["kept"], result["fallbacks"]) == (40, 0, 0)
         assert messages and messages[-1].startswith("descriptions: 40/40")
 

@@ -60,11 +60,23 @@ def test_a_second_build_keeps_descriptions_and_activates_the_new_encoder(small_c
 def test_cells_without_imagery_are_embedded_from_their_text(db_path):
     database = open_database(str(db_path))
     content = DatasetContent(
-        name="no-imagery", kind="table", entity_kind="user", services=["A"], poi_categories=["Shop", "Home"],
-        time_origin=datetime(2016, 4, 18), timezone="UTC", hours=24, cell_keys=[f"c{i}" for i in range(6)],
-        cell_poi=np.array([[9, 0], [0, 9], [5, 5], [1, 0], [0, 0], [3, 7]]), entity_keys=["u"],
-        traffic_entity=np.array([0]), traffic_hour=np.array([0]), traffic_service=np.array([0]),
-        traffic_bytes=np.array([10]), location_entity=np.array([0]), location_hour=np.array([0]),
+        name="no-imagery",
+        kind="table",
+        entity_kind="user",
+        services=["A"],
+        poi_categories=["Shop", "Home"],
+        time_origin=datetime(2016, 4, 18),
+        timezone="UTC",
+        hours=24,
+        cell_keys=[f"c{i}" for i in range(6)],
+        cell_poi=np.array([[9, 0], [0, 9], [5, 5], [1, 0], [0, 0], [3, 7]]),
+        entity_keys=["u"],
+        traffic_entity=np.array([0]),
+        traffic_hour=np.array([0]),
+        traffic_service=np.array([0]),
+        traffic_bytes=np.array([10]),
+        location_entity=np.array([0]),
+        location_hour=np.array([0]),
         location_cell=np.array([0]),
     )
     with database.write_session() as session, session.begin():
@@ -92,8 +104,23 @@ def test_cli_env_build_and_info_print_the_documented_json(small_city_db, capsys)
 
 def test_unreachable_llm_endpoint_falls_back_to_the_template_and_says_so(small_city_db, capsys):
     db = small_city_db.url
-    status = main(["env", "build", "--db", db, "--epochs", "0", "--describer", "openai",
-                   "--llm-url", "http://127.0.0.1:9/v1", "--llm-model", "none", "--json"])
+    status = main(
+        [
+            "env",
+            "build",
+            "--db",
+            db,
+            "--epochs",
+            "0",
+            "--describer",
+            "openai",
+            "--llm-url",
+            "http://127.0.0.1:9/v1",
+            "--llm-model",
+            "none",
+            "--json",
+        ]
+    )
     assert status == 0
     info = json.loads(capsys.readouterr().out)
     assert info["descriptions"] == 48 and info["description_fallbacks"] == 48
@@ -124,12 +151,25 @@ def test_real_baidu_tiles_flow_through_the_folder_source_into_clip_embeddings(db
     centres = [baidu_tile_center_wgs84(13165, y, 16) for y in range(3580, 3586)] + [(31.2304, 121.4737)]
     database = open_database(str(db_path))
     content = DatasetContent(
-        name="real-tiles", kind="table", entity_kind="user", services=["A"], poi_categories=["Factory", "Home"],
-        time_origin=datetime(2016, 4, 18), timezone="Asia/Shanghai", hours=24,
-        cell_keys=[f"b{i}" for i in range(7)], cell_poi=np.array([[5, 1], [1, 5], [3, 3], [0, 2], [2, 0], [4, 4], [1, 1]]),
-        cell_lat=np.array([c[0] for c in centres]), cell_lon=np.array([c[1] for c in centres]), entity_keys=["u"],
-        traffic_entity=np.array([0]), traffic_hour=np.array([0]), traffic_service=np.array([0]),
-        traffic_bytes=np.array([10]), location_entity=np.array([0]), location_hour=np.array([0]),
+        name="real-tiles",
+        kind="table",
+        entity_kind="user",
+        services=["A"],
+        poi_categories=["Factory", "Home"],
+        time_origin=datetime(2016, 4, 18),
+        timezone="Asia/Shanghai",
+        hours=24,
+        cell_keys=[f"b{i}" for i in range(7)],
+        cell_poi=np.array([[5, 1], [1, 5], [3, 3], [0, 2], [2, 0], [4, 4], [1, 1]]),
+        cell_lat=np.array([c[0] for c in centres]),
+        cell_lon=np.array([c[1] for c in centres]),
+        entity_keys=["u"],
+        traffic_entity=np.array([0]),
+        traffic_hour=np.array([0]),
+        traffic_service=np.array([0]),
+        traffic_bytes=np.array([10]),
+        location_entity=np.array([0]),
+        location_hour=np.array([0]),
         location_cell=np.array([0]),
     )
     with database.write_session() as session, session.begin():

@@ -39,10 +39,17 @@ SHARED_TILES = Path(__file__).resolve().parents[3].parent / "shared" / "data" / 
 
 def _cells_of(content) -> list[CellInfo]:
     return [
-        CellInfo(id=i, key=content.cell_keys[i], lat=float(content.cell_lat[i]), lon=float(content.cell_lon[i]),
-                 land_use=content.cell_land_use[i], poi_counts=[int(v) for v in content.cell_poi[i]],
-                 poi_categories=list(POI_CATEGORIES), x_km=content.cell_attrs[i]["x_km"],
-                 y_km=content.cell_attrs[i]["y_km"])
+        CellInfo(
+            id=i,
+            key=content.cell_keys[i],
+            lat=float(content.cell_lat[i]),
+            lon=float(content.cell_lon[i]),
+            land_use=content.cell_land_use[i],
+            poi_counts=[int(v) for v in content.cell_poi[i]],
+            poi_categories=list(POI_CATEGORIES),
+            x_km=content.cell_attrs[i]["x_km"],
+            y_km=content.cell_attrs[i]["y_km"],
+        )
         for i in range(len(content.cell_keys))
     ]
 
@@ -58,8 +65,10 @@ def rendered_by_land_use(city_cells) -> dict[str, list[np.ndarray]]:
     out = {}
     for land_use in LAND_USES:
         pool = [c for c in city_cells if c.land_use == land_use]
-        chosen = [pool[i] if i < len(pool) else replace(pool[i % len(pool)], key=f"{pool[i % len(pool)].key}-{i}")
-                  for i in range(20)]
+        chosen = [
+            pool[i] if i < len(pool) else replace(pool[i % len(pool)], key=f"{pool[i % len(pool)].key}-{i}")
+            for i in range(20)
+        ]
         out[land_use] = [render_tile_array(c) for c in chosen]
     return out
 
@@ -106,8 +115,10 @@ def test_parks_are_green_and_cbd_is_grey_and_dark(rendered_by_land_use):
     assert green["university"] > green["residential"] > green["commercial"]
     dark = {lu: np.mean([(a.mean(axis=2) < 70).mean() for a in arrays]) for lu, arrays in rendered_by_land_use.items()}
     assert dark["cbd"] > 2 * dark["industrial"]  # towers cast long shadows; sheds hardly any
-    blue = {lu: np.mean([(a[..., 2].astype(int) > a[..., 0] + 40).mean() for a in arrays])
-            for lu, arrays in rendered_by_land_use.items()}
+    blue = {
+        lu: np.mean([(a[..., 2].astype(int) > a[..., 0] + 40).mean() for a in arrays])
+        for lu, arrays in rendered_by_land_use.items()
+    }
     assert blue["industrial"] > blue["residential"]  # steel-blue shed roofs
 
 
@@ -229,8 +240,9 @@ def test_wrong_size_is_centre_cropped_then_resized_not_stretched():
 # --- open_tile_source ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", ["", "satellite", "dir:", "xyz:ftp://host/{z}/{x}/{y}", "xyz:https://host/tiles",
-                                  "synthetic:foo"])
+@pytest.mark.parametrize(
+    "spec", ["", "satellite", "dir:", "xyz:ftp://host/{z}/{x}/{y}", "xyz:https://host/tiles", "synthetic:foo"]
+)
 def test_bad_specs_say_which_forms_are_accepted(spec):
     with pytest.raises(InputError) as caught:
         open_tile_source(spec)
@@ -314,8 +326,10 @@ def _make_mbtiles(path: Path, tiles: dict[tuple[int, int, int], bytes], fmt: str
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE metadata (name TEXT, value TEXT)")
     db.execute("CREATE TABLE tiles (zoom_level INTEGER, tile_column INTEGER, tile_row INTEGER, tile_data BLOB)")
-    db.executemany("INSERT INTO metadata VALUES (?, ?)",
-                   [("name", "test"), ("format", fmt), ("minzoom", "15"), ("maxzoom", str(maxzoom))])
+    db.executemany(
+        "INSERT INTO metadata VALUES (?, ?)",
+        [("name", "test"), ("format", fmt), ("minzoom", "15"), ("maxzoom", str(maxzoom))],
+    )
     db.executemany("INSERT INTO tiles VALUES (?, ?, ?, ?)", [(z, x, r, d) for (z, x, r), d in tiles.items()])
     db.commit()
     db.close()
@@ -327,10 +341,13 @@ def test_mbtiles_rows_are_tms_flipped(tmp_path):
     x, y = 27440, 13389  # XYZ at zoom 15 (test_xyz_and_per_cell_folders)
     ox, oy = lat_lon_to_xyz(other.lat, other.lon, 15)
     path = tmp_path / "city.mbtiles"
-    _make_mbtiles(path, {
-        (15, x, 2**15 - 1 - y): _png(Image.new("RGB", (256, 256), (5, 6, 7))),  # TMS row: found
-        (15, ox, oy): _png(Image.new("RGB", (256, 256), (8, 8, 8))),  # stored unflipped: not the cell's tile
-    })
+    _make_mbtiles(
+        path,
+        {
+            (15, x, 2**15 - 1 - y): _png(Image.new("RGB", (256, 256), (5, 6, 7))),  # TMS row: found
+            (15, ox, oy): _png(Image.new("RGB", (256, 256), (8, 8, 8))),  # stored unflipped: not the cell's tile
+        },
+    )
     source = open_tile_source(f"mbtiles:{path}")
     assert isinstance(source, MBTilesSource) and source.zoom == 15
     tile = source.fetch(cell)
@@ -399,8 +416,9 @@ def test_store_tiles_replaces_a_data_sets_tiles_and_counts_them(small_city_db):
     database, dataset_id = small_city_db
     seen = []
     with database.write_session() as session, session.begin():
-        counts = store_tiles(session, dataset_id, SyntheticSource(),
-                             progress=lambda done, total: seen.append((done, total)))
+        counts = store_tiles(
+            session, dataset_id, SyntheticSource(), progress=lambda done, total: seen.append((done, total))
+        )
     assert counts == {"tiles": 40, "missing": 0, "failed": 0}
     assert seen[-1] == (40, 40)
     with database.write_session() as session, session.begin():

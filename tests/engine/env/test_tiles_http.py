@@ -156,8 +156,9 @@ def test_an_unreachable_endpoint_fails_fast_naming_the_url(tmp_path):
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    source = open_tile_source(f"xyz:http://127.0.0.1:{port}/{{z}}/{{x}}/{{y}}.png", cache_dir=tmp_path,
-                              retries=2, backoff=0.01, timeout=1.0)
+    source = open_tile_source(
+        f"xyz:http://127.0.0.1:{port}/{{z}}/{{x}}/{{y}}.png", cache_dir=tmp_path, retries=2, backoff=0.01, timeout=1.0
+    )
     started = time.monotonic()
     with pytest.raises(TileFetchError, match=f"127.0.0.1:{port}/16/"):
         source.fetch(_grid_cells(1)[0])
@@ -189,8 +190,12 @@ def test_concurrency_never_exceeds_the_limit_even_with_two_callers(tile_server, 
     source = _source(tile_server, tmp_path / "cache", max_concurrency=3)
     cells = _grid_cells(24)
     results: dict[str, list] = {}
-    callers = [threading.Thread(target=lambda part=part, name=name: results.__setitem__(
-        name, source.fetch_many(part, max_workers=8))) for name, part in (("a", cells[:12]), ("b", cells[12:]))]
+    callers = [
+        threading.Thread(
+            target=lambda part=part, name=name: results.__setitem__(name, source.fetch_many(part, max_workers=8))
+        )
+        for name, part in (("a", cells[:12]), ("b", cells[12:]))
+    ]
     for caller in callers:
         caller.start()
     for caller in callers:

@@ -21,10 +21,18 @@ from engine.evaluation.metrics import probabilistic_metrics
 def _series(values: np.ndarray, origin: datetime = datetime(2016, 4, 18)) -> SeriesData:
     """A SeriesData around normalised values (E, T, K); the baselines read only its calendar/shape."""
     e, t, k = values.shape
-    return SeriesData(dataset_name="synthetic", services=[f"s{i}" for i in range(k)], entity_ids=np.arange(e),
-                      entity_keys=[f"u{i}" for i in range(e)], traffic=np.zeros((e, t, k)),
-                      location=np.full((e, t), -1), cell_ids=np.zeros(0, dtype=np.int64), cell_keys=[],
-                      env=np.zeros((0, 0), dtype=np.float32), time_origin=origin)
+    return SeriesData(
+        dataset_name="synthetic",
+        services=[f"s{i}" for i in range(k)],
+        entity_ids=np.arange(e),
+        entity_keys=[f"u{i}" for i in range(e)],
+        traffic=np.zeros((e, t, k)),
+        location=np.full((e, t), -1),
+        cell_ids=np.zeros(0, dtype=np.int64),
+        cell_keys=[],
+        env=np.zeros((0, 0), dtype=np.float32),
+        time_origin=origin,
+    )
 
 
 def _daily_pattern(entities: int, hours: int, services: int, seed: int = 0) -> np.ndarray:
@@ -169,8 +177,9 @@ def test_arima_multi_step_forecasts_match_statsmodels_with_the_fitted_parameters
     series = _series(values)
     splits = make_splits(series, SplitSpec())
     start, steps = 150, 12
-    forecast = arima(series, values, splits, Windows(np.array([0]), np.array([start])), steps=steps,
-                     n_samples=1, n_jobs=1)
+    forecast = arima(
+        series, values, splits, Windows(np.array([0]), np.array([start])), steps=steps, n_samples=1, n_jobs=1
+    )
     cutoff = splits.train_hours_end
     y = values[0, :, 1]
     hod = np.arange(168) % 24
@@ -184,8 +193,9 @@ def test_arima_multi_step_forecasts_match_statsmodels_with_the_fitted_parameters
     refit = SARIMAX(y[:cutoff], exog=profile[:cutoff], order=(1, 0, 0), trend="c").fit(disp=False)
     assert np.allclose(params, refit.params, atol=1e-3)
     # the samples are Gaussian quantiles (levels (i + 0.5) / S) of the forecast mean and variance
-    wide = arima(series, values, splits, Windows(np.array([0]), np.array([start])), steps=steps, n_jobs=1,
-                 params=forecast.params)
+    wide = arima(
+        series, values, splits, Windows(np.array([0]), np.array([start])), steps=steps, n_jobs=1, params=forecast.params
+    )
     z = norm.ppf(quantile_levels(100))[:, None]
     gaussian = expected.predicted_mean[None] + z * np.sqrt(expected.var_pred_mean)[None]
     assert np.allclose(wide.samples[:, 0, :, 1], np.clip(gaussian, 0, None), atol=1e-5)
@@ -221,8 +231,15 @@ def test_arima_rejects_parameters_of_another_specification():
     series = _series(values)
     splits = make_splits(series, SplitSpec())
     with pytest.raises(InputError, match="parameters"):
-        arima(series, values, splits, splits.test, order=(2, 0, 0), n_jobs=1,
-              params={"intercept": np.zeros((1, 2)), "ar.L1": np.zeros((1, 2)), "sigma2": np.ones((1, 2))})
+        arima(
+            series,
+            values,
+            splits,
+            splits.test,
+            order=(2, 0, 0),
+            n_jobs=1,
+            params={"intercept": np.zeros((1, 2)), "ar.L1": np.zeros((1, 2)), "sigma2": np.ones((1, 2))},
+        )
 
 
 @pytest.mark.parametrize("method", list(BASELINES))

@@ -9,29 +9,63 @@ from engine.evaluation.report import ReportFigure, delta_percent, report_figures
 
 SERVICES = ["Utilities", "Games", "Music", "News"]
 ROWS = [
-    {"method": "seasonal-naive", "mse": 0.10, "rmse": 0.316, "mae": 0.16, "cs": 0.58, "r2": -0.15,
-     "crps": 0.16, "cov50": 0.61, "cov90": 0.61},
-    {"method": "arima", "mse": 0.06, "rmse": 0.245, "mae": 0.18, "cs": 0.70, "r2": 0.29,
-     "crps": 0.12, "cov50": 0.58, "cov90": 0.81},
-    {"method": "lsdm", "mse": 0.05, "rmse": 0.224, "mae": 0.12, "cs": 0.75, "r2": 0.40,
-     "crps": 0.09, "cov50": 0.52, "cov90": 0.93, "extra": "ignored"},
+    {
+        "method": "seasonal-naive",
+        "mse": 0.10,
+        "rmse": 0.316,
+        "mae": 0.16,
+        "cs": 0.58,
+        "r2": -0.15,
+        "crps": 0.16,
+        "cov50": 0.61,
+        "cov90": 0.61,
+    },
+    {
+        "method": "arima",
+        "mse": 0.06,
+        "rmse": 0.245,
+        "mae": 0.18,
+        "cs": 0.70,
+        "r2": 0.29,
+        "crps": 0.12,
+        "cov50": 0.58,
+        "cov90": 0.81,
+    },
+    {
+        "method": "lsdm",
+        "mse": 0.05,
+        "rmse": 0.224,
+        "mae": 0.12,
+        "cs": 0.75,
+        "r2": 0.40,
+        "crps": 0.09,
+        "cov50": 0.52,
+        "cov90": 0.93,
+        "extra": "ignored",
+    },
 ]
 ABLATION = [{"method": "lsdm-no-2d-attention", "mse": 0.07, "r2": 0.3}, {"method": "lsdm", "mse": 0.05, "r2": 0.4}]
 
 
 def _write(tmp_path, draw=None):
     return write_report(
-        tmp_path / "report", title="Evaluation of the default city", table3_rows=ROWS, table4_rows=ABLATION,
-        per_service_r2={row["method"]: {s: 0.1 * i + j * 0.05 for i, s in enumerate(SERVICES)}
-                        for j, row in enumerate(ROWS)},
+        tmp_path / "report",
+        title="Evaluation of the default city",
+        table3_rows=ROWS,
+        table4_rows=ABLATION,
+        per_service_r2={
+            row["method"]: {s: 0.1 * i + j * 0.05 for i, s in enumerate(SERVICES)} for j, row in enumerate(ROWS)
+        },
         mse_by_step={"arima": [0.05 + 0.002 * i for i in range(30)], "lsdm": [0.04 + 0.001 * i for i in range(30)]},
-        notes=["Synthetic city; not the paper's data."], metadata={"dataset": "city-0", "windows": 12000}, draw=draw)
+        notes=["Synthetic city; not the paper's data."],
+        metadata={"dataset": "city-0", "windows": 12000},
+        draw=draw,
+    )
 
 
 def test_report_writes_markdown_and_csvs_and_draws_nothing_itself(tmp_path):
     paths = _write(tmp_path)
-    assert {p.name for p in paths} == {"report.md", "table3.csv", "table4.csv", "per_service_r2.csv",
-                                       "mse_by_step.csv"}
+    assert {p.name for p in paths} == {"report.md", "table3.csv", "table4.csv", "per_service_r2.csv", "mse_by_step.csv"}
     assert all(path.is_file() for path in paths)
     assert "## Figures" not in (tmp_path / "report" / "report.md").read_text()
 
@@ -93,14 +127,29 @@ def test_csv_files_hold_the_numbers(tmp_path):
 
 
 def test_report_without_reference_row_or_figure_data_still_writes_tables(tmp_path):
-    paths = write_report(tmp_path, title="t", table3_rows=[{"method": "arima", "mse": 0.1}], table4_rows=[],
-                         per_service_r2={}, mse_by_step={}, notes=[], metadata={})
-    assert {p.name for p in paths} == {"report.md", "table3.csv", "table4.csv", "per_service_r2.csv",
-                                       "mse_by_step.csv"}
+    paths = write_report(
+        tmp_path,
+        title="t",
+        table3_rows=[{"method": "arima", "mse": 0.1}],
+        table4_rows=[],
+        per_service_r2={},
+        mse_by_step={},
+        notes=[],
+        metadata={},
+    )
+    assert {p.name for p in paths} == {"report.md", "table3.csv", "table4.csv", "per_service_r2.csv", "mse_by_step.csv"}
     assert "no `lsdm` row" in (tmp_path / "report.md").read_text()
 
 
 def test_rows_without_a_method_are_rejected(tmp_path):
     with pytest.raises(InputError, match="method"):
-        write_report(tmp_path, title="t", table3_rows=[{"mse": 0.1}], table4_rows=[], per_service_r2={},
-                     mse_by_step={}, notes=[], metadata={})
+        write_report(
+            tmp_path,
+            title="t",
+            table3_rows=[{"mse": 0.1}],
+            table4_rows=[],
+            per_service_r2={},
+            mse_by_step={},
+            notes=[],
+            metadata={},
+        )

@@ -113,8 +113,11 @@ def test_missing_keys_and_unreadable_files_are_input_errors(exported, tmp_path):
     path, _, splits, _ = exported
     with pytest.raises(InputError, match="exactly one of"):
         score_predictions(_save(tmp_path / "none.npz", other=np.zeros(3)), path)
-    both = _save(tmp_path / "both.npz", prediction=np.zeros((len(splits.test), 2, 10)),
-                 samples=np.zeros((1, len(splits.test), 2, 10)))
+    both = _save(
+        tmp_path / "both.npz",
+        prediction=np.zeros((len(splits.test), 2, 10)),
+        samples=np.zeros((1, len(splits.test), 2, 10)),
+    )
     with pytest.raises(InputError, match="exactly one of"):
         score_predictions(both, path)
     garbage = tmp_path / "garbage.npz"

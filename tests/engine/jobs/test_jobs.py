@@ -52,9 +52,22 @@ def small(tmp_path: Path) -> Path:
 def _slow_config(tmp_path: Path, epochs: int = 400) -> str:
     """A tiny no-condition model trained for many epochs: a job that runs long enough to be killed."""
     path = tmp_path / "slow.json"
-    path.write_text(json.dumps({"condition": "none", "channels": 16, "heads": 2, "blocks": 1, "epochs": epochs,
-                                "batch_size": 16, "diffusion_steps": 20, "beta_end": 0.8, "patience": 10_000,
-                                "windows_per_epoch": 64}))
+    path.write_text(
+        json.dumps(
+            {
+                "condition": "none",
+                "channels": 16,
+                "heads": 2,
+                "blocks": 1,
+                "epochs": epochs,
+                "batch_size": 16,
+                "diffusion_steps": 20,
+                "beta_end": 0.8,
+                "patience": 10_000,
+                "windows_per_epoch": 64,
+            }
+        )
+    )
     return str(path)
 
 
@@ -64,8 +77,14 @@ def _count(database, model) -> int:
 
 
 def _worker_process(db: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--db", str(db), *extra], cwd=REPO,
-                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "worker", "--db", str(db), *extra],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_until(predicate, timeout: float = 120.0, what: str = "condition") -> None:
@@ -78,21 +97,24 @@ def _wait_until(predicate, timeout: float = 120.0, what: str = "condition") -> N
 # --- requests ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kind", "params", "field"), [
-    ("nonsense", {}, "kind"),
-    ("forecast", {"start": 10}, "entities"),
-    ("forecast", {"entity": "user:U0001", "start": -1}, "start"),
-    ("forecast", {"entity": "user:U0001", "start": 10, "horizon": "twelve"}, "horizon"),
-    ("forecast", {"entity": "user:U0001", "start": 10, "sampler": "euler"}, "sampler"),
-    ("forecast", {"entity": "user:U0001", "start": 10, "colour": "red"}, "colour"),
-    ("forecast", {"entity": "user:U0001", "start": 10, "noise": "pink"}, "noise"),
-    ("train", {"config": "no-such-config"}, "config"),
-    ("ingest.table", {"records": "/nope.csv", "cells": "/nope.csv"}, "records"),
-    ("city.build", {"users": 0}, "users"),
-    ("env.build", {"encoder": 7}, "encoder"),
-    ("evaluate", {"dataset": ["city-b"]}, "dataset"),
-    ("evaluate", {"location": "stay"}, "location"),
-])
+@pytest.mark.parametrize(
+    ("kind", "params", "field"),
+    [
+        ("nonsense", {}, "kind"),
+        ("forecast", {"start": 10}, "entities"),
+        ("forecast", {"entity": "user:U0001", "start": -1}, "start"),
+        ("forecast", {"entity": "user:U0001", "start": 10, "horizon": "twelve"}, "horizon"),
+        ("forecast", {"entity": "user:U0001", "start": 10, "sampler": "euler"}, "sampler"),
+        ("forecast", {"entity": "user:U0001", "start": 10, "colour": "red"}, "colour"),
+        ("forecast", {"entity": "user:U0001", "start": 10, "noise": "pink"}, "noise"),
+        ("train", {"config": "no-such-config"}, "config"),
+        ("ingest.table", {"records": "/nope.csv", "cells": "/nope.csv"}, "records"),
+        ("city.build", {"users": 0}, "users"),
+        ("env.build", {"encoder": 7}, "encoder"),
+        ("evaluate", {"dataset": ["city-b"]}, "dataset"),
+        ("evaluate", {"location": "stay"}, "location"),
+    ],
+)
 def test_bad_requests_name_the_field_and_queue_nothing(db_path, kind, params, field):
     database = open_database(str(db_path))
     with pytest.raises(InputError) as caught:
@@ -135,8 +157,11 @@ def test_cancelling_a_queued_job_is_immediate_and_removes_its_uploads(city):
     assert get_job(database, job_id).status == "cancelled"
     assert JobWorker(database).drain() == 0  # nothing left to run
     # a job that carries uploads: the folder goes when the job ends, whatever the ending
-    upload_job = enqueue(database, "ingest.table", {"records": str(folder / "records.csv"),
-                                                    "cells": str(folder / "records.csv"), "uploads_dir": str(folder)})
+    upload_job = enqueue(
+        database,
+        "ingest.table",
+        {"records": str(folder / "records.csv"), "cells": str(folder / "records.csv"), "uploads_dir": str(folder)},
+    )
     assert cancel(database, upload_job) == "cancelled" and not folder.exists()
     assert cancel(database, job_id) == "cancelled"  # finished jobs stay as they are
 
@@ -150,8 +175,16 @@ def test_a_failed_ingest_names_the_uploaded_file_and_removes_the_folder(city):
     records.write_text("user,timestamp,service,bytes,cell\nu1,not-a-time,video,10,c1\n")
     cells.write_text("cell,lat,lon\nc1,31.2,121.4\n")
     datasets = _count(database, Dataset)
-    job_id = enqueue(database, "ingest.table", {"records": str(records), "cells": str(cells), "uploads_dir": str(folder),
-                                                "names": {str(records): "my traffic.csv", str(cells): "towers.csv"}})
+    job_id = enqueue(
+        database,
+        "ingest.table",
+        {
+            "records": str(records),
+            "cells": str(cells),
+            "uploads_dir": str(folder),
+            "names": {str(records): "my traffic.csv", str(cells): "towers.csv"},
+        },
+    )
     JobWorker(database).drain()
     job = get_job(database, job_id)
     assert job.status == "failed", job
@@ -166,8 +199,9 @@ def test_a_running_job_is_cancelled_at_its_next_progress_report_and_stores_nothi
     thread = threading.Thread(target=worker.drain)
     thread.start()
     try:
-        _wait_until(lambda: len((get_job(database, job_id).result or {}).get("history", [])) >= 2,
-                    what="the loss curve so far")
+        _wait_until(
+            lambda: len((get_job(database, job_id).result or {}).get("history", [])) >= 2, what="the loss curve so far"
+        )
         curve = get_job(database, job_id).result["history"]
         assert [entry["epoch"] for entry in curve[:2]] == [1, 2] and curve[0]["val_loss"] > 0
         assert cancel(database, job_id) == "running"
@@ -217,8 +251,12 @@ print(json.dumps([enqueue(database, "forecast", {"entity": f"user:U{i:04d}", "st
 
 def _clients(code: str, *argument_lists: list[str]) -> list[list[int]]:
     """Run ``code`` in one fresh Python process per argument list, all at once; their JSON outputs."""
-    processes = [subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for args in argument_lists]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for args in argument_lists
+    ]
     outputs = []
     for process in processes:
         out, err = process.communicate(timeout=300)
@@ -241,8 +279,9 @@ def test_many_clients_and_a_worker_at_once_corrupt_nothing(city):
     exactly once with its own run, and the database passes SQLite's integrity check."""
     worker = _worker_process(city)
     try:
-        ids = [job_id for part in _clients(SUBMIT, *([str(city), str(6 * c), "6"] for c in range(5)))
-               for job_id in part]
+        ids = [
+            job_id for part in _clients(SUBMIT, *([str(city), str(6 * c), "6"] for c in range(5))) for job_id in part
+        ]
         database = open_database(str(city))
         for job_id in ids:
             job = wait_for(database, job_id, timeout=300)
@@ -304,8 +343,23 @@ def test_a_job_whose_worker_dies_too_often_fails_with_the_reason(small, tmp_path
 def test_jobs_command_line(city, capsys):
     from cli.main import main as lsdm
 
-    assert lsdm(["jobs", "submit", "forecast", "entity=user:U0004", "start=310", "horizon=2", "samples=4",
-                 "--db", str(city), "--json"]) == 0
+    assert (
+        lsdm(
+            [
+                "jobs",
+                "submit",
+                "forecast",
+                "entity=user:U0004",
+                "start=310",
+                "horizon=2",
+                "samples=4",
+                "--db",
+                str(city),
+                "--json",
+            ]
+        )
+        == 0
+    )
     job = json.loads(capsys.readouterr().out)
     assert job["status"] == "queued" and job["params"]["start"] == 310
     assert lsdm(["worker", "--drain", "--db", str(city)]) == 0
@@ -349,9 +403,13 @@ def test_a_version_4_database_keeps_its_jobs_when_upgraded(tmp_path):
     _configure_sqlite(old)
     assert upgrade(old, target=4) == (0, 4)
     with old.begin() as connection:
-        connection.execute(text("INSERT INTO jobs (kind, params, status, progress, cancel_requested, created_at) "
-                                 "VALUES ('city.build', '{\"users\": 4, \"cells\": 8, \"days\": 8}', 'queued', 0, 0, "
-                                 "'2026-01-01 00:00:00')"))
+        connection.execute(
+            text(
+                "INSERT INTO jobs (kind, params, status, progress, cancel_requested, created_at) "
+                "VALUES ('city.build', '{\"users\": 4, \"cells\": 8, \"days\": 8}', 'queued', 0, 0, "
+                "'2026-01-01 00:00:00')"
+            )
+        )
     assert "workers" not in inspect(old).get_table_names()
     old.dispose()
     database = open_database(str(path))  # upgrades to the latest version
@@ -370,8 +428,13 @@ def test_a_tsinghua_ingest_job_stores_the_data_set_with_progress_messages(db_pat
     if not (folder / "base_poi.txt").is_file():
         pytest.skip("the real Tsinghua metadata is not present")
     trace = write_synthetic_trace(tmp_path / "App_usage_trace.txt", users=6, records=800, seed=3)
-    params = {"trace": str(trace), "app2category": str(folder / "App2Category.txt"),
-              "categories": str(folder / "Categorys.txt"), "poi": str(folder / "base_poi.txt"), "name": "th"}
+    params = {
+        "trace": str(trace),
+        "app2category": str(folder / "App2Category.txt"),
+        "categories": str(folder / "Categorys.txt"),
+        "poi": str(folder / "base_poi.txt"),
+        "name": "th",
+    }
     database = open_database(str(db_path))
     first, second = enqueue(database, "ingest.tsinghua", params), enqueue(database, "ingest.tsinghua", params)
     assert JobWorker(database).drain() == 2

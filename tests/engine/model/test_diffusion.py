@@ -22,9 +22,12 @@ def _inputs(b: int, seed: int = 0, horizon: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
     length = H + horizon
     return {
-        "history": torch.rand(b, H, K, generator=g), "target": torch.rand(b, horizon, K, generator=g),
-        "hours": torch.randint(0, 24, (b, length), generator=g), "days": torch.randint(0, 7, (b, length), generator=g),
-        "env": torch.randn(b, length, 2 * D, generator=g), "profile": torch.rand(b, length, K, generator=g),
+        "history": torch.rand(b, H, K, generator=g),
+        "target": torch.rand(b, horizon, K, generator=g),
+        "hours": torch.randint(0, 24, (b, length), generator=g),
+        "days": torch.randint(0, 7, (b, length), generator=g),
+        "env": torch.randn(b, length, 2 * D, generator=g),
+        "profile": torch.rand(b, length, K, generator=g),
     }
 
 
@@ -54,12 +57,25 @@ def test_schedule_ends_with_alpha_bar_close_to_zero():
 def test_a_fresh_denoiser_predicts_zero_noise_because_modulation_and_output_are_zero_initialised():
     model = Denoiser(TINY, env_dim=D, n_services=K)
     batch = _inputs(3)
-    eps = model(batch["history"], batch["target"], torch.tensor([0, 5, 19]), batch["hours"], batch["days"], batch["env"])
+    eps = model(
+        batch["history"], batch["target"], torch.tensor([0, 5, 19]), batch["hours"], batch["days"], batch["env"]
+    )
     assert eps.shape == (3, 1, K) and torch.count_nonzero(eps) == 0
 
 
-@pytest.mark.parametrize("name", ["lsdm", "no-2d-attention", "env-input", "csdi-like", "lsdm-no-condition",
-                                  "lsdm-plain", "lsdm-prior", "lsdm-residual"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lsdm",
+        "no-2d-attention",
+        "env-input",
+        "csdi-like",
+        "lsdm-no-condition",
+        "lsdm-plain",
+        "lsdm-prior",
+        "lsdm-residual",
+    ],
+)
 def test_history_cache_gives_exactly_the_full_pass(name):
     config = replace(CONFIGS[name], channels=16, heads=2, blocks=2, history=H, horizon=2)
     model = _randomised(config)
@@ -72,10 +88,19 @@ def test_history_cache_gives_exactly_the_full_pass(name):
         return v.repeat_interleave(paths, 0)
 
     with torch.no_grad():
-        full = model(rep(batch["history"]), x_t, t, rep(batch["hours"]), rep(batch["days"]), rep(batch["env"]),
-                     None, rep(batch["profile"]))
-        cache = model.encode_history(batch["history"], batch["hours"], batch["days"], batch["env"], None,
-                                     batch["profile"])
+        full = model(
+            rep(batch["history"]),
+            x_t,
+            t,
+            rep(batch["hours"]),
+            rep(batch["days"]),
+            rep(batch["env"]),
+            None,
+            rep(batch["profile"]),
+        )
+        cache = model.encode_history(
+            batch["history"], batch["hours"], batch["days"], batch["env"], None, batch["profile"]
+        )
         fast = model.denoise_target(cache, x_t, t)
     assert torch.allclose(full, fast, atol=1e-5)
 
@@ -119,8 +144,11 @@ def test_loss_combines_mse_and_cosine_and_trains():
     last = float(diffusion_loss(model, schedule, standardiser, batch, t=t, noise=noise, keep_env=keep).detach())
     assert last < first
     plain = replace(config, l2=0.0)
-    mse_only = float(diffusion_loss(Denoiser(plain, env_dim=D, n_services=K), schedule, standardiser, batch,
-                                    t=t, noise=noise, keep_env=keep).detach())
+    mse_only = float(
+        diffusion_loss(
+            Denoiser(plain, env_dim=D, n_services=K), schedule, standardiser, batch, t=t, noise=noise, keep_env=keep
+        ).detach()
+    )
     assert mse_only == pytest.approx(float(torch.mean(noise**2)), rel=1e-5)  # a fresh model predicts 0
 
 
@@ -131,15 +159,34 @@ def test_sampling_loops_are_deterministic_for_a_seed_and_every_sample_gets_its_o
     schedule, standardiser = Schedule.from_config(TINY), Standardiser(0.3, 0.2)
     batch = _inputs(2)
     cache = model.encode_history(batch["history"], batch["hours"], batch["days"], batch["env"], None, batch["profile"])
-    draws = [sample(model, schedule, standardiser, cache, 6, sampler=sampler, steps=steps,
-                    generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    draws = [
+        sample(
+            model,
+            schedule,
+            standardiser,
+            cache,
+            6,
+            sampler=sampler,
+            steps=steps,
+            generator=torch.Generator().manual_seed(7),
+        )
+        for _ in range(2)
+    ]
     assert draws[0].shape == (12, 1, K) and torch.equal(draws[0], draws[1])
     per_window = draws[0].view(2, 6, K)
     # The noise reaches every sample (a window's samples spread) and the history every window (they differ).
     assert (per_window.std(1).mean(-1) > 0.1).all(), per_window.std(1)
     assert not torch.allclose(per_window[0].mean(0), per_window[1].mean(0), atol=1e-3)
-    other = sample(model, schedule, standardiser, cache, 6, sampler=sampler, steps=steps,
-                   generator=torch.Generator().manual_seed(8))
+    other = sample(
+        model,
+        schedule,
+        standardiser,
+        cache,
+        6,
+        sampler=sampler,
+        steps=steps,
+        generator=torch.Generator().manual_seed(8),
+    )
     assert not torch.equal(draws[0], other)
 
 
@@ -152,8 +199,18 @@ def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional_one():
     null = model.encode_history(*args, torch.zeros(2, dtype=torch.bool), batch["profile"])
 
     def run(cache, nc, g):
-        return sample(model, schedule, standardiser, cache, 3, sampler="ddim", steps=4, guidance=g, null_cache=nc,
-                      generator=torch.Generator().manual_seed(1))
+        return sample(
+            model,
+            schedule,
+            standardiser,
+            cache,
+            3,
+            sampler="ddim",
+            steps=4,
+            guidance=g,
+            null_cache=nc,
+            generator=torch.Generator().manual_seed(1),
+        )
 
     assert torch.equal(run(cond, null, 1.0), run(cond, None, 1.0))
     assert torch.allclose(run(cond, null, 0.0), run(null, None, 1.0), atol=1e-6)
@@ -215,8 +272,17 @@ def test_sampling_around_a_prior_is_sampling_the_residual_and_keeps_the_data_ran
     cache = model.encode_history(batch["history"], batch["hours"], batch["days"], batch["env"], None, batch["profile"])
 
     def draw(standardiser, offset=None):
-        return sample(model, schedule, standardiser, cache, 8, sampler=sampler, steps=steps, offset=offset,
-                      generator=torch.Generator().manual_seed(1))
+        return sample(
+            model,
+            schedule,
+            standardiser,
+            cache,
+            8,
+            sampler=sampler,
+            steps=steps,
+            offset=offset,
+            generator=torch.Generator().manual_seed(1),
+        )
 
     # A constant prior mean c around a residual of mean m is the same as no prior and mean m + c, the clip
     # range included: the offset shifts the samples and their bounds alike.
@@ -280,17 +346,46 @@ def test_the_mean_of_antithetic_samples_is_steadier_than_that_of_independent_one
     cache = model.encode_history(batch["history"], batch["hours"], batch["days"], batch["env"], None, batch["profile"])
 
     def means(antithetic: int) -> torch.Tensor:  # (seeds, windows, K): the 8-sample mean per seed
-        return torch.stack([sample(model, schedule, standardiser, cache, 8, sampler="ddim", steps=5,
-                                   generator=torch.Generator().manual_seed(s), antithetic=antithetic)
-                            .view(4, 8, K).mean(1) for s in range(40)])
+        return torch.stack(
+            [
+                sample(
+                    model,
+                    schedule,
+                    standardiser,
+                    cache,
+                    8,
+                    sampler="ddim",
+                    steps=5,
+                    generator=torch.Generator().manual_seed(s),
+                    antithetic=antithetic,
+                )
+                .view(4, 8, K)
+                .mean(1)
+                for s in range(40)
+            ]
+        )
 
     paired, independent = means(8), means(0)
     assert float(paired.var(0).mean()) < 0.7 * float(independent.var(0).mean())
     # ... while the samples themselves keep their spread.
 
     def spread(a):
-        return float(sample(model, schedule, standardiser, cache, 64, sampler="ddim", steps=5,
-                            generator=torch.Generator().manual_seed(0), antithetic=a).view(4, 64, K).std(1).mean())
+        return float(
+            sample(
+                model,
+                schedule,
+                standardiser,
+                cache,
+                64,
+                sampler="ddim",
+                steps=5,
+                generator=torch.Generator().manual_seed(0),
+                antithetic=a,
+            )
+            .view(4, 64, K)
+            .std(1)
+            .mean()
+        )
 
     assert spread(64) == pytest.approx(spread(0), rel=0.25)
 
@@ -335,8 +430,10 @@ def test_checkpoints_saved_before_noise_draws_existed_read_as_one_draw():
         ModelConfig.from_dict({**data, "noise_draws": 0})
 
 
-@pytest.mark.parametrize(("prior", "is_input", "is_offset"), [
-    ("none", False, False), ("linear", False, True), ("feature", True, False), ("residual", True, True)])
+@pytest.mark.parametrize(
+    ("prior", "is_input", "is_offset"),
+    [("none", False, False), ("linear", False, True), ("feature", True, False), ("residual", True, True)],
+)
 def test_the_linear_mean_is_an_input_an_offset_or_both_as_configured(prior, is_input, is_offset):
     config = replace(CONFIGS["lsdm"], channels=16, heads=2, blocks=1, history=H, prior=prior)
     model = _randomised(config)
@@ -375,8 +472,16 @@ def test_loss_and_samplers_keep_every_tensor_on_the_models_device(name):
     for draws in (1, 3):
         loss = diffusion_loss(model, schedule, standardiser, batch, generator, draws=draws)
         assert loss.device.type == "meta" and loss.shape == ()
-    loss = diffusion_loss(model, schedule, standardiser, batch, t=torch.tensor([0, 3, 7, 9]),
-                          noise=torch.randn(4, 1, K), keep_env=torch.tensor([True, False, True, True]), draws=1)
+    loss = diffusion_loss(
+        model,
+        schedule,
+        standardiser,
+        batch,
+        t=torch.tensor([0, 3, 7, 9]),
+        noise=torch.randn(4, 1, K),
+        keep_env=torch.tensor([True, False, True, True]),
+        draws=1,
+    )
     assert loss.device.type == "meta"
     model.eval()
     args = (batch["history"], batch["hours"], batch["days"], batch["env"])
@@ -385,10 +490,21 @@ def test_loss_and_samplers_keep_every_tensor_on_the_models_device(name):
     offset = model.prior_mean(batch["history"], batch["profile"], batch["env"], batch["hours"], batch["days"])
     offset = None if offset is None else offset.repeat_interleave(2, 0)
     for sampler, steps in (("ddpm", 0), ("ddim", 4)):
-        draws = sample(model, schedule, standardiser, cache, 2, sampler=sampler, steps=steps, guidance=2.0,
-                       null_cache=null, generator=torch.Generator().manual_seed(1), offset=offset, antithetic=2)
+        draws = sample(
+            model,
+            schedule,
+            standardiser,
+            cache,
+            2,
+            sampler=sampler,
+            steps=steps,
+            guidance=2.0,
+            null_cache=null,
+            generator=torch.Generator().manual_seed(1),
+            offset=offset,
+            antithetic=2,
+        )
         assert draws.device.type == "meta" and draws.shape == (8, 1, K)
-
 
 
 def test_the_no_condition_prior_has_the_conditioned_priors_period_intercepts_and_nothing_of_the_place():

@@ -58,8 +58,11 @@ def test_the_schedule_is_csdis_quadratic_one():
     assert betas[0] == pytest.approx(CONFIG.beta_start) and betas[-1] == pytest.approx(CONFIG.beta_end)
     roots = betas.sqrt()
     assert torch.allclose(roots[1:] - roots[:-1], (roots[1] - roots[0]).expand(len(roots) - 1), atol=1e-12)
-    assert torch.allclose(Schedule.from_config(CONFIG).alpha_bars.double(),
-                          torch.tensor(_alpha_bars_by_hand(CONFIG), dtype=torch.float64), rtol=1e-6)
+    assert torch.allclose(
+        Schedule.from_config(CONFIG).alpha_bars.double(),
+        torch.tensor(_alpha_bars_by_hand(CONFIG), dtype=torch.float64),
+        rtol=1e-6,
+    )
     assert CONFIG.final_alpha_bar() == pytest.approx(_alpha_bars_by_hand(CONFIG)[-1], rel=1e-12)
 
 
@@ -123,8 +126,17 @@ def _empty_cache() -> HistoryCache:
 def test_both_loops_give_back_the_one_point_the_ideal_denoiser_knows_from_any_noise(sampler, steps):
     v_star = torch.tensor([0.2, 0.55, 0.9])
     for seed in (0, 1):
-        draws = sample(_PointMassDenoiser(v_star), Schedule.from_config(CONFIG), STANDARDISER, _empty_cache(), 5,
-                       sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(seed), antithetic=5)
+        draws = sample(
+            _PointMassDenoiser(v_star),
+            Schedule.from_config(CONFIG),
+            STANDARDISER,
+            _empty_cache(),
+            5,
+            sampler=sampler,
+            steps=steps,
+            generator=torch.Generator().manual_seed(seed),
+            antithetic=5,
+        )
         assert draws.shape == (WINDOWS * 5, 1, K)
         assert torch.allclose(draws, v_star.expand_as(draws), atol=1e-4), (seed, draws[:, 0])
 
@@ -134,8 +146,16 @@ def test_x0_estimates_are_clipped_to_the_training_datas_range(sampler, steps):
     """Data the ideal denoiser places beyond the range seen in training (v > 1, v < 0) comes out at its bounds:
     a recursive forecast cannot feed back a sample larger than the largest hour of training."""
     v_star = torch.tensor([3.0, -2.0, 0.5])
-    draws = sample(_PointMassDenoiser(v_star), Schedule.from_config(CONFIG), STANDARDISER, _empty_cache(), 4,
-                   sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(0))
+    draws = sample(
+        _PointMassDenoiser(v_star),
+        Schedule.from_config(CONFIG),
+        STANDARDISER,
+        _empty_cache(),
+        4,
+        sampler=sampler,
+        steps=steps,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.allclose(draws, torch.tensor([1.0, 0.0, 0.5]).expand_as(draws), atol=1e-4)
 
 
@@ -144,8 +164,15 @@ def test_x0_estimates_are_clipped_to_the_training_datas_range(sampler, steps):
 
 def test_the_full_ddpm_loop_of_a_tiny_fixed_model_gives_the_pinned_samples():
     model = _tiny_model()
-    draws = sample(model, Schedule.from_config(CONFIG), STANDARDISER, _tiny_cache(model), SAMPLES, sampler="ddpm",
-                   generator=torch.Generator().manual_seed(0))
+    draws = sample(
+        model,
+        Schedule.from_config(CONFIG),
+        STANDARDISER,
+        _tiny_cache(model),
+        SAMPLES,
+        sampler="ddpm",
+        generator=torch.Generator().manual_seed(0),
+    )
     assert draws.shape == (WINDOWS * SAMPLES, 1, K)
     assert torch.allclose(draws[:, 0], torch.tensor(PINNED["ddpm"]["samples"]), atol=1e-5), draws[:, 0].tolist()
     assert float(draws.mean()) == pytest.approx(PINNED["ddpm"]["mean"], abs=1e-5)
@@ -156,8 +183,19 @@ def test_the_full_ddim_loop_with_guidance_and_antithetic_noise_gives_the_pinned_
     model = _tiny_model()
     cache = _tiny_cache(model)
     null = _tiny_cache(model, keep_env=torch.zeros(WINDOWS, dtype=torch.bool))
-    draws = sample(model, Schedule.from_config(CONFIG), STANDARDISER, cache, SAMPLES, sampler="ddim", steps=5,
-                   guidance=2.0, null_cache=null, generator=torch.Generator().manual_seed(0), antithetic=SAMPLES)
+    draws = sample(
+        model,
+        Schedule.from_config(CONFIG),
+        STANDARDISER,
+        cache,
+        SAMPLES,
+        sampler="ddim",
+        steps=5,
+        guidance=2.0,
+        null_cache=null,
+        generator=torch.Generator().manual_seed(0),
+        antithetic=SAMPLES,
+    )
     assert draws.shape == (WINDOWS * SAMPLES, 1, K)
     assert torch.allclose(draws[:, 0], torch.tensor(PINNED["ddim"]["samples"]), atol=1e-5), draws[:, 0].tolist()
     assert float(draws.mean()) == pytest.approx(PINNED["ddim"]["mean"], abs=1e-5)
@@ -168,13 +206,27 @@ def test_the_full_ddim_loop_with_guidance_and_antithetic_noise_gives_the_pinned_
 # as they were before they were split into ddpm_step/ddim_step (commit 6da2763); the split changed no bit.
 PINNED = {
     "ddpm": {
-        "samples": [[0.608337, 0.818263, 0.968230], [0.974724, 0.000083, 0.018513], [0.974260, 0.035119, 0.982905],
-                    [0.972665, 0.066726, 0.752959], [0.994975, 0.019228, 0.820767], [0.756830, 0.064574, 0.996297]],
-        "mean": 0.601414, "std": 0.425960,
+        "samples": [
+            [0.608337, 0.818263, 0.968230],
+            [0.974724, 0.000083, 0.018513],
+            [0.974260, 0.035119, 0.982905],
+            [0.972665, 0.066726, 0.752959],
+            [0.994975, 0.019228, 0.820767],
+            [0.756830, 0.064574, 0.996297],
+        ],
+        "mean": 0.601414,
+        "std": 0.425960,
     },
     "ddim": {
-        "samples": [[1.000000, 0.000000, 0.000000], [0.994927, 0.000000, 0.000000], [0.000000, 0.025129, 1.000000],
-                    [0.986054, 0.462409, 0.739880], [0.619626, 0.000000, 0.481006], [0.626126, 0.000000, 0.975193]],
-        "mean": 0.439464, "std": 0.434273,
+        "samples": [
+            [1.000000, 0.000000, 0.000000],
+            [0.994927, 0.000000, 0.000000],
+            [0.000000, 0.025129, 1.000000],
+            [0.986054, 0.462409, 0.739880],
+            [0.619626, 0.000000, 0.481006],
+            [0.626126, 0.000000, 0.975193],
+        ],
+        "mean": 0.439464,
+        "std": 0.434273,
     },
 }
