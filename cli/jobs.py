@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from cli.common import Commands, emit, positive_int
-from db import open_database
+from db import Database, open_database
 from engine.errors import InputError
-from engine.jobs import STATUSES, JobWorker, cancel, enqueue, get_job, list_jobs, wait_for
+from engine.jobs import STATUSES, JobView, JobWorker, cancel, enqueue, get_job, list_jobs, wait_for
 
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
@@ -136,7 +136,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         handler.close()
 
 
-def _job_line(job) -> str:  # noqa: ANN001
+def _job_line(job: JobView) -> str:
     seconds = f"{job.seconds:.1f} s" if job.seconds is not None else ""
     state = job.error if job.status == "failed" else (job.message or "")
     return (
@@ -160,7 +160,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_job(args: argparse.Namespace, job) -> int:  # noqa: ANN001
+def _report_job(args: argparse.Namespace, job: JobView) -> int:
     lines = [_job_line(job), f"  parameters: {json.dumps(job.params)}"]
     if job.result:
         lines.append(f"  result: {json.dumps(job.result, default=str)[:2000]}")
@@ -183,10 +183,10 @@ def _parse_param(text: str) -> tuple[str, object]:
         return key, value
 
 
-def _wait(args: argparse.Namespace, database, job_id: int) -> int:  # noqa: ANN001
+def _wait(args: argparse.Namespace, database: Database, job_id: int) -> int:
     last = [None]
 
-    def show(job) -> None:  # noqa: ANN001
+    def show(job: JobView) -> None:
         line = f"{job.status} {job.progress * 100:.0f}% {job.message or ''}"
         if not args.json and line != last[0]:
             print(f"  job {job.id}: {line}", file=sys.stderr, flush=True)

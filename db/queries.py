@@ -175,6 +175,14 @@ def get_dataset(session: Session, name: str | None = None) -> Dataset:
     return dataset
 
 
+def get_dataset_by_id(session: Session, dataset_id: int) -> Dataset:
+    """The data set with this id; a clear error when it was deleted meanwhile."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NoDatasetError(f"no data set with id {dataset_id} (it was deleted or replaced)")
+    return dataset
+
+
 def activate_dataset(session: Session, dataset: Dataset) -> None:
     session.execute(update(Dataset).values(is_active=False))
     session.execute(update(Dataset).where(Dataset.id == dataset.id).values(is_active=True))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zoneinfo
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -323,7 +324,12 @@ class CityRequest(Request):
     cells: int = spec(int, 400, low=8, high=20_000, help="number of cells")
     seed: int = spec(int, 0, low=0, high=SEED_MAX, help="random seed: another seed gives another city")
     days: int = spec(
-        int, 14, low=8, high=60, help="days of hourly data (two weeks, so that a weekend is in the training days)"
+        int,
+        14,
+        low=1,
+        high=60,
+        help="days of hourly data (two weeks, so that a weekend is in the training days; training says when "
+        "a split needs more)",
     )
     env_effect: float = spec(
         float,
@@ -363,7 +369,13 @@ class IngestTableRequest(Request):
     names: dict = spec(dict, {}, internal=True, help="{uploaded path: the file's own name}, for messages")
 
     def relations(self, errors: dict[str, str]) -> dict[str, str]:
-        return _names_problem(self.names)
+        problems = _names_problem(self.names)
+        if self.timezone and "timezone" not in errors and not _known_zone(self.timezone):
+            problems["timezone"] = (
+                f"unknown time zone {self.timezone!r}; expected an IANA name such as "
+                "Asia/Shanghai, Europe/Berlin or UTC"
+            )
+        return problems
 
 
 @dataclass(frozen=True)
@@ -390,6 +402,14 @@ class IngestTsinghuaRequest(Request):
 
     def relations(self, errors: dict[str, str]) -> dict[str, str]:
         return _names_problem(self.names)
+
+
+def _known_zone(name: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _names_problem(names: Any) -> dict[str, str]:

@@ -42,11 +42,11 @@ import numpy as np
 from sqlalchemy import select
 
 from db import Database
-from db.models import Dataset, ForecastRun
+from db.models import ForecastRun
 from db.models import Scenario as ScenarioRow
-from db.queries import cell_descriptions, dataset_cells, find_encoder, load_env_embeddings
+from db.queries import cell_descriptions, dataset_cells, find_encoder, get_dataset_by_id, load_env_embeddings
 from engine.data.windows import SeriesData
-from engine.env.clip import combine_env, encode, images_to_tensor, load_encoder
+from engine.env.clip import ClipEncoder, combine_env, encode, images_to_tensor, load_encoder
 from engine.env.describe import CityStats, TemplateDescriber
 from engine.errors import InputError
 from engine.forecast import (
@@ -254,10 +254,10 @@ class WhatIfContext:
     categories: tuple[str, ...]
     poi: np.ndarray  # (C, P) POI counts
     descriptions: list[str]  # the stored description of each cell ("" where none)
-    _encoder: object | None = field(default=None, repr=False)
+    _encoder: ClipEncoder | None = field(default=None, repr=False)
 
     @property
-    def series(self):  # noqa: ANN201
+    def series(self) -> SeriesData:
         return self.forecast.series
 
     @property
@@ -273,7 +273,7 @@ class WhatIfContext:
         return {key: i for i, key in enumerate(self.series.cell_keys)}
 
     @cached_property
-    def city_stats(self):  # noqa: ANN201
+    def city_stats(self) -> CityStats:
         """The data set's POI statistics, against which edited counts are described."""
         return CityStats.from_counts(self.poi, self.categories)
 
@@ -282,7 +282,7 @@ class WhatIfContext:
         counts without an explicit description encodes)."""
         return TemplateDescriber().text(counts, self.city_stats)
 
-    def encoder(self):  # noqa: ANN201
+    def encoder(self) -> ClipEncoder:
         """The CLIP encoder, loaded on first use (only edits of text or an uploaded tile need it)."""
         if self._encoder is None:
             if self.encoder_path is None:
@@ -310,9 +310,7 @@ def load_whatif_context(
     has_image = np.zeros(n, bool)
     a, b, mode, path = 0.5, 0.5, "both", None
     with database.session() as session:
-        dataset = session.get(Dataset, context.dataset_id)
-        if dataset is None:
-            raise InputError(f"data set {context.dataset_id} was deleted after the model was loaded", field="dataset")
+        dataset = get_dataset_by_id(session, context.dataset_id)
         if series.encoder_id and dim:
             record = find_encoder(session, series.encoder_id, dataset.id)
             if record is not None:
@@ -522,7 +520,10 @@ def _steps(
     scenario_cells: np.ndarray,
 ) -> list[dict]:
     """Per step: hour, label and each run's cell (as the stored run summaries have them)."""
-    key = lambda row: series.cell_keys[int(row)] if row >= 0 else None  # noqa: E731
+
+    def key(row: int) -> str | None:
+        return series.cell_keys[int(row)] if row >= 0 else None
+
     return [
         {
             "hour": start + n,
@@ -645,8 +646,8 @@ def run_whatif(
                 guidance=scen.guidance,
                 seed=request.seed,
                 noise="antithetic",
-                model_id=model["model_id"],
-                dataset=model["dataset"],
+                model_id=context.forecast.record_id,
+                dataset=series.dataset_name,
             )
             params = {**run_request.to_params(), **model, "role": role, "scenario": scen.to_dict()}
             run = ForecastRun(
@@ -673,7 +674,7 @@ def run_whatif(
     return payload
 
 
-def load_scenario(database, scenario_id: int) -> dict:  # noqa: ANN001
+def load_scenario(database: Database, scenario_id: int) -> dict:
     """A stored scenario as ``run_whatif`` returned it, rebuilt from its two stored runs."""
     with database.session() as session:
         row = session.get(ScenarioRow, scenario_id)
@@ -686,7 +687,7 @@ def load_scenario(database, scenario_id: int) -> dict:  # noqa: ANN001
         runs = [run for run in found if run is not None and run.result is not None]
         if len(runs) != 2:
             raise InputError(f"scenario {scenario_id} has lost one of its forecast runs", field="scenario")
-        paths = [ForecastResult.arrays_from_npz(run.result)["paths"][0] for run in runs]  # (S, N, K) each
+        paths = [ForecastResult.arrays_from_npz(run.result or b"")["paths"][0] for run in runs]  # (S, N, K) each
         base_steps, scen_steps = (run.summary["entities"][0]["steps"] for run in runs)
         return {
             "scenario_id": row.id,
@@ -695,7 +696,7 @@ def load_scenario(database, scenario_id: int) -> dict:  # noqa: ANN001
             "baseline_run_id": runs[0].id,
             "scenario_run_id": runs[1].id,
             "params": row.params,
-            "services": list(session.get(Dataset, row.dataset_id).services),
+            "services": list(get_dataset_by_id(session, row.dataset_id).services),
             "steps": [
                 {"hour": b["hour"], "label": b["label"], "baseline_cell": b["cell"], "scenario_cell": s["cell"]}
                 for b, s in zip(base_steps, scen_steps, strict=True)
@@ -706,7 +707,7 @@ def load_scenario(database, scenario_id: int) -> dict:  # noqa: ANN001
         }
 
 
-def list_scenarios(database, dataset_id: int) -> list[dict]:  # noqa: ANN001
+def list_scenarios(database: Database, dataset_id: int) -> list[dict]:
     """The data set's stored scenarios, newest first: id, name, entity, start, location, created_at."""
     with database.session() as session:
         rows = session.execute(
@@ -731,7 +732,7 @@ def list_scenarios(database, dataset_id: int) -> list[dict]:  # noqa: ANN001
     return out
 
 
-def rename_scenario(database, scenario_id: int, name: str) -> None:  # noqa: ANN001
+def rename_scenario(database: Database, scenario_id: int, name: str) -> None:
     """Save a scenario under another name."""
     name = (name or "").strip()
     if not name or len(name) > 200:

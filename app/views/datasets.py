@@ -240,7 +240,13 @@ def city_form() -> None:
         users = number(c1, "Users", "users")
         cells = number(c2, "Cells", "cells")
         seed = number(c3, "Seed", "seed")
-        days = number(c4, "Days", "days", help="At least 8: a week of history before the held-out days.")
+        days = number(
+            c4,
+            "Days",
+            "days",
+            help="Two weeks by default, so that a weekend is in the training days; "
+            "training says when its split needs more.",
+        )
         effect = number(
             c5,
             "Environment effect",

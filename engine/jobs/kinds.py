@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from db.models import ModelRecord
-from db.queries import NoDatasetError, active_model, dataset_summary, get_dataset, store_dataset
+from db.queries import DatasetContent, NoDatasetError, active_model, dataset_summary, get_dataset, store_dataset
 from engine.data.city import CityConfig, generate_city, generate_city_for
 from engine.data.ingest_table import read_table
 from engine.data.ingest_tsinghua import read_tsinghua
@@ -91,7 +91,7 @@ def _readable(error: InputError, params: dict) -> InputError:
 # --- data sets ----------------------------------------------------------------------------------------
 
 
-def _store_new(ctx: JobContext, content, *, replace: bool) -> Outcome:  # noqa: ANN001
+def _store_new(ctx: JobContext, content: DatasetContent, *, replace: bool) -> Outcome:
     """Store a data set and make it active (one transaction); an existing name only when ``replace``."""
     ctx.progress(0.8, f"storing {content.name!r} ...")
     with ctx.database.write_session() as session, session.begin():
@@ -106,7 +106,7 @@ def _store_new(ctx: JobContext, content, *, replace: bool) -> Outcome:  # noqa: 
     )
 
 
-def _read_and_store(ctx: JobContext, read: Callable[[], object]) -> Outcome:
+def _read_and_store(ctx: JobContext, read: Callable[[], DatasetContent]) -> Outcome:
     """An ingest: read and check the files (errors name the uploaded files), then store the data set."""
     try:
         content = read()

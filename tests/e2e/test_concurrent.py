@@ -45,7 +45,7 @@ def test_three_sessions_queue_forecasts_at_once_and_each_gets_its_own_run(browse
     database = open_database(str(fresh_dashboard.db_path))
     with database.session() as session:
         for user, run_id in runs.items():
-            assert session.get(ForecastRun, run_id).params["entity"].split(":")[-1] == user
+            assert session.get(ForecastRun, run_id).params["entities"] == [user]
         jobs = session.scalars(select(Job).where(Job.kind == "forecast")).all()
         assert len(jobs) == len(USERS) and all(j.status == "done" and j.attempts == 1 for j in jobs)
         assert sorted(j.result_ref for j in jobs) == sorted(f"forecast_run:{r}" for r in runs.values())

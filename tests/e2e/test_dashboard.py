@@ -217,7 +217,7 @@ def test_a_forecast_from_the_form_runs_as_a_job_and_the_page_draws_the_stored_ru
     with open_database(str(dashboard.db_path)).session() as session:
         run = session.get(ForecastRun, run_id)
         assert run.params["horizon"] == 3 and run.params["samples"] == 4
-        assert run.params["entity"].split(":")[-1] == "U0003"
+        assert run.params["entities"] == ["U0003"]
         job = session.scalars(select(Job).where(Job.kind == "forecast").order_by(Job.id.desc())).first()
         assert (job.status, job.result_ref) == ("done", f"forecast_run:{run_id}")
     assert exception_texts(page) == []

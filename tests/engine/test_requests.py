@@ -88,7 +88,8 @@ def test_checked_raises_one_error_naming_the_first_field_and_listing_the_others(
     with pytest.raises(InputError) as error:
         CityRequest(users=0, days=100).checked()
     assert error.value.field == "users"
-    assert "days: expected a value from 8 to 60" in str(error.value)
+    assert "days: expected a value from 1 to 60" in str(error.value)
+    assert error.value.also == {"days": "expected a value from 1 to 60, got 100"}
     assert CityRequest().checked() == CityRequest()
 
 
@@ -181,3 +182,15 @@ def test_env_request_refuses_a_registered_encoder_with_training():
         "base_url": "http://127.0.0.1:11434/v1",
         "model": "llama3.1",
     }
+
+
+def test_an_ingest_request_refuses_an_unknown_time_zone_before_any_file_is_read(tmp_path):
+    records, cells = tmp_path / "r.csv", tmp_path / "c.csv"
+    records.write_text("x\n")
+    cells.write_text("x\n")
+    request = IngestTableRequest(records=str(records), cells=str(cells), timezone="Mars/Olympus_Mons")
+    assert request.validate() == {
+        "timezone": "unknown time zone 'Mars/Olympus_Mons'; expected an IANA name such as Asia/Shanghai, "
+        "Europe/Berlin or UTC"
+    }
+    assert dataclasses.replace(request, timezone="Asia/Shanghai").validate() == {}
