@@ -31,6 +31,7 @@ from db.queries import (
     users_at_cell,
 )
 from engine.env.tiles import CellInfo, infer_land_use
+from engine.load import StoredLoad
 
 NEIGHBOURS = 5
 ENV_HINT = "run `lsdm env build` (or **Data** → build the environment) to render tiles, describe cells and embed them"
@@ -235,3 +236,75 @@ def traffic_chart(frame: pd.DataFrame, services: list[str] | tuple[str, ...], he
         )
         .properties(height=height)
     )
+
+
+# --- the load forecast of a cell (engine/load.py) ----------------------------------------------------------
+
+
+def load_frames(stored: StoredLoad, cell: str) -> dict[str, pd.DataFrame]:
+    """One cell of a stored load run as chart frames, in MB: ``total`` and ``users`` (the fan chart's
+    columns: label, step, q05 q25 median q75 q95, truth), ``risk`` (label, step, p_exceed,
+    expected_excess_mb, at_risk), and ``services`` (the fan columns plus service)."""
+    r = stored.result
+    i = stored.cell_keys.index(cell)
+    labels, steps = stored.hour_labels, np.arange(r.horizon)
+
+    def fan(stats: np.ndarray, scale: float, truth: np.ndarray | None) -> pd.DataFrame:
+        frame = pd.DataFrame(
+            {name: stats[:, j] / scale for j, name in enumerate(("mean", "q05", "q25", "median", "q75", "q95"))}
+        )
+        frame.insert(0, "step", steps)
+        frame.insert(0, "label", labels)
+        frame["truth"] = np.nan if truth is None else truth / scale
+        return frame
+
+    total = fan(r.total_stats()[i], 1e6, r.truth[i].sum(axis=-1))
+    total["capacity"] = r.capacity[i] / 1e6
+    users = fan(r.present_stats()[i], 1.0, None) if (r.present[i] >= 0).all() else None
+    risk = pd.DataFrame(
+        {
+            "label": labels,
+            "step": steps,
+            "p_exceed": r.p_exceed[i],
+            "expected_excess_mb": r.excess[i] / 1e6,
+            "at_risk": r.p_exceed[i] >= r.risk_level if r.risk_level > 0 else np.zeros(r.horizon, bool),
+        }
+    )
+    services = pd.concat(
+        [
+            fan(r.quantiles[i, :, k], 1e6, r.truth[i, :, k]).assign(service=name)
+            for k, name in enumerate(stored.services)
+        ],
+        ignore_index=True,
+    )
+    return {"total": total, "users": users, "risk": risk, "services": services}
+
+
+def capacity_rule(frame: pd.DataFrame, color: str = "#c0392b") -> alt.Chart:
+    """A dashed horizontal line at the cell's capacity (MB per hour), for layering on the total's fan."""
+    return (
+        alt.Chart(frame.head(1))
+        .mark_rule(color=color, strokeDash=[6, 4], strokeWidth=2)
+        .encode(y="capacity:Q", tooltip=[alt.Tooltip("capacity:Q", format=".2f", title="capacity MB/h")])
+    )
+
+
+def risk_chart(frame: pd.DataFrame, level: float, height: int = 160) -> alt.Chart:
+    """P(load > capacity) per forecast hour; hours at risk (P >= the run's level) in red."""
+    x = alt.X("label:N", sort=list(frame.sort_values("step")["label"]), title=None, axis=alt.Axis(labelAngle=-45))
+    bars_ = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=x,
+            y=alt.Y("p_exceed:Q", title="P(load > capacity)", scale=alt.Scale(domain=[0, 1])),
+            color=alt.condition("datum.at_risk", alt.value("#c0392b"), alt.value("#8da0cb")),
+            tooltip=[
+                alt.Tooltip("label:N", title="hour"),
+                alt.Tooltip("p_exceed:Q", format=".0%", title="P(> capacity)"),
+                alt.Tooltip("expected_excess_mb:Q", format=".2f", title="expected excess MB"),
+            ],
+        )
+    )
+    rule = alt.Chart(pd.DataFrame({"level": [level]})).mark_rule(strokeDash=[4, 3], color="#555").encode(y="level:Q")
+    return alt.layer(bars_, rule).properties(height=height)

@@ -39,9 +39,17 @@ MAX_SAMPLES = ForecastRequest.bounds("samples")[1]
 MAX_GUIDANCE = ForecastRequest.bounds("guidance")[1]
 SAMPLERS = ForecastRequest.choices("sampler")
 LOCATION_MODES = ForecastRequest.choices("location")
-LOCATION_LABELS = {"habitual": "habitual", "stay": "stay", "observed": "observed", "cells": "cell"}
+LOCATION_LABELS = {
+    "habitual": "habitual",
+    "sampled": "sampled",
+    "stay": "stay",
+    "observed": "observed",
+    "cells": "cell",
+}
 LOCATION_HELP = {
     "habitual": "each user's most frequent cell at that hour of the week (from hours before the start)",
+    "sampled": "each sample path draws the user's cell hour by hour from their own history (same hour, same "
+    "kind of day): the spread holds where they may be",
     "stay": "each user stays in the last cell seen before the start",
     "observed": "a backtest: where the data recorded each user (the habitual cell beyond the data)",
     "cell": "every user is placed in one chosen cell for the whole forecast",

@@ -10,6 +10,7 @@ Each group adds its commands with ``add_commands(commands, common, reporting)``:
 - cli/env.py: ``env build|info``;
 - cli/models.py: ``train``, ``forecast``, ``models``, ``evaluate``, ``export windows``, ``score``
   (cli/report_figures.py draws the evaluation report's PNG figures);
+- cli/load.py: ``load``, ``loads``, ``capacity``, ``export load`` (cell and area load runs);
 - cli/app.py: ``app``, ``assets build|install``;
 - cli/jobs.py: ``worker``, ``jobs list|show|submit|cancel|wait``;
 - cli/common.py: the value types and the printing the groups share.
@@ -28,12 +29,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cli import app, data, env, jobs, models
+from cli import app, data, env, jobs, load, models
 from cli.common import flag_of
 from engine.errors import InputError
 
 EXIT_INPUT = 2
-GROUPS = (data, env, models, app, jobs)  # in the order `lsdm --help` lists their commands
+GROUPS = (data, env, models, load, app, jobs)  # in the order `lsdm --help` lists their commands
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ from cli.common import (
     request_of,
     stderr_progress,
 )
+from cli.load import add_export as add_export_load
 from db import open_database
 from db.queries import all_models, get_dataset
 from engine.data.windows import Normaliser, SplitSpec, load_series, make_splits
@@ -192,6 +193,7 @@ def _add_export_and_score(
     )
     export_windows_p.add_argument("--dataset", default=None, help="data set name (default: the active one)")
     export_windows_p.set_defaults(handler=cmd_export_windows)
+    add_export_load(export, common)
 
     score_p = commands.add_parser(
         "score",

@@ -260,7 +260,43 @@ class Scenario(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+# --- Schema version 6: cell and area load runs, cell capacities ---------------------------------------------
+
+
+class LoadRun(Base):
+    """A cell or area load run (engine/load.py): the per-user sample paths summed per cell, with its
+    request, the quantiles per cell, hour and service, and the capacity risk. A what-if at the cell level
+    (an outage, an event) is a load run with ``baseline_id`` set: the run it is compared with, made with
+    the same seed."""
+
+    __tablename__ = "load_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(20), default="load")  # load | outage | event
+    name: Mapped[str | None] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(2000))  # cell:A,B | area:all | box:S,W,N,E
+    params: Mapped[dict] = mapped_column(JSON, default=dict)  # the request, its model and data set
+    summary: Mapped[dict] = mapped_column(JSON, default=dict)  # per cell: hours at risk, peak risk, ...
+    result: Mapped[bytes | None] = mapped_column(LargeBinary)  # compressed arrays (engine/load.py LoadResult)
+    baseline_id: Mapped[int | None] = mapped_column(ForeignKey("load_runs.id", ondelete="SET NULL"))
+    seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class CellCapacity(Base):
+    """A capacity set by an operator (without a row, a cell's capacity is derived from its history:
+    engine/load.py ``default_capacities``)."""
+
+    __tablename__ = "cell_capacities"
+    cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id", ondelete="CASCADE"), primary_key=True)
+    total_bytes: Mapped[float] = mapped_column(Float)  # per hour, all services
+    services: Mapped[dict] = mapped_column(JSON, default=dict)  # optional {service name: bytes per hour}
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 CORE_TABLES = ("schema_version", "datasets", "cells", "entities", "traffic", "locations")
 STAGE_TABLES = ("tiles", "descriptions", "embeddings", "models", "forecast_runs", "jobs")
 SCENARIO_TABLES = ("scenarios",)
 WORKER_TABLES = ("workers",)
+LOAD_TABLES = ("load_runs", "cell_capacities")

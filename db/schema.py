@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, inspect, select
 
 from db.models import (
     CORE_TABLES,
+    LOAD_TABLES,
     SCENARIO_TABLES,
     STAGE_TABLES,
     WORKER_TABLES,
@@ -71,12 +72,18 @@ def _v5_workers(connection: Connection) -> None:
         _add_column(connection, "jobs", column)
 
 
+def _v6_load(connection: Connection) -> None:
+    """load_runs and cell_capacities: cell and area load runs, capacities set by operators."""
+    _create_tables(connection, LOAD_TABLES)
+
+
 STEPS: dict[int, Callable[[Connection], None]] = {
     1: _v1_core,
     2: _v2_stages,
     3: _v3_description_errors,
     4: _v4_scenarios,
     5: _v5_workers,
+    6: _v6_load,
 }
 LATEST_VERSION = max(STEPS)
 

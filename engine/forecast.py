@@ -4,7 +4,8 @@
 from the last H hours, appends it and moves on. Every sample path feeds back its OWN samples (never
 the median), so the spread of the paths is the forecast's honest uncertainty. Future locations follow
 a scenario: ``habitual`` (the entity's most frequent cell at that hour of the week, from hours before
-the start), ``stay`` (the last known cell), ``observed`` (the cells the data recorded, for backtests:
+the start), ``sampled`` (each path draws its own cell per hour from the entity's history,
+engine/location.py), ``stay`` (the last known cell), ``observed`` (the cells the data recorded, for backtests:
 the habitual cell where none is recorded or beyond the data), or explicit cells (one per step, the last
 one repeated).
 All paths of all entities are denoised in one batch; the history is encoded once per step and only
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from db.models import ForecastRun
 from db.queries import get_dataset
 from engine.data.windows import HourlyProfile, SeriesData, embeddings_of, load_series
 from engine.errors import InputError
+from engine.location import draw_locations
 from engine.model import Forecaster
 from engine.model.diffusion import sample
 from engine.requests import ForecastRequest, parse_location_text
@@ -39,10 +42,17 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 @dataclass
 class LocationPlan:
-    """Where each entity is during the forecast: habitual | stay | observed | explicit cell rows per step."""
+    """Where each entity is during the forecast: habitual | sampled | stay | observed | explicit cell rows per
+    step. ``sampled`` is the one where an entity's paths differ (``path_cells``)."""
 
     mode: str = "habitual"
     cells: list[int] = field(default_factory=list)  # rows in SeriesData.cell_ids, for mode "cells"
+    paths: np.ndarray | None = None  # (E, S, N) cell rows drawn beforehand, for mode "drawn"
+
+    @classmethod
+    def drawn(cls, paths: np.ndarray) -> LocationPlan:
+        """Every path's cells given (a load run draws them first to find who reaches its cells)."""
+        return cls("drawn", paths=np.asarray(paths))
 
     @classmethod
     def of(cls, location: str, cells: tuple[str, ...], series: SeriesData) -> LocationPlan:
@@ -60,7 +70,31 @@ class LocationPlan:
         """``habitual`` | ``stay`` | ``observed`` | ``cell:KEY[,KEY...]`` (a what-if scenario's location)."""
         return cls.of(*parse_location_text(text), series)
 
+    @property
+    def per_path(self) -> bool:
+        return self.mode in ("sampled", "drawn")
+
+    def path_cells(
+        self, series: SeriesData, entities: np.ndarray, start: int, steps: int, samples: int, seed: int
+    ) -> np.ndarray:
+        """Cell rows of every path: (E, S, N); the same for all of an entity's paths but in ``sampled``."""
+        if self.mode == "drawn":
+            assert self.paths is not None
+            given = self.paths
+            if given.shape[:2] != (len(entities), samples):
+                raise ValueError(f"drawn cells of shape {given.shape} for {len(entities)} entities x {samples} paths")
+            if given.shape[2] < steps:  # the last hour's cells for the rest of a multi-hour model's last window
+                given = np.concatenate([given, np.repeat(given[:, :, -1:], steps - given.shape[2], axis=2)], axis=2)
+            return given[:, :, :steps]
+        if self.per_path:
+            return draw_locations(
+                series, entities, start=start, steps=steps, samples=samples, seed=seed, method="day-type"
+            )
+        cells = np.stack([self.cell_rows(series, int(e), start, steps) for e in entities]).reshape(len(entities), steps)
+        return np.repeat(cells[:, None, :], samples, axis=1)
+
     def cell_rows(self, series: SeriesData, entity: int, start: int, steps: int) -> np.ndarray:
+        """The cell rows of one entity's forecast hours, (N,); in ``sampled``: the habitual ones."""
         if self.mode == "cells":
             return np.array([self.cells[min(i, len(self.cells) - 1)] for i in range(steps)])
         if self.mode == "stay":
@@ -90,8 +124,9 @@ class ForecastResult:
     paths: np.ndarray  # (E, S, N, K) bytes
     paths_v: np.ndarray  # (E, S, N, K) normalised scale
     truth: np.ndarray  # (E, N, K) bytes, NaN where unknown (beyond the data)
-    cells: np.ndarray  # (E, N) cell rows used for the forecast hours
+    cells: np.ndarray  # (E, N) cell rows used for the forecast hours (sampled: the paths' most frequent one)
     seconds: float
+    path_cells: np.ndarray | None = None  # (E, S, N) each path's cell rows, where paths differ (sampled)
 
     def summary(self, scale: str = "bytes") -> dict[str, np.ndarray]:
         paths = self.paths if scale == "bytes" else self.paths_v
@@ -103,16 +138,18 @@ class ForecastResult:
 
     def to_npz_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez_compressed(
-            buffer,
-            paths=self.paths.astype(np.float32),
-            paths_v=self.paths_v.astype(np.float32),
-            truth=self.truth.astype(np.float32),
-            cells=self.cells,
-            entities=np.array(self.entities),
-            start=self.start,
-            horizon=self.horizon,
-        )
+        arrays: dict[str, Any] = {
+            "paths": self.paths.astype(np.float32),
+            "paths_v": self.paths_v.astype(np.float32),
+            "truth": self.truth.astype(np.float32),
+            "cells": self.cells,
+            "entities": np.array(self.entities),
+            "start": self.start,
+            "horizon": self.horizon,
+        }
+        if self.path_cells is not None:
+            arrays["path_cells"] = self.path_cells
+        np.savez_compressed(buffer, **arrays)
         return buffer.getvalue()
 
     @staticmethod
@@ -152,6 +189,33 @@ class _Conditions:
     env: np.ndarray  # (E, H + N, D): the cell's embedding [, the entity's usual one at that hour of day]; D may be 0
     profile: np.ndarray  # (E, H + N, K): the entity's hourly profile
     cells: np.ndarray  # (E, N): the scenario's cell rows of the forecast hours
+    # Where an entity's paths are in different cells (sampled): (E * S, N) each path's cell rows, and the
+    # cells' embeddings of the forecast hours, which replace the first columns of ``env`` path by path.
+    path_cells: np.ndarray | None = None
+    cell_env: np.ndarray | None = None
+
+    def path_env(self, env: torch.Tensor, step: int, history: int) -> torch.Tensor:
+        """``env`` of a window per path, (E * S, H + F, D), with each path's own cells in its forecast hours."""
+        if self.path_cells is None or self.cell_env is None:
+            return env
+        width = self.cell_env.shape[1]
+        first = max(0, history - step)  # the window's first forecast hour
+        if width == 0 or first >= env.shape[1]:
+            return env
+        rows = self.path_cells[:, step + first - history : step + env.shape[1] - history]  # (E * S, F')
+        env = env.clone()
+        env[:, first:, :width] = torch.from_numpy(embeddings_of(self.cell_env, rows)).to(env.device)
+        return env
+
+
+def _modal(cells: np.ndarray) -> np.ndarray:
+    """The most frequent cell row over the paths' axis: (E, S, N) -> (E, N)."""
+    out = np.empty((cells.shape[0], cells.shape[2]), dtype=np.int64)
+    for e in range(cells.shape[0]):
+        for n in range(cells.shape[2]):
+            values, counts = np.unique(cells[e, :, n], return_counts=True)
+            out[e, n] = values[np.argmax(counts)]
+    return out
 
 
 def _conditions(
@@ -163,10 +227,15 @@ def _conditions(
     plan: LocationPlan,
     values: np.ndarray,
     history_env: np.ndarray | None,
+    path_cells: np.ndarray | None = None,
 ) -> _Conditions:
     h = forecaster.config.history
-    # Cells of every hour: observed ones for the history, the scenario's for the forecast hours.
-    future_cells = np.stack([plan.cell_rows(series, int(e), start, n_steps) for e in e_rows])  # (E, N)
+    # Cells of every hour: observed ones for the history, the scenario's for the forecast hours (where the
+    # paths draw their own, the most frequent cell here and each path's in ``path_env``).
+    if path_cells is not None:
+        future_cells = _modal(path_cells)
+    else:
+        future_cells = np.stack([plan.cell_rows(series, int(e), start, n_steps) for e in e_rows])  # (E, N)
     past_cells = series.location[e_rows, start - h : start]  # (E, H)
     # The observed hours were spent in the places as they were (``history_env``), the forecast hours in
     # the scenario's.
@@ -180,7 +249,15 @@ def _conditions(
     )
     if profile.has_env:  # [the cell's embedding, the entity's usual one at that hour of day]
         env = np.concatenate([env, profile.env_at(e_rows[:, None], hours[None, :])], axis=-1)
-    return _Conditions(hod, dow, env, profile.at(e_rows[:, None], hours[None, :]), future_cells)
+    return _Conditions(
+        hod,
+        dow,
+        env,
+        profile.at(e_rows[:, None], hours[None, :]),
+        future_cells,
+        None if path_cells is None else path_cells.reshape(-1, n_steps),
+        None if path_cells is None else series.env,
+    )
 
 
 @torch.no_grad()
@@ -209,8 +286,9 @@ def _sample_next_hours(
     days = torch.from_numpy(np.tile(conditions.days[window], (n_e, 1))).long().to(device)
     env = torch.from_numpy(conditions.env[:, window]).to(device)
     profile = torch.from_numpy(conditions.profile[:, window]).to(device)
-    if not shared:  # a window per path: its entity's conditions repeated for each
+    if not shared:  # a window per path: its entity's conditions repeated for each (and its own cells)
         hours, days, env, profile = (t.repeat_interleave(samples, 0) for t in (hours, days, env, profile))
+        env = conditions.path_env(env, step, h)
     per_window = samples if shared else 1
     hist = torch.from_numpy(history).to(device)
     cache = model.encode_history(hist, hours, days, env, None, profile)
@@ -271,7 +349,9 @@ def recursive_forecast(
     e_rows = np.asarray(entities)
     n_e, k = len(e_rows), len(series.services)
     n_steps = int(np.ceil(horizon / f)) * f
-    conditions = _conditions(forecaster, series, e_rows, start, n_steps, plan or LocationPlan(), values, history_env)
+    plan = plan or LocationPlan()
+    path_cells = plan.path_cells(series, e_rows, start, n_steps, samples, seed) if plan.per_path else None
+    conditions = _conditions(forecaster, series, e_rows, start, n_steps, plan, values, history_env, path_cells)
     generator = torch.Generator().manual_seed(seed)
 
     # paths: (E * S, H + N, K); each entity's S paths start from the same observed history.
@@ -280,7 +360,8 @@ def recursive_forecast(
     for step in range(0, n_steps, f):
         # At the first step an entity's paths hold the same (observed) hours: encode them once per entity. (An
         # optimisation that also fixes the numbers: encoding them per path gives the same values up to rounding.)
-        shared = step == 0
+        # Not where the paths are in different cells: the window's forecast hour differs path by path.
+        shared = step == 0 and path_cells is None
         history = paths[:: samples if shared else 1, step : step + h]
         draws = _sample_next_hours(
             forecaster,
@@ -312,6 +393,7 @@ def recursive_forecast(
         truth=truth,
         cells=conditions.cells[:, :horizon],
         seconds=time.perf_counter() - started,
+        path_cells=None if path_cells is None else path_cells[:, :, :horizon],
     )
 
 

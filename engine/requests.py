@@ -34,8 +34,9 @@ MAX_GUIDANCE = 10.0
 MAX_ENTITIES = 10_000
 SAMPLERS = ("ddim", "ddpm")
 NOISE_MODES = ("antithetic", "independent")
-LOCATIONS = ("habitual", "stay", "observed", "cells")  # where entities are during a forecast
+LOCATIONS = ("habitual", "sampled", "stay", "observed", "cells")  # where entities are during a forecast
 EVALUATION_LOCATIONS = ("observed", "habitual")
+LOAD_LOCATIONS = ("sampled", "habitual", "stay", "observed")  # a load run's users: where they will be
 ENTITY_KINDS = ("user", "cell")
 SPLITS = ("time", "users")
 DESCRIBERS = ("template", "openai")
@@ -277,7 +278,7 @@ def parse_sampler_text(text: str) -> tuple[str, int]:
 
 
 def parse_location_text(text: str) -> tuple[str, tuple[str, ...]]:
-    """``habitual`` | ``stay`` | ``observed`` | ``cell:KEY[,KEY...]`` -> (location, cells)."""
+    """``habitual`` | ``sampled`` | ``stay`` | ``observed`` | ``cell:KEY[,KEY...]`` -> (location, cells)."""
     text = str(text)
     if text.startswith("cell:"):
         cells = tuple(key.strip() for key in text[5:].split(",") if key.strip())
@@ -286,7 +287,35 @@ def parse_location_text(text: str) -> tuple[str, tuple[str, ...]]:
         return "cells", cells
     if text in LOCATIONS and text != "cells":
         return text, ()
-    raise InputError(f"expected habitual, stay, observed or cell:ID[,ID...], got {text!r}", field="location")
+    raise InputError(f"expected habitual, sampled, stay, observed or cell:ID[,ID...], got {text!r}", field="location")
+
+
+def parse_scope_text(text: str) -> tuple[str, tuple[str, ...], tuple[float, ...]]:
+    """A load run's scope: ``cell:ID[,ID...]`` | ``area:all`` | ``box:SOUTH,WEST,NORTH,EAST`` (degrees)
+    -> (kind, cell keys, box)."""
+    text = str(text).strip()
+    if text.startswith("cell:"):
+        cells = tuple(dict.fromkeys(key.strip() for key in text[5:].split(",") if key.strip()))
+        if not cells:
+            raise InputError("expected cell:ID[,ID...] with at least one cell", field="scope")
+        return "cells", cells, ()
+    if text == "area:all":
+        return "all", (), ()
+    if text.startswith("box:"):
+        try:
+            box = tuple(float(v) for v in text[4:].split(","))
+        except ValueError:
+            box = ()
+        if len(box) != 4 or not all(math.isfinite(v) for v in box):
+            raise InputError(f"expected box:SOUTH,WEST,NORTH,EAST in degrees, got {text!r}", field="scope")
+        south, west, north, east = box
+        if not (-90 <= south < north <= 90 and -180 <= west < east <= 180):
+            raise InputError(
+                f"expected a box with -90 <= south < north <= 90 and -180 <= west < east <= 180, got {text!r}",
+                field="scope",
+            )
+        return "box", (), box
+    raise InputError(f"expected cell:ID[,ID...], area:all or box:SOUTH,WEST,NORTH,EAST, got {text!r}", field="scope")
 
 
 def sampler_text(sampler: str, steps: int) -> str:
@@ -581,7 +610,8 @@ class ForecastRequest(Request):
         "habitual",
         choices=LOCATIONS,
         help="where the entities are during the forecast: habitual (the most frequent cell at "
-        "that hour), stay, observed (the recorded cells, for backtests) or cells (given)",
+        "that hour), sampled (each path draws a cell per hour from the entity's history), stay, observed "
+        "(the recorded cells, for backtests) or cells (given)",
     )
     cells: tuple[str, ...] = spec(
         "keys", (), max_length=MAX_HORIZON, help="the cells of location 'cells', one per hour (the last one repeated)"
@@ -659,6 +689,61 @@ class WhatIfRequest(Request):
         return sampler_text(self.sampler, self.sampler_steps)
 
 
+@dataclass(frozen=True)
+class LoadRequest(Request):
+    """The load of some cells (or an area, or the whole data set) summed from every user's sample paths,
+    with its capacity risk (engine/load.py)."""
+
+    KIND: ClassVar[str] = "load"
+    TITLE: ClassVar[str] = "Cell and area load"
+    RECORD_KEYS: ClassVar[tuple[str, ...]] = ("model_sha256", "model_id_used", "dataset_used")
+
+    scope: str = spec(
+        str,
+        max_length=100_000,
+        help="cell:ID[,ID...] (one or more cells), area:all (the whole data set) or box:SOUTH,WEST,NORTH,EAST "
+        "(the cells inside, in degrees)",
+    )
+    start: int = spec(int, low=0, help="first forecast hour (hours since the data set's origin)")
+    horizon: int = spec(int, 24, low=1, high=MAX_HORIZON, help="hours to forecast")
+    samples: int = spec(int, 32, low=2, high=MAX_SAMPLES, help="sample paths (each user's and so each cell's)")
+    location: str = spec(
+        str,
+        "sampled",
+        choices=LOAD_LOCATIONS,
+        help="where the users will be: sampled (each path draws a cell per hour from the user's history), "
+        "habitual, stay or observed (the recorded cells, for backtests)",
+    )
+    sampler: str = spec(str, "ddim", choices=SAMPLERS, help="ddpm (faithful, all steps) or ddim")
+    sampler_steps: int = spec(int, 10, low=1, high=1000, help="DDIM steps (at most the model's diffusion steps)")
+    seed: int = spec(int, 0, low=0, high=SEED_MAX, help="seed")
+    noise: str = spec(str, "antithetic", choices=NOISE_MODES, help="antithetic or independent noise (as forecasts)")
+    risk_level: float = spec(
+        float, 0.1, low=0.0, high=1.0, help="an hour is at risk when P(load > capacity) is at least this"
+    )
+    model_id: int | None = spec(int, None, low=1, help="model id (default: the active model)")
+    dataset: str | None = spec(str, None, max_length=200, help="data set name (default: the active one)")
+    device: str | None = spec(str, None, max_length=20, help="cpu or cuda (default: cuda when present)")
+    name: str | None = spec(str, None, max_length=200, help="a name for the run (default: its scope)")
+
+    def relations(self, errors: dict[str, str]) -> dict[str, str]:
+        if "scope" in errors or not isinstance(self.scope, str):
+            return {}
+        try:
+            parse_scope_text(self.scope)
+        except InputError as error:
+            return {"scope": error.message}
+        return {}
+
+    @property
+    def antithetic(self) -> bool:
+        return self.noise == "antithetic"
+
+    @property
+    def sampler_label(self) -> str:
+        return sampler_text(self.sampler, self.sampler_steps)
+
+
 REQUEST_TYPES: tuple[type[Request], ...] = (
     CityRequest,
     IngestTableRequest,
@@ -668,4 +753,5 @@ REQUEST_TYPES: tuple[type[Request], ...] = (
     EvaluateRequest,
     ForecastRequest,
     WhatIfRequest,
+    LoadRequest,
 )

@@ -28,6 +28,7 @@ from engine.requests import (
     ForecastRequest,
     IngestTableRequest,
     IngestTsinghuaRequest,
+    LoadRequest,
     Request,
     TrainRequest,
     WhatIfRequest,
@@ -204,6 +205,30 @@ def _surfaces(files: dict[str, str]) -> dict[type[Request], Surface]:
                 "sampler_steps": "the request's default (DDIM, 10 steps), as the baseline's forecast",
             },
         ),
+        LoadRequest: Surface(
+            ("load",),
+            ("--scope", "cell:C0001", "--start", "300"),
+            {"scope": "cell:C0001", "start": 300},
+            page="cell",
+            widgets={
+                "cl_start": "start",
+                "cl_horizon": "horizon",
+                "cl_samples": "samples",
+                "cl_location": "location",
+                "cl_seed": "seed",
+            },
+            set_by_page={
+                "scope": "the cell the page shows",
+                "sampler": "the request's default (DDIM, 10 steps), as the Forecast page's",
+                "sampler_steps": "the request's default (DDIM, 10 steps), as the Forecast page's",
+                "noise": "the request's default (antithetic pairs)",
+                "risk_level": "the request's default (10 %); the risk chart shows every hour's probability",
+                "model_id": "the active model",
+                "dataset": "the active data set",
+                "device": "the GPU when present",
+                "name": "the scope",
+            },
+        ),
     }
 
 
@@ -325,8 +350,11 @@ def pages(city_db: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LSDM_DB", str(copy))
         out = {}
-        for page in ("datasets", "models", "forecast", "whatif"):
-            at = AppTest.from_file(str(REPO / "app" / "views" / f"{page}.py"), default_timeout=120).run()
+        for page in ("datasets", "models", "forecast", "whatif", "cell"):
+            at = AppTest.from_file(str(REPO / "app" / "views" / f"{page}.py"), default_timeout=120)
+            if page == "cell":
+                at.query_params["cell"] = "C0001"
+            at.run()
             assert not at.exception, (page, at.exception)
             out[page] = _widgets(at)
     return out

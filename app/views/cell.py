@@ -1,5 +1,8 @@
 """Cell: one base station's surroundings (tile, POIs, description), the cells whose environment is most
-alike, who is there hour by hour and what they use there. Deep link: ?cell=KEY."""
+alike, who is there hour by hour and what they use there; its capacity, and "Forecast this cell": a load
+run (engine/load_forecast.py) queued as a job, followed live, then shown as fan charts of the total and
+per-service load and the users present, with the capacity line and the risk per hour. Deep link:
+?cell=KEY (&load=RUN)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,13 @@ import streamlit as st
 
 from app import cell_data as c
 from app import common, jobs_ui
+from app.charts import fan_chart
+from app.forecast_data import cached_active_model, default_start
 from db.models import Dataset
+from engine.errors import InputError
+from engine.jobs import JobView
+from engine.load import cell_capacity, load_runs, read_load_run, set_capacity
+from engine.requests import LoadRequest
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -123,6 +132,203 @@ def show_neighbours(found: pd.DataFrame | str) -> None:
             st.caption(f"similarity {row.similarity:.3f} · {row.land_use}")
 
 
+# --- the load forecast -------------------------------------------------------------------------------------
+
+LOCATION_HELP = {
+    "sampled": "each path draws every user's cell hour by hour from their own history (same hour, same kind "
+    "of day): the spread holds where they may be",
+    "habitual": "every user at their most frequent cell for that hour of the week",
+    "stay": "every user stays where they were last seen",
+    "observed": "a backtest: where the data recorded them",
+}
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def stored_load(url: str, run_id: int, revision: int) -> object:
+    return read_load_run(common.database(), run_id)
+
+
+def cell_runs(dataset_id: int, key: str) -> list[dict]:
+    """This cell's own load runs (scope cell:KEY), newest first: read at every run of the page (one small
+    query), so that a run made elsewhere (the command line, another window) shows at once."""
+    return load_runs(common.database(), dataset_id, limit=50, scope=f"cell:{key}")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def capacity_of(url: str, dataset_id: int, revision: int, key: str) -> dict:
+    return cell_capacity(common.database(), dataset_id, key)
+
+
+def show_capacity(info: common.DatasetInfo, key: str) -> None:
+    found = capacity_of(common.database().url, info.id, common.revision(), key)
+    source = "set by an operator" if found["set_by_operator"] else "derived from the cell's history"
+    st.caption(
+        f"Capacity {found['total_bytes'] / 1e6:.2f} MB per hour ({source}; the default is the 99th percentile "
+        f"of its observed hourly load, {found['default_bytes'] / 1e6:.2f} MB). Load runs made after a change use it."
+    )
+    with st.popover("Edit the capacity", icon=":material/tune:"):
+        value = st.number_input(
+            "Capacity (MB per hour, all services)",
+            min_value=0.01,
+            max_value=1e9,
+            value=round(found["total_bytes"] / 1e6, 2),
+            step=1.0,
+            key=f"cl_capacity_{key}",
+        )
+        left, right = st.columns(2)
+        if left.button("Save", key="cl_capacity_save", type="primary"):
+            try:
+                set_capacity(common.database(), info.id, key, float(value))
+            except InputError as error:
+                st.error(str(error))
+            else:
+                common.bump_revision()
+                st.rerun()
+        if right.button("Back to the default", key="cl_capacity_default", disabled=not found["set_by_operator"]):
+            set_capacity(common.database(), info.id, key, None)
+            common.bump_revision()
+            st.rerun()
+
+
+def load_form(info: common.DatasetInfo, key: str) -> None:
+    """The load run's request and the "Forecast this cell" button (a job, followed live)."""
+    model = cached_active_model(common.database().url, info.id, common.revision())
+    if model is None:
+        st.info(
+            "No trained model for this data set yet: train one on **Models** to forecast.",
+            icon=":material/model_training:",
+        )
+        return
+    state = st.session_state
+    defaults = LoadRequest.field_specs()
+    state.setdefault("cl_start", default_start(info.hours, model.history))
+    for widget, name in (
+        ("cl_horizon", "horizon"),
+        ("cl_samples", "samples"),
+        ("cl_location", "location"),
+        ("cl_seed", "seed"),
+    ):
+        state.setdefault(widget, defaults[name]["default"])
+    columns = st.columns([3, 1, 1, 2, 1])
+    start = columns[0].select_slider(
+        "Start (first forecast hour)",
+        options=list(range(model.history, info.hours + 1)),
+        key="cl_start",
+        format_func=lambda h: common.hour_label_for(info, h),
+    )
+    horizon = columns[1].number_input("Horizon (h)", *LoadRequest.bounds("horizon"), key="cl_horizon")
+    samples = columns[2].number_input("Sample paths", *LoadRequest.bounds("samples"), key="cl_samples")
+    location = columns[3].selectbox(
+        "Where users will be",
+        LoadRequest.choices("location"),
+        key="cl_location",
+        help="; ".join(f"{k}: {v}" for k, v in LOCATION_HELP.items()),
+    )
+    seed = columns[4].number_input("Seed", *LoadRequest.bounds("seed"), key="cl_seed")
+    request = LoadRequest(
+        scope=f"cell:{key}",
+        start=int(start),
+        horizon=int(horizon),
+        samples=int(samples),
+        location=location,
+        seed=int(seed),
+        model_id=model.id,
+    )
+    job_id = jobs_ui.followed("cell_load", ("load",))
+    if st.button("Forecast this cell", type="primary", icon=":material/query_stats:", key="cl_run"):
+        problems = request.validate()
+        if problems:
+            st.error("Not run: " + "; ".join(f"{name}: {text}" for name, text in problems.items()))
+        else:
+            job_id = jobs_ui.submit("load", request.to_params()) or job_id
+    st.caption(
+        f"Model {model.id} · {model.name}. Only the users who can be in {key} on some path are forecast; the "
+        "cell's path i is the sum of their path i."
+    )
+    if job_id is not None:
+        jobs_ui.follow(job_id, key="cell_load", on_done=open_load)
+
+
+def open_load(job: JobView) -> None:
+    run_id = job.ref_id("load_run")
+    st.session_state["cl_shown_run"] = run_id
+    common.set_query(load=run_id)
+    st.toast(f"Load run {run_id} stored ({(job.result or {}).get('seconds') or 0:.1f} s).", icon=":material/check:")
+
+
+def show_load(info: common.DatasetInfo, key: str) -> None:
+    runs = cell_runs(info.id, key)
+    if not runs:
+        st.caption("No load run of this cell yet.")
+        return
+    ids = [r["run_id"] for r in runs]
+    linked = common.query_int("load", None, 1, 2**31)
+    shown = st.session_state.get("cl_shown_run")
+    if linked in ids:
+        shown = linked
+    if shown not in ids:
+        shown = ids[0]
+    labels = {
+        r["run_id"]: f"run {r['run_id']} · start {r['start']} · {r['horizon']} h · {r['users']} users" for r in runs
+    }
+    run_id = st.selectbox("Load run", ids, index=ids.index(shown), format_func=labels.get, key=f"cl_pick_{key}")
+    st.session_state["cl_shown_run"] = run_id
+    stored = stored_load(common.database().url, run_id, common.revision())
+    frames = c.load_frames(stored, key)
+    r = stored.result
+    at_risk = int(frames["risk"]["at_risk"].sum())
+    st.markdown(
+        f"**Total load** · capacity {r.capacity[0] / 1e6:.2f} MB/h · {at_risk} of {r.horizon} hours at risk "
+        f"(P(load > capacity) ≥ {r.risk_level:.0%}) · {len(r.users)} users forecast · {stored.params.get('location')} "
+        f"locations · {r.totals.shape[1]} paths"
+    )
+    total = frames["total"]
+    y_max = float(
+        max(
+            total["q95"].max(),
+            total["capacity"].iloc[0],
+            total["truth"].max(skipna=True) if total["truth"].notna().any() else 0,
+        )
+    )
+    chart = fan_chart(total, service="all services", color="#4e79a7", y_title="MB per hour", y_max=y_max * 1.05)
+    st.altair_chart(chart + c.capacity_rule(total), theme=None, width="stretch")
+    st.caption(
+        "Bands: 50 % and 90 % of the paths; line: median; dots: the recorded load where the data has it; "
+        "dashed: capacity."
+    )
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Risk per hour**")
+        st.altair_chart(c.risk_chart(frames["risk"], r.risk_level), theme=None, width="stretch")
+    with right:
+        st.markdown("**Users present**")
+        if frames["users"] is None:
+            st.info("The entities of this data set are cells: who is in them is unknown.")
+        else:
+            st.altair_chart(
+                fan_chart(frames["users"], service="users", color="#59a14f", y_title="users"),
+                theme=None,
+                width="stretch",
+            )
+    with st.expander("Per service"):
+        services = frames["services"]
+        colors = common.service_colors(stored.services)
+        for row in range(0, len(stored.services), 2):
+            cols = st.columns(2)
+            for col, name in zip(cols, stored.services[row : row + 2], strict=False):
+                with col:
+                    st.altair_chart(
+                        fan_chart(
+                            services[services["service"] == name],
+                            service=name,
+                            color=colors[stored.services.index(name)],
+                            height=150,
+                        ),
+                        theme=None,
+                        width="stretch",
+                    )
+
+
 info = jobs_ui.require_dataset()
 common.page_header("Cell", "A base station's surroundings, the places most like it, and the traffic used there.")
 key = choose_cell(keys(common.database().url, info.id, common.revision()))
@@ -159,3 +365,8 @@ if traffic["mb"].sum() > 0:
     )
 else:
     st.info("No traffic was used at this cell in this data set.", icon=":material/signal_cellular_nodata:")
+
+st.subheader("Load forecast")
+show_capacity(info, key)
+load_form(info, key)
+show_load(info, key)

@@ -17,6 +17,7 @@ and bounds as the command line and the dashboard's forms.
 | ``evaluate`` | batch | EvaluateRequest | ``evaluation:MODEL_ID`` |
 | ``forecast`` | interactive | ForecastRequest | ``forecast_run:ID`` |
 | ``whatif`` | interactive | WhatIfRequest | ``scenario:ID`` |
+| ``load`` | interactive | LoadRequest | ``load_run:ID`` |
 
 Files named in an ingest's parameters are read from disk by the worker; the app saves uploads under
 ``<data dir>/uploads/...`` and passes that folder as ``uploads_dir`` (removed when the job ends) and
@@ -53,6 +54,7 @@ from engine.requests import (
     ForecastRequest,
     IngestTableRequest,
     IngestTsinghuaRequest,
+    LoadRequest,
     Request,
     TrainRequest,
     WhatIfRequest,
@@ -367,6 +369,27 @@ def _whatif(ctx: JobContext) -> Outcome:
     )
 
 
+def _load(ctx: JobContext) -> Outcome:
+    from engine.load_forecast import run_load  # torch (module docstring)
+
+    request = LoadRequest.from_params(ctx.params)
+    ctx.progress(0.0, "loading the model and the data set ...")
+    context = forecast_context(ctx, request.model_id, request.dataset, request.device)
+    ctx.progress(0.0, "drawing where the users will be ...")
+    run = run_load(ctx.database, request, context=context, progress=_hours(ctx, "users forecast:"), detail=False)
+    return Outcome(
+        f"load_run:{run['run_id']}",
+        {
+            "run_id": run["run_id"],
+            "model_id": run["model_id"],
+            "seconds": run["seconds"],
+            "users": run["users_forecast"],
+            "cells": len(run["cells"]),
+        },
+        f"load run {run['run_id']}: {len(run['cells'])} cells, {run['users_forecast']} users in {run['seconds']:.1f} s",
+    )
+
+
 # --- the table of kinds -------------------------------------------------------------------------------
 
 KINDS: dict[str, JobKind] = {
@@ -403,5 +426,6 @@ KINDS: dict[str, JobKind] = {
         JobKind("evaluate", EvaluateRequest.TITLE, "batch", _evaluate, _checked(EvaluateRequest)),
         JobKind("forecast", ForecastRequest.TITLE, "interactive", _forecast, _checked(ForecastRequest)),
         JobKind("whatif", WhatIfRequest.TITLE, "interactive", _whatif, _checked(WhatIfRequest)),
+        JobKind("load", LoadRequest.TITLE, "interactive", _load, _checked(LoadRequest)),
     )
 }

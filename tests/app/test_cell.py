@@ -70,7 +70,7 @@ def test_poi_chart_holds_the_cells_poi_counts_under_the_data_sets_category_names
 
 def test_the_five_nearest_cells_by_environment_are_listed_best_first_without_the_cell_itself(app_db: Path) -> None:
     at = run_cell(cell="C0001")
-    keys = [button.label.removeprefix("Open ") for button in at.button]
+    keys = [button.label.removeprefix("Open ") for button in at.button if button.label.startswith("Open ")]
     assert len(keys) == 5 and "C0001" not in keys
     shown = [float(cap.value.split()[1]) for cap in at.caption if cap.value.startswith("similarity ")]
     assert shown == sorted(shown, reverse=True)
@@ -148,7 +148,10 @@ def test_a_cell_without_environment_explains_how_to_build_it(bare_city: Path, mo
     at = run_cell(cell="C0003")
     hints = [i.value for i in at.info if "lsdm env build" in i.value]
     assert len(hints) == 3  # no tile, no description, no neighbours
-    assert not at.image and not at.button
+    assert not at.image and not [b for b in at.button if b.label.startswith("Open ")]
+    # no model yet: the load forecast says where to get one; the capacity needs none
+    assert any("train one on **Models**" in i.value for i in at.info)
+    assert at.button(key="cl_capacity_save") is not None
     (counts,) = sql(bare_city, "SELECT poi_counts FROM cells WHERE key = 'C0003'")[0]
     # What needs no environment stage still shows.
     assert chart_by_field(at, "category")["count"].tolist() == json.loads(counts)
@@ -203,3 +206,51 @@ def test_load_unit_embeddings_returns_unit_vectors_of_every_cell(city_db: Path) 
     assert encoder.startswith("clip-") and len(ids) == 400
     assert np.linalg.norm(unit, axis=1) == pytest.approx(np.ones(400), abs=1e-5)
     database.dispose()
+
+
+# --- the load forecast --------------------------------------------------------------------------------------
+
+
+def test_forecast_this_cell_queues_a_load_job_and_shows_its_run_with_capacity_and_risk(app_db: Path) -> None:
+    from engine.jobs import JobWorker
+    from engine.load import read_load_run
+
+    at = run_cell(cell="C0001")
+    at.number_input(key="cl_horizon").set_value(3)
+    at.number_input(key="cl_samples").set_value(4)
+    at.button(key="cl_run").click().run()
+    assert not at.exception, at.exception
+    ((kind, params),) = sql(app_db, "SELECT kind, params FROM jobs")
+    params = json.loads(params)
+    assert kind == "load" and params["scope"] == "cell:C0001" and params["horizon"] == 3 and params["samples"] == 4
+    assert params["location"] == "sampled"
+    database = open_database(str(app_db))
+    assert JobWorker(database).drain() == 1
+    ((run_id,),) = sql(app_db, "SELECT id FROM load_runs")
+    at = run_cell(cell="C0001", load=run_id)
+    stored = read_load_run(database, run_id)
+    totals = stored.result.total_stats()[0]
+    frame = chart_by_field(at, "capacity")  # the total's fan, with the capacity line
+    np.testing.assert_allclose(frame["median"], totals[:, 3] / 1e6, rtol=1e-6)
+    np.testing.assert_allclose(frame["capacity"], stored.result.capacity[0] / 1e6)
+    risk = chart_by_field(at, "p_exceed")
+    np.testing.assert_allclose(risk["p_exceed"], stored.result.p_exceed[0])
+    users = [f for f in chart_frames(at) if "median" in f.columns and "service" not in f.columns]
+    assert any(np.allclose(f["median"], stored.result.present_stats()[0][:, 3]) for f in users)
+    assert any("hours at risk" in md.value for md in at.markdown)
+    database.dispose()
+
+
+def test_the_capacity_is_edited_on_the_page_stored_and_reset(app_db: Path) -> None:
+    at = run_cell(cell="C0002")
+    assert any("derived from the cell's history" in cap.value for cap in at.caption)
+    at.number_input(key="cl_capacity_C0002").set_value(42.0)
+    at.button(key="cl_capacity_save").click().run()
+    assert not at.exception, at.exception
+    assert sql(app_db, "SELECT c.key, x.total_bytes FROM cell_capacities x JOIN cells c ON c.id = x.cell_id") == [
+        ("C0002", 42e6)
+    ]
+    assert any("42.00 MB per hour (set by an operator" in cap.value for cap in at.caption)
+    at.button(key="cl_capacity_default").click().run()
+    assert sql(app_db, "SELECT COUNT(*) FROM cell_capacities") == [(0,)]
+    assert any("derived from the cell's history" in cap.value for cap in at.caption)
