@@ -1,5 +1,6 @@
-"""`lsdm load`, `lsdm loads`, `lsdm capacity` and `lsdm export load`: cell and area load runs built up
-from every user's forecast (engine/load.py), their listing and export, and the cells' capacities.
+"""`lsdm load`, `lsdm load-whatif`, `lsdm loads`, `lsdm capacity` and `lsdm export load`: cell and area load
+runs built up from every user's forecast (engine/load.py), outages and events at a cell
+(engine/load_whatif.py), their listing and export, and the cells' capacities.
 
 engine.load imports torch: the commands import it when they run (the start-up cost is measured in
 cli/main.py)."""
@@ -12,7 +13,7 @@ from pathlib import Path
 from cli.common import Commands, Compound, add_request_flags, emit, positive_int, request_of
 from db import open_database
 from db.queries import get_dataset
-from engine.requests import LoadRequest, parse_sampler_text, sampler_text
+from engine.requests import LoadRequest, LoadWhatIfRequest, parse_sampler_text, sampler_text
 
 LOAD_COMPOUNDS = (
     Compound(
@@ -27,7 +28,7 @@ LOAD_COMPOUNDS = (
 
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
-    """load, loads, capacity."""
+    """load, load-whatif, loads, capacity."""
     load = commands.add_parser(
         "load",
         parents=[common, reporting],
@@ -38,6 +39,17 @@ def add_commands(commands: Commands, common: argparse.ArgumentParser, reporting:
     )
     add_request_flags(load, LoadRequest, flags={"model_id": "--model"}, compounds=LOAD_COMPOUNDS)
     load.set_defaults(handler=cmd_load)
+
+    whatif = commands.add_parser(
+        "load-whatif",
+        parents=[common, reporting],
+        help="a cell goes down, or an event brings extra users: the neighbours' load and risk against the baseline",
+        description="Two load runs of a cell and its nearest cells with the same seed and paired paths: the baseline "
+        "and the scenario (outage: the cell's users re-homed to the nearest working cell; event: extra users "
+        "copying one user's history present at the cell), stored in one transaction.",
+    )
+    add_request_flags(whatif, LoadWhatIfRequest, flags={"model_id": "--model"}, compounds=LOAD_COMPOUNDS)
+    whatif.set_defaults(handler=cmd_load_whatif)
 
     loads = commands.add_parser("loads", parents=[common, reporting], help="the stored load runs of a data set")
     loads.add_argument("--dataset", default=None, help="data set name (default: the active one)")
@@ -95,6 +107,29 @@ def cmd_load(args: argparse.Namespace) -> int:
     if len(run["cells"]) > 20:
         lines.append(f"  ... and {len(run['cells']) - 20} more cells (--json for all, or lsdm export load)")
     emit(args, run, lines)
+    return 0
+
+
+def cmd_load_whatif(args: argparse.Namespace) -> int:
+    from engine.load_whatif import run_load_whatif  # torch: see cli/main.py
+
+    result = run_load_whatif(open_database(args.db), request_of(args))
+    lines = [
+        f"{result['name']}: runs {result['baseline_run_id']} (baseline) and {result['scenario_run_id']} (scenario), "
+        f"{result['users_forecast']} users forecast in {result['seconds']:.2f} s",
+        f"  change: {result['change']}",
+        "  total MB per hour, median: baseline -> scenario (paired difference, mean [5%, 95%]); P(> capacity)",
+    ]
+    for cell in result["cells"]:
+        lines.append(f"  {cell['cell']} (capacity {cell['capacity'] / 1e6:.2f} MB/h)")
+        for hour in cell["hours"]:
+            d = hour["difference"]
+            lines.append(
+                f"    {hour['label']}: {hour['baseline_median'] / 1e6:8.2f} -> {hour['scenario_median'] / 1e6:8.2f} "
+                f"({d['mean'] / 1e6:+.2f} [{d['q05'] / 1e6:+.2f}, {d['q95'] / 1e6:+.2f}])  "
+                f"P {hour['p_exceed']['baseline']:.2f} -> {hour['p_exceed']['scenario']:.2f}"
+            )
+    emit(args, result, lines)
     return 0
 
 

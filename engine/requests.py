@@ -744,6 +744,72 @@ class LoadRequest(Request):
         return sampler_text(self.sampler, self.sampler_steps)
 
 
+LOAD_EVENTS = ("outage", "event")
+
+
+@dataclass(frozen=True)
+class LoadWhatIfRequest(Request):
+    """A cell goes down, or an event brings extra users to it: the neighbourhood's load and risk against
+    the baseline, same seed, paired paths (engine/load_whatif.py)."""
+
+    KIND: ClassVar[str] = "load.whatif"
+    TITLE: ClassVar[str] = "Cell outage or event"
+    RECORD_KEYS: ClassVar[tuple[str, ...]] = ("model_sha256", "model_id_used", "dataset_used", "rehomed_to")
+
+    cell: str = spec(str, max_length=200, help="the cell that goes down, or where the event is")
+    start: int = spec(int, low=0, help="first forecast hour (hours since the data set's origin)")
+    what: str = spec(
+        str,
+        "outage",
+        choices=LOAD_EVENTS,
+        help="outage: the cell's users are re-homed to the nearest working cell; event: extra users are there",
+    )
+    at: int = spec(int, 0, low=0, high=MAX_HORIZON - 1, help="forecast hour it begins (0: the first)")
+    duration: int = spec(int, 4, low=1, high=MAX_HORIZON, help="hours it lasts")
+    visitors: int = spec(int, 100, low=1, high=5000, help="event: the extra users present")
+    profile: str | None = spec(
+        str,
+        None,
+        max_length=200,
+        help="event: the user whose history the visitors copy (default: the user recorded most often at the cell)",
+    )
+    neighbours: int = spec(int, 6, low=1, high=50, help="the nearest cells compared with the cell itself")
+    horizon: int = spec(int, 24, low=1, high=MAX_HORIZON, help="hours to forecast")
+    samples: int = spec(int, 32, low=2, high=MAX_SAMPLES, help="sample paths")
+    location: str = spec(str, "sampled", choices=LOAD_LOCATIONS, help="where the users will be (as lsdm load)")
+    sampler: str = spec(str, "ddim", choices=SAMPLERS, help="ddpm (faithful, all steps) or ddim")
+    sampler_steps: int = spec(int, 10, low=1, high=1000, help="DDIM steps (at most the model's diffusion steps)")
+    seed: int = spec(int, 0, low=0, high=SEED_MAX, help="seed (the baseline and the scenario draw the same noise)")
+    noise: str = spec(str, "antithetic", choices=NOISE_MODES, help="antithetic or independent noise (as forecasts)")
+    risk_level: float = spec(
+        float, 0.1, low=0.0, high=1.0, help="an hour is at risk when P(load > capacity) is at least this"
+    )
+    model_id: int | None = spec(int, None, low=1, help="model id (default: the active model)")
+    dataset: str | None = spec(str, None, max_length=200, help="data set name (default: the active one)")
+    device: str | None = spec(str, None, max_length=20, help="cpu or cuda (default: cuda when present)")
+    name: str | None = spec(str, None, max_length=200, help="the scenario's name (default: what it changes)")
+
+    def relations(self, errors: dict[str, str]) -> dict[str, str]:
+        if errors.keys() & {"at", "duration", "horizon"}:
+            return {}
+        if self.at >= self.horizon:
+            return {"at": f"begins at forecast hour {self.at}, beyond the {self.horizon} hours forecast"}
+        if self.at + self.duration > self.horizon:
+            return {
+                "duration": f"hours {self.at} to {self.at + self.duration - 1} reach beyond the {self.horizon} hours "
+                f"forecast; at most {self.horizon - self.at}"
+            }
+        return {}
+
+    @property
+    def antithetic(self) -> bool:
+        return self.noise == "antithetic"
+
+    @property
+    def sampler_label(self) -> str:
+        return sampler_text(self.sampler, self.sampler_steps)
+
+
 REQUEST_TYPES: tuple[type[Request], ...] = (
     CityRequest,
     IngestTableRequest,
@@ -754,4 +820,5 @@ REQUEST_TYPES: tuple[type[Request], ...] = (
     ForecastRequest,
     WhatIfRequest,
     LoadRequest,
+    LoadWhatIfRequest,
 )

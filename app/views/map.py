@@ -1,6 +1,9 @@
 """Map (home): the city's cells coloured by traffic or land use in one hour, every user at their cell,
 and a chosen user's week as a path. Clicking a cell or a user opens its page; the selectboxes below the
-map do the same without a mouse. Deep link: ?hour=H&color=traffic|land_use&user=KEY."""
+map do the same without a mouse. Below: forecast the load of several cells, a box or the whole data set
+(a ``load`` job), and the risk view: a stored load run's cells coloured by P(load > capacity) at a forecast
+hour, with a slider and a playback that redraw the risk map alone (a fragment), never the page.
+Deep link: ?hour=H&color=traffic|land_use&user=KEY (&risk=RUN)."""
 
 from __future__ import annotations
 
@@ -9,10 +12,16 @@ from pathlib import Path
 import streamlit as st
 
 from app import common, jobs_ui
+from app import load_data as ld
 from app import map_data as m
+from app.forecast_data import cached_active_model, default_start
 from db.models import Dataset
+from engine.jobs import JobView
+from engine.load import load_runs, read_load_run
+from engine.requests import LoadRequest
 
 PAGES = Path(__file__).resolve().parent
+PLAY_SECONDS = 1.0  # the risk map's playback: one forecast hour a second
 
 
 @st.cache_data(show_spinner="Loading the city ...", max_entries=4)
@@ -50,6 +59,128 @@ def open_page(kind: str, key: str) -> None:
     if kind == "cell":
         st.switch_page(PAGES / "cell.py", query_params={"cell": key})
     st.switch_page(PAGES / "user.py", query_params={"user": key})
+
+
+@st.cache_data(show_spinner="Reading the load run ...", max_entries=8)
+def risk_frames(url: str, dataset_id: int, revision: int, run_id: int) -> ld.RiskFrames:
+    """Every forecast hour's map rows of a run, built once per run (the slider then selects one)."""
+    return ld.risk_frames(read_load_run(common.database(), run_id), city_data(url, dataset_id, revision))
+
+
+def area_form(info: common.DatasetInfo, city: m.CityData) -> None:
+    """Forecast the load of several cells, a box or the whole data set: a ``load`` job, followed here."""
+    model = cached_active_model(common.database().url, info.id, common.revision())
+    if model is None:
+        st.info("No trained model for this data set yet: train one on **Models** to forecast load.")
+        return
+    state = st.session_state
+    state.setdefault("ml_start", default_start(info.hours, model.history))
+    for widget, name in (("ml_horizon", "horizon"), ("ml_samples", "samples"), ("ml_location", "location")):
+        state.setdefault(widget, LoadRequest.default(name))
+    kinds = {"cells": "Cells I choose", "box": "A box (degrees)", "all": "The whole data set"}
+    kind = st.radio("Area", list(kinds), format_func=kinds.get, horizontal=True, key="ml_kind")
+    scope = "area:all"
+    if kind == "cells":
+        chosen = st.multiselect("Cells", list(city.cells["key"]), key="ml_cells", placeholder="Choose cells")
+        scope = "cell:" + ",".join(chosen)
+    elif kind == "box":
+        located = city.cells[city.located]
+        if located.empty:
+            st.info("The cells of this data set have no coordinates: choose cells instead.")
+            return
+        west, south, east, north = m.cell_bounds(city)
+        cols = st.columns(4)
+        box = [
+            cols[i].number_input(name, value=round(float(v), 5), format="%.5f", key=f"ml_{name.lower()}")
+            for i, (name, v) in enumerate((("South", south), ("West", west), ("North", north), ("East", east)))
+        ]
+        scope = "box:" + ",".join(f"{v:.6f}" for v in box)
+    cols = st.columns([3, 1, 1, 2])
+    start = cols[0].select_slider(
+        "Start",
+        options=list(range(model.history, info.hours + 1)),
+        key="ml_start",
+        format_func=lambda h: label(info, h),
+    )
+    horizon = cols[1].number_input("Horizon (h)", *LoadRequest.bounds("horizon"), key="ml_horizon")
+    samples = cols[2].number_input("Sample paths", *LoadRequest.bounds("samples"), key="ml_samples")
+    location = cols[3].selectbox("Where users will be", LoadRequest.choices("location"), key="ml_location")
+    request = LoadRequest(
+        scope=scope, start=int(start), horizon=int(horizon), samples=int(samples), location=location, model_id=model.id
+    )
+    job_id = jobs_ui.followed("map_load", ("load",))
+    if st.button("Forecast this area", type="primary", icon=":material/query_stats:", key="ml_run"):
+        problems = request.validate()
+        if kind == "cells" and scope == "cell:":
+            problems = {"scope": "choose at least one cell"}
+        if problems:
+            st.error("Not run: " + "; ".join(f"{name}: {text}" for name, text in problems.items()))
+        else:
+            job_id = jobs_ui.submit("load", request.to_params()) or job_id
+    st.caption(
+        "Every user who can be in the area on some path is forecast; each cell's path i sums their path i. "
+        "The whole default city takes minutes on two CPU cores (docs/results.md)."
+    )
+    if job_id is not None:
+        jobs_ui.follow(job_id, key="map_load", on_done=show_new_risk)
+
+
+def show_new_risk(job: JobView) -> None:
+    run_id = job.ref_id("load_run")
+    st.session_state["map_risk_run"] = run_id
+    common.set_query(risk=run_id)
+    st.toast(f"Load run {run_id} stored.", icon=":material/check:")
+
+
+def risk_map(frames: ld.RiskFrames, base: tuple[str, list[float]] | None) -> None:
+    """The risk map and its hour slider. Run as a fragment (``risk_section``): a new hour redraws only this;
+    while playing, the fragment reruns on its own every ``PLAY_SECONDS`` and moves one hour on."""
+    hours = len(frames.hours)
+    state = st.session_state
+    if state.get("map_risk_hour", 0) >= hours:
+        state["map_risk_hour"] = 0
+    if state.get("map_risk_play") and state.pop("_map_risk_ticked", False):
+        state["map_risk_hour"] = (state.get("map_risk_hour", 0) + 1) % hours
+    state["_map_risk_ticked"] = True  # the next run of a playing fragment is a tick
+    state.setdefault("map_risk_hour", 0)
+    hour = st.select_slider(
+        "Forecast hour", options=list(range(hours)), key="map_risk_hour", format_func=frames.hours.__getitem__
+    )
+    frame = frames.frames[hour]
+    view = m.initial_view(base[1] if base else frames.bounds)
+    st.pydeck_chart(ld.risk_deck(frame, view, base), key="map_risk_deck", height=480)
+    level = frames.risk_level
+    st.markdown(ld.risk_legend(level), unsafe_allow_html=True)
+    at_risk = int((frame["p"] >= level).sum()) if level > 0 else 0
+    st.caption(
+        f"**{frames.hours[hour]}**: {at_risk} of {len(frame)} cells with P(load > capacity) at least {level:.0%}"
+        + (f"; {frames.unplaced} cells without coordinates are not drawn" if frames.unplaced else "")
+    )
+
+
+def risk_section(info: common.DatasetInfo, base: tuple[str, list[float]] | None) -> None:
+    runs = [r for r in load_runs(common.database(), info.id, limit=50) if r["kind"] == "load"]
+    if not runs:
+        st.caption("No load run yet: forecast an area above, or a cell on its page.")
+        return
+    ids = [r["run_id"] for r in runs]
+    linked = common.query_int("risk", None, 1, 2**31)
+    shown = linked if linked in ids else st.session_state.get("map_risk_run")
+    if shown not in ids:
+        shown = ids[0]
+    names = {
+        r["run_id"]: f"run {r['run_id']} · {r['name']} · {r['cells']} cells · {r['horizon']} h from {r['start']}"
+        for r in runs
+    }
+    run_id = st.selectbox("Load run", ids, index=ids.index(shown), format_func=names.get, key="map_risk_pick")
+    if run_id != st.session_state.get("map_risk_run"):
+        st.session_state["map_risk_hour"] = 0
+    st.session_state["map_risk_run"] = run_id
+    common.set_query(risk=run_id)
+    playing = st.toggle("Play", key="map_risk_play", help="Step through the forecast hours, one a second.")
+    st.session_state["_map_risk_ticked"] = False  # a full run of the page is not a tick
+    fragment = st.fragment(run_every=PLAY_SECONDS if playing else None)(risk_map)
+    fragment(risk_frames(common.database().url, info.id, common.revision(), run_id), base)
 
 
 info = jobs_ui.require_dataset()
@@ -126,6 +257,17 @@ else:
     else:
         legend = m.traffic_legend(city.traffic_cap)
     st.markdown(legend, unsafe_allow_html=True)
+
+st.subheader("Load and risk")
+with st.expander("Forecast an area", icon=":material/query_stats:", expanded=False):
+    area_form(info, city)
+risk_base = None
+if city.located.any():
+    try:
+        risk_base = basemap(common.database().url, info.id, common.revision())
+    except Exception:  # noqa: BLE001 - the map shows its own error above; the risk map draws without it
+        risk_base = None
+risk_section(info, risk_base)
 
 st.subheader("Open")
 cell_col, user_col = st.columns(2)

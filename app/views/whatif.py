@@ -3,7 +3,11 @@ cell's POI counts, description or tile, change Eq. 9's a/b or the guidance) and 
 forecast with the baseline made with the same seed. Scenarios are stored and reopened with
 ?scenario=ID (never recomputed); ?user=KEY&hour=H start the editor there; ?job=ID follows a what-if
 job. Run queues a ``whatif`` job (app/jobs_ui.py) that `lsdm worker` runs (engine/whatif.py); the page
-never loads the model. The logic lives in app/whatif_data.py."""
+never loads the model. The logic lives in app/whatif_data.py.
+
+Below it, at the cell level: a cell goes down, or an event brings extra users to it (a ``load.whatif`` job,
+engine/load_whatif.py); the cell's and its neighbours' load and risk against the baseline, paired paths,
+on a map and as the difference per hour. ?cell_scenario=RUN reopens one."""
 
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ from app.common import (
 )
 from app.user_data import cached_entity_keys
 from engine.errors import InputError
-from engine.requests import WhatIfRequest
+from engine.load import load_runs, read_load_run
+from engine.requests import LoadWhatIfRequest, WhatIfRequest
 from engine.whatif import CellEdit, rename_scenario, validate_scenario
 
 if TYPE_CHECKING:
@@ -457,3 +462,166 @@ if shown_id is not None and shown_id != linked_id:  # just run: read back what w
 if linked is not None:
     show_result(linked, context)
 saved_section()
+
+
+# --- the cell level: outages and events ----------------------------------------------------------------------
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def stored_pair(url: str, run_id: int, revision: int) -> tuple[object, object]:
+    scenario = read_load_run(database(), run_id)
+    if scenario.baseline_id is None:
+        raise InputError(f"load run {run_id} is not a cell scenario", field="cell_scenario")
+    return read_load_run(database(), scenario.baseline_id), scenario
+
+
+def cell_whatif_form(model: fd.ModelInfo, cell_keys: list[str], user_keys: list[str]) -> None:
+    defaults = LoadWhatIfRequest.field_specs()
+    for widget, name in (
+        ("cw_what", "what"),
+        ("cw_at", "at"),
+        ("cw_duration", "duration"),
+        ("cw_visitors", "visitors"),
+        ("cw_neighbours", "neighbours"),
+        ("cw_horizon", "horizon"),
+        ("cw_samples", "samples"),
+        ("cw_location", "location"),
+        ("cw_seed", "seed"),
+    ):
+        state.setdefault(widget, defaults[name]["default"])
+    state.setdefault("cw_start", fd.default_start(info.hours, model.history))
+    with st.container(border=True):
+        top = st.columns([2, 2, 3])
+        cell = top[0].selectbox("Cell", cell_keys, key="cw_cell", index=None, placeholder="Choose a cell")
+        what = top[1].radio(
+            "What happens",
+            LoadWhatIfRequest.choices("what"),
+            key="cw_what",
+            horizontal=True,
+            format_func={"outage": "it goes down", "event": "an event"}.get,
+        )
+        start = top[2].select_slider(
+            "Start (first forecast hour)",
+            options=list(range(model.history, info.hours + 1)),
+            key="cw_start",
+            format_func=lambda h: hour_label_for(info, h),
+        )
+        middle = st.columns(5)
+        at = middle[0].number_input("From forecast hour", *LoadWhatIfRequest.bounds("at"), key="cw_at")
+        duration = middle[1].number_input("For hours", *LoadWhatIfRequest.bounds("duration"), key="cw_duration")
+        horizon = middle[2].number_input("Horizon (h)", *LoadWhatIfRequest.bounds("horizon"), key="cw_horizon")
+        samples = middle[3].number_input("Sample paths", *LoadWhatIfRequest.bounds("samples"), key="cw_samples")
+        neighbours = middle[4].number_input(
+            "Neighbours compared", *LoadWhatIfRequest.bounds("neighbours"), key="cw_neighbours"
+        )
+        bottom = st.columns([2, 3, 2, 1])
+        visitors = bottom[0].number_input(
+            "Visitors", *LoadWhatIfRequest.bounds("visitors"), key="cw_visitors", disabled=what != "event"
+        )
+        profile = bottom[1].selectbox(
+            "Visitors behave like",
+            user_keys,
+            key="cw_profile",
+            index=None,
+            placeholder="the cell's most frequent user",
+            disabled=what != "event",
+        )
+        location = bottom[2].selectbox("Where users will be", LoadWhatIfRequest.choices("location"), key="cw_location")
+        seed = bottom[3].number_input("Seed", *LoadWhatIfRequest.bounds("seed"), key="cw_seed")
+        request = LoadWhatIfRequest(
+            cell=cell or "",
+            start=int(start),
+            what=what,
+            at=int(at),
+            duration=int(duration),
+            visitors=int(visitors),
+            profile=profile if what == "event" else None,
+            neighbours=int(neighbours),
+            horizon=int(horizon),
+            samples=int(samples),
+            location=location,
+            seed=int(seed),
+            model_id=model.id,
+        )
+        job_id = jobs_ui.followed("cell_whatif", ("load.whatif",))
+        if st.button("Run the cell scenario", type="primary", icon=":material/play_arrow:", key="cw_run"):
+            problems = request.validate()
+            if problems:
+                st.error("Not run: " + "; ".join(f"{name}: {text}" for name, text in problems.items()))
+            else:
+                job_id = jobs_ui.submit("load.whatif", request.to_params()) or job_id
+        st.caption(
+            "The baseline and the scenario use the same users, places and seed: the difference, path by path, is "
+            "the change alone. An outage re-homes the cell's users to the nearest working cell."
+        )
+        if job_id is not None:
+            jobs_ui.follow(job_id, key="cell_whatif", on_done=open_cell_scenario)
+
+
+def open_cell_scenario(job: JobView) -> None:
+    run_id = job.ref_id("load_run")
+    state["cw_shown"] = run_id
+    set_query(cell_scenario=run_id)
+    st.toast(f"Cell scenario {run_id} stored.", icon=":material/check:")
+
+
+def show_cell_scenario(run_id: int) -> None:
+    from app import load_data as ld
+    from app import map_data as m
+
+    try:
+        baseline, scenario = stored_pair(url, run_id, revision())
+    except InputError as error:
+        st.warning(f"Cannot open cell scenario {run_id}: {error}.")
+        return
+    change = scenario.summary.get("change", {})
+    what = (
+        f"re-homed {change.get('users', 0)} users to {change.get('to')}"
+        if scenario.kind == "outage"
+        else f"{change.get('visitors')} visitors behaving like {change.get('profile')}"
+    )
+    st.markdown(f"**{scenario.name}** · {what} · baseline run {baseline.run_id}, scenario run {scenario.run_id}")
+    frame = ld.comparison_frame(baseline, scenario)
+    st.altair_chart(ld.difference_chart(frame, baseline.cell_keys), theme=None, width="stretch")
+    st.caption("Lines: the mean of the paired paths' difference; bands: its 90 % interval.")
+    hours = list(frame.drop_duplicates("step")["label"])
+    hour = st.select_slider(
+        "Hour on the map", options=list(range(len(hours))), format_func=hours.__getitem__, key="cw_hour"
+    )
+    city = ld.cached_city(url, info.id, revision())
+    risk = ld.risk_frames(scenario, city)
+    view = m.initial_view(risk.bounds)
+    st.pydeck_chart(ld.risk_deck(risk.frames[hour], view, None), key="cw_map", height=360)
+    st.markdown(ld.risk_legend(risk.risk_level) + " (the scenario's)", unsafe_allow_html=True)
+    table = frame[frame["step"] == hour][
+        ["cell", "baseline_mb", "scenario_mb", "diff_mean", "diff_q05", "diff_q95", "p_baseline", "p_scenario"]
+    ]
+    st.dataframe(table, hide_index=True, width="stretch")
+
+
+st.divider()
+st.subheader("A cell goes down, or an event")
+if model is None:
+    st.caption("Needs a forecasting model (above).")
+else:
+    cell_whatif_form(
+        model, list(fd.cached_cells(url, info.id, revision())["key"]), cached_entity_keys(url, info.id, revision())
+    )
+    saved = [r for r in load_runs(database(), info.id, limit=50) if r["kind"] in ("outage", "event")]
+    linked_cell = query_int("cell_scenario", None, 1, 2**63 - 1)
+    shown = linked_cell if linked_cell is not None else state.get("cw_shown")
+    if saved:
+        names = {r["run_id"]: f"{r['run_id']} · {r['name']}" for r in saved}
+        ids = list(names)
+        if shown not in ids and shown is not None:
+            ids = [shown, *ids]
+            names[shown] = str(shown)
+        shown = st.selectbox(
+            "Saved cell scenarios",
+            ids,
+            index=ids.index(shown) if shown in ids else 0,
+            format_func=names.get,
+            key="cw_pick",
+        )
+    if shown is not None:
+        show_cell_scenario(int(shown))

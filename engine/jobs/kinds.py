@@ -18,6 +18,7 @@ and bounds as the command line and the dashboard's forms.
 | ``forecast`` | interactive | ForecastRequest | ``forecast_run:ID`` |
 | ``whatif`` | interactive | WhatIfRequest | ``scenario:ID`` |
 | ``load`` | interactive | LoadRequest | ``load_run:ID`` |
+| ``load.whatif`` | interactive | LoadWhatIfRequest | ``load_run:ID`` (the scenario's; it names its baseline) |
 
 Files named in an ingest's parameters are read from disk by the worker; the app saves uploads under
 ``<data dir>/uploads/...`` and passes that folder as ``uploads_dir`` (removed when the job ends) and
@@ -55,6 +56,7 @@ from engine.requests import (
     IngestTableRequest,
     IngestTsinghuaRequest,
     LoadRequest,
+    LoadWhatIfRequest,
     Request,
     TrainRequest,
     WhatIfRequest,
@@ -390,6 +392,24 @@ def _load(ctx: JobContext) -> Outcome:
     )
 
 
+def _load_whatif(ctx: JobContext) -> Outcome:
+    from engine.load_whatif import run_load_whatif  # torch (module docstring)
+
+    request = LoadWhatIfRequest.from_params(ctx.params)
+    ctx.progress(0.0, "loading the model and the data set ...")
+    context = forecast_context(ctx, request.model_id, request.dataset, request.device)
+    payload = run_load_whatif(ctx.database, request, context=context, progress=_hours(ctx, "users forecast:"))
+    return Outcome(
+        f"load_run:{payload['scenario_run_id']}",
+        {
+            key: payload[key]
+            for key in ("baseline_run_id", "scenario_run_id", "name", "what", "cell", "seconds", "users_forecast")
+        },
+        f"{payload['name']}: runs {payload['baseline_run_id']} and {payload['scenario_run_id']} "
+        f"in {payload['seconds']:.1f} s",
+    )
+
+
 # --- the table of kinds -------------------------------------------------------------------------------
 
 KINDS: dict[str, JobKind] = {
@@ -427,5 +447,6 @@ KINDS: dict[str, JobKind] = {
         JobKind("forecast", ForecastRequest.TITLE, "interactive", _forecast, _checked(ForecastRequest)),
         JobKind("whatif", WhatIfRequest.TITLE, "interactive", _whatif, _checked(WhatIfRequest)),
         JobKind("load", LoadRequest.TITLE, "interactive", _load, _checked(LoadRequest)),
+        JobKind("load.whatif", LoadWhatIfRequest.TITLE, "interactive", _load_whatif, _checked(LoadWhatIfRequest)),
     )
 }

@@ -301,3 +301,74 @@ def test_load_city_agrees_with_sql(city_db: Path) -> None:
     busiest = sql(city_db, "SELECT hour FROM traffic GROUP BY hour ORDER BY SUM(bytes) DESC LIMIT 1")[0][0]
     assert m.busiest_hour(city) == busiest
     database.dispose()
+
+
+# --- load and risk -------------------------------------------------------------------------------------------
+
+
+def _risk_layer(at: AppTest) -> dict:
+    charts = [json.loads(c.proto.json) for c in at.get("deck_gl_json_chart")]
+    (found,) = [layer for chart in charts for layer in chart["layers"] if layer["id"] == "risk"]
+    return found
+
+
+def test_forecast_this_area_queues_a_load_job_for_the_chosen_cells_or_box(app_db: Path) -> None:
+    at = run_map()
+    at.multiselect(key="ml_cells").set_value(["C0001", "C0005"])
+    at.number_input(key="ml_horizon").set_value(2)
+    at.button(key="ml_run").click().run()
+    assert not at.exception, at.exception
+    ((kind, params),) = sql(app_db, "SELECT kind, params FROM jobs")
+    params = json.loads(params)
+    assert kind == "load" and params["scope"] == "cell:C0001,C0005" and params["horizon"] == 2
+    at.radio(key="ml_kind").set_value("box").run()
+    at.button(key="ml_run").click().run()
+    (params,) = sql(app_db, "SELECT params FROM jobs ORDER BY id DESC LIMIT 1")[0:1][0]
+    scope = json.loads(params)["scope"]
+    south, west, north, east = (float(v) for v in scope.removeprefix("box:").split(","))
+    lat, lon = zip(*sql(app_db, "SELECT lat, lon FROM cells"), strict=True)
+    assert south == pytest.approx(min(lat), abs=1e-5) and north == pytest.approx(max(lat), abs=1e-5)
+    assert west == pytest.approx(min(lon), abs=1e-5) and east == pytest.approx(max(lon), abs=1e-5)
+    at.radio(key="ml_kind").set_value("cells").run()
+    at.multiselect(key="ml_cells").set_value([]).run()
+    at.button(key="ml_run").click().run()
+    assert any("choose at least one cell" in e.value for e in at.error)
+    assert sql(app_db, "SELECT COUNT(*) FROM jobs") == [(2,)]
+
+
+def test_the_risk_map_colours_a_runs_cells_by_their_risk_and_the_slider_moves_the_hour(app_db: Path) -> None:
+    from app.load_data import risk_colors
+    from engine.forecast import load_context
+    from engine.load import read_load_run
+    from engine.load_forecast import run_load
+    from engine.requests import LoadRequest
+
+    database = open_database(str(app_db))
+    cells = ",".join(f"C{i:04d}" for i in range(1, 7))
+    run_id = run_load(
+        database,
+        LoadRequest(scope=f"cell:{cells}", start=310, horizon=3, samples=4, location="habitual"),
+        context=load_context(database),
+    )["run_id"]
+    stored = read_load_run(database, run_id).result
+    at = run_map()
+    assert at.selectbox(key="map_risk_pick").value == run_id and query(at, "risk") == str(run_id)
+    for hour in (0, 2):
+        if hour:
+            at.select_slider(key="map_risk_hour").set_value(hour).run()
+        data = pd.DataFrame(_risk_layer(at)["data"])
+        assert data["key"].tolist() == cells.split(",")
+        np.testing.assert_allclose(data["p"], stored.p_exceed[:, hour])
+        expected = risk_colors(stored.p_exceed[:, hour], stored.totals[:, :, hour].max(axis=1))
+        np.testing.assert_array_equal(data[["r", "g", "b", "a"]].to_numpy(), expected)
+    assert any("cells with P(load > capacity) at least 10%" in c.value for c in at.caption)
+    database.dispose()
+
+
+def test_risk_colours_run_green_to_red_and_grey_means_no_load() -> None:
+    from app.load_data import risk_colors
+
+    rgba = risk_colors(np.array([0.0, 0.1, 0.5, 1.0, 0.7]), np.array([1, 1, 1, 1, 0]))
+    assert tuple(rgba[0, :3]) == (26, 150, 65) and tuple(rgba[3, :3]) == (215, 25, 28)
+    assert rgba[1, 0] > rgba[0, 0] and rgba[2, 0] > rgba[1, 0]  # redder with the risk
+    assert tuple(rgba[4]) == (190, 190, 190, 140)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +26,7 @@ from engine.forecast import ForecastResult
 from engine.jobs import JobWorker, enqueue, list_jobs
 from engine.requests import WhatIfRequest
 from engine.whatif import CellEdit, Scenario, run_whatif
-from tests.app.conftest import page, query
+from tests.app.conftest import page, query, run_page, sql
 
 USER = "U0007"
 START = 300  # Sat 12:00 of the second week: inside the data, after the model's 24 hours of history
@@ -329,3 +330,42 @@ def test_the_editor_turns_only_real_changes_into_a_scenario():
 def test_engine_errors_are_shown_next_to_their_field_without_its_path(field, slot):
     assert field_slot(field) == slot
     assert error_text(InputError("bad value", field=field)) == "bad value"
+
+
+# --- the cell level ------------------------------------------------------------------------------------------
+
+
+def test_a_cell_outage_is_queued_from_the_page_and_its_comparison_reopens(app_db: Path) -> None:
+    from engine.jobs import JobWorker
+
+    at = run_page("whatif")
+    at.selectbox(key="cw_cell").set_value("C0001")
+    for key, value in (("cw_at", 1), ("cw_duration", 1), ("cw_horizon", 3), ("cw_samples", 2), ("cw_neighbours", 2)):
+        at.number_input(key=key).set_value(value)
+    at.button(key="cw_run").click().run()
+    assert not at.exception, at.exception
+    ((kind, params),) = sql(app_db, "SELECT kind, params FROM jobs")
+    params = json.loads(params)
+    assert kind == "load.whatif" and params["cell"] == "C0001" and params["what"] == "outage"
+    assert (params["at"], params["duration"], params["horizon"], params["neighbours"]) == (1, 1, 3, 2)
+    database = open_database(str(app_db))
+    assert JobWorker(database).drain() == 1
+    ((scenario_id, baseline_id),) = sql(app_db, "SELECT id, baseline_id FROM load_runs WHERE kind = 'outage'")
+    at = run_page("whatif", cell_scenario=scenario_id)
+    assert any(f"baseline run {baseline_id}, scenario run {scenario_id}" in md.value for md in at.markdown)
+    table = at.dataframe[-1].value
+    ((scope,),) = sql(app_db, "SELECT scope FROM load_runs WHERE id = ?", scenario_id)
+    assert table["cell"].tolist() == scope.removeprefix("cell:").split(",")
+    assert len(table) == 3 and table.iloc[0]["cell"] == "C0001"
+    assert (table["p_baseline"].between(0, 1)).all()
+    database.dispose()
+
+
+def test_a_cell_scenario_with_a_window_beyond_the_horizon_is_refused_on_the_page(app_db: Path) -> None:
+    at = run_page("whatif")
+    at.selectbox(key="cw_cell").set_value("C0001")
+    at.number_input(key="cw_horizon").set_value(3)
+    at.number_input(key="cw_at").set_value(3)
+    at.button(key="cw_run").click().run()
+    assert any("at:" in e.value and "beyond the 3 hours" in e.value for e in at.error)
+    assert sql(app_db, "SELECT COUNT(*) FROM jobs") == [(0,)]

@@ -30,7 +30,7 @@ from engine.load import (
     set_capacity,
     sum_by_cell,
 )
-from engine.load_forecast import reachable_users, run_load
+from engine.load_forecast import reachable_users, run_load, user_chunks
 from engine.location import DayTypeDraw, draw_locations, match_rate
 from engine.requests import LoadRequest
 
@@ -205,23 +205,23 @@ def test_a_load_run_is_the_sum_of_the_reachable_users_paths_path_by_path(city, c
     assert payload["users_forecast"] == len(users) > 0
     expected = np.zeros((2, 4, 2, len(context.series.services)))
     present = np.zeros((2, 4, 2))
-    for done in range(0, len(users), CHUNK_USERS):
-        chunk = users[done : done + CHUNK_USERS]
+    for positions, hours in user_chunks(cells, scope, len(context.series.cell_keys)):
         part = recursive_forecast(
             context.forecaster,
             context.series,
-            chunk.tolist(),
+            users[positions].tolist(),
             start=300,
-            horizon=2,
+            horizon=hours,
             samples=4,
             seed=5,
-            plan=LocationPlan.drawn(cells[done : done + CHUNK_USERS]),
+            plan=LocationPlan.drawn(cells[positions, :, :hours]),
         )
-        for u in range(len(chunk)):
+        for u, position in enumerate(positions):
             for i, row in enumerate(scope):
-                here = cells[done + u] == row  # (S, N)
-                expected[i] += part.paths[u] * here[..., None]
-                present[i] += here
+                here = cells[position, :, :hours] == row  # (S, hours)
+                expected[i, :, :hours] += part.paths[u] * here[..., None]
+                present[i, :, :hours] += here
+                assert not (cells[position, :, hours:] == row).any()  # nothing left out after a chunk's hours
     np.testing.assert_allclose(r.totals, expected.sum(axis=-1), rtol=1e-5)  # stored as float32
     np.testing.assert_array_equal(r.present, present)
     # every user outside the reachable set is never in the scope on any path
