@@ -31,7 +31,7 @@ from db.queries import (
     users_at_cell,
 )
 from engine.env.tiles import CellInfo, infer_land_use
-from engine.load import StoredLoad
+from engine.load.core import StoredLoad
 
 NEIGHBOURS = 5
 ENV_HINT = "run `lsdm env build` (or **Data** → build the environment) to render tiles, describe cells and embed them"
@@ -238,7 +238,7 @@ def traffic_chart(frame: pd.DataFrame, services: list[str] | tuple[str, ...], he
     )
 
 
-# --- the load forecast of a cell (engine/load.py) ----------------------------------------------------------
+# --- the load forecast of a cell (engine/load/core.py) ----------------------------------------------------------
 
 
 def load_frames(stored: StoredLoad, cell: str) -> dict[str, pd.DataFrame]:

@@ -89,11 +89,12 @@ def store_example_forecast(db: Path) -> tuple[int, int]:
     from db import open_database
     from db.queries import get_dataset
     from engine.forecast import run_forecast
+    from engine.requests import ForecastRequest
 
     database = open_database(str(db))
     with database.session() as session:
         start = int(get_dataset(session).hours) - 24
-    result = run_forecast(database, entity=f"user:{FORECAST_USER}", start=start, horizon=24, samples=32)
+    result = run_forecast(database, ForecastRequest(entities=(FORECAST_USER,), start=start, horizon=24, samples=32))
     return int(result["run_id"]), start
 
 

@@ -1,4 +1,4 @@
-"""Cell and area load runs (engine/load_forecast.py) on the default city with the shipped model, on the CPU:
+"""Cell and area load runs (engine/load/forecast.py) on the default city with the shipped model, on the CPU:
 
 - one cell (C0001, the busiest), 24 h, 32 paths, from request to stored run, the model and the data
   already loaded as the worker keeps them (target <= 10 s); and cold, loading them first;
@@ -35,7 +35,7 @@ def _peak_mib() -> float:
 def phase(db: str, scope: str, horizon: int, runs: int) -> dict:
     from db import open_database
     from engine.forecast import load_context
-    from engine.load_forecast import run_load
+    from engine.load.forecast import run_load
     from engine.requests import LoadRequest
 
     database = open_database(db)
@@ -93,7 +93,7 @@ def main() -> None:
             10.0,
             users_forecast=cell["users"],
             cold_model_and_data_load_s=round(cell["load_s"], 3),
-            ms_per_path_hour=round(sorted(per_path_hour)[len(per_path_hour) // 2], 3),
+            ms_per_requested_path_hour=round(sorted(per_path_hour)[len(per_path_hour) // 2], 3),
             start=cell["start"],
         )
         if args.skip_city:

@@ -1,8 +1,8 @@
-"""Where users will be: the three ways of drawing a user's future cells (engine/location.py) against the
+"""Where users will be: the three ways of drawing a user's future cells (engine/load/location.py) against the
 recorded cells of the default city's test day (its last 24 hours), every user, 32 paths, seed 0; and the
 deterministic ``habitual`` cell for comparison.
 
-Scores (engine/location.py ``match_rate``): ``path_match``, the share of (user, hour, path) whose drawn cell
+Scores (engine/load/location.py ``match_rate``): ``path_match``, the share of (user, hour, path) whose drawn cell
 is the recorded one (for a deterministic scenario: of (user, hour)); ``any_path_match``, the share of
 (user, hour) where some path drew the recorded cell; ``brier``, the Brier score of the paths' distribution of
 cells (proper: lower is better; a sure wrong guess scores 2). ``sampled`` uses the best Brier score.
@@ -29,7 +29,7 @@ from db import open_database
 from db.queries import get_dataset, store_dataset
 from engine.data.city import CityConfig, generate_city
 from engine.data.windows import load_series
-from engine.location import LOCATION_DRAWS, draw_locations, match_rate
+from engine.load.location import LOCATION_DRAWS, draw_locations, match_rate
 
 
 def main() -> None:

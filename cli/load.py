@@ -1,8 +1,8 @@
 """`lsdm load`, `lsdm load-whatif`, `lsdm loads`, `lsdm capacity` and `lsdm export load`: cell and area load
-runs built up from every user's forecast (engine/load.py), outages and events at a cell
-(engine/load_whatif.py), their listing and export, and the cells' capacities.
+runs built up from every user's forecast (engine/load/core.py), outages and events at a cell
+(engine/load/whatif.py), their listing and export, and the cells' capacities.
 
-engine.load imports torch: the commands import it when they run (the start-up cost is measured in
+engine.load.forecast imports torch: the commands import it when they run (the start-up cost is measured in
 cli/main.py)."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def add_export(export: argparse._SubParsersAction, common: argparse.ArgumentPars
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from engine.load_forecast import run_load  # torch: see cli/main.py
+    from engine.load.forecast import run_load  # torch: see cli/main.py
 
     run = run_load(open_database(args.db), request_of(args))
     lines = [
@@ -111,7 +111,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_load_whatif(args: argparse.Namespace) -> int:
-    from engine.load_whatif import run_load_whatif  # torch: see cli/main.py
+    from engine.load.whatif import run_load_whatif  # torch: see cli/main.py
 
     result = run_load_whatif(open_database(args.db), request_of(args))
     lines = [
@@ -134,7 +134,7 @@ def cmd_load_whatif(args: argparse.Namespace) -> int:
 
 
 def cmd_loads(args: argparse.Namespace) -> int:
-    from engine.load import load_runs
+    from engine.load.core import load_runs
 
     database = open_database(args.db)
     with database.session() as session:
@@ -151,7 +151,7 @@ def cmd_loads(args: argparse.Namespace) -> int:
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:
-    from engine.load import cell_capacity, set_capacity
+    from engine.load.core import cell_capacity, set_capacity
 
     database = open_database(args.db)
     with database.session() as session:
@@ -165,7 +165,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 
 
 def cmd_export_load(args: argparse.Namespace) -> int:
-    from engine.load import export_load
+    from engine.load.core import export_load
 
     rows = export_load(open_database(args.db), args.run, args.out)
     print(f"wrote {rows} rows to {args.out}")

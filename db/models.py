@@ -264,7 +264,7 @@ class Scenario(Base):
 
 
 class LoadRun(Base):
-    """A cell or area load run (engine/load.py): the per-user sample paths summed per cell, with its
+    """A cell or area load run (engine/load/core.py): the per-user sample paths summed per cell, with its
     request, the quantiles per cell, hour and service, and the capacity risk. A what-if at the cell level
     (an outage, an event) is a load run with ``baseline_id`` set: the run it is compared with, made with
     the same seed."""
@@ -278,7 +278,7 @@ class LoadRun(Base):
     scope: Mapped[str] = mapped_column(String(2000))  # cell:A,B | area:all | box:S,W,N,E
     params: Mapped[dict] = mapped_column(JSON, default=dict)  # the request, its model and data set
     summary: Mapped[dict] = mapped_column(JSON, default=dict)  # per cell: hours at risk, peak risk, ...
-    result: Mapped[bytes | None] = mapped_column(LargeBinary)  # compressed arrays (engine/load.py LoadResult)
+    result: Mapped[bytes | None] = mapped_column(LargeBinary)  # compressed arrays (engine/load/core.py LoadResult)
     baseline_id: Mapped[int | None] = mapped_column(ForeignKey("load_runs.id", ondelete="SET NULL"))
     seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -286,7 +286,7 @@ class LoadRun(Base):
 
 class CellCapacity(Base):
     """A capacity set by an operator (without a row, a cell's capacity is derived from its history:
-    engine/load.py ``default_capacities``)."""
+    engine/load/core.py ``default_capacities``)."""
 
     __tablename__ = "cell_capacities"
     cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id", ondelete="CASCADE"), primary_key=True)

@@ -5,7 +5,7 @@ from the last H hours, appends it and moves on. Every sample path feeds back its
 the median), so the spread of the paths is the forecast's honest uncertainty. Future locations follow
 a scenario: ``habitual`` (the entity's most frequent cell at that hour of the week, from hours before
 the start), ``sampled`` (each path draws its own cell per hour from the entity's history,
-engine/location.py), ``stay`` (the last known cell), ``observed`` (the cells the data recorded, for backtests:
+engine/load/location.py), ``stay`` (the last known cell), ``observed`` (the cells the data recorded, for backtests:
 the habitual cell where none is recorded or beyond the data), or explicit cells (one per step, the last
 one repeated).
 All paths of all entities are denoised in one batch; the history is encoded once per step and only
@@ -29,7 +29,7 @@ from db.models import ForecastRun
 from db.queries import get_dataset
 from engine.data.windows import HourlyProfile, SeriesData, embeddings_of, load_series
 from engine.errors import InputError
-from engine.location import draw_locations
+from engine.load.location import draw_locations
 from engine.model import Forecaster
 from engine.model.diffusion import sample
 from engine.requests import ForecastRequest, parse_location_text

@@ -219,6 +219,8 @@ class Request:
                 continue
             value = params[name]
             if found["kind"] in (str, "file") and value == "":
+                if found["required"]:
+                    values[name] = None  # validate() says it is required
                 continue  # an empty text box: the default (or "is required")
             if found["kind"] == "keys" and isinstance(value, list):
                 value = tuple(value)
@@ -692,7 +694,7 @@ class WhatIfRequest(Request):
 @dataclass(frozen=True)
 class LoadRequest(Request):
     """The load of some cells (or an area, or the whole data set) summed from every user's sample paths,
-    with its capacity risk (engine/load.py)."""
+    with its capacity risk (engine/load/core.py)."""
 
     KIND: ClassVar[str] = "load"
     TITLE: ClassVar[str] = "Cell and area load"
@@ -750,7 +752,7 @@ LOAD_EVENTS = ("outage", "event")
 @dataclass(frozen=True)
 class LoadWhatIfRequest(Request):
     """A cell goes down, or an event brings extra users to it: the neighbourhood's load and risk against
-    the baseline, same seed, paired paths (engine/load_whatif.py)."""
+    the baseline, same seed, paired paths (engine/load/whatif.py)."""
 
     KIND: ClassVar[str] = "load.whatif"
     TITLE: ClassVar[str] = "Cell outage or event"

@@ -23,6 +23,7 @@ ENGINE_TOP_LEVEL = {
     "env",
     "evaluation",
     "jobs",
+    "load",
     "model",
 }
 

@@ -1,6 +1,6 @@
 """Cell: one base station's surroundings (tile, POIs, description), the cells whose environment is most
 alike, who is there hour by hour and what they use there; its capacity, and "Forecast this cell": a load
-run (engine/load_forecast.py) queued as a job, followed live, then shown as fan charts of the total and
+run (engine/load/forecast.py) queued as a job, followed live, then shown as fan charts of the total and
 per-service load and the users present, with the capacity line and the risk per hour. Deep link:
 ?cell=KEY (&load=RUN)."""
 
@@ -17,7 +17,7 @@ from app.forecast_data import cached_active_model, default_start
 from db.models import Dataset
 from engine.errors import InputError
 from engine.jobs import JobView
-from engine.load import cell_capacity, load_runs, read_load_run, set_capacity
+from engine.load.core import cell_capacity, load_runs, read_load_run, set_capacity
 from engine.requests import LoadRequest
 
 if TYPE_CHECKING:

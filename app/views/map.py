@@ -12,12 +12,12 @@ from pathlib import Path
 import streamlit as st
 
 from app import common, jobs_ui
-from app import load_data as ld
+from app import load_common as ld
 from app import map_data as m
 from app.forecast_data import cached_active_model, default_start
 from db.models import Dataset
 from engine.jobs import JobView
-from engine.load import load_runs, read_load_run
+from engine.load.core import load_runs, read_load_run
 from engine.requests import LoadRequest
 
 PAGES = Path(__file__).resolve().parent
@@ -158,6 +158,11 @@ def risk_map(frames: ld.RiskFrames, base: tuple[str, list[float]] | None) -> Non
     )
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def light(base: tuple[str, list[float]] | None) -> tuple[str, list[float]] | None:
+    return ld.light_basemap(base)
+
+
 def risk_section(info: common.DatasetInfo, base: tuple[str, list[float]] | None) -> None:
     runs = [r for r in load_runs(common.database(), info.id, limit=50) if r["kind"] == "load"]
     if not runs:
@@ -180,7 +185,7 @@ def risk_section(info: common.DatasetInfo, base: tuple[str, list[float]] | None)
     playing = st.toggle("Play", key="map_risk_play", help="Step through the forecast hours, one a second.")
     st.session_state["_map_risk_ticked"] = False  # a full run of the page is not a tick
     fragment = st.fragment(run_every=PLAY_SECONDS if playing else None)(risk_map)
-    fragment(risk_frames(common.database().url, info.id, common.revision(), run_id), base)
+    fragment(risk_frames(common.database().url, info.id, common.revision(), run_id), light(base))
 
 
 info = jobs_ui.require_dataset()

@@ -6,7 +6,7 @@ job. Run queues a ``whatif`` job (app/jobs_ui.py) that `lsdm worker` runs (engin
 never loads the model. The logic lives in app/whatif_data.py.
 
 Below it, at the cell level: a cell goes down, or an event brings extra users to it (a ``load.whatif`` job,
-engine/load_whatif.py); the cell's and its neighbours' load and risk against the baseline, paired paths,
+engine/load/whatif.py); the cell's and its neighbours' load and risk against the baseline, paired paths,
 on a map and as the difference per hour. ?cell_scenario=RUN reopens one."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from app.common import (
 )
 from app.user_data import cached_entity_keys
 from engine.errors import InputError
-from engine.load import load_runs, read_load_run
+from engine.load.core import load_runs, read_load_run
 from engine.requests import LoadWhatIfRequest, WhatIfRequest
 from engine.whatif import CellEdit, rename_scenario, validate_scenario
 
@@ -566,7 +566,7 @@ def open_cell_scenario(job: JobView) -> None:
 
 
 def show_cell_scenario(run_id: int) -> None:
-    from app import load_data as ld
+    from app import load_common as ld
     from app import map_data as m
 
     try:

@@ -372,7 +372,7 @@ def _whatif(ctx: JobContext) -> Outcome:
 
 
 def _load(ctx: JobContext) -> Outcome:
-    from engine.load_forecast import run_load  # torch (module docstring)
+    from engine.load.forecast import run_load  # torch (module docstring)
 
     request = LoadRequest.from_params(ctx.params)
     ctx.progress(0.0, "loading the model and the data set ...")
@@ -393,7 +393,7 @@ def _load(ctx: JobContext) -> Outcome:
 
 
 def _load_whatif(ctx: JobContext) -> Outcome:
-    from engine.load_whatif import run_load_whatif  # torch (module docstring)
+    from engine.load.whatif import run_load_whatif  # torch (module docstring)
 
     request = LoadWhatIfRequest.from_params(ctx.params)
     ctx.progress(0.0, "loading the model and the data set ...")

@@ -213,7 +213,7 @@ def test_load_unit_embeddings_returns_unit_vectors_of_every_cell(city_db: Path) 
 
 def test_forecast_this_cell_queues_a_load_job_and_shows_its_run_with_capacity_and_risk(app_db: Path) -> None:
     from engine.jobs import JobWorker
-    from engine.load import read_load_run
+    from engine.load.core import read_load_run
 
     at = run_cell(cell="C0001")
     at.number_input(key="cl_horizon").set_value(3)

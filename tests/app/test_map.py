@@ -337,10 +337,10 @@ def test_forecast_this_area_queues_a_load_job_for_the_chosen_cells_or_box(app_db
 
 
 def test_the_risk_map_colours_a_runs_cells_by_their_risk_and_the_slider_moves_the_hour(app_db: Path) -> None:
-    from app.load_data import risk_colors
+    from app.load_common import risk_colors
     from engine.forecast import load_context
-    from engine.load import read_load_run
-    from engine.load_forecast import run_load
+    from engine.load.core import read_load_run
+    from engine.load.forecast import run_load
     from engine.requests import LoadRequest
 
     database = open_database(str(app_db))
@@ -366,7 +366,7 @@ def test_the_risk_map_colours_a_runs_cells_by_their_risk_and_the_slider_moves_th
 
 
 def test_risk_colours_run_green_to_red_and_grey_means_no_load() -> None:
-    from app.load_data import risk_colors
+    from app.load_common import risk_colors
 
     rgba = risk_colors(np.array([0.0, 0.1, 0.5, 1.0, 0.7]), np.array([1, 1, 1, 1, 0]))
     assert tuple(rgba[0, :3]) == (26, 150, 65) and tuple(rgba[3, :3]) == (215, 25, 28)

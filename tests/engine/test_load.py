@@ -1,5 +1,5 @@
-"""Cell and area load (engine/load.py, engine/load_forecast.py) and the sampled location scenario
-(engine/location.py): exact sums on hand-made paths, the real shipped model on the default city, the
+"""Cell and area load (engine/load/core.py, engine/load/forecast.py) and the sampled location scenario
+(engine/load/location.py): exact sums on hand-made paths, the real shipped model on the default city, the
 capacity table, stored runs and their export, and refusals that store nothing."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from db import open_database
 from engine.data.windows import SeriesData
 from engine.errors import InputError
 from engine.forecast import LocationPlan, load_context, recursive_forecast
-from engine.load import (
+from engine.load.core import (
     CHUNK_USERS,
     MIN_CAPACITY,
     CellTable,
@@ -30,8 +30,8 @@ from engine.load import (
     set_capacity,
     sum_by_cell,
 )
-from engine.load_forecast import reachable_users, run_load, user_chunks
-from engine.location import DayTypeDraw, draw_locations, match_rate
+from engine.load.forecast import reachable_users, run_load, user_chunks
+from engine.load.location import DayTypeDraw, draw_locations, match_rate
 from engine.requests import LoadRequest
 
 
@@ -426,3 +426,86 @@ def test_lsdm_load_prints_json_and_lsdm_export_load_writes_it(city, tmp_path, ca
     err = capsys.readouterr().err
     assert "--scope" in err and "'XX'" in err
     assert _count(city, "load_runs") == 1
+
+
+# --- data sets whose entities are cells --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cell_city(tmp_path_factory):
+    """A small city summed to its cells (entities = cells, linked to them) with a tiny no-condition model."""
+    import dataclasses
+    import os
+
+    from db.queries import store_dataset
+    from engine.data.city import CityConfig, generate_city
+    from engine.model.config import resolve_config
+    from engine.train import train
+
+    home = tmp_path_factory.mktemp("cell-home")
+    old = os.environ.get("LSDM_HOME")
+    os.environ["LSDM_HOME"] = str(home)
+    users = generate_city(CityConfig(users=40, cells=10, days=4, seed=4))
+    located = {
+        (int(e), int(h)): int(c)
+        for e, h, c in zip(users.location_entity, users.location_hour, users.location_cell, strict=True)
+    }
+    sums: dict[tuple[int, int, int], int] = {}
+    for e, h, k, b in zip(
+        users.traffic_entity, users.traffic_hour, users.traffic_service, users.traffic_bytes, strict=True
+    ):
+        cell = located.get((int(e), int(h)))
+        if cell is not None:
+            sums[(cell, int(h), int(k))] = sums.get((cell, int(h), int(k)), 0) + int(b)
+    keys = np.array(list(sums), dtype=np.int64)
+    n_cells = len(users.cell_keys)
+    content = dataclasses.replace(
+        users,
+        name="cells-of-seed4",
+        entity_kind="cell",
+        entity_keys=list(users.cell_keys),
+        traffic_entity=keys[:, 0],
+        traffic_hour=keys[:, 1],
+        traffic_service=keys[:, 2],
+        traffic_bytes=np.array(list(sums.values()), dtype=np.int64),
+        location_entity=np.repeat(np.arange(n_cells), users.hours),
+        location_hour=np.tile(np.arange(users.hours), n_cells),
+        location_cell=np.repeat(np.arange(n_cells), users.hours),
+        entity_cell=np.arange(n_cells),
+        entity_attrs=None,
+    )
+    database = open_database(str(home / "lsdm.sqlite"))
+    with database.write_session() as session, session.begin():
+        store_dataset(session, content)
+    name, config = resolve_config("tiny", epochs=1, condition="none", windows_per_epoch=1024)
+    train(database, name, config)
+    yield database, sums
+    database.dispose()
+    if old is None:
+        os.environ.pop("LSDM_HOME", None)
+    else:
+        os.environ["LSDM_HOME"] = old
+
+
+def test_a_cell_data_set_is_forecast_directly_with_no_users_present(cell_city):
+    database, sums = cell_city
+    context = load_context(database)
+    keys = context.series.cell_keys[:2]
+    payload = run_load(
+        database, LoadRequest(scope="cell:" + ",".join(keys), start=72, horizon=3, samples=4), context=context
+    )
+    stored = read_load_run(database, payload["run_id"]).result
+    rows = [context.series.entity_keys.index(k) for k in keys]
+    direct = recursive_forecast(context.forecaster, context.series, rows, start=72, horizon=3, samples=4)
+    np.testing.assert_allclose(stored.totals, direct.paths.sum(axis=-1), rtol=1e-5)  # the cells' own paths
+    assert (stored.present == -1).all() and payload["cells"][0]["hours"][0]["users_present"] is None
+    truth = [sum(v for (c, h, _), v in sums.items() if c == 0 and h == 72)]
+    assert payload["cells"][0]["hours"][0]["total"]["truth"] == pytest.approx(truth[0])
+    with pytest.raises(InputError) as refused:  # an outage moves users: a cell data set has none
+        from engine.load.whatif import run_load_whatif
+        from engine.requests import LoadWhatIfRequest
+
+        run_load_whatif(
+            database, LoadWhatIfRequest(cell=keys[0], start=72, horizon=2, duration=1, samples=2), context=context
+        )
+    assert refused.value.field == "cell"

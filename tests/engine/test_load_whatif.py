@@ -1,4 +1,4 @@
-"""Cell-level what-ifs (engine/load_whatif.py) with the shipped model on the default city: an outage re-homes
+"""Cell-level what-ifs (engine/load/whatif.py) with the shipped model on the default city: an outage re-homes
 every user of the dead cell and nobody else, an event adds its visitors only while they are there, both
 paired with their baseline; bad windows, cells and profiles are refused naming the field, storing nothing."""
 
@@ -15,8 +15,8 @@ import pytest
 from db import open_database
 from engine.errors import InputError
 from engine.forecast import load_context
-from engine.load import read_load_run
-from engine.load_whatif import run_load_whatif
+from engine.load.core import read_load_run
+from engine.load.whatif import run_load_whatif
 from engine.requests import LoadWhatIfRequest
 
 

@@ -30,6 +30,8 @@ REQUIRED = {  # the least each request type needs to be valid
     "EvaluateRequest": {},
     "ForecastRequest": {"entities": ["U0001"], "start": 30},
     "WhatIfRequest": {"entity": "U0001", "start": 30},
+    "LoadRequest": {"scope": "cell:C0001", "start": 30},
+    "LoadWhatIfRequest": {"cell": "C0001", "start": 30},
 }
 
 
@@ -81,7 +83,7 @@ def test_validate_returns_every_problem_in_the_domains_field_names():
     assert set(errors) == {"entities", "start", "horizon", "samples", "guidance", "sampler", "noise", "location"}
     assert errors["entities"] == "is required"
     assert errors["guidance"] == "expected a finite number, got nan"
-    assert "habitual, stay, observed, cells" in errors["location"]
+    assert "habitual, sampled, stay, observed, cells" in errors["location"]
 
 
 def test_checked_raises_one_error_naming_the_first_field_and_listing_the_others():
@@ -194,3 +196,24 @@ def test_an_ingest_request_refuses_an_unknown_time_zone_before_any_file_is_read(
         "Europe/Berlin or UTC"
     }
     assert dataclasses.replace(request, timezone="Asia/Shanghai").validate() == {}
+
+
+def test_a_load_scope_is_checked_when_the_request_is():
+    from engine.requests import LoadRequest, parse_scope_text
+
+    assert parse_scope_text("cell: A , B,A") == ("cells", ("A", "B"), ())
+    assert parse_scope_text("area:all") == ("all", (), ())
+    assert parse_scope_text("box:31,121,31.5,121.5") == ("box", (), (31.0, 121.0, 31.5, 121.5))
+    for bad in ("cells:A", "box:31,121,30,122", "box:a,b,c,d", "box:1,2,3", "area:north", ""):
+        errors = LoadRequest.from_params({"scope": bad, "start": 30}).validate()
+        assert list(errors) == ["scope"], (bad, errors)
+
+
+def test_a_cell_scenarios_window_lies_within_its_horizon():
+    from engine.requests import LoadWhatIfRequest
+
+    base = {"cell": "C0001", "start": 30, "horizon": 6}
+    assert LoadWhatIfRequest.from_params({**base, "at": 5, "duration": 1}).validate() == {}
+    assert list(LoadWhatIfRequest.from_params({**base, "at": 6}).validate()) == ["at"]
+    errors = LoadWhatIfRequest.from_params({**base, "at": 4, "duration": 3}).validate()
+    assert list(errors) == ["duration"] and "at most 2" in errors["duration"]

@@ -21,7 +21,7 @@ city's test day (``benchmarks/bench_location.py``, docs/model.md#where-users-wil
 
 The draws use one generator per entity, seeded by (seed, entity row): an entity's locations are the
 same whichever other entities share the forecast, so a cell's and an area's load runs see the same
-places for the same user (engine/load.py).
+places for the same user (engine/load/core.py).
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ from db.models import LoadRun
 from engine.data.windows import SeriesData
 from engine.errors import InputError
 from engine.forecast import ForecastContext, LocationPlan, load_context, recursive_forecast
-from engine.load import CHUNK_USERS, Capacities, CellTable, LoadResult, Progress, sum_by_cell
-from engine.load_forecast import _check_start, forecast_load, load_result, reachable_users, run_summary
+from engine.load.core import CHUNK_USERS, Capacities, CellTable, LoadResult, Progress, sum_by_cell
+from engine.load.forecast import _check_start, forecast_load, load_result, reachable_users, run_summary
 from engine.requests import LoadRequest, LoadWhatIfRequest
 
 

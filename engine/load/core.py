@@ -2,14 +2,14 @@
 
 A cell's load at an hour is the sum of the traffic of the users who are in it then. The forecast gives
 every user S sample paths of traffic, and (``location``: ``sampled``) each path its own cell per hour
-(engine/location.py); path i of a cell is the sum, over the users whose path i is in that cell at that
+(engine/load/location.py); path i of a cell is the sum, over the users whose path i is in that cell at that
 hour, of their path i. So the numbers add up on every path: users to cells to areas to the city, and a
 cell's spread holds both where its users will be and what they will use.
 
 - Scope: ``cell:ID[,ID...]``, ``box:SOUTH,WEST,NORTH,EAST`` (the cells with coordinates inside) or
   ``area:all``. Only the users who can reach the scope need a forecast: every user's cells of the
   forecast hours are drawn first (cheap, and the same draws the forecast then uses: they come from a
-  generator per user, engine/location.py ``entity_rng``), and the users with some path in some scope
+  generator per user, engine/load/location.py ``entity_rng``), and the users with some path in some scope
   cell at some hour are forecast. Nobody else contributes to the scope on any path.
 - Data sets whose entities are cells are forecast directly: the scope's cells are the entities, and
   the users present are unknown.

@@ -1,6 +1,6 @@
-"""Load runs: forecast a scope's load from every user's sample paths and store it (engine/load.py has
+"""Load runs: forecast a scope's load from every user's sample paths and store it (engine/load/core.py has
 the model: the scope, the sums, the capacities and the stored arrays). This module imports torch (through
-engine.forecast); engine/load.py does not, so that pages and listings read runs without it."""
+engine.forecast); engine/load/core.py does not, so that pages and listings read runs without it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from db.models import LoadRun
 from engine.data.windows import SeriesData
 from engine.errors import InputError
 from engine.forecast import ForecastContext, LocationPlan, check_sampler, hour_label, load_context, recursive_forecast
-from engine.load import (
+from engine.load.core import (
     CHUNK_USERS,
     Capacities,
     CellTable,
@@ -107,7 +107,7 @@ def forecast_load(
         users = entities
         for done in range(0, len(entities), CHUNK_USERS):
             chunk = entities[done : done + CHUNK_USERS]
-            load[done : done + len(chunk)] = forecast(chunk, plan)
+            load[done : done + len(chunk)] = forecast(chunk, LocationPlan("habitual"))  # a cell is where it is
             if progress:
                 progress(done + len(chunk), len(entities))
         present[:] = -1
