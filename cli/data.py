@@ -14,7 +14,7 @@ from engine.data.ingest_table import read_table
 from engine.data.ingest_tsinghua import read_tsinghua
 from engine.data.store import store_new_dataset
 from engine.errors import InputError
-from engine.requests import CityRequest, IngestTableRequest, IngestTsinghuaRequest
+from engine.requests import AggregateRequest, CityRequest, IngestTableRequest, IngestTsinghuaRequest
 
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
@@ -80,7 +80,7 @@ def _add_ingest(commands: Commands, common: argparse.ArgumentParser, reporting: 
 
 
 def _add_data(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
-    """`lsdm data info|list|use`."""
+    """`lsdm data info|list|use|aggregate`."""
     data = commands.add_parser("data", help="inspect the data sets").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
@@ -92,6 +92,15 @@ def _add_data(commands: Commands, common: argparse.ArgumentParser, reporting: ar
     use = data.add_parser("use", parents=[common], help="make a data set the active one")
     use.add_argument("name")
     use.set_defaults(handler=cmd_data_use)
+    aggregate = data.add_parser(
+        "aggregate",
+        parents=[common, reporting],
+        help="a data set of cells summed from a user-level one (the direct cell model's data)",
+        description="Sum each cell's users per hour and service into a data set whose entities are the cells, "
+        "with the cells' tiles and descriptions copied; stored in one transaction as the active data set.",
+    )
+    add_request_flags(aggregate, AggregateRequest)
+    aggregate.set_defaults(handler=cmd_data_aggregate)
 
 
 # --- handlers -------------------------------------------------------------------------------------
@@ -189,6 +198,23 @@ def cmd_data_list(args: argparse.Namespace) -> int:
         ]
     lines = [f"{'*' if r['active'] else ' '} {r['name']:30s} {r['kind']:10s} {r['created_at']}" for r in rows]
     emit(args, {"datasets": rows}, lines or ["no data sets yet; run `lsdm city build`"])
+    return 0
+
+
+def cmd_data_aggregate(args: argparse.Namespace) -> int:
+    from engine.data.aggregate import store_aggregate
+
+    started = time.perf_counter()
+    request = request_of(args)
+    database = open_database(args.db)
+    with database.write_session() as session, session.begin():
+        dataset = store_aggregate(session, request)
+        session.flush()
+        summary = dataset_summary(session, dataset)
+    summary["db"] = database.url
+    seconds = time.perf_counter() - started
+    summary["seconds"] = round(seconds, 3)
+    emit(args, summary, _summary_lines("Summed to cells", summary, seconds))
     return 0
 
 

@@ -377,6 +377,19 @@ class CityRequest(Request):
 
 
 @dataclass(frozen=True)
+class AggregateRequest(Request):
+    """A data set whose entities are cells, summed from a user-level one (engine/data/aggregate.py)."""
+
+    KIND: ClassVar[str] = "data.aggregate"
+    TITLE: ClassVar[str] = "Sum a data set to its cells"
+
+    dataset: str | None = spec(str, None, max_length=200, help="the user-level data set (default: the active one)")
+    to: str = spec(str, "cells", choices=("cells",), help="what to sum to: cells (each cell's users per hour)")
+    name: str | None = spec(str, None, max_length=200, help="the new data set's name (default: <source>-cells)")
+    replace: bool = spec(bool, False, help="replace a data set of the same name")
+
+
+@dataclass(frozen=True)
 class IngestTableRequest(Request):
     """Ingest the documented long format (docs/data-formats.md)."""
 
@@ -814,6 +827,7 @@ class LoadWhatIfRequest(Request):
 
 REQUEST_TYPES: tuple[type[Request], ...] = (
     CityRequest,
+    AggregateRequest,
     IngestTableRequest,
     IngestTsinghuaRequest,
     EnvRequest,

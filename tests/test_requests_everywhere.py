@@ -22,6 +22,7 @@ from engine.errors import InputError
 from engine.jobs import KINDS
 from engine.requests import (
     REQUEST_TYPES,
+    AggregateRequest,
     CityRequest,
     EnvRequest,
     EvaluateRequest,
@@ -205,6 +206,12 @@ def _surfaces(files: dict[str, str]) -> dict[type[Request], Surface]:
                 "sampler": "the request's default (DDIM, 10 steps), as the baseline's forecast",
                 "sampler_steps": "the request's default (DDIM, 10 steps), as the baseline's forecast",
             },
+        ),
+        AggregateRequest: Surface(
+            ("data", "aggregate"),
+            page="datasets",
+            widgets={"agg_dataset": "dataset", "agg_name": "name", "agg_replace": "replace"},
+            set_by_page={"to": "its only choice (cells)"},
         ),
         LoadRequest: Surface(
             ("load",),

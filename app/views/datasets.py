@@ -15,7 +15,7 @@ from app import datasets_data as da
 from app import settings as app_settings
 from engine.errors import InputError
 from engine.jobs import discard_uploads
-from engine.requests import CityRequest, EnvRequest, IngestTableRequest, IngestTsinghuaRequest
+from engine.requests import AggregateRequest, CityRequest, EnvRequest, IngestTableRequest, IngestTsinghuaRequest
 
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from engine.jobs import JobView
 
-DATA_JOBS = ("ingest.table", "ingest.tsinghua", "city.build", "env.build")
+DATA_JOBS = ("ingest.table", "ingest.tsinghua", "city.build", "env.build", "data.aggregate")
 
 common.page_header("Data", "What is loaded, and where new data comes from.")
 db = common.database()
@@ -280,6 +280,32 @@ def city_form() -> None:
         queue("city.build", request.to_params(), {"name": name_slot})
 
 
+def aggregate_form() -> None:
+    st.caption(
+        "A data set whose entities are the cells: each cell's users summed per hour and service, with the "
+        "cells' tiles and descriptions (then embed them with `lsdm env build --dataset NAME --encoder ENCODER`). "
+        "It is the data a direct cell model trains on, to compare with the load summed from every user."
+    )
+    users = datasets[datasets["entity kind"] != "cell"] if datasets is not None and not datasets.empty else None
+    names = [] if users is None else list(users["name"])
+    active = [] if users is None else list(users.loc[users["active"], "name"])
+    spec = AggregateRequest.field_specs()
+    with st.form("aggregate"):
+        left, right = st.columns(2)
+        source = left.selectbox(
+            "Sum the cells of", names, index=names.index(active[0]) if active else None, key="agg_dataset"
+        )
+        name = right.text_input(
+            "Name", placeholder="<source>-cells", key="agg_name", max_chars=spec["name"]["max_length"]
+        )
+        name_slot = st.empty()
+        replace = st.checkbox("Replace a data set of the same name", key="agg_replace")
+        submitted = st.form_submit_button("Sum to cells", type="primary", key="agg_submit")
+    if submitted:
+        request = AggregateRequest(dataset=source, name=name.strip() or None, replace=replace)
+        queue("data.aggregate", request.to_params(), {"name": name_slot})
+
+
 def load_saved_settings() -> app_settings.AppSettings:
     try:
         return app_settings.load_settings()
@@ -381,7 +407,9 @@ show_datasets()
 st.divider()
 job_slot = st.container()  # the followed job, above the tabs whichever tab queued it
 saved_settings = load_saved_settings()
-tabs = st.tabs(["Ingest a table", "Ingest Tsinghua files", "Build a synthetic city", "Environment", "Settings"])
+tabs = st.tabs(
+    ["Ingest a table", "Ingest Tsinghua files", "Build a synthetic city", "Sum to cells", "Environment", "Settings"]
+)
 with tabs[0]:
     table_form()
 with tabs[1]:
@@ -389,8 +417,10 @@ with tabs[1]:
 with tabs[2]:
     city_form()
 with tabs[3]:
-    environment_form(saved_settings)
+    aggregate_form()
 with tabs[4]:
+    environment_form(saved_settings)
+with tabs[5]:
     settings_form(saved_settings)
 
 followed_job = st.session_state.pop("data_job", None) or jobs_ui.followed("data", DATA_JOBS)

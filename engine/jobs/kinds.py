@@ -9,6 +9,7 @@ and bounds as the command line and the dashboard's forms.
 |---|---|---|---|
 | ``setup.default`` | batch | none | ``dataset:ID`` (first launch: default city + shipped model) |
 | ``city.build`` | batch | CityRequest | ``dataset:ID`` |
+| ``data.aggregate`` | batch | AggregateRequest | ``dataset:ID`` (a user data set summed to its cells) |
 | ``ingest.table`` | batch | IngestTableRequest | ``dataset:ID`` |
 | ``ingest.tsinghua`` | batch | IngestTsinghuaRequest | ``dataset:ID`` |
 | ``env.build`` | batch | EnvRequest | ``encoder:NAME`` |
@@ -49,6 +50,7 @@ from engine.env.build import build_environment_for
 from engine.errors import InputError
 from engine.jobs.types import JobKind, Outcome
 from engine.requests import (
+    AggregateRequest,
     CityRequest,
     EnvRequest,
     EvaluateRequest,
@@ -128,6 +130,23 @@ def _city_build(ctx: JobContext) -> Outcome:
     request = CityRequest.from_params(ctx.params)
     ctx.progress(0.05, "generating the city ...")
     return _store_new(ctx, generate_city_for(request), replace=request.replace)
+
+
+def _aggregate(ctx: JobContext) -> Outcome:
+    from engine.data.aggregate import store_aggregate
+
+    request = AggregateRequest.from_params(ctx.params)
+    ctx.progress(0.1, "summing the users of every cell ...")
+    with ctx.database.write_session() as session, session.begin():
+        dataset = store_aggregate(session, request)
+        session.flush()
+        summary = dataset_summary(session, dataset)
+        dataset_id = dataset.id
+    return Outcome(
+        f"dataset:{dataset_id}",
+        summary,
+        f"stored {summary['dataset']!r}: {summary['entities']} cells as entities",
+    )
 
 
 def _ingest_table(ctx: JobContext) -> Outcome:
@@ -416,6 +435,9 @@ KINDS: dict[str, JobKind] = {
     kind.name: kind
     for kind in (
         JobKind("city.build", CityRequest.TITLE, "batch", _city_build, _checked(CityRequest), changes_data=True),
+        JobKind(
+            "data.aggregate", AggregateRequest.TITLE, "batch", _aggregate, _checked(AggregateRequest), changes_data=True
+        ),
         JobKind(
             "ingest.table",
             IngestTableRequest.TITLE,

@@ -23,6 +23,7 @@ from engine.requests import (
 
 REQUIRED = {  # the least each request type needs to be valid
     "CityRequest": {},
+    "AggregateRequest": {},
     "IngestTableRequest": {"records": __file__, "cells": __file__},
     "IngestTsinghuaRequest": {"trace": __file__, "app2category": __file__, "categories": __file__, "poi": __file__},
     "EnvRequest": {},
@@ -54,7 +55,7 @@ def test_every_bounded_field_refuses_values_past_its_bounds_naming_the_field(req
         for name, found in request_type.field_specs().items()
         if found["kind"] in (int, float) and (found["low"] is not None or found["high"] is not None)
     }
-    assert bounded or request_type.__name__.startswith("Ingest")
+    assert bounded or request_type.__name__.startswith(("Ingest", "Aggregate"))
     for name, found in bounded.items():
         for outside in [
             v
