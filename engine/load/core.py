@@ -305,7 +305,7 @@ class LoadResult:
     def present_stats(self) -> np.ndarray:
         return _stats(self.present.astype(float))
 
-    def service_exceed(self, loads: np.ndarray | None = None) -> np.ndarray:
+    def service_exceed(self) -> np.ndarray:
         """(C, N, K) P(service load > its capacity); NaN where the cell has none. Needs the service paths,
         which are not kept: computed at run time into ``extra``."""
         return self.extra.get("service_exceed", np.full(self.quantiles.shape[:3], np.nan))

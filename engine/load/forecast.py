@@ -12,7 +12,15 @@ from db import Database
 from db.models import LoadRun
 from engine.data.windows import SeriesData
 from engine.errors import InputError
-from engine.forecast import ForecastContext, LocationPlan, check_sampler, hour_label, load_context, recursive_forecast
+from engine.forecast import (
+    ForecastContext,
+    LocationPlan,
+    _check_forecast,
+    check_sampler,
+    hour_label,
+    load_context,
+    recursive_forecast,
+)
 from engine.load.core import (
     CHUNK_USERS,
     Capacities,
@@ -181,15 +189,15 @@ def load_result(
 
 
 def _check_start(context: ForecastContext, request: LoadRequest) -> None:
-    h = context.forecaster.config.history
-    if request.start < h:
-        raise InputError(
-            f"the model needs {h} hours of history: start must be >= {h}, got {request.start}", field="start"
-        )
-    if request.start > context.series.hours:
-        raise InputError(
-            f"start must be within the data (<= {context.series.hours}), got {request.start}", field="start"
-        )
+    """The forecast's own checks of the start hour (the request bounded the rest)."""
+    _check_forecast(
+        context.forecaster,
+        context.series,
+        start=request.start,
+        horizon=request.horizon,
+        samples=request.samples,
+        guidance=1.0,
+    )
 
 
 def run_summary(result: LoadResult, series: SeriesData) -> dict:

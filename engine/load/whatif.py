@@ -29,7 +29,7 @@ from db import Database
 from db.models import LoadRun
 from engine.data.windows import SeriesData
 from engine.errors import InputError
-from engine.forecast import ForecastContext, LocationPlan, load_context, recursive_forecast
+from engine.forecast import ForecastContext, LocationPlan, hour_label, load_context, recursive_forecast
 from engine.load.core import CHUNK_USERS, Capacities, CellTable, LoadResult, Progress, sum_by_cell
 from engine.load.forecast import _check_start, forecast_load, load_result, reachable_users, run_summary
 from engine.requests import LoadRequest, LoadWhatIfRequest
@@ -176,8 +176,6 @@ def run_load_whatif(
     context: ForecastContext | None = None,
 ) -> dict:
     """`lsdm load-whatif` and the ``load.whatif`` job: the baseline and the scenario, stored in one transaction."""
-    from engine.forecast import hour_label
-
     request = request.checked()
     if context is None:
         context = load_context(database, model_id=request.model_id, dataset_name=request.dataset, device=request.device)
