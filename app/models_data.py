@@ -60,6 +60,11 @@ class ModelInfo:
         return self.metrics.get("evaluation")
 
     @property
+    def cell_evaluation(self) -> dict | None:
+        """The last cell-level evaluation (engine/evaluation/cell_level.py); None when never evaluated so."""
+        return self.metrics.get("cell_evaluation")
+
+    @property
     def label(self) -> str:
         return f"#{self.id} {self.name}" + (" (active)" if self.active else "")
 
@@ -287,3 +292,45 @@ def evaluation_caption(evaluation: dict) -> str:
         # Evaluations stored before the setting existed forecast at the habitual cells.
         parts.append(f"at {LOCATION_TEXT[settings.get('location', 'habitual')]}")
     return "; ".join(parts) + "."
+
+
+# --- the stored cell-level evaluation ------------------------------------------------------------------
+
+CELL_COLUMNS = {
+    "method": "method",
+    "rmse_mb": "RMSE (MB)",
+    "crps_mb": "CRPS (MB)",
+    "cov90": "cov90",
+    "brier_capacity": "Brier (capacity)",
+    "brier_busy": "Brier (busy hour)",
+    "crps_mb_median_over_cells": "CRPS median over cells (MB)",
+}
+
+
+def cell_metric_table(evaluation: dict) -> pd.DataFrame:
+    """The pooled cell-level scores, one row per method (point forecasts have no coverage)."""
+    rows = evaluation.get("rows") or []
+    frame = pd.DataFrame([{key: row.get(key) for key in CELL_COLUMNS} for row in rows], columns=list(CELL_COLUMNS))
+    return frame.rename(columns=CELL_COLUMNS)
+
+
+def cell_crps_table(evaluation: dict) -> pd.DataFrame:
+    """CRPS (MB) per scored cell (rows) and method (columns)."""
+    rows = evaluation.get("per_cell") or []
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    order = list(dict.fromkeys(frame["cell"]))
+    return frame.pivot(index="cell", columns="method", values="crps_mb").reindex(order)[
+        list(dict.fromkeys(frame["method"]))
+    ]
+
+
+def cell_evaluation_caption(evaluation: dict) -> str:
+    return (
+        f"{evaluation.get('dataset')}: the {evaluation.get('cells')} busiest cells, test day from hour "
+        f"{evaluation.get('start')}, {evaluation.get('samples')} paths, {evaluation.get('users_forecast')} users "
+        f"forecast; direct model #{evaluation.get('direct_model_id') or '-'} on "
+        f"{evaluation.get('cells_dataset') or '-'}; evaluated {evaluation.get('evaluated_at', '?')} "
+        f"in {evaluation.get('seconds', 0):.0f} s."
+    )

@@ -307,9 +307,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cli.report_figures import draw  # Matplotlib and torch: see cli/main.py
     from engine.evaluation.evaluate import evaluate_request
 
+    request = request_of(args)
+    if request.level == "cell":
+        return _evaluate_cells(args, request)
     result = evaluate_request(
         open_database(args.db),
-        request_of(args),
+        request,
         report_dir=args.report,
         draw=draw,
         progress=stderr_progress(not args.json),
@@ -327,6 +330,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     lines += [f"  {note}" for note in result["notes"]]
     if result.get("report"):
         lines.append(f"  report: {Path(result['report'][0]).parent}")
+    emit(args, result, lines)
+    return 0
+
+
+def _evaluate_cells(args: argparse.Namespace, request: EvaluateRequest) -> int:
+    """`lsdm evaluate --level cell`: the table of engine/evaluation/cell_level.py (and its CSVs with --report)."""
+    from engine.evaluation.cell_level import evaluate_cells, write_cell_report  # torch: see cli/main.py
+
+    result = evaluate_cells(open_database(args.db), request, progress=stderr_progress(not args.json))
+    lines = [
+        f"Cell-level evaluation of model {result['model_id']} on {result['dataset']}: the {result['cells']} busiest "
+        f"cells, test day from hour {result['start']}, {result['samples']} paths, {result['users_forecast']} users "
+        f"forecast ({result['seconds']:.0f} s)",
+        f"  mean load {result['truth_mean_mb']:.2f} MB per cell-hour; hours over capacity "
+        f"{result['hours_over_capacity']}, over the busy-hour level {result['hours_over_busy']}",
+        f"  {'method':18s} {'RMSE MB':>9s} {'CRPS MB':>9s} {'cov90':>6s} {'Brier cap':>9s} {'Brier busy':>10s}",
+    ]
+    for row in result["rows"]:
+        cov = "" if row["cov90"] is None else f"{row['cov90']:.3f}"
+        lines.append(
+            f"  {row['method']:18s} {row['rmse_mb']:9.3f} {row['crps_mb']:9.3f} {cov:>6s} "
+            f"{row['brier_capacity']:9.4f} {row['brier_busy']:10.4f}"
+        )
+    lines += [f"  {note}" for note in result["notes"]]
+    if args.report:
+        written = write_cell_report(result, args.report)
+        lines.append(f"  report: {written[0].parent}")
     emit(args, result, lines)
     return 0
 

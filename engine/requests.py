@@ -36,6 +36,7 @@ SAMPLERS = ("ddim", "ddpm")
 NOISE_MODES = ("antithetic", "independent")
 LOCATIONS = ("habitual", "sampled", "stay", "observed", "cells")  # where entities are during a forecast
 EVALUATION_LOCATIONS = ("observed", "habitual")
+EVALUATION_LEVELS = ("user", "cell")
 LOAD_LOCATIONS = ("sampled", "habitual", "stay", "observed")  # a load run's users: where they will be
 ENTITY_KINDS = ("user", "cell")
 SPLITS = ("time", "users")
@@ -599,6 +600,14 @@ class EvaluateRequest(Request):
     dataset: str | None = spec(
         str, None, max_length=200, help="score on this data set's test day (default: the model's own)"
     )
+    level: str = spec(
+        str,
+        "user",
+        choices=EVALUATION_LEVELS,
+        help="user: the paper's tables (each entity's next hour); cell: each cell's load summed bottom-up from "
+        "the users' paths against a model trained on the cells' summed traffic and the cells' own baselines",
+    )
+    cells: int = spec(int, 20, low=1, high=100_000, help="cells scored at the cell level (the busiest ones)")
 
 
 # --- forecasts -------------------------------------------------------------------------------------------

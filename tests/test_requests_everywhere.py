@@ -159,6 +159,8 @@ def _surfaces(files: dict[str, str]) -> dict[type[Request], Surface]:
                 "eval_location": "location",
                 "eval_arima": "include_arima",
                 "eval_train": "train_missing",
+                "eval_level": "level",
+                "eval_cells": "cells",
             },
             set_by_page={"model_id": "the model picked in the table", "dataset": "the model's own"},
         ),

@@ -108,7 +108,7 @@ def area_form(info: common.DatasetInfo, city: m.CityData) -> None:
     request = LoadRequest(
         scope=scope, start=int(start), horizon=int(horizon), samples=int(samples), location=location, model_id=model.id
     )
-    job_id = jobs_ui.followed("map_load", ("load",))
+    job_id = jobs_ui.followed("map_load", ("load.area",))
     if st.button("Forecast this area", type="primary", icon=":material/query_stats:", key="ml_run"):
         problems = request.validate()
         if kind == "cells" and scope == "cell:":
@@ -116,7 +116,7 @@ def area_form(info: common.DatasetInfo, city: m.CityData) -> None:
         if problems:
             st.error("Not run: " + "; ".join(f"{name}: {text}" for name, text in problems.items()))
         else:
-            job_id = jobs_ui.submit("load", request.to_params()) or job_id
+            job_id = jobs_ui.submit("load.area", request.to_params()) or job_id
     st.caption(
         "Every user who can be in the area on some path is forecast; each cell's path i sums their path i. "
         "The whole default city takes minutes on two CPU cores (docs/results.md)."

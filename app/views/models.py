@@ -18,6 +18,10 @@ from engine.requests import EvaluateRequest, TrainRequest
 if TYPE_CHECKING:
     from engine.jobs import JobView
 
+LEVEL_TEXT = {
+    "user": "each user's next hour (the paper's tables)",
+    "cell": "each cell's load, summed from the users (minutes more: trains a cell model once)",
+}
 common.page_header("Models & evaluation", "Forecasters and environment encoders of the active data set.")
 info = jobs_ui.require_dataset()
 db = common.database()
@@ -165,6 +169,24 @@ def show_evaluation(model: md.ModelInfo) -> None:
         st.caption(note)
 
 
+def show_cell_evaluation(model: md.ModelInfo) -> None:
+    """The stored cell-level evaluation, when there is one (`lsdm evaluate --level cell`)."""
+    evaluation = model.cell_evaluation
+    if not evaluation:
+        return
+    st.markdown(
+        "**Cell level: each cell's load on the test day** (bottom-up: the users' paths summed per cell, as a "
+        "load run does; direct: the same configuration trained on the cells' summed traffic)"
+    )
+    st.caption(md.cell_evaluation_caption(evaluation))
+    number = {label: st.column_config.NumberColumn(format="%.4f") for label in md.CELL_COLUMNS.values()}
+    st.dataframe(md.cell_metric_table(evaluation), hide_index=True, width="stretch", column_config=number)
+    with st.expander("CRPS per cell (MB)"):
+        st.dataframe(md.cell_crps_table(evaluation), width="stretch")
+    for note in evaluation.get("notes", []):
+        st.caption(note)
+
+
 def evaluation_form(model: md.ModelInfo) -> None:
     """Queue an ``evaluate`` job; the page follows it and shows the stored evaluation when it is done."""
     with st.form("evaluate"):
@@ -207,6 +229,22 @@ def evaluation_form(model: md.ModelInfo) -> None:
             key="eval_train",
             help=", ".join(COMPARISON_MODELS),
         )
+        level_column, cells_column = st.columns([3, 1])
+        level = level_column.radio(
+            "Level",
+            EvaluateRequest.choices("level"),
+            horizontal=True,
+            key="eval_level",
+            format_func=LEVEL_TEXT.get,
+            help=spec["level"]["help"],
+        )
+        cells = cells_column.number_input(
+            "Cells (cell level)",
+            *EvaluateRequest.bounds("cells"),
+            spec["cells"]["default"],
+            key="eval_cells",
+            help="The busiest cells are scored; the paths per entity are each user's paths",
+        )
         submitted = st.form_submit_button("Run evaluation", key="eval_submit")
     job_id = jobs_ui.followed("evaluate", ("evaluate",))
     if submitted:
@@ -219,6 +257,8 @@ def evaluation_form(model: md.ModelInfo) -> None:
             location=location,
             include_arima=arima,
             train_missing=train_missing,
+            level=level,
+            cells=int(cells),
         )
         job_id = jobs_ui.submit("evaluate", request.to_params()) or job_id
     if job_id is not None:
@@ -320,6 +360,7 @@ if selected is not None:
     show_forecaster(selected)
     st.divider()
     show_evaluation(selected)
+    show_cell_evaluation(selected)
     evaluation_form(selected)
 st.divider()
 training_form()

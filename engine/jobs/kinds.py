@@ -18,7 +18,8 @@ and bounds as the command line and the dashboard's forms.
 | ``evaluate`` | batch | EvaluateRequest | ``evaluation:MODEL_ID`` |
 | ``forecast`` | interactive | ForecastRequest | ``forecast_run:ID`` |
 | ``whatif`` | interactive | WhatIfRequest | ``scenario:ID`` |
-| ``load`` | interactive | LoadRequest | ``load_run:ID`` |
+| ``load`` | interactive | LoadRequest | ``load_run:ID`` (one cell or a few: the Cell page) |
+| ``load.area`` | batch | LoadRequest | ``load_run:ID`` (an area, the Map page: minutes, out of the way) |
 | ``load.whatif`` | interactive | LoadWhatIfRequest | ``load_run:ID`` (the scenario's; it names its baseline) |
 
 Files named in an ingest's parameters are read from disk by the worker; the app saves uploads under
@@ -279,6 +280,8 @@ def _evaluate(ctx: JobContext) -> Outcome:
     from engine.train import load_model
 
     p = EvaluateRequest.from_params(ctx.params)
+    if p.level == "cell":
+        return _evaluate_cells(ctx, p)
     record, forecaster = load_model(ctx.database, p.model_id)
     with ctx.database.session() as session:
         registered = set(
@@ -312,6 +315,27 @@ def _evaluate(ctx: JobContext) -> Outcome:
     # Only an evaluation on the model's own data set is stored with it (and has a page to link to).
     stored = result["dataset"] == result["trained_on"]
     return Outcome(f"evaluation:{record.id}" if stored else None, detail)
+
+
+def _evaluate_cells(ctx: JobContext, p: EvaluateRequest) -> Outcome:
+    from engine.evaluation.cell_level import PROGRESS_STEPS, evaluate_cells  # torch (module docstring)
+
+    said = [0]
+
+    def say(message: str) -> None:
+        said[0] += 1
+        ctx.progress(min(0.98, (said[0] - 1) / PROGRESS_STEPS), message)
+
+    result = evaluate_cells(ctx.database, p, progress=say)
+    detail = {
+        "model_id": result["model_id"],
+        "dataset": result["dataset"],
+        "level": "cell",
+        "cells": result["cells"],
+        "rows": {row["method"]: {k: row.get(k) for k in ("rmse_mb", "crps_mb", "cov90")} for row in result["rows"]},
+        "seconds": result["seconds"],
+    }
+    return Outcome(f"evaluation:{result['model_id']}" if result["stored"] else None, detail)
 
 
 # --- forecasts ----------------------------------------------------------------------------------------------
@@ -469,6 +493,9 @@ KINDS: dict[str, JobKind] = {
         JobKind("forecast", ForecastRequest.TITLE, "interactive", _forecast, _checked(ForecastRequest)),
         JobKind("whatif", WhatIfRequest.TITLE, "interactive", _whatif, _checked(WhatIfRequest)),
         JobKind("load", LoadRequest.TITLE, "interactive", _load, _checked(LoadRequest)),
+        # An area's users are many (the whole default city: about 16 minutes on two cores): the batch lane, so
+        # that the Cell page's and the Forecast page's runs are not queued behind it.
+        JobKind("load.area", "Forecast an area's load", "batch", _load, _checked(LoadRequest)),
         JobKind("load.whatif", LoadWhatIfRequest.TITLE, "interactive", _load_whatif, _checked(LoadWhatIfRequest)),
     )
 }

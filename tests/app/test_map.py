@@ -320,7 +320,8 @@ def test_forecast_this_area_queues_a_load_job_for_the_chosen_cells_or_box(app_db
     assert not at.exception, at.exception
     ((kind, params),) = sql(app_db, "SELECT kind, params FROM jobs")
     params = json.loads(params)
-    assert kind == "load" and params["scope"] == "cell:C0001,C0005" and params["horizon"] == 2
+    # the batch lane: an area takes minutes
+    assert kind == "load.area" and params["scope"] == "cell:C0001,C0005" and params["horizon"] == 2
     at.radio(key="ml_kind").set_value("box").run()
     at.button(key="ml_run").click().run()
     (params,) = sql(app_db, "SELECT params FROM jobs ORDER BY id DESC LIMIT 1")[0:1][0]

@@ -299,6 +299,29 @@ def test_run_evaluation_from_the_page_stores_a_new_evaluation(tiny_db, tiny_city
     assert "at each user's habitual cells" in " ".join(c.value for c in at.caption)
 
 
+def test_a_cell_level_evaluation_from_the_page_is_stored_and_shown(tiny_db, tiny_city):
+    at = models_page(model=tiny_city["model_id"])
+    assert not any("Cell level" in m.value for m in at.markdown)  # none stored yet
+    at.radio(key="eval_level").set_value("cell")
+    at.number_input(key="eval_cells").set_value(3)
+    at.number_input(key="eval_path_samples").set_value(2)
+    at.button(key="eval_submit").click().run()
+    assert not at.exception
+    assert drain(tiny_db) == ["done"]  # it derives the cells' data set, embeds them and trains the direct model
+    at.run()
+    assert not at.exception
+    metrics = next(r for r in lsdm_records(tiny_db) if r.id == tiny_city["model_id"]).metrics
+    stored = metrics["cell_evaluation"]
+    assert stored["settings"]["level"] == "cell" and stored["cells"] == 3 and stored["samples"] == 2
+    assert metrics["evaluation"]["rows"] == tiny_city["result"]["rows"]  # the user-level one stays beside it
+    assert any("Cell level" in m.value for m in at.markdown)
+    table = next(d.value for d in at.dataframe if "Brier (busy hour)" in d.value.columns)
+    assert table["method"].tolist() == [row["method"] for row in stored["rows"]]
+    assert table["method"].tolist() == ["bottom-up", "direct", "users-point-sum", "seasonal-naive", "hour-of-week-mean"]
+    assert table["CRPS (MB)"].tolist() == pytest.approx([row["crps_mb"] for row in stored["rows"]])
+    assert any(f"direct model #{stored['direct_model_id']}" in c.value for c in at.caption)
+
+
 def test_evaluation_progress_length_matches_the_messages_the_engine_sends(tiny_city):
     """The evaluate job's progress bar (engine/jobs/kinds.py) is as long as the engine's messages."""
     database = open_database(str(tiny_city["db"]))
