@@ -19,7 +19,7 @@ from db import Database
 from db.queries import NoDatasetError, activate_dataset, all_datasets, dataset_sizes, dataset_summary, get_dataset
 from engine.env.pipeline import environment_info
 from engine.jobs import JobView, new_uploads_dir
-from engine.requests import EnvRequest, IngestTableRequest, IngestTsinghuaRequest
+from engine.requests import EnvRequest, IngestMatrixRequest, IngestTableRequest, IngestTsinghuaRequest
 from engine.shipped import assets_dir
 
 Upload = tuple[str, bytes]  # (file name as uploaded, content): what the page hands over
@@ -165,6 +165,52 @@ def tsinghua_job(
         **{role: paths.get(role) for role in TSINGHUA_ROLES},
         all_services=all_services,
         name=name or IngestTsinghuaRequest.default("name"),
+        replace=replace,
+        uploads_dir=str(folder),
+        names=names,
+    ).to_params()
+
+
+def matrix_job(
+    matrices: list[Upload],
+    *,
+    start: str,
+    keys: str = "",
+    embeddings: Upload | None = None,
+    embeddings_key: str = "",
+    step: str = IngestMatrixRequest.default("step"),
+    unit_bytes: float = IngestMatrixRequest.default("unit_bytes"),
+    timezone: str = IngestMatrixRequest.default("timezone"),
+    name: str | None = None,
+    replace: bool = False,
+) -> dict:
+    """The parameters of an ``ingest.matrix`` job, the uploads saved. ``keys``: the arrays to read from the
+    uploaded .npz files, comma-separated, in order (one .npz file and several keys: one service per key)."""
+    folder, paths, names = save_uploads(
+        {f"values{i}": upload for i, upload in enumerate(matrices)} | {"embeddings": embeddings}
+    )
+    files = [paths[f"values{i}"] for i in range(len(matrices))]
+    wanted = [k.strip() for k in keys.split(",") if k.strip()]
+    archives = [f for f in files if f.lower().endswith(".npz")]
+    sources = []
+    if len(archives) == 1 and len(wanted) > 1:  # one archive, several arrays: a service each
+        sources = [f for f in files if f not in archives] + [f"{archives[0]}:{k}" for k in wanted]
+    else:
+        keys_left = iter(wanted)
+        for f in files:
+            key = next(keys_left, "") if f in archives else ""
+            sources.append(f"{f}:{key}" if key else f)
+    vectors = paths.get("embeddings")
+    if vectors and embeddings_key.strip():
+        vectors = f"{vectors}:{embeddings_key.strip()}"
+    return IngestMatrixRequest(
+        values=tuple(sources),
+        start=start,
+        step=step,
+        embeddings=vectors,
+        unit_bytes=unit_bytes,
+        timezone=timezone,
+        name=name,
         replace=replace,
         uploads_dir=str(folder),
         names=names,

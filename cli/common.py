@@ -88,6 +88,8 @@ def add_request_flags(
             metavar = "|".join(found["choices"]) if found["choices"] else flag[2:].upper().replace("-", "_")
             if kind is dict:
                 metavar, shown = "JSON|@FILE", " (a JSON object, inline or @FILE)"
+            if kind in ("source", "sources"):
+                metavar = "FILE[:KEY]"
             parser.add_argument(
                 flag,
                 dest=name,
@@ -96,6 +98,7 @@ def add_request_flags(
                 required=found["required"],
                 default=argparse.SUPPRESS,
                 help=found["help"] + shown,
+                **({"action": "append"} if kind == "sources" else {}),  # the flag once per file
             )
         field_flags[name] = flag
     parser.set_defaults(request_type=request_type, field_flags=field_flags, compounds=tuple(compounds))
@@ -154,6 +157,8 @@ _ARGUMENT_TYPES: dict[Any, Callable[[str], Any]] = {
     float: float,
     str: str,
     "file": str,
+    "source": str,
+    "sources": str,
     "keys": _keys,
     dict: _json_object,
 }

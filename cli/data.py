@@ -10,11 +10,18 @@ from cli.common import Commands, Compound, add_request_flags, emit, request_of, 
 from db import open_database
 from db.queries import DatasetContent, activate_dataset, all_datasets, dataset_summary, get_dataset
 from engine.data.city import generate_city_for
+from engine.data.ingest_matrix import read_matrix
 from engine.data.ingest_table import read_table
 from engine.data.ingest_tsinghua import read_tsinghua
 from engine.data.store import store_new_dataset
 from engine.errors import InputError
-from engine.requests import AggregateRequest, CityRequest, IngestTableRequest, IngestTsinghuaRequest
+from engine.requests import (
+    AggregateRequest,
+    CityRequest,
+    IngestMatrixRequest,
+    IngestTableRequest,
+    IngestTsinghuaRequest,
+)
 
 
 def add_commands(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
@@ -77,6 +84,16 @@ def _add_ingest(commands: Commands, common: argparse.ArgumentParser, reporting: 
     )
     add_request_flags(table, IngestTableRequest)
     table.set_defaults(handler=cmd_ingest_table)
+
+    matrix = ingest.add_parser(
+        "matrix",
+        parents=[common, reporting],
+        help="wide entity x time matrices, one per service (cells as entities)",
+        description="Ingest one entities x time steps matrix per service (.npy, .npz[:KEY] or .csv), entities as "
+        "cells, with optional environment vectors per entity; see docs/data-formats.md#matrices.",
+    )
+    add_request_flags(matrix, IngestMatrixRequest)
+    matrix.set_defaults(handler=cmd_ingest_matrix)
 
 
 def _add_data(commands: Commands, common: argparse.ArgumentParser, reporting: argparse.ArgumentParser) -> None:
@@ -162,6 +179,22 @@ def cmd_ingest_table(args: argparse.Namespace) -> int:
         records=r.records, cells=r.cells, mapping=r.mapping, entity_kind=r.entity_kind, timezone=r.timezone, name=r.name
     )
     return _store_and_report(args, content, r.replace, "Ingested table", started)
+
+
+def cmd_ingest_matrix(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    r = request_of(args)
+    content = read_matrix(
+        r.values,
+        start=r.start,
+        step=r.step,
+        services=r.services,
+        embeddings=r.embeddings,
+        unit_bytes=r.unit_bytes,
+        timezone=r.timezone,
+        name=r.name,
+    )
+    return _store_and_report(args, content, r.replace, "Ingested matrices", started)
 
 
 def _lat_lon(text: str) -> dict[str, float]:

@@ -5,6 +5,7 @@ rows a page shows). The app builds no SQL of its own: it calls these, named for 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -69,6 +70,10 @@ class DatasetContent:
     entity_cell: np.ndarray | None = None  # (E,) cell position for cell entities
     entity_attrs: list[dict] | None = None
     params: dict = field(default_factory=dict)
+    # Environment vectors supplied with the data, one per cell (C, D): stored as the embeddings of an
+    # external encoder (engine/data/ingest_matrix.py), the data set's active one.
+    env_vectors: np.ndarray | None = None
+    env_source: str | None = None
 
 
 def _chunks(rows: list[dict]) -> Iterator[list[dict]]:
@@ -156,7 +161,43 @@ def store_dataset(session: Session, content: DatasetContent, *, activate: bool =
     location_rows = [{"entity_id": a, "hour": bb, "cell_id": cc} for a, bb, cc in zip(e, h, c, strict=True)]
     for chunk in _chunks(location_rows):
         session.execute(table_of(LocationHour).insert(), chunk)
+    if content.env_vectors is not None:
+        _store_external_encoder(session, dataset.id, cell_ids, content.env_vectors, content.env_source)
     return dataset
+
+
+def _store_external_encoder(
+    session: Session, dataset_id: int, cell_ids: np.ndarray, vectors: np.ndarray, source: str | None
+) -> None:
+    """Register vectors supplied with the data as the data set's environment encoder (no files: its
+    embeddings are the vectors) and store them as the cells' ``env`` embeddings."""
+    digest = hashlib.sha256(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).hexdigest()
+    name = f"external-{digest[:12]}"
+    activate_model(
+        session,
+        ModelRecord(
+            name=name,
+            kind="clip",
+            path="",
+            sha256=digest,
+            config={"external": True, "source": source, "dim": int(vectors.shape[1])},
+            metrics={"external": True},
+            dataset_id=dataset_id,
+        ),
+    )
+    session.execute(delete(Embedding).where(Embedding.encoder_id == name, Embedding.cell_id.in_(cell_ids.tolist())))
+    rows = [
+        {
+            "cell_id": int(cell_id),
+            "encoder_id": name,
+            "kind": "env",
+            "dim": int(vectors.shape[1]),
+            "vector": np.asarray(vectors[i], dtype="<f4").tobytes(),
+        }
+        for i, cell_id in enumerate(cell_ids)
+    ]
+    for chunk in _chunks(rows):
+        session.execute(table_of(Embedding).insert(), chunk)
 
 
 def get_dataset(session: Session, name: str | None = None) -> Dataset:

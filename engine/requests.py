@@ -37,6 +37,8 @@ NOISE_MODES = ("antithetic", "independent")
 LOCATIONS = ("habitual", "sampled", "stay", "observed", "cells")  # where entities are during a forecast
 EVALUATION_LOCATIONS = ("observed", "habitual")
 EVALUATION_LEVELS = ("user", "cell")
+MATRIX_STEPS = ("1h", "30min", "15min", "10min")
+MATRIX_SERVICES = 20
 LOAD_LOCATIONS = ("sampled", "habitual", "stay", "observed")  # a load run's users: where they will be
 ENTITY_KINDS = ("user", "cell")
 SPLITS = ("time", "users")
@@ -55,7 +57,8 @@ def spec(
     internal: bool = False,
     help: str = "",
 ) -> Any:
-    """A request field with its kind (int, float, str, bool, "keys", "file", dict), bounds and help.
+    """A request field with its kind (int, float, str, bool, "keys", "file", "source", "sources", dict), bounds
+    and help. "source": ``FILE`` or ``FILE:KEY`` (an array in an archive); "sources": several of them.
 
     ``internal``: carried by jobs and forms but no command-line flag (e.g. the folder of uploaded files)."""
     metadata = {
@@ -84,8 +87,12 @@ def _kind_problem(kind: Any, value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"expected a number, got {value!r}"
         return None if math.isfinite(value) else f"expected a finite number, got {value!r}"
-    if kind in (str, "file"):
+    if kind in (str, "file", "source"):
         return None if isinstance(value, str) else f"expected text, got {value!r}"
+    if kind == "sources":
+        if not isinstance(value, tuple) or not all(isinstance(v, str) and v.strip() for v in value):
+            return f"expected a list of files, got {value!r}"
+        return None
     if kind == "keys":
         if not isinstance(value, tuple) or not all(isinstance(v, str) and v.strip() for v in value):
             return f"expected a list of names, got {value!r}"
@@ -93,6 +100,19 @@ def _kind_problem(kind: Any, value: Any) -> str | None:
     if kind is dict:
         return None if isinstance(value, dict) else f"expected an object, got {value!r}"
     raise TypeError(f"unknown field kind {kind!r}")
+
+
+def split_source(text: str) -> tuple[Path, str | None]:
+    """``FILE`` or ``FILE:KEY`` -> (path, key); a path that exists as it is has no key."""
+    if ":" in text and not Path(text).is_file():
+        path, key = text.rsplit(":", 1)
+        return Path(path), key or None
+    return Path(text), None
+
+
+def _absolute_source(text: str) -> str:
+    path, key = split_source(text)
+    return str(path.resolve()) + (f":{key}" if key else "")
 
 
 def _range_text(low: float | None, high: float | None) -> str:
@@ -148,7 +168,9 @@ class Request:
         errors: dict[str, str] = {}
         for name, found in self.field_specs().items():
             value = getattr(self, name)
-            if value is None or (found["required"] and found["kind"] in (str, "file", "keys") and not value):
+            if value is None or (
+                found["required"] and found["kind"] in (str, "file", "keys", "source", "sources") and not value
+            ):
                 if found["required"]:
                     errors[name] = "is required"
                 continue
@@ -173,6 +195,11 @@ class Request:
             return f"has {len(value)} {'characters' if isinstance(value, str) else 'items'}; at most {limit}"
         if found["kind"] == "file" and not Path(value).is_file():
             return f"no such file: {value}"
+        if found["kind"] in ("source", "sources"):
+            for source in (value,) if found["kind"] == "source" else value:
+                path, _key = split_source(source)
+                if not path.is_file():
+                    return f"no such file: {path}"
         return None
 
     def relations(self, errors: dict[str, str]) -> dict[str, str]:
@@ -219,11 +246,11 @@ class Request:
                     values[name] = None  # validate() says it is required
                 continue
             value = params[name]
-            if found["kind"] in (str, "file") and value == "":
+            if found["kind"] in (str, "file", "source") and value == "":
                 if found["required"]:
                     values[name] = None  # validate() says it is required
                 continue  # an empty text box: the default (or "is required")
-            if found["kind"] == "keys" and isinstance(value, list):
+            if found["kind"] in ("keys", "sources") and isinstance(value, list):
                 value = tuple(value)
             if found["kind"] is int and isinstance(value, float) and value.is_integer():
                 value = int(value)  # 12.0 from a JSON writer that knows no integers
@@ -237,11 +264,17 @@ class Request:
 
     def with_absolute_files(self) -> Self:
         """File fields as absolute paths: a job may run in another folder than the one that queued it."""
-        changes = {
+        changes: dict[str, Any] = {
             name: str(Path(getattr(self, name)).resolve())
             for name, found in self.field_specs().items()
             if found["kind"] == "file" and getattr(self, name)
         }
+        for name, found in self.field_specs().items():
+            value = getattr(self, name)
+            if found["kind"] == "source" and value:
+                changes[name] = _absolute_source(value)
+            elif found["kind"] == "sources" and value:
+                changes[name] = tuple(_absolute_source(v) for v in value)
         return dataclasses.replace(self, **changes)
 
     def with_changes(self, **changes: Any) -> Self:
@@ -420,6 +453,49 @@ class IngestTableRequest(Request):
                 f"unknown time zone {self.timezone!r}; expected an IANA name such as "
                 "Asia/Shanghai, Europe/Berlin or UTC"
             )
+        return problems
+
+
+@dataclass(frozen=True)
+class IngestMatrixRequest(Request):
+    """Ingest wide entity x time matrices, one per service, entities as cells (engine/data/ingest_matrix.py)."""
+
+    KIND: ClassVar[str] = "ingest.matrix"
+    TITLE: ClassVar[str] = "Ingest traffic matrices"
+
+    values: tuple[str, ...] = spec(
+        "sources",
+        max_length=MATRIX_SERVICES,
+        help="one entities x time steps matrix per service: FILE.npy, FILE.csv or FILE.npz[:KEY] "
+        "(the flag once per service)",
+    )
+    start: str = spec(str, max_length=40, help="the time of the first column, ISO 8601 (e.g. 2024-03-04T00:00)")
+    step: str = spec(str, "1h", choices=MATRIX_STEPS, help="the columns' time step; shorter steps are summed to hours")
+    services: tuple[str, ...] = spec(
+        "keys", (), max_length=MATRIX_SERVICES, help="the services' names, one per matrix (default: keys or file names)"
+    )
+    embeddings: str | None = spec(
+        "source", None, help="environment vectors, one row per entity: FILE.npy, FILE.csv or FILE.npz[:KEY]"
+    )
+    unit_bytes: float = spec(float, 1.0, low=1e-9, high=1e15, help="bytes per unit of the values (e.g. 1000000 for MB)")
+    timezone: str = spec(str, "UTC", max_length=64, help="IANA time zone of a start without an offset")
+    name: str | None = spec(str, None, max_length=200, help="data set name (default: the first file's stem)")
+    replace: bool = spec(bool, False, help="replace a data set of the same name")
+    uploads_dir: str | None = spec(
+        str, None, max_length=1000, internal=True, help="the folder of uploaded files, removed when the job ends"
+    )
+    names: dict = spec(dict, {}, internal=True, help="{uploaded path: the file's own name}, for messages")
+
+    def relations(self, errors: dict[str, str]) -> dict[str, str]:
+        problems = _names_problem(self.names)
+        if "timezone" not in errors and not _known_zone(self.timezone):
+            problems["timezone"] = (
+                f"unknown time zone {self.timezone!r}; expected an IANA name such as Asia/Shanghai, "
+                "Europe/Berlin or UTC"
+            )
+        named = self.services and "services" not in errors and "values" not in errors
+        if named and len(self.services) != len(self.values):
+            problems["services"] = f"{len(self.services)} names for {len(self.values)} matrices; give one per matrix"
         return problems
 
 
@@ -839,6 +915,7 @@ REQUEST_TYPES: tuple[type[Request], ...] = (
     AggregateRequest,
     IngestTableRequest,
     IngestTsinghuaRequest,
+    IngestMatrixRequest,
     EnvRequest,
     TrainRequest,
     EvaluateRequest,

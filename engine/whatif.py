@@ -287,7 +287,8 @@ class WhatIfContext:
         if self._encoder is None:
             if self.encoder_path is None:
                 raise InputError(
-                    "this data set has no environment encoder",
+                    "this data set has no environment encoder that can embed a new text or tile (its vectors, if "
+                    "any, were supplied with the data)",
                     field="cell_edits",
                     hint="build one with `lsdm env build`",
                 )
@@ -313,7 +314,7 @@ def load_whatif_context(
         dataset = get_dataset_by_id(session, context.dataset_id)
         if series.encoder_id and dim:
             record = find_encoder(session, series.encoder_id, dataset.id)
-            if record is not None:
+            if record is not None and record.path:  # an external encoder (vectors supplied with the data) has no files
                 path = Path(record.path)
                 settings = (record.config or {}).get("settings", {})
                 a, b, mode = float(settings.get("a", a)), float(settings.get("b", b)), settings.get("mode", mode)

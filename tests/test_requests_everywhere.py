@@ -27,6 +27,7 @@ from engine.requests import (
     EnvRequest,
     EvaluateRequest,
     ForecastRequest,
+    IngestMatrixRequest,
     IngestTableRequest,
     IngestTsinghuaRequest,
     LoadRequest,
@@ -124,6 +125,23 @@ def _surfaces(files: dict[str, str]) -> dict[type[Request], Surface]:
                 "ts_all": "all_services",
                 "ts_replace": "replace",
             },
+        ),
+        IngestMatrixRequest: Surface(
+            ("ingest", "matrix"),
+            ("--values", files["matrix"], "--start", "2024-01-01T00:00"),
+            {"values": (files["matrix"],), "start": "2024-01-01T00:00"},
+            page="datasets",
+            widgets={
+                "mx_values": "values",
+                "mx_embeddings": "embeddings",
+                "mx_start": "start",
+                "mx_step": "step",
+                "mx_unit": "unit_bytes",
+                "mx_timezone": "timezone",
+                "mx_name": "name",
+                "mx_replace": "replace",
+            },
+            set_by_page={"services": "named after the uploaded files or .npz arrays (--services renames them)"},
         ),
         EnvRequest: Surface(
             ("env", "build"),
@@ -276,7 +294,7 @@ def _surfaces(files: dict[str, str]) -> dict[type[Request], Surface]:
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("request-files")
     out = {}
-    for name in ("records", "cells", "trace", "app2category", "categories", "poi"):
+    for name in ("records", "cells", "trace", "app2category", "categories", "poi", "matrix"):
         (folder / f"{name}.txt").write_text("x\n")
         out[name] = str(folder / f"{name}.txt")
     return out

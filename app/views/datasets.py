@@ -15,7 +15,14 @@ from app import datasets_data as da
 from app import settings as app_settings
 from engine.errors import InputError
 from engine.jobs import discard_uploads
-from engine.requests import AggregateRequest, CityRequest, EnvRequest, IngestTableRequest, IngestTsinghuaRequest
+from engine.requests import (
+    AggregateRequest,
+    CityRequest,
+    EnvRequest,
+    IngestMatrixRequest,
+    IngestTableRequest,
+    IngestTsinghuaRequest,
+)
 
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
@@ -23,7 +30,7 @@ if TYPE_CHECKING:
 
     from engine.jobs import JobView
 
-DATA_JOBS = ("ingest.table", "ingest.tsinghua", "city.build", "env.build", "data.aggregate")
+DATA_JOBS = ("ingest.table", "ingest.tsinghua", "ingest.matrix", "city.build", "env.build", "data.aggregate")
 
 common.page_header("Data", "What is loaded, and where new data comes from.")
 db = common.database()
@@ -222,6 +229,87 @@ def tsinghua_form() -> None:
     queue("ingest.tsinghua", params, slots)
 
 
+def matrix_form() -> None:
+    st.caption(
+        "Wide matrices, one per service: one row per cell (base station), one column per time step, as .npy, "
+        ".npz or .csv (header row, the cell's key first). Optional environment vectors, one row per cell, "
+        "are used as the cells' environment instead of tiles and descriptions (docs/data-formats.md#matrices). "
+        "Large files: `lsdm ingest matrix` on the command line."
+    )
+    spec = IngestMatrixRequest.field_specs()
+    with st.form("ingest_matrix"):
+        slots = {}
+        matrices = st.file_uploader(
+            "Matrices, one per service (.npy, .npz, .csv)",
+            type=["npy", "npz", "csv"],
+            accept_multiple_files=True,
+            key="mx_values",
+            help="The services are named after the files (or the .npz arrays); rename them on the command line "
+            "with --services",
+        )
+        keys = st.text_input(
+            "Arrays of the .npz files",
+            placeholder="KEY, or KEY1,KEY2 (one .npz with a service per array)",
+            key="mx_keys",
+            help="Needed when an .npz file holds more than one array",
+        )
+        slots["values"] = st.empty()
+        left, right = st.columns(2)
+        vectors = left.file_uploader(
+            "Environment vectors (optional: .npy, .npz, .csv)", type=["npy", "npz", "csv"], key="mx_embeddings"
+        )
+        vectors_key = right.text_input("Array of the vectors (.npz)", key="mx_embeddings_key")
+        slots["embeddings"] = st.empty()
+        c1, c2, c3, c4 = st.columns(4)
+        start = c1.text_input(
+            "First column's time",
+            placeholder="2024-03-04T00:00",
+            key="mx_start",
+            max_chars=spec["start"]["max_length"],
+            help=spec["start"]["help"],
+        )
+        step = c2.selectbox("Time step", IngestMatrixRequest.choices("step"), key="mx_step", help=spec["step"]["help"])
+        unit = c3.number_input(
+            "Bytes per unit",
+            *IngestMatrixRequest.bounds("unit_bytes"),
+            value=spec["unit_bytes"]["default"],
+            key="mx_unit",
+            format="%g",
+            help=spec["unit_bytes"]["help"],
+        )
+        timezone = c4.text_input(
+            "Time zone", value=spec["timezone"]["default"], key="mx_timezone", max_chars=spec["timezone"]["max_length"]
+        )
+        slots["start"] = st.empty()
+        name = st.text_input(
+            "Name", placeholder="the first file's name", key="mx_name", max_chars=spec["name"]["max_length"]
+        )
+        slots["name"] = st.empty()
+        replace = st.checkbox("Replace a data set of the same name", key="mx_replace")
+        submitted = st.form_submit_button("Ingest", type="primary", key="mx_submit")
+    if not submitted:
+        return
+    if not matrices:
+        slots["values"].error("Choose at least one matrix file.")
+        return
+    if not start.strip():
+        slots["start"].error("Give the time of the first column, e.g. 2024-03-04T00:00.")
+        return
+    params = da.matrix_job(
+        [(f.name, f.getvalue()) for f in matrices],
+        start=start.strip(),
+        keys=keys,
+        embeddings=upload(vectors),
+        embeddings_key=vectors_key,
+        step=step,
+        unit_bytes=float(unit),
+        timezone=timezone.strip() or spec["timezone"]["default"],
+        name=name.strip() or None,
+        replace=replace,
+    )
+    queue("ingest.matrix", params, slots)
+
+
 def city_form() -> None:
     st.caption(
         "A deterministic synthetic city around central Shanghai (engine/data/city.py). The defaults "
@@ -408,19 +496,29 @@ st.divider()
 job_slot = st.container()  # the followed job, above the tabs whichever tab queued it
 saved_settings = load_saved_settings()
 tabs = st.tabs(
-    ["Ingest a table", "Ingest Tsinghua files", "Build a synthetic city", "Sum to cells", "Environment", "Settings"]
+    [
+        "Ingest a table",
+        "Ingest Tsinghua files",
+        "Ingest matrices",
+        "Build a synthetic city",
+        "Sum to cells",
+        "Environment",
+        "Settings",
+    ]
 )
 with tabs[0]:
     table_form()
 with tabs[1]:
     tsinghua_form()
 with tabs[2]:
-    city_form()
+    matrix_form()
 with tabs[3]:
-    aggregate_form()
+    city_form()
 with tabs[4]:
-    environment_form(saved_settings)
+    aggregate_form()
 with tabs[5]:
+    environment_form(saved_settings)
+with tabs[6]:
     settings_form(saved_settings)
 
 followed_job = st.session_state.pop("data_job", None) or jobs_ui.followed("data", DATA_JOBS)

@@ -12,6 +12,7 @@ and bounds as the command line and the dashboard's forms.
 | ``data.aggregate`` | batch | AggregateRequest | ``dataset:ID`` (a user data set summed to its cells) |
 | ``ingest.table`` | batch | IngestTableRequest | ``dataset:ID`` |
 | ``ingest.tsinghua`` | batch | IngestTsinghuaRequest | ``dataset:ID`` |
+| ``ingest.matrix`` | batch | IngestMatrixRequest | ``dataset:ID`` (cells as entities, optional external vectors) |
 | ``env.build`` | batch | EnvRequest | ``encoder:NAME`` |
 | ``assets.install`` | batch | none | ``model:ID`` |
 | ``train`` | batch | TrainRequest | ``model:ID`` |
@@ -44,6 +45,7 @@ from sqlalchemy import select
 from db.models import ModelRecord
 from db.queries import DatasetContent, NoDatasetError, active_model, dataset_summary, get_dataset, store_dataset
 from engine.data.city import CityConfig, generate_city, generate_city_for
+from engine.data.ingest_matrix import read_matrix
 from engine.data.ingest_table import read_table
 from engine.data.ingest_tsinghua import read_tsinghua
 from engine.data.store import store_new_dataset
@@ -56,6 +58,7 @@ from engine.requests import (
     EnvRequest,
     EvaluateRequest,
     ForecastRequest,
+    IngestMatrixRequest,
     IngestTableRequest,
     IngestTsinghuaRequest,
     LoadRequest,
@@ -147,6 +150,24 @@ def _aggregate(ctx: JobContext) -> Outcome:
         f"dataset:{dataset_id}",
         summary,
         f"stored {summary['dataset']!r}: {summary['entities']} cells as entities",
+    )
+
+
+def _ingest_matrix(ctx: JobContext) -> Outcome:
+    p = IngestMatrixRequest.from_params(ctx.params)
+    ctx.progress(0.05, "reading and checking the matrices ...")
+    return _read_and_store(
+        ctx,
+        lambda: read_matrix(
+            p.values,
+            start=p.start,
+            step=p.step,
+            services=p.services,
+            embeddings=p.embeddings,
+            unit_bytes=p.unit_bytes,
+            timezone=p.timezone,
+            name=p.name,
+        ),
     )
 
 
@@ -476,6 +497,14 @@ KINDS: dict[str, JobKind] = {
             "batch",
             _ingest_tsinghua,
             _checked(IngestTsinghuaRequest),
+            changes_data=True,
+        ),
+        JobKind(
+            "ingest.matrix",
+            IngestMatrixRequest.TITLE,
+            "batch",
+            _ingest_matrix,
+            _checked(IngestMatrixRequest),
             changes_data=True,
         ),
         JobKind("env.build", EnvRequest.TITLE, "batch", _env_build, _checked(EnvRequest), changes_data=True),

@@ -5,11 +5,13 @@ settings (validated, persisted atomically in the data directory)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -210,6 +212,66 @@ def test_a_refused_ingest_request_keeps_no_uploads(small_db):
     at = ingest_table(at, RECORDS)
     assert any("Not started" in e.value and "timezone" in e.value for e in at.error)
     assert upload_folders() == [] and list_jobs(open_database(str(small_db))) == []
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_matrices_with_their_vectors_are_ingested_from_the_page(small_db):
+    rng = np.random.default_rng(1)
+    video, web = rng.integers(1, 900, size=(3, 96)), rng.integers(1, 90, size=(3, 96))
+    at = data_page()
+    at.file_uploader(key="mx_values").set_value([("week.npz", _npz(video=video, web=web), "application/octet-stream")])
+    at.text_input(key="mx_keys").input("video,web")
+    vectors = io.BytesIO()
+    np.save(vectors, rng.normal(size=(3, 4)).astype(np.float32))
+    at.file_uploader(key="mx_embeddings").set_value(("kge.npy", vectors.getvalue(), "application/octet-stream"))
+    at.text_input(key="mx_start").input("2024-01-01T00:00")
+    at.text_input(key="mx_name").input("week")
+    at = at.button(key="mx_submit").click().run()
+    assert not at.exception and not at.error
+    assert drain(small_db) == [("ingest.matrix", "done")]
+    at.run()
+    assert not at.exception
+    assert rows(small_db, "SELECT name, kind, entity_kind, is_active, hours FROM datasets WHERE name = 'week'") == [
+        ("week", "matrix", "cell", 1, 96)
+    ]
+    totals = dict(
+        rows(
+            small_db,
+            "SELECT t.service, SUM(t.bytes) FROM traffic t JOIN entities e ON e.id = t.entity_id "
+            "JOIN datasets d ON d.id = e.dataset_id WHERE d.name = 'week' GROUP BY t.service",
+        )
+    )
+    assert totals == {0: int(video.sum()), 1: int(web.sum())}
+    assert rows(
+        small_db,
+        "SELECT COUNT(*) FROM embeddings m JOIN cells c ON c.id = m.cell_id JOIN datasets d ON d.id = c.dataset_id "
+        "WHERE d.name = 'week' AND m.encoder_id LIKE 'external-%'",
+    ) == [(3,)]
+    assert upload_folders() == []
+
+
+def test_a_bad_matrix_fails_its_job_naming_the_file_as_uploaded(small_db):
+    before = core_snapshot(small_db)
+    at = data_page()
+    at.file_uploader(key="mx_values").set_value([("mine.npy", _npy(-np.ones((2, 30))), "application/octet-stream")])
+    at.text_input(key="mx_start").input("2024-01-01T00:00")
+    at = at.button(key="mx_submit").click().run()
+    assert drain(small_db) == [("ingest.matrix", "failed")]
+    at.run()
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "mine.npy" in errors[0] and "negative" in errors[0], errors
+    assert core_snapshot(small_db) == before and upload_folders() == []
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 # --- synthetic city, active data set, environment -------------------------------------------------
