@@ -1,7 +1,7 @@
 """`lsdm evaluate`: the paper's tables on our data (Table III, Table IV, Fig. 7, Fig. 8/9).
 
-- Table III: seasonal naive, hour-of-week mean, ARIMA, a CSDI-like configuration, LSDM without
-  condition and LSDM (the model evaluated), one-step forecasts of every test-day window, with MSE,
+- Table III: seasonal naive, hour-of-week mean, ARIMA, ridge (the evaluated model's own linear mean alone,
+  ``ridge_samples``), a CSDI-like configuration, LSDM without condition and LSDM (the model evaluated), one-step forecasts of every test-day window, with MSE,
   RMSE, MAE, CS, R² (Eq. 10-14) on the normalised scale plus CRPS and 50 %/90 % interval coverage.
 - Table IV: the ablations (no 2D attention, environment added to the input, no condition, LSDM), and
   the evaluated model itself given other users' cells (``shuffled-environment``, a permutation test: see
@@ -22,23 +22,24 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from sqlalchemy import select
 
 from db import Database
 from db.models import Dataset, ModelRecord, utcnow
 from db.queries import get_dataset
-from engine.data.windows import SeriesData, Splits, SplitSpec, load_series, make_splits
+from engine.data.windows import HourlyProfile, SeriesData, Splits, SplitSpec, Windows, load_series, make_splits
 from engine.errors import InputError
-from engine.evaluation.baselines import BASELINES, forecast_paths
+from engine.evaluation.baselines import BASELINES, DEFAULT_SAMPLES, forecast_paths, quantile_levels
 from engine.evaluation.metrics import mse_by_step, per_service_r2, r2_gain_interval, score
 from engine.evaluation.report import DrawFigure, write_report
 from engine.forecast import LocationPlan, recursive_forecast
 from engine.model import Forecaster
 from engine.model.config import CONFIGS, ModelConfig
 from engine.requests import EVALUATION_LOCATIONS, EvaluateRequest
-from engine.train import check_compatible, load_model, train
+from engine.train import check_compatible, load_model, to_batch, train
 
-TABLE3 = ("seasonal-naive", "hour-of-week-mean", "arima", "csdi-like", "lsdm-no-condition", "lsdm")
+TABLE3 = ("seasonal-naive", "hour-of-week-mean", "arima", "ridge", "csdi-like", "lsdm-no-condition", "lsdm")
 TABLE4 = ("no-2d-attention", "env-input", "shuffled-environment", "lsdm-no-condition", "lsdm")
 COMPARISON_MODELS = ("csdi-like", "lsdm-no-condition", "no-2d-attention", "env-input")
 # Where the entity is at the forecast hours of the test day: ``observed`` (default) conditions on the cells the
@@ -54,10 +55,10 @@ LOCATION_TEXT = {
 
 def progress_messages(registered: set[str], *, include_arima: bool, train_missing: bool, shuffled: bool = False) -> int:
     """How many progress messages ``evaluate`` sends for these options (a progress bar's length): one
-    per baseline, per comparison model trained, per one-step pass and per recursive-path pass (lsdm and
+    per baseline (ridge included), per comparison model trained, per one-step pass and per recursive-path pass (lsdm and
     lsdm-no-condition), and one for the shuffled-environment pass (``shuffled``: the evaluated model is
     conditioned on the environment). ``registered``: the names of the data set's registered forecasters."""
-    count = (3 if include_arima else 2) + int(shuffled)
+    count = (3 if include_arima else 2) + 1 + int(shuffled)  # + 1: the ridge row
     evaluated = ["lsdm"]
     for name in COMPARISON_MODELS:
         if name in registered:
@@ -136,6 +137,55 @@ def _paths(
             )
             parts.append(np.moveaxis(result.paths_v, 1, 0))
     return np.concatenate(parts, axis=1)
+
+
+RIDGE_RESIDUAL_WINDOWS = 20_000  # training windows whose residuals give the ridge row's quantiles
+
+
+def ridge_samples(
+    forecaster: Forecaster, series: SeriesData, splits: Splits, n_samples: int = DEFAULT_SAMPLES, seed: int = 0
+) -> np.ndarray | None:
+    """The ``ridge`` row: the evaluated model's own linear mean g alone (engine/model/prior.py, fitted in closed
+    form on the training windows; the same inputs the denoiser reads beside it), as (S, N, 1, K) samples of the
+    test windows: g plus the quantiles of its residuals on (up to 20,000 of) the training windows, per service,
+    at the levels (i + 0.5) / S, clipped at 0. At the recorded cells. None for a model without a linear mean."""
+    model = forecaster.model
+    if model.prior is None:
+        return None
+    config = forecaster.config
+    values = forecaster.normaliser.forward(series.traffic)
+    spec = SplitSpec(kind=splits.spec.kind, history=config.history, horizon=1, seed=config.seed)
+    cpu = torch.device("cpu")
+    prior = model.prior.to(cpu)
+
+    def means(windows: Windows, before: int) -> tuple[np.ndarray, np.ndarray]:
+        profile = HourlyProfile.build(series, values, before, env=config.uses_env_profile)
+        out, targets = [], []
+        with torch.no_grad():
+            for first in range(0, len(windows), 4096):
+                part = Windows(windows.entity[first : first + 4096], windows.hour[first : first + 4096])
+                batch = to_batch(series, values, part, spec, cpu, profile)
+                h = batch["history"].shape[1]
+                g = prior(
+                    batch["history"],
+                    batch["profile"][:, h:],
+                    batch["env"][:, h:],
+                    batch["hours"][:, h:],
+                    batch["days"][:, h:],
+                )
+                out.append(g.numpy())
+                targets.append(batch["target"].numpy())
+        return np.concatenate(out), np.concatenate(targets)
+
+    train = splits.train
+    if len(train) > RIDGE_RESIDUAL_WINDOWS:
+        pick = np.sort(np.random.default_rng(seed).choice(len(train), RIDGE_RESIDUAL_WINDOWS, replace=False))
+        train = Windows(train.entity[pick], train.hour[pick])
+    fitted, observed = means(train, splits.train_hours_end)
+    levels = quantile_levels(n_samples)
+    offsets = np.quantile((observed - fitted).reshape(-1, fitted.shape[-1]), levels, axis=0)  # (S, K)
+    point, _ = means(splits.test, int(splits.test.hour.min()))  # (N, 1, K)
+    return np.clip(point[None] + offsets[:, None, None, :], 0, None).astype(np.float32)
 
 
 def _row(method: str, y: np.ndarray, samples: np.ndarray, seconds: float, **extra: object) -> dict:
@@ -387,6 +437,18 @@ def evaluate(
             **extra,
         )
         step_mse[name] = mse_by_step(y_paths, forecaster.normaliser.snap(baseline_paths.samples).mean(0))
+
+    say("ridge: the model's linear mean alone ...")
+    t0 = time.perf_counter()
+    ridge = ridge_samples(forecaster, series, splits, seed=seed)
+    if ridge is None:
+        notes.append("ridge: this model has no linear mean (prior 'none'); left out.")
+    else:
+        add_row("ridge", ridge, time.perf_counter() - t0)
+        notes.append(
+            "ridge: the evaluated model's own linear mean alone (closed-form ridge fit on the training windows), "
+            "at the recorded cells, with the quantiles of its training residuals as its distribution."
+        )
 
     models: dict[str, tuple[ModelRecord, Forecaster]] = {"lsdm": (record, forecaster)}
     for name in COMPARISON_MODELS:

@@ -253,7 +253,7 @@ def test_the_stored_evaluation_is_shown_as_the_papers_tables_and_charts(tiny_db,
     assert not at.exception
     table3, table4 = at.dataframe[1].value, at.dataframe[2].value
     assert list(table3.columns) == ["method", "MSE", "RMSE", "MAE", "CS", "R²", "CRPS", "cov50", "cov90"]
-    assert table3["method"].tolist() == ["seasonal-naive", "hour-of-week-mean", "lsdm-no-condition", "lsdm"]
+    assert table3["method"].tolist() == ["seasonal-naive", "hour-of-week-mean", "ridge", "lsdm-no-condition", "lsdm"]
     assert table3["MSE"].tolist() == [row["mse"] for row in result["rows"]]
     assert table3["cov90"].tolist() == [row["cov90"] for row in result["rows"]]
     assert table4["method"].tolist() == ["shuffled-environment", "lsdm-no-condition", "lsdm"]
@@ -329,8 +329,8 @@ def test_evaluation_progress_length_matches_the_messages_the_engine_sends(tiny_c
     registered = {m.name for m in md.list_models(database, dataset_id) if m.kind == "lsdm"}
     database.dispose()
     expected = progress_messages(registered, include_arima=False, train_missing=False, shuffled=True)
-    # 2 baselines, 2 one-step passes, 2 path passes, the shuffled-environment pass
-    assert expected == len(tiny_city["messages"]) == 7
+    # 2 baselines, ridge, 2 one-step passes, 2 path passes, the shuffled-environment pass
+    assert expected == len(tiny_city["messages"]) == 8
 
 
 # --- the functions behind the page ----------------------------------------------------------------
@@ -379,10 +379,10 @@ def test_metric_table_labels_the_eight_metrics_as_the_paper_does():
 
 
 def test_evaluation_progress_counts_training_of_missing_comparison_models():
-    # 3 baselines + 4 trainings + 5 one-step passes + 2 path passes
-    assert progress_messages({"lsdm"}, include_arima=True, train_missing=True) == 14
-    assert progress_messages({"lsdm"}, include_arima=False, train_missing=False) == 2 + 1 + 1
-    assert progress_messages({"lsdm"}, include_arima=False, train_missing=False, shuffled=True) == 2 + 1 + 1 + 1
+    # 3 baselines + ridge + 4 trainings + 5 one-step passes + 2 path passes
+    assert progress_messages({"lsdm"}, include_arima=True, train_missing=True) == 15
+    assert progress_messages({"lsdm"}, include_arima=False, train_missing=False) == 2 + 1 + 1 + 1
+    assert progress_messages({"lsdm"}, include_arima=False, train_missing=False, shuffled=True) == 2 + 1 + 1 + 1 + 1
 
 
 def test_models_page_on_an_empty_database_says_where_data_comes_from(empty_db):

@@ -98,7 +98,7 @@ def test_evaluate_scores_a_model_on_a_new_city_without_storing_it(two_cities, ca
     out = json.loads(capsys.readouterr().out)
     assert out["dataset"] == "city-b" and out["trained_on"] == "city-a" and out["split"] == "time"
     methods = [row["method"] for row in out["rows"]]
-    assert methods == ["seasonal-naive", "hour-of-week-mean", "csdi-like", "lsdm-no-condition", "lsdm"]
+    assert methods == ["seasonal-naive", "hour-of-week-mean", "ridge", "csdi-like", "lsdm-no-condition", "lsdm"]
     assert any("trained on 'city-a'" in note for note in out["notes"])
     b = _series(database, "city-b")
     assert f"({b.traffic.shape[0] * 24} windows)" in out["notes"][0]  # every city-B user on its test day

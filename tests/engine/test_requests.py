@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,7 @@ REQUIRED = {  # the least each request type needs to be valid
     "AggregateRequest": {},
     "IngestTableRequest": {"records": __file__, "cells": __file__},
     "IngestTsinghuaRequest": {"trace": __file__, "app2category": __file__, "categories": __file__, "poi": __file__},
+    "IngestMatrixRequest": {"values": [__file__], "start": "2024-01-01T00:00"},
     "EnvRequest": {},
     "TrainRequest": {},
     "EvaluateRequest": {},
@@ -118,6 +120,20 @@ def test_empty_text_means_the_default_and_missing_required_fields_are_named():
     assert EnvRequest.from_params({"describer": ""}).describer == "template"
     assert IngestTableRequest.from_params({"cells": __file__}).validate() == {"records": "is required"}
     assert "no such file" in IngestTableRequest(records="/no/such.csv", cells=__file__).validate()["records"]
+
+
+def test_a_source_is_a_file_with_an_optional_array_key_and_each_one_must_exist():
+    from engine.requests import IngestMatrixRequest, split_source
+
+    assert split_source(f"{__file__}:bs_record") == (Path(__file__), "bs_record")
+    assert split_source(__file__) == (Path(__file__), None)
+    request = IngestMatrixRequest.from_params({"values": [__file__, f"{__file__}:x"], "start": "2024-01-01T00:00"})
+    assert request.values == (__file__, f"{__file__}:x") and request.validate() == {}
+    errors = IngestMatrixRequest(values=(__file__, "/no/such.npz:x"), start="2024-01-01T00:00").validate()
+    assert errors == {"values": "no such file: /no/such.npz"}
+    assert IngestMatrixRequest(values=(), start="x").validate()["values"] == "is required"
+    moved = IngestMatrixRequest(values=("tests/../tests/conftest.py:k",), start="x").with_absolute_files()
+    assert moved.values == (f"{Path('tests/conftest.py').resolve()}:k",)
 
 
 def test_old_job_rows_and_stored_runs_read_as_todays_requests():

@@ -19,7 +19,7 @@ from engine.data.windows import load_series
 from engine.env.clip import ClipSettings
 from engine.env.pipeline import build_environment
 from engine.errors import InputError
-from engine.forecast import LocationPlan, recursive_forecast, run_forecast
+from engine.forecast import LocationPlan, load_context, recursive_forecast, run_forecast
 from engine.model import Forecaster
 from engine.model.config import resolve_config
 from engine.requests import ForecastRequest
@@ -381,10 +381,20 @@ def test_evaluate_writes_the_papers_tables_with_every_method(trained, tmp_path, 
     assert status == 0
     result = json.loads(capsys.readouterr().out)
     methods = [row["method"] for row in result["rows"]]
-    assert methods == ["seasonal-naive", "hour-of-week-mean", "arima", "csdi-like", "lsdm-no-condition", "lsdm"]
+    assert methods == [
+        "seasonal-naive",
+        "hour-of-week-mean",
+        "arima",
+        "ridge",
+        "csdi-like",
+        "lsdm-no-condition",
+        "lsdm",
+    ]
     for row in result["rows"]:
         assert set(row) >= {"method", "mse", "rmse", "mae", "cs", "r2", "crps", "cov50", "cov90"}
         assert row["rmse"] == pytest.approx(row["mse"] ** 0.5, rel=1e-4) and 0 <= row["cov90"] <= 1
+    ridge = next(r for r in result["rows"] if r["method"] == "ridge")  # the linear mean with residual quantiles
+    assert 0.6 <= ridge["cov90"] <= 1 and ridge["mse"] != result["rows"][0]["mse"]
     assert [r["method"] for r in result["table4"]] == [
         "no-2d-attention",
         "env-input",
@@ -410,6 +420,33 @@ def test_evaluate_writes_the_papers_tables_with_every_method(trained, tmp_path, 
         names = session.scalars(select(ModelRecord.name).where(ModelRecord.kind == "lsdm")).all()
     assert sorted(names).count("csdi-like") == 1
     assert result["location"] == "observed"
+
+
+def test_the_ridge_row_is_the_models_linear_mean_with_its_training_residual_quantiles(trained):
+    from engine.data.windows import HourlyProfile, SplitSpec, make_splits
+    from engine.evaluation.evaluate import ridge_samples
+    from engine.train import to_batch
+
+    database, result = trained
+    context = load_context(database, model_id=result.record_id)
+    forecaster, series = context.forecaster, context.series
+    splits = make_splits(series, SplitSpec(history=forecaster.config.history))
+    samples = ridge_samples(forecaster, series, splits, n_samples=9)
+    assert samples.shape == (9, len(splits.test), 1, len(series.services))
+    assert (np.diff(samples, axis=0) >= 0).all()  # quantile levels in order
+    # The middle level is g plus the median training residual: g from the model's own linear mean here.
+    values = forecaster.normaliser.forward(series.traffic)
+    profile = HourlyProfile.build(series, values, int(splits.test.hour.min()), env=forecaster.config.uses_env_profile)
+    batch = to_batch(series, values, splits.test, splits.spec, torch.device("cpu"), profile)
+    with torch.no_grad():
+        g = forecaster.model.linear_mean(
+            batch["history"], batch["profile"], batch["env"], batch["hours"], batch["days"]
+        ).numpy()
+    offset = samples[4] - g  # where not clipped at 0, one offset per service
+    unclipped = samples[4] > 0
+    for k in range(len(series.services)):
+        spread = offset[..., k][unclipped[..., k]]
+        assert spread.size and np.ptp(spread) < 1e-5
 
 
 def test_evaluate_conditions_on_the_recorded_or_the_habitual_cells(trained, capsys):
