@@ -1,8 +1,9 @@
 """`lsdm evaluate`: the paper's tables on our data (Table III, Table IV, Fig. 7, Fig. 8/9).
 
 - Table III: seasonal naive, hour-of-week mean, ARIMA, ridge (the evaluated model's own linear mean alone,
-  ``ridge_samples``), a CSDI-like configuration, LSDM without condition and LSDM (the model evaluated), one-step forecasts of every test-day window, with MSE,
-  RMSE, MAE, CS, R² (Eq. 10-14) on the normalised scale plus CRPS and 50 %/90 % interval coverage.
+  ``ridge_samples``), a CSDI-like configuration, LSDM without condition and LSDM (the model evaluated),
+  one-step forecasts of every test-day window, with MSE, RMSE, MAE, CS, R² (Eq. 10-14) on the normalised
+  scale plus CRPS and 50 %/90 % interval coverage.
 - Table IV: the ablations (no 2D attention, environment added to the input, no condition, LSDM), and
   the evaluated model itself given other users' cells (``shuffled-environment``, a permutation test: see
   ``shuffled_locations``).
