@@ -231,6 +231,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"Trained model {result.record_id} ({name}) in {result.metrics['train_seconds']:.0f} s "
             f"on {result.metrics['device']}; stopped by {result.metrics['stopped_by']}",
             f"  validation loss by epoch: {curve}",
+            f"  {result.metrics['split']}",
             f"  saved to {result.path}",
         ],
     )

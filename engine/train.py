@@ -319,6 +319,7 @@ def fit(
         "train_seconds": round(time.perf_counter() - started, 1),
         "train_windows": len(splits.train),
         "val_windows": len(splits.val),
+        "split": splits.describe(),
         "device": str(dev),
     }
     forecaster.meta["metrics"] = metrics

@@ -233,6 +233,17 @@ class Splits:
         """First hour that belongs to validation (training windows' targets end before it)."""
         return int(self.val.hour.min()) if len(self.val) else int(self.test.hour.min())
 
+    def describe(self) -> str:
+        """The split in words, for reports: which hours train, validate and test (on data of any length:
+        the last day tests, the day before validates, everything before trains)."""
+        first_test = int(self.test.hour.min())
+        train_days = (self.train_hours_end - self.spec.history) / 24
+        return (
+            f"split {self.spec.kind!r}: training targets at hours {self.spec.history}-{self.train_hours_end - 1} "
+            f"({train_days:g} days after the first {self.spec.history} h of history), validation "
+            f"{self.train_hours_end}-{first_test - 1}, test {first_test}-{int(self.test.hour.max())}"
+        )
+
 
 def make_splits(series: SeriesData, spec: SplitSpec) -> Splits:
     spec.validate(series.hours)

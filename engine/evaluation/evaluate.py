@@ -397,7 +397,8 @@ def evaluate(
     point_forecasts: dict[str, np.ndarray] = {}  # the sample means, for the gain's interval
     notes = [
         f"Data set {dataset_name!r}: {len(series.entity_ids)} entities, {series.hours} hours; test day = "
-        f"hours {int(splits.test.hour.min())}-{int(splits.test.hour.max())} ({len(splits.test)} windows).",
+        f"hours {int(splits.test.hour.min())}-{int(splits.test.hour.max())} ({len(splits.test)} windows); "
+        f"{splits.describe()}.",
         f"LSDM rows: {samples} samples per window in antithetic pairs, DDIM 10 steps, point metrics on "
         f"their mean; forecast hours at {LOCATION_TEXT[location]} (--location {location}); tables on the "
         f"normalised scale v = log1p(bytes) / {forecaster.normaliser.scale:.3f}; "

@@ -94,3 +94,25 @@ def test_a_series_without_embeddings_has_no_environment_profile():
     series.env = np.zeros((4, 0), np.float32)
     values = series.traffic.astype(np.float32)
     assert not HourlyProfile.build(series, values, 72, env=True).has_env
+
+
+def test_a_one_week_series_trains_on_four_days_validates_on_the_sixth_and_tests_on_the_last_and_says_so():
+    from dataclasses import replace
+
+    from engine.data.windows import make_splits
+
+    week = _series()
+    week = replace(
+        week,
+        traffic=np.ones((2, 168, K)),
+        location=np.zeros((2, 168), np.int64),
+    )
+    splits = make_splits(week, SplitSpec(history=24))
+    assert (splits.train.hour.min(), splits.train.hour.max()) == (24, 119)
+    assert (splits.val.hour.min(), splits.val.hour.max(), splits.test.hour.min()) == (120, 143, 144)
+    assert splits.describe() == (
+        "split 'time': training targets at hours 24-119 (4 days after the first 24 h of history), "
+        "validation 120-143, test 144-167"
+    )
+    with pytest.raises(Exception, match="needs at least 96"):
+        make_splits(replace(week, traffic=np.ones((2, 95, K)), location=np.zeros((2, 95), np.int64)), SplitSpec())
