@@ -232,6 +232,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"on {result.metrics['device']}; stopped by {result.metrics['stopped_by']}",
             f"  validation loss by epoch: {curve}",
             f"  {result.metrics['split']}",
+            *(f"  adapted to the data: {change}" for change in result.metrics.get("adapted", [])),
             f"  saved to {result.path}",
         ],
     )

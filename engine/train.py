@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +170,25 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
+MIN_WEEKDAY_HOURS = 24  # training target hours each weekday needs for the day of the week to be an input
+
+
+def adapt_to_data(config: ModelConfig, series: SeriesData, splits: Splits) -> tuple[ModelConfig, list[str]]:
+    """The configuration for this data, and what was changed and why (docs/model.md#short-data): the day of
+    the week is an input only where every weekday has a day of training targets (a week of data trains on
+    4 days: the validation and test days' weekdays would reach the model untrained)."""
+    adapted = []
+    days = series.day_of_week[splits.spec.history : splits.train_hours_end]
+    counts = np.bincount(days, minlength=7)
+    if config.day_of_week and (counts < MIN_WEEKDAY_HOURS).any():
+        config = replace(config, day_of_week=False)
+        adapted.append(
+            f"day of the week off: the training hours cover {int((counts >= MIN_WEEKDAY_HOURS).sum())} of 7 "
+            "weekdays with a whole day"
+        )
+    return config, adapted
+
+
 def fit(
     series: SeriesData,
     config: ModelConfig,
@@ -198,6 +217,7 @@ def fit(
     spec = SplitSpec(kind=split, history=config.history, horizon=config.horizon, seed=config.seed)
     splits = make_splits(series, spec)
     train_end = splits.train_hours_end
+    config, adapted = adapt_to_data(config, series, splits)
     fit_rows = np.unique(splits.train.entity)
     normaliser = Normaliser.fit(series.traffic[fit_rows, :train_end])
     values = normaliser.forward(series.traffic)  # (E, T, K)
@@ -320,6 +340,7 @@ def fit(
         "train_windows": len(splits.train),
         "val_windows": len(splits.val),
         "split": splits.describe(),
+        "adapted": adapted,
         "device": str(dev),
     }
     forecaster.meta["metrics"] = metrics

@@ -108,6 +108,13 @@ def show_evaluation(model: md.ModelInfo) -> None:
         )
         return
     st.caption(md.evaluation_caption(evaluation))
+    floor = evaluation.get("seasonal_floor") or {}
+    if floor.get("clears") is False:  # evaluations stored before the floor have none
+        st.warning(
+            f"LSDM does not clear the seasonal floor on this data (RMSE {floor['rmse']:.4f} by {floor['rmse_method']}, "
+            f"CRPS {floor['crps']:.4f} by {floor['crps_method']}): the seasonal mean is the better forecast here.",
+            icon=":material/warning:",
+        )
     gains = [
         (key, label, help_text)
         for key, label, help_text in (

@@ -189,6 +189,35 @@ def ridge_samples(
     return np.clip(point[None] + offsets[:, None, None, :], 0, None).astype(np.float32)
 
 
+SEASONAL = ("seasonal-naive", "hour-of-week-mean")
+
+
+def seasonal_floor(rows: dict[str, dict]) -> dict:
+    """The floor every model must clear: the better seasonal mean of each entity's own history on RMSE and on
+    CRPS, and whether the evaluated model (``lsdm``) is below both. On short real data a seasonal mean can be
+    very strong (a real week of cells: R² 0.99 for the mean of the same hour on the previous days), and a
+    model that does not beat it should not be used there; every evaluation says which it is."""
+    found = [rows[m] for m in SEASONAL if m in rows]
+    if not found or "lsdm" not in rows:
+        return {"clears": None, "note": "Seasonal floor: not measured (a seasonal baseline or lsdm is missing)."}
+    best_rmse = min(found, key=lambda r: r["rmse"])
+    best_crps = min(found, key=lambda r: r["crps"])
+    lsdm = rows["lsdm"]
+    clears = lsdm["rmse"] < best_rmse["rmse"] and lsdm["crps"] < best_crps["crps"]
+    verdict = "clears it" if clears else "does NOT clear it: prefer the seasonal mean on this data"
+    return {
+        "clears": bool(clears),
+        "rmse": best_rmse["rmse"],
+        "rmse_method": best_rmse["method"],
+        "crps": best_crps["crps"],
+        "crps_method": best_crps["method"],
+        "note": (
+            f"Seasonal floor: RMSE {best_rmse['rmse']:.4f} ({best_rmse['method']}), CRPS {best_crps['crps']:.4f} "
+            f"({best_crps['method']}); lsdm RMSE {lsdm['rmse']:.4f}, CRPS {lsdm['crps']:.4f}: {verdict}."
+        ),
+    }
+
+
 def _row(method: str, y: np.ndarray, samples: np.ndarray, seconds: float, **extra: object) -> dict:
     return {
         "method": method,
@@ -476,6 +505,8 @@ def evaluate(
 
     table3 = [rows[m] for m in TABLE3 if m in rows]
     table4 = [rows[m] for m in TABLE4 if m in rows]
+    floor = seasonal_floor(rows)
+    notes.append(floor["note"])
     # Beyond noise? A paired bootstrap over entities of the same windows' forecasts.
     gain, interval = _gain_over(
         "lsdm-no-condition", "Condition vs no condition", rows, point_forecasts, y, splits.test.entity, seed, notes
@@ -502,6 +533,7 @@ def evaluate(
         "bytes_rows": [bytes_rows[m] for m in TABLE3 if m in bytes_rows],
         "per_service_r2": service_r2,
         "mse_by_step": step_mse,
+        "seasonal_floor": {k: v for k, v in floor.items() if k != "note"},
         "condition_gain_r2_percent": gain,
         "condition_gain_interval": interval,
         "environment_gain_r2_percent": env_gain,

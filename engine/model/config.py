@@ -57,6 +57,11 @@ class ModelConfig:
     # now against where it usually is (docs/model.md#the-environment-profile). False in checkpoints that
     # predate the field. No effect without the environment.
     env_profile: bool = True
+    # The day of the week as an input (the denoiser's day embedding, the linear mean's weekend split). `fit`
+    # turns it off when the training days do not cover every weekday (a week of data trains on 4 days and
+    # validates and tests on the other two: their embedding would never have been trained;
+    # docs/model.md#short-data). True in checkpoints that predate the field.
+    day_of_week: bool = True
     # Diffusion
     diffusion_steps: int = 50
     beta_start: float = 1e-4

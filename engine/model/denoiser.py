@@ -242,7 +242,14 @@ class Denoiser(nn.Module):
         # "linear"), reads it as an input of the target tokens ("feature"), or both ("residual"); None
         # for "none".
         self.prior = (
-            MeanPrior(n_services, env_dim, config.uses_environment, config.period_intercepts, config.uses_env_profile)
+            MeanPrior(
+                n_services,
+                env_dim,
+                config.uses_environment,
+                config.period_intercepts,
+                config.uses_env_profile,
+                config.day_of_week,
+            )
             if config.prior_is_input or config.prior_is_offset
             else None
         )
@@ -304,8 +311,11 @@ class Denoiser(nn.Module):
         return e
 
     def _side(self, hours: torch.Tensor, days: torch.Tensor, k: int) -> torch.Tensor:
-        """(B, L) calendar -> (B, K, L, C) side information (hour, weekday, lag, service identity)."""
-        s = self.hour_emb(hours) + self.day_emb(days) + self.lag_emb.weight[: hours.shape[1]]  # (B, L, C)
+        """(B, L) calendar -> (B, K, L, C) side information (hour, weekday unless ``day_of_week`` is off, lag,
+        service identity)."""
+        s = self.hour_emb(hours) + self.lag_emb.weight[: hours.shape[1]]  # (B, L, C)
+        if self.config.day_of_week:
+            s = s + self.day_emb(days)
         return s.unsqueeze(1) + self.service_emb.weight[:k].view(1, k, 1, -1)
 
     def _tokens(

@@ -56,9 +56,16 @@ class MeanPrior(nn.Module):
     env_axes: torch.Tensor  # (D, R)
 
     def __init__(
-        self, n_services: int, env_dim: int, uses_env: bool, period_intercepts: bool = True, env_profile: bool = False
+        self,
+        n_services: int,
+        env_dim: int,
+        uses_env: bool,
+        period_intercepts: bool = True,
+        env_profile: bool = False,
+        day_of_week: bool = True,
     ) -> None:
         super().__init__()
+        self.day_of_week = bool(day_of_week)  # False: no weekend split of the periods (all days are weekdays)
         self.uses_env = bool(uses_env and env_dim > 0)
         self.env_dim = env_dim
         self.env_profile = bool(env_profile) and self.uses_env
@@ -81,6 +88,8 @@ class MeanPrior(nn.Module):
     ) -> torch.Tensor:
         """history (B, H, K), and at the F target hours: profile (B, F, K), env (B, F, D) (B, F, 2D with the
         environment profile), hours/days (B, F) -> (B, F, K, n_features)."""
+        if not self.day_of_week:
+            days = torch.zeros_like(days)
         _b, f, k = profile.shape
         last = history[:, -3:].flip(1)  # v_{t-1}, v_{t-2}, v_{t-3}
         if last.shape[1] < 3:

@@ -275,6 +275,26 @@ def test_the_stored_evaluation_is_shown_as_the_papers_tables_and_charts(tiny_db,
         assert gain.delta == f"95 % interval over users: {interval['low']:+.2f} to {interval['high']:+.2f} %"
 
 
+def test_a_model_below_the_seasonal_floor_is_flagged(tiny_db, tiny_city):
+    database = open_database(str(tiny_db))
+    with database.write_session() as session, session.begin():
+        record = session.get(ModelRecord, tiny_city["model_id"])
+        evaluation = dict(record.metrics["evaluation"])
+        evaluation["seasonal_floor"] = {
+            "clears": False,
+            "rmse": 0.1234,
+            "rmse_method": "hour-of-week-mean",
+            "crps": 0.0567,
+            "crps_method": "seasonal-naive",
+        }
+        record.metrics = {**record.metrics, "evaluation": evaluation}
+    database.dispose()
+    at = models_page(model=tiny_city["model_id"])
+    assert not at.exception
+    [warning] = [w.value for w in at.warning if "seasonal floor" in w.value]
+    assert "RMSE 0.1234 by hour-of-week-mean" in warning and "CRPS 0.0567 by seasonal-naive" in warning
+
+
 def test_run_evaluation_from_the_page_stores_a_new_evaluation(tiny_db, tiny_city):
     at = models_page(model=tiny_city["model_id"])
     stored_before = next(r for r in lsdm_records(tiny_db) if r.id == tiny_city["model_id"]).metrics["evaluation"]

@@ -393,6 +393,11 @@ def test_evaluate_writes_the_papers_tables_with_every_method(trained, tmp_path, 
     for row in result["rows"]:
         assert set(row) >= {"method", "mse", "rmse", "mae", "cs", "r2", "crps", "cov50", "cov90"}
         assert row["rmse"] == pytest.approx(row["mse"] ** 0.5, rel=1e-4) and 0 <= row["cov90"] <= 1
+    floor = result["seasonal_floor"]
+    lsdm_row = result["rows"][-1]
+    assert floor["clears"] == (lsdm_row["rmse"] < floor["rmse"] and lsdm_row["crps"] < floor["crps"])
+    assert floor["rmse"] == min(r["rmse"] for r in result["rows"][:2])
+    assert any(note.startswith("Seasonal floor:") for note in result["notes"])
     ridge = next(r for r in result["rows"] if r["method"] == "ridge")  # the linear mean with residual quantiles
     assert 0.6 <= ridge["cov90"] <= 1 and ridge["mse"] != result["rows"][0]["mse"]
     assert [r["method"] for r in result["table4"]] == [
@@ -420,6 +425,26 @@ def test_evaluate_writes_the_papers_tables_with_every_method(trained, tmp_path, 
         names = session.scalars(select(ModelRecord.name).where(ModelRecord.kind == "lsdm")).all()
     assert sorted(names).count("csdi-like") == 1
     assert result["location"] == "observed"
+
+
+def test_the_seasonal_floor_names_the_better_seasonal_mean_and_says_whether_lsdm_clears_it():
+    from engine.evaluation.evaluate import seasonal_floor
+
+    rows = {
+        "seasonal-naive": {"method": "seasonal-naive", "rmse": 0.30, "crps": 0.10},
+        "hour-of-week-mean": {"method": "hour-of-week-mean", "rmse": 0.20, "crps": 0.12},
+        "lsdm": {"method": "lsdm", "rmse": 0.25, "crps": 0.09},
+    }
+    floor = seasonal_floor(rows)
+    assert (floor["rmse_method"], floor["crps_method"], floor["clears"]) == (
+        "hour-of-week-mean",
+        "seasonal-naive",
+        False,
+    )
+    assert "does NOT clear it" in floor["note"]
+    rows["lsdm"]["rmse"] = 0.19
+    assert seasonal_floor(rows)["clears"] is True
+    assert seasonal_floor({"lsdm": rows["lsdm"]})["clears"] is None
 
 
 def test_the_ridge_row_is_the_models_linear_mean_with_its_training_residual_quantiles(trained):
