@@ -447,13 +447,7 @@ class IngestTableRequest(Request):
     names: dict = spec(dict, {}, internal=True, help="{uploaded path: the file's own name}, for messages")
 
     def relations(self, errors: dict[str, str]) -> dict[str, str]:
-        problems = _names_problem(self.names)
-        if self.timezone and "timezone" not in errors and not _known_zone(self.timezone):
-            problems["timezone"] = (
-                f"unknown time zone {self.timezone!r}; expected an IANA name such as "
-                "Asia/Shanghai, Europe/Berlin or UTC"
-            )
-        return problems
+        return _upload_problems(self.names, self.timezone, errors)
 
 
 @dataclass(frozen=True)
@@ -487,12 +481,7 @@ class IngestMatrixRequest(Request):
     names: dict = spec(dict, {}, internal=True, help="{uploaded path: the file's own name}, for messages")
 
     def relations(self, errors: dict[str, str]) -> dict[str, str]:
-        problems = _names_problem(self.names)
-        if "timezone" not in errors and not _known_zone(self.timezone):
-            problems["timezone"] = (
-                f"unknown time zone {self.timezone!r}; expected an IANA name such as Asia/Shanghai, "
-                "Europe/Berlin or UTC"
-            )
+        problems = _upload_problems(self.names, self.timezone, errors)
         named = self.services and "services" not in errors and "values" not in errors
         if named and len(self.services) != len(self.values):
             problems["services"] = f"{len(self.services)} names for {len(self.values)} matrices; give one per matrix"
@@ -531,6 +520,16 @@ def _known_zone(name: str) -> bool:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return False
     return True
+
+
+def _upload_problems(names: Any, timezone: str | None, errors: dict[str, str]) -> dict[str, str]:
+    """An ingest's own checks: the uploaded files' names, and the time zone (when given) is an IANA one."""
+    problems = _names_problem(names)
+    if timezone and "timezone" not in errors and not _known_zone(timezone):
+        problems["timezone"] = (
+            f"unknown time zone {timezone!r}; expected an IANA name such as Asia/Shanghai, Europe/Berlin or UTC"
+        )
+    return problems
 
 
 def _names_problem(names: Any) -> dict[str, str]:
