@@ -70,6 +70,9 @@ from engine.requests import (
 from engine.shipped import install, matches, read_manifest
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from db.models import Dataset
     from engine.forecast import ForecastContext
     from engine.jobs.worker import JobContext
 
@@ -104,8 +107,13 @@ def _readable(error: InputError, params: dict) -> InputError:
 def _store_new(ctx: JobContext, content: DatasetContent, *, replace: bool) -> Outcome:
     """Store a data set and make it active (one transaction); an existing name only when ``replace``."""
     ctx.progress(0.8, f"storing {content.name!r} ...")
+    return _dataset_outcome(ctx, lambda session: store_new_dataset(session, content, replace=replace))
+
+
+def _dataset_outcome(ctx: JobContext, store: Callable[[Session], Dataset]) -> Outcome:
+    """Store a data set in one transaction and report it (``dataset:ID``, its summary)."""
     with ctx.database.write_session() as session, session.begin():
-        dataset = store_new_dataset(session, content, replace=replace)
+        dataset = store(session)
         session.flush()
         summary = dataset_summary(session, dataset)
         dataset_id = dataset.id
@@ -141,16 +149,7 @@ def _aggregate(ctx: JobContext) -> Outcome:
 
     request = AggregateRequest.from_params(ctx.params)
     ctx.progress(0.1, "summing the users of every cell ...")
-    with ctx.database.write_session() as session, session.begin():
-        dataset = store_aggregate(session, request)
-        session.flush()
-        summary = dataset_summary(session, dataset)
-        dataset_id = dataset.id
-    return Outcome(
-        f"dataset:{dataset_id}",
-        summary,
-        f"stored {summary['dataset']!r}: {summary['entities']} cells as entities",
-    )
+    return _dataset_outcome(ctx, lambda session: store_aggregate(session, request))
 
 
 def _ingest_matrix(ctx: JobContext) -> Outcome:
