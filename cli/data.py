@@ -10,7 +10,7 @@ from cli.common import Commands, Compound, add_request_flags, emit, request_of, 
 from db import open_database
 from db.queries import DatasetContent, activate_dataset, all_datasets, dataset_summary, get_dataset
 from engine.data.city import generate_city_for
-from engine.data.ingest_matrix import read_matrix
+from engine.data.ingest_matrix import read_matrix_request
 from engine.data.ingest_table import read_table
 from engine.data.ingest_tsinghua import read_tsinghua
 from engine.data.store import store_new_dataset
@@ -184,16 +184,7 @@ def cmd_ingest_table(args: argparse.Namespace) -> int:
 def cmd_ingest_matrix(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     r = request_of(args)
-    content = read_matrix(
-        r.values,
-        start=r.start,
-        step=r.step,
-        services=r.services,
-        embeddings=r.embeddings,
-        unit_bytes=r.unit_bytes,
-        timezone=r.timezone,
-        name=r.name,
-    )
+    content = read_matrix_request(r)
     return _store_and_report(args, content, r.replace, "Ingested matrices", started)
 
 

@@ -33,7 +33,7 @@ import pandas as pd
 
 from db.queries import DatasetContent
 from engine.errors import InputError
-from engine.requests import MATRIX_SERVICES, MATRIX_STEPS, split_source
+from engine.requests import MATRIX_SERVICES, MATRIX_STEPS, IngestMatrixRequest, split_source
 
 STEP_MINUTES = dict(zip(MATRIX_STEPS, (60, 30, 15, 10), strict=True))
 MAX_SERVICES = MATRIX_SERVICES
@@ -227,15 +227,16 @@ def read_matrix(
         keys = [f"cell{i:0{width}d}" for i in range(n_entities)]
     env_vectors, env_source = None, None
     if embeddings:
+        vectors_path, vectors_key = split_source(embeddings)
         vectors = read_array(embeddings, "embeddings", volumes=False)
         if vectors.values.shape[0] != n_entities:
             raise InputError(
                 f"has {vectors.values.shape[0]} rows; the matrices have {n_entities} entities (one vector each)",
-                file=split_source(embeddings)[0],
+                file=vectors_path,
                 field="embeddings",
             )
         env_vectors = vectors.values.astype(np.float32)
-        env_source = f"{split_source(embeddings)[0].name}" + (f":{vectors.label}" if embeddings.count(":") else "")
+        env_source = vectors_path.name + (f":{vectors_key}" if vectors_key else "")
     label = name or split_source(values[0])[0].stem
     return DatasetContent(
         name=label,
@@ -270,4 +271,18 @@ def read_matrix(
             "unit_bytes": unit_bytes,
             "embeddings": env_source,
         },
+    )
+
+
+def read_matrix_request(request: IngestMatrixRequest) -> DatasetContent:
+    """``read_matrix`` with a request's fields (`lsdm ingest matrix` and the ``ingest.matrix`` job)."""
+    return read_matrix(
+        request.values,
+        start=request.start,
+        step=request.step,
+        services=request.services,
+        embeddings=request.embeddings,
+        unit_bytes=request.unit_bytes,
+        timezone=request.timezone,
+        name=request.name,
     )

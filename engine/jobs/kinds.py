@@ -45,7 +45,7 @@ from sqlalchemy import select
 from db.models import ModelRecord
 from db.queries import DatasetContent, NoDatasetError, active_model, dataset_summary, get_dataset, store_dataset
 from engine.data.city import CityConfig, generate_city, generate_city_for
-from engine.data.ingest_matrix import read_matrix
+from engine.data.ingest_matrix import read_matrix_request
 from engine.data.ingest_table import read_table
 from engine.data.ingest_tsinghua import read_tsinghua
 from engine.data.store import store_new_dataset
@@ -157,16 +157,7 @@ def _ingest_matrix(ctx: JobContext) -> Outcome:
     ctx.progress(0.05, "reading and checking the matrices ...")
     return _read_and_store(
         ctx,
-        lambda: read_matrix(
-            p.values,
-            start=p.start,
-            step=p.step,
-            services=p.services,
-            embeddings=p.embeddings,
-            unit_bytes=p.unit_bytes,
-            timezone=p.timezone,
-            name=p.name,
-        ),
+        lambda: read_matrix_request(p),
     )
 
 
