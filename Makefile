@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 $(BIN)/lsdm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,baselines]'
 	touch $@
 
 ## Launch on the embedded default (builds the synthetic city on first use).
@@ -46,7 +46,7 @@ bundle: $(BIN)/pyinstaller
 	$(BIN)/python packaging/build.py
 
 $(BIN)/pyinstaller: $(BIN)/lsdm pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test,bundle]'
+	$(BIN)/python -m pip install --quiet -e '.[test,baselines,bundle]'
 	touch $@
 
 ## Run the built bundle end to end (start, first page, one forecast job, SIGTERM); JSON on stdout.

@@ -287,8 +287,11 @@ def evaluation_caption(evaluation: dict) -> str:
     if settings:
         parts.append(
             f"{settings.get('samples')} samples per window, {settings.get('steps')} recursive steps, "
-            f"ARIMA {'included' if settings.get('include_arima') else 'left out'}"
+            f"ARIMA {'included' if settings.get('include_arima') else 'left out'}, "
+            f"LightGBM and PatchTST {'included' if settings.get('include_learned') else 'left out'}"
         )
+        if settings.get("quick"):
+            parts.append("quick: the test day of 50 fixed entities")
         # Evaluations stored before the setting existed forecast at the habitual cells.
         parts.append(f"at {LOCATION_TEXT[settings.get('location', 'habitual')]}")
     return "; ".join(parts) + "."

@@ -158,6 +158,7 @@ def _add_evaluate(commands: Commands, common: argparse.ArgumentParser, reporting
             "model_id": "--model",
             "train_missing": ("--no-train", "do not train missing comparison models"),
             "include_arima": ("--no-arima", "leave ARIMA out (it takes about 2 minutes)"),
+            "include_learned": ("--no-learned", "leave the learned baselines (LightGBM, PatchTST) out"),
         },
     )
     evaluate_p.add_argument("--report", default=None, metavar="DIR", help="write the report into DIR")

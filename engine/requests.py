@@ -672,6 +672,23 @@ class EvaluateRequest(Request):
     )
     train_missing: bool = spec(bool, True, help="train missing comparison models")
     include_arima: bool = spec(bool, True, help="include ARIMA (it takes about 2 minutes)")
+    include_learned: bool = spec(
+        bool, True, help="include the learned baselines LightGBM and PatchTST (fitted first: a few minutes each)"
+    )
+    quick: bool = spec(
+        bool,
+        False,
+        help="a quick evaluation (a few minutes): the test day of 50 fixed entities, fewer samples, no ARIMA, no "
+        "learned baselines, no comparison model trained",
+    )
+    fracast_entities: int = spec(
+        int,
+        0,
+        low=0,
+        high=10_000,
+        help="score the pretrained fracast model on the test day of this many entities, beside every row on the "
+        "same windows (0: left out; about 0.1 s per entity, service and hour on 2 cores)",
+    )
     dataset: str | None = spec(
         str, None, max_length=200, help="score on this data set's test day (default: the model's own)"
     )

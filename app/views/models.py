@@ -156,6 +156,14 @@ def show_evaluation(model: md.ModelInfo) -> None:
     st.dataframe(md.metric_table(evaluation.get("table4", [])), hide_index=True, width="stretch", column_config=number)
     with st.expander("The same metrics in bytes"):
         st.dataframe(md.metric_table(evaluation.get("bytes_rows", [])), hide_index=True, width="stretch")
+    fracast = evaluation.get("fracast_subset")
+    if fracast:
+        with st.expander(f"fracast (pretrained, zero-shot) on the test day of {fracast['entities']} entities"):
+            st.caption(
+                f"{fracast['windows']:,} windows; every method scored again on these windows only "
+                f"(fracast took {fracast['seconds']:.0f} s)."
+            )
+            st.dataframe(md.metric_table(fracast["rows"]), hide_index=True, width="stretch", column_config=number)
     left, right = st.columns(2)
     with left:
         st.markdown("**R² per service**")
@@ -229,7 +237,29 @@ def evaluation_form(model: md.ModelInfo) -> None:
             key="eval_location",
             format_func=LOCATION_TEXT.get,
         )
+        quick = st.checkbox(
+            "Quick (a few minutes)",
+            value=spec["quick"]["default"],
+            key="eval_quick",
+            help=spec["quick"]["help"].capitalize() + ". The other settings below are then ignored.",
+        )
         arima = st.checkbox("Include ARIMA (about 2 minutes)", value=spec["include_arima"]["default"], key="eval_arima")
+        learned = st.checkbox(
+            "Include LightGBM and PatchTST (fitted first, a few minutes each)",
+            value=spec["include_learned"]["default"],
+            key="eval_learned",
+            help="The strongest general-purpose forecasters: a global gradient-boosted model on lag, profile, calendar "
+            "and environment features, and a patch transformer, both fitted on the same training windows.",
+        )
+        fracast_entities = st.number_input(
+            "fracast: entities scored (0: left out)",
+            *EvaluateRequest.bounds("fracast_entities"),
+            spec["fracast_entities"]["default"],
+            key="eval_fracast",
+            help="A small pretrained time-series model, zero-shot. It costs about 0.1 s per entity, service and hour "
+            "on 2 cores, so it is scored on the test day of this many entities, beside every other method on the same "
+            "hours.",
+        )
         train_missing = st.checkbox(
             "Train missing comparison models (minutes each)",
             value=spec["train_missing"]["default"],
@@ -263,6 +293,9 @@ def evaluation_form(model: md.ModelInfo) -> None:
             path_samples=int(path_samples),
             location=location,
             include_arima=arima,
+            include_learned=learned,
+            fracast_entities=int(fracast_entities),
+            quick=quick,
             train_missing=train_missing,
             level=level,
             cells=int(cells),

@@ -32,6 +32,7 @@ from db.queries import get_dataset
 from engine.data.windows import HourlyProfile, SeriesData, Splits, SplitSpec, Windows, load_series, make_splits
 from engine.errors import InputError
 from engine.evaluation.baselines import BASELINES, DEFAULT_SAMPLES, forecast_paths, quantile_levels
+from engine.evaluation.learned import LEARNED, learned_note, unavailable
 from engine.evaluation.metrics import mse_by_step, per_service_r2, r2_gain_interval, score
 from engine.evaluation.report import DrawFigure, write_report
 from engine.forecast import LocationPlan, recursive_forecast
@@ -40,7 +41,20 @@ from engine.model.config import CONFIGS, ModelConfig
 from engine.requests import EVALUATION_LOCATIONS, EvaluateRequest
 from engine.train import check_compatible, load_model, to_batch, train
 
-TABLE3 = ("seasonal-naive", "hour-of-week-mean", "arima", "ridge", "csdi-like", "lsdm-no-condition", "lsdm")
+TABLE3 = (
+    "seasonal-naive",
+    "hour-of-week-mean",
+    "arima",
+    "ridge",
+    "lightgbm",
+    "patchtst",
+    "csdi-like",
+    "lsdm-no-condition",
+    "lsdm",
+)
+# The learned baselines of engine/evaluation/learned.py in the evaluation (include_learned): each fitted once on
+# the training windows, then scored on the test windows and the recursive paths like the local ones.
+LEARNED_ROWS = ("lightgbm", "patchtst")
 TABLE4 = ("no-2d-attention", "env-input", "shuffled-environment", "lsdm-no-condition", "lsdm")
 COMPARISON_MODELS = ("csdi-like", "lsdm-no-condition", "no-2d-attention", "env-input")
 # Where the entity is at the forecast hours of the test day: ``observed`` (default) conditions on the cells the
@@ -54,12 +68,21 @@ LOCATION_TEXT = {
 }
 
 
-def progress_messages(registered: set[str], *, include_arima: bool, train_missing: bool, shuffled: bool = False) -> int:
+def progress_messages(
+    registered: set[str],
+    *,
+    include_arima: bool,
+    train_missing: bool,
+    shuffled: bool = False,
+    include_learned: bool = False,
+    fracast: bool = False,
+) -> int:
     """How many progress messages ``evaluate`` sends for these options (a progress bar's length): one
     per baseline (ridge included), per comparison model trained, per one-step pass and per recursive-path pass (lsdm and
     lsdm-no-condition), and one for the shuffled-environment pass (``shuffled``: the evaluated model is
     conditioned on the environment). ``registered``: the names of the data set's registered forecasters."""
     count = (3 if include_arima else 2) + 1 + int(shuffled)  # + 1: the ridge row
+    count += (len(LEARNED_ROWS) if include_learned else 0) + int(fracast)
     evaluated = ["lsdm"]
     for name in COMPARISON_MODELS:
         if name in registered:
@@ -187,6 +210,24 @@ def ridge_samples(
     offsets = np.quantile((observed - fitted).reshape(-1, fitted.shape[-1]), levels, axis=0)  # (S, K)
     point, _ = means(splits.test, int(splits.test.hour.min()))  # (N, 1, K)
     return np.clip(point[None] + offsets[:, None, None, :], 0, None).astype(np.float32)
+
+
+QUICK_ENTITIES = 50
+
+
+def _quick(splits: Splits) -> Splits:
+    """The splits with the test windows of ``QUICK_ENTITIES`` entities drawn with seed 0 (fixed: runs compare)."""
+    present = np.unique(splits.test.entity)
+    chosen = np.random.default_rng(0).choice(present, min(QUICK_ENTITIES, len(present)), replace=False)
+    keep = np.isin(splits.test.entity, chosen)
+    return replace(splits, test=Windows(splits.test.entity[keep], splits.test.hour[keep]))
+
+
+def _fracast_subset(test: Windows, entities: int, seed: int) -> np.ndarray:
+    """Rows of ``test`` of ``entities`` entities drawn with ``seed`` (all their test hours)."""
+    present = np.unique(test.entity)
+    chosen = np.random.default_rng(seed).choice(present, min(entities, len(present)), replace=False)
+    return np.flatnonzero(np.isin(test.entity, chosen))
 
 
 SEASONAL = ("seasonal-naive", "hour-of-week-mean")
@@ -346,6 +387,9 @@ def evaluate(
     path_users: int = 100,
     train_missing: bool = True,
     include_arima: bool = True,
+    include_learned: bool = True,
+    fracast_entities: int = 0,
+    quick: bool = False,
     seed: int = 0,
     progress: Progress | None = None,
     store: bool = True,
@@ -391,6 +435,9 @@ def evaluate(
         kind=split if own_data else "time", history=forecaster.config.history, horizon=1, seed=forecaster.config.seed
     )
     splits = make_splits(series, spec)
+    if quick:
+        splits, samples, path_samples, path_users = _quick(splits), min(samples, 16), min(path_samples, 8), 20
+        include_arima, include_learned, train_missing = False, False, False
     values = forecaster.normaliser.forward(series.traffic)
     y = values[splits.test.entity, splits.test.hour][:, None, :]  # (N, 1, K)
 
@@ -407,6 +454,7 @@ def evaluate(
         }
     )
     y_paths = np.concatenate([values[entities][:, s : s + steps] for s in starts], axis=0)  # (P, steps, K)
+    path_windows = Windows(np.tile(entities, len(starts)), np.repeat(np.array(starts, dtype=np.int64), len(entities)))
 
     rows: dict[str, dict] = {}
     bytes_rows: dict[str, dict] = {}
@@ -420,7 +468,13 @@ def evaluate(
         bytes_rows[name] = _row(name, y_bytes, forecaster.normaliser.inverse(draws), seconds, **extra)
         service_r2[name] = per_service_r2(y, draws.mean(0), series.services)
         point_forecasts[name] = draws.mean(0)
+        if subset is not None:
+            subset_draws[name] = draws[:, subset]
 
+    # fracast costs about 0.1 s per series and window: scored on the test windows of a seeded subset of entities,
+    # with every other row scored again on the same windows (``fracast_subset``).
+    subset = _fracast_subset(splits.test, fracast_entities, seed) if fracast_entities else None
+    subset_draws: dict[str, np.ndarray] = {}
     step_mse: dict[str, list[float]] = {}
     service_r2: dict[str, dict[str, float]] = {}
     point_forecasts: dict[str, np.ndarray] = {}  # the sample means, for the gain's interval
@@ -437,6 +491,13 @@ def evaluate(
         "Every method's samples are whole bytes: below half a byte (v < "
         f"{forecaster.normaliser.zero_below:.4f}) counts as 0 bytes.",
     ]
+    if quick:
+        notes.append(
+            f"Quick evaluation: the test day of {QUICK_ENTITIES} entities drawn once with seed 0 (the same ones at "
+            "every run), 16 samples per window, 20 entities x 8 sample paths for the recursive steps; ARIMA and the "
+            "learned baselines left out, no comparison model trained (registered ones are scored). Noisier than "
+            "the full evaluation: compare quick runs with quick runs."
+        )
     if not own_data:
         notes.append(
             f"New data: the models were trained on {home_name!r} and are scored on {dataset_name!r} "
@@ -481,6 +542,28 @@ def evaluate(
             "at the recorded cells, with the quantiles of its training residuals as its distribution."
         )
 
+    for name in LEARNED_ROWS if include_learned else ():
+        reason = unavailable(name)
+        if reason:
+            notes.append(reason)
+            continue
+        say(f"baseline {name}: fitting on the training windows ...")
+        t0 = time.perf_counter()
+        # PatchTST's head is direct: fitted for the paths' length (cut on data too short for it, see its docstring).
+        options = {"horizon": steps} if name == "patchtst" else {}
+        fitted = LEARNED[name](series, values, splits, seed=seed, **options)
+        forecast = fitted.forecast(splits.test, steps=1)
+        add_row(name, forecast.samples, time.perf_counter() - t0)
+        notes.append(learned_note(fitted))
+        try:
+            baseline_paths = fitted.forecast(path_windows, steps=steps, n_samples=path_samples)
+        except InputError as error:  # PatchTST's direct head is shorter than the paths on short data
+            notes.append(f"{name}: no recursive paths ({error.message}).")
+            continue
+        step_mse[name] = mse_by_step(y_paths, forecaster.normaliser.snap(baseline_paths.samples).mean(0))
+    if not include_learned:
+        notes.append(f"Learned baselines ({', '.join(LEARNED_ROWS)}) left out (include_learned=False).")
+
     models: dict[str, tuple[ModelRecord, Forecaster]] = {"lsdm": (record, forecaster)}
     for name in COMPARISON_MODELS:
         found = _comparison_model(database, dataset_id, home_name, name, forecaster, train_missing, say, split)
@@ -502,6 +585,33 @@ def evaluate(
         t0 = time.perf_counter()
         draws = _one_step(forecaster, shuffled_locations(series, seed), splits, samples, seed, location)
         add_row("shuffled-environment", draws, time.perf_counter() - t0, model_id=record.id)
+
+    fracast_table = None
+    if subset is not None:
+        reason = unavailable("fracast")
+        if reason:
+            notes.append(reason)
+        else:
+            say("baseline fracast: zero-shot forecasts of a subset of the test windows ...")
+            t0 = time.perf_counter()
+            fitted = LEARNED["fracast"](series, values, splits, seed=seed)
+            test_subset = Windows(splits.test.entity[subset], splits.test.hour[subset])
+            subset_draws["fracast"] = forecaster.normaliser.snap(fitted.forecast(test_subset, steps=1).samples)
+            seconds = time.perf_counter() - t0
+            fracast_table = {
+                "entities": len(np.unique(test_subset.entity)),
+                "windows": len(subset),
+                "seconds": round(seconds, 1),
+                "rows": [
+                    _row(name, y[subset], subset_draws[name], seconds if name == "fracast" else 0.0)
+                    for name in (*[m for m in TABLE3 if m in subset_draws], "fracast")
+                ],
+            }
+            notes.append(
+                f"{fitted.describe()} Scored on the {len(subset)} test windows of {fracast_table['entities']} "
+                f"seeded entities ({seconds:.0f} s), beside every other row scored on the same windows "
+                "(`fracast_subset`)."
+            )
 
     table3 = [rows[m] for m in TABLE3 if m in rows]
     table4 = [rows[m] for m in TABLE4 if m in rows]
@@ -538,6 +648,7 @@ def evaluate(
         "condition_gain_interval": interval,
         "environment_gain_r2_percent": env_gain,
         "environment_gain_interval": env_interval,
+        "fracast_subset": fracast_table,
         "notes": notes,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -574,6 +685,9 @@ def evaluate(
                 "location": location,
                 "train_missing": train_missing,
                 "include_arima": include_arima,
+                "include_learned": include_learned,
+                "fracast_entities": fracast_entities,
+                "quick": quick,
                 "seed": seed,
             },
         )
@@ -612,6 +726,9 @@ def evaluate_request(
         path_users=request.path_users,
         train_missing=request.train_missing,
         include_arima=request.include_arima,
+        include_learned=request.include_learned,
+        fracast_entities=request.fracast_entities,
+        quick=request.quick,
         progress=progress,
         dataset_name=request.dataset,
         location=request.location,

@@ -302,8 +302,10 @@ def _evaluate(ctx: JobContext) -> Outcome:
         )
     total = progress_messages(
         registered,
-        include_arima=p.include_arima,
-        train_missing=p.train_missing,
+        include_arima=p.include_arima and not p.quick,
+        include_learned=p.include_learned and not p.quick,
+        fracast=p.fracast_entities > 0,
+        train_missing=p.train_missing and not p.quick,
         shuffled=forecaster.config.uses_environment,
     )
     said = [0]

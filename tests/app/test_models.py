@@ -91,6 +91,7 @@ def tiny_city(tmp_path_factory: pytest.TempPathFactory) -> dict:
             steps=3,
             path_users=4,
             include_arima=False,
+            include_learned=True,
             train_missing=False,
             progress=messages.append,
         )
@@ -247,13 +248,51 @@ def test_a_running_training_shows_its_loss_curve_so_far(tiny_db, tiny_city):
 # --- evaluation -----------------------------------------------------------------------------------
 
 
+def test_fracast_is_scored_on_a_subset_beside_every_row_on_the_same_windows(tiny_db, tiny_city, monkeypatch):
+    """The pretrained fracast row: one entity's test day, every other row scored again on those windows."""
+    pytest.importorskip("fracast")
+    monkeypatch.setenv("LSDM_HOME", str(tiny_db.parent))
+    database = open_database(str(tiny_db))
+    try:
+        result = evaluate(
+            database,
+            tiny_city["model_id"],
+            samples=2,
+            steps=3,
+            path_users=2,
+            include_arima=False,
+            include_learned=False,
+            train_missing=False,
+            fracast_entities=1,
+            store=False,
+        )
+    finally:
+        database.dispose()
+    table = result["fracast_subset"]
+    assert table["entities"] == 1 and table["windows"] == 24
+    rows = {row["method"]: row for row in table["rows"]}
+    assert list(rows) == ["seasonal-naive", "hour-of-week-mean", "ridge", "lsdm-no-condition", "lsdm", "fracast"]
+    full = {row["method"]: row for row in result["rows"]}
+    assert rows["lsdm"]["mse"] != full["lsdm"]["mse"]  # scored on the subset, not copied from the full table
+    assert all(0 <= row["cov90"] <= 1 and row["crps"] >= 0 for row in rows.values())
+    assert any(note.startswith("fracast: the pretrained") for note in result["notes"])
+
+
 def test_the_stored_evaluation_is_shown_as_the_papers_tables_and_charts(tiny_db, tiny_city):
     result = tiny_city["result"]
     at = models_page(model=tiny_city["model_id"])
     assert not at.exception
     table3, table4 = at.dataframe[1].value, at.dataframe[2].value
     assert list(table3.columns) == ["method", "MSE", "RMSE", "MAE", "CS", "R²", "CRPS", "cov50", "cov90"]
-    assert table3["method"].tolist() == ["seasonal-naive", "hour-of-week-mean", "ridge", "lsdm-no-condition", "lsdm"]
+    assert table3["method"].tolist() == [
+        "seasonal-naive",
+        "hour-of-week-mean",
+        "ridge",
+        "lightgbm",
+        "patchtst",
+        "lsdm-no-condition",
+        "lsdm",
+    ]
     assert table3["MSE"].tolist() == [row["mse"] for row in result["rows"]]
     assert table3["cov90"].tolist() == [row["cov90"] for row in result["rows"]]
     assert table4["method"].tolist() == ["shuffled-environment", "lsdm-no-condition", "lsdm"]
@@ -348,9 +387,11 @@ def test_evaluation_progress_length_matches_the_messages_the_engine_sends(tiny_c
     dataset_id = next(r for r in lsdm_records(tiny_city["db"])).dataset_id
     registered = {m.name for m in md.list_models(database, dataset_id) if m.kind == "lsdm"}
     database.dispose()
-    expected = progress_messages(registered, include_arima=False, train_missing=False, shuffled=True)
-    # 2 baselines, ridge, 2 one-step passes, 2 path passes, the shuffled-environment pass
-    assert expected == len(tiny_city["messages"]) == 8
+    expected = progress_messages(
+        registered, include_arima=False, train_missing=False, shuffled=True, include_learned=True
+    )
+    # 2 baselines, ridge, lightgbm, patchtst, 2 one-step passes, 2 path passes, the shuffled-environment pass
+    assert expected == len(tiny_city["messages"]) == 10
 
 
 # --- the functions behind the page ----------------------------------------------------------------

@@ -91,6 +91,7 @@ def test_evaluate_scores_a_model_on_a_new_city_without_storing_it(two_cities, ca
             "--path-users",
             "3",
             "--no-arima",
+            "--no-learned",
             "--json",
         ]
     )
@@ -134,7 +135,16 @@ def test_a_users_split_model_is_evaluated_on_held_out_users_against_users_split_
     database, _ = two_cities
     _, config = resolve_config("tiny")
     held = train(database, "tiny", config, dataset_name="city-a", split="users", activate=False)
-    result = evaluate(database, held.record_id, samples=2, steps=3, path_users=2, include_arima=False, store=False)
+    result = evaluate(
+        database,
+        held.record_id,
+        samples=2,
+        steps=3,
+        path_users=2,
+        include_arima=False,
+        include_learned=False,
+        store=False,
+    )
     assert result["split"] == "users"
     assert any("held out of training" in note for note in result["notes"])
     n_held = round(16 * 0.2)
