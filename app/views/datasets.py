@@ -136,7 +136,7 @@ def table_form() -> None:
         "`lsdm ingest table` on the command line."
     )
     mappings = da.shipped_mappings()
-    with st.form("ingest_table"):
+    with st.form("ingest_table", enter_to_submit=False):
         slots = {}
         records = st.file_uploader("Records (CSV or Parquet)", type=list(da.TABLE_SUFFIXES), key="table_records")
         slots["records"] = st.empty()
@@ -199,7 +199,7 @@ def tsinghua_form() -> None:
         "poi": "base_poi.txt",
         "coords": "Coordinates CSV (optional)",
     }
-    with st.form("ingest_tsinghua"):
+    with st.form("ingest_tsinghua", enter_to_submit=False):
         files, slots = {}, {}
         for role in da.TSINGHUA_ROLES:
             files[role] = st.file_uploader(
@@ -237,7 +237,7 @@ def matrix_form() -> None:
         "Large files: `lsdm ingest matrix` on the command line."
     )
     spec = IngestMatrixRequest.field_specs()
-    with st.form("ingest_matrix"):
+    with st.form("ingest_matrix", enter_to_submit=False):
         slots = {}
         matrices = st.file_uploader(
             "Matrices, one per service (.npy, .npz, .csv)",
@@ -315,7 +315,7 @@ def city_form() -> None:
         "A deterministic synthetic city around central Shanghai (engine/data/city.py). The defaults "
         "are the embedded default city, which the shipped encoder and forecaster were trained on."
     )
-    with st.form("city"):
+    with st.form("city", enter_to_submit=False):
         c1, c2, c3, c4, c5 = st.columns(5)
         spec = CityRequest.field_specs()
 
@@ -378,7 +378,7 @@ def aggregate_form() -> None:
     names = [] if users is None else list(users["name"])
     active = [] if users is None else list(users.loc[users["active"], "name"])
     spec = AggregateRequest.field_specs()
-    with st.form("aggregate"):
+    with st.form("aggregate", enter_to_submit=False):
         left, right = st.columns(2)
         source = left.selectbox(
             "Sum the cells of", names, index=names.index(active[0]) if active else None, key="agg_dataset"
@@ -411,7 +411,7 @@ def environment_form(saved: app_settings.AppSettings) -> None:
         f"`{saved.describer}` (tab *Settings*). On the default city the shipped encoder is used, whose "
         "embeddings the shipped forecaster was trained on; elsewhere a new encoder is trained."
     )
-    with st.form("environment"):
+    with st.form("environment", enter_to_submit=False):
         c1, c2, c3 = st.columns(3)
         regenerate = c1.checkbox("Redo tiles and descriptions", key="env_regenerate")
         train_encoder = c2.checkbox("Train a new encoder even on the default city", key="env_train")
@@ -432,7 +432,7 @@ def environment_form(saved: app_settings.AppSettings) -> None:
 def settings_form(saved: app_settings.AppSettings) -> None:
     st.caption(f"Saved in `{app_settings.settings_path()}`; used by the environment build.")
     kind, location = app_settings.tile_kind_and_location(saved.tile_source)
-    with st.form("settings"):
+    with st.form("settings", enter_to_submit=False):
         left, right = st.columns([1, 3])
         tile_kind = left.selectbox(
             "Tile source",

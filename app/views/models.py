@@ -204,7 +204,7 @@ def show_cell_evaluation(model: md.ModelInfo) -> None:
 
 def evaluation_form(model: md.ModelInfo) -> None:
     """Queue an ``evaluate`` job; the page follows it and shows the stored evaluation when it is done."""
-    with st.form("evaluate"):
+    with st.form("evaluate", enter_to_submit=False):
         st.markdown(f"**Run an evaluation of model #{model.id}** (a job for the worker; minutes)")
         c1, c2, c3, c4 = st.columns(4)
         spec = EvaluateRequest.field_specs()
@@ -320,7 +320,7 @@ def training_form() -> None:
         f"On data set {info.name!r}, by the worker: you may leave the page meanwhile (the **Jobs** page "
         "follows it too)."
     )
-    with st.form("train"):
+    with st.form("train", enter_to_submit=False):
         c1, c2, c3, c4 = st.columns(4)
         config = c1.selectbox(
             "Configuration",

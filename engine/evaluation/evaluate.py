@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -586,7 +587,7 @@ def evaluate(
         draws = _one_step(forecaster, shuffled_locations(series, seed), splits, samples, seed, location)
         add_row("shuffled-environment", draws, time.perf_counter() - t0, model_id=record.id)
 
-    fracast_table = None
+    fracast_table: dict[str, Any] | None = None
     if subset is not None:
         reason = unavailable("fracast")
         if reason:
@@ -658,6 +659,16 @@ def evaluate(
             title=f"LSDM evaluation: model {record.id} on {dataset_name}",
             table3_rows=table3,
             table4_rows=table4,
+            extra_tables=[
+                (
+                    f"Table III on the fracast subset ({fracast_table['windows']} test windows of "
+                    f"{fracast_table['entities']} entities)",
+                    "fracast_subset",
+                    fracast_table["rows"],
+                )
+            ]
+            if fracast_table
+            else [],
             per_service_r2=service_r2,
             mse_by_step=step_mse,
             notes=notes,

@@ -33,66 +33,18 @@ import numpy as np
 
 from engine.data.windows import SeriesData, Splits, Windows
 from engine.errors import InputError
-from engine.evaluation.baselines import DEFAULT_SAMPLES, BaselineForecast, quantile_levels
+from engine.evaluation.baselines import DEFAULT_SAMPLES, BaselineForecast
+from engine.evaluation.patchtst import fit_patchtst
+from engine.evaluation.quantile_fit import (
+    LEVELS,
+    Fitted,
+    check_windows,
+    elapsed,
+    learned_note,
+    quantile_samples,
+)
 
-# The levels every learned baseline predicts (symmetric, the 90 % interval's ends included).
-LEVELS = np.array([0.05, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 0.95])
-
-
-def quantile_samples(levels: np.ndarray, quantiles: np.ndarray, n_samples: int) -> np.ndarray:
-    """(S, ...) samples at the levels (i + 0.5) / S from ``quantiles`` (..., Q) at increasing ``levels`` (Q,).
-
-    Crossed quantiles are sorted first; between predicted levels the quantile function is linear, beyond
-    the outermost ones it continues with the outer segment's slope; the samples are clipped at 0."""
-    levels = np.asarray(levels, dtype=np.float64)
-    q = np.sort(np.asarray(quantiles, dtype=np.float64), axis=-1)
-    if q.shape[-1] != len(levels) or len(levels) < 2:
-        raise InputError(f"expected {len(levels)} quantiles per forecast, got {q.shape[-1]}", field="quantiles")
-    target = np.array([0.5]) if n_samples == 1 else quantile_levels(n_samples)
-    # Segment index per target level (outer segments extended), then linear in level.
-    seg = np.clip(np.searchsorted(levels, target) - 1, 0, len(levels) - 2)
-    lo, hi = levels[seg], levels[seg + 1]
-    weight = (target - lo) / (hi - lo)  # < 0 or > 1 in the tails: extrapolation
-    out = q[..., seg] + (q[..., seg + 1] - q[..., seg]) * weight
-    if n_samples > 1:
-        out = np.maximum.accumulate(out, axis=-1)  # monotone even where extrapolation meets a flat segment
-    return np.moveaxis(np.clip(out, 0, None), -1, 0)
-
-
-@dataclass
-class Fitted:
-    """A baseline fitted on the training windows; ``forecast`` gives samples for any windows."""
-
-    name: str
-    info: dict = field(default_factory=dict)
-
-    def forecast(self, windows: Windows, steps: int = 1, n_samples: int = DEFAULT_SAMPLES) -> BaselineForecast:
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        """A sentence for the evaluation's notes: what was fitted, on how much, in how long."""
-        seconds = self.info.get("fit_seconds")
-        return f"{self.name}: fitted on the training windows" + (f" in {seconds:.0f} s." if seconds else ".")
-
-
-def learned_note(fitted: Fitted) -> str:
-    return fitted.describe()
-
-
-def check_windows(series: SeriesData, windows: Windows, steps: int, n_samples: int) -> None:
-    """The same checks as the local baselines' (hour >= 1, paths inside the data, counts >= 1)."""
-    if steps < 1:
-        raise InputError(f"expected at least 1 step, got {steps}", field="steps")
-    if n_samples < 1:
-        raise InputError(f"expected at least 1 sample, got {n_samples}", field="n_samples")
-    hours = np.asarray(windows.hour, dtype=np.int64)
-    if len(hours) and (hours.min() < 1 or hours.max() + steps > series.hours):
-        raise InputError(
-            f"windows must start at hour >= 1 and end by hour {series.hours} "
-            f"(got starts {hours.min()}..{hours.max()} with {steps} steps)",
-            field="windows",
-        )
-
+__all__ = ["LEARNED", "LEVELS", "REQUIRES", "Fitted", "learned_note", "quantile_samples", "register", "unavailable"]
 
 # name -> (fit function, the import it needs or None)
 LEARNED: dict[str, Callable[..., Fitted]] = {}
@@ -116,10 +68,6 @@ def unavailable(name: str) -> str | None:
     if package and importlib.util.find_spec(package) is None:
         return f"{name}: the package {package!r} is not installed (pip install -e '.[baselines]'); row left out."
     return None
-
-
-def _elapsed(started: float) -> float:
-    return round(time.perf_counter() - started, 3)
 
 
 # --- LightGBM -----------------------------------------------------------------------------------------
@@ -261,7 +209,7 @@ class LightGBMFit(Fitted):
             if steps > 1 and h + 1 < steps:
                 history[row, start + h] = np.clip(np.sort(quantiles[:, h], axis=-1)[..., median], 0, None)
         samples = quantile_samples(LEVELS, quantiles, n_samples)
-        info = dict(self.info, windows=n, steps=steps, forecast_seconds=_elapsed(started))
+        info = dict(self.info, windows=n, steps=steps, forecast_seconds=elapsed(started))
         return BaselineForecast(self.name, samples.astype(np.float32), info)
 
 
@@ -339,7 +287,7 @@ def fit_lightgbm(
         "trees": trees,
         "features": names,
         "environment": features.env is not None,
-        "fit_seconds": _elapsed(started),
+        "fit_seconds": elapsed(started),
     }
     return LightGBMFit("lightgbm", info, series, v, features, boosters)
 
@@ -383,7 +331,7 @@ class FracastFit(Fitted):
             q = self.model.forecast_batch(flat, horizon=steps)  # type: ignore[attr-defined]  # (n*K, steps, Q)
             quantiles[rows] = np.moveaxis(q.reshape(len(rows), k, steps, -1), 1, 2)
         samples = quantile_samples(levels, quantiles, n_samples)
-        info = dict(self.info, windows=len(entity), steps=steps, forecast_seconds=_elapsed(started))
+        info = dict(self.info, windows=len(entity), steps=steps, forecast_seconds=elapsed(started))
         return BaselineForecast(self.name, samples.astype(np.float32), info)
 
     def describe(self) -> str:
@@ -410,9 +358,8 @@ def fit_fracast(
     if v.shape != series.traffic.shape:
         raise InputError(f"values have shape {v.shape}, the series {series.traffic.shape}", field="values")
     model = FracastModel.from_pretrained(device="cpu")
-    info = {"method": "fracast", "levels": list(model.quantiles), "zero_shot": True, "fit_seconds": _elapsed(started)}
+    info = {"method": "fracast", "levels": list(model.quantiles), "zero_shot": True, "fit_seconds": elapsed(started)}
     return FracastFit("fracast", info, series, v, model)
 
 
-# Registers "patchtst" (its module imports this one's interface; imported last for that reason).
-from engine.evaluation import patchtst as _patchtst  # noqa: E402, F401
+register("patchtst", "torch")(fit_patchtst)

@@ -64,7 +64,7 @@ from torch import nn
 from engine.data.windows import SeriesData, Splits, Windows
 from engine.errors import InputError
 from engine.evaluation.baselines import DEFAULT_SAMPLES, BaselineForecast
-from engine.evaluation.learned import LEVELS, Fitted, check_windows, quantile_samples, register
+from engine.evaluation.quantile_fit import LEVELS, Fitted, check_windows, elapsed, quantile_samples
 
 PATCH_LEN = 12
 STRIDE = 6
@@ -82,10 +82,6 @@ INFER_BATCH = 8192  # channels per forward pass in forecast()
 
 
 MAX_PASSES = 20
-
-
-def _elapsed(started: float) -> float:
-    return round(time.perf_counter() - started, 3)
 
 
 @contextmanager
@@ -251,12 +247,11 @@ class PatchTSTFitted(Fitted):
             "context": self.context,
             "horizon": self.horizon,
             "fit": self.info,
-            "seconds": _elapsed(started),
+            "seconds": elapsed(started),
         }
         return BaselineForecast("patchtst", samples, info)
 
 
-@register("patchtst", "torch")
 def fit_patchtst(
     series: SeriesData,
     values: np.ndarray,
@@ -383,7 +378,7 @@ def fit_patchtst(
         "parameters": sum(p.numel() for p in model.parameters()),
         "threads": max(1, min(threads, 2)),
         "seed": seed,
-        "seconds": _elapsed(started),
+        "seconds": elapsed(started),
     }
     return PatchTSTFitted(
         "patchtst", info, series=series, values=v, model=model, context=context, horizon=horizon, threads=threads

@@ -197,6 +197,7 @@ def write_report(
     title: str,
     table3_rows: Sequence[dict],
     table4_rows: Sequence[dict] = (),
+    extra_tables: Sequence[tuple[str, str, Sequence[dict]]] = (),
     per_service_r2: dict[str, dict[str, float]] | None = None,
     mse_by_step: dict[str, list[float]] | None = None,
     notes: Sequence[str] = (),
@@ -207,7 +208,8 @@ def write_report(
     """Write the report files (see the module docstring) and return their paths.
 
     Rows are dicts with ``method`` and any of mse, rmse, mae, cs, r2, crps, cov50, cov90 (missing or
-    non-finite values print as "—"; other keys are ignored). ``draw``: draws each figure (none without).
+    non-finite values print as "—"; other keys are ignored). ``extra_tables``: (heading, file stem, rows)
+    written after Table IV, to ``<stem>.csv`` too (the fracast subset). ``draw``: draws each figure.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -219,6 +221,9 @@ def write_report(
 
     written.append(_table_csv(out / "table3.csv", table3, reference))
     written.append(_table_csv(out / "table4.csv", table4, reference))
+    extras = [(heading, _clean_rows(rows, stem)) for heading, stem, rows in extra_tables]
+    for (_, stem, _), (_, rows) in zip(extra_tables, extras, strict=True):
+        written.append(_table_csv(out / f"{stem}.csv", rows, reference))
     services = services_of(per_service_r2)
     written.append(
         _write_csv(
@@ -256,7 +261,7 @@ def write_report(
         "convention; negative = better). **Bold**: best in the column (coverage: closest to the "
         "nominal 0.5 / 0.9). Metrics on the normalised scale; point metrics of the sample mean."
     )
-    for heading, rows in (("Table III: methods compared", table3), ("Table IV: ablations", table4)):
+    for heading, rows in (("Table III: methods compared", table3), ("Table IV: ablations", table4), *extras):
         lines += [f"## {heading}", ""]
         if rows:
             lines += _metric_table(rows, reference)

@@ -265,10 +265,14 @@ def test_fracast_is_scored_on_a_subset_beside_every_row_on_the_same_windows(tiny
             train_missing=False,
             fracast_entities=1,
             store=False,
+            report_dir=tiny_db.parent / "report",
         )
     finally:
         database.dispose()
     table = result["fracast_subset"]
+    report = (tiny_db.parent / "report" / "report.md").read_text()
+    assert "## Table III on the fracast subset (24 test windows of 1 entities)" in report
+    assert (tiny_db.parent / "report" / "fracast_subset.csv").read_text().count("\n") == 1 + 6  # header + rows
     assert table["entities"] == 1 and table["windows"] == 24
     rows = {row["method"]: row for row in table["rows"]}
     assert list(rows) == ["seasonal-naive", "hour-of-week-mean", "ridge", "lsdm-no-condition", "lsdm", "fracast"]
@@ -343,6 +347,7 @@ def test_run_evaluation_from_the_page_stores_a_new_evaluation(tiny_db, tiny_city
     at.radio(key="eval_location").set_value("habitual")
     at.checkbox(key="eval_arima").uncheck()  # the request's defaults are the full tables: minutes
     at.checkbox(key="eval_train").uncheck()
+    at.checkbox(key="eval_learned").uncheck()  # fitted and scored by the tiny_city fixture
     at.button(key="eval_submit").click().run()
     assert not at.exception
     assert drain(tiny_db) == ["done"]

@@ -262,3 +262,39 @@ def test_a_deep_link_as_the_first_visit_after_start_runs_the_apps_entry(page, fr
     assert page.get_by_role("combobox", name="Cell").input_value() == "C0002"
     titles = navigation_titles(page)
     assert titles[:3] == ["Map", "Cell", "User"], f"legacy navigation (one link per file): {titles}"
+
+
+def queued_jobs(db_path: Path) -> list[int]:
+    with open_database(str(db_path)).session() as session:
+        return list(session.scalars(select(Job.id).order_by(Job.id)))
+
+
+@pytest.mark.parametrize(
+    ("link", "title", "tab", "fields"),
+    [
+        ("/models", PAGES["models"][1], None, ["Epochs", "Seed", "Samples per window", "Recursive steps"]),
+        ("/data", PAGES["data"][1], "Build a synthetic city", ["Users", "Cells"]),
+    ],
+)
+def test_enter_in_a_form_that_starts_work_queues_nothing(page, dashboard, link, title, tab, fields):
+    """Issue 19: pressing Enter after typing a setting must not submit the form (a training, an evaluation,
+    a city build); only the form's button does."""
+    before = queued_jobs(dashboard.db_path)
+    page.goto(f"{dashboard.url}{link}")
+    wait_rendered(page, title)
+    if tab:
+        page.get_by_role("tab", name=tab).click()
+    typed = 0
+    for label in fields:
+        field = page.get_by_role("spinbutton", name=label, exact=True)
+        if field.count() == 0:
+            continue
+        field.first.scroll_into_view_if_needed()
+        field.first.fill("2")
+        field.first.press("Enter")
+        wait_rendered(page, title)
+        typed += 1
+    assert typed >= 2, f"no form field found on {link}: {fields}"
+    page.wait_for_timeout(1500)  # a submitted form would have queued its job by now
+    assert queued_jobs(dashboard.db_path) == before
+    assert exception_texts(page) == []

@@ -187,6 +187,7 @@ def test_the_evaluate_job_scores_another_data_set_and_links_no_stored_evaluation
             "steps": 2,
             "path_users": 2,
             "include_arima": False,
+            "include_learned": False,
             "train_missing": False,
             "location": "habitual",
         },

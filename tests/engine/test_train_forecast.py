@@ -375,12 +375,14 @@ def test_evaluate_writes_the_papers_tables_with_every_method(trained, tmp_path, 
             "6",
             "--path-users",
             "4",
+            "--no-learned",  # lightgbm/patchtst: minutes here; scored in tests/app/test_models.py's fixture
             "--json",
         ]
     )
     assert status == 0
     result = json.loads(capsys.readouterr().out)
     methods = [row["method"] for row in result["rows"]]
+    assert any(note.startswith("Learned baselines (lightgbm, patchtst) left out") for note in result["notes"])
     assert methods == [
         "seasonal-naive",
         "hour-of-week-mean",
@@ -490,6 +492,7 @@ def test_evaluate_conditions_on_the_recorded_or_the_habitual_cells(trained, caps
         "2",
         "--no-train",
         "--no-arima",
+        "--no-learned",
         "--json",
     ]
     scores = {}
