@@ -21,6 +21,7 @@ from engine.env.pipeline import environment_info
 from engine.jobs import JobView, new_uploads_dir
 from engine.requests import EnvRequest, IngestMatrixRequest, IngestTableRequest, IngestTsinghuaRequest
 from engine.shipped import assets_dir
+from engine.text import plural
 
 Upload = tuple[str, bytes]  # (file name as uploaded, content): what the page hands over
 TSINGHUA_ROLES = ("trace", "app2category", "categories", "poi", "coords")
@@ -245,7 +246,8 @@ def job_notice(job: JobView) -> str:
     if job.kind in ("ingest.table", "ingest.tsinghua", "city.build") and "dataset" in r:
         made = "Built" if job.kind == "city.build" else "Ingested"
         text = (
-            f"{made} {r['dataset']!r}: {r['entities']} {r['entity_kind']}s, {r['cells']} cells, {r['hours']} "
+            f"{made} {r['dataset']!r}: {plural(r['entities'], r['entity_kind'])}, {plural(r['cells'], 'cell')}, "
+            f"{r['hours']} "
             f"hours, {format_bytes(r['total_bytes'])}. It is the active data set now"
         )
         return text + ("; build its environment next (tab *Environment*)." if job.kind == "city.build" else ".")

@@ -16,6 +16,7 @@ from app.common import database
 from app.map_data import CELL_RADIUS_M, CityData, load_city
 from db.models import Dataset
 from engine.load.core import StoredLoad
+from engine.text import plural
 
 # Risk colours: P(load > capacity) from 0 (green) through the risk level (amber) to 1 (red).
 RISK_RAMP = np.array([[26, 150, 65], [166, 217, 106], [253, 174, 97], [215, 25, 28]], dtype=float)
@@ -66,7 +67,7 @@ def risk_frames(stored: StoredLoad, city: CityData) -> RiskFrames:
         rgba = risk_colors(p[:, n], r.totals[placed, :, n].max(axis=1))
         detail = [
             f"P(> capacity) {p[i, n]:.0%} · median {median[i, n] / 1e6:.2f} of {capacity[i] / 1e6:.2f} MB"
-            + ("" if present is None else f" · {present[i, n]:.0f} users")
+            + ("" if present is None else f" · {plural(round(float(present[i, n])), 'user')}")
             for i in range(len(keys))
         ]
         frames.append(

@@ -31,7 +31,7 @@ from engine.data.windows import HourlyProfile, SeriesData, embeddings_of, load_s
 from engine.errors import InputError
 from engine.load.location import draw_locations
 from engine.model import Forecaster
-from engine.model.diffusion import sample
+from engine.model.diffusion import NoiseSource, entity_generators, sample
 from engine.requests import ForecastRequest, parse_location_text
 from engine.train import check_compatible, load_model
 
@@ -272,7 +272,7 @@ def _sample_next_hours(
     sampler: str,
     steps: int,
     guidance: float,
-    generator: torch.Generator,
+    generator: NoiseSource,
     antithetic: bool,
 ) -> torch.Tensor:
     """Samples of the F hours after ``history`` for every path: (E * S, F, K) on the v scale.
@@ -352,7 +352,7 @@ def recursive_forecast(
     plan = plan or LocationPlan()
     path_cells = plan.path_cells(series, e_rows, start, n_steps, samples, seed) if plan.per_path else None
     conditions = _conditions(forecaster, series, e_rows, start, n_steps, plan, values, history_env, path_cells)
-    generator = torch.Generator().manual_seed(seed)
+    generator = entity_generators(seed, [int(e) for e in e_rows])  # an entity's paths: alone = in any batch
 
     # paths: (E * S, H + N, K); each entity's S paths start from the same observed history.
     paths = np.repeat(values[e_rows, start - h : start], samples, axis=0)

@@ -216,7 +216,7 @@ def _check_counts(counts: object, categories: tuple[str, ...], name: str) -> lis
     return out
 
 
-def _check_png(data: object, name: str) -> bytes:
+def check_tile_image(data: object, name: str) -> bytes:
     from PIL import Image, UnidentifiedImageError
 
     if not isinstance(data, (bytes, bytearray)) or not data:
@@ -381,7 +381,7 @@ def _check_edit(key: str, edit: CellEdit, context: WhatIfContext) -> CellEdit:
             raise InputError(f"unknown cell {edit.tile_from!r}", field=f"{name}.tile_from")
         if not context.has_image[context.cell_row[edit.tile_from]]:
             raise InputError(f"cell {edit.tile_from!r} has no tile", field=f"{name}.tile_from")
-    png = None if edit.tile_png is None else _check_png(edit.tile_png, f"{name}.tile_png")
+    png = None if edit.tile_png is None else check_tile_image(edit.tile_png, f"{name}.tile_png")
     return CellEdit(poi_counts=counts, description=text, tile_from=edit.tile_from, tile_png=png)
 
 

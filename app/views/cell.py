@@ -19,6 +19,7 @@ from engine.errors import InputError
 from engine.jobs import JobView
 from engine.load.core import cell_capacity, load_runs, read_load_run, set_capacity
 from engine.requests import LoadRequest
+from engine.text import plural
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -269,7 +270,8 @@ def show_load(info: common.DatasetInfo, key: str) -> None:
     if shown not in ids:
         shown = ids[0]
     labels = {
-        r["run_id"]: f"run {r['run_id']} · start {r['start']} · {r['horizon']} h · {r['users']} users" for r in runs
+        r["run_id"]: f"run {r['run_id']} · start {r['start']} · {r['horizon']} h · {plural(r['users'], 'user')}"
+        for r in runs
     }
     run_id = st.selectbox("Load run", ids, index=ids.index(shown), format_func=labels.get, key=f"cl_pick_{key}")
     st.session_state["cl_shown_run"] = run_id
@@ -279,7 +281,8 @@ def show_load(info: common.DatasetInfo, key: str) -> None:
     at_risk = int(frames["risk"]["at_risk"].sum())
     st.markdown(
         f"**Total load** · capacity {r.capacity[0] / 1e6:.2f} MB/h · {at_risk} of {r.horizon} hours at risk "
-        f"(P(load > capacity) ≥ {r.risk_level:.0%}) · {len(r.users)} users forecast · {stored.params.get('location')} "
+        f"(P(load > capacity) ≥ {r.risk_level:.0%}) · {plural(len(r.users), 'user')} forecast · "
+        f"{stored.params.get('location')} "
         f"locations · {r.totals.shape[1]} paths"
     )
     total = frames["total"]

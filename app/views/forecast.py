@@ -85,15 +85,19 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
         )
         start_slot = top[1].empty()
         middle = st.columns(4)
+        # No min/max on the number fields: the browser would keep an out-of-range entry red and send the old
+        # value (the run then went with it, silently); the request's check says what is wrong under the field.
         horizon = middle[0].number_input(
             "Horizon (hours)",
-            1,
-            fd.MAX_HORIZON,
+            step=1,
             key="fc_horizon",
-            help="Hours forecast recursively: each sample path feeds back its own draws.",
+            help=f"1 to {fd.MAX_HORIZON}. Hours forecast recursively: each sample path feeds back its own draws.",
         )
         samples = middle[1].number_input(
-            "Sample paths", 1, fd.MAX_SAMPLES, key="fc_samples", help="More paths: smoother quantiles, longer run."
+            "Sample paths",
+            step=1,
+            key="fc_samples",
+            help=f"1 to {fd.MAX_SAMPLES}. More paths: smoother quantiles, longer run.",
         )
         sampler = middle[2].radio(
             "Sampler",
@@ -103,7 +107,11 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
             help="ddim: fast, deterministic, few steps; ddpm: every diffusion step, as in the paper.",
         )
         steps = middle[3].number_input(
-            "DDIM steps", 1, model.diffusion_steps, key="fc_steps", disabled=sampler == "ddpm"
+            "DDIM steps",
+            step=1,
+            key="fc_steps",
+            disabled=sampler == "ddpm",
+            help=f"1 to {model.diffusion_steps} (the model's diffusion steps).",
         )
         sampler_slot = st.empty()
         bottom = st.columns([4, 3, 3, 2])
@@ -135,7 +143,8 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
             help="Classifier-free guidance on the environment: 0 ignores it, 1 is the "
             "trained conditional model, above 1 exaggerates it.",
         )
-        seed = bottom[3].number_input("Seed", *ForecastRequest.bounds("seed"), key="fc_seed")
+        low, high = ForecastRequest.bounds("seed")
+        seed = bottom[3].number_input("Seed", step=1, key="fc_seed", help=f"{low} to {high}.")
         paired = bottom[3].checkbox(
             "Paired paths",
             key="fc_paired",
@@ -180,7 +189,14 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
             fd.remember_link_value(state, key, value)
 
         job_id = jobs_ui.followed("forecast", ("forecast",))
-        clicked = st.button("Run forecast", type="primary", icon=":material/play_arrow:", key="fc_run")
+        clicked = st.button(
+            "Run forecast",
+            type="primary",
+            icon=":material/play_arrow:",
+            key="fc_run",
+            disabled=bool(errors),
+            help="Correct the fields marked above first." if errors else None,
+        )
         st.caption(f"Model {model.id} · {model.name} · reads {model.history} h of history")
         if clicked:
             if errors:

@@ -19,6 +19,7 @@ from db.models import Dataset
 from engine.jobs import JobView
 from engine.load.core import load_runs, read_load_run
 from engine.requests import LoadRequest
+from engine.text import plural
 
 PAGES = Path(__file__).resolve().parent
 PLAY_SECONDS = 1.0  # the risk map's playback: one forecast hour a second
@@ -153,8 +154,9 @@ def risk_map(frames: ld.RiskFrames, base: tuple[str, list[float]] | None) -> Non
     st.markdown(ld.risk_legend(level), unsafe_allow_html=True)
     at_risk = int((frame["p"] >= level).sum()) if level > 0 else 0
     st.caption(
-        f"**{frames.hours[hour]}**: {at_risk} of {len(frame)} cells with P(load > capacity) at least {level:.0%}"
-        + (f"; {frames.unplaced} cells without coordinates are not drawn" if frames.unplaced else "")
+        f"**{frames.hours[hour]}**: {at_risk} of {plural(len(frame), 'cell')} with P(load > capacity) "
+        f"at least {level:.0%}"
+        + (f"; {plural(frames.unplaced, 'cell')} without coordinates not drawn" if frames.unplaced else "")
     )
 
 
@@ -174,7 +176,9 @@ def risk_section(info: common.DatasetInfo, base: tuple[str, list[float]] | None)
     if shown not in ids:
         shown = ids[0]
     names = {
-        r["run_id"]: f"run {r['run_id']} · {r['name']} · {r['cells']} cells · {r['horizon']} h from {r['start']}"
+        r[
+            "run_id"
+        ]: f"run {r['run_id']} · {r['name']} · {plural(r['cells'], 'cell')} · {r['horizon']} h from {r['start']}"
         for r in runs
     }
     run_id = st.selectbox("Load run", ids, index=ids.index(shown), format_func=names.get, key="map_risk_pick")
@@ -191,7 +195,7 @@ def risk_section(info: common.DatasetInfo, base: tuple[str, list[float]] | None)
 info = jobs_ui.require_dataset()
 common.page_header(
     "City map",
-    f"{info.name}: {info.cells} cells, {info.entities} {info.entity_kind}s over "
+    f"{info.name}: {plural(info.cells, 'cell')}, {plural(info.entities, info.entity_kind)} over "
     f"{info.hours} hours. Click a cell or a user to open it.",
 )
 city = city_data(common.database().url, info.id, common.revision())
@@ -252,7 +256,7 @@ else:
     present = int(m.users_per_cell(city, hour).sum())
     st.caption(
         f"**{label(info, hour)}**: {common.format_bytes(city.cell_hour_bytes[:, hour].sum())} in all cells"
-        + (f", {present} of {len(city.user_keys)} users located" if has_users else "")
+        + (f", {present} of {plural(len(city.user_keys), 'user')} located" if has_users else "")
         + (f"; {user}'s week: {len(stops)} stops" if user else "")
     )
     if color == "land_use":

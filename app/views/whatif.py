@@ -33,7 +33,8 @@ from app.user_data import cached_entity_keys
 from engine.errors import InputError
 from engine.load.core import load_runs, read_load_run
 from engine.requests import LoadWhatIfRequest, WhatIfRequest
-from engine.whatif import CellEdit, rename_scenario, validate_scenario
+from engine.text import plural
+from engine.whatif import CellEdit, check_tile_image, rename_scenario, validate_scenario
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -200,6 +201,11 @@ def environment_editor(context: wd.EditorContext, cells: pd.DataFrame, target: s
     if now is not None:
         images[0].image(now, caption=f"{target} now", width=140)
     new = wd.cached_tile(url, info.id, tile_from) if tile_from else tile_png
+    if tile_png is not None and not tile_from:  # an upload: no preview unless readable (the check below says why)
+        try:
+            check_tile_image(tile_png, "tile")
+        except InputError:
+            new = None
     if new is not None:
         images[1].image(new, caption="scenario tile", width=140)
     return {
@@ -576,7 +582,7 @@ def show_cell_scenario(run_id: int) -> None:
         return
     change = scenario.summary.get("change", {})
     what = (
-        f"re-homed {change.get('users', 0)} users to {change.get('to')}"
+        f"re-homed {plural(change.get('users', 0), 'user')} to {change.get('to')}"
         if scenario.kind == "outage"
         else f"{change.get('visitors')} visitors behaving like {change.get('profile')}"
     )

@@ -406,14 +406,17 @@ class _Table:
         return row + 2
 
 
-def _read_table_file(path: Path, what: str) -> _Table:
+def _read_table_file(path: Path, what: str, rows: int | None = None) -> _Table:
+    """The whole file, or its first ``rows`` data rows."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no such {what} file", file=path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
         try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
+            frame = pd.read_csv(
+                path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig", nrows=rows
+            )
         except pd.errors.EmptyDataError:
             raise InputError(
                 f"the {what} file is empty; expected a header line of column names", file=path, line=1
@@ -435,7 +438,14 @@ def _read_table_file(path: Path, what: str) -> _Table:
         return _Table(path, frame, is_csv=True)
     if suffix == ".parquet":
         try:
-            frame = pd.read_parquet(path)
+            if rows is None:
+                frame = pd.read_parquet(path)
+            else:
+                import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+                with pq.ParquetFile(path) as handle:
+                    first = next(handle.iter_batches(batch_size=rows), None)
+                    frame = handle.schema_arrow.empty_table().to_pandas() if first is None else first.to_pandas()
         except Exception as error:  # noqa: BLE001 - pyarrow raises several unrelated types for a bad file
             raise InputError(f"not a readable Parquet file: {error}", file=path) from None
         frame.columns = [str(c).strip() for c in frame.columns]
@@ -669,6 +679,37 @@ def read_table(
 
     ``entity_kind`` and ``timezone`` override the mapping's; defaults are ``user`` and UTC.
     """
+    content = _read_table(records, cells, mapping, entity_kind, timezone, name, peek_rows=None)
+    assert content is not None  # only a peek returns nothing
+    return content
+
+
+PEEK_ROWS = 200  # records read by peek_table
+
+
+def peek_table(
+    records: Path | str,
+    cells: Path | str,
+    mapping: Path | str | None = None,
+    entity_kind: str | None = None,
+    timezone: str | None = None,
+) -> None:
+    """The check of an upload when it is submitted, before it is queued (a second at most): the mapping, the
+    whole cells file (one row per cell: small) and the records file's format, columns and first ``PEEK_ROWS``
+    rows, with the same checks and messages as ``read_table`` (which checks every row when the job runs)."""
+    _read_table(records, cells, mapping, entity_kind, timezone, None, peek_rows=PEEK_ROWS)
+
+
+def _read_table(
+    records: Path | str,
+    cells: Path | str,
+    mapping: Path | str | None,
+    entity_kind: str | None,
+    timezone: str | None,
+    name: str | None,
+    *,
+    peek_rows: int | None,
+) -> DatasetContent | None:
     records, cells = Path(records), Path(cells)
     spec = load_mapping(mapping) if mapping is not None else TableMapping()
     entity_kind = entity_kind or spec.entity_kind or "user"
@@ -679,7 +720,7 @@ def read_table(
     timezone = timezone or spec.timezone or DEFAULT_TIMEZONE
 
     cell_table = _read_cells(cells, spec)
-    table = _read_table_file(records, "records")
+    table = _read_table_file(records, "records", rows=peek_rows)
     roles = spec.records
     cell_optional = entity_kind == "cell" and roles["cell_id"] not in table.frame.columns
     needed = tuple(f for f in RECORD_FIELDS if not (f == "cell_id" and cell_optional))
@@ -779,6 +820,8 @@ def read_table(
         if column == time_col and spec.timestamp_format is None:
             hint = 'set "timestamp_format" ("iso", "digits" or "unix") in a mapping file if the guess is wrong'
         raise InputError(message, file=records, line=table.line(row), field=column, hint=hint)
+    if peek_rows is not None:
+        return None
 
     # Positions: entities in id order, hours from local midnight of the earliest day.
     entity_codes, entity_uniques = pd.factorize(entity_text)

@@ -46,6 +46,7 @@ from engine.env.clip import (
 from engine.env.describe import describe_cells, make_describer
 from engine.env.tiles import open_tile_source, store_tiles
 from engine.errors import InputError
+from engine.text import plural
 
 Progress = Callable[[str], None]
 
@@ -118,7 +119,11 @@ def build_environment(
                 source,
                 progress=lambda done, total: say(f"tiles: {done}/{total}"),
             )
-        say(f"tiles: {counts}")
+        checked = counts["tiles"] + counts["missing"] + counts["failed"]
+        say(
+            f"tiles: {checked}/{plural(checked, 'cell')} done, {plural(counts['tiles'], 'tile')} stored, "
+            f"{counts['missing']} missing at the source, {counts['failed']} failed"
+        )
     timings["tiles_s"] = round(time.perf_counter() - started, 2)
 
     started = time.perf_counter()
@@ -133,7 +138,11 @@ def build_environment(
             progress=say,
             writer=database.write_session,
         )
-    say(f"descriptions: {counts}")
+    fallbacks = counts.get("fallbacks", 0)
+    say(
+        f"descriptions: {counts['total']}/{plural(counts['total'], 'cell')} done, {counts['described']} written, "
+        f"{counts['kept']} kept" + (f", {plural(fallbacks, 'template fallback')}" if fallbacks else "")
+    )
     timings["descriptions_s"] = round(time.perf_counter() - started, 2)
 
     with database.session() as session:

@@ -46,7 +46,7 @@ from db.models import ModelRecord
 from db.queries import DatasetContent, NoDatasetError, active_model, dataset_summary, get_dataset, store_dataset
 from engine.data.city import CityConfig, generate_city, generate_city_for
 from engine.data.ingest_matrix import read_matrix_request
-from engine.data.ingest_table import read_table
+from engine.data.ingest_table import peek_table, read_table
 from engine.data.ingest_tsinghua import read_tsinghua
 from engine.data.store import store_new_dataset
 from engine.env.build import build_environment_for
@@ -68,6 +68,7 @@ from engine.requests import (
     WhatIfRequest,
 )
 from engine.shipped import install, matches, read_manifest
+from engine.text import plural
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -120,7 +121,8 @@ def _dataset_outcome(ctx: JobContext, store: Callable[[Session], Dataset]) -> Ou
     return Outcome(
         f"dataset:{dataset_id}",
         summary,
-        f"stored {summary['dataset']!r}: {summary['entities']} {summary['entity_kind']}s, {summary['cells']} cells",
+        f"stored {summary['dataset']!r}: {plural(summary['entities'], summary['entity_kind'])}, "
+        f"{plural(summary['cells'], 'cell')}",
     )
 
 
@@ -136,6 +138,23 @@ def _read_and_store(ctx: JobContext, read: Callable[[], DatasetContent]) -> Outc
 def _checked(request_type: type[Request]) -> Callable[[dict], dict]:
     """A job kind's parameter check: the request's own (engine/requests.py), back as JSON."""
     return lambda params: request_type.parse(params).with_absolute_files().to_params()
+
+
+def _checked_table(params: dict) -> dict:
+    """The table ingest's check: the request's, then a peek at the files (format, columns, first rows: well
+    under a second), so that a wrong upload is refused on its form instead of failing after the queue. The
+    error names the upload's own name, line and column; its field is the file's role (records, cells,
+    mapping), where the form shows it."""
+    checked = _checked(IngestTableRequest)(params)
+    p = IngestTableRequest.from_params(checked)
+    try:
+        peek_table(p.records, p.cells, p.mapping, entity_kind=p.entity_kind, timezone=p.timezone)
+    except InputError as error:
+        out = _readable(error, params)
+        roles = {str(p.records): "records", str(p.cells): "cells", str(p.mapping): "mapping"}
+        out.field = roles.get(error.file or "", error.field)
+        raise out from None
+    return checked
 
 
 def _city_build(ctx: JobContext) -> Outcome:
@@ -444,7 +463,8 @@ def _load(ctx: JobContext) -> Outcome:
             "users": run["users_forecast"],
             "cells": len(run["cells"]),
         },
-        f"load run {run['run_id']}: {len(run['cells'])} cells, {run['users_forecast']} users in {run['seconds']:.1f} s",
+        f"load run {run['run_id']}: {plural(len(run['cells']), 'cell')}, {plural(run['users_forecast'], 'user')} "
+        f"in {run['seconds']:.1f} s",
     )
 
 
@@ -480,7 +500,7 @@ KINDS: dict[str, JobKind] = {
             IngestTableRequest.TITLE,
             "batch",
             _ingest_table,
-            _checked(IngestTableRequest),
+            _checked_table,
             changes_data=True,
         ),
         JobKind(

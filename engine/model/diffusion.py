@@ -7,9 +7,11 @@ clipped at 0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -148,18 +150,44 @@ def _guided_eps(
     return eps
 
 
-def paired_noise(shape: tuple[int, ...], generator: torch.Generator | None, block: int = 1) -> torch.Tensor:
+NoiseSource = torch.Generator | Sequence[torch.Generator] | None
+
+
+def paired_noise(shape: tuple[int, ...], generator: NoiseSource, block: int = 1) -> torch.Tensor:
     """Standard normal noise of ``shape`` (rows first). With ``block`` >= 2, the rows form consecutive
     blocks of ``block`` (one entity's sample paths) whose second half is the negation of the first
     (antithetic pairs; an odd block's last row is unpaired). Each row is still an exact N(0, I) draw, so
     every sample path is a sample of the model; only the sample *mean* changes: the pairs' errors cancel
     to first order, so the mean of S paired samples is a much better estimate of the model's
-    conditional mean than that of S independent ones (docs/model.md#antithetic-pairs)."""
+    conditional mean than that of S independent ones (docs/model.md#antithetic-pairs).
+
+    ``generator`` a sequence of G generators (one per entity, ``entity_generators``): the rows are G equal
+    consecutive groups, group g drawn from generator g alone, so an entity's noise does not depend on the
+    other entities in the batch (docs/model.md#per-entity-noise)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        groups = len(generator)
+        if groups == 0 or shape[0] % groups:
+            raise ValueError(f"{shape[0]} noise rows do not split into {groups} equal groups")
+        part = (shape[0] // groups, *shape[1:])
+        return torch.cat([paired_noise(part, g, block) for g in generator], dim=0)
     rows = shape[0]
     if block < 2 or rows % block:
         return torch.randn(shape, generator=generator)
     half = torch.randn((rows // block, (block + 1) // 2, *shape[1:]), generator=generator)
     return torch.cat([half, -half[:, : block // 2]], dim=1).reshape(shape)
+
+
+def entity_generators(seed: int, entities: Sequence[int]) -> list[torch.Generator]:
+    """One noise generator per entity row of a forecast with this seed: the entity's sample paths are the same
+    alone or in any batch (and so a city-wide run can be split across processes or machines). An entity listed
+    n times (an event's visitors, copies of one profile) gets n different generators: its 1st, 2nd, ...
+    occurrence in the list."""
+    generators, seen = [], dict[int, int]()
+    for entity in entities:
+        nth = seen[int(entity)] = seen.get(int(entity), -1) + 1
+        state = np.random.SeedSequence([seed, int(entity), nth, 0x0D1FF]).generate_state(2, np.uint32)
+        generators.append(torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1))
+    return generators
 
 
 def predict_x0(
@@ -242,7 +270,7 @@ def sample(
     steps: int = 10,
     guidance: float = 1.0,
     null_cache: HistoryCache | None = None,
-    generator: torch.Generator | None = None,
+    generator: NoiseSource = None,
     x_T: torch.Tensor | None = None,
     offset: torch.Tensor | None = None,
     antithetic: int = 0,

@@ -20,6 +20,7 @@ from app import settings as app_settings
 from db import open_database
 from db.queries import store_dataset
 from engine.data.city import CityConfig, generate_city
+from engine.data.ingest_table import PEEK_ROWS
 from engine.errors import InputError
 from engine.jobs import JobWorker, enqueue, list_jobs, uploads_root
 from engine.jobs.kinds import environment_progress
@@ -154,9 +155,32 @@ def test_ingesting_llmapp_style_csv_files_adds_an_active_data_set(small_db):
     )
 
 
-def test_a_bad_uploaded_file_fails_its_job_naming_the_file_as_uploaded_and_leaves_no_upload_or_data(small_db):
+def test_a_bad_first_row_is_refused_on_the_form_before_anything_is_queued(small_db):
+    """Issue 19: a garbage upload waited 24 minutes behind an evaluation, then failed in 0.4 s. The form
+    peeks at the files when it is submitted (format, columns, first rows) and names the file, line and column
+    under the file's field."""
     before = core_snapshot(small_db)
     at = ingest_table(data_page(), RECORDS.replace("250", "-5"))
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "Not started: records.csv:4: field 'traffic': expected bytes >= 0, found '-5'"
+    ]
+    assert list_jobs(open_database(str(small_db))) == [] and upload_folders() == []
+    assert core_snapshot(small_db) == before
+    at = ingest_table(data_page(), "this is,not\na traffic,table\n")
+    assert [e.value for e in at.error] == [
+        "Not started: records.csv:1: field 'user_id': missing column 'user_id' (the records' entity_id); found "
+        'columns: this is, not (rename the column or map it in a mapping file: "records": {"entity_id": '
+        '"<column>"})'
+    ]
+    assert list_jobs(open_database(str(small_db))) == [] and upload_folders() == []
+
+
+def test_a_bad_row_beyond_the_peek_fails_its_job_naming_the_file_as_uploaded_and_leaves_no_upload_or_data(small_db):
+    before = core_snapshot(small_db)
+    good = "".join(f"7,20160420{9 + i // 60:02d}{i % 60:02d}00,2,9,14,{i}\n" for i in range(PEEK_ROWS))
+    bad = RECORDS + good + "7,20160420113000,2,9,14,-5\n"
+    at = ingest_table(data_page(), bad)
     assert not at.exception and not at.error
     [folder] = upload_folders()  # saved for the worker, one subfolder per upload with its own name
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.csv")) == [
@@ -168,7 +192,10 @@ def test_a_bad_uploaded_file_fails_its_job_naming_the_file_as_uploaded_and_leave
     at.run()
     assert not at.exception
     errors = [e.value for e in at.error]
-    assert errors == ["Ingest a traffic table failed: records.csv:4: field 'traffic': expected bytes >= 0, found '-5'"]
+    line = 4 + PEEK_ROWS + 1
+    assert errors == [
+        f"Ingest a traffic table failed: records.csv:{line}: field 'traffic': expected bytes >= 0, found '-5'"
+    ]
     assert str(folder) not in errors[0]
     assert upload_folders() == []
     assert core_snapshot(small_db) == before
@@ -319,6 +346,8 @@ def test_environment_progress_follows_the_pipeline_stages():
     """The env.build job's progress bar (engine/jobs/kinds.py)."""
     assert environment_progress("tiles: 10/40") == pytest.approx(0.0625)
     assert environment_progress("descriptions: 40/40") == pytest.approx(0.45)
+    assert environment_progress("descriptions: 40/40 cells done, 40 written, 0 kept") == pytest.approx(0.45)
+    assert environment_progress("tiles: 40/40 cells done, 38 tiles stored, 2 missing at the source, 0 failed") == 0.25
     assert environment_progress("CLIP epoch 2/4: loss 1.2") == pytest.approx(0.7)
     assert environment_progress("embedding") is None
 

@@ -263,6 +263,26 @@ def test_start_below_the_model_history_shows_the_message_and_writes_nothing(app_
     assert run_rows(app_db) == []
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("fc_horizon", 9999, "Horizon: expected a value from 1 to 72, got 9999"),
+        ("fc_samples", 100000, "Samples: expected a value from 1 to "),
+        ("fc_horizon", 0, "Horizon: expected a value from 1 to 72, got 0"),
+    ],
+)
+def test_an_out_of_range_number_is_shown_at_its_field_and_disables_the_run(app_db: Path, key, value, message) -> None:
+    """Issue 19: 9999 hours showed red in the browser yet the forecast ran as 24 h, silently."""
+    at = forecast_page(hour="300")
+    at.number_input(key=key).set_value(value).run()
+    assert not at.exception
+    assert at.number_input(key=key).value == value  # kept as typed, not replaced
+    assert any(e.value.startswith(message) for e in at.error), [e.value for e in at.error]
+    assert at.button(key="fc_run").disabled
+    at.button(key="fc_run").click().run()
+    assert jobs_of(app_db) == [] and run_rows(app_db) == []
+
+
 def test_a_failed_forecast_job_shows_the_workers_reason_and_writes_nothing(app_db: Path, tmp_path: Path) -> None:
     gone = tmp_path / "removed-model"  # the active model's folder is gone: the worker cannot load it
     database = open_database(str(app_db))

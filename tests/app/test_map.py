@@ -257,7 +257,7 @@ def test_cells_layer_rows_are_compact_and_carry_the_hours_traffic_and_users() ->
     frame = m.cell_layer_frame(_tiny_city(), 0, "traffic")
     assert list(frame.columns) == ["key", "lon", "lat", "r", "g", "b", "a", "title", "detail"]
     assert list(frame["key"]) == ["A", "B"]  # C has no coordinates
-    assert list(frame["detail"]) == ["4.0 MB · 1 users", "1.0 MB · 1 users"]
+    assert list(frame["detail"]) == ["4.0 MB · 1 user", "1.0 MB · 1 user"]
     land = m.cell_layer_frame(_tiny_city(), 0, "land_use")
     assert (land.loc[0, "r"], land.loc[0, "g"], land.loc[0, "b"]) == LAND_USE_COLORS["park"]
 

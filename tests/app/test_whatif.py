@@ -239,6 +239,21 @@ def test_an_uploaded_tile_travels_inside_the_job_and_is_stored_with_the_scenario
     assert at.dataframe[-2].value["changed"].tolist() == ["uploaded tile"]  # the edited cells' table
 
 
+def test_an_upload_that_is_not_an_image_is_an_error_at_the_tile_and_runs_nothing(app_db):
+    """Issue 19: a non-image uploaded as the tile showed PIL's traceback and hid the Run button."""
+    at = _page(user=USER, hour=START)
+    _start_cell(at)
+    at.radio(key="wi_tile_mode").set_value("upload").run()
+    at.file_uploader(key="wi_upload").set_value(("notes.png", b"these are my notes, not a picture", "image/png"))
+    at.run()
+    assert not at.exception
+    assert "not a readable image (PNG or JPEG expected)" in [e.value for e in at.error]
+    at.button(key="wi_run").click().run()  # the button is still there, and refuses
+    assert not at.exception
+    assert "Not run: correct the fields marked above." in [e.value for e in at.error]
+    assert list_jobs(open_database(str(app_db))) == []
+
+
 def test_a_failed_whatif_job_shows_the_reason_the_worker_found_and_writes_nothing(app_db):
     database = open_database(str(app_db))
     job_id = enqueue(

@@ -298,3 +298,23 @@ def test_enter_in_a_form_that_starts_work_queues_nothing(page, dashboard, link, 
     page.wait_for_timeout(1500)  # a submitted form would have queued its job by now
     assert queued_jobs(dashboard.db_path) == before
     assert exception_texts(page) == []
+
+
+def test_an_out_of_range_horizon_is_named_under_the_field_and_the_run_button_is_disabled(page, dashboard):
+    """Issue 19: Horizon 9999 showed red in the browser while the forecast ran as 24 h; the "1 to 72 hours"
+    message never appeared."""
+    before = queued_jobs(dashboard.db_path)
+    page.goto(f"{dashboard.url}/forecast")
+    wait_rendered(page, PAGES["forecast"][1])
+    field = page.get_by_role("spinbutton", name="Horizon (hours)")
+    field.fill("9999")
+    field.press("Enter")
+    wait_rendered(page, PAGES["forecast"][1])
+    assert field.input_value() == "9999"
+    message = page.get_by_text("Horizon: expected a value from 1 to 72, got 9999")
+    message.scroll_into_view_if_needed()
+    assert message.is_visible()
+    run = page.get_by_role("button", name="Run forecast")
+    assert run.is_disabled()
+    assert queued_jobs(dashboard.db_path) == before
+    assert exception_texts(page) == []

@@ -123,6 +123,39 @@ def test_a_longer_forecast_begins_with_the_shorter_ones_hours(trained, sampler):
     assert np.ptp(long.paths_v[:, :, 0], axis=1).max() > 0  # the paths differ from the first hour on
 
 
+@pytest.mark.parametrize(("sampler", "location"), [("ddim", "habitual"), ("ddpm", "habitual"), ("ddim", "sampled")])
+def test_an_entitys_paths_are_the_same_alone_or_in_any_batch(trained, sampler, location):
+    """Issue 19: one user, seed 0, the same settings, must get the same sample paths whoever shares the batch
+    (its own noise generator, engine/model/diffusion.py entity_generators), path for path, in either order."""
+    database, _ = trained
+    _, forecaster = load_model(database)
+    with database.session() as session:
+        series = load_series(session, get_dataset(session))
+    common = dict(start=300, horizon=4, samples=4, seed=0, sampler=sampler, steps=5, plan=LocationPlan(location))
+    alone = recursive_forecast(forecaster, series, [3], **common)
+    batch = recursive_forecast(forecaster, series, [9, 0, 3, 12, 5], **common)
+    reordered = recursive_forecast(forecaster, series, [3, 5, 9], **common)
+    np.testing.assert_allclose(batch.paths_v[2], alone.paths_v[0], atol=1e-5)
+    np.testing.assert_allclose(reordered.paths_v[0], alone.paths_v[0], atol=1e-5)
+    np.testing.assert_allclose(batch.paths_v[0], reordered.paths_v[2], atol=1e-5)  # user 9 too
+    assert not np.allclose(batch.paths_v[0], batch.paths_v[1])  # but each entity its own noise
+    other_seed = recursive_forecast(forecaster, series, [3], **{**common, "seed": 1})
+    assert not np.allclose(other_seed.paths_v, alone.paths_v)
+
+
+def test_an_entity_listed_twice_gets_two_different_noises():
+    """Copies of one profile (an event's visitors) are different users: each occurrence its own generator."""
+    from engine.model.diffusion import entity_generators, paired_noise
+
+    noise = paired_noise((3 * 4, 2, 5), entity_generators(7, [5, 5, 8]), block=4)
+    assert not torch.allclose(noise[0:4], noise[4:8])
+    assert torch.equal(noise[8:12], paired_noise((4, 2, 5), entity_generators(7, [8]), block=4))
+    assert torch.equal(noise[0:4], paired_noise((4, 2, 5), entity_generators(7, [5]), block=4))
+    assert torch.equal(noise[2:4], -noise[0:2])  # antithetic within each entity's block
+    with pytest.raises(ValueError, match="equal groups"):
+        paired_noise((10, 2, 5), entity_generators(7, [1, 2, 3]), block=1)
+
+
 @pytest.mark.skipif(
     not torch.cuda.is_available(),
     reason="needs a CUDA GPU (the CPU-only check of the device "

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.data.ingest_table import load_mapping, read_table
+from engine.data.ingest_table import PEEK_ROWS, load_mapping, peek_table, read_table
 from engine.errors import InputError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -356,3 +356,36 @@ def test_bad_mapping_is_reported_with_its_file_line_and_key(tmp_path, text, line
 def test_unknown_timezone_option_is_an_error(tmp_path):
     error = error_of(tmp_path, [GOOD], timezone="Nowhere/Special")
     assert error.field == "timezone"
+
+
+# --- the peek at submission (issue 19) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_the_peek_finds_a_bad_first_row_with_the_full_reads_message_but_not_one_beyond_its_rows(tmp_path, suffix):
+    good = [f"u1,2016-04-20T{h:02d}:00:00,9,video,{h}" for h in range(24)] * (PEEK_ROWS // 24 + 1)
+    cells = write(tmp_path / "cells.csv", CELLS)
+
+    def files(rows: list[str]) -> Path:
+        path = records_csv(tmp_path, rows)
+        if suffix == "parquet":
+            pd.read_csv(path, dtype=str).to_parquet(tmp_path / "records.parquet")
+            return tmp_path / "records.parquet"
+        return path
+
+    early = files(["u1,2016-04-20T00:00:00,9,video,7", "u1,yesterday,9,video,7", *good])
+    with pytest.raises(InputError) as peeked:
+        peek_table(early, cells)
+    with pytest.raises(InputError) as full:
+        read_table(early, cells)
+    assert str(peeked.value) == str(full.value) and peeked.value.field == "timestamp"
+    assert peeked.value.line == (3 if suffix == "csv" else 2)
+
+    late = files([*good, "u1,2016-04-21T00:00:00,12345,video,7"])  # an unknown cell past the peeked rows
+    assert peek_table(late, cells) is None
+    with pytest.raises(InputError, match="unknown cell '12345'"):
+        read_table(late, cells)
+    with pytest.raises(InputError, match="missing column 'bytes'"):
+        peek_table(write(tmp_path / "other.csv", "entity_id,timestamp,cell_id,service\nu1,2016-04-20,9,x\n"), cells)
+    with pytest.raises(InputError, match="no such records file"):
+        peek_table(tmp_path / "absent.csv", cells)
