@@ -28,6 +28,7 @@ from db.models import utcnow
 from engine import jobs
 from engine.errors import InputError
 from engine.jobs import JobView
+from engine.text import plural
 
 POLL_SECONDS = 1.0
 NO_WORKER = (
@@ -159,6 +160,41 @@ def elapsed_text(job: JobView) -> str:
     return f"queued {waited:.0f} s ago"
 
 
+def duration_text(seconds: float) -> str:
+    """'about 40 s', 'about 3 min', 'about 1.5 h'."""
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"about {round(seconds / 60)} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+def queue_text(outlook: jobs.QueueOutlook | None) -> str:
+    """Where a queued job stands: its place in its lane, what runs before it, and when it should start and
+    end (from the median run time of past jobs of each kind)."""
+    if outlook is None:
+        return "Waiting for the worker ..."
+    running = [j for j in outlook.ahead if j.status == "running"]
+    queued = [j for j in outlook.ahead if j.status == "queued"]
+    parts = []
+    if running:
+        parts.append(f"behind **{running[0].title}** (running, {running[0].progress:.0%})")
+    if queued:
+        parts.append(f"{plural(len(queued), 'job')} queued before it")
+    place = "next" if not outlook.ahead else "; ".join(parts)
+    text = f"Waiting in the {outlook.lane} queue: {place}."
+    if outlook.start_in is not None and outlook.ahead:
+        text += f" Starts in {duration_text(outlook.start_in)}"
+        text += f", done {duration_text(outlook.start_in + outlook.run_for)} from now." if outlook.run_for else "."
+    elif outlook.run_for is not None and not outlook.ahead:
+        text += f" Runs {duration_text(outlook.run_for)}."
+    if outlook.unknown:
+        text += f" No estimate for {', '.join(outlook.unknown)}: no finished job of that kind yet."
+    else:
+        text += " (Estimates: the median run time of the last jobs of each kind.)"
+    return text
+
+
 def show_progress(job: JobView, *, key: str, worker_note: bool = True) -> None:
     """An active job: title, progress bar with its message, elapsed time, Cancel and, for a queued job,
     that it waits for the worker (with a warning when none is alive, unless ``worker_note`` is off
@@ -176,7 +212,7 @@ def show_progress(job: JobView, *, key: str, worker_note: bool = True) -> None:
         )
         st.progress(job.progress, text=job.message or job.status)
         if job.status == "queued":
-            st.caption("Waiting for the worker ...")
+            st.caption(queue_text(jobs.queue_outlook(database(), job.id)))
             if worker_note and not jobs.live_workers(database()):
                 st.warning(NO_WORKER, icon=":material/warning:")
 

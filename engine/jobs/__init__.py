@@ -36,6 +36,7 @@ Decisions
 
 from engine.jobs.kinds import KINDS, environment_progress
 from engine.jobs.queue import (
+    QueueOutlook,
     cancel,
     discard_uploads,
     enqueue,
@@ -44,6 +45,7 @@ from engine.jobs.queue import (
     list_jobs,
     live_workers,
     new_uploads_dir,
+    queue_outlook,
     uploads_root,
     wait_for,
 )
@@ -72,6 +74,7 @@ __all__ = [
     "JobView",
     "JobWorker",
     "Outcome",
+    "QueueOutlook",
     "WorkerStopping",
     "cancel",
     "discard_uploads",
@@ -82,6 +85,7 @@ __all__ = [
     "list_jobs",
     "live_workers",
     "new_uploads_dir",
+    "queue_outlook",
     "uploads_root",
     "wait_for",
 ]

@@ -8,6 +8,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -152,3 +153,77 @@ def discard_uploads(params: dict) -> None:
     path, root = Path(folder).resolve(), uploads_root().resolve()
     if root in path.parents:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# --- where a queued job stands ------------------------------------------------------------------------
+
+HISTORY_JOBS = 20  # past runs of a kind whose median run time is its estimate
+MIN_PROGRESS_FOR_RATE = 0.05  # below this a running job's remaining time is the kind's median less its age
+
+
+@dataclass(frozen=True)
+class QueueOutlook:
+    """Where a queued job stands in its lane (one lane runs one job at a time): the jobs ahead of it (the
+    lane's running one first), and the estimated seconds until it starts and that it then runs. An estimate
+    is None where a kind has no finished run to go by (``unknown`` names those kinds)."""
+
+    lane: str
+    position: int  # 1: it starts next
+    ahead: list[JobView]
+    start_in: float | None
+    run_for: float | None
+    unknown: list[str]
+
+
+def typical_seconds(database: Database, kind: str) -> float | None:
+    """The median run time of the last finished (done) jobs of this kind, or None without any."""
+    with database.session() as session:
+        rows = session.execute(
+            select(Job.started_at, Job.finished_at)
+            .where(Job.kind == kind, Job.status == "done", Job.started_at.is_not(None), Job.finished_at.is_not(None))
+            .order_by(Job.id.desc())
+            .limit(HISTORY_JOBS)
+        ).all()
+    seconds = sorted(max(0.0, (end - start).total_seconds()) for start, end in rows if start and end)
+    if not seconds:
+        return None
+    middle = len(seconds) // 2
+    return seconds[middle] if len(seconds) % 2 else (seconds[middle - 1] + seconds[middle]) / 2
+
+
+def remaining_seconds(job: JobView, typical: float | None) -> float | None:
+    """A running job's time left: from its own rate once it reported some progress, else the kind's median
+    less its age; a queued job's: the kind's median."""
+    if job.status != "running":
+        return typical
+    age = job.seconds or 0.0
+    if job.progress >= MIN_PROGRESS_FOR_RATE:
+        return max(0.0, age / job.progress - age)
+    return None if typical is None else max(0.0, typical - age)
+
+
+def queue_outlook(database: Database, job_id: int) -> QueueOutlook | None:
+    """The outlook of a queued job (None when it is not queued any more)."""
+    job = get_job(database, job_id)
+    kind = KINDS.get(job.kind)
+    if job.status != "queued" or kind is None:
+        return None
+    lane_kinds = [name for name, other in KINDS.items() if other.lane == kind.lane]
+    with database.session() as session:
+        rows = session.scalars(
+            select(Job)
+            .where(
+                Job.kind.in_(lane_kinds),
+                (Job.status == "running") | ((Job.status == "queued") & (Job.id < job.id)),
+            )
+            .order_by((Job.status == "queued").asc(), Job.id)
+        ).all()
+        ahead = [job_view(row) for row in rows]
+    typical = {name: typical_seconds(database, name) for name in {j.kind for j in ahead} | {job.kind}}
+    waits = [remaining_seconds(j, typical[j.kind]) for j in ahead]
+    unknown = sorted({j.kind for j, wait in zip(ahead, waits, strict=True) if wait is None})
+    if typical[job.kind] is None:
+        unknown = sorted({*unknown, job.kind})
+    start_in = None if any(wait is None for wait in waits) else float(sum(w for w in waits if w is not None))
+    return QueueOutlook(kind.lane, len([j for j in ahead if j.status == "queued"]) + 1, ahead, start_in,
+                        typical[job.kind], unknown)  # fmt: skip

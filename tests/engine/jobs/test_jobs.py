@@ -444,3 +444,60 @@ def test_a_tsinghua_ingest_job_stores_the_data_set_with_progress_messages(db_pat
         stored = session.get(Dataset, done.ref_id("dataset"))
         assert stored.name == "th" and stored.is_active and stored.kind == "tsinghua"
     assert refused.status == "failed" and "exists already" in refused.error and refused.result["field"] == "name"
+
+
+def test_a_queued_job_knows_its_place_and_when_it_should_start_and_end(small):
+    """Issue 19: a garbage upload waited 24 minutes behind an evaluation with no queue position or estimate.
+    Estimates: each kind's median past run time; a running job's time left from its own progress rate."""
+    from datetime import timedelta
+
+    from app.jobs_ui import queue_text
+    from db.models import utcnow
+    from engine.jobs import queue_outlook
+
+    database = open_database(str(small))
+    now = utcnow()
+    with database.write_session() as session, session.begin():
+        for minutes in (10, 20, 30):  # three past evaluations: median 20 min
+            session.add(
+                Job(kind="evaluate", params={}, status="done", progress=1.0, attempts=1,
+                    created_at=now - timedelta(hours=2), started_at=now - timedelta(hours=2),
+                    finished_at=now - timedelta(hours=2) + timedelta(minutes=minutes))
+            )  # fmt: skip
+        session.add(  # one past table ingest: 30 s
+            Job(kind="ingest.table", params={}, status="done", progress=1.0, attempts=1, created_at=now,
+                started_at=now - timedelta(hours=1), finished_at=now - timedelta(hours=1) + timedelta(seconds=30))
+        )  # fmt: skip
+        running = Job(kind="evaluate", params={}, status="running", progress=0.5, attempts=1, created_at=now,
+                      started_at=now - timedelta(minutes=5), heartbeat_at=now)  # fmt: skip
+        session.add(running)
+        session.flush()
+        running_id = running.id
+    forecast = enqueue(database, "forecast", {"entity": "user:U0001", "start": 30, "horizon": 2, "samples": 2})
+    train = enqueue(database, "train", {"config": "tiny"})
+    ingest = enqueue(database, "city.build", {"users": 10, "cells": 12, "days": 2, "seed": 3, "name": "q"})
+
+    ahead_of_train = queue_outlook(database, train)
+    assert ahead_of_train.lane == "batch" and ahead_of_train.position == 1
+    assert [j.kind for j in ahead_of_train.ahead] == ["evaluate"]
+    assert ahead_of_train.start_in == pytest.approx(5 * 60, abs=30)  # 5 min for half: 5 min left
+    assert ahead_of_train.run_for is None and ahead_of_train.unknown == ["train"]
+    behind = queue_outlook(database, ingest)
+    assert behind.position == 2 and [j.kind for j in behind.ahead] == ["evaluate", "train"]
+    assert behind.start_in is None and behind.unknown == ["city.build", "train"]  # no finished run to go by
+    text = queue_text(behind)
+    assert "behind **Evaluate" in text and "(running, 50%)" in text and "1 job queued before it" in text
+    assert "No estimate for city.build, train" in text
+    # The interactive lane is another queue: the forecast starts next, whatever the batch lane holds.
+    first = queue_outlook(database, forecast)
+    assert (first.lane, first.position, first.ahead) == ("interactive", 1, [])
+    assert queue_text(first).startswith("Waiting in the interactive queue: next.")
+    cancel(database, train)
+    with database.write_session() as session, session.begin():
+        session.add(Job(kind="city.build", params={}, status="done", progress=1.0, attempts=1, created_at=now,
+                        started_at=now - timedelta(minutes=3), finished_at=now - timedelta(minutes=1)))  # fmt: skip
+    estimated = queue_outlook(database, ingest)
+    assert estimated.position == 1 and estimated.start_in == pytest.approx(5 * 60, abs=30)
+    assert estimated.run_for == pytest.approx(120)
+    assert "Starts in about 5 min, done about 7 min from now." in queue_text(estimated)
+    assert queue_outlook(database, running_id) is None  # running: not queued
