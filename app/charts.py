@@ -112,50 +112,143 @@ def radar(
     return chart.properties(title=title) if title else chart
 
 
+FAN_HEADROOM = 1.5  # the y axis reaches this times the largest median, 75 % quantile or observed value
+FAN_LEGEND = ("observed", "truth", "median", "50 % of paths", "90 % of paths")
+
+
+def tint(color: str, amount: float) -> str:
+    """``color`` (#rrggbb) mixed with white: amount 0 is the colour, 1 is white."""
+    rgb = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(c + (255 - c) * amount):02x}" for c in rgb)
+
+
+def fan_top(frame: pd.DataFrame, history: pd.DataFrame | None = None) -> tuple[float | None, bool]:
+    """The fan's y-axis top and whether the 90 % band is cut there.
+
+    Robust to a single outlier path: the axis reaches the 95 % quantile only when that is at most
+    ``FAN_HEADROOM`` times the largest of the median, the 75 % quantile, the truth and the observed hours;
+    beyond that the band is clipped (and the chart says so), so that one far path cannot flatten the median.
+    None: nothing to scale by (all zero)."""
+    core = [frame[c].max() for c in ("median", "q75", "truth") if c in frame]
+    if history is not None and len(history):
+        core.append(history["observed"].max())
+    base = float(np.nanmax(core)) if core and np.isfinite(np.nanmax(core)) else 0.0
+    q95 = float(frame["q95"].max()) if len(frame) else 0.0
+    if base <= 0:
+        return (q95 or None), False
+    return (q95, False) if q95 <= FAN_HEADROOM * base else (FAN_HEADROOM * base, True)
+
+
 def fan_chart(
-    frame: pd.DataFrame, *, service: str, color: str, height: int = 180, y_title: str = "MB", y_max: float | None = None
+    frame: pd.DataFrame,
+    *,
+    service: str,
+    color: str,
+    height: int = 180,
+    y_title: str = "MB",
+    y_max: float | None = None,
+    history: pd.DataFrame | None = None,
 ) -> alt.LayerChart:
-    """A forecast fan for one service: 90 % band (q05..q95), 50 % band (q25..q75), median line, truth dots.
+    """A forecast fan for one service: 90 % band (q05..q95), 50 % band (q25..q75), median line, truth dots,
+    and the observed hours before the start (``history``: ``label``, ``step`` < 0, ``observed``) as a grey
+    line, with a legend.
 
     ``frame`` columns: ``label`` (e.g. "Tue 14:00"), ``step`` (ordering), ``q05 q25 median q75 q95`` and
     ``truth`` (NaN where unknown), in the unit of ``y_title``. ``y_max`` fixes the y range (charts shown
-    side by side for comparison share one).
+    side by side for comparison share one); by default ``fan_top``, with "(90 % band clipped at ...)" in the
+    title when the band goes beyond it. Tooltips: the hour and values to 3 significant digits.
     """
-    x = alt.X(
-        "label:N",
-        sort=list(frame.sort_values("step")["label"]),
-        title=None,
-        axis=alt.Axis(labelAngle=-45, labelOverlap=True),
+    history = history if history is not None and len(history) else None
+    order = ([] if history is None else list(history.sort_values("step")["label"])) + list(
+        frame.sort_values("step")["label"]
     )
+    x = alt.X("label:N", sort=order, title=None, axis=alt.Axis(labelAngle=-45, labelOverlap=True))
+    clipped = False
+    if y_max is None:
+        y_max, clipped = fan_top(frame, history)
+    scale = alt.Scale(domain=[0, y_max], clamp=True) if y_max else alt.Undefined
+    colours = {
+        "observed": GREY,
+        "truth": "#1f2933",
+        "median": color,
+        "50 % of paths": tint(color, 0.45),
+        "90 % of paths": tint(color, 0.78),
+    }
+    shown = [name for name in FAN_LEGEND if name != "observed" or history is not None]
+    if "truth" not in frame or not frame["truth"].notna().any():
+        shown.remove("truth")
+    legend = alt.Color(
+        "series:N",
+        scale=alt.Scale(domain=shown, range=[colours[name] for name in shown]),
+        legend=alt.Legend(title=None, orient="top", symbolType="square"),
+    )
+
+    def series(chart: alt.Chart, name: str) -> alt.Chart:
+        return chart.transform_calculate(series=f"'{name}'")
+
+    def tip(field: str, name: str) -> alt.Tooltip:
+        return alt.Tooltip(f"{field}:Q", format=".3r", title=f"{name} ({y_title})")
+
     base = alt.Chart(frame)
-    scale = alt.Scale(domain=[0, y_max]) if y_max else alt.Undefined
-    band90 = base.mark_area(opacity=0.18, color=color).encode(
-        x=x, y=alt.Y("q05:Q", title=y_title, scale=scale), y2="q95:Q"
+    hour = alt.Tooltip("label:N", title="hour")
+    band90 = (
+        series(base, "90 % of paths")
+        .mark_area(clip=True)
+        .encode(
+            x=x,
+            y=alt.Y("q05:Q", title=y_title, scale=scale),
+            y2="q95:Q",
+            color=legend,
+            tooltip=[hour, tip("q05", "5 %"), tip("q95", "95 %")],
+        )
     )
-    band50 = base.mark_area(opacity=0.35, color=color).encode(x=x, y="q25:Q", y2="q75:Q")
-    median = base.mark_line(color=color, strokeWidth=2).encode(
-        x=x,
-        y="median:Q",
-        order=alt.Order("step:Q"),
-        tooltip=[
-            alt.Tooltip("label:N", title="hour"),
-            alt.Tooltip("median:Q", format=".3f", title="median MB"),
-            alt.Tooltip("q05:Q", format=".3f", title="5%"),
-            alt.Tooltip("q95:Q", format=".3f", title="95%"),
-        ],
+    band50 = (
+        series(base, "50 % of paths")
+        .mark_area(clip=True)
+        .encode(
+            x=x,
+            y=alt.Y("q25:Q", scale=scale),
+            y2="q75:Q",
+            color=legend,
+            tooltip=[hour, tip("q25", "25 %"), tip("q75", "75 %")],
+        )
     )
-    layers = [band90, band50, median]
-    if "truth" in frame and frame["truth"].notna().any():
-        layers.append(
-            base.transform_filter("isValid(datum.truth)")
-            .mark_point(color="#1f2933", filled=True, size=28)
+    median = (
+        series(base, "median")
+        .mark_line(strokeWidth=2, clip=True)
+        .encode(
+            x=x,
+            y=alt.Y("median:Q", scale=scale),
+            order=alt.Order("step:Q"),
+            color=legend,
+            tooltip=[hour, tip("median", "median"), tip("q05", "5 %"), tip("q95", "95 %")],
+        )
+    )
+    layers: list[alt.Chart] = [band90, band50, median]
+    if history is not None:
+        observed = (
+            series(alt.Chart(history), "observed")
+            .mark_line(strokeWidth=1.5, clip=True)
             .encode(
                 x=x,
-                y="truth:Q",
-                tooltip=[alt.Tooltip("label:N", title="hour"), alt.Tooltip("truth:Q", format=".3f", title="truth MB")],
+                y=alt.Y("observed:Q", scale=scale),
+                order=alt.Order("step:Q"),
+                color=legend,
+                tooltip=[hour, tip("observed", "observed")],
             )
         )
-    return alt.layer(*layers).properties(title=service, height=height)
+        layers.insert(0, observed)
+    if "truth" in shown:
+        truth = (
+            series(base.transform_filter("isValid(datum.truth)"), "truth")
+            .mark_point(filled=True, size=28, opacity=1, clip=True)
+            .encode(x=x, y=alt.Y("truth:Q", scale=scale), color=legend, tooltip=[hour, tip("truth", "truth")])
+        )
+        layers.append(truth)
+    title: str | alt.TitleParams = service
+    if clipped and y_max:
+        title = alt.TitleParams(service, subtitle=f"90 % band clipped at {y_max:.3g} {y_title}")
+    return alt.layer(*layers).properties(title=title, height=height)
 
 
 def service_heatmap(

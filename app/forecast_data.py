@@ -309,16 +309,67 @@ def step_frame(steps: list[dict], service: str | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["label", "step", "hour", "mean", *QUANTILE_KEYS, "truth"])
 
 
-def service_fans(entity: dict, services: tuple[str, ...] | list[str]) -> list[alt.LayerChart]:
-    """One fan chart per service (MB), in the data set's service order and colours."""
+HISTORY_HOURS = 48  # observed hours drawn before a fan's first forecast hour
+
+
+def history_frame(observed: np.ndarray | None, start: int, origin: datetime, service: int | None) -> pd.DataFrame:
+    """The observed hours before a forecast's start (at most ``HISTORY_HOURS``) in MB: ``label``, ``step``
+    (< 0) and ``observed``; ``observed`` is the entity's (hours, services) bytes, ``service`` None: all."""
+    columns = ["label", "step", "observed"]
+    if observed is None:
+        return pd.DataFrame(columns=columns)
+    first, last = max(0, start - HISTORY_HOURS), min(start, len(observed))
+    values = observed[first:last].sum(axis=1) if service is None else observed[first:last, service]
+    return pd.DataFrame(
+        {
+            "label": [hour_label(origin, h) for h in range(first, last)],
+            "step": [h - start for h in range(first, last)],
+            "observed": megabytes(values),
+        },
+        columns=columns,
+    )
+
+
+def service_fans(
+    entity: dict,
+    services: tuple[str, ...] | list[str],
+    observed: np.ndarray | None = None,
+    origin: datetime | None = None,
+) -> list[alt.LayerChart]:
+    """One fan chart per service (MB), in the data set's service order and colours, each after the
+    entity's observed hours (``observed``: its (hours, services) bytes, with the data set's ``origin``)."""
+    start = int(entity["steps"][0]["hour"]) if entity["steps"] else 0
     return [
-        fan_chart(step_frame(entity["steps"], name), service=name, color=color)
-        for name, color in zip(services, service_colors(services), strict=True)
+        fan_chart(
+            step_frame(entity["steps"], name),
+            service=name,
+            color=color,
+            history=None if origin is None else history_frame(observed, start, origin, k),
+        )
+        for k, (name, color) in enumerate(zip(services, service_colors(services), strict=True))
     ]
 
 
-def total_fan(entity: dict, title: str = "Total traffic", y_max: float | None = None) -> alt.LayerChart:
-    return fan_chart(step_frame(entity["steps"]), service=title, color="#1f2933", height=220, y_max=y_max)
+def total_fan(
+    entity: dict,
+    title: str = "Total traffic",
+    y_max: float | None = None,
+    observed: np.ndarray | None = None,
+    origin: datetime | None = None,
+) -> alt.LayerChart:
+    start = int(entity["steps"][0]["hour"]) if entity["steps"] else 0
+    history = None if origin is None else history_frame(observed, start, origin, None)
+    return fan_chart(
+        step_frame(entity["steps"]), service=title, color="#1f2933", height=220, y_max=y_max, history=history
+    )
+
+
+def observed_traffic(dataset_id: int, entity_name: str, hours: int, n_services: int) -> np.ndarray | None:
+    """The (hours, services) bytes of a run's entity ("user:U0001"), or None when the data set lacks it."""
+    key = entity_name.split(":", 1)[-1]
+    with database().session() as session:
+        entity = queries.find_entity(session, dataset_id, key)
+        return None if entity is None else queries.entity_matrix(session, entity.id, hours, n_services)
 
 
 def known_steps(entity: dict) -> list[dict]:
@@ -601,19 +652,29 @@ class RunViews:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_run_views(
-    url: str, dataset_id: int, revision: int, run_id: int, entity_name: str, services: tuple[str, ...]
+    url: str,
+    dataset_id: int,
+    revision: int,
+    run_id: int,
+    entity_name: str,
+    services: tuple[str, ...],
+    origin: datetime | None = None,
+    data_hours: int = 0,
 ) -> RunViews | None:
+    """The run's charts for one entity; with ``origin`` and ``data_hours``, each fan after the entity's last
+    observed hours (``HISTORY_HOURS``)."""
     run = cached_run(url, dataset_id, revision, run_id)
     if run is None or entity_name not in run.entity_names:
         return None
     entity = run.entity(entity_name)
     mix, hours = forecast_mix(entity, services)
+    observed = observed_traffic(dataset_id, entity_name, data_hours, len(services)) if origin and data_hours else None
     return RunViews(
-        total=total_fan(entity, f"Total traffic · {entity_name}").to_dict(),
+        total=total_fan(entity, f"Total traffic · {entity_name}", observed=observed, origin=origin).to_dict(),
         mix=mix_chart(mix, services).to_dict(),
         mix_hours=hours,
         mix_has_truth="truth" in set(mix["series"]),
-        fans=[chart.to_dict() for chart in service_fans(entity, services)],
+        fans=[chart.to_dict() for chart in service_fans(entity, services, observed, origin)],
     )
 
 

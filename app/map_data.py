@@ -28,6 +28,7 @@ from app.common import LAND_USE_COLORS, format_bytes
 from db.models import Dataset
 from db.queries import entities_of, hourly_entity_bytes, location_rows
 from engine.env.tiles import cells_for_dataset, infer_land_use, render_city_mosaic
+from engine.text import plural
 
 HOURS_PER_WEEK = 168
 COLOR_MODES = ("traffic", "land_use")
@@ -210,7 +211,7 @@ def cell_layer_frame(city: CityData, hour: int, color: str) -> pd.DataFrame:
             "b": rgba[:, 2],
             "a": rgba[:, 3],
             "title": cells["key"] + " · " + use,
-            "detail": mb + " MB · " + pd.Series(present, index=cells.index).astype(str) + " users",
+            "detail": mb + " MB · " + pd.Series([plural(int(n), "user") for n in present], index=cells.index),
         }
     ).reset_index(drop=True)
 

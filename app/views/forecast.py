@@ -233,7 +233,7 @@ def show_run(run: fd.StoredRun) -> None:
     # One picker per run: another run has other users, and its picker starts at the first of them.
     shown = st.selectbox(noun.capitalize(), names, key=f"fc_entity_{run.id}") if len(names) > 1 else names[0]
 
-    views = fd.cached_run_views(url, info.id, revision(), run.id, shown, info.services)
+    views = fd.cached_run_views(url, info.id, revision(), run.id, shown, info.services, info.time_origin, info.hours)
     left, right = st.columns([3, 2])
     left.vega_lite_chart(views.total, theme=None, width="stretch")
     right.vega_lite_chart(views.mix, theme=None, width="stretch")

@@ -32,13 +32,16 @@ def job_view(job: Job) -> JobView:
 
 def enqueue(database: Database, kind: str, params: dict | None = None) -> int:
     """Check the request and queue it; returns the job id. Bad requests raise InputError naming the
-    field; nothing is written then."""
+    field; nothing is written then, and the request's upload folder is removed."""
     if kind not in KINDS:
         raise InputError(f"unknown job kind {kind!r}; expected one of {', '.join(sorted(KINDS))}", field="kind")
-    checked = KINDS[kind].check(dict(params or {}))
     try:
+        checked = KINDS[kind].check(dict(params or {}))
         json.dumps(checked)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError) as error:  # InputError is a ValueError
+        discard_uploads(params or {})  # a refused request never runs: its uploads would be left behind
+        if isinstance(error, InputError):
+            raise
         raise InputError(f"the parameters must be plain JSON values: {error}", field="params") from None
     with database.write_session() as session, session.begin():
         job = Job(

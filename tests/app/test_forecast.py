@@ -58,6 +58,36 @@ def fans_by_title(at: AppTest) -> dict[str, pd.DataFrame]:
     return out
 
 
+def observed_before(at: AppTest, title: str) -> pd.DataFrame:
+    """The observed hours drawn before a fan's forecast (its data set with an ``observed`` column)."""
+    for element in at.get("vega_lite_chart"):
+        if title in json.dumps(json.loads(element.proto.spec), ensure_ascii=False):
+            for data in chart_datasets(element):
+                if "observed" in data.columns:
+                    return data.sort_values("step")
+    raise AssertionError(f"no observed hours in {title!r}")
+
+
+def test_a_single_far_path_clips_the_90_percent_band_instead_of_flattening_the_median():
+    """Issue 19: a 90 % band to 75 MB while the median was near 1 MB made the median a flat line."""
+    from app.charts import FAN_HEADROOM, fan_chart, fan_top
+
+    steps = pd.DataFrame(
+        {"label": ["a", "b", "c"], "step": [0, 1, 2], "q05": [0.1] * 3, "q25": [0.5] * 3, "median": [1.0, 1.2, 0.9],
+         "q75": [1.5, 1.6, 1.4], "q95": [2.0, 75.0, 2.2], "truth": [1.1, np.nan, 1.0]}
+    )  # fmt: skip
+    top, clipped = fan_top(steps)
+    assert clipped and top == pytest.approx(FAN_HEADROOM * 1.6)
+    spec = fan_chart(steps, service="video", color="#4e79a7").to_dict()
+    assert spec["title"]["subtitle"] == f"90 % band clipped at {top:.3g} MB"
+    assert spec["layer"][0]["encoding"]["y"]["scale"]["domain"] == [0, top]
+    calm = steps.assign(q95=[2.0, 2.3, 2.2])
+    assert fan_top(calm) == (pytest.approx(2.3), False)  # within the headroom: the whole band is shown
+    assert fan_chart(calm, service="video", color="#4e79a7").to_dict()["title"] == "video"
+    history = pd.DataFrame({"label": ["y", "z"], "step": [-2, -1], "observed": [9.0, 0.5]})
+    assert fan_top(steps, history) == (pytest.approx(9.0 * FAN_HEADROOM), True)  # the past counts too
+
+
 def radar_data(at: AppTest) -> pd.DataFrame:
     for element in at.get("vega_lite_chart"):
         for data in chart_datasets(element):
@@ -206,6 +236,18 @@ def test_the_form_queues_a_forecast_job_and_the_page_draws_the_stored_run_with_t
         assert list(fan["label"]) == ["Sat 12:00", "Sat 13:00", "Sat 14:00"]  # hour 300 = Sat 30 Apr 12:00
         np.testing.assert_allclose(fan["truth"], matrix[300:303, k] / 1e6)  # truth overlaid, in MB
         assert (fan["q05"] <= fan["median"] + 1e-12).all() and (fan["median"] <= fan["q95"] + 1e-12).all()
+    # Each fan follows the user's last 48 observed hours (issue 19), with a legend and readable tooltips.
+    history = observed_before(at, "Total traffic · user:U0001")
+    assert list(history["step"]) == list(range(-48, 0))
+    np.testing.assert_allclose(history["observed"], matrix[252:300].sum(axis=1) / 1e6)
+    assert history["label"].iloc[-1] == "Sat 11:00"
+    spec = next(json.loads(e.proto.spec) for e in at.get("vega_lite_chart") if "Total traffic" in e.proto.spec)
+    assert spec["title"] == "Total traffic · user:U0001"
+    colours = [layer["encoding"]["color"] for layer in spec["layer"]]
+    assert colours[0]["scale"]["domain"] == ["observed", "truth", "median", "50 % of paths", "90 % of paths"]
+    tooltips = [t for layer in spec["layer"] for t in layer["encoding"].get("tooltip", [])]
+    assert {t["title"] for t in tooltips} >= {"hour", "median (MB)", "5 % (MB)", "95 % (MB)", "observed (MB)"}
+    assert all(t.get("format") == ".3r" for t in tooltips if t["title"] != "hour")
     radar = radar_data(at)
     assert set(radar["series"]) == {"truth", "forecast"}
     metrics = at.dataframe[1].value  # parameters, then scores
@@ -255,20 +297,20 @@ def test_start_below_the_model_history_shows_the_message_and_writes_nothing(app_
     assert at.select_slider(key="fc_start").value == 5
     assert any("24 hours of history" in e.value for e in at.error)  # shown at once, under the field
     fill_small_request(at, start=5)
-    at.button(key="fc_run").click().run()
+    at.run()
     assert not at.exception
     messages = [e.value for e in at.error]
     assert any("24 hours of history" in m for m in messages)
-    assert any("Not run" in m for m in messages)
-    assert run_rows(app_db) == []
+    assert at.button(key="fc_run").disabled  # the Run button waits for a valid start
+    assert run_rows(app_db) == [] and jobs_of(app_db) == []
 
 
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("fc_horizon", 9999, "Horizon: expected a value from 1 to 72, got 9999"),
+        ("fc_horizon", 9999, "Horizon: expected a value from 1 to 168, got 9999"),
         ("fc_samples", 100000, "Samples: expected a value from 1 to "),
-        ("fc_horizon", 0, "Horizon: expected a value from 1 to 72, got 0"),
+        ("fc_horizon", 0, "Horizon: expected a value from 1 to 168, got 0"),
     ],
 )
 def test_an_out_of_range_number_is_shown_at_its_field_and_disables_the_run(app_db: Path, key, value, message) -> None:
@@ -278,8 +320,7 @@ def test_an_out_of_range_number_is_shown_at_its_field_and_disables_the_run(app_d
     assert not at.exception
     assert at.number_input(key=key).value == value  # kept as typed, not replaced
     assert any(e.value.startswith(message) for e in at.error), [e.value for e in at.error]
-    assert at.button(key="fc_run").disabled
-    at.button(key="fc_run").click().run()
+    assert at.button(key="fc_run").disabled  # nothing to click (AppTest refuses, as a browser would)
     assert jobs_of(app_db) == [] and run_rows(app_db) == []
 
 

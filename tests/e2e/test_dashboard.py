@@ -302,7 +302,7 @@ def test_enter_in_a_form_that_starts_work_queues_nothing(page, dashboard, link, 
 
 def test_an_out_of_range_horizon_is_named_under_the_field_and_the_run_button_is_disabled(page, dashboard):
     """Issue 19: Horizon 9999 showed red in the browser while the forecast ran as 24 h; the "1 to 72 hours"
-    message never appeared."""
+    message never appeared (the range is 1 to 168 hours)."""
     before = queued_jobs(dashboard.db_path)
     page.goto(f"{dashboard.url}/forecast")
     wait_rendered(page, PAGES["forecast"][1])
@@ -311,7 +311,7 @@ def test_an_out_of_range_horizon_is_named_under_the_field_and_the_run_button_is_
     field.press("Enter")
     wait_rendered(page, PAGES["forecast"][1])
     assert field.input_value() == "9999"
-    message = page.get_by_text("Horizon: expected a value from 1 to 72, got 9999")
+    message = page.get_by_text("Horizon: expected a value from 1 to 168, got 9999")
     message.scroll_into_view_if_needed()
     assert message.is_visible()
     run = page.get_by_role("button", name="Run forecast")

@@ -151,7 +151,8 @@ def test_a_failing_job_records_its_reason_and_writes_nothing(city):
 def test_cancelling_a_queued_job_is_immediate_and_removes_its_uploads(city):
     database = open_database(str(city))
     folder = new_uploads_dir()
-    (folder / "records.csv").write_text("user,hour\n")
+    (folder / "records.csv").write_text("entity_id,timestamp,cell_id,service,bytes\nu1,2016-04-20T08:00,c1,video,1\n")
+    (folder / "cells.csv").write_text("cell_id,lat,lon\nc1,31.2,121.4\n")
     job_id = enqueue(database, "forecast", {"entity": "user:U0003", "start": 310})
     assert cancel(database, job_id) == "cancelled"
     assert get_job(database, job_id).status == "cancelled"
@@ -160,35 +161,46 @@ def test_cancelling_a_queued_job_is_immediate_and_removes_its_uploads(city):
     upload_job = enqueue(
         database,
         "ingest.table",
-        {"records": str(folder / "records.csv"), "cells": str(folder / "records.csv"), "uploads_dir": str(folder)},
+        {"records": str(folder / "records.csv"), "cells": str(folder / "cells.csv"), "uploads_dir": str(folder)},
     )
     assert cancel(database, upload_job) == "cancelled" and not folder.exists()
     assert cancel(database, job_id) == "cancelled"  # finished jobs stay as they are
 
 
-def test_a_failed_ingest_names_the_uploaded_file_and_removes_the_folder(city):
+@pytest.mark.parametrize("bad_row", [1, 300])
+def test_a_failed_ingest_names_the_uploaded_file_and_removes_the_folder(city, bad_row):
+    """A bad first row is refused when queued (the peek, engine/data/ingest_table.py peek_table); one further
+    down fails the job. Either way the message names the file as uploaded and the upload folder goes."""
+    from engine.data.ingest_table import PEEK_ROWS
+
     database = open_database(str(city))
     folder = new_uploads_dir()
     (folder / "records").mkdir()
     (folder / "cells").mkdir()
     records, cells = folder / "records" / "traffic.csv", folder / "cells" / "towers.csv"
-    records.write_text("user,timestamp,service,bytes,cell\nu1,not-a-time,video,10,c1\n")
-    cells.write_text("cell,lat,lon\nc1,31.2,121.4\n")
+    rows = [f"u1,2016-04-20T{h % 24:02d}:00:00,video,10,c1" for h in range(400)]
+    rows[bad_row - 1] = "u1,not-a-time,video,10,c1"
+    records.write_text("entity_id,timestamp,service,bytes,cell_id\n" + "\n".join(rows) + "\n")
+    cells.write_text("cell_id,lat,lon\nc1,31.2,121.4\n")
     datasets = _count(database, Dataset)
-    job_id = enqueue(
-        database,
-        "ingest.table",
-        {
-            "records": str(records),
-            "cells": str(cells),
-            "uploads_dir": str(folder),
-            "names": {str(records): "my traffic.csv", str(cells): "towers.csv"},
-        },
-    )
-    JobWorker(database).drain()
-    job = get_job(database, job_id)
-    assert job.status == "failed", job
-    assert str(folder) not in job.error and ("my traffic.csv" in job.error or "towers.csv" in job.error), job.error
+    params = {
+        "records": str(records),
+        "cells": str(cells),
+        "uploads_dir": str(folder),
+        "names": {str(records): "my traffic.csv", str(cells): "towers.csv"},
+    }
+    if bad_row <= PEEK_ROWS:
+        with pytest.raises(InputError) as refused:
+            enqueue(database, "ingest.table", params)
+        error, field = str(refused.value), refused.value.field
+        assert field == "records" and list_jobs(database) == []
+    else:
+        job_id = enqueue(database, "ingest.table", params)
+        JobWorker(database).drain()
+        job = get_job(database, job_id)
+        assert job.status == "failed", job
+        error = job.error
+    assert str(folder) not in error and error.startswith(f"my traffic.csv:{bad_row + 1}: field 'timestamp'"), error
     assert not folder.exists() and _count(database, Dataset) == datasets
 
 
