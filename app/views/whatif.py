@@ -354,6 +354,24 @@ def open_scenario(job: JobView) -> None:
     )
 
 
+def show_paired(paired: dict, hours: int) -> None:
+    """Whether the change matters: the paired paths' difference over the horizon with its 90 % interval."""
+    total = paired["total"]
+    text = (
+        f"Path by path (the same seed draws the same noise in both runs), the scenario changes the total over "
+        f"{hours} h by **{total['mean'] / 1e6:+.3g} MB** on average; 90 % of the {paired['paths']} paths' "
+        f"changes lie between {total['q05'] / 1e6:+.3g} and {total['q95'] / 1e6:+.3g} MB."
+    )
+    if paired["within_noise"]:
+        st.info(
+            text + " **Within noise**: that interval holds 0, so the change is not told apart from the paths' "
+            "own spread (more sample paths narrow it).",
+            icon=":material/balance:",
+        )
+    else:
+        st.success(text + " **Beyond noise**: the whole interval is on one side of 0.", icon=":material/trending_up:")
+
+
 def show_result(result: dict, context: wd.EditorContext | None) -> None:
     """A stored scenario: summary, totals, difference charts, radar, fans, edits, and its name."""
     scenario_id = result["scenario_id"]
@@ -378,6 +396,9 @@ def show_result(result: dict, context: wd.EditorContext | None) -> None:
         help=summed,
         delta=None if math.isnan(totals["percent"]) else f"{totals['percent']:+.1f} %",
     )
+    paired = result["difference"].get("paired")
+    if paired:
+        show_paired(paired, hours)
     views = wd.cached_views(url, scenario_id, revision())
     left, right = st.columns([3, 2])
     left.vega_lite_chart(views.difference, theme=None, width="stretch")

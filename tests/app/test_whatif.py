@@ -148,6 +148,13 @@ def test_moving_the_user_stores_one_scenario_with_two_runs_and_charts_their_diff
         steps.groupby("service", sort=False)["difference_mb"].sum().to_numpy(), expected, rtol=1e-5, atol=1e-9
     )
     assert at.subheader[0].value.startswith(f"Scenario {scenario_id} · {USER} ")
+    # Whether the change matters (issue 19): the paired paths' difference over the horizon, 90 % interval.
+    change = (scen.astype(np.float64) - base.astype(np.float64)).sum(axis=(1, 2))  # per path
+    low, high = np.quantile(change, 0.05) / 1e6, np.quantile(change, 0.95) / 1e6
+    [note] = [m.value for m in (*at.info, *at.success) if "Path by path" in m.value]
+    assert f"by **{change.mean() / 1e6:+.3g} MB** on average" in note
+    assert f"between {low:+.3g} and {high:+.3g} MB" in note
+    assert ("Within noise" in note) == (low <= 0 <= high) and ("Beyond noise" in note) != (low <= 0 <= high)
 
 
 def test_a_scenario_link_fills_the_editor_shows_the_stored_result_and_renames_it_without_new_runs(app_db):

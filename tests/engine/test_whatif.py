@@ -108,6 +108,21 @@ def test_an_empty_scenario_reproduces_the_baseline_path_for_path(city):
     assert base.shape == (1, 6, 4, 10) and np.array_equal(base, scen)
     assert np.all(np.asarray(payload["difference"]["median"]) == 0)
     assert np.asarray(payload["baseline"]["median"]).sum() > 0
+    paired = payload["difference"]["paired"]
+    assert paired["total"] == {"mean": 0.0, "q05": 0.0, "q95": 0.0} and paired["within_noise"]
+
+
+def test_the_paired_difference_is_path_by_path_with_a_90_percent_interval():
+    from engine.whatif import paired_difference
+
+    rng = np.random.default_rng(0)
+    base = rng.gamma(2.0, 1e6, size=(40, 3, 2))  # (S, N, K) bytes
+    shifted = paired_difference(base, base + 1e5)  # every path up by 0.1 MB per hour and service
+    assert shifted["total"]["mean"] == pytest.approx(6e5) and shifted["total"]["q05"] == pytest.approx(6e5)
+    assert not shifted["within_noise"] and shifted["paths"] == 40
+    assert shifted["services"]["mean"] == pytest.approx([3e5, 3e5]) and len(shifted["hours"]["q95"]) == 3
+    noisy = paired_difference(base, rng.permutation(base))  # unpaired paths: the spread straddles 0
+    assert noisy["within_noise"] and noisy["total"]["q05"] < 0 < noisy["total"]["q95"]
 
 
 def test_the_environment_of_an_empty_scenario_is_the_stored_one_bit_for_bit(city):
