@@ -212,6 +212,11 @@ def load_run(session: Session, run_id: int, dataset_id: int) -> StoredRun | None
     )
 
 
+# A stored run's kind in the history, from its ``role`` (what-if runs are stored in pairs: engine/whatif.py).
+RUN_KINDS = {"baseline": "what-if baseline", "scenario": "what-if scenario"}
+HISTORY_KINDS = ("forecast", *RUN_KINDS.values())
+
+
 def run_history(session: Session, dataset_id: int, origin: datetime, hours: int, limit: int = 500) -> pd.DataFrame:
     """Every run of the data set with every parameter, newest first (the summaries and arrays stay in
     the database)."""
@@ -221,6 +226,7 @@ def run_history(session: Session, dataset_id: int, origin: datetime, hours: int,
         records.append(
             {
                 "run": int(run_id),
+                "kind": RUN_KINDS.get(str(params.get("role")), "forecast"),
                 "created": created,
                 "entity": ", ".join(f"{request.entity_kind}:{key}" for key in request.entities),
                 "users": len(request.entities),
@@ -238,6 +244,7 @@ def run_history(session: Session, dataset_id: int, origin: datetime, hours: int,
         )
     columns = [
         "run",
+        "kind",
         "created",
         "entity",
         "users",

@@ -207,6 +207,22 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
             jobs_ui.follow(job_id, key="forecast", on_done=open_run)
 
 
+def open_in_form(run_id: int | None) -> None:
+    """A run opened (from the history, a link or a finished job) fills the form with its own settings once,
+    so the form never shows another user's; the user's later edits are kept."""
+    if run_id is None or state.get("_fc_opened_run") == run_id:
+        return
+    state["_fc_opened_run"] = run_id
+    run = fd.cached_run(url, info.id, revision(), run_id)
+    if run is None:
+        return
+    values = fd.form_values(run.params)
+    state.update(values)
+    for key in ("fc_users", "fc_start", "fc_horizon"):  # the link mirrors them: keep the run's, not the old link's
+        fd.remember_link_value(state, key, values[key] or None)
+    set_query(user=",".join(values["fc_users"]) or None, hour=values["fc_start"], horizon=values["fc_horizon"])
+
+
 def open_run(job: JobView) -> None:
     """A done forecast job: show its stored run (?run=ID)."""
     run_id = job.ref_id("forecast_run")
@@ -298,6 +314,16 @@ def history_section() -> None:
     if history.empty:
         st.info("No forecast runs yet for this data set.", icon=":material/history:")
         return
+    present = [kind for kind in fd.HISTORY_KINDS if kind in set(history["kind"])]
+    kinds = st.pills(
+        "Kinds of run", present, selection_mode="multi", default=present, key="fc_history_kinds",
+        help="What-if runs are stored in pairs: the baseline and the scenario (the What-if page shows them "
+        "side by side).",
+    )  # fmt: skip
+    history = history[history["kind"].isin(kinds or [])].reset_index(drop=True)
+    if history.empty:
+        st.caption("No run of the chosen kinds.")
+        return
 
     def open_selected() -> None:
         rows = state["fc_history"].selection.rows
@@ -313,6 +339,7 @@ def history_section() -> None:
         selection_mode="single-row",
         column_config={
             "run": "Run",
+            "kind": "Kind",
             "created": st.column_config.DatetimeColumn("Created (UTC)", format="YYYY-MM-DD HH:mm"),
             "start": st.column_config.NumberColumn("Start hour"),
             "start_label": "Start",
@@ -331,10 +358,9 @@ def history_section() -> None:
     st.caption("Select a row to open that run above (its stored result; nothing is recomputed).")
 
     titles = {
-        int(r): f"Run {r} · {e} · {s} · {h} h"
-        for r, e, s, h in zip(
-            history["run"], history["entity"], history["start_label"], history["horizon"], strict=True
-        )
+        int(row.run): f"Run {row.run} · {row.kind} · {row.entity} · {row.start_label} · {row.horizon} h · "
+        f"seed {row.seed} · {row.created:%d %b %H:%M}"
+        for row in history.itertuples()
     }
     pair = st.multiselect("Compare two runs", list(titles), format_func=titles.get, max_selections=2, key="fc_compare")
     if len(pair) < 2:
@@ -371,6 +397,7 @@ if model is None:
         icon=":material/model_training:",
     )
 else:
+    open_in_form(query_int("run", None, 1, 2**63 - 1))
     forecast_form(model, cached_entity_keys(url, info.id, revision()))
 
 shown_id = query_int("run", None, 1, 2**63 - 1)

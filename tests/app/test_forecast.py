@@ -447,6 +447,39 @@ def test_run_history_lists_runs_newest_first_and_compares_two(app_db: Path, cont
     assert y_domain(json.loads(lines[0].proto.spec)) == y_domain(json.loads(lines[1].proto.spec))
 
 
+def test_history_labels_runs_by_kind_filters_them_and_an_opened_run_fills_the_form(
+    app_db: Path, context: ForecastContext
+) -> None:
+    """Issue 19: what-if baselines and scenarios were listed as ordinary forecasts with identical labels, and
+    opening a run left the form showing another user's settings."""
+    from engine.requests import WhatIfRequest
+    from engine.whatif import Scenario, load_whatif_context, run_whatif
+
+    plain = stored_run(app_db, context, entity="user:U0004", start=320, horizon=5, samples=3, sampler="ddim:3", seed=9)
+    database = open_database(str(app_db))
+    request = WhatIfRequest.from_params(
+        {"entity": "user:U0001", "start": 300, "horizon": 2, "samples": 2, "seed": 1,
+         "scenario": Scenario(guidance=2.0).to_dict()}
+    )  # fmt: skip
+    run_whatif(database, request, context=load_whatif_context(database))
+    database.dispose()
+    at = forecast_page()
+    history = at.dataframe[0].value
+    assert sorted(history["kind"]) == ["forecast", "what-if baseline", "what-if scenario"]
+    labels = at.multiselect(key="fc_compare").options  # as shown: told apart by kind, seed and time
+    assert len(set(labels)) == 3 and sum("what-if scenario" in label for label in labels) == 1
+    at.pills(key="fc_history_kinds").set_value(["forecast"]).run()
+    assert list(at.dataframe[0].value["run"]) == [plain["run_id"]]
+
+    at = forecast_page(run=str(plain["run_id"]))
+    assert not at.exception
+    assert at.multiselect(key="fc_users").value == ["U0004"]
+    assert (at.select_slider(key="fc_start").value, at.number_input(key="fc_horizon").value) == (320, 5)
+    assert (at.number_input(key="fc_seed").value, at.number_input(key="fc_steps").value) == (9, 3)
+    at.number_input(key="fc_horizon").set_value(7).run()  # the user's own change is kept on rerun
+    assert at.number_input(key="fc_horizon").value == 7 and at.multiselect(key="fc_users").value == ["U0004"]
+
+
 # --- the functions behind it --------------------------------------------------------------------------
 
 
