@@ -18,10 +18,10 @@ from app.settings import AppSettings
 from db import Database
 from db.queries import NoDatasetError, activate_dataset, all_datasets, dataset_sizes, dataset_summary, get_dataset
 from engine.env.pipeline import environment_info
+from engine.errors import plural
 from engine.jobs import JobView, new_uploads_dir
 from engine.requests import EnvRequest, IngestMatrixRequest, IngestTableRequest, IngestTsinghuaRequest
 from engine.shipped import assets_dir
-from engine.text import plural
 
 Upload = tuple[str, bytes]  # (file name as uploaded, content): what the page hands over
 TSINGHUA_ROLES = ("trace", "app2category", "categories", "poi", "coords")

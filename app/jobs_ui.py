@@ -26,9 +26,8 @@ import streamlit as st
 from app.common import DatasetInfo, bump_revision, database, dataset_info, query_int, set_query
 from db.models import utcnow
 from engine import jobs
-from engine.errors import InputError
+from engine.errors import InputError, plural
 from engine.jobs import JobView
-from engine.text import plural
 
 POLL_SECONDS = 1.0
 NO_WORKER = (

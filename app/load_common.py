@@ -15,8 +15,8 @@ import streamlit as st
 from app.common import database
 from app.map_data import CELL_RADIUS_M, CityData, load_city
 from db.models import Dataset
+from engine.errors import plural
 from engine.load.core import StoredLoad
-from engine.text import plural
 
 # Risk colours: P(load > capacity) from 0 (green) through the risk level (amber) to 1 (red).
 RISK_RAMP = np.array([[26, 150, 65], [166, 217, 106], [253, 174, 97], [215, 25, 28]], dtype=float)

@@ -28,7 +28,7 @@ from app.common import LAND_USE_COLORS, format_bytes
 from db.models import Dataset
 from db.queries import entities_of, hourly_entity_bytes, location_rows
 from engine.env.tiles import cells_for_dataset, infer_land_use, render_city_mosaic
-from engine.text import plural
+from engine.errors import plural
 
 HOURS_PER_WEEK = 168
 COLOR_MODES = ("traffic", "land_use")

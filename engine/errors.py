@@ -1,4 +1,4 @@
-"""Errors meant for people: which file, which line and field, what was expected."""
+"""Errors meant for people: which file, which line and field, what was expected; `plural`: counts in words."""
 
 from __future__ import annotations
 
@@ -47,3 +47,16 @@ class InputError(ValueError):
         (the command line names its flags at its edge)."""
         also = {(names or {}).get(name, name): problem for name, problem in self.also.items()}
         return InputError(self.message, file=self.file, line=self.line, field=field, hint=self.hint, also=also)
+
+
+# --- words for counts in messages and pages ---------------------------------------------------------
+IRREGULAR = {"entity": "entities", "category": "categories", "city": "cities", "hour": "hours"}
+
+
+def plural(count: float | int, noun: str, many: str | None = None) -> str:
+    """``count`` and ``noun`` agreeing in number, the count with thousands separators (whole when it is)."""
+    whole = float(count).is_integer()
+    shown = f"{int(count):,}" if whole else f"{count:,.1f}"
+    if whole and abs(int(count)) == 1:
+        return f"{shown} {noun}"
+    return f"{shown} {many or IRREGULAR.get(noun) or noun + 's'}"

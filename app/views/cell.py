@@ -15,11 +15,10 @@ from app import common, jobs_ui
 from app.charts import fan_chart
 from app.forecast_data import cached_active_model, default_start
 from db.models import Dataset
-from engine.errors import InputError
+from engine.errors import InputError, plural
 from engine.jobs import JobView
 from engine.load.core import cell_capacity, load_runs, read_load_run, set_capacity
 from engine.requests import LoadRequest
-from engine.text import plural
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -16,10 +16,10 @@ from app import load_common as ld
 from app import map_data as m
 from app.forecast_data import cached_active_model, default_start
 from db.models import Dataset
+from engine.errors import plural
 from engine.jobs import JobView
 from engine.load.core import load_runs, read_load_run
 from engine.requests import LoadRequest
-from engine.text import plural
 
 PAGES = Path(__file__).resolve().parent
 PLAY_SECONDS = 1.0  # the risk map's playback: one forecast hour a second

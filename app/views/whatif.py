@@ -30,10 +30,9 @@ from app.common import (
     set_query,
 )
 from app.user_data import cached_entity_keys
-from engine.errors import InputError
+from engine.errors import InputError, plural
 from engine.load.core import load_runs, read_load_run
 from engine.requests import LoadWhatIfRequest, WhatIfRequest
-from engine.text import plural
 from engine.whatif import CellEdit, check_tile_image, rename_scenario, validate_scenario
 
 if TYPE_CHECKING:

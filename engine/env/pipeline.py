@@ -45,8 +45,7 @@ from engine.env.clip import (
 )
 from engine.env.describe import describe_cells, make_describer
 from engine.env.tiles import open_tile_source, store_tiles
-from engine.errors import InputError
-from engine.text import plural
+from engine.errors import InputError, plural
 
 Progress = Callable[[str], None]
 

@@ -50,7 +50,7 @@ from engine.data.ingest_table import peek_table, read_table
 from engine.data.ingest_tsinghua import read_tsinghua
 from engine.data.store import store_new_dataset
 from engine.env.build import build_environment_for
-from engine.errors import InputError
+from engine.errors import InputError, plural
 from engine.jobs.types import JobKind, Outcome
 from engine.requests import (
     AggregateRequest,
@@ -68,7 +68,6 @@ from engine.requests import (
     WhatIfRequest,
 )
 from engine.shipped import install, matches, read_manifest
-from engine.text import plural
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

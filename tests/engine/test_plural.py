@@ -1,4 +1,4 @@
-from engine.text import plural
+from engine.errors import plural
 
 
 def test_counts_agree_with_their_nouns():
