@@ -94,14 +94,9 @@ def quantile_levels(n_samples: int) -> np.ndarray:
     return (np.arange(n_samples) + 0.5) / n_samples
 
 
-def _prepare(
-    series: SeriesData, values: np.ndarray, splits: Splits, windows: Windows, steps: int | None, n_samples: int
-) -> tuple[np.ndarray, int, np.ndarray]:
-    """Validated (values float64, steps, target hours (N, steps))."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.shape != series.traffic.shape:
-        raise InputError(f"values have shape {v.shape}, the series {series.traffic.shape}", field="values")
-    steps = int(splits.spec.horizon if steps is None else steps)
+def check_windows(series: SeriesData, windows: Windows, steps: int, n_samples: int) -> None:
+    """Counts >= 1 and every window inside the data (its first target hour >= 1, its last one before the
+    end); the local baselines and the learned ones (engine/evaluation/quantile_fit.py) share it."""
     if steps < 1:
         raise InputError(f"expected at least 1 step, got {steps}", field="steps")
     if n_samples < 1:
@@ -113,6 +108,18 @@ def _prepare(
             f"(got starts {hours.min()}..{hours.max()} with {steps} steps)",
             field="windows",
         )
+
+
+def _prepare(
+    series: SeriesData, values: np.ndarray, splits: Splits, windows: Windows, steps: int | None, n_samples: int
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Validated (values float64, steps, target hours (N, steps))."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.shape != series.traffic.shape:
+        raise InputError(f"values have shape {v.shape}, the series {series.traffic.shape}", field="values")
+    steps = int(splits.spec.horizon if steps is None else steps)
+    check_windows(series, windows, steps, n_samples)
+    hours = np.asarray(windows.hour, dtype=np.int64)
     if splits.train_hours_end < 1:
         raise InputError("the split leaves no training hours", field="split")
     return v, steps, hours[:, None] + np.arange(steps)[None, :]

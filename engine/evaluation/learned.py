@@ -33,12 +33,11 @@ import numpy as np
 
 from engine.data.windows import SeriesData, Splits, Windows
 from engine.errors import InputError
-from engine.evaluation.baselines import DEFAULT_SAMPLES, BaselineForecast
+from engine.evaluation.baselines import DEFAULT_SAMPLES, BaselineForecast, check_windows
 from engine.evaluation.patchtst import fit_patchtst
 from engine.evaluation.quantile_fit import (
     LEVELS,
     Fitted,
-    check_windows,
     elapsed,
     learned_note,
     quantile_samples,

@@ -63,8 +63,8 @@ from torch import nn
 
 from engine.data.windows import SeriesData, Splits, Windows
 from engine.errors import InputError
-from engine.evaluation.baselines import DEFAULT_SAMPLES, BaselineForecast
-from engine.evaluation.quantile_fit import LEVELS, Fitted, check_windows, elapsed, quantile_samples
+from engine.evaluation.baselines import DEFAULT_SAMPLES, BaselineForecast, check_windows
+from engine.evaluation.quantile_fit import LEVELS, Fitted, elapsed, quantile_samples
 
 PATCH_LEN = 12
 STRIDE = 6

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.data.windows import SeriesData, Windows
+from engine.data.windows import Windows
 from engine.errors import InputError
 from engine.evaluation.baselines import DEFAULT_SAMPLES, BaselineForecast, quantile_levels
 
@@ -60,21 +60,6 @@ class Fitted:
 
 def learned_note(fitted: Fitted) -> str:
     return fitted.describe()
-
-
-def check_windows(series: SeriesData, windows: Windows, steps: int, n_samples: int) -> None:
-    """The same checks as the local baselines' (hour >= 1, paths inside the data, counts >= 1)."""
-    if steps < 1:
-        raise InputError(f"expected at least 1 step, got {steps}", field="steps")
-    if n_samples < 1:
-        raise InputError(f"expected at least 1 sample, got {n_samples}", field="n_samples")
-    hours = np.asarray(windows.hour, dtype=np.int64)
-    if len(hours) and (hours.min() < 1 or hours.max() + steps > series.hours):
-        raise InputError(
-            f"windows must start at hour >= 1 and end by hour {series.hours} "
-            f"(got starts {hours.min()}..{hours.max()} with {steps} steps)",
-            field="windows",
-        )
 
 
 def elapsed(started: float) -> float:
