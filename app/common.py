@@ -23,6 +23,7 @@ from db.queries import NoDatasetError, dataset_sizes, get_dataset
 if TYPE_CHECKING:
     import altair as alt
     from PIL import Image
+    from streamlit.delta_generator import DeltaGenerator
 
 # One colour per service, used the same way on every chart (Tableau 10, then Tableau 20's lighter
 # shades for data sets with more than ten services).
@@ -224,3 +225,24 @@ def page_header(title: str, caption: str | None = None) -> None:
     st.title(title)
     if caption:
         st.caption(caption)
+
+
+# --- number fields the page checks ------------------------------------------------------------------
+
+
+def checked_number(
+    container: DeltaGenerator, label: str, request_type: type, name: str, key: str, help: str = ""
+) -> tuple[float | int, DeltaGenerator]:
+    """A number field without browser bounds and a slot under it for its message (see ``field_error``).
+    Bounds in the browser kept an out-of-range entry red and sent the old value, so the run went with a
+    number nobody typed; here the request's own check names the problem and the page disables the button."""
+    low, high = request_type.bounds(name)
+    value = container.number_input(label, step=1, key=key, help=f"{low} to {high}. {help}".strip())
+    return value, container.empty()
+
+
+def field_error(slot: DeltaGenerator, problems: dict[str, str], *names: str) -> None:
+    """Under a field: the request check's message for any of ``names`` (nothing when they are fine)."""
+    found = [f"{n.capitalize()}: {problems[n]}" for n in names if n in problems]
+    if found:
+        slot.error("; ".join(found), icon=":material/error:")

@@ -10,7 +10,7 @@ import pandas as pd
 
 from engine.jobs import JobView
 
-JOB_COLUMNS = ["id", "job", "kind", "status", "created", "seconds", "result", "link", "details"]
+JOB_COLUMNS = ["id", "job", "kind", "status", "created", "ran", "result", "link", "details"]
 WORKER_COLUMNS = ["worker", "host", "pid", "lanes", "started", "last heartbeat (s ago)"]
 
 
@@ -43,8 +43,22 @@ def details(job: JobView) -> str:
     return job.message or ""
 
 
+def ran_text(job: JobView) -> str:
+    """How long the whole job ran (from the worker taking it to its end, loading included), as the table
+    shows it: '3.0 s', '2 min 05 s', '1 h 02 min'; 'not started' for a job no worker has taken."""
+    if job.seconds is None:
+        return "not started"
+    seconds = float(job.seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
 def jobs_frame(views: list[JobView]) -> pd.DataFrame:
-    """One row per job, newest first as given: what it is, how it went and what it made."""
+    """One row per job, newest first as given: what it is, how it went and what it made. Every cell is text
+    or a number (an empty string where there is nothing): a table never shows ``None``."""
     rows = []
     for job in views:
         label, link = result_link(job.result_ref) if job.status == "done" else (None, None)
@@ -55,9 +69,9 @@ def jobs_frame(views: list[JobView]) -> pd.DataFrame:
                 "kind": job.kind,
                 "status": job.status,
                 "created": job.created_at,
-                "seconds": job.seconds,
-                "result": label,
-                "link": link,
+                "ran": ran_text(job),
+                "result": label or "",
+                "link": link or "",
                 "details": details(job),
             }
         )

@@ -13,7 +13,7 @@ import pydeck as pdk
 import streamlit as st
 
 from app.common import database
-from app.map_data import CELL_RADIUS_M, CityData, load_city
+from app.map_data import CELL_RADIUS_M, Basemap, CityData, basemap_layer, load_basemap, load_city
 from db.models import Dataset
 from engine.errors import plural
 from engine.load.core import StoredLoad
@@ -38,6 +38,13 @@ def risk_colors(p: np.ndarray, load: np.ndarray) -> np.ndarray:
 def cached_city(url: str, dataset_id: int, revision: int) -> CityData:
     with database().session() as session:
         return load_city(session, session.get(Dataset, dataset_id))
+
+
+@st.cache_data(show_spinner="Drawing the basemap ...", max_entries=4)
+def cached_basemap(url: str, dataset_id: int, revision: int) -> Basemap | None:
+    """The data set's basemap (``map_data.load_basemap``), drawn once per data set and revision."""
+    with database().session() as session:
+        return load_basemap(session, session.get(Dataset, dataset_id))
 
 
 @dataclass(frozen=True)
@@ -94,11 +101,8 @@ def risk_frames(stored: StoredLoad, city: CityData) -> RiskFrames:
     return RiskFrames(stored.hour_labels, frames, int((~placed).sum()), bounds, r.risk_level)
 
 
-def risk_deck(frame: pd.DataFrame, view: pdk.ViewState, basemap: tuple[str, list[float]] | None) -> pdk.Deck:
-    layers = []
-    if basemap is not None:
-        uri, bounds = basemap
-        layers.append(pdk.Layer("BitmapLayer", id="basemap", image=f'"{uri}"', bounds=bounds, opacity=0.9))
+def risk_deck(frame: pd.DataFrame, view: pdk.ViewState, basemap: Basemap | None) -> pdk.Deck:
+    layers = [basemap_layer(basemap)] if basemap is not None else []
     layers.append(
         pdk.Layer(
             "ScatterplotLayer",
@@ -115,25 +119,6 @@ def risk_deck(frame: pd.DataFrame, view: pdk.ViewState, basemap: tuple[str, list
         )
     )
     return pdk.Deck(layers=layers, initial_view_state=view, map_provider=None, tooltip={"text": "{title}\n{detail}"})
-
-
-def light_basemap(basemap: tuple[str, list[float]] | None, max_px: int = 640) -> tuple[str, list[float]] | None:
-    """The basemap at most ``max_px`` wide, for the risk map: its image travels with every redraw of the
-    fragment (0.53 MB for the default city's full mosaic, about a tenth of that here)."""
-    if basemap is None:
-        return None
-    import base64
-    import io
-
-    from PIL import Image
-
-    uri, bounds = basemap
-    _, _, data = uri.partition(",")
-    image = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
-    image.thumbnail((max_px, max_px))
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=70)
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii"), bounds
 
 
 def risk_legend(level: float) -> str:

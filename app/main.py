@@ -37,6 +37,7 @@ navigation = st.navigation(
             ),
             st.Page(PAGES / "datasets.py", title="Data", icon=":material/database:", url_path="data"),
             st.Page(PAGES / "jobs.py", title="Jobs", icon=":material/work_history:", url_path="jobs"),
+            st.Page(PAGES / "glossary.py", title="Glossary", icon=":material/menu_book:", url_path="glossary"),
         ],
     }
 )

@@ -142,28 +142,104 @@ def load_city(session: Session, dataset: Dataset) -> CityData:
     )
 
 
-def load_basemap(session: Session, dataset: Dataset) -> tuple[str, list[float]] | None:
-    """The city mosaic as a JPEG data URI and its [west, south, east, north] bounds, or None when no
-    cell has coordinates. The engine renders it from the cells' land use (PNG); it is re-encoded as
-    JPEG because the browser receives it on every rerun and its texture compresses ~3x better."""
+NEUTRAL_RGB = (238, 240, 243)  # the plain basemap of data sets without a mosaic: a light grey ...
+GRID_RGB = (214, 218, 224)  # ... with a faint latitude/longitude grid (its step in the legend)
+NEUTRAL_WIDTH = 1024
+NEUTRAL_MARGIN = 0.08  # of the cells' extent on each side
+
+
+def grid_step(span_deg: float) -> float:
+    """A round grid step in degrees (1, 2 or 5 x 10^k) that draws 4 to 10 lines over ``span_deg``."""
+    span = max(float(span_deg), 1e-6)
+    top = math.floor(math.log10(span))
+    for exponent in range(top - 2, top + 2):
+        for mantissa in (1, 2, 5):
+            step = mantissa * 10.0**exponent
+            if span / step <= 10:
+                return step
+    return span / 5
+
+
+@dataclass(frozen=True)
+class Basemap:
+    """What is drawn under the cells: a JPEG data URI, its [west, south, east, north] bounds, and what it is
+    (``mosaic``: the synthetic city's own drawing; ``neutral``: a plain grey with a grid every ``grid_deg``
+    degrees, for real data, which has no map of its own offline)."""
+
+    uri: str
+    bounds: list[float]
+    kind: str
+    grid_deg: float | None = None
+
+    def light(self, max_px: int = 640) -> Basemap:
+        """The same picture at most ``max_px`` wide (maps that redraw often, or small ones)."""
+        from PIL import Image
+
+        _, _, data = self.uri.partition(",")
+        image = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+        image.thumbnail((max_px, max_px))
+        return Basemap(_jpeg_uri(image, 70), self.bounds, self.kind, self.grid_deg)
+
+    def legend(self) -> str:
+        if self.kind == "mosaic":
+            return "basemap: the synthetic city's drawing (land use, streets, river), made with the city"
+        km = (self.grid_deg or 0) * _METRES_PER_DEG_LAT / 1000
+        return (
+            f"basemap: plain grey, grid every {self.grid_deg:g}° (about {km:.3g} km north-south); "
+            "real data carries no map, and none is invented"
+        )
+
+
+def _jpeg_uri(image: object, quality: int) -> str:
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality)  # type: ignore[attr-defined]
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def neutral_basemap(lon: np.ndarray, lat: np.ndarray, width: int = NEUTRAL_WIDTH) -> Basemap:
+    """A plain light-grey picture over the cells' extent (plus a margin) with a faint grid at round
+    degrees: where the cells are and how far apart, with nothing made up about what is between them."""
+    from PIL import Image
+
+    west, east = float(np.min(lon)), float(np.max(lon))
+    south, north = float(np.min(lat)), float(np.max(lat))
+    pad_lon = max((east - west) * NEUTRAL_MARGIN, 0.005)
+    pad_lat = max((north - south) * NEUTRAL_MARGIN, 0.005)
+    west, east, south, north = west - pad_lon, east + pad_lon, south - pad_lat, north + pad_lat
+    lat0 = (south + north) / 2
+    aspect = (north - south) / ((east - west) * math.cos(math.radians(lat0)))
+    height = int(min(max(round(width * aspect), 16), 4096))
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    rgb[:] = NEUTRAL_RGB
+    step = grid_step(max(east - west, north - south))
+    for value in np.arange(math.ceil(west / step) * step, east, step):
+        rgb[:, int((value - west) / (east - west) * (width - 1))] = GRID_RGB
+    for value in np.arange(math.ceil(south / step) * step, north, step):
+        rgb[int((north - value) / (north - south) * (height - 1)), :] = GRID_RGB
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, format="PNG", optimize=True)  # two flat colours: PNG is exact and small
+    uri = "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+    return Basemap(uri, [west, south, east, north], "neutral", step)
+
+
+def load_basemap(session: Session, dataset: Dataset) -> Basemap | None:
+    """What is drawn under the cells, or None when no cell has coordinates. The synthetic city gets its own
+    mosaic (the engine renders it from the cells' land use, as PNG; re-encoded as JPEG because the browser
+    receives it with the map and its texture compresses ~3x better). Every other data set gets the plain
+    ``neutral_basemap``: a drawing of land use, streets and a river under real cells would be invented."""
     infos = [c for c in cells_for_dataset(session, dataset) if c.has_position]
     if not infos:
         return None
+    if dataset.kind != "synthetic":
+        return neutral_basemap(np.array([c.lon for c in infos]), np.array([c.lat for c in infos]))
     png, bounds = render_city_mosaic(infos, width=MOSAIC_WIDTH)
     from PIL import Image
 
-    out = io.BytesIO()
-    Image.open(io.BytesIO(png)).convert("RGB").save(out, format="JPEG", quality=MOSAIC_JPEG_QUALITY)
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii"), [float(v) for v in bounds]
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    return Basemap(_jpeg_uri(image, MOSAIC_JPEG_QUALITY), [float(v) for v in bounds], "mosaic")
 
 
 # --- per-hour views (vectorised) ------------------------------------------------------------------
-
-
-def week_hours(hour: int, hours: int) -> range:
-    """The hours of the week (168 hours from the data set's origin) that holds ``hour``."""
-    start = (int(hour) // HOURS_PER_WEEK) * HOURS_PER_WEEK
-    return range(start, min(start + HOURS_PER_WEEK, hours))
 
 
 def traffic_colors(values: np.ndarray, cap: float) -> np.ndarray:
@@ -255,21 +331,120 @@ def user_layer_frame(city: CityData, hour: int, selected: str | None = None) -> 
     return frame.iloc[np.argsort(is_selected, kind="stable")].reset_index(drop=True)
 
 
-def trajectory(city: CityData, user: str, hour: int) -> tuple[list[str], list[list[float]]]:
-    """The cells a user passed through in the week of ``hour`` (in order, consecutive repeats merged,
-    unknown or unlocated hours skipped) and the path through their centres as [lon, lat] pairs."""
+PATH_START_RGB = (253, 187, 132)  # a trajectory goes from light (early in the day) to dark (late)
+PATH_END_RGB = (127, 39, 4)
+ARROW_M = 70.0  # the direction arrows' length on the map
+
+
+def day_hours(hour: int, hours: int, origin_hour: int) -> range:
+    """The data set's hours of the calendar day that holds ``hour`` (hour 0 is ``origin_hour`` o'clock)."""
+    start = int(hour) - (int(origin_hour) + int(hour)) % 24
+    return range(max(start, 0), min(start + 24, hours))
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A user's moves in one day: ``stops`` (one row per visit: cell key, lon, lat, first and last hour,
+    its clock times) in order, consecutive hours in the same cell merged, unknown or unplaced hours
+    skipped; the map draws the legs between them with arrows, light to dark through the day."""
+
+    user: str
+    stops: pd.DataFrame  # key lon lat first last arrive leave
+    hours: range
+
+    @property
+    def path(self) -> list[list[float]]:
+        return self.stops[["lon", "lat"]].to_numpy().round(6).tolist()
+
+    def legs(self) -> pd.DataFrame:
+        """One row per move: from, to, its colour (light to dark through the day) and a tooltip."""
+        n = len(self.stops) - 1
+        if n < 1:
+            return pd.DataFrame(columns=["key", "path", "r", "g", "b", "title", "detail"])
+        t = np.linspace(0.0, 1.0, n) if n > 1 else np.array([1.0])
+        rgb = np.rint(np.outer(1 - t, PATH_START_RGB) + np.outer(t, PATH_END_RGB)).astype(int)
+        s = self.stops
+        return pd.DataFrame(
+            {
+                "key": self.user,
+                "path": [self.path[i : i + 2] for i in range(n)],
+                "r": rgb[:, 0],
+                "g": rgb[:, 1],
+                "b": rgb[:, 2],
+                "title": [f"{self.user}: {s['key'].iat[i]} → {s['key'].iat[i + 1]}" for i in range(n)],
+                "detail": [f"left {s['leave'].iat[i]}, arrived {s['arrive'].iat[i + 1]}" for i in range(n)],
+            }
+        )
+
+    def arrows(self, lat0: float) -> pd.DataFrame:
+        """A small triangle at the middle of each move, pointing where the user went (lon/lat polygons)."""
+        legs = self.legs()
+        rows = []
+        scale_lon = _METRES_PER_DEG_LON_EQUATOR * math.cos(math.radians(lat0))
+        for _, leg in legs.iterrows():
+            (x0, y0), (x1, y1) = leg["path"]
+            dx, dy = (x1 - x0) * scale_lon, (y1 - y0) * _METRES_PER_DEG_LAT  # metres
+            length = math.hypot(dx, dy)
+            if length < 1e-6:
+                continue
+            ux, uy = dx / length, dy / length
+            size = min(ARROW_M, length / 3)
+            mx, my = (x0 + x1) / 2 * scale_lon, (y0 + y1) / 2 * _METRES_PER_DEG_LAT
+            tip = (mx + ux * size / 2, my + uy * size / 2)
+            back = (mx - ux * size / 2, my - uy * size / 2)
+            corners = [tip, (back[0] - uy * size / 2.5, back[1] + ux * size / 2.5)]
+            corners.append((back[0] + uy * size / 2.5, back[1] - ux * size / 2.5))
+            polygon = [[round(x / scale_lon, 7), round(y / _METRES_PER_DEG_LAT, 7)] for x, y in corners]
+            rows.append({"polygon": polygon, "r": leg["r"], "g": leg["g"], "b": leg["b"]})
+        return pd.DataFrame(rows, columns=["polygon", "r", "g", "b"])
+
+    def labels(self) -> pd.DataFrame:
+        """One label per cell visited: its arrival times that day in order ("08:00, 19:00")."""
+        if self.stops.empty:
+            return pd.DataFrame(columns=["key", "lon", "lat", "text"])
+        grouped = self.stops.groupby("key", sort=False).agg(lon=("lon", "first"), lat=("lat", "first"))
+        grouped["text"] = self.stops.groupby("key", sort=False)["arrive"].agg(", ".join)
+        return grouped.reset_index()
+
+
+def day_trajectory(city: CityData, user: str, hour: int, origin_hour: int = 0) -> Trajectory:
+    """Where ``user`` went on the day of ``hour`` (see ``Trajectory``); empty stops for an unknown user."""
+    hours = day_hours(hour, city.hours, origin_hour)
+    columns = ["key", "lon", "lat", "first", "last", "arrive", "leave"]
     found = np.flatnonzero(city.user_keys == user)
-    if not found.size:
-        return [], []
-    at = city.user_cell[found[0], list(week_hours(hour, city.hours))]
-    located = city.located
-    at = at[(at >= 0)]
-    at = at[located[at]]
-    if at.size:
-        at = at[np.r_[True, at[1:] != at[:-1]]]
-    keys = city.cells["key"].to_numpy()[at].tolist()
-    path = np.column_stack([city.cells["lon"].to_numpy()[at], city.cells["lat"].to_numpy()[at]]).round(6).tolist()
-    return keys, path
+    if not found.size or not len(hours):
+        return Trajectory(user, pd.DataFrame(columns=columns), hours)
+    at = city.user_cell[found[0], list(hours)]
+    when = np.array(list(hours))
+    keep = at >= 0
+    keep[keep] = city.located[at[keep]]
+    at, when = at[keep], when[keep]
+    if not at.size:
+        return Trajectory(user, pd.DataFrame(columns=columns), hours)
+    starts = np.flatnonzero(np.r_[True, at[1:] != at[:-1]])
+    ends = np.r_[starts[1:] - 1, at.size - 1]
+    cells = at[starts]
+    clock = lambda h: f"{(int(h) + origin_hour) % 24:02d}:00"  # noqa: E731
+    stops = pd.DataFrame(
+        {
+            "key": city.cells["key"].to_numpy()[cells],
+            "lon": city.cells["lon"].to_numpy()[cells].astype(float),
+            "lat": city.cells["lat"].to_numpy()[cells].astype(float),
+            "first": when[starts],
+            "last": when[ends],
+            "arrive": [clock(h) for h in when[starts]],
+            "leave": [f"{(int(h) + origin_hour + 1) % 24:02d}:00" for h in when[ends]],
+        }
+    )
+    return Trajectory(user, stops, hours)
+
+
+def focus_view(city: CityData, cell_key: str, zoom: float = 15.0) -> pdk.ViewState | None:
+    """A close view centred on one cell (the map's "find"), or None when it has no coordinates."""
+    row = city.cells[city.cells["key"] == cell_key]
+    if row.empty or not np.isfinite(row["lon"].iat[0]) or not np.isfinite(row["lat"].iat[0]):
+        return None
+    return pdk.ViewState(longitude=float(row["lon"].iat[0]), latitude=float(row["lat"].iat[0]), zoom=zoom)
 
 
 # --- chart ----------------------------------------------------------------------------------------
@@ -292,22 +467,24 @@ def cell_bounds(city: CityData) -> list[float]:
     return [float(cells["lon"].min()), float(cells["lat"].min()), float(cells["lon"].max()), float(cells["lat"].max())]
 
 
+def basemap_layer(basemap: Basemap) -> pdk.Layer:
+    # A data URI must be quoted, or pydeck parses it as a JavaScript expression.
+    return pdk.Layer("BitmapLayer", id="basemap", image=f'"{basemap.uri}"', bounds=basemap.bounds, opacity=0.9)
+
+
 def build_deck(
     *,
-    basemap: tuple[str, list[float]] | None,
+    basemap: Basemap | None,
     cells: pd.DataFrame,
     users: pd.DataFrame,
-    path: list[list[float]] | None,
-    path_user: str | None,
+    trajectory: Trajectory | None,
     view: pdk.ViewState,
+    focus: pd.DataFrame | None = None,
 ) -> pdk.Deck:
-    """The offline map: basemap bitmap, cells, the selected user's trajectory, users. Every layer has an
+    """The offline map: basemap bitmap, cells, the selected user's day (legs light to dark, an arrow on each
+    leg, arrival times at each cell), users, and a ring on the cell found with "Find". Every layer has an
     ``id`` (the Streamlit selection is keyed by it); no map provider, so nothing is fetched."""
-    layers = []
-    if basemap is not None:
-        uri, bounds = basemap
-        # A data URI must be quoted, or pydeck parses it as a JavaScript expression.
-        layers.append(pdk.Layer("BitmapLayer", id="basemap", image=f'"{uri}"', bounds=bounds, opacity=0.9))
+    layers = [basemap_layer(basemap)] if basemap is not None else []
     layers.append(
         pdk.Layer(
             "ScatterplotLayer",
@@ -324,26 +501,30 @@ def build_deck(
             auto_highlight=True,
         )
     )
-    if path:
+    if trajectory is not None and len(trajectory.stops) > 1:
+        lat0 = float(trajectory.stops["lat"].mean())
         layers.append(
             pdk.Layer(
                 "PathLayer",
                 id="trajectory",
-                data=[
-                    {
-                        "key": path_user,
-                        "title": f"{path_user}: week trajectory",
-                        "detail": f"{len(path)} stops",
-                        "path": path,
-                    }
-                ],
+                data=trajectory.legs(),
                 get_path="path",
-                get_color=list(PATH_RGB),
+                get_color="[r, g, b]",
                 get_width=25,
                 width_min_pixels=3,
                 joint_rounded=True,
                 cap_rounded=True,
                 pickable=True,
+            )
+        )
+        layers.append(
+            pdk.Layer(
+                "PolygonLayer",
+                id="trajectory_arrows",
+                data=trajectory.arrows(lat0),
+                get_polygon="polygon",
+                get_fill_color="[r, g, b]",
+                stroked=False,
             )
         )
     if len(users):
@@ -361,6 +542,37 @@ def build_deck(
                 line_width_min_pixels=0.5,
                 pickable=True,
                 auto_highlight=True,
+            )
+        )
+    if trajectory is not None and len(trajectory.stops):
+        layers.append(
+            pdk.Layer(
+                "TextLayer",
+                id="trajectory_times",
+                data=trajectory.labels(),
+                get_position=["lon", "lat"],
+                get_text="text",
+                get_size=12,
+                get_color=list(PATH_END_RGB),
+                get_pixel_offset=[0, -16],
+                background=True,
+                get_background_color=[255, 255, 255, 220],
+                font_weight=600,
+            )
+        )
+    if focus is not None and len(focus):
+        layers.append(
+            pdk.Layer(
+                "ScatterplotLayer",
+                id="focus",
+                data=focus,
+                get_position=["lon", "lat"],
+                get_radius=CELL_RADIUS_M * 2.2,
+                radius_min_pixels=10,
+                filled=False,
+                stroked=True,
+                get_line_color=list(SELECTED_USER_RGB),
+                line_width_min_pixels=3,
             )
         )
     return pdk.Deck(layers=layers, initial_view_state=view, map_provider=None, tooltip={"text": "{title}\n{detail}"})
@@ -396,6 +608,18 @@ def traffic_legend(cap: float) -> str:
         f'<div style="font-size:0.8em"><span style="display:inline-block;width:10px;height:10px;'
         f'background:rgb({gr},{gg},{gb});margin-right:4px"></span>no traffic in this hour · '
         f"bytes of the users attached to the cell in that hour</div></div>"
+    )
+
+
+def trajectory_legend(user: str) -> str:
+    """HTML key of a user's day: the legs' colour from early to late, the arrows, the arrival times."""
+    start = "rgb({},{},{})".format(*PATH_START_RGB)
+    end = "rgb({},{},{})".format(*PATH_END_RGB)
+    return (
+        f'<span style="white-space:nowrap"><b>{user}</b>\'s day: '
+        f'<span style="display:inline-block;width:60px;height:6px;border-radius:3px;vertical-align:middle;'
+        f'background:linear-gradient(to right, {start}, {end})"></span> early → late, '
+        "an arrow on each move, arrival times at each cell</span>"
     )
 
 

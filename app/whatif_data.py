@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.charts import radar
 from app.common import ACCENT, DatasetInfo, database, hour_label_for, megabytes, service_scale
-from app.map_data import initial_view, land_use_colors, load_cells
+from app.map_data import Basemap, basemap_layer, initial_view, land_use_colors, load_cells
 from db.models import Dataset, ModelRecord
 from db.queries import (
     active_model,
@@ -189,10 +189,12 @@ def target_cell(series: SeriesData, start: int, mode: str, cell: str | None) -> 
     return cell if mode == "cell" else start_cell(series, start, mode)
 
 
-def map_deck(cells: pd.DataFrame, target: str | None, home: str | None) -> pdk.Deck | None:
-    """A small offline map of the cells in their land-use colours (as on the Map page); the edited
-    (target) cell ringed in the accent colour, the user's own cell in dark grey. None when cells have
-    no coordinates."""
+def map_deck(
+    cells: pd.DataFrame, target: str | None, home: str | None, basemap: Basemap | None = None
+) -> pdk.Deck | None:
+    """A small offline map of the cells in their land-use colours (as on the Map page) over the data set's
+    basemap; the edited (target) cell ringed in the accent colour, the user's own cell in dark grey. None
+    when cells have no coordinates."""
     located = cells.dropna(subset=["lat", "lon"]).reset_index(drop=True)
     if located.empty:
         return None
@@ -217,7 +219,8 @@ def map_deck(cells: pd.DataFrame, target: str | None, home: str | None) -> pdk.D
         ],
         columns=["key", "lon", "lat", "color"],
     )
-    layers = [
+    layers = [basemap_layer(basemap)] if basemap is not None else []
+    layers += [
         pdk.Layer(
             "ScatterplotLayer",
             id="cells",

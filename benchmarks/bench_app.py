@@ -62,6 +62,7 @@ PAGES = {
     "models": ("models", "Models & evaluation", "Models & evaluation"),
     "data": ("data", "Data", "Data"),
     "jobs": ("jobs", "Jobs", "Jobs"),
+    "glossary": ("glossary", "Glossary", "Glossary"),
 }
 
 

@@ -431,7 +431,17 @@ def pages(city_db: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
 NARROWER = {"fc_steps": "at most the active model's diffusion steps (the engine checks the same)"}
 # Number fields without browser bounds, on purpose (issue 19): an out-of-range entry reaches the page, which says
 # what is wrong under the field and disables the button, instead of the browser sending the old value silently.
-CHECKED_BY_PAGE = {"fc_horizon", "fc_samples", "fc_steps", "fc_seed"}
+CHECKED_BY_PAGE = {
+    "fc_horizon",
+    "fc_samples",
+    "fc_steps",
+    "fc_seed",
+    "cl_horizon",
+    "cl_samples",
+    "cl_seed",
+    "ml_horizon",
+    "ml_samples",
+}
 # Choice widgets with one more option than the field's choices: "unset", which leaves the default.
 UNSET_OPTION = {"table_kind": "as the mapping says"}
 

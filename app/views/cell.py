@@ -14,6 +14,7 @@ from app import cell_data as c
 from app import common, jobs_ui
 from app.charts import fan_chart
 from app.forecast_data import cached_active_model, default_start
+from app.glossary import explain
 from db.models import Dataset
 from engine.errors import InputError, plural
 from engine.jobs import JobView
@@ -216,15 +217,17 @@ def load_form(info: common.DatasetInfo, key: str) -> None:
         key="cl_start",
         format_func=lambda h: common.hour_label_for(info, h),
     )
-    horizon = columns[1].number_input("Horizon (h)", *LoadRequest.bounds("horizon"), key="cl_horizon")
-    samples = columns[2].number_input("Sample paths", *LoadRequest.bounds("samples"), key="cl_samples")
+    horizon, horizon_slot = common.checked_number(columns[1], "Horizon (h)", LoadRequest, "horizon", "cl_horizon")
+    samples, samples_slot = common.checked_number(
+        columns[2], "Sample paths", LoadRequest, "samples", "cl_samples", explain("sample path")
+    )
     location = columns[3].selectbox(
         "Where users will be",
         LoadRequest.choices("location"),
         key="cl_location",
         help="; ".join(f"{k}: {v}" for k, v in LOCATION_HELP.items()),
     )
-    seed = columns[4].number_input("Seed", *LoadRequest.bounds("seed"), key="cl_seed")
+    seed, seed_slot = common.checked_number(columns[4], "Seed", LoadRequest, "seed", "cl_seed", explain("seed"))
     request = LoadRequest(
         scope=f"cell:{key}",
         start=int(start),
@@ -234,13 +237,22 @@ def load_form(info: common.DatasetInfo, key: str) -> None:
         seed=int(seed),
         model_id=model.id,
     )
+    problems = request.validate()
+    for slot, name in ((horizon_slot, "horizon"), (samples_slot, "samples"), (seed_slot, "seed")):
+        common.field_error(slot, problems, name)
+    others = {k: v for k, v in problems.items() if k not in ("horizon", "samples", "seed")}
+    if others:
+        st.error("; ".join(f"{name}: {text}" for name, text in others.items()), icon=":material/error:")
     job_id = jobs_ui.followed("cell_load", ("load",))
-    if st.button("Forecast this cell", type="primary", icon=":material/query_stats:", key="cl_run"):
-        problems = request.validate()
-        if problems:
-            st.error("Not run: " + "; ".join(f"{name}: {text}" for name, text in problems.items()))
-        else:
-            job_id = jobs_ui.submit("load", request.to_params()) or job_id
+    if st.button(
+        "Forecast this cell",
+        type="primary",
+        icon=":material/query_stats:",
+        key="cl_run",
+        disabled=bool(problems),
+        help="Correct the fields marked above first." if problems else None,
+    ):
+        job_id = jobs_ui.submit("load", request.to_params()) or job_id
     st.caption(
         f"Model {model.id} · {model.name}. Only the users who can be in {key} on some path are forecast; the "
         "cell's path i is the sum of their path i."

@@ -14,6 +14,7 @@ import streamlit as st
 from app import forecast_data as fd
 from app import jobs_ui
 from app.common import database, page_header, query_int, query_str, revision, set_query
+from app.glossary import explain
 from app.user_data import cached_entity_keys
 from engine.requests import ForecastRequest
 
@@ -104,14 +105,14 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
             fd.SAMPLERS,
             key="fc_sampler",
             horizontal=True,
-            help="ddim: fast, deterministic, few steps; ddpm: every diffusion step, as in the paper.",
+            help=explain("sampler"),
         )
         steps = middle[3].number_input(
             "DDIM steps",
             step=1,
             key="fc_steps",
             disabled=sampler == "ddpm",
-            help=f"1 to {model.diffusion_steps} (the model's diffusion steps).",
+            help=f"1 to {model.diffusion_steps} (the model's diffusion steps). " + explain("DDIM steps"),
         )
         sampler_slot = st.empty()
         bottom = st.columns([4, 3, 3, 2])
@@ -140,17 +141,14 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
             fd.MAX_GUIDANCE,
             step=0.1,
             key="fc_guidance",
-            help="Classifier-free guidance on the environment: 0 ignores it, 1 is the "
-            "trained conditional model, above 1 exaggerates it.",
+            help=explain("guidance"),
         )
         low, high = ForecastRequest.bounds("seed")
-        seed = bottom[3].number_input("Seed", step=1, key="fc_seed", help=f"{low} to {high}.")
+        seed = bottom[3].number_input("Seed", step=1, key="fc_seed", help=f"{low} to {high}. " + explain("seed"))
         paired = bottom[3].checkbox(
             "Paired paths",
             key="fc_paired",
-            help="Antithetic pairs: each path has a twin driven by the opposite noise. Every "
-            "path is still a sample of the model; the mean of the paths is steadier "
-            "for the same number of paths. Off: every path on its own noise.",
+            help=explain("paired paths"),
         )
 
         request = ForecastRequest(
@@ -268,13 +266,13 @@ def show_run(run: fd.StoredRun) -> None:
                 "entity": noun,
                 "hours": "hours",
                 "mse": st.column_config.NumberColumn("MSE", format="%.4f"),
-                "rmse": st.column_config.NumberColumn("RMSE", format="%.4f"),
+                "rmse": st.column_config.NumberColumn("RMSE", format="%.4f", help=explain("RMSE")),
                 "mae": st.column_config.NumberColumn("MAE", format="%.4f"),
-                "cs": st.column_config.NumberColumn("cosine", format="%.3f"),
-                "r2": st.column_config.NumberColumn("R²", format="%.3f"),
-                "crps": st.column_config.NumberColumn("CRPS", format="%.4f"),
-                "cov50": st.column_config.NumberColumn("50% coverage", format="%.2f"),
-                "cov90": st.column_config.NumberColumn("90% coverage", format="%.2f"),
+                "cs": st.column_config.NumberColumn("cosine", format="%.3f", help=explain("cosine")),
+                "r2": st.column_config.NumberColumn("R²", format="%.3f", help=explain("R²")),
+                "crps": st.column_config.NumberColumn("CRPS", format="%.4f", help=explain("CRPS")),
+                "cov50": st.column_config.NumberColumn("50% coverage", format="%.2f", help=explain("coverage")),
+                "cov90": st.column_config.NumberColumn("90% coverage", format="%.2f", help=explain("coverage")),
                 "mae_mb": st.column_config.NumberColumn(
                     "MAE (MB)", format="%.3f", help="Mean absolute error of the median forecast, in MB."
                 ),

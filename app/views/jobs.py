@@ -61,7 +61,11 @@ def recent_section() -> None:
             "id": st.column_config.NumberColumn("job", format="%d"),
             "job": "what",
             "created": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-            "seconds": st.column_config.NumberColumn("ran (s)", format="%.1f"),
+            "ran": st.column_config.TextColumn(
+                "ran",
+                help="The whole job, from a worker taking it to its end (loading the model and data included); "
+                "a run's own 'computed in' time in the message counts the computation alone.",
+            ),
             "link": st.column_config.LinkColumn("open", display_text="open"),
             "details": st.column_config.TextColumn("message or reason", width="large"),
         },

@@ -11,6 +11,7 @@ import streamlit as st
 
 from app import common, jobs_ui
 from app import models_data as md
+from app.glossary import explain
 from engine.evaluation.evaluate import COMPARISON_MODELS, LOCATION_TEXT
 from engine.model.config import CONFIGS
 from engine.requests import EvaluateRequest, TrainRequest
@@ -146,8 +147,11 @@ def show_evaluation(model: md.ModelInfo) -> None:
             delta_arrow="off",
             help=help_text + "; the interval comes from resampling the users (paired bootstrap, 1,000 resamples)",
         )
+    terms = {"RMSE": "RMSE", "MAE": "MAE", "CS": "cosine", "R²": "R²", "CRPS": "CRPS", "cov50": "coverage"}
     number = {
-        column: st.column_config.NumberColumn(format="%.4f")
+        column: st.column_config.NumberColumn(
+            format="%.4f", help=explain(terms.get(column, "coverage" if column == "cov90" else "normalised scale"))
+        )
         for column in ("MSE", "RMSE", "MAE", "CS", "R²", "CRPS", "cov50", "cov90")
     }
     st.markdown("**Table III: methods compared** (one-step forecasts of the test day, normalised scale)")

@@ -29,6 +29,8 @@ from app.common import (
     revision,
     set_query,
 )
+from app.glossary import explain
+from app.map_data import Basemap, land_use_legend
 from app.user_data import cached_entity_keys
 from engine.errors import InputError, plural
 from engine.load.core import load_runs, read_load_run
@@ -87,6 +89,15 @@ def adopt_scenario(result: dict, context: wd.EditorContext, keys: list[str], hou
     fd.remember_link_value(state, "wi_start", query_int("hour", None, hours.start, hours.stop - 1))
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def light_basemap(url: str, dataset_id: int, rev: int) -> Basemap | None:
+    """The data set's basemap, small: the What-if maps are 300-360 px high."""
+    from app import load_common as ld
+
+    base = ld.cached_basemap(url, dataset_id, rev)
+    return base.light() if base is not None else None
+
+
 def pick_from_map() -> None:
     """A click on a cell of the map moves the user there."""
     picked = wd.picked_cell(state["wi_map"].selection)
@@ -118,13 +129,18 @@ def location_editor(cells: pd.DataFrame, user: str, start: int, slots: dict) -> 
     series = user_series(user)
     home = wd.start_cell(series, start, "habitual")
     target = wd.target_cell(series, start, mode, cell)
-    deck = wd.map_deck(cells, target, home)
+    base = light_basemap(url, info.id, revision())
+    deck = wd.map_deck(cells, target, home, base)
     if deck is not None:
         st.pydeck_chart(deck, on_select=pick_from_map, selection_mode="single-object", key="wi_map", height=300)
         when = hour_label_for(info, start)
-        st.caption(
-            f"Ringed: dark, the user's habitual cell at {when} ({home or 'unknown'}); orange, the cell "
-            "edited on the right. Click a cell to move there."
+        st.markdown(
+            land_use_legend(list(cells.dropna(subset=["lat", "lon"])["land_use"]))
+            + f"<div><small>Ringed: dark, the user's habitual cell at {when} ({home or 'unknown'}); orange, "
+            "the cell edited on the right. Click a cell to move there."
+            + (f" {base.legend().capitalize()}." if base is not None else "")
+            + "</small></div>",
+            unsafe_allow_html=True,
         )
     return mode, target
 
@@ -266,8 +282,10 @@ def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str])
         with right:
             env = environment_editor(context, cells, target, slots)
         bottom = st.columns(4)
-        a = bottom[0].slider("a (image weight, Eq. 9)", 0.0, 1.0, step=0.05, key="wi_a")
-        b = bottom[1].slider("b (text weight, Eq. 9)", 0.0, 1.0, step=0.05, key="wi_b")
+        a = bottom[0].slider(
+            "a (image weight, Eq. 9)", 0.0, 1.0, step=0.05, key="wi_a", help=explain("a and b (Eq. 9)")
+        )
+        b = bottom[1].slider("b (text weight, Eq. 9)", 0.0, 1.0, step=0.05, key="wi_b", help=explain("a and b (Eq. 9)"))
         slots["weights"] = bottom[0].empty()
         guidance = bottom[2].slider(
             "Guidance",
@@ -275,7 +293,7 @@ def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str])
             wd.MAX_GUIDANCE,
             step=0.1,
             key="wi_guidance",
-            help="0 ignores the environment, 1 is the trained model (the baseline), above 1 exaggerates it.",
+            help=explain("guidance"),
         )
         slots["guidance"] = bottom[2].empty()
         name = bottom[3].text_input(
@@ -617,8 +635,14 @@ def show_cell_scenario(run_id: int) -> None:
     city = ld.cached_city(url, info.id, revision())
     risk = ld.risk_frames(scenario, city)
     view = m.initial_view(risk.bounds)
-    st.pydeck_chart(ld.risk_deck(risk.frames[hour], view, None), key="cw_map", height=360)
-    st.markdown(ld.risk_legend(risk.risk_level) + " (the scenario's)", unsafe_allow_html=True)
+    base = light_basemap(url, info.id, revision())
+    st.pydeck_chart(ld.risk_deck(risk.frames[hour], view, base), key="cw_map", height=360)
+    st.markdown(
+        ld.risk_legend(risk.risk_level)
+        + " (the scenario's)"
+        + (f"<div><small>{base.legend()}</small></div>" if base is not None else ""),
+        unsafe_allow_html=True,
+    )
     table = frame[frame["step"] == hour][
         ["cell", "baseline_mb", "scenario_mb", "diff_mean", "diff_q05", "diff_q95", "p_baseline", "p_scenario"]
     ]

@@ -413,7 +413,7 @@ def _forecast(ctx: JobContext) -> Outcome:
     return Outcome(
         f"forecast_run:{run['run_id']}",
         {"run_id": run["run_id"], "model_id": run["model_id"], "seconds": run["seconds"]},
-        f"forecast run {run['run_id']} in {run['seconds']:.1f} s",
+        f"forecast run {run['run_id']}, computed in {run['seconds']:.1f} s",
     )
 
 
@@ -441,7 +441,7 @@ def _whatif(ctx: JobContext) -> Outcome:
     return Outcome(
         f"scenario:{payload['scenario_id']}",
         {key: payload[key] for key in ("scenario_id", "name", "baseline_run_id", "scenario_run_id", "seconds")},
-        f"scenario {payload['scenario_id']} in {payload['seconds']:.1f} s",
+        f"scenario {payload['scenario_id']}, computed in {payload['seconds']:.1f} s",
     )
 
 
@@ -463,7 +463,7 @@ def _load(ctx: JobContext) -> Outcome:
             "cells": len(run["cells"]),
         },
         f"load run {run['run_id']}: {plural(len(run['cells']), 'cell')}, {plural(run['users_forecast'], 'user')} "
-        f"in {run['seconds']:.1f} s",
+        f"computed in {run['seconds']:.1f} s",
     )
 
 
@@ -481,7 +481,7 @@ def _load_whatif(ctx: JobContext) -> Outcome:
             for key in ("baseline_run_id", "scenario_run_id", "name", "what", "cell", "seconds", "users_forecast")
         },
         f"{payload['name']}: runs {payload['baseline_run_id']} and {payload['scenario_run_id']} "
-        f"in {payload['seconds']:.1f} s",
+        f"computed in {payload['seconds']:.1f} s",
     )
 
 

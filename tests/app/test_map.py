@@ -4,6 +4,7 @@ user without clicking the map. Expected values come from independent SQL on the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -120,22 +121,62 @@ def test_land_use_colouring_paints_each_cell_in_its_land_uses_legend_colour(app_
     assert all(name in legend for name in set(land_use.values()))
 
 
-def test_user_link_draws_that_users_week_as_a_path_through_their_cells(app_db: Path) -> None:
+def test_user_link_draws_that_users_day_as_legs_with_arrows_and_arrival_times(app_db: Path) -> None:
     spec = layers(run_map(user="U0001", hour=30))
-    path = spec["trajectory"]
-    assert path["@@type"] == "PathLayer"
+    legs = spec["trajectory"]
+    assert legs["@@type"] == "PathLayer"
+    origin = sql(app_db, "SELECT time_origin FROM datasets")[0][0]
+    first = 30 - (int(str(origin)[11:13]) + 30) % 24  # midnight of the day that holds hour 30
     rows = sql(
         app_db,
-        "SELECT l.cell_id, c.lon, c.lat FROM locations l JOIN entities e ON e.id = l.entity_id "
-        "JOIN cells c ON c.id = l.cell_id WHERE e.key = 'U0001' AND l.hour < 168 ORDER BY l.hour",
+        "SELECT l.hour, c.key, c.lon, c.lat FROM locations l JOIN entities e ON e.id = l.entity_id "
+        "JOIN cells c ON c.id = l.cell_id WHERE e.key = 'U0001' AND l.hour >= ? AND l.hour < ? ORDER BY l.hour",
+        first,
+        first + 24,
     )
+    stops = [r for i, r in enumerate(rows) if i == 0 or r[1] != rows[i - 1][1]]  # repeats are one stop
+    assert len(stops) > 2
     expected = [
-        [round(lon, 6), round(lat, 6)] for i, (cell, lon, lat) in enumerate(rows) if i == 0 or cell != rows[i - 1][0]
-    ]  # consecutive hours in the same cell are one stop
-    assert len(expected) > 5
-    assert path["data"][0]["path"] == expected
+        [[round(a[2], 6), round(a[3], 6)], [round(b[2], 6), round(b[3], 6)]] for a, b in itertools.pairwise(stops)
+    ]
+    assert [leg["path"] for leg in legs["data"]] == expected
+    colours = [(leg["r"], leg["g"], leg["b"]) for leg in legs["data"]]
+    assert colours[0] == m.PATH_START_RGB and colours[-1] == m.PATH_END_RGB  # light to dark through the day
+    moved = sum(1 for a, b in itertools.pairwise(stops) if (a[2], a[3]) != (b[2], b[3]))
+    assert len(spec["trajectory_arrows"]["data"]) == moved
+    times = {row["key"]: row["text"] for row in spec["trajectory_times"]["data"]}
+    hour0 = int(str(origin)[11:13])
+    for hour, key, _, _ in stops:
+        assert f"{(hour + hour0) % 24:02d}:00" in times[key]
     last_user = spec["users"]["data"][-1]  # the linked user is drawn on top, in the accent colour
     assert last_user["key"] == "U0001" and (last_user["r"], last_user["g"], last_user["b"]) == m.SELECTED_USER_RGB
+
+
+def test_find_centres_the_map_on_the_cell_rings_it_and_goes_into_the_link(app_db: Path) -> None:
+    at = run_map(hour=12)
+    whole = deck(at)["initialViewState"]
+    at.selectbox(key="map_find").set_value("cell:C0042").run()
+    assert not at.exception and query(at, "find") == "cell:C0042"
+    spec = deck(at)
+    lon, lat = sql(app_db, "SELECT lon, lat FROM cells WHERE key = 'C0042'")[0]
+    view = spec["initialViewState"]
+    assert (view["longitude"], view["latitude"]) == pytest.approx((lon, lat)) and view["zoom"] > whole["zoom"]
+    ring = {layer["id"]: layer for layer in spec["layers"]}["focus"]["data"]
+    assert [r["key"] for r in ring] == ["C0042"]
+    # A user is found at their cell of the chosen hour.
+    at.selectbox(key="map_find").set_value("user:U0007").run()
+    cell = sql(
+        app_db,
+        "SELECT c.key FROM locations l JOIN entities e ON e.id = l.entity_id JOIN cells c ON c.id = l.cell_id "
+        "WHERE e.key = 'U0007' AND l.hour = 12",
+    )[0][0]
+    assert [r["key"] for r in layers(at)["focus"]["data"]] == [cell]
+    assert any("find=nobody" in w.value for w in run_map(find="nobody").warning)
+
+
+def test_the_legend_names_the_basemap_and_explains_the_users_day(app_db: Path) -> None:
+    legend = next(md.value for md in run_map(hour=12, user="U0001").markdown if "basemap:" in md.value)
+    assert "synthetic city" in legend and "U0001" in legend and "early → late" in legend
 
 
 @pytest.mark.parametrize(
@@ -221,13 +262,37 @@ def test_cell_hour_bytes_counts_each_entitys_traffic_at_its_cell_of_that_hour() 
     assert m.cell_hour_bytes(located, used, 3).tolist() == [[5, 0, 3], [1, 9, 0], [0, 0, 0]]
 
 
-def test_trajectory_merges_repeats_skips_unknown_or_unplaced_hours() -> None:
+def test_day_trajectory_merges_repeats_skips_unknown_or_unplaced_hours_and_says_when() -> None:
     city = _tiny_city()
-    keys, path = m.trajectory(city, "U1", hour=3)
-    assert keys == ["A", "B", "A"]  # hour 4 unknown, hour 7 in a cell without coordinates
-    assert path == [[121.0, 31.0], [121.01, 31.0], [121.0, 31.0]]
-    assert m.trajectory(city, "nobody", 3) == ([], [])
-    assert m.week_hours(200, 336) == range(168, 336) and m.week_hours(5, 100) == range(100)
+    day = m.day_trajectory(city, "U1", hour=3, origin_hour=20)  # hour 0 is 20:00: hours 0-3 are one day
+    assert day.hours == range(4)
+    assert list(day.stops["key"]) == ["A", "B"] and list(day.stops["arrive"]) == ["20:00", "22:00"]
+    assert list(day.stops["leave"]) == ["22:00", "00:00"]
+    later = m.day_trajectory(city, "U1", hour=6, origin_hour=20)  # hours 4-9: unknown, B, A, unplaced, A, A
+    assert later.hours == range(4, 10)
+    # an unplaced hour between two in the same cell does not split the stay
+    assert list(later.stops["key"]) == ["B", "A"] and list(later.stops["arrive"]) == ["01:00", "02:00"]
+    assert list(later.stops["leave"]) == ["02:00", "06:00"]
+    assert later.path == [[121.01, 31.0], [121.0, 31.0]]
+    assert len(later.legs()) == 1 and len(later.arrows(31.0)) == 1
+    assert later.labels().set_index("key")["text"].to_dict() == {"B": "01:00", "A": "02:00"}
+    arrow = np.array(later.arrows(31.0)["polygon"].iat[0])
+    assert arrow[0, 0] < arrow[1:, 0].min()  # the tip points west, from B to A
+    assert m.day_trajectory(city, "nobody", 3).stops.empty
+
+
+def test_a_real_data_set_gets_a_plain_basemap_with_a_round_grid_not_an_invented_city() -> None:
+    from PIL import Image
+
+    lon, lat = np.array([116.30, 116.42, 116.35]), np.array([39.90, 39.98, 39.93])
+    base = m.neutral_basemap(lon, lat)
+    west, south, east, north = base.bounds
+    assert west < lon.min() < lon.max() < east and south < lat.min() < lat.max() < north
+    image = np.asarray(Image.open(__import__("io").BytesIO(__import__("base64").b64decode(base.uri.split(",")[1]))))
+    colours = {tuple(int(v) for v in px) for px in image.reshape(-1, 3)}
+    assert colours == {m.NEUTRAL_RGB, m.GRID_RGB}  # grey and grid lines, nothing drawn
+    assert base.kind == "neutral" and base.grid_deg == 0.02 and "0.02°" in base.legend()
+    assert [m.grid_step(s) for s in (0.11, 1.0, 0.004)] == pytest.approx([0.02, 0.1, 0.0005])
 
 
 def test_users_in_one_cell_are_spread_around_it_and_keep_their_spot() -> None:
@@ -315,7 +380,7 @@ def _risk_layer(at: AppTest) -> dict:
 def test_forecast_this_area_queues_a_load_job_for_the_chosen_cells_or_box(app_db: Path) -> None:
     at = run_map()
     at.multiselect(key="ml_cells").set_value(["C0001", "C0005"])
-    at.number_input(key="ml_horizon").set_value(2)
+    at.number_input(key="ml_horizon").set_value(2).run()  # Run is disabled until a cell is chosen
     at.button(key="ml_run").click().run()
     assert not at.exception, at.exception
     ((kind, params),) = sql(app_db, "SELECT kind, params FROM jobs")
@@ -332,8 +397,10 @@ def test_forecast_this_area_queues_a_load_job_for_the_chosen_cells_or_box(app_db
     assert west == pytest.approx(min(lon), abs=1e-5) and east == pytest.approx(max(lon), abs=1e-5)
     at.radio(key="ml_kind").set_value("cells").run()
     at.multiselect(key="ml_cells").set_value([]).run()
-    at.button(key="ml_run").click().run()
-    assert any("choose at least one cell" in e.value for e in at.error)
+    assert at.button(key="ml_run").disabled and "at least one cell" in at.button(key="ml_run").help
+    at.multiselect(key="ml_cells").set_value(["C0001"]).run()
+    at.number_input(key="ml_horizon").set_value(9999).run()  # out of range: said at the field, not replaced
+    assert any(e.value.startswith("Horizon:") for e in at.error) and at.button(key="ml_run").disabled
     assert sql(app_db, "SELECT COUNT(*) FROM jobs") == [(2,)]
 
 

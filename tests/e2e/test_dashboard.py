@@ -46,6 +46,7 @@ PAGES = {
     "models": ("/models", "Models & evaluation"),
     "data": ("/data", "Data"),
     "jobs": ("/jobs", "Jobs"),
+    "glossary": ("/glossary", "Glossary"),
 }
 
 

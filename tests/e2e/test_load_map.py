@@ -61,7 +61,7 @@ def test_an_area_chosen_on_the_map_is_forecast_and_its_risk_map_plays_back(page,
     assert page.locator('[data-testid="stDeckGlJsonChart"]').count() == 2  # the city map and the risk map
     city_hour = page.get_by_role("slider", name="Hour").first.get_attribute("aria-valuenow")
 
-    page.get_by_text("Play", exact=True).click()
+    page.get_by_text("Play forecast", exact=True).click()
     seen = [labels[0]]
     deadline = time.monotonic() + 30
     while len(seen) < 4 and time.monotonic() < deadline:  # hour 1, hour 2, then back to the first
@@ -73,7 +73,7 @@ def test_an_area_chosen_on_the_map_is_forecast_and_its_risk_map_plays_back(page,
     assert seen == [labels[0], labels[1], labels[2], labels[0]], seen
     assert page.get_by_role("slider", name="Hour").first.get_attribute("aria-valuenow") == city_hour
     assert "hour=38" in page.url
-    page.get_by_text("Play", exact=True).click()
+    page.get_by_text("Play forecast", exact=True).click()
     assert exception_texts(page) == []
     full_screenshot(page, artifacts_dir() / "map-risk.png")
     database.dispose()
