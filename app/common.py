@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from PIL import Image
     from streamlit.delta_generator import DeltaGenerator
 
+    from engine.requests import Request
+
 # One colour per service, used the same way on every chart (Tableau 10, then Tableau 20's lighter
 # shades for data sets with more than ten services).
 SERVICE_PALETTE = [
@@ -231,18 +233,18 @@ def page_header(title: str, caption: str | None = None) -> None:
 
 
 def checked_number(
-    container: DeltaGenerator, label: str, request_type: type, name: str, key: str, help: str = ""
-) -> tuple[float | int, DeltaGenerator]:
-    """A number field without browser bounds and a slot under it for its message (see ``field_error``).
+    container: DeltaGenerator, label: str, request_type: type[Request], name: str, key: str, help: str = ""
+) -> float | int:
+    """A number field without browser bounds: its message goes under the form's row (``field_error``).
     Bounds in the browser kept an out-of-range entry red and sent the old value, so the run went with a
     number nobody typed; here the request's own check names the problem and the page disables the button."""
     low, high = request_type.bounds(name)
-    value = container.number_input(label, step=1, key=key, help=f"{low} to {high}. {help}".strip())
-    return value, container.empty()
+    return container.number_input(label, step=1, key=key, help=f"{low} to {high}. {help}".strip())
 
 
-def field_error(slot: DeltaGenerator, problems: dict[str, str], *names: str) -> None:
-    """Under a field: the request check's message for any of ``names`` (nothing when they are fine)."""
-    found = [f"{n.capitalize()}: {problems[n]}" for n in names if n in problems]
+def field_error(slot: DeltaGenerator, problems: dict[str, str], labels: dict[str, str]) -> None:
+    """Under a row of fields: the request check's message for each field, named by its label (``labels``:
+    request field -> the label on the page), one line each; nothing when they are fine."""
+    found = [f"{label}: {problems[name]}" for name, label in labels.items() if name in problems]
     if found:
-        slot.error("; ".join(found), icon=":material/error:")
+        slot.error("  \n".join(found), icon=":material/error:")

@@ -46,15 +46,58 @@ def _state_key(key: str) -> str:
 # --- queueing -----------------------------------------------------------------------------------------
 
 
+_CONFIRMED = "_jobs_confirmed_kinds"  # kinds whose long run was confirmed once in this session: not asked again
+_PENDING = "_jobs_pending"  # a long request waiting for its confirmation: kind, params and the estimate
+
+
 def submit(kind: str, params: dict, *, slots: dict | None = None) -> int | None:
     """Queue a job; returns its id, or None when the request was refused: then ``st.error`` names the
-    parameter (placed in ``slots[field]`` when the page has a slot for that field)."""
+    parameter (placed in ``slots[field]`` when the page has a slot for that field).
+
+    A job expected to run more than a minute (engine/jobs/queue.py ``estimate``) is not queued at once the
+    first time in a session: the page reruns and the follower of that kind (``followed``) asks, saying how
+    long and on what the estimate rests; "Queue it" queues it there. After one "Queue it" for a kind, no
+    more asking in the session."""
+    try:
+        jobs.KINDS[kind].check(dict(params))
+    except (TypeError, ValueError):  # refused: enqueue says why (at the field) and drops the uploads
+        return _enqueue(kind, params, slots)
+    expected = jobs.estimate(database(), kind, params)
+    if expected.long and kind not in st.session_state.get(_CONFIRMED, set()):
+        st.session_state[_PENDING] = {"kind": kind, "params": params, "estimate": expected}
+        st.rerun()
+    return _enqueue(kind, params, slots)
+
+
+def _enqueue(kind: str, params: dict, slots: dict | None = None) -> int | None:
     try:
         return jobs.enqueue(database(), kind, params)
     except InputError as error:
         slot = (slots or {}).get(error.field) or st
         slot.error(f"Not started: {error}", icon=":material/error:")
         return None
+
+
+def _ask(pending: dict) -> int | None:
+    """The question about a long job, where its follower stands; the new job's id once it is queued."""
+    kind, params, expected = pending["kind"], pending["params"], pending["estimate"]
+    with st.container(border=True):
+        st.markdown(
+            f":material/schedule: **{jobs.KINDS[kind].title}** should take **{duration_text(expected.seconds or 0)}** "
+            f"({expected.basis}). It runs in the background: keep working, and follow it here or on **Jobs**, "
+            "where it can be cancelled."
+        )
+        left, right, _ = st.columns([1, 1, 3])
+        if left.button("Queue it", type="primary", icon=":material/play_arrow:", key="_jobs_confirm_yes"):
+            del st.session_state[_PENDING]
+            st.session_state.setdefault(_CONFIRMED, set()).add(kind)
+            return _enqueue(kind, params)
+        if right.button("Not now", key="_jobs_confirm_no"):
+            del st.session_state[_PENDING]
+            jobs.discard_uploads(params)
+            st.rerun()
+        st.caption("Asked once per kind of job in a session.")
+    return None
 
 
 def cancel(job_id: int) -> None:
@@ -68,6 +111,13 @@ def cancel(job_id: int) -> None:
 def followed(key: str, kinds: Iterable[str]) -> int | None:
     """The job this follower shows: the one kept in session state, else the job of a ``?job=ID`` link
     when it is of one of ``kinds`` (a link to another kind of job belongs to another page or follower)."""
+    kinds = set(kinds)
+    pending = st.session_state.get(_PENDING)
+    if pending is not None and pending["kind"] in kinds:  # a long job waiting for its "Queue it" (``submit``)
+        queued = _ask(pending)
+        if queued is not None:
+            st.session_state[_state_key(key)] = queued
+            return queued
     job_id = st.session_state.get(_state_key(key))
     if job_id is not None:
         return int(job_id)
@@ -81,7 +131,7 @@ def followed(key: str, kinds: Iterable[str]) -> int | None:
         set_query(job=None)
         return None
     held = any(name.startswith("_job_") and value == job.id for name, value in st.session_state.items())
-    return job.id if job.kind in set(kinds) and not held else None  # held: another follower shows it
+    return job.id if job.kind in kinds and not held else None  # held: another follower shows it
 
 
 def forget(key: str) -> None:

@@ -217,8 +217,8 @@ def load_form(info: common.DatasetInfo, key: str) -> None:
         key="cl_start",
         format_func=lambda h: common.hour_label_for(info, h),
     )
-    horizon, horizon_slot = common.checked_number(columns[1], "Horizon (h)", LoadRequest, "horizon", "cl_horizon")
-    samples, samples_slot = common.checked_number(
+    horizon = common.checked_number(columns[1], "Horizon (h)", LoadRequest, "horizon", "cl_horizon")
+    samples = common.checked_number(
         columns[2], "Sample paths", LoadRequest, "samples", "cl_samples", explain("sample path")
     )
     location = columns[3].selectbox(
@@ -227,7 +227,8 @@ def load_form(info: common.DatasetInfo, key: str) -> None:
         key="cl_location",
         help="; ".join(f"{k}: {v}" for k, v in LOCATION_HELP.items()),
     )
-    seed, seed_slot = common.checked_number(columns[4], "Seed", LoadRequest, "seed", "cl_seed", explain("seed"))
+    seed = common.checked_number(columns[4], "Seed", LoadRequest, "seed", "cl_seed", explain("seed"))
+    row_slot = st.empty()
     request = LoadRequest(
         scope=f"cell:{key}",
         start=int(start),
@@ -238,8 +239,7 @@ def load_form(info: common.DatasetInfo, key: str) -> None:
         model_id=model.id,
     )
     problems = request.validate()
-    for slot, name in ((horizon_slot, "horizon"), (samples_slot, "samples"), (seed_slot, "seed")):
-        common.field_error(slot, problems, name)
+    common.field_error(row_slot, problems, {"horizon": "Horizon (h)", "samples": "Sample paths", "seed": "Seed"})
     others = {k: v for k, v in problems.items() if k not in ("horizon", "samples", "seed")}
     if others:
         st.error("; ".join(f"{name}: {text}" for name, text in others.items()), icon=":material/error:")

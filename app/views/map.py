@@ -94,21 +94,21 @@ def area_form(info: common.DatasetInfo, city: m.CityData) -> None:
         key="ml_start",
         format_func=lambda h: label(info, h),
     )
-    horizon, horizon_slot = common.checked_number(cols[1], "Horizon (h)", LoadRequest, "horizon", "ml_horizon")
-    samples, samples_slot = common.checked_number(
+    horizon = common.checked_number(cols[1], "Horizon (h)", LoadRequest, "horizon", "ml_horizon")
+    samples = common.checked_number(
         cols[2], "Sample paths", LoadRequest, "samples", "ml_samples", explain("sample path")
     )
     location = cols[3].selectbox(
         "Where users will be", LoadRequest.choices("location"), key="ml_location", help=explain("location scenario")
     )
+    row_slot = st.empty()
     request = LoadRequest(
         scope=scope, start=int(start), horizon=int(horizon), samples=int(samples), location=location, model_id=model.id
     )
     problems = request.validate()
     if kind == "cells" and scope == "cell:":
         problems = {"scope": "choose at least one cell", **problems}
-    common.field_error(horizon_slot, problems, "horizon")
-    common.field_error(samples_slot, problems, "samples")
+    common.field_error(row_slot, problems, {"horizon": "Horizon (h)", "samples": "Sample paths"})
     others = {k: v for k, v in problems.items() if k not in ("horizon", "samples", "scope")}
     if others:
         st.error("; ".join(f"{name}: {text}" for name, text in others.items()), icon=":material/error:")

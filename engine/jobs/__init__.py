@@ -36,10 +36,12 @@ Decisions
 
 from engine.jobs.kinds import KINDS, environment_progress
 from engine.jobs.queue import (
+    Estimate,
     QueueOutlook,
     cancel,
     discard_uploads,
     enqueue,
+    estimate,
     get_job,
     job_view,
     list_jobs,
@@ -68,6 +70,7 @@ __all__ = [
     "LANES",
     "STATUSES",
     "WORKER_ALIVE_SECONDS",
+    "Estimate",
     "JobCancelled",
     "JobContext",
     "JobKind",
@@ -80,6 +83,7 @@ __all__ = [
     "discard_uploads",
     "enqueue",
     "environment_progress",
+    "estimate",
     "get_job",
     "job_view",
     "list_jobs",

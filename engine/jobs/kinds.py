@@ -529,13 +529,47 @@ KINDS: dict[str, JobKind] = {
             changes_data=True,
         ),
         JobKind("train", TrainRequest.TITLE, "batch", _train, _checked(TrainRequest), changes_data=True),
-        JobKind("evaluate", EvaluateRequest.TITLE, "batch", _evaluate, _checked(EvaluateRequest)),
-        JobKind("forecast", ForecastRequest.TITLE, "interactive", _forecast, _checked(ForecastRequest)),
+        JobKind(
+            "evaluate",
+            EvaluateRequest.TITLE,
+            "batch",
+            _evaluate,
+            _checked(EvaluateRequest),
+            # measured at the default settings only: other settings have no figure until one ran here
+            prior=(
+                27 * 60.0,
+                "a full evaluation of the default city at these settings took 27 min on 2 CPU cores, "
+                "before the learned baselines (a few minutes each) were added",
+                {"quick": False, "samples": 32, "path_samples": 16, "steps": 30, "path_users": 100}
+                | {"train_missing": True, "level": "user"},
+            ),
+        ),
+        JobKind(
+            "forecast",
+            ForecastRequest.TITLE,
+            "interactive",
+            _forecast,
+            _checked(ForecastRequest),
+            size=lambda p: len(p.get("entities") or [1]) * p.get("horizon", 24) * p.get("samples", 32),
+        ),
         JobKind("whatif", WhatIfRequest.TITLE, "interactive", _whatif, _checked(WhatIfRequest)),
         JobKind("load", LoadRequest.TITLE, "interactive", _load, _checked(LoadRequest)),
         # An area's users are many (the whole default city: about 16 minutes on two cores): the batch lane, so
         # that the Cell page's and the Forecast page's runs are not queued behind it.
-        JobKind("load.area", "Forecast an area's load", "batch", _load, _checked(LoadRequest)),
+        JobKind(
+            "load.area",
+            "Forecast an area's load",
+            "batch",
+            _load,
+            _checked(LoadRequest),
+            # path-hours; an area of chosen cells is taken as 1/20 of the whole default city
+            size=lambda p: p.get("horizon", 24) * p.get("samples", 32) * (20.0 if p.get("scope") == "area:all" else 1),
+            prior=(
+                16 * 60.0,
+                "the whole default city's load (500 users, 24 h, 32 paths) took about 16 min on 2 CPU cores",
+                {"scope": "area:all", "horizon": 24, "samples": 32},
+            ),
+        ),
         JobKind("load.whatif", LoadWhatIfRequest.TITLE, "interactive", _load_whatif, _checked(LoadWhatIfRequest)),
     )
 }

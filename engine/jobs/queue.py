@@ -17,7 +17,7 @@ from sqlalchemy import select
 from db import Database
 from db.models import Job, Worker, utcnow
 from db.session import data_dir
-from engine.errors import InputError
+from engine.errors import InputError, plural
 from engine.jobs.kinds import KINDS
 from engine.jobs.types import WORKER_ALIVE_SECONDS, JobView
 
@@ -178,20 +178,52 @@ class QueueOutlook:
     unknown: list[str]
 
 
-def typical_seconds(database: Database, kind: str) -> float | None:
-    """The median run time of the last finished (done) jobs of this kind, or None without any."""
+LONG_JOB_SECONDS = 60.0  # a job expected to run longer is announced with its estimate before it is queued
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """How long a requested job should run (seconds; None: nothing to go by) and what that rests on."""
+
+    seconds: float | None
+    basis: str
+
+    @property
+    def long(self) -> bool:
+        return self.seconds is not None and self.seconds > LONG_JOB_SECONDS
+
+
+def estimate(database: Database, kind: str, params: dict) -> Estimate:
+    """The expected run time of a job of ``kind`` with ``params``: the median over this machine's last
+    finished jobs of the kind (of their seconds per unit of the kind's ``size``, times this request's size,
+    where the kind has one); before any, the kind's measured ``prior``; else unknown."""
+    job_kind = KINDS[kind]
     with database.session() as session:
         rows = session.execute(
-            select(Job.started_at, Job.finished_at)
+            select(Job.params, Job.started_at, Job.finished_at)
             .where(Job.kind == kind, Job.status == "done", Job.started_at.is_not(None), Job.finished_at.is_not(None))
             .order_by(Job.id.desc())
             .limit(HISTORY_JOBS)
         ).all()
-    seconds = sorted(max(0.0, (end - start).total_seconds()) for start, end in rows if start and end)
-    if not seconds:
-        return None
-    middle = len(seconds) // 2
-    return seconds[middle] if len(seconds) % 2 else (seconds[middle - 1] + seconds[middle]) / 2
+    size = job_kind.size or (lambda _: 1.0)
+    rates = sorted(
+        max(0.0, (end - start).total_seconds()) / max(size(dict(p or {})), 1e-9)
+        for p, start, end in rows
+        if start and end
+    )
+    if rates:
+        middle = len(rates) // 2
+        rate = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
+        scaled = " scaled to this request's size" if job_kind.size else ""
+        return Estimate(rate * size(params), f"the median of the last {plural(len(rates), 'such job')} here{scaled}")
+    if job_kind.prior is not None:
+        seconds, note, reference = job_kind.prior
+        basis = f"none has run here yet; {note}"
+        if job_kind.size:  # scaled from the measured request to this one
+            return Estimate(seconds * job_kind.size(params) / job_kind.size(reference), basis)
+        if all(params.get(name, value) == value for name, value in reference.items()):  # absent: the default
+            return Estimate(seconds, basis)
+    return Estimate(None, "none has run here yet")
 
 
 def remaining_seconds(job: JobView, typical: float | None) -> float | None:
@@ -222,11 +254,12 @@ def queue_outlook(database: Database, job_id: int) -> QueueOutlook | None:
             .order_by((Job.status == "queued").asc(), Job.id)
         ).all()
         ahead = [job_view(row) for row in rows]
-    typical = {name: typical_seconds(database, name) for name in {j.kind for j in ahead} | {job.kind}}
-    waits = [remaining_seconds(j, typical[j.kind]) for j in ahead]
+    # Each job's own estimate: the kind's past run times scaled to its size (``estimate``).
+    waits = [remaining_seconds(j, estimate(database, j.kind, j.params).seconds) for j in ahead]
+    run_for = estimate(database, job.kind, job.params).seconds
     unknown = sorted({j.kind for j, wait in zip(ahead, waits, strict=True) if wait is None})
-    if typical[job.kind] is None:
+    if run_for is None:
         unknown = sorted({*unknown, job.kind})
     start_in = None if any(wait is None for wait in waits) else float(sum(w for w in waits if w is not None))
     return QueueOutlook(kind.lane, len([j for j in ahead if j.status == "queued"]) + 1, ahead, start_in,
-                        typical[job.kind], unknown)  # fmt: skip
+                        run_for, unknown)  # fmt: skip

@@ -46,6 +46,13 @@ class JobKind:
     run: Callable[[JobContext], Outcome]
     check: Callable[[dict], dict]
     changes_data: bool = False  # a done job of this kind drops the worker's loaded models and data
+    # How big one request is, for the estimate (engine/jobs/queue.py ``estimate``): past jobs' seconds per
+    # unit of size, times this one's size. None: jobs of the kind are compared as they are.
+    size: Callable[[dict], float] | None = None
+    # Before this machine has run the kind once: a measured figure to go by (seconds), where it comes from,
+    # and the parameters it was measured with: scaled to a request by ``size``, or (without a size) used only
+    # for a request with those parameters (an absent one counts as its default, which the reference holds).
+    prior: tuple[float, str, dict] | None = None
 
     def __post_init__(self) -> None:
         if self.lane not in LANES:

@@ -217,7 +217,7 @@ def test_forecast_this_cell_queues_a_load_job_and_shows_its_run_with_capacity_an
 
     at = run_cell(cell="C0001")
     at.number_input(key="cl_samples").set_value(100000).run()  # out of range: named at the field, Run disabled
-    assert any(e.value.startswith("Samples:") for e in at.error) and at.button(key="cl_run").disabled
+    assert any(e.value.startswith("Sample paths: expected") for e in at.error) and at.button(key="cl_run").disabled
     assert sql(app_db, "SELECT COUNT(*) FROM jobs") == [(0,)]
     at.number_input(key="cl_horizon").set_value(3)
     at.number_input(key="cl_samples").set_value(4).run()

@@ -400,7 +400,7 @@ def test_forecast_this_area_queues_a_load_job_for_the_chosen_cells_or_box(app_db
     assert at.button(key="ml_run").disabled and "at least one cell" in at.button(key="ml_run").help
     at.multiselect(key="ml_cells").set_value(["C0001"]).run()
     at.number_input(key="ml_horizon").set_value(9999).run()  # out of range: said at the field, not replaced
-    assert any(e.value.startswith("Horizon:") for e in at.error) and at.button(key="ml_run").disabled
+    assert any(e.value.startswith("Horizon (h): expected") for e in at.error) and at.button(key="ml_run").disabled
     assert sql(app_db, "SELECT COUNT(*) FROM jobs") == [(2,)]
 
 
@@ -440,3 +440,20 @@ def test_risk_colours_run_green_to_red_and_grey_means_no_load() -> None:
     assert tuple(rgba[0, :3]) == (26, 150, 65) and tuple(rgba[3, :3]) == (215, 25, 28)
     assert rgba[1, 0] > rgba[0, 0] and rgba[2, 0] > rgba[1, 0]  # redder with the risk
     assert tuple(rgba[4]) == (190, 190, 190, 140)
+
+
+def test_a_long_area_forecast_says_its_estimate_and_asks_once_before_it_is_queued(app_db: Path) -> None:
+    """Issue 19: a job expected to take more than a minute says so and asks, once per kind in a session."""
+    at = run_map()
+    at.radio(key="ml_kind").set_value("all").run()
+    at.button(key="ml_run").click().run()
+    assert not at.exception, at.exception
+    assert sql(app_db, "SELECT COUNT(*) FROM jobs") == [(0,)]  # asked first
+    text = " ".join(md.value for md in at.markdown)
+    assert "should take **about 16 min**" in text and "500 users, 24 h, 32 paths" in text
+    at.button(key="_jobs_confirm_yes").click().run()
+    assert [kind for (kind,) in sql(app_db, "SELECT kind FROM jobs")] == ["load.area"]
+    assert any("Forecast an area" in md.value for md in at.markdown)  # followed on the page
+    at.number_input(key="ml_horizon").set_value(12).run()
+    at.button(key="ml_run").click().run()  # the same kind again: no second question
+    assert sql(app_db, "SELECT COUNT(*) FROM jobs") == [(2,)]

@@ -513,3 +513,34 @@ def test_a_queued_job_knows_its_place_and_when_it_should_start_and_end(small):
     assert estimated.run_for == pytest.approx(120)
     assert "Starts in about 5 min, done about 7 min from now." in queue_text(estimated)
     assert queue_outlook(database, running_id) is None  # running: not queued
+
+
+def test_a_jobs_estimate_scales_past_runs_to_its_size_and_falls_back_on_a_measured_figure(small):
+    """Issue 19: a job expected to take more than a minute says its estimate before it is queued. The estimate
+    is the median of past runs of the kind per unit of size (forecast: entities x hours x paths), times the
+    request's size; before any run here, the kind's measured figure (evaluate at its defaults: 27 min on 2
+    cores; another setting has no figure to go by)."""
+    from datetime import timedelta
+
+    from db.models import utcnow
+    from engine.jobs import estimate
+
+    database = open_database(str(small))
+    full, quick = estimate(database, "evaluate", {"samples": 32}), estimate(database, "evaluate", {"quick": True})
+    assert full.seconds == pytest.approx(27 * 60) and full.long and "none has run here yet" in full.basis
+    assert quick.seconds is None and not quick.long  # measured at the default settings only
+    unknown = estimate(database, "forecast", {"entities": ["U0001"], "horizon": 24, "samples": 32})
+    assert unknown.seconds is None and not unknown.long
+    now = utcnow()
+    with database.write_session() as session, session.begin():
+        for seconds, users in ((4.0, 1), (30.0, 10), (9.0, 2)):  # 4, 3 and 4.5 s per user: median 4 s per user
+            session.add(
+                Job(kind="forecast", params={"entities": [f"U{i:04d}" for i in range(users)], "horizon": 24,
+                    "samples": 32}, status="done", progress=1.0, attempts=1, created_at=now, started_at=now,
+                    finished_at=now + timedelta(seconds=seconds))
+            )  # fmt: skip
+    small_run = estimate(database, "forecast", {"entities": ["U0001"], "horizon": 24, "samples": 32})
+    assert small_run.seconds == pytest.approx(4.0) and not small_run.long
+    big_run = estimate(database, "forecast", {"entities": [f"U{i}" for i in range(50)], "horizon": 48, "samples": 32})
+    assert big_run.seconds == pytest.approx(4.0 * 50 * 2) and big_run.long
+    assert "3 such jobs" in big_run.basis and "scaled to this request's size" in big_run.basis

@@ -1,0 +1,74 @@
+"""Issue 19, problems 4, 9 and 10 in a real browser: the Map plays its hours in a fragment (the page around it
+is not run again), finds a cell, keeps its legend in view above the map; the Cell page names an out-of-range
+number under its field with Run disabled; the glossary explains the jargon."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.e2e.conftest import exception_texts, wait_rendered
+from tests.e2e.test_dashboard import PAGES, queued_jobs
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def map_caption(page) -> str:
+    return page.get_by_text("in all cells").first.inner_text()
+
+
+def test_the_map_plays_hours_finds_a_cell_and_keeps_its_legend_in_view(page, dashboard):
+    page.goto(f"{dashboard.url}/?hour=30&user=U0001")
+    wait_rendered(page, PAGES["map"][1])
+    legend = page.get_by_text("basemap: the synthetic city's drawing")
+    box = legend.bounding_box()
+    assert box is not None and box["y"] + box["height"] < 900, "the legend is below the fold"
+    assert page.get_by_text("U0001's day: early → late").is_visible()
+    first = map_caption(page).split(":")[0]
+
+    page.get_by_text("Play", exact=True).click()
+    seen = [first]
+    deadline = time.monotonic() + 30
+    while len(seen) < 3 and time.monotonic() < deadline:  # two steps on, one a second
+        label = map_caption(page).split(":")[0]
+        if label != seen[-1]:
+            seen.append(label)
+        page.wait_for_timeout(100)
+    page.get_by_text("Play", exact=True).click()  # stop (the dashboard is shared with other tests)
+    assert len(seen) == 3, seen
+    page.wait_for_url(re.compile(r"[?&]hour=3[2-9]"), timeout=10_000)  # the link follows the playback
+
+    finder = page.get_by_role("combobox", name="Find")
+    finder.fill("C0042")
+    page.get_by_role("option", name=re.compile(r"^cell C0042 ")).click()
+    page.wait_for_url(re.compile(r"[?&]find=cell(%3A|:)C0042"), timeout=10_000)
+    wait_rendered(page, PAGES["map"][1])
+    assert exception_texts(page) == []
+
+
+def test_an_out_of_range_sample_count_on_the_cell_page_is_named_at_the_field(page, dashboard):
+    before = queued_jobs(dashboard.db_path)
+    page.goto(f"{dashboard.url}/cell?cell=C0001")
+    wait_rendered(page, PAGES["cell"][1])
+    field = page.get_by_role("spinbutton", name="Sample paths")
+    field.scroll_into_view_if_needed()
+    field.fill("100000")
+    field.press("Enter")
+    wait_rendered(page, PAGES["cell"][1])
+    assert field.input_value() == "100000"  # not replaced
+    message = page.get_by_text(re.compile(r"^Sample paths: expected a value from \d+ to \d+, got 100000"))
+    message.scroll_into_view_if_needed()
+    assert message.is_visible()
+    assert page.get_by_role("button", name="Forecast this cell").is_disabled()
+    assert queued_jobs(dashboard.db_path) == before
+    assert exception_texts(page) == []
+
+
+def test_the_glossary_explains_the_forecast_jargon(page, dashboard):
+    page.goto(f"{dashboard.url}/glossary")
+    wait_rendered(page, "Glossary")
+    for term in ("CRPS", "DDIM steps", "paired paths", "a and b (Eq. 9)"):
+        assert page.get_by_text(term, exact=True).first.is_visible(), term
+    assert exception_texts(page) == []
