@@ -13,7 +13,7 @@ import pydeck as pdk
 import streamlit as st
 
 from app.common import database
-from app.map_data import CELL_RADIUS_M, Basemap, CityData, basemap_layer, load_basemap, load_city
+from app.map_data import CELL_RADIUS_M, Basemap, CityData, Deck, basemap_layer, load_basemap, load_city, records
 from db.models import Dataset
 from engine.errors import plural
 from engine.load.core import StoredLoad
@@ -107,7 +107,7 @@ def risk_deck(frame: pd.DataFrame, view: pdk.ViewState, basemap: Basemap | None)
         pdk.Layer(
             "ScatterplotLayer",
             id="risk",
-            data=frame,
+            data=records(frame),
             get_position=["lon", "lat"],
             get_fill_color="[r, g, b, a]",
             get_radius=CELL_RADIUS_M * 1.5,
@@ -118,7 +118,7 @@ def risk_deck(frame: pd.DataFrame, view: pdk.ViewState, basemap: Basemap | None)
             pickable=True,
         )
     )
-    return pdk.Deck(layers=layers, initial_view_state=view, map_provider=None, tooltip={"text": "{title}\n{detail}"})
+    return Deck(layers=layers, initial_view_state=view, map_provider=None, tooltip={"text": "{title}\n{detail}"})
 
 
 def risk_legend(level: float) -> str:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from app.charts import radar
 from app.common import ACCENT, DatasetInfo, database, hour_label_for, megabytes, service_scale
-from app.map_data import Basemap, basemap_layer, initial_view, land_use_colors, load_cells
+from app.map_data import Basemap, Deck, basemap_layer, initial_view, land_use_colors, load_cells
 from db.models import Dataset, ModelRecord
 from db.queries import (
     active_model,
@@ -249,7 +249,7 @@ def map_deck(
             )
         )
     bounds = [float(data["lon"].min()), float(data["lat"].min()), float(data["lon"].max()), float(data["lat"].max())]
-    return pdk.Deck(
+    return Deck(
         layers=layers,
         map_provider=None,
         tooltip={"text": "{title}"},
