@@ -57,6 +57,19 @@ class CellDetail:
     description_error: str | None  # why the LLM failed, for template fallbacks
 
 
+def tile_hint(detail: CellDetail) -> str:
+    """What to say where a cell has no tile: before any environment build, how to build it; after a build
+    that had no tile source (the cell is described, so the build ran), that it conditions on the description
+    alone and how to give it tiles, instead of asking for the build that already ran."""
+    if detail.description is None:
+        return f"No tile for this cell yet: {ENV_HINT}."
+    return (
+        "No tile: the environment was built without a tile source (synthetic tiles are drawn for synthetic "
+        "cities only), so this cell is conditioned on its description alone. To add real tiles: "
+        "`lsdm env build --tiles dir:PATH` (or `mbtiles:PATH`, `xyz:URL_TEMPLATE`), or **Data** → Environment."
+    )
+
+
 def cell_keys(session: Session, dataset: Dataset) -> list[str]:
     """Every cell key of the data set, in id order (the picker's options)."""
     return [cell.key for cell in dataset_cells(session, dataset.id)]

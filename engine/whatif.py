@@ -45,6 +45,7 @@ from db import Database
 from db.models import ForecastRun
 from db.models import Scenario as ScenarioRow
 from db.queries import cell_descriptions, dataset_cells, find_encoder, get_dataset_by_id, load_env_embeddings
+from engine.data.ingest_table import MAX_POI_COUNT
 from engine.data.windows import SeriesData
 from engine.env.clip import ClipEncoder, combine_env, encode, images_to_tensor, load_encoder
 from engine.env.describe import CityStats, TemplateDescriber
@@ -210,8 +211,10 @@ def _check_counts(counts: object, categories: tuple[str, ...], name: str) -> lis
             or v != int(v)
         ):
             raise InputError(f"the count of {category!r} must be a whole number, got {v!r}", field=name)
-        if v < 0:
-            raise InputError(f"the count of {category!r} must be >= 0, got {int(v)}", field=name)
+        if v < 0 or v > MAX_POI_COUNT:
+            raise InputError(
+                f"the count of {category!r} must be from 0 to {MAX_POI_COUNT:,}, got {int(v):,}", field=name
+            )
         out.append(int(v))
     return out
 

@@ -95,7 +95,7 @@ def show_environment(detail: c.CellDetail, info: common.DatasetInfo) -> None:
         if detail.tile:
             st.image(detail.tile, caption=f"Tile ({detail.tile_source})", width="stretch")
         else:
-            st.info(f"No tile for this cell yet: {c.ENV_HINT}.", icon=":material/satellite_alt:")
+            st.info(c.tile_hint(detail), icon=":material/satellite_alt:")
     with right:
         st.markdown("**Description**")
         if detail.description:

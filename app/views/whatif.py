@@ -32,6 +32,7 @@ from app.common import (
 from app.glossary import explain
 from app.map_data import Basemap, land_use_legend
 from app.user_data import cached_entity_keys
+from engine.data.ingest_table import MAX_POI_COUNT
 from engine.errors import InputError, plural
 from engine.load.core import load_runs, read_load_run
 from engine.requests import LoadWhatIfRequest, WhatIfRequest
@@ -176,7 +177,9 @@ def environment_editor(context: wd.EditorContext, cells: pd.DataFrame, target: s
         column_config={
             "category": "POI category",
             "now": st.column_config.NumberColumn("now", format="%d"),
-            "count": st.column_config.NumberColumn("scenario", step=1, format="%d"),
+            "count": st.column_config.NumberColumn(
+                "scenario", step=1, format="%d", help=f"A whole number from 0 to {MAX_POI_COUNT:,}."
+            ),
         },
     )
     slots["poi_counts"] = st.empty()

@@ -51,6 +51,11 @@ import pandas as pd
 from db.queries import DatasetContent
 from engine.errors import InputError
 
+# The largest POI count of one category around one cell that is accepted (ingests, what-if edits): far above
+# any real cell (a dense city centre has a few thousand POIs per km2 in all); a larger number is a unit or
+# parsing mistake, and it would swamp the description and the environment vector.
+MAX_POI_COUNT = 1_000_000
+
 RECORD_FIELDS = ("entity_id", "timestamp", "cell_id", "service", "bytes")
 CELL_FIELDS = ("cell_id", "lat", "lon")
 TIMESTAMP_FORMATS = ("iso", "digits", "unix")
@@ -593,12 +598,14 @@ def _read_cells(path: Path, mapping: TableMapping) -> _Cells:
     ]
 
     def not_a_count(column: str) -> Callable[[int], str]:
-        return lambda r: f"expected a POI count (a whole number >= 0), found {_shown(frame[column], r)}"
+        return lambda r: (
+            f"expected a POI count (a whole number from 0 to {MAX_POI_COUNT:,}), found {_shown(frame[column], r)}"
+        )
 
     poi = np.zeros((len(frame), len(poi_columns)), dtype=np.int64)
     for j, column in enumerate(poi_columns):
         values = _numbers(frame[column])
-        bad = ~np.isfinite(values) | (values < 0) | (values != np.round(values))
+        bad = ~np.isfinite(values) | (values < 0) | (values != np.round(values)) | (values > MAX_POI_COUNT)
         checks.append((column, bad, not_a_count(column)))
         poi[:, j] = np.where(bad, 0, values).astype(np.int64)
     problem = first_problem(checks)

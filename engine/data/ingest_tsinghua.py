@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from db.queries import DatasetContent
-from engine.data.ingest_table import aggregate_hourly, digits_to_seconds, first_problem
+from engine.data.ingest_table import MAX_POI_COUNT, aggregate_hourly, digits_to_seconds, first_problem
 from engine.errors import InputError
 
 TIMEZONE = "Asia/Shanghai"
@@ -228,6 +228,13 @@ def read_base_poi(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         for value, name in zip(values, header, strict=True):
             if not value.isdigit():
                 raise InputError(f"expected a whole number >= 0, found {value!r}", file=path, line=number, field=name)
+            if name != "BaseID" and int(value) > MAX_POI_COUNT:
+                raise InputError(
+                    f"expected a POI count from 0 to {MAX_POI_COUNT:,}, found {value}",
+                    file=path,
+                    line=number,
+                    field=name,
+                )
         base = int(values[0])
         if base in first_line:
             raise InputError(
@@ -345,8 +352,9 @@ def _locate_trace_error(path: Path, reason: Exception) -> InputError:
     return InputError(f"could not read the trace ({_TRACE_LAYOUT}): {reason}", file=path)
 
 
-def read_trace(path: Path) -> pd.DataFrame:
-    """The trace as five int64 columns; any malformed line -> InputError naming its line and field."""
+def read_trace(path: Path, nrows: int | None = None) -> pd.DataFrame:
+    """The trace (its first ``nrows`` lines when given) as five int64 columns; any malformed line ->
+    InputError naming its line and field."""
     path = Path(path)
     _require_file(path, "trace")
     try:
@@ -360,6 +368,7 @@ def read_trace(path: Path) -> pd.DataFrame:
             index_col=False,
             quoting=csv.QUOTE_NONE,
             skip_blank_lines=True,
+            nrows=nrows,
         )
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame({f: np.zeros(0, dtype=np.int64) for f in TRACE_FIELDS})
@@ -376,42 +385,23 @@ def _showing(values: np.ndarray, message: Callable[[Any], str]) -> Callable[[int
     return lambda r: message(values[r])
 
 
-def read_tsinghua(
-    trace: Path | str,
-    app2category: Path | str,
-    categories: Path | str,
-    poi: Path | str,
-    coords: Path | str | None = None,
-    all_services: bool = False,
-    name: str = "tsinghua",
-    progress: Progress | None = None,
-) -> DatasetContent:
-    """Read and check the Tsinghua files (module docstring) into a data set's content; nothing is stored."""
-    report = progress or (lambda message: None)
-    trace, app2category, categories, poi = Path(trace), Path(app2category), Path(categories), Path(poi)
-    started = time.perf_counter()
-
-    report("reading categories, apps and base stations")
-    names = read_categories(categories)
-    app_ids, app_categories = read_app2category(app2category)
-    base_ids, base_poi, poi_names = read_base_poi(poi)
-    if coords is not None:
-        lat, lon = read_coords(Path(coords), base_ids)
-    else:
-        lat, lon = np.full(len(base_ids), np.nan), np.full(len(base_ids), np.nan)
-    services = [names[i] for i in range(len(names))] if all_services else list(PAPER_SERVICES)
-    service_of_category = np.array([services.index(n) if n in services else -1 for n in CATEGORIES], dtype=np.int64)
-
-    report(f"reading the trace {trace.name}")
-    frame = read_trace(trace)
-    n = len(frame)
-    report(f"read {n:,} records in {time.perf_counter() - started:.1f} s; checking them")
+def _checked_records(
+    frame: pd.DataFrame,
+    trace: Path,
+    app2category: Path,
+    poi: Path,
+    app_ids: np.ndarray,
+    app_categories: np.ndarray,
+    base_ids: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Check every record of the trace (user, time, base station, app, bytes) against the metadata; the
+    first bad one -> InputError naming its line and field. Returns user, seconds, category, cell position,
+    bytes and app id per record."""
     user = frame["user_id"].to_numpy()
     stamp = frame["timestamp"].to_numpy()
     base = frame["base_station_id"].to_numpy()
     app = frame["app_id"].to_numpy()
     nbytes = frame["traffic_bytes"].to_numpy()
-    del frame
 
     # Lookups by id: position of each app's category and each base station (-1 = unknown id).
     app_table = np.full(int(app_ids.max()) + 1, -1, dtype=np.int64)
@@ -444,8 +434,66 @@ def read_tsinghua(
     if problem:
         row, field, message = problem
         raise InputError(message, file=trace, line=_trace_line_of_row(trace, row), field=field)
+    return user, seconds, category, cell, nbytes, app
+
+
+def peek_tsinghua(
+    trace: Path | str,
+    app2category: Path | str,
+    categories: Path | str,
+    poi: Path | str,
+    coords: Path | str | None = None,
+    rows: int = 200,
+) -> None:
+    """The checks an upload gets when it is submitted (well under a second): the metadata files whole (they
+    are small) and the first ``rows`` lines of the trace, with the same messages as the full read; a bad line
+    further down still fails the ingest job, the same way."""
+    trace, app2category, poi = Path(trace), Path(app2category), Path(poi)
+    read_categories(Path(categories))
+    app_ids, app_categories = read_app2category(app2category)
+    base_ids, _, _ = read_base_poi(poi)
+    if coords is not None:
+        read_coords(Path(coords), base_ids)
+    frame = read_trace(trace, nrows=rows)
+    _checked_records(frame, trace, app2category, poi, app_ids, app_categories, base_ids)
+
+
+def read_tsinghua(
+    trace: Path | str,
+    app2category: Path | str,
+    categories: Path | str,
+    poi: Path | str,
+    coords: Path | str | None = None,
+    all_services: bool = False,
+    name: str = "tsinghua",
+    progress: Progress | None = None,
+) -> DatasetContent:
+    """Read and check the Tsinghua files (module docstring) into a data set's content; nothing is stored."""
+    report = progress or (lambda message: None)
+    trace, app2category, categories, poi = Path(trace), Path(app2category), Path(categories), Path(poi)
+    started = time.perf_counter()
+
+    report("reading categories, apps and base stations")
+    names = read_categories(categories)
+    app_ids, app_categories = read_app2category(app2category)
+    base_ids, base_poi, poi_names = read_base_poi(poi)
+    if coords is not None:
+        lat, lon = read_coords(Path(coords), base_ids)
+    else:
+        lat, lon = np.full(len(base_ids), np.nan), np.full(len(base_ids), np.nan)
+    services = [names[i] for i in range(len(names))] if all_services else list(PAPER_SERVICES)
+    service_of_category = np.array([services.index(n) if n in services else -1 for n in CATEGORIES], dtype=np.int64)
+
+    report(f"reading the trace {trace.name}")
+    frame = read_trace(trace)
+    n = len(frame)
+    report(f"read {n:,} records in {time.perf_counter() - started:.1f} s; checking them")
+    user, seconds, category, cell, nbytes, app = _checked_records(
+        frame, trace, app2category, poi, app_ids, app_categories, base_ids
+    )
+    del frame
     apps_seen = int(np.unique(app).size)
-    del stamp, base, app, app_known, base_known, stamp_bad  # 33 MB each at full size: keep the peak low
+    del app  # 33 MB at full size: keep the peak low
 
     report("aggregating bytes per user-hour-service and the modal base station per user-hour")
     users, entity = np.unique(user, return_inverse=True)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -47,7 +48,7 @@ from db.queries import DatasetContent, NoDatasetError, active_model, dataset_sum
 from engine.data.city import CityConfig, generate_city, generate_city_for
 from engine.data.ingest_matrix import read_matrix_request
 from engine.data.ingest_table import peek_table, read_table
-from engine.data.ingest_tsinghua import read_tsinghua
+from engine.data.ingest_tsinghua import peek_tsinghua, read_tsinghua
 from engine.data.store import store_new_dataset
 from engine.env.build import build_environment_for
 from engine.errors import InputError, plural
@@ -153,6 +154,40 @@ def _checked_table(params: dict) -> dict:
         roles = {str(p.records): "records", str(p.cells): "cells", str(p.mapping): "mapping"}
         out.field = roles.get(error.file or "", error.field)
         raise out from None
+    return checked
+
+
+def _checked_tsinghua(params: dict) -> dict:
+    """The Tsinghua ingest's check: the request's, then the metadata files whole and the trace's first 200
+    lines (``peek_tsinghua``), refused on the form with the upload's own name, line and field; the error's
+    field is the file's role (trace, app2category, categories, poi, coords), where the form shows it."""
+    checked = _checked(IngestTsinghuaRequest)(params)
+    p = IngestTsinghuaRequest.from_params(checked)
+    try:
+        peek_tsinghua(p.trace, p.app2category, p.categories, p.poi, p.coords)
+    except InputError as error:
+        out = _readable(error, params)
+        roles = {str(getattr(p, role)): role for role in ("trace", "app2category", "categories", "poi", "coords")}
+        out.field = roles.get(str(error.file or ""), error.field)
+        raise out from None
+    return checked
+
+
+PEEK_MATRIX_BYTES = 50_000_000  # matrices up to this size are read whole when submitted (well under a second)
+
+
+def _checked_matrix(params: dict) -> dict:
+    """The matrix ingest's check: the request's, then (files up to ``PEEK_MATRIX_BYTES`` in all) the whole
+    read, which is quick for such sizes: shapes, values, services, embeddings; refused on the form."""
+    checked = _checked(IngestMatrixRequest)(params)
+    request = IngestMatrixRequest.from_params(checked)
+    sources = [*request.values, *([request.embeddings] if request.embeddings else [])]
+    files = [Path(s.rsplit(":", 1)[0]) if not Path(s).exists() else Path(s) for s in sources]
+    if sum(f.stat().st_size for f in files if f.is_file()) <= PEEK_MATRIX_BYTES:
+        try:
+            read_matrix_request(request)
+        except InputError as error:
+            raise _readable(error, params) from None
     return checked
 
 
@@ -507,7 +542,7 @@ KINDS: dict[str, JobKind] = {
             IngestTsinghuaRequest.TITLE,
             "batch",
             _ingest_tsinghua,
-            _checked(IngestTsinghuaRequest),
+            _checked_tsinghua,
             changes_data=True,
         ),
         JobKind(
@@ -515,7 +550,7 @@ KINDS: dict[str, JobKind] = {
             IngestMatrixRequest.TITLE,
             "batch",
             _ingest_matrix,
-            _checked(IngestMatrixRequest),
+            _checked_matrix,
             changes_data=True,
         ),
         JobKind("env.build", EnvRequest.TITLE, "batch", _env_build, _checked(EnvRequest), changes_data=True),

@@ -257,3 +257,16 @@ def test_the_capacity_is_edited_on_the_page_stored_and_reset(app_db: Path) -> No
     at.button(key="cl_capacity_default").click().run()
     assert sql(app_db, "SELECT COUNT(*) FROM cell_capacities") == [(0,)]
     assert any("derived from the cell's history" in cap.value for cap in at.caption)
+
+
+def test_a_cell_without_a_tile_after_a_build_is_not_told_to_run_the_build_again() -> None:
+    """Issue 19: after an environment build with no tile source, the Cell page still said "run lsdm env build"."""
+
+    def detail(description: str | None) -> c.CellDetail:
+        return c.CellDetail(1, "C1", "C1", None, None, "mixed", True, pd.DataFrame(), None, None, description,
+                            "template" if description else None, None, None)  # fmt: skip
+
+    assert "lsdm env build" in c.tile_hint(detail(None))  # nothing built yet: how to build it
+    after = c.tile_hint(detail("A quiet street with shops."))
+    assert "built without a tile source" in after and "--tiles dir:PATH" in after
+    assert "run `lsdm env build`" not in after

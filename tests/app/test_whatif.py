@@ -215,7 +215,7 @@ def test_a_negative_poi_count_shows_an_error_under_the_table_and_writes_nothing(
     children = list(column.children.values())
     after_editor = children[[getattr(c, "key", None) for c in children].index(key) + 1]
     assert type(after_editor).__name__ == "Error"
-    assert after_editor.value == "the count of 'Medical care' must be >= 0, got -3"
+    assert after_editor.value == "the count of 'Medical care' must be from 0 to 1,000,000, got -3"
     assert "Not run: correct the fields marked above." in [e.value for e in at.error]
     assert _counts(app_db) == before and "scenario" not in at.query_params
 

@@ -128,23 +128,28 @@ def test_bad_input_is_refused_naming_the_field_and_nothing_is_stored(
     assert not db_path.exists() or _sql(db_path, "SELECT COUNT(*) FROM datasets") == [(0,)]
 
 
-def test_the_ingest_job_names_the_uploaded_file(tmp_path, db_path):
-    from engine.jobs import JobWorker, enqueue, get_job
+def test_a_bad_upload_is_refused_when_submitted_naming_the_uploaded_file(tmp_path, db_path):
+    """Issue 19: a matrix is read when the job is submitted (files up to 50 MB: well under a second), so a
+    bad one is refused on the form with the upload's own name, and nothing is queued."""
+    from engine.errors import InputError
+    from engine.jobs import enqueue, list_jobs
 
     np.save(tmp_path / "upload.npy", -np.ones((2, 30)))
     database = open_database(str(db_path))
-    job_id = enqueue(
-        database,
-        "ingest.matrix",
-        IngestMatrixRequest(
-            values=(str(tmp_path / "upload.npy"),),
-            start="2024-01-01T00:00",
-            names={str(tmp_path / "upload.npy"): "mine.npy"},
-        ).to_params(),
-    )
-    JobWorker(database).drain()
-    job = get_job(database, job_id)
-    assert job.status == "failed" and "mine.npy" in (job.error or "") and str(tmp_path) not in (job.error or "")
+    with pytest.raises(InputError) as refused:
+        enqueue(
+            database,
+            "ingest.matrix",
+            IngestMatrixRequest(
+                values=(str(tmp_path / "upload.npy"),),
+                start="2024-01-01T00:00",
+                names={str(tmp_path / "upload.npy"): "mine.npy"},
+            ).to_params(),
+        )
+    assert refused.value.field == "values" and "negative" in str(refused.value)
+    assert "mine.npy" in str(refused.value) and str(tmp_path) not in str(refused.value)
+    assert list_jobs(database) == []
+    database.dispose()
 
 
 def test_the_real_beijing_week_ingests_with_its_station_vectors(shared_data, db_path, capsys):

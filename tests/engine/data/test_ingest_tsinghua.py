@@ -13,6 +13,7 @@ import pytest
 from engine.data.ingest_tsinghua import (
     CATEGORIES,
     PAPER_SERVICES,
+    peek_tsinghua,
     read_app2category,
     read_base_poi,
     read_categories,
@@ -296,6 +297,19 @@ def test_duplicate_base_station_in_the_poi_table_is_an_error(tmp_path):
     assert "first on line 3" in str(caught.value)
 
 
+def test_a_poi_count_beyond_the_stated_maximum_is_an_error_naming_line_and_category(tmp_path):
+    """Issue 19/20: a POI count of 99,999,999 (or 1e30) was accepted without a word."""
+    from engine.data.ingest_table import MAX_POI_COUNT
+
+    path = tmp_path / "base_poi.txt"
+    path.write_text(f"BaseID\tShops\tParks\n0\t3\t1\n1\t{MAX_POI_COUNT + 1}\t0\n")
+    with pytest.raises(InputError) as caught:
+        read_base_poi(path)
+    assert (caught.value.line, caught.value.field) == (3, "Shops") and "from 0 to 1,000,000" in str(caught.value)
+    path.write_text(f"BaseID\tShops\n0\t{MAX_POI_COUNT}\n")
+    assert read_base_poi(path)[1].tolist() == [[MAX_POI_COUNT]]  # the maximum itself is fine
+
+
 @pytest.mark.parametrize(
     ("rows", "line", "field", "says"),
     [
@@ -384,3 +398,31 @@ def test_synthetic_trace_modal_cells_match_a_plain_python_count(tmp_path):
         for e, h, c in zip(content.location_entity, content.location_hour, content.location_cell, strict=True)
     }
     assert got == expected
+
+
+def test_an_upload_is_peeked_when_submitted_and_refused_with_the_files_own_line_and_role(tmp_path):
+    """Issue 19: uploads are checked when submitted (metadata whole, the trace's first 200 lines), so that a
+    wrong one is refused on its form instead of failing after the queue; a bad line further down is the job's
+    to find, with the same message."""
+    from db import open_database
+    from engine.jobs import enqueue
+    from engine.jobs.queue import list_jobs
+
+    meta = write_metadata(tmp_path)
+    bad = write_trace(tmp_path / "trace.txt", [GOOD] * 4 + [(1, 20160420080000, 1, 999, 10)] + [GOOD] * 5)
+    with pytest.raises(InputError) as caught:
+        peek_tsinghua(bad, **meta)
+    assert (caught.value.file, caught.value.line, caught.value.field) == (str(bad), 5, "app_id")
+    late = write_trace(tmp_path / "late.txt", [GOOD] * 250 + [(1, 20160420080000, 1, 999, 10)])
+    peek_tsinghua(late, **meta)  # line 251: beyond the peek, the job finds it
+    with pytest.raises(InputError, match=r"late\.txt:251: field .app_id."):
+        read_tsinghua(trace=late, **meta)
+
+    database = open_database(f"sqlite:///{tmp_path / 'q.sqlite'}")
+    params = {"trace": str(bad), **{k: str(v) for k, v in meta.items()}, "names": {str(bad): "my_trace.txt"}}
+    with pytest.raises(InputError) as refused:
+        enqueue(database, "ingest.tsinghua", params)
+    assert refused.value.field == "trace" and refused.value.line == 5 and refused.value.file == "my_trace.txt"
+    assert "unknown app 999" in str(refused.value)
+    assert list_jobs(database) == []  # nothing queued
+    database.dispose()
