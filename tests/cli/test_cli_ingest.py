@@ -428,7 +428,10 @@ BAD_CASES = {
         "duplicate cell id '1'",
     ),
     "cells_negative_poi_count": BadCase(
-        bad_file("table", "cells", "c.csv", "cell_id,lat,lon,Shops\n1,31,121,1\n2,31,121,-4\n"), 3, "Shops", "from 0 to 1,000,000"
+        bad_file("table", "cells", "c.csv", "cell_id,lat,lon,Shops\n1,31,121,1\n2,31,121,-4\n"),
+        3,
+        "Shops",
+        "from 0 to 1,000,000",
     ),
     "mapping_bad_json": BadCase(
         bad_file("table", "mapping", "m.json", '{\n  "timezone": "UTC",\n  "services": ["video" "maps"]\n}\n'),
