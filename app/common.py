@@ -233,13 +233,19 @@ def page_header(title: str, caption: str | None = None) -> None:
 
 
 def checked_number(
-    container: DeltaGenerator, label: str, request_type: type[Request], name: str, key: str, help: str = ""
+    container: DeltaGenerator,
+    label: str,
+    request_type: type[Request],
+    name: str,
+    key: str,
+    help: str = "",
+    disabled: bool = False,
 ) -> float | int:
     """A number field without browser bounds: its message goes under the form's row (``field_error``).
     Bounds in the browser kept an out-of-range entry red and sent the old value, so the run went with a
     number nobody typed; here the request's own check names the problem and the page disables the button."""
     low, high = request_type.bounds(name)
-    return container.number_input(label, step=1, key=key, help=f"{low} to {high}. {help}".strip())
+    return container.number_input(label, step=1, key=key, help=f"{low} to {high}. {help}".strip(), disabled=disabled)
 
 
 def field_error(slot: DeltaGenerator, problems: dict[str, str], labels: dict[str, str]) -> None:

@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -297,9 +298,20 @@ def _surfaces(files: dict[str, str]) -> dict[type[Request], Surface]:
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("request-files")
     out = {}
-    for name in ("trace", "app2category", "categories", "poi", "matrix"):
-        (folder / f"{name}.txt").write_text("x\n")
+    # The Tsinghua and matrix ingests' job kinds read their files when the request is queued: readable ones.
+    from engine.data.ingest_tsinghua import CATEGORIES
+
+    files = {
+        "trace": "1 20160420080000 0 1 10\n",
+        "app2category": "1\t0\n",
+        "categories": "".join(f"{i}\t'{name}'\n" for i, name in enumerate(CATEGORIES)),
+        "poi": "BaseID\tShops\n0\t3\n",
+    }
+    for name, text in files.items():
+        (folder / f"{name}.txt").write_text(text)
         out[name] = str(folder / f"{name}.txt")
+    np.save(folder / "matrix.npy", np.ones((2, 30)))
+    out["matrix"] = str(folder / "matrix.npy")
     # The table ingest's job kind peeks at its files when the request is queued: two readable ones.
     (folder / "records.csv").write_text(
         "entity_id,timestamp,cell_id,service,bytes\nu1,2016-04-20T08:00:00,c1,video,10\n"
@@ -441,6 +453,16 @@ CHECKED_BY_PAGE = {
     "cl_seed",
     "ml_horizon",
     "ml_samples",
+    "wi_horizon",
+    "wi_samples",
+    "wi_seed",
+    "cw_at",
+    "cw_duration",
+    "cw_horizon",
+    "cw_samples",
+    "cw_neighbours",
+    "cw_visitors",
+    "cw_seed",
 }
 # Choice widgets with one more option than the field's choices: "unset", which leaves the default.
 UNSET_OPTION = {"table_kind": "as the mapping says"}

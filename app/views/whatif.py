@@ -21,7 +21,9 @@ from app import jobs_ui
 from app import whatif_data as wd
 from app.common import (
     bump_revision,
+    checked_number,
     database,
+    field_error,
     hour_label_for,
     page_header,
     query_int,
@@ -270,13 +272,15 @@ def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str])
             format_func=lambda h: hour_label_for(info, h),
             help=f"The model reads the {model.history} hours before the start.",
         )
-        horizon = top[2].number_input("Horizon (h)", 1, wd.MAX_HORIZON, key="wi_horizon")
-        samples = top[3].number_input("Sample paths", 1, wd.MAX_SAMPLES, key="wi_samples")
-        seed = top[4].number_input(
+        horizon = checked_number(top[2], "Horizon (h)", WhatIfRequest, "horizon", "wi_horizon")
+        samples = checked_number(top[3], "Sample paths", WhatIfRequest, "samples", "wi_samples", explain("sample path"))
+        seed = checked_number(
+            top[4],
             "Seed",
-            *WhatIfRequest.bounds("seed"),
-            key="wi_seed",
-            help="Baseline and scenario draw the same noise from this seed.",
+            WhatIfRequest,
+            "seed",
+            "wi_seed",
+            "Baseline and scenario draw the same noise from this seed.",
         )
         slots["request"] = st.empty()
         left, right = st.columns([2, 3])
@@ -349,7 +353,14 @@ def whatif_form(context: wd.EditorContext, model: fd.ModelInfo, keys: list[str])
         fd.remember_link_value(state, "wi_start", start)
 
         job_id = jobs_ui.followed("whatif", ("whatif",))
-        clicked = st.button("Run what-if", type="primary", icon=":material/play_arrow:", key="wi_run")
+        clicked = st.button(
+            "Run what-if",
+            type="primary",
+            icon=":material/play_arrow:",
+            key="wi_run",
+            disabled=error is not None,
+            help="Correct the fields marked above first." if error is not None else None,
+        )
         st.caption(
             f"Model {model.id} · {model.name} · {request.sampler_label} · baseline: habitual cells, the stored "
             f"environment, a={context.a:g}, b={context.b:g}, guidance 1 · a scenario changes the forecast "
@@ -554,16 +565,22 @@ def cell_whatif_form(model: fd.ModelInfo, cell_keys: list[str], user_keys: list[
             format_func=lambda h: hour_label_for(info, h),
         )
         middle = st.columns(5)
-        at = middle[0].number_input("From forecast hour", *LoadWhatIfRequest.bounds("at"), key="cw_at")
-        duration = middle[1].number_input("For hours", *LoadWhatIfRequest.bounds("duration"), key="cw_duration")
-        horizon = middle[2].number_input("Horizon (h)", *LoadWhatIfRequest.bounds("horizon"), key="cw_horizon")
-        samples = middle[3].number_input("Sample paths", *LoadWhatIfRequest.bounds("samples"), key="cw_samples")
-        neighbours = middle[4].number_input(
-            "Neighbours compared", *LoadWhatIfRequest.bounds("neighbours"), key="cw_neighbours"
+        labels = {
+            "at": "From forecast hour",
+            "duration": "For hours",
+            "horizon": "Horizon (h)",
+            "samples": "Sample paths",
+            "neighbours": "Neighbours compared",
+            "visitors": "Visitors",
+            "seed": "Seed",
+        }
+        at, duration, horizon, samples, neighbours = (
+            checked_number(middle[i], labels[name], LoadWhatIfRequest, name, f"cw_{name}")
+            for i, name in enumerate(("at", "duration", "horizon", "samples", "neighbours"))
         )
         bottom = st.columns([2, 3, 2, 1])
-        visitors = bottom[0].number_input(
-            "Visitors", *LoadWhatIfRequest.bounds("visitors"), key="cw_visitors", disabled=what != "event"
+        visitors = checked_number(
+            bottom[0], "Visitors", LoadWhatIfRequest, "visitors", "cw_visitors", disabled=what != "event"
         )
         profile = bottom[1].selectbox(
             "Visitors behave like",
@@ -574,7 +591,8 @@ def cell_whatif_form(model: fd.ModelInfo, cell_keys: list[str], user_keys: list[
             disabled=what != "event",
         )
         location = bottom[2].selectbox("Where users will be", LoadWhatIfRequest.choices("location"), key="cw_location")
-        seed = bottom[3].number_input("Seed", *LoadWhatIfRequest.bounds("seed"), key="cw_seed")
+        seed = checked_number(bottom[3], "Seed", LoadWhatIfRequest, "seed", "cw_seed")
+        row_slot = st.empty()
         request = LoadWhatIfRequest(
             cell=cell or "",
             start=int(start),
@@ -590,13 +608,25 @@ def cell_whatif_form(model: fd.ModelInfo, cell_keys: list[str], user_keys: list[
             seed=int(seed),
             model_id=model.id,
         )
+        problems = request.validate()
+        field_error(row_slot, problems, labels)
+        others = {k: v for k, v in problems.items() if k not in labels and not (k == "cell" and not cell)}
+        if others:
+            st.error("; ".join(f"{name}: {text}" for name, text in others.items()), icon=":material/error:")
         job_id = jobs_ui.followed("cell_whatif", ("load.whatif",))
-        if st.button("Run the cell scenario", type="primary", icon=":material/play_arrow:", key="cw_run"):
-            problems = request.validate()
-            if problems:
-                st.error("Not run: " + "; ".join(f"{name}: {text}" for name, text in problems.items()))
-            else:
-                job_id = jobs_ui.submit("load.whatif", request.to_params()) or job_id
+        if st.button(
+            "Run the cell scenario",
+            type="primary",
+            icon=":material/play_arrow:",
+            key="cw_run",
+            disabled=bool(problems),
+            help=None
+            if not problems
+            else "Choose a cell first."
+            if not cell
+            else "Correct the fields marked above first.",
+        ):
+            job_id = jobs_ui.submit("load.whatif", request.to_params()) or job_id
         st.caption(
             "The baseline and the scenario use the same users, places and seed: the difference, path by path, is "
             "the change alone. An outage re-homes the cell's users to the nearest working cell."

@@ -205,7 +205,7 @@ def test_a_negative_poi_count_shows_an_error_under_the_table_and_writes_nothing(
     key = f"wi_poi_{target}_0"
     before = _counts(app_db)
     at.session_state[key] = {"edited_rows": {0: {"count": -3}}, "added_rows": [], "deleted_rows": []}
-    at.button(key="wi_run").click().run()
+    at.run()
     assert not at.exception
     column = next(
         block
@@ -216,7 +216,7 @@ def test_a_negative_poi_count_shows_an_error_under_the_table_and_writes_nothing(
     after_editor = children[[getattr(c, "key", None) for c in children].index(key) + 1]
     assert type(after_editor).__name__ == "Error"
     assert after_editor.value == "the count of 'Medical care' must be from 0 to 1,000,000, got -3"
-    assert "Not run: correct the fields marked above." in [e.value for e in at.error]
+    assert at.button(key="wi_run").disabled  # nothing can be queued until it is corrected
     assert _counts(app_db) == before and "scenario" not in at.query_params
 
 
@@ -255,9 +255,8 @@ def test_an_upload_that_is_not_an_image_is_an_error_at_the_tile_and_runs_nothing
     at.run()
     assert not at.exception
     assert "not a readable image (PNG or JPEG expected)" in [e.value for e in at.error]
-    at.button(key="wi_run").click().run()  # the button is still there, and refuses
-    assert not at.exception
-    assert "Not run: correct the fields marked above." in [e.value for e in at.error]
+    run = at.button(key="wi_run")  # the button is still there, and disabled
+    assert run.disabled and "Correct the fields" in run.help
     assert list_jobs(open_database(str(app_db))) == []
 
 
@@ -364,6 +363,7 @@ def test_a_cell_outage_is_queued_from_the_page_and_its_comparison_reopens(app_db
     at.selectbox(key="cw_cell").set_value("C0001")
     for key, value in (("cw_at", 1), ("cw_duration", 1), ("cw_horizon", 3), ("cw_samples", 2), ("cw_neighbours", 2)):
         at.number_input(key=key).set_value(value)
+    at.run()  # Run is disabled until a cell is chosen
     at.button(key="cw_run").click().run()
     assert not at.exception, at.exception
     ((kind, params),) = sql(app_db, "SELECT kind, params FROM jobs")
@@ -387,7 +387,8 @@ def test_a_cell_scenario_with_a_window_beyond_the_horizon_is_refused_on_the_page
     at = run_page("whatif")
     at.selectbox(key="cw_cell").set_value("C0001")
     at.number_input(key="cw_horizon").set_value(3)
-    at.number_input(key="cw_at").set_value(3)
-    at.button(key="cw_run").click().run()
-    assert any("at:" in e.value and "beyond the 3 hours" in e.value for e in at.error)
+    at.number_input(key="cw_at").set_value(3).run()
+    # named under the row by the field's label, and the button disabled (issue 19)
+    assert any(e.value.startswith("From forecast hour:") and "beyond the 3 hours" in e.value for e in at.error)
+    assert at.button(key="cw_run").disabled
     assert sql(app_db, "SELECT COUNT(*) FROM jobs") == [(0,)]
