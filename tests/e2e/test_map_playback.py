@@ -72,3 +72,43 @@ def test_the_glossary_explains_the_forecast_jargon(page, dashboard):
     for term in ("CRPS", "DDIM steps", "paired paths", "a and b (Eq. 9)"):
         assert page.get_by_text(term, exact=True).first.is_visible(), term
     assert exception_texts(page) == []
+
+
+def upload(page, label: str, name: str, data: bytes, mime: str) -> None:
+    """Give a Streamlit file uploader a file, as a user choosing it would."""
+    uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text=label)
+    uploader.locator('input[type="file"]').set_input_files({"name": name, "mimeType": mime, "buffer": data})
+
+
+def test_a_garbage_table_upload_is_refused_on_its_form_and_queues_nothing(page, dashboard):
+    """Issue 19, problem 2: a garbage CSV waited 24 minutes behind an evaluation, then failed in 0.4 s."""
+    before = queued_jobs(dashboard.db_path)
+    page.goto(f"{dashboard.url}/data")
+    wait_rendered(page, PAGES["data"][1])
+    page.get_by_role("tab", name="Ingest a table").click()
+    upload(page, "Records (CSV or Parquet)", "records.csv", b"this,is\nnot,traffic\n", "text/csv")
+    upload(page, "Cells (CSV or Parquet)", "cells.csv", b"cell_id,lat,lon,shops\nc1,31.2,121.4,3\n", "text/csv")
+    wait_rendered(page, PAGES["data"][1])
+    page.get_by_role("button", name="Ingest").click()
+    wait_rendered(page, PAGES["data"][1])
+    message = page.get_by_text(re.compile(r"records\.csv.*missing column"))
+    message.first.scroll_into_view_if_needed()
+    assert message.first.is_visible()
+    assert queued_jobs(dashboard.db_path) == before
+    assert exception_texts(page) == []
+
+
+def test_a_non_image_what_if_tile_is_an_error_at_the_field_not_a_traceback(page, dashboard):
+    """Issue 19, problem 3: a non-image tile showed PIL's traceback and the Run button disappeared."""
+    page.goto(f"{dashboard.url}/whatif?user=U0001")
+    wait_rendered(page, PAGES["whatif"][1])
+    page.get_by_text("Upload an image", exact=True).click()
+    wait_rendered(page, PAGES["whatif"][1])
+    upload(page, "Tile image (PNG or JPEG)", "notes.png", b"these are my notes, not a picture", "image/png")
+    wait_rendered(page, PAGES["whatif"][1])
+    message = page.get_by_text("not a readable image (PNG or JPEG expected)")
+    message.first.scroll_into_view_if_needed()
+    assert message.first.is_visible()
+    run = page.get_by_role("button", name="Run what-if")
+    assert run.is_visible() and run.is_disabled()
+    assert exception_texts(page) == []
