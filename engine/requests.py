@@ -115,10 +115,19 @@ def _absolute_source(text: str) -> str:
     return str(path.resolve()) + (f":{key}" if key else "")
 
 
+def shown_number(value: float) -> str:
+    """A number as a message shows it: whole numbers in full, with thousands separators from 10,000 on
+    ("4,294,967,295", not "4.29497e+09"); others in a short form ("0.5", "1e-09", "inf")."""
+    if isinstance(value, (int, float)) and math.isfinite(value) and float(value).is_integer() and abs(value) < 1e18:
+        whole = int(value)
+        return f"{whole:,}" if abs(whole) >= 10_000 else str(whole)
+    return f"{value:g}"
+
+
 def _range_text(low: float | None, high: float | None) -> str:
     if low is not None and high is not None:
-        return f"from {low:g} to {high:g}"
-    return f">= {low:g}" if low is not None else f"<= {high:g}"
+        return f"from {shown_number(low)} to {shown_number(high)}"
+    return f">= {shown_number(low)}" if low is not None else f"<= {shown_number(high)}"  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -187,7 +196,7 @@ class Request:
     def _bounds_problem(found: dict, value: Any) -> str | None:
         low, high, choices = found["low"], found["high"], found["choices"]
         if found["kind"] in (int, float) and ((low is not None and value < low) or (high is not None and value > high)):
-            return f"expected a value {_range_text(low, high)}, got {value:g}"
+            return f"expected a value {_range_text(low, high)}, got {shown_number(value)}"
         if choices and value not in choices:
             return f"expected one of {', '.join(choices)}, got {value!r}"
         limit = found["max_length"]

@@ -70,7 +70,7 @@ def test_data_info_on_an_empty_database_says_what_to_do(db_path, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["city", "build", "--users", "0"], "field '--users': expected a value from 1 to 100000, got 0"),
+        (["city", "build", "--users", "0"], "field '--users': expected a value from 1 to 100,000, got 0"),
         (["city", "build", "--cells", "many"], "argument --cells: invalid int value: 'many'"),
         (["city", "build", "--env-effect", "-1"], "field '--env-effect': expected a value from 0 to 5, got -1"),
         (["city", "build", "--center", "31.2"], "field '--center': expected LAT,LON"),

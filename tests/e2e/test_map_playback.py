@@ -58,7 +58,7 @@ def test_an_out_of_range_sample_count_on_the_cell_page_is_named_at_the_field(pag
     field.press("Enter")
     wait_rendered(page, PAGES["cell"][1])
     assert field.input_value() == "100000"  # not replaced
-    message = page.get_by_text(re.compile(r"^Sample paths: expected a value from \d+ to \d+, got 100000"))
+    message = page.get_by_text(re.compile(r"^Sample paths: expected a value from \d+ to [\d,]+, got 100,000"))
     message.scroll_into_view_if_needed()
     assert message.is_visible()
     assert page.get_by_role("button", name="Forecast this cell").is_disabled()
