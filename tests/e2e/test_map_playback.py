@@ -112,3 +112,33 @@ def test_a_non_image_what_if_tile_is_an_error_at_the_field_not_a_traceback(page,
     run = page.get_by_role("button", name="Run what-if")
     assert run.is_visible() and run.is_disabled()
     assert exception_texts(page) == []
+
+
+def test_a_what_if_says_whether_its_change_matters_and_its_runs_are_labelled_in_the_history(page, fresh_dashboard):
+    """Issue 19, problems 7 and 8: what-if runs were listed as ordinary forecasts with identical labels, and a
+    result did not say whether the change was beyond noise. A "move to another cell" scenario through the
+    worker; the page then states the paired interval and a verdict; the Forecast page's history labels the
+    two runs and filters them by kind."""
+    page.goto(f"{fresh_dashboard.url}/whatif?user=U0001")
+    wait_rendered(page, PAGES["whatif"][1])
+    for label, value in (("Horizon (h)", "2"), ("Sample paths", "4")):
+        field = page.get_by_role("spinbutton", name=label).first
+        field.fill(value)
+        field.press("Enter")
+        wait_rendered(page, PAGES["whatif"][1])
+    page.get_by_text("Move to a cell", exact=True).click()
+    wait_rendered(page, PAGES["whatif"][1])
+    page.get_by_role("button", name="Run what-if").click()
+    page.wait_for_url(re.compile(r"[?&]scenario=\d+"), timeout=300_000)
+    wait_rendered(page, PAGES["whatif"][1], timeout=120)
+    verdict = page.get_by_text(re.compile(r"(Within|Beyond) noise"))
+    verdict.first.scroll_into_view_if_needed()
+    assert verdict.first.is_visible()
+    assert page.get_by_text(re.compile(r"paths' changes lie between")).first.is_visible()
+    assert exception_texts(page) == []
+
+    page.goto(f"{fresh_dashboard.url}/forecast")
+    wait_rendered(page, PAGES["forecast"][1])
+    kinds = page.get_by_role("button", name=re.compile(r"^what-if (baseline|scenario)$"))
+    assert kinds.count() == 2  # the history's kind filter offers both, one per stored run of the pair
+    assert exception_texts(page) == []
