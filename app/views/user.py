@@ -100,16 +100,22 @@ with right:
             hide_index=True,
             width="stretch",
             height=320,
-            column_order=["link", "name", "land_use", "role", "hours", "share"],
+            # The share comes right after the cell, as a short percentage: in this half-width column a
+            # progress bar at the end of six columns was cut off (issue 19).
+            column_order=["link", "share", "hours", "name", "role", "land_use"],
             column_config={
                 "link": st.column_config.LinkColumn(
-                    "Cell", display_text=r"cell\?cell=(.*)", help="Opens the cell's page."
+                    "Cell", display_text=r"cell\?cell=(.*)", help="Opens the cell's page.", width="small"
+                ),
+                "share": st.column_config.NumberColumn(
+                    "Share", format="percent", width="small", help="Share of the hours the user was in this cell."
+                ),
+                "hours": st.column_config.NumberColumn(
+                    "Hours", width="small", help="Hours the user was attached to this cell."
                 ),
                 "name": "Name",
-                "land_use": "Land use",
                 "role": "Role",
-                "hours": st.column_config.NumberColumn("Hours", help="Hours the user was attached to this cell."),
-                "share": st.column_config.ProgressColumn("Share of hours", format="percent", min_value=0, max_value=1),
+                "land_use": "Land use",
             },
         )
 
