@@ -647,8 +647,9 @@ class TrainRequest(Request):
             return {}
         try:  # the configuration's own checks (a name it knows, a file of settings it can read)
             self.model_config()
-        except InputError as error:
-            return {"config": error.message}
+        except InputError as error:  # the file and the key it names stay in the message: "c.json: heads: ..."
+            where = [str(part) for part in (error.file, error.field) if part]
+            return {"config": ": ".join([*where, error.message])}
         return {}
 
     def model_config(self) -> tuple[str, Any]:

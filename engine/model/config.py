@@ -4,6 +4,7 @@ paper's Tables III-V are configurations of the same code)."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,29 @@ class ModelConfig:
     patience: int = 3
     seed: int = 0
 
-    def validate(self) -> None:
+    def validate(self, origin: str | None = None) -> None:
+        """Every field of the right type and within its bounds (``FIELD_BOUNDS``), then the relations between
+        fields; the first problem -> InputError naming the field (and ``origin``, the file it came from)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            default = getattr(ModelConfig, f.name)
+            if isinstance(default, bool):
+                ok, expected = isinstance(value, bool), "true or false"
+            elif isinstance(default, int):
+                ok, expected = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                expected = "a finite number"
+            else:
+                ok, expected = isinstance(value, str), "text"
+            if not ok:
+                raise InputError(f"expected {expected}, got {value!r}", field=f.name, file=origin)
+            if f.name in FIELD_BOUNDS:
+                low, high = FIELD_BOUNDS[f.name]
+                if not low <= value <= high:
+                    raise InputError(
+                        f"expected a value from {low:g} to {high:g}, got {value!r}", field=f.name, file=origin
+                    )
         checks = [
             ("history", self.history >= 1, "at least 1 hour"),
             ("horizon", self.horizon >= 1, "at least 1 hour"),
@@ -103,7 +126,7 @@ class ModelConfig:
         ]
         for name, ok, expected in checks:
             if not ok:
-                raise InputError(f"expected {expected}, got {getattr(self, name)!r}", field=name)
+                raise InputError(f"expected {expected}, got {getattr(self, name)!r}", field=name, file=origin)
         if self.final_alpha_bar() > MAX_FINAL_ALPHA_BAR:
             raise InputError(
                 f"the noise schedule ends at alpha-bar {self.final_alpha_bar():.4f}; it must end close "
@@ -149,6 +172,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict, *, origin: str = "config") -> ModelConfig:
+        if not isinstance(data, dict):
+            raise InputError(
+                f'expected a JSON object of configuration fields (e.g. {{"epochs": 5}}), found a {type(data).__name__}',
+                file=origin,
+            )
         known = {f.name for f in fields(cls)}
         # Saved before these fields existed: trained with one draw and no linear mean.
         data = {"noise_draws": 1, "prior": "none", "period_intercepts": False, "env_profile": False, **data}
@@ -159,8 +187,36 @@ class ModelConfig:
             config = cls(**data)
         except TypeError as error:
             raise InputError(str(error), file=origin) from None
-        config.validate()
+        config.validate(origin)
         return config
+
+
+# Bounds of the numeric fields: generous (far beyond anything trained here), so that a typo is refused with
+# the field's name before it becomes a division by zero, a huge allocation or a run that never ends.
+FIELD_BOUNDS: dict[str, tuple[float, float]] = {
+    "history": (1, 24 * 28),
+    "horizon": (1, 168),
+    "channels": (2, 2048),
+    "heads": (1, 64),
+    "blocks": (1, 64),
+    "mlp_ratio": (0.25, 16.0),
+    "diffusion_steps": (2, 4000),
+    "beta_start": (1e-8, 0.5),
+    "beta_end": (1e-6, 0.999),
+    "cond_dropout": (0.0, 0.99),
+    "l1": (0.0, 1000.0),
+    "l2": (0.0, 1000.0),
+    "epochs": (1, 10_000),
+    "batch_size": (1, 65_536),
+    "windows_per_epoch": (1, 100_000_000),
+    "noise_draws": (1, 256),
+    "lr": (1e-9, 10.0),
+    "weight_decay": (0.0, 10.0),
+    "ema_decay": (0.0, 1.0),
+    "grad_clip": (0.0, 1e6),
+    "patience": (1, 10_000),
+    "seed": (0, 2**32 - 1),
+}
 
 
 CONFIGS: dict[str, ModelConfig] = {

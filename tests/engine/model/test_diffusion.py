@@ -233,6 +233,30 @@ def test_configurations_resolve_by_name_or_file_and_reject_bad_fields(tmp_path):
         resolve_config("lsdm", channels=30, heads=4)
 
 
+@pytest.mark.parametrize(
+    ("text", "field", "says"),
+    [
+        ('{"heads": 0}', "heads", "from 1 to 64, got 0"),  # was a ZeroDivisionError
+        ('{"channels": "x"}', "channels", "a whole number, got 'x'"),  # was a TypeError
+        ('{"batch_size": 0}', "batch_size", "from 1 to 65536, got 0"),
+        ('{"epochs": Infinity}', "epochs", "a whole number, got inf"),
+        ('{"blocks": -1}', "blocks", "from 1 to 64, got -1"),  # trained anyway
+        ('{"channels": 1000000}', "channels", "from 2 to 2048"),  # an allocation traceback
+        ('{"lr": NaN}', "lr", "a finite number"),
+        ('{"service_attention": "yes"}', "service_attention", "true or false"),
+        ("[1, 2]", None, "expected a JSON object of configuration fields"),  # was a TypeError
+    ],
+)
+def test_a_configuration_file_with_a_bad_value_is_refused_naming_file_and_key(tmp_path, text, field, says):
+    """Issue 20: `lsdm train --config FILE` crashed with ZeroDivisionError, TypeError or an allocation error, or
+    trained with a negative number of blocks."""
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(InputError) as caught:
+        resolve_config(str(path))
+    assert caught.value.file == str(path) and caught.value.field == field and says in caught.value.message
+
+
 # --- the linear prior (engine/model/prior.py) ---------------------------------------------------------------
 
 
