@@ -81,6 +81,7 @@ def add_export(export: argparse._SubParsersAction, common: argparse.ArgumentPars
     )
     parser.add_argument("run", type=positive_int, help="the load run's id (lsdm loads)")
     parser.add_argument("--out", type=Path, required=True, help="output file: .csv or .parquet")
+    parser.add_argument("--replace", action="store_true", help="replace the output file if it exists")
     parser.set_defaults(handler=cmd_export_load)
 
 
@@ -167,6 +168,6 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 def cmd_export_load(args: argparse.Namespace) -> int:
     from engine.load.core import export_load
 
-    rows = export_load(open_database(args.db), args.run, args.out)
+    rows = export_load(open_database(args.db), args.run, args.out, replace=args.replace)
     print(f"wrote {rows} rows to {args.out}")
     return 0

@@ -24,7 +24,7 @@ from cli.load import add_export as add_export_load
 from db import open_database
 from db.queries import all_models, get_dataset
 from engine.data.windows import Normaliser, SplitSpec, load_series, make_splits
-from engine.errors import InputError
+from engine.errors import InputError, check_output_file
 from engine.evaluation.scoring import export_windows, score_predictions
 from engine.requests import (
     EvaluateRequest,
@@ -180,6 +180,7 @@ def _add_export_and_score(
         "the documented keys of engine/evaluation/scoring.py, for `lsdm score`.",
     )
     export_windows_p.add_argument("--out", type=Path, required=True, help="output .npz file")
+    export_windows_p.add_argument("--replace", action="store_true", help="replace the output file if it exists")
     export_windows_p.add_argument(
         "--model",
         type=int,
@@ -371,6 +372,7 @@ def cmd_export_windows(args: argparse.Namespace) -> int:
     with database.session() as session:
         dataset = get_dataset(session, args.dataset)
         series = load_series(session, dataset)
+    check_output_file(args.out, (".npz",), replace=args.replace)  # before the work, not after it
     history = args.history
     normaliser = None
     if args.model is not None or history is None:
@@ -383,7 +385,7 @@ def cmd_export_windows(args: argparse.Namespace) -> int:
     spec = SplitSpec(kind=args.split, history=history or 24)
     splits = make_splits(series, spec)
     normaliser = normaliser or Normaliser.fit(series.traffic[:, : splits.train_hours_end])
-    summary = export_windows(series, normaliser, splits, args.out)
+    summary = export_windows(series, normaliser, splits, args.out, replace=args.replace)
     emit(args, {"out": str(args.out), **summary}, [f"Wrote {args.out}: {summary}"])
     return 0
 

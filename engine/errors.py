@@ -60,3 +60,25 @@ def plural(count: float | int, noun: str, many: str | None = None) -> str:
     if whole and abs(int(count)) == 1:
         return f"{shown} {noun}"
     return f"{shown} {many or IRREGULAR.get(noun) or noun + 's'}"
+
+
+# --- files a command writes ----------------------------------------------------------------------------------
+
+
+def check_output_file(
+    path: str | Path, suffixes: tuple[str, ...], *, replace: bool = False, field: str = "out"
+) -> Path:
+    """A file a command is about to write: a file name (not a folder) with one of ``suffixes``, in a folder
+    that exists, and not one the user already has unless ``replace`` (nothing they made is replaced unasked).
+    Writers then write beside it and rename, so the file appears whole or not at all."""
+    path = Path(path)
+    kinds = " or ".join(suffixes)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; expected a {kinds} file name in it", field=field)
+    if path.suffix.lower() not in suffixes:
+        raise InputError(f"expected a {kinds} file name, got {path.name!r}", field=field)
+    if not path.parent.is_dir():
+        raise InputError(f"no such folder: {path.parent}", field=field)
+    if path.exists() and not replace:
+        raise InputError(f"{path} exists already", field=field, hint="choose another name, or pass --replace")
+    return path

@@ -10,6 +10,7 @@ new one anywhere else.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from db import Database
 from db.queries import get_dataset
@@ -40,6 +41,10 @@ def build_environment_for(
         b=request.b,
         mode=request.env_mode,
     )
+    if settings.init and Path(settings.init).is_file():  # refused before a tile or a description is written
+        from engine.env.clip import build_encoder
+
+        build_encoder(settings)
     return build_environment(
         database,
         dataset_name=request.dataset,

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.data.windows import Normaliser, SeriesData, Splits, gather
-from engine.errors import InputError
+from engine.errors import InputError, check_output_file
 from engine.evaluation.metrics import METRIC_KEYS, per_service_r2, score
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -73,9 +73,12 @@ WINDOW_KEYS = (
 )
 
 
-def export_windows(series: SeriesData, normaliser: Normaliser, splits: Splits, out_path: str | Path) -> dict:
-    """Write the split's windows to ``out_path`` (.npz, keys in the module docstring); returns a summary."""
-    out_path = Path(out_path)
+def export_windows(
+    series: SeriesData, normaliser: Normaliser, splits: Splits, out_path: str | Path, *, replace: bool = False
+) -> dict:
+    """Write the split's windows to ``out_path`` (.npz, keys in the module docstring); returns a summary. The
+    file appears whole or not at all; an existing one is replaced only when asked."""
+    out_path = check_output_file(out_path, (".npz",), replace=replace)
     values = normaliser.forward(series.traffic)
     spec = splits.spec
     parts = {name: getattr(splits, name) for name in SPLIT_NAMES}
@@ -103,9 +106,10 @@ def export_windows(series: SeriesData, normaliser: Normaliser, splits: Splits, o
         "time_origin": np.asarray(series.time_origin.isoformat()),
         "split_kind": np.asarray(spec.kind),
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with out_path.open("wb") as handle:  # a file object: NumPy adds no ".npz" to the name
+    partial = out_path.with_name(out_path.name + ".partial")
+    with partial.open("wb") as handle:  # a file object: NumPy adds no ".npz" to the name
         np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]  # mypy matches ** to allow_pickle too
+    partial.replace(out_path)
     return {
         "path": str(out_path),
         "bytes": out_path.stat().st_size,

@@ -41,7 +41,7 @@ from db import Database
 from db.models import Cell, CellCapacity, Entity, LoadRun
 from db.queries import get_dataset_by_id
 from engine.data.windows import SeriesData
-from engine.errors import InputError
+from engine.errors import InputError, check_output_file
 from engine.requests import parse_scope_text
 
 Progress = Callable[[int, int], None]  # (users forecast so far, of all to forecast)
@@ -497,16 +497,12 @@ def load_table(stored: StoredLoad) -> list[dict]:
     return rows
 
 
-def export_load(database: Database, run_id: int, path: str | Path) -> int:
+def export_load(database: Database, run_id: int, path: str | Path, *, replace: bool = False) -> int:
     """Write a stored run to .csv or .parquet (by the suffix); the rows written. The file appears whole or
-    not at all (written beside it, then renamed)."""
+    not at all (written beside it, then renamed); an existing file is replaced only when asked."""
     import pandas as pd
 
-    path = Path(path)
-    if path.suffix.lower() not in (".csv", ".parquet"):
-        raise InputError(f"expected a .csv or .parquet file name, got {path.name!r}", field="out")
-    if not path.parent.is_dir():
-        raise InputError(f"no such folder: {path.parent}", field="out")
+    path = check_output_file(path, (".csv", ".parquet"), replace=replace)
     frame = pd.DataFrame(load_table(read_load_run(database, run_id)), columns=list(EXPORT_COLUMNS))
     partial = path.with_name(path.name + ".partial")
     if path.suffix.lower() == ".csv":

@@ -361,9 +361,16 @@ def test_a_stored_run_is_listed_and_exported_to_csv_and_parquet(city, context, t
         export_load(database, payload["run_id"], tmp_path / "load.xlsx")
     assert refused.value.field == "out"
     with pytest.raises(InputError) as refused:
-        export_load(database, 999, tmp_path / "load.csv")
+        export_load(database, 999, tmp_path / "load.csv", replace=True)
     assert refused.value.field == "run"
     assert not (tmp_path / "load.xlsx").exists()
+    # Issue 20: a folder is refused with a message (not IsADirectoryError), and a file the user has is kept
+    # unless they ask to replace it.
+    for target, says in ((tmp_path, "is a folder"), (tmp_path / "load.csv", "exists already")):
+        with pytest.raises(InputError, match=says) as refused:
+            export_load(database, payload["run_id"], target)
+        assert refused.value.field == "out"
+    assert export_load(database, payload["run_id"], tmp_path / "load.csv", replace=True) == rows
     database.dispose()
 
 

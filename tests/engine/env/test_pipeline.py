@@ -143,6 +143,14 @@ def test_bad_env_options_exit_2_with_the_option_named(small_city_db, capsys, arg
     assert environment_info(small_city_db)["embeddings"] == 0
 
 
+def test_a_clip_checkpoint_that_cannot_be_loaded_is_refused_before_anything_is_written(small_city_db, capsys):
+    """Issue 20: `--clip-init /etc/passwd` failed with a clear message but left tiles and descriptions behind."""
+    before = environment_info(small_city_db)
+    assert main(["env", "build", "--db", small_city_db.url, "--epochs", "0", "--clip-init", "/etc/passwd"]) == 2
+    assert "cannot load as open_clip architecture" in capsys.readouterr().err
+    assert environment_info(small_city_db) == before
+
+
 def test_real_baidu_tiles_flow_through_the_folder_source_into_clip_embeddings(db_path, shared_data):
     """The six real Shanghai tiles (BD09 names) reach the database and the encoder; a seventh cell
     outside their area has no imagery and is embedded from its text."""
