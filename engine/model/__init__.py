@@ -8,6 +8,7 @@ the configuration rebuilds exactly the stored tensors; nothing is unpickled.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +25,18 @@ __all__ = ["CONFIGS", "Forecaster", "ModelConfig", "pick_device", "read_model_do
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
-    """CUDA when present (or asked for), else CPU."""
+    """CUDA when present (or asked for), else CPU. An unknown name, or CUDA on a machine without it, is an
+    InputError naming the ``device`` field (they were torch tracebacks)."""
     if prefer:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", prefer):
+            raise InputError(f"expected cpu, cuda or cuda:N, got {prefer!r}", field="device")
+        if prefer.startswith("cuda"):
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            index = int(prefer.partition(":")[2] or 0)
+            if index >= count:
+                found = f"{count} CUDA device(s)" if count else "no CUDA GPU"
+                raise InputError(f"{prefer} was asked for, but this machine has {found}", field="device",
+                                 hint="use cpu, or leave the device out to use CUDA when present")  # fmt: skip
         return torch.device(prefer)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

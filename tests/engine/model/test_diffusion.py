@@ -584,3 +584,17 @@ def test_the_environment_profile_adds_the_usual_places_block_after_the_older_lay
     older_config = ModelConfig.from_dict(old)
     assert not older_config.uses_env_profile and older_config.env_width(D) == D
     assert Denoiser(older_config, env_dim=D, n_services=K).prior.n_features == older.n_features
+
+
+def test_an_unknown_device_or_cuda_without_a_gpu_is_refused_naming_the_field():
+    """Issue 20: `--device bogus` and `--device cuda` on a machine without CUDA were torch tracebacks."""
+    from engine.model import pick_device
+
+    with pytest.raises(InputError, match="expected cpu, cuda or cuda:N, got 'bogus'") as caught:
+        pick_device("bogus")
+    assert caught.value.field == "device"
+    assert pick_device("cpu") == torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(InputError, match=f"cuda:{count} was asked for") as caught:
+        pick_device(f"cuda:{count}")  # one past the last GPU (the first, where there is none)
+    assert caught.value.field == "device"
