@@ -339,7 +339,7 @@ def _character(
             continue
         n = float(c[members].sum())
         theme_share = float(share[members].sum())
-        if n < THEME_MIN_COUNT:
+        if n < THEME_MIN_COUNT or theme_share >= 1.0 - 1e-9:  # a theme that is the whole city cannot stand out
             continue
         theme_lq = ((n + SHRINK_POIS * theme_share) / (total + SHRINK_POIS)) / theme_share
         threshold = min(base, 1 + 0.5 * (1 / theme_share - 1))  # reachable even for a dominant theme

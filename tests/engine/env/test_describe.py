@@ -78,6 +78,15 @@ def test_city_stats_reject_a_matrix_that_does_not_fit_the_categories():
         CityStats.from_counts(np.zeros((3, 4)), ["a", "b"])
 
 
+def test_a_data_set_with_a_single_poi_theme_is_described_without_a_crash():
+    """Issue 20: valid data declaring one POI column (or only restaurants and shops) made the describer divide
+    by zero: a theme that is the whole city's mix cannot stand out, so it is not a cell's character."""
+    for categories, rows in ((["Restaurant"], [[5], [0], [40]]), (["Restaurant", "Shopping"], [[5, 2], [0, 9]])):
+        stats = CityStats.from_counts(np.array(rows), categories)
+        texts = [TemplateDescriber().text(row, stats) for row in rows]
+        assert all(isinstance(t, str) and t for t in texts)
+
+
 # --- Template describer ---------------------------------------------------------------------------
 
 
