@@ -177,6 +177,10 @@ def load_mapping(path: Path | str) -> TableMapping:
     except _DuplicateKey as error:
         key = error.args[0]
         raise InputError("key given twice", file=path, line=_line_of_key(source, key, 2), field=key) from None
+    except RecursionError:  # thousands of nested brackets: no mapping looks like that
+        raise InputError(
+            "nested too deeply to be a mapping (a mapping is one JSON object of a few levels)", file=path
+        ) from None
     if not isinstance(raw, dict):
         raise InputError(f"expected a JSON object {{...}}, found {type(raw).__name__}", file=path, line=1)
 
@@ -357,6 +361,41 @@ def aggregate_hourly(
         location_entity=modal_slot // hours,
         location_hour=modal_slot % hours,
         location_cell=modal_cell,
+    )
+
+
+MAX_SPAN_DAYS = 5 * 366  # a data set covers at most five years of hours (a far-off timestamp is a typo)
+MAX_TOTAL_BYTES = 2**62  # all the records' bytes together: sums by hour, cell and city stay exact in int64
+
+
+def check_total_bytes(nbytes: np.ndarray, file: object, field: str) -> None:
+    """Refuse bytes whose sum would overflow the 64-bit sums made from them (they were stored wrong)."""
+    total = float(np.sum(nbytes, dtype=np.float64))
+    if total >= MAX_TOTAL_BYTES:
+        raise InputError(
+            f"the records' bytes add up to {total:.3g}, more than the {MAX_TOTAL_BYTES:.3g} a data set can hold",
+            file=file,  # type: ignore[arg-type]
+            field=field,
+            hint="check the unit of the bytes column",
+        )
+
+
+def check_span(day: np.ndarray, file: object, line_of: Callable[[int], int | None], field: str) -> None:
+    """Refuse records spanning more than ``MAX_SPAN_DAYS`` (one timestamp in year 9999 made a data set of
+    70 million hours), naming the record at the far end: the one farther from the median day."""
+    first, last = int(day.min()), int(day.max())
+    if last - first + 1 <= MAX_SPAN_DAYS:
+        return
+    middle = float(np.median(day))
+    row = int(np.argmax(day)) if last - middle >= middle - first else int(np.argmin(day))
+    origin = datetime(1970, 1, 1)
+    shown = [(origin + timedelta(days=d)).date().isoformat() for d in (first, last)]
+    raise InputError(
+        f"the records span {last - first + 1:,} days, {shown[0]} to {shown[1]}; at most {MAX_SPAN_DAYS:,} (five "
+        f"years) are accepted, and this record is the far one (its day: {shown[row == int(np.argmax(day))]})",
+        file=file,  # type: ignore[arg-type]
+        line=line_of(row),
+        field=field,
     )
 
 
@@ -836,10 +875,12 @@ def _read_table(
     rank = pd.Index(entity_keys).get_indexer([str(k) for k in entity_uniques])
     entity_pos = rank[entity_codes]
     day = seconds // 86_400
+    check_span(day, records, table.line, time_col)
     first_day, last_day = int(day.min()), int(day.max())
     hour = (seconds // 3_600 - first_day * 24).astype(np.int64)
     hours = (last_day - first_day + 1) * 24
     nbytes = raw_bytes.astype(np.int64)
+    check_total_bytes(nbytes, records, bytes_col)
     aggregate = aggregate_hourly(
         entity_pos,
         hour,

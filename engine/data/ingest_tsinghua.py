@@ -31,7 +31,14 @@ import numpy as np
 import pandas as pd
 
 from db.queries import DatasetContent
-from engine.data.ingest_table import MAX_POI_COUNT, aggregate_hourly, digits_to_seconds, first_problem
+from engine.data.ingest_table import (
+    MAX_POI_COUNT,
+    aggregate_hourly,
+    check_span,
+    check_total_bytes,
+    digits_to_seconds,
+    first_problem,
+)
 from engine.errors import InputError
 
 TIMEZONE = "Asia/Shanghai"
@@ -499,6 +506,8 @@ def read_tsinghua(
     users, entity = np.unique(user, return_inverse=True)
     del user
     day = seconds // 86_400
+    check_span(day, trace, lambda row: _trace_line_of_row(trace, row), "timestamp")
+    check_total_bytes(nbytes, trace, "traffic_bytes")
     first_day, last_day = int(day.min()), int(day.max())
     hour = seconds // 3_600 - first_day * 24
     hours = (last_day - first_day + 1) * 24

@@ -242,12 +242,31 @@ GOOD = "1,2016-04-20T08:05:00,9,s,100"
         ("1,2016-04-20T08:05:00,,s,100", "cell_id", "empty"),
         (",2016-04-20T08:05:00,9,s,100", "entity_id", "empty"),
         ("1,2016-04-20T08:05:00,9,,100", "service", "empty"),
+        # issue 20: one typo in the year made a data set of 70 million hours
+        ("1,9999-04-20T08:05:00,9,s,100", "timestamp", "at most 1,830 (five years)"),
     ],
 )
 def test_a_bad_record_is_reported_with_its_line_and_column(tmp_path, bad_row, field, says):
     error = error_of(tmp_path, [GOOD, GOOD, bad_row, GOOD])
     assert (error.file, error.line, error.field) == (str(tmp_path / "records.csv"), 4, field)
     assert says in str(error)
+
+
+def test_a_mapping_nested_thousands_deep_is_an_error_not_a_recursion_traceback(tmp_path):
+    """Issue 20: a deeply nested mapping JSON gave a RecursionError traceback."""
+    from engine.data.ingest_table import load_mapping
+
+    path = write(tmp_path / "deep.json", '{"records": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(InputError, match="nested too deeply") as caught:
+        load_mapping(path)
+    assert caught.value.file == str(path)
+
+
+def test_bytes_that_would_overflow_their_sums_are_refused(tmp_path):
+    """Issue 20: byte values whose sums overflow 64 bits were accepted and stored wrong."""
+    big = 2**61  # each below the per-record limit (2**62), together beyond what the sums can hold
+    error = error_of(tmp_path, [GOOD, f"1,2016-04-20T08:05:00,9,s,{big}", f"2,2016-04-20T09:05:00,9,s,{big}"])
+    assert error.field == "bytes" and "add up to" in str(error)
 
 
 def test_line_numbers_count_blank_lines_and_multi_line_quoted_fields(tmp_path):
