@@ -76,6 +76,14 @@ def _enqueue(kind: str, params: dict, slots: dict | None = None) -> int | None:
         slot = (slots or {}).get(error.field) or st
         slot.error(f"Not started: {error}", icon=":material/error:")
         return None
+    except Exception as error:  # another process keeps the database locked: say so on the form
+        from db.session import busy_message
+
+        message = busy_message(error)
+        if message is None:
+            raise
+        st.error(f"Not started: {message[0].upper()}{message[1:]}", icon=":material/hourglass_top:")
+        return None
 
 
 def _ask(pending: dict) -> int | None:

@@ -34,6 +34,7 @@ from cli.common import flag_of
 from engine.errors import InputError
 
 EXIT_INPUT = 2
+EXIT_BUSY = 75  # EX_TEMPFAIL: try again later
 GROUPS = (data, env, models, load, app, jobs)  # in the order `lsdm --help` lists their commands
 
 
@@ -71,6 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Exception as error:  # a database that another process keeps locked: a sentence, not a traceback
+        from db.session import busy_message
+
+        message = busy_message(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_BUSY
     except BrokenPipeError:  # `lsdm jobs list | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -117,3 +117,15 @@ def open_database(value: str | None = None, *, migrate: bool = True) -> Database
     if migrate:
         upgrade(engine)
     return database
+
+
+def busy_message(error: BaseException) -> str | None:
+    """A sentence for a database another process keeps busy (SQLite's "database is locked" after the busy
+    timeout, PostgreSQL's lock timeout), else None: the caller shows it instead of a traceback."""
+    text = str(getattr(error, "orig", None) or error).lower()
+    if "database is locked" in text or "lock timeout" in text or "could not obtain lock" in text:
+        return (
+            f"the database is busy: another process (an ingest, a build or a training run) has held its write lock "
+            f"for more than {SQLITE_BUSY_TIMEOUT_MS // 1000} s; nothing was written. Try again when it has finished."
+        )
+    return None

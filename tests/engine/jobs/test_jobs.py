@@ -544,3 +544,26 @@ def test_a_jobs_estimate_scales_past_runs_to_its_size_and_falls_back_on_a_measur
     big_run = estimate(database, "forecast", {"entities": [f"U{i}" for i in range(50)], "horizon": 48, "samples": 32})
     assert big_run.seconds == pytest.approx(4.0 * 50 * 2) and big_run.long
     assert "3 such jobs" in big_run.basis and "scaled to this request's size" in big_run.basis
+
+
+def test_a_database_kept_locked_by_another_process_is_a_sentence_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """Issue 20: an ingest holding the write lock made `jobs submit` fail after the busy timeout with a raw
+    "database is locked" traceback. Another connection holds the lock here; the busy timeout is shortened."""
+    import sqlite3
+
+    import db.session
+    from cli.main import main as lsdm
+
+    path = tmp_path / "busy.sqlite"
+    open_database(str(path)).dispose()
+    monkeypatch.setattr(db.session, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, as a long ingest holds it
+    try:
+        status = lsdm(["jobs", "submit", "city.build", "users=10", "--db", str(path)])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    err = capsys.readouterr().err
+    assert status == 75 and "the database is busy" in err and "nothing was written" in err
+    assert "Traceback" not in err and list_jobs(open_database(str(path))) == []
