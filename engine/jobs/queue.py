@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from db import Database
 from db.models import Job, Worker, utcnow
+from db.queries import NoDatasetError, active_model, get_dataset
 from db.session import data_dir
 from engine.errors import InputError, plural
 from engine.jobs.kinds import KINDS
@@ -43,6 +44,7 @@ def enqueue(database: Database, kind: str, params: dict | None = None) -> int:
         if isinstance(error, InputError):
             raise
         raise InputError(f"the parameters must be plain JSON values: {error}", field="params") from None
+    checked = pin_targets(database, kind, checked)
     with database.write_session() as session, session.begin():
         job = Job(
             kind=kind, params=checked, status="queued", progress=0.0, attempts=0, message="waiting for the worker"
@@ -50,6 +52,28 @@ def enqueue(database: Database, kind: str, params: dict | None = None) -> int:
         session.add(job)
         session.flush()
         return int(job.id)
+
+
+PINNED_KINDS = ("forecast", "load", "load.area", "load.whatif")  # forecasts: the data set and model as asked
+
+
+def pin_targets(database: Database, kind: str, params: dict) -> dict:
+    """A forecast job carries the data set and the model it was asked for: "the active one" is resolved when
+    the job is queued, not when a worker gets to it (two forecasts queued before an ingest that made another
+    data set active ran on that one, and failed). Unchanged where nothing is active yet (the job says so)."""
+    if kind not in PINNED_KINDS or (params.get("dataset") is not None and params.get("model_id") is not None):
+        return params
+    with database.session() as session:
+        try:
+            dataset = get_dataset(session, params.get("dataset"))
+        except NoDatasetError:
+            return params
+        out = {**params, "dataset": dataset.name}
+        if out.get("model_id") is None:
+            model = active_model(session, dataset.id)
+            if model is not None:
+                out["model_id"] = model.id
+    return out
 
 
 def get_job(database: Database, job_id: int) -> JobView:

@@ -139,6 +139,33 @@ def test_a_forecast_job_stores_its_run_and_reports_it(city):
     assert job.worker_id and job.started_at <= job.finished_at
 
 
+def test_a_forecast_job_runs_on_the_data_set_and_model_active_when_it_was_queued(city):
+    """Issue 20: two forecasts queued for the city before an ingest ran on the newly active data set, and
+    failed. The job carries the data set and the model it was asked for."""
+    from cli.main import main as lsdm
+    from db.queries import get_dataset
+
+    database = open_database(str(city))
+    with database.session() as session:
+        asked = get_dataset(session)
+        asked_name, asked_id = asked.name, asked.id
+    job_id = enqueue(database, "forecast", {"entity": "user:U0003", "start": 310, "horizon": 2, "samples": 2})
+    params = get_job(database, job_id).params
+    assert params["dataset"] == asked_name and params["model_id"] is not None
+    # Another data set becomes the active one before the worker gets to the job.
+    assert (
+        lsdm(["city", "build", "--users", "6", "--cells", "8", "--days", "3", "--name", "other", "--db", str(city)])
+        == 0
+    )
+    with database.session() as session:
+        assert get_dataset(session).name == "other"
+    assert JobWorker(database).drain() == 1
+    job = get_job(database, job_id)
+    assert job.status == "done", job.error
+    with database.session() as session:
+        assert session.get(ForecastRun, job.ref_id("forecast_run")).dataset_id == asked_id
+
+
 def test_a_failing_job_records_its_reason_and_writes_nothing(city):
     database = open_database(str(city))
     job_id = enqueue(database, "forecast", {"entity": "user:NOBODY", "start": 310})
