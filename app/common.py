@@ -95,13 +95,34 @@ def database() -> Database:
 
 
 def revision() -> int:
-    """Bumped by pages after they write; part of every cached query's key (pass it as an argument
-    whose name does not start with an underscore: Streamlit does not hash those)."""
-    return int(st.session_state.get("_revision", 0))
+    """Bumped by pages after they write, and changed when the database was changed from outside (another
+    session, the command line: ``_outside_version``); part of every cached query's key (pass it as an
+    argument whose name does not start with an underscore: Streamlit does not hash those)."""
+    return hash((int(st.session_state.get("_revision", 0)), _outside_version(os.environ.get("LSDM_DB") or None)))
+
+
+@st.cache_data(show_spinner=False, ttl=2.0)
+def _outside_version(url: str | None) -> tuple:
+    """What says the data sets or models changed, read at most every 2 s (one small query): an ingest or a
+    training run from the command line made the dashboard show the old data set until it was restarted."""
+    from sqlalchemy import text
+
+    with _database(url).session() as session:
+        return tuple(
+            session.execute(
+                text(
+                    "SELECT (SELECT COALESCE(MAX(id), 0) FROM datasets), "
+                    "(SELECT COALESCE(MAX(id), 0) FROM datasets WHERE is_active), "
+                    "(SELECT COALESCE(MAX(id), 0) FROM models), "
+                    "(SELECT COUNT(*) FROM models WHERE is_active), "
+                    "(SELECT COALESCE(SUM(id), 0) FROM models WHERE is_active)"
+                )
+            ).one()
+        )
 
 
 def bump_revision() -> None:
-    st.session_state["_revision"] = revision() + 1
+    st.session_state["_revision"] = int(st.session_state.get("_revision", 0)) + 1
     st.cache_data.clear()
 
 

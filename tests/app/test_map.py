@@ -457,3 +457,19 @@ def test_a_long_area_forecast_says_its_estimate_and_asks_once_before_it_is_queue
     at.number_input(key="ml_horizon").set_value(12).run()
     at.button(key="ml_run").click().run()  # the same kind again: no second question
     assert sql(app_db, "SELECT COUNT(*) FROM jobs") == [(2,)]
+
+
+def test_a_data_set_made_active_from_the_command_line_shows_without_a_restart(app_db: Path) -> None:
+    """Issue 20: the dashboard cached the active data set without expiry and showed the old one until it was
+    restarted. Its cache keys follow the database's data sets and models (read at most every 2 s)."""
+    import time
+
+    from cli.main import main as lsdm
+
+    at = run_map()
+    assert "synthetic-seed0" in at.caption[0].value
+    other = ["city", "build", "--users", "6", "--cells", "8", "--days", "3", "--name", "made-outside"]
+    assert lsdm([*other, "--db", str(app_db)]) == 0
+    time.sleep(2.1)
+    at.run()
+    assert not at.exception and "made-outside" in at.caption[0].value
