@@ -90,8 +90,16 @@ def _database(url: str | None) -> Database:
 
 
 def database() -> Database:
-    """The app's database: ``LSDM_DB`` (set by `lsdm app --db`) or the per-user default."""
-    return _database(os.environ.get("LSDM_DB") or None)
+    """The app's database: ``LSDM_DB`` (set by `lsdm app --db`) or the per-user default. One that cannot be
+    used (a folder, not SQLite, damaged, unreachable) stops the page with the reason, not a traceback."""
+    from db.session import DatabaseOpenError
+
+    try:
+        return _database(os.environ.get("LSDM_DB") or None)
+    except DatabaseOpenError as error:
+        st.error(f"The database cannot be used: {error}.", icon=":material/database:")
+        st.stop()
+        raise  # st.stop() raises; this line is for the type checker
 
 
 def revision() -> int:

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 
 from cli import app, data, env, jobs, load, models
 from cli.common import flag_of
+from db.session import DatabaseOpenError
 from engine.errors import InputError
 
 EXIT_INPUT = 2
@@ -65,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except InputError as error:  # fields are named after the flags that set them (cli/common.py)
         print(f"error: {flag_of(args, error)}", file=sys.stderr)
+        return EXIT_INPUT
+    except DatabaseOpenError as error:  # a folder, not SQLite, damaged, unreachable: nothing was written
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_INPUT
     except LookupError as error:  # no such data set / entity
         print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)

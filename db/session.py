@@ -28,6 +28,34 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from db.schema import upgrade
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class DatabaseOpenError(ValueError):
+    """The database named cannot be used: a folder, not an SQLite file, damaged, an unknown URL scheme, a
+    missing driver, a server that refuses or does not answer. ``str()`` is the sentence for the user (the
+    URL without its password); nothing was written."""
+
+
+def shown_url(url: str) -> str:
+    """The URL as messages and logs show it: the password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL at all: shown as given (it holds no password then)
+        return url
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """Before SQLite opens (and would write into) a file: a folder or a file that is not an SQLite database
+    is refused; a damaged one is refused after ``PRAGMA quick_check`` (below, once the engine exists)."""
+    if path.is_dir():
+        raise DatabaseOpenError(f"{path} is a folder, not a database file")
+    if path.is_file() and path.stat().st_size > 0:
+        with path.open("rb") as handle:
+            if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                raise DatabaseOpenError(
+                    f"{path} is not an SQLite database (its first bytes are not SQLite's); nothing was written to it"
+                )
 
 
 def data_dir() -> Path:
@@ -108,15 +136,61 @@ class Database:
 
 
 def open_database(value: str | None = None, *, migrate: bool = True) -> Database:
-    """Open (and by default create or upgrade) the database named by ``value``/``LSDM_DB``/default."""
-    url = resolve_db_url(value)
-    engine = create_engine(url)
+    """Open (and by default create or upgrade) the database named by ``value``/``LSDM_DB``/default.
+
+    Refused with a ``DatabaseOpenError`` (a sentence, nothing written): a folder or a non-SQLite file, an
+    SQLite file that ``PRAGMA quick_check`` finds damaged (checked when opening to upgrade, which is every
+    command's and the dashboard's first open), an unknown scheme or driver, a server that cannot be reached
+    or refuses the login."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+    try:
+        url = resolve_db_url(value)
+    except ArgumentError as error:
+        raise DatabaseOpenError(f"not a database URL or file path: {error}") from None
+    shown = shown_url(url)
+    try:
+        engine = create_engine(url)
+    except (NoSuchModuleError, ModuleNotFoundError, ArgumentError) as error:
+        raise DatabaseOpenError(f"{shown}: unknown database kind or missing driver ({error})") from None
+    file = None
     if engine.dialect.name == "sqlite":
+        if engine.url.database not in (None, "", ":memory:"):
+            file = Path(str(engine.url.database))
+            _check_sqlite_file(file)
         _configure_sqlite(engine)
     database = Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
     if migrate:
-        upgrade(engine)
+        try:
+            if file is not None and file.is_file() and file.stat().st_size > 0:
+                _quick_check(engine, file)
+            upgrade(engine)
+        except DatabaseOpenError:
+            engine.dispose()
+            raise
+        except OperationalError as error:
+            engine.dispose()
+            if busy_message(error):
+                raise
+            reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            raise DatabaseOpenError(f"cannot open the database {shown}: {reason}") from None
     return database
+
+
+def _quick_check(engine: Engine, file: Path) -> None:
+    import sqlalchemy
+
+    try:
+        with engine.connect() as connection:
+            found = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check").fetchall()]
+    except sqlalchemy.exc.DatabaseError as error:  # "file is not a database", "database disk image is malformed"
+        reason = str(getattr(error, "orig", None) or error).strip()
+        raise DatabaseOpenError(f"{file} is damaged ({reason}); nothing was written to it") from None
+    if found != ["ok"]:
+        raise DatabaseOpenError(
+            f"{file} is damaged: SQLite's quick check found {len(found)} problem(s), the first: {found[0]}; "
+            "nothing was written to it. Restore it from a copy, or start a new one with --db"
+        )
 
 
 def busy_message(error: BaseException) -> str | None:
