@@ -10,6 +10,7 @@ bump after writing (a new forecast run, a new model) so that nothing stale is sh
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -79,6 +80,12 @@ class DatasetInfo:
     time_origin: datetime
     entities: int
     cells: int
+
+    @property
+    def label(self) -> str:
+        """The name as markdown shows it: escaped, so a name with markdown in it (an image link made the
+        browser fetch a URL on every page) is shown as written."""
+        return md_escape(self.name)
 
 
 # --- resources ------------------------------------------------------------------------------------
@@ -250,6 +257,14 @@ def set_query(**params: object) -> None:
                 del st.query_params[key]
         elif st.query_params.get(key) != str(value):
             st.query_params[key] = str(value)
+
+
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>!~$|])")  # what makes links, images, html, emphasis, math, tables
+
+
+def md_escape(text: str) -> str:
+    """``text`` shown literally in Streamlit markdown (data: names, keys): every markdown character escaped."""
+    return MARKDOWN_SPECIALS.sub(r"\\\1", str(text))
 
 
 def page_header(title: str, caption: str | None = None) -> None:

@@ -351,7 +351,7 @@ if key is None:
     st.stop()
 view = cell_view(common.database().url, info.id, common.revision(), key)
 if view is None:  # the data set changed under the picker
-    st.warning(f"Cell {key} is not in {info.name}.")
+    st.warning(f"Cell {key} is not in {info.label}.")
     st.stop()
 detail, presence, traffic = view
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 info = jobs_ui.require_dataset()
 url = database().url
 noun = info.entity_kind
-page_header("Forecast", f"Probabilistic forecasts of the coming hours per service (LSDM) · data set **{info.name}**")
+page_header("Forecast", f"Probabilistic forecasts of the coming hours per service (LSDM) · data set **{info.label}**")
 state = st.session_state
 
 
@@ -402,7 +402,7 @@ shown_id = query_int("run", None, 1, 2**63 - 1)
 if shown_id is not None:
     shown_run = fd.cached_run(url, info.id, revision(), shown_id)
     if shown_run is None:
-        st.warning(f"No forecast run {shown_id} in data set **{info.name}**.")
+        st.warning(f"No forecast run {shown_id} in data set **{info.label}**.")
     else:
         show_run(shown_run)
 history_section()

@@ -20,18 +20,18 @@ info = jobs_ui.require_dataset()
 url = database().url
 noun = info.entity_kind  # "user", or "cell" for data sets that model cells
 page_header(
-    "User", f"One {noun}'s hourly traffic per service, where they were, and their forecasts · data set **{info.name}**"
+    "User", f"One {noun}'s hourly traffic per service, where they were, and their forecasts · data set **{info.label}**"
 )
 
 keys = ud.cached_entity_keys(url, info.id, revision())
 if not keys:
-    st.info(f"The data set **{info.name}** has no {noun}s.", icon=":material/person_off:")
+    st.info(f"The data set **{info.label}** has no {noun}s.", icon=":material/person_off:")
     st.stop()
 
 # Deep link -> picker: a ?user= that differs from the last one applied (a new link) selects that user.
 wanted = query_str("user")
 if wanted is not None and wanted not in keys:
-    st.warning(f"No {noun} `{wanted}` in data set **{info.name}**; pick one below.")
+    st.warning(f"No {noun} `{wanted}` in data set **{info.label}**; pick one below.")
     wanted = None
 if "user_key" not in st.session_state or (wanted and wanted != st.session_state.get("_user_query")):
     st.session_state["user_key"] = wanted or keys[0]

@@ -53,7 +53,7 @@ state = st.session_state
 page_header(
     "What-if",
     "Change a user's environment and compare the forecast with the unchanged baseline "
-    f"(same seed) · data set **{info.name}**",
+    f"(same seed) · data set **{info.label}**",
 )
 
 

@@ -473,3 +473,16 @@ def test_a_data_set_made_active_from_the_command_line_shows_without_a_restart(ap
     time.sleep(2.1)
     at.run()
     assert not at.exception and "made-outside" in at.caption[0].value
+
+
+def test_a_data_set_name_with_markdown_in_it_is_shown_as_written_not_rendered(empty_db: Path) -> None:
+    """Issue 20: a data set named with a markdown image made Chromium fetch its URL on every page."""
+    from app.common import md_escape
+    from cli.main import main as lsdm
+
+    name = "![x](http://127.0.0.1:9/x.png) my_city"
+    argv = ["city", "build", "--users", "6", "--cells", "8", "--days", "3", "--name", name, "--db", str(empty_db)]
+    assert lsdm(argv) == 0
+    caption = run_map().caption[0].value
+    assert caption.startswith(md_escape(name)) and "![x](" not in caption
+    assert md_escape(name) == "\\!\\[x\\](http://127.0.0.1:9/x.png) my\\_city"
