@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
@@ -82,3 +83,22 @@ def check_output_file(
     if path.exists() and not replace:
         raise InputError(f"{path} exists already", field=field, hint="choose another name, or pass --replace")
     return path
+
+
+# --- interrupting long work ----------------------------------------------------------------------------------
+
+_INTERRUPT = threading.local()
+
+
+def set_interrupt_check(check: Callable[[], None] | None) -> None:
+    """In this thread, have long loops call ``check`` (a job's cancellation check, which raises to stop): the
+    sampler calls it before every denoising step, so a cancelled forecast stops within one step instead of at
+    the end of a forecast hour (58 s for the whole city on 2 cores). None removes it."""
+    _INTERRUPT.check = check
+
+
+def interrupt_check() -> None:
+    """Call this thread's check (``set_interrupt_check``), if any."""
+    check = getattr(_INTERRUPT, "check", None)
+    if check is not None:
+        check()

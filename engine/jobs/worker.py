@@ -23,7 +23,7 @@ from sqlalchemy import CursorResult, select, update
 
 from db import Database
 from db.models import Job, Worker, utcnow
-from engine.errors import InputError
+from engine.errors import InputError, set_interrupt_check
 from engine.jobs.kinds import KINDS
 from engine.jobs.queue import discard_uploads, job_view
 from engine.jobs.types import LANES, JobCancelled, JobView, WorkerStopping
@@ -266,7 +266,11 @@ class JobWorker:
                 raise InputError(f"this worker does not know job kind {job.kind!r}", field="kind")
             # Checked again here: a row written by an older version, or by hand, gets its defaults too.
             context = JobContext(self, dataclasses.replace(job, params=kind.check(dict(job.params))), state)
-            outcome = kind.run(context)
+            set_interrupt_check(context.check)  # cancellation within a forecast hour (each denoising step)
+            try:
+                outcome = kind.run(context)
+            finally:
+                set_interrupt_check(None)
             values = {
                 "status": "done",
                 "progress": 1.0,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.errors import interrupt_check
 from engine.model.config import ModelConfig, noise_schedule
 from engine.model.denoiser import Denoiser, HistoryCache
 
@@ -305,12 +306,14 @@ def sample(
         hi = standardiser.from_v(torch.ones_like(offset), offset)
     if sampler == "ddpm":
         for t in reversed(range(config.diffusion_steps)):
+            interrupt_check()
             eps = _guided_eps(model, cache, null_cache, x, t, guidance)
             noise = paired_noise(shape, generator, antithetic).to(device) if t > 0 else None
             x = ddpm_step(schedule, x, eps, t, lo, hi, noise)
     else:
         timesteps = ddim_timesteps(config.diffusion_steps, steps)
         for t, t_prev in zip(timesteps, [*timesteps[1:], None], strict=True):
+            interrupt_check()
             eps = _guided_eps(model, cache, null_cache, x, t, guidance)
             x = ddim_step(schedule, x, eps, t, t_prev, lo, hi)
     return standardiser.to_v(x, offset)

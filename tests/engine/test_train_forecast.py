@@ -123,6 +123,36 @@ def test_a_longer_forecast_begins_with_the_shorter_ones_hours(trained, sampler):
     assert np.ptp(long.paths_v[:, :, 0], axis=1).max() > 0  # the paths differ from the first hour on
 
 
+def test_a_cancellation_check_stops_a_forecast_inside_its_first_hour(trained):
+    """Issue 20: cancelling a running forecast waited 58 s, because it was checked once per forecast hour. The
+    job's check (engine/errors.py set_interrupt_check, set by the worker) now runs before each denoising step."""
+    from engine.errors import set_interrupt_check
+    from engine.jobs import JobCancelled
+
+    database, _ = trained
+    _, forecaster = load_model(database)
+    with database.session() as session:
+        series = load_series(session, get_dataset(session))
+    calls, hours_done = [], []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) == 3:  # the third denoising step of the first hour
+            raise JobCancelled()
+
+    set_interrupt_check(check)
+    try:
+        with pytest.raises(JobCancelled):
+            recursive_forecast(
+                forecaster, series, [0, 3], start=300, horizon=4, samples=4, steps=5,
+                progress=lambda done, total: hours_done.append(done),
+            )  # fmt: skip
+    finally:
+        set_interrupt_check(None)
+    assert hours_done == [] and len(calls) == 3  # stopped inside the first hour
+    recursive_forecast(forecaster, series, [0], start=300, horizon=1, samples=2, steps=2)  # no check: runs
+
+
 @pytest.mark.parametrize(("sampler", "location"), [("ddim", "habitual"), ("ddpm", "habitual"), ("ddim", "sampled")])
 def test_an_entitys_paths_are_the_same_alone_or_in_any_batch(trained, sampler, location):
     """Issue 19: one user, seed 0, the same settings, must get the same sample paths whoever shares the batch
