@@ -120,20 +120,10 @@ def revision() -> int:
 def _outside_version(url: str | None) -> tuple:
     """What says the data sets or models changed, read at most every 2 s (one small query): an ingest or a
     training run from the command line made the dashboard show the old data set until it was restarted."""
-    from sqlalchemy import text
+    from db.queries import content_version
 
     with _database(url).session() as session:
-        return tuple(
-            session.execute(
-                text(
-                    "SELECT (SELECT COALESCE(MAX(id), 0) FROM datasets), "
-                    "(SELECT COALESCE(MAX(id), 0) FROM datasets WHERE is_active), "
-                    "(SELECT COALESCE(MAX(id), 0) FROM models), "
-                    "(SELECT COUNT(*) FROM models WHERE is_active), "
-                    "(SELECT COALESCE(SUM(id), 0) FROM models WHERE is_active)"
-                )
-            ).one()
-        )
+        return content_version(session)
 
 
 def bump_revision() -> None:

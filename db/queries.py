@@ -555,3 +555,18 @@ def forecast_runs(session: Session, dataset_id: int, limit: int | None = None) -
         .limit(limit)
     )
     return [tuple(row) for row in session.execute(statement)]
+
+
+def content_version(session: Session) -> tuple[int, ...]:
+    """A small fingerprint of what the dashboard caches: the newest data set, the active one, the newest
+    model, and which models are active. It changes when another process (the command line, a worker, another
+    session) adds or activates a data set or a model."""
+    newest_dataset = session.scalar(select(func.coalesce(func.max(Dataset.id), 0)))
+    active_dataset = session.scalar(select(func.coalesce(func.max(Dataset.id), 0)).where(Dataset.is_active.is_(True)))
+    newest_model = session.scalar(select(func.coalesce(func.max(ModelRecord.id), 0)))
+    active = session.execute(
+        select(func.count(ModelRecord.id), func.coalesce(func.sum(ModelRecord.id), 0)).where(
+            ModelRecord.is_active.is_(True)
+        )
+    ).one()
+    return (int(newest_dataset or 0), int(active_dataset or 0), int(newest_model or 0), int(active[0]), int(active[1]))
