@@ -357,7 +357,7 @@ detail, presence, traffic = view
 
 use = detail.land_use + (" (inferred from POIs)" if detail.land_use_inferred else "")
 place = f"{detail.lat:.5f}, {detail.lon:.5f}" if detail.lat is not None and detail.lon is not None else "no coordinates"
-st.markdown(f"### {detail.key} · {detail.name}")
+st.markdown(f"### {common.md_escape(detail.key)} · {common.md_escape(detail.name)}")
 st.caption(f"Land use: {use} · {place} · {int(detail.poi['count'].sum())} points of interest")
 show_environment(detail, info)
 show_neighbours(neighbours(common.database().url, info.id, common.revision(), detail.id))

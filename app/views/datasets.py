@@ -67,7 +67,7 @@ def show_overview() -> None:
         st.info("No data yet: ingest files or build a synthetic city below.", icon=":material/database:")
         return
     origin = datetime.fromisoformat(overview["time_origin"])
-    st.subheader(f"Active data set: {overview['dataset']}")
+    st.subheader(f"Active data set: {common.md_escape(overview['dataset'])}")
     st.caption(
         f"{overview['kind']} data, {overview['entity_kind']}s modelled, "
         f"{common.hour_label_long(origin, 0)} to {common.hour_label_long(origin, overview['hours'] - 1)} "

@@ -25,6 +25,7 @@ from app.common import (
     database,
     field_error,
     hour_label_for,
+    md_escape,
     page_header,
     query_int,
     query_str,
@@ -406,7 +407,7 @@ def show_paired(paired: dict, hours: int) -> None:
 def show_result(result: dict, context: wd.EditorContext | None) -> None:
     """A stored scenario: summary, totals, difference charts, radar, fans, edits, and its name."""
     scenario_id = result["scenario_id"]
-    st.subheader(f"Scenario {scenario_id} · {result['name']}")
+    st.subheader(f"Scenario {scenario_id} · {md_escape(result['name'])}")
     weights = (context.a, context.b) if context is not None else None
     st.caption(
         wd.scenario_summary(result["params"], info, weights)
@@ -657,7 +658,9 @@ def show_cell_scenario(run_id: int) -> None:
         if scenario.kind == "outage"
         else f"{change.get('visitors')} visitors behaving like {change.get('profile')}"
     )
-    st.markdown(f"**{scenario.name}** · {what} · baseline run {baseline.run_id}, scenario run {scenario.run_id}")
+    st.markdown(
+        f"**{md_escape(scenario.name)}** · {what} · baseline run {baseline.run_id}, scenario run {scenario.run_id}"
+    )
     frame = ld.comparison_frame(baseline, scenario)
     st.altair_chart(ld.difference_chart(frame, baseline.cell_keys), theme=None, width="stretch")
     st.caption("Lines: the mean of the paired paths' difference; bands: its 90 % interval.")
