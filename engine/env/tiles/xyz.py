@@ -37,6 +37,7 @@ USER_AGENT = "lsdm-dashboard/0.1 (offline LSDM traffic-forecasting dashboard; ti
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MISSING_STATUS = {404, 410}
 _MAX_RETRY_AFTER_S = 30.0
+MAX_TILE_RESPONSE_BYTES = 8_000_000  # a tile is tens of kB; two 400 MB answers once took 1.6 GB in 4 s
 
 
 def default_cache_dir() -> Path:
@@ -138,7 +139,13 @@ class XYZSource:
                     with self._count_lock:
                         self.requests_made += 1
                     with self._opener.open(request, timeout=self.timeout) as response:
-                        return response.read()
+                        body = response.read(MAX_TILE_RESPONSE_BYTES + 1)  # never a whole unbounded body
+                if len(body) > MAX_TILE_RESPONSE_BYTES:
+                    raise TileFetchError(
+                        f"the tile server sent more than {MAX_TILE_RESPONSE_BYTES / 1e6:g} MB for {url}; "
+                        "a map tile is a few tens of kB: check the URL template"
+                    )
+                return body
             except urllib.error.HTTPError as exc:
                 if exc.code in MISSING_STATUS:
                     return None

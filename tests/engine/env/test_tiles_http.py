@@ -180,6 +180,18 @@ def test_a_corrupt_tile_is_an_input_error_naming_the_url_and_is_not_cached(tile_
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+def test_an_oversized_answer_is_refused_without_reading_it_whole_and_not_retried(tile_server, tmp_path, monkeypatch):
+    """Issue 20: the fetcher read whole responses (two 400 MB bodies took 1.6 GB in 4 s)."""
+    from engine.env.tiles import xyz
+
+    monkeypatch.setattr(xyz, "MAX_TILE_RESPONSE_BYTES", 100_000)  # the test's body: 300 kB
+    tile_server.body = b"\x89PNG" + b"\0" * 300_000
+    with pytest.raises(TileFetchError, match=r"more than 0\.1 MB") as caught:
+        _source(tile_server, tmp_path / "cache").fetch(_grid_cells(1)[0])
+    assert "URL template" in str(caught.value) and tile_server.requests == 1  # not retried
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_requests_name_the_product_in_the_user_agent(tile_server, tmp_path):
     _source(tile_server, tmp_path / "cache").fetch(_grid_cells(1)[0])
     assert tile_server.user_agents and tile_server.user_agents[0].startswith("lsdm-dashboard/0.1")
