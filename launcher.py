@@ -80,7 +80,10 @@ def run_streamlit(argv: list[str]) -> int:
 
 
 def _setup_logging() -> None:
-    handler = logging.FileHandler(rolled(logs_dir() / "launcher.log"))
+    path = rolled(logs_dir() / "launcher.log")
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)  # owner-only: the log names the database and what was done to it
+    handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("lsdm")
     root.addHandler(handler)

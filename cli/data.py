@@ -9,6 +9,7 @@ import time
 from cli.common import Commands, Compound, add_request_flags, emit, request_of, stderr_progress
 from db import open_database
 from db.queries import DatasetContent, activate_dataset, all_datasets, dataset_summary, get_dataset
+from db.session import shown_url
 from engine.data.city import generate_city_for
 from engine.data.ingest_matrix import read_matrix_request
 from engine.data.ingest_table import read_table
@@ -132,7 +133,7 @@ def _store_and_report(
         dataset = store_new_dataset(session, content, replace=replace)
         session.flush()
         summary = dataset_summary(session, dataset)
-    summary["db"] = database.url
+    summary["db"] = shown_url(database.url)
     seconds = time.perf_counter() - started
     summary["seconds"] = round(seconds, 3)
     emit(args, summary, _summary_lines(title, summary, seconds))
@@ -201,8 +202,8 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     database = open_database(args.db)
     with database.session() as session:
         summary = dataset_summary(session, get_dataset(session, args.dataset))
-    summary["db"] = database.url
-    emit(args, summary, [*_summary_lines("Data set", summary, 0.0)[1:], f"  database: {database.url}"])
+    summary["db"] = shown_url(database.url)
+    emit(args, summary, [*_summary_lines("Data set", summary, 0.0)[1:], f"  database: {shown_url(database.url)}"])
     return 0
 
 
@@ -235,7 +236,7 @@ def cmd_data_aggregate(args: argparse.Namespace) -> int:
         dataset = store_aggregate(session, request)
         session.flush()
         summary = dataset_summary(session, dataset)
-    summary["db"] = database.url
+    summary["db"] = shown_url(database.url)
     seconds = time.perf_counter() - started
     summary["seconds"] = round(seconds, 3)
     emit(args, summary, _summary_lines("Summed to cells", summary, seconds))

@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 
 from db import Database, open_database
 from db.models import Worker
-from db.session import data_dir
+from db.session import data_dir, shown_url
 from desktop.appserver import ROOT, free_port, port_is_free, streamlit_flags, wait_healthy
 from engine.errors import InputError
 
@@ -60,8 +60,10 @@ def child_command(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "launcher.py"), *args]
 
 
-def worker_command(db_url: str, log_file: Path | None = None) -> list[str]:
-    command = child_command("lsdm", "worker", "--db", db_url)
+def worker_command(log_file: Path | None = None) -> list[str]:
+    """The worker's command line: the database comes by the environment (``LSDM_DB``), so a password in its
+    URL is not on a command line anyone can read with ``ps``."""
+    command = child_command("lsdm", "worker")
     return command + (["--log-file", str(log_file)] if log_file else [])
 
 
@@ -76,6 +78,13 @@ def logs_dir() -> Path:
     path = data_dir() / "logs"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _private(path: Path, mode: str):  # noqa: ANN202 - a binary or text file object
+    """Open a log for appending, owner-only (0600): logs may name the database and what was done to it."""
+    handle = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), mode)
+    os.chmod(path, 0o600)
+    return handle
 
 
 def rolled(path: Path) -> Path:
@@ -116,7 +125,9 @@ class InstanceLock:
 
     def acquire(self, info: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        # Owner-only (0600): the lock says which database it guards, and a URL may hold a password.
+        handle = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), "a+")
+        os.chmod(self.path, 0o600)
         try:
             if sys.platform == "win32":
                 import msvcrt
@@ -166,7 +177,7 @@ class Child:
 
 
 def _start(name: str, command: list[str], env: dict[str, str], log_file: Path | None) -> Child:
-    output = open(rolled(log_file), "ab") if log_file else None  # noqa: SIM115 - handed to the child
+    output = _private(rolled(log_file), "ab") if log_file else None
     kwargs = {"start_new_session": True} if sys.platform != "win32" else {}  # our Ctrl+C is forwarded by us
     process = subprocess.Popen(
         command, cwd=str(ROOT), env=env, stdout=output, stderr=subprocess.STDOUT if output else None, **kwargs
@@ -227,7 +238,7 @@ def serve(
     database = open_database(db_url)  # creates/migrates before the children read it
     lock = InstanceLock(lock_path_for(database.url))
     try:
-        lock.acquire({"db": database.url, "url": None})
+        lock.acquire({"db": shown_url(database.url), "url": None})
     except AlreadyRunning as running:
         say(f"{running}")
         if running.info.get("url"):
@@ -248,9 +259,7 @@ def serve(
         env = dict(os.environ, LSDM_DB=database.url, PYTHONUNBUFFERED="1")
         folder = logs_dir() if log_to_files else None
         if with_worker:
-            children.append(
-                _start("worker", worker_command(database.url), env, folder / "worker.log" if folder else None)
-            )
+            children.append(_start("worker", worker_command(), env, folder / "worker.log" if folder else None))
         children.append(_start("dashboard", streamlit_command(port), env, folder / "dashboard.log" if folder else None))
         try:
             wait_healthy(url, process=children[-1].process, timeout=120)
@@ -259,7 +268,7 @@ def serve(
         except RuntimeError as error:
             say(f"error: {error}" + (f"; see {folder}" if folder else ""))
             return 1
-        lock.update({"db": database.url, "url": url, "port": port})
+        lock.update({"db": shown_url(database.url), "url": url, "port": port})
         say(f"{READY_PREFIX}{url}  (Ctrl+C stops it)")
         log.info("ready at %s", url)
         if open_browser:

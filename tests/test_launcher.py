@@ -115,6 +115,12 @@ def test_launcher_serves_builds_the_first_city_refuses_a_second_instance_and_sto
 
         children = _children(home)
         assert set(children) == {"worker", "dashboard"}
+        # Issue 20: the database URL (which may hold a password) is not on the worker's command line, and
+        # the lock and logs are owner-only.
+        worker_argv = Path(f"/proc/{children['worker']}/cmdline").read_bytes().split(b"\0")
+        assert b"worker" in worker_argv and b"--db" not in worker_argv
+        private = [db_path.parent / (db_path.name + ".lock"), *(home / "logs").glob("*.log")]
+        assert len(private) == 4 and all(p.stat().st_mode & 0o777 == 0o600 for p in private), private
     finally:
         _stop(process)
     assert process.returncode == 0
