@@ -30,7 +30,12 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether the dashboard could listen on ``port``. The probe binds as the server does, with address reuse
+    (not on Windows, where it means something else): without it a port that the last run left in TIME_WAIT
+    was refused for about a minute after a stop, although the server itself would bind it at once."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if sys.platform != "win32":
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

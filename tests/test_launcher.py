@@ -164,3 +164,24 @@ def test_a_port_in_use_is_refused_with_the_flag_named(db_path, tmp_path):
         )
     assert result.returncode == 2
     assert "--port" in result.stderr and str(port) in result.stderr
+
+
+def test_a_port_the_last_run_left_in_time_wait_is_free_and_a_listening_one_is_not() -> None:
+    """Issue 20: relaunching on the same --port was refused for about 60 s after a stop: the port check bound
+    without address reuse, while the server (Tornado) binds with it."""
+    import socket
+
+    from desktop.appserver import port_is_free
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    assert not port_is_free(port)  # someone listens there
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server's side closes first: its port goes to TIME_WAIT, as after a stop
+    client.close()
+    server.close()
+    assert port_is_free(port)
