@@ -442,4 +442,4 @@ def load_model(
                     hint="train one with `lsdm train`",
                 )
         session.expunge(record)
-    return record, Forecaster.load(Path(record.path), device=device)
+    return record, Forecaster.load(Path(record.path), device=device, expected_sha256=record.sha256 or None)

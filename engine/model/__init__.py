@@ -105,10 +105,14 @@ class Forecaster:
         return digest
 
     @classmethod
-    def load(cls, directory: Path, *, device: str | None = None) -> Forecaster:
+    def load(cls, directory: Path, *, device: str | None = None, expected_sha256: str | None = None) -> Forecaster:
+        """A saved forecaster, after checking its weights against its own record and, where given, the
+        database's (``expected_sha256``), and its configuration field by field before any tensor is made."""
         directory = Path(directory)
         doc_file, weights = directory / "model.json", directory / "model.safetensors"
-        document, state = read_verified(directory, "model.json", hint="train again with `lsdm train`")
+        document, state = read_verified(
+            directory, "model.json", hint="train again with `lsdm train`", expected_sha256=expected_sha256
+        )
         if document.get("format") != "lsdm-forecaster/1":
             raise InputError(f"unknown model format {document.get('format')!r}", file=doc_file)
         config = ModelConfig.from_dict(document["config"], origin=str(doc_file))

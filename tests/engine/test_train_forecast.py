@@ -123,6 +123,31 @@ def test_a_longer_forecast_begins_with_the_shorter_ones_hours(trained, sampler):
     assert np.ptp(long.paths_v[:, :, 0], axis=1).max() > 0  # the paths differ from the first hour on
 
 
+def test_a_model_whose_files_were_replaced_since_it_was_registered_is_refused(trained, tmp_path):
+    """Issue 20: the weights were checked only against their own model.json, so replacing weights and JSON
+    together loaded and recorded the old hash. The database's hash is compared too; and a tampered stored
+    configuration (channels 400000 asked for 640 GB) is refused before any tensor is made."""
+    import json
+    import shutil
+
+    from engine.model import Forecaster
+
+    database, _ = trained
+    record, _ = load_model(database)
+    with pytest.raises(InputError, match="not the ones registered in the database") as caught:
+        Forecaster.load(Path(record.path), expected_sha256="0" * 64)
+    assert caught.value.file.endswith("model.safetensors")
+    assert Forecaster.load(Path(record.path), expected_sha256=record.sha256).config is not None
+    tampered = tmp_path / "tampered"
+    shutil.copytree(record.path, tampered)
+    document = json.loads((tampered / "model.json").read_text())
+    document["config"]["channels"] = 400_000
+    (tampered / "model.json").write_text(json.dumps(document))
+    with pytest.raises(InputError, match="from 2 to 2048, got 400000") as caught:
+        Forecaster.load(tampered)
+    assert caught.value.field == "channels"
+
+
 def test_a_cancellation_check_stops_a_forecast_inside_its_first_hour(trained):
     """Issue 20: cancelling a running forecast waited 58 s, because it was checked once per forecast hour. The
     job's check (engine/errors.py set_interrupt_check, set by the worker) now runs before each denoising step."""
