@@ -521,7 +521,7 @@ with tabs[5]:
 with tabs[6]:
     settings_form(saved_settings)
 
-followed_job = st.session_state.pop("data_job", None) or jobs_ui.followed("data", DATA_JOBS)
-if followed_job is not None:
-    with job_slot:
+with job_slot:  # above the tabs: the followed job, or the question about a long one (jobs_ui.submit)
+    followed_job = st.session_state.pop("data_job", None) or jobs_ui.followed("data", DATA_JOBS)
+    if followed_job is not None:
         jobs_ui.follow(followed_job, key="data", on_done=show_done)
