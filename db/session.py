@@ -17,6 +17,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +115,53 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+# --- claims: a job's writes count only while its worker still holds it -------------------------------
+
+_CLAIM = threading.local()
+
+
+class ClaimLost(RuntimeError):
+    """The job this thread is running is no longer its worker's: another worker declared that worker dead
+    (it was paused past the dead-worker timeout: a laptop lid, a debugger, a long GC) and requeued or failed
+    the job. The transaction that found out was rolled back, so the job's result exists once at most."""
+
+
+@contextmanager
+def job_claim(job_id: int, worker_id: str, attempt: int) -> Iterator[None]:
+    """While this is open, every commit on this thread first checks, inside the transaction it commits, that
+    job ``job_id`` is still running under ``worker_id`` at attempt ``attempt`` (the fencing token: a requeue
+    clears the worker and the next claim counts a new attempt), and raises ``ClaimLost`` otherwise. In a
+    write transaction the check holds until the commit: SQLite's write lock is taken at BEGIN, and PostgreSQL
+    locks the job row (``FOR UPDATE``), so a worker that recovers the job waits for this commit or wins."""
+    previous = getattr(_CLAIM, "value", None)
+    _CLAIM.value = (int(job_id), str(worker_id), int(attempt))
+    try:
+        yield
+    finally:
+        _CLAIM.value = previous
+
+
+def _check_claim(connection: Connection) -> None:
+    claim = getattr(_CLAIM, "value", None)
+    if claim is None:
+        return
+    from sqlalchemy import select
+
+    from db.models import Job  # here: db.models is not needed to open a database
+
+    job_id, worker_id, attempt = claim
+    query = select(Job.id).where(
+        Job.id == job_id, Job.worker_id == worker_id, Job.status == "running", Job.attempts == attempt
+    )
+    if connection.dialect.name != "sqlite":
+        query = query.with_for_update()
+    if connection.execute(query).first() is None:
+        raise ClaimLost(
+            f"job {job_id} is no longer this worker's (attempt {attempt}): another worker took it over while this "
+            "one was not answering; this worker's result was not stored"
+        )
+
+
 @dataclass
 class Database:
     """An engine plus its session factory, migrated to the current schema."""
@@ -159,6 +209,7 @@ def open_database(value: str | None = None, *, migrate: bool = True) -> Database
             file = Path(str(engine.url.database))
             _check_sqlite_file(file)
         _configure_sqlite(engine)
+    event.listen(engine, "commit", _check_claim)
     database = Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
     if migrate:
         try:

@@ -354,25 +354,32 @@ def register(
     with tempfile.TemporaryDirectory(dir=models_dir()) as tmp:
         digest = forecaster.save(Path(tmp) / "model")
         final = models_dir() / f"lsdm-{digest[:12]}"
-        if final.exists():
-            shutil.rmtree(final)
-        shutil.move(str(Path(tmp) / "model"), final)
-    with database.write_session() as session, session.begin():
-        record = ModelRecord(
-            name=name,
-            kind="lsdm",
-            path=str(final),
-            sha256=digest,
-            config=forecaster.config.to_dict(),
-            metrics=forecaster.meta.get("metrics", {}),
-            dataset_id=dataset_id,
-            is_active=False,
-        )
-        session.add(record)
-        if activate:
-            activate_model(session, record)
-        session.flush()
-        return record.id, final
+        # The folder is named by its content's hash: one already there holds these very files (another
+        # model trained to the same weights, or another worker's run of the same job) and is kept as it is.
+        created = not final.exists()
+        if created:
+            shutil.move(str(Path(tmp) / "model"), final)
+    try:
+        with database.write_session() as session, session.begin():
+            record = ModelRecord(
+                name=name,
+                kind="lsdm",
+                path=str(final),
+                sha256=digest,
+                config=forecaster.config.to_dict(),
+                metrics=forecaster.meta.get("metrics", {}),
+                dataset_id=dataset_id,
+                is_active=False,
+            )
+            session.add(record)
+            if activate:
+                activate_model(session, record)
+            session.flush()
+            return record.id, final
+    except BaseException:
+        if created:  # not registered: no folder left behind that no model row names
+            shutil.rmtree(final, ignore_errors=True)
+        raise
 
 
 def train(

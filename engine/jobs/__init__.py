@@ -30,6 +30,9 @@ Decisions
   process is gone, or when its heartbeat is older than ``stale_after`` seconds. Every worker checks at
   start and every ``recover_every`` seconds: a dead worker's running job is queued again when it has
   been started fewer than ``max_attempts`` (2) times, else marked failed with the reason.
+- **Fencing.** A claim is (worker id, attempt); every commit of a running job checks it in the committing
+  transaction (``db.session.job_claim``), so a worker declared dead while paused stores nothing
+  (``ClaimLost``), drops its jobs and rejoins under a new id.
 - **Stopping.** SIGTERM/SIGINT stop the worker: running jobs are interrupted at their next progress
   call and queued again without counting the attempt.
 """

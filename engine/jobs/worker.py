@@ -23,6 +23,7 @@ from sqlalchemy import CursorResult, select, update
 
 from db import Database
 from db.models import Job, Worker, utcnow
+from db.session import ClaimLost, job_claim
 from engine.errors import InputError, set_interrupt_check
 from engine.jobs.kinds import KINDS
 from engine.jobs.queue import discard_uploads, job_view
@@ -38,6 +39,7 @@ class _RunState:
     progress: float = 0.0
     message: str | None = None
     cancel: bool = False
+    lost: bool = False  # another worker took the job over (this one was declared dead)
     dirty: bool = True
     detail: dict | None = None
 
@@ -71,6 +73,8 @@ class JobContext:
         self.check()
 
     def check(self) -> None:
+        if self._state.lost:
+            raise ClaimLost(f"job {self.job.id} was taken over by another worker while this one was not answering")
         if self._state.cancel:
             raise JobCancelled()
         if self.worker.stopping.is_set():
@@ -128,22 +132,25 @@ class JobWorker:
         self._cache_lock = threading.Lock()
         self.data_epoch = 0  # bumped when a job that changes data finishes; part of every cache key
         self.done_count = 0
+        self.former_ids: list[str] = []  # ids this process ran under before it was declared dead
 
     # -- registration and heartbeat --
 
+    def _row(self) -> Worker:
+        now = utcnow()
+        return Worker(
+            id=self.id,
+            host=_host(),
+            pid=os.getpid(),
+            lanes=list(self.lanes),
+            started_at=now,
+            heartbeat_at=now,
+            stopped_at=None,
+        )
+
     def register(self) -> None:
         with self.database.write_session() as session, session.begin():
-            session.merge(
-                Worker(
-                    id=self.id,
-                    host=_host(),
-                    pid=os.getpid(),
-                    lanes=list(self.lanes),
-                    started_at=utcnow(),
-                    heartbeat_at=utcnow(),
-                    stopped_at=None,
-                )
-            )
+            session.merge(self._row())
 
     def unregister(self) -> None:
         with self.database.write_session() as session, session.begin():
@@ -154,8 +161,12 @@ class JobWorker:
         with self._lock:
             states = dict(self._running)
         now = utcnow()
+        me = self.id
         with self.database.write_session() as session, session.begin():
-            session.execute(update(Worker).where(Worker.id == self.id).values(heartbeat_at=now))
+            alive = session.execute(
+                update(Worker).where(Worker.id == me, Worker.stopped_at.is_(None)).values(heartbeat_at=now)
+            )
+            declared_dead = cast(CursorResult, alive).rowcount != 1
             for job_id, state in states.items():
                 values: dict[str, object] = {"heartbeat_at": now}
                 if state.dirty:
@@ -163,15 +174,36 @@ class JobWorker:
                     values.update(progress=state.progress, message=state.message)
                     if state.detail is not None:
                         values["result"] = state.detail
-                session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.status == "running", Job.worker_id == self.id)
-                    .values(**values)
+                mine = session.execute(
+                    update(Job).where(Job.id == job_id, Job.status == "running", Job.worker_id == me).values(**values)
                 )
+                if cast(CursorResult, mine).rowcount != 1 and job_id in self._running:
+                    state.lost = True  # requeued or failed by another worker: stop at the next progress report
             if states:
                 asked = session.scalars(select(Job.id).where(Job.id.in_(list(states)), Job.cancel_requested.is_(True)))
                 for job_id in asked:
                     states[job_id].cancel = True
+        if declared_dead:
+            self._rejoin(me)
+
+    def _rejoin(self, former: str) -> None:
+        """This worker was declared dead by another (paused past its dead-worker timeout) and its jobs were
+        requeued or failed: drop them (their results will be refused by the claim check) and go on under a new
+        id, so the old id never claims or stores anything again."""
+        with self._lock:
+            if self.id != former:
+                return  # another thread already did it
+            for state in self._running.values():
+                state.lost = True
+            self.former_ids.append(former)
+            self.id = f"{_host()}:{os.getpid()}:{secrets.token_hex(3)}"
+        log.warning(
+            "worker %s was declared dead by another worker (no heartbeat for longer than its timeout: paused?); "
+            "its running jobs were taken over and are dropped here; going on as worker %s",
+            former,
+            self.id,
+        )
+        self.register()
 
     def _beat_loop(self) -> None:
         last_recovery = time.monotonic()
@@ -223,39 +255,52 @@ class JobWorker:
     # -- claiming and running --
 
     def claim(self, lanes: Iterable[str] | None = None) -> JobView | None:
-        """Take the oldest queued job of these lanes (default: all of this worker's), or None."""
+        """Take the oldest queued job of these lanes (default: all of this worker's), or None. A worker that
+        was declared dead (its row marked stopped by another worker) claims nothing under that id: it
+        rejoins under a new one first."""
         wanted = [name for name, kind in KINDS.items() if kind.lane in tuple(lanes or self.lanes)]
         while True:
+            me = self.id
             with self.database.write_session() as session, session.begin():
-                job = session.scalars(
-                    select(Job).where(Job.status == "queued", Job.kind.in_(wanted)).order_by(Job.id).limit(1)
-                ).first()
-                if job is None:
-                    return None
-                now = utcnow()
-                taken = session.execute(
-                    update(Job)
-                    .where(Job.id == job.id, Job.status == "queued")
-                    .values(
-                        status="running",
-                        worker_id=self.id,
-                        started_at=now,
-                        heartbeat_at=now,
-                        attempts=int(job.attempts or 0) + 1,
-                        progress=0.0,
-                        message="starting",
-                        error=None,
+                row = session.execute(select(Worker.stopped_at).where(Worker.id == me)).first()
+                declared_dead = row is not None and row[0] is not None
+                if row is None:  # claiming without serving (scripts, tests): registered on the way
+                    session.add(self._row())
+                job = None
+                if not declared_dead:
+                    job = session.scalars(
+                        select(Job).where(Job.status == "queued", Job.kind.in_(wanted)).order_by(Job.id).limit(1)
+                    ).first()
+                if job is not None:
+                    now = utcnow()
+                    taken = session.execute(
+                        update(Job)
+                        .where(Job.id == job.id, Job.status == "queued")
+                        .values(
+                            status="running",
+                            worker_id=me,
+                            started_at=now,
+                            heartbeat_at=now,
+                            attempts=int(job.attempts or 0) + 1,
+                            progress=0.0,
+                            message="starting",
+                            error=None,
+                        )
+                        .execution_options(synchronize_session=False)
                     )
-                    .execution_options(synchronize_session=False)
-                )
-                if cast(CursorResult, taken).rowcount == 1:  # an UPDATE's result is a cursor's
-                    session.flush()
-                    session.refresh(job)
-                    return job_view(job)
+                    if cast(CursorResult, taken).rowcount == 1:  # an UPDATE's result is a cursor's
+                        session.flush()
+                        session.refresh(job)
+                        return job_view(job)
+                    continue  # taken by another worker between the two statements (PostgreSQL): look again
+            if not declared_dead:
+                return None
+            self._rejoin(me)
 
     def run(self, job: JobView) -> str:
         """Run a claimed job to its end; returns its final status."""
         kind = KINDS.get(job.kind)
+        claimed_by = job.worker_id or self.id
         state = _RunState(message="starting")
         with self._lock:
             self._running[job.id] = state
@@ -268,7 +313,8 @@ class JobWorker:
             context = JobContext(self, dataclasses.replace(job, params=kind.check(dict(job.params))), state)
             set_interrupt_check(context.check)  # cancellation within a forecast hour (each denoising step)
             try:
-                outcome = kind.run(context)
+                with job_claim(job.id, claimed_by, job.attempts):  # every commit of the job checks the claim
+                    outcome = kind.run(context)
             finally:
                 set_interrupt_check(None)
             values = {
@@ -281,6 +327,9 @@ class JobWorker:
             if kind.changes_data:
                 self.data_epoch += 1
                 self.clear_cache()
+        except ClaimLost as error:
+            log.warning("job %s (%s) dropped: %s", job.id, job.kind, error)
+            values = {"status": "lost"}  # the job is another worker's now: its row is not touched
         except JobCancelled:
             values = {"status": "cancelled", "message": "cancelled; nothing was stored", "result": None}
         except WorkerStopping:
@@ -312,18 +361,31 @@ class JobWorker:
         finally:
             with self._lock:
                 self._running.pop(job.id, None)
+        if values["status"] == "lost":
+            return "lost"
         if values["status"] != "queued":
             values["finished_at"] = utcnow()
-            discard_uploads(job.params)
         if "result" in values and isinstance(values["result"], dict):
             values["result"] = json.loads(json.dumps(values["result"], default=str))
         with self.database.write_session() as session, session.begin():
-            session.execute(
+            ours = session.execute(
                 update(Job)
-                .where(Job.id == job.id, Job.worker_id == self.id, Job.status == "running")
+                .where(
+                    Job.id == job.id,
+                    Job.worker_id == claimed_by,
+                    Job.attempts == job.attempts,
+                    Job.status == "running",
+                )
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
+        if cast(CursorResult, ours).rowcount != 1:  # taken over meanwhile: its uploads are the new claim's
+            log.warning(
+                "job %s (%s) ended here as %s, but another worker holds it now", job.id, job.kind, values["status"]
+            )
+            return "lost"
+        if values["status"] != "queued":
+            discard_uploads(job.params)
         if values["status"] == "done":
             self.done_count += 1
         log.info("job %s (%s) %s in %.1f s", job.id, job.kind, values["status"], time.perf_counter() - started)

@@ -594,3 +594,97 @@ def test_a_database_kept_locked_by_another_process_is_a_sentence_not_a_traceback
     err = capsys.readouterr().err
     assert status == 75 and "the database is busy" in err and "nothing was written" in err
     assert "Traceback" not in err and list_jobs(open_database(str(path))) == []
+
+
+# --- claims that expire safely (issue 20) ------------------------------------------------------------
+
+
+def _model_folders() -> list[str]:
+    from db.session import models_dir
+
+    return sorted(path.name for path in models_dir().glob("lsdm-*"))
+
+
+def test_a_worker_declared_dead_stores_nothing_and_claims_under_a_new_id(city):
+    """The fencing token is the claim (worker id, attempt): a worker that another worker declared dead while
+    it held a job finds its result refused in the transaction that would store it, and never claims again
+    under the old id."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from db.models import Worker, utcnow
+
+    database = open_database(str(city))
+    first = enqueue(database, "forecast", {"entity": "user:U0003", "start": 310, "horizon": 2, "samples": 4})
+    paused = JobWorker(database)
+    paused.register()
+    held = paused.claim()
+    assert held is not None and held.id == first and held.worker_id == paused.id and held.attempts == 1
+    old_id = paused.id
+    # Paused past the timeout (no heartbeat for two minutes): another worker declares it dead and runs the job.
+    with database.write_session() as session, session.begin():
+        session.execute(update(Worker).where(Worker.id == old_id).values(heartbeat_at=utcnow() - timedelta(minutes=2)))
+    rescuer = JobWorker(database, stale_after=5)
+    assert rescuer.drain() == 1
+    done = get_job(database, first)
+    assert done.status == "done" and done.worker_id == rescuer.id and done.attempts == 2
+    # The paused worker resumes and finishes its copy: the store is refused and the job's row is not touched.
+    assert paused.run(held) == "lost"
+    assert _count(database, ForecastRun) == 1
+    assert get_job(database, first) == done
+    # It claims nothing more as the dead worker: it rejoins under a new id first.
+    second = enqueue(database, "forecast", {"entity": "user:U0004", "start": 310, "horizon": 2, "samples": 4})
+    again = paused.claim()
+    assert again is not None and again.id == second
+    assert again.worker_id == paused.id != old_id and paused.former_ids == [old_id]
+    assert paused.run(again) == "done" and _count(database, ForecastRun) == 2
+    assert {job.worker_id for job in list_jobs(database)} == {rescuer.id, paused.id}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP/SIGCONT are POSIX signals")
+def test_a_paused_worker_resumed_after_its_job_was_taken_over_duplicates_nothing(small, tmp_path):
+    """Issue 20's fault: a worker stopped (SIGSTOP) past the dead-worker timeout had its job requeued and run by
+    another worker, and on resuming stored its own result too and went on claiming as the dead worker. Now the
+    job has one result, the resumed process drops its copy and claims again only under a new id."""
+    from db.models import Worker
+
+    database = open_database(str(small))
+    job_id = enqueue(database, "train", {"config": _slow_config(tmp_path, epochs=40)})
+    paused = _worker_process(small)
+    try:
+        _wait_until(lambda: get_job(database, job_id).progress > 0.02, what="training progress")
+        old_id = get_job(database, job_id).worker_id
+        paused.send_signal(signal.SIGSTOP)
+        time.sleep(3.0)  # no heartbeat for longer than the rescuer's timeout
+        rescuer = _worker_process(small, "--drain", "--stale-after", "2")
+        output = rescuer.communicate(timeout=600)[0]
+        assert rescuer.returncode == 0, output
+        job = get_job(database, job_id)
+        assert job.status == "done" and job.attempts == 2 and job.worker_id != old_id, job
+        folders = _model_folders()
+        paused.send_signal(signal.SIGCONT)
+
+        def rejoined() -> bool:
+            with database.session() as session:
+                rows = session.scalars(select(Worker).where(Worker.pid == paused.pid)).all()
+            return any(row.id != old_id and row.stopped_at is None for row in rows)
+
+        _wait_until(rejoined, timeout=60, what="the resumed worker to rejoin under a new id")
+        time.sleep(3.0)  # its training thread reaches its next progress report and drops the job
+        assert get_job(database, job_id) == job, "the job's row is the rescuer's, untouched"
+        with database.session() as session:
+            assert session.scalars(select(ModelRecord.id)).all() == [job.ref_id("model")], "one result"
+        assert _model_folders() == folders, "no weights of the dropped copy left behind"
+        # The resumed worker still serves, under its new id only.
+        second = enqueue(database, "train", {"config": _slow_config(tmp_path, epochs=1)})
+        assert wait_for(database, second, timeout=300).status == "done"
+        assert get_job(database, second).worker_id not in (old_id, job.worker_id)
+    finally:
+        paused.send_signal(signal.SIGCONT)
+        paused.send_signal(signal.SIGTERM)
+        log = paused.communicate(timeout=60)[0]
+    assert paused.returncode == 0, log
+    assert "was declared dead by another worker" in log and f"job {job_id} (train) dropped" in log, log
+    with sqlite3.connect(small) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
