@@ -35,6 +35,7 @@ from db.session import DatabaseOpenError
 from engine.errors import InputError
 
 EXIT_INPUT = 2
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a failure of ours, not of the input; the traceback is in the log
 EXIT_BUSY = 75  # EX_TEMPFAIL: try again later
 GROUPS = (data, env, models, load, app, jobs)  # in the order `lsdm --help` lists their commands
 
@@ -81,12 +82,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         message = busy_message(error)
         if message is None:
-            raise
+            if os.environ.get("LSDM_DEBUG"):  # developers: the traceback on the terminal
+                raise
+            print(f"error: {unexpected(args, error)}", file=sys.stderr)
+            return EXIT_INTERNAL
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BUSY
     except BrokenPipeError:  # `lsdm jobs list | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def unexpected(args: argparse.Namespace, error: BaseException) -> str:
+    """One line for a failure that is ours, not the input's; its traceback goes to ``<data dir>/logs/cli.log``
+    (owner-only); ``LSDM_DEBUG=1`` shows it on the terminal instead."""
+    import traceback
+    from datetime import UTC, datetime
+
+    command = " ".join(str(part) for part in (getattr(args, "command", None), getattr(args, "action", None)) if part)
+    text = "".join(traceback.format_exception(error))
+    where = "the log could not be written"
+    try:
+        from db.session import data_dir
+
+        folder = data_dir() / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        log = folder / "cli.log"
+        with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a", encoding="utf-8") as out:
+            out.write(f"--- {datetime.now(UTC).isoformat(timespec='seconds')} lsdm {command}\n{text}\n")
+        where = f"the traceback is in {log}"
+    except OSError:
+        pass
+    reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    return (f"`lsdm {command}` failed unexpectedly ({reason}); {where}; please report it with that log").replace(
+        "`lsdm ` failed", "`lsdm` failed"
+    )
 
 
 if __name__ == "__main__":

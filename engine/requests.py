@@ -19,6 +19,7 @@ only the command line maps them to its flags, at its own edge.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import zoneinfo
 from dataclasses import MISSING, dataclass, field, fields
@@ -78,33 +79,58 @@ def spec(
 def _kind_problem(kind: Any, value: Any) -> str | None:
     """What is wrong with the type of ``value`` (None when it is of the field's kind)."""
     if kind is bool:
-        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+        return None if isinstance(value, bool) else f"expected true or false, got {shown_value(value)}"
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            return f"expected a whole number, got {value!r}"
+            return f"expected a whole number, got {shown_value(value)}"
         return None
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"expected a number, got {value!r}"
-        return None if math.isfinite(value) else f"expected a finite number, got {value!r}"
+            return f"expected a number, got {shown_value(value)}"
+        return None if math.isfinite(value) else f"expected a finite number, got {shown_value(value)}"
     if kind in (str, "file", "source"):
-        return None if isinstance(value, str) else f"expected text, got {value!r}"
+        return None if isinstance(value, str) else f"expected text, got {shown_value(value)}"
     if kind == "sources":
         if not isinstance(value, tuple) or not all(isinstance(v, str) and v.strip() for v in value):
-            return f"expected a list of files, got {value!r}"
+            return f"expected a list of files, got {shown_value(value)}"
         return None
     if kind == "keys":
         if not isinstance(value, tuple) or not all(isinstance(v, str) and v.strip() for v in value):
-            return f"expected a list of names, got {value!r}"
+            return f"expected a list of names, got {shown_value(value)}"
         return None
     if kind is dict:
-        return None if isinstance(value, dict) else f"expected an object, got {value!r}"
+        return None if isinstance(value, dict) else f"expected an object, got {shown_value(value)}"
     raise TypeError(f"unknown field kind {kind!r}")
+
+
+def is_file(path: Path | str) -> bool:
+    """Whether ``path`` is a file; False for names no file can have (too long, a NUL byte), where
+    ``Path.is_file`` raises."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _missing_file(path: Path | str) -> str:
+    text = str(path)
+    if "\x00" in text:
+        return "a file name cannot hold a NUL byte"
+    try:
+        if Path(text).is_dir():
+            return f"{text} is a folder; expected a file"
+        Path(text).stat()
+    except OSError as error:
+        if error.strerror and error.errno != errno.ENOENT:  # too long, not a directory, no permission
+            return f"{error.strerror.lower()}: {shown_value(text)}"
+    except ValueError:
+        pass
+    return f"no such file: {text if len(text) <= 300 else shown_value(text, 300)}"
 
 
 def split_source(text: str) -> tuple[Path, str | None]:
     """``FILE`` or ``FILE:KEY`` -> (path, key); a path that exists as it is has no key."""
-    if ":" in text and not Path(text).is_file():
+    if ":" in text and not is_file(text):
         path, key = text.rsplit(":", 1)
         return Path(path), key or None
     return Path(text), None
@@ -113,6 +139,13 @@ def split_source(text: str) -> tuple[Path, str | None]:
 def _absolute_source(text: str) -> str:
     path, key = split_source(text)
     return str(path.resolve()) + (f":{key}" if key else "")
+
+
+def shown_value(value: Any, limit: int = 80) -> str:
+    """A value as an error message quotes it: its repr, cut to ``limit`` characters (a 10,000-item list
+    pasted into a field is named, not printed)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]} ...{text[-1]}"
 
 
 def shown_number(value: float) -> str:
@@ -198,17 +231,17 @@ class Request:
         if found["kind"] in (int, float) and ((low is not None and value < low) or (high is not None and value > high)):
             return f"expected a value {_range_text(low, high)}, got {shown_number(value)}"
         if choices and value not in choices:
-            return f"expected one of {', '.join(choices)}, got {value!r}"
+            return f"expected one of {', '.join(choices)}, got {shown_value(value)}"
         limit = found["max_length"]
         if limit is not None and len(value) > limit:
             return f"has {len(value)} {'characters' if isinstance(value, str) else 'items'}; at most {limit}"
-        if found["kind"] == "file" and not Path(value).is_file():
-            return f"no such file: {value}"
+        if found["kind"] == "file" and not is_file(value):
+            return _missing_file(value)
         if found["kind"] in ("source", "sources"):
             for source in (value,) if found["kind"] == "source" else value:
                 path, _key = split_source(source)
-                if not path.is_file():
-                    return f"no such file: {path}"
+                if not is_file(path):
+                    return _missing_file(path)
         return None
 
     def relations(self, errors: dict[str, str]) -> dict[str, str]:
@@ -241,7 +274,7 @@ class Request:
         """The request of a job row or a stored run (unchecked: call ``checked()``); unknown names are
         an error naming them."""
         if params is not None and not isinstance(params, dict):
-            raise InputError(f"expected an object of parameters, got {params!r}", field="params")
+            raise InputError(f"expected an object of parameters, got {shown_value(params)}", field="params")
         params = cls.upgrade(dict(params or {}))  # sees what a run recorded (an old run's model_sha256)
         params = {k: v for k, v in params.items() if k not in cls.RECORD_KEYS}
         specs = cls.field_specs()
@@ -300,7 +333,7 @@ def parse_entities_text(text: str) -> tuple[str, tuple[str, ...]]:
     for item in str(text).split(","):
         kind, _, key = item.strip().partition(":")
         if kind not in ENTITY_KINDS or not key.strip():
-            raise InputError(f"expected user:ID or cell:ID, got {item.strip()!r}", field="entities")
+            raise InputError(f"expected user:ID or cell:ID, got {shown_value(item.strip())}", field="entities")
         kinds.add(kind)
         keys.append(key.strip())
     if len(kinds) > 1:
@@ -319,7 +352,7 @@ def parse_sampler_text(text: str) -> tuple[str, int]:
             return "ddim", int(text[5:])
         except ValueError:
             pass
-    raise InputError(f"expected ddpm, ddim or ddim:STEPS, got {text!r}", field="sampler")
+    raise InputError(f"expected ddpm, ddim or ddim:STEPS, got {shown_value(text)}", field="sampler")
 
 
 def parse_location_text(text: str) -> tuple[str, tuple[str, ...]]:
@@ -332,7 +365,9 @@ def parse_location_text(text: str) -> tuple[str, tuple[str, ...]]:
         return "cells", cells
     if text in LOCATIONS and text != "cells":
         return text, ()
-    raise InputError(f"expected habitual, sampled, stay, observed or cell:ID[,ID...], got {text!r}", field="location")
+    raise InputError(
+        f"expected habitual, sampled, stay, observed or cell:ID[,ID...], got {shown_value(text)}", field="location"
+    )
 
 
 def parse_scope_text(text: str) -> tuple[str, tuple[str, ...], tuple[float, ...]]:
@@ -352,15 +387,18 @@ def parse_scope_text(text: str) -> tuple[str, tuple[str, ...], tuple[float, ...]
         except ValueError:
             box = ()
         if len(box) != 4 or not all(math.isfinite(v) for v in box):
-            raise InputError(f"expected box:SOUTH,WEST,NORTH,EAST in degrees, got {text!r}", field="scope")
+            raise InputError(f"expected box:SOUTH,WEST,NORTH,EAST in degrees, got {shown_value(text)}", field="scope")
         south, west, north, east = box
         if not (-90 <= south < north <= 90 and -180 <= west < east <= 180):
             raise InputError(
-                f"expected a box with -90 <= south < north <= 90 and -180 <= west < east <= 180, got {text!r}",
+                "expected a box with -90 <= south < north <= 90 and -180 <= west < east <= 180, "
+                f"got {shown_value(text)}",
                 field="scope",
             )
         return "box", (), box
-    raise InputError(f"expected cell:ID[,ID...], area:all or box:SOUTH,WEST,NORTH,EAST, got {text!r}", field="scope")
+    raise InputError(
+        f"expected cell:ID[,ID...], area:all or box:SOUTH,WEST,NORTH,EAST, got {shown_value(text)}", field="scope"
+    )
 
 
 def sampler_text(sampler: str, steps: int) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from db.queries import DatasetContent
+from engine.data.ingest_table import check_total_bytes
 from engine.errors import InputError
 from engine.requests import MATRIX_SERVICES, MATRIX_STEPS, IngestMatrixRequest, split_source
 
@@ -220,6 +221,7 @@ def read_matrix(
     # (S, E, hours): each hour the sum of its steps, in bytes
     cube = np.stack([m.values[:, used].reshape(n_entities, hours, per_hour).sum(axis=2) for m in matrices])
     cube = np.rint(cube * unit_bytes)
+    check_total_bytes(cube, split_source(values[0])[0], "values")  # else the int64 bytes would wrap
     service, entity, hour = np.nonzero(cube > 0)
     keys = first.keys or next((m.keys for m in matrices if m.keys), None)
     if keys is None:

@@ -272,7 +272,8 @@ def digits_to_seconds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``YYYYMMDDhhmmss`` integers -> (seconds since 1970-01-01 00:00 of the same wall clock, bad mask).
 
     Vectorised integer arithmetic; a value is bad unless it has 14 digits and names a real calendar
-    second (month 1-12, a day that exists in that month, hh < 24, mm < 60, ss < 60). Bad entries get 0.
+    second from 1970 to 2099 (``ERA_TEXT``: month 1-12, a day that exists in that month, hh < 24, mm < 60,
+    ss < 60). Bad entries get 0.
     Each distinct date is checked once (a trace has a handful), which keeps time and memory low.
     """
     v = np.asarray(values, dtype=np.int64)
@@ -280,6 +281,7 @@ def digits_to_seconds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     codes, dates = pd.factorize(date)
     year, month, day = dates // 10**4, dates // 100 % 100, dates % 100
     date_bad = (dates < 10**7) | (dates >= 10**8) | (month < 1) | (month > 12) | (day < 1)
+    date_bad |= (year < 1970) | (year > 2099)
     months = np.where(date_bad, 0, (year - 1970) * 12 + month - 1)
     first = months.astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
     after = (months + 1).astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
@@ -668,8 +670,19 @@ def _read_cells(path: Path, mapping: TableMapping) -> _Cells:
 # --- timestamps ------------------------------------------------------------------------------------
 
 
+ERA_TEXT = "from 1970 to 2099"
+_ERA_END = int((datetime(2100, 1, 1) - datetime(1970, 1, 1)).total_seconds())
+
+
 def _local_seconds(series: pd.Series, fmt: str | None, timezone: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """Timestamps -> (local wall-clock seconds since 1970, bad mask, what was expected)."""
+    """Timestamps -> (local wall-clock seconds since 1970, bad mask, what was expected); a time outside the
+    years 1970 to 2099 is bad (a "-1" read as the year -1 is a typo, not a data set's start)."""
+    seconds, bad, expected = _parse_local_seconds(series, fmt, timezone)
+    bad = bad | (seconds < 0) | (seconds >= _ERA_END)
+    return np.where(bad, 0, seconds), bad, f"{expected}, {ERA_TEXT}"
+
+
+def _parse_local_seconds(series: pd.Series, fmt: str | None, timezone: str) -> tuple[np.ndarray, np.ndarray, str]:
     if series.dtype.kind == "M":  # a Parquet timestamp column
         values = series
         if getattr(series.dt, "tz", None) is not None:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from db.queries import DatasetContent
 from engine.data.ingest_table import (
+    ERA_TEXT,
     MAX_POI_COUNT,
     aggregate_hourly,
     check_span,
@@ -87,6 +88,11 @@ TRACE_FIELDS = ("user_id", "timestamp", "base_station_id", "app_id", "traffic_by
 _TRACE_LAYOUT = "user_id timestamp base_station_id app_id traffic_bytes, separated by single spaces"
 
 Progress = Callable[[str], None]
+
+
+# App and base-station ids index lookup tables (one entry per id up to the largest): the release's are below
+# 10,000; a larger one is refused instead of asking for a table of that many entries.
+MAX_ID = 10_000_000
 
 
 def _check_category_id(category: int, path: Path, number: int) -> None:
@@ -187,6 +193,13 @@ def read_app2category(path: Path) -> tuple[np.ndarray, np.ndarray]:
             if not value.isdigit():
                 raise InputError(f"expected a whole number >= 0, found {value!r}", file=path, line=number, field=name)
         app, category = int(parts[0]), int(parts[1])
+        if app > MAX_ID:
+            raise InputError(
+                f"expected an app id from 0 to {MAX_ID:,}, found {parts[0][:30]}",
+                file=path,
+                line=number,
+                field="app_id",
+            )
         _check_category_id(category, path, number)
         if app in first_line:
             raise InputError(
@@ -235,6 +248,13 @@ def read_base_poi(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         for value, name in zip(values, header, strict=True):
             if not value.isdigit():
                 raise InputError(f"expected a whole number >= 0, found {value!r}", file=path, line=number, field=name)
+            if name == "BaseID" and int(value) > MAX_ID:
+                raise InputError(
+                    f"expected a base station id from 0 to {MAX_ID:,}, found {value[:30]}",
+                    file=path,
+                    line=number,
+                    field=name,
+                )
             if name != "BaseID" and int(value) > MAX_POI_COUNT:
                 raise InputError(
                     f"expected a POI count from 0 to {MAX_POI_COUNT:,}, found {value}",
@@ -427,7 +447,9 @@ def _checked_records(
             (
                 "timestamp",
                 stamp_bad,
-                _showing(stamp, lambda v: f"expected a time as YYYYMMDDhhmmss (e.g. 20160420081319), found {v}"),
+                _showing(
+                    stamp, lambda v: f"expected a time as YYYYMMDDhhmmss (e.g. 20160420081319), {ERA_TEXT}, found {v}"
+                ),
             ),
             (
                 "base_station_id",

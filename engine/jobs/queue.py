@@ -174,10 +174,13 @@ def new_uploads_dir() -> Path:
 
 def discard_uploads(params: dict) -> None:
     """Remove a job's upload folder (only ever one under ``<data dir>/uploads``)."""
-    folder = params.get("uploads_dir")
-    if not folder:
+    folder = params.get("uploads_dir") if isinstance(params, dict) else None
+    if not folder or not isinstance(folder, str):
+        return  # nothing, or not a folder this program made
+    try:
+        path, root = Path(folder).resolve(), uploads_root().resolve()
+    except (OSError, ValueError):  # a NUL byte, a loop of links: not a folder this program made
         return
-    path, root = Path(folder).resolve(), uploads_root().resolve()
     if root in path.parents:
         shutil.rmtree(path, ignore_errors=True)
 

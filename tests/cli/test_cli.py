@@ -125,3 +125,27 @@ def test_every_subcommand_has_help_and_db_and_reporting_ones_have_json():
         if (group, action) != ("data", "use"):
             assert "--json" in help_text, (group, action)
     assert parser.prog == "lsdm"
+
+
+def test_an_unexpected_failure_is_one_line_with_its_traceback_in_an_owner_only_log(tmp_path, monkeypatch):
+    """Issue 20: no traceback reaches a user on any command; one line names what failed and where the
+    traceback went (`LSDM_DEBUG=1` shows it instead). The fuzz tests (tests/test_fuzz.py) fail on exit 70."""
+    import argparse
+    import stat
+
+    from cli.main import EXIT_INTERNAL, unexpected
+
+    monkeypatch.setenv("LSDM_HOME", str(tmp_path))
+    try:
+        {}["no such key"]
+    except KeyError as error:
+        line = unexpected(argparse.Namespace(command="ingest", action="table"), error)
+    log = tmp_path / "logs" / "cli.log"
+    assert line == (
+        f"`lsdm ingest table` failed unexpectedly (KeyError: 'no such key'); the traceback is in {log}; "
+        "please report it with that log"
+    )
+    text = log.read_text()
+    assert "lsdm ingest table\nTraceback (most recent call last)" in text and "KeyError: 'no such key'" in text
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert EXIT_INTERNAL == 70

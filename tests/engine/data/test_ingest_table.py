@@ -243,7 +243,9 @@ GOOD = "1,2016-04-20T08:05:00,9,s,100"
         (",2016-04-20T08:05:00,9,s,100", "entity_id", "empty"),
         ("1,2016-04-20T08:05:00,9,,100", "service", "empty"),
         # issue 20: one typo in the year made a data set of 70 million hours
-        ("1,9999-04-20T08:05:00,9,s,100", "timestamp", "at most 1,830 (five years)"),
+        ("1,2099-04-20T08:05:00,9,s,100", "timestamp", "at most 1,830 (five years)"),
+        ("1,9999-04-20T08:05:00,9,s,100", "timestamp", "from 1970 to 2099, found '9999-04-20T08:05:00'"),
+        ("1,-1,9,s,100", "timestamp", "from 1970 to 2099, found '-1'"),
     ],
 )
 def test_a_bad_record_is_reported_with_its_line_and_column(tmp_path, bad_row, field, says):

@@ -246,7 +246,8 @@ GOOD = (1, 20160420080000, 1, 1, 10)
         ((1, 20160420250000, 1, 1, 10), "timestamp", "20160420250000"),  # hour 25
         ((1, 201604200800, 1, 1, 10), "timestamp", "YYYYMMDDhhmmss"),  # 12 digits
         ((1, 20160420080000, 1, 1, -5), "traffic_bytes", ">= 0"),
-        ((1, 99990420080000, 1, 1, 10), "timestamp", "at most 1,830 (five years)"),  # issue 20: a year typo
+        ((1, 20990420080000, 1, 1, 10), "timestamp", "at most 1,830 (five years)"),  # issue 20: a year typo
+        ((1, 99990420080000, 1, 1, 10), "timestamp", "from 1970 to 2099, found 99990420080000"),
         ((1, 20160420080000, 1, 1, "12kB"), "traffic_bytes", "'12kB'"),
         ((1, 20160420080000, 1, 1, 1.5), "traffic_bytes", "'1.5'"),
         ((1, 20160420080000, 1, 999, 10), "app_id", "unknown app 999"),
