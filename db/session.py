@@ -126,40 +126,87 @@ class ClaimLost(RuntimeError):
     the job. The transaction that found out was rolled back, so the job's result exists once at most."""
 
 
+# A job's result rows, by table: a transaction of a claimed job that inserts one records it on the job's row
+# (``result_ref``) in the same transaction, so a result exists exactly when its job names it, even when the
+# worker dies between storing the result and marking the job done.
+RESULT_TABLES = {
+    "datasets": "dataset",
+    "models": "model",
+    "forecast_runs": "forecast_run",
+    "load_runs": "load_run",
+    "scenarios": "scenario",
+}
+
+
+@dataclass
+class _Claim:
+    job_id: int
+    worker_id: str
+    attempt: int
+    result_ref: str | None = None  # a result row inserted by the transaction now open
+
+
 @contextmanager
 def job_claim(job_id: int, worker_id: str, attempt: int) -> Iterator[None]:
     """While this is open, every commit on this thread first checks, inside the transaction it commits, that
     job ``job_id`` is still running under ``worker_id`` at attempt ``attempt`` (the fencing token: a requeue
     clears the worker and the next claim counts a new attempt), and raises ``ClaimLost`` otherwise. In a
     write transaction the check holds until the commit: SQLite's write lock is taken at BEGIN, and PostgreSQL
-    locks the job row (``FOR UPDATE``), so a worker that recovers the job waits for this commit or wins."""
+    locks the job row (``FOR UPDATE``), so a worker that recovers the job waits for this commit or wins.
+    A transaction that inserts a result row (``RESULT_TABLES``) also writes it to the job's ``result_ref``."""
     previous = getattr(_CLAIM, "value", None)
-    _CLAIM.value = (int(job_id), str(worker_id), int(attempt))
+    _CLAIM.value = _Claim(int(job_id), str(worker_id), int(attempt))
     try:
         yield
     finally:
         _CLAIM.value = previous
 
 
+def _note_results(session: Session, _context: object) -> None:
+    claim = getattr(_CLAIM, "value", None)
+    if claim is None or claim.result_ref is not None:
+        return
+    for instance in session.new:
+        prefix = RESULT_TABLES.get(getattr(instance, "__tablename__", ""))
+        if prefix is not None and getattr(instance, "id", None) is not None:
+            claim.result_ref = f"{prefix}:{instance.id}"
+            return
+
+
+def _forget_results(_connection: Connection) -> None:
+    claim = getattr(_CLAIM, "value", None)
+    if claim is not None:
+        claim.result_ref = None
+
+
 def _check_claim(connection: Connection) -> None:
     claim = getattr(_CLAIM, "value", None)
     if claim is None:
         return
-    from sqlalchemy import select
+    from sqlalchemy import select, update
 
     from db.models import Job  # here: db.models is not needed to open a database
 
-    job_id, worker_id, attempt = claim
     query = select(Job.id).where(
-        Job.id == job_id, Job.worker_id == worker_id, Job.status == "running", Job.attempts == attempt
+        Job.id == claim.job_id,
+        Job.worker_id == claim.worker_id,
+        Job.status == "running",
+        Job.attempts == claim.attempt,
     )
     if connection.dialect.name != "sqlite":
         query = query.with_for_update()
     if connection.execute(query).first() is None:
+        claim.result_ref = None
         raise ClaimLost(
-            f"job {job_id} is no longer this worker's (attempt {attempt}): another worker took it over while this "
-            "one was not answering; this worker's result was not stored"
+            f"job {claim.job_id} is no longer this worker's (attempt {claim.attempt}): another worker took it over "
+            "while this one was not answering; this worker's result was not stored"
         )
+    if claim.result_ref is not None:
+        connection.execute(update(Job).where(Job.id == claim.job_id).values(result_ref=claim.result_ref))
+        claim.result_ref = None
+
+
+event.listen(Session, "after_flush", _note_results)
 
 
 @dataclass
@@ -210,6 +257,7 @@ def open_database(value: str | None = None, *, migrate: bool = True) -> Database
             _check_sqlite_file(file)
         _configure_sqlite(engine)
     event.listen(engine, "commit", _check_claim)
+    event.listen(engine, "rollback", _forget_results)
     database = Database(url=url, engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
     if migrate:
         try:

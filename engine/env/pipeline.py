@@ -201,9 +201,10 @@ def build_environment(
         else:
             encoder_id = save_encoder(encoder, Path(tmp) / "encoder")
         final = models_dir() / encoder_id
-        if final.exists():
-            shutil.rmtree(final)
-        shutil.move(str(Path(tmp) / "encoder"), final)
+        # Named by its content's hash: a folder already there holds these very files (and may be another
+        # encoder row's, or another worker's run of the same job): kept as it is, never replaced.
+        if not final.exists():
+            shutil.move(str(Path(tmp) / "encoder"), final)
 
     with database.write_session() as session, session.begin():
         activate_model(

@@ -236,7 +236,10 @@ class JobWorker:
                     continue
                 who = f"the worker (pid {worker.pid} on {worker.host})" if worker else "its worker"
                 attempts = int(job.attempts or 0)
-                if attempts < self.max_attempts:
+                if job.result_ref:  # its result was stored (the same transaction named it here): keep it
+                    job.status, job.finished_at, job.progress = "done", now, 1.0
+                    job.message = f"done: {who} stopped right after storing the result, which is kept"
+                elif attempts < self.max_attempts:
                     job.status, job.worker_id, job.cancel_requested = "queued", None, False
                     job.progress, job.message = 0.0, f"queued again: {who} stopped during attempt {attempts}"
                 else:

@@ -688,3 +688,36 @@ def test_a_paused_worker_resumed_after_its_job_was_taken_over_duplicates_nothing
     assert "was declared dead by another worker" in log and f"job {job_id} (train) dropped" in log, log
     with sqlite3.connect(small) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_result_stored_just_before_its_worker_died_is_kept_and_named_by_its_job(city):
+    """The transaction that stores a claimed job's result also names it on the job's row, so a worker that dies
+    between storing the result and marking the job done leaves a job that the next worker marks done with that
+    result, instead of running it again (two results for one job)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from db.models import Worker, utcnow
+    from db.session import job_claim
+    from engine.forecast import run_forecast
+    from engine.requests import ForecastRequest
+
+    database = open_database(str(city))
+    params = {"entity": "user:U0003", "start": 310, "horizon": 2, "samples": 4}
+    job_id = enqueue(database, "forecast", params)
+    dying = JobWorker(database)
+    held = dying.claim()
+    assert held is not None and held.id == job_id
+    with job_claim(held.id, held.worker_id, held.attempts):  # as JobWorker.run runs the job's kind
+        run = run_forecast(database, ForecastRequest.parse(get_job(database, job_id).params))
+    stored = get_job(database, job_id)
+    assert stored.status == "running" and stored.result_ref == f"forecast_run:{run['run_id']}"
+    # ... and the worker dies before it marks the job done.
+    with database.write_session() as session, session.begin():
+        session.execute(update(Worker).where(Worker.id == dying.id).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+    assert JobWorker(database).drain() == 0, "nothing to run again"
+    job = get_job(database, job_id)
+    assert job.status == "done" and job.result_ref == stored.result_ref and job.attempts == 1
+    assert "stopped right after storing the result, which is kept" in job.message
+    assert _count(database, ForecastRun) == 1
