@@ -372,7 +372,7 @@ def cmd_export_windows(args: argparse.Namespace) -> int:
     with database.session() as session:
         dataset = get_dataset(session, args.dataset)
         series = load_series(session, dataset)
-    check_output_file(args.out, (".npz",), replace=args.replace)  # before the work, not after it
+    check_output_file(args.out, (".npz",), replace=args.replace, field="--out")  # before the work, not after it
     history = args.history
     normaliser = None
     if args.model is not None or history is None:

@@ -868,8 +868,13 @@ def _read_table(
         ),
         (
             bytes_col,
-            bytes_finite & (raw_bytes >= 0) & ((raw_bytes != np.round(raw_bytes)) | (raw_bytes >= 2**62)),
+            bytes_finite & (raw_bytes >= 0) & (raw_bytes != np.round(raw_bytes)),
             lambda r: f"expected a whole number of bytes, found {_shown(frame[bytes_col], r)}",
+        ),
+        (
+            bytes_col,
+            bytes_finite & (raw_bytes >= 2**62),
+            lambda r: f"expected bytes below 2**62 (4.6e18) per record, found {_shown(frame[bytes_col], r)}",
         ),
     ]
     problem = first_problem(checks)

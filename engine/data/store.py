@@ -16,6 +16,8 @@ def store_new_dataset(session: Session, content: DatasetContent, *, replace: boo
     taken = session.scalar(select(Dataset.id).where(Dataset.name == content.name))
     if taken is not None and not replace:
         raise InputError(
-            f"a data set named {content.name!r} exists already; choose another name or ask to replace it", field="name"
+            f"a data set named {content.name!r} exists already; choose another name or ask to replace it "
+            "(--replace on the command line; on the Data page, tick 'Replace a data set of the same name')",
+            field="name",
         )
     return store_dataset(session, content, activate=True)
