@@ -146,6 +146,9 @@ CASES = [
         "add up",
     ),
     ("ingest-mapping-nested", lambda d: _table(d, mapping=NESTED), "mapping"),
+    ("ingest-entity-id-nul", lambda d: _table(d, RECORDS.replace("u1,", "u\x001,")), "NUL"),
+    ("ingest-entity-id-101", lambda d: _table(d, RECORDS.replace("u1,", "u" * 101 + ",")), "at most 100"),
+    ("ingest-name-201", lambda d: [*_table(d), "--name", "n" * 201], "at most 200"),
 ]
 
 
