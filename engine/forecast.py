@@ -165,6 +165,66 @@ def _calendar(series: SeriesData, hours: np.ndarray) -> tuple[np.ndarray, np.nda
     return absolute % 24, (origin.weekday() + absolute // 24) % 7
 
 
+# Memory of a recursive forecast, all of whose paths are denoised in one batch: per path, a window of H + F
+# hours x K services x C channels lives in about 12 float32 copies at once (attention's q, k, v and output,
+# the residuals, the feed-forward's 4C hidden layer), plus each service's time attention (heads x T x T, and
+# its softmax), plus the paths themselves. Measured against the peak memory of `lsdm forecast` on the default
+# city's model (H 24, C 64, 4 heads, 10 services), 100 users: 7.3 GB at 64 samples, 24.3 GB at 256; this
+# estimates 6.2 and 24.9 GB (docs/architecture.md#refusals-at-the-edges).
+ACTIVATION_COPIES = 12
+MEMORY_SHARE = 0.8  # of the memory free when a forecast starts
+
+
+def forecast_bytes(forecaster: Forecaster, paths: int, steps: int, services: int) -> int:
+    """About how many bytes a recursive forecast of ``paths`` paths over ``steps`` hours needs at its peak."""
+    config = forecaster.config
+    window = config.history + config.horizon
+    per_path = (
+        window * services * config.channels * 4 * ACTIVATION_COPIES
+        + services * config.heads * window * window * 4 * 2
+        + (config.history + steps) * services * 4 * 4
+    )
+    return int(paths * per_path)
+
+
+def memory_free(device: torch.device) -> int | None:
+    """Bytes free for a forecast on ``device`` (Linux: MemAvailable; elsewhere the free physical pages), or
+    None where it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(forecaster: Forecaster, entities: int, samples: int, steps: int, services: int) -> None:
+    """Refuse, before anything is allocated, a forecast whose paths would not fit in the memory free now,
+    saying how many samples would."""
+    need = forecast_bytes(forecaster, entities * samples, steps, services)
+    free = memory_free(forecaster.device)
+    if free is None or need <= free * MEMORY_SHARE:
+        return
+    fit = int(free * MEMORY_SHARE // max(1, forecast_bytes(forecaster, entities, steps, services)))
+    where = "GPU" if forecaster.device.type == "cuda" else "machine"
+    fewer = f"at most {fit} samples fit" if fit >= 1 else "not even one sample fits"
+    raise InputError(
+        f"this forecast needs about {need / 2**30:.1f} GiB ({entities:,} x {samples:,} paths) and this {where} has "
+        f"{free / 2**30:.1f} GiB free: {fewer} for {entities:,} {'entity' if entities == 1 else 'entities'}; "
+        "ask for fewer samples or fewer entities at once",
+        field="samples",
+    )
+
+
 def _check_forecast(
     forecaster: Forecaster, series: SeriesData, *, start: int, horizon: int, samples: int, guidance: float
 ) -> None:
@@ -349,6 +409,7 @@ def recursive_forecast(
     e_rows = np.asarray(entities)
     n_e, k = len(e_rows), len(series.services)
     n_steps = int(np.ceil(horizon / f)) * f
+    check_memory(forecaster, n_e, samples, n_steps, k)
     plan = plan or LocationPlan()
     path_cells = plan.path_cells(series, e_rows, start, n_steps, samples, seed) if plan.per_path else None
     conditions = _conditions(forecaster, series, e_rows, start, n_steps, plan, values, history_env, path_cells)

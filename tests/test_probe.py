@@ -207,3 +207,14 @@ def test_a_database_damaged_in_the_middle_is_refused_and_left_alone(probed, tmp_
     err = capsys.readouterr().err
     assert "damaged" in err and "Traceback" not in err, err
     assert copy.read_bytes() == bytes(data)
+
+
+def test_a_forecast_too_big_for_the_memory_is_refused_before_allocating_with_what_fits(city_db, capsys):
+    """Issue 20: `--samples 10000000` was an 8.9 GiB allocation traceback. The request's bounds allow 500 users x
+    1,024 paths, about 475 GiB with the default model: refused by the estimate, saying how many samples fit."""
+    entities = ",".join(f"user:U{i:04d}" for i in range(500))
+    before = _state(city_db)
+    code = main(["forecast", "--entity", entities, "--start", "300", "--samples", "1024", "--db", str(city_db)])
+    err = capsys.readouterr().err
+    assert code == 2 and "field '--samples': this forecast needs about" in err and "GiB free: at most" in err, err
+    assert "samples fit for 500 entities" in err and _state(city_db) == before
