@@ -9,7 +9,6 @@ from db.models import Dataset
 from db.queries import DatasetContent, store_dataset
 from engine.errors import InputError
 
-
 # The columns' widths (db/models.py): SQLite would store longer text as it is, PostgreSQL refuses it with a
 # traceback; both get the same check here, before anything is written. A NUL byte is refused by PostgreSQL
 # and cut short by some SQLite tools.
@@ -34,9 +33,7 @@ def check_texts(content: DatasetContent) -> None:
             if "\x00" in text:
                 raise InputError(f"{field} {text[:40]!r}... holds a NUL byte; expected plain text", field=field)
             if len(text) > limit:
-                raise InputError(
-                    f"{field} {text[:40]!r}... has {len(text):,} characters; at most {limit}", field=field
-                )
+                raise InputError(f"{field} {text[:40]!r}... has {len(text):,} characters; at most {limit}", field=field)
 
 
 def store_new_dataset(session: Session, content: DatasetContent, *, replace: bool) -> Dataset:
