@@ -226,10 +226,10 @@ def query_int(name: str, default: int | None, lo: int, hi: int) -> int | None:
     try:
         value = int(raw)
     except ValueError:
-        st.warning(f"Link parameter `{name}={raw}` is not a whole number; using the default.")
+        st.warning(f"Link parameter {name}={md_escape(raw)} is not a whole number; using the default.")
         return default
     if not lo <= value <= hi:
-        st.warning(f"Link parameter `{name}={value}` is outside {lo}..{hi}; using the default.")
+        st.warning(f"Link parameter {name}={value} is outside {lo}..{hi}; using the default.")
         return default
     return value
 

@@ -72,7 +72,7 @@ def choose_cell(options: list[str]) -> str | None:
     """The cell from the link (?cell=KEY) or the picker; a new link wins over the picker's old value."""
     linked = common.query_str("cell")
     if linked is not None and linked not in options:
-        st.warning(f"Link parameter `cell={linked}`: no such cell in this data set.")
+        st.warning(f"Link parameter cell={common.md_escape(linked)}: no such cell in this data set.")
         linked = None
     if linked and linked != st.session_state.get("cell_shown"):
         st.session_state["cell_pick"] = linked
@@ -99,11 +99,12 @@ def show_environment(detail: c.CellDetail, info: common.DatasetInfo) -> None:
     with right:
         st.markdown("**Description**")
         if detail.description:
-            st.markdown(f"> {detail.description}")
+            st.markdown(f"> {common.md_escape(detail.description)}")
             made_by = detail.generator + (f" ({detail.describer_model})" if detail.describer_model else "")
-            st.caption(f"Generator: {made_by}")
+            st.caption(f"Generator: {common.md_escape(made_by)}")
             if detail.description_error:
-                st.caption(f"The language model failed, so the template wrote it: {detail.description_error}")
+                failed = common.md_escape(detail.description_error)
+                st.caption(f"The language model failed, so the template wrote it: {failed}")
         else:
             st.info(f"No description for this cell yet: {c.ENV_HINT}.", icon=":material/description:")
         total = int(detail.poi["count"].sum())
@@ -130,7 +131,7 @@ def show_neighbours(found: pd.DataFrame | str) -> None:
                 args=(row.key,),
                 icon=":material/cell_tower:",
             )
-            st.caption(f"similarity {row.similarity:.3f} · {row.land_use}")
+            st.caption(f"similarity {row.similarity:.3f} · {common.md_escape(row.land_use)}")
 
 
 # --- the load forecast -------------------------------------------------------------------------------------
@@ -351,14 +352,14 @@ if key is None:
     st.stop()
 view = cell_view(common.database().url, info.id, common.revision(), key)
 if view is None:  # the data set changed under the picker
-    st.warning(f"Cell {key} is not in {info.label}.")
+    st.warning(f"Cell {common.md_escape(key)} is not in {info.label}.")
     st.stop()
 detail, presence, traffic = view
 
 use = detail.land_use + (" (inferred from POIs)" if detail.land_use_inferred else "")
 place = f"{detail.lat:.5f}, {detail.lon:.5f}" if detail.lat is not None and detail.lon is not None else "no coordinates"
 st.markdown(f"### {common.md_escape(detail.key)} · {common.md_escape(detail.name)}")
-st.caption(f"Land use: {use} · {place} · {int(detail.poi['count'].sum())} points of interest")
+st.caption(f"Land use: {common.md_escape(use)} · {place} · {int(detail.poi['count'].sum())} points of interest")
 show_environment(detail, info)
 show_neighbours(neighbours(common.database().url, info.id, common.revision(), detail.id))
 

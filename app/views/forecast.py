@@ -13,7 +13,7 @@ import streamlit as st
 
 from app import forecast_data as fd
 from app import jobs_ui
-from app.common import database, page_header, query_int, query_str, revision, set_query
+from app.common import database, md_escape, page_header, query_int, query_str, revision, set_query
 from app.glossary import explain
 from app.user_data import cached_entity_keys
 from engine.requests import ForecastRequest
@@ -46,7 +46,7 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
     linked = [k for k in (query_str("user") or "").split(",") if k]
     unknown = [k for k in linked if k not in set(keys)]
     if unknown:
-        st.warning(f"Link names {noun}s not in this data set: {', '.join(unknown)}.")
+        st.warning(f"Link names {noun}s not in this data set: {md_escape(', '.join(unknown))}.")
     linked = [k for k in linked if k in set(keys)][: fd.MAX_USERS]
     fd.adopt_link_value(state, "fc_users", linked or None)
     fd.adopt_link_value(state, "fc_start", query_int("hour", None, 0, info.hours))
@@ -195,7 +195,7 @@ def forecast_form(model: fd.ModelInfo, keys: list[str]) -> None:
             disabled=bool(errors),
             help="Correct the fields marked above first." if errors else None,
         )
-        st.caption(f"Model {model.id} · {model.name} · reads {model.history} h of history")
+        st.caption(f"Model {model.id} · {md_escape(model.name)} · reads {model.history} h of history")
         if clicked:
             if errors:
                 st.error("Not run: correct the fields marked above.")

@@ -37,7 +37,7 @@ def read_link(info: common.DatasetInfo, city: m.CityData) -> tuple[int, str, str
         color = "traffic"
     user = common.query_str("user")
     if user is not None and user not in set(city.user_keys):
-        st.warning(f"Link parameter `user={user}`: no such user in {info.label}; no trajectory shown.")
+        st.warning(f"Link parameter user={common.md_escape(user)}: no such user in {info.label}; no trajectory shown.")
         user = None
     return hour, color, user
 
@@ -283,7 +283,7 @@ hour, color, user = read_link(info, city)
 options = find_options(city)
 linked_find = common.query_str("find")
 if linked_find is not None and linked_find not in options:
-    st.warning(f"Link parameter `find={linked_find}`: no such cell or user in {info.label}.")
+    st.warning(f"Link parameter find={common.md_escape(linked_find)}: no such cell or user in {info.label}.")
     linked_find = None
 for key, value in (("map_hour", hour), ("map_color", color), ("map_user", user), ("map_find", linked_find)):
     st.session_state.setdefault(key, value)

@@ -10,6 +10,7 @@ from app import user_data as ud
 from app.common import (
     database,
     format_bytes,
+    md_escape,
     page_header,
     query_str,
     revision,
@@ -31,7 +32,7 @@ if not keys:
 # Deep link -> picker: a ?user= that differs from the last one applied (a new link) selects that user.
 wanted = query_str("user")
 if wanted is not None and wanted not in keys:
-    st.warning(f"No {noun} `{wanted}` in data set **{info.label}**; pick one below.")
+    st.warning(f"No {noun} {md_escape(wanted)} in data set **{info.label}**; pick one below.")
     wanted = None
 if "user_key" not in st.session_state or (wanted and wanted != st.session_state.get("_user_query")):
     st.session_state["user_key"] = wanted or keys[0]
@@ -41,7 +42,7 @@ set_query(user=key)
 
 loaded = ud.cached_user(url, info.id, revision(), key, info.hours, len(info.services))
 if loaded is None:  # deleted since the key list was cached
-    st.error(f"{noun.capitalize()} `{key}` is no longer in the data set; reload the page.")
+    st.error(f"{noun.capitalize()} {md_escape(key)} is no longer in the data set; reload the page.")
     st.stop()
 user, matrix, places = loaded
 

@@ -165,7 +165,7 @@ def environment_editor(context: wd.EditorContext, cells: pd.DataFrame, target: s
             "tile_png": None,
         }
     use = cells.loc[cells["key"] == target, "land_use"].iloc[0]
-    st.markdown(f"**Environment of cell {target}** ({use})")
+    st.markdown(f"**Environment of cell {md_escape(target)}** ({md_escape(use)})")
     loaded_target, loaded = state.get("_wi_target_edit", (None, CellEdit()))
     loaded = loaded if loaded_target == target else CellEdit()
     current = [int(v) for v in context.poi[row]]
@@ -650,7 +650,7 @@ def show_cell_scenario(run_id: int) -> None:
     try:
         baseline, scenario = stored_pair(url, run_id, revision())
     except InputError as error:
-        st.warning(f"Cannot open cell scenario {run_id}: {error}.")
+        st.warning(f"Cannot open cell scenario {run_id}: {md_escape(error)}.")
         return
     change = scenario.summary.get("change", {})
     what = (

@@ -452,12 +452,24 @@ def _forecast(ctx: JobContext) -> Outcome:
     )
 
 
+def _checked_whatif(params: dict) -> dict:
+    """The what-if request's check, keeping the data set and model the job was pinned to when queued
+    (engine/jobs/queue.py ``pin_targets``; a stored scenario records them as well)."""
+    checked = _checked(WhatIfRequest)(params)
+    dataset, model_id = params.get("dataset"), params.get("model_id")
+    if dataset is not None and (not isinstance(dataset, str) or len(dataset) > 200):
+        raise InputError(f"expected a data set name, got {str(dataset)[:60]!r}", field="dataset")
+    if model_id is not None and (isinstance(model_id, bool) or not isinstance(model_id, int) or model_id < 1):
+        raise InputError(f"expected a model id (a whole number >= 1), got {str(model_id)[:60]!r}", field="model_id")
+    return {**checked, **({"dataset": dataset} if dataset else {}), **({"model_id": model_id} if model_id else {})}
+
+
 def _whatif(ctx: JobContext) -> Outcome:
     from engine.whatif import load_whatif_context, run_whatif  # torch (module docstring)
 
     request = WhatIfRequest.from_params(ctx.params)
     ctx.progress(0.0, "loading the model and the environment ...")
-    forecast = forecast_context(ctx)
+    forecast = forecast_context(ctx, ctx.params.get("model_id"), ctx.params.get("dataset"))
     context = ctx.worker.cached(
         "whatif",
         (forecast.record_id, forecast.record_sha256, forecast.dataset_id),
@@ -587,7 +599,7 @@ KINDS: dict[str, JobKind] = {
             _checked(ForecastRequest),
             size=lambda p: len(p.get("entities") or [1]) * p.get("horizon", 24) * p.get("samples", 32),
         ),
-        JobKind("whatif", WhatIfRequest.TITLE, "interactive", _whatif, _checked(WhatIfRequest)),
+        JobKind("whatif", WhatIfRequest.TITLE, "interactive", _whatif, _checked_whatif),
         JobKind("load", LoadRequest.TITLE, "interactive", _load, _checked(LoadRequest)),
         # An area's users are many (the whole default city: about 16 minutes on two cores): the batch lane, so
         # that the Cell page's and the Forecast page's runs are not queued behind it.

@@ -54,7 +54,7 @@ def enqueue(database: Database, kind: str, params: dict | None = None) -> int:
         return int(job.id)
 
 
-PINNED_KINDS = ("forecast", "load", "load.area", "load.whatif")  # forecasts: the data set and model as asked
+PINNED_KINDS = ("forecast", "whatif", "load", "load.area", "load.whatif")  # forecasts: the data set and model as asked
 
 
 def pin_targets(database: Database, kind: str, params: dict) -> dict:

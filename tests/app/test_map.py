@@ -486,3 +486,23 @@ def test_a_data_set_name_with_markdown_in_it_is_shown_as_written_not_rendered(em
     caption = run_map().caption[0].value
     assert caption.startswith(md_escape(name)) and "![x](" not in caption
     assert md_escape(name) == "\\!\\[x\\](http://127.0.0.1:9/x.png) my\\_city"
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("map", {"find": "![x](http://127.0.0.1:9/find.png)"}),
+        ("map", {"user": "![x](http://127.0.0.1:9/user.png)"}),
+        ("user", {"user": "![x](http://127.0.0.1:9/user.png)"}),
+        ("cell", {"cell": "![x](http://127.0.0.1:9/cell.png)"}),
+        ("forecast", {"user": "![x](http://127.0.0.1:9/forecast.png)"}),
+    ],
+    ids=["map-find", "map-user", "user", "cell", "forecast"],
+)
+def test_a_link_parameter_with_markdown_in_it_is_quoted_not_rendered(app_db: Path, name: str, params: dict) -> None:
+    """Issue 20: values from a link reach the page's messages; escaped, a crafted link cannot make the browser
+    fetch an image (or show a link) on the operator's page."""
+    at = run_page(name, **params)
+    shown = [element.value for element in [*at.warning, *at.error, *at.info]]
+    assert any("\\!\\[x\\](http://127.0.0.1:9/" in text for text in shown), shown
+    assert not any("![x](" in text for text in shown), shown

@@ -161,7 +161,7 @@ def test_user_page_without_forecasts_says_so(app_db: Path) -> None:
 def test_user_page_with_an_unknown_user_warns_and_shows_the_first_user(app_db: Path) -> None:
     at = open_user_page("NOPE")
     assert not at.exception
-    assert any("No user `NOPE`" in w.value for w in at.warning)
+    assert any("No user NOPE in data set" in w.value for w in at.warning)
     assert at.selectbox(key="user_key").value == "U0000"
 
 

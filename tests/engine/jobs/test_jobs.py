@@ -166,6 +166,35 @@ def test_a_forecast_job_runs_on_the_data_set_and_model_active_when_it_was_queued
         assert session.get(ForecastRun, job.ref_id("forecast_run")).dataset_id == asked_id
 
 
+def test_a_whatif_job_runs_on_the_data_set_and_model_active_when_it_was_queued(city):
+    """Issue 20: what-if jobs are pinned like forecasts; a what-if queued before an ingest that made another
+    data set active runs on the one it was asked for."""
+    from cli.main import main as lsdm
+    from db.models import Scenario as ScenarioRow
+    from db.queries import get_dataset
+    from engine.whatif import Scenario
+
+    database = open_database(str(city))
+    with database.session() as session:
+        asked = get_dataset(session)
+        asked_name, asked_id = asked.name, asked.id
+    scenario = Scenario(location="cell:C0005").to_dict()
+    job_id = enqueue(
+        database, "whatif", {"entity": "user:U0003", "start": 310, "horizon": 2, "samples": 2, "scenario": scenario}
+    )
+    params = get_job(database, job_id).params
+    assert params["dataset"] == asked_name and params["model_id"] is not None
+    assert (
+        lsdm(["city", "build", "--users", "6", "--cells", "8", "--days", "3", "--name", "other", "--db", str(city)])
+        == 0
+    )
+    assert JobWorker(database).drain() == 1
+    job = get_job(database, job_id)
+    assert job.status == "done", job.error
+    with database.session() as session:
+        assert session.get(ScenarioRow, job.ref_id("scenario")).dataset_id == asked_id
+
+
 def test_a_failing_job_records_its_reason_and_writes_nothing(city):
     database = open_database(str(city))
     job_id = enqueue(database, "forecast", {"entity": "user:NOBODY", "start": 310})
