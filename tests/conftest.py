@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real-data fixtures not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@contextmanager
+def data_home(home: Path) -> Iterator[Path]:
+    """``LSDM_HOME`` set to ``home`` for a module's or session's fixture (models are stored under it, by
+    absolute path), and put back as it was."""
+    previous = os.environ.get("LSDM_HOME")
+    os.environ["LSDM_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if previous is None:
+            os.environ.pop("LSDM_HOME", None)
+        else:
+            os.environ["LSDM_HOME"] = previous
 
 
 @pytest.fixture
@@ -38,9 +55,7 @@ def city_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cli.main import main as lsdm
 
     home = tmp_path_factory.mktemp("city-home")
-    previous = os.environ.get("LSDM_HOME")
-    os.environ["LSDM_HOME"] = str(home)  # models are stored under it, by absolute path
-    try:
+    with data_home(home):
         db = home / "lsdm.sqlite"
         assert lsdm(["city", "build", "--db", str(db), "--json"]) == 0
         assert lsdm(["assets", "install", "--db", str(db), "--json"]) == 0
@@ -50,9 +65,4 @@ def city_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         connection = sqlite3.connect(db)
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         connection.close()
-    finally:
-        if previous is None:
-            os.environ.pop("LSDM_HOME", None)
-        else:
-            os.environ["LSDM_HOME"] = previous
     return db

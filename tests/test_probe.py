@@ -19,6 +19,7 @@ from cli.main import main
 from db import open_database
 from db.queries import store_dataset
 from engine.data.city import CityConfig, generate_city
+from tests.conftest import data_home
 
 SMALL_TABLE = 5000  # tables up to this many rows are compared row by row; larger ones by count and last row id
 
@@ -29,12 +30,8 @@ RECORDS = "entity_id,timestamp,cell_id,service,bytes\nu1,2016-04-20T08:05:00,1,v
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory) -> Path:
     """A small city with a tiny trained model: what the probe's commands meet."""
-    import os
-
     home = tmp_path_factory.mktemp("probe-home")
-    previous = os.environ.get("LSDM_HOME")
-    os.environ["LSDM_HOME"] = str(home)
-    try:
+    with data_home(home):
         db = home / "probe.sqlite"
         database = open_database(str(db))
         with database.write_session() as session, session.begin():
@@ -43,11 +40,6 @@ def probed(tmp_path_factory) -> Path:
         config = home / "tiny.json"
         config.write_text(json.dumps({"condition": "none", "channels": 16, "heads": 2, "blocks": 1, "epochs": 1}))
         assert main(["train", "--config", str(config), "--db", str(db)]) == 0
-    finally:
-        if previous is None:
-            os.environ.pop("LSDM_HOME", None)
-        else:
-            os.environ["LSDM_HOME"] = previous
     return db
 
 

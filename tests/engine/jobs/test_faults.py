@@ -26,6 +26,7 @@ from db import open_database
 from db.queries import store_dataset
 from engine.data.city import CityConfig, generate_city
 from engine.jobs import enqueue, get_job
+from tests.conftest import data_home
 
 REPO = Path(__file__).resolve().parents[3]
 BOOKKEEPING = ("jobs", "workers")  # the tables a worker writes as it claims, beats and is recovered
@@ -40,9 +41,7 @@ def city_with_model(tmp_path_factory) -> tuple[Path, Path]:
     from cli.main import main as lsdm
 
     home = tmp_path_factory.mktemp("faults-home")
-    previous = os.environ.get("LSDM_HOME")
-    os.environ["LSDM_HOME"] = str(home)  # the model is stored under it
-    try:
+    with data_home(home):  # the model is stored under it
         db = home / "city.sqlite"
         database = open_database(str(db))
         with database.write_session() as session, session.begin():
@@ -67,11 +66,6 @@ def city_with_model(tmp_path_factory) -> tuple[Path, Path]:
         assert lsdm(["train", "--config", str(config), "--db", str(db)]) == 0
         with sqlite3.connect(db) as connection:
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        if previous is None:
-            os.environ.pop("LSDM_HOME", None)
-        else:
-            os.environ["LSDM_HOME"] = previous
     return db, home
 
 
