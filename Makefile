@@ -9,15 +9,15 @@ BIN    := $(VENV)/bin
 $(BIN)/lsdm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,baselines]'
+	$(BIN)/python -m pip install --quiet -e '.[test,baselines,postgres]'
 	touch $@
 
 ## Launch on the embedded default (builds the synthetic city on first use).
 run: $(BIN)/lsdm
 	$(BIN)/python launcher.py
 
-## Run the whole test suite (installs Debian's Chromium for the browser tests when it can).
-test: $(BIN)/lsdm chromium
+## Run the whole test suite (installs Debian's Chromium and PostgreSQL for the browser and database tests when it can).
+test: $(BIN)/lsdm chromium postgres
 	$(BIN)/python -m pytest
 
 ## Lint: ruff's rules, then mypy on engine/ and db/, then the formatting check (settings in pyproject.toml).
@@ -33,6 +33,14 @@ chromium:
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "note: Chromium not installed; browser tests will skip"; }
+
+# The PostgreSQL tests (tests/db/test_postgres.py) start Debian's server in a private folder. Installed when
+# missing and apt-get is usable; otherwise those tests skip with the reason.
+.PHONY: postgres
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	  || echo "note: PostgreSQL not installed; its tests will skip"; }
 
 ## Speed and memory measurements (JSON on stdout); not part of the tests.
 bench: $(BIN)/lsdm

@@ -94,6 +94,17 @@ def current_version(connection: Connection) -> int:
     return connection.scalar(select(SchemaVersion.version).where(SchemaVersion.id == 1)) or 0
 
 
+UPGRADE_LOCK = 0x15D3_0001  # PostgreSQL advisory lock key: one upgrading process at a time
+
+
+def _serialise(connection: Connection) -> None:
+    """One upgrade step at a time across processes. SQLite's write lock, taken at BEGIN (``lsdm_write``), does it
+    there; on PostgreSQL, where DDL takes no such lock, two workers starting on a new database would both create
+    the tables: a transaction-scoped advisory lock makes the second wait, then see the new version."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({UPGRADE_LOCK})")
+
+
 def upgrade(engine: Engine, target: int = LATEST_VERSION) -> tuple[int, int]:
     """Bring the database to ``target``; returns (version before, version after)."""
     with engine.connect() as connection:
@@ -105,6 +116,7 @@ def upgrade(engine: Engine, target: int = LATEST_VERSION) -> tuple[int, int]:
         )
     for version in range(before + 1, target + 1):
         with engine.execution_options(lsdm_write=True).begin() as connection:
+            _serialise(connection)
             if current_version(connection) >= version:  # another process got there first
                 continue
             STEPS[version](connection)

@@ -66,3 +66,24 @@ def city_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         connection.close()
     return db
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[object]:
+    """A real PostgreSQL server for this test session (tests/postgres.py), or a skip that says why not."""
+    from tests import postgres
+
+    try:
+        server = postgres.start()
+    except postgres.Unavailable as reason:
+        pytest.skip(f"no PostgreSQL server: {reason}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A new empty database on the session's PostgreSQL server: its SQLAlchemy URL."""
+    return pg_server.new_database()

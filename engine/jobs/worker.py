@@ -230,7 +230,10 @@ class JobWorker:
         changed = []
         now = utcnow()
         with self.database.write_session() as session, session.begin():
-            for job in session.scalars(select(Job).where(Job.status == "running", Job.worker_id != self.id)):
+            # Locked (PostgreSQL; SQLite's write lock is the whole database): a job another worker is recovering,
+            # or whose worker is storing its result (the claim check locks the row), is left for the next round.
+            running = select(Job).where(Job.status == "running", Job.worker_id != self.id)
+            for job in session.scalars(running.with_for_update(skip_locked=True)):
                 worker = session.get(Worker, job.worker_id) if job.worker_id else None
                 if not self._dead(worker, now):
                     continue
@@ -272,7 +275,11 @@ class JobWorker:
                 job = None
                 if not declared_dead:
                     job = session.scalars(
-                        select(Job).where(Job.status == "queued", Job.kind.in_(wanted)).order_by(Job.id).limit(1)
+                        select(Job)
+                        .where(Job.status == "queued", Job.kind.in_(wanted))
+                        .order_by(Job.id)
+                        .limit(1)
+                        .with_for_update(skip_locked=True)  # PostgreSQL: concurrent claimers take different rows
                     ).first()
                 if job is not None:
                     now = utcnow()
