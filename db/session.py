@@ -82,6 +82,18 @@ def models_dir() -> Path:
     return path
 
 
+def model_folder(recorded: str) -> Path:
+    """A model's folder: where the database says it was saved, else the folder of the same name under this
+    machine's models directory. Folders are named by their content's hash and never change, so machines that
+    share one database (PostgreSQL, docs/deployment.md) can mount the models folder anywhere, or copy it; the
+    checksum recorded with the model is checked when it is loaded."""
+    path = Path(recorded)
+    if path.exists() or not path.name:
+        return path
+    local = models_dir() / path.name
+    return local if local.exists() else path
+
+
 def resolve_db_url(value: str | None = None) -> str:
     """Turn a ``--db`` value, ``LSDM_DB`` or the default location into a SQLAlchemy URL."""
     value = value or os.environ.get("LSDM_DB") or str(data_dir() / "lsdm.sqlite")

@@ -32,7 +32,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db import Database, models_dir, open_database
+from db import Database, model_folder, models_dir, open_database
 from db.models import Dataset, ModelRecord
 from db.queries import activate_model, active_model, dataset_cells, get_dataset, store_dataset
 from engine.data.city import CityConfig, generate_city
@@ -254,7 +254,7 @@ def _build_in(
         encoder = active_model(session, dataset.id, kind="clip")
         if encoder is None:
             raise LookupError(f"no environment encoder for data set {dataset.name!r}; run `lsdm env build`")
-        encoder_path, encoder_id = Path(encoder.path), encoder.name
+        encoder_path, encoder_id = model_folder(encoder.path), encoder.name
     staging = out.parent / f".{out.name}.new"
     if staging.exists():
         shutil.rmtree(staging)

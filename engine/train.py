@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from db import Database, models_dir
+from db import Database, model_folder, models_dir
 from db.models import Dataset, ModelRecord
 from db.queries import activate_model, active_model, get_dataset
 from engine.data.windows import (
@@ -449,4 +449,4 @@ def load_model(
                     hint="train one with `lsdm train`",
                 )
         session.expunge(record)
-    return record, Forecaster.load(Path(record.path), device=device, expected_sha256=record.sha256 or None)
+    return record, Forecaster.load(model_folder(record.path), device=device, expected_sha256=record.sha256 or None)

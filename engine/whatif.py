@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from db import Database
+from db import Database, model_folder
 from db.models import ForecastRun
 from db.models import Scenario as ScenarioRow
 from db.queries import cell_descriptions, dataset_cells, find_encoder, get_dataset_by_id, load_env_embeddings
@@ -318,7 +318,7 @@ def load_whatif_context(
         if series.encoder_id and dim:
             record = find_encoder(session, series.encoder_id, dataset.id)
             if record is not None and record.path:  # an external encoder (vectors supplied with the data) has no files
-                path = Path(record.path)
+                path = model_folder(record.path)
                 settings = (record.config or {}).get("settings", {})
                 a, b, mode = float(settings.get("a", a)), float(settings.get("b", b)), settings.get("mode", mode)
             for kind, matrix in (("image", image_z), ("text", text_z)):

@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from db import Database, models_dir
+from db import Database, model_folder, models_dir
 from db.models import Base, Cell, Dataset, Description, Embedding, ModelRecord, Tile, table_of
 from db.queries import (
     activate_model,
@@ -74,7 +74,7 @@ def registered_encoder_dir(session: Session, name: str) -> Path:
             field="--encoder",
             hint="`lsdm models --json` lists the encoders with kind clip",
         )
-    path = Path(record.path)
+    path = model_folder(record.path)
     if not (path / "config.json").is_file():
         raise InputError(f"the encoder's files are missing in {path}", field="--encoder")
     return path
@@ -294,4 +294,4 @@ def reload_active_encoder(session: Session, dataset: Dataset) -> ClipEncoder:
     record = active_model(session, dataset.id, kind="clip")
     if record is None:
         raise LookupError(f"no environment encoder for data set {dataset.name!r}; run `lsdm env build`")
-    return load_encoder(Path(record.path))
+    return load_encoder(model_folder(record.path))
