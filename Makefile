@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 $(BIN)/lsdm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,baselines,postgres]'
+	$(BIN)/python -m pip install --quiet -e '.[test,baselines,postgres,scale]'
 	touch $@
 
 ## Launch on the embedded default (builds the synthetic city on first use).

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from engine.errors import InputError
+from engine.executors import check_executor_text
 
 SEED_MAX = 2**32 - 1  # numpy's and torch's generators both take it; a larger one fails deep inside
 MAX_HORIZON = 168  # a week: the length of the paper's traffic matrix
@@ -889,15 +890,28 @@ class LoadRequest(Request):
     dataset: str | None = spec(str, None, max_length=200, help="data set name (default: the active one)")
     device: str | None = spec(str, None, max_length=20, help="cpu or cuda (default: cuda when present)")
     name: str | None = spec(str, None, max_length=200, help="a name for the run (default: its scope)")
+    executor: str = spec(
+        str,
+        "local",
+        max_length=300,
+        help="where the users' forecasts run: local (this process), ray (a Ray instance on this machine) or "
+        "ray:ADDRESS (a Ray cluster: auto, HOST:PORT or ray://HOST:10001)",
+    )
+    workers: int | None = spec(int, None, low=1, high=10_000, help="Ray actors (default: one per CPU of the cluster)")
 
     def relations(self, errors: dict[str, str]) -> dict[str, str]:
+        found = {}
+        if "executor" not in errors and isinstance(self.executor, str):
+            message = check_executor_text(self.executor)
+            if message:
+                found["executor"] = message
         if "scope" in errors or not isinstance(self.scope, str):
-            return {}
+            return found
         try:
             parse_scope_text(self.scope)
         except InputError as error:
-            return {"scope": error.message}
-        return {}
+            found["scope"] = error.message
+        return found
 
     @property
     def antithetic(self) -> bool:

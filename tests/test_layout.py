@@ -14,6 +14,7 @@ ENGINE_TOP_LEVEL = {
     "__init__.py",
     "artifacts.py",
     "errors.py",
+    "executors.py",
     "forecast.py",
     "requests.py",
     "shipped.py",

@@ -12,6 +12,7 @@ from db import Database
 from db.models import LoadRun
 from engine.data.windows import SeriesData
 from engine.errors import InputError
+from engine.executors import Executor, map_chunks
 from engine.forecast import (
     ForecastContext,
     LocationPlan,
@@ -63,6 +64,48 @@ def user_chunks(user_cells: np.ndarray, scope_rows: np.ndarray, n_cells: int) ->
     return [(order[i : i + CHUNK_USERS], int(last[order[i]])) for i in range(0, len(order), CHUNK_USERS)]
 
 
+class LoadChunks:
+    """A chunk of users -> their part of the scope's load: the task that engine/executors.py runs here or on
+    Ray's actors. ``spec`` is plain data (the database URL, model, data set, request, scope); ``context``: the
+    model and data already loaded in this process (local), else they are loaded from ``spec`` (an actor)."""
+
+    def __init__(self, spec: dict, context: ForecastContext | None = None) -> None:
+        if context is None:
+            from db import open_database
+
+            context = load_context(
+                open_database(spec["database"], migrate=False),
+                model_id=spec["model_id"],
+                dataset_name=spec["dataset"],
+                device=spec["device"],
+            )
+        self.context = context
+        self.request = LoadRequest.from_params(spec["params"])
+        self.scope_rows = np.asarray(spec["scope_rows"], dtype=np.int64)
+        self.n_cells = int(spec["n_cells"])
+        self.plan = None if spec["per_path"] else LocationPlan(spec["location"])
+
+    def __call__(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``users`` (U,) entity rows, ``cells`` (U, S, hours) their cells: load (C, S, hours, K), present."""
+        cells = np.asarray(chunk["cells"])
+        request = self.request
+        paths = recursive_forecast(
+            self.context.forecaster,
+            self.context.series,
+            np.asarray(chunk["users"]).tolist(),
+            start=request.start,
+            horizon=cells.shape[2],
+            samples=request.samples,
+            sampler=request.sampler,
+            steps=request.sampler_steps,
+            plan=self.plan or LocationPlan.drawn(cells),
+            seed=request.seed,
+            antithetic=request.antithetic,
+        ).paths
+        load, present = sum_by_cell(paths, cells, self.scope_rows, self.n_cells)
+        return {"load": load, "present": present}
+
+
 def forecast_load(
     context: ForecastContext,
     table: CellTable,
@@ -74,6 +117,7 @@ def forecast_load(
     users: np.ndarray | None = None,
     user_cells: np.ndarray | None = None,
     extra_paths: tuple[np.ndarray, np.ndarray] | None = None,
+    database_url: str | None = None,
 ) -> LoadResult:
     """Forecast the scope's load (engine side of ``run_load``).
 
@@ -132,15 +176,32 @@ def forecast_load(
             )
         if progress:
             progress(0, len(users))
+        chunks = [
+            {"users": users[positions], "cells": user_cells[positions, :, :hours]}
+            for positions, hours in user_chunks(user_cells, scope_rows, n_cells)
+            if hours > 0  # nobody of this chunk is in the scope on any path (and no later chunk's either)
+        ]
+        executor = Executor.parse(request.executor, request.workers)
+        if executor.kind != "local" and database_url is None:
+            raise InputError("a run on Ray needs the database's URL, for its workers", field="executor")
+        spec = {
+            "database": database_url,
+            "model_id": context.record_id,
+            "dataset": series.dataset_name,
+            "device": request.device,
+            "params": request.to_params(),
+            "scope_rows": scope_rows.tolist(),
+            "n_cells": n_cells,
+            "per_path": plan.per_path,
+            "location": plan.mode,
+        }
+        parts = map_chunks(executor, lambda: LoadChunks(spec, context), (LoadChunks, {"spec": spec}), chunks)
         done = 0
-        for positions, hours in user_chunks(user_cells, scope_rows, n_cells):
-            if hours > 0:
-                cells = user_cells[positions, :, :hours]
-                chunk_plan = LocationPlan.drawn(cells) if plan.per_path else plan
-                part, count = sum_by_cell(forecast(users[positions], chunk_plan, hours), cells, scope_rows, n_cells)
-                load[:, :, :hours] += part
-                present[:, :, :hours] += count
-            done += len(positions)
+        for chunk, out in zip(chunks, parts, strict=True):
+            hours = chunk["cells"].shape[2]
+            load[:, :, :hours] += out["load"]
+            present[:, :, :hours] += out["present"]
+            done += len(chunk["users"])
             if progress:
                 progress(done, len(users))
         if extra_paths is not None:
@@ -282,7 +343,7 @@ def run_load(
     series = context.series
     table = CellTable.read(database, context.dataset_id, series)
     capacities = Capacities.read(database, series, table)
-    result = forecast_load(context, table, capacities, request, progress=progress)
+    result = forecast_load(context, table, capacities, request, progress=progress, database_url=database.url)
     params = {
         **request.to_params(),
         "model_id_used": context.record_id,

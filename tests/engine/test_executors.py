@@ -1,0 +1,122 @@
+"""Issue 21, part 1: runs over many users on Ray (engine/executors.py) give what the local executor gives.
+
+A real local Ray instance (2 CPUs, 2 actors) is started once for the module; the tests skip, saying why, where
+Ray is not installed (the ``scale`` extra, which ``make test`` installs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from db import open_database
+from db.queries import store_dataset
+from engine.data.city import CityConfig, generate_city
+from engine.errors import InputError
+from engine.executors import Executor
+from engine.jobs import JobWorker, enqueue, get_job
+from engine.load.core import read_load_run
+from engine.load.forecast import run_load
+from engine.requests import LoadRequest
+from tests.conftest import data_home
+
+
+@pytest.fixture(scope="module")
+def small_city(tmp_path_factory) -> Path:
+    """A 40-user city with a tiny trained model (no environment condition)."""
+    from cli.main import main as lsdm
+
+    home = tmp_path_factory.mktemp("executors-home")
+    with data_home(home):
+        db = home / "city.sqlite"
+        database = open_database(str(db))
+        with database.write_session() as session, session.begin():
+            store_dataset(session, generate_city(CityConfig(users=40, cells=30, seed=3)))
+        database.dispose()
+        config = home / "tiny.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "condition": "none",
+                    "channels": 16,
+                    "heads": 2,
+                    "blocks": 1,
+                    "epochs": 1,
+                    "batch_size": 16,
+                    "diffusion_steps": 20,
+                    "beta_end": 0.8,
+                    "windows_per_epoch": 64,
+                }
+            )
+        )
+        assert lsdm(["train", "--config", str(config), "--db", str(db)]) == 0
+    return db
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray instance on this machine for the module (2 CPUs); the runs join it instead of starting their own."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[scale]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024 * 1024)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("local", Executor("local")),
+        ("ray", Executor("ray")),
+        ("ray:auto", Executor("ray", "auto")),
+        ("ray:ray://head:10001", Executor("ray", "ray://head:10001")),
+    ],
+)
+def test_executor_values(text, expected):
+    assert Executor.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["spark", "ray:", "RAY", ""])
+def test_a_bad_executor_names_the_field_and_what_is_accepted(text):
+    with pytest.raises(InputError) as caught:
+        LoadRequest(scope="area:all", start=300, executor=text).checked()
+    assert caught.value.field == "executor" and "local, ray or ray:ADDRESS" in caught.value.message
+
+
+def _arrays(database, run_id: int) -> dict[str, np.ndarray]:
+    result = read_load_run(database, run_id).result
+    return {key: getattr(result, key) for key in ("cell_rows", "quantiles", "totals", "present", "users")}
+
+
+def test_a_load_run_on_ray_equals_the_local_one_path_for_path(small_city, local_ray, tmp_path):
+    """Every user's paths depend on the seed and the user only, and the parts are summed in the chunks' order:
+    the whole city's load on 2 Ray actors is the local run's, to the last bit."""
+    with data_home(small_city.parent):
+        database = open_database(str(small_city))
+        asked = {"scope": "area:all", "start": 300, "horizon": 3, "samples": 4, "seed": 7}
+        local = run_load(database, LoadRequest(**asked))
+        on_ray = run_load(database, LoadRequest(**asked, executor="ray", workers=2))
+    assert on_ray["users_forecast"] == local["users_forecast"] == 40
+    assert on_ray["params"]["executor"] == "ray" and local["params"]["executor"] == "local"
+    first, second = _arrays(database, local["run_id"]), _arrays(database, on_ray["run_id"])
+    assert first["totals"].shape == (30, 4, 3) and first["totals"].sum() > 0
+    for key in first:
+        assert np.array_equal(first[key], second[key], equal_nan=True), key
+
+
+def test_an_area_load_job_on_ray_is_queued_followed_and_stored(small_city, local_ray):
+    """What the Map page queues (``load.area``), asking for Ray: the worker follows its progress to the end."""
+    with data_home(small_city.parent):
+        database = open_database(str(small_city))
+        job_id = enqueue(
+            database,
+            "load.area",
+            {"scope": "area:all", "start": 300, "horizon": 2, "samples": 4, "executor": "ray", "workers": 2},
+        )
+        assert JobWorker(database).drain() == 1
+    job = get_job(database, job_id)
+    assert job.status == "done" and job.ref_id("load_run"), job.error
+    assert job.result["users"] == 40
