@@ -259,6 +259,8 @@ def _surfaces(files: dict[str, str]) -> dict[type[Request], Surface]:
                 "dataset": "the active data set",
                 "device": "the GPU when present",
                 "name": "the scope",
+                "executor": "local: one cell's users are few (the Map page's area form offers Ray)",
+                "workers": "local: one cell's users are few (the Map page's area form offers Ray)",
             },
         ),
         LoadWhatIfRequest: Surface(

@@ -101,9 +101,28 @@ def area_form(info: common.DatasetInfo, city: m.CityData) -> None:
     location = cols[3].selectbox(
         "Where users will be", LoadRequest.choices("location"), key="ml_location", help=explain("location scenario")
     )
+    with st.expander("Where it runs"):
+        cols = st.columns([3, 1])
+        executor = cols[0].text_input(
+            "Executor",
+            value=LoadRequest.default("executor"),
+            key="ml_executor",
+            help="local: the worker's own process. ray: a Ray instance started on the worker's machine. "
+            "ray:ADDRESS: a Ray cluster (auto, HOST:PORT or ray://HOST:10001), for a whole city (docs/scale.md).",
+        )
+        workers = cols[1].number_input(
+            "Ray actors", min_value=0, max_value=10_000, value=0, step=1, key="ml_workers", help="0: one per CPU"
+        )
     row_slot = st.empty()
     request = LoadRequest(
-        scope=scope, start=int(start), horizon=int(horizon), samples=int(samples), location=location, model_id=model.id
+        scope=scope,
+        start=int(start),
+        horizon=int(horizon),
+        samples=int(samples),
+        location=location,
+        model_id=model.id,
+        executor=executor.strip(),
+        workers=int(workers) or None,
     )
     problems = request.validate()
     if kind == "cells" and scope == "cell:":

@@ -404,6 +404,20 @@ def test_forecast_this_area_queues_a_load_job_for_the_chosen_cells_or_box(app_db
     assert sql(app_db, "SELECT COUNT(*) FROM jobs") == [(2,)]
 
 
+def test_an_area_forecast_can_ask_for_ray_and_a_bad_executor_is_named_before_anything_is_queued(app_db: Path) -> None:
+    at = run_map()
+    at.multiselect(key="ml_cells").set_value(["C0001"]).run()
+    at.text_input(key="ml_executor").set_value("spark").run()
+    assert any("executor" in e.value and "local, ray or ray:ADDRESS" in e.value for e in at.error), at.error
+    assert at.button(key="ml_run").disabled
+    at.text_input(key="ml_executor").set_value("ray:auto").run()
+    at.number_input(key="ml_workers").set_value(4).run()
+    at.button(key="ml_run").click().run()
+    assert not at.exception, at.exception
+    ((params,),) = sql(app_db, "SELECT params FROM jobs")
+    assert json.loads(params)["executor"] == "ray:auto" and json.loads(params)["workers"] == 4
+
+
 def test_the_risk_map_colours_a_runs_cells_by_their_risk_and_the_slider_moves_the_hour(app_db: Path) -> None:
     from app.load_common import risk_colors
     from engine.forecast import load_context
