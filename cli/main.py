@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed (`lsdm train --nproc` relaunches it)
     try:
         return args.handler(args)
     except InputError as error:  # fields are named after the flags that set them (cli/common.py)

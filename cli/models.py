@@ -7,7 +7,9 @@ commands that use them (the start-up cost is measured in cli/main.py)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cli.common import (
@@ -105,6 +107,13 @@ def _add_train(commands: Commands, common: argparse.ArgumentParser, reporting: a
     )
     add_request_flags(
         train_p, TrainRequest, flags={"activate": ("--no-activate", "register without making it the active model")}
+    )
+    train_p.add_argument(
+        "--nproc",
+        type=bounded_int("--nproc", 1, MAX_PROCESSES),
+        default=1,
+        help="training processes on this machine (torchrun, DistributedDataParallel: gloo on the CPU, one GPU "
+        "each with nccl); each takes its share of every batch (default 1)",
     )
     train_p.set_defaults(handler=cmd_train)
 
@@ -211,8 +220,49 @@ def _add_export_and_score(
 # --- handlers -------------------------------------------------------------------------------------
 
 
+MAX_PROCESSES = 64
+
+
+def bounded_int(flag: str, low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {value}")
+        return value
+
+    parse.__name__ = flag
+    return parse
+
+
+def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
+    """`lsdm train --nproc N`: the same command in N processes under torchrun (one process group on this
+    machine); rank 0 prints and registers the model. Returns torchrun's exit status."""
+    import subprocess
+
+    argv, skip = [], False
+    for part in args.argv:
+        if skip:
+            skip = False
+        elif part == "--nproc":
+            skip = True
+        elif not part.startswith("--nproc="):
+            argv.append(part)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
+    threads = str(max(1, (os.cpu_count() or 1) // args.nproc))  # the cores shared (torchrun would say it sets 1)
+    environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+    return subprocess.call([*command, "-m", "cli.main", *argv], env=environment)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.train import train_request  # torch: see cli/main.py
+
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        open_database(args.db).dispose()  # a bad --db is said once, here, not by every process
+        request_of(args).checked().model_config()  # and so is a bad request or configuration
+        return _relaunch_with_torchrun(args)
 
     def report(entry: dict) -> None:
         if not args.json:
@@ -224,6 +274,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
 
     name, result = train_request(open_database(args.db), request_of(args), progress=report)
+    if int(os.environ.get("RANK", "0")) != 0:  # a helper process of `--nproc`: rank 0 reports
+        return 0
     payload = {"model_id": result.record_id, "config": name, "path": str(result.path), **result.metrics}
     curve = " ".join(f"{e['val_loss']:.3f}" for e in result.metrics["history"])
     emit(

@@ -38,12 +38,82 @@ from engine.data.windows import (
 from engine.errors import InputError
 from engine.model import Forecaster, pick_device
 from engine.model.config import ModelConfig
-from engine.model.diffusion import Standardiser, diffusion_loss
+from engine.model.denoiser import Denoiser
+from engine.model.diffusion import Schedule, Standardiser, diffusion_loss
 from engine.model.prior import PriorFit
 from engine.requests import TrainRequest
 
 Progress = Callable[[dict], None]
 Tick = Callable[[int, int, int], None]
+
+
+# --- several processes (torchrun, DDP): docs/scale.md#training-on-several-processes -------------------------
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the training processes: rank 0 of 1 alone; under torchrun (``WORLD_SIZE``
+    set) its rank in a process group, joined here (gloo on the CPU, nccl on CUDA)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def join_processes(device: torch.device) -> tuple[Processes, torch.device]:
+    """The process group of a torchrun launch (``lsdm train --nproc N``), and this rank's device (its own
+    GPU on CUDA); alone: ``Processes()`` and ``device`` unchanged."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Processes(), device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Processes(dist.get_rank(), dist.get_world_size()), device
+
+
+def _noise_draws(config: ModelConfig, windows: int, services: int, generator: torch.Generator) -> dict:
+    """The random draws ``diffusion_loss`` makes for a training batch of ``windows`` windows, in its order
+    (conditioning dropout, steps, noises): every process draws the whole batch's from the same generator and
+    takes its own rows, so a step's randomness is the one a single process would draw."""
+    draws = max(1, int(config.noise_draws))
+    keep = torch.rand(windows, generator=generator) >= config.cond_dropout if config.cond_dropout > 0 else None
+    n = windows * draws
+    t = torch.randint(0, config.diffusion_steps, (n,), generator=generator)
+    noise = torch.randn((n, config.horizon, services), generator=generator)
+    return {"keep": keep, "t": t, "noise": noise, "draws": draws}
+
+
+class _BatchLoss(torch.nn.Module):
+    """The training loss as a module's forward, so that DistributedDataParallel sees the forward pass (its
+    gradient hooks are armed there) while ``diffusion_loss`` calls the denoiser's methods."""
+
+    def __init__(self, denoiser: Denoiser, schedule: Schedule, standardiser: Standardiser) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.schedule = schedule
+        self.standardiser = standardiser
+
+    def forward(
+        self, batch: dict, t: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor | None, draws: int
+    ) -> torch.Tensor:
+        return diffusion_loss(
+            self.denoiser,
+            self.schedule,
+            self.standardiser,
+            batch,
+            t=t,
+            noise=noise,
+            keep_env=keep,
+            draws=draws,
+        )
 
 
 def to_batch(
@@ -213,7 +283,7 @@ def fit(
         )
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    dev = pick_device(device)
+    procs, dev = join_processes(pick_device(device))
     spec = SplitSpec(kind=split, history=config.history, horizon=config.horizon, seed=config.seed)
     splits = make_splits(series, spec)
     train_end = splits.train_hours_end
@@ -281,6 +351,13 @@ def fit(
                 )
             return sum(losses) / len(val_windows)
 
+    step_loss = None
+    if procs.world > 1:  # every process the same weights (DDP broadcasts rank 0's) and its share of each batch
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_loss = DistributedDataParallel(_BatchLoss(model, schedule, standardiser), find_unused_parameters=True)
+    n_services = len(series.services)
+
     history: list[dict] = []
     best, best_state, stale = float("inf"), copy.deepcopy(ema.state_dict()), 0
     started = time.perf_counter()
@@ -294,12 +371,16 @@ def fit(
         batches = -(-len(order) // config.batch_size)
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size]
-            batch = to_batch(
-                series, values, Windows(splits.train.entity[idx], splits.train.hour[idx]), spec, dev, profile
-            )
-            loss = diffusion_loss(model, schedule, standardiser, batch, generator)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if step_loss is None:
+                batch = to_batch(
+                    series, values, Windows(splits.train.entity[idx], splits.train.hour[idx]), spec, dev, profile
+                )
+                loss = diffusion_loss(model, schedule, standardiser, batch, generator)
+                loss.backward()
+            else:
+                loss = _distributed_step(step_loss, procs, idx, splits, series, values, spec, dev, profile, config,
+                                         n_services, generator)  # fmt: skip
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
@@ -317,7 +398,7 @@ def fit(
             "seconds": round(time.perf_counter() - started, 1),
         }
         history.append(entry)
-        if progress:
+        if progress and procs.main:
             progress(entry)
         if val < best - 1e-5:
             best, best_state, stale = val, copy.deepcopy(ema.state_dict()), 0
@@ -325,9 +406,11 @@ def fit(
             stale += 1
             if stale >= config.patience:
                 stopped = "early stopping"
-                break
-        if max_seconds is not None and time.perf_counter() - started > max_seconds:
+        if stopped == "epochs" and max_seconds is not None and time.perf_counter() - started > max_seconds:
             stopped = "time budget"
+        if procs.world > 1:  # rank 0 decides for all (its clock; the validation losses are the same everywhere)
+            stopped = _agreed(stopped, procs)
+        if stopped != "epochs":
             break
     model.load_state_dict(best_state)
     model.eval()
@@ -342,9 +425,59 @@ def fit(
         "split": splits.describe(),
         "adapted": adapted,
         "device": str(dev),
+        "processes": procs.world,
     }
     forecaster.meta["metrics"] = metrics
     return forecaster, metrics, splits
+
+
+def _distributed_step(
+    step_loss: torch.nn.Module,
+    procs: Processes,
+    idx: np.ndarray,
+    splits: Splits,
+    series: SeriesData,
+    values: np.ndarray,
+    spec: SplitSpec,
+    dev: torch.device,
+    profile: HourlyProfile,
+    config: ModelConfig,
+    n_services: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One training step's share of this process: its contiguous slice of the batch's windows with their rows
+    of the batch's draws. Each loss is weighted by its share of the windows (DDP averages the gradients over
+    the processes), so the step's gradient is the whole batch's mean; returns the whole batch's loss.
+
+    A process whose slice is empty (a last batch smaller than the number of processes) runs one window with
+    weight 0: every process must take part in each step's gradient exchange."""
+    import torch.distributed as dist
+
+    drawn = _noise_draws(config, len(idx), n_services, generator)
+    bounds = np.linspace(0, len(idx), procs.world + 1).round().astype(int)
+    lo, hi = int(bounds[procs.rank]), int(bounds[procs.rank + 1])
+    weight = (hi - lo) * procs.world / len(idx)
+    if hi == lo:
+        lo, hi = 0, 1
+    mine = idx[lo:hi]
+    draws = drawn["draws"]
+    batch = to_batch(series, values, Windows(splits.train.entity[mine], splits.train.hour[mine]), spec, dev, profile)
+    keep = None if drawn["keep"] is None else drawn["keep"][lo:hi]
+    loss = step_loss(batch, drawn["t"][lo * draws : hi * draws], drawn["noise"][lo * draws : hi * draws], keep, draws)
+    (loss * weight).backward()
+    total = (loss.detach() * weight / procs.world).reshape(1)
+    dist.all_reduce(total)  # the whole batch's loss, for the curve
+    return total[0]
+
+
+def _agreed(stopped: str, procs: Processes) -> str:
+    """Rank 0's reason to stop (or "epochs": go on), the same in every process."""
+    import torch.distributed as dist
+
+    reasons = ["epochs", "early stopping", "time budget"]
+    code = torch.tensor([reasons.index(stopped)])
+    dist.broadcast(code, src=0)
+    return reasons[int(code[0])]
 
 
 def register(
@@ -395,8 +528,10 @@ def train(
     max_seconds: float | None = None,
     tick: Tick | None = None,
 ) -> TrainResult:
-    """`lsdm train`: fit on the data set, save, register."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    """`lsdm train`: fit on the data set, save, register. Under torchrun (``lsdm train --nproc N``) every process
+    trains its share and rank 0 alone saves and registers; the others return ``record_id`` 0."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, world)))  # the cores shared by the processes
     with database.session() as session:
         dataset = get_dataset(session, dataset_name)
         series = load_series(session, dataset, env_kind=config.env_kind)
@@ -404,6 +539,14 @@ def train(
     forecaster, metrics, _ = fit(
         series, config, split=split, device=device, progress=progress, max_seconds=max_seconds, tick=tick
     )
+    if world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            rank = dist.get_rank()
+            dist.destroy_process_group()
+            if rank != 0:
+                return TrainResult(forecaster, 0, Path(), metrics)
     record_id, path = register(database, forecaster, name=config_name, dataset_id=dataset_id, activate=activate)
     return TrainResult(forecaster, record_id, path, metrics)
 
