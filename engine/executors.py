@@ -104,7 +104,9 @@ def _ray_map(executor: Executor, remote: tuple[type, dict[str, Any]], chunks: li
         cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
         workers = max(1, min(executor.workers or cluster_cpus, len(chunks)))
         task_class, kwargs = remote
-        dataset = ray.data.from_items([{**chunk, "_order": np.int64(i)} for i, chunk in enumerate(chunks)])
+        items = [{**chunk, "_order": np.int64(i)} for i, chunk in enumerate(chunks)]
+        # One block per chunk: the pool hands blocks to its actors, so chunks in one block would share an actor.
+        dataset = ray.data.from_items(items, override_num_blocks=len(items))
         results = dataset.map_batches(
             _Ordered,
             fn_constructor_kwargs={"task_class": task_class, "kwargs": kwargs},

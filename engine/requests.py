@@ -637,14 +637,27 @@ class EnvRequest(Request):
     a: float = spec(float, 0.5, low=0.0, high=10.0, help="Eq. 9 weight of the image embedding")
     b: float = spec(float, 0.5, low=0.0, high=10.0, help="Eq. 9 weight of the text embedding")
     env_mode: str = spec(str, "both", choices=ENV_MODES, help="which embeddings form z_env (ablations)")
+    executor: str = spec(
+        str,
+        "local",
+        max_length=300,
+        help="where the cells are embedded: local (this process), ray (a Ray instance on this machine) or "
+        "ray:ADDRESS (a Ray cluster)",
+    )
+    workers: int | None = spec(int, None, low=1, high=10_000, help="Ray actors (default: one per CPU of the cluster)")
 
     def relations(self, errors: dict[str, str]) -> dict[str, str]:
+        found = {}
+        if "executor" not in errors and isinstance(self.executor, str):
+            message = check_executor_text(self.executor)
+            if message:
+                found["executor"] = message
         if self.encoder and (self.train_encoder or self.clip_init):
-            return {
-                "encoder": "embeds with a registered encoder as is: it cannot be combined with training a "
-                "new encoder or a CLIP checkpoint"
-            }
-        return {}
+            found["encoder"] = (
+                "embeds with a registered encoder as is: it cannot be combined with training a new encoder or a "
+                "CLIP checkpoint"
+            )
+        return found
 
     def describer_options(self) -> dict:
         return {"base_url": self.llm_url, "model": self.llm_model} if self.describer == "openai" else {}

@@ -148,11 +148,14 @@ def _surfaces(files: dict[str, str]) -> dict[type[Request], Surface]:
             ("env", "build"),
             page="datasets",
             widgets={"env_regenerate": "regenerate", "env_train": "train_encoder", "env_epochs": "clip_epochs"},
-            set_by_page=dict.fromkeys(
-                every_env_field,
-                "the active data set and the Settings tab (tiles, describer); "
-                "the encoder's expert settings are the command line's",
-            ),
+            set_by_page={
+                **dict.fromkeys(
+                    every_env_field,
+                    "the active data set and the Settings tab (tiles, describer); "
+                    "the encoder's expert settings are the command line's",
+                ),
+                **dict.fromkeys(("executor", "workers"), "local: a city's cells embed in seconds (the CLI offers Ray)"),
+            },
         ),
         TrainRequest: Surface(
             ("train",),

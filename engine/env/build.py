@@ -16,6 +16,7 @@ from db import Database
 from db.queries import get_dataset
 from engine.env.clip import ClipSettings
 from engine.env.pipeline import build_environment, registered_encoder_dir
+from engine.executors import Executor
 from engine.requests import EnvRequest
 from engine.shipped import shipped_encoder_dir
 
@@ -55,4 +56,5 @@ def build_environment_for(
         settings=settings,
         encoder_dir=encoder_dir,
         progress=progress,
+        executor=Executor.parse(request.executor, request.workers),
     )

@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import delete, func, select
@@ -46,6 +47,10 @@ from engine.env.clip import (
 from engine.env.describe import describe_cells, make_describer
 from engine.env.tiles import open_tile_source, store_tiles
 from engine.errors import InputError, plural
+from engine.executors import Executor, map_chunks
+
+if TYPE_CHECKING:
+    import torch
 
 Progress = Callable[[str], None]
 
@@ -91,11 +96,13 @@ def build_environment(
     settings: ClipSettings | None = None,
     encoder_dir: Path | None = None,
     progress: Progress | None = None,
+    executor: Executor | None = None,
 ) -> dict:
     """Run the whole environment stage for a data set; returns what `env info` reports plus timings.
 
     ``encoder_dir``: embed with this saved encoder as is (the shipped one, see engine/shipped.py)
-    instead of training one; its retrieval metrics are those recorded when it was trained."""
+    instead of training one; its retrieval metrics are those recorded when it was trained.
+    ``executor``: where the cells are embedded (``embed_cells``; default here)."""
     settings = settings or ClipSettings()
     settings.validate()
     say = progress or (lambda message: None)
@@ -179,7 +186,7 @@ def build_environment(
     timings["clip_train_s"] = round(time.perf_counter() - started, 2)
 
     started = time.perf_counter()
-    image_z, text_z = encode(encoder, images, texts)
+    image_z, text_z = embed_cells(encoder, images, texts, executor or Executor(), encoder_dir)
     env_z = combine_env(image_z, text_z, has_image, settings.a, settings.b, settings.mode)
     timings["embed_s"] = round(time.perf_counter() - started, 3)
     timings["embed_cells_per_s"] = round(len(cell_ids) / max(timings["embed_s"], 1e-9), 1)
@@ -240,6 +247,45 @@ def build_environment(
     summary = environment_info(database, dataset_name)
     summary["timings"] = timings
     return summary
+
+
+EMBED_CHUNK = 128  # cells per chunk: encode()'s own batch, so that a chunk's numbers are the local run's
+
+
+class EmbedChunks:
+    """A chunk of cells (``images`` uint8 (n, 3, s, s), ``texts``) -> their image and text embeddings: the task
+    that engine/executors.py runs here or on Ray's actors, each loading the encoder from ``encoder_dir`` once."""
+
+    def __init__(self, spec: dict, encoder: ClipEncoder | None = None) -> None:
+        self.encoder = encoder or load_encoder(Path(spec["encoder_dir"]))
+
+    def __call__(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        images = torch.from_numpy(np.ascontiguousarray(chunk["images"]))
+        image_z, text_z = encode(self.encoder, images, [str(text) for text in chunk["texts"]], batch_size=EMBED_CHUNK)
+        return {"image": image_z, "text": text_z}
+
+
+def embed_cells(
+    encoder: ClipEncoder, images: torch.Tensor, texts: list[str], executor: Executor, encoder_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every cell's image and text embedding, in chunks of ``EMBED_CHUNK`` cells, here or on Ray (whose actors
+    load the encoder from its folder: the given one, or this trained encoder saved to a temporary folder)."""
+    chunks = [
+        {"images": images[i : i + EMBED_CHUNK].numpy(), "texts": np.asarray(texts[i : i + EMBED_CHUNK], dtype=object)}
+        for i in range(0, len(texts), EMBED_CHUNK)
+    ]
+    if not chunks:
+        return encode(encoder, images, texts)
+    with tempfile.TemporaryDirectory(dir=models_dir()) as tmp:
+        folder = encoder_dir
+        if executor.kind != "local" and folder is None:
+            folder = Path(tmp) / "encoder"
+            save_encoder(encoder, folder)
+        spec = {"encoder_dir": str(folder) if folder is not None else None}
+        parts = list(map_chunks(executor, lambda: EmbedChunks(spec, encoder), (EmbedChunks, {"spec": spec}), chunks))
+    return np.concatenate([p["image"] for p in parts]), np.concatenate([p["text"] for p in parts])
 
 
 def environment_info(database: Database, dataset_name: str | None = None) -> dict:

@@ -120,3 +120,41 @@ def test_an_area_load_job_on_ray_is_queued_followed_and_stored(small_city, local
     job = get_job(database, job_id)
     assert job.status == "done" and job.ref_id("load_run"), job.error
     assert job.result["users"] == 40
+
+
+def _embeddings(db: Path) -> dict[tuple[int, str], bytes]:
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT cell_id, kind, vector FROM embeddings").fetchall()
+    return {(cell, kind): vector for cell, kind, vector in rows}
+
+
+def test_an_environment_built_on_ray_embeds_every_cell_as_the_local_build_does(tmp_path, local_ray):
+    """`lsdm env build --executor ray`: 150 cells in two chunks on 2 actors, each loading the newly trained
+    encoder from its folder; every stored vector equals the local build's."""
+    import sqlite3
+
+    from engine.env.build import build_environment_for
+    from engine.requests import EnvRequest
+
+    first = tmp_path / "local.sqlite"
+    database = open_database(str(first))
+    with database.write_session() as session, session.begin():
+        store_dataset(session, generate_city(CityConfig(users=6, cells=150, seed=5)))
+    database.dispose()
+    second = tmp_path / "ray.sqlite"
+    with sqlite3.connect(first) as source, sqlite3.connect(second) as target:
+        source.backup(target)
+    with data_home(tmp_path / "home"):
+        summaries = [
+            build_environment_for(
+                open_database(str(db)), EnvRequest(train_encoder=True, clip_epochs=1, executor=executor, workers=2)
+            )
+            for db, executor in ((first, "local"), (second, "ray"))
+        ]
+    assert summaries[0]["embeddings"] == summaries[1]["embeddings"] > 0
+    local, on_ray = _embeddings(first), _embeddings(second)
+    assert len(local) >= 300 and local.keys() == on_ray.keys()
+    different = [key for key in local if local[key] != on_ray[key]]
+    assert different == [], f"{len(different)} vectors differ, e.g. {different[:3]}"
