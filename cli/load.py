@@ -166,8 +166,10 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 
 
 def cmd_export_load(args: argparse.Namespace) -> int:
+    from engine.errors import check_output_file
     from engine.load.core import export_load
 
+    check_output_file(args.out, (".csv", ".parquet"), replace=args.replace, field="--out")  # named as typed
     rows = export_load(open_database(args.db), args.run, args.out, replace=args.replace)
     print(f"wrote {rows} rows to {args.out}")
     return 0

@@ -420,6 +420,8 @@ def test_lsdm_load_prints_json_and_lsdm_export_load_writes_it(city, tmp_path, ca
     assert {"users_present", "p_exceed"} <= set(hour) and out["cells"][0]["capacity"] > 0
     assert main(["export", "load", "1", "--db", str(city), "--out", str(tmp_path / "one.csv")]) == 0
     assert "wrote 22 rows" in capsys.readouterr().out
+    assert main(["export", "load", "1", "--db", str(city), "--out", str(tmp_path)]) == 2  # a folder: named as typed
+    assert "field '--out'" in capsys.readouterr().err and not list(tmp_path.glob("*.parquet"))
     assert main(["loads", "--db", str(city)]) == 0
     assert "cell:C0002" in capsys.readouterr().out
     assert main(["capacity", "C0002", "--db", str(city), "--mb", "12.5"]) == 0
