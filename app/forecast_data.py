@@ -177,6 +177,7 @@ class StoredRun:
     created_at: datetime
     seconds: float | None
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # paths, paths_v, truth, ... (may be empty)
+    every: dict = field(default_factory=dict)  # an every-entity run (--entity all): its parts' folder and total
 
     @property
     def entity_names(self) -> list[str]:
@@ -209,6 +210,7 @@ def load_run(session: Session, run_id: int, dataset_id: int) -> StoredRun | None
         created_at=run.created_at,
         seconds=run.seconds,
         arrays=arrays,
+        every=dict((run.summary or {}).get("every") or {}),
     )
 
 
@@ -228,8 +230,10 @@ def run_history(session: Session, dataset_id: int, origin: datetime, hours: int,
                 "run": int(run_id),
                 "kind": RUN_KINDS.get(str(params.get("role")), "forecast"),
                 "created": created,
-                "entity": ", ".join(f"{request.entity_kind}:{key}" for key in request.entities),
-                "users": len(request.entities),
+                "entity": "every entity" if request.every else ", ".join(
+                    f"{request.entity_kind}:{key}" for key in request.entities
+                ),
+                "users": int(params.get("entities_count") or 0) if request.every else len(request.entities),
                 "start": request.start,
                 "start_label": start_label(origin, hours, request.start),
                 "horizon": request.horizon,
@@ -707,3 +711,17 @@ def cached_compare_view(
     else:
         chart = median_lines(entity, services, origin, y_max=y_max)
     return chart.to_dict()
+
+
+def every_total_frame(run: StoredRun) -> pd.DataFrame:
+    """An every-entity run's total of the data set per hour, in MB (median and the 90 % band)."""
+    rows = [
+        {
+            "hour": step["label"],
+            "median MB": step["total"]["median"] / 1e6,
+            "5 % MB": step["total"]["q05"] / 1e6,
+            "95 % MB": step["total"]["q95"] / 1e6,
+        }
+        for step in run.every.get("total", [])
+    ]
+    return pd.DataFrame(rows, columns=["hour", "median MB", "5 % MB", "95 % MB"])

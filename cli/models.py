@@ -43,10 +43,15 @@ from engine.requests import (
 FORECAST_COMPOUNDS = (
     Compound(
         "--entity",
-        ("entity_kind", "entities"),
-        lambda text: dict(zip(("entity_kind", "entities"), parse_entities_text(text), strict=True)),
-        "user:ID[,user:ID...]",
-        "who to forecast: users (user:ID) or cells (cell:ID), comma-separated",
+        ("entity_kind", "entities", "every"),
+        lambda text: (
+            {"entities": (), "every": True}
+            if text.strip() == "all"
+            else {**dict(zip(("entity_kind", "entities"), parse_entities_text(text), strict=True)), "every": False}
+        ),
+        "user:ID[,user:ID...]|all",
+        "who to forecast: users (user:ID) or cells (cell:ID), comma-separated; all: every entity of the data set, "
+        "written as Parquet parts (--out, --executor)",
     ),
     Compound(
         "--sampler",
@@ -298,6 +303,16 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
     run = run_forecast(open_database(args.db), request_of(args))
     lines = [f"Forecast run {run['run_id']} with model {run['model_id']} in {run['seconds']:.2f} s"]
+    if "every" in run:  # --entity all: the parts' folder and the data set's total
+        every = run["every"]
+        lines.append(
+            f"  every entity ({every['entities']:,}) on {every['executor']}: {every['rows']:,} rows of quantiles "
+            f"in {every['parts']}"
+        )
+        lines.append("  the data set's total, MB per hour: median [5%, 95%]")
+        for step in every["total"][:48]:
+            median, low, high = (step["total"][key] / 1e6 for key in ("median", "q05", "q95"))
+            lines.append(f"    {step['label']}: {median:10.1f} [{low:.1f}, {high:.1f}]")
     for entity in run["entities"]:
         lines.append(f"  {entity['entity']}: total MB per hour, median [5%, 95%]")
         for step in entity["steps"][:48]:

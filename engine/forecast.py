@@ -15,10 +15,12 @@ the new hour is denoised (engine/model/denoiser.py).
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -558,10 +560,14 @@ def run_forecast(
     """`lsdm forecast` and the ``forecast`` job: load the model and data (or use ``context``), forecast,
     store the run (one transaction) with its request."""
     request = request.checked()
+    if request.every:
+        out = prepare_parts_folder(request.out)  # refused before the model is loaded
     if context is None:
         context = load_context(database, model_id=request.model_id, dataset_name=request.dataset, device=request.device)
     forecaster, series, dataset_id = context.forecaster, context.series, context.dataset_id
     check_sampler(forecaster, request.sampler, request.sampler_steps)
+    if request.every:
+        return run_every_forecast(database, request, context, out, progress=progress, store=store)
     rows = entity_rows(series, request.entity_kind, request.entities)
     plan = LocationPlan.of(request.location, request.cells, series)
     result = recursive_forecast(
@@ -611,3 +617,183 @@ def run_forecast(
             session.flush()
             payload["run_id"] = run.id
     return payload
+
+
+# --- every entity of the data set: docs/scale.md#every-entity-forecast -------------------------------------
+
+EVERY_CHUNK = 16  # entities per chunk (a load run's CHUNK_USERS: the fastest per path-hour on 2 cores)
+EVERY_STATS = ("mean", "q05", "median", "q95")
+
+
+def prepare_parts_folder(out: str | None) -> Path:
+    """Where an every-entity run's Parquet parts go: ``out``, or ``<data dir>/runs/forecast-<time>``. It must
+    not exist, or be an empty folder: nothing the user made is replaced."""
+    from db import data_dir
+
+    folder = Path(out).expanduser() if out else data_dir() / "runs" / f"forecast-{time.strftime('%Y%m%d-%H%M%S')}"
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        what = "a file" if not folder.is_dir() else "a folder with files in it"
+        raise InputError(f"{folder} is {what}; expected a new or empty folder for the Parquet parts", field="out")
+    if not folder.parent.is_dir():
+        raise InputError(f"no such folder: {folder.parent}", field="out")
+    return folder
+
+
+class ForecastChunks:
+    """A chunk of entity rows -> each entity's per-hour, per-service mean and quantiles, and the chunk's sum
+    over its entities path by path (for the data set's total): the task that engine/executors.py runs here or
+    on Ray's actors (which load the model and the data from ``spec``)."""
+
+    def __init__(self, spec: dict, context: ForecastContext | None = None) -> None:
+        if context is None:
+            from db import open_database
+
+            context = load_context(
+                open_database(spec["database"], migrate=False),
+                model_id=spec["model_id"],
+                dataset_name=spec["dataset"],
+                device=spec["device"],
+            )
+        self.context = context
+        self.request = ForecastRequest.from_params(spec["params"])
+
+    def __call__(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request, series = self.request, self.context.series
+        result = recursive_forecast(
+            self.context.forecaster,
+            series,
+            np.asarray(chunk["entities"]).tolist(),
+            start=request.start,
+            horizon=request.horizon,
+            samples=request.samples,
+            sampler=request.sampler,
+            steps=request.sampler_steps,
+            plan=LocationPlan.of(request.location, request.cells, series),
+            guidance=request.guidance,
+            seed=request.seed,
+            antithetic=request.antithetic,
+        )
+        paths = result.paths  # (E, S, N, K) bytes
+        q05, median, q95 = np.quantile(paths, (0.05, 0.5, 0.95), axis=1)
+        return {
+            "stats": np.stack([paths.mean(axis=1), q05, median, q95], axis=-1),  # (E, N, K, 4)
+            "sum": paths.sum(axis=0),  # (S, N, K)
+        }
+
+
+def run_every_forecast(
+    database: Database,
+    request: ForecastRequest,
+    context: ForecastContext,
+    out: Path,
+    *,
+    progress: HourProgress | None = None,
+    store: bool = True,
+) -> dict:
+    """Every entity's forecast (``--entity all``): each chunk's per-entity quantiles written as a Parquet part
+    (rows: entity, hour, time, service, mean, q05, median, q95 in bytes), the data set's total per hour and
+    service summed path by path, and one run row naming the folder. The parts are written to a hidden folder
+    beside ``out`` and renamed to it when complete; the row is written after, in one transaction, and the
+    folder removed if that fails: a run is all there or not there. ``progress``: (entities done, of all)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from engine.executors import Executor, map_chunks
+
+    series = context.series
+    executor = Executor.parse(request.executor, request.workers)
+    started = time.perf_counter()
+    rows = np.arange(len(series.entity_keys))
+    chunks = [{"entities": rows[i : i + EVERY_CHUNK]} for i in range(0, len(rows), EVERY_CHUNK)]
+    spec = {
+        "database": database.url,
+        "model_id": context.record_id,
+        "dataset": series.dataset_name,
+        "device": request.device,
+        "params": request.to_params(),
+    }
+    n_k, hours = len(series.services), np.arange(request.start, request.start + request.horizon)
+    labels = [hour_label(series, int(h)) for h in hours]
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    total = np.zeros((request.samples, request.horizon, n_k))
+    written = 0
+    try:
+        parts = map_chunks(executor, lambda: ForecastChunks(spec, context), (ForecastChunks, {"spec": spec}), chunks)
+        for i, (chunk, part) in enumerate(zip(chunks, parts, strict=True)):
+            stats = np.asarray(part["stats"])  # (E, N, K, 4)
+            e, n = stats.shape[0], stats.shape[1]
+            keys = np.asarray(series.entity_keys, dtype=object)[chunk["entities"]]
+            columns = {
+                "entity": np.repeat(keys, n * n_k),
+                "hour": np.tile(np.repeat(hours, n_k), e),
+                "time": np.tile(np.repeat(np.asarray(labels, dtype=object), n_k), e),
+                "service": np.tile(np.asarray(series.services, dtype=object), e * n),
+                **{name: stats[..., j].reshape(-1) for j, name in enumerate(EVERY_STATS)},
+            }
+            pq.write_table(pa.table(columns), staging / f"part-{i:05d}.parquet")
+            total += part["sum"]
+            written += e * n * n_k
+            if progress:
+                progress(int(min(len(rows), (i + 1) * EVERY_CHUNK)), len(rows))
+        if out.exists():
+            out.rmdir()  # empty (checked): replaced by the complete folder
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - started
+    city = _total_steps(total, hours, labels, series.services)
+    params = {
+        **request.to_params(),
+        "model_id": context.record_id,
+        "dataset": series.dataset_name,
+        "model_sha256": context.record_sha256,
+        "out": str(out),
+        "entities_count": len(rows),
+    }
+    every = {"parts": str(out), "entities": len(rows), "rows": written, "executor": str(executor), "total": city}
+    payload = {"run_id": None, "model_id": context.record_id, "seconds": round(seconds, 4), "params": params,
+               "services": series.services, "entities": [], "every": every}  # fmt: skip
+    if store:
+        try:
+            with database.write_session() as session, session.begin():
+                run = ForecastRun(
+                    model_id=context.record_id,
+                    dataset_id=context.dataset_id,
+                    params=params,
+                    summary={"entities": [], "every": every},
+                    result=None,
+                    seconds=seconds,
+                )
+                session.add(run)
+                session.flush()
+                payload["run_id"] = run.id
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+    return payload
+
+
+def _total_steps(total: np.ndarray, hours: np.ndarray, labels: list[str], services: list[str]) -> list[dict]:
+    """The data set's total per hour (all services, and each) from its paths (S, N, K): mean and quantiles."""
+    steps = []
+    for n, hour in enumerate(hours):
+        all_services = total[:, n].sum(axis=-1)
+        q = np.quantile(all_services, QUANTILES)
+        steps.append(
+            {
+                "hour": int(hour),
+                "label": labels[n],
+                "total": {"mean": float(all_services.mean()), "q05": float(q[0]), "median": float(q[2]),
+                          "q95": float(q[4])},
+                "services": {
+                    name: {"mean": float(total[:, n, k].mean()), "median": float(np.median(total[:, n, k]))}
+                    for k, name in enumerate(services)
+                },
+            }
+        )  # fmt: skip
+    return steps

@@ -773,11 +773,14 @@ class ForecastRequest(Request):
 
     KIND: ClassVar[str] = "forecast"
     TITLE: ClassVar[str] = "Forecast"
-    # A stored run also records its model's checksum, and a what-if's two runs their role and scenario.
-    RECORD_KEYS: ClassVar[tuple[str, ...]] = ("model_sha256", "role", "scenario")
+    # A stored run also records its model's checksum, a what-if's two runs their role and scenario, and an
+    # every-entity run how many entities it forecast.
+    RECORD_KEYS: ClassVar[tuple[str, ...]] = ("model_sha256", "role", "scenario", "entities_count")
 
-    entities: tuple[str, ...] = spec("keys", max_length=MAX_ENTITIES, help="the keys of the entities to forecast")
     start: int = spec(int, low=0, help="first forecast hour (hours since the data set's origin)")
+    entities: tuple[str, ...] = spec(
+        "keys", (), max_length=MAX_ENTITIES, help="the keys of the entities to forecast (or every: all of them)"
+    )
     entity_kind: str = spec(str, "user", choices=ENTITY_KINDS, help="what the entities are")
     horizon: int = spec(int, 24, low=1, high=MAX_HORIZON, help="hours to forecast")
     samples: int = spec(int, 32, low=1, high=MAX_SAMPLES, help="sample paths")
@@ -806,13 +809,40 @@ class ForecastRequest(Request):
     model_id: int | None = spec(int, None, low=1, help="model id (default: the active model)")
     dataset: str | None = spec(str, None, max_length=200, help="data set name (default: the active one)")
     device: str | None = spec(str, None, max_length=20, help="cpu or cuda (default: cuda when present)")
+    every: bool = spec(
+        bool, False, help="forecast every entity of the data set (--entity all), written as Parquet parts"
+    )
+    out: str | None = spec(
+        str,
+        None,
+        max_length=4096,
+        help="with every: a new folder for the Parquet parts (default: <data dir>/runs/forecast-<time>)",
+    )
+    executor: str = spec(
+        str,
+        "local",
+        max_length=300,
+        help="with every: where the forecasts run: local, ray (a Ray instance on this machine) or ray:ADDRESS",
+    )
+    workers: int | None = spec(int, None, low=1, high=10_000, help="Ray actors (default: one per CPU of the cluster)")
 
     @classmethod
     def upgrade(cls, params: dict) -> dict:
         return _upgrade_forecast_texts(params)
 
     def relations(self, errors: dict[str, str]) -> dict[str, str]:
+        found = errors
         errors = {}
+        if "entities" not in found and "every" not in found:
+            if self.every and self.entities:
+                errors["entities"] = "give entities or all (every entity), not both"
+            elif not self.every and not self.entities:
+                errors["entities"] = "expected at least one entity (user:ID or cell:ID), or all"
+        if "executor" not in found and isinstance(self.executor, str) and check_executor_text(self.executor):
+            errors["executor"] = str(check_executor_text(self.executor))
+        if (self.out is not None or self.executor != "local" or self.workers is not None) and not self.every:
+            name = "out" if self.out is not None else "executor" if self.executor != "local" else "workers"
+            errors[name] = "only with every entity (--entity all): one run's few entities run in one process"
         if self.location == "cells" and not self.cells:
             errors["cells"] = "location 'cells' needs at least one cell"
         if self.location != "cells" and self.cells:

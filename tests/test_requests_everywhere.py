@@ -212,6 +212,10 @@ def _surfaces(files: dict[str, str]) -> dict[type[Request], Surface]:
                 "model_id": "the active model",
                 "dataset": "the active data set",
                 "device": "the GPU when present",
+                **dict.fromkeys(
+                    ("every", "out", "executor", "workers"),
+                    "the picked users (every entity's run, as Parquet parts, is the command line's; the page opens it)",
+                ),
             },
         ),
         WhatIfRequest: Surface(

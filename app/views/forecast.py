@@ -241,6 +241,18 @@ def show_run(run: fd.StoredRun) -> None:
             icon=":material/restart_alt:",
         )
     names = run.entity_names
+    if run.every:  # --entity all: per-entity results are Parquet parts on disk; the data set's total is here
+        folder = str(run.every.get("parts", ""))
+        shown = f"`{folder}`" if "`" not in folder else md_escape(folder)  # a code span shows it literally
+        st.info(
+            f"Run {run.id} forecast every entity of the data set ({run.every.get('entities', 0):,}) on "
+            f"{md_escape(str(run.every.get('executor', 'local')))}: {run.every.get('rows', 0):,} rows of per-hour "
+            f"quantiles are in the Parquet parts in {shown}. "
+            "The data set's total per hour, summed path by path:",
+            icon=":material/groups:",
+        )
+        st.dataframe(fd.every_total_frame(run), hide_index=True, width="stretch")
+        return
     if not names:
         st.warning(f"Run {run.id} holds no forecasts.")
         return

@@ -487,7 +487,7 @@ def _read_table_file(path: Path, what: str, rows: int | None = None) -> _Table:
             if rows is None:
                 frame = pd.read_parquet(path)
             else:
-                import pyarrow.parquet as pq  # type: ignore[import-untyped]
+                import pyarrow.parquet as pq
 
                 with pq.ParquetFile(path) as handle:
                     first = next(handle.iter_batches(batch_size=rows), None)

@@ -280,6 +280,27 @@ def test_reopening_a_stored_run_shows_it_without_writing_a_new_row(app_db: Path,
     assert len(run_rows(app_db)) == before
 
 
+def test_an_every_entity_run_opens_with_its_parts_folder_and_the_city_total(
+    app_db: Path, context: ForecastContext, tmp_path: Path
+) -> None:
+    """`lsdm forecast --entity all` stores one row naming its Parquet parts: the page shows where they are and the
+    data set's total per hour, and the history lists it as one run of every entity."""
+    database = open_database(str(app_db))
+    request = ForecastRequest(start=300, every=True, horizon=2, samples=2, out=str(tmp_path / "parts"))
+    run = run_forecast(database, request, context=context)
+    at = forecast_page(run=str(run["run_id"]))
+    assert not at.exception, at.exception
+    (note,) = [i.value for i in at.info if "every entity" in i.value]
+    assert "(500)" in note and str(tmp_path / "parts") in note and "10,000 rows" in note
+    total = at.dataframe[1].value
+    assert list(total["hour"]) == [step["label"] for step in run["every"]["total"]]
+    np.testing.assert_allclose(total["median MB"], [s["total"]["median"] / 1e6 for s in run["every"]["total"]])
+    with database.session() as session:
+        history = fd.run_history(session, context.dataset_id, MONDAY, 336)
+    (row,) = history[history["run"] == run["run_id"]].to_dict("records")
+    assert row["entity"] == "every entity" and row["users"] == 500
+
+
 def test_an_unknown_run_is_reported_and_opens_once_it_exists(app_db: Path, context: ForecastContext) -> None:
     at = forecast_page(run="1")
     assert not at.exception

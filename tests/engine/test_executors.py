@@ -158,3 +158,92 @@ def test_an_environment_built_on_ray_embeds_every_cell_as_the_local_build_does(t
     assert len(local) >= 300 and local.keys() == on_ray.keys()
     different = [key for key in local if local[key] != on_ray[key]]
     assert different == [], f"{len(different)} vectors differ, e.g. {different[:3]}"
+
+
+# --- every entity's forecast (`lsdm forecast --entity all`) ----------------------------------------------------
+
+
+def _parts(folder: Path):
+    import pandas as pd
+
+    files = sorted(folder.glob("part-*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), len(files)
+
+
+def test_every_entitys_forecast_on_ray_equals_the_local_one_and_each_entitys_own_run(small_city, local_ray, tmp_path):
+    """Every user's forecast, locally and on 2 Ray actors: the same Parquet rows and the same total, and a user's
+    quantiles there are the ones of a run of that user alone (an entity's paths do not depend on its batch)."""
+    from engine.forecast import run_forecast
+    from engine.requests import ForecastRequest
+
+    asked = {"start": 300, "every": True, "horizon": 3, "samples": 4, "seed": 5, "location": "sampled"}
+    with data_home(small_city.parent):
+        database = open_database(str(small_city))
+        local = run_forecast(database, ForecastRequest(**asked, out=str(tmp_path / "local")))
+        on_ray = run_forecast(database, ForecastRequest(**asked, out=str(tmp_path / "ray"), executor="ray", workers=2))
+        alone = run_forecast(database, ForecastRequest.from_params({**asked, "every": False, "entities": ["U0021"]}))
+    (first, files), (second, _) = _parts(tmp_path / "local"), _parts(tmp_path / "ray")
+    assert files == 3 and len(first) == 40 * 3 * 10 == local["every"]["rows"]  # 40 users, 3 hours, 10 services
+    assert set(first.columns) == {"entity", "hour", "time", "service", "mean", "q05", "median", "q95"}
+    assert first.equals(second) and local["every"]["total"] == on_ray["every"]["total"]
+    assert on_ray["every"]["executor"] == "ray" and not list(tmp_path.glob(".*partial*"))
+    mine = first[first["entity"] == "U0021"]
+    for step in alone["entities"][0]["steps"]:
+        for service, values in step["services"].items():
+            row = mine[(mine["hour"] == step["hour"]) & (mine["service"] == service)].iloc[0]
+            assert row["median"] == pytest.approx(values["median"], rel=1e-12, abs=1e-6)
+            assert row["q95"] == pytest.approx(values["q95"], rel=1e-12, abs=1e-6)
+    import sqlite3
+
+    with sqlite3.connect(small_city) as connection:
+        stored = connection.execute(
+            "SELECT summary, result FROM forecast_runs WHERE id IN (?, ?)", (local["run_id"], on_ray["run_id"])
+        ).fetchall()
+    assert [json.loads(summary)["every"]["parts"] for summary, _ in stored] == [
+        str(tmp_path / "local"),
+        str(tmp_path / "ray"),
+    ]
+    assert all(result is None for _, result in stored)
+
+
+def test_every_entitys_forecast_refuses_a_used_folder_and_leaves_nothing_when_stopped(small_city, tmp_path):
+    from engine.forecast import run_forecast
+    from engine.requests import ForecastRequest
+
+    database = open_database(str(small_city))
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "mine.txt").write_text("the user's")
+    with data_home(small_city.parent):
+        runs_before = _run_count(small_city)
+        with pytest.raises(InputError) as caught:
+            run_forecast(database, ForecastRequest(start=300, every=True, horizon=2, samples=2, out=str(used)))
+        assert caught.value.field == "out" and "folder with files in it" in caught.value.message
+        assert (used / "mine.txt").read_text() == "the user's"
+        with pytest.raises(InputError) as caught:
+            ForecastRequest(start=300, entities=("U0001",), out=str(tmp_path / "x")).checked()
+        assert caught.value.field == "out"
+
+        class Stop(Exception):
+            pass
+
+        def stop_after_the_first_chunk(done: int, total: int) -> None:
+            if done >= 16:
+                raise Stop
+
+        target = tmp_path / "stopped"
+        with pytest.raises(Stop):
+            run_forecast(
+                database,
+                ForecastRequest(start=300, every=True, horizon=2, samples=2, out=str(target)),
+                progress=stop_after_the_first_chunk,
+            )
+    assert not target.exists() and [p.name for p in tmp_path.iterdir()] == ["used"]
+    assert _run_count(small_city) == runs_before
+
+
+def _run_count(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        return int(connection.execute("SELECT COUNT(*) FROM forecast_runs").fetchone()[0])

@@ -84,7 +84,7 @@ def test_validate_returns_every_problem_in_the_domains_field_names():
         location="moon",
     ).validate()
     assert set(errors) == {"entities", "start", "horizon", "samples", "guidance", "sampler", "noise", "location"}
-    assert errors["entities"] == "is required"
+    assert errors["entities"] == "expected at least one entity (user:ID or cell:ID), or all"
     assert errors["guidance"] == "expected a finite number, got nan"
     assert "habitual, sampled, stay, observed, cells" in errors["location"]
 
