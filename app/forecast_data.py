@@ -230,9 +230,9 @@ def run_history(session: Session, dataset_id: int, origin: datetime, hours: int,
                 "run": int(run_id),
                 "kind": RUN_KINDS.get(str(params.get("role")), "forecast"),
                 "created": created,
-                "entity": "every entity" if request.every else ", ".join(
-                    f"{request.entity_kind}:{key}" for key in request.entities
-                ),
+                "entity": "every entity"
+                if request.every
+                else ", ".join(f"{request.entity_kind}:{key}" for key in request.entities),
                 "users": int(params.get("entities_count") or 0) if request.every else len(request.entities),
                 "start": request.start,
                 "start_label": start_label(origin, hours, request.start),
