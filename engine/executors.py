@@ -112,7 +112,9 @@ def _ray_map(executor: Executor, remote: tuple[type, dict[str, Any]], chunks: li
             fn_constructor_kwargs={"task_class": task_class, "kwargs": kwargs},
             batch_size=1,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),  # each actor loads the model once
+            # Each actor loads the model once, then takes one chunk at a time: a chunk is seconds to minutes of
+            # work, and queueing several on the first actor ready would leave the others idle.
+            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
             num_cpus=1,
         )
         for batch in results.iter_batches(batch_size=1, batch_format="numpy"):

@@ -407,15 +407,21 @@ def recursive_forecast(
     _check_forecast(forecaster, series, start=start, horizon=horizon, samples=samples, guidance=guidance)
     h, f = forecaster.config.history, forecaster.config.horizon
     started = time.perf_counter()
+    e_rows = np.asarray(entities, dtype=np.int64)
+    asked_rows = series.source_row(e_rows)  # what the result names, and what seeds each entity's draws
+    if values is None and len(e_rows) < len(series.entity_keys):
+        # These entities alone: normalising, profiles and draws then cost what these entities cost, not what the
+        # whole data set does (a chunk of a city-wide run). Their numbers are the same (row-wise operations and
+        # draws seeded by each entity's row in the data set).
+        series, e_rows = series.rows(e_rows), np.arange(len(e_rows))
     values = forecaster.normaliser.forward(series.traffic) if values is None else values
-    e_rows = np.asarray(entities)
     n_e, k = len(e_rows), len(series.services)
     n_steps = int(np.ceil(horizon / f)) * f
     check_memory(forecaster, n_e, samples, n_steps, k)
     plan = plan or LocationPlan()
     path_cells = plan.path_cells(series, e_rows, start, n_steps, samples, seed) if plan.per_path else None
     conditions = _conditions(forecaster, series, e_rows, start, n_steps, plan, values, history_env, path_cells)
-    generator = entity_generators(seed, [int(e) for e in e_rows])  # an entity's paths: alone = in any batch
+    generator = entity_generators(seed, [int(e) for e in series.source_row(e_rows)])  # alone = in any batch
 
     # paths: (E * S, H + N, K); each entity's S paths start from the same observed history.
     paths = np.repeat(values[e_rows, start - h : start], samples, axis=0)
@@ -448,7 +454,7 @@ def recursive_forecast(
     known = min(horizon, max(0, series.hours - start))
     truth[:, :known] = series.traffic[e_rows, start : start + known]
     return ForecastResult(
-        entities=[int(e) for e in e_rows],
+        entities=[int(e) for e in asked_rows],
         start=start,
         horizon=horizon,
         paths=forecaster.normaliser.inverse(paths_v),
@@ -625,6 +631,15 @@ EVERY_CHUNK = 16  # entities per chunk (a load run's CHUNK_USERS: the fastest pe
 EVERY_STATS = ("mean", "q05", "median", "q95")
 
 
+def context_of(spec: dict) -> ForecastContext:
+    """The model and the data a chunk task's ``spec`` names (its ``database`` URL, ``model_id``, ``dataset``,
+    ``device``), loaded by a process of its own (a Ray actor): the database is opened as it is, not upgraded."""
+    from db import open_database
+
+    database = open_database(spec["database"], migrate=False)
+    return load_context(database, model_id=spec["model_id"], dataset_name=spec["dataset"], device=spec["device"])
+
+
 def prepare_parts_folder(out: str | None) -> Path:
     """Where an every-entity run's Parquet parts go: ``out``, or ``<data dir>/runs/forecast-<time>``. It must
     not exist, or be an empty folder: nothing the user made is replaced."""
@@ -645,16 +660,7 @@ class ForecastChunks:
     on Ray's actors (which load the model and the data from ``spec``)."""
 
     def __init__(self, spec: dict, context: ForecastContext | None = None) -> None:
-        if context is None:
-            from db import open_database
-
-            context = load_context(
-                open_database(spec["database"], migrate=False),
-                model_id=spec["model_id"],
-                dataset_name=spec["dataset"],
-                device=spec["device"],
-            )
-        self.context = context
+        self.context = context or context_of(spec)
         self.request = ForecastRequest.from_params(spec["params"])
 
     def __call__(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

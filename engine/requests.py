@@ -371,6 +371,15 @@ def parse_location_text(text: str) -> tuple[str, tuple[str, ...]]:
     )
 
 
+def executor_problems(request: Any, errors: dict[str, str]) -> dict[str, str]:
+    """The ``executor`` field's problem, if any, for a request's ``relations`` (engine/executors.py)."""
+    text = getattr(request, "executor", None)
+    if "executor" in errors or not isinstance(text, str):
+        return {}
+    message = check_executor_text(text)
+    return {"executor": message} if message else {}
+
+
 def parse_scope_text(text: str) -> tuple[str, tuple[str, ...], tuple[float, ...]]:
     """A load run's scope: ``cell:ID[,ID...]`` | ``area:all`` | ``box:SOUTH,WEST,NORTH,EAST`` (degrees)
     -> (kind, cell keys, box)."""
@@ -647,11 +656,7 @@ class EnvRequest(Request):
     workers: int | None = spec(int, None, low=1, high=10_000, help="Ray actors (default: one per CPU of the cluster)")
 
     def relations(self, errors: dict[str, str]) -> dict[str, str]:
-        found = {}
-        if "executor" not in errors and isinstance(self.executor, str):
-            message = check_executor_text(self.executor)
-            if message:
-                found["executor"] = message
+        found = executor_problems(self, errors)
         if self.encoder and (self.train_encoder or self.clip_init):
             found["encoder"] = (
                 "embeds with a registered encoder as is: it cannot be combined with training a new encoder or a "
@@ -838,8 +843,7 @@ class ForecastRequest(Request):
                 errors["entities"] = "give entities or all (every entity), not both"
             elif not self.every and not self.entities:
                 errors["entities"] = "expected at least one entity (user:ID or cell:ID), or all"
-        if "executor" not in found and isinstance(self.executor, str) and check_executor_text(self.executor):
-            errors["executor"] = str(check_executor_text(self.executor))
+        errors.update(executor_problems(self, found))
         if (self.out is not None or self.executor != "local" or self.workers is not None) and not self.every:
             name = "out" if self.out is not None else "executor" if self.executor != "local" else "workers"
             errors[name] = "only with every entity (--entity all): one run's few entities run in one process"
@@ -943,11 +947,7 @@ class LoadRequest(Request):
     workers: int | None = spec(int, None, low=1, high=10_000, help="Ray actors (default: one per CPU of the cluster)")
 
     def relations(self, errors: dict[str, str]) -> dict[str, str]:
-        found = {}
-        if "executor" not in errors and isinstance(self.executor, str):
-            message = check_executor_text(self.executor)
-            if message:
-                found["executor"] = message
+        found = executor_problems(self, errors)
         if "scope" in errors or not isinstance(self.scope, str):
             return found
         try:

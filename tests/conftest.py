@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,47 @@ def data_home(home: Path) -> Iterator[Path]:
             os.environ.pop("LSDM_HOME", None)
         else:
             os.environ["LSDM_HOME"] = previous
+
+
+# A tiny forecaster without the environment condition: trains in a few seconds on 2 cores, for tests that need
+# a model of their own (the shipped one is the default city's: city_db).
+TINY_MODEL = {
+    "condition": "none",
+    "channels": 16,
+    "heads": 2,
+    "blocks": 1,
+    "epochs": 1,
+    "batch_size": 16,
+    "diffusion_steps": 20,
+    "beta_end": 0.8,
+    "windows_per_epoch": 64,
+}
+
+
+def stored_city(db: Path, **config: object) -> Path:
+    """A generated city (``CityConfig(**config)``) stored in the new database file ``db``; ``db``."""
+    from db import open_database
+    from db.queries import store_dataset
+    from engine.data.city import CityConfig, generate_city
+
+    database = open_database(str(db))
+    with database.write_session() as session, session.begin():
+        store_dataset(session, generate_city(CityConfig(**config)))
+    database.dispose()
+    return db
+
+
+def city_with_tiny_model(home: Path, *, epochs: int = 1, **config: object) -> Path:
+    """``home/city.sqlite``: a generated city with a tiny model trained on it (its files under ``home``, which is
+    LSDM_HOME while it trains); the database."""
+    from cli.main import main as lsdm
+
+    with data_home(home):
+        db = stored_city(home / "city.sqlite", **config)
+        model = home / "tiny.json"
+        model.write_text(json.dumps({**TINY_MODEL, "epochs": epochs}))
+        assert lsdm(["train", "--config", str(model), "--db", str(db)]) == 0
+    return db
 
 
 @pytest.fixture

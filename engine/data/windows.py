@@ -17,6 +17,7 @@ Decisions (the paper leaves them open; see docs/model.md#data-and-splits and the
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
@@ -50,6 +51,27 @@ class SeriesData:
     env: np.ndarray  # (C, D) float32 environment embedding per cell (D = 0 when there is none)
     time_origin: datetime
     encoder_id: str | None = None
+    # A row view's rows in the whole data set (``rows``): an entity's random draws are seeded by that row, so
+    # that its forecast is the same from the view as from the whole data set. None: this is the whole.
+    source_rows: np.ndarray | None = None
+
+    def rows(self, entities: np.ndarray) -> SeriesData:
+        """These entities alone (rows of this series), for work whose cost must not grow with the data set
+        (a chunk of a city-wide run reads only its own entities' traffic and places)."""
+        entities = np.asarray(entities, dtype=np.int64)
+        return dataclasses.replace(
+            self,
+            entity_ids=self.entity_ids[entities],
+            entity_keys=[self.entity_keys[int(e)] for e in entities],
+            traffic=self.traffic[entities],
+            location=self.location[entities],
+            source_rows=self.source_row(entities),
+        )
+
+    def source_row(self, entities: np.ndarray) -> np.ndarray:
+        """The rows of these entities in the whole data set (their seeds)."""
+        entities = np.asarray(entities, dtype=np.int64)
+        return entities if self.source_rows is None else self.source_rows[entities]
 
     @property
     def hours(self) -> int:

@@ -18,6 +18,7 @@ from engine.forecast import (
     LocationPlan,
     _check_forecast,
     check_sampler,
+    context_of,
     hour_label,
     load_context,
     recursive_forecast,
@@ -70,16 +71,7 @@ class LoadChunks:
     model and data already loaded in this process (local), else they are loaded from ``spec`` (an actor)."""
 
     def __init__(self, spec: dict, context: ForecastContext | None = None) -> None:
-        if context is None:
-            from db import open_database
-
-            context = load_context(
-                open_database(spec["database"], migrate=False),
-                model_id=spec["model_id"],
-                dataset_name=spec["dataset"],
-                device=spec["device"],
-            )
-        self.context = context
+        self.context = context or context_of(spec)
         self.request = LoadRequest.from_params(spec["params"])
         self.scope_rows = np.asarray(spec["scope_rows"], dtype=np.int64)
         self.n_cells = int(spec["n_cells"])

@@ -161,9 +161,12 @@ def draw_locations(
         "transition": TransitionDraw,
     }
     drawer = kinds[method](series, start)
-    return np.stack([drawer.draw(int(e), start, steps, samples, entity_rng(seed, int(e))) for e in entities]).reshape(
-        len(entities), samples, steps
-    )
+    seeds = series.source_row(np.asarray(entities, dtype=np.int64))  # a row view draws as the whole data set does
+    draws = [
+        drawer.draw(int(e), start, steps, samples, entity_rng(seed, int(r)))
+        for e, r in zip(entities, seeds, strict=True)
+    ]
+    return np.stack(draws).reshape(len(entities), samples, steps)
 
 
 def match_rate(series: SeriesData, drawn: np.ndarray, entities: np.ndarray, start: int) -> dict:

@@ -23,19 +23,10 @@ from db import open_database
 from db.models import Dataset, ForecastRun, Job, ModelRecord, SchemaVersion
 from db.schema import LATEST_VERSION, upgrade
 from engine.jobs import JobWorker, enqueue, get_job, list_jobs, wait_for
+from tests.conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = {
-    "condition": "none",
-    "channels": 16,
-    "heads": 2,
-    "blocks": 1,
-    "epochs": 2,
-    "batch_size": 16,
-    "diffusion_steps": 20,
-    "beta_end": 0.8,
-    "windows_per_epoch": 64,
-}
+TINY = {**TINY_MODEL, "epochs": 2}
 
 
 def _lsdm(*argv: str, env: dict | None = None) -> dict:

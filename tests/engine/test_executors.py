@@ -12,47 +12,19 @@ import numpy as np
 import pytest
 
 from db import open_database
-from db.queries import store_dataset
-from engine.data.city import CityConfig, generate_city
 from engine.errors import InputError
 from engine.executors import Executor
 from engine.jobs import JobWorker, enqueue, get_job
 from engine.load.core import read_load_run
 from engine.load.forecast import run_load
 from engine.requests import LoadRequest
-from tests.conftest import data_home
+from tests.conftest import city_with_tiny_model, data_home, stored_city
 
 
 @pytest.fixture(scope="module")
 def small_city(tmp_path_factory) -> Path:
     """A 40-user city with a tiny trained model (no environment condition)."""
-    from cli.main import main as lsdm
-
-    home = tmp_path_factory.mktemp("executors-home")
-    with data_home(home):
-        db = home / "city.sqlite"
-        database = open_database(str(db))
-        with database.write_session() as session, session.begin():
-            store_dataset(session, generate_city(CityConfig(users=40, cells=30, seed=3)))
-        database.dispose()
-        config = home / "tiny.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "condition": "none",
-                    "channels": 16,
-                    "heads": 2,
-                    "blocks": 1,
-                    "epochs": 1,
-                    "batch_size": 16,
-                    "diffusion_steps": 20,
-                    "beta_end": 0.8,
-                    "windows_per_epoch": 64,
-                }
-            )
-        )
-        assert lsdm(["train", "--config", str(config), "--db", str(db)]) == 0
-    return db
+    return city_with_tiny_model(tmp_path_factory.mktemp("executors-home"), users=40, cells=30, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +110,7 @@ def test_an_environment_built_on_ray_embeds_every_cell_as_the_local_build_does(t
     from engine.env.build import build_environment_for
     from engine.requests import EnvRequest
 
-    first = tmp_path / "local.sqlite"
-    database = open_database(str(first))
-    with database.write_session() as session, session.begin():
-        store_dataset(session, generate_city(CityConfig(users=6, cells=150, seed=5)))
-    database.dispose()
+    first = stored_city(tmp_path / "local.sqlite", users=6, cells=150, seed=5)
     second = tmp_path / "ray.sqlite"
     with sqlite3.connect(first) as source, sqlite3.connect(second) as target:
         source.backup(target)

@@ -14,22 +14,10 @@ from sqlalchemy import func, select
 
 from db import open_database
 from db.models import ModelRecord
-from db.queries import store_dataset
-from engine.data.city import CityConfig, generate_city
+from tests.conftest import TINY_MODEL, stored_city
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = {
-    "condition": "none",
-    "channels": 16,
-    "heads": 2,
-    "blocks": 1,
-    "epochs": 3,
-    "batch_size": 16,
-    "diffusion_steps": 20,
-    "beta_end": 0.8,
-    "windows_per_epoch": 72,  # 4 full batches and one of 8 windows: shares of 4 and 4
-    "patience": 100,
-}
+CONFIG = {**TINY_MODEL, "epochs": 3, "windows_per_epoch": 72, "patience": 100}  # 4 batches and one of 8 windows
 
 
 def _train(db: Path, config: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -45,14 +33,9 @@ def _train(db: Path, config: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def small_city(tmp_path: Path) -> tuple[Path, Path]:
-    db = tmp_path / "city.sqlite"
-    database = open_database(str(db))
-    with database.write_session() as session, session.begin():
-        store_dataset(session, generate_city(CityConfig(users=24, cells=20, seed=4)))
-    database.dispose()
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(CONFIG))
-    return db, config
+    return stored_city(tmp_path / "city.sqlite", users=24, cells=20, seed=4), config
 
 
 def test_two_processes_follow_one_process_loss_curve_and_register_one_model(small_city):

@@ -10,7 +10,6 @@ write-ahead log (its progress cannot be seen there: the heartbeat's write waits 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import sqlite3
@@ -23,10 +22,8 @@ import numpy as np
 import pytest
 
 from db import open_database
-from db.queries import store_dataset
-from engine.data.city import CityConfig, generate_city
 from engine.jobs import enqueue, get_job
-from tests.conftest import data_home
+from tests.conftest import city_with_tiny_model
 
 REPO = Path(__file__).resolve().parents[3]
 BOOKKEEPING = ("jobs", "workers")  # the tables a worker writes as it claims, beats and is recovered
@@ -38,34 +35,10 @@ RESUMABLE = {"env.build": ("tiles", "descriptions")}
 @pytest.fixture(scope="module")
 def city_with_model(tmp_path_factory) -> tuple[Path, Path]:
     """A 40-user city with a tiny trained model (no environment condition); (database, data directory)."""
-    from cli.main import main as lsdm
-
     home = tmp_path_factory.mktemp("faults-home")
-    with data_home(home):  # the model is stored under it
-        db = home / "city.sqlite"
-        database = open_database(str(db))
-        with database.write_session() as session, session.begin():
-            store_dataset(session, generate_city(CityConfig(users=40, cells=30, seed=3)))
-        database.dispose()
-        config = home / "tiny.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "condition": "none",
-                    "channels": 16,
-                    "heads": 2,
-                    "blocks": 1,
-                    "epochs": 2,
-                    "batch_size": 16,
-                    "diffusion_steps": 20,
-                    "beta_end": 0.8,
-                    "windows_per_epoch": 64,
-                }
-            )
-        )
-        assert lsdm(["train", "--config", str(config), "--db", str(db)]) == 0
-        with sqlite3.connect(db) as connection:
-            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db = city_with_tiny_model(home, epochs=2, users=40, cells=30, seed=3)
+    with sqlite3.connect(db) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return db, home
 
 

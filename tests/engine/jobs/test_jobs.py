@@ -22,6 +22,7 @@ from db.queries import store_dataset
 from engine.data.city import CityConfig, generate_city
 from engine.errors import InputError
 from engine.jobs import JobWorker, cancel, enqueue, get_job, list_jobs, live_workers, new_uploads_dir, wait_for
+from tests.conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -52,22 +53,7 @@ def small(tmp_path: Path) -> Path:
 def _slow_config(tmp_path: Path, epochs: int = 400) -> str:
     """A tiny no-condition model trained for many epochs: a job that runs long enough to be killed."""
     path = tmp_path / "slow.json"
-    path.write_text(
-        json.dumps(
-            {
-                "condition": "none",
-                "channels": 16,
-                "heads": 2,
-                "blocks": 1,
-                "epochs": epochs,
-                "batch_size": 16,
-                "diffusion_steps": 20,
-                "beta_end": 0.8,
-                "patience": 10_000,
-                "windows_per_epoch": 64,
-            }
-        )
-    )
+    path.write_text(json.dumps({**TINY_MODEL, "epochs": epochs, "patience": 10_000}))
     return str(path)
 
 
