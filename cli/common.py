@@ -174,6 +174,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def bounded_int(flag: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high`` (the message names the range)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {value}")
+        return value
+
+    parse.__name__ = flag
+    return parse
+
+
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from cli.common import (
     Commands,
     Compound,
     add_request_flags,
+    bounded_int,
     emit,
     existing_file,
     positive_int,
@@ -226,20 +226,6 @@ def _add_export_and_score(
 
 
 MAX_PROCESSES = 64
-
-
-def bounded_int(flag: str, low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {value}")
-        return value
-
-    parse.__name__ = flag
-    return parse
 
 
 def _relaunch_with_torchrun(args: argparse.Namespace) -> int:

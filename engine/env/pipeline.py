@@ -278,13 +278,19 @@ def embed_cells(
     ]
     if not chunks:
         return encode(encoder, images, texts)
-    with tempfile.TemporaryDirectory(dir=models_dir()) as tmp:
-        folder = encoder_dir
-        if executor.kind != "local" and folder is None:
-            folder = Path(tmp) / "encoder"
-            save_encoder(encoder, folder)
-        spec = {"encoder_dir": str(folder) if folder is not None else None}
-        parts = list(map_chunks(executor, lambda: EmbedChunks(spec, encoder), (EmbedChunks, {"spec": spec}), chunks))
+    if executor.kind == "local":
+        local = EmbedChunks({}, encoder)
+        parts = [local(chunk) for chunk in chunks]
+    else:
+        with tempfile.TemporaryDirectory(dir=models_dir()) as tmp:
+            folder = encoder_dir
+            if folder is None:
+                folder = Path(tmp) / "encoder"
+                save_encoder(encoder, folder)
+            spec = {"encoder_dir": str(folder)}
+            parts = list(
+                map_chunks(executor, lambda: EmbedChunks(spec, encoder), (EmbedChunks, {"spec": spec}), chunks)
+            )
     return np.concatenate([p["image"] for p in parts]), np.concatenate([p["text"] for p in parts])
 
 
