@@ -50,15 +50,29 @@ def shown_url(url: str) -> str:
 
 def _check_sqlite_file(path: Path) -> None:
     """Before SQLite opens (and would write into) a file: a folder or a file that is not an SQLite database
-    is refused; a damaged one is refused after ``PRAGMA quick_check`` (below, once the engine exists)."""
+    is refused; a damaged one is refused after ``PRAGMA quick_check`` (below, once the engine exists).
+
+    The header is read by SQLite itself, on a read-only connection, never with ``open()``: closing any file
+    handle on the database drops every POSIX lock this process holds on it (SQLite's own connections
+    included), and another process's connection could then take the file for its last, checkpoint it and
+    delete its write-ahead log under this process's open connections ("disk I/O error", or worse)."""
     if path.is_dir():
         raise DatabaseOpenError(f"{path} is a folder, not a database file")
     if path.is_file() and path.stat().st_size > 0:
-        with path.open("rb") as handle:
-            if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+        from urllib.request import pathname2url
+
+        try:
+            probe = sqlite3.connect(f"file:{pathname2url(str(path.resolve()))}?mode=ro", uri=True)
+            try:
+                probe.execute("PRAGMA schema_version").fetchone()
+            finally:
+                probe.close()
+        except sqlite3.DatabaseError as error:
+            if "not a database" in str(error):
                 raise DatabaseOpenError(
                     f"{path} is not an SQLite database (its first bytes are not SQLite's); nothing was written to it"
-                )
+                ) from None
+            # Anything else (locked, damaged) is for the quick check and the opening below to report.
 
 
 def data_dir() -> Path:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,15 @@ TINY_MODEL = {
     "beta_end": 0.8,
     "windows_per_epoch": 64,
 }
+
+
+def copy_database(source: Path, target: Path) -> Path:
+    """A consistent copy of a SQLite database file; ``target``. It goes through SQLite's backup API, never the
+    file's bytes: the latest writes may still sit in the write-ahead log, and closing a plain file handle on a
+    database drops the POSIX locks that this process's SQLite connections hold on it (db/session.py)."""
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+    return target
 
 
 def stored_city(db: Path, **config: object) -> Path:
@@ -101,12 +111,8 @@ def city_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
         db = home / "lsdm.sqlite"
         assert lsdm(["city", "build", "--db", str(db), "--json"]) == 0
         assert lsdm(["assets", "install", "--db", str(db), "--json"]) == 0
-        # Fold the write-ahead log into the file, so that copying lsdm.sqlite alone copies everything.
-        import sqlite3
-
-        connection = sqlite3.connect(db)
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        connection.close()
+        with closing(sqlite3.connect(db)) as connection:  # the write-ahead log folded into the file
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return db
 
 

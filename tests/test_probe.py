@@ -19,7 +19,7 @@ from cli.main import main
 from db import open_database
 from db.queries import store_dataset
 from engine.data.city import CityConfig, generate_city
-from tests.conftest import data_home
+from tests.conftest import copy_database, data_home
 
 SMALL_TABLE = 5000  # tables up to this many rows are compared row by row; larger ones by count and last row id
 
@@ -189,8 +189,7 @@ def test_a_database_that_is_not_one_is_refused_and_left_alone(make, expected, tm
 
 def test_a_database_damaged_in_the_middle_is_refused_and_left_alone(probed, tmp_path, capsys):
     copy = tmp_path / "damaged.sqlite"
-    with sqlite3.connect(probed) as src, sqlite3.connect(copy) as dst:
-        src.backup(dst)
+    copy_database(probed, copy)
     data = bytearray(copy.read_bytes())
     middle = len(data) // 2
     data[middle : middle + 8192] = bytes(range(256)) * 32

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+
+from tests.conftest import copy_database
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRY = str(REPO / "app" / "main.py")
@@ -44,7 +45,7 @@ def query(at: AppTest, name: str) -> str | None:
 def app_db(city_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of the city database, which the app opens (LSDM_DB)."""
     copy = tmp_path / "app.sqlite"
-    shutil.copy(city_db, copy)
+    copy_database(city_db, copy)
     monkeypatch.setenv("LSDM_DB", str(copy))
     return copy
 

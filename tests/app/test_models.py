@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from engine.jobs import JobWorker, list_jobs
 from engine.model.config import CONFIGS, resolve_config
 from engine.train import train
 from tests.app.conftest import page
+from tests.conftest import copy_database
 
 # --- helpers --------------------------------------------------------------------------------------
 
@@ -108,7 +108,7 @@ def tiny_city(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def tiny_db(tiny_city: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of the tiny city's database, which the app opens."""
     copy = tmp_path / "tiny.sqlite"
-    shutil.copy(tiny_city["db"], copy)
+    copy_database(tiny_city["db"], copy)
     monkeypatch.setenv("LSDM_DB", str(copy))
     return copy
 

@@ -19,6 +19,7 @@ from db import open_database
 from db.models import Cell, Entity, ForecastRun, LocationHour
 from db.queries import entity_matrix, get_dataset
 from tests.app.conftest import page
+from tests.conftest import copy_database
 
 MONDAY = datetime(2016, 4, 18)
 
@@ -223,7 +224,7 @@ def test_place_roles_come_from_the_synthetic_users_attributes() -> None:
 
 def test_user_runs_match_whole_keys_in_old_and_new_runs(tmp_path: Path, city_db: Path) -> None:
     copy = tmp_path / "runs.sqlite"
-    copy.write_bytes(city_db.read_bytes())
+    copy_database(city_db, copy)
     database = open_database(str(copy))
     with database.write_session() as session, session.begin():
         dataset = get_dataset(session)

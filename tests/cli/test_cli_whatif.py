@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -13,12 +12,13 @@ from cli.main import main
 from db import open_database
 from engine.requests import WhatIfRequest
 from engine.whatif import load_scenario
+from tests.conftest import copy_database
 
 
 @pytest.fixture
 def city(city_db: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "city.sqlite"
-    shutil.copy(city_db, copy)
+    copy_database(city_db, copy)
     return copy
 
 

@@ -72,3 +72,29 @@ def test_a_healthy_database_opens_as_before(healthy: Path) -> None:
     with database.session() as session:
         assert session.connection().exec_driver_sql("PRAGMA quick_check").scalar() == "ok"
     database.dispose()
+
+
+def test_opening_again_keeps_this_processs_locks_so_another_process_never_pulls_the_log_from_under_it(tmp_path):
+    """The CI's "disk I/O error" (issue 21's Ray tests): opening a database read its header with ``open()``,
+    and closing that handle dropped every POSIX lock this process's SQLite connections held on the file. Another
+    process closing its connection then took the file as its last user, checkpointed it and deleted the
+    write-ahead log and its index: this process's connections went on reading a deleted copy (stale rows)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "shared.sqlite"
+    first = open_database(str(path))
+    with first.engine.connect() as connection:
+        connection.exec_driver_sql("CREATE TABLE counted (x INTEGER)")
+        connection.exec_driver_sql("INSERT INTO counted VALUES (0)")
+        connection.commit()
+    writer = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('INSERT INTO counted VALUES (1)');"
+        " c.commit(); c.close()"
+    )
+    for written in range(1, 4):
+        open_database(str(path))  # a second open in this process, as every page, job and chunk task does
+        subprocess.run([sys.executable, "-c", writer, str(path)], check=True)
+        assert path.with_name("shared.sqlite-wal").exists(), "the other process deleted the log in use here"
+        with first.engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT COUNT(*) FROM counted").scalar() == 1 + written

@@ -15,18 +15,19 @@ import importlib.util
 import os
 import queue
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.conftest import copy_database
 
 if TYPE_CHECKING:  # playwright is optional (test extras); imported lazily below
     from playwright.sync_api import Browser, Page
@@ -139,14 +140,6 @@ def stop_dashboard(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=SERVER_STOP_TIMEOUT_S)
-
-
-def copy_database(source: Path, target: Path) -> None:
-    """A consistent copy of a SQLite database file. It goes through SQLite's backup API because the
-    latest writes may still sit in the write-ahead log (``-wal``) while a connection is open: copying
-    the main file alone loses them (the city's installed models, for instance)."""
-    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
-        src.backup(dst)
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from engine.jobs import JobWorker, enqueue, get_job
 from engine.load.core import read_load_run
 from engine.load.forecast import run_load
 from engine.requests import LoadRequest
-from tests.conftest import city_with_tiny_model, data_home, stored_city
+from tests.conftest import city_with_tiny_model, copy_database, data_home, stored_city
 
 
 @pytest.fixture(scope="module")
@@ -105,15 +105,13 @@ def _embeddings(db: Path) -> dict[tuple[int, str], bytes]:
 def test_an_environment_built_on_ray_embeds_every_cell_as_the_local_build_does(tmp_path, local_ray):
     """`lsdm env build --executor ray`: 150 cells in two chunks on 2 actors, each loading the newly trained
     encoder from its folder; every stored vector equals the local build's."""
-    import sqlite3
 
     from engine.env.build import build_environment_for
     from engine.requests import EnvRequest
 
     first = stored_city(tmp_path / "local.sqlite", users=6, cells=150, seed=5)
     second = tmp_path / "ray.sqlite"
-    with sqlite3.connect(first) as source, sqlite3.connect(second) as target:
-        source.backup(target)
+    copy_database(first, second)
     with data_home(tmp_path / "home"):
         summaries = [
             build_environment_for(

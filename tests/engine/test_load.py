@@ -4,7 +4,6 @@ capacity table, stored runs and their export, and refusals that store nothing.""
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from datetime import datetime
 from pathlib import Path
@@ -33,12 +32,13 @@ from engine.load.core import (
 from engine.load.forecast import reachable_users, run_load, user_chunks
 from engine.load.location import DayTypeDraw, draw_locations, match_rate
 from engine.requests import LoadRequest
+from tests.conftest import copy_database
 
 
 @pytest.fixture
 def city(city_db: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "city.sqlite"
-    shutil.copy(city_db, copy)
+    copy_database(city_db, copy)
     return copy
 
 

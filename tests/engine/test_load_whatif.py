@@ -5,7 +5,6 @@ paired with their baseline; bad windows, cells and profiles are refused naming t
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -18,12 +17,13 @@ from engine.forecast import load_context
 from engine.load.core import read_load_run
 from engine.load.whatif import run_load_whatif
 from engine.requests import LoadWhatIfRequest
+from tests.conftest import copy_database
 
 
 @pytest.fixture
 def city(city_db: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "city.sqlite"
-    shutil.copy(city_db, copy)
+    copy_database(city_db, copy)
     return copy
 
 

@@ -5,7 +5,6 @@ descriptions come along; refusals name the field and store nothing."""
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -16,12 +15,13 @@ from db import open_database
 from engine.data.aggregate import store_aggregate
 from engine.errors import InputError
 from engine.requests import AggregateRequest
+from tests.conftest import copy_database
 
 
 @pytest.fixture
 def city(city_db: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "city.sqlite"
-    shutil.copy(city_db, copy)
+    copy_database(city_db, copy)
     return copy
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from db import open_database
 from engine.jobs import enqueue, get_job
-from tests.conftest import city_with_tiny_model
+from tests.conftest import city_with_tiny_model, copy_database
 
 REPO = Path(__file__).resolve().parents[3]
 BOOKKEEPING = ("jobs", "workers")  # the tables a worker writes as it claims, beats and is recovered
@@ -128,8 +128,7 @@ def test_a_worker_killed_mid_job_leaves_nothing_and_two_workers_rerun_it_once(
 ):
     source, home = city_with_model
     db = tmp_path / "city.sqlite"
-    with sqlite3.connect(source) as src, sqlite3.connect(db) as dst:
-        src.backup(dst)
+    copy_database(source, db)
     database = open_database(str(db))
     job_id = enqueue(database, kind, make_params(tmp_path))
     caches = RESUMABLE.get(kind, ())

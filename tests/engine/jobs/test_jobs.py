@@ -22,15 +22,12 @@ from db.queries import store_dataset
 from engine.data.city import CityConfig, generate_city
 from engine.errors import InputError
 from engine.jobs import JobWorker, cancel, enqueue, get_job, list_jobs, live_workers, new_uploads_dir, wait_for
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, copy_database
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _copy(source: Path, target: Path) -> Path:
-    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
-        src.backup(dst)
-    return target
+_copy = copy_database
 
 
 @pytest.fixture
@@ -297,6 +294,7 @@ SUBMIT = """
 import json, sys
 from db import open_database
 from engine.jobs import enqueue
+from tests.conftest import copy_database
 database, first, count = open_database(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 print(json.dumps([enqueue(database, "forecast", {"entity": f"user:U{i:04d}", "start": 300 + i % 20, "horizon": 3,
                                                  "samples": 4}) for i in range(first, first + count)]))
@@ -422,7 +420,7 @@ def test_jobs_command_line(city, capsys):
     assert lsdm(["jobs", "list", "--db", str(city), "--json"]) == 0
     assert [j["id"] for j in json.loads(capsys.readouterr().out)["jobs"]] == [job["id"]]
     assert lsdm(["jobs", "submit", "forecast", "start=310", "--db", str(city)]) == 2
-    assert "field 'entities': is required" in capsys.readouterr().err
+    assert "field 'entities': expected at least one entity (user:ID or cell:ID), or all" in capsys.readouterr().err
     assert lsdm(["jobs", "list", "--status", "finished", "--db", str(city)]) == 2
     assert lsdm(["jobs", "cancel", "999", "--db", str(city)]) == 2
 
