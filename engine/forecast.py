@@ -29,7 +29,7 @@ import torch
 from db import Database
 from db.models import ForecastRun
 from db.queries import get_dataset
-from engine.data.windows import HourlyProfile, SeriesData, embeddings_of, load_series
+from engine.data.windows import HourlyProfile, SeriesData, SeriesReader, embeddings_of, load_series
 from engine.errors import InputError
 from engine.load.location import draw_locations
 from engine.model import Forecaster
@@ -538,9 +538,15 @@ class ForecastContext:
 
 
 def load_context(
-    database: Database, *, model_id: int | None = None, dataset_name: str | None = None, device: str | None = None
+    database: Database,
+    *,
+    model_id: int | None = None,
+    dataset_name: str | None = None,
+    device: str | None = None,
+    entities: bool = True,
 ) -> ForecastContext:
-    """Load the model (default: the active one) and the data set's series with its embeddings."""
+    """Load the model (default: the active one) and the data set's series with its embeddings; without any
+    entity's series when ``entities`` is False (a city-wide run reads them chunk by chunk: ``SeriesReader``)."""
     with database.session() as session:
         dataset = get_dataset(session, dataset_name)
         record, forecaster = load_model(database, model_id, dataset=dataset, device=device)
@@ -549,6 +555,7 @@ def load_context(
             dataset,
             env_kind=forecaster.config.env_kind,
             encoder_id=forecaster.meta.get("data", {}).get("encoder_id"),
+            of_ids=None if entities else [],
         )
         dataset_id = dataset.id
     check_compatible(forecaster, series)
@@ -568,8 +575,14 @@ def run_forecast(
     request = request.checked()
     if request.every:
         out = prepare_parts_folder(request.out)  # refused before the model is loaded
-    if context is None:
-        context = load_context(database, model_id=request.model_id, dataset_name=request.dataset, device=request.device)
+    if context is None:  # every entity's run reads the entities' series chunk by chunk
+        context = load_context(
+            database,
+            model_id=request.model_id,
+            dataset_name=request.dataset,
+            device=request.device,
+            entities=not request.every,
+        )
     forecaster, series, dataset_id = context.forecaster, context.series, context.dataset_id
     check_sampler(forecaster, request.sampler, request.sampler_steps)
     if request.every:
@@ -631,13 +644,33 @@ EVERY_CHUNK = 16  # entities per chunk (a load run's CHUNK_USERS: the fastest pe
 EVERY_STATS = ("mean", "q05", "median", "q95")
 
 
-def context_of(spec: dict) -> ForecastContext:
-    """The model and the data a chunk task's ``spec`` names (its ``database`` URL, ``model_id``, ``dataset``,
-    ``device``), loaded by a process of its own (a Ray actor): the database is opened as it is, not upgraded."""
+def reader_of(spec: dict, forecaster: Forecaster | None = None) -> tuple[Forecaster, SeriesReader]:
+    """The model and a reader of the data set that a chunk task's ``spec`` names (its ``database`` URL,
+    ``model_id``, ``dataset``, ``device``, ``env_kind``, ``encoder_id``), for a process of its own (a Ray
+    actor; the database is opened as it is, not upgraded), or with the caller's model already loaded. The
+    task then reads only its chunk's entities: a worker's memory does not grow with the data set."""
     from db import open_database
 
     database = open_database(spec["database"], migrate=False)
-    return load_context(database, model_id=spec["model_id"], dataset_name=spec["dataset"], device=spec["device"])
+    with database.session() as session:
+        dataset = get_dataset(session, spec["dataset"])
+        if forecaster is None:
+            _, forecaster = load_model(database, spec["model_id"], dataset=dataset, device=spec["device"])
+    reader = SeriesReader.open(database, dataset, env_kind=spec["env_kind"], encoder_id=spec["encoder_id"])
+    return forecaster, reader
+
+
+def chunk_spec(database_url: str, context: ForecastContext, request: Any) -> dict:
+    """What a chunk task needs to load the model and read its entities by itself (plain data, for Ray)."""
+    return {
+        "database": database_url,
+        "model_id": context.record_id,
+        "dataset": context.series.dataset_name,
+        "device": request.device,
+        "env_kind": context.forecaster.config.env_kind,
+        "encoder_id": context.series.encoder_id or "",
+        "params": request.to_params(),
+    }
 
 
 def prepare_parts_folder(out: str | None) -> Path:
@@ -659,16 +692,17 @@ class ForecastChunks:
     over its entities path by path (for the data set's total): the task that engine/executors.py runs here or
     on Ray's actors (which load the model and the data from ``spec``)."""
 
-    def __init__(self, spec: dict, context: ForecastContext | None = None) -> None:
-        self.context = context or context_of(spec)
+    def __init__(self, spec: dict, forecaster: Forecaster | None = None) -> None:
+        self.forecaster, self.reader = reader_of(spec, forecaster)
         self.request = ForecastRequest.from_params(spec["params"])
 
     def __call__(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        request, series = self.request, self.context.series
+        request = self.request
+        series = self.reader.rows(np.asarray(chunk["entities"]))  # this chunk's entities only
         result = recursive_forecast(
-            self.context.forecaster,
+            self.forecaster,
             series,
-            np.asarray(chunk["entities"]).tolist(),
+            list(range(len(series.entity_keys))),
             start=request.start,
             horizon=request.horizon,
             samples=request.samples,
@@ -708,18 +742,14 @@ def run_every_forecast(
 
     from engine.executors import Executor, map_chunks
 
-    series = context.series
+    series = context.series  # its entities are not used: each chunk reads its own (ForecastChunks)
     executor = Executor.parse(request.executor, request.workers)
     started = time.perf_counter()
-    rows = np.arange(len(series.entity_keys))
+    spec = chunk_spec(database.url, context, request)
+    local = ForecastChunks(spec, context.forecaster)
+    entity_keys = local.reader.entity_keys
+    rows = np.arange(len(entity_keys))
     chunks = [{"entities": rows[i : i + EVERY_CHUNK]} for i in range(0, len(rows), EVERY_CHUNK)]
-    spec = {
-        "database": database.url,
-        "model_id": context.record_id,
-        "dataset": series.dataset_name,
-        "device": request.device,
-        "params": request.to_params(),
-    }
     n_k, hours = len(series.services), np.arange(request.start, request.start + request.horizon)
     labels = [hour_label(series, int(h)) for h in hours]
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -728,11 +758,11 @@ def run_every_forecast(
     total = np.zeros((request.samples, request.horizon, n_k))
     written = 0
     try:
-        parts = map_chunks(executor, lambda: ForecastChunks(spec, context), (ForecastChunks, {"spec": spec}), chunks)
+        parts = map_chunks(executor, lambda: local, (ForecastChunks, {"spec": spec}), chunks)
         for i, (chunk, part) in enumerate(zip(chunks, parts, strict=True)):
             stats = np.asarray(part["stats"])  # (E, N, K, 4)
             e, n = stats.shape[0], stats.shape[1]
-            keys = np.asarray(series.entity_keys, dtype=object)[chunk["entities"]]
+            keys = np.asarray(entity_keys, dtype=object)[chunk["entities"]]
             columns = {
                 "entity": np.repeat(keys, n * n_k),
                 "hour": np.tile(np.repeat(hours, n_k), e),

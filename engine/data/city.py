@@ -684,6 +684,40 @@ def _traffic(
     return np.round(bytes_out.reshape(n_users, n_hours, k)).astype(np.int64)
 
 
+TRAFFIC_CHUNK_USERS = 1000
+
+
+def _traffic_rows(
+    config: CityConfig, users: list[dict], locations: np.ndarray, land_use: np.ndarray, poi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every non-zero (user, hour, service) of the city: user, hour and service rows (int32) and bytes.
+
+    Drawn ``TRAFFIC_CHUNK_USERS`` users at a time, each chunk from its own random stream, and kept only as
+    these rows: the draws' float arrays (users x hours x services, several of them) never exist for the whole
+    city (at 50,000 users each would be 1.3 GB). The first chunk's stream is the one the whole city used
+    before chunking, so a city of up to 1,000 users (the default city has 500) is the same to the byte."""
+    parts: list[tuple[np.ndarray, ...]] = []
+    for index, start in enumerate(range(0, len(users), TRAFFIC_CHUNK_USERS)):
+        stop = start + TRAFFIC_CHUNK_USERS
+        rng = np.random.default_rng([config.seed, 2] if index == 0 else [config.seed, 2, index])
+        traffic = _traffic(rng, users[start:stop], locations[start:stop], land_use, poi, config)
+        u_idx, h_idx, s_idx = np.nonzero(traffic)
+        parts.append(
+            (
+                (u_idx + start).astype(np.int32),
+                h_idx.astype(np.int32),
+                s_idx.astype(np.int32),
+                traffic[u_idx, h_idx, s_idx],
+            )
+        )
+        del traffic
+    if not parts:
+        empty = np.zeros(0, dtype=np.int32)
+        return empty, empty, empty, np.zeros(0, dtype=np.int64)
+    u, h, k, amounts = (np.concatenate(column) for column in zip(*parts, strict=True))
+    return u, h, k, amounts
+
+
 # --- Assembly -------------------------------------------------------------------------------------
 
 
@@ -716,10 +750,9 @@ def generate_city(config: CityConfig | None = None, *, name: str | None = None) 
     # traffic draws cannot shift who goes where.
     routine_rng = np.random.default_rng([config.seed, 1])
     locations = np.stack([_user_locations(routine_rng, u, config.days, hubs) for u in users])
-    traffic = _traffic(np.random.default_rng([config.seed, 2]), users, locations, land_use, poi, config)
+    u_idx, h_idx, s_idx, amounts = _traffic_rows(config, users, locations, land_use, poi)
 
     lat, lon = _to_lat_lon(xy, config)
-    u_idx, h_idx, s_idx = np.nonzero(traffic)
     n_hours = config.days * 24
     cell_keys = [f"C{i:04d}" for i in range(config.cells)]
     return DatasetContent(
@@ -755,9 +788,9 @@ def generate_city(config: CityConfig | None = None, *, name: str | None = None) 
         traffic_entity=u_idx,
         traffic_hour=h_idx,
         traffic_service=s_idx,
-        traffic_bytes=traffic[u_idx, h_idx, s_idx],
-        location_entity=np.repeat(np.arange(config.users), n_hours),
-        location_hour=np.tile(np.arange(n_hours), config.users),
+        traffic_bytes=amounts,
+        location_entity=np.repeat(np.arange(config.users, dtype=np.int32), n_hours),
+        location_hour=np.tile(np.arange(n_hours, dtype=np.int32), config.users),
         location_cell=locations.ravel(),
         params={
             "generator": "engine.data.city",

@@ -20,13 +20,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Cell, Dataset, Entity
-from db.queries import active_model, load_env_embeddings, location_rows, traffic_rows
+from db.queries import active_model, load_env_embeddings, location_batches, traffic_batches
 from engine.errors import InputError
 
 
@@ -113,29 +114,30 @@ def load_series(
     env_kind: str = "env",
     encoder_id: str | None = None,
     entity_keys: list[str] | None = None,
+    of_ids: list[int] | None = None,
 ) -> SeriesData:
     """Read a whole data set (and the active encoder's embeddings, if any) into arrays; of the entities
-    with ``entity_keys`` only, when given (in id order; unknown keys are left out). ``encoder_id=""``:
-    no embeddings."""
+    with ``entity_keys`` or the database ids ``of_ids`` only, when given (in id order; unknown ones are left out).
+    ``encoder_id=""``: no embeddings."""
     statement = select(Entity.id, Entity.key).where(Entity.dataset_id == dataset.id).order_by(Entity.id)
     if entity_keys is not None:
         statement = statement.where(Entity.key.in_(list(entity_keys)))
+    if of_ids is not None:
+        statement = statement.where(Entity.id.in_([int(e) for e in of_ids]))
     entities = session.execute(statement).all()
     cells = session.execute(select(Cell.id, Cell.key).where(Cell.dataset_id == dataset.id).order_by(Cell.id)).all()
-    entity_ids = np.array([e[0] for e in entities], dtype=np.int64)
+    entity_ids = np.array([e[0] for e in entities], dtype=np.int64)  # ascending: rows by searchsorted
     cell_ids = np.array([c[0] for c in cells], dtype=np.int64)
-    e_row = {int(e): i for i, e in enumerate(entity_ids)}
     c_row = {int(c): i for i, c in enumerate(cell_ids)}
-    some = None if entity_keys is None else entity_ids.tolist()
+    some = None if entity_keys is None and of_ids is None else entity_ids.tolist()
     k = len(dataset.services)
+    # Filled batch by batch: the rows read from the database are never all in memory beside the arrays.
     traffic = np.zeros((len(entity_ids), dataset.hours, k))
-    arr = traffic_rows(session, dataset.id, some)
-    if len(arr):
-        traffic[[e_row[e] for e in arr[:, 0]], arr[:, 1], arr[:, 2]] = arr[:, 3]
+    for arr in traffic_batches(session, dataset.id, some):
+        traffic[np.searchsorted(entity_ids, arr[:, 0]), arr[:, 1], arr[:, 2]] = arr[:, 3]
     location = np.full((len(entity_ids), dataset.hours), -1, dtype=np.int64)
-    arr = location_rows(session, dataset.id, some)
-    if len(arr):
-        location[[e_row[e] for e in arr[:, 0]], arr[:, 1]] = [c_row[c] for c in arr[:, 2]]
+    for arr in location_batches(session, dataset.id, some):
+        location[np.searchsorted(entity_ids, arr[:, 0]), arr[:, 1]] = np.searchsorted(cell_ids, arr[:, 2])
     env = np.zeros((len(cell_ids), 0), dtype=np.float32)
     if encoder_id is None:
         record = active_model(session, dataset.id, kind="clip")
@@ -160,6 +162,65 @@ def load_series(
         time_origin=dataset.time_origin,
         encoder_id=encoder_id,
     )
+
+
+@dataclass
+class SeriesReader:
+    """A data set read a few entities at a time: for the chunks of a city-wide run, whose process must not
+    hold every entity's series (docs/scale.md#memory). It keeps every entity's database id and key (a few
+    bytes each) and ``skeleton``: the data set without entities (its cells, embeddings, services, calendar)."""
+
+    database: Any  # db.Database
+    dataset_id: int
+    env_kind: str
+    encoder_id: str  # "" = no embeddings
+    entity_ids: np.ndarray  # (E,) ascending
+    entity_keys: list[str]
+    skeleton: SeriesData
+
+    @classmethod
+    def open(
+        cls, database: Any, dataset: Dataset, *, env_kind: str = "env", encoder_id: str | None = None
+    ) -> SeriesReader:
+        """The reader of ``dataset`` (read in ``database``'s session); ``encoder_id`` as for ``load_series``."""
+        with database.session() as session:
+            dataset = session.get(Dataset, dataset.id) or dataset
+            skeleton = load_series(session, dataset, env_kind=env_kind, encoder_id=encoder_id, of_ids=[])
+            entities = session.execute(
+                select(Entity.id, Entity.key).where(Entity.dataset_id == dataset.id).order_by(Entity.id)
+            ).all()
+        return cls(
+            database=database,
+            dataset_id=dataset.id,
+            env_kind=env_kind,
+            encoder_id=skeleton.encoder_id or "",
+            entity_ids=np.array([e[0] for e in entities], dtype=np.int64),
+            entity_keys=[e[1] for e in entities],
+            skeleton=skeleton,
+        )
+
+    def rows(self, rows: np.ndarray) -> SeriesData:
+        """The entities of these rows (of the whole data set, ascending), read from the database: a row view
+        (``SeriesData.rows``) whose random draws are the whole data set's."""
+        asked = np.asarray(rows, dtype=np.int64)
+        rows = np.sort(asked)  # the database gives them in id order, which is row order
+        with self.database.session() as session:
+            dataset = session.get(Dataset, self.dataset_id)
+            if dataset is None:
+                raise InputError(f"the data set with id {self.dataset_id} was deleted during the run", field="dataset")
+            series = load_series(
+                session,
+                dataset,
+                env_kind=self.env_kind,
+                encoder_id=self.encoder_id,
+                of_ids=self.entity_ids[rows].tolist(),
+            )
+        if len(series.entity_ids) != len(rows):
+            raise InputError(
+                f"{len(rows) - len(series.entity_ids)} entities were deleted during the run", field="dataset"
+            )
+        series = dataclasses.replace(series, source_rows=rows)
+        return series if np.array_equal(rows, asked) else series.rows(np.searchsorted(rows, asked))
 
 
 @dataclass

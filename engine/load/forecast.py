@@ -10,7 +10,7 @@ import numpy as np
 
 from db import Database
 from db.models import LoadRun
-from engine.data.windows import SeriesData
+from engine.data.windows import SeriesData, SeriesReader
 from engine.errors import InputError
 from engine.executors import Executor, map_chunks
 from engine.forecast import (
@@ -18,9 +18,10 @@ from engine.forecast import (
     LocationPlan,
     _check_forecast,
     check_sampler,
-    context_of,
+    chunk_spec,
     hour_label,
     load_context,
+    reader_of,
     recursive_forecast,
 )
 from engine.load.core import (
@@ -71,7 +72,12 @@ class LoadChunks:
     model and data already loaded in this process (local), else they are loaded from ``spec`` (an actor)."""
 
     def __init__(self, spec: dict, context: ForecastContext | None = None) -> None:
-        self.context = context or context_of(spec)
+        self.series: SeriesData | None = None
+        self.reader: SeriesReader | None = None
+        if context is None:  # an actor: the model from spec; each chunk's users read from the database
+            self.forecaster, self.reader = reader_of(spec)
+        else:
+            self.forecaster, self.series = context.forecaster, context.series
         self.request = LoadRequest.from_params(spec["params"])
         self.scope_rows = np.asarray(spec["scope_rows"], dtype=np.int64)
         self.n_cells = int(spec["n_cells"])
@@ -81,10 +87,16 @@ class LoadChunks:
         """``users`` (U,) entity rows, ``cells`` (U, S, hours) their cells: load (C, S, hours, K), present."""
         cells = np.asarray(chunk["cells"])
         request = self.request
+        users = np.asarray(chunk["users"])
+        if self.reader is not None:
+            series, rows = self.reader.rows(users), list(range(len(users)))
+        else:
+            assert self.series is not None
+            series, rows = self.series, users.tolist()
         paths = recursive_forecast(
-            self.context.forecaster,
-            self.context.series,
-            np.asarray(chunk["users"]).tolist(),
+            self.forecaster,
+            series,
+            rows,
             start=request.start,
             horizon=cells.shape[2],
             samples=request.samples,
@@ -177,11 +189,7 @@ def forecast_load(
         if executor.kind != "local" and database_url is None:
             raise InputError("a run on Ray needs the database's URL, for its workers", field="executor")
         spec = {
-            "database": database_url,
-            "model_id": context.record_id,
-            "dataset": series.dataset_name,
-            "device": request.device,
-            "params": request.to_params(),
+            **chunk_spec(database_url or "", context, request),
             "scope_rows": scope_rows.tolist(),
             "n_cells": n_cells,
             "per_path": plan.per_path,

@@ -213,3 +213,23 @@ def _run_count(db: Path) -> int:
 
     with sqlite3.connect(db) as connection:
         return int(connection.execute("SELECT COUNT(*) FROM forecast_runs").fetchone()[0])
+
+
+def test_a_chunk_reads_only_its_own_entities_and_they_equal_the_whole_data_sets_rows(small_city):
+    """What Ray's actors (and every entity's forecast) do instead of loading the city: read a chunk's users,
+    in any order, from the database; their traffic, places and seeds are the whole data set's rows."""
+    from db.queries import get_dataset
+    from engine.data.windows import SeriesReader, load_series
+
+    database = open_database(str(small_city))
+    with database.session() as session:
+        dataset = get_dataset(session)
+        whole = load_series(session, dataset, encoder_id="")
+    reader = SeriesReader.open(database, dataset, encoder_id="")
+    assert reader.entity_keys == whole.entity_keys and reader.skeleton.traffic.shape == (0, whole.hours, 10)
+    assert reader.skeleton.cell_keys == whole.cell_keys
+    rows = np.array([17, 3, 39, 4])  # a load run's chunks are ordered by when their users leave the scope
+    part, expected = reader.rows(rows), whole.rows(rows)
+    assert part.entity_keys == expected.entity_keys == [whole.entity_keys[r] for r in rows]
+    assert np.array_equal(part.traffic, expected.traffic) and np.array_equal(part.location, expected.location)
+    assert np.array_equal(part.source_row(np.arange(4)), rows) and part.traffic.sum() > 0
