@@ -7,7 +7,8 @@ For synthetic cities of 500, 5,000 and 50,000 users (`lsdm city build --users N`
   64 users of the city for one step, 32 for 24 hours (the users' chunks of a load run: engine/load/forecast.py
   LoadChunks), with the local executor on one core and on Ray with 2 local actors (one core each), with each
   process's peak resident memory (target: throughput per Ray worker within 20 % of the local executor's);
-- loading a model and the city's series (what every worker does once), its time and memory.
+- loading the model (what every worker does once; each chunk's users are then read from the database: a
+  worker's memory is the model's and its chunk's, whatever the city's size), its time and memory.
 
 The model: the shipped forecaster's size (64 channels, 4 heads, 2 blocks, 50 diffusion steps, the linear
 prior), trained one short epoch without the environment condition (a city of another size has no
@@ -91,35 +92,33 @@ def phase_forecast(db: str, users: int, horizon: int, executor_text: str, runs: 
 
     from db import open_database
     from engine.executors import Executor, map_chunks
-    from engine.forecast import LocationPlan, load_context
+    from engine.forecast import LocationPlan, chunk_spec, load_context
     from engine.load.core import CHUNK_USERS
     from engine.requests import LoadRequest
 
     torch.set_num_threads(1)  # one core: the local executor's figure is one worker's
     database = open_database(db, migrate=False)
     started = time.perf_counter()
-    context = load_context(database)
+    context = load_context(database, entities=False)  # the model; the users are read chunk by chunk
     load_s = time.perf_counter() - started
     load_peak = _peak_mib()
-    series = context.series
     request = LoadRequest(scope="area:all", start=START, horizon=horizon, samples=32, executor=executor_text, workers=2)
-    rows = np.arange(min(users, len(series.entity_keys)))
-    cells = LocationPlan("sampled").path_cells(series, rows, START, horizon, 32, 0)
+    n_cells = len(context.series.cell_keys)
+    spec = {
+        **chunk_spec(database.url, context, request),
+        "scope_rows": list(range(n_cells)),
+        "n_cells": n_cells,
+        "per_path": True,
+        "location": "sampled",
+    }
+    local_task = MeasuredChunks(spec)  # as an actor does: the model from spec, each chunk's users read
+    rows = np.arange(min(users, len(local_task.inner.reader.entity_keys)))
+    cells = LocationPlan("sampled").path_cells(local_task.inner.reader.rows(rows), np.arange(len(rows)), START,
+                                               horizon, 32, 0)  # fmt: skip
     chunks = [
         {"users": rows[i : i + CHUNK_USERS], "cells": cells[i : i + CHUNK_USERS]}
         for i in range(0, len(rows), CHUNK_USERS)
     ]
-    spec = {
-        "database": database.url,
-        "model_id": context.record_id,
-        "dataset": series.dataset_name,
-        "device": "cpu",
-        "params": request.to_params(),
-        "scope_rows": list(range(len(series.cell_keys))),
-        "n_cells": len(series.cell_keys),
-        "per_path": True,
-        "location": "sampled",
-    }
     executor = Executor.parse(executor_text, 2)
     times, peaks, busy, done, per_run = [], {}, {}, {}, []
     ray = None
@@ -131,9 +130,7 @@ def phase_forecast(db: str, users: int, horizon: int, executor_text: str, runs: 
         for _ in range(runs):
             pids: set[int] = set()
             began = time.perf_counter()
-            for out in map_chunks(
-                executor, lambda: MeasuredChunks(spec, context), (MeasuredChunks, {"spec": spec}), chunks
-            ):
+            for out in map_chunks(executor, lambda: local_task, (MeasuredChunks, {"spec": spec}), chunks):
                 pid = int(out["pid"])
                 pids.add(pid)
                 peaks[pid] = max(peaks.get(pid, 0.0), float(out["peak_mib"]))
@@ -159,9 +156,10 @@ def phase_forecast(db: str, users: int, horizon: int, executor_text: str, runs: 
         # run over a city approaches.
         "busy_users_per_s_per_worker": round(statistics.mean(done[p] / busy[p] for p in busy), 2),
         "peak_mib_per_worker": sorted(round(v, 1) for v in peaks.values()),
-        "model_and_series_load_s": round(load_s, 2),
-        "model_and_series_peak_mib": load_peak,
-        "note": "Ray's runs include each run's start of the actors (each loads torch, the model and the series)",
+        "model_load_s": round(load_s, 2),
+        "model_load_peak_mib": load_peak,
+        "note": "Ray's runs include each run's start of the actors (each loads torch and the model); every worker "
+        "reads only its chunks' users from the database",
     }
 
 
@@ -171,8 +169,13 @@ def run_size(users: int, forecast_users: int, day_users: int, runs: int, folder:
     db = home / "lsdm.sqlite"
     env = {**os.environ, "LSDM_HOME": str(home), "LSDM_DB": str(db)}
     began = time.perf_counter()
-    built = _lsdm("city", "build", "--users", str(users), env=env)
+    done = subprocess.run(
+        [sys.executable, __file__, "build", "--users", str(users)], cwd=REPO, env=env, capture_output=True, text=True
+    )
     build_s = time.perf_counter() - began
+    if done.returncode != 0:
+        raise SystemExit(f"the build failed: {done.stderr[-2000:]}")
+    built = json.loads(done.stdout)
     config = home / "model.json"
     config.write_text(json.dumps(MODEL))
     _lsdm("train", "--config", str(config), env=env)
@@ -182,6 +185,7 @@ def run_size(users: int, forecast_users: int, day_users: int, runs: int, folder:
         "cells": built["cells"],
         "build_s": round(build_s, 2),
         "build_s_per_1000_users": round(build_s / users * 1000, 3),
+        "build_peak_mib": built["peak_mib"],
         "database_mib": round(sum(p.stat().st_size for p in home.glob("lsdm.sqlite*")) / 2**20, 1),
         "forecast": [],
     }
@@ -208,12 +212,27 @@ def main() -> None:
     phase.add_argument("--horizon", type=int, required=True)
     phase.add_argument("--executor", required=True)
     phase.add_argument("--runs", type=int, default=3)
+    build = sub.add_parser("build")
+    build.add_argument("--users", type=int, required=True)
     parser.add_argument("--sizes", default="500,5000,50000")
     parser.add_argument("--forecast-users", type=int, default=64, help="users of the one-step forecasts")
     parser.add_argument("--day-users", type=int, default=32, help="users of the 24-hour forecasts")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--day-sizes", default="5000", help="the sizes whose 24-hour forecast is timed too")
     args = parser.parse_args()
+    if args.command == "build":  # `lsdm city build` in this process, for its peak memory
+        import contextlib
+        import io
+
+        from cli.main import main as lsdm
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = lsdm(["city", "build", "--users", str(args.users), "--json"])
+        if code != 0:
+            raise SystemExit(code)
+        print(json.dumps({**json.loads(out.getvalue()), "peak_mib": _peak_mib()}))
+        return
     if args.command == "phase":
         print(json.dumps(phase_forecast(args.db, args.users, args.horizon, args.executor, args.runs)))
         return

@@ -116,3 +116,21 @@ def start() -> Server:
         shutil.rmtree(folder, ignore_errors=True)
         raise Unavailable(f"PostgreSQL did not start: {started.stderr.strip()[-200:]} {log}")
     return server
+
+
+def database_state(url: str) -> dict[str, str]:
+    """Every table's row count and a digest of all its rows, computed by the server: what a refused command
+    must leave as it was."""
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            out = {}
+            for table in inspect(connection).get_table_names():
+                digest = "coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '')"
+                query = f"SELECT count(*) || ':' || {digest} FROM \"{table}\" t"
+                out[table] = connection.execute(text(query)).scalar_one()
+            return out
+    finally:
+        engine.dispose()

@@ -257,9 +257,13 @@ def _ingest(capsys, argv: list[str]) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def _fuzz_ingest(capsys, folder: Path, files: dict[str, tuple[str, str]], argv_of) -> None:
-    """One property per ingest: each of ``files`` (name -> (valid text, separator)) damaged in turn."""
-    db = folder / "fuzz.sqlite"
+def _fuzz_ingest(
+    capsys, folder: Path, files: dict[str, tuple[str, str]], argv_of, db: object = None, snapshot=None
+) -> None:
+    """One property per ingest: each of ``files`` (name -> (valid text, separator)) damaged in turn; into a
+    new SQLite file in ``folder``, or into ``db`` (a PostgreSQL URL) read by ``snapshot``."""
+    db = db or folder / "fuzz.sqlite"
+    snapshot = snapshot or _snapshot
     names = itertools.count()
     # A database that already holds a data set: what a refusal must leave exactly as it was.
     assert _ingest(capsys, argv_of(db, {name: text.encode() for name, (text, _sep) in files.items()}, "kept"))[0] == 0
@@ -271,14 +275,14 @@ def _fuzz_ingest(capsys, folder: Path, files: dict[str, tuple[str, str]], argv_o
         text, separator = files[target]
         contents = {name: value.encode() for name, (value, _sep) in files.items()}
         contents[target] = data.draw(damaged(text, separator))
-        before = _snapshot(db)
+        before = snapshot(db)
         code, err = _ingest(capsys, argv_of(db, contents, f"fuzz{next(names)}"))
         assert code in (0, 2), f"exit {code}: {err}"
         assert "Traceback" not in err
         if code == 2:
             errors = [line for line in err.splitlines() if line.startswith("error: ")]
             assert len(errors) == 1 and len(errors[0]) < 1000, err  # one line (progress lines may precede it)
-            assert _snapshot(db) == before, f"a refused ingest changed the database: {err}"
+            assert snapshot(db) == before, f"a refused ingest changed the database: {err}"
 
     check()
 
@@ -301,6 +305,28 @@ def test_a_damaged_table_ingests_or_is_refused_whole(tmp_path, capsys):
         return ["ingest", "table", "--db", db, "--records", records, "--cells", cells, "--name", name]
 
     _fuzz_ingest(capsys, tmp_path, {"records": (TABLE_RECORDS, ","), "cells": (TABLE_CELLS, ",")}, argv_of)
+
+
+@pytest.mark.timeout(900)
+def test_on_postgresql_a_damaged_table_ingests_or_is_refused_whole(tmp_path, capsys, pg_url):
+    """The table ingest's fuzzing again, into a database of a real PostgreSQL server: the bounds are the same
+    code; what differs is the driver's and the server's reaction to what passes them."""
+    from tests.postgres import database_state
+
+    write = _writer(tmp_path)
+
+    def argv_of(db: str, contents: dict[str, bytes], name: str) -> list:
+        records, cells = write("records.csv", contents["records"]), write("cells.csv", contents["cells"])
+        return ["ingest", "table", "--db", db, "--records", records, "--cells", cells, "--name", name]
+
+    _fuzz_ingest(
+        capsys,
+        tmp_path,
+        {"records": (TABLE_RECORDS, ","), "cells": (TABLE_CELLS, ",")},
+        argv_of,
+        db=pg_url,
+        snapshot=lambda url: repr(sorted(database_state(url).items())),
+    )
 
 
 @pytest.mark.timeout(900)

@@ -20,6 +20,7 @@ from db import open_database
 from db.queries import store_dataset
 from engine.data.city import CityConfig, generate_city
 from tests.conftest import copy_database, data_home
+from tests.postgres import database_state
 
 SMALL_TABLE = 5000  # tables up to this many rows are compared row by row; larger ones by count and last row id
 
@@ -144,13 +145,10 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("make", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
-def test_the_probes_bad_input_is_refused_naming_what_was_wrong_and_changes_nothing(
-    make, expected, probed, tmp_path, capsys
-):
-    before = _state(probed)
+def _refused_and_unchanged(argv: list[str], db: str, state, expected: str, capsys) -> None:
+    before = state(db)
     try:
-        code = main([*map(str, make(tmp_path)), "--db", str(probed)])
+        code = main([*map(str, argv), "--db", db])
     except SystemExit as exit_:  # argparse's own refusals
         code = exit_.code
     err = capsys.readouterr().err
@@ -158,7 +156,39 @@ def test_the_probes_bad_input_is_refused_naming_what_was_wrong_and_changes_nothi
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.startswith(("error:", "lsdm "))]
     assert lines and expected in err, err
-    assert _state(probed) == before, "a refused command changed the database"
+    assert state(db) == before, "a refused command changed the database"
+
+
+@pytest.mark.parametrize(("make", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_the_probes_bad_input_is_refused_naming_what_was_wrong_and_changes_nothing(
+    make, expected, probed, tmp_path, capsys
+):
+    _refused_and_unchanged(make(tmp_path), str(probed), _state, expected, capsys)
+
+
+@pytest.fixture(scope="module")
+def probed_pg(pg_server, tmp_path_factory) -> str:
+    """The probe's city and tiny model in a database of a real PostgreSQL server (tests/postgres.py)."""
+    home = tmp_path_factory.mktemp("probe-pg-home")
+    url = pg_server.new_database()
+    with data_home(home):
+        database = open_database(url)
+        with database.write_session() as session, session.begin():
+            store_dataset(session, generate_city(CityConfig(users=12, cells=16, days=14, seed=4)))
+        database.dispose()
+        config = home / "tiny.json"
+        config.write_text(json.dumps({"condition": "none", "channels": 16, "heads": 2, "blocks": 1, "epochs": 1}))
+        assert main(["train", "--config", str(config), "--db", url]) == 0
+    return url
+
+
+@pytest.mark.parametrize(("make", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_on_postgresql_too_the_probes_bad_input_is_refused_and_changes_nothing(
+    make, expected, probed_pg, tmp_path, capsys
+):
+    """The same cases against a PostgreSQL database: the bounds, the refusals and the untouched database do not
+    depend on the database kind (issue 20's PostgreSQL findings: NUL bytes, over-long ids and names)."""
+    _refused_and_unchanged(make(tmp_path), probed_pg, database_state, expected, capsys)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda is valid here")
