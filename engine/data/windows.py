@@ -167,7 +167,7 @@ def load_series(
 @dataclass
 class SeriesReader:
     """A data set read a few entities at a time: for the chunks of a city-wide run, whose process must not
-    hold every entity's series (docs/scale.md#memory). It keeps every entity's database id and key (a few
+    hold every entity's series (docs/scale.md#executors). It keeps every entity's database id and key (a few
     bytes each) and ``skeleton``: the data set without entities (its cells, embeddings, services, calendar)."""
 
     database: Any  # db.Database
