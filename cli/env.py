@@ -66,6 +66,7 @@ def _env_lines(summary: dict) -> list[str]:
             f"  held-out retrieval over {r.get('pairs')} pairs: top-1 {r['top1']:.3f}, top-5 {r['top5']:.3f} "
             f"(chance {r.get('chance_top1')})"
         )
+        lines.append(f"  the encoder is {summary['retrieval_verdict']['verdict']}")
     agreement = summary.get("land_use_agreement")
     if agreement:
         lines.append(

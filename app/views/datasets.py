@@ -109,6 +109,9 @@ def show_environment() -> None:
     )
     if coverage["encoder"]:
         st.caption(f"Encoder: `{coverage['encoder']}`")
+        verdict = coverage["retrieval_verdict"]
+        if verdict["above_chance"] is False:
+            st.warning(f"The environment encoder is {verdict['verdict']}.", icon=":material/warning:")
     else:
         st.caption("No encoder yet: build the environment (tab *Environment* below, or `lsdm env build`).")
 

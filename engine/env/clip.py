@@ -372,6 +372,32 @@ def retrieval_metrics(image_z: np.ndarray, text_z: np.ndarray) -> dict:
     }
 
 
+def retrieval_verdict(retrieval: dict) -> dict:
+    """Whether an encoder's held-out retrieval is clearly above chance, in words: ``above_chance`` (True,
+    False, or None when it cannot tell), ``chance_top5`` and ``verdict``. "Clearly" is top-5 at least twice
+    chance (issue 18's bar: with a few hundred real tiles the from-scratch encoder was at chance, and the
+    environment condition is then noise)."""
+    pairs, top5 = retrieval.get("pairs"), retrieval.get("top5")
+    if not pairs or top5 is None:
+        return {"above_chance": None, "chance_top5": None, "verdict": "no held-out retrieval measured"}
+    chance = min(5, int(pairs)) / int(pairs)
+    if 2 * chance > 1:
+        return {
+            "above_chance": None,
+            "chance_top5": round(chance, 4),
+            "verdict": f"too few held-out pairs ({pairs}) to tell the encoder from chance",
+        }
+    above = float(top5) >= 2 * chance
+    verdict = (
+        f"clearly above chance (top-5 {float(top5):.3f}, at least twice chance {chance:.3f})"
+        if above
+        else f"NOT clearly above chance (top-5 {float(top5):.3f} against chance {chance:.3f}): the images tell "
+        "the cells apart little better than guessing, so the environment condition is mostly noise; a model "
+        "conditioned on the text (POI) embedding alone (`lsdm env build --env-mode text`) may do as well"
+    )
+    return {"above_chance": above, "chance_top5": round(chance, 4), "verdict": verdict}
+
+
 def combine_env(
     image_z: np.ndarray, text_z: np.ndarray, has_image: np.ndarray, a: float, b: float, mode: str = "both"
 ) -> np.ndarray:

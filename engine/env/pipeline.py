@@ -40,6 +40,7 @@ from engine.env.clip import (
     images_to_tensor,
     load_encoder,
     neighbour_agreement,
+    retrieval_verdict,
     save_encoder,
     settings_dict,
     train_clip,
@@ -339,6 +340,7 @@ def environment_info(database: Database, dataset_name: str | None = None) -> dic
                 **{k: v for k, v in retrieval.items() if k not in ("top1", "top5")},
             },
             "land_use_agreement": (record.metrics.get("land_use_agreement") if record else None),
+            "retrieval_verdict": retrieval_verdict(retrieval),
         }
 
 

@@ -31,6 +31,7 @@ from db import Database
 from db.models import Dataset, ModelRecord, utcnow
 from db.queries import get_dataset
 from engine.data.windows import HourlyProfile, SeriesData, Splits, SplitSpec, Windows, load_series, make_splits
+from engine.env.clip import retrieval_verdict
 from engine.errors import InputError
 from engine.evaluation.baselines import BASELINES, DEFAULT_SAMPLES, forecast_paths, quantile_levels
 from engine.evaluation.learned import LEARNED, learned_note, unavailable
@@ -269,6 +270,19 @@ def _row(method: str, y: np.ndarray, samples: np.ndarray, seconds: float, **extr
     }
 
 
+def _encoder_verdict(database: Database, encoder_id: str | None) -> dict | None:
+    """The environment encoder's held-out retrieval and whether it is clearly above chance (issue 18: at
+    chance, the environment condition is noise and the evaluation says so)."""
+    if not encoder_id:
+        return None
+    with database.session() as session:
+        record = session.scalar(select(ModelRecord).where(ModelRecord.name == encoder_id, ModelRecord.kind == "clip"))
+    if record is None:
+        return None
+    retrieval = (record.metrics or {}).get("retrieval") or {}
+    return {"encoder": encoder_id, "retrieval": retrieval, **retrieval_verdict(retrieval)}
+
+
 def _gain_over(
     reference: str,
     label: str,
@@ -499,6 +513,9 @@ def evaluate(
             "learned baselines left out, no comparison model trained (registered ones are scored). Noisier than "
             "the full evaluation: compare quick runs with quick runs."
         )
+    encoder = _encoder_verdict(database, series.encoder_id) if forecaster.config.uses_environment else None
+    if encoder is not None:
+        notes.append(f"Environment encoder {series.encoder_id}: {encoder['verdict']}.")
     if not own_data:
         notes.append(
             f"New data: the models were trained on {home_name!r} and are scored on {dataset_name!r} "
@@ -649,6 +666,7 @@ def evaluate(
         "condition_gain_interval": interval,
         "environment_gain_r2_percent": env_gain,
         "environment_gain_interval": env_interval,
+        "environment_encoder": encoder,
         "fracast_subset": fracast_table,
         "notes": notes,
         "seconds": round(time.perf_counter() - started, 1),

@@ -116,6 +116,22 @@ def test_data_page_counts_equal_the_database(app_db):
     assert table[["name", "active", "entities", "cells"]].values.tolist() == [["synthetic-seed0", True, 500, 400]]
 
 
+def test_an_encoder_at_chance_is_said_so_on_the_page_and_a_good_one_is_not(app_db):
+    """Issue 18: an encoder whose held-out retrieval is not clearly above chance is named as such (the
+    environment condition is then noise), not shown as a bare number."""
+    at = data_page()
+    assert not at.exception and not [w for w in at.warning if "chance" in w.value]  # the shipped one: 0.219 vs 0.062
+    with sqlite3.connect(app_db) as connection:  # the same encoder, as if it had retrieved at chance
+        (metrics_json,) = connection.execute("SELECT metrics FROM models WHERE kind = 'clip' AND is_active").fetchone()
+        metrics = json.loads(metrics_json)
+        metrics["retrieval"]["top5"] = 0.07
+        connection.execute("UPDATE models SET metrics = ? WHERE kind = 'clip' AND is_active", (json.dumps(metrics),))
+    da.st.cache_data.clear()
+    at = data_page()
+    warnings = [w.value for w in at.warning if "chance" in w.value]
+    assert len(warnings) == 1 and "NOT clearly above chance (top-5 0.070 against chance 0.062)" in warnings[0]
+
+
 def test_an_empty_database_shows_how_to_get_data(empty_db):
     at = data_page()
     assert not at.exception

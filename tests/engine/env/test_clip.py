@@ -16,6 +16,7 @@ from engine.env.clip import (
     load_encoder,
     neighbour_agreement,
     retrieval_metrics,
+    retrieval_verdict,
     save_encoder,
     train_clip,
 )
@@ -147,3 +148,23 @@ def test_retrieval_and_neighbour_agreement_measure_what_they_claim():
     clusters = np.array([[1, 0.1], [1, 0.0], [0, 1], [0.1, 1]], dtype=np.float32)
     assert neighbour_agreement(clusters, ["a", "a", "b", "b"]) == 1.0
     assert neighbour_agreement(clusters, ["a", "b", "a", "b"]) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("retrieval", "above"),
+    [
+        ({"pairs": 30, "top5": 0.133}, False),  # issue 18's 150-cell city: under chance (5/30 = 0.167)
+        ({"pairs": 86, "top5": 0.036}, False),  # issue 18's 344 real cells: chance 0.058
+        ({"pairs": 30, "top5": 0.333}, False),  # above chance, but not twice it (0.334)
+        ({"pairs": 30, "top5": 0.40}, True),
+        ({"pairs": 8, "top5": 1.0}, None),  # 8 pairs: top-5 is 5/8 by chance, twice that is impossible
+        ({"pairs": None, "top5": None}, None),  # no held-out pairs at all (a data set without tiles)
+    ],
+)
+def test_the_retrieval_verdict_says_whether_the_encoder_is_clearly_above_chance(retrieval, above):
+    verdict = retrieval_verdict(retrieval)
+    assert verdict["above_chance"] is above
+    if above is False:
+        assert verdict["verdict"].startswith("NOT clearly above chance") and "--env-mode text" in verdict["verdict"]
+    if retrieval["pairs"]:
+        assert verdict["chance_top5"] == pytest.approx(min(5, retrieval["pairs"]) / retrieval["pairs"], abs=1e-4)

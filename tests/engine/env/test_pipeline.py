@@ -100,6 +100,11 @@ def test_cli_env_build_and_info_print_the_documented_json(small_city_db, capsys)
     for key, kind in [("cells", int), ("tiles", int), ("descriptions", int), ("embeddings", int)]:
         assert isinstance(info[key], kind) and info[key] == 48
     assert isinstance(info["retrieval"]["top1"], float) and isinstance(info["retrieval"]["top5"], float)
+    verdict, pairs = info["retrieval_verdict"], info["retrieval"]["pairs"]
+    assert verdict["chance_top5"] == round(5 / pairs, 4) and isinstance(verdict["above_chance"], bool)
+    assert verdict["above_chance"] is (info["retrieval"]["top5"] >= 10 / pairs)  # one epoch: at chance or not
+    assert main(["env", "info", "--db", db]) == 0
+    assert f"the encoder is {verdict['verdict']}" in capsys.readouterr().out
 
 
 def test_unreachable_llm_endpoint_falls_back_to_the_template_and_says_so(small_city_db, capsys):
