@@ -96,16 +96,14 @@ def insert_columns(session: Session, model: type, columns: dict[str, np.ndarray]
     total = len(values[0]) if values else 0
     mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(connection.dialect.paramstyle)
     quote = connection.dialect.identifier_preparer.quote
-    sql = (
-        f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in names)}) "
-        f"VALUES ({', '.join([mark or '?'] * len(names))})"
-    )
+    columns_sql = ", ".join(quote(n) for n in names)
     for start in range(0, total, _CHUNK):
         rows = list(zip(*(v[start : start + _CHUNK].tolist() for v in values), strict=True))
         if mark is None:
             session.execute(table.insert(), [dict(zip(names, row, strict=True)) for row in rows])
         else:
-            connection.exec_driver_sql(sql, rows)
+            marks = ", ".join([mark] * len(names))
+            connection.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({columns_sql}) VALUES ({marks})", rows)
     return total
 
 

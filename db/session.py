@@ -31,7 +31,6 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from db.schema import upgrade
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class DatabaseOpenError(ValueError):
