@@ -53,6 +53,14 @@ def cmd_env_info(args: argparse.Namespace) -> int:
     return 0
 
 
+ENV_MODE_WORDS = {
+    "both": "a * image + b * text",
+    "image": "the image embedding alone",
+    "text": "the text (POI) embedding alone",
+    "none": "nothing (zeros)",
+}
+
+
 def _env_lines(summary: dict) -> list[str]:
     r = summary["retrieval"]
     lines = [
@@ -67,6 +75,9 @@ def _env_lines(summary: dict) -> list[str]:
             f"(chance {r.get('chance_top1')})"
         )
         lines.append(f"  the encoder is {summary['retrieval_verdict']['verdict']}")
+    if summary.get("env_mode"):
+        why = f" ({summary['env_mode_why']})" if summary.get("env_mode_why") else ""
+        lines.append(f"  z_env (Eq. 9) from: {ENV_MODE_WORDS.get(summary['env_mode'], summary['env_mode'])}{why}")
     agreement = summary.get("land_use_agreement")
     if agreement:
         lines.append(

@@ -45,7 +45,7 @@ LOAD_LOCATIONS = ("sampled", "habitual", "stay", "observed")  # a load run's use
 ENTITY_KINDS = ("user", "cell")
 SPLITS = ("time", "users")
 DESCRIBERS = ("template", "openai")
-ENV_MODES = ("both", "image", "text", "none")
+ENV_MODES = ("auto", "both", "image", "text", "none")
 
 
 def spec(
@@ -645,7 +645,13 @@ class EnvRequest(Request):
     seed: int = spec(int, 0, low=0, high=SEED_MAX, help="training seed")
     a: float = spec(float, 0.5, low=0.0, high=10.0, help="Eq. 9 weight of the image embedding")
     b: float = spec(float, 0.5, low=0.0, high=10.0, help="Eq. 9 weight of the text embedding")
-    env_mode: str = spec(str, "both", choices=ENV_MODES, help="which embeddings form z_env (ablations)")
+    env_mode: str = spec(
+        str,
+        "auto",
+        choices=ENV_MODES,
+        help="which embeddings form z_env: auto (both, or the text embedding alone when the encoder's held-out "
+        "retrieval is not clearly above chance), both, image, text or none (ablations)",
+    )
     executor: str = spec(
         str,
         "local",

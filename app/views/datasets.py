@@ -112,6 +112,11 @@ def show_environment() -> None:
         verdict = coverage["retrieval_verdict"]
         if verdict["above_chance"] is False:
             st.warning(f"The environment encoder is {verdict['verdict']}.", icon=":material/warning:")
+        if coverage.get("env_mode_why"):
+            uses = (
+                "both embeddings" if coverage["env_mode"] == "both" else f"the {coverage['env_mode']} embedding alone"
+            )
+            st.caption(f"z_env uses {uses} ({coverage['env_mode_why']}).")
     else:
         st.caption("No encoder yet: build the environment (tab *Environment* below, or `lsdm env build`).")
 

@@ -47,6 +47,7 @@ ARCHITECTURES: dict[str, dict] = {
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 ENV_MODES = ("both", "image", "text", "none")
+AUTO_MODE = "auto"  # "both", or "text" when the held-out retrieval is not clearly above chance (resolve_mode)
 
 
 @dataclass
@@ -64,11 +65,13 @@ class ClipSettings:
     holdout: float = 0.2  # share of cells kept out of training for retrieval evaluation
     a: float = 0.5  # Eq. 9 weight of the image embedding
     b: float = 0.5  # Eq. 9 weight of the text embedding
-    mode: str = "both"
+    mode: str = AUTO_MODE
 
     def validate(self) -> None:
-        if self.mode not in ENV_MODES:
-            raise InputError(f"expected one of {', '.join(ENV_MODES)}, got {self.mode!r}", field="--env-mode")
+        if self.mode not in (AUTO_MODE, *ENV_MODES):
+            raise InputError(
+                f"expected one of {', '.join((AUTO_MODE, *ENV_MODES))}, got {self.mode!r}", field="--env-mode"
+            )
         if self.frozen and not self.init:
             raise InputError("--frozen needs --clip-init PATH (a pretrained checkpoint to use as is)", field="--frozen")
         if self.arch not in ARCHITECTURES and not self.init:
@@ -392,10 +395,25 @@ def retrieval_verdict(retrieval: dict) -> dict:
         f"clearly above chance (top-5 {float(top5):.3f}, at least twice chance {chance:.3f})"
         if above
         else f"NOT clearly above chance (top-5 {float(top5):.3f} against chance {chance:.3f}): the images tell "
-        "the cells apart little better than guessing, so the environment condition is mostly noise; a model "
-        "conditioned on the text (POI) embedding alone (`lsdm env build --env-mode text`) may do as well"
+        "the cells apart little better than guessing, so the images add mostly noise; better to condition on "
+        "the environment by the text (POI) embedding alone (what `lsdm env build --env-mode auto`, the default, "
+        "then does)"
     )
     return {"above_chance": above, "chance_top5": round(chance, 4), "verdict": verdict}
+
+
+def resolve_mode(mode: str, retrieval: dict) -> tuple[str, str | None]:
+    """The embeddings that form z_env for ``--env-mode`` ``mode``, and why when "auto" chose: "auto" is
+    "both" unless the encoder's held-out retrieval is NOT clearly above chance (``retrieval_verdict``), where
+    the images add noise and z_env is the text (POI) embedding alone; with too few pairs to tell, "both"."""
+    if mode != AUTO_MODE:
+        return mode, None
+    verdict = retrieval_verdict(retrieval)
+    if verdict["above_chance"] is False:
+        return "text", "auto: the images' held-out retrieval is not clearly above chance"
+    if verdict["above_chance"] is None:
+        return "both", f"auto: {verdict['verdict']}"
+    return "both", "auto: the images' held-out retrieval is clearly above chance"
 
 
 def combine_env(

@@ -40,6 +40,7 @@ from engine.env.clip import (
     images_to_tensor,
     load_encoder,
     neighbour_agreement,
+    resolve_mode,
     retrieval_verdict,
     save_encoder,
     settings_dict,
@@ -186,6 +187,12 @@ def build_environment(
         encoder.meta["trained_metrics"] = {k: v for k, v in metrics.items() if k == "retrieval"}
     timings["clip_train_s"] = round(time.perf_counter() - started, 2)
 
+    mode, why = resolve_mode(settings.mode, metrics.get("retrieval") or {})
+    if why is not None:
+        uses = "both embeddings" if mode == "both" else f"the {mode} embedding alone"
+        say(f"environment: z_env from {uses} ({why})")
+        metrics["env_mode"] = {"asked": settings.mode, "used": mode, "why": why}
+    settings.mode = mode  # the stored settings say what z_env is (what-ifs recompute it the same way)
     started = time.perf_counter()
     image_z, text_z = embed_cells(encoder, images, texts, executor or Executor(), encoder_dir)
     env_z = combine_env(image_z, text_z, has_image, settings.a, settings.b, settings.mode)
@@ -341,6 +348,8 @@ def environment_info(database: Database, dataset_name: str | None = None) -> dic
             },
             "land_use_agreement": (record.metrics.get("land_use_agreement") if record else None),
             "retrieval_verdict": retrieval_verdict(retrieval),
+            "env_mode": ((record.config.get("settings") or {}).get("mode") if record else None),
+            "env_mode_why": ((record.metrics.get("env_mode") or {}).get("why") if record else None),
         }
 
 

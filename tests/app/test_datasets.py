@@ -121,6 +121,10 @@ def test_an_encoder_at_chance_is_said_so_on_the_page_and_a_good_one_is_not(app_d
     environment condition is then noise), not shown as a bare number."""
     at = data_page()
     assert not at.exception and not [w for w in at.warning if "chance" in w.value]  # the shipped one: 0.219 vs 0.062
+    assert any(  # --env-mode auto kept both embeddings, and the page says why
+        "z_env uses both embeddings (auto: the images' held-out retrieval is clearly above chance)" in c.value
+        for c in at.caption
+    )
     with sqlite3.connect(app_db) as connection:  # the same encoder, as if it had retrieved at chance
         (metrics_json,) = connection.execute("SELECT metrics FROM models WHERE kind = 'clip' AND is_active").fetchone()
         metrics = json.loads(metrics_json)

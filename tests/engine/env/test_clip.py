@@ -15,6 +15,7 @@ from engine.env.clip import (
     encode,
     load_encoder,
     neighbour_agreement,
+    resolve_mode,
     retrieval_metrics,
     retrieval_verdict,
     save_encoder,
@@ -165,6 +166,25 @@ def test_the_retrieval_verdict_says_whether_the_encoder_is_clearly_above_chance(
     verdict = retrieval_verdict(retrieval)
     assert verdict["above_chance"] is above
     if above is False:
-        assert verdict["verdict"].startswith("NOT clearly above chance") and "--env-mode text" in verdict["verdict"]
+        assert verdict["verdict"].startswith("NOT clearly above chance") and "--env-mode auto" in verdict["verdict"]
     if retrieval["pairs"]:
         assert verdict["chance_top5"] == pytest.approx(min(5, retrieval["pairs"]) / retrieval["pairs"], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("mode", "retrieval", "used"),
+    [
+        ("auto", {"pairs": 30, "top5": 0.133}, "text"),  # at chance: the images would add noise
+        ("auto", {"pairs": 30, "top5": 0.40}, "both"),  # clearly above chance
+        ("auto", {"pairs": 8, "top5": 0.5}, "both"),  # too few pairs to tell: nothing dropped on a guess
+        ("auto", {}, "both"),  # no held-out pairs (no tiles): the images are the text's anyway
+        ("both", {"pairs": 30, "top5": 0.133}, "both"),  # asked for: kept, whatever the verdict
+        ("image", {"pairs": 30, "top5": 0.133}, "image"),
+    ],
+)
+def test_auto_mode_drops_the_images_only_when_their_retrieval_is_at_chance(mode, retrieval, used):
+    chosen, why = resolve_mode(mode, retrieval)
+    assert chosen == used
+    assert (why is None) is (mode != "auto")
+    if used == "text":
+        assert "not clearly above chance" in why

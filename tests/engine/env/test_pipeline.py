@@ -27,7 +27,8 @@ def small_city_db(db_path):
 
 
 def test_env_build_stores_tiles_descriptions_an_encoder_and_embeddings(small_city_db):
-    summary = build_environment(small_city_db, settings=ClipSettings(epochs=2, batch_size=16))
+    summary = build_environment(small_city_db, settings=ClipSettings(epochs=2, batch_size=16, mode="both"))
+    assert summary["env_mode"] == "both" and summary["env_mode_why"] is None  # asked for, whatever the verdict
     assert summary["cells"] == summary["tiles"] == summary["descriptions"] == summary["embeddings"] == 48
     assert 0.0 <= summary["retrieval"]["top1"] <= summary["retrieval"]["top5"] <= 1.0
     assert summary["retrieval"]["pairs"] == 10  # 20 % of 48 cells held out
@@ -43,6 +44,24 @@ def test_env_build_stores_tiles_descriptions_an_encoder_and_embeddings(small_cit
         record = session.scalar(select(ModelRecord).where(ModelRecord.kind == "clip"))
         assert record.is_active and record.metrics["train_pairs"] == 38
         assert reload_active_encoder(session, dataset).encoder_id == record.name
+
+
+def test_by_default_an_encoder_at_chance_leaves_z_env_to_the_text_embedding_and_says_so(small_city_db, capsys):
+    # Untrained (0 epochs), the images retrieve their descriptions by chance: 10 held-out pairs, top-5 under 1.
+    summary = build_environment(small_city_db, settings=ClipSettings(epochs=0))
+    assert summary["retrieval_verdict"]["above_chance"] is False
+    assert summary["env_mode"] == "text" and "not clearly above chance" in summary["env_mode_why"]
+    with small_city_db.session() as session:
+        dataset = get_dataset(session)
+        _, z = load_env_embeddings(session, dataset)
+        _, z_text = load_env_embeddings(session, dataset, kind="text")
+        _, z_image = load_env_embeddings(session, dataset, kind="image")
+        assert np.array_equal(z, z_text) and not np.allclose(z_image, z_text)  # the images kept, not used
+        record = session.scalar(select(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.is_active))
+        assert record.config["settings"]["mode"] == "text"  # what the what-ifs recompute z_env with
+        assert record.metrics["env_mode"] == {"asked": "auto", "used": "text", "why": summary["env_mode_why"]}
+    assert main(["env", "info", "--db", small_city_db.url]) == 0
+    assert "z_env (Eq. 9) from: the text (POI) embedding alone (auto: the images'" in capsys.readouterr().out
 
 
 def test_a_second_build_keeps_descriptions_and_activates_the_new_encoder(small_city_db):
