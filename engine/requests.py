@@ -626,9 +626,11 @@ class EnvRequest(Request):
     )
     clip_arch: str = spec(
         str,
-        "lsdm-clip-s",
+        "auto",
         max_length=200,
-        help="architecture: lsdm-clip-s (ours, default) or an open_clip name for --clip-init",
+        help="architecture: auto (default: lsdm-clip-d, the descriptor image tower, for data sets of fewer "
+        "than 500 tiles, else lsdm-clip-s, the ViT), lsdm-clip-s, lsdm-clip-d, or an open_clip name for "
+        "--clip-init",
     )
     train_encoder: bool = spec(
         bool, False, help="train a new encoder even on the default city (which otherwise uses the shipped one)"

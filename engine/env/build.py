@@ -14,7 +14,7 @@ from pathlib import Path
 
 from db import Database
 from db.queries import get_dataset
-from engine.env.clip import ClipSettings
+from engine.env.clip import ClipSettings, resolve_arch
 from engine.env.pipeline import build_environment, registered_encoder_dir
 from engine.executors import Executor
 from engine.requests import EnvRequest
@@ -42,6 +42,8 @@ def build_environment_for(
         b=request.b,
         mode=request.env_mode,
     )
+    if settings.init:  # a checkpoint's architecture does not depend on the number of tiles
+        settings.arch = resolve_arch(settings, 0)
     if settings.init and Path(settings.init).is_file():  # refused before a tile or a description is written
         from engine.env.clip import build_encoder
 

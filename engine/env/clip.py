@@ -44,9 +44,19 @@ ARCHITECTURES: dict[str, dict] = {
         text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=4, layers=4),
     ),
 }
+# The same text tower with a hand-made image descriptor (colour and texture statistics, frozen) and a small
+# trainable head in place of the ViT: for data sets of a few hundred tiles (``DescriptorTower``).
+ARCHITECTURES["lsdm-clip-d"] = dict(
+    embed_dim=128,
+    vision_cfg=dict(image_size=64, layers=1, width=32, patch_size=32, head_width=32),  # replaced at build
+    text_cfg=ARCHITECTURES["lsdm-clip-s"]["text_cfg"],
+    image_tower="descriptor",
+)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 ENV_MODES = ("both", "image", "text", "none")
+AUTO_ARCH = "auto"  # lsdm-clip-d under DESCRIPTOR_BELOW training tiles, else lsdm-clip-s (resolve_arch)
+DESCRIPTOR_BELOW = 500  # measured: better at 150 tiles, as good at 400 (docs/results.md)
 AUTO_MODE = "auto"  # "both", or "text" when the held-out retrieval is not clearly above chance (resolve_mode)
 
 
@@ -54,7 +64,7 @@ AUTO_MODE = "auto"  # "both", or "text" when the held-out retrieval is not clear
 class ClipSettings:
     """How to obtain the encoder and how to combine its two embeddings."""
 
-    arch: str = "lsdm-clip-s"
+    arch: str = "lsdm-clip-s"  # or "auto": by the number of training tiles (``resolve_arch``)
     init: str | None = None  # local pretrained open_clip checkpoint (file or local-dir:DIR)
     frozen: bool = False  # use ``init`` as is
     epochs: int = 40
@@ -74,7 +84,7 @@ class ClipSettings:
             )
         if self.frozen and not self.init:
             raise InputError("--frozen needs --clip-init PATH (a pretrained checkpoint to use as is)", field="--frozen")
-        if self.arch not in ARCHITECTURES and not self.init:
+        if self.arch not in (*ARCHITECTURES, AUTO_ARCH) and not self.init:
             raise InputError(
                 f"unknown architecture {self.arch!r}; ours: {', '.join(ARCHITECTURES)} "
                 "(stock open_clip architectures need --clip-init PATH)",
@@ -115,13 +125,24 @@ def _register_architectures(open_clip: ModuleType) -> None:
 
     known = set(open_clip.list_models())
     for name, cfg in ARCHITECTURES.items():
-        if name in known:
+        if name in known or "image_tower" in cfg:  # open_clip cannot build a descriptor tower by name
             continue
         folder = Path(tempfile.mkdtemp(prefix="lsdm-clip-cfg-"))
         (folder / f"{name}.json").write_text(json.dumps(cfg))
         open_clip.add_model_config(str(folder / f"{name}.json"))
         os.remove(folder / f"{name}.json")
         folder.rmdir()
+
+
+def resolve_arch(settings: ClipSettings, tiles: int) -> str:
+    """The architecture ``--clip-arch auto`` trains for ``tiles`` (tile, description) pairs: the descriptor
+    tower (lsdm-clip-d) under ``DESCRIPTOR_BELOW`` pairs, where the ViT has too few images to learn from, else
+    the ViT (lsdm-clip-s); with a checkpoint (``--clip-init``) our ViT's name. Measured: docs/results.md."""
+    if settings.arch != AUTO_ARCH:
+        return settings.arch
+    if settings.init:
+        return "lsdm-clip-s"
+    return "lsdm-clip-d" if tiles < DESCRIPTOR_BELOW else "lsdm-clip-s"
 
 
 def build_encoder(settings: ClipSettings) -> ClipEncoder:
@@ -155,11 +176,23 @@ def build_encoder(settings: ClipSettings) -> ClipEncoder:
         del preprocess
     else:
         model_cfg = ARCHITECTURES[settings.arch]
-        model = open_clip.CLIP(**model_cfg)
+        model = _clip_of(open_clip, model_cfg)
         image_size, mean, std = model_cfg["vision_cfg"]["image_size"], OPENAI_MEAN, OPENAI_STD
     tokenizer = open_clip.get_tokenizer("ViT-B-32")  # the bundled BPE tokenizer: offline
     meta = {"arch": settings.arch, "model_cfg": model_cfg, "init": settings.init, "frozen": settings.frozen}
     return ClipEncoder(model=model, tokenizer=tokenizer, image_size=int(image_size), mean=mean, std=std, meta=meta)
+
+
+def _clip_of(open_clip: ModuleType, cfg: dict) -> Any:
+    """An open_clip CLIP of one of our architectures; ``image_tower: descriptor`` swaps its ViT for a
+    ``DescriptorTower`` (the text tower, the temperature and Eq. 8 are open_clip's own)."""
+    kwargs = {k: v for k, v in cfg.items() if k != "image_tower"}
+    model = open_clip.CLIP(**kwargs)
+    if cfg.get("image_tower") == "descriptor":
+        from engine.env.descriptor import DescriptorTower
+
+        model.visual = DescriptorTower(int(cfg["embed_dim"]), mean=OPENAI_MEAN, std=OPENAI_STD)
+    return model
 
 
 def save_encoder(encoder: ClipEncoder, directory: Path) -> str:
@@ -183,7 +216,7 @@ def load_encoder(directory: Path) -> ClipEncoder:
     open_clip = _open_clip()
     _register_architectures(open_clip)
     cfg = meta["model_cfg"]
-    model = open_clip.create_model(cfg["open_clip_arch"]) if "open_clip_arch" in cfg else open_clip.CLIP(**cfg)
+    model = open_clip.create_model(cfg["open_clip_arch"]) if "open_clip_arch" in cfg else _clip_of(open_clip, cfg)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
@@ -278,6 +311,8 @@ def train_clip(
     train_idx, held_idx = split_holdout(len(texts), settings.holdout, settings.seed)
     tokens = encoder.tokenizer(texts)
     model = encoder.model
+    if hasattr(model.visual, "fit_standardiser") and not settings.frozen and len(train_idx) >= 2:
+        model.visual.fit_standardiser(_normalise(images[train_idx], encoder.mean, encoder.std))
     history: list[float] = []
     started = time.perf_counter()
     if not settings.frozen and settings.epochs > 0 and len(train_idx) >= 2:
@@ -390,7 +425,7 @@ def retrieval_verdict(retrieval: dict) -> dict:
             "chance_top5": round(chance, 4),
             "verdict": f"too few held-out pairs ({pairs}) to tell the encoder from chance",
         }
-    above = float(top5) >= 2 * chance
+    above = round(float(top5), 4) >= round(2 * chance, 4)  # top-5 is stored to 4 decimals: 10/30 is twice 5/30
     verdict = (
         f"clearly above chance (top-5 {float(top5):.3f}, at least twice chance {chance:.3f})"
         if above

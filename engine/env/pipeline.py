@@ -40,6 +40,7 @@ from engine.env.clip import (
     images_to_tensor,
     load_encoder,
     neighbour_agreement,
+    resolve_arch,
     resolve_mode,
     retrieval_verdict,
     save_encoder,
@@ -169,13 +170,15 @@ def build_environment(
         images = images_to_tensor([tiles_by_cell.get(int(c)) for c in cell_ids], encoder.image_size)
         metrics = dict(encoder.meta.get("trained_metrics") or {})
         metrics["shipped"] = True
+        settings.arch = str(encoder.meta.get("arch", settings.arch))  # what the stored settings say it is
         say(f"CLIP: the shipped encoder {encoder.encoder_id}")
     else:
+        paired = np.flatnonzero(has_image)
+        settings.arch = resolve_arch(settings, len(paired))
         encoder = build_encoder(settings)
         images = images_to_tensor([tiles_by_cell.get(int(c)) for c in cell_ids], encoder.image_size)
-        paired = np.flatnonzero(has_image)
         training = "frozen" if settings.frozen else f"{settings.epochs} epochs"
-        say(f"CLIP: {len(paired)} (tile, description) pairs; {training}")
+        say(f"CLIP {settings.arch}: {len(paired)} (tile, description) pairs; {training}")
         metrics = train_clip(
             encoder,
             images[paired],

@@ -64,6 +64,21 @@ def test_by_default_an_encoder_at_chance_leaves_z_env_to_the_text_embedding_and_
     assert "z_env (Eq. 9) from: the text (POI) embedding alone (auto: the images'" in capsys.readouterr().out
 
 
+def test_the_descriptor_tower_is_built_saved_and_used_from_the_command_line(small_city_db, capsys):
+    db = small_city_db.url
+    assert main(["env", "build", "--db", db, "--clip-arch", "lsdm-clip-d", "--epochs", "2", "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["embeddings"] == 48 and built["retrieval"]["pairs"] == 10
+    with small_city_db.session() as session:
+        dataset = get_dataset(session)
+        record = session.scalar(select(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.is_active))
+        assert record.config["encoder"]["model_cfg"]["image_tower"] == "descriptor"
+        encoder = reload_active_encoder(session, dataset)  # from its files: the head and the standardisation
+        _, z_image = load_env_embeddings(session, dataset, kind="image")
+    assert type(encoder.model.visual).__name__ == "DescriptorTower" and z_image.shape == (48, 128)
+    assert float(encoder.model.visual.feature_std.min()) > 0
+
+
 def test_a_second_build_keeps_descriptions_and_activates_the_new_encoder(small_city_db):
     first = build_environment(small_city_db, settings=ClipSettings(epochs=1, batch_size=16, seed=1))
     with small_city_db.session() as session:
@@ -114,6 +129,9 @@ def test_cli_env_build_and_info_print_the_documented_json(small_city_db, capsys)
     assert main(["env", "build", "--db", db, "--epochs", "1", "--json"]) == 0
     built = json.loads(capsys.readouterr().out)
     assert built["seconds"] > 0 and "timings" in built
+    with small_city_db.session() as session:  # 48 tiles: --clip-arch auto trains the descriptor tower
+        record = session.scalar(select(ModelRecord).where(ModelRecord.kind == "clip", ModelRecord.is_active))
+        assert record.config["settings"]["arch"] == "lsdm-clip-d"
     assert main(["env", "info", "--db", db, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     for key, kind in [("cells", int), ("tiles", int), ("descriptions", int), ("embeddings", int)]:
