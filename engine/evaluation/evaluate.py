@@ -280,7 +280,9 @@ def _encoder_verdict(database: Database, encoder_id: str | None) -> dict | None:
     if record is None:
         return None
     retrieval = (record.metrics or {}).get("retrieval") or {}
-    return {"encoder": encoder_id, "retrieval": retrieval, **retrieval_verdict(retrieval)}
+    # Which embeddings form z_env (--env-mode; "auto" leaves it to the text embedding at chance).
+    z_env = ((record.config or {}).get("settings") or {}).get("mode")
+    return {"encoder": encoder_id, "retrieval": retrieval, "z_env": z_env, **retrieval_verdict(retrieval)}
 
 
 def _gain_over(
@@ -515,7 +517,10 @@ def evaluate(
         )
     encoder = _encoder_verdict(database, series.encoder_id) if forecaster.config.uses_environment else None
     if encoder is not None:
-        notes.append(f"Environment encoder {series.encoder_id}: {encoder['verdict']}.")
+        uses = {"both": "both embeddings (Eq. 9)", "text": "the text (POI) embedding alone"}.get(
+            str(encoder["z_env"]), f"the {encoder['z_env']} embedding"
+        )
+        notes.append(f"Environment encoder {series.encoder_id}: {encoder['verdict']}; z_env from {uses}.")
     if not own_data:
         notes.append(
             f"New data: the models were trained on {home_name!r} and are scored on {dataset_name!r} "

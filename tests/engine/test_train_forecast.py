@@ -505,6 +505,8 @@ def test_evaluate_writes_the_papers_tables_with_every_method(trained, tmp_path, 
     assert any("other users' cells" in note for note in result["notes"])
     encoder = result["environment_encoder"]  # issue 18: whether the condition's encoder is above chance, said
     assert encoder["encoder"] and isinstance(encoder["above_chance"], bool | None)
+    # --env-mode auto: the text embedding alone exactly when the encoder is not clearly above chance.
+    assert encoder["z_env"] == ("text" if encoder["above_chance"] is False else "both")
     assert any(note.startswith(f"Environment encoder {encoder['encoder']}: ") for note in result["notes"])
     assert [r["method"] for r in result["bytes_rows"]] == methods
     assert result["bytes_rows"][-1]["mse"] > 1e6 * result["rows"][-1]["mse"]  # the same scores, in bytes
