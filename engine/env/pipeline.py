@@ -8,6 +8,7 @@ failure at any stage leaves earlier committed stages intact and nothing of the f
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -106,7 +107,7 @@ def build_environment(
     ``encoder_dir``: embed with this saved encoder as is (the shipped one, see engine/shipped.py)
     instead of training one; its retrieval metrics are those recorded when it was trained.
     ``executor``: where the cells are embedded (``embed_cells``; default here)."""
-    settings = settings or ClipSettings()
+    settings = dataclasses.replace(settings) if settings else ClipSettings()  # resolved below; the caller's kept
     settings.validate()
     say = progress or (lambda message: None)
     timings: dict[str, float] = {}
